@@ -1,0 +1,224 @@
+//! Jobs and the batches they are submitted in.
+//!
+//! A [`Batch`] is one caller's stream of jobs (a `map`, an `imap`, a single `spawn`): the
+//! caller submits jobs into the pool's queue and receives each job's [`Done`] from the
+//! batch, in the order they finish. The supervisor holds a reference to the batch of
+//! every queued or running job and delivers into it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::{PoolError, TaskError};
+use crate::pool::Shared;
+
+/// A unit of work for the engine: a function reference and an encoded argument.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Reference of the function, opaque to the engine (made and resolved by a front).
+    pub func: Arc<[u8]>,
+    /// The encoded argument. Shared so that a job can be sent again after a worker dies
+    /// without a copy.
+    pub payload: Arc<Vec<u8>>,
+    /// The caller's tag for this job, reported back in [`Done`] and in errors.
+    pub index: u64,
+    /// How many user-level tasks the job stands for (for recycling counts); at least 1.
+    pub weight: u32,
+    /// Time limit of the job once started, if any.
+    pub timeout: Option<Duration>,
+}
+
+/// The end of one job.
+#[derive(Debug)]
+pub struct Done {
+    /// The job's [`Job::index`].
+    pub index: u64,
+    /// The encoded result, or why there is none.
+    pub outcome: Result<Vec<u8>, TaskError>,
+    /// How long the job ran in its worker, in nanoseconds (0 when it did not run).
+    pub nanos: u64,
+    /// Process id of the worker that ran it, if one did.
+    pub pid: Option<u32>,
+}
+
+const LIVE: u8 = 0;
+const CANCELLED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+#[derive(Debug, Default)]
+struct State {
+    done: VecDeque<Done>,
+    outstanding: usize,
+    waiters: usize,
+}
+
+/// The part of a batch the supervisor shares.
+#[derive(Debug, Default)]
+pub(crate) struct BatchInner {
+    state: Mutex<State>,
+    cv: Condvar,
+    flag: AtomicU8,
+}
+
+impl BatchInner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether nobody wants this batch's results any more.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.flag.load(Ordering::Relaxed) == ABANDONED
+    }
+
+    /// Whether the batch was cancelled (its running jobs are to be killed).
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::Relaxed) == CANCELLED
+    }
+
+    /// Whether the batch's jobs should be dropped instead of run.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.flag.load(Ordering::Relaxed) != LIVE
+    }
+
+    /// Hands results to the batch's owner.
+    pub(crate) fn deliver(&self, items: impl IntoIterator<Item = Done>) {
+        let mut st = self.lock();
+        st.done.extend(items);
+        if st.waiters > 0 {
+            self.cv.notify_all();
+        }
+    }
+}
+
+/// What [`Batch::recv_timeout`] gives when no result is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvError {
+    /// Nothing was submitted that has not been received.
+    Empty,
+    /// The time ran out first.
+    Timeout,
+}
+
+/// One caller's stream of jobs into a pool, and of their results back.
+///
+/// Dropping a batch abandons it: its queued jobs are dropped and its running jobs' results
+/// are discarded (the jobs are not killed).
+#[derive(Debug)]
+pub struct Batch {
+    inner: Arc<BatchInner>,
+    shared: Arc<Shared>,
+}
+
+impl Batch {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            inner: Arc::default(),
+            shared,
+        }
+    }
+
+    /// Queues jobs; returns how many.
+    ///
+    /// # Errors
+    /// [`PoolError::Closed`] after the pool was closed, or the pool's fatal error if it
+    /// broke.
+    pub fn submit(&self, jobs: impl IntoIterator<Item = Job>) -> Result<usize, PoolError> {
+        let n = self.shared.enqueue(&self.inner, jobs)?;
+        self.inner.lock().outstanding += n;
+        Ok(n)
+    }
+
+    /// Jobs submitted whose result has not been received.
+    pub fn outstanding(&self) -> usize {
+        self.inner.lock().outstanding
+    }
+
+    /// Results that arrived and can be received without waiting.
+    pub fn ready(&self) -> usize {
+        self.inner.lock().done.len()
+    }
+
+    /// Waits for the next result, in finishing order. `None` when nothing is outstanding.
+    pub fn recv(&self) -> Option<Done> {
+        self.recv_deadline(None).ok()
+    }
+
+    /// Like [`recv`](Self::recv), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`RecvError::Empty`] when nothing is outstanding, [`RecvError::Timeout`] when the
+    /// time ran out.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Done, RecvError> {
+        self.recv_deadline(Some(Instant::now() + timeout))
+    }
+
+    fn recv_deadline(&self, deadline: Option<Instant>) -> Result<Done, RecvError> {
+        let mut st = self.inner.lock();
+        loop {
+            if let Some(d) = st.done.pop_front() {
+                st.outstanding = st.outstanding.saturating_sub(1);
+                return Ok(d);
+            }
+            if st.outstanding == 0 {
+                return Err(RecvError::Empty);
+            }
+            st.waiters += 1;
+            st = match deadline {
+                None => self.inner.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        st.waiters -= 1;
+                        return Err(RecvError::Timeout);
+                    }
+                    self.inner
+                        .cv
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+            st.waiters -= 1;
+        }
+    }
+
+    /// Cancels every job of the batch not yet finished: queued jobs are dropped, and a
+    /// worker running one is killed (the pool replaces it). Each such job is received as a
+    /// [`Cancelled`](crate::TaskErrorKind::Cancelled) error.
+    pub fn cancel(&self) {
+        if self
+            .inner
+            .flag
+            .compare_exchange(LIVE, CANCELLED, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.shared.request_cancel(self.inner.clone());
+        }
+    }
+
+    /// Stops the batch without killing anything: queued jobs are dropped, results of
+    /// running jobs discarded. Results already received stay received.
+    pub fn abandon(&self) {
+        self.inner.flag.store(ABANDONED, Ordering::Relaxed);
+        self.inner.lock().outstanding = 0;
+        self.shared.wake();
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if !self.inner.is_cancelled() {
+            self.abandon();
+        }
+    }
+}
+
+/// A job waiting in the queue or running, with the batch it answers to.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub(crate) job: Job,
+    pub(crate) batch: Arc<BatchInner>,
+    /// How many times the job was started before.
+    pub(crate) attempts: u32,
+}

@@ -1,0 +1,325 @@
+//! Errors of tasks and of pools.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::sys;
+use crate::wire::{Failure, Refusal};
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Death {
+    /// It exited with this code.
+    Exit(i32),
+    /// A signal ended it (for example 9, SIGKILL, or 11, SIGSEGV).
+    Signal(i32),
+}
+
+impl Death {
+    /// The signal's name, such as `"SIGKILL"`, when a signal ended the process.
+    pub fn signal_name(&self) -> Option<&'static str> {
+        match self {
+            Death::Signal(s) => Some(sys::signal_name(*s)),
+            Death::Exit(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Death {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Death::Exit(c) => write!(f, "exited with code {c}"),
+            Death::Signal(s) => write!(f, "was killed by {} (signal {s})", sys::signal_name(*s)),
+        }
+    }
+}
+
+/// What made a task fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TaskErrorKind {
+    /// The task panicked; the worker survived and goes on.
+    Panic {
+        /// The panic's message.
+        message: String,
+        /// `file:line:column` of the panic, when known.
+        location: Option<String>,
+    },
+    /// The worker process running the task died (a signal such as SIGKILL or SIGSEGV, or
+    /// an exit). The pool replaced it.
+    WorkerDied {
+        /// How it ended.
+        death: Death,
+    },
+    /// The task ran past its time limit; its worker was killed and replaced.
+    TimedOut {
+        /// The limit.
+        limit: Duration,
+        /// How long the task had run when it was stopped.
+        ran: Duration,
+    },
+    /// The task was cancelled before it finished.
+    Cancelled,
+    /// The argument or the result could not be serialized or deserialized.
+    Codec {
+        /// Which side failed and the codec's message.
+        message: String,
+    },
+    /// An argument or a result was larger than the pool's maximum message size.
+    TooLarge {
+        /// Size in bytes.
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The worker sent bytes that break the protocol; it was killed and replaced.
+    Protocol {
+        /// What was wrong.
+        message: String,
+    },
+    /// The pool was terminated or dropped before the task finished.
+    Terminated,
+    /// The pool could not keep workers alive; the cause of the first failure.
+    PoolBroken(PoolError),
+}
+
+/// A task that failed, with what is known of where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError {
+    kind: TaskErrorKind,
+    index: u64,
+    pid: Option<u32>,
+    attempts: u32,
+}
+
+impl TaskError {
+    /// An error of the task at `index`, last run by worker `pid`, started `attempts`
+    /// times.
+    pub fn new(kind: TaskErrorKind, index: u64, pid: Option<u32>, attempts: u32) -> Self {
+        Self {
+            kind,
+            index,
+            pid,
+            attempts,
+        }
+    }
+
+    /// What made the task fail.
+    pub fn kind(&self) -> &TaskErrorKind {
+        &self.kind
+    }
+
+    /// Consumes the error, giving its kind.
+    pub fn into_kind(self) -> TaskErrorKind {
+        self.kind
+    }
+
+    /// Position of the task in its input (0 for a single call).
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// Process id of the worker that last ran the task, if one did.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// How many times the task was started (more than 1 with retries).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Changes the index (for fronts that split or merge tasks).
+    pub fn with_index(mut self, index: u64) -> Self {
+        self.index = index;
+        self
+    }
+}
+
+impl From<Failure> for TaskErrorKind {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Panic { message, location } => TaskErrorKind::Panic { message, location },
+            Failure::Codec { message } => TaskErrorKind::Codec { message },
+            Failure::TooLarge { size, limit } => TaskErrorKind::TooLarge { size, limit },
+        }
+    }
+}
+
+impl fmt::Display for TaskErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskErrorKind::Panic { message, location } => {
+                write!(f, "panicked")?;
+                if let Some(l) = location {
+                    write!(f, " at {l}")?;
+                }
+                write!(f, ": {message}")
+            }
+            TaskErrorKind::WorkerDied { death } => write!(
+                f,
+                "its worker process {death} while running it; the pool replaced the worker"
+            ),
+            TaskErrorKind::TimedOut { limit, ran } => write!(
+                f,
+                "timed out after running {ran:.3?} (limit {limit:?}); its worker was killed and replaced"
+            ),
+            TaskErrorKind::Cancelled => write!(f, "was cancelled"),
+            TaskErrorKind::Codec { message } => write!(f, "could not be (de)serialized: {message}"),
+            TaskErrorKind::TooLarge { size, limit } => write!(
+                f,
+                "has a message of {size} bytes, over the pool's limit of {limit} bytes (raise it with the builder's max_message_size)"
+            ),
+            TaskErrorKind::Protocol { message } => write!(
+                f,
+                "failed because its worker broke the protocol ({message}); the worker was killed and replaced"
+            ),
+            TaskErrorKind::Terminated => write!(f, "was not finished: the pool was terminated"),
+            TaskErrorKind::PoolBroken(e) => write!(f, "could not run: {e}"),
+        }
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "task {}", self.index)?;
+        if let Some(pid) = self.pid {
+            write!(f, " (worker pid {pid})")?;
+        }
+        write!(f, " {}", self.kind)?;
+        if self.attempts > 1 {
+            write!(f, " [after {} attempts]", self.attempts)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+/// Why a worker could not join the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The worker runs a different executable than the parent, so functions cannot be
+    /// resolved in it.
+    BinaryMismatch {
+        /// Fingerprint of the parent's executable.
+        parent: u64,
+        /// Fingerprint of the worker's.
+        worker: u64,
+    },
+    /// The two sides speak different protocol versions.
+    Version {
+        /// The parent's.
+        parent: u32,
+        /// The worker's.
+        worker: u32,
+    },
+    /// The worker's `main` created a pool before calling `procpool::init()`.
+    InitMissing,
+    /// The worker ended before completing the handshake.
+    Exited(Death),
+    /// The worker did not complete the handshake in time.
+    TimedOut(Duration),
+    /// The worker's initializer failed.
+    Initializer(Box<TaskErrorKind>),
+    /// The worker sent something else than a handshake.
+    Protocol(String),
+}
+
+impl From<Refusal> for HandshakeError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::BinaryMismatch { parent, worker } => {
+                HandshakeError::BinaryMismatch { parent, worker }
+            }
+            Refusal::Version { parent, worker } => HandshakeError::Version { parent, worker },
+            Refusal::InitMissing => HandshakeError::InitMissing,
+            Refusal::Other(s) => HandshakeError::Protocol(s),
+        }
+    }
+}
+
+const INIT_HINT: &str = "call procpool::init() as the first line of main (or \
+procpool::enable_test_support!() in a test crate)";
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeError::BinaryMismatch { parent, worker } => write!(
+                f,
+                "the worker runs a different executable (fingerprint {worker:016x}) than the \
+                 parent ({parent:016x}); workers must run the parent's own binary"
+            ),
+            HandshakeError::Version { parent, worker } => write!(
+                f,
+                "protocol version mismatch: parent speaks {parent}, worker speaks {worker}"
+            ),
+            HandshakeError::InitMissing => write!(
+                f,
+                "the worker process created a pool instead of serving: {INIT_HINT}"
+            ),
+            HandshakeError::Exited(d) => write!(
+                f,
+                "the worker {d} before completing the handshake; if its main does not start \
+                 with procpool::init(), {INIT_HINT}"
+            ),
+            HandshakeError::TimedOut(d) => write!(
+                f,
+                "the worker did not complete the handshake within {d:?}; {INIT_HINT}"
+            ),
+            HandshakeError::Initializer(k) => write!(f, "the worker's initializer {k}"),
+            HandshakeError::Protocol(m) => write!(f, "handshake protocol error: {m}"),
+        }
+    }
+}
+
+/// An error of the pool as a whole.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// A worker process could not be started.
+    #[error("could not start a worker process: {0}")]
+    Spawn(Arc<io::Error>),
+    /// A worker process started but could not join the pool.
+    #[error("worker{} failed its handshake: {reason}", pid.map(|p| format!(" pid {p}")).unwrap_or_default())]
+    Handshake {
+        /// The worker's process id, when known.
+        pid: Option<u32>,
+        /// What went wrong.
+        reason: HandshakeError,
+    },
+    /// The pool no longer accepts work (it was closed, joined or terminated).
+    #[error("the pool is closed and accepts no more work")]
+    Closed,
+    /// Workers kept failing to start, so the pool gave up; the first failure.
+    #[error("the pool gave up after {failures} consecutive worker start failures; first: {first}")]
+    Broken {
+        /// How many starts failed in a row.
+        failures: u32,
+        /// The first of them.
+        first: Box<PoolError>,
+    },
+    /// A builder setting is invalid.
+    #[error("invalid pool configuration: {0}")]
+    Config(String),
+    /// An operating-system call of the pool itself failed.
+    #[error("pool system call failed: {0}")]
+    Io(Arc<io::Error>),
+}
+
+impl PartialEq for PoolError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for PoolError {}
+
+impl From<io::Error> for PoolError {
+    fn from(e: io::Error) -> Self {
+        PoolError::Io(Arc::new(e))
+    }
+}

@@ -1,0 +1,32 @@
+//! The byte-level engine of procpool.
+//!
+//! This crate moves opaque byte payloads between a parent process and worker processes
+//! that run the parent's own executable. It knows nothing of serde: its unit of work is a
+//! [`Job`] (a function reference and an argument, both bytes) and its answer a [`Done`]
+//! (result bytes or a [`TaskError`]). A front (the `procpool` crate) turns typed Rust
+//! calls into jobs and implements [`Runner`] to run them in the worker.
+//!
+//! Parts, one per module: `wire` (the frame format), `transport` (framed I/O over a Unix
+//! socket), `process` (starting a worker), `worker` (the loop a worker runs), `supervisor`
+//! (the thread that owns the workers), `pool` (the [`Engine`] handle), `batch` (a caller's
+//! stream of jobs), `oneoff` (a single process outside any pool), `sys` (OS calls).
+
+mod batch;
+mod error;
+mod oneoff;
+mod pool;
+mod process;
+mod supervisor;
+mod sys;
+mod transport;
+pub mod wire;
+mod worker;
+
+pub use batch::{Batch, Done, Job, RecvError};
+pub use error::{Death, HandshakeError, PoolError, TaskError, TaskErrorKind};
+pub use oneoff::{JoinError, OneOff};
+pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig};
+pub use wire::{Failure, PROTOCOL_VERSION};
+pub use worker::{
+    Runner, is_worker_process, refuse_init_missing, serve_if_worker, take_last_panic,
+};

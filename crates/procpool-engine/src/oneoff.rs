@@ -1,0 +1,237 @@
+//! A single worker process outside any pool, started for one job and joined like a
+//! thread.
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use crate::error::{HandshakeError, PoolError, TaskError, TaskErrorKind};
+use crate::process::{self, SpawnOptions, WorkerProc};
+use crate::sys::{self, Ready};
+use crate::transport::{FrameReader, OutQueue};
+use crate::wire::{self, Down, JobFrame, Outcome, Up};
+
+/// Why joining a one-off process gave no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The task failed (panic, death of the process, codec error, ...).
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The process could not run the task at all (handshake failure).
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// The time given to `join_timeout` ran out; the process still runs.
+    #[error("the process did not finish in time; it is still running")]
+    Timeout,
+}
+
+/// A process started for one job.
+///
+/// Dropping it kills the process if it still runs and reaps it: no zombie, no orphan.
+#[derive(Debug)]
+pub struct OneOff {
+    proc: WorkerProc,
+    reader: FrameReader,
+    greeted: bool,
+    result: Option<Result<Vec<u8>, JoinError>>,
+}
+
+impl OneOff {
+    /// Starts a worker process and sends it the job.
+    ///
+    /// # Errors
+    /// [`PoolError::Spawn`] when the process cannot be started.
+    pub fn spawn(func: &[u8], payload: &[u8], max_message: usize) -> Result<OneOff, PoolError> {
+        if payload.len() > max_message {
+            return Err(PoolError::Config(format!(
+                "argument of {} bytes exceeds the limit of {max_message} bytes",
+                payload.len()
+            )));
+        }
+        let opts = SpawnOptions {
+            executable: None,
+            max_message,
+        };
+        let proc = process::spawn(&opts)?;
+        let mut out = OutQueue::default();
+        let job = JobFrame {
+            seq: 1,
+            func,
+            payload,
+        };
+        wire::encode_down(out.buf(), &Down::Jobs(vec![job]));
+        wire::encode_down(out.buf(), &Down::Shutdown);
+        // A worker that refuses the handshake closes its end: the error then comes from
+        // reading its refusal, not from this write.
+        let _ = out.flush(proc.sock.as_fd());
+        sys::set_nonblocking(proc.sock.as_fd(), true)?;
+        Ok(OneOff {
+            proc,
+            reader: FrameReader::new(max_message.saturating_add(64)),
+            greeted: false,
+            result: None,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid
+    }
+
+    /// Sends SIGKILL to the process (no effect once it ended). Joining afterwards gives a
+    /// [`WorkerDied`](TaskErrorKind::WorkerDied) error naming SIGKILL, unless the result
+    /// had already arrived.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Whether the result (or the process's end) is in.
+    pub fn is_finished(&mut self) -> bool {
+        self.pump(Some(Duration::ZERO));
+        self.result.is_some()
+    }
+
+    /// Waits for the result.
+    ///
+    /// # Errors
+    /// [`JoinError::Task`] when the task failed, [`JoinError::Pool`] when the process
+    /// could not run it.
+    pub fn join(mut self) -> Result<Vec<u8>, JoinError> {
+        while self.result.is_none() {
+            self.pump(None);
+        }
+        self.take_result()
+    }
+
+    /// Waits at most `timeout` for the result.
+    ///
+    /// # Errors
+    /// As [`join`](Self::join), and [`JoinError::Timeout`] when the time ran out; the
+    /// process still runs and may be joined again.
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<Vec<u8>, JoinError> {
+        let deadline = Instant::now() + timeout;
+        while self.result.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(JoinError::Timeout);
+            }
+            self.pump(Some(left));
+        }
+        self.take_result()
+    }
+
+    fn take_result(&mut self) -> Result<Vec<u8>, JoinError> {
+        let r = self.result.take().unwrap_or(Err(JoinError::Timeout));
+        self.proc.reap();
+        r
+    }
+
+    /// Waits up to `timeout` for something to happen and handles it.
+    fn pump(&mut self, timeout: Option<Duration>) {
+        if self.result.is_some() {
+            return;
+        }
+        let read = Ready {
+            read: true,
+            ..Ready::default()
+        };
+        let fds = [(self.proc.sock.as_fd(), read), (self.proc.pidfd(), read)];
+        let mut ready = Vec::with_capacity(2);
+        if sys::poll(&fds, &mut ready, timeout).is_err() {
+            return;
+        }
+        let mut eof = false;
+        loop {
+            match self.reader.fill(self.proc.sock.as_fd()) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(_) => self.handle_frames(),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+            if self.result.is_some() {
+                return;
+            }
+        }
+        if eof || ready.get(1).is_some_and(|r| r.read) {
+            self.handle_frames();
+            if self.result.is_none() {
+                self.died();
+            }
+        }
+    }
+
+    fn handle_frames(&mut self) {
+        while self.result.is_none() {
+            let (used, r) = match self.reader.frame() {
+                Ok(None) => return,
+                Ok(Some((body, used))) => (used, handle(&mut self.greeted, self.proc.pid, body)),
+                Err(e) => (0, Some(Err(protocol(self.proc.pid, e.to_string())))),
+            };
+            self.reader.consume(used);
+            if let Some(r) = r {
+                if r.is_err() {
+                    self.proc.kill();
+                }
+                self.result = Some(r);
+            }
+        }
+    }
+
+    fn died(&mut self) {
+        let death = self.proc.reap();
+        let pid = self.proc.pid;
+        self.result = Some(Err(if self.greeted {
+            JoinError::Task(TaskError::new(
+                TaskErrorKind::WorkerDied { death },
+                0,
+                Some(pid),
+                1,
+            ))
+        } else {
+            JoinError::Pool(PoolError::Handshake {
+                pid: Some(pid),
+                reason: HandshakeError::Exited(death),
+            })
+        }));
+    }
+}
+
+/// Handles one message; `Some` once the outcome is known.
+fn handle(greeted: &mut bool, pid: u32, body: &[u8]) -> Option<Result<Vec<u8>, JoinError>> {
+    let msg = match wire::decode_up(body) {
+        Ok(m) => m,
+        Err(e) => return Some(Err(protocol(pid, e.to_string()))),
+    };
+    match (*greeted, msg) {
+        (false, Up::Hello { .. }) => {
+            *greeted = true;
+            None
+        }
+        (false, Up::Refused(r)) => Some(Err(JoinError::Pool(PoolError::Handshake {
+            pid: Some(pid),
+            reason: r.into(),
+        }))),
+        (true, Up::Results(rs)) if rs.len() == 1 && rs[0].seq == 1 => Some(match &rs[0].outcome {
+            Outcome::Ok(b) => Ok(b.to_vec()),
+            Outcome::Err(f) => Err(JoinError::Task(TaskError::new(
+                f.clone().into(),
+                0,
+                Some(pid),
+                1,
+            ))),
+        }),
+        (_, m) => Some(Err(protocol(pid, format!("unexpected {m:?}")))),
+    }
+}
+
+fn protocol(pid: u32, message: String) -> JoinError {
+    JoinError::Task(TaskError::new(
+        TaskErrorKind::Protocol { message },
+        0,
+        Some(pid),
+        1,
+    ))
+}

@@ -1,0 +1,257 @@
+//! The engine's pool: configuration, the queue shared between callers and the supervisor,
+//! and the handle callers hold.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::batch::{Batch, BatchInner, Job, Queued};
+use crate::error::PoolError;
+use crate::supervisor::Supervisor;
+use crate::sys;
+
+/// Default largest message (argument or result): 1 GiB.
+pub const DEFAULT_MAX_MESSAGE: usize = 1 << 30;
+
+/// How an engine pool is set up.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Number of worker processes (at least 1).
+    pub workers: usize,
+    /// Replace a worker after it ran this many tasks (job weights).
+    pub recycle_after: Option<u64>,
+    /// How many times a job whose worker died is started again (0: never).
+    pub retries: u32,
+    /// Initializer run once in each worker before any job: function reference and
+    /// encoded argument.
+    pub initializer: Option<(Arc<[u8]>, Vec<u8>)>,
+    /// Largest argument or result in bytes.
+    pub max_message: usize,
+    /// Executable to start as worker instead of the running one (it must be the same
+    /// binary: the handshake checks its fingerprint).
+    pub executable: Option<PathBuf>,
+    /// How long a new worker may take to answer the handshake.
+    pub handshake_timeout: Duration,
+    /// Consecutive worker start failures after which the pool gives up.
+    pub max_start_failures: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            recycle_after: None,
+            retries: 0,
+            initializer: None,
+            max_message: DEFAULT_MAX_MESSAGE,
+            executable: None,
+            handshake_timeout: Duration::from_secs(20),
+            max_start_failures: 3,
+        }
+    }
+}
+
+/// What the pool has been told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Run,
+    /// Finish queued work, then stop the workers.
+    Join,
+    /// Kill the workers now.
+    Terminate,
+}
+
+#[derive(Debug)]
+pub(crate) struct Queue {
+    pub(crate) jobs: VecDeque<Queued>,
+    pub(crate) cancels: Vec<Arc<BatchInner>>,
+    pub(crate) mode: Mode,
+    pub(crate) broken: Option<PoolError>,
+}
+
+/// State shared by callers and the supervisor thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) queue: Mutex<Queue>,
+    wake_fd: OwnedFd,
+    pub(crate) config: EngineConfig,
+    pub(crate) pids: Mutex<Vec<u32>>,
+    /// Result of starting the first workers, set once by the supervisor.
+    pub(crate) started: Mutex<Option<Result<(), PoolError>>>,
+    pub(crate) started_cv: Condvar,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn wake(&self) {
+        sys::wake(self.wake_fd.as_fd());
+    }
+
+    pub(crate) fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.wake_fd.as_fd()
+    }
+
+    pub(crate) fn enqueue(
+        &self,
+        batch: &Arc<BatchInner>,
+        jobs: impl IntoIterator<Item = Job>,
+    ) -> Result<usize, PoolError> {
+        let mut q = self.lock();
+        if let Some(e) = &q.broken {
+            return Err(e.clone());
+        }
+        if q.mode != Mode::Run {
+            return Err(PoolError::Closed);
+        }
+        let before = q.jobs.len();
+        q.jobs.extend(jobs.into_iter().map(|job| Queued {
+            job,
+            batch: batch.clone(),
+            attempts: 0,
+        }));
+        let n = q.jobs.len() - before;
+        drop(q);
+        if n > 0 {
+            self.wake();
+        }
+        Ok(n)
+    }
+
+    pub(crate) fn request_cancel(&self, batch: Arc<BatchInner>) {
+        self.lock().cancels.push(batch);
+        self.wake();
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        let mut q = self.lock();
+        if mode == Mode::Terminate || q.mode == Mode::Run {
+            q.mode = mode;
+        }
+        drop(q);
+        self.wake();
+    }
+}
+
+/// A pool of worker processes that runs byte-level jobs.
+///
+/// Dropping the engine terminates it: workers are killed and reaped, and unfinished jobs
+/// end with [`TaskErrorKind::Terminated`](crate::TaskErrorKind::Terminated).
+#[derive(Debug)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts the workers and waits until each has completed its handshake.
+    ///
+    /// # Errors
+    /// [`PoolError::Spawn`] when a process cannot be started, [`PoolError::Handshake`]
+    /// when a worker refuses or fails to answer, [`PoolError::Config`] for a bad setting.
+    pub fn start(config: EngineConfig) -> Result<Engine, PoolError> {
+        if config.workers == 0 {
+            return Err(PoolError::Config("a pool needs at least one worker".into()));
+        }
+        if config.max_message == 0 || config.max_message > (u32::MAX as usize) - 1024 {
+            return Err(PoolError::Config(
+                "max_message_size must be between 1 byte and 4 GiB - 1 KiB".into(),
+            ));
+        }
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                cancels: Vec::new(),
+                mode: Mode::Run,
+                broken: None,
+            }),
+            wake_fd: sys::eventfd()?,
+            config,
+            pids: Mutex::new(Vec::new()),
+            started: Mutex::new(None),
+            started_cv: Condvar::new(),
+        });
+        let sup = Supervisor::new(shared.clone());
+        let thread = std::thread::Builder::new()
+            .name("procpool-supervisor".into())
+            .spawn(move || sup.run())?;
+        let mut engine = Engine {
+            shared,
+            thread: Some(thread),
+        };
+        let mut started = engine
+            .shared
+            .started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while started.is_none() {
+            started = engine
+                .shared
+                .started_cv
+                .wait(started)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        let result = started.take().unwrap_or(Ok(()));
+        drop(started);
+        match result {
+            Ok(()) => Ok(engine),
+            Err(e) => {
+                engine.stop(Mode::Terminate);
+                Err(e)
+            }
+        }
+    }
+
+    /// A new batch to submit jobs through.
+    pub fn batch(&self) -> Batch {
+        Batch::new(self.shared.clone())
+    }
+
+    /// Process ids of the live workers.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.shared
+            .pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// Stops accepting new jobs; queued and running jobs still finish.
+    pub fn close(&self) {
+        self.shared.set_mode(Mode::Join);
+    }
+
+    /// Closes the pool, waits for queued jobs to finish, then stops the workers and
+    /// reaps them.
+    pub fn join(mut self) {
+        self.stop(Mode::Join);
+    }
+
+    /// Kills the workers now; unfinished jobs end with `Terminated`.
+    pub fn terminate(mut self) {
+        self.stop(Mode::Terminate);
+    }
+
+    fn stop(&mut self, mode: Mode) {
+        self.shared.set_mode(mode);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop(Mode::Terminate);
+    }
+}

@@ -1,0 +1,213 @@
+//! Starting a worker process and holding it until it is reaped.
+//!
+//! A worker is the parent's own executable started again (`/proc/self/exe`), with the
+//! parent's arguments, and an environment variable that tells `init()` it is a worker and
+//! which inherited descriptors to use: one end of a socket pair, and a sealed memfd
+//! holding the control block (which task the worker is running, since when).
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
+
+use crate::error::{Death, PoolError};
+use crate::sys::{self, SharedRegion};
+use crate::wire::PROTOCOL_VERSION;
+
+/// Environment variable naming a worker's inherited descriptors.
+pub(crate) const ENV_WORKER: &str = "PROCPOOL_WORKER";
+
+/// Size of the control block shared with each worker.
+pub(crate) const CONTROL_LEN: usize = 64;
+/// Control word: sequence number of the job the worker started last.
+pub(crate) const CTL_STARTED_SEQ: usize = 0;
+/// Control word: when it started (monotonic nanoseconds).
+pub(crate) const CTL_STARTED_AT: usize = 1;
+
+/// Where workers come from.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SpawnOptions {
+    /// Executable to start instead of `/proc/self/exe`.
+    pub(crate) executable: Option<PathBuf>,
+    /// Largest frame body either side accepts.
+    pub(crate) max_message: usize,
+}
+
+/// The fingerprint of this process's executable, computed once.
+pub(crate) fn my_fingerprint() -> u64 {
+    static FP: OnceLock<u64> = OnceLock::new();
+    *FP.get_or_init(|| sys::exe_fingerprint().unwrap_or(0))
+}
+
+/// What a worker reads from [`ENV_WORKER`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WorkerEnv {
+    pub(crate) version: u32,
+    pub(crate) sock: i32,
+    pub(crate) ctl: i32,
+    pub(crate) parent: u32,
+    pub(crate) fingerprint: u64,
+    pub(crate) max_message: usize,
+}
+
+impl WorkerEnv {
+    pub(crate) fn encode(&self) -> String {
+        format!(
+            "{}:{}:{}:{}:{:x}:{}",
+            self.version, self.sock, self.ctl, self.parent, self.fingerprint, self.max_message
+        )
+    }
+
+    pub(crate) fn decode(s: &str) -> Option<Self> {
+        let mut it = s.split(':');
+        let env = WorkerEnv {
+            version: it.next()?.parse().ok()?,
+            sock: it.next()?.parse().ok()?,
+            ctl: it.next()?.parse().ok()?,
+            parent: it.next()?.parse().ok()?,
+            fingerprint: u64::from_str_radix(it.next()?, 16).ok()?,
+            max_message: it.next()?.parse().ok()?,
+        };
+        it.next().is_none().then_some(env)
+    }
+}
+
+/// A live (or not yet reaped) worker process. Dropping it kills and reaps the process.
+#[derive(Debug)]
+pub(crate) struct WorkerProc {
+    pub(crate) pid: u32,
+    pidfd: OwnedFd,
+    pub(crate) sock: OwnedFd,
+    pub(crate) ctl: SharedRegion,
+    death: Option<Death>,
+}
+
+/// Starts a worker. The socket it returns is blocking; the caller may change that.
+pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
+    let spawn_err = |e: std::io::Error| PoolError::Spawn(Arc::new(e));
+    let (mine, theirs) = sys::socketpair().map_err(spawn_err)?;
+    let ctl = SharedRegion::create(CONTROL_LEN).map_err(spawn_err)?;
+    let env = WorkerEnv {
+        version: PROTOCOL_VERSION,
+        sock: theirs.as_raw_fd(),
+        ctl: ctl.raw_fd(),
+        parent: sys::my_pid(),
+        fingerprint: my_fingerprint(),
+        max_message: opts.max_message,
+    };
+    let exe = opts
+        .executable
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+    let mut args = std::env::args_os();
+    let arg0 = args
+        .next()
+        .unwrap_or_else(|| OsString::from("procpool-worker"));
+    let mut cmd = Command::new(&exe);
+    cmd.arg0(arg0)
+        .args(args)
+        .env(ENV_WORKER, env.encode())
+        .stdin(Stdio::null())
+        .process_group(0);
+    let (sock_fd, ctl_fd) = (theirs.as_raw_fd(), ctl.raw_fd());
+    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
+    // raw system calls (fcntl, prctl) on descriptors this process owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            sys::inherit(sock_fd)?;
+            sys::inherit(ctl_fd)?;
+            sys::kill_me_with_parent()
+        });
+    }
+    let child = cmd.spawn().map_err(|e| {
+        spawn_err(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", exe.display()),
+        ))
+    })?;
+    drop(theirs);
+    let pid = child.id();
+    // The std handle is dropped without waiting: we reap through the pidfd.
+    drop(child);
+    let pidfd = sys::pidfd_open(pid).map_err(spawn_err)?;
+    Ok(WorkerProc {
+        pid,
+        pidfd,
+        sock: mine,
+        ctl,
+        death: None,
+    })
+}
+
+impl WorkerProc {
+    /// Process descriptor: readable once the process has ended.
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// Sends SIGKILL.
+    pub(crate) fn kill(&self) {
+        if self.death.is_none() {
+            let _ = sys::kill(self.pidfd.as_fd());
+        }
+    }
+
+    /// Waits for the process to end and reaps it.
+    pub(crate) fn reap(&mut self) -> Death {
+        if let Some(d) = self.death {
+            return d;
+        }
+        let d = sys::reap_blocking(self.pidfd.as_fd()).unwrap_or(Death::Exit(-1));
+        self.death = Some(d);
+        d
+    }
+
+    /// Kills and reaps.
+    pub(crate) fn kill_and_reap(&mut self) -> Death {
+        self.kill();
+        self.reap()
+    }
+
+    /// The job the worker started last and when: `(seq, monotonic nanos)`.
+    pub(crate) fn started(&self) -> (u64, u64) {
+        let seq = self.ctl.word(CTL_STARTED_SEQ);
+        let at = self.ctl.word(CTL_STARTED_AT);
+        loop {
+            use std::sync::atomic::Ordering::Acquire;
+            let s1 = seq.load(Acquire);
+            let t = at.load(Acquire);
+            if seq.load(Acquire) == s1 {
+                return (s1, t);
+            }
+        }
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_round_trip_and_rejects_junk() {
+        let e = WorkerEnv {
+            version: 1,
+            sock: 5,
+            ctl: 6,
+            parent: 77,
+            fingerprint: 0xdead_beef,
+            max_message: 1 << 20,
+        };
+        assert_eq!(WorkerEnv::decode(&e.encode()), Some(e));
+        assert_eq!(WorkerEnv::decode("1:2:3"), None);
+        assert_eq!(WorkerEnv::decode("1:2:3:4:zz:6"), None);
+        assert_eq!(WorkerEnv::decode("1:2:3:4:5:6:7"), None);
+    }
+}

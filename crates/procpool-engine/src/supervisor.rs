@@ -1,0 +1,864 @@
+//! The supervisor: one thread per pool that owns the worker processes.
+//!
+//! It is the one place that knows which jobs each worker holds. It waits in `poll` on
+//! every worker's socket and process descriptor and on an eventfd that callers ring when
+//! they queue work; it sends jobs (many to a frame, up to a per-worker window sized from
+//! the measured job time), reads results, and enforces time limits. When a worker dies it
+//! reads what the worker sent before dying, then uses the control block to tell the job
+//! that was running (which fails, or is retried) from the jobs not yet started (which go
+//! back to the front of the queue), and starts a replacement.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::batch::{BatchInner, Done, Queued};
+use crate::error::{Death, HandshakeError, PoolError, TaskError, TaskErrorKind};
+use crate::pool::{Mode, Shared};
+use crate::process::{self, SpawnOptions, WorkerProc};
+use crate::sys::{self, Ready};
+use crate::transport::{FrameReader, OutQueue, SHARE_THRESHOLD};
+use crate::wire::{self, Down, Outcome, PROTOCOL_VERSION, Up};
+
+/// Target amount of work in flight per worker, in nanoseconds of measured job time.
+const WINDOW_NANOS: f64 = 2_000_000.0;
+/// Most jobs in flight per worker.
+const MAX_WINDOW: usize = 1024;
+/// How long a worker told to shut down may take before it is killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Reads per worker per loop turn, so one chatty worker cannot starve the others.
+const READS_PER_TURN: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Handshake,
+    Init,
+    Ready,
+    Retiring,
+}
+
+#[derive(Debug, Clone)]
+enum KillReason {
+    Timeout { limit: Duration, ran: Duration },
+    Cancel,
+    Protocol(String),
+    Shutdown,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    seq: u64,
+    q: Queued,
+    /// Already answered (cancelled): drop whatever comes back.
+    answered: bool,
+}
+
+#[derive(Debug)]
+struct Worker {
+    proc: WorkerProc,
+    phase: Phase,
+    deadline: Option<Instant>,
+    reader: FrameReader,
+    out: OutQueue,
+    in_flight: VecDeque<InFlight>,
+    next_seq: u64,
+    items_sent: u64,
+    kill_reason: Option<KillReason>,
+    start_error: Option<PoolError>,
+    eof: bool,
+}
+
+impl Worker {
+    fn pid(&self) -> u32 {
+        self.proc.pid
+    }
+
+    fn kill(&mut self, reason: KillReason) {
+        if self.kill_reason.is_none() {
+            self.kill_reason = Some(reason);
+        }
+        self.proc.kill();
+    }
+
+    fn sock(&self) -> BorrowedFd<'_> {
+        self.proc.sock.as_fd()
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.out.flush(self.proc.sock.as_fd()) {
+            // The worker is gone or going; its death is handled through its pidfd.
+            if self.kill_reason.is_none() && e.kind() != std::io::ErrorKind::BrokenPipe {
+                self.kill(KillReason::Protocol(format!("send failed: {e}")));
+            }
+            self.out = OutQueue::default();
+        }
+    }
+}
+
+pub(crate) struct Supervisor {
+    shared: Arc<Shared>,
+    slots: Vec<Option<Worker>>,
+    retiring: Vec<Worker>,
+    avg_nanos: f64,
+    start_failures: u32,
+    first_failure: Option<PoolError>,
+    starting: bool,
+    spawn_opts: SpawnOptions,
+    ready_buf: Vec<Ready>,
+}
+
+impl Supervisor {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let n = shared.config.workers;
+        let spawn_opts = SpawnOptions {
+            executable: shared.config.executable.clone(),
+            max_message: shared.config.max_message,
+        };
+        Self {
+            shared,
+            slots: (0..n).map(|_| None).collect(),
+            retiring: Vec::new(),
+            avg_nanos: 0.0,
+            start_failures: 0,
+            first_failure: None,
+            starting: true,
+            spawn_opts,
+            ready_buf: Vec::new(),
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        for i in 0..self.slots.len() {
+            if let Err(e) = self.spawn_into(i) {
+                self.report_started(Err(e));
+                self.terminate();
+                return;
+            }
+        }
+        loop {
+            let (mode, cancels) = {
+                let mut q = self.shared.lock();
+                (q.mode, std::mem::take(&mut q.cancels))
+            };
+            if mode == Mode::Terminate {
+                self.terminate();
+                return;
+            }
+            for b in cancels {
+                self.cancel(&b);
+            }
+            if self.starting && self.all_started() {
+                self.starting = false;
+                self.report_started(Ok(()));
+            }
+            self.dispatch();
+            if mode == Mode::Join && self.idle() {
+                self.shutdown_all();
+                if self.retiring.is_empty() {
+                    return;
+                }
+            }
+            self.respawn(mode);
+            let timeout = self.check_deadlines();
+            if self.starting && self.failed_start() {
+                return;
+            }
+            self.wait(timeout);
+        }
+    }
+
+    fn report_started(&self, r: Result<(), PoolError>) {
+        let mut s = self
+            .shared
+            .started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *s = Some(r);
+        self.shared.started_cv.notify_all();
+    }
+
+    fn all_started(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| s.as_ref().is_some_and(|w| w.phase != Phase::Handshake))
+    }
+
+    /// During start-up any failure fails the whole start.
+    fn failed_start(&mut self) -> bool {
+        match self.first_failure.clone() {
+            Some(e) => {
+                self.report_started(Err(e));
+                self.terminate();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn spawn_into(&mut self, i: usize) -> Result<(), PoolError> {
+        let proc = process::spawn(&self.spawn_opts)?;
+        sys::set_nonblocking(proc.sock.as_fd(), true)?;
+        let max_body = self.shared.config.max_message.saturating_add(64);
+        self.slots[i] = Some(Worker {
+            proc,
+            phase: Phase::Handshake,
+            deadline: Some(Instant::now() + self.shared.config.handshake_timeout),
+            reader: FrameReader::new(max_body),
+            out: OutQueue::default(),
+            in_flight: VecDeque::new(),
+            next_seq: 1,
+            items_sent: 0,
+            kill_reason: None,
+            start_error: None,
+            eof: false,
+        });
+        self.publish_pids();
+        Ok(())
+    }
+
+    fn publish_pids(&self) {
+        let pids = self.slots.iter().flatten().map(Worker::pid).collect();
+        *self.shared.pids.lock().unwrap_or_else(|e| e.into_inner()) = pids;
+    }
+
+    fn respawn(&mut self, mode: Mode) {
+        if self.shared.lock().broken.is_some() {
+            return;
+        }
+        if mode == Mode::Join && self.idle() {
+            return;
+        }
+        for i in 0..self.slots.len() {
+            if self.slots[i].is_none() {
+                if let Err(e) = self.spawn_into(i) {
+                    self.start_failed(e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn start_failed(&mut self, e: PoolError) {
+        self.start_failures += 1;
+        let first = self.first_failure.get_or_insert(e).clone();
+        if self.starting || self.start_failures < self.shared.config.max_start_failures {
+            return;
+        }
+        let broken = PoolError::Broken {
+            failures: self.start_failures,
+            first: Box::new(first),
+        };
+        self.shared.lock().broken = Some(broken);
+    }
+
+    fn idle(&self) -> bool {
+        self.shared.lock().jobs.is_empty()
+            && self.slots.iter().flatten().all(|w| w.in_flight.is_empty())
+    }
+
+    /// Jobs a worker may hold at once.
+    fn window(&self) -> usize {
+        if self.avg_nanos <= 0.0 {
+            return 1;
+        }
+        ((WINDOW_NANOS / self.avg_nanos) as usize).clamp(1, MAX_WINDOW)
+    }
+
+    fn dispatch(&mut self) {
+        let window = self.window();
+        let recycle = self.shared.config.recycle_after;
+        let max_message = self.shared.config.max_message;
+        let mut q = self.shared.lock();
+        if let Some(broken) = q.broken.clone() {
+            if !self.slots.iter().flatten().any(|w| w.phase == Phase::Ready) {
+                for j in q.jobs.drain(..) {
+                    let kind = TaskErrorKind::PoolBroken(broken.clone());
+                    answer(&j, kind, None);
+                }
+                return;
+            }
+        }
+        for w in self.slots.iter_mut().flatten() {
+            if w.phase != Phase::Ready || w.kill_reason.is_some() {
+                continue;
+            }
+            let mut room = window.saturating_sub(w.in_flight.len());
+            if let Some(limit) = recycle {
+                room = room.min(limit.saturating_sub(w.items_sent) as usize);
+            }
+            let mut frame: Vec<Queued> = Vec::new();
+            let mut frame_bytes = 0usize;
+            while room > 0 {
+                let Some(job) = q.jobs.pop_front() else { break };
+                if job.batch.is_dead() {
+                    continue;
+                }
+                let size = job.job.payload.len();
+                if size > max_message {
+                    let kind = TaskErrorKind::TooLarge {
+                        size: size as u64,
+                        limit: max_message as u64,
+                    };
+                    answer(&job, kind, None);
+                    continue;
+                }
+                let cost = wire::job_overhead(&job.job.func) + size;
+                if !frame.is_empty() && frame_bytes + cost > max_message {
+                    send_jobs(w, std::mem::take(&mut frame), frame_bytes);
+                    frame_bytes = 0;
+                }
+                frame_bytes += cost;
+                w.items_sent += u64::from(job.job.weight.max(1));
+                frame.push(job);
+                room -= 1;
+            }
+            if !frame.is_empty() {
+                send_jobs(w, frame, frame_bytes);
+            }
+        }
+        drop(q);
+        for w in self.slots.iter_mut().flatten() {
+            if !w.out.is_empty() {
+                w.flush();
+            }
+        }
+    }
+
+    fn cancel(&mut self, batch: &Arc<BatchInner>) {
+        let mut q = self.shared.lock();
+        let mut kept = VecDeque::with_capacity(q.jobs.len());
+        for j in q.jobs.drain(..) {
+            if Arc::ptr_eq(&j.batch, batch) {
+                deliver(&j, TaskErrorKind::Cancelled, None, j.attempts);
+            } else {
+                kept.push_back(j);
+            }
+        }
+        q.jobs = kept;
+        drop(q);
+        for w in self.slots.iter_mut().flatten() {
+            let (started, _) = w.proc.started();
+            let mut kill = false;
+            for f in w.in_flight.iter_mut() {
+                if Arc::ptr_eq(&f.q.batch, batch) && !f.answered {
+                    f.answered = true;
+                    let pid = w.proc.pid;
+                    deliver(&f.q, TaskErrorKind::Cancelled, Some(pid), f.q.attempts + 1);
+                    kill |= f.seq <= started;
+                }
+            }
+            if kill {
+                w.kill(KillReason::Cancel);
+            }
+        }
+    }
+
+    /// Kills workers past a deadline; returns how long until the next one.
+    fn check_deadlines(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        let mono = sys::monotonic_nanos();
+        let mut next: Option<Duration> = None;
+        let mut soonest = |d: Duration| next = Some(next.map_or(d, |n| n.min(d)));
+        for w in self.slots.iter_mut().flatten() {
+            if w.kill_reason.is_some() {
+                continue;
+            }
+            if let Some(d) = w.deadline {
+                if now >= d {
+                    let t = self.shared.config.handshake_timeout;
+                    w.start_error.get_or_insert(PoolError::Handshake {
+                        pid: Some(w.proc.pid),
+                        reason: HandshakeError::TimedOut(t),
+                    });
+                    w.kill(KillReason::Shutdown);
+                    continue;
+                }
+                soonest(d - now);
+            }
+            if w.phase != Phase::Ready {
+                continue;
+            }
+            let (started, at) = w.proc.started();
+            for f in &w.in_flight {
+                let Some(limit) = f.q.job.timeout else {
+                    continue;
+                };
+                if f.answered {
+                    continue;
+                }
+                if f.seq == started {
+                    let ran = Duration::from_nanos(mono.saturating_sub(at));
+                    if ran >= limit {
+                        w.kill_reason = Some(KillReason::Timeout { limit, ran });
+                        w.proc.kill();
+                        break;
+                    }
+                    soonest(limit - ran);
+                } else if f.seq > started {
+                    // Not started yet: look again shortly.
+                    soonest(limit.min(Duration::from_millis(2)));
+                }
+                break;
+            }
+        }
+        for w in &mut self.retiring {
+            if let Some(d) = w.deadline {
+                if now >= d {
+                    w.proc.kill();
+                } else {
+                    soonest(d - now);
+                }
+            }
+        }
+        next
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) {
+        let mut fds: Vec<(BorrowedFd<'_>, Ready)> = Vec::with_capacity(1 + 2 * self.slots.len());
+        let read = Ready {
+            read: true,
+            ..Ready::default()
+        };
+        fds.push((self.shared.wake_fd(), read));
+        for w in self.slots.iter().flatten().chain(self.retiring.iter()) {
+            let sock = Ready {
+                read: !w.eof,
+                write: !w.out.is_empty(),
+                hup: false,
+            };
+            fds.push((w.sock(), sock));
+            fds.push((w.proc.pidfd(), read));
+        }
+        let mut ready = std::mem::take(&mut self.ready_buf);
+        if let Err(e) = sys::poll(&fds, &mut ready, timeout) {
+            eprintln!("procpool supervisor: poll failed: {e}");
+            std::thread::sleep(Duration::from_millis(10));
+            self.ready_buf = ready;
+            return;
+        }
+        drop(fds);
+        if ready.first().is_some_and(|r| r.read) {
+            sys::drain(self.shared.wake_fd());
+        }
+        let mut k = 1;
+        for i in 0..self.slots.len() {
+            if self.slots[i].is_none() {
+                continue;
+            }
+            let (sock, pid) = (ready[k], ready[k + 1]);
+            k += 2;
+            self.service_slot(i, sock, pid);
+        }
+        let mut i = 0;
+        while i < self.retiring.len() {
+            let (sock, pid) = (ready[k], ready[k + 1]);
+            k += 2;
+            if sock.read || sock.hup {
+                self.read_worker_retiring(i);
+            }
+            if sock.write {
+                self.retiring[i].flush();
+            }
+            if pid.read {
+                let mut w = self.retiring.swap_remove(i);
+                drain_socket(&mut w, &mut self.avg_nanos);
+                w.proc.reap();
+                continue;
+            }
+            i += 1;
+        }
+        self.ready_buf = ready;
+    }
+
+    fn read_worker_retiring(&mut self, i: usize) {
+        let w = &mut self.retiring[i];
+        read_some(w);
+        let mut ctx = Ctx {
+            avg_nanos: &mut self.avg_nanos,
+            init: None,
+        };
+        handle_frames(w, &mut ctx);
+    }
+
+    fn service_slot(&mut self, i: usize, sock: Ready, pid: Ready) {
+        let Some(w) = self.slots[i].as_mut() else {
+            return;
+        };
+        if sock.write {
+            w.flush();
+        }
+        if sock.read || sock.hup {
+            read_some(w);
+            let before = w.phase;
+            let mut ctx = Ctx {
+                avg_nanos: &mut self.avg_nanos,
+                init: self.shared.config.initializer.as_ref(),
+            };
+            handle_frames(w, &mut ctx);
+            if before != Phase::Ready && w.phase == Phase::Ready {
+                self.start_failures = 0;
+                self.first_failure = None;
+            }
+        }
+        if w.eof && !pid.read {
+            // The worker closed its socket but lives: it is of no more use.
+            w.kill(KillReason::Shutdown);
+        }
+        if pid.read {
+            let w = self.slots[i].take().expect("slot checked above");
+            self.bury(w);
+            self.publish_pids();
+            return;
+        }
+        self.maybe_retire(i);
+    }
+
+    /// Sends a worker that reached its task quota into retirement.
+    fn maybe_retire(&mut self, i: usize) {
+        let Some(limit) = self.shared.config.recycle_after else {
+            return;
+        };
+        let Some(w) = self.slots[i].as_mut() else {
+            return;
+        };
+        if w.phase == Phase::Ready && w.items_sent >= limit && w.in_flight.is_empty() {
+            let w = self.slots[i].take().expect("slot checked above");
+            self.retire(w);
+            self.publish_pids();
+        }
+    }
+
+    fn retire(&mut self, mut w: Worker) {
+        wire::encode_down(w.out.buf(), &Down::Shutdown);
+        w.flush();
+        w.phase = Phase::Retiring;
+        w.deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+        self.retiring.push(w);
+    }
+
+    /// Handles the end of a worker that held a slot.
+    fn bury(&mut self, mut w: Worker) {
+        drain_socket(&mut w, &mut self.avg_nanos);
+        let death = w.proc.reap();
+        match w.phase {
+            Phase::Handshake | Phase::Init => {
+                let e = w.start_error.take().unwrap_or(PoolError::Handshake {
+                    pid: Some(w.proc.pid),
+                    reason: HandshakeError::Exited(death),
+                });
+                self.start_failed(e);
+            }
+            Phase::Ready | Phase::Retiring => self.attribute(w, death),
+        }
+    }
+
+    /// Fails the job a dead worker was running and sends the others back to the queue.
+    fn attribute(&mut self, mut w: Worker, death: Death) {
+        let (started, _) = w.proc.started();
+        let retries = self.shared.config.retries;
+        let mut again: Vec<Queued> = Vec::new();
+        for mut f in w.in_flight.drain(..) {
+            if f.answered || f.q.batch.is_dead() {
+                continue;
+            }
+            if f.seq > started {
+                again.push(f.q);
+                continue;
+            }
+            let attempts = f.q.attempts + 1;
+            let kind = match &w.kill_reason {
+                Some(KillReason::Timeout { limit, ran }) => TaskErrorKind::TimedOut {
+                    limit: *limit,
+                    ran: *ran,
+                },
+                Some(KillReason::Cancel) => TaskErrorKind::Cancelled,
+                Some(KillReason::Protocol(m)) => TaskErrorKind::Protocol { message: m.clone() },
+                Some(KillReason::Shutdown) | None => {
+                    if attempts <= retries {
+                        f.q.attempts = attempts;
+                        again.push(f.q);
+                        continue;
+                    }
+                    TaskErrorKind::WorkerDied { death }
+                }
+            };
+            deliver(&f.q, kind, Some(w.proc.pid), attempts);
+        }
+        let mut q = self.shared.lock();
+        for j in again.into_iter().rev() {
+            q.jobs.push_front(j);
+        }
+    }
+
+    fn shutdown_all(&mut self) {
+        for i in 0..self.slots.len() {
+            if let Some(mut w) = self.slots[i].take() {
+                if w.phase == Phase::Ready {
+                    self.retire(w);
+                } else {
+                    w.proc.kill_and_reap();
+                }
+            }
+        }
+        self.publish_pids();
+    }
+
+    fn terminate(&mut self) {
+        let mut all: Vec<Worker> = self.slots.iter_mut().filter_map(Option::take).collect();
+        all.append(&mut self.retiring);
+        for w in &all {
+            w.proc.kill();
+        }
+        for mut w in all {
+            w.proc.reap();
+            for f in w.in_flight.drain(..) {
+                if !f.answered {
+                    deliver(
+                        &f.q,
+                        TaskErrorKind::Terminated,
+                        Some(w.proc.pid),
+                        f.q.attempts + 1,
+                    );
+                }
+            }
+        }
+        let jobs = std::mem::take(&mut self.shared.lock().jobs);
+        for j in jobs {
+            answer(&j, TaskErrorKind::Terminated, None);
+        }
+        self.publish_pids();
+    }
+}
+
+fn send_jobs(w: &mut Worker, jobs: Vec<Queued>, body: usize) {
+    wire::put_jobs_header(w.out.buf(), jobs.len() as u32, body);
+    for q in jobs {
+        let seq = w.next_seq;
+        w.next_seq += 1;
+        let payload = &q.job.payload;
+        wire::put_job_head(w.out.buf(), seq, &q.job.func, payload.len());
+        if payload.len() >= SHARE_THRESHOLD {
+            w.out.push_shared(payload.clone());
+        } else {
+            w.out.buf().extend_from_slice(payload);
+        }
+        w.in_flight.push_back(InFlight {
+            seq,
+            q,
+            answered: false,
+        });
+    }
+}
+
+/// Reads what the worker's socket holds now (bounded per turn).
+fn read_some(w: &mut Worker) {
+    for _ in 0..READS_PER_TURN {
+        match w.reader.fill(w.proc.sock.as_fd()) {
+            Ok(0) => {
+                w.eof = true;
+                return;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                w.eof = true;
+                return;
+            }
+        }
+        if w.reader.frame().is_ok_and(|f| f.is_some()) {
+            return;
+        }
+    }
+}
+
+/// Reads everything a dead worker left in its socket.
+fn drain_socket(w: &mut Worker, avg_nanos: &mut f64) {
+    let mut ctx = Ctx {
+        avg_nanos,
+        init: None,
+    };
+    loop {
+        handle_frames(w, &mut ctx);
+        if w.eof || matches!(w.kill_reason, Some(KillReason::Protocol(_))) {
+            return;
+        }
+        match w.reader.fill(w.proc.sock.as_fd()) {
+            Ok(0) => w.eof = true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => w.eof = true,
+        }
+    }
+}
+
+/// What message handling needs beyond the worker.
+struct Ctx<'a> {
+    avg_nanos: &'a mut f64,
+    init: Option<&'a (Arc<[u8]>, Vec<u8>)>,
+}
+
+/// Handles every complete frame a worker sent.
+fn handle_frames(w: &mut Worker, ctx: &mut Ctx<'_>) {
+    loop {
+        if matches!(w.kill_reason, Some(KillReason::Protocol(_))) {
+            return;
+        }
+        let Worker {
+            reader,
+            phase,
+            deadline,
+            in_flight,
+            start_error,
+            proc,
+            ..
+        } = &mut *w;
+        let (used, result) = match reader.frame() {
+            Ok(None) => return,
+            Err(e) => (0, Err(e.to_string())),
+            Ok(Some((body, used))) => {
+                let view = WorkerView {
+                    pid: proc.pid,
+                    phase,
+                    deadline,
+                    in_flight,
+                    start_error,
+                    has_init: ctx.init.is_some(),
+                };
+                (used, handle_message(view, body, ctx.avg_nanos))
+            }
+        };
+        w.reader.consume(used);
+        match result {
+            Err(m) => {
+                w.kill(KillReason::Protocol(m));
+                return;
+            }
+            Ok(true) => {
+                if let Some((func, payload)) = ctx.init {
+                    wire::encode_down(w.out.buf(), &Down::Init { func, payload });
+                    w.flush();
+                }
+            }
+            Ok(false) => {}
+        }
+    }
+}
+
+/// The fields of a worker a message may change (split from its reader, which holds the
+/// message's bytes).
+struct WorkerView<'a> {
+    pid: u32,
+    phase: &'a mut Phase,
+    deadline: &'a mut Option<Instant>,
+    in_flight: &'a mut VecDeque<InFlight>,
+    start_error: &'a mut Option<PoolError>,
+    has_init: bool,
+}
+
+/// Handles one message; `Ok(true)` when the initializer is to be sent.
+fn handle_message(w: WorkerView<'_>, body: &[u8], avg_nanos: &mut f64) -> Result<bool, String> {
+    let msg = wire::decode_up(body).map_err(|e| e.to_string())?;
+    match (*w.phase, msg) {
+        (
+            Phase::Handshake,
+            Up::Hello {
+                version,
+                fingerprint,
+                ..
+            },
+        ) => {
+            if version != PROTOCOL_VERSION || fingerprint != process::my_fingerprint() {
+                return Err(format!(
+                    "hello with version {version} and fingerprint {fingerprint:016x}"
+                ));
+            }
+            *w.deadline = None;
+            *w.phase = if w.has_init {
+                Phase::Init
+            } else {
+                Phase::Ready
+            };
+            Ok(w.has_init)
+        }
+        (Phase::Handshake, Up::Refused(r)) => {
+            *w.start_error = Some(PoolError::Handshake {
+                pid: Some(w.pid),
+                reason: r.into(),
+            });
+            Ok(false)
+        }
+        (Phase::Init, Up::InitDone(r)) => {
+            match r {
+                Ok(()) => *w.phase = Phase::Ready,
+                Err(f) => {
+                    *w.start_error = Some(PoolError::Handshake {
+                        pid: Some(w.pid),
+                        reason: HandshakeError::Initializer(Box::new(f.into())),
+                    });
+                }
+            }
+            Ok(false)
+        }
+        (Phase::Ready | Phase::Retiring, Up::Results(rs)) => {
+            for r in rs {
+                let Some(f) = w.in_flight.front() else {
+                    return Err(format!(
+                        "result for job {} which the worker does not hold",
+                        r.seq
+                    ));
+                };
+                if f.seq != r.seq {
+                    return Err(format!(
+                        "result for job {} while job {} was due",
+                        r.seq, f.seq
+                    ));
+                }
+                let f = w.in_flight.pop_front().expect("front checked above");
+                *avg_nanos = if *avg_nanos <= 0.0 {
+                    r.nanos as f64
+                } else {
+                    0.8 * *avg_nanos + 0.2 * r.nanos as f64
+                };
+                if f.answered || f.q.batch.is_dead() {
+                    continue;
+                }
+                let attempts = f.q.attempts + 1;
+                let outcome = match r.outcome {
+                    Outcome::Ok(b) => Ok(b.to_vec()),
+                    Outcome::Err(fail) => Err(TaskError::new(
+                        fail.into(),
+                        f.q.job.index,
+                        Some(w.pid),
+                        attempts,
+                    )),
+                };
+                f.q.batch.deliver([Done {
+                    index: f.q.job.index,
+                    outcome,
+                    nanos: r.nanos,
+                    pid: Some(w.pid),
+                }]);
+            }
+            Ok(false)
+        }
+        (phase, msg) => Err(format!("unexpected {msg:?} in phase {phase:?}")),
+    }
+}
+
+fn deliver(q: &Queued, kind: TaskErrorKind, pid: Option<u32>, attempts: u32) {
+    if q.batch.is_abandoned() {
+        return;
+    }
+    q.batch.deliver([Done {
+        index: q.job.index,
+        outcome: Err(TaskError::new(kind, q.job.index, pid, attempts)),
+        nanos: 0,
+        pid,
+    }]);
+}
+
+fn answer(q: &Queued, kind: TaskErrorKind, pid: Option<u32>) {
+    deliver(q, kind, pid, q.attempts);
+}

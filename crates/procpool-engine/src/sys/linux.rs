@@ -1,0 +1,314 @@
+//! Linux system calls used by the engine, each behind a small safe function.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::io::FdFlags;
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::net::{AddressFamily, SendAncillaryBuffer, SendFlags, SocketFlags, SocketType};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+
+use crate::error::Death;
+
+/// A connected pair of Unix stream sockets, both close-on-exec.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Switches `O_NONBLOCK` on or off.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    rustix::io::ioctl_fionbio(fd, on)?;
+    Ok(())
+}
+
+/// Clears close-on-exec so that a child inherits `fd`. Async-signal-safe (one raw
+/// system call), so it may run between `fork` and `exec`.
+pub(crate) fn inherit(fd: RawFd) -> io::Result<()> {
+    // SAFETY: the caller keeps `fd` open for the duration of this call (it is owned by the
+    // parent's `OwnedFd`, duplicated into the child by fork).
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    rustix::io::fcntl_setfd(fd, FdFlags::empty())?;
+    Ok(())
+}
+
+/// Asks the kernel to SIGKILL this process when the thread that forked it dies.
+/// Async-signal-safe.
+pub(crate) fn kill_me_with_parent() -> io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+    Ok(())
+}
+
+/// The parent's process id, or 0 if there is none (we were reparented to init's
+/// sub-reaper: the parent died).
+pub(crate) fn parent_pid() -> u32 {
+    rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32)
+}
+
+/// This process's id.
+pub(crate) fn my_pid() -> u32 {
+    rustix::process::getpid().as_raw_nonzero().get() as u32
+}
+
+/// A process descriptor for `pid`.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("pid 0"))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+}
+
+/// Sends SIGKILL through a process descriptor. Killing a process that already exited
+/// (but is not reaped) is not an error.
+pub(crate) fn kill(pidfd: BorrowedFd<'_>) -> io::Result<()> {
+    match rustix::process::pidfd_send_signal(pidfd, Signal::KILL) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Waits for the process to end and reaps it.
+pub(crate) fn reap_blocking(pidfd: BorrowedFd<'_>) -> io::Result<Death> {
+    loop {
+        match reap(pidfd, WaitIdOptions::EXITED) {
+            Ok(Some(d)) => return Ok(d),
+            Ok(None) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn reap(pidfd: BorrowedFd<'_>, opts: WaitIdOptions) -> io::Result<Option<Death>> {
+    let status = rustix::process::waitid(WaitId::PidFd(pidfd), opts)?;
+    Ok(status.and_then(|s| {
+        if let Some(sig) = s.terminating_signal() {
+            Some(Death::Signal(sig))
+        } else {
+            s.exit_status().map(Death::Exit)
+        }
+    }))
+}
+
+/// A non-blocking event descriptor used to wake a poll loop.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    Ok(rustix::event::eventfd(
+        0,
+        EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+    )?)
+}
+
+/// Makes an eventfd readable.
+pub(crate) fn wake(fd: BorrowedFd<'_>) {
+    // Fails only when the counter would overflow, i.e. it is readable already.
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+/// Resets an eventfd.
+pub(crate) fn drain(fd: BorrowedFd<'_>) {
+    let mut b = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut b);
+}
+
+/// Sends as much of `bufs` as the socket takes now, without SIGPIPE.
+pub(crate) fn send_vectored(fd: BorrowedFd<'_>, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    let mut control = SendAncillaryBuffer::default();
+    Ok(rustix::net::sendmsg(
+        fd,
+        bufs,
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?)
+}
+
+/// Reads what is there (or blocks, on a blocking descriptor).
+pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    Ok(rustix::io::read(fd, buf)?)
+}
+
+/// Readiness wanted of, and reported for, one descriptor.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Ready {
+    pub(crate) read: bool,
+    pub(crate) write: bool,
+    pub(crate) hup: bool,
+}
+
+/// Waits until one of `fds` is ready or `timeout` passes; fills `out` (same length).
+pub(crate) fn poll(
+    fds: &[(BorrowedFd<'_>, Ready)],
+    out: &mut Vec<Ready>,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|(fd, want)| {
+            let mut f = PollFlags::empty();
+            if want.read {
+                f |= PollFlags::IN;
+            }
+            if want.write {
+                f |= PollFlags::OUT;
+            }
+            PollFd::from_borrowed_fd(*fd, f)
+        })
+        .collect();
+    let ts = timeout.map(|d| Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(d.subsec_nanos()),
+    });
+    match rustix::event::poll(&mut pfds, ts.as_ref()) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    out.clear();
+    out.extend(pfds.iter().map(|p| {
+        let r = p.revents();
+        Ready {
+            read: r.intersects(PollFlags::IN),
+            write: r.intersects(PollFlags::OUT),
+            hup: r.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL),
+        }
+    }));
+    Ok(())
+}
+
+/// Monotonic clock in nanoseconds, the same clock in every process of the machine.
+pub(crate) fn monotonic_nanos() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// A fingerprint of the running executable: its device, inode, size and modification
+/// time. A worker started from another file (or a rebuilt one) has another fingerprint.
+pub(crate) fn exe_fingerprint() -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/proc/self/exe")?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in [
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime() as u64,
+        m.mtime_nsec() as u64,
+    ] {
+        for b in v.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(h)
+}
+
+/// Name of a signal, such as `SIGKILL`.
+pub(crate) fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => "an unnamed signal",
+    }
+}
+
+/// A small shared-memory region backed by a sealed memfd: the parent creates it, the
+/// worker maps the descriptor it inherits. Neither side can resize it.
+#[derive(Debug)]
+pub(crate) struct SharedRegion {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory accessed only through atomics.
+unsafe impl Send for SharedRegion {}
+// SAFETY: as above.
+unsafe impl Sync for SharedRegion {}
+
+impl SharedRegion {
+    /// Creates a region of `len` bytes (zeroed), sealed against resizing.
+    pub(crate) fn create(len: usize) -> io::Result<Self> {
+        let fd = rustix::fs::memfd_create(
+            "procpool-control",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
+        rustix::fs::ftruncate(&fd, len as u64)?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)?;
+        Self::map(fd, len)
+    }
+
+    /// Maps a region received from the parent, after checking its size and seals.
+    pub(crate) fn open(fd: OwnedFd, len: usize) -> io::Result<Self> {
+        let st = rustix::fs::fstat(&fd)?;
+        if st.st_size as u64 != len as u64 {
+            return Err(io::Error::other("shared region has the wrong size"));
+        }
+        let seals = rustix::fs::fcntl_get_seals(&fd)?;
+        if !seals.contains(SealFlags::GROW | SealFlags::SHRINK) {
+            return Err(io::Error::other("shared region is not sealed"));
+        }
+        Self::map(fd, len)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh shared mapping of a memfd we hold; its size is sealed, so no
+        // access within `len` can fault with SIGBUS.
+        let p = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )?
+        };
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(Self { fd, ptr, len })
+    }
+
+    /// The raw descriptor number.
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The `i`th 64-bit word of the region.
+    pub(crate) fn word(&self, i: usize) -> &AtomicU64 {
+        assert!(
+            (i + 1) * 8 <= self.len,
+            "word {i} outside the shared region"
+        );
+        // SAFETY: in bounds (checked above), 8-aligned (mmap is page-aligned), and valid
+        // for the lifetime of `self`; all accesses go through atomics.
+        unsafe { &*self.ptr.as_ptr().add(i * 8).cast::<AtomicU64>() }
+    }
+}
+
+impl Drop for SharedRegion {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping made in `map`; no reference into it outlives
+        // `self` (`word` borrows `self`).
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}

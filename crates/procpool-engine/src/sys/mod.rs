@@ -1,0 +1,10 @@
+//! Operating-system calls, one module per OS. Only Linux is supported today; another OS
+//! provides the same names in its own module.
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+pub(crate) use linux::*;
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("procpool supports Linux only for now (see the README's platform section)");

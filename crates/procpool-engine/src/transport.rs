@@ -1,0 +1,221 @@
+//! Framed byte streams over a Unix socket: a reader that splits frames off a growing
+//! buffer, and an output queue that sends many frames (and large payloads without
+//! copying them) in one vectored system call.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+
+use crate::sys;
+use crate::wire::{self, FRAME_HEADER, WireError};
+
+/// The smallest read the reader asks the kernel for.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Payloads at least this large are queued by reference instead of copied.
+pub(crate) const SHARE_THRESHOLD: usize = 16 * 1024;
+
+/// Splits frames off bytes read from a socket.
+#[derive(Debug)]
+pub(crate) struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    max_body: usize,
+}
+
+impl FrameReader {
+    pub(crate) fn new(max_body: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            max_body,
+        }
+    }
+
+    /// The first complete frame's body and the bytes it spans, if one is buffered.
+    pub(crate) fn frame(&self) -> Result<Option<(&[u8], usize)>, WireError> {
+        wire::split_frame(&self.buf[self.start..self.end], self.max_body)
+    }
+
+    /// Drops `n` bytes (a frame just handled).
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Reads once from `fd`. Returns the number of bytes read: 0 means end of stream.
+    /// The buffer grows only as data arrives, so a bogus length costs nothing.
+    pub(crate) fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        self.make_room();
+        let n = sys::read(fd, &mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    fn make_room(&mut self) {
+        let pending = self.end - self.start;
+        let want = self.frame_len_hint().unwrap_or(0).max(pending + READ_CHUNK);
+        if self.start > 0 && (self.buf.len() - self.end < READ_CHUNK || self.start >= pending) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.start = 0;
+            self.end = pending;
+        }
+        if self.buf.len() - self.start < want {
+            // Grow at most to twice what is buffered (plus a chunk): a peer that announces
+            // a huge frame must send the bytes before we allocate for them.
+            let cap = (2 * pending + READ_CHUNK).min(want);
+            let new_len = (self.start + cap).max(self.buf.len());
+            self.buf.resize(new_len, 0);
+        }
+    }
+
+    fn frame_len_hint(&self) -> Option<usize> {
+        let h = self.buf.get(self.start..self.start + FRAME_HEADER)?;
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        (len <= self.max_body).then_some(FRAME_HEADER + len)
+    }
+}
+
+#[derive(Debug)]
+enum Seg {
+    Bytes(Vec<u8>),
+    Shared(Arc<Vec<u8>>),
+}
+
+impl Seg {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Seg::Bytes(v) => v,
+            Seg::Shared(v) => v,
+        }
+    }
+}
+
+/// Bytes waiting to be sent, in order.
+#[derive(Debug, Default)]
+pub(crate) struct OutQueue {
+    segs: VecDeque<Seg>,
+    head_off: usize,
+    cur: Vec<u8>,
+    cur_off: usize,
+}
+
+impl OutQueue {
+    /// The buffer to append small frames to.
+    pub(crate) fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.cur
+    }
+
+    /// Appends a large payload without copying it.
+    pub(crate) fn push_shared(&mut self, payload: Arc<Vec<u8>>) {
+        self.seal_cur();
+        self.segs.push_back(Seg::Shared(payload));
+    }
+
+    /// Appends an owned buffer without copying it.
+    pub(crate) fn push_owned(&mut self, payload: Vec<u8>) {
+        self.seal_cur();
+        self.segs.push_back(Seg::Bytes(payload));
+    }
+
+    fn seal_cur(&mut self) {
+        if self.cur.len() > self.cur_off {
+            let mut data = std::mem::take(&mut self.cur);
+            data.drain(..self.cur_off);
+            self.segs.push_back(Seg::Bytes(data));
+        } else {
+            self.cur.clear();
+        }
+        self.cur_off = 0;
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.segs.is_empty() && self.cur.len() == self.cur_off
+    }
+
+    /// Sends what the socket takes. On a non-blocking socket returns `Ok(())` when the
+    /// socket is full; on a blocking one, returns once everything is sent.
+    pub(crate) fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        while !self.is_empty() {
+            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(self.segs.len().min(64) + 1);
+            for (i, s) in self.segs.iter().take(64).enumerate() {
+                let off = if i == 0 { self.head_off } else { 0 };
+                iov.push(IoSlice::new(&s.as_slice()[off..]));
+            }
+            if self.segs.len() < 64 && self.cur.len() > self.cur_off {
+                iov.push(IoSlice::new(&self.cur[self.cur_off..]));
+            }
+            match sys::send_vectored(fd, &iov) {
+                Ok(n) => self.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.cur.clear();
+        self.cur_off = 0;
+        Ok(())
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            if let Some(front) = self.segs.front() {
+                let rem = front.as_slice().len() - self.head_off;
+                if n >= rem {
+                    n -= rem;
+                    self.segs.pop_front();
+                    self.head_off = 0;
+                } else {
+                    self.head_off += n;
+                    n = 0;
+                }
+            } else {
+                self.cur_off += n;
+                n = 0;
+            }
+        }
+        if self.cur_off == self.cur.len() {
+            self.cur.clear();
+            self.cur_off = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn frames_cross_a_socket_in_pieces() {
+        let (a, b) = sys::socketpair().unwrap();
+        let mut q = OutQueue::default();
+        let big = Arc::new(vec![7u8; 300_000]);
+        let at = wire::begin_frame(q.buf(), 3);
+        wire::end_frame(q.buf(), at);
+        q.buf().extend_from_slice(&(big.len() as u32).to_le_bytes());
+        q.push_shared(big.clone());
+        let writer = std::thread::spawn(move || {
+            q.flush(a.as_fd()).unwrap();
+            a
+        });
+        let mut r = FrameReader::new(1 << 20);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            if let Some((body, used)) = r.frame().unwrap() {
+                got.push(body.len());
+                r.consume(used);
+                continue;
+            }
+            assert!(r.fill(b.as_fd()).unwrap() > 0);
+        }
+        assert_eq!(got, vec![1, 300_000]);
+        drop(writer.join().unwrap());
+    }
+}

@@ -1,0 +1,325 @@
+//! The worker side: the loop a worker process runs instead of its `main`.
+//!
+//! The loop receives frames of jobs, hands each job to a [`Runner`] (the front's way of
+//! resolving a function reference and calling it), and sends the outcomes back. Before
+//! each job it writes the job's sequence number and start time into the control block
+//! shared with the parent, so the parent knows exactly which job a dying worker held and
+//! how long a job has run. Jobs arrive many to a frame; each result is sent as soon as
+//! its job ends, so that a crash in one job never loses the result of another.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+
+use crate::process::{
+    CONTROL_LEN, CTL_STARTED_AT, CTL_STARTED_SEQ, ENV_WORKER, WorkerEnv, my_fingerprint,
+};
+use crate::sys::{self, SharedRegion};
+use crate::transport::{FrameReader, OutQueue, SHARE_THRESHOLD};
+use crate::wire::{self, Down, Failure, Outcome, PROTOCOL_VERSION, Refusal, Up};
+
+/// Runs jobs inside a worker process. The engine knows nothing of functions or of
+/// serialization: a front implements this trait to resolve `func` (bytes it made itself in
+/// the parent) and to decode the argument and encode the result.
+pub trait Runner {
+    /// Runs one job: decodes `payload`, calls the function named by `func`, and appends
+    /// the encoded result to `out` (which is empty on entry). A panic is caught by the
+    /// engine and reported as [`Failure::Panic`].
+    ///
+    /// # Errors
+    /// A [`Failure`] that is not a panic, typically [`Failure::Codec`].
+    fn run(&mut self, func: &[u8], payload: &[u8], out: &mut Vec<u8>) -> Result<(), Failure>;
+}
+
+thread_local! {
+    static LAST_PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
+    static IS_TASK_THREAD: RefCell<bool> = const { RefCell::new(false) };
+}
+
+/// Whether this process was started as a worker and has not yet entered its loop.
+pub fn is_worker_process() -> bool {
+    std::env::var_os(ENV_WORKER).is_some()
+}
+
+/// If this process was started as a worker, runs the worker loop with `make_runner()` and
+/// exits; otherwise returns at once.
+pub fn serve_if_worker<R: Runner>(make_runner: impl FnOnce() -> R) {
+    let Some(raw) = take_env() else { return };
+    let code = match WorkerEnv::decode(&raw) {
+        Some(env) => serve(env, &mut make_runner()),
+        None => {
+            eprintln!("procpool: malformed {ENV_WORKER}={raw:?}; this process is not a worker");
+            2
+        }
+    };
+    exit(code)
+}
+
+/// Called when a worker process tries to create a pool of its own, which means its
+/// `main` never called `init()`: tells the parent so, and exits.
+pub fn refuse_init_missing() -> ! {
+    let raw = take_env().unwrap_or_default();
+    eprintln!(
+        "procpool: this process was started as a worker but its main created a pool before \
+         calling procpool::init(); call procpool::init() as the first line of main"
+    );
+    if let Some(env) = WorkerEnv::decode(&raw) {
+        // SAFETY: the descriptor was inherited for this purpose and is used only here.
+        let sock = unsafe { OwnedFd::from_raw_fd(env.sock) };
+        let mut out = OutQueue::default();
+        wire::encode_up(out.buf(), &Up::Refused(Refusal::InitMissing));
+        let _ = out.flush(sock.as_fd());
+    }
+    exit(3)
+}
+
+fn take_env() -> Option<String> {
+    let raw = std::env::var(ENV_WORKER).ok()?;
+    // SAFETY: workers call this at the very start of `main` (or before it, from test
+    // support), before any other thread reads the environment. Removing the variable
+    // keeps pools made inside tasks from mistaking themselves for workers.
+    unsafe { std::env::remove_var(ENV_WORKER) };
+    Some(raw)
+}
+
+fn exit(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(code)
+}
+
+/// The worker's connection and state.
+struct Conn {
+    reader: FrameReader,
+    io: Io,
+}
+
+/// Everything but the reader, which holds the bytes of the frame being handled.
+struct Io {
+    sock: OwnedFd,
+    ctl: SharedRegion,
+    out: OutQueue,
+    max_message: usize,
+    result_buf: Vec<u8>,
+}
+
+fn serve(env: WorkerEnv, runner: &mut dyn Runner) -> i32 {
+    if sys::parent_pid() != env.parent {
+        return 0; // The parent died before we started: nobody wants us.
+    }
+    // SAFETY: both descriptors were inherited on purpose and nothing else owns them.
+    let (sock, ctl) = unsafe {
+        (
+            OwnedFd::from_raw_fd(env.sock),
+            OwnedFd::from_raw_fd(env.ctl),
+        )
+    };
+    let ctl = match SharedRegion::open(ctl, CONTROL_LEN) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("procpool worker: cannot map the control block: {e}");
+            return 2;
+        }
+    };
+    let mut conn = Conn {
+        reader: FrameReader::new(env.max_message.saturating_add(64)),
+        io: Io {
+            sock,
+            ctl,
+            out: OutQueue::default(),
+            max_message: env.max_message,
+            result_buf: Vec::new(),
+        },
+    };
+    let mine = my_fingerprint();
+    let hello = if env.version != PROTOCOL_VERSION {
+        Up::Refused(Refusal::Version {
+            parent: env.version,
+            worker: PROTOCOL_VERSION,
+        })
+    } else if env.fingerprint != mine {
+        Up::Refused(Refusal::BinaryMismatch {
+            parent: env.fingerprint,
+            worker: mine,
+        })
+    } else {
+        Up::Hello {
+            version: PROTOCOL_VERSION,
+            fingerprint: mine,
+            pid: sys::my_pid(),
+        }
+    };
+    let refused = matches!(hello, Up::Refused(_));
+    wire::encode_up(conn.io.out.buf(), &hello);
+    if conn.io.out.flush(conn.io.sock.as_fd()).is_err() || refused {
+        return if refused { 4 } else { 0 };
+    }
+    install_panic_hook();
+    match conn.run(runner) {
+        Ok(()) => 0,
+        Err(e) => {
+            // The parent went away or sent garbage: nobody to report to.
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                eprintln!("procpool worker {}: {e}", sys::my_pid());
+            }
+            1
+        }
+    }
+}
+
+impl Conn {
+    fn run(&mut self, runner: &mut dyn Runner) -> std::io::Result<()> {
+        let Conn { reader, io } = self;
+        loop {
+            let (len, stop) = match reader.frame() {
+                Ok(Some((body, used))) => {
+                    let msg = wire::decode_down(body).map_err(|e| {
+                        std::io::Error::other(format!("bad frame from parent: {e}"))
+                    })?;
+                    let stop = match msg {
+                        Down::Jobs(jobs) => {
+                            for j in jobs {
+                                let nanos_before = sys::monotonic_nanos();
+                                io.ctl
+                                    .word(CTL_STARTED_AT)
+                                    .store(nanos_before, Ordering::Release);
+                                io.ctl.word(CTL_STARTED_SEQ).store(j.seq, Ordering::Release);
+                                let outcome =
+                                    run_one(runner, j.func, j.payload, &mut io.result_buf);
+                                let nanos = sys::monotonic_nanos() - nanos_before;
+                                io.push_result(j.seq, nanos, outcome)?;
+                            }
+                            false
+                        }
+                        Down::Init { func, payload } => {
+                            let r = run_one(runner, func, payload, &mut io.result_buf);
+                            wire::encode_up(io.out.buf(), &Up::InitDone(r));
+                            io.out.flush(io.sock.as_fd())?;
+                            false
+                        }
+                        Down::Shutdown => true,
+                    };
+                    (used, stop)
+                }
+                Ok(None) => {
+                    receive_more(reader, io.sock.as_fd())?;
+                    continue;
+                }
+                Err(e) => return Err(std::io::Error::other(format!("bad frame from parent: {e}"))),
+            };
+            reader.consume(len);
+            if stop {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Blocks until more bytes arrive.
+fn receive_more(reader: &mut FrameReader, sock: BorrowedFd<'_>) -> std::io::Result<()> {
+    loop {
+        match reader.fill(sock) {
+            Ok(0) => return Err(std::io::ErrorKind::BrokenPipe.into()),
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl Io {
+    /// Sends the job's result at once: bytes in the socket survive the worker's death,
+    /// so a crash in a later job never loses an earlier job's result.
+    fn push_result(
+        &mut self,
+        seq: u64,
+        nanos: u64,
+        outcome: Result<(), Failure>,
+    ) -> std::io::Result<()> {
+        let size = self.result_buf.len();
+        match outcome {
+            Ok(()) if size > self.max_message => {
+                let f = Failure::TooLarge {
+                    size: size as u64,
+                    limit: self.max_message as u64,
+                };
+                let frame = wire::begin_results(self.out.buf());
+                wire::put_result(self.out.buf(), seq, nanos, &Outcome::Err(f));
+                wire::end_results(self.out.buf(), frame, 1);
+            }
+            Ok(()) if size >= SHARE_THRESHOLD => {
+                wire::put_large_result_head(self.out.buf(), seq, nanos, size);
+                self.out.push_owned(std::mem::take(&mut self.result_buf));
+            }
+            Ok(()) => {
+                let frame = wire::begin_results(self.out.buf());
+                wire::put_result(self.out.buf(), seq, nanos, &Outcome::Ok(&self.result_buf));
+                wire::end_results(self.out.buf(), frame, 1);
+            }
+            Err(f) => {
+                let frame = wire::begin_results(self.out.buf());
+                wire::put_result(self.out.buf(), seq, nanos, &Outcome::Err(f));
+                wire::end_results(self.out.buf(), frame, 1);
+            }
+        }
+        self.result_buf.clear();
+        self.out.flush(self.sock.as_fd())
+    }
+}
+
+fn run_one(
+    runner: &mut dyn Runner,
+    func: &[u8],
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    out.clear();
+    IS_TASK_THREAD.with(|t| *t.borrow_mut() = true);
+    let r = panic::catch_unwind(AssertUnwindSafe(|| runner.run(func, payload, out)));
+    IS_TASK_THREAD.with(|t| *t.borrow_mut() = false);
+    match r {
+        Ok(r) => r,
+        Err(payload) => {
+            let (message, location) = LAST_PANIC
+                .with(|p| p.borrow_mut().take())
+                .unwrap_or_else(|| (panic_message(&*payload), None));
+            Err(Failure::Panic { message, location })
+        }
+    }
+}
+
+/// Takes what the panic hook recorded of the last panic caught in a task thread:
+/// `(message, location)`. For fronts that catch panics themselves (one per item of a
+/// chunk).
+pub fn take_last_panic() -> Option<(String, Option<String>)> {
+    LAST_PANIC.with(|p| p.borrow_mut().take())
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+/// Panics in the task thread are captured for the parent instead of printed; panics in
+/// other threads a task starts are printed as usual.
+fn install_panic_hook() {
+    let default = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        if IS_TASK_THREAD.with(|t| *t.borrow()) {
+            let message = panic_message(info.payload());
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
+        } else {
+            default(info);
+        }
+    }));
+}

@@ -1,0 +1,90 @@
+//! How many items go into one job.
+//!
+//! With no chunk size given, procpool measures instead of guessing: the first jobs carry
+//! one item each; from then on a chunk holds as many items as take about
+//! [`TARGET_NANOS`] to run (the time reported by the workers, averaged), at most
+//! [`MAX_CHUNK`], and when the input's length is known, no more than a quarter of each
+//! worker's share of what is left, so that every worker gets work to the end.
+
+/// The run time a chunk aims at.
+pub(crate) const TARGET_NANOS: f64 = 1_000_000.0;
+/// The largest automatic chunk.
+pub(crate) const MAX_CHUNK: usize = 1 << 16;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Chunker {
+    fixed: Option<usize>,
+    item_nanos: f64,
+    workers: usize,
+}
+
+impl Chunker {
+    pub(crate) fn new(fixed: Option<usize>, workers: usize) -> Self {
+        Self {
+            fixed,
+            item_nanos: 0.0,
+            workers: workers.max(1),
+        }
+    }
+
+    /// Whether sizes come from measurements.
+    pub(crate) fn adaptive(&self) -> bool {
+        self.fixed.is_none()
+    }
+
+    /// Whether a measurement has come in (always true with a fixed size).
+    pub(crate) fn measured(&self) -> bool {
+        self.fixed.is_some() || self.item_nanos > 0.0
+    }
+
+    /// Size of the next chunk, given how many items are known to remain.
+    pub(crate) fn next(&self, remaining: Option<usize>) -> usize {
+        if let Some(n) = self.fixed {
+            return n.max(1);
+        }
+        if self.item_nanos <= 0.0 {
+            return 1;
+        }
+        let by_time = ((TARGET_NANOS / self.item_nanos) as usize).clamp(1, MAX_CHUNK);
+        match remaining {
+            Some(r) => by_time.min(r.div_ceil(4 * self.workers)).max(1),
+            None => by_time,
+        }
+    }
+
+    /// Records that a job of `items` items ran for `nanos`.
+    pub(crate) fn observe(&mut self, nanos: u64, items: usize) {
+        if items == 0 || nanos == 0 {
+            return;
+        }
+        let per = nanos as f64 / items as f64;
+        self.item_nanos = if self.item_nanos <= 0.0 {
+            per
+        } else {
+            0.7 * self.item_nanos + 0.3 * per
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_at_one_then_follows_the_measured_time() {
+        let mut c = Chunker::new(None, 2);
+        assert_eq!(c.next(None), 1);
+        c.observe(1_000, 1); // 1 µs per item
+        assert_eq!(c.next(None), 1000);
+        assert_eq!(c.next(Some(800)), 100); // a quarter of each worker's share
+        c.observe(10, 10); // tiny items: capped
+        assert!(c.next(None) <= MAX_CHUNK);
+    }
+
+    #[test]
+    fn a_fixed_size_is_kept() {
+        let c = Chunker::new(Some(7), 4);
+        assert_eq!(c.next(Some(3)), 7);
+        assert!(c.measured());
+    }
+}

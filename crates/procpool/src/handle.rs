@@ -1,0 +1,79 @@
+//! The handle of a task started with [`Pool::spawn`](crate::Pool::spawn).
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use procpool_engine::{Batch, RecvError};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, WaitError};
+use crate::iter::decode_done;
+
+/// A task running in a pool. Join it for its result, with or without a time limit, or
+/// cancel it.
+///
+/// Dropping the handle detaches the task: it still runs, its result is discarded.
+#[derive(Debug)]
+pub struct TaskHandle<R> {
+    batch: Batch,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R: DeserializeOwned> TaskHandle<R> {
+    pub(crate) fn new(batch: Batch) -> Self {
+        Self {
+            batch,
+            _r: PhantomData,
+        }
+    }
+
+    /// Waits for the result.
+    ///
+    /// # Errors
+    /// [`Error::Task`] when the task failed (including
+    /// [`Cancelled`](crate::TaskErrorKind::Cancelled) after [`cancel`](Self::cancel)).
+    pub fn join(self) -> Result<R, Error> {
+        match self.batch.recv() {
+            Some(done) => first(decode_done(done, 1)),
+            None => Err(cancelled()),
+        }
+    }
+
+    /// Waits at most `timeout` for the result.
+    ///
+    /// # Errors
+    /// [`WaitError::Timeout`] when the time ran out (the task still runs and can be
+    /// joined again); [`WaitError::Failed`] when it failed.
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, WaitError> {
+        match self.batch.recv_timeout(timeout) {
+            Ok(done) => Ok(first(decode_done(done, 1))?),
+            Err(RecvError::Timeout) => Err(WaitError::Timeout),
+            Err(RecvError::Empty) => Err(WaitError::Failed(cancelled())),
+        }
+    }
+
+    /// Whether the result is in (joining will not wait).
+    pub fn is_finished(&self) -> bool {
+        self.batch.ready() > 0 || self.batch.outstanding() == 0
+    }
+
+    /// Cancels the task: dropped if still queued; if running, its worker is killed (and
+    /// replaced). Joining then gives a [`Cancelled`](crate::TaskErrorKind::Cancelled)
+    /// error, unless the result had already arrived.
+    pub fn cancel(&self) {
+        self.batch.cancel();
+    }
+}
+
+fn first<R>(mut v: Vec<Result<R, Error>>) -> Result<R, Error> {
+    v.pop().unwrap_or_else(|| Err(cancelled()))
+}
+
+fn cancelled() -> Error {
+    Error::Task(procpool_engine::TaskError::new(
+        procpool_engine::TaskErrorKind::Cancelled,
+        0,
+        None,
+        0,
+    ))
+}

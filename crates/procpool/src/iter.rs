@@ -1,0 +1,389 @@
+//! Feeding input to a pool lazily and handing results back: the machinery under `map`,
+//! `imap` and `imap_unordered`.
+//!
+//! A [`Feeder`] pulls items from the input only while the number of jobs it holds
+//! (submitted, or finished but not yet handed to the caller) is under a bound, so memory
+//! stays bounded however long the input is, endless included.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use procpool_engine::{Batch, Done, Job, PoolError, TaskError, TaskErrorKind};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::chunk::Chunker;
+use crate::error::Error;
+use crate::func::{self, ItemOut};
+
+/// Jobs in flight per worker when each is small and of fixed size.
+const JOBS_PER_WORKER_FIXED: usize = 1024;
+/// Jobs in flight per worker when chunks are sized to about a millisecond.
+const JOBS_PER_WORKER_ADAPTIVE: usize = 4;
+/// Encoded input held beyond the first two jobs per worker.
+const MAX_HELD_BYTES: usize = 64 << 20;
+
+/// One item's result as handed to the caller.
+pub(crate) type ItemResult<R> = Result<R, Error>;
+
+pub(crate) struct Feeder<A, R, I> {
+    batch: Batch,
+    input: I,
+    exhausted: bool,
+    next_index: u64,
+    func: Arc<[u8]>,
+    chunker: Chunker,
+    timeout: Option<Duration>,
+    /// Submitted jobs not yet received: first index → (items, payload bytes).
+    sizes: HashMap<u64, (u32, usize)>,
+    held_bytes: usize,
+    /// Results made without a worker (an argument that failed to serialize, or a pool
+    /// that refused the job).
+    local: VecDeque<(u64, Vec<ItemResult<R>>)>,
+    workers: usize,
+    max_jobs: usize,
+    _types: PhantomData<fn(A) -> R>,
+}
+
+impl<A, R, I> std::fmt::Debug for Feeder<A, R, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feeder")
+            .field("next_index", &self.next_index)
+            .field("submitted", &self.sizes.len())
+            .field("exhausted", &self.exhausted)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, R, I> Feeder<A, R, I>
+where
+    A: Serialize,
+    R: DeserializeOwned,
+    I: Iterator<Item = A>,
+{
+    pub(crate) fn new(
+        batch: Batch,
+        input: I,
+        func: Arc<[u8]>,
+        chunk_size: Option<usize>,
+        timeout: Option<Duration>,
+        workers: usize,
+    ) -> Self {
+        let chunker = Chunker::new(chunk_size, workers);
+        let per = if chunker.adaptive() {
+            JOBS_PER_WORKER_ADAPTIVE
+        } else {
+            JOBS_PER_WORKER_FIXED
+        };
+        Self {
+            batch,
+            input,
+            exhausted: false,
+            next_index: 0,
+            func,
+            chunker,
+            timeout,
+            sizes: HashMap::new(),
+            held_bytes: 0,
+            local: VecDeque::new(),
+            workers,
+            max_jobs: workers * per + 2,
+            _types: PhantomData,
+        }
+    }
+
+    /// Items pulled from the input so far.
+    pub(crate) fn pulled(&self) -> u64 {
+        self.next_index
+    }
+
+    /// Jobs submitted and not yet received.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.sizes.len()
+    }
+
+    fn room(&self, extra_held: usize) -> bool {
+        let held = self.sizes.len() + self.local.len() + extra_held;
+        if held >= self.max_jobs {
+            return false;
+        }
+        if self.held_bytes >= MAX_HELD_BYTES && held >= 2 * self.workers {
+            return false;
+        }
+        // Until the first measurement, one probe job per worker.
+        self.chunker.measured() || self.sizes.len() < self.workers
+    }
+
+    /// Pulls input and submits jobs while the bound allows; `extra_held` counts jobs the
+    /// caller still holds (results waiting to be reordered).
+    pub(crate) fn fill(&mut self, extra_held: usize) {
+        let mut jobs = Vec::new();
+        let mut room_jobs = 0usize;
+        while !self.exhausted && self.room(extra_held + room_jobs) {
+            let (lo, hi) = self.input.size_hint();
+            let remaining = (Some(lo) == hi).then_some(lo);
+            let n = self.chunker.next(remaining);
+            let start = self.next_index;
+            let mut payload = Vec::new();
+            func::begin_chunk(&mut payload);
+            let mut count = 0u32;
+            while (count as usize) < n {
+                let Some(a) = self.input.next() else {
+                    self.exhausted = true;
+                    break;
+                };
+                let index = self.next_index;
+                self.next_index += 1;
+                if let Err(m) = func::push_arg(&mut payload, &a) {
+                    let kind = TaskErrorKind::Codec {
+                        message: format!("the argument could not be serialized: {m}"),
+                    };
+                    let e = Error::Task(TaskError::new(kind, index, None, 0));
+                    self.local.push_back((index, vec![Err(e)]));
+                    break;
+                }
+                count += 1;
+            }
+            if count == 0 {
+                continue;
+            }
+            func::end_chunk(&mut payload, count);
+            self.sizes.insert(start, (count, payload.len()));
+            self.held_bytes += payload.len();
+            room_jobs += 1;
+            jobs.push(Job {
+                func: self.func.clone(),
+                payload: Arc::new(payload),
+                index: start,
+                weight: count,
+                timeout: self.timeout,
+            });
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.batch.submit(jobs.iter().cloned()) {
+            self.refused(jobs, e);
+        }
+    }
+
+    /// The pool refused the jobs: each of their items fails with the pool's error, and
+    /// no more input is pulled.
+    #[cold]
+    fn refused(&mut self, jobs: Vec<Job>, e: PoolError) {
+        self.exhausted = true;
+        for j in jobs {
+            if let Some((count, bytes)) = self.sizes.remove(&j.index) {
+                self.held_bytes -= bytes;
+                let items = (0..count).map(|_| Err(Error::Pool(e.clone()))).collect();
+                self.local.push_back((j.index, items));
+            }
+        }
+    }
+
+    /// The next finished job's first index and its items' results; `None` when nothing
+    /// is outstanding.
+    pub(crate) fn recv(&mut self) -> Option<(u64, Vec<ItemResult<R>>)> {
+        if let Some(x) = self.local.pop_front() {
+            return Some(x);
+        }
+        loop {
+            let done = self.batch.recv()?;
+            let Some((count, bytes)) = self.sizes.remove(&done.index) else {
+                continue; // not ours: cannot happen, but never trust a count
+            };
+            self.held_bytes -= bytes;
+            if done.outcome.is_ok() {
+                self.chunker.observe(done.nanos, count as usize);
+            }
+            return Some((done.index, decode_done(done, count)));
+        }
+    }
+}
+
+/// Turns a job's outcome into one result per item.
+pub(crate) fn decode_done<R: DeserializeOwned>(done: Done, count: u32) -> Vec<ItemResult<R>> {
+    let start = done.index;
+    let pid = done.pid;
+    match done.outcome {
+        Err(e) => (0..u64::from(count))
+            .map(|k| Err(Error::Task(e.clone().with_index(start + k))))
+            .collect(),
+        Ok(bytes) => {
+            let mut out = Vec::with_capacity(count as usize);
+            let mut rest = &bytes[..];
+            for k in 0..u64::from(count) {
+                let index = start + k;
+                let task = |kind| Err(Error::Task(TaskError::new(kind, index, pid, 1)));
+                match postcard::take_from_bytes::<ItemOut<R>>(rest) {
+                    Ok((item, r)) => {
+                        rest = r;
+                        out.push(match item {
+                            ItemOut::Ok(v) => Ok(v),
+                            ItemOut::Panic { message, location } => {
+                                task(TaskErrorKind::Panic { message, location })
+                            }
+                            ItemOut::Codec(message) => task(TaskErrorKind::Codec { message }),
+                        });
+                    }
+                    Err(e) => {
+                        let message = format!("the result could not be deserialized: {e}");
+                        out.push(task(TaskErrorKind::Codec { message }));
+                        rest = &[];
+                    }
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Results of [`Pool::imap`](crate::Pool::imap), in input order.
+///
+/// Input is pulled lazily: only while the jobs held (running, or finished and waiting for
+/// their turn) stay under a bound. Dropping the iterator drops the queued jobs and
+/// discards results still to come.
+pub struct Imap<A, R, I> {
+    feeder: Feeder<A, R, I>,
+    waiting: BTreeMap<u64, Vec<ItemResult<R>>>,
+    ready: VecDeque<ItemResult<R>>,
+    next_yield: u64,
+}
+
+impl<A, R, I> std::fmt::Debug for Imap<A, R, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imap")
+            .field("feeder", &self.feeder)
+            .field("waiting", &self.waiting.len())
+            .field("ready", &self.ready.len())
+            .finish()
+    }
+}
+
+impl<A, R, I> Imap<A, R, I>
+where
+    A: Serialize,
+    R: DeserializeOwned,
+    I: Iterator<Item = A>,
+{
+    pub(crate) fn new(feeder: Feeder<A, R, I>) -> Self {
+        Self {
+            feeder,
+            waiting: BTreeMap::new(),
+            ready: VecDeque::new(),
+            next_yield: 0,
+        }
+    }
+
+    /// Items taken from the input so far.
+    pub fn pulled(&self) -> u64 {
+        self.feeder.pulled()
+    }
+
+    /// Jobs submitted to workers and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.feeder.in_flight()
+    }
+
+    /// Finished jobs held back until the jobs before them finish.
+    pub fn buffered(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
+impl<A, R, I> Iterator for Imap<A, R, I>
+where
+    A: Serialize,
+    R: DeserializeOwned,
+    I: Iterator<Item = A>,
+{
+    type Item = Result<R, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(r) = self.ready.pop_front() {
+                return Some(r);
+            }
+            self.feeder.fill(self.waiting.len());
+            let (start, items) = self.feeder.recv()?;
+            self.waiting.insert(start, items);
+            while let Some(items) = self.waiting.remove(&self.next_yield) {
+                self.next_yield += items.len() as u64;
+                self.ready.extend(items);
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let (lo, hi) = self.feeder.input.size_hint();
+        let held = (self.feeder.next_index - self.next_yield) as usize + self.ready.len();
+        (lo + self.ready.len(), hi.map(|h| h + held))
+    }
+}
+
+/// Results of [`Pool::imap_unordered`](crate::Pool::imap_unordered), as they finish,
+/// each with its input index.
+pub struct ImapUnordered<A, R, I> {
+    feeder: Feeder<A, R, I>,
+    ready: VecDeque<(usize, ItemResult<R>)>,
+}
+
+impl<A, R, I> std::fmt::Debug for ImapUnordered<A, R, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapUnordered")
+            .field("feeder", &self.feeder)
+            .field("ready", &self.ready.len())
+            .finish()
+    }
+}
+
+impl<A, R, I> ImapUnordered<A, R, I>
+where
+    A: Serialize,
+    R: DeserializeOwned,
+    I: Iterator<Item = A>,
+{
+    pub(crate) fn new(feeder: Feeder<A, R, I>) -> Self {
+        Self {
+            feeder,
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// Items taken from the input so far.
+    pub fn pulled(&self) -> u64 {
+        self.feeder.pulled()
+    }
+
+    /// Jobs submitted to workers and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.feeder.in_flight()
+    }
+}
+
+impl<A, R, I> Iterator for ImapUnordered<A, R, I>
+where
+    A: Serialize,
+    R: DeserializeOwned,
+    I: Iterator<Item = A>,
+{
+    type Item = (usize, Result<R, Error>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(r) = self.ready.pop_front() {
+                return Some(r);
+            }
+            self.feeder.fill(0);
+            let (start, items) = self.feeder.recv()?;
+            self.ready.extend(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, r)| (start as usize + k, r)),
+            );
+        }
+    }
+}

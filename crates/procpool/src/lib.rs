@@ -1,0 +1,105 @@
+//! Process pools for Rust, modelled on Python's `multiprocessing`.
+//!
+//! Workers are separate processes, each with its own memory. A [`Pool`] runs a function
+//! over many inputs in parallel; arguments and results cross the process boundary
+//! serialized with postcard (any `serde` type).
+//!
+//! # Quick start
+//! ```
+//! fn compute(n: u64) -> f64 {
+//!     (1..=n).map(|i| (i as f64).sqrt()).sum()
+//! }
+//!
+//! fn main() -> Result<(), procpool::Error> {
+//!     procpool::init(); // first line: a worker never returns from here
+//!     let pool = procpool::Pool::new()?; // one worker per available core
+//!     let sums: Vec<f64> = pool.map(compute, vec![10_000; 8])?;
+//!     assert_eq!(sums.len(), 8);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Pools
+//! [`Pool::map`] (ordered, stops at the first failure), [`Pool::imap`] (lazy, ordered,
+//! bounded memory), [`Pool::imap_unordered`] (as they finish, with indices),
+//! [`Pool::apply`] (one blocking call) and [`Pool::spawn`] (a [`TaskHandle`] to join,
+//! join with a time limit, or cancel). [`Pool::builder`] sets the worker count, chunk
+//! size, time limit, an initializer, recycling and retries. [`spawn`] starts a one-off
+//! [`Process`].
+//!
+//! Functions are `fn(A) -> R`: named functions and closures that capture nothing. They
+//! travel as offsets into the executable, which every worker shares with its parent.
+//!
+//! # Errors and crashes
+//! A task that panics, segfaults, aborts or is killed fails alone: its error says how
+//! ([`TaskErrorKind`]: the panic's message and location, the signal that killed the
+//! worker, a timeout, a codec error), the pool replaces a dead worker, and every other
+//! task completes. Errors of the pool itself are [`PoolError`]s.
+//!
+//! # Timeouts
+//! [`Builder::timeout`] and [`Pool::with_timeout`] set a time limit per task. A task past
+//! it has its worker killed and replaced — this works for code stuck in a loop or a
+//! system call, which a thread could never stop.
+//!
+//! # Testing
+//! Workers re-run the executable, so a test binary needs a way in: put
+//! `procpool::enable_test_support!();` once in each integration-test crate (and in a unit
+//! test module of a library). Doc examples with a `main` that calls [`init`] work as they
+//! are.
+//!
+//! # Platform support
+//! Linux (pidfd, memfd, `PR_SET_PDEATHSIG`). Other systems are refused at compile time.
+
+mod chunk;
+mod error;
+mod func;
+mod handle;
+mod iter;
+mod pool;
+mod process;
+
+pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKind, WaitError};
+pub use handle::TaskHandle;
+pub use iter::{Imap, ImapUnordered};
+pub use pool::{Builder, Call, Pool};
+pub use process::{Process, spawn};
+
+/// Makes this process a worker if it was started as one; returns at once otherwise.
+///
+/// Call it as the first line of `main`. In a worker process it runs the worker loop and
+/// exits without returning. Forgetting it is caught: a worker process whose `main` goes on
+/// to create a pool reports the mistake to its parent (which returns a
+/// [`HandshakeError::InitMissing`] error) instead of starting workers of its own.
+pub fn init() {
+    procpool_engine::serve_if_worker(func::FnRunner::default);
+}
+
+/// Lets pools run inside a test binary: put it once at the top level of each
+/// integration-test crate (`tests/*.rs`).
+///
+/// Test binaries have a `main` of their own that never calls [`init`]; this registers a
+/// start-up hook (an `.init_array` entry, run before `main`) that calls it, so a worker
+/// started from the test binary serves instead of running the tests.
+///
+/// ```ignore
+/// procpool::enable_test_support!();
+///
+/// #[test]
+/// fn doubles() {
+///     let pool = procpool::Pool::builder().workers(2).build().unwrap();
+///     assert_eq!(pool.map(|x: u32| x * 2, [1, 2]).unwrap(), [2, 4]);
+/// }
+/// ```
+#[macro_export]
+macro_rules! enable_test_support {
+    () => {
+        #[used]
+        #[unsafe(link_section = ".init_array")]
+        static __PROCPOOL_TEST_SUPPORT: extern "C" fn() = {
+            extern "C" fn __procpool_test_support_init() {
+                $crate::init();
+            }
+            __procpool_test_support_init
+        };
+    };
+}

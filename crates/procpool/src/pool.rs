@@ -1,0 +1,502 @@
+//! The typed pool: [`Pool`], its [`Builder`], and [`Call`] for per-call settings.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use procpool_engine::{Engine, EngineConfig, PoolError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::func;
+use crate::handle::TaskHandle;
+use crate::iter::{Feeder, Imap, ImapUnordered};
+
+/// A pool of worker processes that run functions on serialized arguments.
+///
+/// # Examples
+/// ```
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init();
+///     let pool = procpool::Pool::builder().workers(2).build()?;
+///     assert_eq!(pool.map(square, 1..=4)?, vec![1, 4, 9, 16]);
+///     Ok(())
+/// }
+/// ```
+///
+/// # Caveats
+/// Dropping a pool *terminates* it, as Python's `with Pool()` block does: workers are
+/// killed with SIGKILL and reaped at once, and tasks still running or queued (through
+/// [`spawn`](Pool::spawn) handles) end with
+/// [`Terminated`](crate::TaskErrorKind::Terminated). Dropping never waits for work and
+/// leaves no zombie, orphan or descriptor behind. To let queued work finish, call
+/// [`join`](Pool::join).
+#[derive(Debug)]
+pub struct Pool {
+    engine: Engine,
+    chunk_size: Option<usize>,
+    timeout: Option<Duration>,
+}
+
+/// Settings of a [`Pool`], made by [`Pool::builder`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    config: EngineConfig,
+    chunk_size: Option<usize>,
+    timeout: Option<Duration>,
+    error: Option<String>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            config: EngineConfig::default(),
+            chunk_size: None,
+            timeout: None,
+            error: None,
+        }
+    }
+}
+
+impl Builder {
+    /// Number of worker processes. Default: the number of available cores.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.config.workers = n;
+        self
+    }
+
+    /// Items per job for `map`, `imap` and `imap_unordered`. Default: automatic — the
+    /// first jobs carry one item, then chunks are sized from the measured run time to
+    /// take about a millisecond each (at most 65,536 items), and to leave every worker
+    /// work to the end when the input's length is known. With a time limit and no chunk
+    /// size, each item is its own job.
+    pub fn chunk_size(mut self, n: usize) -> Self {
+        if n == 0 {
+            self.error = Some("chunk_size must be at least 1".into());
+        }
+        self.chunk_size = Some(n);
+        self
+    }
+
+    /// Time limit of every task once started (a call can set its own with
+    /// [`Pool::with_timeout`]). A task past it has its worker killed and replaced, and
+    /// fails with [`TimedOut`](crate::TaskErrorKind::TimedOut). With a chunk size above
+    /// 1, the limit applies to the whole chunk.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// A function run once in each worker, with `arg`, before it takes any task (to open
+    /// a connection, load a model, set up logging...). A worker whose initializer panics
+    /// is replaced; after several failures in a row the pool reports
+    /// [`PoolError::Broken`].
+    pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
+        match postcard::to_allocvec(&arg) {
+            Ok(bytes) => self.config.initializer = Some((func::init_ref(f), bytes)),
+            Err(e) => self.error = Some(format!("the initializer's argument: {e}")),
+        }
+        self
+    }
+
+    /// Replace each worker after it ran `n` tasks (Python's `maxtasksperchild`), to bound
+    /// leaks in the task code. Default: never.
+    pub fn recycle_after(mut self, n: u64) -> Self {
+        if n == 0 {
+            self.error = Some("recycle_after must be at least 1".into());
+        }
+        self.config.recycle_after = Some(n);
+        self
+    }
+
+    /// How many times a task whose worker died is started again on another worker before
+    /// it fails. Default 0. A task that kills every worker it touches fails after
+    /// `n + 1` attempts; the pool survives.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.config.retries = n;
+        self
+    }
+
+    /// Largest encoded argument or result, in bytes. Default 1 GiB. A larger one fails
+    /// its task with [`TooLarge`](crate::TaskErrorKind::TooLarge).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.max_message = bytes;
+        self
+    }
+
+    /// Start workers from this executable instead of the running one (Python's
+    /// `set_executable`). It must be the same binary: the handshake compares
+    /// fingerprints and refuses another.
+    pub fn executable(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.executable = Some(path.into());
+        self
+    }
+
+    /// How long a starting worker may take to answer the handshake. Default 20 s.
+    pub fn handshake_timeout(mut self, limit: Duration) -> Self {
+        self.config.handshake_timeout = limit;
+        self
+    }
+
+    /// Starts the workers.
+    ///
+    /// # Errors
+    /// [`PoolError::Config`] for an invalid setting, [`PoolError::Spawn`] when a process
+    /// cannot start, [`PoolError::Handshake`] when a worker refuses (another binary, a
+    /// `main` without `procpool::init()`).
+    ///
+    /// # Panics
+    /// Never returns in a worker process whose `main` skipped `procpool::init()`: such a
+    /// process reports the mistake to its parent and exits.
+    pub fn build(self) -> Result<Pool, Error> {
+        guard_worker();
+        if let Some(e) = self.error {
+            return Err(PoolError::Config(e).into());
+        }
+        let engine = Engine::start(self.config)?;
+        Ok(Pool {
+            engine,
+            chunk_size: self.chunk_size,
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// A process started as a worker must serve, not make pools of its own.
+pub(crate) fn guard_worker() {
+    if procpool_engine::is_worker_process() {
+        procpool_engine::refuse_init_missing();
+    }
+}
+
+/// Per-call settings over a pool: `pool.with_timeout(d).map(f, items)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'p> {
+    pool: &'p Pool,
+    chunk_size: Option<usize>,
+    timeout: Option<Duration>,
+}
+
+impl Pool {
+    /// A pool with one worker per available core.
+    ///
+    /// # Errors
+    /// As [`Builder::build`].
+    pub fn new() -> Result<Pool, Error> {
+        Builder::default().build()
+    }
+
+    /// Settings for a new pool.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// use std::time::Duration;
+    /// let pool = procpool::Pool::builder()
+    ///     .workers(2)
+    ///     .timeout(Duration::from_secs(5))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    fn call(&self) -> Call<'_> {
+        Call {
+            pool: self,
+            chunk_size: self.chunk_size,
+            timeout: self.timeout,
+        }
+    }
+
+    /// Calls with a time limit per task (instead of the pool's).
+    pub fn with_timeout(&self, limit: Duration) -> Call<'_> {
+        self.call().timeout(limit)
+    }
+
+    /// Calls with a fixed chunk size (instead of the pool's).
+    pub fn with_chunk_size(&self, n: usize) -> Call<'_> {
+        self.call().chunk_size(n)
+    }
+
+    /// Applies `f` to every item, in parallel; results in input order.
+    ///
+    /// Stops at the first failed task: nothing more is sent, and the error names the
+    /// task's index and cause.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(2).build()?;
+    /// let lens = pool.map(|s: String| s.len(), ["a".to_string(), "bcd".to_string()])?;
+    /// assert_eq!(lens, vec![1, 3]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Task`] for the first failed task, [`Error::Pool`] if the pool is closed
+    /// or broken.
+    pub fn map<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>, Error>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.call().map(f, items)
+    }
+
+    /// Lazy, ordered `map`: input is pulled only as workers free up, and results come in
+    /// input order, each `Ok` or the error of that item. Memory stays bounded whatever
+    /// the input's length.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(2).build()?;
+    /// let first: Vec<u64> = pool
+    ///     .imap(|x: u64| x + 1, 0..) // endless input
+    ///     .take(3)
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(first, vec![1, 2, 3]);
+    /// # Ok(()) }
+    /// ```
+    pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<A, R, I::IntoIter>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        self.call().imap(f, items)
+    }
+
+    /// Like [`imap`](Pool::imap), but results come as they finish, each with its input
+    /// index.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(2).build()?;
+    /// let mut got: Vec<(usize, u64)> = pool
+    ///     .imap_unordered(|x: u64| x * 10, vec![1, 2, 3])
+    ///     .map(|(i, r)| r.map(|v| (i, v)))
+    ///     .collect::<Result<_, _>>()?;
+    /// got.sort();
+    /// assert_eq!(got, vec![(0, 10), (1, 20), (2, 30)]);
+    /// # Ok(()) }
+    /// ```
+    pub fn imap_unordered<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+    ) -> ImapUnordered<A, R, I::IntoIter>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        self.call().imap_unordered(f, items)
+    }
+
+    /// Runs `f(arg)` in a worker and waits for the result.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// assert_eq!(pool.apply(|x: i32| x - 1, 10)?, 9);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Task`] when the task failed, [`Error::Pool`] when the pool refused it.
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, Error>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.call().apply(f, arg)
+    }
+
+    /// Starts `f(arg)` in a worker and returns a handle to join later, with a time limit,
+    /// or to cancel.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let h = pool.spawn(|x: u64| x * 3, 7)?;
+    /// assert_eq!(h.join()?, 21);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Pool`] when the pool is closed or broken; [`Error::Task`] with a codec
+    /// error when `arg` cannot be serialized.
+    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<TaskHandle<R>, Error>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.call().spawn(f, arg)
+    }
+
+    /// Number of worker processes.
+    pub fn workers(&self) -> usize {
+        self.engine.config().workers
+    }
+
+    /// Process ids of the live workers (they change as workers are replaced).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.engine.worker_pids()
+    }
+
+    /// Stops accepting work; queued tasks still run. Later calls fail with
+    /// [`PoolError::Closed`].
+    pub fn close(&self) {
+        self.engine.close();
+    }
+
+    /// Closes the pool, waits until queued tasks finish, then stops and reaps the
+    /// workers.
+    pub fn join(self) {
+        self.engine.join();
+    }
+
+    /// Kills the workers now; unfinished tasks fail with
+    /// [`Terminated`](crate::TaskErrorKind::Terminated).
+    pub fn terminate(self) {
+        self.engine.terminate();
+    }
+}
+
+impl<'p> Call<'p> {
+    /// Sets the time limit per task.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// Sets the chunk size (at least 1).
+    pub fn chunk_size(mut self, n: usize) -> Self {
+        self.chunk_size = Some(n.max(1));
+        self
+    }
+
+    fn feeder<A, R, I>(&self, f: fn(A) -> R, items: I) -> Feeder<A, R, I>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: Iterator<Item = A>,
+    {
+        let chunk = self.chunk_size.or(self.timeout.map(|_| 1));
+        Feeder::new(
+            self.pool.engine.batch(),
+            items,
+            func::chunk_ref(f),
+            chunk,
+            self.timeout,
+            self.pool.workers(),
+        )
+    }
+
+    /// [`Pool::map`] with these settings.
+    ///
+    /// # Errors
+    /// As [`Pool::map`].
+    pub fn map<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>, Error>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let it = self.imap(f, items);
+        let mut out = Vec::with_capacity(it.size_hint().0);
+        for r in it {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+
+    /// [`Pool::imap`] with these settings.
+    pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<A, R, I::IntoIter>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(self.feeder(f, items.into_iter()))
+    }
+
+    /// [`Pool::imap_unordered`] with these settings.
+    pub fn imap_unordered<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+    ) -> ImapUnordered<A, R, I::IntoIter>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        ImapUnordered::new(self.feeder(f, items.into_iter()))
+    }
+
+    /// [`Pool::apply`] with these settings.
+    ///
+    /// # Errors
+    /// As [`Pool::apply`].
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, Error>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.spawn(f, arg)?.join()
+    }
+
+    /// [`Pool::spawn`] with these settings.
+    ///
+    /// # Errors
+    /// As [`Pool::spawn`].
+    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<TaskHandle<R>, Error>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let payload = single_payload(&arg)?;
+        let batch = self.pool.engine.batch();
+        batch.submit([procpool_engine::Job {
+            func: func::chunk_ref(f),
+            payload: Arc::new(payload),
+            index: 0,
+            weight: 1,
+            timeout: self.timeout,
+        }])?;
+        Ok(TaskHandle::new(batch))
+    }
+}
+
+/// The payload of a chunk of one argument.
+pub(crate) fn single_payload<A: Serialize>(arg: &A) -> Result<Vec<u8>, Error> {
+    let mut payload = Vec::new();
+    func::begin_chunk(&mut payload);
+    func::push_arg(&mut payload, arg).map_err(|m| {
+        let kind = procpool_engine::TaskErrorKind::Codec {
+            message: format!("the argument could not be serialized: {m}"),
+        };
+        Error::Task(procpool_engine::TaskError::new(kind, 0, None, 0))
+    })?;
+    func::end_chunk(&mut payload, 1);
+    Ok(payload)
+}

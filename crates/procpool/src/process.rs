@@ -1,0 +1,121 @@
+//! One-off processes: [`spawn`] runs one function call in a new process, joined like a
+//! thread.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use procpool_engine::{DEFAULT_MAX_MESSAGE, JoinError, OneOff};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, WaitError};
+use crate::func;
+use crate::iter::decode_done;
+use crate::pool::{guard_worker, single_payload};
+
+/// Runs `f(arg)` in a new process, like [`std::thread::spawn`] for processes.
+///
+/// ```
+/// fn fib(n: u32) -> u64 {
+///     if n < 2 { n as u64 } else { fib(n - 1) + fib(n - 2) }
+/// }
+///
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init();
+///     let p = procpool::spawn(fib, 20)?;
+///     assert_eq!(p.join()?, 6765);
+///     Ok(())
+/// }
+/// ```
+///
+/// # Errors
+/// [`Error::Pool`] with [`PoolError::Spawn`](crate::PoolError::Spawn) when the process
+/// cannot start; [`Error::Task`] with a codec error when `arg` cannot be serialized.
+pub fn spawn<A, R>(f: fn(A) -> R, arg: A) -> Result<Process<R>, Error>
+where
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    guard_worker();
+    let payload = single_payload(&arg)?;
+    let inner = OneOff::spawn(&func::chunk_ref(f), &payload, DEFAULT_MAX_MESSAGE)?;
+    Ok(Process {
+        inner,
+        _r: PhantomData,
+    })
+}
+
+/// A process running one call. Dropping it kills the process if it still runs, and reaps
+/// it: it never outlives its handle, and leaves no zombie.
+#[derive(Debug)]
+pub struct Process<R> {
+    inner: OneOff,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.inner.pid()
+    }
+
+    /// Kills the process with SIGKILL; joining then gives a
+    /// [`WorkerDied`](crate::TaskErrorKind::WorkerDied) error naming SIGKILL.
+    pub fn kill(&mut self) {
+        self.inner.kill();
+    }
+
+    /// Whether the process finished (joining will not wait).
+    pub fn is_finished(&mut self) -> bool {
+        self.inner.is_finished()
+    }
+
+    /// Waits for the result.
+    ///
+    /// # Errors
+    /// [`Error::Task`] when the call panicked, the process died, or a value failed to
+    /// (de)serialize; [`Error::Pool`] when the process could not run it.
+    pub fn join(self) -> Result<R, Error> {
+        decode(self.inner.join())
+    }
+
+    /// Waits at most `timeout`.
+    ///
+    /// # Errors
+    /// [`WaitError::Timeout`] when the time ran out (the process still runs);
+    /// [`WaitError::Failed`] otherwise, as [`join`](Self::join).
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, WaitError> {
+        match self.inner.join_timeout(timeout) {
+            Err(JoinError::Timeout) => Err(WaitError::Timeout),
+            r => Ok(decode(r)?),
+        }
+    }
+}
+
+fn decode<R: DeserializeOwned>(r: Result<Vec<u8>, JoinError>) -> Result<R, Error> {
+    match r {
+        Ok(bytes) => {
+            let done = procpool_engine::Done {
+                index: 0,
+                outcome: Ok(bytes),
+                nanos: 0,
+                pid: None,
+            };
+            decode_done(done, 1)
+                .pop()
+                .unwrap_or_else(|| unreachable_empty())
+        }
+        Err(JoinError::Task(t)) => Err(Error::Task(t)),
+        Err(JoinError::Pool(p)) => Err(Error::Pool(p)),
+        Err(other) => Err(Error::Pool(procpool_engine::PoolError::Config(
+            other.to_string(),
+        ))),
+    }
+}
+
+#[cold]
+fn unreachable_empty<R>() -> Result<R, Error> {
+    Err(Error::Pool(procpool_engine::PoolError::Config(
+        "empty result from a one-off process".into(),
+    )))
+}
