@@ -15,6 +15,7 @@ pub use procpool_engine::{Death, HandshakeError, PoolError, TaskError, TaskError
 ///         other => eprintln!("task failed: {other}"),
 ///     },
 ///     Err(Error::Pool(p)) => eprintln!("pool error: {p}"),
+///     Err(other) => eprintln!("{other}"),
 /// }
 /// # }
 /// ```
