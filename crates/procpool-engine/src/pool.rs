@@ -37,6 +37,9 @@ pub struct EngineConfig {
     pub handshake_timeout: Duration,
     /// Consecutive worker start failures after which the pool gives up.
     pub max_start_failures: u32,
+    /// On a timeout, send SIGTERM and wait this long before SIGKILL (`None`: SIGKILL at
+    /// once).
+    pub kill_grace: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +53,7 @@ impl Default for EngineConfig {
             executable: None,
             handshake_timeout: Duration::from_secs(20),
             max_start_failures: 3,
+            kill_grace: None,
         }
     }
 }

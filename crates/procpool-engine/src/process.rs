@@ -164,6 +164,13 @@ impl WorkerProc {
         d
     }
 
+    /// Sends SIGTERM (a polite kill, which the task may handle).
+    pub(crate) fn terminate(&self) {
+        if self.death.is_none() {
+            let _ = sys::terminate(self.pidfd.as_fd());
+        }
+    }
+
     /// Kills and reaps.
     pub(crate) fn kill_and_reap(&mut self) -> Death {
         self.kill();

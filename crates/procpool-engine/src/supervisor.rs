@@ -65,6 +65,8 @@ struct Worker {
     next_seq: u64,
     items_sent: u64,
     kill_reason: Option<KillReason>,
+    /// When a worker sent SIGTERM for a timeout gets SIGKILL.
+    hard_kill_at: Option<Instant>,
     start_error: Option<PoolError>,
     eof: bool,
 }
@@ -210,6 +212,7 @@ impl Supervisor {
             next_seq: 1,
             items_sent: 0,
             kill_reason: None,
+            hard_kill_at: None,
             start_error: None,
             eof: false,
         });
@@ -360,7 +363,16 @@ impl Supervisor {
         let mono = sys::monotonic_nanos();
         let mut next: Option<Duration> = None;
         let mut soonest = |d: Duration| next = Some(next.map_or(d, |n| n.min(d)));
+        let grace = self.shared.config.kill_grace;
         for w in self.slots.iter_mut().flatten() {
+            if let Some(at) = w.hard_kill_at {
+                if now >= at {
+                    w.proc.kill();
+                    w.hard_kill_at = None;
+                } else {
+                    soonest(at - now);
+                }
+            }
             if w.kill_reason.is_some() {
                 continue;
             }
@@ -391,7 +403,14 @@ impl Supervisor {
                     let ran = Duration::from_nanos(mono.saturating_sub(at));
                     if ran >= limit {
                         w.kill_reason = Some(KillReason::Timeout { limit, ran });
-                        w.proc.kill();
+                        match grace {
+                            Some(g) if !g.is_zero() => {
+                                w.proc.terminate();
+                                w.hard_kill_at = Some(now + g);
+                                soonest(g);
+                            }
+                            _ => w.proc.kill(),
+                        }
                         break;
                     }
                     soonest(limit - ran);

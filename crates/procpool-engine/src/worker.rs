@@ -116,6 +116,12 @@ fn serve(env: WorkerEnv, runner: &mut dyn Runner) -> i32 {
             OwnedFd::from_raw_fd(env.ctl),
         )
     };
+    for fd in [sock.as_fd(), ctl.as_fd()] {
+        if let Err(e) = sys::close_on_exec(fd) {
+            eprintln!("procpool worker: cannot set close-on-exec: {e}");
+            return 2;
+        }
+    }
     let ctl = match SharedRegion::open(ctl, CONTROL_LEN) {
         Ok(c) => c,
         Err(e) => {

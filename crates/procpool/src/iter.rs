@@ -208,9 +208,15 @@ pub(crate) fn decode_done<R: DeserializeOwned>(done: Done, count: u32) -> Vec<It
     let start = done.index;
     let pid = done.pid;
     match done.outcome {
-        Err(e) => (0..u64::from(count))
-            .map(|k| Err(Error::Task(e.clone().with_index(start + k))))
-            .collect(),
+        Err(e) => {
+            if let TaskErrorKind::PoolBroken(p) = e.kind() {
+                // The pool's own failure, not the task's: say so.
+                return (0..count).map(|_| Err(Error::Pool(p.clone()))).collect();
+            }
+            (0..u64::from(count))
+                .map(|k| Err(Error::Task(e.clone().with_index(start + k))))
+                .collect()
+        }
         Ok(bytes) => {
             let mut out = Vec::with_capacity(count as usize);
             let mut rest = &bytes[..];

@@ -137,6 +137,13 @@ impl Builder {
         self
     }
 
+    /// On a timeout, send the worker SIGTERM and wait `grace` before SIGKILL, so a task
+    /// that handles SIGTERM can clean up. Default: SIGKILL at once.
+    pub fn kill_grace(mut self, grace: Duration) -> Self {
+        self.config.kill_grace = Some(grace);
+        self
+    }
+
     /// How long a starting worker may take to answer the handshake. Default 20 s.
     pub fn handshake_timeout(mut self, limit: Duration) -> Self {
         self.config.handshake_timeout = limit;

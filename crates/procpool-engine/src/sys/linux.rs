@@ -68,10 +68,26 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
 /// Sends SIGKILL through a process descriptor. Killing a process that already exited
 /// (but is not reaped) is not an error.
 pub(crate) fn kill(pidfd: BorrowedFd<'_>) -> io::Result<()> {
-    match rustix::process::pidfd_send_signal(pidfd, Signal::KILL) {
+    signal(pidfd, Signal::KILL)
+}
+
+/// Sends SIGTERM through a process descriptor, as [`kill`] does SIGKILL.
+pub(crate) fn terminate(pidfd: BorrowedFd<'_>) -> io::Result<()> {
+    signal(pidfd, Signal::TERM)
+}
+
+fn signal(pidfd: BorrowedFd<'_>, sig: Signal) -> io::Result<()> {
+    match rustix::process::pidfd_send_signal(pidfd, sig) {
         Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Sets close-on-exec again on a descriptor that was inherited on purpose, so that
+/// processes the worker starts do not inherit it in turn.
+pub(crate) fn close_on_exec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::io::fcntl_setfd(fd, FdFlags::CLOEXEC)?;
+    Ok(())
 }
 
 /// Waits for the process to end and reaps it.
