@@ -124,9 +124,14 @@ impl Batch {
     /// [`PoolError::Closed`] after the pool was closed, or the pool's fatal error if it
     /// broke.
     pub fn submit(&self, jobs: impl IntoIterator<Item = Job>) -> Result<usize, PoolError> {
-        let n = self.shared.enqueue(&self.inner, jobs)?;
+        let jobs: Vec<Job> = jobs.into_iter().collect();
+        let n = jobs.len();
+        // Counted before the jobs are queued: a result may arrive before `enqueue` returns.
         self.inner.lock().outstanding += n;
-        Ok(n)
+        self.shared.enqueue(&self.inner, jobs).inspect_err(|_| {
+            let mut st = self.inner.lock();
+            st.outstanding = st.outstanding.saturating_sub(n);
+        })
     }
 
     /// Jobs submitted whose result has not been received.

@@ -151,7 +151,6 @@ impl Supervisor {
                 self.cancel(&b);
             }
             if self.starting && self.all_started() {
-                self.starting = false;
                 self.report_started(Ok(()));
             }
             self.dispatch();
@@ -170,7 +169,8 @@ impl Supervisor {
         }
     }
 
-    fn report_started(&self, r: Result<(), PoolError>) {
+    fn report_started(&mut self, r: Result<(), PoolError>) {
+        self.starting = false;
         let mut s = self
             .shared
             .started
@@ -348,7 +348,9 @@ impl Supervisor {
                     f.answered = true;
                     let pid = w.proc.pid;
                     deliver(&f.q, TaskErrorKind::Cancelled, Some(pid), f.q.attempts + 1);
-                    kill |= f.seq <= started;
+                    // Only the job running now is worth a kill; an earlier one has ended
+                    // (its result is on the way) and a later one has not begun.
+                    kill |= f.seq == started;
                 }
             }
             if kill {
@@ -460,17 +462,13 @@ impl Supervisor {
         if ready.first().is_some_and(|r| r.read) {
             sys::drain(self.shared.wake_fd());
         }
-        let mut k = 1;
-        for i in 0..self.slots.len() {
-            if self.slots[i].is_none() {
-                continue;
-            }
-            let (sock, pid) = (ready[k], ready[k + 1]);
-            k += 2;
-            self.service_slot(i, sock, pid);
-        }
+        // Retiring workers first: servicing a slot may retire its worker, which must not
+        // shift the retiring entries polled above.
+        let live = self.slots.iter().flatten().count();
+        let polled_retiring = self.retiring.len();
+        let mut k = 1 + 2 * live;
         let mut i = 0;
-        while i < self.retiring.len() {
+        for _ in 0..polled_retiring {
             let (sock, pid) = (ready[k], ready[k + 1]);
             k += 2;
             if sock.read || sock.hup {
@@ -480,12 +478,21 @@ impl Supervisor {
                 self.retiring[i].flush();
             }
             if pid.read {
-                let mut w = self.retiring.swap_remove(i);
+                let mut w = self.retiring.remove(i);
                 drain_socket(&mut w, &mut self.avg_nanos);
                 w.proc.reap();
                 continue;
             }
             i += 1;
+        }
+        let mut k = 1;
+        for i in 0..self.slots.len() {
+            if self.slots[i].is_none() {
+                continue;
+            }
+            let (sock, pid) = (ready[k], ready[k + 1]);
+            k += 2;
+            self.service_slot(i, sock, pid);
         }
         self.ready_buf = ready;
     }
@@ -647,6 +654,30 @@ impl Supervisor {
             answer(&j, TaskErrorKind::Terminated, None);
         }
         self.publish_pids();
+    }
+}
+
+impl Drop for Supervisor {
+    /// Runs when the loop returns and also if it panics: no worker outlives the
+    /// supervisor, and no caller waits forever.
+    fn drop(&mut self) {
+        if self.starting {
+            let e = self.first_failure.clone().unwrap_or_else(|| {
+                PoolError::Io(Arc::new(std::io::Error::other(
+                    "the pool's supervisor thread stopped during start-up",
+                )))
+            });
+            self.report_started(Err(e));
+        }
+        let mut q = self.shared.lock();
+        if q.broken.is_none() && std::thread::panicking() {
+            q.broken = Some(PoolError::Io(Arc::new(std::io::Error::other(
+                "the pool's supervisor thread panicked",
+            ))));
+        }
+        q.mode = Mode::Terminate;
+        drop(q);
+        self.terminate();
     }
 }
 
