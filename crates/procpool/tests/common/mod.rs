@@ -1,0 +1,147 @@
+//! Helpers shared by the integration tests: temporary directories, waiting for a
+//! condition, and looking at processes.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A fresh directory under the system's temporary directory, removed on drop.
+#[derive(Debug)]
+pub(crate) struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "procpool-test-{tag}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).expect("create the temporary directory");
+        TempDir { path }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path of `name` inside the directory, as a `String` (to send to a task).
+    pub(crate) fn file(&self, name: &str) -> String {
+        self.path
+            .join(name)
+            .to_str()
+            .expect("utf-8 path")
+            .to_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Polls `cond` until it holds; panics with `what` after `limit`.
+pub(crate) fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Waits until the file at `path` exists and has content; returns the content.
+pub(crate) fn wait_for_file(path: &str, limit: Duration) -> String {
+    let mut content = String::new();
+    wait_until(
+        &format!("{path} is written"),
+        limit,
+        || match std::fs::read_to_string(path) {
+            Ok(s) if s.ends_with('\n') => {
+                content = s;
+                true
+            }
+            _ => false,
+        },
+    );
+    content
+}
+
+/// Writes `content` plus a newline to `path` atomically (through a rename), so that a
+/// reader sees either nothing or everything.
+pub(crate) fn write_file(path: &str, content: &str) {
+    let tmp = format!("{path}.tmp{}", std::process::id());
+    std::fs::write(&tmp, format!("{content}\n")).expect("write a marker file");
+    std::fs::rename(&tmp, path).expect("rename a marker file");
+}
+
+/// Spins (with short sleeps) until `path` exists, for at most `limit`.
+pub(crate) fn spin_until_exists(path: &str, limit: Duration) -> bool {
+    let start = Instant::now();
+    while !Path::new(path).exists() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
+/// Whether a process with this pid exists (a zombie counts as existing).
+pub(crate) fn exists(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks whether the process exists; nothing is sent.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// Sends SIGKILL to `pid`.
+pub(crate) fn sigkill(pid: u32) {
+    // SAFETY: plain kill(2) on a pid this test owns (a worker of its own pool).
+    let r = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, SIGKILL): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// The parent pid and state of `pid` from `/proc/<pid>/stat`, if it exists.
+pub(crate) fn stat(pid: u32) -> Option<(u32, char)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: parse after the last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    let mut it = rest.split_whitespace();
+    let state = it.next()?.chars().next()?;
+    let ppid = it.next()?.parse().ok()?;
+    Some((ppid, state))
+}
+
+/// The pids of every child process of this process (zombies included).
+pub(crate) fn children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if stat(pid).is_some_and(|(ppid, _)| ppid == me) {
+            out.push(pid);
+        }
+    }
+    out
+}
