@@ -26,6 +26,9 @@ pub(crate) const CTL_STARTED_SEQ: usize = 0;
 /// Control word: when it started (monotonic nanoseconds).
 pub(crate) const CTL_STARTED_AT: usize = 1;
 
+/// Kernel buffer size asked for each socket (the kernel caps it at `wmem_max`).
+const SOCKET_BUFFER: usize = 4 << 20;
+
 /// Where workers come from.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SpawnOptions {
@@ -88,6 +91,9 @@ pub(crate) struct WorkerProc {
 pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
     let spawn_err = |e: std::io::Error| PoolError::Spawn(Arc::new(e));
     let (mine, theirs) = sys::socketpair().map_err(spawn_err)?;
+    for fd in [&mine, &theirs] {
+        sys::grow_socket_buffers(fd.as_fd(), SOCKET_BUFFER);
+    }
     let ctl = SharedRegion::create(CONTROL_LEN).map_err(spawn_err)?;
     let env = WorkerEnv {
         version: PROTOCOL_VERSION,

@@ -852,18 +852,21 @@ fn handle_message(w: WorkerView<'_>, body: &[u8], avg_nanos: &mut f64) -> Result
             Ok(false)
         }
         (Phase::Ready | Phase::Retiring, Up::Results(rs)) => {
+            // Consecutive results of one batch are handed over under one lock.
+            let mut group: Vec<Done> = Vec::new();
+            let mut group_batch: Option<Arc<BatchInner>> = None;
             for r in rs {
                 let Some(f) = w.in_flight.front() else {
+                    flush_group(&mut group, &group_batch);
                     return Err(format!(
                         "result for job {} which the worker does not hold",
                         r.seq
                     ));
                 };
                 if f.seq != r.seq {
-                    return Err(format!(
-                        "result for job {} while job {} was due",
-                        r.seq, f.seq
-                    ));
+                    let due = f.seq;
+                    flush_group(&mut group, &group_batch);
+                    return Err(format!("result for job {} while job {due} was due", r.seq));
                 }
                 let f = w.in_flight.pop_front().expect("front checked above");
                 *avg_nanos = if *avg_nanos <= 0.0 {
@@ -871,29 +874,49 @@ fn handle_message(w: WorkerView<'_>, body: &[u8], avg_nanos: &mut f64) -> Result
                 } else {
                     0.8 * *avg_nanos + 0.2 * r.nanos as f64
                 };
-                if f.answered || f.q.batch.is_dead() {
+                let Queued {
+                    job,
+                    batch,
+                    attempts,
+                } = f.q;
+                let index = job.index;
+                // The payload goes first, so the caller may reuse its buffer.
+                drop(job);
+                if f.answered || batch.is_dead() {
                     continue;
                 }
-                let attempts = f.q.attempts + 1;
                 let outcome = match r.outcome {
                     Outcome::Ok(b) => Ok(b.to_vec()),
                     Outcome::Err(fail) => Err(TaskError::new(
                         fail.into(),
-                        f.q.job.index,
+                        index,
                         Some(w.pid),
-                        attempts,
+                        attempts + 1,
                     )),
                 };
-                f.q.batch.deliver([Done {
-                    index: f.q.job.index,
+                if !group_batch.as_ref().is_some_and(|g| Arc::ptr_eq(g, &batch)) {
+                    flush_group(&mut group, &group_batch);
+                    group_batch = Some(batch);
+                }
+                group.push(Done {
+                    index,
                     outcome,
                     nanos: r.nanos,
                     pid: Some(w.pid),
-                }]);
+                });
             }
+            flush_group(&mut group, &group_batch);
             Ok(false)
         }
         (phase, msg) => Err(format!("unexpected {msg:?} in phase {phase:?}")),
+    }
+}
+
+fn flush_group(group: &mut Vec<Done>, batch: &Option<Arc<BatchInner>>) {
+    if let Some(b) = batch {
+        if !group.is_empty() {
+            b.deliver(group.drain(..));
+        }
     }
 }
 

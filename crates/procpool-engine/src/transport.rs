@@ -16,12 +16,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Payloads at least this large are queued by reference instead of copied.
 pub(crate) const SHARE_THRESHOLD: usize = 16 * 1024;
 
-/// Splits frames off bytes read from a socket.
+/// Splits frames off bytes read from a socket. `buf[start..]` holds bytes not yet
+/// handled; reads go straight into the vector's spare capacity (no zero-filling).
 #[derive(Debug)]
 pub(crate) struct FrameReader {
     buf: Vec<u8>,
     start: usize,
-    end: usize,
     max_body: usize,
 }
 
@@ -30,22 +30,21 @@ impl FrameReader {
         Self {
             buf: Vec::new(),
             start: 0,
-            end: 0,
             max_body,
         }
     }
 
     /// The first complete frame's body and the bytes it spans, if one is buffered.
     pub(crate) fn frame(&self) -> Result<Option<(&[u8], usize)>, WireError> {
-        wire::split_frame(&self.buf[self.start..self.end], self.max_body)
+        wire::split_frame(&self.buf[self.start..], self.max_body)
     }
 
     /// Drops `n` bytes (a frame just handled).
     pub(crate) fn consume(&mut self, n: usize) {
         self.start += n;
-        if self.start == self.end {
+        if self.start >= self.buf.len() {
             self.start = 0;
-            self.end = 0;
+            self.buf.clear();
         }
     }
 
@@ -53,25 +52,22 @@ impl FrameReader {
     /// The buffer grows only as data arrives, so a bogus length costs nothing.
     pub(crate) fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
         self.make_room();
-        let n = sys::read(fd, &mut self.buf[self.end..])?;
-        self.end += n;
-        Ok(n)
+        sys::read_into(fd, &mut self.buf)
     }
 
     fn make_room(&mut self) {
-        let pending = self.end - self.start;
+        let pending = self.buf.len() - self.start;
         let want = self.frame_len_hint().unwrap_or(0).max(pending + READ_CHUNK);
-        if self.start > 0 && (self.buf.len() - self.end < READ_CHUNK || self.start >= pending) {
-            self.buf.copy_within(self.start..self.end, 0);
+        let spare = self.buf.capacity() - self.buf.len();
+        if self.start > 0 && (spare < READ_CHUNK || self.start >= pending) {
+            self.buf.drain(..self.start);
             self.start = 0;
-            self.end = pending;
         }
-        if self.buf.len() - self.start < want {
-            // Grow at most to twice what is buffered (plus a chunk): a peer that announces
-            // a huge frame must send the bytes before we allocate for them.
-            let cap = (2 * pending + READ_CHUNK).min(want);
-            let new_len = (self.start + cap).max(self.buf.len());
-            self.buf.resize(new_len, 0);
+        // Room for at most twice what is buffered (plus a chunk): a peer that announces a
+        // huge frame must send the bytes before we allocate for them.
+        let target = (2 * pending + READ_CHUNK).min(want);
+        if self.buf.capacity() - self.start < target {
+            self.buf.reserve(target - pending);
         }
     }
 

@@ -17,6 +17,8 @@ use procpool_engine::{Failure, Runner};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{self, Value};
+
 /// The outcome of one item of a chunk, as encoded by the worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ItemOut<R> {
@@ -28,9 +30,13 @@ pub(crate) enum ItemOut<R> {
     Codec(String),
 }
 
-/// [`ItemOut`] borrowing its result, for encoding without a copy (same encoding).
+/// The encoding of [`ItemOut::Ok`]'s variant index.
+pub(crate) const OK_TAG: u8 = 0;
+
+/// [`ItemOut`]'s failures, for encoding (same encoding).
 #[derive(Serialize)]
 enum ItemOutRef<'a, R> {
+    #[allow(dead_code)]
     Ok(&'a R),
     Panic {
         message: String,
@@ -64,11 +70,7 @@ fn encode_ref(kind: u8, tramp: Trampoline, f: usize) -> Arc<[u8]> {
 }
 
 /// The reference of `f` applied to chunks of `A`.
-pub(crate) fn chunk_ref<A, R>(f: fn(A) -> R) -> Arc<[u8]>
-where
-    A: DeserializeOwned,
-    R: Serialize,
-{
+pub(crate) fn chunk_ref<A: Value, R: Value>(f: fn(A) -> R) -> Arc<[u8]> {
     encode_ref(KIND_CHUNK, run_chunk::<A, R>, f as usize)
 }
 
@@ -84,7 +86,7 @@ fn codec_failure(what: &str, e: postcard::Error) -> Failure {
 }
 
 /// Decodes a chunk of arguments, runs `f` on each, encodes one [`ItemOut`] per item.
-fn run_chunk<A: DeserializeOwned, R: Serialize>(
+fn run_chunk<A: Value, R: Value>(
     f: usize,
     payload: &[u8],
     out: &mut Vec<u8>,
@@ -95,23 +97,28 @@ fn run_chunk<A: DeserializeOwned, R: Serialize>(
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(f) };
     let (count, mut rest) = split_count(payload)?;
     for _ in 0..count {
-        let (a, r) = postcard::take_from_bytes::<A>(rest)
+        let (a, r) = codec::take_value::<A>(rest)
             .map_err(|e| codec_failure("the argument could not be deserialized", e))?;
         rest = r;
         let r = panic::catch_unwind(AssertUnwindSafe(|| f(a)));
         let encoded = match &r {
-            Ok(r) => append(out, &ItemOutRef::Ok(r)),
+            Ok(r) => {
+                // Same bytes as `ItemOutRef::Ok(r)`: the variant's index, then the value.
+                let mark = out.len();
+                out.push(OK_TAG);
+                codec::append_value(out, r).inspect_err(|_| out.truncate(mark))
+            }
             Err(p) => {
                 let (message, location) = procpool_engine::take_last_panic()
                     .unwrap_or_else(|| (payload_message(&**p), None));
                 let v: ItemOutRef<'_, R> = ItemOutRef::Panic { message, location };
-                append(out, &v)
+                codec::append(out, &v)
             }
         };
         if let Err(e) = encoded {
             let msg = format!("the result could not be serialized: {e}");
             let v: ItemOutRef<'_, R> = ItemOutRef::Codec(msg);
-            append(out, &v).map_err(|e| codec_failure("encoding an error", e))?;
+            codec::append(out, &v).map_err(|e| codec_failure("encoding an error", e))?;
         }
     }
     Ok(())
@@ -137,25 +144,8 @@ pub(crate) fn begin_chunk(buf: &mut Vec<u8>) {
 ///
 /// # Errors
 /// The codec's error, in which case `buf` is left as it was.
-pub(crate) fn push_arg<A: Serialize>(buf: &mut Vec<u8>, a: &A) -> Result<(), String> {
-    append(buf, a).map_err(|e| e.to_string())
-}
-
-/// Appends the encoding of `v` to `buf`; on error `buf` is left as it was.
-fn append<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) -> Result<(), postcard::Error> {
-    let mark = buf.len();
-    postcard::to_extend(v, Appender(buf))
-        .map(drop)
-        .inspect_err(|_| buf.truncate(mark))
-}
-
-/// Lets postcard append to a borrowed buffer.
-struct Appender<'a>(&'a mut Vec<u8>);
-
-impl Extend<u8> for Appender<'_> {
-    fn extend<T: IntoIterator<Item = u8>>(&mut self, iter: T) {
-        self.0.extend(iter);
-    }
+pub(crate) fn push_arg<A: Value>(buf: &mut Vec<u8>, a: &A) -> Result<(), String> {
+    codec::append_value(buf, a).map_err(|e| e.to_string())
 }
 
 /// Writes the count of a chunk payload.

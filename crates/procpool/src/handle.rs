@@ -4,8 +4,8 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use procpool_engine::{Batch, RecvError};
-use serde::de::DeserializeOwned;
 
+use crate::codec::Value;
 use crate::error::{Error, WaitError};
 use crate::iter::decode_done;
 
@@ -19,7 +19,7 @@ pub struct TaskHandle<R> {
     _r: PhantomData<fn() -> R>,
 }
 
-impl<R: DeserializeOwned> TaskHandle<R> {
+impl<R: Value> TaskHandle<R> {
     pub(crate) fn new(batch: Batch) -> Self {
         Self {
             batch,

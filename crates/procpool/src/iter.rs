@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use procpool_engine::{Batch, Done, Job, PoolError, TaskError, TaskErrorKind};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::chunk::Chunker;
+use crate::codec::{self, Value};
 use crate::error::Error;
 use crate::func::{self, ItemOut};
 
@@ -24,6 +23,11 @@ const JOBS_PER_WORKER_FIXED: usize = 1024;
 const JOBS_PER_WORKER_ADAPTIVE: usize = 4;
 /// Encoded input held beyond the first two jobs per worker.
 const MAX_HELD_BYTES: usize = 64 << 20;
+
+/// Payload buffers at least this large are kept for reuse.
+const RECYCLE_MIN: usize = 1 << 20;
+/// At most this many are kept.
+const MAX_SPARE: usize = 4;
 
 /// One item's result as handed to the caller.
 pub(crate) type ItemResult<R> = Result<R, Error>;
@@ -36,8 +40,11 @@ pub(crate) struct Feeder<A, R, I> {
     func: Arc<[u8]>,
     chunker: Chunker,
     timeout: Option<Duration>,
-    /// Submitted jobs not yet received: first index → (items, payload bytes).
-    sizes: HashMap<u64, (u32, usize)>,
+    /// Submitted jobs not yet received: first index → (items, payload).
+    sizes: HashMap<u64, (u32, Arc<Vec<u8>>)>,
+    /// Large payload buffers of finished jobs, reused so that their pages need not be
+    /// faulted in again.
+    spare: Vec<Vec<u8>>,
     held_bytes: usize,
     /// Results made without a worker (an argument that failed to serialize, or a pool
     /// that refused the job).
@@ -59,8 +66,8 @@ impl<A, R, I> std::fmt::Debug for Feeder<A, R, I> {
 
 impl<A, R, I> Feeder<A, R, I>
 where
-    A: Serialize,
-    R: DeserializeOwned,
+    A: Value,
+    R: Value,
     I: Iterator<Item = A>,
 {
     pub(crate) fn new(
@@ -86,6 +93,7 @@ where
             chunker,
             timeout,
             sizes: HashMap::new(),
+            spare: Vec::new(),
             held_bytes: 0,
             local: VecDeque::new(),
             workers,
@@ -126,7 +134,7 @@ where
             let remaining = (Some(lo) == hi).then_some(lo);
             let n = self.chunker.next(remaining);
             let start = self.next_index;
-            let mut payload = Vec::new();
+            let mut payload = self.spare.pop().unwrap_or_default();
             func::begin_chunk(&mut payload);
             let mut count = 0u32;
             while (count as usize) < n {
@@ -150,12 +158,13 @@ where
                 continue;
             }
             func::end_chunk(&mut payload, count);
-            self.sizes.insert(start, (count, payload.len()));
+            let payload = Arc::new(payload);
             self.held_bytes += payload.len();
+            self.sizes.insert(start, (count, payload.clone()));
             room_jobs += 1;
             jobs.push(Job {
                 func: self.func.clone(),
-                payload: Arc::new(payload),
+                payload,
                 index: start,
                 weight: count,
                 timeout: self.timeout,
@@ -175,10 +184,18 @@ where
     fn refused(&mut self, jobs: Vec<Job>, e: PoolError) {
         self.exhausted = true;
         for j in jobs {
-            if let Some((count, bytes)) = self.sizes.remove(&j.index) {
-                self.held_bytes -= bytes;
+            if let Some((count, payload)) = self.sizes.remove(&j.index) {
+                self.held_bytes -= payload.len();
                 let items = (0..count).map(|_| Err(Error::Pool(e.clone()))).collect();
                 self.local.push_back((j.index, items));
+            }
+        }
+    }
+
+    fn recycle(&mut self, payload: Arc<Vec<u8>>) {
+        if payload.capacity() >= RECYCLE_MIN && self.spare.len() < MAX_SPARE {
+            if let Ok(v) = Arc::try_unwrap(payload) {
+                self.spare.push(v);
             }
         }
     }
@@ -191,10 +208,11 @@ where
         }
         loop {
             let done = self.batch.recv()?;
-            let Some((count, bytes)) = self.sizes.remove(&done.index) else {
+            let Some((count, payload)) = self.sizes.remove(&done.index) else {
                 continue; // not ours: cannot happen, but never trust a count
             };
-            self.held_bytes -= bytes;
+            self.held_bytes -= payload.len();
+            self.recycle(payload);
             if done.outcome.is_ok() {
                 self.chunker.observe(done.nanos, count as usize);
             }
@@ -204,7 +222,7 @@ where
 }
 
 /// Turns a job's outcome into one result per item.
-pub(crate) fn decode_done<R: DeserializeOwned>(done: Done, count: u32) -> Vec<ItemResult<R>> {
+pub(crate) fn decode_done<R: Value>(done: Done, count: u32) -> Vec<ItemResult<R>> {
     let start = done.index;
     let pid = done.pid;
     match done.outcome {
@@ -223,7 +241,7 @@ pub(crate) fn decode_done<R: DeserializeOwned>(done: Done, count: u32) -> Vec<It
             for k in 0..u64::from(count) {
                 let index = start + k;
                 let task = |kind| Err(Error::Task(TaskError::new(kind, index, pid, 1)));
-                match postcard::take_from_bytes::<ItemOut<R>>(rest) {
+                match take_item::<R>(rest) {
                     Ok((item, r)) => {
                         rest = r;
                         out.push(match item {
@@ -243,6 +261,16 @@ pub(crate) fn decode_done<R: DeserializeOwned>(done: Done, count: u32) -> Vec<It
             }
             out
         }
+    }
+}
+
+/// Decodes one [`ItemOut`], its value through the fast path of [`codec::take_value`].
+fn take_item<R: Value>(bytes: &[u8]) -> Result<(ItemOut<R>, &[u8]), postcard::Error> {
+    match bytes.split_first() {
+        Some((&func::OK_TAG, rest)) => {
+            codec::take_value::<R>(rest).map(|(v, rest)| (ItemOut::Ok(v), rest))
+        }
+        _ => postcard::take_from_bytes::<ItemOut<R>>(bytes),
     }
 }
 
@@ -270,8 +298,8 @@ impl<A, R, I> std::fmt::Debug for Imap<A, R, I> {
 
 impl<A, R, I> Imap<A, R, I>
 where
-    A: Serialize,
-    R: DeserializeOwned,
+    A: Value,
+    R: Value,
     I: Iterator<Item = A>,
 {
     pub(crate) fn new(feeder: Feeder<A, R, I>) -> Self {
@@ -301,8 +329,8 @@ where
 
 impl<A, R, I> Iterator for Imap<A, R, I>
 where
-    A: Serialize,
-    R: DeserializeOwned,
+    A: Value,
+    R: Value,
     I: Iterator<Item = A>,
 {
     type Item = Result<R, Error>;
@@ -347,8 +375,8 @@ impl<A, R, I> std::fmt::Debug for ImapUnordered<A, R, I> {
 
 impl<A, R, I> ImapUnordered<A, R, I>
 where
-    A: Serialize,
-    R: DeserializeOwned,
+    A: Value,
+    R: Value,
     I: Iterator<Item = A>,
 {
     pub(crate) fn new(feeder: Feeder<A, R, I>) -> Self {
@@ -371,8 +399,8 @@ where
 
 impl<A, R, I> Iterator for ImapUnordered<A, R, I>
 where
-    A: Serialize,
-    R: DeserializeOwned,
+    A: Value,
+    R: Value,
     I: Iterator<Item = A>,
 {
     type Item = (usize, Result<R, Error>);

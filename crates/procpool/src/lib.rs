@@ -51,6 +51,7 @@
 //! Linux (pidfd, memfd, `PR_SET_PDEATHSIG`). Other systems are refused at compile time.
 
 mod chunk;
+mod codec;
 mod error;
 mod func;
 mod handle;
@@ -58,6 +59,7 @@ mod iter;
 mod pool;
 mod process;
 
+pub use codec::Value;
 pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKind, WaitError};
 pub use handle::TaskHandle;
 pub use iter::{Imap, ImapUnordered};

@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use procpool_engine::{Engine, EngineConfig, PoolError};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
+use crate::codec::Value;
 use crate::error::Error;
 use crate::func;
 use crate::handle::TaskHandle;
@@ -96,7 +95,7 @@ impl Builder {
     /// a connection, load a model, set up logging...). A worker whose initializer panics
     /// is replaced; after several failures in a row the pool reports
     /// [`PoolError::Broken`].
-    pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
+    pub fn initializer<A: Value>(mut self, f: fn(A), arg: A) -> Self {
         match postcard::to_allocvec(&arg) {
             Ok(bytes) => self.config.initializer = Some((func::init_ref(f), bytes)),
             Err(e) => self.error = Some(format!("the initializer's argument: {e}")),
@@ -255,8 +254,8 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
     ) -> Result<Vec<R>, Error>
     where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        A: Value,
+        R: Value,
     {
         self.call().map(f, items)
     }
@@ -278,8 +277,8 @@ impl Pool {
     /// ```
     pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<A, R, I::IntoIter>
     where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        A: Value,
+        R: Value,
         I: IntoIterator<Item = A>,
     {
         self.call().imap(f, items)
@@ -306,8 +305,8 @@ impl Pool {
         items: I,
     ) -> ImapUnordered<A, R, I::IntoIter>
     where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        A: Value,
+        R: Value,
         I: IntoIterator<Item = A>,
     {
         self.call().imap_unordered(f, items)
@@ -327,8 +326,8 @@ impl Pool {
     /// [`Error::Task`] when the task failed, [`Error::Pool`] when the pool refused it.
     pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, Error>
     where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        A: Value,
+        R: Value,
     {
         self.call().apply(f, arg)
     }
@@ -350,8 +349,8 @@ impl Pool {
     /// error when `arg` cannot be serialized.
     pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<TaskHandle<R>, Error>
     where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        A: Value,
+        R: Value,
     {
         self.call().spawn(f, arg)
     }
@@ -400,8 +399,8 @@ impl<'p> Call<'p> {
 
     fn feeder<A, R, I>(&self, f: fn(A) -> R, items: I) -> Feeder<A, R, I>
     where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        A: Value,
+        R: Value,
         I: Iterator<Item = A>,
     {
         let chunk = self.chunk_size.or(self.timeout.map(|_| 1));
@@ -425,8 +424,8 @@ impl<'p> Call<'p> {
         items: impl IntoIterator<Item = A>,
     ) -> Result<Vec<R>, Error>
     where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        A: Value,
+        R: Value,
     {
         let it = self.imap(f, items);
         let mut out = Vec::with_capacity(it.size_hint().0);
@@ -439,8 +438,8 @@ impl<'p> Call<'p> {
     /// [`Pool::imap`] with these settings.
     pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<A, R, I::IntoIter>
     where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        A: Value,
+        R: Value,
         I: IntoIterator<Item = A>,
     {
         Imap::new(self.feeder(f, items.into_iter()))
@@ -453,8 +452,8 @@ impl<'p> Call<'p> {
         items: I,
     ) -> ImapUnordered<A, R, I::IntoIter>
     where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        A: Value,
+        R: Value,
         I: IntoIterator<Item = A>,
     {
         ImapUnordered::new(self.feeder(f, items.into_iter()))
@@ -466,8 +465,8 @@ impl<'p> Call<'p> {
     /// As [`Pool::apply`].
     pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, Error>
     where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        A: Value,
+        R: Value,
     {
         self.spawn(f, arg)?.join()
     }
@@ -478,8 +477,8 @@ impl<'p> Call<'p> {
     /// As [`Pool::spawn`].
     pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<TaskHandle<R>, Error>
     where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        A: Value,
+        R: Value,
     {
         let payload = single_payload(&arg)?;
         let batch = self.pool.engine.batch();
@@ -495,7 +494,7 @@ impl<'p> Call<'p> {
 }
 
 /// The payload of a chunk of one argument.
-pub(crate) fn single_payload<A: Serialize>(arg: &A) -> Result<Vec<u8>, Error> {
+pub(crate) fn single_payload<A: Value>(arg: &A) -> Result<Vec<u8>, Error> {
     let mut payload = Vec::new();
     func::begin_chunk(&mut payload);
     func::push_arg(&mut payload, arg).map_err(|m| {

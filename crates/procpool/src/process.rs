@@ -5,9 +5,8 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use procpool_engine::{DEFAULT_MAX_MESSAGE, JoinError, OneOff};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
+use crate::codec::Value;
 use crate::error::{Error, WaitError};
 use crate::func;
 use crate::iter::decode_done;
@@ -33,8 +32,8 @@ use crate::pool::{guard_worker, single_payload};
 /// cannot start; [`Error::Task`] with a codec error when `arg` cannot be serialized.
 pub fn spawn<A, R>(f: fn(A) -> R, arg: A) -> Result<Process<R>, Error>
 where
-    A: Serialize + DeserializeOwned,
-    R: Serialize + DeserializeOwned,
+    A: Value,
+    R: Value,
 {
     guard_worker();
     let payload = single_payload(&arg)?;
@@ -53,7 +52,7 @@ pub struct Process<R> {
     _r: PhantomData<fn() -> R>,
 }
 
-impl<R: DeserializeOwned> Process<R> {
+impl<R: Value> Process<R> {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.inner.pid()
@@ -92,7 +91,7 @@ impl<R: DeserializeOwned> Process<R> {
     }
 }
 
-fn decode<R: DeserializeOwned>(r: Result<Vec<u8>, JoinError>) -> Result<R, Error> {
+fn decode<R: Value>(r: Result<Vec<u8>, JoinError>) -> Result<R, Error> {
     match r {
         Ok(bytes) => {
             let done = procpool_engine::Done {

@@ -144,9 +144,16 @@ pub(crate) fn send_vectored(fd: BorrowedFd<'_>, bufs: &[io::IoSlice<'_>]) -> io:
     )?)
 }
 
-/// Reads what is there (or blocks, on a blocking descriptor).
-pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    Ok(rustix::io::read(fd, buf)?)
+/// Reads into the spare capacity of `buf` (which must have some), extending it; blocks
+/// on a blocking descriptor.
+pub(crate) fn read_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<usize> {
+    Ok(rustix::io::read(fd, rustix::buffer::spare_capacity(buf))?)
+}
+
+/// Makes the kernel buffers of a socket larger, so bulk data moves in fewer rounds.
+pub(crate) fn grow_socket_buffers(fd: BorrowedFd<'_>, bytes: usize) {
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, bytes);
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(fd, bytes);
 }
 
 /// Readiness wanted of, and reported for, one descriptor.
