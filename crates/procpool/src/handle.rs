@@ -7,7 +7,7 @@ use procpool_engine::{Batch, RecvError};
 
 use crate::codec::Value;
 use crate::error::{Error, WaitError};
-use crate::iter::decode_done;
+use crate::outcome::ChunkOut;
 
 /// A task running in a pool. Join it for its result, with or without a time limit, or
 /// cancel it.
@@ -34,7 +34,7 @@ impl<R: Value> TaskHandle<R> {
     /// [`Cancelled`](crate::TaskErrorKind::Cancelled) after [`cancel`](Self::cancel)).
     pub fn join(self) -> Result<R, Error> {
         match self.batch.recv() {
-            Some(done) => first(decode_done(done, 1)),
+            Some(done) => ChunkOut::decode_one(done),
             None => Err(cancelled()),
         }
     }
@@ -46,7 +46,7 @@ impl<R: Value> TaskHandle<R> {
     /// joined again); [`WaitError::Failed`] when it failed.
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, WaitError> {
         match self.batch.recv_timeout(timeout) {
-            Ok(done) => Ok(first(decode_done(done, 1))?),
+            Ok(done) => Ok(ChunkOut::decode_one(done)?),
             Err(RecvError::Timeout) => Err(WaitError::Timeout),
             Err(RecvError::Empty) => Err(WaitError::Failed(cancelled())),
         }
@@ -63,10 +63,6 @@ impl<R: Value> TaskHandle<R> {
     pub fn cancel(&self) {
         self.batch.cancel();
     }
-}
-
-fn first<R>(mut v: Vec<Result<R, Error>>) -> Result<R, Error> {
-    v.pop().unwrap_or_else(|| Err(cancelled()))
 }
 
 fn cancelled() -> Error {

@@ -10,12 +10,13 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use procpool_engine::{Batch, Done, Job, PoolError, TaskError, TaskErrorKind};
+use procpool_engine::{Batch, Job, PoolError, TaskError, TaskErrorKind};
 
 use crate::chunk::Chunker;
-use crate::codec::{self, Value};
+use crate::codec::Value;
 use crate::error::Error;
-use crate::func::{self, ItemOut};
+use crate::func;
+use crate::outcome::ChunkOut;
 
 /// Jobs in flight per worker when each is small and of fixed size.
 const JOBS_PER_WORKER_FIXED: usize = 1024;
@@ -28,9 +29,6 @@ const MAX_HELD_BYTES: usize = 64 << 20;
 const RECYCLE_MIN: usize = 1 << 20;
 /// At most this many are kept.
 const MAX_SPARE: usize = 4;
-
-/// One item's result as handed to the caller.
-pub(crate) type ItemResult<R> = Result<R, Error>;
 
 pub(crate) struct Feeder<A, R, I> {
     batch: Batch,
@@ -48,7 +46,7 @@ pub(crate) struct Feeder<A, R, I> {
     held_bytes: usize,
     /// Results made without a worker (an argument that failed to serialize, or a pool
     /// that refused the job).
-    local: VecDeque<(u64, Vec<ItemResult<R>>)>,
+    local: VecDeque<ChunkOut<R>>,
     workers: usize,
     max_jobs: usize,
     _types: PhantomData<fn(A) -> R>,
@@ -149,7 +147,8 @@ where
                         message: format!("the argument could not be serialized: {m}"),
                     };
                     let e = Error::Task(TaskError::new(kind, index, None, 0));
-                    self.local.push_back((index, vec![Err(e)]));
+                    self.local
+                        .push_back(ChunkOut::failed(index, 1, |_| e.clone()));
                     break;
                 }
                 count += 1;
@@ -186,8 +185,8 @@ where
         for j in jobs {
             if let Some((count, payload)) = self.sizes.remove(&j.index) {
                 self.held_bytes -= payload.len();
-                let items = (0..count).map(|_| Err(Error::Pool(e.clone()))).collect();
-                self.local.push_back((j.index, items));
+                let chunk = ChunkOut::failed(j.index, count, |_| Error::Pool(e.clone()));
+                self.local.push_back(chunk);
             }
         }
     }
@@ -200,9 +199,8 @@ where
         }
     }
 
-    /// The next finished job's first index and its items' results; `None` when nothing
-    /// is outstanding.
-    pub(crate) fn recv(&mut self) -> Option<(u64, Vec<ItemResult<R>>)> {
+    /// The next finished job's results; `None` when nothing is outstanding.
+    pub(crate) fn recv(&mut self) -> Option<ChunkOut<R>> {
         if let Some(x) = self.local.pop_front() {
             return Some(x);
         }
@@ -216,61 +214,8 @@ where
             if done.outcome.is_ok() {
                 self.chunker.observe(done.nanos, count as usize);
             }
-            return Some((done.index, decode_done(done, count)));
+            return Some(ChunkOut::decode(done, count));
         }
-    }
-}
-
-/// Turns a job's outcome into one result per item.
-pub(crate) fn decode_done<R: Value>(done: Done, count: u32) -> Vec<ItemResult<R>> {
-    let start = done.index;
-    let pid = done.pid;
-    match done.outcome {
-        Err(e) => {
-            if let TaskErrorKind::PoolBroken(p) = e.kind() {
-                // The pool's own failure, not the task's: say so.
-                return (0..count).map(|_| Err(Error::Pool(p.clone()))).collect();
-            }
-            (0..u64::from(count))
-                .map(|k| Err(Error::Task(e.clone().with_index(start + k))))
-                .collect()
-        }
-        Ok(bytes) => {
-            let mut out = Vec::with_capacity(count as usize);
-            let mut rest = &bytes[..];
-            for k in 0..u64::from(count) {
-                let index = start + k;
-                let task = |kind| Err(Error::Task(TaskError::new(kind, index, pid, 1)));
-                match take_item::<R>(rest) {
-                    Ok((item, r)) => {
-                        rest = r;
-                        out.push(match item {
-                            ItemOut::Ok(v) => Ok(v),
-                            ItemOut::Panic { message, location } => {
-                                task(TaskErrorKind::Panic { message, location })
-                            }
-                            ItemOut::Codec(message) => task(TaskErrorKind::Codec { message }),
-                        });
-                    }
-                    Err(e) => {
-                        let message = format!("the result could not be deserialized: {e}");
-                        out.push(task(TaskErrorKind::Codec { message }));
-                        rest = &[];
-                    }
-                }
-            }
-            out
-        }
-    }
-}
-
-/// Decodes one [`ItemOut`], its value through the fast path of [`codec::take_value`].
-fn take_item<R: Value>(bytes: &[u8]) -> Result<(ItemOut<R>, &[u8]), postcard::Error> {
-    match bytes.split_first() {
-        Some((&func::OK_TAG, rest)) => {
-            codec::take_value::<R>(rest).map(|(v, rest)| (ItemOut::Ok(v), rest))
-        }
-        _ => postcard::take_from_bytes::<ItemOut<R>>(bytes),
     }
 }
 
@@ -281,8 +226,8 @@ fn take_item<R: Value>(bytes: &[u8]) -> Result<(ItemOut<R>, &[u8]), postcard::Er
 /// discards results still to come.
 pub struct Imap<A, R, I> {
     feeder: Feeder<A, R, I>,
-    waiting: BTreeMap<u64, Vec<ItemResult<R>>>,
-    ready: VecDeque<ItemResult<R>>,
+    waiting: BTreeMap<u64, ChunkOut<R>>,
+    current: Option<ChunkOut<R>>,
     next_yield: u64,
 }
 
@@ -291,8 +236,7 @@ impl<A, R, I> std::fmt::Debug for Imap<A, R, I> {
         f.debug_struct("Imap")
             .field("feeder", &self.feeder)
             .field("waiting", &self.waiting.len())
-            .field("ready", &self.ready.len())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -306,7 +250,7 @@ where
         Self {
             feeder,
             waiting: BTreeMap::new(),
-            ready: VecDeque::new(),
+            current: None,
             next_yield: 0,
         }
     }
@@ -325,6 +269,28 @@ where
     pub fn buffered(&self) -> usize {
         self.waiting.len()
     }
+
+    /// The next job's results in input order, whole. With `fail_fast`, a job with a
+    /// failed item comes out as soon as it arrives, out of order.
+    pub(crate) fn next_chunk(&mut self, fail_fast: bool) -> Option<ChunkOut<R>> {
+        if let Some(c) = self.current.take() {
+            if !c.is_empty() {
+                return Some(c);
+            }
+        }
+        loop {
+            if let Some(c) = self.waiting.remove(&self.next_yield) {
+                self.next_yield += u64::from(c.len());
+                return Some(c);
+            }
+            self.feeder.fill(self.waiting.len());
+            let c = self.feeder.recv()?;
+            if fail_fast && c.has_errors() {
+                return Some(c);
+            }
+            self.waiting.insert(c.start(), c);
+        }
+    }
 }
 
 impl<A, R, I> Iterator for Imap<A, R, I>
@@ -337,23 +303,21 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(r) = self.ready.pop_front() {
-                return Some(r);
+            if let Some(c) = &mut self.current {
+                if let Some((_, r)) = c.next() {
+                    return Some(r);
+                }
             }
-            self.feeder.fill(self.waiting.len());
-            let (start, items) = self.feeder.recv()?;
-            self.waiting.insert(start, items);
-            while let Some(items) = self.waiting.remove(&self.next_yield) {
-                self.next_yield += items.len() as u64;
-                self.ready.extend(items);
-            }
+            self.current = None;
+            self.current = Some(self.next_chunk(false)?);
         }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         let (lo, hi) = self.feeder.input.size_hint();
-        let held = (self.feeder.next_index - self.next_yield) as usize + self.ready.len();
-        (lo + self.ready.len(), hi.map(|h| h + held))
+        let cur = self.current.as_ref().map_or(0, |c| c.remaining());
+        let held = (self.feeder.next_index - self.next_yield) as usize + cur;
+        (lo + cur, hi.map(|h| h + held))
     }
 }
 
@@ -361,15 +325,14 @@ where
 /// each with its input index.
 pub struct ImapUnordered<A, R, I> {
     feeder: Feeder<A, R, I>,
-    ready: VecDeque<(usize, ItemResult<R>)>,
+    current: Option<ChunkOut<R>>,
 }
 
 impl<A, R, I> std::fmt::Debug for ImapUnordered<A, R, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ImapUnordered")
             .field("feeder", &self.feeder)
-            .field("ready", &self.ready.len())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -382,7 +345,7 @@ where
     pub(crate) fn new(feeder: Feeder<A, R, I>) -> Self {
         Self {
             feeder,
-            ready: VecDeque::new(),
+            current: None,
         }
     }
 
@@ -407,17 +370,14 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(r) = self.ready.pop_front() {
-                return Some(r);
+            if let Some(c) = &mut self.current {
+                if let Some((i, r)) = c.next() {
+                    return Some((i as usize, r));
+                }
             }
+            self.current = None;
             self.feeder.fill(0);
-            let (start, items) = self.feeder.recv()?;
-            self.ready.extend(
-                items
-                    .into_iter()
-                    .enumerate()
-                    .map(|(k, r)| (start as usize + k, r)),
-            );
+            self.current = Some(self.feeder.recv()?);
         }
     }
 }

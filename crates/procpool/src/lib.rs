@@ -56,6 +56,7 @@ mod error;
 mod func;
 mod handle;
 mod iter;
+mod outcome;
 mod pool;
 mod process;
 

@@ -427,10 +427,10 @@ impl<'p> Call<'p> {
         A: Value,
         R: Value,
     {
-        let it = self.imap(f, items);
+        let mut it = self.imap(f, items);
         let mut out = Vec::with_capacity(it.size_hint().0);
-        for r in it {
-            out.push(r?);
+        while let Some(chunk) = it.next_chunk(true) {
+            out.extend(chunk.into_values()?);
         }
         Ok(out)
     }

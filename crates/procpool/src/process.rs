@@ -9,7 +9,7 @@ use procpool_engine::{DEFAULT_MAX_MESSAGE, JoinError, OneOff};
 use crate::codec::Value;
 use crate::error::{Error, WaitError};
 use crate::func;
-use crate::iter::decode_done;
+use crate::outcome::ChunkOut;
 use crate::pool::{guard_worker, single_payload};
 
 /// Runs `f(arg)` in a new process, like [`std::thread::spawn`] for processes.
@@ -100,9 +100,7 @@ fn decode<R: Value>(r: Result<Vec<u8>, JoinError>) -> Result<R, Error> {
                 nanos: 0,
                 pid: None,
             };
-            decode_done(done, 1)
-                .pop()
-                .unwrap_or_else(|| unreachable_empty())
+            ChunkOut::decode_one(done)
         }
         Err(JoinError::Task(t)) => Err(Error::Task(t)),
         Err(JoinError::Pool(p)) => Err(Error::Pool(p)),
@@ -110,11 +108,4 @@ fn decode<R: Value>(r: Result<Vec<u8>, JoinError>) -> Result<R, Error> {
             other.to_string(),
         ))),
     }
-}
-
-#[cold]
-fn unreachable_empty<R>() -> Result<R, Error> {
-    Err(Error::Pool(procpool_engine::PoolError::Config(
-        "empty result from a one-off process".into(),
-    )))
 }

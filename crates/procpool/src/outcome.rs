@@ -1,0 +1,170 @@
+//! The results of one job, decoded: the values of the items that succeeded, in order, and
+//! the failures (usually none) apart, so that a chunk of plain values moves as one
+//! vector instead of item by item.
+
+use std::collections::VecDeque;
+
+use procpool_engine::{Done, TaskError, TaskErrorKind};
+
+use crate::codec::{self, Value};
+use crate::error::Error;
+use crate::func::{self, ItemOut};
+
+/// The decoded results of a job covering items `start..start + count`.
+#[derive(Debug)]
+pub(crate) struct ChunkOut<R> {
+    start: u64,
+    count: u32,
+    /// Offset of the next item to hand out.
+    next: u32,
+    /// Values of the items that succeeded, in order (the front is the next one's).
+    values: VecDeque<R>,
+    /// Failed items: offset within the chunk and error, in order.
+    errors: VecDeque<(u32, Error)>,
+}
+
+impl<R> ChunkOut<R> {
+    /// A chunk whose every item failed.
+    pub(crate) fn failed(start: u64, count: u32, mut err: impl FnMut(u64) -> Error) -> Self {
+        Self {
+            start,
+            count,
+            next: 0,
+            values: VecDeque::new(),
+            errors: (0..count).map(|k| (k, err(start + u64::from(k)))).collect(),
+        }
+    }
+
+    pub(crate) fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Items in the chunk.
+    pub(crate) fn len(&self) -> u32 {
+        self.count
+    }
+
+    /// Items not yet handed out.
+    pub(crate) fn remaining(&self) -> usize {
+        (self.count - self.next) as usize
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.next == self.count
+    }
+
+    /// Whether an item failed.
+    pub(crate) fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
+    /// All remaining values, when no item failed.
+    pub(crate) fn into_values(self) -> Result<VecDeque<R>, Error> {
+        match self.errors.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(self.values),
+        }
+    }
+}
+
+impl<R: Value> ChunkOut<R> {
+    /// Decodes a job's outcome into per-item results.
+    pub(crate) fn decode(done: Done, count: u32) -> Self {
+        let start = done.index;
+        let pid = done.pid;
+        let bytes = match done.outcome {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                if let TaskErrorKind::PoolBroken(p) = e.kind() {
+                    // The pool's own failure, not the task's: say so.
+                    let p = p.clone();
+                    return Self::failed(start, count, |_| Error::Pool(p.clone()));
+                }
+                return Self::failed(start, count, |i| Error::Task(e.clone().with_index(i)));
+            }
+        };
+        let mut out = Self {
+            start,
+            count,
+            next: 0,
+            values: VecDeque::with_capacity(count as usize),
+            errors: VecDeque::new(),
+        };
+        let mut rest = &bytes[..];
+        for k in 0..count {
+            let task = |kind| Error::Task(TaskError::new(kind, start + u64::from(k), pid, 1));
+            match take_item::<R>(rest) {
+                Ok((ItemOut::Ok(v), r)) => {
+                    rest = r;
+                    out.values.push_back(v);
+                }
+                Ok((ItemOut::Panic { message, location }, r)) => {
+                    rest = r;
+                    out.errors
+                        .push_back((k, task(TaskErrorKind::Panic { message, location })));
+                }
+                Ok((ItemOut::Codec(message), r)) => {
+                    rest = r;
+                    out.errors
+                        .push_back((k, task(TaskErrorKind::Codec { message })));
+                }
+                Err(e) => {
+                    // The stream is broken from here: every item left fails.
+                    let message = format!("the result could not be deserialized: {e}");
+                    for j in k..count {
+                        let kind = TaskErrorKind::Codec {
+                            message: message.clone(),
+                        };
+                        let err = Error::Task(TaskError::new(kind, start + u64::from(j), pid, 1));
+                        out.errors.push_back((j, err));
+                    }
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Decodes the outcome of a job of one item.
+    pub(crate) fn decode_one(done: Done) -> Result<R, Error> {
+        let mut c = Self::decode(done, 1);
+        c.next().map_or_else(
+            || {
+                let kind = TaskErrorKind::Codec {
+                    message: "no result in the worker's answer".into(),
+                };
+                Err(Error::Task(TaskError::new(kind, 0, None, 1)))
+            },
+            |(_, r)| r,
+        )
+    }
+}
+
+impl<R> Iterator for ChunkOut<R> {
+    type Item = (u64, Result<R, Error>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next == self.count {
+            return None;
+        }
+        let k = self.next;
+        self.next += 1;
+        let index = self.start + u64::from(k);
+        if self.errors.front().is_some_and(|(o, _)| *o == k) {
+            let (_, e) = self.errors.pop_front()?;
+            return Some((index, Err(e)));
+        }
+        let v = self.values.pop_front()?;
+        Some((index, Ok(v)))
+    }
+}
+
+/// Decodes one [`ItemOut`], its value through the fast path of [`codec::take_value`].
+fn take_item<R: Value>(bytes: &[u8]) -> Result<(ItemOut<R>, &[u8]), postcard::Error> {
+    match bytes.split_first() {
+        Some((&func::OK_TAG, rest)) => {
+            codec::take_value::<R>(rest).map(|(v, rest)| (ItemOut::Ok(v), rest))
+        }
+        _ => postcard::take_from_bytes::<ItemOut<R>>(bytes),
+    }
+}
