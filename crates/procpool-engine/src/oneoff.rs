@@ -33,6 +33,7 @@ pub struct OneOff {
     proc: WorkerProc,
     reader: FrameReader,
     greeted: bool,
+    killed: bool,
     result: Option<Result<Vec<u8>, JoinError>>,
 }
 
@@ -69,6 +70,7 @@ impl OneOff {
             proc,
             reader: FrameReader::new(max_message.saturating_add(64)),
             greeted: false,
+            killed: false,
             result: None,
         })
     }
@@ -82,6 +84,7 @@ impl OneOff {
     /// [`WorkerDied`](TaskErrorKind::WorkerDied) error naming SIGKILL, unless the result
     /// had already arrived.
     pub fn kill(&mut self) {
+        self.killed = true;
         self.proc.kill();
     }
 
@@ -183,7 +186,8 @@ impl OneOff {
     fn died(&mut self) {
         let death = self.proc.reap();
         let pid = self.proc.pid;
-        self.result = Some(Err(if self.greeted {
+        // Killed on purpose, the task died whatever stage it had reached.
+        self.result = Some(Err(if self.greeted || self.killed {
             JoinError::Task(TaskError::new(
                 TaskErrorKind::WorkerDied { death },
                 0,

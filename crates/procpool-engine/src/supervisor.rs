@@ -233,11 +233,11 @@ impl Supervisor {
             return;
         }
         for i in 0..self.slots.len() {
-            if self.slots[i].is_none() {
-                if let Err(e) = self.spawn_into(i) {
-                    self.start_failed(e);
-                    return;
-                }
+            if self.slots[i].is_none()
+                && let Err(e) = self.spawn_into(i)
+            {
+                self.start_failed(e);
+                return;
             }
         }
     }
@@ -273,30 +273,38 @@ impl Supervisor {
         let recycle = self.shared.config.recycle_after;
         let max_message = self.shared.config.max_message;
         let mut q = self.shared.lock();
-        if let Some(broken) = q.broken.clone() {
-            if !self.slots.iter().flatten().any(|w| w.phase == Phase::Ready) {
-                for j in q.jobs.drain(..) {
-                    let kind = TaskErrorKind::PoolBroken(broken.clone());
-                    answer(&j, kind, None);
-                }
-                return;
+        if let Some(broken) = q.broken.clone()
+            && !self.slots.iter().flatten().any(|w| w.phase == Phase::Ready)
+        {
+            for j in q.jobs.drain(..) {
+                let kind = TaskErrorKind::PoolBroken(broken.clone());
+                answer(&j, kind, None);
             }
+            return;
         }
         for w in self.slots.iter_mut().flatten() {
             if w.phase != Phase::Ready || w.kill_reason.is_some() {
                 continue;
             }
             let mut room = window.saturating_sub(w.in_flight.len());
-            if let Some(limit) = recycle {
-                room = room.min(limit.saturating_sub(w.items_sent) as usize);
-            }
+            // Tasks the worker may still take before it is recycled.
+            let mut quota = recycle.map_or(u64::MAX, |l| l.saturating_sub(w.items_sent));
             let mut frame: Vec<Queued> = Vec::new();
             let mut frame_bytes = 0usize;
-            while room > 0 {
+            while room > 0 && quota > 0 {
                 let Some(job) = q.jobs.pop_front() else { break };
                 if job.batch.is_dead() {
                     continue;
                 }
+                let weight = u64::from(job.job.weight.max(1));
+                // A job larger than what is left of the quota waits for a fresh worker;
+                // this one has done its share (it retires once idle).
+                if weight > quota && recycle.is_some() && w.items_sent > 0 {
+                    q.jobs.push_front(job);
+                    w.items_sent = recycle.unwrap_or(u64::MAX);
+                    break;
+                }
+                quota = quota.saturating_sub(weight);
                 let size = job.job.payload.len();
                 if size > max_message {
                     let kind = TaskErrorKind::TooLarge {
@@ -325,6 +333,9 @@ impl Supervisor {
             if !w.out.is_empty() {
                 w.flush();
             }
+        }
+        for i in 0..self.slots.len() {
+            self.maybe_retire(i);
         }
     }
 
@@ -913,10 +924,10 @@ fn handle_message(w: WorkerView<'_>, body: &[u8], avg_nanos: &mut f64) -> Result
 }
 
 fn flush_group(group: &mut Vec<Done>, batch: &Option<Arc<BatchInner>>) {
-    if let Some(b) = batch {
-        if !group.is_empty() {
-            b.deliver(group.drain(..));
-        }
+    if let Some(b) = batch
+        && !group.is_empty()
+    {
+        b.deliver(group.drain(..));
     }
 }
 

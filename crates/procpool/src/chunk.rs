@@ -4,7 +4,8 @@
 //! one item each; from then on a chunk holds as many items as take about
 //! [`TARGET_NANOS`] to run (the time reported by the workers, averaged), at most
 //! [`MAX_CHUNK`], and when the input's length is known, no more than a quarter of each
-//! worker's share of what is left, so that every worker gets work to the end.
+//! worker's share of what is left, so that every worker gets work to the end, and never
+//! more than the tasks a worker runs before it is recycled.
 
 /// The run time a chunk aims at.
 pub(crate) const TARGET_NANOS: f64 = 1_000_000.0;
@@ -16,14 +17,19 @@ pub(crate) struct Chunker {
     fixed: Option<usize>,
     item_nanos: f64,
     workers: usize,
+    /// Largest automatic chunk (a worker recycled after `n` tasks takes chunks of at
+    /// most `n`).
+    cap: usize,
 }
 
 impl Chunker {
-    pub(crate) fn new(fixed: Option<usize>, workers: usize) -> Self {
+    pub(crate) fn new(fixed: Option<usize>, workers: usize, cap: Option<u64>) -> Self {
+        let cap = cap.map_or(MAX_CHUNK, |c| (c.max(1) as usize).min(MAX_CHUNK));
         Self {
             fixed,
             item_nanos: 0.0,
             workers: workers.max(1),
+            cap,
         }
     }
 
@@ -45,7 +51,7 @@ impl Chunker {
         if self.item_nanos <= 0.0 {
             return 1;
         }
-        let by_time = ((TARGET_NANOS / self.item_nanos) as usize).clamp(1, MAX_CHUNK);
+        let by_time = ((TARGET_NANOS / self.item_nanos) as usize).clamp(1, self.cap);
         match remaining {
             Some(r) => by_time.min(r.div_ceil(4 * self.workers)).max(1),
             None => by_time,
@@ -72,7 +78,7 @@ mod tests {
 
     #[test]
     fn starts_at_one_then_follows_the_measured_time() {
-        let mut c = Chunker::new(None, 2);
+        let mut c = Chunker::new(None, 2, None);
         assert_eq!(c.next(None), 1);
         c.observe(1_000, 1); // 1 µs per item
         assert_eq!(c.next(None), 1000);
@@ -82,8 +88,15 @@ mod tests {
     }
 
     #[test]
+    fn recycling_caps_the_chunk() {
+        let mut c = Chunker::new(None, 2, Some(5));
+        c.observe(10, 10);
+        assert_eq!(c.next(None), 5);
+    }
+
+    #[test]
     fn a_fixed_size_is_kept() {
-        let c = Chunker::new(Some(7), 4);
+        let c = Chunker::new(Some(7), 4, None);
         assert_eq!(c.next(Some(3)), 7);
         assert!(c.measured());
     }

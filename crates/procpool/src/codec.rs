@@ -41,6 +41,18 @@ pub(crate) fn append_value<T: Value>(buf: &mut Vec<u8>, v: &T) -> Result<(), pos
     }
 }
 
+/// Words for a failure to encode `v`: postcard's message, or the one `v`'s `Serialize`
+/// gave, which postcard does not keep.
+#[cold]
+pub(crate) fn explain<T: Serialize + ?Sized>(e: &postcard::Error, v: &T) -> String {
+    match e {
+        postcard::Error::SerdeSerCustom => {
+            crate::probe::custom_message(v).unwrap_or_else(|| e.to_string())
+        }
+        _ => e.to_string(),
+    }
+}
+
 /// Decodes a value from the front of `bytes`; returns it and the rest.
 #[inline]
 pub(crate) fn take_value<T: Value>(bytes: &[u8]) -> Result<(T, &[u8]), postcard::Error> {

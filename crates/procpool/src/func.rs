@@ -116,6 +116,10 @@ fn run_chunk<A: Value, R: Value>(
             }
         };
         if let Err(e) = encoded {
+            let e = match &r {
+                Ok(v) => codec::explain(&e, v),
+                Err(_) => e.to_string(),
+            };
             let msg = format!("the result could not be serialized: {e}");
             let v: ItemOutRef<'_, R> = ItemOutRef::Codec(msg);
             codec::append(out, &v).map_err(|e| codec_failure("encoding an error", e))?;
@@ -145,7 +149,7 @@ pub(crate) fn begin_chunk(buf: &mut Vec<u8>) {
 /// # Errors
 /// The codec's error, in which case `buf` is left as it was.
 pub(crate) fn push_arg<A: Value>(buf: &mut Vec<u8>, a: &A) -> Result<(), String> {
-    codec::append_value(buf, a).map_err(|e| e.to_string())
+    codec::append_value(buf, a).map_err(|e| codec::explain(&e, a))
 }
 
 /// Writes the count of a chunk payload.

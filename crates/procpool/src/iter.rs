@@ -75,8 +75,9 @@ where
         chunk_size: Option<usize>,
         timeout: Option<Duration>,
         workers: usize,
+        max_chunk: Option<u64>,
     ) -> Self {
-        let chunker = Chunker::new(chunk_size, workers);
+        let chunker = Chunker::new(chunk_size, workers, max_chunk);
         let per = if chunker.adaptive() {
             JOBS_PER_WORKER_ADAPTIVE
         } else {
@@ -316,8 +317,8 @@ where
     fn size_hint(&self) -> (usize, Option<usize>) {
         let (lo, hi) = self.feeder.input.size_hint();
         let cur = self.current.as_ref().map_or(0, |c| c.remaining());
-        let held = (self.feeder.next_index - self.next_yield) as usize + cur;
-        (lo + cur, hi.map(|h| h + held))
+        let held = ((self.feeder.next_index - self.next_yield) as usize).saturating_add(cur);
+        (lo.saturating_add(cur), hi.and_then(|h| h.checked_add(held)))
     }
 }
 

@@ -58,6 +58,7 @@ mod handle;
 mod iter;
 mod outcome;
 mod pool;
+mod probe;
 mod process;
 
 pub use codec::Value;

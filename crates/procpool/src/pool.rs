@@ -411,6 +411,7 @@ impl<'p> Call<'p> {
             chunk,
             self.timeout,
             self.pool.workers(),
+            self.pool.engine.config().recycle_after,
         )
     }
 
