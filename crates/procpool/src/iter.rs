@@ -193,10 +193,11 @@ where
     }
 
     fn recycle(&mut self, payload: Arc<Vec<u8>>) {
-        if payload.capacity() >= RECYCLE_MIN && self.spare.len() < MAX_SPARE {
-            if let Ok(v) = Arc::try_unwrap(payload) {
-                self.spare.push(v);
-            }
+        if payload.capacity() >= RECYCLE_MIN
+            && self.spare.len() < MAX_SPARE
+            && let Ok(v) = Arc::try_unwrap(payload)
+        {
+            self.spare.push(v);
         }
     }
 
@@ -274,10 +275,10 @@ where
     /// The next job's results in input order, whole. With `fail_fast`, a job with a
     /// failed item comes out as soon as it arrives, out of order.
     pub(crate) fn next_chunk(&mut self, fail_fast: bool) -> Option<ChunkOut<R>> {
-        if let Some(c) = self.current.take() {
-            if !c.is_empty() {
-                return Some(c);
-            }
+        if let Some(c) = self.current.take()
+            && !c.is_empty()
+        {
+            return Some(c);
         }
         loop {
             if let Some(c) = self.waiting.remove(&self.next_yield) {
@@ -304,10 +305,10 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(c) = &mut self.current {
-                if let Some((_, r)) = c.next() {
-                    return Some(r);
-                }
+            if let Some(c) = &mut self.current
+                && let Some((_, r)) = c.next()
+            {
+                return Some(r);
             }
             self.current = None;
             self.current = Some(self.next_chunk(false)?);
@@ -371,10 +372,10 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(c) = &mut self.current {
-                if let Some((i, r)) = c.next() {
-                    return Some((i as usize, r));
-                }
+            if let Some(c) = &mut self.current
+                && let Some((i, r)) = c.next()
+            {
+                return Some((i as usize, r));
             }
             self.current = None;
             self.feeder.fill(0);

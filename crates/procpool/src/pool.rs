@@ -43,23 +43,12 @@ pub struct Pool {
 }
 
 /// Settings of a [`Pool`], made by [`Pool::builder`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Builder {
     config: EngineConfig,
     chunk_size: Option<usize>,
     timeout: Option<Duration>,
     error: Option<String>,
-}
-
-impl Default for Builder {
-    fn default() -> Self {
-        Self {
-            config: EngineConfig::default(),
-            chunk_size: None,
-            timeout: None,
-            error: None,
-        }
-    }
 }
 
 impl Builder {

@@ -1,3 +1,5 @@
+//! The smallest end-to-end check: a pool inside a test binary.
+
 procpool::enable_test_support!();
 
 fn double(x: u64) -> u64 {
