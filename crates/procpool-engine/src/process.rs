@@ -2,8 +2,9 @@
 //!
 //! A worker is the parent's own executable started again (`/proc/self/exe`), with the
 //! parent's arguments, and an environment variable that tells `init()` it is a worker and
-//! which inherited descriptors to use: one end of a socket pair, and a sealed memfd
-//! holding the control block (which task the worker is running, since when).
+//! which inherited descriptors to use: one end of a socket pair, a sealed memfd holding
+//! the control block (which task the worker is running, since when), and a sealed memfd
+//! data region where the parent writes large arguments.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -25,6 +26,10 @@ pub(crate) const CONTROL_LEN: usize = 64;
 pub(crate) const CTL_STARTED_SEQ: usize = 0;
 /// Control word: when it started (monotonic nanoseconds).
 pub(crate) const CTL_STARTED_AT: usize = 1;
+
+/// Size of each worker's data region, where large arguments are written. Its pages cost
+/// memory only once written.
+pub(crate) const DATA_LEN: usize = 128 << 20;
 
 /// Kernel buffer size asked for each socket (the kernel caps it at `wmem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -50,6 +55,7 @@ pub(crate) struct WorkerEnv {
     pub(crate) version: u32,
     pub(crate) sock: i32,
     pub(crate) ctl: i32,
+    pub(crate) data: i32,
     pub(crate) parent: u32,
     pub(crate) fingerprint: u64,
     pub(crate) max_message: usize,
@@ -58,8 +64,14 @@ pub(crate) struct WorkerEnv {
 impl WorkerEnv {
     pub(crate) fn encode(&self) -> String {
         format!(
-            "{}:{}:{}:{}:{:x}:{}",
-            self.version, self.sock, self.ctl, self.parent, self.fingerprint, self.max_message
+            "{}:{}:{}:{}:{}:{:x}:{}",
+            self.version,
+            self.sock,
+            self.ctl,
+            self.data,
+            self.parent,
+            self.fingerprint,
+            self.max_message
         )
     }
 
@@ -69,6 +81,7 @@ impl WorkerEnv {
             version: it.next()?.parse().ok()?,
             sock: it.next()?.parse().ok()?,
             ctl: it.next()?.parse().ok()?,
+            data: it.next()?.parse().ok()?,
             parent: it.next()?.parse().ok()?,
             fingerprint: u64::from_str_radix(it.next()?, 16).ok()?,
             max_message: it.next()?.parse().ok()?,
@@ -84,6 +97,8 @@ pub(crate) struct WorkerProc {
     pidfd: OwnedFd,
     pub(crate) sock: OwnedFd,
     pub(crate) ctl: SharedRegion,
+    /// Where large arguments are written for the worker to read.
+    pub(crate) data: SharedRegion,
     death: Option<Death>,
 }
 
@@ -95,10 +110,12 @@ pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
         sys::grow_socket_buffers(fd.as_fd(), SOCKET_BUFFER);
     }
     let ctl = SharedRegion::create(CONTROL_LEN).map_err(spawn_err)?;
+    let data = SharedRegion::create(DATA_LEN).map_err(spawn_err)?;
     let env = WorkerEnv {
         version: PROTOCOL_VERSION,
         sock: theirs.as_raw_fd(),
         ctl: ctl.raw_fd(),
+        data: data.raw_fd(),
         parent: sys::my_pid(),
         fingerprint: my_fingerprint(),
         max_message: opts.max_message,
@@ -117,13 +134,14 @@ pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
         .env(ENV_WORKER, env.encode())
         .stdin(Stdio::null())
         .process_group(0);
-    let (sock_fd, ctl_fd) = (theirs.as_raw_fd(), ctl.raw_fd());
+    let inherited = [theirs.as_raw_fd(), ctl.raw_fd(), data.raw_fd()];
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
     // raw system calls (fcntl, prctl) on descriptors this process owns.
     unsafe {
         cmd.pre_exec(move || {
-            sys::inherit(sock_fd)?;
-            sys::inherit(ctl_fd)?;
+            for fd in inherited {
+                sys::inherit(fd)?;
+            }
             sys::kill_me_with_parent()
         });
     }
@@ -143,6 +161,7 @@ pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
         pidfd,
         sock: mine,
         ctl,
+        data,
         death: None,
     })
 }
@@ -214,13 +233,14 @@ mod tests {
             version: 1,
             sock: 5,
             ctl: 6,
+            data: 8,
             parent: 77,
             fingerprint: 0xdead_beef,
             max_message: 1 << 20,
         };
         assert_eq!(WorkerEnv::decode(&e.encode()), Some(e));
         assert_eq!(WorkerEnv::decode("1:2:3"), None);
-        assert_eq!(WorkerEnv::decode("1:2:3:4:zz:6"), None);
-        assert_eq!(WorkerEnv::decode("1:2:3:4:5:6:7"), None);
+        assert_eq!(WorkerEnv::decode("1:2:3:4:5:zz:6"), None);
+        assert_eq!(WorkerEnv::decode("1:2:3:4:5:6:7:8"), None);
     }
 }

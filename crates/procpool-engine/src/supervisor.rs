@@ -19,7 +19,7 @@ use crate::pool::{Mode, Shared};
 use crate::process::{self, SpawnOptions, WorkerProc};
 use crate::sys::{self, Ready};
 use crate::transport::{FrameReader, OutQueue, SHARE_THRESHOLD};
-use crate::wire::{self, Down, Outcome, PROTOCOL_VERSION, Up};
+use crate::wire::{self, Down, Outcome, PROTOCOL_VERSION, SharedJobFrame, Up};
 
 /// Target amount of work in flight per worker, in nanoseconds of measured job time.
 const WINDOW_NANOS: f64 = 2_000_000.0;
@@ -27,6 +27,8 @@ const WINDOW_NANOS: f64 = 2_000_000.0;
 const MAX_WINDOW: usize = 1024;
 /// How long a worker told to shut down may take before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Payloads at least this large go through the worker's data region.
+const SHM_THRESHOLD: usize = 256 * 1024;
 /// Reads per worker per loop turn, so one chatty worker cannot starve the others.
 const READS_PER_TURN: usize = 16;
 
@@ -52,6 +54,8 @@ struct InFlight {
     q: Queued,
     /// Already answered (cancelled): drop whatever comes back.
     answered: bool,
+    /// The range of the data region holding the payload, if it went that way.
+    shared: Option<(usize, usize)>,
 }
 
 #[derive(Debug)]
@@ -268,10 +272,31 @@ impl Supervisor {
         ((WINDOW_NANOS / self.avg_nanos) as usize).clamp(1, MAX_WINDOW)
     }
 
+    /// Hands queued jobs to workers with room. Jobs are picked under the queue's lock
+    /// and encoded (and large payloads copied) after it is released.
     fn dispatch(&mut self) {
+        let picked = self.pick_jobs();
+        let max_message = self.shared.config.max_message;
+        for (i, jobs) in picked {
+            if let Some(w) = self.slots[i].as_mut() {
+                send_jobs(w, jobs, max_message);
+            }
+        }
+        for w in self.slots.iter_mut().flatten() {
+            if !w.out.is_empty() {
+                w.flush();
+            }
+        }
+        for i in 0..self.slots.len() {
+            self.maybe_retire(i);
+        }
+    }
+
+    fn pick_jobs(&mut self) -> Vec<(usize, Vec<Queued>)> {
         let window = self.window();
         let recycle = self.shared.config.recycle_after;
         let max_message = self.shared.config.max_message;
+        let mut picked = Vec::new();
         let mut q = self.shared.lock();
         if let Some(broken) = q.broken.clone()
             && !self.slots.iter().flatten().any(|w| w.phase == Phase::Ready)
@@ -280,17 +305,17 @@ impl Supervisor {
                 let kind = TaskErrorKind::PoolBroken(broken.clone());
                 answer(&j, kind, None);
             }
-            return;
+            return picked;
         }
-        for w in self.slots.iter_mut().flatten() {
-            if w.phase != Phase::Ready || w.kill_reason.is_some() {
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(w) = slot else { continue };
+            if w.phase != Phase::Ready || w.kill_reason.is_some() || q.jobs.is_empty() {
                 continue;
             }
             let mut room = window.saturating_sub(w.in_flight.len());
             // Tasks the worker may still take before it is recycled.
             let mut quota = recycle.map_or(u64::MAX, |l| l.saturating_sub(w.items_sent));
-            let mut frame: Vec<Queued> = Vec::new();
-            let mut frame_bytes = 0usize;
+            let mut jobs = Vec::new();
             while room > 0 && quota > 0 {
                 let Some(job) = q.jobs.pop_front() else { break };
                 if job.batch.is_dead() {
@@ -304,7 +329,6 @@ impl Supervisor {
                     w.items_sent = recycle.unwrap_or(u64::MAX);
                     break;
                 }
-                quota = quota.saturating_sub(weight);
                 let size = job.job.payload.len();
                 if size > max_message {
                     let kind = TaskErrorKind::TooLarge {
@@ -314,29 +338,16 @@ impl Supervisor {
                     answer(&job, kind, None);
                     continue;
                 }
-                let cost = wire::job_overhead(&job.job.func) + size;
-                if !frame.is_empty() && frame_bytes + cost > max_message {
-                    send_jobs(w, std::mem::take(&mut frame), frame_bytes);
-                    frame_bytes = 0;
-                }
-                frame_bytes += cost;
-                w.items_sent += u64::from(job.job.weight.max(1));
-                frame.push(job);
+                quota = quota.saturating_sub(weight);
+                w.items_sent += weight;
+                jobs.push(job);
                 room -= 1;
             }
-            if !frame.is_empty() {
-                send_jobs(w, frame, frame_bytes);
+            if !jobs.is_empty() {
+                picked.push((i, jobs));
             }
         }
-        drop(q);
-        for w in self.slots.iter_mut().flatten() {
-            if !w.out.is_empty() {
-                w.flush();
-            }
-        }
-        for i in 0..self.slots.len() {
-            self.maybe_retire(i);
-        }
+        picked
     }
 
     fn cancel(&mut self, batch: &Arc<BatchInner>) {
@@ -692,11 +703,81 @@ impl Drop for Supervisor {
     }
 }
 
-fn send_jobs(w: &mut Worker, jobs: Vec<Queued>, body: usize) {
-    wire::put_jobs_header(w.out.buf(), jobs.len() as u32, body);
+/// Encodes jobs for a worker, in order: payloads of [`SHM_THRESHOLD`] bytes or more are
+/// copied into the worker's data region when it has room, the others travel in the frame.
+fn send_jobs(w: &mut Worker, jobs: Vec<Queued>, max_message: usize) {
+    let mut inline: Vec<(u64, Queued)> = Vec::new();
+    let mut inline_bytes = 0usize;
     for q in jobs {
         let seq = w.next_seq;
         w.next_seq += 1;
+        let len = q.job.payload.len();
+        let shared = if len >= SHM_THRESHOLD {
+            alloc_shared(&w.in_flight, w.proc.data.len(), len)
+        } else {
+            None
+        };
+        if let Some(offset) = shared {
+            put_inline(w, std::mem::take(&mut inline), inline_bytes);
+            inline_bytes = 0;
+            w.proc.data.write(offset, &q.job.payload);
+            let frame = SharedJobFrame {
+                seq,
+                func: &q.job.func,
+                offset: offset as u64,
+                len: len as u64,
+            };
+            let at = wire::begin_shared_jobs(w.out.buf(), 1);
+            wire::put_shared_job(w.out.buf(), &frame);
+            wire::end_frame(w.out.buf(), at);
+            w.in_flight.push_back(InFlight {
+                seq,
+                q,
+                answered: false,
+                shared: Some((offset, len)),
+            });
+            continue;
+        }
+        let cost = wire::job_overhead(&q.job.func) + len;
+        if !inline.is_empty() && inline_bytes + cost > max_message {
+            put_inline(w, std::mem::take(&mut inline), inline_bytes);
+            inline_bytes = 0;
+        }
+        inline_bytes += cost;
+        inline.push((seq, q));
+    }
+    put_inline(w, inline, inline_bytes);
+}
+
+/// Where a payload of `len` bytes fits in a data region of `size` bytes, given the
+/// ranges of the jobs in flight (which free up in the order they were taken: a ring).
+fn alloc_shared(in_flight: &VecDeque<InFlight>, size: usize, len: usize) -> Option<usize> {
+    let mut ranges = in_flight.iter().filter_map(|f| f.shared);
+    let Some((head, _)) = ranges.next() else {
+        return (len <= size).then_some(0);
+    };
+    let (last_off, last_len) = in_flight.iter().rev().find_map(|f| f.shared)?;
+    let tail = last_off + last_len;
+    if tail > head {
+        // Used: head..tail. Free: tail..size, then 0..head.
+        if tail + len <= size {
+            Some(tail)
+        } else {
+            (len <= head).then_some(0)
+        }
+    } else {
+        // Wrapped. Used: head..size and 0..tail. Free: tail..head.
+        (tail + len <= head).then_some(tail)
+    }
+}
+
+/// Encodes jobs whose payloads travel in the frame.
+fn put_inline(w: &mut Worker, jobs: Vec<(u64, Queued)>, body: usize) {
+    if jobs.is_empty() {
+        return;
+    }
+    wire::put_jobs_header(w.out.buf(), jobs.len() as u32, body);
+    for (seq, q) in jobs {
         let payload = &q.job.payload;
         wire::put_job_head(w.out.buf(), seq, &q.job.func, payload.len());
         if payload.len() >= SHARE_THRESHOLD {
@@ -708,6 +789,7 @@ fn send_jobs(w: &mut Worker, jobs: Vec<Queued>, body: usize) {
             seq,
             q,
             answered: false,
+            shared: None,
         });
     }
 }
@@ -945,4 +1027,48 @@ fn deliver(q: &Queued, kind: TaskErrorKind, pid: Option<u32>, attempts: u32) {
 
 fn answer(q: &Queued, kind: TaskErrorKind, pid: Option<u32>) {
     deliver(q, kind, pid, q.attempts);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Job;
+
+    fn flight(shared: Option<(usize, usize)>) -> InFlight {
+        InFlight {
+            seq: 1,
+            q: Queued {
+                job: Job {
+                    func: Arc::from(&b""[..]),
+                    payload: Arc::new(Vec::new()),
+                    index: 0,
+                    weight: 1,
+                    timeout: None,
+                },
+                batch: Arc::default(),
+                attempts: 0,
+            },
+            answered: false,
+            shared,
+        }
+    }
+
+    #[test]
+    fn the_data_region_is_a_ring() {
+        let mut f: VecDeque<InFlight> = VecDeque::new();
+        assert_eq!(alloc_shared(&f, 100, 100), Some(0));
+        assert_eq!(alloc_shared(&f, 100, 101), None);
+        f.push_back(flight(Some((0, 40))));
+        f.push_back(flight(None));
+        assert_eq!(alloc_shared(&f, 100, 60), Some(40));
+        assert_eq!(alloc_shared(&f, 100, 61), None);
+        f.push_back(flight(Some((40, 50))));
+        f.pop_front();
+        // Used 40..90: 10 bytes at the end, 40 at the start.
+        assert_eq!(alloc_shared(&f, 100, 30), Some(0));
+        f.push_back(flight(Some((0, 30))));
+        // Wrapped: used 40..90 and 0..30; free 30..40.
+        assert_eq!(alloc_shared(&f, 100, 10), Some(30));
+        assert_eq!(alloc_shared(&f, 100, 11), None);
+    }
 }

@@ -21,6 +21,7 @@ pub const FRAME_HEADER: usize = 4;
 const TAG_JOBS: u8 = 1;
 const TAG_INIT: u8 = 2;
 const TAG_SHUTDOWN: u8 = 3;
+const TAG_SHARED_JOBS: u8 = 4;
 const TAG_HELLO: u8 = 10;
 const TAG_REFUSED: u8 = 11;
 const TAG_INIT_DONE: u8 = 12;
@@ -93,6 +94,20 @@ pub struct JobFrame<'a> {
     pub payload: &'a [u8],
 }
 
+/// One job inside a [`Down::SharedJobs`] frame: its payload waits in the worker's
+/// shared-memory data region instead of the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedJobFrame<'a> {
+    /// The job's sequence number on this worker (strictly increasing).
+    pub seq: u64,
+    /// Reference of the function to run, opaque to the engine.
+    pub func: &'a [u8],
+    /// Where the encoded argument starts in the data region.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub len: u64,
+}
+
 /// One result inside an [`Up::Results`] frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResultFrame<'a> {
@@ -109,6 +124,8 @@ pub struct ResultFrame<'a> {
 pub enum Down<'a> {
     /// Jobs to run in order.
     Jobs(Vec<JobFrame<'a>>),
+    /// Jobs to run in order, whose payloads are in the data region.
+    SharedJobs(Vec<SharedJobFrame<'a>>),
     /// The initializer, run once before any job.
     Init {
         /// Reference of the initializer function.
@@ -282,6 +299,21 @@ pub(crate) fn put_job_head(out: &mut Vec<u8>, seq: u64, func: &[u8], payload_len
     out.put_u32(len32(payload_len));
 }
 
+/// Appends one job of a shared-jobs frame.
+pub(crate) fn put_shared_job(out: &mut Vec<u8>, j: &SharedJobFrame<'_>) {
+    out.put_u64(j.seq);
+    out.put_bytes(j.func);
+    out.put_u64(j.offset);
+    out.put_u64(j.len);
+}
+
+/// Begins a shared-jobs frame of `count` jobs; finish it with [`end_frame`].
+pub(crate) fn begin_shared_jobs(out: &mut Vec<u8>, count: u32) -> usize {
+    let at = begin_frame(out, TAG_SHARED_JOBS);
+    out.put_u32(count);
+    at
+}
+
 fn put_failure(out: &mut Vec<u8>, f: &Failure) {
     match f {
         Failure::Panic { message, location } => {
@@ -384,6 +416,14 @@ pub fn encode_down(out: &mut Vec<u8>, msg: &Down<'_>) {
                 put_job_head(out, j.seq, j.func, j.payload.len());
                 out.extend_from_slice(j.payload);
             }
+        }
+        Down::SharedJobs(jobs) => {
+            let at = begin_frame(out, TAG_SHARED_JOBS);
+            out.put_u32(len32(jobs.len()));
+            for j in jobs {
+                put_shared_job(out, j);
+            }
+            end_frame(out, at);
         }
         Down::Init { func, payload } => {
             let at = begin_frame(out, TAG_INIT);
@@ -493,6 +533,19 @@ pub fn decode_down(body: &[u8]) -> Result<Down<'_>, WireError> {
             }
             Down::Jobs(jobs)
         }
+        TAG_SHARED_JOBS => {
+            let n = r.count(28, "shared jobs frame")?;
+            let mut jobs = Vec::with_capacity(n);
+            for _ in 0..n {
+                jobs.push(SharedJobFrame {
+                    seq: r.u64("job seq")?,
+                    func: r.bytes("job function")?,
+                    offset: r.u64("payload offset")?,
+                    len: r.u64("payload length")?,
+                });
+            }
+            Down::SharedJobs(jobs)
+        }
         TAG_INIT => Down::Init {
             func: r.bytes("init function")?,
             payload: r.bytes("init payload")?,
@@ -580,6 +633,19 @@ mod tests {
                 payload: b"",
             },
         ]);
+        let mut out = Vec::new();
+        encode_down(&mut out, &msg);
+        assert_eq!(decode_down(one_frame(&out)).unwrap(), msg);
+    }
+
+    #[test]
+    fn shared_jobs_round_trip() {
+        let msg = Down::SharedJobs(vec![SharedJobFrame {
+            seq: 9,
+            func: b"fn",
+            offset: 4096,
+            len: 1 << 30,
+        }]);
         let mut out = Vec::new();
         encode_down(&mut out, &msg);
         assert_eq!(decode_down(one_frame(&out)).unwrap(), msg);

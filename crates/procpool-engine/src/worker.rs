@@ -14,7 +14,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 
 use crate::process::{
-    CONTROL_LEN, CTL_STARTED_AT, CTL_STARTED_SEQ, ENV_WORKER, WorkerEnv, my_fingerprint,
+    CONTROL_LEN, CTL_STARTED_AT, CTL_STARTED_SEQ, DATA_LEN, ENV_WORKER, WorkerEnv, my_fingerprint,
 };
 use crate::sys::{self, SharedRegion};
 use crate::transport::{FrameReader, OutQueue, SHARE_THRESHOLD};
@@ -93,6 +93,8 @@ fn exit(code: i32) -> ! {
 /// The worker's connection and state.
 struct Conn {
     reader: FrameReader,
+    /// Where the parent writes large arguments.
+    data: SharedRegion,
     io: Io,
 }
 
@@ -109,28 +111,32 @@ fn serve(env: WorkerEnv, runner: &mut dyn Runner) -> i32 {
     if sys::parent_pid() != env.parent {
         return 0; // The parent died before we started: nobody wants us.
     }
-    // SAFETY: both descriptors were inherited on purpose and nothing else owns them.
-    let (sock, ctl) = unsafe {
+    // SAFETY: the descriptors were inherited on purpose and nothing else owns them.
+    let (sock, ctl, data) = unsafe {
         (
             OwnedFd::from_raw_fd(env.sock),
             OwnedFd::from_raw_fd(env.ctl),
+            OwnedFd::from_raw_fd(env.data),
         )
     };
-    for fd in [sock.as_fd(), ctl.as_fd()] {
+    for fd in [sock.as_fd(), ctl.as_fd(), data.as_fd()] {
         if let Err(e) = sys::close_on_exec(fd) {
             eprintln!("procpool worker: cannot set close-on-exec: {e}");
             return 2;
         }
     }
-    let ctl = match SharedRegion::open(ctl, CONTROL_LEN) {
-        Ok(c) => c,
+    let regions = SharedRegion::open(ctl, CONTROL_LEN)
+        .and_then(|c| Ok((c, SharedRegion::open(data, DATA_LEN)?)));
+    let (ctl, data) = match regions {
+        Ok(r) => r,
         Err(e) => {
-            eprintln!("procpool worker: cannot map the control block: {e}");
+            eprintln!("procpool worker: cannot map the shared regions: {e}");
             return 2;
         }
     };
     let mut conn = Conn {
         reader: FrameReader::new(env.max_message.saturating_add(64)),
+        data,
         io: Io {
             sock,
             ctl,
@@ -177,7 +183,7 @@ fn serve(env: WorkerEnv, runner: &mut dyn Runner) -> i32 {
 
 impl Conn {
     fn run(&mut self, runner: &mut dyn Runner) -> std::io::Result<()> {
-        let Conn { reader, io } = self;
+        let Conn { reader, data, io } = self;
         loop {
             let (len, stop) = match reader.frame() {
                 Ok(Some((body, used))) => {
@@ -187,15 +193,22 @@ impl Conn {
                     let stop = match msg {
                         Down::Jobs(jobs) => {
                             for j in jobs {
-                                let nanos_before = sys::monotonic_nanos();
-                                io.ctl
-                                    .word(CTL_STARTED_AT)
-                                    .store(nanos_before, Ordering::Release);
-                                io.ctl.word(CTL_STARTED_SEQ).store(j.seq, Ordering::Release);
-                                let outcome =
-                                    run_one(runner, j.func, j.payload, &mut io.result_buf);
-                                let nanos = sys::monotonic_nanos() - nanos_before;
-                                io.push_result(j.seq, nanos, outcome)?;
+                                io.run_job(runner, j.seq, j.func, j.payload)?;
+                            }
+                            false
+                        }
+                        Down::SharedJobs(jobs) => {
+                            for j in jobs {
+                                // SAFETY: the parent does not touch a job's range of the
+                                // data region until the job's result is back.
+                                let payload =
+                                    unsafe { data.slice(j.offset, j.len) }.ok_or_else(|| {
+                                        std::io::Error::other(format!(
+                                            "job {} lies outside the data region",
+                                            j.seq
+                                        ))
+                                    })?;
+                                io.run_job(runner, j.seq, j.func, payload)?;
                             }
                             false
                         }
@@ -236,6 +249,24 @@ fn receive_more(reader: &mut FrameReader, sock: BorrowedFd<'_>) -> std::io::Resu
 }
 
 impl Io {
+    /// Marks the job started in the control block, runs it, and sends its result.
+    fn run_job(
+        &mut self,
+        runner: &mut dyn Runner,
+        seq: u64,
+        func: &[u8],
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        let start = sys::monotonic_nanos();
+        self.ctl
+            .word(CTL_STARTED_AT)
+            .store(start, Ordering::Release);
+        self.ctl.word(CTL_STARTED_SEQ).store(seq, Ordering::Release);
+        let outcome = run_one(runner, func, payload, &mut self.result_buf);
+        let nanos = sys::monotonic_nanos() - start;
+        self.push_result(seq, nanos, outcome)
+    }
+
     /// Sends the job's result at once: bytes in the socket survive the worker's death,
     /// so a crash in a later job never loses an earlier job's result.
     fn push_result(

@@ -316,6 +316,42 @@ impl SharedRegion {
         self.fd.as_raw_fd()
     }
 
+    /// Size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Copies `data` into the region at `offset`.
+    ///
+    /// # Panics
+    /// If the range is outside the region.
+    pub(crate) fn write(&self, offset: usize, data: &[u8]) {
+        let end = offset.checked_add(data.len()).expect("range overflows");
+        assert!(end <= self.len, "write outside the shared region");
+        // SAFETY: in bounds (checked above); the region's size is sealed so the pages
+        // exist; the peer only reads this range after it is told to, by a message sent
+        // after this copy, and the range is not handed out again before the peer is done.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len());
+        }
+    }
+
+    /// The bytes at `offset..offset + len`, or `None` outside the region.
+    ///
+    /// # Safety
+    /// No process may write the range while the returned slice lives (the protocol gives
+    /// the range to the reader until it answers).
+    pub(crate) unsafe fn slice(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let offset = usize::try_from(offset).ok()?;
+        let len = usize::try_from(len).ok()?;
+        if offset.checked_add(len)? > self.len {
+            return None;
+        }
+        // SAFETY: in bounds (checked above); no writer while the slice lives (the
+        // caller's promise).
+        Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), len) })
+    }
+
     /// The `i`th 64-bit word of the region.
     pub(crate) fn word(&self, i: usize) -> &AtomicU64 {
         assert!(
