@@ -1,0 +1,194 @@
+//! Fault injection: the parent dies.
+//!
+//! A helper parent (this test binary run again in helper mode: the test
+//! `helper_parent_process` with an environment variable set) makes a pool of two,
+//! starts a long task on each worker, prints the worker pids, and waits. The test then
+//! ends the helper (SIGKILL, SIGTERM, Ctrl-C to its process group, or an exit that skips
+//! every destructor) and checks that within a second no worker is left alive: a dead
+//! parent leaves no orphans.
+
+procpool::enable_test_support!();
+
+mod faults_common;
+
+use std::ffi::CString;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use faults_common::*;
+use procpool::Pool;
+
+const HELPER_ENV: &str = "PROCPOOL_FAULTS_PARENT_HELPER";
+
+static SIGINT_MARKER: OnceLock<CString> = OnceLock::new();
+
+extern "C" fn on_sigint(_sig: libc::c_int) {
+    if let Some(p) = SIGINT_MARKER.get() {
+        // SAFETY: async-signal-safe calls on a path that lives as long as the process.
+        unsafe {
+            let fd = libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+            if fd >= 0 {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// The helper's long task: records a SIGINT if one reaches the worker, says it started,
+/// and blocks.
+fn long_task((dir, i): (String, u64)) -> u64 {
+    let path = CString::new(format!("{dir}/sigint-{}", my_pid())).unwrap();
+    let _ = SIGINT_MARKER.set(path);
+    let handler = on_sigint as extern "C" fn(libc::c_int);
+    // SAFETY: a handler making only async-signal-safe calls.
+    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+    mark_started(&dir, &format!("task-{i}"));
+    sleep_forever()
+}
+
+/// Not a test of its own: the body of the helper parent, run only when the test binary
+/// is started again with `PROCPOOL_FAULTS_PARENT_HELPER=<mode>:<dir>`.
+#[test]
+fn helper_parent_process() {
+    let Ok(spec) = std::env::var(HELPER_ENV) else {
+        return;
+    };
+    let (mode, dir) = spec.split_once(':').expect("mode:dir");
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let _handles: Vec<_> = (0..2)
+        .map(|i| pool.spawn(long_task, (dir.to_owned(), i)).unwrap())
+        .collect();
+    let path = std::path::Path::new(dir);
+    let mut pids: Vec<u32> = (0..2)
+        .map(|i| {
+            let f = path.join(format!("task-{i}"));
+            wait_for("the helper's tasks", HANG, || read_start_marker(&f)).0
+        })
+        .collect();
+    pids.sort();
+    let mut listed = pool.worker_pids();
+    listed.sort();
+    assert_eq!(pids, listed, "one long task on each worker");
+    println!("\nPIDS {} {}", pids[0], pids[1]);
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    if mode == "exit" {
+        let go = path.join("go");
+        wait_for("the test to say go", HANG, || go.exists().then_some(()));
+        // Ends the process without running any destructor: the pool is never dropped.
+        std::process::exit(0);
+    }
+    sleep_forever()
+}
+
+/// Starts a helper parent in its own process group; returns it and its workers' pids.
+fn start_helper(mode: &str, dir: &Scratch) -> (ChildGuard, Vec<u32>) {
+    let exe = std::env::current_exe().unwrap();
+    let child = Command::new(exe)
+        .args(["--exact", "helper_parent_process", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .env(HELPER_ENV, format!("{mode}:{}", dir.arg()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard {
+        child,
+        also_kill: Vec::new(),
+    };
+    let stdout = guard.child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // The harness may print "test helper_parent_process ... " on the same line.
+            if let Some(rest) = line.split_once("PIDS ").map(|(_, r)| r) {
+                let pids: Vec<u32> = rest.split(' ').map(|p| p.parse().unwrap()).collect();
+                let _ = tx.send(pids);
+            }
+        }
+    });
+    let pids = rx
+        .recv_timeout(HANG)
+        .expect("the helper parent must print its workers' pids");
+    guard.also_kill = pids.clone();
+    (guard, pids)
+}
+
+/// Ends the helper with `how`, then checks that every worker is gone within a second.
+fn end_parent_and_check(mode: &str, how: impl FnOnce(u32, &Scratch), want_signal: Option<i32>) {
+    let _w = watchdog(mode, Duration::from_secs(60));
+    let dir = Scratch::new(mode);
+    let (mut helper, workers) = start_helper(mode, &dir);
+    let hpid = helper.child.id();
+    for &w in &workers {
+        let (_, ppid, pgrp) = proc_stat(w).expect("worker alive");
+        assert_eq!(ppid, hpid, "worker {w} is the helper's child");
+        assert_ne!(
+            pgrp, hpid,
+            "worker {w} must not be in the parent's process group"
+        );
+    }
+    let t0 = Instant::now();
+    how(hpid, &dir);
+    let status = helper.child.wait().unwrap();
+    assert_eq!(status.signal(), want_signal, "helper ended by {status:?}");
+    let left = loop {
+        let alive: Vec<u32> = workers.iter().copied().filter(|&w| is_alive(w)).collect();
+        if alive.is_empty() || t0.elapsed() > Duration::from_secs(1) {
+            break alive;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert!(
+        left.is_empty(),
+        "{mode}: workers {left:?} outlived their parent by more than 1 s"
+    );
+    eprintln!(
+        "{mode}: all workers gone {:?} after the parent",
+        t0.elapsed()
+    );
+    let hit = dir.files_with_prefix("sigint-");
+    assert!(hit.is_empty(), "{mode}: SIGINT reached workers {hit:?}");
+}
+
+#[test]
+fn parent_sigkill_leaves_no_orphan_workers() {
+    end_parent_and_check(
+        "sigkill",
+        |pid, _| kill(pid, libc::SIGKILL),
+        Some(libc::SIGKILL),
+    );
+}
+
+#[test]
+fn parent_sigterm_leaves_no_orphan_workers() {
+    end_parent_and_check(
+        "sigterm",
+        |pid, _| kill(pid, libc::SIGTERM),
+        Some(libc::SIGTERM),
+    );
+}
+
+#[test]
+fn parent_ctrl_c_to_its_process_group_leaves_no_orphans_and_spares_workers_the_sigint() {
+    // Ctrl-C in a terminal sends SIGINT to the foreground process group: the helper's.
+    end_parent_and_check(
+        "sigint",
+        |pid, _| {
+            // SAFETY: kill(2) on the helper's own process group (its pgid is its pid).
+            let rc = unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGINT) };
+            assert_eq!(rc, 0);
+        },
+        Some(libc::SIGINT),
+    );
+}
+
+#[test]
+fn parent_exit_without_dropping_the_pool_leaves_no_orphan_workers() {
+    end_parent_and_check("exit", |_, dir| write_marker(&dir.file("go"), "go"), None);
+}
