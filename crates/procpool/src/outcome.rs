@@ -17,8 +17,9 @@ pub(crate) struct ChunkOut<R> {
     count: u32,
     /// Offset of the next item to hand out.
     next: u32,
-    /// Values of the items that succeeded, in order (the front is the next one's).
-    values: VecDeque<R>,
+    /// Values of the items that succeeded, in order, kept reversed so that the next one's
+    /// pops off the end.
+    values: Vec<R>,
     /// Failed items: offset within the chunk and error, in order.
     errors: VecDeque<(u32, Error)>,
 }
@@ -30,7 +31,7 @@ impl<R> ChunkOut<R> {
             start,
             count,
             next: 0,
-            values: VecDeque::new(),
+            values: Vec::new(),
             errors: (0..count).map(|k| (k, err(start + u64::from(k)))).collect(),
         }
     }
@@ -58,11 +59,14 @@ impl<R> ChunkOut<R> {
         !self.errors.is_empty()
     }
 
-    /// All remaining values, when no item failed.
-    pub(crate) fn into_values(self) -> Result<VecDeque<R>, Error> {
+    /// All remaining values in order, when no item failed.
+    pub(crate) fn into_values(mut self) -> Result<Vec<R>, Error> {
         match self.errors.into_iter().next() {
             Some((_, e)) => Err(e),
-            None => Ok(self.values),
+            None => {
+                self.values.reverse();
+                Ok(self.values)
+            }
         }
     }
 }
@@ -87,7 +91,7 @@ impl<R: Value> ChunkOut<R> {
             start,
             count,
             next: 0,
-            values: VecDeque::with_capacity(count as usize),
+            values: Vec::with_capacity(count as usize),
             errors: VecDeque::new(),
         };
         let mut rest = &bytes[..];
@@ -96,7 +100,7 @@ impl<R: Value> ChunkOut<R> {
             match take_item::<R>(rest) {
                 Ok((ItemOut::Ok(v), r)) => {
                     rest = r;
-                    out.values.push_back(v);
+                    out.values.push(v);
                 }
                 Ok((ItemOut::Panic { message, location }, r)) => {
                     rest = r;
@@ -122,6 +126,7 @@ impl<R: Value> ChunkOut<R> {
                 }
             }
         }
+        out.values.reverse();
         out
     }
 
@@ -154,7 +159,7 @@ impl<R> Iterator for ChunkOut<R> {
             let (_, e) = self.errors.pop_front()?;
             return Some((index, Err(e)));
         }
-        let v = self.values.pop_front()?;
+        let v = self.values.pop()?;
         Some((index, Ok(v)))
     }
 }

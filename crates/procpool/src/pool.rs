@@ -420,7 +420,12 @@ impl<'p> Call<'p> {
         let mut it = self.imap(f, items);
         let mut out = Vec::with_capacity(it.size_hint().0);
         while let Some(chunk) = it.next_chunk(true) {
-            out.extend(chunk.into_values()?);
+            let values = chunk.into_values()?;
+            if out.is_empty() && values.capacity() >= out.capacity() {
+                out = values;
+            } else {
+                out.extend(values);
+            }
         }
         Ok(out)
     }
