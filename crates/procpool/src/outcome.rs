@@ -17,9 +17,8 @@ pub(crate) struct ChunkOut<R> {
     count: u32,
     /// Offset of the next item to hand out.
     next: u32,
-    /// Values of the items that succeeded, in order, kept reversed so that the next one's
-    /// pops off the end.
-    values: Vec<R>,
+    /// Values of the items that succeeded, in order.
+    values: std::vec::IntoIter<R>,
     /// Failed items: offset within the chunk and error, in order.
     errors: VecDeque<(u32, Error)>,
 }
@@ -31,7 +30,7 @@ impl<R> ChunkOut<R> {
             start,
             count,
             next: 0,
-            values: Vec::new(),
+            values: Vec::new().into_iter(),
             errors: (0..count).map(|k| (k, err(start + u64::from(k)))).collect(),
         }
     }
@@ -60,13 +59,11 @@ impl<R> ChunkOut<R> {
     }
 
     /// All remaining values in order, when no item failed.
-    pub(crate) fn into_values(mut self) -> Result<Vec<R>, Error> {
+    pub(crate) fn into_values(self) -> Result<Vec<R>, Error> {
         match self.errors.into_iter().next() {
             Some((_, e)) => Err(e),
-            None => {
-                self.values.reverse();
-                Ok(self.values)
-            }
+            // Collecting a vector's own iterator reuses its allocation.
+            None => Ok(self.values.collect()),
         }
     }
 }
@@ -87,30 +84,23 @@ impl<R: Value> ChunkOut<R> {
                 return Self::failed(start, count, |i| Error::Task(e.clone().with_index(i)));
             }
         };
-        let mut out = Self {
-            start,
-            count,
-            next: 0,
-            values: Vec::with_capacity(count as usize),
-            errors: VecDeque::new(),
-        };
+        let mut values = Vec::with_capacity(count as usize);
+        let mut errors = VecDeque::new();
         let mut rest = &bytes[..];
         for k in 0..count {
             let task = |kind| Error::Task(TaskError::new(kind, start + u64::from(k), pid, 1));
             match take_item::<R>(rest) {
                 Ok((ItemOut::Ok(v), r)) => {
                     rest = r;
-                    out.values.push(v);
+                    values.push(v);
                 }
                 Ok((ItemOut::Panic { message, location }, r)) => {
                     rest = r;
-                    out.errors
-                        .push_back((k, task(TaskErrorKind::Panic { message, location })));
+                    errors.push_back((k, task(TaskErrorKind::Panic { message, location })));
                 }
                 Ok((ItemOut::Codec(message), r)) => {
                     rest = r;
-                    out.errors
-                        .push_back((k, task(TaskErrorKind::Codec { message })));
+                    errors.push_back((k, task(TaskErrorKind::Codec { message })));
                 }
                 Err(e) => {
                     // The stream is broken from here: every item left fails.
@@ -120,14 +110,19 @@ impl<R: Value> ChunkOut<R> {
                             message: message.clone(),
                         };
                         let err = Error::Task(TaskError::new(kind, start + u64::from(j), pid, 1));
-                        out.errors.push_back((j, err));
+                        errors.push_back((j, err));
                     }
                     break;
                 }
             }
         }
-        out.values.reverse();
-        out
+        Self {
+            start,
+            count,
+            next: 0,
+            values: values.into_iter(),
+            errors,
+        }
     }
 
     /// Decodes the outcome of a job of one item.
@@ -159,7 +154,7 @@ impl<R> Iterator for ChunkOut<R> {
             let (_, e) = self.errors.pop_front()?;
             return Some((index, Err(e)));
         }
-        let v = self.values.pop()?;
+        let v = self.values.next()?;
         Some((index, Ok(v)))
     }
 }
