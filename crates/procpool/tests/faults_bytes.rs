@@ -128,7 +128,7 @@ fn bytes_random_garbage_from_a_worker_fails_its_task_with_protocol() {
 }
 
 #[test]
-fn bytes_length_field_0x7fff_ffff_fails_its_task_with_protocol_without_allocating() {
+fn bytes_length_field_0x7fff_ffff_is_refused_from_the_header_with_protocol() {
     let mut b = 0x7fff_ffffu32.to_le_bytes().to_vec();
     b.extend_from_slice(&[13, 1, 0, 0, 0]);
     b.extend(std::iter::repeat_n(0u8, 64));
