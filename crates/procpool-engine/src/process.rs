@@ -139,6 +139,8 @@ pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
     // raw system calls (fcntl, prctl) on descriptors this process owns.
     unsafe {
         cmd.pre_exec(move || {
+            // Nothing of the parent's leaks into the worker but what it is given.
+            sys::cloexec_all_but(&inherited)?;
             for fd in inherited {
                 sys::inherit(fd)?;
             }

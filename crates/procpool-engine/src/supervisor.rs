@@ -858,7 +858,13 @@ fn handle_frames(w: &mut Worker, ctx: &mut Ctx<'_>) {
             ..
         } = &mut *w;
         let (used, result) = match reader.frame() {
-            Ok(None) => return,
+            Ok(None) => {
+                let due = in_flight.front().map(|f| f.seq);
+                match wire::check_up_prefix(reader.pending(), in_flight.len(), due) {
+                    Ok(()) => return,
+                    Err(e) => (0, Err(e.to_string())),
+                }
+            }
             Err(e) => (0, Err(e.to_string())),
             Ok(Some((body, used))) => {
                 let view = WorkerView {
@@ -873,6 +879,10 @@ fn handle_frames(w: &mut Worker, ctx: &mut Ctx<'_>) {
             }
         };
         w.reader.consume(used);
+        if w.start_error.is_some() && w.phase != Phase::Ready {
+            // Refused or failed its initializer: it will not serve.
+            w.kill(KillReason::Shutdown);
+        }
         match result {
             Err(m) => {
                 w.kill(KillReason::Protocol(m));

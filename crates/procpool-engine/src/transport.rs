@@ -39,6 +39,12 @@ impl FrameReader {
         wire::split_frame(&self.buf[self.start..], self.max_body)
     }
 
+    /// The bytes buffered and not yet handled (the start of an incomplete frame, when
+    /// [`frame`](Self::frame) gives none).
+    pub(crate) fn pending(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
     /// Drops `n` bytes (a frame just handled).
     pub(crate) fn consume(&mut self, n: usize) {
         self.start += n;

@@ -518,6 +518,52 @@ pub fn split_frame(buf: &[u8], max_body: usize) -> Result<Option<(&[u8], usize)>
     }
 }
 
+/// Largest body of a worker's frame other than results (hello, refusal, initializer
+/// outcome): these are small, so a larger length is a lie.
+pub const MAX_SMALL_UP: usize = 1 << 20;
+
+/// Checks the start of an incomplete frame from a worker, so that garbage with a plausible
+/// length is refused at once instead of waited for. `in_flight` is how many jobs the
+/// worker holds and `due` the sequence number of the first of them.
+///
+/// # Errors
+/// A [`WireError`] when the bytes so far cannot begin a valid frame.
+pub fn check_up_prefix(prefix: &[u8], in_flight: usize, due: Option<u64>) -> Result<(), WireError> {
+    let Some(len) = prefix.get(..FRAME_HEADER) else {
+        return Ok(());
+    };
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let Some(&tag) = prefix.get(FRAME_HEADER) else {
+        return Ok(());
+    };
+    match tag {
+        TAG_HELLO | TAG_REFUSED | TAG_INIT_DONE if len > MAX_SMALL_UP => Err(bad(format!(
+            "a {len}-byte frame of kind {tag}, which is never larger than {MAX_SMALL_UP}"
+        ))),
+        TAG_HELLO | TAG_REFUSED | TAG_INIT_DONE => Ok(()),
+        TAG_RESULTS => {
+            let mut r = Reader {
+                buf: &prefix[FRAME_HEADER + 1..],
+            };
+            let Ok(count) = r.u32("count") else {
+                return Ok(());
+            };
+            if count == 0 || count as usize > in_flight {
+                return Err(bad(format!(
+                    "results frame of {count} results from a worker holding {in_flight} jobs"
+                )));
+            }
+            match (r.u64("seq"), due) {
+                (Ok(seq), Some(due)) if seq != due => {
+                    Err(bad(format!("result for job {seq} while job {due} was due")))
+                }
+                _ => Ok(()),
+            }
+        }
+        t => Err(bad(format!("unknown message tag {t} from worker"))),
+    }
+}
+
 /// Decodes a frame body sent by the parent.
 pub fn decode_down(body: &[u8]) -> Result<Down<'_>, WireError> {
     let mut r = Reader { buf: body };
@@ -649,6 +695,30 @@ mod tests {
         let mut out = Vec::new();
         encode_down(&mut out, &msg);
         assert_eq!(decode_down(one_frame(&out)).unwrap(), msg);
+    }
+
+    #[test]
+    fn a_bad_frame_start_is_refused_before_its_body_arrives() {
+        // Unknown tag with a plausible length.
+        assert!(check_up_prefix(&[0x0f, 0x1e, 0x85, 0x0e, 153], 1, Some(1)).is_err());
+        // Too few bytes to judge.
+        assert!(check_up_prefix(&[0x0f, 0x1e], 1, Some(1)).is_ok());
+        // A hello claiming megabytes.
+        assert!(check_up_prefix(&[0, 0, 0, 0x10, TAG_HELLO], 0, None).is_err());
+        // Results: more than held, or not the job due.
+        let mut out = Vec::new();
+        encode_up(
+            &mut out,
+            &Up::Results(vec![ResultFrame {
+                seq: 7,
+                nanos: 1,
+                outcome: Outcome::Ok(&[0; 64]),
+            }]),
+        );
+        let head = &out[..30];
+        assert!(check_up_prefix(head, 1, Some(7)).is_ok());
+        assert!(check_up_prefix(head, 0, None).is_err());
+        assert!(check_up_prefix(head, 1, Some(6)).is_err());
     }
 
     #[test]

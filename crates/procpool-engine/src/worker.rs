@@ -214,9 +214,12 @@ impl Conn {
                         }
                         Down::Init { func, payload } => {
                             let r = run_one(runner, func, payload, &mut io.result_buf);
+                            // A worker whose initializer failed is of no use: it reports
+                            // and exits, and the parent counts a failed start.
+                            let failed = r.is_err();
                             wire::encode_up(io.out.buf(), &Up::InitDone(r));
                             io.out.flush(io.sock.as_fd())?;
-                            false
+                            failed
                         }
                         Down::Shutdown => true,
                     };

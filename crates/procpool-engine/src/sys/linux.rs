@@ -41,6 +41,41 @@ pub(crate) fn inherit(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Marks every descriptor from 3 up close-on-exec except `keep`, so that a child keeps
+/// only its standard streams and the descriptors it is given on purpose. Async-signal-safe
+/// (raw system calls only), for use between `fork` and `exec`.
+pub(crate) fn cloexec_all_but(keep: &[RawFd]) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    let mut keep_sorted = [RawFd::MAX; 8];
+    let n = keep.len().min(keep_sorted.len());
+    keep_sorted[..n].copy_from_slice(&keep[..n]);
+    keep_sorted[..n].sort_unstable();
+    let mut first: libc::c_uint = 3;
+    for &k in &keep_sorted[..n] {
+        let k = k as libc::c_uint;
+        if k > first {
+            close_range_cloexec(first, k - 1, CLOSE_RANGE_CLOEXEC)?;
+        }
+        first = first.max(k + 1);
+    }
+    close_range_cloexec(first, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC)
+}
+
+fn close_range_cloexec(
+    first: libc::c_uint,
+    last: libc::c_uint,
+    flags: libc::c_uint,
+) -> io::Result<()> {
+    // SAFETY: close_range only changes descriptor flags here (CLOSE_RANGE_CLOEXEC); it
+    // takes plain integers and touches no memory of ours.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Asks the kernel to SIGKILL this process when the thread that forked it dies.
 /// Async-signal-safe.
 pub(crate) fn kill_me_with_parent() -> io::Result<()> {

@@ -1,0 +1,688 @@
+//! Property tests of the wire format (`procpool_engine::wire`).
+//!
+//! Everything a parent reads from a worker is untrusted, so besides round trips these
+//! tests feed the decoders arbitrary, truncated and lying input and check that they answer
+//! with an error (never a panic) and that they allocate no more than the input justifies.
+//! Allocations are measured by a counting global allocator, armed only around the call
+//! under test and only on the calling thread.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+
+use procpool_engine::wire::{
+    Down, FRAME_HEADER, Failure, JobFrame, Outcome, Refusal, ResultFrame, Up, WireError,
+    decode_down, decode_up, encode_down, encode_up, split_frame,
+};
+
+// ---------------------------------------------------------------------------------------
+// Allocation accounting.
+
+/// The system allocator, noting the sizes asked for while the current thread is armed.
+struct Counting;
+
+thread_local! {
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+    static TOTAL: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note(size: usize) {
+    // `try_with`: the allocator may be called while thread-locals are torn down.
+    let _ = ARMED.try_with(|armed| {
+        if armed.get() {
+            let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+            let _ = TOTAL.try_with(|t| t.set(t.get().saturating_add(size)));
+        }
+    });
+}
+
+// SAFETY: every method forwards its arguments unchanged to `System`, which upholds the
+// `GlobalAlloc` contract; the bookkeeping only touches `Cell`s of this thread and never
+// allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: the caller's guarantees about `layout` are passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: the caller's guarantees about `layout` are passed on unchanged.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` (through this allocator) with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        // SAFETY: `ptr` was allocated by `System` (through this allocator) with `layout`;
+        // the caller's guarantees about `new_size` are passed on unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// What one measured call allocated.
+#[derive(Debug, Clone, Copy)]
+struct Allocated {
+    /// The largest single allocation (or reallocation target), in bytes.
+    largest: usize,
+    /// The sum of all allocation sizes, in bytes (frees are not subtracted).
+    total: usize,
+}
+
+/// Disarms the counter even when the measured call panics.
+struct Disarm;
+
+impl Drop for Disarm {
+    fn drop(&mut self) {
+        ARMED.with(|a| a.set(false));
+    }
+}
+
+/// Runs `f`, counting the allocations it makes on this thread.
+fn measure<R>(f: impl FnOnce() -> R) -> (R, Allocated) {
+    LARGEST.with(|l| l.set(0));
+    TOTAL.with(|t| t.set(0));
+    ARMED.with(|a| a.set(true));
+    let guard = Disarm;
+    let r = f();
+    drop(guard);
+    let allocated = Allocated {
+        largest: LARGEST.with(Cell::get),
+        total: TOTAL.with(Cell::get),
+    };
+    (r, allocated)
+}
+
+/// Room for an error message (and the growth of the `String` it is formatted into).
+const ERROR_SLACK: usize = 1024;
+
+/// How many bytes a decoder may allocate in all per byte of input. A decoded item takes
+/// at least 16 bytes of input and at most a few words of memory; text is copied once.
+const BYTES_PER_INPUT_BYTE: usize = 8;
+
+fn check_decoder_allocation(input_len: usize, a: Allocated) -> Result<(), TestCaseError> {
+    let bound = input_len * BYTES_PER_INPUT_BYTE + ERROR_SLACK;
+    prop_assert!(
+        a.total <= bound,
+        "decoding {input_len} bytes allocated {} bytes in all (largest {}), bound {bound}",
+        a.total,
+        a.largest
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Owned messages: the wire types borrow their byte strings, so strategies build these and
+// the tests borrow wire messages from them.
+
+#[derive(Debug, Clone)]
+enum OwnedDown {
+    Jobs(Vec<(u64, Vec<u8>, Vec<u8>)>),
+    Init { func: Vec<u8>, payload: Vec<u8> },
+    Shutdown,
+}
+
+impl OwnedDown {
+    fn msg(&self) -> Down<'_> {
+        match self {
+            OwnedDown::Jobs(jobs) => Down::Jobs(
+                jobs.iter()
+                    .map(|(seq, func, payload)| JobFrame {
+                        seq: *seq,
+                        func,
+                        payload,
+                    })
+                    .collect(),
+            ),
+            OwnedDown::Init { func, payload } => Down::Init { func, payload },
+            OwnedDown::Shutdown => Down::Shutdown,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum OwnedOutcome {
+    Ok(Vec<u8>),
+    Err(Failure),
+}
+
+#[derive(Debug, Clone)]
+enum OwnedUp {
+    /// The kinds that borrow nothing.
+    Plain(Up<'static>),
+    Results(Vec<(u64, u64, OwnedOutcome)>),
+}
+
+impl OwnedUp {
+    fn msg(&self) -> Up<'_> {
+        match self {
+            OwnedUp::Plain(up) => up.clone(),
+            OwnedUp::Results(rs) => Up::Results(
+                rs.iter()
+                    .map(|(seq, nanos, outcome)| ResultFrame {
+                        seq: *seq,
+                        nanos: *nanos,
+                        outcome: match outcome {
+                            OwnedOutcome::Ok(b) => Outcome::Ok(b),
+                            OwnedOutcome::Err(f) => Outcome::Err(f.clone()),
+                        },
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Strategies.
+
+fn any_u64() -> impl Strategy<Value = u64> {
+    prop_oneof![Just(0), Just(u64::MAX), any::<u64>()]
+}
+
+fn any_u32() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(0), Just(u32::MAX), any::<u32>()]
+}
+
+fn bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(any::<u8>(), 0..48)
+}
+
+fn text() -> impl Strategy<Value = String> {
+    // Any Unicode, so multi-byte characters cross the wire too.
+    prop::collection::vec(any::<char>(), 0..12).prop_map(|cs| cs.into_iter().collect())
+}
+
+fn failure() -> impl Strategy<Value = Failure> {
+    prop_oneof![
+        (text(), prop::option::of(text()))
+            .prop_map(|(message, location)| Failure::Panic { message, location }),
+        text().prop_map(|message| Failure::Codec { message }),
+        (any_u64(), any_u64()).prop_map(|(size, limit)| Failure::TooLarge { size, limit }),
+    ]
+}
+
+fn refusal() -> impl Strategy<Value = Refusal> {
+    prop_oneof![
+        (any_u64(), any_u64())
+            .prop_map(|(parent, worker)| Refusal::BinaryMismatch { parent, worker }),
+        (any_u32(), any_u32()).prop_map(|(parent, worker)| Refusal::Version { parent, worker }),
+        Just(Refusal::InitMissing),
+        text().prop_map(Refusal::Other),
+    ]
+}
+
+fn outcome() -> impl Strategy<Value = OwnedOutcome> {
+    prop_oneof![
+        bytes().prop_map(OwnedOutcome::Ok),
+        failure().prop_map(OwnedOutcome::Err),
+    ]
+}
+
+fn down() -> impl Strategy<Value = OwnedDown> {
+    prop_oneof![
+        prop::collection::vec((any_u64(), bytes(), bytes()), 0..6).prop_map(OwnedDown::Jobs),
+        (bytes(), bytes()).prop_map(|(func, payload)| OwnedDown::Init { func, payload }),
+        Just(OwnedDown::Shutdown),
+    ]
+}
+
+fn up() -> impl Strategy<Value = OwnedUp> {
+    prop_oneof![
+        (any_u32(), any_u64(), any_u32()).prop_map(|(version, fingerprint, pid)| {
+            OwnedUp::Plain(Up::Hello {
+                version,
+                fingerprint,
+                pid,
+            })
+        }),
+        refusal().prop_map(|r| OwnedUp::Plain(Up::Refused(r))),
+        prop::option::of(failure()).prop_map(|f| OwnedUp::Plain(Up::InitDone(match f {
+            None => Ok(()),
+            Some(f) => Err(f),
+        }))),
+        prop::collection::vec((any_u64(), any_u64(), outcome()), 0..6).prop_map(OwnedUp::Results),
+    ]
+}
+
+/// Either kind of message, encoded as one frame.
+#[derive(Debug, Clone)]
+enum Either {
+    Down(OwnedDown),
+    Up(OwnedUp),
+}
+
+impl Either {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Either::Down(d) => encode_down(out, &d.msg()),
+            Either::Up(u) => encode_up(out, &u.msg()),
+        }
+    }
+
+    /// Decodes `body` with the decoder for this message's direction.
+    fn decode_err(&self, body: &[u8]) -> Option<WireError> {
+        match self {
+            Either::Down(_) => decode_down(body).err(),
+            Either::Up(_) => decode_up(body).err(),
+        }
+    }
+}
+
+fn either() -> impl Strategy<Value = Either> {
+    prop_oneof![down().prop_map(Either::Down), up().prop_map(Either::Up)]
+}
+
+/// Arbitrary bytes, sometimes starting with a valid tag so the decoders get past it.
+fn junk() -> impl Strategy<Value = Vec<u8>> {
+    let tag = prop_oneof![
+        Just(1u8),
+        Just(2),
+        Just(3),
+        Just(10),
+        Just(11),
+        Just(12),
+        Just(13)
+    ];
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..200),
+        (tag, prop::collection::vec(any::<u8>(), 0..200)).prop_map(|(t, mut rest)| {
+            rest.insert(0, t);
+            rest
+        }),
+    ]
+}
+
+/// A byte, often a small one: tags, kinds and flags are small numbers.
+fn small_or_any() -> impl Strategy<Value = u8> {
+    prop_oneof![0u8..4, any::<u8>()]
+}
+
+/// Limits for `split_frame`: tiny, realistic and extreme.
+fn max_body() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        0usize..64,
+        Just(1usize << 20),
+        Just(u32::MAX as usize),
+        Just(usize::MAX),
+        any::<usize>(),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers.
+
+const LIMIT: usize = 1 << 20;
+
+/// Splits the single frame `frame` and checks that it spans all of `frame`.
+fn whole_body(frame: &[u8]) -> Result<&[u8], TestCaseError> {
+    let split = split_frame(frame, LIMIT);
+    let Ok(Some((body, used))) = split else {
+        return Err(TestCaseError::fail(format!(
+            "split_frame on a whole encoded frame gave {split:?}"
+        )));
+    };
+    prop_assert_eq!(used, frame.len(), "frame not used whole");
+    prop_assert_eq!(body, &frame[FRAME_HEADER..]);
+    let announced = u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize;
+    prop_assert_eq!(announced, body.len());
+    Ok(body)
+}
+
+/// Body of an encoded message, e.g. to learn a tag without naming private constants.
+fn body_of_up(msg: &Up<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_up(&mut out, msg);
+    out[FRAME_HEADER..].to_vec()
+}
+
+fn body_of_down(msg: &Down<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_down(&mut out, msg);
+    out[FRAME_HEADER..].to_vec()
+}
+
+// ---------------------------------------------------------------------------------------
+// Properties.
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// encode_down → split_frame → decode_down gives the message back, uses every byte,
+    /// appends after whatever the buffer held, and re-encodes to the same bytes.
+    #[test]
+    fn down_round_trip(owned in down(), prefix in bytes()) {
+        let msg = owned.msg();
+        let mut out = prefix.clone();
+        encode_down(&mut out, &msg);
+        prop_assert_eq!(&out[..prefix.len()], &prefix[..], "encoder touched earlier bytes");
+        let frame = &out[prefix.len()..];
+        let body = whole_body(frame)?;
+        let (decoded, allocated) = measure(|| decode_down(body));
+        let decoded = decoded.map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        prop_assert_eq!(&decoded, &msg);
+        check_decoder_allocation(body.len(), allocated)?;
+        let mut again = Vec::new();
+        encode_down(&mut again, &decoded);
+        prop_assert_eq!(&again[..], frame);
+    }
+
+    /// encode_up → split_frame → decode_up gives the message back, uses every byte,
+    /// appends after whatever the buffer held, and re-encodes to the same bytes.
+    #[test]
+    fn up_round_trip(owned in up(), prefix in bytes()) {
+        let msg = owned.msg();
+        let mut out = prefix.clone();
+        encode_up(&mut out, &msg);
+        prop_assert_eq!(&out[..prefix.len()], &prefix[..], "encoder touched earlier bytes");
+        let frame = &out[prefix.len()..];
+        let body = whole_body(frame)?;
+        let (decoded, allocated) = measure(|| decode_up(body));
+        let decoded = decoded.map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        prop_assert_eq!(&decoded, &msg);
+        check_decoder_allocation(body.len(), allocated)?;
+        let mut again = Vec::new();
+        encode_up(&mut again, &decoded);
+        prop_assert_eq!(&again[..], frame);
+    }
+
+    /// A reader splitting frames off a stream that arrives in arbitrary pieces gets every
+    /// message, in order, and nothing else.
+    #[test]
+    fn stream_of_frames(
+        msgs in prop::collection::vec(up(), 0..6),
+        cuts in prop::collection::vec(any::<Index>(), 0..8),
+    ) {
+        let mut stream = Vec::new();
+        for m in &msgs {
+            encode_up(&mut stream, &m.msg());
+        }
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+        cuts.push(stream.len());
+        cuts.sort_unstable();
+
+        let mut received = 0; // bytes of `stream` the reader has been given
+        let mut buf: Vec<u8> = Vec::new();
+        let mut decoded = Vec::new();
+        for cut in cuts {
+            buf.extend_from_slice(&stream[received..cut]);
+            received = cut;
+            while let Some((body, used)) = split_frame(&buf, LIMIT)
+                .map_err(|e| TestCaseError::fail(format!("{e}")))?
+            {
+                let msg = decode_up(body).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+                let mut re = Vec::new();
+                encode_up(&mut re, &msg);
+                decoded.push(re);
+                buf.drain(..used);
+            }
+        }
+        prop_assert!(buf.is_empty(), "{} bytes left over", buf.len());
+        prop_assert_eq!(decoded.len(), msgs.len());
+        prop_assert_eq!(decoded.concat(), stream);
+    }
+
+    /// Cutting a valid body short anywhere is an error, and so is a stray byte after it;
+    /// cutting a valid frame short anywhere leaves split_frame waiting for more.
+    #[test]
+    fn truncation_is_an_error(msg in either(), cut in any::<Index>(), stray in any::<u8>()) {
+        let mut frame = Vec::new();
+        msg.encode(&mut frame);
+        let body = whole_body(&frame)?;
+
+        let at = cut.index(body.len());
+        let (err, allocated) = measure(|| msg.decode_err(&body[..at]));
+        prop_assert!(err.is_some(), "body cut to {at} of {} bytes decoded", body.len());
+        check_decoder_allocation(at, allocated)?;
+
+        let mut longer = body.to_vec();
+        longer.push(stray);
+        prop_assert!(msg.decode_err(&longer).is_some(), "stray byte accepted");
+
+        let at = cut.index(frame.len());
+        prop_assert_eq!(split_frame(&frame[..at], LIMIT), Ok(None));
+    }
+
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+    /// A valid body with a few bytes overwritten, removed or inserted never makes a
+    /// decoder panic or over-allocate, and whatever it accepts re-encodes to exactly the
+    /// bytes it was given (no two encodings of one message, no ignored bytes).
+    #[test]
+    fn mutated_frames(
+        msg in either(),
+        edits in prop::collection::vec((0u8..3, any::<Index>(), small_or_any()), 1..4),
+    ) {
+        let mut frame = Vec::new();
+        msg.encode(&mut frame);
+        let mut body = frame[FRAME_HEADER..].to_vec();
+        for (kind, at, byte) in edits {
+            match kind {
+                0 if !body.is_empty() => {
+                    let i = at.index(body.len());
+                    body[i] = byte;
+                }
+                1 if !body.is_empty() => {
+                    body.remove(at.index(body.len()));
+                }
+                _ => body.insert(at.index(body.len() + 1), byte),
+            }
+        }
+        let ((up, down), allocated) = measure(|| (decode_up(&body), decode_down(&body)));
+        check_decoder_allocation(2 * body.len(), allocated)?;
+        if let Ok(m) = up {
+            prop_assert_eq!(body_of_up(&m), &body[..]);
+        }
+        if let Ok(m) = down {
+            prop_assert_eq!(body_of_down(&m), &body[..]);
+        }
+    }
+
+    /// decode_up never panics on arbitrary bytes, allocates in proportion to them, and
+    /// whatever it accepts re-encodes to exactly those bytes.
+    #[test]
+    fn decode_up_arbitrary(body in junk()) {
+        let (decoded, allocated) = measure(|| decode_up(&body));
+        check_decoder_allocation(body.len(), allocated)?;
+        if let Ok(msg) = decoded {
+            prop_assert_eq!(body_of_up(&msg), body);
+        }
+    }
+
+    /// decode_down never panics on arbitrary bytes, allocates in proportion to them, and
+    /// whatever it accepts re-encodes to exactly those bytes.
+    #[test]
+    fn decode_down_arbitrary(body in junk()) {
+        let (decoded, allocated) = measure(|| decode_down(&body));
+        check_decoder_allocation(body.len(), allocated)?;
+        if let Ok(msg) = decoded {
+            prop_assert_eq!(body_of_down(&msg), body);
+        }
+    }
+
+    /// split_frame never panics, whatever the bytes and the limit, never allocates unless
+    /// to word an error, and what it returns is consistent with the header.
+    #[test]
+    fn split_frame_arbitrary(buf in prop::collection::vec(any::<u8>(), 0..64), max in max_body()) {
+        let (split, allocated) = measure(|| split_frame(&buf, max));
+        match split {
+            Ok(None) => {
+                prop_assert_eq!(allocated.total, 0);
+                if buf.len() >= FRAME_HEADER {
+                    let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
+                    prop_assert!(len <= max && len > 0);
+                    prop_assert!(buf.len() < FRAME_HEADER + len, "whole frame not split");
+                }
+            }
+            Ok(Some((body, used))) => {
+                prop_assert_eq!(allocated.total, 0);
+                let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
+                prop_assert_eq!(body.len(), len);
+                prop_assert!(len <= max && len > 0);
+                prop_assert_eq!(used, FRAME_HEADER + len);
+                prop_assert_eq!(body, &buf[FRAME_HEADER..used]);
+            }
+            Err(_) => {
+                prop_assert!(allocated.largest <= ERROR_SLACK);
+                prop_assert!(buf.len() >= FRAME_HEADER, "error before a whole header");
+            }
+        }
+    }
+
+    /// A header announcing more than the limit is refused as soon as the header is there,
+    /// before any of the body (and whatever bytes follow), without sizing an allocation.
+    #[test]
+    fn oversized_frame_is_refused_from_its_header(
+        max in 0usize..(u32::MAX as usize),
+        excess in 1u64..=u64::from(u32::MAX),
+        after in prop::collection::vec(any::<u8>(), 0..32),
+    ) {
+        let len = (max as u64 + excess).min(u64::from(u32::MAX));
+        prop_assume!(len as usize > max);
+        let mut buf = (len as u32).to_le_bytes().to_vec();
+        let (split, allocated) = measure(|| split_frame(&buf, max));
+        prop_assert!(split.is_err(), "header alone: {split:?}");
+        prop_assert!(allocated.largest <= ERROR_SLACK);
+        buf.extend_from_slice(&after);
+        prop_assert!(split_frame(&buf, max).is_err());
+    }
+
+    /// A count of results or jobs larger than the bytes after it could hold is refused
+    /// before the decoder allocates for it.
+    #[test]
+    fn lying_count_is_refused(
+        count in prop_oneof![Just(u32::MAX), any::<u32>(), 1u32..64],
+        tail in prop::collection::vec(any::<u8>(), 0..64),
+        up_dir in any::<bool>(),
+    ) {
+        // Tags taken from the encoder, with the count of an empty list after them.
+        let (mut body, min_item) = if up_dir {
+            (body_of_up(&Up::Results(Vec::new())), 21)
+        } else {
+            (body_of_down(&Down::Jobs(Vec::new())), 16)
+        };
+        prop_assert_eq!(body.len(), 5);
+        // Larger than the bytes that follow, in items of the smallest possible size.
+        prop_assume!(count as usize > tail.len() / min_item);
+        body.truncate(1);
+        body.extend_from_slice(&count.to_le_bytes());
+        body.extend_from_slice(&tail);
+        let (err, allocated) = measure(|| {
+            if up_dir { decode_up(&body).err() } else { decode_down(&body).err() }
+        });
+        prop_assert!(err.is_some(), "count {count} with {} bytes accepted", tail.len());
+        prop_assert!(
+            allocated.largest <= ERROR_SLACK,
+            "count {count} with {} bytes allocated {} bytes",
+            tail.len(),
+            allocated.largest
+        );
+    }
+}
+
+proptest! {
+    // Each case decodes its message many times over: fewer cases.
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Every single-byte change of a valid body, to a few telling values, is decoded
+    /// without a panic, and whatever is accepted re-encodes to exactly the changed bytes
+    /// (so an unknown kind or flag is never taken for a known one).
+    #[test]
+    fn every_byte_changed(msg in either()) {
+        let mut frame = Vec::new();
+        msg.encode(&mut frame);
+        let body = frame[FRAME_HEADER..].to_vec();
+        let mut changed = body.clone();
+        for i in 0..body.len() {
+            let b = body[i];
+            for v in [0, 1, 2, 3, 4, 0x7f, 0xff, b ^ 1, b ^ 0x80, b.wrapping_add(1), b.wrapping_sub(1)] {
+                if v == b {
+                    continue;
+                }
+                changed[i] = v;
+                if let Ok(m) = decode_up(&changed) {
+                    prop_assert_eq!(body_of_up(&m), &changed[..], "byte {} set to {}", i, v);
+                }
+                if let Ok(m) = decode_down(&changed) {
+                    prop_assert_eq!(body_of_down(&m), &changed[..], "byte {} set to {}", i, v);
+                }
+            }
+            changed[i] = b;
+        }
+    }
+
+    /// Every prefix of a body, not just a random one, is refused (small messages only).
+    #[test]
+    fn every_prefix_is_an_error(msg in either()) {
+        let mut frame = Vec::new();
+        msg.encode(&mut frame);
+        let body = whole_body(&frame)?;
+        for at in 0..body.len() {
+            prop_assert!(msg.decode_err(&body[..at]).is_some(), "prefix of {at} bytes decoded");
+        }
+    }
+}
+
+/// The smallest items are exactly as small as the count check assumes: a count equal to
+/// what the bytes can hold is not refused as a lie.
+#[test]
+fn count_check_is_not_too_strict() {
+    // 3 empty jobs: 16 bytes each.
+    let jobs: Vec<JobFrame<'_>> = (0..3)
+        .map(|seq| JobFrame {
+            seq,
+            func: b"",
+            payload: b"",
+        })
+        .collect();
+    let body = body_of_down(&Down::Jobs(jobs.clone()));
+    assert_eq!(body.len(), 1 + 4 + 3 * 16);
+    assert_eq!(decode_down(&body), Ok(Down::Jobs(jobs)));
+
+    // 3 empty successful results: 21 bytes each.
+    let rs: Vec<ResultFrame<'_>> = (0..3)
+        .map(|seq| ResultFrame {
+            seq,
+            nanos: 7,
+            outcome: Outcome::Ok(b""),
+        })
+        .collect();
+    let body = body_of_up(&Up::Results(rs.clone()));
+    assert_eq!(body.len(), 1 + 4 + 3 * 21);
+    assert_eq!(decode_up(&body), Ok(Up::Results(rs)));
+}
+
+/// The counter sees allocations made inside `measure`, and only those.
+#[test]
+fn allocation_counter_counts() {
+    let (v, a) = measure(|| vec![0u8; 1000]);
+    assert!(a.largest >= 1000 && a.total >= 1000, "{a:?}");
+    let (_, a) = measure(|| v.len());
+    assert_eq!(a.total, 0);
+    drop(v);
+}
+
+/// The extreme announced length, on a 64-bit and on a 32-bit limit.
+#[test]
+fn maximal_length_field() {
+    let buf = u32::MAX.to_le_bytes();
+    assert_eq!(split_frame(&buf, usize::MAX), Ok(None));
+    assert_eq!(split_frame(&buf, u32::MAX as usize), Ok(None));
+    assert!(split_frame(&buf, u32::MAX as usize - 1).is_err());
+    let zero = 0u32.to_le_bytes();
+    assert!(split_frame(&zero, LIMIT).is_err(), "empty frame accepted");
+}
