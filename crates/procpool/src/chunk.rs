@@ -6,6 +6,10 @@
 //! [`MAX_CHUNK`], and when the input's length is known, no more than a quarter of each
 //! worker's share of what is left, so that every worker gets work to the end, and never
 //! more than the tasks a worker runs before it is recycled.
+//!
+//! A worker that dies (or is killed at a time limit) fails its whole chunk, since the
+//! results of a chunk travel together. So after the first such death, automatic sizing
+//! falls back to one item per job for the rest of the call.
 
 /// The run time a chunk aims at.
 pub(crate) const TARGET_NANOS: f64 = 1_000_000.0;
@@ -58,6 +62,15 @@ impl Chunker {
         }
     }
 
+    /// After a chunk's worker died or timed out (which fails every item of the chunk),
+    /// automatic sizing stops: one item per job from then on, so that the next crash
+    /// fails only its own item.
+    pub(crate) fn isolate(&mut self) {
+        if self.fixed.is_none() {
+            self.fixed = Some(1);
+        }
+    }
+
     /// Records that a job of `items` items ran for `nanos`.
     pub(crate) fn observe(&mut self, nanos: u64, items: usize) {
         if items == 0 || nanos == 0 {
@@ -92,6 +105,17 @@ mod tests {
         let mut c = Chunker::new(None, 2, Some(5));
         c.observe(10, 10);
         assert_eq!(c.next(None), 5);
+    }
+
+    #[test]
+    fn a_crash_turns_automatic_chunks_into_single_items() {
+        let mut c = Chunker::new(None, 2, None);
+        c.observe(1_000, 1);
+        c.isolate();
+        assert_eq!(c.next(None), 1);
+        let mut fixed = Chunker::new(Some(9), 2, None);
+        fixed.isolate();
+        assert_eq!(fixed.next(None), 9, "a size the user chose is kept");
     }
 
     #[test]

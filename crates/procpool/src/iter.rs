@@ -25,6 +25,16 @@ const JOBS_PER_WORKER_ADAPTIVE: usize = 4;
 /// Encoded input held beyond the first two jobs per worker.
 const MAX_HELD_BYTES: usize = 64 << 20;
 
+/// Whether a job failed because its worker ended (which fails every item of a chunk).
+fn is_death(kind: &TaskErrorKind) -> bool {
+    matches!(
+        kind,
+        TaskErrorKind::WorkerDied { .. }
+            | TaskErrorKind::TimedOut { .. }
+            | TaskErrorKind::Protocol { .. }
+    )
+}
+
 /// Payload buffers at least this large are kept for reuse.
 const RECYCLE_MIN: usize = 1 << 20;
 /// At most this many are kept.
@@ -213,8 +223,10 @@ where
             };
             self.held_bytes -= payload.len();
             self.recycle(payload);
-            if done.outcome.is_ok() {
-                self.chunker.observe(done.nanos, count as usize);
+            match &done.outcome {
+                Ok(_) => self.chunker.observe(done.nanos, count as usize),
+                Err(e) if count > 1 && is_death(e.kind()) => self.chunker.isolate(),
+                Err(_) => {}
             }
             return Some(ChunkOut::decode(done, count));
         }

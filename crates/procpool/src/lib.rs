@@ -85,7 +85,7 @@ pub fn init() {
 /// start-up hook (an `.init_array` entry, run before `main`) that calls it, so a worker
 /// started from the test binary serves instead of running the tests.
 ///
-/// ```ignore
+/// ```no_run
 /// procpool::enable_test_support!();
 ///
 /// #[test]
@@ -93,6 +93,7 @@ pub fn init() {
 ///     let pool = procpool::Pool::builder().workers(2).build().unwrap();
 ///     assert_eq!(pool.map(|x: u32| x * 2, [1, 2]).unwrap(), [2, 4]);
 /// }
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! enable_test_support {

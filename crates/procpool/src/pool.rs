@@ -63,6 +63,11 @@ impl Builder {
     /// take about a millisecond each (at most 65,536 items), and to leave every worker
     /// work to the end when the input's length is known. With a time limit and no chunk
     /// size, each item is its own job.
+    ///
+    /// A chunk's results travel together, so a worker that dies (or is killed at the time
+    /// limit) fails every item of its chunk. With automatic sizing, the first such death
+    /// switches the rest of the call to one item per job. Choose 1 when every task must
+    /// be isolated from every other.
     pub fn chunk_size(mut self, n: usize) -> Self {
         if n == 0 {
             self.error = Some("chunk_size must be at least 1".into());
