@@ -1,0 +1,443 @@
+//! The procpool benchmark: procpool against sequential code, rayon, procspawn and
+//! Python's `multiprocessing.Pool` on the same workloads. See README.md.
+//!
+//! ```text
+//! cargo run --release -p procpool-bench -- [--quick] [--out DIR] [--python PATH | --no-python]
+//! ```
+
+mod figures;
+mod load;
+mod python;
+mod report;
+mod systems;
+mod work;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use figures::{Figures, Results};
+use systems::{Procpool, Procspawn, Rayon, Res, Sequential, System};
+use work::{Sizing, median, percentile, throughput, timed};
+
+/// Task durations of the crossover workload, in microseconds.
+pub(crate) const CROSSOVER_T_US: [f64; 11] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0,
+];
+/// Tasks of the seed workload.
+pub(crate) const SEED_TASKS: usize = 8;
+/// Run time of one seed task.
+pub(crate) const SEED_TASK_TIME: Duration = Duration::from_millis(10);
+
+/// The Rust systems, in table order.
+const RUST_SYSTEMS: [&str; 4] = ["sequential", "rayon", "procspawn", "procpool"];
+
+/// Command-line settings.
+#[derive(Debug, Clone)]
+struct Config {
+    quick: bool,
+    out: PathBuf,
+    python: Option<String>,
+    only: Option<Vec<String>>,
+}
+
+const USAGE: &str = "\
+usage: procpool-bench [--quick] [--out DIR] [--python PATH | --no-python] [--only LIST]
+
+  --quick        a short run (about 30 s) with fewer and shorter measurements
+  --out DIR      where results.csv, crossover.svg and python.json go
+                 (default: target/bench/ of the build's target directory)
+  --python PATH  the Python interpreter for the multiprocessing figures (default python3)
+  --no-python    skip Python
+  --only LIST    comma-separated systems to run: sequential,rayon,procspawn,procpool,python
+                 (sequential always runs: it is the baseline)";
+
+impl Config {
+    fn parse() -> Result<Config, String> {
+        let mut cfg = Config {
+            quick: false,
+            out: default_out_dir(),
+            python: Some("python3".into()),
+            only: None,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--quick" => cfg.quick = true,
+                "--out" => cfg.out = PathBuf::from(value()?),
+                "--python" => cfg.python = Some(value()?),
+                "--no-python" => cfg.python = None,
+                "--only" => {
+                    cfg.only = Some(value()?.split(',').map(|s| s.trim().to_string()).collect())
+                }
+                "-h" | "--help" => return Err(USAGE.into()),
+                other => return Err(format!("unknown flag {other}\n{USAGE}")),
+            }
+        }
+        Ok(cfg)
+    }
+
+    fn wants(&self, system: &str) -> bool {
+        system == "sequential"
+            || self.only.as_ref().is_none_or(|l| {
+                l.iter()
+                    .any(|s| s == system || s == "python-mp" && system == "python")
+            })
+    }
+}
+
+/// `target/bench` beside the `release` (or `debug`) folder holding this executable, or
+/// `target/bench` under the current directory.
+fn default_out_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let profile_dir = exe.parent()?;
+            let name = profile_dir.file_name()?.to_str()?;
+            (name == "release" || name == "debug")
+                .then(|| profile_dir.parent().map(|t| t.join("bench")))
+                .flatten()
+        })
+        .unwrap_or_else(|| PathBuf::from("target/bench"))
+}
+
+/// Sizes of every measurement, for a full or a quick run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Params {
+    pub(crate) quick: bool,
+    seed_reps: usize,
+    tiny: Sizing,
+    bulk_reps: usize,
+    startup_runs: usize,
+    latency_runs: usize,
+    latency_warmup: usize,
+    crossover: Sizing,
+}
+
+impl Params {
+    fn new(quick: bool) -> Params {
+        if quick {
+            Params {
+                quick,
+                seed_reps: 2,
+                tiny: Sizing {
+                    target: Duration::from_millis(150),
+                    reps: 1,
+                    start: 500,
+                    max: 20_000_000,
+                },
+                bulk_reps: 1,
+                startup_runs: 5,
+                latency_runs: 300,
+                latency_warmup: 50,
+                crossover: Sizing {
+                    target: Duration::from_millis(35),
+                    reps: 1,
+                    start: 16,
+                    max: 1_000_000,
+                },
+            }
+        } else {
+            Params {
+                quick,
+                seed_reps: 5,
+                tiny: Sizing {
+                    target: Duration::from_millis(400),
+                    reps: 3,
+                    start: 1000,
+                    max: 50_000_000,
+                },
+                bulk_reps: 3,
+                startup_runs: 20,
+                latency_runs: 2000,
+                latency_warmup: 200,
+                crossover: Sizing {
+                    target: Duration::from_millis(120),
+                    reps: 2,
+                    start: 16,
+                    max: 4_000_000,
+                },
+            }
+        }
+    }
+}
+
+fn main() {
+    procpool::init();
+    procspawn::init();
+    let cfg = match Config::parse() {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&cfg) {
+        eprintln!("procpool-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cfg: &Config) -> Result<(), String> {
+    let started = Instant::now();
+    let p = Params::new(cfg.quick);
+    std::fs::create_dir_all(&cfg.out).map_err(|e| format!("{}: {e}", cfg.out.display()))?;
+    eprintln!(
+        "procpool-bench ({} run, {} workers per pool, {} cores, load average {})",
+        if p.quick { "quick" } else { "full" },
+        systems::WORKERS,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load::loadavg().map_or("?".into(), |l| format!("{l:.2}")),
+    );
+    let run_mark = load::mark();
+
+    let seed_n = work::calibrate_seed(SEED_TASK_TIME);
+    eprintln!("seed: n = {seed_n} (one task about {SEED_TASK_TIME:?})");
+    let mut results = Results::new(seed_n);
+
+    for name in RUST_SYSTEMS {
+        if !cfg.wants(name) {
+            continue;
+        }
+        let t = Instant::now();
+        let mark = load::mark();
+        let mut figures = bench_rust_system(name, &p, &results);
+        figures.other_load = load::foreign_share(mark, load::mark()).map(|s| s * 100.0);
+        eprintln!("{name}: done in {:.1} s", t.elapsed().as_secs_f64());
+        results.add(name, figures);
+    }
+
+    if let Some(py) = cfg.python.as_deref().filter(|_| cfg.wants("python")) {
+        let t = Instant::now();
+        let mark = load::mark();
+        match python::run(py, &cfg.out, p.quick) {
+            Ok(mut py) => {
+                py.pool.other_load = load::foreign_share(mark, load::mark()).map(|s| s * 100.0);
+                results.add("python-mp", py.pool);
+                results.python_seq = Some(py.seq);
+                results.python_info = Some(py.info);
+                eprintln!("python: done in {:.1} s", t.elapsed().as_secs_f64());
+            }
+            Err(e) => eprintln!("python: skipped ({e})"),
+        }
+    }
+
+    results.finish();
+    let table = report::table(&results);
+    println!("{table}");
+    if let Some(share) = load::foreign_share(run_mark, load::mark()) {
+        println!(
+            "other processes used {:.0}% of the cores during the run{}",
+            share * 100.0,
+            if share > 0.1 {
+                " - too busy a machine: parallel figures are not reliable; run again when it is idle"
+            } else {
+                ""
+            }
+        );
+    }
+    let csv = cfg.out.join("results.csv");
+    std::fs::write(&csv, report::csv(&results)).map_err(|e| format!("{}: {e}", csv.display()))?;
+    let svg = cfg.out.join("crossover.svg");
+    report::chart(&results, &svg)?;
+    println!(
+        "wrote {} and {} ({:.0} s in all)",
+        csv.display(),
+        svg.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Makes the system (a warm pool), runs every workload on it, then measures start-up.
+fn bench_rust_system(name: &str, p: &Params, results: &Results) -> Figures {
+    let mut f = Figures::default();
+    let made: Res<Box<dyn System>> = match name {
+        "sequential" => Ok(Box::new(Sequential)),
+        "rayon" => Rayon::new().map(|s| Box::new(s) as Box<dyn System>),
+        "procspawn" => Procspawn::new().map(|s| Box::new(s) as Box<dyn System>),
+        "procpool" => Procpool::new().map(|s| Box::new(s) as Box<dyn System>),
+        other => Err(format!("unknown system {other}")),
+    };
+    let mut sys = match made {
+        Ok(s) => s,
+        Err(e) => {
+            f.note(format!("could not start: {e}"));
+            eprintln!("{name}: could not start: {e}");
+            return f;
+        }
+    };
+    let step = |what: &str, r: Res<()>, f: &mut Figures| {
+        if let Err(e) = r {
+            eprintln!("{name}: {what} failed: {e}");
+            f.note(format!("{what}: {e}"));
+        }
+    };
+    // Warm the workers up.
+    let warm = (0..20).try_for_each(|i| sys.apply(i).map(drop));
+    step("warm-up", warm, &mut f);
+
+    let r = seed(sys.as_mut(), p, results, &mut f);
+    step("seed", r, &mut f);
+    eprintln!(
+        "{name}: seed {} ms, speedup {}",
+        show(f.seed_ms),
+        show(f.seed_speedup)
+    );
+
+    let r = throughput(p.tiny, |n| {
+        let (d, v) = timed(|| sys.tiny_chunk1(n as u64))?;
+        check_doubles(&v, n)?;
+        Ok(d)
+    });
+    step(
+        "tiny chunk 1",
+        r.map(|(rate, _)| f.tiny1 = Some(rate)),
+        &mut f,
+    );
+    let r = throughput(p.tiny, |n| {
+        let (d, v) = timed(|| sys.tiny_auto(n as u64))?;
+        check_doubles(&v, n)?;
+        Ok(d)
+    });
+    step(
+        "tiny auto",
+        r.map(|(rate, _)| f.tiny_auto = Some(rate)),
+        &mut f,
+    );
+    eprintln!(
+        "{name}: tiny chunk 1 {} tasks/s, auto {} items/s",
+        show(f.tiny1),
+        show(f.tiny_auto)
+    );
+
+    if sys.is_pool() {
+        let r = bulk(sys.as_mut(), p, &mut f);
+        step("bulk", r, &mut f);
+        let r = latency(sys.as_mut(), p, &mut f);
+        step("latency", r, &mut f);
+        eprintln!(
+            "{name}: bulk {} MB/s, latency median {} us, p99 {} us",
+            show(f.bulk),
+            show(f.lat_med),
+            show(f.lat_p99)
+        );
+    }
+
+    for &t_us in &CROSSOVER_T_US {
+        let t_ns = (t_us * 1000.0).round() as u64;
+        let r = throughput(p.crossover, |n| {
+            let (d, v) = timed(|| sys.spin_many(t_ns, n))?;
+            if v.len() != n || v.contains(&0) {
+                return Err(format!("spin gave {} results for {n} tasks", v.len()));
+            }
+            Ok(d)
+        });
+        match r {
+            Ok((rate, n)) => f.cross.push((t_us, 1e6 / rate, n)),
+            Err(e) => step(&format!("crossover t={t_us}"), Err(e), &mut f),
+        }
+    }
+    eprintln!(
+        "{name}: crossover {}",
+        f.cross
+            .iter()
+            .map(|(t, per, _)| format!("{t}:{per:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    drop(sys);
+
+    if name != "sequential" {
+        let r = startup(name, p, &mut f);
+        step("startup", r, &mut f);
+        eprintln!("{name}: startup {} ms", show(f.startup_ms));
+    }
+    f
+}
+
+fn show(v: Option<f64>) -> String {
+    v.map_or("-".into(), report::num)
+}
+
+fn check_doubles(v: &[u64], n: usize) -> Res<()> {
+    if v.len() != n {
+        return Err(format!("{} results for {n} items", v.len()));
+    }
+    match v.iter().enumerate().find(|&(i, &x)| x != 2 * i as u64) {
+        Some((i, x)) => Err(format!("item {i}: got {x}")),
+        None => Ok(()),
+    }
+}
+
+fn seed(sys: &mut dyn System, p: &Params, results: &Results, f: &mut Figures) -> Res<()> {
+    let inputs = vec![results.seed_n; SEED_TASKS];
+    let expected = work::seq_map(work::compute, inputs.clone());
+    sys.seed(inputs.clone())?; // warm-up
+    let mut times = Vec::new();
+    for _ in 0..p.seed_reps {
+        let (d, got) = timed(|| sys.seed(inputs.clone()))?;
+        if got != expected {
+            return Err("results differ from sequential ones".into());
+        }
+        times.push(d.as_secs_f64() * 1e3);
+    }
+    let ms = median(&mut times);
+    f.seed_ms = Some(ms);
+    f.seed_speedup = Some(results.seq_seed_ms().unwrap_or(ms) / ms);
+    Ok(())
+}
+
+fn bulk(sys: &mut dyn System, p: &Params, f: &mut Figures) -> Res<()> {
+    let check = |v: Vec<u64>, count: usize| {
+        if v.len() == count && v.iter().all(|&l| l == work::BLOB_BYTES as u64) {
+            Ok(())
+        } else {
+            Err(format!("bad lengths {v:?}"))
+        }
+    };
+    check(sys.bulk(work::make_blobs(2))?, 2)?; // warm-up
+    let mut rates = Vec::new();
+    for _ in 0..p.bulk_reps {
+        let blobs = work::make_blobs(work::BLOBS);
+        let (d, v) = timed(|| sys.bulk(blobs))?;
+        check(v, work::BLOBS)?;
+        rates.push((work::BLOBS * work::BLOB_BYTES) as f64 / 1e6 / d.as_secs_f64());
+    }
+    f.bulk = Some(median(&mut rates));
+    Ok(())
+}
+
+fn latency(sys: &mut dyn System, p: &Params, f: &mut Figures) -> Res<()> {
+    for i in 0..p.latency_warmup {
+        sys.apply(i as u64)?;
+    }
+    let mut us = Vec::with_capacity(p.latency_runs);
+    for i in 0..p.latency_runs {
+        let t = Instant::now();
+        let r = sys.apply(i as u64)?;
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+        if r != i as u64 + 1 {
+            return Err(format!("trivial({i}) gave {r}"));
+        }
+    }
+    f.lat_med = Some(median(&mut us));
+    f.lat_p99 = Some(percentile(&mut us, 99.0));
+    Ok(())
+}
+
+fn startup(name: &str, p: &Params, f: &mut Figures) -> Res<()> {
+    systems::startup_once(name)?; // warm-up (page cache, first-time costs)
+    let mut parts: [Vec<f64>; 3] = Default::default();
+    let mut total = Vec::new();
+    for _ in 0..p.startup_runs {
+        let d = systems::startup_once(name)?;
+        for (acc, x) in parts.iter_mut().zip(d) {
+            acc.push(x.as_secs_f64() * 1e3);
+        }
+        total.push(d.iter().sum::<Duration>().as_secs_f64() * 1e3);
+    }
+    f.startup_ms = Some(median(&mut total));
+    f.startup_parts = Some(parts.map(|mut v| median(&mut v)));
+    Ok(())
+}
