@@ -1,13 +1,14 @@
 //! Starting a worker process and holding it until it is reaped.
 //!
 //! A worker is the parent's own executable started again (`/proc/self/exe`), with the
-//! parent's arguments, and an environment variable that tells `init()` it is a worker and
-//! which inherited descriptors to use: one end of a socket pair, a sealed memfd holding
-//! the control block (which task the worker is running, since when), and a sealed memfd
-//! data region where the parent writes large arguments.
+//! parent's arguments and an environment variable that tells `init()` it is a worker (and
+//! the parent's pid, executable fingerprint and message limit). Its standard input is one
+//! end of a socket pair; waiting in that socket are two sealed memfds: the control block
+//! (which task the worker is running, since when) and the data region where the parent
+//! writes large arguments.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -53,9 +54,6 @@ pub(crate) fn my_fingerprint() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct WorkerEnv {
     pub(crate) version: u32,
-    pub(crate) sock: i32,
-    pub(crate) ctl: i32,
-    pub(crate) data: i32,
     pub(crate) parent: u32,
     pub(crate) fingerprint: u64,
     pub(crate) max_message: usize,
@@ -64,14 +62,8 @@ pub(crate) struct WorkerEnv {
 impl WorkerEnv {
     pub(crate) fn encode(&self) -> String {
         format!(
-            "{}:{}:{}:{}:{}:{:x}:{}",
-            self.version,
-            self.sock,
-            self.ctl,
-            self.data,
-            self.parent,
-            self.fingerprint,
-            self.max_message
+            "{}:{}:{:x}:{}",
+            self.version, self.parent, self.fingerprint, self.max_message
         )
     }
 
@@ -79,9 +71,6 @@ impl WorkerEnv {
         let mut it = s.split(':');
         let env = WorkerEnv {
             version: it.next()?.parse().ok()?,
-            sock: it.next()?.parse().ok()?,
-            ctl: it.next()?.parse().ok()?,
-            data: it.next()?.parse().ok()?,
             parent: it.next()?.parse().ok()?,
             fingerprint: u64::from_str_radix(it.next()?, 16).ok()?,
             max_message: it.next()?.parse().ok()?,
@@ -103,6 +92,12 @@ pub(crate) struct WorkerProc {
 }
 
 /// Starts a worker. The socket it returns is blocking; the caller may change that.
+///
+/// The worker gets its end of the socket as standard input (the worker moves it away and
+/// puts `/dev/null` there before any user code runs) and finds the two shared regions
+/// waiting in the socket as descriptors. So the process is started with `posix_spawn`
+/// (no `fork` of a possibly large parent, no code between fork and exec) and inherits no
+/// other descriptor on purpose.
 pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
     let spawn_err = |e: std::io::Error| PoolError::Spawn(Arc::new(e));
     let (mine, theirs) = sys::socketpair().map_err(spawn_err)?;
@@ -111,11 +106,9 @@ pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
     }
     let ctl = SharedRegion::create(CONTROL_LEN).map_err(spawn_err)?;
     let data = SharedRegion::create(DATA_LEN).map_err(spawn_err)?;
+    sys::send_fds(mine.as_fd(), REGIONS_MARK, &[ctl.fd(), data.fd()]).map_err(spawn_err)?;
     let env = WorkerEnv {
         version: PROTOCOL_VERSION,
-        sock: theirs.as_raw_fd(),
-        ctl: ctl.raw_fd(),
-        data: data.raw_fd(),
         parent: sys::my_pid(),
         fingerprint: my_fingerprint(),
         max_message: opts.max_message,
@@ -128,32 +121,19 @@ pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
     let arg0 = args
         .next()
         .unwrap_or_else(|| OsString::from("procpool-worker"));
-    let mut cmd = Command::new(&exe);
-    cmd.arg0(arg0)
+    let child = Command::new(&exe)
+        .arg0(arg0)
         .args(args)
         .env(ENV_WORKER, env.encode())
-        .stdin(Stdio::null())
-        .process_group(0);
-    let inherited = [theirs.as_raw_fd(), ctl.raw_fd(), data.raw_fd()];
-    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
-    // raw system calls (fcntl, prctl) on descriptors this process owns.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Nothing of the parent's leaks into the worker but what it is given.
-            sys::cloexec_all_but(&inherited)?;
-            for fd in inherited {
-                sys::inherit(fd)?;
-            }
-            sys::kill_me_with_parent()
-        });
-    }
-    let child = cmd.spawn().map_err(|e| {
-        spawn_err(std::io::Error::new(
-            e.kind(),
-            format!("{}: {e}", exe.display()),
-        ))
-    })?;
-    drop(theirs);
+        .stdin(Stdio::from(theirs))
+        .process_group(0)
+        .spawn()
+        .map_err(|e| {
+            spawn_err(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", exe.display()),
+            ))
+        })?;
     let pid = child.id();
     // The std handle is dropped without waiting: we reap through the pidfd.
     drop(child);
@@ -167,6 +147,9 @@ pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
         death: None,
     })
 }
+
+/// The bytes that carry the shared regions' descriptors to a new worker.
+pub(crate) const REGIONS_MARK: &[u8] = b"procpool-regions";
 
 impl WorkerProc {
     /// Process descriptor: readable once the process has ended.
@@ -233,16 +216,13 @@ mod tests {
     fn env_round_trip_and_rejects_junk() {
         let e = WorkerEnv {
             version: 1,
-            sock: 5,
-            ctl: 6,
-            data: 8,
             parent: 77,
             fingerprint: 0xdead_beef,
             max_message: 1 << 20,
         };
         assert_eq!(WorkerEnv::decode(&e.encode()), Some(e));
         assert_eq!(WorkerEnv::decode("1:2:3"), None);
-        assert_eq!(WorkerEnv::decode("1:2:3:4:5:zz:6"), None);
-        assert_eq!(WorkerEnv::decode("1:2:3:4:5:6:7:8"), None);
+        assert_eq!(WorkerEnv::decode("1:2:zz:6"), None);
+        assert_eq!(WorkerEnv::decode("1:2:3:4:5"), None);
     }
 }

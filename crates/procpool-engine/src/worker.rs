@@ -9,12 +9,13 @@
 
 use std::cell::RefCell;
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 
 use crate::process::{
-    CONTROL_LEN, CTL_STARTED_AT, CTL_STARTED_SEQ, DATA_LEN, ENV_WORKER, WorkerEnv, my_fingerprint,
+    CONTROL_LEN, CTL_STARTED_AT, CTL_STARTED_SEQ, DATA_LEN, ENV_WORKER, REGIONS_MARK, WorkerEnv,
+    my_fingerprint,
 };
 use crate::sys::{self, SharedRegion};
 use crate::transport::{FrameReader, OutQueue, SHARE_THRESHOLD};
@@ -65,9 +66,9 @@ pub fn refuse_init_missing() -> ! {
         "procpool: this process was started as a worker but its main created a pool before \
          calling procpool::init(); call procpool::init() as the first line of main"
     );
-    if let Some(env) = WorkerEnv::decode(&raw) {
-        // SAFETY: the descriptor was inherited for this purpose and is used only here.
-        let sock = unsafe { OwnedFd::from_raw_fd(env.sock) };
+    if WorkerEnv::decode(&raw).is_some()
+        && let Ok(sock) = sys::take_stdin()
+    {
         let mut out = OutQueue::default();
         wire::encode_up(out.buf(), &Up::Refused(Refusal::InitMissing));
         let _ = out.flush(sock.as_fd());
@@ -108,32 +109,49 @@ struct Io {
 }
 
 fn serve(env: WorkerEnv, runner: &mut dyn Runner) -> i32 {
-    if sys::parent_pid() != env.parent {
-        return 0; // The parent died before we started: nobody wants us.
-    }
-    // SAFETY: the descriptors were inherited on purpose and nothing else owns them.
-    let (sock, ctl, data) = unsafe {
-        (
-            OwnedFd::from_raw_fd(env.sock),
-            OwnedFd::from_raw_fd(env.ctl),
-            OwnedFd::from_raw_fd(env.data),
-        )
-    };
-    for fd in [sock.as_fd(), ctl.as_fd(), data.as_fd()] {
-        if let Err(e) = sys::close_on_exec(fd) {
-            eprintln!("procpool worker: cannot set close-on-exec: {e}");
-            return 2;
-        }
-    }
-    let regions = SharedRegion::open(ctl, CONTROL_LEN)
-        .and_then(|c| Ok((c, SharedRegion::open(data, DATA_LEN)?)));
-    let (ctl, data) = match regions {
-        Ok(r) => r,
+    match connect(&env) {
+        Ok(Some((sock, ctl, data))) => run_connected(env, runner, sock, ctl, data),
+        Ok(None) => 0, // The parent died before we started: nobody wants us.
         Err(e) => {
-            eprintln!("procpool worker: cannot map the shared regions: {e}");
-            return 2;
+            eprintln!("procpool worker: cannot set up: {e}");
+            2
         }
+    }
+}
+
+/// Takes what the parent gave: the socket (on standard input) and the shared regions
+/// waiting in it. Closes anything else inherited, and arranges to die with the parent.
+fn connect(env: &WorkerEnv) -> std::io::Result<Option<(OwnedFd, SharedRegion, SharedRegion)>> {
+    let sock = sys::take_stdin()?;
+    sys::kill_me_with_parent()?;
+    if sys::parent_pid() != env.parent {
+        return Ok(None);
+    }
+    let mut mark = [0u8; REGIONS_MARK.len()];
+    let mut fds = sys::recv_fds(sock.as_fd(), &mut mark)?.into_iter();
+    let (Some(ctl), Some(data), None) = (fds.next(), fds.next(), fds.next()) else {
+        return Err(std::io::Error::other(
+            "expected two shared regions from the parent",
+        ));
     };
+    if mark != REGIONS_MARK {
+        return Err(std::io::Error::other(
+            "unexpected first message from the parent",
+        ));
+    }
+    sys::close_all_but(&[sock.as_raw_fd(), ctl.as_raw_fd(), data.as_raw_fd()])?;
+    let ctl = SharedRegion::open(ctl, CONTROL_LEN)?;
+    let data = SharedRegion::open(data, DATA_LEN)?;
+    Ok(Some((sock, ctl, data)))
+}
+
+fn run_connected(
+    env: WorkerEnv,
+    runner: &mut dyn Runner,
+    sock: OwnedFd,
+    ctl: SharedRegion,
+    data: SharedRegion,
+) -> i32 {
     let mut conn = Conn {
         reader: FrameReader::new(env.max_message.saturating_add(64)),
         data,

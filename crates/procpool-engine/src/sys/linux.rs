@@ -1,16 +1,19 @@
 //! Linux system calls used by the engine, each behind a small safe function.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
-use rustix::fs::{MemfdFlags, SealFlags};
-use rustix::io::FdFlags;
+use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
-use rustix::net::{AddressFamily, SendAncillaryBuffer, SendFlags, SocketFlags, SocketType};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
 
 use crate::error::Death;
@@ -31,44 +34,88 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Clears close-on-exec so that a child inherits `fd`. Async-signal-safe (one raw
-/// system call), so it may run between `fork` and `exec`.
-pub(crate) fn inherit(fd: RawFd) -> io::Result<()> {
-    // SAFETY: the caller keeps `fd` open for the duration of this call (it is owned by the
-    // parent's `OwnedFd`, duplicated into the child by fork).
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    rustix::io::fcntl_setfd(fd, FdFlags::empty())?;
-    Ok(())
+/// Sends `data` with descriptors attached (`SCM_RIGHTS`).
+pub(crate) fn send_fds(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("too many descriptors for one message"));
+    }
+    let n = rustix::net::sendmsg(
+        sock,
+        &[io::IoSlice::new(data)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    if n == data.len() {
+        Ok(())
+    } else {
+        Err(io::Error::other("short send of descriptors"))
+    }
 }
 
-/// Marks every descriptor from 3 up close-on-exec except `keep`, so that a child keeps
-/// only its standard streams and the descriptors it is given on purpose. Async-signal-safe
-/// (raw system calls only), for use between `fork` and `exec`.
-pub(crate) fn cloexec_all_but(keep: &[RawFd]) -> io::Result<()> {
-    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-    let mut keep_sorted = [RawFd::MAX; 8];
-    let n = keep.len().min(keep_sorted.len());
-    keep_sorted[..n].copy_from_slice(&keep[..n]);
-    keep_sorted[..n].sort_unstable();
+/// Receives exactly `buf.len()` bytes sent by [`send_fds`], and the descriptors with them.
+pub(crate) fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Vec<OwnedFd>> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        sock,
+        &mut [io::IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let fds: Vec<OwnedFd> = control
+        .drain()
+        .filter_map(|m| match m {
+            RecvAncillaryMessage::ScmRights(fds) => Some(fds),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    if msg.bytes != buf.len() {
+        return Err(io::Error::other("short message with descriptors"));
+    }
+    Ok(fds)
+}
+
+/// Moves the socket a worker got as standard input to a new close-on-exec descriptor, and
+/// puts `/dev/null` in its place, so that task code reading standard input reads nothing.
+pub(crate) fn take_stdin() -> io::Result<OwnedFd> {
+    // SAFETY: descriptor 0 is open (the parent gave it) and owned by nothing else yet; the
+    // borrow ends before it is replaced below.
+    let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+    let sock = rustix::io::fcntl_dupfd_cloexec(stdin, 3)?;
+    let null = rustix::fs::open("/dev/null", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    // SAFETY: as above; `ManuallyDrop` keeps descriptor 0 open (as /dev/null) afterwards.
+    let mut zero = std::mem::ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(0) });
+    rustix::io::dup2(&null, &mut zero)?;
+    Ok(sock)
+}
+
+/// Closes every descriptor from 3 up except `keep`: a worker holds nothing the parent
+/// happened to leave inheritable (such as a pipe whose reader waits for end-of-file).
+pub(crate) fn close_all_but(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<RawFd> = keep.to_vec();
+    keep.sort_unstable();
     let mut first: libc::c_uint = 3;
-    for &k in &keep_sorted[..n] {
+    for k in keep {
         let k = k as libc::c_uint;
         if k > first {
-            close_range_cloexec(first, k - 1, CLOSE_RANGE_CLOEXEC)?;
+            close_range(first, k - 1)?;
         }
         first = first.max(k + 1);
     }
-    close_range_cloexec(first, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC)
+    close_range(first, libc::c_uint::MAX)
 }
 
-fn close_range_cloexec(
-    first: libc::c_uint,
-    last: libc::c_uint,
-    flags: libc::c_uint,
-) -> io::Result<()> {
-    // SAFETY: close_range only changes descriptor flags here (CLOSE_RANGE_CLOEXEC); it
-    // takes plain integers and touches no memory of ours.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) };
+fn close_range(first: libc::c_uint, last: libc::c_uint) -> io::Result<()> {
+    // SAFETY: close_range takes plain integers and touches no memory; the descriptors it
+    // closes belong to nothing in this process yet (it runs before any user code).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) };
     if r == 0 {
         Ok(())
     } else {
@@ -76,8 +123,8 @@ fn close_range_cloexec(
     }
 }
 
-/// Asks the kernel to SIGKILL this process when the thread that forked it dies.
-/// Async-signal-safe.
+/// Asks the kernel to SIGKILL this process when its parent (the thread that started it)
+/// dies.
 pub(crate) fn kill_me_with_parent() -> io::Result<()> {
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
     Ok(())
@@ -116,13 +163,6 @@ fn signal(pidfd: BorrowedFd<'_>, sig: Signal) -> io::Result<()> {
         Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Sets close-on-exec again on a descriptor that was inherited on purpose, so that
-/// processes the worker starts do not inherit it in turn.
-pub(crate) fn close_on_exec(fd: BorrowedFd<'_>) -> io::Result<()> {
-    rustix::io::fcntl_setfd(fd, FdFlags::CLOEXEC)?;
-    Ok(())
 }
 
 /// Waits for the process to end and reaps it.
@@ -346,9 +386,9 @@ impl SharedRegion {
         Ok(Self { fd, ptr, len })
     }
 
-    /// The raw descriptor number.
-    pub(crate) fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    /// The descriptor.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// Size in bytes.
