@@ -45,7 +45,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            workers: available_cores(),
             recycle_after: None,
             retries: 0,
             initializer: None,
@@ -56,6 +56,12 @@ impl Default for EngineConfig {
             kill_grace: None,
         }
     }
+}
+
+/// The number of cores this process may use, looked up once (it reads cgroup files).
+fn available_cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// What the pool has been told to do.
@@ -153,7 +159,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the workers and waits until each has completed its handshake.
+    /// Starts the workers and returns as soon as one of them has completed its handshake
+    /// (the others join as they come; all run the same binary).
     ///
     /// # Errors
     /// [`PoolError::Spawn`] when a process cannot be started, [`PoolError::Handshake`]

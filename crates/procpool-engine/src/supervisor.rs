@@ -154,7 +154,7 @@ impl Supervisor {
             for b in cancels {
                 self.cancel(&b);
             }
-            if self.starting && self.all_started() {
+            if self.starting && self.one_started() {
                 self.report_started(Ok(()));
             }
             self.dispatch();
@@ -184,10 +184,11 @@ impl Supervisor {
         self.shared.started_cv.notify_all();
     }
 
-    fn all_started(&self) -> bool {
+    /// Whether a worker has passed the handshake: the pool can take work.
+    fn one_started(&self) -> bool {
         self.slots
             .iter()
-            .all(|s| s.as_ref().is_some_and(|w| w.phase != Phase::Handshake))
+            .any(|s| s.as_ref().is_some_and(|w| w.phase != Phase::Handshake))
     }
 
     /// During start-up any failure fails the whole start.
