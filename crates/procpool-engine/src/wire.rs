@@ -12,6 +12,10 @@
 
 use std::fmt;
 
+/// Longest message text a worker sends (a panic's message, a codec error); longer ones
+/// are cut.
+pub const MAX_TEXT: usize = 64 * 1024;
+
 /// Version of this wire format; both sides must speak the same one.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -160,6 +164,34 @@ pub enum Up<'a> {
 /// A malformed frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireError(pub String);
+
+impl Failure {
+    /// Cuts the message texts to [`MAX_TEXT`] bytes (on a character boundary).
+    pub fn truncated(self) -> Self {
+        match self {
+            Failure::Panic { message, location } => Failure::Panic {
+                message: cut(message),
+                location: location.map(cut),
+            },
+            Failure::Codec { message } => Failure::Codec {
+                message: cut(message),
+            },
+            f @ Failure::TooLarge { .. } => f,
+        }
+    }
+}
+
+fn cut(mut s: String) -> String {
+    if s.len() > MAX_TEXT {
+        let mut end = MAX_TEXT - 16;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str(" [truncated]");
+    }
+    s
+}
 
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -519,7 +551,8 @@ pub fn split_frame(buf: &[u8], max_body: usize) -> Result<Option<(&[u8], usize)>
 }
 
 /// Largest body of a worker's frame other than results (hello, refusal, initializer
-/// outcome): these are small, so a larger length is a lie.
+/// outcome): these are small (workers cut long messages to [`MAX_TEXT`]), so a larger
+/// length is a lie, whether the frame arrives whole or in pieces.
 pub const MAX_SMALL_UP: usize = 1 << 20;
 
 /// Checks the start of an incomplete frame from a worker, so that garbage with a plausible
@@ -606,7 +639,14 @@ pub fn decode_down(body: &[u8]) -> Result<Down<'_>, WireError> {
 /// Decodes a frame body sent by a worker.
 pub fn decode_up(body: &[u8]) -> Result<Up<'_>, WireError> {
     let mut r = Reader { buf: body };
-    let msg = match r.u8("tag")? {
+    let tag = r.u8("tag")?;
+    if tag != TAG_RESULTS && body.len() > MAX_SMALL_UP {
+        return Err(bad(format!(
+            "a {}-byte frame of kind {tag}, which is never larger than {MAX_SMALL_UP}",
+            body.len()
+        )));
+    }
+    let msg = match tag {
         TAG_HELLO => Up::Hello {
             version: r.u32("version")?,
             fingerprint: r.u64("fingerprint")?,
@@ -719,6 +759,32 @@ mod tests {
         assert!(check_up_prefix(head, 1, Some(7)).is_ok());
         assert!(check_up_prefix(head, 0, None).is_err());
         assert!(check_up_prefix(head, 1, Some(6)).is_err());
+    }
+
+    #[test]
+    fn long_texts_are_cut_and_small_frames_stay_small() {
+        let f = Failure::Panic {
+            message: "é".repeat(MAX_TEXT),
+            location: None,
+        }
+        .truncated();
+        let Failure::Panic { message, .. } = &f else {
+            unreachable!()
+        };
+        assert!(message.len() <= MAX_TEXT && message.ends_with("[truncated]"));
+        let mut out = Vec::new();
+        encode_up(&mut out, &Up::InitDone(Err(f)));
+        assert!(decode_up(one_frame(&out)).is_ok());
+        let big = Up::InitDone(Err(Failure::Codec {
+            message: "x".repeat(MAX_SMALL_UP),
+        }));
+        let mut out = Vec::new();
+        encode_up(&mut out, &big);
+        assert!(
+            decode_up(&out[FRAME_HEADER..]).is_err(),
+            "whole or in pieces: refused"
+        );
+        assert!(check_up_prefix(&out[..FRAME_HEADER + 1], 0, None).is_err());
     }
 
     #[test]

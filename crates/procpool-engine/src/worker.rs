@@ -338,12 +338,12 @@ fn run_one(
     let r = panic::catch_unwind(AssertUnwindSafe(|| runner.run(func, payload, out)));
     IS_TASK_THREAD.with(|t| *t.borrow_mut() = false);
     match r {
-        Ok(r) => r,
+        Ok(r) => r.map_err(Failure::truncated),
         Err(payload) => {
             let (message, location) = LAST_PANIC
                 .with(|p| p.borrow_mut().take())
                 .unwrap_or_else(|| (panic_message(&*payload), None));
-            Err(Failure::Panic { message, location })
+            Err(Failure::Panic { message, location }.truncated())
         }
     }
 }
