@@ -13,8 +13,9 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use procpool_engine::wire::{
-    Down, FRAME_HEADER, Failure, JobFrame, Outcome, Refusal, ResultFrame, Up, WireError,
-    decode_down, decode_up, encode_down, encode_up, split_frame,
+    Down, FRAME_HEADER, Failure, JobFrame, MAX_SMALL_UP, Outcome, Refusal, ResultFrame,
+    SharedJobFrame, Up, WireError, check_up_prefix, decode_down, decode_up, encode_down, encode_up,
+    split_frame,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -129,6 +130,7 @@ fn check_decoder_allocation(input_len: usize, a: Allocated) -> Result<(), TestCa
 #[derive(Debug, Clone)]
 enum OwnedDown {
     Jobs(Vec<(u64, Vec<u8>, Vec<u8>)>),
+    SharedJobs(Vec<(u64, Vec<u8>, u64, u64)>),
     Init { func: Vec<u8>, payload: Vec<u8> },
     Shutdown,
 }
@@ -142,6 +144,16 @@ impl OwnedDown {
                         seq: *seq,
                         func,
                         payload,
+                    })
+                    .collect(),
+            ),
+            OwnedDown::SharedJobs(jobs) => Down::SharedJobs(
+                jobs.iter()
+                    .map(|(seq, func, offset, len)| SharedJobFrame {
+                        seq: *seq,
+                        func,
+                        offset: *offset,
+                        len: *len,
                     })
                     .collect(),
             ),
@@ -233,6 +245,8 @@ fn outcome() -> impl Strategy<Value = OwnedOutcome> {
 fn down() -> impl Strategy<Value = OwnedDown> {
     prop_oneof![
         prop::collection::vec((any_u64(), bytes(), bytes()), 0..6).prop_map(OwnedDown::Jobs),
+        prop::collection::vec((any_u64(), bytes(), any_u64(), any_u64()), 0..6)
+            .prop_map(OwnedDown::SharedJobs),
         (bytes(), bytes()).prop_map(|(func, payload)| OwnedDown::Init { func, payload }),
         Just(OwnedDown::Shutdown),
     ]
@@ -284,17 +298,35 @@ fn either() -> impl Strategy<Value = Either> {
     prop_oneof![down().prop_map(Either::Down), up().prop_map(Either::Up)]
 }
 
+/// The tag of every kind of message, learnt from the encoders.
+fn tags() -> Vec<u8> {
+    let downs = [
+        Down::Jobs(Vec::new()),
+        Down::SharedJobs(Vec::new()),
+        Down::Init {
+            func: b"",
+            payload: b"",
+        },
+        Down::Shutdown,
+    ];
+    let ups = [
+        Up::Hello {
+            version: 0,
+            fingerprint: 0,
+            pid: 0,
+        },
+        Up::Refused(Refusal::InitMissing),
+        Up::InitDone(Ok(())),
+        Up::Results(Vec::new()),
+    ];
+    let down_tags = downs.iter().map(|m| body_of_down(m)[0]);
+    let up_tags = ups.iter().map(|m| body_of_up(m)[0]);
+    down_tags.chain(up_tags).collect()
+}
+
 /// Arbitrary bytes, sometimes starting with a valid tag so the decoders get past it.
 fn junk() -> impl Strategy<Value = Vec<u8>> {
-    let tag = prop_oneof![
-        Just(1u8),
-        Just(2),
-        Just(3),
-        Just(10),
-        Just(11),
-        Just(12),
-        Just(13)
-    ];
+    let tag = prop::sample::select(tags());
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..200),
         (tag, prop::collection::vec(any::<u8>(), 0..200)).prop_map(|(t, mut rest)| {
@@ -307,6 +339,26 @@ fn junk() -> impl Strategy<Value = Vec<u8>> {
 /// A byte, often a small one: tags, kinds and flags are small numbers.
 fn small_or_any() -> impl Strategy<Value = u8> {
     prop_oneof![0u8..4, any::<u8>()]
+}
+
+/// Starts of frames: a header then arbitrary bytes, sometimes a known tag first.
+fn junk_frame() -> impl Strategy<Value = Vec<u8>> {
+    let len = prop_oneof![any::<u32>(), 0u32..64, Just(u32::MAX)];
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..32),
+        (
+            len,
+            junk().prop_map(|mut j| {
+                j.truncate(32);
+                j
+            })
+        )
+            .prop_map(|(len, rest)| {
+                let mut v = len.to_le_bytes().to_vec();
+                v.extend_from_slice(&rest);
+                v
+            }),
+    ]
 }
 
 /// Limits for `split_frame`: tiny, realistic and extreme.
@@ -566,13 +618,15 @@ proptest! {
     fn lying_count_is_refused(
         count in prop_oneof![Just(u32::MAX), any::<u32>(), 1u32..64],
         tail in prop::collection::vec(any::<u8>(), 0..64),
-        up_dir in any::<bool>(),
+        kind in 0u8..3,
     ) {
-        // Tags taken from the encoder, with the count of an empty list after them.
-        let (mut body, min_item) = if up_dir {
-            (body_of_up(&Up::Results(Vec::new())), 21)
-        } else {
-            (body_of_down(&Down::Jobs(Vec::new())), 16)
+        // Tags taken from the encoder, with the count of an empty list after them; the
+        // smallest item of each kind (all byte strings empty).
+        let up_dir = kind == 0;
+        let (mut body, min_item) = match kind {
+            0 => (body_of_up(&Up::Results(Vec::new())), 21),
+            1 => (body_of_down(&Down::Jobs(Vec::new())), 16),
+            _ => (body_of_down(&Down::SharedJobs(Vec::new())), 28),
         };
         prop_assert_eq!(body.len(), 5);
         // Larger than the bytes that follow, in items of the smallest possible size.
@@ -590,6 +644,96 @@ proptest! {
             tail.len(),
             allocated.largest
         );
+    }
+}
+
+/// Arguments of `check_up_prefix` as a worker's reader passes them.
+fn in_flight_and_due() -> impl Strategy<Value = (usize, Option<u64>)> {
+    prop_oneof![
+        (0usize..4, prop::option::of(any_u64())),
+        (any::<usize>(), prop::option::of(any_u64())),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    /// check_up_prefix never panics on arbitrary bytes, allocates nothing in proportion
+    /// to them, and judges nothing before a tag has arrived.
+    #[test]
+    fn check_up_prefix_arbitrary(
+        prefix in junk_frame(),
+        (in_flight, due) in in_flight_and_due(),
+    ) {
+        let (r, allocated) = measure(|| check_up_prefix(&prefix, in_flight, due));
+        // Words of an error at most (even on success, it words the error of a field not
+        // there yet, and drops it).
+        prop_assert!(allocated.largest <= ERROR_SLACK);
+        if r.is_err() {
+            prop_assert!(prefix.len() > FRAME_HEADER, "refused before the tag");
+        }
+    }
+
+    /// No start of a valid frame from a worker is refused, given the jobs it holds: the
+    /// check refuses only what cannot become a valid frame. (An empty results frame is
+    /// left out: the check refuses it on purpose, as workers never send one.)
+    #[test]
+    fn valid_frames_pass_the_prefix_check(
+        owned in up(),
+        extra in 0usize..3,
+        other_due in prop::option::of(any_u64()),
+    ) {
+        let msg = owned.msg();
+        let (in_flight, due) = match &msg {
+            Up::Results(rs) if rs.is_empty() => return Ok(()),
+            Up::Results(rs) => (rs.len() + extra, Some(rs[0].seq)),
+            _ => (extra, other_due),
+        };
+        let mut frame = Vec::new();
+        encode_up(&mut frame, &msg);
+        for at in 0..frame.len() {
+            let r = check_up_prefix(&frame[..at], in_flight, due);
+            prop_assert!(r.is_ok(), "{} of {} bytes of {msg:?}: {r:?}", at, frame.len());
+        }
+    }
+
+    /// A frame from a worker of a kind workers never send is refused as soon as its tag
+    /// arrives, whatever length it announces.
+    #[test]
+    fn unknown_tag_is_refused_from_its_first_byte(
+        len in any::<u32>(),
+        tag in any::<u8>(),
+        rest in prop::collection::vec(any::<u8>(), 0..16),
+        (in_flight, due) in in_flight_and_due(),
+    ) {
+        let known: Vec<u8> = tags();
+        let up_tags = &known[known.len() - 4..];
+        prop_assume!(!up_tags.contains(&tag));
+        let mut prefix = len.to_le_bytes().to_vec();
+        prefix.push(tag);
+        prefix.extend_from_slice(&rest);
+        for at in FRAME_HEADER + 1..=prefix.len() {
+            prop_assert!(check_up_prefix(&prefix[..at], in_flight, due).is_err());
+        }
+    }
+
+    /// A results frame counting more results than the worker holds jobs, or starting with
+    /// another job than the one due, is refused before its body arrives.
+    #[test]
+    fn unexpected_results_are_refused_early(
+        rs in prop::collection::vec((any_u64(), any_u64(), outcome()), 1..4),
+        in_flight in 0usize..6,
+        due in prop::option::of(any_u64()),
+    ) {
+        let owned = OwnedUp::Results(rs);
+        let msg = owned.msg();
+        let Up::Results(results) = &msg else { unreachable!() };
+        let expected = results.len() <= in_flight && due.is_none_or(|d| d == results[0].seq);
+        let mut frame = Vec::new();
+        encode_up(&mut frame, &msg);
+        // Tag, count and the first sequence number.
+        let head = &frame[..FRAME_HEADER + 1 + 4 + 8];
+        prop_assert_eq!(check_up_prefix(head, in_flight, due).is_ok(), expected);
     }
 }
 
@@ -653,6 +797,19 @@ fn count_check_is_not_too_strict() {
     assert_eq!(body.len(), 1 + 4 + 3 * 16);
     assert_eq!(decode_down(&body), Ok(Down::Jobs(jobs)));
 
+    // 3 shared jobs with an empty function: 28 bytes each.
+    let shared: Vec<SharedJobFrame<'_>> = (0..3)
+        .map(|seq| SharedJobFrame {
+            seq,
+            func: b"",
+            offset: 4096 * seq,
+            len: 10,
+        })
+        .collect();
+    let body = body_of_down(&Down::SharedJobs(shared.clone()));
+    assert_eq!(body.len(), 1 + 4 + 3 * 28);
+    assert_eq!(decode_down(&body), Ok(Down::SharedJobs(shared)));
+
     // 3 empty successful results: 21 bytes each.
     let rs: Vec<ResultFrame<'_>> = (0..3)
         .map(|seq| ResultFrame {
@@ -674,6 +831,42 @@ fn allocation_counter_counts() {
     let (_, a) = measure(|| v.len());
     assert_eq!(a.total, 0);
     drop(v);
+}
+
+/// A frame from a worker gets the same verdict whether it arrives whole (`decode_up`) or in
+/// pieces (`check_up_prefix` on its start): otherwise how the socket cuts the bytes decides
+/// whether a worker is reported or killed. Probed at `MAX_SMALL_UP`, the size beyond which
+/// the prefix check refuses a frame that is not results. (Regression: `decode_up` used to
+/// accept such frames whole, so a worker whose initializer failed with a long message was
+/// reported or killed depending on how its frame was read.)
+#[test]
+fn same_verdict_whole_or_in_pieces() {
+    for text_len in [MAX_SMALL_UP - 64, MAX_SMALL_UP] {
+        let text = "x".repeat(text_len);
+        let msgs = [
+            Up::InitDone(Err(Failure::Panic {
+                message: text.clone(),
+                location: None,
+            })),
+            Up::InitDone(Err(Failure::Codec {
+                message: text.clone(),
+            })),
+            Up::Refused(Refusal::Other(text.clone())),
+        ];
+        for msg in msgs {
+            let mut frame = Vec::new();
+            encode_up(&mut frame, &msg);
+            let whole = decode_up(&frame[FRAME_HEADER..]);
+            let head = check_up_prefix(&frame[..FRAME_HEADER + 1], 0, None);
+            assert_eq!(
+                whole.is_ok(),
+                head.is_ok(),
+                "{} bytes: whole {:?}, in pieces {head:?}",
+                frame.len() - FRAME_HEADER,
+                whole.map(|_| ()),
+            );
+        }
+    }
 }
 
 /// The extreme announced length, on a 64-bit and on a 32-bit limit.
