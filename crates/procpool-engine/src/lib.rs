@@ -7,7 +7,8 @@
 //! calls into jobs and implements [`Runner`] to run them in the worker.
 //!
 //! Parts, one per module: `wire` (the frame format), `transport` (framed I/O over a Unix
-//! socket), `process` (starting a worker), `worker` (the loop a worker runs), `supervisor`
+//! socket), `ring` (the shared-memory results ring), `process` (starting a worker),
+//! `worker` (the loop a worker runs), `supervisor`
 //! (the thread that owns the workers), `pool` (the [`Engine`] handle), `batch` (a caller's
 //! stream of jobs), `oneoff` (a single process outside any pool), `sys` (OS calls).
 
@@ -16,6 +17,7 @@ mod error;
 mod oneoff;
 mod pool;
 mod process;
+mod ring;
 mod supervisor;
 mod sys;
 mod transport;

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::{HandshakeError, PoolError, TaskError, TaskErrorKind};
 use crate::process::{self, SpawnOptions, WorkerProc};
+use crate::ring::RingReader;
 use crate::sys::{self, Ready};
 use crate::transport::{FrameReader, OutQueue};
-use crate::wire::{self, Down, JobFrame, Outcome, Up};
+use crate::wire::{self, Down, JobFrame, Outcome, ResultFrame, Up};
 
 /// Why joining a one-off process gave no result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +67,8 @@ impl OneOff {
         // reading its refusal, not from this write.
         let _ = out.flush(proc.sock.as_fd());
         sys::set_nonblocking(proc.sock.as_fd(), true)?;
+        // Ask the worker to ring when it publishes the result.
+        RingReader::new(&proc.ctl).arm();
         Ok(OneOff {
             proc,
             reader: FrameReader::new(max_message.saturating_add(64)),
@@ -158,12 +161,31 @@ impl OneOff {
                 return;
             }
         }
+        self.take_from_ring();
         if eof || ready.get(1).is_some_and(|r| r.read) {
             self.handle_frames();
+            self.take_from_ring();
             if self.result.is_none() {
                 self.died();
             }
         }
+    }
+
+    /// Reads the result if the worker published it in the results ring.
+    fn take_from_ring(&mut self) {
+        if self.result.is_some() || !self.greeted {
+            return;
+        }
+        let mut buf = Vec::new();
+        let pid = self.proc.pid;
+        self.result = match RingReader::new(&self.proc.ctl).pop(&mut buf) {
+            Ok(false) => return,
+            Ok(true) => Some(match wire::decode_result(&buf) {
+                Ok(r) => outcome(pid, &r),
+                Err(e) => Err(protocol(pid, e.to_string())),
+            }),
+            Err(e) => Some(Err(protocol(pid, e.0))),
+        };
     }
 
     fn handle_frames(&mut self) {
@@ -218,16 +240,28 @@ fn handle(greeted: &mut bool, pid: u32, body: &[u8]) -> Option<Result<Vec<u8>, J
             pid: Some(pid),
             reason: r.into(),
         }))),
-        (true, Up::Results(rs)) if rs.len() == 1 && rs[0].seq == 1 => Some(match &rs[0].outcome {
-            Outcome::Ok(b) => Ok(b.to_vec()),
-            Outcome::Err(f) => Err(JoinError::Task(TaskError::new(
-                f.clone().into(),
-                0,
-                Some(pid),
-                1,
-            ))),
-        }),
+        (true, Up::Results(rs)) if rs.len() == 1 => Some(outcome(pid, &rs[0])),
+        // The result waits in the ring; `pump` reads it.
+        (true, Up::Doorbell) => None,
         (_, m) => Some(Err(protocol(pid, format!("unexpected {m:?}")))),
+    }
+}
+
+fn outcome(pid: u32, r: &ResultFrame<'_>) -> Result<Vec<u8>, JoinError> {
+    if r.seq != 1 {
+        return Err(protocol(
+            pid,
+            format!("result for job {} instead of 1", r.seq),
+        ));
+    }
+    match &r.outcome {
+        Outcome::Ok(b) => Ok(b.to_vec()),
+        Outcome::Err(f) => Err(JoinError::Task(TaskError::new(
+            f.clone().into(),
+            0,
+            Some(pid),
+            1,
+        ))),
     }
 }
 

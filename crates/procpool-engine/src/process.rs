@@ -21,12 +21,24 @@ use crate::wire::PROTOCOL_VERSION;
 /// Environment variable naming a worker's inherited descriptors.
 pub(crate) const ENV_WORKER: &str = "PROCPOOL_WORKER";
 
-/// Size of the control block shared with each worker.
-pub(crate) const CONTROL_LEN: usize = 64;
 /// Control word: sequence number of the job the worker started last.
 pub(crate) const CTL_STARTED_SEQ: usize = 0;
 /// Control word: when it started (monotonic nanoseconds).
 pub(crate) const CTL_STARTED_AT: usize = 1;
+/// Control word: bytes the worker published in the results ring (see `ring`).
+pub(crate) const CTL_RING_WRITE: usize = 2;
+/// Control word: bytes of the results ring the parent has read.
+pub(crate) const CTL_RING_READ: usize = 3;
+/// Control word: set by the parent before it sleeps; a worker that publishes a result
+/// then clears it and rings the doorbell.
+pub(crate) const CTL_SLEEPING: usize = 4;
+/// Where the results ring starts in the control block.
+pub(crate) const RING_OFFSET: usize = 4096;
+/// Size of the results ring.
+pub(crate) const RING_LEN: usize = 1 << 20;
+/// Size of the control block shared with each worker: a page of control words, then the
+/// results ring.
+pub(crate) const CONTROL_LEN: usize = RING_OFFSET + RING_LEN;
 
 /// Size of each worker's data region, where large arguments are written. Its pages cost
 /// memory only once written.

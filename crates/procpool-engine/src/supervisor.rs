@@ -8,7 +8,7 @@
 //! that was running (which fails, or is retried) from the jobs not yet started (which go
 //! back to the front of the queue), and starts a replacement.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,9 +17,13 @@ use crate::batch::{BatchInner, Done, Queued};
 use crate::error::{Death, HandshakeError, PoolError, TaskError, TaskErrorKind};
 use crate::pool::{Mode, Shared};
 use crate::process::{self, SpawnOptions, WorkerProc};
+use crate::ring::RingReader;
+use crate::sys::SharedRegion;
 use crate::sys::{self, Ready};
 use crate::transport::{FrameReader, OutQueue, SHARE_THRESHOLD};
-use crate::wire::{self, Down, Outcome, PROTOCOL_VERSION, SharedJobFrame, Up};
+use crate::wire::{
+    self, Down, Failure, Outcome, PROTOCOL_VERSION, ResultFrame, SharedJobFrame, Up,
+};
 
 /// Target amount of work in flight per worker, in nanoseconds of measured job time.
 const WINDOW_NANOS: f64 = 2_000_000.0;
@@ -66,6 +70,8 @@ struct Worker {
     reader: FrameReader,
     out: OutQueue,
     in_flight: VecDeque<InFlight>,
+    /// Results that overtook an earlier one (see `accept`).
+    early: BTreeMap<u64, Early>,
     next_seq: u64,
     items_sent: u64,
     kill_reason: Option<KillReason>,
@@ -214,6 +220,7 @@ impl Supervisor {
             reader: FrameReader::new(max_body),
             out: OutQueue::default(),
             in_flight: VecDeque::new(),
+            early: BTreeMap::new(),
             next_seq: 1,
             items_sent: 0,
             kill_reason: None,
@@ -458,7 +465,17 @@ impl Supervisor {
         next
     }
 
-    fn wait(&mut self, timeout: Option<Duration>) {
+    fn wait(&mut self, mut timeout: Option<Duration>) {
+        // Ask every worker holding jobs to ring when it publishes a result; one that did
+        // meanwhile means there is work now.
+        for w in self.slots.iter().flatten().chain(self.retiring.iter()) {
+            if matches!(w.phase, Phase::Ready | Phase::Retiring)
+                && !w.in_flight.is_empty()
+                && RingReader::new(&w.proc.ctl).arm()
+            {
+                timeout = Some(Duration::ZERO);
+            }
+        }
         let mut fds: Vec<(BorrowedFd<'_>, Ready)> = Vec::with_capacity(1 + 2 * self.slots.len());
         let read = Ready {
             read: true,
@@ -500,9 +517,11 @@ impl Supervisor {
             if sock.write {
                 self.retiring[i].flush();
             }
+            drain_ring(&mut self.retiring[i], &mut self.avg_nanos);
             if pid.read {
                 let mut w = self.retiring.remove(i);
                 drain_socket(&mut w, &mut self.avg_nanos);
+                drain_ring(&mut w, &mut self.avg_nanos);
                 w.proc.reap();
                 continue;
             }
@@ -550,6 +569,7 @@ impl Supervisor {
                 self.first_failure = None;
             }
         }
+        drain_ring(w, &mut self.avg_nanos);
         if w.eof && !pid.read {
             // The worker closed its socket but lives: it is of no more use.
             w.kill(KillReason::Shutdown);
@@ -589,6 +609,7 @@ impl Supervisor {
     /// Handles the end of a worker that held a slot.
     fn bury(&mut self, mut w: Worker) {
         drain_socket(&mut w, &mut self.avg_nanos);
+        drain_ring(&mut w, &mut self.avg_nanos);
         let death = w.proc.reap();
         match w.phase {
             Phase::Handshake | Phase::Init => {
@@ -609,6 +630,20 @@ impl Supervisor {
         let mut again: Vec<Queued> = Vec::new();
         for mut f in w.in_flight.drain(..) {
             if f.answered || f.q.batch.is_dead() {
+                continue;
+            }
+            if let Some(e) = w.early.remove(&f.seq) {
+                // Its result came, though an earlier job's never did.
+                let (index, attempts) = (f.q.job.index, f.q.attempts + 1);
+                let pid = Some(w.proc.pid);
+                f.q.batch.deliver([Done {
+                    index,
+                    outcome: e
+                        .outcome
+                        .map_err(|fail| TaskError::new(fail.into(), index, pid, attempts)),
+                    nanos: e.nanos,
+                    pid,
+                }]);
                 continue;
             }
             if f.seq > started {
@@ -854,6 +889,7 @@ fn handle_frames(w: &mut Worker, ctx: &mut Ctx<'_>) {
             phase,
             deadline,
             in_flight,
+            early,
             start_error,
             proc,
             ..
@@ -870,6 +906,8 @@ fn handle_frames(w: &mut Worker, ctx: &mut Ctx<'_>) {
             Ok(Some((body, used))) => {
                 let view = WorkerView {
                     pid: proc.pid,
+                    ctl: &proc.ctl,
+                    early,
                     phase,
                     deadline,
                     in_flight,
@@ -904,6 +942,8 @@ fn handle_frames(w: &mut Worker, ctx: &mut Ctx<'_>) {
 /// message's bytes).
 struct WorkerView<'a> {
     pid: u32,
+    ctl: &'a SharedRegion,
+    early: &'a mut BTreeMap<u64, Early>,
     phase: &'a mut Phase,
     deadline: &'a mut Option<Instant>,
     in_flight: &'a mut VecDeque<InFlight>,
@@ -912,7 +952,7 @@ struct WorkerView<'a> {
 }
 
 /// Handles one message; `Ok(true)` when the initializer is to be sent.
-fn handle_message(w: WorkerView<'_>, body: &[u8], avg_nanos: &mut f64) -> Result<bool, String> {
+fn handle_message(mut w: WorkerView<'_>, body: &[u8], avg_nanos: &mut f64) -> Result<bool, String> {
     let msg = wire::decode_up(body).map_err(|e| e.to_string())?;
     match (*w.phase, msg) {
         (
@@ -956,71 +996,195 @@ fn handle_message(w: WorkerView<'_>, body: &[u8], avg_nanos: &mut f64) -> Result
             Ok(false)
         }
         (Phase::Ready | Phase::Retiring, Up::Results(rs)) => {
-            // Consecutive results of one batch are handed over under one lock.
-            let mut group: Vec<Done> = Vec::new();
-            let mut group_batch: Option<Arc<BatchInner>> = None;
-            for r in rs {
-                let Some(f) = w.in_flight.front() else {
-                    flush_group(&mut group, &group_batch);
-                    return Err(format!(
-                        "result for job {} which the worker does not hold",
-                        r.seq
-                    ));
-                };
-                if f.seq != r.seq {
-                    let due = f.seq;
-                    flush_group(&mut group, &group_batch);
-                    return Err(format!("result for job {} while job {due} was due", r.seq));
-                }
-                let f = w.in_flight.pop_front().expect("front checked above");
-                *avg_nanos = if *avg_nanos <= 0.0 {
-                    r.nanos as f64
-                } else {
-                    0.8 * *avg_nanos + 0.2 * r.nanos as f64
-                };
-                let Queued {
-                    job,
-                    batch,
-                    attempts,
-                } = f.q;
-                let index = job.index;
-                // The payload goes first, so the caller may reuse its buffer.
-                drop(job);
-                if f.answered || batch.is_dead() {
-                    continue;
-                }
-                let outcome = match r.outcome {
-                    Outcome::Ok(b) => Ok(b.to_vec()),
-                    Outcome::Err(fail) => Err(TaskError::new(
-                        fail.into(),
-                        index,
-                        Some(w.pid),
-                        attempts + 1,
-                    )),
-                };
-                if !group_batch.as_ref().is_some_and(|g| Arc::ptr_eq(g, &batch)) {
-                    flush_group(&mut group, &group_batch);
-                    group_batch = Some(batch);
-                }
-                group.push(Done {
-                    index,
-                    outcome,
-                    nanos: r.nanos,
-                    pid: Some(w.pid),
-                });
-            }
-            flush_group(&mut group, &group_batch);
-            Ok(false)
+            // Results in the ring were published before this one was sent: first them.
+            let mut out = Deliverer::default();
+            let r = drain_ring_into(&mut w, avg_nanos, &mut out).and_then(|()| {
+                rs.into_iter()
+                    .try_for_each(|r| accept(&mut w, r, avg_nanos, &mut out))
+            });
+            out.flush();
+            r.map(|()| false)
+        }
+        (Phase::Ready | Phase::Retiring, Up::Doorbell) => {
+            let mut out = Deliverer::default();
+            let r = drain_ring_into(&mut w, avg_nanos, &mut out);
+            out.flush();
+            r.map(|()| false)
         }
         (phase, msg) => Err(format!("unexpected {msg:?} in phase {phase:?}")),
     }
 }
 
-fn flush_group(group: &mut Vec<Done>, batch: &Option<Arc<BatchInner>>) {
-    if let Some(b) = batch
-        && !group.is_empty()
+/// Results on their way to their batches: consecutive results of one batch are handed
+/// over under one lock.
+#[derive(Default)]
+struct Deliverer {
+    group: Vec<Done>,
+    batch: Option<Arc<BatchInner>>,
+}
+
+impl Deliverer {
+    fn push(&mut self, batch: Arc<BatchInner>, done: Done) {
+        if !self.batch.as_ref().is_some_and(|g| Arc::ptr_eq(g, &batch)) {
+            self.flush();
+            self.batch = Some(batch);
+        }
+        self.group.push(done);
+    }
+
+    fn flush(&mut self) {
+        if let Some(b) = &self.batch
+            && !self.group.is_empty()
+        {
+            b.deliver(self.group.drain(..));
+        }
+    }
+}
+
+/// A result that came before the one due (through the ring, while an earlier, larger
+/// result was still on its way through the socket), owned until its turn.
+#[derive(Debug)]
+struct Early {
+    nanos: u64,
+    outcome: Result<Vec<u8>, Failure>,
+}
+
+/// Takes one result. Results come in job order on each channel, but the ring and the
+/// socket may overtake each other: a result for a later job the worker holds waits for
+/// the earlier ones; one for a job it does not hold, or a second one, is a lie.
+fn accept(
+    w: &mut WorkerView<'_>,
+    r: ResultFrame<'_>,
+    avg_nanos: &mut f64,
+    out: &mut Deliverer,
+) -> Result<(), String> {
+    let (Some(front), Some(back)) = (w.in_flight.front(), w.in_flight.back()) else {
+        return Err(format!(
+            "result for job {} which the worker does not hold",
+            r.seq
+        ));
+    };
+    let (front, back) = (front.seq, back.seq);
+    if r.seq != front {
+        if r.seq < front || r.seq > back || w.early.contains_key(&r.seq) {
+            return Err(format!(
+                "result for job {} while the worker holds jobs {front} to {back}",
+                r.seq
+            ));
+        }
+        let outcome = match r.outcome {
+            Outcome::Ok(b) => Ok(b.to_vec()),
+            Outcome::Err(f) => Err(f),
+        };
+        w.early.insert(
+            r.seq,
+            Early {
+                nanos: r.nanos,
+                outcome,
+            },
+        );
+        return Ok(());
+    }
+    let outcome = match r.outcome {
+        Outcome::Ok(b) => Ok(b.to_vec()),
+        Outcome::Err(f) => Err(f),
+    };
+    take_due(w, r.nanos, outcome, avg_nanos, out);
+    while let Some(seq) = w.in_flight.front().map(|f| f.seq) {
+        let Some(e) = w.early.remove(&seq) else { break };
+        take_due(w, e.nanos, e.outcome, avg_nanos, out);
+    }
+    Ok(())
+}
+
+/// Answers the job due next with its result.
+fn take_due(
+    w: &mut WorkerView<'_>,
+    nanos: u64,
+    outcome: Result<Vec<u8>, Failure>,
+    avg_nanos: &mut f64,
+    out: &mut Deliverer,
+) {
+    let Some(f) = w.in_flight.pop_front() else {
+        return;
+    };
+    *avg_nanos = if *avg_nanos <= 0.0 {
+        nanos as f64
+    } else {
+        0.8 * *avg_nanos + 0.2 * nanos as f64
+    };
+    let Queued {
+        job,
+        batch,
+        attempts,
+    } = f.q;
+    let index = job.index;
+    // The payload goes first, so the caller may reuse its buffer.
+    drop(job);
+    if f.answered || batch.is_dead() {
+        return;
+    }
+    let outcome =
+        outcome.map_err(|fail| TaskError::new(fail.into(), index, Some(w.pid), attempts + 1));
+    out.push(
+        batch,
+        Done {
+            index,
+            outcome,
+            nanos,
+            pid: Some(w.pid),
+        },
+    );
+}
+
+/// Takes every result published in the worker's results ring.
+fn drain_ring_into(
+    w: &mut WorkerView<'_>,
+    avg_nanos: &mut f64,
+    out: &mut Deliverer,
+) -> Result<(), String> {
+    let ring = RingReader::new(w.ctl);
+    let mut buf = Vec::new();
+    while ring.pop(&mut buf).map_err(|e| e.0)? {
+        let r = wire::decode_result(&buf).map_err(|e| format!("bad ring entry: {e}"))?;
+        accept(w, r, avg_nanos, out)?;
+    }
+    Ok(())
+}
+
+/// Takes every result published in a ready worker's results ring; a lie there kills the
+/// worker with a protocol error.
+fn drain_ring(w: &mut Worker, avg_nanos: &mut f64) {
+    if !matches!(w.phase, Phase::Ready | Phase::Retiring)
+        || matches!(w.kill_reason, Some(KillReason::Protocol(_)))
+        || !RingReader::new(&w.proc.ctl).has_data()
     {
-        b.deliver(group.drain(..));
+        return;
+    }
+    let Worker {
+        phase,
+        deadline,
+        in_flight,
+        early,
+        start_error,
+        proc,
+        ..
+    } = &mut *w;
+    let mut view = WorkerView {
+        pid: proc.pid,
+        ctl: &proc.ctl,
+        early,
+        phase,
+        deadline,
+        in_flight,
+        start_error,
+        has_init: false,
+    };
+    let mut out = Deliverer::default();
+    let r = drain_ring_into(&mut view, avg_nanos, &mut out);
+    out.flush();
+    if let Err(m) = r {
+        w.kill(KillReason::Protocol(m));
     }
 }
 

@@ -30,6 +30,7 @@ const TAG_HELLO: u8 = 10;
 const TAG_REFUSED: u8 = 11;
 const TAG_INIT_DONE: u8 = 12;
 const TAG_RESULTS: u8 = 13;
+const TAG_DOORBELL: u8 = 14;
 
 /// What went wrong inside a worker while it ran a task (the worker is still alive).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +160,8 @@ pub enum Up<'a> {
     InitDone(Result<(), Failure>),
     /// Results of jobs, in the order the jobs were sent.
     Results(Vec<ResultFrame<'a>>),
+    /// Results are waiting in the results ring (sent only when the parent asked for it).
+    Doorbell,
 }
 
 /// A malformed frame.
@@ -523,7 +526,34 @@ pub fn encode_up(out: &mut Vec<u8>, msg: &Up<'_>) {
             }
             end_results(out, pos, len32(rs.len()));
         }
+        Up::Doorbell => {
+            let at = begin_frame(out, TAG_DOORBELL);
+            end_frame(out, at);
+        }
     }
+}
+
+/// Decodes one result as written by [`put_result`] (an entry of the results ring).
+pub fn decode_result(body: &[u8]) -> Result<ResultFrame<'_>, WireError> {
+    let mut r = Reader { buf: body };
+    let res = get_result(&mut r)?;
+    r.end("ring entry")?;
+    Ok(res)
+}
+
+fn get_result<'a>(r: &mut Reader<'a>) -> Result<ResultFrame<'a>, WireError> {
+    let seq = r.u64("result seq")?;
+    let nanos = r.u64("result time")?;
+    let outcome = match r.u8("result status")? {
+        0 => Outcome::Ok(r.bytes("result bytes")?),
+        1 => Outcome::Err(get_failure(r)?),
+        x => return Err(bad(format!("bad result status {x}"))),
+    };
+    Ok(ResultFrame {
+        seq,
+        nanos,
+        outcome,
+    })
 }
 
 /// Splits the first complete frame off `buf`.
@@ -557,7 +587,8 @@ pub const MAX_SMALL_UP: usize = 1 << 20;
 
 /// Checks the start of an incomplete frame from a worker, so that garbage with a plausible
 /// length is refused at once instead of waited for. `in_flight` is how many jobs the
-/// worker holds and `due` the sequence number of the first of them.
+/// worker holds and `due` the sequence number of the first of them (their numbers follow
+/// on); a result must be for one of them.
 ///
 /// # Errors
 /// A [`WireError`] when the bytes so far cannot begin a valid frame.
@@ -570,10 +601,10 @@ pub fn check_up_prefix(prefix: &[u8], in_flight: usize, due: Option<u64>) -> Res
         return Ok(());
     };
     match tag {
-        TAG_HELLO | TAG_REFUSED | TAG_INIT_DONE if len > MAX_SMALL_UP => Err(bad(format!(
-            "a {len}-byte frame of kind {tag}, which is never larger than {MAX_SMALL_UP}"
-        ))),
-        TAG_HELLO | TAG_REFUSED | TAG_INIT_DONE => Ok(()),
+        TAG_HELLO | TAG_REFUSED | TAG_INIT_DONE | TAG_DOORBELL if len > MAX_SMALL_UP => Err(bad(
+            format!("a {len}-byte frame of kind {tag}, which is never larger than {MAX_SMALL_UP}"),
+        )),
+        TAG_HELLO | TAG_REFUSED | TAG_INIT_DONE | TAG_DOORBELL => Ok(()),
         TAG_RESULTS => {
             let mut r = Reader {
                 buf: &prefix[FRAME_HEADER + 1..],
@@ -587,8 +618,10 @@ pub fn check_up_prefix(prefix: &[u8], in_flight: usize, due: Option<u64>) -> Res
                 )));
             }
             match (r.u64("seq"), due) {
-                (Ok(seq), Some(due)) if seq != due => {
-                    Err(bad(format!("result for job {seq} while job {due} was due")))
+                (Ok(seq), Some(due)) if seq < due || seq - due >= in_flight as u64 => {
+                    Err(bad(format!(
+                        "result for job {seq} while the worker holds {in_flight} jobs from {due}"
+                    )))
                 }
                 _ => Ok(()),
             }
@@ -674,21 +707,11 @@ pub fn decode_up(body: &[u8]) -> Result<Up<'_>, WireError> {
             let n = r.count(21, "results frame")?;
             let mut rs = Vec::with_capacity(n);
             for _ in 0..n {
-                let seq = r.u64("result seq")?;
-                let nanos = r.u64("result time")?;
-                let outcome = match r.u8("result status")? {
-                    0 => Outcome::Ok(r.bytes("result bytes")?),
-                    1 => Outcome::Err(get_failure(&mut r)?),
-                    x => return Err(bad(format!("bad result status {x}"))),
-                };
-                rs.push(ResultFrame {
-                    seq,
-                    nanos,
-                    outcome,
-                });
+                rs.push(get_result(&mut r)?);
             }
             Up::Results(rs)
         }
+        TAG_DOORBELL => Up::Doorbell,
         t => return Err(bad(format!("unknown message tag {t} from worker"))),
     };
     r.end("worker")?;
@@ -758,7 +781,15 @@ mod tests {
         let head = &out[..30];
         assert!(check_up_prefix(head, 1, Some(7)).is_ok());
         assert!(check_up_prefix(head, 0, None).is_err());
-        assert!(check_up_prefix(head, 1, Some(6)).is_err());
+        assert!(
+            check_up_prefix(head, 1, Some(6)).is_err(),
+            "holds only job 6"
+        );
+        assert!(
+            check_up_prefix(head, 2, Some(6)).is_ok(),
+            "holds jobs 6 and 7"
+        );
+        assert!(check_up_prefix(head, 2, Some(8)).is_err());
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! resolving a function reference and calling it), and sends the outcomes back. Before
 //! each job it writes the job's sequence number and start time into the control block
 //! shared with the parent, so the parent knows exactly which job a dying worker held and
-//! how long a job has run. Jobs arrive many to a frame; each result is sent as soon as
-//! its job ends, so that a crash in one job never loses the result of another.
+//! how long a job has run. Jobs arrive many to a frame; each result is published in the
+//! results ring (see `ring`) as soon as its job ends, so that a crash in one job never
+//! loses the result of another, and no system call is made while the parent is busy.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -17,6 +18,7 @@ use crate::process::{
     CONTROL_LEN, CTL_STARTED_AT, CTL_STARTED_SEQ, DATA_LEN, ENV_WORKER, REGIONS_MARK, WorkerEnv,
     my_fingerprint,
 };
+use crate::ring::{self, RingWriter};
 use crate::sys::{self, SharedRegion};
 use crate::transport::{FrameReader, OutQueue, SHARE_THRESHOLD};
 use crate::wire::{self, Down, Failure, Outcome, PROTOCOL_VERSION, Refusal, Up};
@@ -104,6 +106,8 @@ struct Io {
     sock: OwnedFd,
     ctl: SharedRegion,
     out: OutQueue,
+    /// A result encoded for the results ring.
+    entry: Vec<u8>,
     max_message: usize,
     result_buf: Vec<u8>,
 }
@@ -159,6 +163,7 @@ fn run_connected(
             sock,
             ctl,
             out: OutQueue::default(),
+            entry: Vec::new(),
             max_message: env.max_message,
             result_buf: Vec::new(),
         },
@@ -297,16 +302,32 @@ impl Io {
         outcome: Result<(), Failure>,
     ) -> std::io::Result<()> {
         let size = self.result_buf.len();
-        match outcome {
-            Ok(()) if size > self.max_message => {
-                let f = Failure::TooLarge {
-                    size: size as u64,
-                    limit: self.max_message as u64,
-                };
-                let frame = wire::begin_results(self.out.buf());
-                wire::put_result(self.out.buf(), seq, nanos, &Outcome::Err(f));
-                wire::end_results(self.out.buf(), frame, 1);
+        let outcome = match outcome {
+            Ok(()) if size > self.max_message => Err(Failure::TooLarge {
+                size: size as u64,
+                limit: self.max_message as u64,
+            }),
+            other => other,
+        };
+        // The usual way: into the results ring, no system call unless the parent sleeps.
+        if size < ring::MAX_ENTRY {
+            self.entry.clear();
+            let o = match &outcome {
+                Ok(()) => Outcome::Ok(&self.result_buf),
+                Err(f) => Outcome::Err(f.clone()),
+            };
+            wire::put_result(&mut self.entry, seq, nanos, &o);
+            if let Some(wake) = RingWriter::new(&self.ctl).push(&self.entry) {
+                self.result_buf.clear();
+                if wake {
+                    wire::encode_up(self.out.buf(), &Up::Doorbell);
+                    return self.out.flush(self.sock.as_fd());
+                }
+                return Ok(());
             }
+        }
+        // Too large for the ring, or the ring is full: through the socket.
+        match outcome {
             Ok(()) if size >= SHARE_THRESHOLD => {
                 wire::put_large_result_head(self.out.buf(), seq, nanos, size);
                 self.out.push_owned(std::mem::take(&mut self.result_buf));

@@ -647,11 +647,20 @@ proptest! {
     }
 }
 
-/// Arguments of `check_up_prefix` as a worker's reader passes them.
-fn in_flight_and_due() -> impl Strategy<Value = (usize, Option<u64>)> {
+/// Arguments of `check_up_prefix` as the parent passes them: how many jobs a worker holds
+/// and the sequence number of the first (none when it holds none). The jobs' numbers
+/// `due..due + in_flight` all exist, so `due + in_flight - 1` fits in a `u64`; the last
+/// possible jobs are included.
+fn held_jobs() -> impl Strategy<Value = (usize, Option<u64>)> {
+    fn held(n: usize, due: u64) -> (usize, Option<u64>) {
+        let n = n.max(1);
+        (n, Some(due.min(u64::MAX - (n as u64 - 1))))
+    }
     prop_oneof![
-        (0usize..4, prop::option::of(any_u64())),
-        (any::<usize>(), prop::option::of(any_u64())),
+        Just((0, None)),
+        (1usize..8, any_u64()).prop_map(|(n, d)| held(n, d)),
+        (1usize..8).prop_map(|n| held(n, u64::MAX)),
+        (any::<usize>(), any_u64()).prop_map(|(n, d)| held(n, d)),
     ]
 }
 
@@ -663,7 +672,7 @@ proptest! {
     #[test]
     fn check_up_prefix_arbitrary(
         prefix in junk_frame(),
-        (in_flight, due) in in_flight_and_due(),
+        (in_flight, due) in held_jobs(),
     ) {
         let (r, allocated) = measure(|| check_up_prefix(&prefix, in_flight, due));
         // Words of an error at most (even on success, it words the error of a field not
@@ -672,6 +681,25 @@ proptest! {
         if r.is_err() {
             prop_assert!(prefix.len() > FRAME_HEADER, "refused before the tag");
         }
+    }
+
+    /// check_up_prefix never panics on the start of a results frame with a small count,
+    /// whatever the sequence number, and with the jobs held at their extremes.
+    #[test]
+    fn check_up_prefix_on_results_starts(
+        len in any::<u32>(),
+        count in 0u32..8,
+        seq in any_u64(),
+        cut in any::<Index>(),
+        (in_flight, due) in held_jobs(),
+    ) {
+        let tag = body_of_up(&Up::Results(Vec::new()))[0];
+        let mut prefix = len.to_le_bytes().to_vec();
+        prefix.push(tag);
+        prefix.extend_from_slice(&count.to_le_bytes());
+        prefix.extend_from_slice(&seq.to_le_bytes());
+        let at = FRAME_HEADER + 1 + cut.index(prefix.len() - FRAME_HEADER);
+        let _ = check_up_prefix(&prefix[..at], in_flight, due);
     }
 
     /// No start of a valid frame from a worker is refused, given the jobs it holds: the
@@ -698,17 +726,19 @@ proptest! {
     }
 
     /// A frame from a worker of a kind workers never send is refused as soon as its tag
-    /// arrives, whatever length it announces.
+    /// arrives, whatever length it announces. (A new kind of message with a body must be
+    /// added to `tags`.)
     #[test]
     fn unknown_tag_is_refused_from_its_first_byte(
         len in any::<u32>(),
         tag in any::<u8>(),
         rest in prop::collection::vec(any::<u8>(), 0..16),
-        (in_flight, due) in in_flight_and_due(),
+        (in_flight, due) in held_jobs(),
     ) {
-        let known: Vec<u8> = tags();
+        // Kinds named in `tags`, and kinds without a body (a tag alone decodes).
+        let known = tags();
         let up_tags = &known[known.len() - 4..];
-        prop_assume!(!up_tags.contains(&tag));
+        prop_assume!(!up_tags.contains(&tag) && decode_up(&[tag]).is_err());
         let mut prefix = len.to_le_bytes().to_vec();
         prefix.push(tag);
         prefix.extend_from_slice(&rest);
@@ -717,23 +747,35 @@ proptest! {
         }
     }
 
-    /// A results frame counting more results than the worker holds jobs, or starting with
-    /// another job than the one due, is refused before its body arrives.
+    /// A results frame is accepted when its count fits the jobs the worker holds and it
+    /// starts with the job due, and refused before its body arrives when it counts more
+    /// results than jobs held or starts with a job the worker does not hold.
     #[test]
     fn unexpected_results_are_refused_early(
         rs in prop::collection::vec((any_u64(), any_u64(), outcome()), 1..4),
         in_flight in 0usize..6,
-        due in prop::option::of(any_u64()),
+        due_before in -3i64..4,
     ) {
         let owned = OwnedUp::Results(rs);
         let msg = owned.msg();
         let Up::Results(results) = &msg else { unreachable!() };
-        let expected = results.len() <= in_flight && due.is_none_or(|d| d == results[0].seq);
+        let (count, first) = (results.len(), results[0].seq);
+        // The job due, a little before or after the first result's (wrapping around), or
+        // none when the worker holds none; all the jobs held have numbers.
+        let due = (in_flight > 0).then(|| first.wrapping_sub(due_before as u64));
+        prop_assume!(due.is_none_or(|d| d.checked_add(in_flight as u64 - 1).is_some()));
         let mut frame = Vec::new();
         encode_up(&mut frame, &msg);
         // Tag, count and the first sequence number.
         let head = &frame[..FRAME_HEADER + 1 + 4 + 8];
-        prop_assert_eq!(check_up_prefix(head, in_flight, due).is_ok(), expected);
+        let ok = check_up_prefix(head, in_flight, due).is_ok();
+        if count <= in_flight && due.is_none_or(|d| d == first) {
+            prop_assert!(ok, "{count} results from job {first}, {in_flight} held from {due:?}");
+        }
+        let held = due.is_none_or(|d| first >= d && first - d < in_flight as u64);
+        if count > in_flight || !held {
+            prop_assert!(!ok, "{count} results from job {first}, {in_flight} held from {due:?}");
+        }
     }
 }
 

@@ -404,10 +404,29 @@ impl SharedRegion {
         let end = offset.checked_add(data.len()).expect("range overflows");
         assert!(end <= self.len, "write outside the shared region");
         // SAFETY: in bounds (checked above); the region's size is sealed so the pages
-        // exist; the peer only reads this range after it is told to, by a message sent
-        // after this copy, and the range is not handed out again before the peer is done.
+        // exist. The protocols over the region (data region, results ring) give each range
+        // to one side at a time; a peer that breaks them only garbles bytes, which the
+        // reader copies out before it checks them.
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len());
+        }
+    }
+
+    /// Copies the region's bytes at `offset` into `out`.
+    ///
+    /// # Panics
+    /// If the range is outside the region.
+    pub(crate) fn read(&self, offset: usize, out: &mut [u8]) {
+        let end = offset.checked_add(out.len()).expect("range overflows");
+        assert!(end <= self.len, "read outside the shared region");
+        // SAFETY: in bounds (checked above), pages exist (sealed size); the bytes are
+        // copied, so later changes by the peer cannot reach what the caller parses.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                out.as_mut_ptr(),
+                out.len(),
+            );
         }
     }
 

@@ -1,0 +1,218 @@
+//! The results ring: a single-producer, single-consumer byte ring in the control block,
+//! through which a worker hands results to its parent without a system call.
+//!
+//! The worker appends each result the moment its job ends and publishes it by advancing
+//! the write position; memory it wrote survives its death, so a crash in a later job
+//! never loses an earlier result, and the parent reads whatever was published even from a
+//! dead worker. The socket is only a doorbell: before the parent sleeps it raises a flag,
+//! and a worker that publishes while the flag is up lowers it and sends one byte. A busy
+//! parent is never woken; a sleeping one always is (both sides use sequentially consistent
+//! operations on the flag and the position, so one of them sees the other's store).
+//!
+//! Layout (offsets in the control block): the positions are byte counts since the start,
+//! never wrapped; an entry starts at `write % RING_LEN`, 8-aligned, with a `u32` length
+//! and 4 unused bytes, then the entry's body (one encoded result). An entry that would
+//! cross the end is preceded by a wrap mark (length `u32::MAX`) and starts at offset 0.
+//! Results too large for the ring (over a quarter of it), or that find it full, go through
+//! the socket instead; the parent empties the ring before each socket result, which keeps
+//! the order.
+//!
+//! The parent trusts nothing it reads here: positions and lengths are checked, and each
+//! body is copied out before it is parsed.
+
+use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+
+use crate::process::{CTL_RING_READ, CTL_RING_WRITE, CTL_SLEEPING, RING_LEN, RING_OFFSET};
+use crate::sys::SharedRegion;
+
+const WRAP: u32 = u32::MAX;
+const HEAD: usize = 8;
+
+/// Largest entry body the ring takes.
+pub(crate) const MAX_ENTRY: usize = RING_LEN / 4;
+
+fn align8(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+/// The worker's side.
+pub(crate) struct RingWriter<'a> {
+    ctl: &'a SharedRegion,
+}
+
+impl<'a> RingWriter<'a> {
+    pub(crate) fn new(ctl: &'a SharedRegion) -> Self {
+        Self { ctl }
+    }
+
+    /// Appends `body` and publishes it. Returns whether it fit, and whether the parent
+    /// asked to be woken (the caller then sends a doorbell).
+    pub(crate) fn push(&self, body: &[u8]) -> Option<bool> {
+        if body.len() > MAX_ENTRY {
+            return None;
+        }
+        let write = self.ctl.word(CTL_RING_WRITE).load(Acquire) as usize;
+        let read = self.ctl.word(CTL_RING_READ).load(Acquire) as usize;
+        let used = write.checked_sub(read)?;
+        let at = write % RING_LEN;
+        let size = HEAD + align8(body.len());
+        let waste = if at + size > RING_LEN {
+            RING_LEN - at
+        } else {
+            0
+        };
+        if used + waste + size > RING_LEN {
+            return None;
+        }
+        let mut pos = write;
+        if waste > 0 {
+            self.ctl.write(RING_OFFSET + at, &WRAP.to_le_bytes());
+            pos += waste;
+        }
+        let at = pos % RING_LEN;
+        self.ctl
+            .write(RING_OFFSET + at, &(body.len() as u32).to_le_bytes());
+        self.ctl.write(RING_OFFSET + at + HEAD, body);
+        self.ctl
+            .word(CTL_RING_WRITE)
+            .store((pos + size) as u64, SeqCst);
+        Some(self.ctl.word(CTL_SLEEPING).swap(0, SeqCst) != 0)
+    }
+}
+
+/// What went wrong reading a ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RingError(pub(crate) String);
+
+/// The parent's side.
+pub(crate) struct RingReader<'a> {
+    ctl: &'a SharedRegion,
+}
+
+impl<'a> RingReader<'a> {
+    pub(crate) fn new(ctl: &'a SharedRegion) -> Self {
+        Self { ctl }
+    }
+
+    /// Whether something was published that is not read yet.
+    pub(crate) fn has_data(&self) -> bool {
+        self.ctl.word(CTL_RING_WRITE).load(SeqCst) != self.ctl.word(CTL_RING_READ).load(Acquire)
+    }
+
+    /// Raises the wake-me flag before sleeping; returns whether data came in meanwhile
+    /// (then the caller should not sleep).
+    pub(crate) fn arm(&self) -> bool {
+        self.ctl.word(CTL_SLEEPING).store(1, SeqCst);
+        self.has_data()
+    }
+
+    /// Takes the next published entry's body into `buf` (cleared first). `Ok(false)` when
+    /// the ring is empty.
+    pub(crate) fn pop(&self, buf: &mut Vec<u8>) -> Result<bool, RingError> {
+        let write = self.ctl.word(CTL_RING_WRITE).load(Acquire) as usize;
+        let mut read = self.ctl.word(CTL_RING_READ).load(Acquire) as usize;
+        if write == read {
+            return Ok(false);
+        }
+        let bad = |m: String| Err(RingError(m));
+        if write < read || write - read > RING_LEN || read % 8 != 0 {
+            return bad(format!(
+                "ring positions out of order: read {read}, write {write}"
+            ));
+        }
+        let len = self.len_at(read);
+        let len = if len == WRAP {
+            read += RING_LEN - read % RING_LEN;
+            if read > write {
+                return bad("wrap mark past the write position".into());
+            }
+            self.len_at(read)
+        } else {
+            len
+        } as usize;
+        if len > MAX_ENTRY || read + HEAD + align8(len) > write {
+            return bad(format!(
+                "ring entry of {len} bytes runs past what was written"
+            ));
+        }
+        let at = RING_OFFSET + read % RING_LEN + HEAD;
+        buf.clear();
+        buf.resize(len, 0);
+        self.ctl.read(at, buf);
+        self.ctl
+            .word(CTL_RING_READ)
+            .store((read + HEAD + align8(len)) as u64, Release);
+        Ok(true)
+    }
+
+    fn len_at(&self, pos: usize) -> u32 {
+        let mut b = [0u8; 4];
+        self.ctl.read(RING_OFFSET + pos % RING_LEN, &mut b);
+        u32::from_le_bytes(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::CONTROL_LEN;
+
+    #[test]
+    fn entries_come_out_in_order_across_the_wrap() {
+        let ctl = SharedRegion::create(CONTROL_LEN).unwrap();
+        let (w, r) = (RingWriter::new(&ctl), RingReader::new(&ctl));
+        let mut buf = Vec::new();
+        let mut next_in = 0u32;
+        let mut next_out = 0u32;
+        // Many rounds of entries of awkward sizes: the ring wraps several times.
+        for round in 0..200 {
+            while let Some(_) = w.push(&vec![next_in as u8; 1000 + (next_in as usize * 37) % 5000])
+            {
+                next_in += 1;
+                if next_in % 50 == 0 {
+                    break;
+                }
+            }
+            while r.pop(&mut buf).unwrap() {
+                assert_eq!(
+                    buf.len(),
+                    1000 + (next_out as usize * 37) % 5000,
+                    "round {round}"
+                );
+                assert!(buf.iter().all(|&b| b == next_out as u8));
+                next_out += 1;
+            }
+        }
+        assert_eq!(next_in, next_out);
+        assert!(next_in > 1000);
+    }
+
+    #[test]
+    fn a_full_ring_refuses_and_the_flag_asks_for_a_doorbell() {
+        let ctl = SharedRegion::create(CONTROL_LEN).unwrap();
+        let (w, r) = (RingWriter::new(&ctl), RingReader::new(&ctl));
+        assert!(w.push(&vec![0; MAX_ENTRY + 1]).is_none());
+        assert!(!r.arm());
+        assert_eq!(w.push(b"x"), Some(true), "the parent asked to be woken");
+        assert_eq!(w.push(b"y"), Some(false), "once");
+        let mut n = 0;
+        while w.push(&[0; 4096]).is_some() {
+            n += 1;
+        }
+        assert!(n > 100);
+    }
+
+    #[test]
+    fn lies_in_the_ring_are_errors() {
+        let ctl = SharedRegion::create(CONTROL_LEN).unwrap();
+        let r = RingReader::new(&ctl);
+        let mut buf = Vec::new();
+        // A length larger than what was published.
+        ctl.write(RING_OFFSET, &5000u32.to_le_bytes());
+        ctl.word(CTL_RING_WRITE).store(16, SeqCst);
+        assert!(r.pop(&mut buf).is_err());
+        // A write position far ahead of the read position.
+        ctl.word(CTL_RING_WRITE).store(u64::MAX, SeqCst);
+        assert!(r.pop(&mut buf).is_err());
+    }
+}
