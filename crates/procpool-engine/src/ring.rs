@@ -115,7 +115,7 @@ impl<'a> RingReader<'a> {
             return Ok(false);
         }
         let bad = |m: String| Err(RingError(m));
-        if write < read || write - read > RING_LEN || read % 8 != 0 {
+        if write < read || write - read > RING_LEN || !read.is_multiple_of(8) {
             return bad(format!(
                 "ring positions out of order: read {read}, write {write}"
             ));
@@ -166,10 +166,12 @@ mod tests {
         let mut next_out = 0u32;
         // Many rounds of entries of awkward sizes: the ring wraps several times.
         for round in 0..200 {
-            while let Some(_) = w.push(&vec![next_in as u8; 1000 + (next_in as usize * 37) % 5000])
+            while w
+                .push(&vec![next_in as u8; 1000 + (next_in as usize * 37) % 5000])
+                .is_some()
             {
                 next_in += 1;
-                if next_in % 50 == 0 {
+                if next_in.is_multiple_of(50) {
                     break;
                 }
             }
