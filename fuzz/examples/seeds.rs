@@ -1,8 +1,9 @@
 //! Writes seed inputs for the fuzz targets, made of valid encoded messages of every kind.
 //!
 //! Run in `fuzz/`: `cargo run --example seeds [DIR]` (default `corpus`, which is not
-//! committed). Writes `DIR/decode_up/*` and `DIR/decode_down/*` (frame bodies) and
-//! `DIR/split_frame/*` (whole frames, alone and back to back).
+//! committed). Writes `DIR/decode_up/*` and `DIR/decode_down/*` (frame bodies),
+//! `DIR/decode_result/*` (entries of the results ring) and `DIR/split_frame/*` (whole
+//! frames, alone and back to back).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,7 @@ fn ups() -> Vec<Vec<u8>> {
         Up::Refused(Refusal::Other("no".into())),
         Up::InitDone(Ok(())),
         Up::Results(Vec::new()),
+        Up::Doorbell,
     ];
     let mut results = vec![ResultFrame {
         seq: 0,
@@ -65,7 +67,9 @@ fn ups() -> Vec<Vec<u8>> {
             outcome: Outcome::Err(f),
         });
     }
-    msgs.push(Up::Results(results));
+    msgs.push(Up::Results(results.clone()));
+    // Each result alone, to cut ring entries from.
+    msgs.extend(results.into_iter().map(|r| Up::Results(vec![r])));
     msgs.iter()
         .map(|m| {
             let mut out = Vec::new();
@@ -128,6 +132,13 @@ fn main() {
     let root = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "corpus".into()));
     let (ups, downs) = (ups(), downs());
     for (i, frame) in ups.iter().enumerate() {
+        // A results frame of one result: the entry follows the tag and the count.
+        if let Ok(Up::Results(rs)) = decode_up(&frame[FRAME_HEADER..])
+            && rs.len() == 1
+        {
+            let entry = &frame[FRAME_HEADER + 1 + 4..];
+            write(&root.join("decode_result"), &format!("entry-{i}"), entry);
+        }
         write(
             &root.join("decode_up"),
             &format!("up-{i}"),
