@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use procpool_engine::wire::{
     Down, FRAME_HEADER, Failure, JobFrame, Outcome, Refusal, ResultFrame, SharedJobFrame, Up,
-    encode_down, encode_up,
+    decode_up, encode_down, encode_up,
 };
 
 fn failures() -> Vec<Failure> {

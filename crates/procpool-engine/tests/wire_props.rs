@@ -14,8 +14,8 @@ use proptest::sample::Index;
 
 use procpool_engine::wire::{
     Down, FRAME_HEADER, Failure, JobFrame, MAX_SMALL_UP, Outcome, Refusal, ResultFrame,
-    SharedJobFrame, Up, WireError, check_up_prefix, decode_down, decode_up, encode_down, encode_up,
-    split_frame,
+    SharedJobFrame, Up, WireError, check_up_prefix, decode_down, decode_result, decode_up,
+    encode_down, encode_up, split_frame,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -267,6 +267,7 @@ fn up() -> impl Strategy<Value = OwnedUp> {
             Some(f) => Err(f),
         }))),
         prop::collection::vec((any_u64(), any_u64(), outcome()), 0..6).prop_map(OwnedUp::Results),
+        Just(OwnedUp::Plain(Up::Doorbell)),
     ]
 }
 
@@ -298,8 +299,8 @@ fn either() -> impl Strategy<Value = Either> {
     prop_oneof![down().prop_map(Either::Down), up().prop_map(Either::Up)]
 }
 
-/// The tag of every kind of message, learnt from the encoders.
-fn tags() -> Vec<u8> {
+/// The tag of every kind of message going down, learnt from the encoder.
+fn down_tags() -> Vec<u8> {
     let downs = [
         Down::Jobs(Vec::new()),
         Down::SharedJobs(Vec::new()),
@@ -309,6 +310,11 @@ fn tags() -> Vec<u8> {
         },
         Down::Shutdown,
     ];
+    downs.iter().map(|m| body_of_down(m)[0]).collect()
+}
+
+/// The tag of every kind of message going up, learnt from the encoder.
+fn up_tags() -> Vec<u8> {
     let ups = [
         Up::Hello {
             version: 0,
@@ -318,10 +324,14 @@ fn tags() -> Vec<u8> {
         Up::Refused(Refusal::InitMissing),
         Up::InitDone(Ok(())),
         Up::Results(Vec::new()),
+        Up::Doorbell,
     ];
-    let down_tags = downs.iter().map(|m| body_of_down(m)[0]);
-    let up_tags = ups.iter().map(|m| body_of_up(m)[0]);
-    down_tags.chain(up_tags).collect()
+    ups.iter().map(|m| body_of_up(m)[0]).collect()
+}
+
+/// The tag of every kind of message.
+fn tags() -> Vec<u8> {
+    down_tags().into_iter().chain(up_tags()).collect()
 }
 
 /// Arbitrary bytes, sometimes starting with a valid tag so the decoders get past it.
@@ -361,6 +371,28 @@ fn junk_frame() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// A few edits of a byte string: (kind, where, byte), the kind being overwrite, remove or
+/// insert.
+fn edits() -> impl Strategy<Value = Vec<(u8, Index, u8)>> {
+    prop::collection::vec((0u8..3, any::<Index>(), small_or_any()), 1..4)
+}
+
+/// Applies `edits` to `bytes`.
+fn apply(edits: &[(u8, Index, u8)], bytes: &mut Vec<u8>) {
+    for &(kind, at, byte) in edits {
+        match kind {
+            0 if !bytes.is_empty() => {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            1 if !bytes.is_empty() => {
+                bytes.remove(at.index(bytes.len()));
+            }
+            _ => bytes.insert(at.index(bytes.len() + 1), byte),
+        }
+    }
+}
+
 /// Limits for `split_frame`: tiny, realistic and extreme.
 fn max_body() -> impl Strategy<Value = usize> {
     prop_oneof![
@@ -397,6 +429,12 @@ fn body_of_up(msg: &Up<'_>) -> Vec<u8> {
     let mut out = Vec::new();
     encode_up(&mut out, msg);
     out[FRAME_HEADER..].to_vec()
+}
+
+/// A result as an entry of the results ring: as it stands inside a results frame (after
+/// the frame's tag and count).
+fn ring_entry(r: &ResultFrame<'_>) -> Vec<u8> {
+    body_of_up(&Up::Results(vec![r.clone()]))[1 + 4..].to_vec()
 }
 
 fn body_of_down(msg: &Down<'_>) -> Vec<u8> {
@@ -516,23 +554,12 @@ proptest! {
     #[test]
     fn mutated_frames(
         msg in either(),
-        edits in prop::collection::vec((0u8..3, any::<Index>(), small_or_any()), 1..4),
+        edits in edits(),
     ) {
         let mut frame = Vec::new();
         msg.encode(&mut frame);
         let mut body = frame[FRAME_HEADER..].to_vec();
-        for (kind, at, byte) in edits {
-            match kind {
-                0 if !body.is_empty() => {
-                    let i = at.index(body.len());
-                    body[i] = byte;
-                }
-                1 if !body.is_empty() => {
-                    body.remove(at.index(body.len()));
-                }
-                _ => body.insert(at.index(body.len() + 1), byte),
-            }
-        }
+        apply(&edits, &mut body);
         let ((up, down), allocated) = measure(|| (decode_up(&body), decode_down(&body)));
         check_decoder_allocation(2 * body.len(), allocated)?;
         if let Ok(m) = up {
@@ -647,6 +674,62 @@ proptest! {
     }
 }
 
+/// Ring entries: arbitrary bytes, or a valid entry with a few bytes overwritten, removed
+/// or inserted.
+fn ring_junk() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..120),
+        (any_u64(), any_u64(), outcome(), edits()).prop_map(|(seq, nanos, outcome, edits)| {
+            let owned = OwnedUp::Results(vec![(seq, nanos, outcome)]);
+            let msg = owned.msg();
+            let Up::Results(rs) = &msg else {
+                unreachable!()
+            };
+            let mut entry = ring_entry(&rs[0]);
+            apply(&edits, &mut entry);
+            entry
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// A result written as a ring entry decodes back with decode_result, using every byte;
+    /// every shorter entry and a stray byte after it are errors.
+    #[test]
+    fn ring_entry_round_trip(
+        (seq, nanos, outcome) in (any_u64(), any_u64(), outcome()),
+        stray in any::<u8>(),
+    ) {
+        let owned = OwnedUp::Results(vec![(seq, nanos, outcome)]);
+        let msg = owned.msg();
+        let Up::Results(rs) = &msg else { unreachable!() };
+        let entry = ring_entry(&rs[0]);
+        let (decoded, allocated) = measure(|| decode_result(&entry));
+        prop_assert_eq!(decoded.as_ref(), Ok(&rs[0]));
+        check_decoder_allocation(entry.len(), allocated)?;
+        for at in 0..entry.len() {
+            prop_assert!(decode_result(&entry[..at]).is_err(), "entry cut to {} bytes", at);
+        }
+        let mut longer = entry.clone();
+        longer.push(stray);
+        prop_assert!(decode_result(&longer).is_err(), "stray byte accepted");
+    }
+
+    /// decode_result (the results ring is memory the worker writes, as untrusted as its
+    /// socket) never panics on arbitrary bytes, allocates in proportion to them, and
+    /// whatever it accepts re-encodes to exactly those bytes.
+    #[test]
+    fn decode_result_arbitrary(entry in ring_junk()) {
+        let (decoded, allocated) = measure(|| decode_result(&entry));
+        check_decoder_allocation(entry.len(), allocated)?;
+        if let Ok(r) = decoded {
+            prop_assert_eq!(ring_entry(&r), entry);
+        }
+    }
+}
+
 /// Arguments of `check_up_prefix` as the parent passes them: how many jobs a worker holds
 /// and the sequence number of the first (none when it holds none). The jobs' numbers
 /// `due..due + in_flight` all exist, so `due + in_flight - 1` fits in a `u64`; the last
@@ -727,7 +810,7 @@ proptest! {
 
     /// A frame from a worker of a kind workers never send is refused as soon as its tag
     /// arrives, whatever length it announces. (A new kind of message with a body must be
-    /// added to `tags`.)
+    /// added to `up_tags`.)
     #[test]
     fn unknown_tag_is_refused_from_its_first_byte(
         len in any::<u32>(),
@@ -735,10 +818,8 @@ proptest! {
         rest in prop::collection::vec(any::<u8>(), 0..16),
         (in_flight, due) in held_jobs(),
     ) {
-        // Kinds named in `tags`, and kinds without a body (a tag alone decodes).
-        let known = tags();
-        let up_tags = &known[known.len() - 4..];
-        prop_assume!(!up_tags.contains(&tag) && decode_up(&[tag]).is_err());
+        // Kinds named in `up_tags`, and kinds without a body (a tag alone decodes).
+        prop_assume!(!up_tags().contains(&tag) && decode_up(&[tag]).is_err());
         let mut prefix = len.to_le_bytes().to_vec();
         prefix.push(tag);
         prefix.extend_from_slice(&rest);
