@@ -53,6 +53,55 @@ fn uncast<T: 'static, U: Copy + 'static>(v: U) -> T {
     unsafe { std::mem::transmute_copy::<U, T>(&v) }
 }
 
+/// The size of a *plain* type: a primitive number, which a chunk carries as a packed
+/// array of its in-memory bytes instead of one encoding per item. Parent and workers run
+/// the same binary on the same machine, so the byte order is the same.
+#[inline(always)]
+pub(crate) fn plain_size<T: 'static>() -> Option<usize> {
+    macro_rules! sizes {
+        ($($t:ty),*) => {$(
+            if is::<T, $t>() {
+                return Some(std::mem::size_of::<$t>());
+            }
+        )*};
+    }
+    sizes!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize, f32, f64);
+    None
+}
+
+/// Appends the bytes of a plain value.
+#[inline(always)]
+pub(crate) fn put_plain<T: 'static>(buf: &mut Vec<u8>, v: &T) {
+    let n = plain_size::<T>().expect("put_plain takes plain types only");
+    // SAFETY: `T` is a primitive number (checked above): `n` initialized bytes, no padding.
+    let bytes = unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), n) };
+    buf.extend_from_slice(bytes);
+}
+
+/// Reads plain values packed in `bytes` (whose length must be a multiple of the size).
+pub(crate) fn take_plain_all<T: 'static>(bytes: &[u8]) -> Option<Vec<T>> {
+    let n = plain_size::<T>()?;
+    if !bytes.len().is_multiple_of(n) {
+        return None;
+    }
+    let count = bytes.len() / n;
+    let mut v: Vec<T> = Vec::with_capacity(count);
+    // SAFETY: `T` is a primitive number: every bit pattern is a valid value, and the
+    // vector has room for `count` of them, which is exactly `bytes.len()` bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast::<u8>(), bytes.len());
+        v.set_len(count);
+    }
+    Some(v)
+}
+
+/// The bytes of plain values, for writing them out at once.
+pub(crate) fn plain_bytes<T: 'static>(v: &[T]) -> &[u8] {
+    let n = plain_size::<T>().expect("plain_bytes takes plain types only");
+    // SAFETY: primitive numbers: `v.len() * n` initialized bytes without padding.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len() * n) }
+}
+
 /// Appends the encoding of a value: byte vectors with one copy, plain numbers directly,
 /// anything else through postcard.
 #[inline]
@@ -284,6 +333,20 @@ mod tests {
         assert!(take_value::<u64>(&[0x80; 3]).is_err());
         assert!(take_value::<u64>(&[0xff; 11]).is_err());
         assert!(take_value::<f64>(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn plain_values_round_trip_in_packed_arrays() {
+        let v: Vec<i32> = vec![-1, 0, 7, i32::MAX];
+        let mut b = Vec::new();
+        for x in &v {
+            put_plain(&mut b, x);
+        }
+        assert_eq!(b, plain_bytes(&v));
+        assert_eq!(take_plain_all::<i32>(&b), Some(v));
+        assert_eq!(take_plain_all::<i32>(&b[..3]), None);
+        assert_eq!(plain_size::<String>(), None);
+        assert_eq!(plain_size::<f64>(), Some(8));
     }
 
     #[test]

@@ -85,7 +85,14 @@ fn codec_failure(what: &str, e: postcard::Error) -> Failure {
     }
 }
 
-/// Decodes a chunk of arguments, runs `f` on each, encodes one [`ItemOut`] per item.
+/// How a chunk's items (or results) are laid out after the header.
+const MODE_ENCODED: u8 = 0;
+/// Plain values, packed (see [`codec::plain_size`]); for results, all succeeded.
+const MODE_PLAIN: u8 = 1;
+
+/// Decodes a chunk of arguments, runs `f` on each, and encodes the results: a mode byte,
+/// then either the packed values (plain results, all succeeded) or one [`ItemOut`] per
+/// item.
 fn run_chunk<A: Value, R: Value>(
     f: usize,
     payload: &[u8],
@@ -95,66 +102,143 @@ fn run_chunk<A: Value, R: Value>(
     // which runs the same executable (fingerprint checked at handshake), and this
     // trampoline was monomorphized for the same `A` and `R`.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(f) };
-    let (count, mut rest) = split_count(payload)?;
-    for _ in 0..count {
-        let (a, r) = codec::take_value::<A>(rest)
-            .map_err(|e| codec_failure("the argument could not be deserialized", e))?;
-        rest = r;
-        let r = panic::catch_unwind(AssertUnwindSafe(|| f(a)));
-        let encoded = match &r {
-            Ok(r) => {
-                // Same bytes as `ItemOutRef::Ok(r)`: the variant's index, then the value.
-                let mark = out.len();
-                out.push(OK_TAG);
-                codec::append_value(out, r).inspect_err(|_| out.truncate(mark))
+    let (count, mode, rest) = split_header(payload)?;
+    let decode_err = |e| codec_failure("the argument could not be deserialized", e);
+    let mut plain_args = match mode {
+        MODE_PLAIN => Some(
+            codec::take_plain_all::<A>(rest)
+                .filter(|v| v.len() == count as usize)
+                .ok_or_else(|| Failure::Codec {
+                    message: "packed arguments of the wrong size".into(),
+                })?
+                .into_iter(),
+        ),
+        _ => None,
+    };
+    let mut rest = rest;
+    let mut next_arg = || -> Result<A, Failure> {
+        match &mut plain_args {
+            Some(it) => it.next().ok_or_else(|| Failure::Codec {
+                message: "fewer packed arguments than counted".into(),
+            }),
+            None => {
+                let (a, r) = codec::take_value::<A>(rest).map_err(decode_err)?;
+                rest = r;
+                Ok(a)
             }
-            Err(p) => {
-                let (message, location) = procpool_engine::take_last_panic()
-                    .unwrap_or_else(|| (payload_message(&**p), None));
-                let v: ItemOutRef<'_, R> = ItemOutRef::Panic { message, location };
-                codec::append(out, &v)
-            }
-        };
-        if let Err(e) = encoded {
-            let e = match &r {
-                Ok(v) => codec::explain(&e, v),
-                Err(_) => e.to_string(),
-            };
-            let msg = format!("the result could not be serialized: {e}");
-            let v: ItemOutRef<'_, R> = ItemOutRef::Codec(msg);
-            codec::append(out, &v).map_err(|e| codec_failure("encoding an error", e))?;
         }
+    };
+    let call = |a: A| panic::catch_unwind(AssertUnwindSafe(|| f(a)));
+    out.push(MODE_ENCODED);
+    if codec::plain_size::<R>().is_some() {
+        // Plain results are kept until the end: if all succeed, they go out packed.
+        let mut values: Vec<R> = Vec::with_capacity(count as usize);
+        let mut done = 0;
+        while done < count {
+            done += 1;
+            match call(next_arg()?) {
+                Ok(v) => values.push(v),
+                Err(p) => {
+                    for v in values.drain(..) {
+                        encode_item::<R>(out, Ok(v))?;
+                    }
+                    encode_item::<R>(out, Err(p))?;
+                    break;
+                }
+            }
+        }
+        if done == count && values.len() == count as usize {
+            out.clear();
+            out.push(MODE_PLAIN);
+            out.extend_from_slice(codec::plain_bytes(&values));
+            return Ok(());
+        }
+        for _ in done..count {
+            encode_item(out, call(next_arg()?))?;
+        }
+        return Ok(());
+    }
+    for _ in 0..count {
+        encode_item(out, call(next_arg()?))?;
     }
     Ok(())
 }
 
-/// A chunk's payload is a little-endian `u32` count followed by the encoded arguments.
-fn split_count(payload: &[u8]) -> Result<(u32, &[u8]), Failure> {
-    match payload.split_first_chunk::<4>() {
-        Some((n, rest)) => Ok((u32::from_le_bytes(*n), rest)),
+/// Appends one item's [`ItemOut`].
+fn encode_item<R: Value>(out: &mut Vec<u8>, r: std::thread::Result<R>) -> Result<(), Failure> {
+    let encoded = match &r {
+        Ok(r) => {
+            // Same bytes as `ItemOutRef::Ok(r)`: the variant's index, then the value.
+            let mark = out.len();
+            out.push(OK_TAG);
+            codec::append_value(out, r).inspect_err(|_| out.truncate(mark))
+        }
+        Err(p) => {
+            let (message, location) =
+                procpool_engine::take_last_panic().unwrap_or_else(|| (payload_message(&**p), None));
+            let v: ItemOutRef<'_, R> = ItemOutRef::Panic { message, location };
+            codec::append(out, &v)
+        }
+    };
+    if let Err(e) = encoded {
+        let e = match &r {
+            Ok(v) => codec::explain(&e, v),
+            Err(_) => e.to_string(),
+        };
+        let msg = format!("the result could not be serialized: {e}");
+        let v: ItemOutRef<'_, R> = ItemOutRef::Codec(msg);
+        codec::append(out, &v).map_err(|e| codec_failure("encoding an error", e))?;
+    }
+    Ok(())
+}
+
+/// A chunk's payload: a little-endian `u32` count, a mode byte, then the arguments.
+fn split_header(payload: &[u8]) -> Result<(u32, u8, &[u8]), Failure> {
+    match payload.split_first_chunk::<5>() {
+        Some((h, rest)) => Ok((u32::from_le_bytes([h[0], h[1], h[2], h[3]]), h[4], rest)),
         None => Err(Failure::Codec {
-            message: "chunk payload shorter than its count".into(),
+            message: "chunk payload shorter than its header".into(),
         }),
     }
 }
 
-/// Starts a chunk payload; [`end_chunk`] writes its count.
-pub(crate) fn begin_chunk(buf: &mut Vec<u8>) {
+/// Starts a chunk payload of `A`s; [`end_chunk`] writes its count.
+pub(crate) fn begin_chunk<A: Value>(buf: &mut Vec<u8>) {
     buf.clear();
     buf.extend_from_slice(&[0; 4]);
+    buf.push(if codec::plain_size::<A>().is_some() {
+        MODE_PLAIN
+    } else {
+        MODE_ENCODED
+    });
 }
 
-/// Appends one argument to a chunk payload.
+/// Appends one argument to a chunk payload begun by [`begin_chunk`].
 ///
 /// # Errors
 /// The codec's error, in which case `buf` is left as it was.
+#[inline]
 pub(crate) fn push_arg<A: Value>(buf: &mut Vec<u8>, a: &A) -> Result<(), String> {
+    if codec::plain_size::<A>().is_some() {
+        codec::put_plain(buf, a);
+        return Ok(());
+    }
     codec::append_value(buf, a).map_err(|e| codec::explain(&e, a))
 }
 
 /// Writes the count of a chunk payload.
 pub(crate) fn end_chunk(buf: &mut [u8], count: u32) {
     buf[..4].copy_from_slice(&count.to_le_bytes());
+}
+
+/// Splits a chunk's results: packed plain values (all succeeded), or [`ItemOut`]s.
+pub(crate) fn split_results(bytes: &[u8]) -> Option<(bool, &[u8])> {
+    let (&mode, rest) = bytes.split_first()?;
+    match mode {
+        MODE_PLAIN => Some((true, rest)),
+        MODE_ENCODED => Some((false, rest)),
+        _ => None,
+    }
 }
 
 fn payload_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -229,14 +313,18 @@ mod tests {
 
     fn run(func: &[u8], args: &[u64]) -> Vec<ItemOut<u64>> {
         let mut payload = Vec::new();
-        begin_chunk(&mut payload);
+        begin_chunk::<u64>(&mut payload);
         for a in args {
             push_arg(&mut payload, a).unwrap();
         }
         end_chunk(&mut payload, args.len() as u32);
         let mut out = Vec::new();
         FnRunner.run(func, &payload, &mut out).unwrap();
-        let mut rest = &out[..];
+        let (packed, mut rest) = split_results(&out).unwrap();
+        if packed {
+            let values = codec::take_plain_all::<u64>(rest).unwrap();
+            return values.into_iter().map(ItemOut::Ok).collect();
+        }
         let mut v = Vec::new();
         while !rest.is_empty() {
             let (item, r) = postcard::take_from_bytes::<ItemOut<u64>>(rest).unwrap();

@@ -144,7 +144,7 @@ where
             let n = self.chunker.next(remaining);
             let start = self.next_index;
             let mut payload = self.spare.pop().unwrap_or_default();
-            func::begin_chunk(&mut payload);
+            func::begin_chunk::<A>(&mut payload);
             let mut count = 0u32;
             while (count as usize) < n {
                 let Some(a) = self.input.next() else {

@@ -84,9 +84,34 @@ impl<R: Value> ChunkOut<R> {
                 return Self::failed(start, count, |i| Error::Task(e.clone().with_index(i)));
             }
         };
+        let codec_err = |k: u32, message: String| {
+            let kind = TaskErrorKind::Codec { message };
+            Error::Task(TaskError::new(kind, start + u64::from(k), pid, 1))
+        };
+        let (packed, mut rest) = match func::split_results(&bytes) {
+            Some(x) => x,
+            None => {
+                let m = "the worker's answer has an unknown layout".to_string();
+                return Self::failed(start, count, |i| codec_err((i - start) as u32, m.clone()));
+            }
+        };
+        if packed {
+            return match codec::take_plain_all::<R>(rest).filter(|v| v.len() == count as usize) {
+                Some(values) => Self {
+                    start,
+                    count,
+                    next: 0,
+                    values: values.into_iter(),
+                    errors: VecDeque::new(),
+                },
+                None => {
+                    let m = "packed results of the wrong size".to_string();
+                    Self::failed(start, count, |i| codec_err((i - start) as u32, m.clone()))
+                }
+            };
+        }
         let mut values = Vec::with_capacity(count as usize);
         let mut errors = VecDeque::new();
-        let mut rest = &bytes[..];
         for k in 0..count {
             let task = |kind| Error::Task(TaskError::new(kind, start + u64::from(k), pid, 1));
             match take_item::<R>(rest) {

@@ -496,7 +496,7 @@ impl<'p> Call<'p> {
 /// The payload of a chunk of one argument.
 pub(crate) fn single_payload<A: Value>(arg: &A) -> Result<Vec<u8>, Error> {
     let mut payload = Vec::new();
-    func::begin_chunk(&mut payload);
+    func::begin_chunk::<A>(&mut payload);
     func::push_arg(&mut payload, arg).map_err(|m| {
         let kind = procpool_engine::TaskErrorKind::Codec {
             message: format!("the argument could not be serialized: {m}"),
