@@ -21,6 +21,9 @@ BLOB_BYTES = 32 << 20
 BLOBS = 16
 
 QUICK = "--quick" in sys.argv[1:]
+WORKLOADS = {"seed", "tiny", "bulk", "startup", "latency", "crossover"}
+if "--workloads" in sys.argv[1:-1]:
+    WORKLOADS &= set(sys.argv[sys.argv.index("--workloads") + 1].split(","))
 if QUICK:
     SEED_REPS, BULK_REPS, STARTUP_RUNS = 2, 1, 5
     LAT_RUNS, LAT_WARMUP = 300, 50
@@ -114,6 +117,8 @@ def bench(out):
     errors = out["errors"]
 
     def step(name, f):
+        if name.split()[-1] not in WORKLOADS and name.split()[0] not in WORKLOADS:
+            return
         try:
             f()
         except Exception as e:  # noqa: BLE001 - reported, not hidden
@@ -237,7 +242,7 @@ def bench(out):
 
         for name, f in [
             ("seed", pool_seed),
-            ("tiny chunk 1", tiny1),
+            ("tiny chunk1", tiny1),
             ("tiny auto", tiny_auto),
             ("bulk", bulk),
             ("latency", latency),

@@ -38,10 +38,15 @@ struct Config {
     out: PathBuf,
     python: Option<String>,
     only: Option<Vec<String>>,
+    workloads: Option<Vec<String>>,
 }
+
+/// The workloads, by the names `--workloads` takes.
+const WORKLOADS: [&str; 6] = ["seed", "tiny", "bulk", "startup", "latency", "crossover"];
 
 const USAGE: &str = "\
 usage: procpool-bench [--quick] [--out DIR] [--python PATH | --no-python] [--only LIST]
+                      [--workloads LIST]
 
   --quick        a short run (about 30 s) with fewer and shorter measurements
   --out DIR      where results.csv, crossover.svg and python.json go
@@ -49,7 +54,9 @@ usage: procpool-bench [--quick] [--out DIR] [--python PATH | --no-python] [--onl
   --python PATH  the Python interpreter for the multiprocessing figures (default python3)
   --no-python    skip Python
   --only LIST    comma-separated systems to run: sequential,rayon,procspawn,procpool,python
-                 (sequential always runs: it is the baseline)";
+                 (sequential always runs: it is the baseline)
+  --workloads LIST  comma-separated workloads to run (default all):
+                 seed,tiny,bulk,startup,latency,crossover";
 
 impl Config {
     fn parse() -> Result<Config, String> {
@@ -58,6 +65,7 @@ impl Config {
             out: default_out_dir(),
             python: Some("python3".into()),
             only: None,
+            workloads: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -70,11 +78,25 @@ impl Config {
                 "--only" => {
                     cfg.only = Some(value()?.split(',').map(|s| s.trim().to_string()).collect())
                 }
+                "--workloads" => {
+                    let list: Vec<String> =
+                        value()?.split(',').map(|s| s.trim().to_string()).collect();
+                    if let Some(bad) = list.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
+                        return Err(format!("unknown workload {bad}\n{USAGE}"));
+                    }
+                    cfg.workloads = Some(list);
+                }
                 "-h" | "--help" => return Err(USAGE.into()),
                 other => return Err(format!("unknown flag {other}\n{USAGE}")),
             }
         }
         Ok(cfg)
+    }
+
+    fn runs(&self, workload: &str) -> bool {
+        self.workloads
+            .as_ref()
+            .is_none_or(|l| l.iter().any(|w| w == workload))
     }
 
     fn wants(&self, system: &str) -> bool {
@@ -105,6 +127,8 @@ fn default_out_dir() -> PathBuf {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Params {
     pub(crate) quick: bool,
+    /// Which of [`WORKLOADS`] run.
+    runs: [bool; 6],
     seed_reps: usize,
     tiny: Sizing,
     bulk_reps: usize,
@@ -115,10 +139,18 @@ pub(crate) struct Params {
 }
 
 impl Params {
+    fn runs(&self, workload: &str) -> bool {
+        WORKLOADS
+            .iter()
+            .position(|w| *w == workload)
+            .is_some_and(|i| self.runs[i])
+    }
+
     fn new(quick: bool) -> Params {
         if quick {
             Params {
                 quick,
+                runs: [true; 6],
                 seed_reps: 2,
                 tiny: Sizing {
                     target: Duration::from_millis(150),
@@ -140,10 +172,11 @@ impl Params {
         } else {
             Params {
                 quick,
+                runs: [true; 6],
                 seed_reps: 5,
                 tiny: Sizing {
                     target: Duration::from_millis(400),
-                    reps: 3,
+                    reps: 5,
                     start: 1000,
                     max: 50_000_000,
                 },
@@ -152,8 +185,8 @@ impl Params {
                 latency_runs: 2000,
                 latency_warmup: 200,
                 crossover: Sizing {
-                    target: Duration::from_millis(120),
-                    reps: 2,
+                    target: Duration::from_millis(150),
+                    reps: 3,
                     start: 16,
                     max: 4_000_000,
                 },
@@ -180,7 +213,8 @@ fn main() {
 
 fn run(cfg: &Config) -> Result<(), String> {
     let started = Instant::now();
-    let p = Params::new(cfg.quick);
+    let mut p = Params::new(cfg.quick);
+    p.runs = WORKLOADS.map(|w| cfg.runs(w));
     std::fs::create_dir_all(&cfg.out).map_err(|e| format!("{}: {e}", cfg.out.display()))?;
     eprintln!(
         "procpool-bench ({} run, {} workers per pool, {} cores, load average {})",
@@ -210,7 +244,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     if let Some(py) = cfg.python.as_deref().filter(|_| cfg.wants("python")) {
         let t = Instant::now();
         let mark = load::mark();
-        match python::run(py, &cfg.out, p.quick) {
+        match python::run(py, &cfg.out, p.quick, cfg.workloads.as_deref()) {
             Ok(mut py) => {
                 py.pool.other_load = load::foreign_share(mark, load::mark()).map(|s| s * 100.0);
                 results.add("python-mp", py.pool);
@@ -267,33 +301,69 @@ fn bench_rust_system(name: &str, p: &Params, results: &Results) -> Figures {
             return f;
         }
     };
-    let step = |what: &str, r: Res<()>, f: &mut Figures| {
-        if let Err(e) = r {
-            eprintln!("{name}: {what} failed: {e}");
-            f.note(format!("{what}: {e}"));
-        }
-    };
+    let step = |what: &str, r: Res<()>, f: &mut Figures| step(name, what, r, f);
     // Warm the workers up.
     let warm = (0..20).try_for_each(|i| sys.apply(i).map(drop));
     step("warm-up", warm, &mut f);
 
-    let r = seed(sys.as_mut(), p, results, &mut f);
-    step("seed", r, &mut f);
-    eprintln!(
-        "{name}: seed {} ms, speedup {}",
-        show(f.seed_ms),
-        show(f.seed_speedup)
-    );
+    if p.runs("seed") {
+        let r = seed(sys.as_mut(), p, results, &mut f);
+        step("seed", r, &mut f);
+        eprintln!(
+            "{name}: seed {} ms, speedup {}",
+            show(f.seed_ms),
+            show(f.seed_speedup)
+        );
+    }
 
+    if p.runs("tiny") {
+        tiny(sys.as_mut(), p, name, &mut f);
+    }
+    if sys.is_pool() && p.runs("bulk") {
+        let r = bulk(sys.as_mut(), p, &mut f);
+        step("bulk", r, &mut f);
+        eprintln!("{name}: bulk {} MB/s", show(f.bulk));
+    }
+    if sys.is_pool() && p.runs("latency") {
+        let r = latency(sys.as_mut(), p, &mut f);
+        step("latency", r, &mut f);
+        eprintln!(
+            "{name}: latency median {} us, p99 {} us",
+            show(f.lat_med),
+            show(f.lat_p99)
+        );
+    }
+    if p.runs("crossover") {
+        crossover(sys.as_mut(), p, name, &mut f);
+    }
+    drop(sys);
+
+    if name != "sequential" && p.runs("startup") {
+        let r = startup(name, p, &mut f);
+        step("startup", r, &mut f);
+        eprintln!("{name}: startup {} ms", show(f.startup_ms));
+    }
+    f
+}
+
+fn step(name: &str, what: &str, r: Res<()>, f: &mut Figures) {
+    if let Err(e) = r {
+        eprintln!("{name}: {what} failed: {e}");
+        f.note(format!("{what}: {e}"));
+    }
+}
+
+fn tiny(sys: &mut dyn System, p: &Params, name: &str, f: &mut Figures) {
     let r = throughput(p.tiny, |n| {
         let (d, v) = timed(|| sys.tiny_chunk1(n as u64))?;
         check_doubles(&v, n)?;
         Ok(d)
     });
     step(
+        name,
         "tiny chunk 1",
         r.map(|(rate, _)| f.tiny1 = Some(rate)),
-        &mut f,
+        f,
     );
     let r = throughput(p.tiny, |n| {
         let (d, v) = timed(|| sys.tiny_auto(n as u64))?;
@@ -301,29 +371,19 @@ fn bench_rust_system(name: &str, p: &Params, results: &Results) -> Figures {
         Ok(d)
     });
     step(
+        name,
         "tiny auto",
         r.map(|(rate, _)| f.tiny_auto = Some(rate)),
-        &mut f,
+        f,
     );
     eprintln!(
         "{name}: tiny chunk 1 {} tasks/s, auto {} items/s",
         show(f.tiny1),
         show(f.tiny_auto)
     );
+}
 
-    if sys.is_pool() {
-        let r = bulk(sys.as_mut(), p, &mut f);
-        step("bulk", r, &mut f);
-        let r = latency(sys.as_mut(), p, &mut f);
-        step("latency", r, &mut f);
-        eprintln!(
-            "{name}: bulk {} MB/s, latency median {} us, p99 {} us",
-            show(f.bulk),
-            show(f.lat_med),
-            show(f.lat_p99)
-        );
-    }
-
+fn crossover(sys: &mut dyn System, p: &Params, name: &str, f: &mut Figures) {
     for &t_us in &CROSSOVER_T_US {
         let t_ns = (t_us * 1000.0).round() as u64;
         let r = throughput(p.crossover, |n| {
@@ -335,7 +395,7 @@ fn bench_rust_system(name: &str, p: &Params, results: &Results) -> Figures {
         });
         match r {
             Ok((rate, n)) => f.cross.push((t_us, 1e6 / rate, n)),
-            Err(e) => step(&format!("crossover t={t_us}"), Err(e), &mut f),
+            Err(e) => step(name, &format!("crossover t={t_us}"), Err(e), f),
         }
     }
     eprintln!(
@@ -346,14 +406,6 @@ fn bench_rust_system(name: &str, p: &Params, results: &Results) -> Figures {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    drop(sys);
-
-    if name != "sequential" {
-        let r = startup(name, p, &mut f);
-        step("startup", r, &mut f);
-        eprintln!("{name}: startup {} ms", show(f.startup_ms));
-    }
-    f
 }
 
 fn show(v: Option<f64>) -> String {

@@ -26,7 +26,12 @@ pub(crate) struct Python {
 }
 
 /// Runs the Python benchmark with interpreter `python`, within a time limit.
-pub(crate) fn run(python: &str, out: &Path, quick: bool) -> Result<Python, String> {
+pub(crate) fn run(
+    python: &str,
+    out: &Path,
+    quick: bool,
+    workloads: Option<&[String]>,
+) -> Result<Python, String> {
     let script = out.join("python_bench.py");
     std::fs::write(&script, SCRIPT).map_err(|e| format!("{}: {e}", script.display()))?;
     let mut cmd = Command::new(python);
@@ -38,6 +43,9 @@ pub(crate) fn run(python: &str, out: &Path, quick: bool) -> Result<Python, Strin
         .process_group(0);
     if quick {
         cmd.arg("--quick");
+    }
+    if let Some(list) = workloads {
+        cmd.arg("--workloads").arg(list.join(","));
     }
     let mut child = cmd.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!("{python} not found"),
@@ -137,15 +145,24 @@ fn parse(v: &Value) -> Python {
                 other => other.to_string(),
             })
     };
-    let info = format!(
-        "python-mp: {} {}, start method {}, seed n = {} (Python's own ~10 ms), \
+    let info = if v.get("seed").is_none() {
+        format!(
+            "python-mp: {} {}, start method {}",
+            s(&["implementation"]),
+            s(&["python"]),
+            s(&["start_method"])
+        )
+    } else {
+        format!(
+            "python-mp: {} {}, start method {}, seed n = {} (Python's own ~10 ms), \
          sequential {} ms, pool {} ms; python-seq is Python's sequential baseline",
-        s(&["implementation"]),
-        s(&["python"]),
-        s(&["start_method"]),
-        s(&["seed", "n"]),
-        num(v, &["seed", "seq_ms"]).map_or("?".into(), crate::report::num),
-        num(v, &["seed", "pool_ms"]).map_or("?".into(), crate::report::num),
-    );
+            s(&["implementation"]),
+            s(&["python"]),
+            s(&["start_method"]),
+            s(&["seed", "n"]),
+            num(v, &["seed", "seq_ms"]).map_or("?".into(), crate::report::num),
+            num(v, &["seed", "pool_ms"]).map_or("?".into(), crate::report::num),
+        )
+    };
     Python { pool, seq, info }
 }

@@ -177,6 +177,9 @@ pub(crate) fn table(r: &Results) -> String {
     let width = NAME_W + 14 + names.len() * (CELL_W + 1);
     let _ = writeln!(s, "{}", "-".repeat(width));
     for m in METRICS {
+        if m.compare && r.systems.iter().all(|(_, f)| (m.get)(f).is_none()) {
+            continue;
+        }
         let dir = if m.higher_better { "up" } else { "down" };
         let _ = write!(s, "{:<NAME_W$} {:<8} {:<4}", m.name, m.unit, dir);
         for (_, f) in &r.systems {
