@@ -35,7 +35,7 @@ pub(crate) const CTL_SLEEPING: usize = 4;
 /// Where the results ring starts in the control block.
 pub(crate) const RING_OFFSET: usize = 4096;
 /// Size of the results ring.
-pub(crate) const RING_LEN: usize = 1 << 20;
+pub(crate) const RING_LEN: usize = 4 << 20;
 /// Size of the control block shared with each worker: a page of control words, then the
 /// results ring.
 pub(crate) const CONTROL_LEN: usize = RING_OFFSET + RING_LEN;

@@ -78,6 +78,22 @@ pub(crate) fn put_plain<T: 'static>(buf: &mut Vec<u8>, v: &T) {
     buf.extend_from_slice(bytes);
 }
 
+/// Reads one plain value from exactly its size of bytes.
+#[inline(always)]
+pub(crate) fn read_plain<T: 'static>(bytes: &[u8]) -> T {
+    let n = plain_size::<T>().expect("read_plain takes plain types only");
+    assert_eq!(bytes.len(), n);
+    // SAFETY: `T` is a primitive number (checked above): any `n` bytes are a valid value;
+    // the read is unaligned-safe.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+}
+
+/// The plain values packed in `bytes` (a whole number of them).
+pub(crate) fn plain_values<T: 'static>(bytes: &[u8]) -> impl Iterator<Item = T> + '_ {
+    let n = plain_size::<T>().expect("plain_values takes plain types only");
+    bytes.chunks_exact(n).map(read_plain::<T>)
+}
+
 /// Reads plain values packed in `bytes` (whose length must be a multiple of the size).
 pub(crate) fn take_plain_all<T: 'static>(bytes: &[u8]) -> Option<Vec<T>> {
     let n = plain_size::<T>()?;
@@ -96,6 +112,7 @@ pub(crate) fn take_plain_all<T: 'static>(bytes: &[u8]) -> Option<Vec<T>> {
 }
 
 /// The bytes of plain values, for writing them out at once.
+#[cfg(test)]
 pub(crate) fn plain_bytes<T: 'static>(v: &[T]) -> &[u8] {
     let n = plain_size::<T>().expect("plain_bytes takes plain types only");
     // SAFETY: primitive numbers: `v.len() * n` initialized bytes without padding.

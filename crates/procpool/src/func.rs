@@ -104,23 +104,24 @@ fn run_chunk<A: Value, R: Value>(
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(f) };
     let (count, mode, rest) = split_header(payload)?;
     let decode_err = |e| codec_failure("the argument could not be deserialized", e);
-    let mut plain_args = match mode {
-        MODE_PLAIN => Some(
-            codec::take_plain_all::<A>(rest)
-                .filter(|v| v.len() == count as usize)
-                .ok_or_else(|| Failure::Codec {
-                    message: "packed arguments of the wrong size".into(),
-                })?
-                .into_iter(),
-        ),
+    let mut plain_args = match (mode, codec::plain_size::<A>()) {
+        (MODE_PLAIN, Some(n)) if rest.len() == n * count as usize => Some(rest.chunks_exact(n)),
+        (MODE_PLAIN, _) => {
+            return Err(Failure::Codec {
+                message: "packed arguments of the wrong size".into(),
+            });
+        }
         _ => None,
     };
     let mut rest = rest;
     let mut next_arg = || -> Result<A, Failure> {
         match &mut plain_args {
-            Some(it) => it.next().ok_or_else(|| Failure::Codec {
-                message: "fewer packed arguments than counted".into(),
-            }),
+            Some(it) => it
+                .next()
+                .map(codec::read_plain::<A>)
+                .ok_or_else(|| Failure::Codec {
+                    message: "fewer packed arguments than counted".into(),
+                }),
             None => {
                 let (a, r) = codec::take_value::<A>(rest).map_err(decode_err)?;
                 rest = r;
@@ -129,35 +130,30 @@ fn run_chunk<A: Value, R: Value>(
         }
     };
     let call = |a: A| panic::catch_unwind(AssertUnwindSafe(|| f(a)));
-    out.push(MODE_ENCODED);
     if codec::plain_size::<R>().is_some() {
-        // Plain results are kept until the end: if all succeed, they go out packed.
-        let mut values: Vec<R> = Vec::with_capacity(count as usize);
-        let mut done = 0;
-        while done < count {
-            done += 1;
+        // Plain results go out packed while all succeed; the first failure turns what
+        // was packed into one `ItemOut` per item, and the rest follow that way.
+        out.push(MODE_PLAIN);
+        for done in 0..count {
             match call(next_arg()?) {
-                Ok(v) => values.push(v),
+                Ok(v) => codec::put_plain(out, &v),
                 Err(p) => {
-                    for v in values.drain(..) {
+                    let packed = std::mem::take(out);
+                    out.push(MODE_ENCODED);
+                    for v in codec::plain_values::<R>(&packed[1..]) {
                         encode_item::<R>(out, Ok(v))?;
                     }
                     encode_item::<R>(out, Err(p))?;
-                    break;
+                    for _ in done + 1..count {
+                        encode_item(out, call(next_arg()?))?;
+                    }
+                    return Ok(());
                 }
             }
         }
-        if done == count && values.len() == count as usize {
-            out.clear();
-            out.push(MODE_PLAIN);
-            out.extend_from_slice(codec::plain_bytes(&values));
-            return Ok(());
-        }
-        for _ in done..count {
-            encode_item(out, call(next_arg()?))?;
-        }
         return Ok(());
     }
+    out.push(MODE_ENCODED);
     for _ in 0..count {
         encode_item(out, call(next_arg()?))?;
     }

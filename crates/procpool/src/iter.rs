@@ -36,9 +36,9 @@ fn is_death(kind: &TaskErrorKind) -> bool {
 }
 
 /// Payload buffers at least this large are kept for reuse.
-const RECYCLE_MIN: usize = 1 << 20;
+const RECYCLE_MIN: usize = 64 << 10;
 /// At most this many are kept.
-const MAX_SPARE: usize = 4;
+const MAX_SPARE: usize = 8;
 
 pub(crate) struct Feeder<A, R, I> {
     batch: Batch,
