@@ -95,6 +95,7 @@ pub(crate) fn plain_values<T: 'static>(bytes: &[u8]) -> impl Iterator<Item = T> 
 }
 
 /// Reads plain values packed in `bytes` (whose length must be a multiple of the size).
+#[cfg(test)]
 pub(crate) fn take_plain_all<T: 'static>(bytes: &[u8]) -> Option<Vec<T>> {
     let n = plain_size::<T>()?;
     if !bytes.len().is_multiple_of(n) {

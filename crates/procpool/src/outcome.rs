@@ -18,7 +18,7 @@ pub(crate) struct ChunkOut<R> {
     /// Offset of the next item to hand out.
     next: u32,
     /// Values of the items that succeeded, in order.
-    values: std::vec::IntoIter<R>,
+    values: Values<R>,
     /// Failed items: offset within the chunk and error, in order.
     errors: VecDeque<(u32, Error)>,
 }
@@ -30,7 +30,7 @@ impl<R> ChunkOut<R> {
             start,
             count,
             next: 0,
-            values: Vec::new().into_iter(),
+            values: Values::Decoded(Vec::new().into_iter()),
             errors: (0..count).map(|k| (k, err(start + u64::from(k)))).collect(),
         }
     }
@@ -58,13 +58,23 @@ impl<R> ChunkOut<R> {
         !self.errors.is_empty()
     }
 
-    /// All remaining values in order, when no item failed.
-    pub(crate) fn into_values(self) -> Result<Vec<R>, Error> {
-        match self.errors.into_iter().next() {
-            Some((_, e)) => Err(e),
-            // Collecting a vector's own iterator reuses its allocation.
-            None => Ok(self.values.collect()),
+    /// Appends all remaining values in order to `out`, when no item failed.
+    pub(crate) fn extend_into(self, out: &mut Vec<R>) -> Result<(), Error>
+    where
+        R: 'static,
+    {
+        if let Some((_, e)) = self.errors.into_iter().next() {
+            return Err(e);
         }
+        match self.values {
+            // A vector's own iterator moves into an empty vector without a copy.
+            Values::Decoded(it) if out.is_empty() && it.len() >= out.capacity() => {
+                *out = it.collect();
+            }
+            Values::Decoded(it) => out.extend(it),
+            Values::Packed { bytes, pos } => out.extend(codec::plain_values::<R>(&bytes[pos..])),
+        }
+        Ok(())
     }
 }
 
@@ -96,18 +106,19 @@ impl<R: Value> ChunkOut<R> {
             }
         };
         if packed {
-            return match codec::take_plain_all::<R>(rest).filter(|v| v.len() == count as usize) {
-                Some(values) => Self {
-                    start,
-                    count,
-                    next: 0,
-                    values: values.into_iter(),
-                    errors: VecDeque::new(),
-                },
-                None => {
-                    let m = "packed results of the wrong size".to_string();
-                    Self::failed(start, count, |i| codec_err((i - start) as u32, m.clone()))
-                }
+            let fits = codec::plain_size::<R>().is_some_and(|n| rest.len() == n * count as usize);
+            if !fits {
+                let m = "packed results of the wrong size".to_string();
+                return Self::failed(start, count, |i| codec_err((i - start) as u32, m.clone()));
+            }
+            // The values stay packed in the worker's answer until they are taken.
+            let pos = bytes.len() - rest.len();
+            return Self {
+                start,
+                count,
+                next: 0,
+                values: Values::Packed { bytes, pos },
+                errors: VecDeque::new(),
             };
         }
         let mut values = Vec::with_capacity(count as usize);
@@ -145,7 +156,7 @@ impl<R: Value> ChunkOut<R> {
             start,
             count,
             next: 0,
-            values: values.into_iter(),
+            values: Values::Decoded(values.into_iter()),
             errors,
         }
     }
@@ -165,7 +176,7 @@ impl<R: Value> ChunkOut<R> {
     }
 }
 
-impl<R> Iterator for ChunkOut<R> {
+impl<R: 'static> Iterator for ChunkOut<R> {
     type Item = (u64, Result<R, Error>);
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -181,6 +192,29 @@ impl<R> Iterator for ChunkOut<R> {
         }
         let v = self.values.next()?;
         Some((index, Ok(v)))
+    }
+}
+
+/// The values of a chunk's succeeded items.
+#[derive(Debug)]
+enum Values<R> {
+    /// Decoded one by one.
+    Decoded(std::vec::IntoIter<R>),
+    /// Still packed in the worker's answer, from `pos`.
+    Packed { bytes: Vec<u8>, pos: usize },
+}
+
+impl<R: 'static> Values<R> {
+    fn next(&mut self) -> Option<R> {
+        match self {
+            Values::Decoded(it) => it.next(),
+            Values::Packed { bytes, pos } => {
+                let n = codec::plain_size::<R>()?;
+                let v = bytes.get(*pos..*pos + n).map(codec::read_plain::<R>)?;
+                *pos += n;
+                Some(v)
+            }
+        }
     }
 }
 

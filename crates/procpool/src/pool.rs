@@ -425,12 +425,7 @@ impl<'p> Call<'p> {
         let mut it = self.imap(f, items);
         let mut out = Vec::with_capacity(it.size_hint().0);
         while let Some(chunk) = it.next_chunk(true) {
-            let values = chunk.into_values()?;
-            if out.is_empty() && values.capacity() >= out.capacity() {
-                out = values;
-            } else {
-                out.extend(values);
-            }
+            chunk.extend_into(&mut out)?;
         }
         Ok(out)
     }
