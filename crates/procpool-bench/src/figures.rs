@@ -3,7 +3,7 @@
 /// The figures of one system; `None` where it was not measured (or failed).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Figures {
-    /// Seed: median wall time of the 8 tasks, ms.
+    /// Seed: best wall time of the 8 tasks, ms.
     pub(crate) seed_ms: Option<f64>,
     /// Seed: sequential time over this system's time.
     pub(crate) seed_speedup: Option<f64>,
