@@ -31,6 +31,12 @@ const WINDOW_NANOS: f64 = 2_000_000.0;
 const MAX_WINDOW: usize = 1024;
 /// How long a worker told to shut down may take before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Jobs in flight past which a worker's results are collected on a timer instead of a
+/// doorbell each.
+const DEEP_QUEUE: usize = 4;
+/// Shortest and longest nap while collecting results on a timer, in nanoseconds.
+const MIN_NAP: f64 = 50_000.0;
+const MAX_NAP: f64 = 1_000_000.0;
 /// Payloads at least this large go through the worker's data region.
 const SHM_THRESHOLD: usize = 256 * 1024;
 /// Reads per worker per loop turn, so one chatty worker cannot starve the others.
@@ -466,14 +472,20 @@ impl Supervisor {
     }
 
     fn wait(&mut self, mut timeout: Option<Duration>) {
-        // Ask every worker holding jobs to ring when it publishes a result; one that did
-        // meanwhile means there is work now.
+        let mut soonest = |d: Duration| timeout = Some(timeout.map_or(d, |t| t.min(d)));
         for w in self.slots.iter().flatten().chain(self.retiring.iter()) {
-            if matches!(w.phase, Phase::Ready | Phase::Retiring)
-                && !w.in_flight.is_empty()
-                && RingReader::new(&w.proc.ctl).arm()
-            {
-                timeout = Some(Duration::ZERO);
+            if !matches!(w.phase, Phase::Ready | Phase::Retiring) || w.in_flight.is_empty() {
+                continue;
+            }
+            // A worker with plenty of short jobs queued need not wake us for each
+            // result: we come back when about half its queue is done, take the results
+            // together and refill it. Otherwise it rings when it publishes one.
+            let queued = w.in_flight.len() as f64 * self.avg_nanos;
+            if self.avg_nanos > 0.0 && w.in_flight.len() > DEEP_QUEUE && queued >= 2.0 * MIN_NAP {
+                soonest(Duration::from_nanos((queued / 2.0).min(MAX_NAP) as u64));
+            } else if RingReader::new(&w.proc.ctl).arm() {
+                // It published meanwhile: there is work now.
+                soonest(Duration::ZERO);
             }
         }
         let mut fds: Vec<(BorrowedFd<'_>, Ready)> = Vec::with_capacity(1 + 2 * self.slots.len());

@@ -136,6 +136,11 @@ where
     /// Pulls input and submits jobs while the bound allows; `extra_held` counts jobs the
     /// caller still holds (results waiting to be reordered).
     pub(crate) fn fill(&mut self, extra_held: usize) {
+        // Many small fixed-size jobs are topped up in large batches, not one per result:
+        // each submission may wake the supervisor.
+        if !self.chunker.adaptive() && self.sizes.len() + extra_held > self.max_jobs / 2 {
+            return;
+        }
         let mut jobs = Vec::new();
         let mut room_jobs = 0usize;
         while !self.exhausted && self.room(extra_held + room_jobs) {
