@@ -86,6 +86,8 @@ pub(crate) struct Results {
     pub(crate) python_seq: Option<Figures>,
     /// Python's details (version, start method, its seed n), for the report.
     pub(crate) python_info: Option<String>,
+    /// Median round trip between two threads over a Unix socket, µs.
+    pub(crate) socket_rtt_us: Option<f64>,
 }
 
 impl Results {
@@ -95,6 +97,7 @@ impl Results {
             systems: Vec::new(),
             python_seq: None,
             python_info: None,
+            socket_rtt_us: None,
         }
     }
 

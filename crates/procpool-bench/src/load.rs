@@ -72,3 +72,34 @@ pub(crate) fn loadavg() -> Option<f64> {
         .parse()
         .ok()
 }
+
+/// Median round trip (µs) of 8 bytes between two threads of this process over a Unix
+/// socket pair: the floor under any cross-process round trip on this machine (on a
+/// virtual machine, waking a thread on another core can cost far more than the system
+/// calls themselves).
+pub(crate) fn socket_round_trip_us(runs: usize) -> Option<f64> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let (mut a, mut b) = UnixStream::pair().ok()?;
+    let echo = std::thread::spawn(move || {
+        let mut x = [0u8; 8];
+        while b.read_exact(&mut x).is_ok() {
+            if b.write_all(&x).is_err() {
+                break;
+            }
+        }
+    });
+    let mut x = [0u8; 8];
+    let mut us = Vec::with_capacity(runs);
+    for i in 0..runs + runs / 10 {
+        let t = Instant::now();
+        a.write_all(&x).ok()?;
+        a.read_exact(&mut x).ok()?;
+        if i >= runs / 10 {
+            us.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    drop(a);
+    let _ = echo.join();
+    (!us.is_empty()).then(|| crate::work::median(&mut us))
+}

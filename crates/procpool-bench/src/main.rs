@@ -241,6 +241,10 @@ fn run(cfg: &Config) -> Result<(), String> {
         results.add(name, figures);
     }
 
+    if p.runs("latency") {
+        results.socket_rtt_us = load::socket_round_trip_us(p.latency_runs);
+    }
+
     if let Some(py) = cfg.python.as_deref().filter(|_| cfg.wants("python")) {
         let t = Instant::now();
         let mark = load::mark();

@@ -222,6 +222,14 @@ pub(crate) fn table(r: &Results) -> String {
     }
 
     let _ = writeln!(s, "\nseed n = {} (Rust)", r.seed_n);
+    if let Some(us) = r.socket_rtt_us {
+        let _ = writeln!(
+            s,
+            "latency floor: a round trip between two threads over a Unix socket takes {} us \
+             (median) on this machine",
+            num(us)
+        );
+    }
     if let Some(info) = &r.python_info {
         let _ = writeln!(s, "{info}");
     }
@@ -276,6 +284,12 @@ pub(crate) fn csv(r: &Results) -> String {
                 );
             }
         }
+    }
+    if let Some(us) = r.socket_rtt_us {
+        let _ = writeln!(
+            s,
+            "latency,\"floor: socket round trip between two threads\",us,lower,machine,{us},"
+        );
     }
     for (n, f) in curves(r) {
         for &(t, per, tasks) in &f.cross {
