@@ -86,8 +86,8 @@ pub(crate) struct Results {
     pub(crate) python_seq: Option<Figures>,
     /// Python's details (version, start method, its seed n), for the report.
     pub(crate) python_info: Option<String>,
-    /// Median round trip between two threads over a Unix socket, µs.
-    pub(crate) socket_rtt_us: Option<f64>,
+    /// Median round trip between two threads over a Unix socket, µs: (one core, two cores).
+    pub(crate) socket_rtt_us: Option<(f64, f64)>,
 }
 
 impl Results {

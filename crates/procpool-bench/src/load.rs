@@ -73,15 +73,59 @@ pub(crate) fn loadavg() -> Option<f64> {
         .ok()
 }
 
+/// The CPUs the calling thread may run on.
+fn my_cpus() -> Option<libc::cpu_set_t> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set, and sched_getaffinity writes
+    // at most its size into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+            .then_some(set)
+    }
+}
+
+/// Restricts the calling thread to `set`.
+fn pin(set: &libc::cpu_set_t) -> bool {
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) == 0 }
+}
+
+/// A set holding only `cpu`.
+fn only(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set; CPU_SET stays within it for
+    // a CPU number below CPU_SETSIZE, which the callers take from an existing set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        set
+    }
+}
+
 /// Median round trip (µs) of 8 bytes between two threads of this process over a Unix
-/// socket pair: the floor under any cross-process round trip on this machine (on a
-/// virtual machine, waking a thread on another core can cost far more than the system
-/// calls themselves).
-pub(crate) fn socket_round_trip_us(runs: usize) -> Option<f64> {
+/// socket pair, with both threads on one core and on two different cores: the floor under
+/// any cross-process round trip on this machine. On a virtual machine, waking a thread
+/// that sleeps on another core can cost far more than the system calls themselves.
+/// `None` where the threads cannot be placed (fewer than two CPUs allowed).
+pub(crate) fn socket_round_trip_us(runs: usize) -> Option<(f64, f64)> {
+    let all = my_cpus()?;
+    // SAFETY: CPU_ISSET reads within the set for numbers below CPU_SETSIZE.
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &all) })
+        .take(2)
+        .collect();
+    let [a, b] = cpus[..] else { return None };
+    let same = round_trip(runs, a, a);
+    let across = round_trip(runs, a, b);
+    pin(&all);
+    Some((same?, across?))
+}
+
+fn round_trip(runs: usize, mine: usize, theirs: usize) -> Option<f64> {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     let (mut a, mut b) = UnixStream::pair().ok()?;
     let echo = std::thread::spawn(move || {
+        pin(&only(theirs));
         let mut x = [0u8; 8];
         while b.read_exact(&mut x).is_ok() {
             if b.write_all(&x).is_err() {
@@ -89,6 +133,7 @@ pub(crate) fn socket_round_trip_us(runs: usize) -> Option<f64> {
             }
         }
     });
+    pin(&only(mine));
     let mut x = [0u8; 8];
     let mut us = Vec::with_capacity(runs);
     for i in 0..runs + runs / 10 {

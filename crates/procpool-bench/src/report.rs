@@ -222,12 +222,13 @@ pub(crate) fn table(r: &Results) -> String {
     }
 
     let _ = writeln!(s, "\nseed n = {} (Rust)", r.seed_n);
-    if let Some(us) = r.socket_rtt_us {
+    if let Some((same, across)) = r.socket_rtt_us {
         let _ = writeln!(
             s,
             "latency floor: a round trip between two threads over a Unix socket takes {} us \
-             (median) on this machine",
-            num(us)
+             on one core, {} us across two cores (medians)",
+            num(same),
+            num(across)
         );
     }
     if let Some(info) = &r.python_info {
@@ -285,10 +286,14 @@ pub(crate) fn csv(r: &Results) -> String {
             }
         }
     }
-    if let Some(us) = r.socket_rtt_us {
+    if let Some((same, across)) = r.socket_rtt_us {
         let _ = writeln!(
             s,
-            "latency,\"floor: socket round trip between two threads\",us,lower,machine,{us},"
+            "latency,\"floor: socket round trip between two threads on one core\",us,lower,machine,{same},"
+        );
+        let _ = writeln!(
+            s,
+            "latency,\"floor: socket round trip between two threads on two cores\",us,lower,machine,{across},"
         );
     }
     for (n, f) in curves(r) {
