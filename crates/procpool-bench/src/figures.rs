@@ -29,6 +29,8 @@ pub(crate) struct Figures {
     pub(crate) crossover_interp: Option<f64>,
     /// Share of the cores (percent) that other processes used while this system ran.
     pub(crate) other_load: Option<f64>,
+    /// Share of the cores (percent) the host stole from this virtual machine meanwhile.
+    pub(crate) steal: Option<f64>,
     /// Problems met.
     pub(crate) notes: Vec<String>,
 }

@@ -8,12 +8,15 @@ use std::time::Instant;
 pub(crate) struct CpuMark {
     /// CPU seconds all processes spent (from `/proc/stat`).
     machine: f64,
+    /// Seconds the host ran something else while our virtual CPUs wanted to run.
+    steal: f64,
     /// CPU seconds this process and its reaped children spent.
     ours: f64,
     at: Instant,
 }
 
-fn machine_cpu_seconds() -> Option<f64> {
+/// (busy seconds, stolen seconds) of all CPUs since boot.
+fn machine_cpu_seconds() -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?;
     let v: Vec<u64> = line
@@ -25,10 +28,11 @@ fn machine_cpu_seconds() -> Option<f64> {
     if v.len() < 5 {
         return None;
     }
-    let busy: u64 = v.iter().take(8).sum::<u64>() - v[3] - v[4];
+    let steal = v.get(7).copied().unwrap_or(0);
+    let busy: u64 = v.iter().take(7).sum::<u64>() - v[3] - v[4];
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| busy as f64 / hz as f64)
+    (hz > 0).then(|| (busy as f64 / hz as f64, steal as f64 / hz as f64))
 }
 
 fn rusage_seconds(who: libc::c_int) -> f64 {
@@ -44,15 +48,18 @@ fn rusage_seconds(who: libc::c_int) -> f64 {
 
 /// Reads the counters now.
 pub(crate) fn mark() -> Option<CpuMark> {
+    let (machine, steal) = machine_cpu_seconds()?;
     Some(CpuMark {
-        machine: machine_cpu_seconds()?,
+        machine,
+        steal,
         ours: rusage_seconds(libc::RUSAGE_SELF) + rusage_seconds(libc::RUSAGE_CHILDREN),
         at: Instant::now(),
     })
 }
 
-/// Share of the machine's cores (0 to 1) that other processes used between two marks.
-pub(crate) fn foreign_share(from: Option<CpuMark>, to: Option<CpuMark>) -> Option<f64> {
+/// Shares of the machine's cores (0 to 1) lost between two marks: (used by other
+/// processes, stolen by the host of the virtual machine).
+pub(crate) fn foreign_share(from: Option<CpuMark>, to: Option<CpuMark>) -> Option<(f64, f64)> {
     let (a, b) = (from?, to?);
     let wall = (b.at - a.at).as_secs_f64();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
@@ -60,7 +67,8 @@ pub(crate) fn foreign_share(from: Option<CpuMark>, to: Option<CpuMark>) -> Optio
         return None;
     }
     let other = (b.machine - a.machine) - (b.ours - a.ours);
-    Some((other / (wall * cores)).clamp(0.0, 1.0))
+    let share = |x: f64| (x / (wall * cores)).clamp(0.0, 1.0);
+    Some((share(other), share(b.steal - a.steal)))
 }
 
 /// The 1-minute load average.

@@ -236,7 +236,10 @@ fn run(cfg: &Config) -> Result<(), String> {
         let t = Instant::now();
         let mark = load::mark();
         let mut figures = bench_rust_system(name, &p, &results);
-        figures.other_load = load::foreign_share(mark, load::mark()).map(|s| s * 100.0);
+        if let Some((other, steal)) = load::foreign_share(mark, load::mark()) {
+            figures.other_load = Some(other * 100.0);
+            figures.steal = Some(steal * 100.0);
+        }
         eprintln!("{name}: done in {:.1} s", t.elapsed().as_secs_f64());
         results.add(name, figures);
     }
@@ -250,7 +253,10 @@ fn run(cfg: &Config) -> Result<(), String> {
         let mark = load::mark();
         match python::run(py, &cfg.out, p.quick, cfg.workloads.as_deref()) {
             Ok(mut py) => {
-                py.pool.other_load = load::foreign_share(mark, load::mark()).map(|s| s * 100.0);
+                if let Some((other, steal)) = load::foreign_share(mark, load::mark()) {
+                    py.pool.other_load = Some(other * 100.0);
+                    py.pool.steal = Some(steal * 100.0);
+                }
                 results.add("python-mp", py.pool);
                 results.python_seq = Some(py.seq);
                 results.python_info = Some(py.info);
@@ -263,11 +269,12 @@ fn run(cfg: &Config) -> Result<(), String> {
     results.finish();
     let table = report::table(&results);
     println!("{table}");
-    if let Some(share) = load::foreign_share(run_mark, load::mark()) {
+    if let Some((other, steal)) = load::foreign_share(run_mark, load::mark()) {
         println!(
-            "other processes used {:.0}% of the cores during the run{}",
-            share * 100.0,
-            if share > 0.1 {
+            "other processes used {:.0}% of the cores during the run, the host stole {:.0}%{}",
+            other * 100.0,
+            steal * 100.0,
+            if other + steal > 0.05 {
                 " - too busy a machine: parallel figures are not reliable; run again when it is idle"
             } else {
                 ""

@@ -131,6 +131,14 @@ const METRICS: &[Metric] = &[
         compare: false,
         get: |f| f.other_load,
     },
+    Metric {
+        workload: "machine",
+        name: "CPU stolen by the VM's host",
+        unit: "% cores",
+        higher_better: false,
+        compare: false,
+        get: |f| f.steal,
+    },
 ];
 
 /// A number with about three significant digits, and k/M/G for large ones.
