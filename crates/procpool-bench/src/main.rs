@@ -447,7 +447,14 @@ fn seed(sys: &mut dyn System, p: &Params, results: &Results, f: &mut Figures) ->
     }
     let ms = times.iter().copied().fold(f64::INFINITY, f64::min);
     f.seed_ms = Some(ms);
-    f.seed_speedup = Some(results.seq_seed_ms().unwrap_or(ms) / ms);
+    let speedup = results.seq_seed_ms().unwrap_or(ms) / ms;
+    f.seed_speedup = Some(speedup);
+    if sys.is_pool() && speedup < 1.4 {
+        f.note(format!(
+            "seed speedup {speedup:.2}: the tasks ran about one at a time in every run; \
+             the scheduler of this VM sometimes keeps both workers on one core (see README)"
+        ));
+    }
     Ok(())
 }
 
