@@ -116,8 +116,8 @@ pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
     for fd in [&mine, &theirs] {
         sys::grow_socket_buffers(fd.as_fd(), SOCKET_BUFFER);
     }
-    let ctl = SharedRegion::create(CONTROL_LEN).map_err(spawn_err)?;
-    let data = SharedRegion::create(DATA_LEN).map_err(spawn_err)?;
+    let ctl = SharedRegion::create("procpool-control", CONTROL_LEN).map_err(spawn_err)?;
+    let data = SharedRegion::create("procpool-data", DATA_LEN).map_err(spawn_err)?;
     sys::send_fds(mine.as_fd(), REGIONS_MARK, &[ctl.fd(), data.fd()]).map_err(spawn_err)?;
     let env = WorkerEnv {
         version: PROTOCOL_VERSION,

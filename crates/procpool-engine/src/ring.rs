@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn entries_come_out_in_order_across_the_wrap() {
-        let ctl = SharedRegion::create(CONTROL_LEN).unwrap();
+        let ctl = SharedRegion::create("test", CONTROL_LEN).unwrap();
         let (w, r) = (RingWriter::new(&ctl), RingReader::new(&ctl));
         let mut buf = Vec::new();
         let mut next_in = 0u32;
@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn a_full_ring_refuses_and_the_flag_asks_for_a_doorbell() {
-        let ctl = SharedRegion::create(CONTROL_LEN).unwrap();
+        let ctl = SharedRegion::create("test", CONTROL_LEN).unwrap();
         let (w, r) = (RingWriter::new(&ctl), RingReader::new(&ctl));
         assert!(w.push(&vec![0; MAX_ENTRY + 1]).is_none());
         assert!(!r.arm());
@@ -206,7 +206,7 @@ mod tests {
 
     #[test]
     fn lies_in_the_ring_are_errors() {
-        let ctl = SharedRegion::create(CONTROL_LEN).unwrap();
+        let ctl = SharedRegion::create("test", CONTROL_LEN).unwrap();
         let r = RingReader::new(&ctl);
         let mut buf = Vec::new();
         // A length larger than what was published.

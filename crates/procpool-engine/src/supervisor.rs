@@ -321,46 +321,62 @@ impl Supervisor {
             }
             return picked;
         }
-        for (i, slot) in self.slots.iter_mut().enumerate() {
-            let Some(w) = slot else { continue };
-            if w.phase != Phase::Ready || w.kill_reason.is_some() || q.jobs.is_empty() {
-                continue;
-            }
-            let mut room = window.saturating_sub(w.in_flight.len());
-            // Tasks the worker may still take before it is recycled.
-            let mut quota = recycle.map_or(u64::MAX, |l| l.saturating_sub(w.items_sent));
-            let mut jobs = Vec::new();
-            while room > 0 && quota > 0 {
-                let Some(job) = q.jobs.pop_front() else { break };
-                if job.batch.is_dead() {
-                    continue;
-                }
+        // Jobs go round the workers one at a time, so that a batch is spread evenly even
+        // when the window (sized from earlier, maybe shorter, jobs) would let one worker
+        // take it all.
+        struct Take {
+            slot: usize,
+            room: usize,
+            /// Tasks the worker may still take before it is recycled.
+            quota: u64,
+            jobs: Vec<Queued>,
+        }
+        let mut takers: Vec<Take> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let w = s.as_ref()?;
+                (w.phase == Phase::Ready && w.kill_reason.is_none()).then(|| Take {
+                    slot: i,
+                    room: window.saturating_sub(w.in_flight.len()),
+                    quota: recycle.map_or(u64::MAX, |l| l.saturating_sub(w.items_sent)),
+                    jobs: Vec::new(),
+                })
+            })
+            .collect();
+        let mut progress = true;
+        while progress && !q.jobs.is_empty() {
+            progress = false;
+            for t in takers.iter_mut().filter(|t| t.room > 0 && t.quota > 0) {
+                let Some(job) = next_live(&mut q.jobs, max_message) else {
+                    break;
+                };
                 let weight = u64::from(job.job.weight.max(1));
+                let Some(w) = self.slots[t.slot].as_mut() else {
+                    continue;
+                };
                 // A job larger than what is left of the quota waits for a fresh worker;
                 // this one has done its share (it retires once idle).
-                if weight > quota && recycle.is_some() && w.items_sent > 0 {
+                if weight > t.quota && recycle.is_some() && w.items_sent > 0 {
                     q.jobs.push_front(job);
                     w.items_sent = recycle.unwrap_or(u64::MAX);
-                    break;
-                }
-                let size = job.job.payload.len();
-                if size > max_message {
-                    let kind = TaskErrorKind::TooLarge {
-                        size: size as u64,
-                        limit: max_message as u64,
-                    };
-                    answer(&job, kind, None);
+                    t.quota = 0;
                     continue;
                 }
-                quota = quota.saturating_sub(weight);
+                t.quota = t.quota.saturating_sub(weight);
+                t.room -= 1;
                 w.items_sent += weight;
-                jobs.push(job);
-                room -= 1;
-            }
-            if !jobs.is_empty() {
-                picked.push((i, jobs));
+                t.jobs.push(job);
+                progress = true;
             }
         }
+        picked.extend(
+            takers
+                .into_iter()
+                .filter(|t| !t.jobs.is_empty())
+                .map(|t| (t.slot, t.jobs)),
+        );
         picked
     }
 
@@ -753,6 +769,27 @@ impl Drop for Supervisor {
 
 /// Encodes jobs for a worker, in order: payloads of [`SHM_THRESHOLD`] bytes or more are
 /// copied into the worker's data region when it has room, the others travel in the frame.
+/// The next queued job worth sending: jobs of abandoned batches are dropped, and one over
+/// the message limit is answered `TooLarge` on the spot.
+fn next_live(jobs: &mut VecDeque<Queued>, max_message: usize) -> Option<Queued> {
+    while let Some(job) = jobs.pop_front() {
+        if job.batch.is_dead() {
+            continue;
+        }
+        let size = job.job.payload.len();
+        if size > max_message {
+            let kind = TaskErrorKind::TooLarge {
+                size: size as u64,
+                limit: max_message as u64,
+            };
+            answer(&job, kind, None);
+            continue;
+        }
+        return Some(job);
+    }
+    None
+}
+
 fn send_jobs(w: &mut Worker, jobs: Vec<Queued>, max_message: usize) {
     let mut inline: Vec<(u64, Queued)> = Vec::new();
     let mut inline_bytes = 0usize;

@@ -341,3 +341,32 @@ fn cancel_of_a_queued_task() {
     );
     assert_eq!(pool.apply(square_plus, 2).unwrap(), 11);
 }
+
+fn nap_then_pid(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+fn instant_pid(_: u64) -> u32 {
+    std::process::id()
+}
+
+#[test]
+fn long_jobs_after_short_ones_are_spread_over_every_worker() {
+    let pool = pool();
+    // Many tiny tasks teach the pool that jobs are short (a deep window per worker).
+    pool.with_chunk_size(1).map(instant_pid, 0..2000).unwrap();
+    let pids = pool
+        .with_chunk_size(1)
+        .map(nap_then_pid, vec![30; 8])
+        .unwrap();
+    let mut counts = std::collections::HashMap::new();
+    for p in pids {
+        *counts.entry(p).or_insert(0) += 1;
+    }
+    assert_eq!(counts.len(), 2, "both workers ran some: {counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 4),
+        "the batch is split evenly: {counts:?}"
+    );
+}

@@ -345,12 +345,10 @@ unsafe impl Send for SharedRegion {}
 unsafe impl Sync for SharedRegion {}
 
 impl SharedRegion {
-    /// Creates a region of `len` bytes (zeroed), sealed against resizing.
-    pub(crate) fn create(len: usize) -> io::Result<Self> {
-        let fd = rustix::fs::memfd_create(
-            "procpool-control",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )?;
+    /// Creates a region of `len` bytes (zeroed), sealed against resizing; `name` shows in
+    /// `/proc/<pid>/fd` as `/memfd:<name>`.
+    pub(crate) fn create(name: &str, len: usize) -> io::Result<Self> {
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         rustix::fs::ftruncate(&fd, len as u64)?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)?;
         Self::map(fd, len)
