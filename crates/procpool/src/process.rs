@@ -46,6 +46,11 @@ where
 
 /// A process running one call. Dropping it kills the process if it still runs, and reaps
 /// it: it never outlives its handle, and leaves no zombie.
+///
+/// # Caveats
+/// The kernel kills the process when the *thread* that started it ends (so that a dying
+/// parent leaves no orphan). Join a process from the thread that spawned it, or keep that
+/// thread alive until the process is done.
 #[derive(Debug)]
 pub struct Process<R> {
     inner: OneOff,
