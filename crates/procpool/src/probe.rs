@@ -155,27 +155,22 @@ impl ser::SerializeMap for Probe {
     }
 }
 
-impl ser::SerializeStruct for Probe {
-    type Ok = ();
-    type Error = ProbeError;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, _: &'static str, v: &T) -> R {
-        v.serialize(Probe)
-    }
-    fn end(self) -> R {
-        Ok(())
-    }
+macro_rules! fields {
+    ($($tr:ident),*) => {
+        $(impl ser::$tr for Probe {
+            type Ok = ();
+            type Error = ProbeError;
+            fn serialize_field<T: ?Sized + Serialize>(&mut self, _: &'static str, v: &T) -> R {
+                v.serialize(Probe)
+            }
+            fn end(self) -> R {
+                Ok(())
+            }
+        })*
+    };
 }
 
-impl ser::SerializeStructVariant for Probe {
-    type Ok = ();
-    type Error = ProbeError;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, _: &'static str, v: &T) -> R {
-        v.serialize(Probe)
-    }
-    fn end(self) -> R {
-        Ok(())
-    }
-}
+fields!(SerializeStruct, SerializeStructVariant);
 
 #[cfg(test)]
 mod tests {
