@@ -311,20 +311,9 @@ impl Supervisor {
         let max_message = self.shared.config.max_message;
         let mut picked = Vec::new();
         let mut q = self.shared.lock();
-        // With a deep backlog, even long jobs go two to a worker, so that a worker finds
-        // its next job at hand instead of waiting for a round trip through the parent;
-        // near the end of the backlog, one at a time keeps the last jobs balanced.
-        let ready = self
-            .slots
-            .iter()
-            .flatten()
-            .filter(|w| w.phase == Phase::Ready)
-            .count();
-        let window = if q.jobs.len() > 2 * ready {
-            self.window().max(2)
-        } else {
-            self.window()
-        };
+        // Long jobs go one at a time: a job queued behind a long (or stuck) one would wait
+        // for it even when another worker is free.
+        let window = self.window();
         if let Some(broken) = q.broken.clone()
             && !self.slots.iter().flatten().any(|w| w.phase == Phase::Ready)
         {
