@@ -1,0 +1,376 @@
+//! What comes back from a worker: frames on its socket and entries in its results ring,
+//! checked (everything a worker sends is untrusted) and handed to the callers' batches.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{InFlight, KillReason, Phase, Worker};
+use crate::batch::{BatchInner, Done, Queued};
+use crate::error::{HandshakeError, PoolError, TaskError};
+use crate::process;
+use crate::ring::RingReader;
+use crate::sys::SharedRegion;
+use crate::wire::{self, Down, Failure, Outcome, PROTOCOL_VERSION, ResultFrame, Up};
+
+/// Reads per worker per loop turn, so one chatty worker cannot starve the others.
+const READS_PER_TURN: usize = 16;
+
+/// Reads what the worker's socket holds now (bounded per turn).
+pub(super) fn read_some(w: &mut Worker) {
+    for _ in 0..READS_PER_TURN {
+        match w.reader.fill(w.proc.sock.as_fd()) {
+            Ok(0) => {
+                w.eof = true;
+                return;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                w.eof = true;
+                return;
+            }
+        }
+        if w.reader.frame().is_ok_and(|f| f.is_some()) {
+            return;
+        }
+    }
+}
+
+/// Reads everything a dead worker left in its socket.
+pub(super) fn drain_socket(w: &mut Worker, avg_nanos: &mut f64) {
+    let mut ctx = Ctx {
+        avg_nanos,
+        init: None,
+    };
+    loop {
+        handle_frames(w, &mut ctx);
+        if w.eof || matches!(w.kill_reason, Some(KillReason::Protocol(_))) {
+            return;
+        }
+        match w.reader.fill(w.proc.sock.as_fd()) {
+            Ok(0) => w.eof = true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => w.eof = true,
+        }
+    }
+}
+
+/// What message handling needs beyond the worker.
+pub(super) struct Ctx<'a> {
+    pub(super) avg_nanos: &'a mut f64,
+    pub(super) init: Option<&'a (Arc<[u8]>, Vec<u8>)>,
+}
+
+/// Handles every complete frame a worker sent.
+pub(super) fn handle_frames(w: &mut Worker, ctx: &mut Ctx<'_>) {
+    loop {
+        if matches!(w.kill_reason, Some(KillReason::Protocol(_))) {
+            return;
+        }
+        let Worker {
+            reader,
+            phase,
+            deadline,
+            in_flight,
+            early,
+            start_error,
+            proc,
+            ..
+        } = &mut *w;
+        let (used, result) = match reader.frame() {
+            Ok(None) => {
+                let due = in_flight.front().map(|f| f.seq);
+                match wire::check_up_prefix(reader.pending(), in_flight.len(), due) {
+                    Ok(()) => return,
+                    Err(e) => (0, Err(e.to_string())),
+                }
+            }
+            Err(e) => (0, Err(e.to_string())),
+            Ok(Some((body, used))) => {
+                let view = WorkerView {
+                    pid: proc.pid,
+                    ctl: &proc.ctl,
+                    early,
+                    phase,
+                    deadline,
+                    in_flight,
+                    start_error,
+                    has_init: ctx.init.is_some(),
+                };
+                (used, handle_message(view, body, ctx.avg_nanos))
+            }
+        };
+        w.reader.consume(used);
+        if w.start_error.is_some() && w.phase != Phase::Ready {
+            // Refused or failed its initializer: it will not serve.
+            w.kill(KillReason::Shutdown);
+        }
+        match result {
+            Err(m) => {
+                w.kill(KillReason::Protocol(m));
+                return;
+            }
+            Ok(true) => {
+                if let Some((func, payload)) = ctx.init {
+                    wire::encode_down(w.out.buf(), &Down::Init { func, payload });
+                    w.flush();
+                }
+            }
+            Ok(false) => {}
+        }
+    }
+}
+
+/// The fields of a worker a message may change (split from its reader, which holds the
+/// message's bytes).
+struct WorkerView<'a> {
+    pid: u32,
+    ctl: &'a SharedRegion,
+    early: &'a mut BTreeMap<u64, Early>,
+    phase: &'a mut Phase,
+    deadline: &'a mut Option<Instant>,
+    in_flight: &'a mut VecDeque<InFlight>,
+    start_error: &'a mut Option<PoolError>,
+    has_init: bool,
+}
+
+/// Handles one message; `Ok(true)` when the initializer is to be sent.
+fn handle_message(mut w: WorkerView<'_>, body: &[u8], avg_nanos: &mut f64) -> Result<bool, String> {
+    let msg = wire::decode_up(body).map_err(|e| e.to_string())?;
+    match (*w.phase, msg) {
+        (
+            Phase::Handshake,
+            Up::Hello {
+                version,
+                fingerprint,
+                ..
+            },
+        ) => {
+            if version != PROTOCOL_VERSION || fingerprint != process::my_fingerprint() {
+                return Err(format!(
+                    "hello with version {version} and fingerprint {fingerprint:016x}"
+                ));
+            }
+            *w.deadline = None;
+            *w.phase = if w.has_init {
+                Phase::Init
+            } else {
+                Phase::Ready
+            };
+            Ok(w.has_init)
+        }
+        (Phase::Handshake, Up::Refused(r)) => {
+            *w.start_error = Some(PoolError::Handshake {
+                pid: Some(w.pid),
+                reason: r.into(),
+            });
+            Ok(false)
+        }
+        (Phase::Init, Up::InitDone(r)) => {
+            match r {
+                Ok(()) => *w.phase = Phase::Ready,
+                Err(f) => {
+                    *w.start_error = Some(PoolError::Handshake {
+                        pid: Some(w.pid),
+                        reason: HandshakeError::Initializer(Box::new(f.into())),
+                    });
+                }
+            }
+            Ok(false)
+        }
+        (Phase::Ready | Phase::Retiring, Up::Results(rs)) => {
+            // Results in the ring were published before this one was sent: first them.
+            let mut out = Deliverer::default();
+            let r = drain_ring_into(&mut w, avg_nanos, &mut out).and_then(|()| {
+                rs.into_iter()
+                    .try_for_each(|r| accept(&mut w, r, avg_nanos, &mut out))
+            });
+            out.flush();
+            r.map(|()| false)
+        }
+        (Phase::Ready | Phase::Retiring, Up::Doorbell) => {
+            let mut out = Deliverer::default();
+            let r = drain_ring_into(&mut w, avg_nanos, &mut out);
+            out.flush();
+            r.map(|()| false)
+        }
+        (phase, msg) => Err(format!("unexpected {msg:?} in phase {phase:?}")),
+    }
+}
+
+/// Results on their way to their batches: consecutive results of one batch are handed
+/// over under one lock.
+#[derive(Default)]
+struct Deliverer {
+    group: Vec<Done>,
+    batch: Option<Arc<BatchInner>>,
+}
+
+impl Deliverer {
+    fn push(&mut self, batch: Arc<BatchInner>, done: Done) {
+        if !self.batch.as_ref().is_some_and(|g| Arc::ptr_eq(g, &batch)) {
+            self.flush();
+            self.batch = Some(batch);
+        }
+        self.group.push(done);
+    }
+
+    fn flush(&mut self) {
+        if let Some(b) = &self.batch
+            && !self.group.is_empty()
+        {
+            b.deliver(self.group.drain(..));
+        }
+    }
+}
+
+/// A result that came before the one due (through the ring, while an earlier, larger
+/// result was still on its way through the socket), owned until its turn.
+#[derive(Debug)]
+pub(super) struct Early {
+    pub(super) nanos: u64,
+    pub(super) outcome: Result<Vec<u8>, Failure>,
+}
+
+/// Takes one result. Results come in job order on each channel, but the ring and the
+/// socket may overtake each other: a result for a later job the worker holds waits for
+/// the earlier ones; one for a job it does not hold, or a second one, is a lie.
+fn accept(
+    w: &mut WorkerView<'_>,
+    r: ResultFrame<'_>,
+    avg_nanos: &mut f64,
+    out: &mut Deliverer,
+) -> Result<(), String> {
+    let (Some(front), Some(back)) = (w.in_flight.front(), w.in_flight.back()) else {
+        return Err(format!(
+            "result for job {} which the worker does not hold",
+            r.seq
+        ));
+    };
+    let (front, back) = (front.seq, back.seq);
+    if r.seq != front {
+        if r.seq < front || r.seq > back || w.early.contains_key(&r.seq) {
+            return Err(format!(
+                "result for job {} while the worker holds jobs {front} to {back}",
+                r.seq
+            ));
+        }
+        let outcome = match r.outcome {
+            Outcome::Ok(b) => Ok(b.to_vec()),
+            Outcome::Err(f) => Err(f),
+        };
+        w.early.insert(
+            r.seq,
+            Early {
+                nanos: r.nanos,
+                outcome,
+            },
+        );
+        return Ok(());
+    }
+    let outcome = match r.outcome {
+        Outcome::Ok(b) => Ok(b.to_vec()),
+        Outcome::Err(f) => Err(f),
+    };
+    take_due(w, r.nanos, outcome, avg_nanos, out);
+    while let Some(seq) = w.in_flight.front().map(|f| f.seq) {
+        let Some(e) = w.early.remove(&seq) else { break };
+        take_due(w, e.nanos, e.outcome, avg_nanos, out);
+    }
+    Ok(())
+}
+
+/// Answers the job due next with its result.
+fn take_due(
+    w: &mut WorkerView<'_>,
+    nanos: u64,
+    outcome: Result<Vec<u8>, Failure>,
+    avg_nanos: &mut f64,
+    out: &mut Deliverer,
+) {
+    let Some(f) = w.in_flight.pop_front() else {
+        return;
+    };
+    *avg_nanos = if *avg_nanos <= 0.0 {
+        nanos as f64
+    } else {
+        0.8 * *avg_nanos + 0.2 * nanos as f64
+    };
+    let Queued {
+        job,
+        batch,
+        attempts,
+    } = f.q;
+    let index = job.index;
+    // The payload goes first, so the caller may reuse its buffer.
+    drop(job);
+    if f.answered || batch.is_dead() {
+        return;
+    }
+    let outcome =
+        outcome.map_err(|fail| TaskError::new(fail.into(), index, Some(w.pid), attempts + 1));
+    out.push(
+        batch,
+        Done {
+            index,
+            outcome,
+            nanos,
+            pid: Some(w.pid),
+        },
+    );
+}
+
+/// Takes every result published in the worker's results ring.
+fn drain_ring_into(
+    w: &mut WorkerView<'_>,
+    avg_nanos: &mut f64,
+    out: &mut Deliverer,
+) -> Result<(), String> {
+    let ring = RingReader::new(w.ctl);
+    let mut buf = Vec::new();
+    while ring.pop(&mut buf).map_err(|e| e.0)? {
+        let r = wire::decode_result(&buf).map_err(|e| format!("bad ring entry: {e}"))?;
+        accept(w, r, avg_nanos, out)?;
+    }
+    Ok(())
+}
+
+/// Takes every result published in a ready worker's results ring; a lie there kills the
+/// worker with a protocol error.
+pub(super) fn drain_ring(w: &mut Worker, avg_nanos: &mut f64) {
+    if !matches!(w.phase, Phase::Ready | Phase::Retiring)
+        || matches!(w.kill_reason, Some(KillReason::Protocol(_)))
+        || !RingReader::new(&w.proc.ctl).has_data()
+    {
+        return;
+    }
+    let Worker {
+        phase,
+        deadline,
+        in_flight,
+        early,
+        start_error,
+        proc,
+        ..
+    } = &mut *w;
+    let mut view = WorkerView {
+        pid: proc.pid,
+        ctl: &proc.ctl,
+        early,
+        phase,
+        deadline,
+        in_flight,
+        start_error,
+        has_init: false,
+    };
+    let mut out = Deliverer::default();
+    let r = drain_ring_into(&mut view, avg_nanos, &mut out);
+    out.flush();
+    if let Err(m) = r {
+        w.kill(KillReason::Protocol(m));
+    }
+}
