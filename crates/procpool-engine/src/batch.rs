@@ -6,7 +6,7 @@
 //! every queued or running job and delivers into it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,9 @@ pub(crate) struct BatchInner {
     state: Mutex<State>,
     cv: Condvar,
     flag: AtomicU8,
+    /// Running average of the batch's job times in nanoseconds (bits of an `f64`; 0 until
+    /// the first result). Only the supervisor thread writes it.
+    avg_nanos: AtomicU64,
 }
 
 impl BatchInner {
@@ -79,6 +82,22 @@ impl BatchInner {
     /// Whether the batch's jobs should be dropped instead of run.
     pub(crate) fn is_dead(&self) -> bool {
         self.flag.load(Ordering::Relaxed) != LIVE
+    }
+
+    /// Average run time of the batch's jobs so far, in nanoseconds (0: none finished).
+    pub(crate) fn avg_nanos(&self) -> f64 {
+        f64::from_bits(self.avg_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Records the run time of one of the batch's jobs.
+    pub(crate) fn observe(&self, nanos: u64) {
+        let old = self.avg_nanos();
+        let new = if old <= 0.0 {
+            nanos.max(1) as f64
+        } else {
+            0.8 * old + 0.2 * nanos as f64
+        };
+        self.avg_nanos.store(new.to_bits(), Ordering::Relaxed);
     }
 
     /// Hands results to the batch's owner.

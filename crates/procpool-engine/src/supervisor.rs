@@ -277,12 +277,13 @@ impl Supervisor {
             && self.slots.iter().flatten().all(|w| w.in_flight.is_empty())
     }
 
-    /// Jobs a worker may hold at once.
-    fn window(&self) -> usize {
-        if self.avg_nanos <= 0.0 {
+    /// Jobs a worker may hold at once when they take `nanos` each (0: not known yet,
+    /// one at a time).
+    fn window(nanos: f64) -> usize {
+        if nanos <= 0.0 {
             return 1;
         }
-        ((WINDOW_NANOS / self.avg_nanos) as usize).clamp(1, MAX_WINDOW)
+        ((WINDOW_NANOS / nanos) as usize).clamp(1, MAX_WINDOW)
     }
 
     /// Hands queued jobs to workers with room. Jobs are picked under the queue's lock
@@ -310,9 +311,6 @@ impl Supervisor {
         let max_message = self.shared.config.max_message;
         let mut picked = Vec::new();
         let mut q = self.shared.lock();
-        // Long jobs go one at a time: a job queued behind a long (or stuck) one would wait
-        // for it even when another worker is free.
-        let window = self.window();
         if let Some(broken) = q.broken.clone()
             && !self.slots.iter().flatten().any(|w| w.phase == Phase::Ready)
         {
@@ -322,12 +320,13 @@ impl Supervisor {
             }
             return picked;
         }
-        // Jobs go round the workers one at a time, so that a batch is spread evenly even
-        // when the window (sized from earlier, maybe shorter, jobs) would let one worker
-        // take it all.
+        // Jobs go round the workers one at a time, so that a batch is spread evenly. How
+        // many a worker may hold comes from the job's own batch: its measured job time
+        // (see `window`), one at a time until the batch's first result, so that long jobs
+        // after short ones are not queued behind each other.
         struct Take {
             slot: usize,
-            room: usize,
+            held: usize,
             /// Tasks the worker may still take before it is recycled.
             quota: u64,
             jobs: Vec<Queued>,
@@ -340,7 +339,7 @@ impl Supervisor {
                 let w = s.as_ref()?;
                 (w.phase == Phase::Ready && w.kill_reason.is_none()).then(|| Take {
                     slot: i,
-                    room: window.saturating_sub(w.in_flight.len()),
+                    held: w.in_flight.len(),
                     quota: recycle.map_or(u64::MAX, |l| l.saturating_sub(w.items_sent)),
                     jobs: Vec::new(),
                 })
@@ -349,12 +348,17 @@ impl Supervisor {
         let mut progress = true;
         while progress && !q.jobs.is_empty() {
             progress = false;
-            for t in takers.iter_mut().filter(|t| t.room > 0 && t.quota > 0) {
+            for t in takers.iter_mut().filter(|t| t.quota > 0) {
                 let Some(job) = next_live(&mut q.jobs, max_message) else {
                     break;
                 };
+                if t.held >= Self::window(job.batch.avg_nanos()) {
+                    q.jobs.push_front(job);
+                    continue;
+                }
                 let weight = u64::from(job.job.weight.max(1));
                 let Some(w) = self.slots[t.slot].as_mut() else {
+                    q.jobs.push_front(job);
                     continue;
                 };
                 // A job larger than what is left of the quota waits for a fresh worker;
@@ -366,7 +370,7 @@ impl Supervisor {
                     continue;
                 }
                 t.quota = t.quota.saturating_sub(weight);
-                t.room -= 1;
+                t.held += 1;
                 w.items_sent += weight;
                 t.jobs.push(job);
                 progress = true;

@@ -366,7 +366,7 @@ fn long_jobs_after_short_ones_are_spread_over_every_worker() {
     }
     assert_eq!(counts.len(), 2, "both workers ran some: {counts:?}");
     assert!(
-        counts.values().all(|&n| n == 4),
-        "the batch is split evenly: {counts:?}"
+        counts.values().all(|&n| (3..=5).contains(&n)),
+        "the batch is split about evenly: {counts:?}"
     );
 }

@@ -306,6 +306,7 @@ fn take_due(
         attempts,
     } = f.q;
     let index = job.index;
+    batch.observe(nanos);
     // The payload goes first, so the caller may reuse its buffer.
     drop(job);
     if f.answered || batch.is_dead() {
