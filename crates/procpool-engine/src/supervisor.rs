@@ -13,17 +13,17 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::batch::{BatchInner, Done, Queued};
-use crate::error::{Death, HandshakeError, PoolError, TaskError, TaskErrorKind};
+use crate::batch::{Done, Queued};
+use crate::error::{PoolError, TaskError, TaskErrorKind};
 use crate::pool::{Mode, Shared};
 use crate::process::{self, SpawnOptions, WorkerProc};
 use crate::ring::RingReader;
 use crate::sys::{self, Ready};
 use crate::transport::{FrameReader, OutQueue};
-use crate::wire::{self, Down};
 
 mod dispatch;
 mod intake;
+mod lifecycle;
 
 use dispatch::{next_live, send_jobs};
 use intake::{Ctx, Early, drain_ring, drain_socket, handle_frames, read_some};
@@ -385,113 +385,6 @@ impl Supervisor {
         picked
     }
 
-    fn cancel(&mut self, batch: &Arc<BatchInner>) {
-        let mut q = self.shared.lock();
-        let mut kept = VecDeque::with_capacity(q.jobs.len());
-        for j in q.jobs.drain(..) {
-            if Arc::ptr_eq(&j.batch, batch) {
-                deliver(&j, TaskErrorKind::Cancelled, None, j.attempts);
-            } else {
-                kept.push_back(j);
-            }
-        }
-        q.jobs = kept;
-        drop(q);
-        for w in self.slots.iter_mut().flatten() {
-            let (started, _) = w.proc.started();
-            let mut kill = false;
-            for f in w.in_flight.iter_mut() {
-                if Arc::ptr_eq(&f.q.batch, batch) && !f.answered {
-                    f.answered = true;
-                    let pid = w.proc.pid;
-                    deliver(&f.q, TaskErrorKind::Cancelled, Some(pid), f.q.attempts + 1);
-                    // Only the job running now is worth a kill; an earlier one has ended
-                    // (its result is on the way) and a later one has not begun.
-                    kill |= f.seq == started;
-                }
-            }
-            if kill {
-                w.kill(KillReason::Cancel);
-            }
-        }
-    }
-
-    /// Kills workers past a deadline; returns how long until the next one.
-    fn check_deadlines(&mut self) -> Option<Duration> {
-        let now = Instant::now();
-        let mono = sys::monotonic_nanos();
-        let mut next: Option<Duration> = None;
-        let mut soonest = |d: Duration| next = Some(next.map_or(d, |n| n.min(d)));
-        let grace = self.shared.config.kill_grace;
-        for w in self.slots.iter_mut().flatten() {
-            if let Some(at) = w.hard_kill_at {
-                if now >= at {
-                    w.proc.kill();
-                    w.hard_kill_at = None;
-                } else {
-                    soonest(at - now);
-                }
-            }
-            if w.kill_reason.is_some() {
-                continue;
-            }
-            if let Some(d) = w.deadline {
-                if now >= d {
-                    let t = self.shared.config.handshake_timeout;
-                    w.start_error.get_or_insert(PoolError::Handshake {
-                        pid: Some(w.proc.pid),
-                        reason: HandshakeError::TimedOut(t),
-                    });
-                    w.kill(KillReason::Shutdown);
-                    continue;
-                }
-                soonest(d - now);
-            }
-            if w.phase != Phase::Ready {
-                continue;
-            }
-            let (started, at) = w.proc.started();
-            for f in &w.in_flight {
-                let Some(limit) = f.q.job.timeout else {
-                    continue;
-                };
-                if f.answered {
-                    continue;
-                }
-                if f.seq == started {
-                    let ran = Duration::from_nanos(mono.saturating_sub(at));
-                    if ran >= limit {
-                        w.kill_reason = Some(KillReason::Timeout { limit, ran });
-                        match grace {
-                            Some(g) if !g.is_zero() => {
-                                w.proc.terminate();
-                                w.hard_kill_at = Some(now + g);
-                                soonest(g);
-                            }
-                            _ => w.proc.kill(),
-                        }
-                        break;
-                    }
-                    soonest(limit - ran);
-                } else if f.seq > started {
-                    // Not started yet: look again shortly.
-                    soonest(limit.min(Duration::from_millis(2)));
-                }
-                break;
-            }
-        }
-        for w in &mut self.retiring {
-            if let Some(d) = w.deadline {
-                if now >= d {
-                    w.proc.kill();
-                } else {
-                    soonest(d - now);
-                }
-            }
-        }
-        next
-    }
-
     fn wait(&mut self, mut timeout: Option<Duration>) {
         let mut soonest = |d: Duration| timeout = Some(timeout.map_or(d, |t| t.min(d)));
         for w in self.slots.iter().flatten().chain(self.retiring.iter()) {
@@ -614,137 +507,6 @@ impl Supervisor {
             return;
         }
         self.maybe_retire(i);
-    }
-
-    /// Sends a worker that reached its task quota into retirement.
-    fn maybe_retire(&mut self, i: usize) {
-        let Some(limit) = self.shared.config.recycle_after else {
-            return;
-        };
-        let Some(w) = self.slots[i].as_mut() else {
-            return;
-        };
-        if w.phase == Phase::Ready && w.items_sent >= limit && w.in_flight.is_empty() {
-            let w = self.slots[i].take().expect("slot checked above");
-            self.retire(w);
-            self.publish_pids();
-        }
-    }
-
-    fn retire(&mut self, mut w: Worker) {
-        wire::encode_down(w.out.buf(), &Down::Shutdown);
-        w.flush();
-        w.phase = Phase::Retiring;
-        w.deadline = Some(Instant::now() + SHUTDOWN_GRACE);
-        self.retiring.push(w);
-    }
-
-    /// Handles the end of a worker that held a slot.
-    fn bury(&mut self, mut w: Worker) {
-        drain_socket(&mut w, &mut self.avg_nanos);
-        drain_ring(&mut w, &mut self.avg_nanos);
-        let death = w.proc.reap();
-        match w.phase {
-            Phase::Handshake | Phase::Init => {
-                let e = w.start_error.take().unwrap_or(PoolError::Handshake {
-                    pid: Some(w.proc.pid),
-                    reason: HandshakeError::Exited(death),
-                });
-                self.start_failed(e);
-            }
-            Phase::Ready | Phase::Retiring => self.attribute(w, death),
-        }
-    }
-
-    /// Fails the job a dead worker was running and sends the others back to the queue.
-    fn attribute(&mut self, mut w: Worker, death: Death) {
-        let (started, _) = w.proc.started();
-        let retries = self.shared.config.retries;
-        let mut again: Vec<Queued> = Vec::new();
-        for mut f in w.in_flight.drain(..) {
-            if f.answered || f.q.batch.is_dead() {
-                continue;
-            }
-            if let Some(e) = w.early.remove(&f.seq) {
-                // Its result came, though an earlier job's never did.
-                let (index, attempts) = (f.q.job.index, f.q.attempts + 1);
-                let pid = Some(w.proc.pid);
-                f.q.batch.deliver([Done {
-                    index,
-                    outcome: e
-                        .outcome
-                        .map_err(|fail| TaskError::new(fail.into(), index, pid, attempts)),
-                    nanos: e.nanos,
-                    pid,
-                }]);
-                continue;
-            }
-            if f.seq > started {
-                again.push(f.q);
-                continue;
-            }
-            let attempts = f.q.attempts + 1;
-            let kind = match &w.kill_reason {
-                Some(KillReason::Timeout { limit, ran }) => TaskErrorKind::TimedOut {
-                    limit: *limit,
-                    ran: *ran,
-                },
-                Some(KillReason::Cancel) => TaskErrorKind::Cancelled,
-                Some(KillReason::Protocol(m)) => TaskErrorKind::Protocol { message: m.clone() },
-                Some(KillReason::Shutdown) | None => {
-                    if attempts <= retries {
-                        f.q.attempts = attempts;
-                        again.push(f.q);
-                        continue;
-                    }
-                    TaskErrorKind::WorkerDied { death }
-                }
-            };
-            deliver(&f.q, kind, Some(w.proc.pid), attempts);
-        }
-        let mut q = self.shared.lock();
-        for j in again.into_iter().rev() {
-            q.jobs.push_front(j);
-        }
-    }
-
-    fn shutdown_all(&mut self) {
-        for i in 0..self.slots.len() {
-            if let Some(mut w) = self.slots[i].take() {
-                if w.phase == Phase::Ready {
-                    self.retire(w);
-                } else {
-                    w.proc.kill_and_reap();
-                }
-            }
-        }
-        self.publish_pids();
-    }
-
-    fn terminate(&mut self) {
-        let mut all: Vec<Worker> = self.slots.iter_mut().filter_map(Option::take).collect();
-        all.append(&mut self.retiring);
-        for w in &all {
-            w.proc.kill();
-        }
-        for mut w in all {
-            w.proc.reap();
-            for f in w.in_flight.drain(..) {
-                if !f.answered {
-                    deliver(
-                        &f.q,
-                        TaskErrorKind::Terminated,
-                        Some(w.proc.pid),
-                        f.q.attempts + 1,
-                    );
-                }
-            }
-        }
-        let jobs = std::mem::take(&mut self.shared.lock().jobs);
-        for j in jobs {
-            answer(&j, TaskErrorKind::Terminated, None);
-        }
-        self.publish_pids();
     }
 }
 
