@@ -136,9 +136,7 @@ impl<'a> RingReader<'a> {
             ));
         }
         let at = RING_OFFSET + read % RING_LEN + HEAD;
-        buf.clear();
-        buf.resize(len, 0);
-        self.ctl.read(at, buf);
+        self.ctl.read_to_vec(at, len, buf);
         self.ctl
             .word(CTL_RING_READ)
             .store((read + HEAD + align8(len)) as u64, Release);

@@ -12,6 +12,7 @@ use crate::error::{HandshakeError, PoolError, TaskError};
 use crate::process;
 use crate::ring::RingReader;
 use crate::sys::SharedRegion;
+use crate::transport::FrameReader;
 use crate::wire::{self, Down, Failure, Outcome, PROTOCOL_VERSION, ResultFrame, Up};
 
 /// Reads per worker per loop turn, so one chatty worker cannot starve the others.
@@ -71,38 +72,17 @@ pub(super) fn handle_frames(w: &mut Worker, ctx: &mut Ctx<'_>) {
         if matches!(w.kill_reason, Some(KillReason::Protocol(_))) {
             return;
         }
-        let Worker {
-            reader,
-            phase,
-            deadline,
-            in_flight,
-            early,
-            start_error,
-            proc,
-            ..
-        } = &mut *w;
+        let (reader, view) = split(w, ctx.init.is_some());
         let (used, result) = match reader.frame() {
             Ok(None) => {
-                let due = in_flight.front().map(|f| f.seq);
-                match wire::check_up_prefix(reader.pending(), in_flight.len(), due) {
+                let due = view.in_flight.front().map(|f| f.seq);
+                match wire::check_up_prefix(reader.pending(), view.in_flight.len(), due) {
                     Ok(()) => return,
                     Err(e) => (0, Err(e.to_string())),
                 }
             }
             Err(e) => (0, Err(e.to_string())),
-            Ok(Some((body, used))) => {
-                let view = WorkerView {
-                    pid: proc.pid,
-                    ctl: &proc.ctl,
-                    early,
-                    phase,
-                    deadline,
-                    in_flight,
-                    start_error,
-                    has_init: ctx.init.is_some(),
-                };
-                (used, handle_message(view, body, ctx.avg_nanos))
-            }
+            Ok(Some((body, used))) => (used, handle_message(view, body, ctx.avg_nanos)),
         };
         w.reader.consume(used);
         if w.start_error.is_some() && w.phase != Phase::Ready {
@@ -123,6 +103,32 @@ pub(super) fn handle_frames(w: &mut Worker, ctx: &mut Ctx<'_>) {
             Ok(false) => {}
         }
     }
+}
+
+/// Splits a worker into its reader (which holds the bytes of the message being handled)
+/// and the fields a message may change.
+fn split(w: &mut Worker, has_init: bool) -> (&mut FrameReader, WorkerView<'_>) {
+    let Worker {
+        reader,
+        phase,
+        deadline,
+        in_flight,
+        early,
+        start_error,
+        proc,
+        ..
+    } = w;
+    let view = WorkerView {
+        pid: proc.pid,
+        ctl: &proc.ctl,
+        early,
+        phase,
+        deadline,
+        in_flight,
+        start_error,
+        has_init,
+    };
+    (reader, view)
 }
 
 /// The fields of a worker a message may change (split from its reader, which holds the
@@ -252,30 +258,24 @@ fn accept(
         ));
     };
     let (front, back) = (front.seq, back.seq);
-    if r.seq != front {
-        if r.seq < front || r.seq > back || w.early.contains_key(&r.seq) {
-            return Err(format!(
-                "result for job {} while the worker holds jobs {front} to {back}",
-                r.seq
-            ));
-        }
-        let outcome = match r.outcome {
-            Outcome::Ok(b) => Ok(b.to_vec()),
-            Outcome::Err(f) => Err(f),
-        };
-        w.early.insert(
-            r.seq,
-            Early {
-                nanos: r.nanos,
-                outcome,
-            },
-        );
-        return Ok(());
+    if r.seq != front && (r.seq < front || r.seq > back || w.early.contains_key(&r.seq)) {
+        return Err(format!(
+            "result for job {} while the worker holds jobs {front} to {back}",
+            r.seq
+        ));
     }
     let outcome = match r.outcome {
         Outcome::Ok(b) => Ok(b.to_vec()),
         Outcome::Err(f) => Err(f),
     };
+    if r.seq != front {
+        let early = Early {
+            nanos: r.nanos,
+            outcome,
+        };
+        w.early.insert(r.seq, early);
+        return Ok(());
+    }
     take_due(w, r.nanos, outcome, avg_nanos, out);
     while let Some(seq) = w.in_flight.front().map(|f| f.seq) {
         let Some(e) = w.early.remove(&seq) else { break };
@@ -300,29 +300,43 @@ fn take_due(
     } else {
         0.8 * *avg_nanos + 0.2 * nanos as f64
     };
+    f.q.batch.observe(nanos);
+    if f.answered {
+        return;
+    }
+    if let Some((batch, done)) = finished(f.q, w.pid, nanos, outcome) {
+        out.push(batch, done);
+    }
+}
+
+/// The answer to a job that ran on worker `pid` and gave `outcome`; `None` when nobody
+/// wants it any more. The job's payload is dropped first, so the caller may reuse its
+/// buffer.
+pub(super) fn finished(
+    q: Queued,
+    pid: u32,
+    nanos: u64,
+    outcome: Result<Vec<u8>, Failure>,
+) -> Option<(Arc<BatchInner>, Done)> {
     let Queued {
         job,
         batch,
         attempts,
-    } = f.q;
+    } = q;
     let index = job.index;
-    batch.observe(nanos);
-    // The payload goes first, so the caller may reuse its buffer.
     drop(job);
-    if f.answered || batch.is_dead() {
-        return;
+    if batch.is_dead() {
+        return None;
     }
-    let outcome =
-        outcome.map_err(|fail| TaskError::new(fail.into(), index, Some(w.pid), attempts + 1));
-    out.push(
-        batch,
-        Done {
-            index,
-            outcome,
-            nanos,
-            pid: Some(w.pid),
-        },
-    );
+    let pid = Some(pid);
+    let outcome = outcome.map_err(|fail| TaskError::new(fail.into(), index, pid, attempts + 1));
+    let done = Done {
+        index,
+        outcome,
+        nanos,
+        pid,
+    };
+    Some((batch, done))
 }
 
 /// Takes every result published in the worker's results ring.
@@ -349,25 +363,7 @@ pub(super) fn drain_ring(w: &mut Worker, avg_nanos: &mut f64) {
     {
         return;
     }
-    let Worker {
-        phase,
-        deadline,
-        in_flight,
-        early,
-        start_error,
-        proc,
-        ..
-    } = &mut *w;
-    let mut view = WorkerView {
-        pid: proc.pid,
-        ctl: &proc.ctl,
-        early,
-        phase,
-        deadline,
-        in_flight,
-        start_error,
-        has_init: false,
-    };
+    let (_, mut view) = split(w, false);
     let mut out = Deliverer::default();
     let r = drain_ring_into(&mut view, avg_nanos, &mut out);
     out.flush();

@@ -5,10 +5,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::intake::{drain_ring, drain_socket};
+use super::intake::{drain_ring, drain_socket, finished};
 use super::{KillReason, Phase, SHUTDOWN_GRACE, Supervisor, Worker, answer, deliver};
-use crate::batch::{BatchInner, Done, Queued};
-use crate::error::{Death, HandshakeError, PoolError, TaskError, TaskErrorKind};
+use crate::batch::{BatchInner, Queued};
+use crate::error::{Death, HandshakeError, PoolError, TaskErrorKind};
 use crate::sys;
 use crate::wire::{self, Down};
 
@@ -171,16 +171,9 @@ impl Supervisor {
             }
             if let Some(e) = w.early.remove(&f.seq) {
                 // Its result came, though an earlier job's never did.
-                let (index, attempts) = (f.q.job.index, f.q.attempts + 1);
-                let pid = Some(w.proc.pid);
-                f.q.batch.deliver([Done {
-                    index,
-                    outcome: e
-                        .outcome
-                        .map_err(|fail| TaskError::new(fail.into(), index, pid, attempts)),
-                    nanos: e.nanos,
-                    pid,
-                }]);
+                if let Some((batch, done)) = finished(f.q, w.proc.pid, e.nanos, e.outcome) {
+                    batch.deliver([done]);
+                }
                 continue;
             }
             if f.seq > started {

@@ -410,6 +410,25 @@ impl SharedRegion {
         }
     }
 
+    /// Replaces the contents of `out` with the region's `len` bytes at `offset` (copied
+    /// straight into the vector, without zero-filling it first).
+    ///
+    /// # Panics
+    /// If the range is outside the region.
+    pub(crate) fn read_to_vec(&self, offset: usize, len: usize, out: &mut Vec<u8>) {
+        let end = offset.checked_add(len).expect("range overflows");
+        assert!(end <= self.len, "read outside the shared region");
+        out.clear();
+        out.reserve(len);
+        // SAFETY: the source is in bounds (checked above) with pages present (sealed
+        // size); the vector has room for `len` bytes (reserved), which the copy
+        // initializes before the length is set.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), len);
+            out.set_len(len);
+        }
+    }
+
     /// Copies the region's bytes at `offset` into `out`.
     ///
     /// # Panics
