@@ -188,20 +188,21 @@ where
         if jobs.is_empty() {
             return;
         }
-        if let Err(e) = self.batch.submit(jobs.iter().cloned()) {
-            self.refused(jobs, e);
+        let starts: Vec<u64> = jobs.iter().map(|j| j.index).collect();
+        if let Err(e) = self.batch.submit(jobs) {
+            self.refused(&starts, e);
         }
     }
 
-    /// The pool refused the jobs: each of their items fails with the pool's error, and
-    /// no more input is pulled.
+    /// The pool refused the jobs starting at `starts`: each of their items fails with the
+    /// pool's error, and no more input is pulled.
     #[cold]
-    fn refused(&mut self, jobs: Vec<Job>, e: PoolError) {
+    fn refused(&mut self, starts: &[u64], e: PoolError) {
         self.exhausted = true;
-        for j in jobs {
-            if let Some((count, payload)) = self.sizes.remove(&j.index) {
+        for &start in starts {
+            if let Some((count, payload)) = self.sizes.remove(&start) {
                 self.held_bytes -= payload.len();
-                let chunk = ChunkOut::failed(j.index, count, |_| Error::Pool(e.clone()));
+                let chunk = ChunkOut::failed(start, count, |_| Error::Pool(e.clone()));
                 self.local.push_back(chunk);
             }
         }
