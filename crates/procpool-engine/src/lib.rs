@@ -13,6 +13,7 @@
 //! stream of jobs), `oneoff` (a single process outside any pool), `sys` (OS calls).
 
 mod batch;
+mod claim;
 mod error;
 mod oneoff;
 mod pool;

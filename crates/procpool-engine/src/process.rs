@@ -32,6 +32,9 @@ pub(crate) const CTL_RING_READ: usize = 3;
 /// Control word: set by the parent before it sleeps; a worker that publishes a result
 /// then clears it and rings the doorbell.
 pub(crate) const CTL_SLEEPING: usize = 4;
+/// Control word: the claim word (see `claim`): the job the worker claimed last, and the
+/// parent's stop flag.
+pub(crate) const CTL_CLAIM: usize = 5;
 /// Where the results ring starts in the control block.
 pub(crate) const RING_OFFSET: usize = 4096;
 /// Size of the results ring.

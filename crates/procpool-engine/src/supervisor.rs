@@ -25,13 +25,8 @@ mod dispatch;
 mod intake;
 mod lifecycle;
 
-use dispatch::{next_live, send_jobs};
 use intake::{Ctx, Early, drain_ring, drain_socket, handle_frames, read_some};
 
-/// Target amount of work in flight per worker, in nanoseconds of measured job time.
-const WINDOW_NANOS: f64 = 2_000_000.0;
-/// Most jobs in flight per worker.
-const MAX_WINDOW: usize = 1024;
 /// How long a worker told to shut down may take before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Jobs in flight past which a worker's results are collected on a timer instead of a
@@ -51,7 +46,12 @@ enum Phase {
 
 #[derive(Debug, Clone)]
 enum KillReason {
-    Timeout { limit: Duration, ran: Duration },
+    /// Job `seq` ran past its limit.
+    Timeout {
+        seq: u64,
+        limit: Duration,
+        ran: Duration,
+    },
     Cancel,
     Protocol(String),
     Shutdown,
@@ -65,6 +65,10 @@ struct InFlight {
     answered: bool,
     /// The range of the data region holding the payload, if it went that way.
     shared: Option<(usize, usize)>,
+    /// When it was handed to the worker.
+    sent: Instant,
+    /// What it was expected to take when sent (its batch's average; 0: unknown).
+    est_nanos: f64,
 }
 
 #[derive(Debug)]
@@ -79,6 +83,17 @@ struct Worker {
     early: BTreeMap<u64, Early>,
     next_seq: u64,
     items_sent: u64,
+    /// Expected run time of the jobs the worker holds, in nanoseconds (the sum of their
+    /// `est_nanos`).
+    backlog: f64,
+    /// Since when the first job the worker holds has been due: when it was sent to an
+    /// idle worker, or when the result before it came back. The job cannot have started
+    /// earlier, so its time limit counts from here (see `check_deadlines`).
+    front_since: Instant,
+    /// The last job known to be claimed by the worker (see `claim`).
+    claim_floor: u64,
+    /// A revocation the worker has not answered yet: the `through` it was sent with.
+    revoke_pending: Option<u64>,
     kill_reason: Option<KillReason>,
     /// When a worker sent SIGTERM for a timeout gets SIGKILL.
     hard_kill_at: Option<Instant>,
@@ -168,7 +183,7 @@ impl Supervisor {
             if self.starting && self.one_started() {
                 self.report_started(Ok(()));
             }
-            self.dispatch();
+            let recheck = self.dispatch();
             if mode == Mode::Join && self.idle() {
                 self.shutdown_all();
                 if self.retiring.is_empty() {
@@ -176,7 +191,10 @@ impl Supervisor {
                 }
             }
             self.respawn(mode);
-            let timeout = self.check_deadlines();
+            let timeout = match (self.check_deadlines(), recheck) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if self.starting && self.failed_start() {
                 return;
             }
@@ -228,6 +246,10 @@ impl Supervisor {
             early: BTreeMap::new(),
             next_seq: 1,
             items_sent: 0,
+            backlog: 0.0,
+            front_since: Instant::now(),
+            claim_floor: 0,
+            revoke_pending: None,
             kill_reason: None,
             hard_kill_at: None,
             start_error: None,
@@ -275,114 +297,6 @@ impl Supervisor {
     fn idle(&self) -> bool {
         self.shared.lock().jobs.is_empty()
             && self.slots.iter().flatten().all(|w| w.in_flight.is_empty())
-    }
-
-    /// Jobs a worker may hold at once when they take `nanos` each (0: not known yet,
-    /// one at a time).
-    fn window(nanos: f64) -> usize {
-        if nanos <= 0.0 {
-            return 1;
-        }
-        ((WINDOW_NANOS / nanos) as usize).clamp(1, MAX_WINDOW)
-    }
-
-    /// Hands queued jobs to workers with room. Jobs are picked under the queue's lock
-    /// and encoded (and large payloads copied) after it is released.
-    fn dispatch(&mut self) {
-        let picked = self.pick_jobs();
-        let max_message = self.shared.config.max_message;
-        for (i, jobs) in picked {
-            if let Some(w) = self.slots[i].as_mut() {
-                send_jobs(w, jobs, max_message);
-            }
-        }
-        for w in self.slots.iter_mut().flatten() {
-            if !w.out.is_empty() {
-                w.flush();
-            }
-        }
-        for i in 0..self.slots.len() {
-            self.maybe_retire(i);
-        }
-    }
-
-    fn pick_jobs(&mut self) -> Vec<(usize, Vec<Queued>)> {
-        let recycle = self.shared.config.recycle_after;
-        let max_message = self.shared.config.max_message;
-        let mut picked = Vec::new();
-        let mut q = self.shared.lock();
-        if let Some(broken) = q.broken.clone()
-            && !self.slots.iter().flatten().any(|w| w.phase == Phase::Ready)
-        {
-            for j in q.jobs.drain(..) {
-                let kind = TaskErrorKind::PoolBroken(broken.clone());
-                answer(&j, kind, None);
-            }
-            return picked;
-        }
-        // Jobs go round the workers one at a time, so that a batch is spread evenly. How
-        // many a worker may hold comes from the job's own batch: its measured job time
-        // (see `window`), one at a time until the batch's first result, so that long jobs
-        // after short ones are not queued behind each other.
-        struct Take {
-            slot: usize,
-            held: usize,
-            /// Tasks the worker may still take before it is recycled.
-            quota: u64,
-            jobs: Vec<Queued>,
-        }
-        let mut takers: Vec<Take> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let w = s.as_ref()?;
-                (w.phase == Phase::Ready && w.kill_reason.is_none()).then(|| Take {
-                    slot: i,
-                    held: w.in_flight.len(),
-                    quota: recycle.map_or(u64::MAX, |l| l.saturating_sub(w.items_sent)),
-                    jobs: Vec::new(),
-                })
-            })
-            .collect();
-        let mut progress = true;
-        while progress && !q.jobs.is_empty() {
-            progress = false;
-            for t in takers.iter_mut().filter(|t| t.quota > 0) {
-                let Some(job) = next_live(&mut q.jobs, max_message) else {
-                    break;
-                };
-                if t.held >= Self::window(job.batch.avg_nanos()) {
-                    q.jobs.push_front(job);
-                    continue;
-                }
-                let weight = u64::from(job.job.weight.max(1));
-                let Some(w) = self.slots[t.slot].as_mut() else {
-                    q.jobs.push_front(job);
-                    continue;
-                };
-                // A job larger than what is left of the quota waits for a fresh worker;
-                // this one has done its share (it retires once idle).
-                if weight > t.quota && recycle.is_some() && w.items_sent > 0 {
-                    q.jobs.push_front(job);
-                    w.items_sent = recycle.unwrap_or(u64::MAX);
-                    t.quota = 0;
-                    continue;
-                }
-                t.quota = t.quota.saturating_sub(weight);
-                t.held += 1;
-                w.items_sent += weight;
-                t.jobs.push(job);
-                progress = true;
-            }
-        }
-        picked.extend(
-            takers
-                .into_iter()
-                .filter(|t| !t.jobs.is_empty())
-                .map(|t| (t.slot, t.jobs)),
-        );
-        picked
     }
 
     fn wait(&mut self, mut timeout: Option<Duration>) {

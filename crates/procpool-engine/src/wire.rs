@@ -17,7 +17,7 @@ use std::fmt;
 pub const MAX_TEXT: usize = 64 * 1024;
 
 /// Version of this wire format; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Bytes of the frame header (the body length).
 pub const FRAME_HEADER: usize = 4;
@@ -26,11 +26,13 @@ const TAG_JOBS: u8 = 1;
 const TAG_INIT: u8 = 2;
 const TAG_SHUTDOWN: u8 = 3;
 const TAG_SHARED_JOBS: u8 = 4;
+const TAG_REVOKE: u8 = 5;
 const TAG_HELLO: u8 = 10;
 const TAG_REFUSED: u8 = 11;
 const TAG_INIT_DONE: u8 = 12;
 const TAG_RESULTS: u8 = 13;
 const TAG_DOORBELL: u8 = 14;
+const TAG_REVOKED: u8 = 15;
 
 /// What went wrong inside a worker while it ran a task (the worker is still alive).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +142,13 @@ pub enum Down<'a> {
     },
     /// Finish and exit.
     Shutdown,
+    /// The parent took back every job up to `through` that the worker had not claimed
+    /// when the parent raised the stop flag (see `claim`): skip them, clear the flag and
+    /// answer [`Up::Revoked`].
+    Revoke {
+        /// The last sequence number sent before the revocation.
+        through: u64,
+    },
 }
 
 /// A message from a worker to the parent.
@@ -162,6 +171,12 @@ pub enum Up<'a> {
     Results(Vec<ResultFrame<'a>>),
     /// Results are waiting in the results ring (sent only when the parent asked for it).
     Doorbell,
+    /// Answer to [`Down::Revoke`]: the revoked jobs are dropped and the worker takes new
+    /// ones.
+    Revoked {
+        /// The `through` of the revocation answered.
+        through: u64,
+    },
 }
 
 /// A malformed frame.
@@ -470,6 +485,11 @@ pub fn encode_down(out: &mut Vec<u8>, msg: &Down<'_>) {
             let at = begin_frame(out, TAG_SHUTDOWN);
             end_frame(out, at);
         }
+        Down::Revoke { through } => {
+            let at = begin_frame(out, TAG_REVOKE);
+            out.put_u64(*through);
+            end_frame(out, at);
+        }
     }
 }
 
@@ -528,6 +548,11 @@ pub fn encode_up(out: &mut Vec<u8>, msg: &Up<'_>) {
         }
         Up::Doorbell => {
             let at = begin_frame(out, TAG_DOORBELL);
+            end_frame(out, at);
+        }
+        Up::Revoked { through } => {
+            let at = begin_frame(out, TAG_REVOKED);
+            out.put_u64(*through);
             end_frame(out, at);
         }
     }
@@ -601,10 +626,14 @@ pub fn check_up_prefix(prefix: &[u8], in_flight: usize, due: Option<u64>) -> Res
         return Ok(());
     };
     match tag {
-        TAG_HELLO | TAG_REFUSED | TAG_INIT_DONE | TAG_DOORBELL if len > MAX_SMALL_UP => Err(bad(
-            format!("a {len}-byte frame of kind {tag}, which is never larger than {MAX_SMALL_UP}"),
-        )),
-        TAG_HELLO | TAG_REFUSED | TAG_INIT_DONE | TAG_DOORBELL => Ok(()),
+        TAG_HELLO | TAG_REFUSED | TAG_INIT_DONE | TAG_DOORBELL | TAG_REVOKED
+            if len > MAX_SMALL_UP =>
+        {
+            Err(bad(format!(
+                "a {len}-byte frame of kind {tag}, which is never larger than {MAX_SMALL_UP}"
+            )))
+        }
+        TAG_HELLO | TAG_REFUSED | TAG_INIT_DONE | TAG_DOORBELL | TAG_REVOKED => Ok(()),
         TAG_RESULTS => {
             let mut r = Reader {
                 buf: &prefix[FRAME_HEADER + 1..],
@@ -663,6 +692,9 @@ pub fn decode_down(body: &[u8]) -> Result<Down<'_>, WireError> {
             payload: r.bytes("init payload")?,
         },
         TAG_SHUTDOWN => Down::Shutdown,
+        TAG_REVOKE => Down::Revoke {
+            through: r.u64("revoked through")?,
+        },
         t => return Err(bad(format!("unknown message tag {t} from parent"))),
     };
     r.end("parent")?;
@@ -712,6 +744,9 @@ pub fn decode_up(body: &[u8]) -> Result<Up<'_>, WireError> {
             Up::Results(rs)
         }
         TAG_DOORBELL => Up::Doorbell,
+        TAG_REVOKED => Up::Revoked {
+            through: r.u64("revoked through")?,
+        },
         t => return Err(bad(format!("unknown message tag {t} from worker"))),
     };
     r.end("worker")?;

@@ -14,6 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 
+use crate::claim::Claimer;
 use crate::process::{
     CONTROL_LEN, CTL_STARTED_AT, CTL_STARTED_SEQ, DATA_LEN, ENV_WORKER, REGIONS_MARK, WorkerEnv,
     my_fingerprint,
@@ -110,6 +111,7 @@ struct Io {
     entry: Vec<u8>,
     max_message: usize,
     result_buf: Vec<u8>,
+    claimer: Claimer,
 }
 
 fn serve(env: WorkerEnv, runner: &mut dyn Runner) -> i32 {
@@ -166,6 +168,7 @@ fn run_connected(
             entry: Vec::new(),
             max_message: env.max_message,
             result_buf: Vec::new(),
+            claimer: Claimer::default(),
         },
     };
     let mine = my_fingerprint();
@@ -216,12 +219,20 @@ impl Conn {
                     let stop = match msg {
                         Down::Jobs(jobs) => {
                             for j in jobs {
-                                io.run_job(runner, j.seq, j.func, j.payload)?;
+                                // A job the parent took back is skipped.
+                                if io.claimer.claim(&io.ctl, j.seq) {
+                                    io.run_job(runner, j.seq, j.func, j.payload)?;
+                                }
                             }
                             false
                         }
                         Down::SharedJobs(jobs) => {
                             for j in jobs {
+                                // Claimed first: the range of a job taken back may be
+                                // reused by the parent at once, and is never read.
+                                if !io.claimer.claim(&io.ctl, j.seq) {
+                                    continue;
+                                }
                                 // SAFETY: the parent does not touch a job's range of the
                                 // data region until the job's result is back.
                                 let payload =
@@ -245,6 +256,12 @@ impl Conn {
                             failed
                         }
                         Down::Shutdown => true,
+                        Down::Revoke { through } => {
+                            io.claimer.revoked(&io.ctl, through);
+                            wire::encode_up(io.out.buf(), &Up::Revoked { through });
+                            io.out.flush(io.sock.as_fd())?;
+                            false
+                        }
                     };
                     (used, stop)
                 }
@@ -275,7 +292,7 @@ fn receive_more(reader: &mut FrameReader, sock: BorrowedFd<'_>) -> std::io::Resu
 }
 
 impl Io {
-    /// Marks the job started in the control block, runs it, and sends its result.
+    /// Marks a claimed job started in the control block, runs it, and sends its result.
     fn run_job(
         &mut self,
         runner: &mut dyn Runner,

@@ -133,6 +133,7 @@ enum OwnedDown {
     SharedJobs(Vec<(u64, Vec<u8>, u64, u64)>),
     Init { func: Vec<u8>, payload: Vec<u8> },
     Shutdown,
+    Revoke(u64),
 }
 
 impl OwnedDown {
@@ -159,6 +160,7 @@ impl OwnedDown {
             ),
             OwnedDown::Init { func, payload } => Down::Init { func, payload },
             OwnedDown::Shutdown => Down::Shutdown,
+            OwnedDown::Revoke(through) => Down::Revoke { through: *through },
         }
     }
 }
@@ -249,6 +251,7 @@ fn down() -> impl Strategy<Value = OwnedDown> {
             .prop_map(OwnedDown::SharedJobs),
         (bytes(), bytes()).prop_map(|(func, payload)| OwnedDown::Init { func, payload }),
         Just(OwnedDown::Shutdown),
+        any_u64().prop_map(OwnedDown::Revoke),
     ]
 }
 
@@ -268,6 +271,7 @@ fn up() -> impl Strategy<Value = OwnedUp> {
         }))),
         prop::collection::vec((any_u64(), any_u64(), outcome()), 0..6).prop_map(OwnedUp::Results),
         Just(OwnedUp::Plain(Up::Doorbell)),
+        any_u64().prop_map(|through| OwnedUp::Plain(Up::Revoked { through })),
     ]
 }
 
@@ -309,6 +313,7 @@ fn down_tags() -> Vec<u8> {
             payload: b"",
         },
         Down::Shutdown,
+        Down::Revoke { through: 7 },
     ];
     downs.iter().map(|m| body_of_down(m)[0]).collect()
 }
@@ -325,6 +330,7 @@ fn up_tags() -> Vec<u8> {
         Up::InitDone(Ok(())),
         Up::Results(Vec::new()),
         Up::Doorbell,
+        Up::Revoked { through: 7 },
     ];
     ups.iter().map(|m| body_of_up(m)[0]).collect()
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::{InFlight, KillReason, Phase, Worker};
 use crate::batch::{BatchInner, Done, Queued};
+use crate::claim;
 use crate::error::{HandshakeError, PoolError, TaskError};
 use crate::process;
 use crate::ring::RingReader;
@@ -76,12 +77,17 @@ pub(super) fn handle_frames(w: &mut Worker, ctx: &mut Ctx<'_>) {
         let (used, result) = match reader.frame() {
             Ok(None) => {
                 let due = view.in_flight.front().map(|f| f.seq);
-                match wire::check_up_prefix(reader.pending(), view.in_flight.len(), due) {
+                let held = view.in_flight.len();
+                drop(view);
+                match wire::check_up_prefix(reader.pending(), held, due) {
                     Ok(()) => return,
                     Err(e) => (0, Err(e.to_string())),
                 }
             }
-            Err(e) => (0, Err(e.to_string())),
+            Err(e) => {
+                drop(view);
+                (0, Err(e.to_string()))
+            }
             Ok(Some((body, used))) => (used, handle_message(view, body, ctx.avg_nanos)),
         };
         w.reader.consume(used);
@@ -116,6 +122,10 @@ fn split(w: &mut Worker, has_init: bool) -> (&mut FrameReader, WorkerView<'_>) {
         early,
         start_error,
         proc,
+        backlog,
+        claim_floor,
+        revoke_pending,
+        front_since,
         ..
     } = w;
     let view = WorkerView {
@@ -127,6 +137,11 @@ fn split(w: &mut Worker, has_init: bool) -> (&mut FrameReader, WorkerView<'_>) {
         in_flight,
         start_error,
         has_init,
+        backlog,
+        claim_floor,
+        revoke_pending,
+        front_since,
+        front_moved: false,
     };
     (reader, view)
 }
@@ -142,6 +157,21 @@ struct WorkerView<'a> {
     in_flight: &'a mut VecDeque<InFlight>,
     start_error: &'a mut Option<PoolError>,
     has_init: bool,
+    backlog: &'a mut f64,
+    claim_floor: &'a mut u64,
+    revoke_pending: &'a mut Option<u64>,
+    front_since: &'a mut Instant,
+    /// A result came for the first job held: the next one is due from now (set when the
+    /// view is dropped, so that a burst of results reads the clock once).
+    front_moved: bool,
+}
+
+impl Drop for WorkerView<'_> {
+    fn drop(&mut self) {
+        if self.front_moved {
+            *self.front_since = Instant::now();
+        }
+    }
 }
 
 /// Handles one message; `Ok(true)` when the initializer is to be sent.
@@ -197,6 +227,15 @@ fn handle_message(mut w: WorkerView<'_>, body: &[u8], avg_nanos: &mut f64) -> Re
             });
             out.flush();
             r.map(|()| false)
+        }
+        (Phase::Ready | Phase::Retiring, Up::Revoked { through }) => {
+            if *w.revoke_pending != Some(through) || claim::is_stopped(w.ctl) {
+                return Err(format!(
+                    "answer to a revocation through job {through} that was not asked for"
+                ));
+            }
+            *w.revoke_pending = None;
+            Ok(false)
         }
         (Phase::Ready | Phase::Retiring, Up::Doorbell) => {
             let mut out = Deliverer::default();
@@ -295,6 +334,13 @@ fn take_due(
     let Some(f) = w.in_flight.pop_front() else {
         return;
     };
+    *w.backlog = if w.in_flight.is_empty() {
+        0.0
+    } else {
+        *w.backlog - f.est_nanos
+    };
+    *w.claim_floor = (*w.claim_floor).max(f.seq);
+    w.front_moved = true;
     *avg_nanos = if *avg_nanos <= 0.0 {
         nanos as f64
     } else {
@@ -366,6 +412,7 @@ pub(super) fn drain_ring(w: &mut Worker, avg_nanos: &mut f64) {
     let (_, mut view) = split(w, false);
     let mut out = Deliverer::default();
     let r = drain_ring_into(&mut view, avg_nanos, &mut out);
+    drop(view);
     out.flush();
     if let Err(m) = r {
         w.kill(KillReason::Protocol(m));

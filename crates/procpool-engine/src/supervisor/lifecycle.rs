@@ -14,6 +14,20 @@ use crate::wire::{self, Down};
 
 impl Supervisor {
     pub(super) fn cancel(&mut self, batch: &Arc<BatchInner>) {
+        // Jobs of the batch that a worker holds but has not started go back to the queue
+        // first (with the others it had not started), to be answered there.
+        for i in 0..self.slots.len() {
+            let holds = self.slots[i].as_ref().is_some_and(|w| {
+                w.can_take()
+                    && w.in_flight
+                        .iter()
+                        .skip(1)
+                        .any(|f| Arc::ptr_eq(&f.q.batch, batch))
+            });
+            if holds {
+                self.revoke(i);
+            }
+        }
         let mut q = self.shared.lock();
         let mut kept = VecDeque::with_capacity(q.jobs.len());
         for j in q.jobs.drain(..) {
@@ -26,16 +40,16 @@ impl Supervisor {
         q.jobs = kept;
         drop(q);
         for w in self.slots.iter_mut().flatten() {
-            let (started, _) = w.proc.started();
+            let running = w.in_flight.back().map(|f| f.seq);
             let mut kill = false;
             for f in w.in_flight.iter_mut() {
                 if Arc::ptr_eq(&f.q.batch, batch) && !f.answered {
                     f.answered = true;
                     let pid = w.proc.pid;
                     deliver(&f.q, TaskErrorKind::Cancelled, Some(pid), f.q.attempts + 1);
-                    // Only the job running now is worth a kill; an earlier one has ended
-                    // (its result is on the way) and a later one has not begun.
-                    kill |= f.seq == started;
+                    // What is left after the revocation was started; only the last of
+                    // it can still be running (the others' results are on the way).
+                    kill |= Some(f.seq) == running;
                 }
             }
             if kill {
@@ -45,6 +59,12 @@ impl Supervisor {
     }
 
     /// Kills workers past a deadline; returns how long until the next one.
+    ///
+    /// A job's time limit counts on the supervisor's own clock, from when the job became
+    /// due: sent to an idle worker, or the result before it came back (the job cannot
+    /// have started before either). The start time the worker writes in its control block
+    /// can only make the count longer (never shorter than the parent's, never longer than
+    /// since the job was sent), so a task that scribbles on it cannot escape its limit.
     pub(super) fn check_deadlines(&mut self) -> Option<Duration> {
         let now = Instant::now();
         let mono = sys::monotonic_nanos();
@@ -75,37 +95,51 @@ impl Supervisor {
                 }
                 soonest(d - now);
             }
-            if w.phase != Phase::Ready {
+            let limited = w
+                .in_flight
+                .front()
+                .is_some_and(|f| f.q.job.timeout.is_some());
+            if w.phase != Phase::Ready || !limited {
                 continue;
             }
+            // Results published meanwhile move the first job on: take them first (and
+            // come back at once to deal the worker more work).
+            let held = w.in_flight.len();
+            drain_ring(w, &mut self.avg_nanos);
+            if w.in_flight.len() < held {
+                soonest(Duration::ZERO);
+            }
+            let Some(f) = w.in_flight.front() else {
+                continue;
+            };
+            let Some(limit) = f.q.job.timeout else {
+                continue;
+            };
             let (started, at) = w.proc.started();
-            for f in &w.in_flight {
-                let Some(limit) = f.q.job.timeout else {
-                    continue;
-                };
-                if f.answered {
-                    continue;
+            let by_parent = now.saturating_duration_since(w.front_since);
+            let by_worker = if started == f.seq {
+                Duration::from_nanos(mono.saturating_sub(at))
+                    .min(now.saturating_duration_since(f.sent))
+            } else {
+                Duration::ZERO
+            };
+            let ran = by_parent.max(by_worker);
+            if ran < limit {
+                soonest(limit - ran);
+                continue;
+            }
+            w.kill_reason = Some(KillReason::Timeout {
+                seq: f.seq,
+                limit,
+                ran,
+            });
+            match grace {
+                Some(g) if !g.is_zero() => {
+                    w.proc.terminate();
+                    w.hard_kill_at = Some(now + g);
+                    soonest(g);
                 }
-                if f.seq == started {
-                    let ran = Duration::from_nanos(mono.saturating_sub(at));
-                    if ran >= limit {
-                        w.kill_reason = Some(KillReason::Timeout { limit, ran });
-                        match grace {
-                            Some(g) if !g.is_zero() => {
-                                w.proc.terminate();
-                                w.hard_kill_at = Some(now + g);
-                                soonest(g);
-                            }
-                            _ => w.proc.kill(),
-                        }
-                        break;
-                    }
-                    soonest(limit - ran);
-                } else if f.seq > started {
-                    // Not started yet: look again shortly.
-                    soonest(limit.min(Duration::from_millis(2)));
-                }
-                break;
+                _ => w.proc.kill(),
             }
         }
         for w in &mut self.retiring {
@@ -176,17 +210,28 @@ impl Supervisor {
                 }
                 continue;
             }
-            if f.seq > started {
+            // The job killed at its limit is known by the supervisor itself, whatever
+            // the worker wrote.
+            let timed_out =
+                matches!(&w.kill_reason, Some(KillReason::Timeout { seq, .. }) if *seq == f.seq);
+            if f.seq > started && !timed_out {
                 again.push(f.q);
                 continue;
             }
             let attempts = f.q.attempts + 1;
             let kind = match &w.kill_reason {
-                Some(KillReason::Timeout { limit, ran }) => TaskErrorKind::TimedOut {
-                    limit: *limit,
-                    ran: *ran,
-                },
-                Some(KillReason::Cancel) => TaskErrorKind::Cancelled,
+                Some(KillReason::Timeout { seq, limit, ran }) if *seq == f.seq => {
+                    TaskErrorKind::TimedOut {
+                        limit: *limit,
+                        ran: *ran,
+                    }
+                }
+                // Killed for another job's sake (it started as the worker was killed):
+                // not its fault, so it runs again.
+                Some(KillReason::Timeout { .. } | KillReason::Cancel) => {
+                    again.push(f.q);
+                    continue;
+                }
                 Some(KillReason::Protocol(m)) => TaskErrorKind::Protocol { message: m.clone() },
                 Some(KillReason::Shutdown) | None => {
                     if attempts <= retries {
