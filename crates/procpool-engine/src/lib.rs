@@ -9,12 +9,18 @@
 //! Parts, one per module: `wire` (the frame format), `transport` (framed I/O over a Unix
 //! socket), `ring` (the shared-memory results ring), `process` (starting a worker),
 //! `worker` (the loop a worker runs), `supervisor`
-//! (the thread that owns the workers), `pool` (the [`Engine`] handle), `batch` (a caller's
-//! stream of jobs), `oneoff` (a single process outside any pool), `sys` (OS calls).
+//! (the thread that owns the workers and schedules jobs), `claim` (how a worker and the
+//! supervisor agree on which jobs the worker started, so that jobs not started can be
+//! taken back), `pool` (the [`Engine`] handle), `batch` (a caller's stream of jobs),
+//! `chunk` (how many items go into a job), `feed` (a lazy input fed to a pool under
+//! bounds, and reordering: what every front's `map`/`imap` runs on), `oneoff` (a single
+//! process outside any pool), `sys` (OS calls).
 
 mod batch;
+mod chunk;
 mod claim;
 mod error;
+mod feed;
 mod oneoff;
 mod pool;
 mod process;
@@ -27,6 +33,9 @@ mod worker;
 
 pub use batch::{Batch, Done, Job, RecvError};
 pub use error::{Death, HandshakeError, PoolError, TaskError, TaskErrorKind};
+pub use feed::{
+    Feed, Limits, MAX_PAYLOAD_BYTES, MAX_REORDER_BYTES, Piece, Pulled, Reorder, Source,
+};
 pub use oneoff::{JoinError, OneOff};
 pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig};
 pub use wire::{Failure, PROTOCOL_VERSION};

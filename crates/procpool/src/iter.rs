@@ -1,73 +1,110 @@
 //! Feeding input to a pool lazily and handing results back: the machinery under `map`,
 //! `imap` and `imap_unordered`.
 //!
-//! A [`Feeder`] pulls items from the input only while the number of jobs it holds
-//! (submitted, or finished but not yet handed to the caller) is under a bound, so memory
-//! stays bounded however long the input is, endless included.
+//! The engine's [`Feed`] decides how many items go into a job and how much is in flight
+//! (see its docs for the bounds); this module only encodes items into chunks
+//! ([`Items`], the front's [`Source`]), decodes finished jobs and presents them.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use procpool_engine::{Batch, Job, PoolError, TaskError, TaskErrorKind};
+use procpool_engine::{Engine, Feed, Limits, Pulled, Reorder, Source, TaskErrorKind};
 
-use crate::chunk::Chunker;
 use crate::codec::Value;
 use crate::error::Error;
 use crate::func;
 use crate::outcome::ChunkOut;
 
-/// Jobs in flight per worker when each is small and of fixed size.
-const JOBS_PER_WORKER_FIXED: usize = 1024;
-/// Jobs in flight per worker when chunks are sized to about a millisecond.
-const JOBS_PER_WORKER_ADAPTIVE: usize = 4;
-/// Encoded input held beyond the first two jobs per worker.
-const MAX_HELD_BYTES: usize = 64 << 20;
-
-/// Whether a job failed because its worker ended (which fails every item of a chunk).
-fn is_death(kind: &TaskErrorKind) -> bool {
-    matches!(
-        kind,
-        TaskErrorKind::WorkerDied { .. }
-            | TaskErrorKind::TimedOut { .. }
-            | TaskErrorKind::Protocol { .. }
-    )
+/// A typed input encoded on demand into chunk payloads.
+pub(crate) struct Items<A, I> {
+    input: I,
+    /// An item pulled but left for the next job (it would have made this one too large).
+    pending: Option<A>,
+    /// Why the next item could not be encoded (reported by the next `fill`).
+    failed: Option<TaskErrorKind>,
 }
 
-/// Payload buffers at least this large are kept for reuse.
-const RECYCLE_MIN: usize = 64 << 10;
-/// At most this many are kept.
-const MAX_SPARE: usize = 8;
+impl<A, I> std::fmt::Debug for Items<A, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Items")
+            .field("pending", &self.pending.is_some())
+            .finish_non_exhaustive()
+    }
+}
 
+impl<A: Value, I: Iterator<Item = A>> Source for Items<A, I> {
+    fn fill(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled {
+        if let Some(kind) = self.failed.take() {
+            return Pulled::Failed(kind);
+        }
+        func::begin_chunk::<A>(out);
+        let header = out.len();
+        let mut count = 0u32;
+        while (count as usize) < limits.items {
+            let Some(a) = self.pending.take().or_else(|| self.input.next()) else {
+                break;
+            };
+            let before = out.len();
+            let kind = match func::push_arg(out, &a) {
+                Err(m) => Some(TaskErrorKind::Codec {
+                    message: format!("the argument could not be serialized: {m}"),
+                }),
+                Ok(()) if out.len() > limits.hard_bytes && count == 0 => {
+                    Some(TaskErrorKind::TooLarge {
+                        size: (out.len() - header) as u64,
+                        limit: limits.hard_bytes as u64,
+                    })
+                }
+                Ok(()) if out.len() > limits.hard_bytes => {
+                    // Fits alone: it opens the next job.
+                    out.truncate(before);
+                    self.pending = Some(a);
+                    break;
+                }
+                Ok(()) => None,
+            };
+            if let Some(kind) = kind {
+                out.truncate(before);
+                if count == 0 {
+                    return Pulled::Failed(kind);
+                }
+                self.failed = Some(kind);
+                break;
+            }
+            count += 1;
+            if out.len() >= limits.soft_bytes {
+                break;
+            }
+        }
+        if count == 0 {
+            return Pulled::End;
+        }
+        func::end_chunk(out, count);
+        Pulled::Items(count)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let extra = usize::from(self.pending.is_some() || self.failed.is_some());
+        let (lo, hi) = self.input.size_hint();
+        (
+            lo.saturating_add(extra),
+            hi.and_then(|h| h.checked_add(extra)),
+        )
+    }
+}
+
+/// A call's feed of typed items, decoding each finished job.
 pub(crate) struct Feeder<A, R, I> {
-    batch: Batch,
-    input: I,
-    exhausted: bool,
-    next_index: u64,
-    func: Arc<[u8]>,
-    chunker: Chunker,
-    timeout: Option<Duration>,
-    /// Submitted jobs not yet received: first index → (items, payload).
-    sizes: HashMap<u64, (u32, Arc<Vec<u8>>)>,
-    /// Large payload buffers of finished jobs, reused so that their pages need not be
-    /// faulted in again.
-    spare: Vec<Vec<u8>>,
-    held_bytes: usize,
-    /// Results made without a worker (an argument that failed to serialize, or a pool
-    /// that refused the job).
-    local: VecDeque<ChunkOut<R>>,
-    workers: usize,
-    max_jobs: usize,
+    feed: Feed<Items<A, I>>,
     _types: PhantomData<fn(A) -> R>,
 }
 
 impl<A, R, I> std::fmt::Debug for Feeder<A, R, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Feeder")
-            .field("next_index", &self.next_index)
-            .field("submitted", &self.sizes.len())
-            .field("exhausted", &self.exhausted)
+            .field("pulled", &self.feed.pulled())
+            .field("in_flight", &self.feed.in_flight())
             .finish_non_exhaustive()
     }
 }
@@ -79,163 +116,43 @@ where
     I: Iterator<Item = A>,
 {
     pub(crate) fn new(
-        batch: Batch,
+        engine: &Engine,
         input: I,
         func: Arc<[u8]>,
         chunk_size: Option<usize>,
         timeout: Option<Duration>,
-        workers: usize,
-        max_chunk: Option<u64>,
     ) -> Self {
-        let chunker = Chunker::new(chunk_size, workers, max_chunk);
-        let per = if chunker.adaptive() {
-            JOBS_PER_WORKER_ADAPTIVE
-        } else {
-            JOBS_PER_WORKER_FIXED
+        let items = Items {
+            input,
+            pending: None,
+            failed: None,
         };
         Self {
-            batch,
-            input,
-            exhausted: false,
-            next_index: 0,
-            func,
-            chunker,
-            timeout,
-            sizes: HashMap::new(),
-            spare: Vec::new(),
-            held_bytes: 0,
-            local: VecDeque::new(),
-            workers,
-            max_jobs: workers * per + 2,
+            feed: Feed::new(engine, items, func, chunk_size, timeout),
             _types: PhantomData,
         }
     }
 
     /// Items pulled from the input so far.
     pub(crate) fn pulled(&self) -> u64 {
-        self.next_index
+        self.feed.pulled()
     }
 
     /// Jobs submitted and not yet received.
     pub(crate) fn in_flight(&self) -> usize {
-        self.sizes.len()
+        self.feed.in_flight()
     }
 
-    fn room(&self, extra_held: usize) -> bool {
-        let held = self.sizes.len() + self.local.len() + extra_held;
-        if held >= self.max_jobs {
-            return false;
-        }
-        if self.held_bytes >= MAX_HELD_BYTES && held >= 2 * self.workers {
-            return false;
-        }
-        // Until the first measurement, one probe job per worker.
-        self.chunker.measured() || self.sizes.len() < self.workers
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.feed.source().size_hint()
     }
 
-    /// Pulls input and submits jobs while the bound allows; `extra_held` counts jobs the
-    /// caller still holds (results waiting to be reordered).
-    pub(crate) fn fill(&mut self, extra_held: usize) {
-        // Many small fixed-size jobs are topped up in large batches, not one per result:
-        // each submission may wake the supervisor.
-        if !self.chunker.adaptive() && self.sizes.len() + extra_held > self.max_jobs / 2 {
-            return;
-        }
-        let mut jobs = Vec::new();
-        let mut room_jobs = 0usize;
-        while !self.exhausted && self.room(extra_held + room_jobs) {
-            let (lo, hi) = self.input.size_hint();
-            let remaining = (Some(lo) == hi).then_some(lo);
-            let n = self.chunker.next(remaining);
-            let start = self.next_index;
-            let mut payload = self.spare.pop().unwrap_or_default();
-            func::begin_chunk::<A>(&mut payload);
-            let mut count = 0u32;
-            while (count as usize) < n {
-                let Some(a) = self.input.next() else {
-                    self.exhausted = true;
-                    break;
-                };
-                let index = self.next_index;
-                self.next_index += 1;
-                if let Err(m) = func::push_arg(&mut payload, &a) {
-                    let kind = TaskErrorKind::Codec {
-                        message: format!("the argument could not be serialized: {m}"),
-                    };
-                    let e = Error::Task(TaskError::new(kind, index, None, 0));
-                    self.local
-                        .push_back(ChunkOut::failed(index, 1, |_| e.clone()));
-                    break;
-                }
-                count += 1;
-            }
-            if count == 0 {
-                continue;
-            }
-            func::end_chunk(&mut payload, count);
-            let payload = Arc::new(payload);
-            self.held_bytes += payload.len();
-            self.sizes.insert(start, (count, payload.clone()));
-            room_jobs += 1;
-            jobs.push(Job {
-                func: self.func.clone(),
-                payload,
-                index: start,
-                weight: count,
-                timeout: self.timeout,
-            });
-        }
-        if jobs.is_empty() {
-            return;
-        }
-        let starts: Vec<u64> = jobs.iter().map(|j| j.index).collect();
-        if let Err(e) = self.batch.submit(jobs) {
-            self.refused(&starts, e);
-        }
-    }
-
-    /// The pool refused the jobs starting at `starts`: each of their items fails with the
-    /// pool's error, and no more input is pulled.
-    #[cold]
-    fn refused(&mut self, starts: &[u64], e: PoolError) {
-        self.exhausted = true;
-        for &start in starts {
-            if let Some((count, payload)) = self.sizes.remove(&start) {
-                self.held_bytes -= payload.len();
-                let chunk = ChunkOut::failed(start, count, |_| Error::Pool(e.clone()));
-                self.local.push_back(chunk);
-            }
-        }
-    }
-
-    fn recycle(&mut self, payload: Arc<Vec<u8>>) {
-        if payload.capacity() >= RECYCLE_MIN
-            && self.spare.len() < MAX_SPARE
-            && let Ok(v) = Arc::try_unwrap(payload)
-        {
-            self.spare.push(v);
-        }
-    }
-
-    /// The next finished job's results; `None` when nothing is outstanding.
-    pub(crate) fn recv(&mut self) -> Option<ChunkOut<R>> {
-        if let Some(x) = self.local.pop_front() {
-            return Some(x);
-        }
-        loop {
-            let done = self.batch.recv()?;
-            let Some((count, payload)) = self.sizes.remove(&done.index) else {
-                continue; // not ours: cannot happen, but never trust a count
-            };
-            self.held_bytes -= payload.len();
-            self.recycle(payload);
-            match &done.outcome {
-                Ok(_) => self.chunker.observe(done.nanos, count as usize),
-                Err(e) if count > 1 && is_death(e.kind()) => self.chunker.isolate(),
-                Err(_) => {}
-            }
-            return Some(ChunkOut::decode(done, count));
-        }
+    /// The next finished job's results, with the bytes they were sent back in; `None`
+    /// when nothing is outstanding. `held_bytes`: what the caller holds back.
+    fn recv(&mut self, held_bytes: usize) -> Option<(ChunkOut<R>, usize)> {
+        let piece = self.feed.recv(held_bytes)?;
+        let bytes = piece.bytes();
+        Some((ChunkOut::decode(piece.done, piece.count), bytes))
     }
 }
 
@@ -246,9 +163,11 @@ where
 /// discards results still to come.
 pub struct Imap<A, R, I> {
     feeder: Feeder<A, R, I>,
-    waiting: BTreeMap<u64, ChunkOut<R>>,
+    waiting: Reorder<ChunkOut<R>>,
     current: Option<ChunkOut<R>>,
-    next_yield: u64,
+    /// Results are all collected anyway (`map`): holding back costs no extra memory, so
+    /// it never stops the input.
+    collect_all: bool,
 }
 
 impl<A, R, I> std::fmt::Debug for Imap<A, R, I> {
@@ -266,12 +185,12 @@ where
     R: Value,
     I: Iterator<Item = A>,
 {
-    pub(crate) fn new(feeder: Feeder<A, R, I>) -> Self {
+    pub(crate) fn new(feeder: Feeder<A, R, I>, collect_all: bool) -> Self {
         Self {
             feeder,
-            waiting: BTreeMap::new(),
+            waiting: Reorder::default(),
             current: None,
-            next_yield: 0,
+            collect_all,
         }
     }
 
@@ -299,16 +218,19 @@ where
             return Some(c);
         }
         loop {
-            if let Some(c) = self.waiting.remove(&self.next_yield) {
-                self.next_yield += u64::from(c.len());
+            if let Some(c) = self.waiting.pop() {
                 return Some(c);
             }
-            self.feeder.fill(self.waiting.len());
-            let c = self.feeder.recv()?;
+            let held = if self.collect_all {
+                0
+            } else {
+                self.waiting.bytes()
+            };
+            let (c, bytes) = self.feeder.recv(held)?;
             if fail_fast && c.has_errors() {
                 return Some(c);
             }
-            self.waiting.insert(c.start(), c);
+            self.waiting.insert(c.start(), c.len(), bytes, c);
         }
     }
 }
@@ -334,9 +256,10 @@ where
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let (lo, hi) = self.feeder.input.size_hint();
+        let (lo, hi) = self.feeder.size_hint();
         let cur = self.current.as_ref().map_or(0, |c| c.remaining());
-        let held = ((self.feeder.next_index - self.next_yield) as usize).saturating_add(cur);
+        let pending = self.feeder.pulled() - self.waiting.next_index();
+        let held = (pending as usize).saturating_add(cur);
         (lo.saturating_add(cur), hi.and_then(|h| h.checked_add(held)))
     }
 }
@@ -396,8 +319,7 @@ where
                 return Some((i as usize, r));
             }
             self.current = None;
-            self.feeder.fill(0);
-            self.current = Some(self.feeder.recv()?);
+            self.current = Some(self.feeder.recv(0)?.0);
         }
     }
 }

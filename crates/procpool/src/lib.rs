@@ -50,7 +50,6 @@
 //! # Platform support
 //! Linux (pidfd, memfd, `PR_SET_PDEATHSIG`). Other systems are refused at compile time.
 
-mod chunk;
 mod codec;
 mod error;
 mod func;

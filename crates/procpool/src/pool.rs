@@ -397,15 +397,12 @@ impl<'p> Call<'p> {
         R: Value,
         I: Iterator<Item = A>,
     {
-        let chunk = self.chunk_size.or(self.timeout.map(|_| 1));
         Feeder::new(
-            self.pool.engine.batch(),
+            &self.pool.engine,
             items,
             func::chunk_ref(f),
-            chunk,
+            self.chunk_size,
             self.timeout,
-            self.pool.workers(),
-            self.pool.engine.config().recycle_after,
         )
     }
 
@@ -422,7 +419,7 @@ impl<'p> Call<'p> {
         A: Value,
         R: Value,
     {
-        let mut it = self.imap(f, items);
+        let mut it = Imap::new(self.feeder(f, items.into_iter()), true);
         let mut out = Vec::with_capacity(it.size_hint().0);
         while let Some(chunk) = it.next_chunk(true) {
             chunk.extend_into(&mut out)?;
@@ -437,7 +434,7 @@ impl<'p> Call<'p> {
         R: Value,
         I: IntoIterator<Item = A>,
     {
-        Imap::new(self.feeder(f, items.into_iter()))
+        Imap::new(self.feeder(f, items.into_iter()), false)
     }
 
     /// [`Pool::imap_unordered`] with these settings.

@@ -1,11 +1,13 @@
 //! How many items go into one job.
 //!
-//! With no chunk size given, procpool measures instead of guessing: the first jobs carry
+//! With no chunk size given, the engine measures instead of guessing: the first jobs carry
 //! one item each; from then on a chunk holds as many items as take about
-//! [`TARGET_NANOS`] to run (the time reported by the workers, averaged), at most
-//! [`MAX_CHUNK`], and when the input's length is known, no more than a quarter of each
-//! worker's share of what is left, so that every worker gets work to the end, and never
-//! more than the tasks a worker runs before it is recycled.
+//! [`TARGET_NANOS`] to run (the time reported by the workers, averaged) and as many as
+//! make about [`TARGET_BYTES`] of argument and result together (so that memory in flight
+//! stays small whatever the item size), at most [`MAX_CHUNK`], and when the input's
+//! length is known, no more than a quarter of each worker's share of what is left, so
+//! that every worker gets work to the end, and never more than the tasks a worker runs
+//! before it is recycled.
 //!
 //! A worker that dies (or is killed at a time limit) fails its whole chunk, since the
 //! results of a chunk travel together. So after the first such death, automatic sizing
@@ -13,6 +15,8 @@
 
 /// The run time a chunk aims at.
 pub(crate) const TARGET_NANOS: f64 = 1_000_000.0;
+/// The bytes of argument and result a chunk aims at.
+pub(crate) const TARGET_BYTES: f64 = 256.0 * 1024.0;
 /// The largest automatic chunk.
 pub(crate) const MAX_CHUNK: usize = 1 << 16;
 
@@ -20,6 +24,8 @@ pub(crate) const MAX_CHUNK: usize = 1 << 16;
 pub(crate) struct Chunker {
     fixed: Option<usize>,
     item_nanos: f64,
+    /// Bytes of argument and result per item (0: not measured).
+    item_bytes: f64,
     workers: usize,
     /// Largest automatic chunk (a worker recycled after `n` tasks takes chunks of at
     /// most `n`).
@@ -32,6 +38,7 @@ impl Chunker {
         Self {
             fixed,
             item_nanos: 0.0,
+            item_bytes: 0.0,
             workers: workers.max(1),
             cap,
         }
@@ -55,7 +62,13 @@ impl Chunker {
         if self.item_nanos <= 0.0 {
             return 1;
         }
-        let by_time = ((TARGET_NANOS / self.item_nanos) as usize).clamp(1, self.cap);
+        let by_time = (TARGET_NANOS / self.item_nanos) as usize;
+        let by_bytes = if self.item_bytes > 0.0 {
+            (TARGET_BYTES / self.item_bytes) as usize
+        } else {
+            usize::MAX
+        };
+        let by_time = by_time.min(by_bytes).clamp(1, self.cap);
         match remaining {
             Some(r) => by_time.min(r.div_ceil(4 * self.workers)).max(1),
             None => by_time,
@@ -71,17 +84,23 @@ impl Chunker {
         }
     }
 
-    /// Records that a job of `items` items ran for `nanos`.
-    pub(crate) fn observe(&mut self, nanos: u64, items: usize) {
-        if items == 0 || nanos == 0 {
+    /// Records that a job of `items` items ran for `nanos` and moved `bytes` of
+    /// argument and result.
+    pub(crate) fn observe(&mut self, nanos: u64, bytes: usize, items: usize) {
+        if items == 0 {
             return;
         }
-        let per = nanos as f64 / items as f64;
-        self.item_nanos = if self.item_nanos <= 0.0 {
-            per
-        } else {
-            0.7 * self.item_nanos + 0.3 * per
+        let blend = |old: f64, new: f64| {
+            if old <= 0.0 {
+                new
+            } else {
+                0.7 * old + 0.3 * new
+            }
         };
+        self.item_bytes = blend(self.item_bytes, (bytes as f64 / items as f64).max(1.0));
+        if nanos > 0 {
+            self.item_nanos = blend(self.item_nanos, nanos as f64 / items as f64);
+        }
     }
 }
 
@@ -93,24 +112,31 @@ mod tests {
     fn starts_at_one_then_follows_the_measured_time() {
         let mut c = Chunker::new(None, 2, None);
         assert_eq!(c.next(None), 1);
-        c.observe(1_000, 1); // 1 µs per item
+        c.observe(1_000, 16, 1); // 1 µs per item
         assert_eq!(c.next(None), 1000);
         assert_eq!(c.next(Some(800)), 100); // a quarter of each worker's share
-        c.observe(10, 10); // tiny items: capped
+        c.observe(10, 160, 10); // tiny items: capped
         assert!(c.next(None) <= MAX_CHUNK);
+    }
+
+    #[test]
+    fn large_items_make_small_chunks() {
+        let mut c = Chunker::new(None, 2, None);
+        c.observe(100, 64 * 1024, 1); // fast, but 64 KiB each
+        assert_eq!(c.next(None), 4);
     }
 
     #[test]
     fn recycling_caps_the_chunk() {
         let mut c = Chunker::new(None, 2, Some(5));
-        c.observe(10, 10);
+        c.observe(10, 10, 10);
         assert_eq!(c.next(None), 5);
     }
 
     #[test]
     fn a_crash_turns_automatic_chunks_into_single_items() {
         let mut c = Chunker::new(None, 2, None);
-        c.observe(1_000, 1);
+        c.observe(1_000, 8, 1);
         c.isolate();
         assert_eq!(c.next(None), 1);
         let mut fixed = Chunker::new(Some(9), 2, None);

@@ -1,0 +1,393 @@
+//! Feeding a lazy input to a pool: the machinery under every front's `map`, `imap` and
+//! `imap_unordered`.
+//!
+//! A front supplies its items through a [`Source`], which encodes the next items into
+//! one job's payload in the front's own format; the engine decides how many go into a job
+//! (measured chunk sizes, see `chunk`), how many jobs and bytes are in flight at once, and
+//! hands back each finished job as a [`Piece`] for the front to decode. A [`Reorder`]
+//! buffer puts pieces back in input order for the ordered calls.
+//!
+//! Bounds, so that memory stays small however long the input (endless included) and
+//! whatever the item size:
+//! - jobs in flight: 1024 per worker when the chunk size is fixed (tiny jobs need a deep
+//!   queue), 4 per worker when chunks are measured (each is about a millisecond of work,
+//!   and at most [`TARGET_BYTES`](crate::chunk) of data);
+//! - payload bytes in flight: [`MAX_PAYLOAD_BYTES`] (beyond two jobs per worker);
+//! - finished results the caller holds back for reordering: [`MAX_REORDER_BYTES`]; past
+//!   that, no more input is pulled until the earlier job finishes (workers may then idle:
+//!   memory wins).
+//!
+//! None of these hold work back from an idle worker while the input has items and the
+//! bounds are not reached; the supervisor's scheduling rule does the rest.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::batch::{Batch, Done, Job};
+use crate::chunk::Chunker;
+use crate::error::{PoolError, TaskError, TaskErrorKind};
+use crate::pool::Engine;
+
+/// Jobs in flight per worker when each is small and of fixed size.
+const JOBS_PER_WORKER_FIXED: usize = 1024;
+/// Jobs in flight per worker when chunks are sized from measurements.
+const JOBS_PER_WORKER_ADAPTIVE: usize = 4;
+/// Encoded arguments in flight, beyond the first two jobs per worker.
+pub const MAX_PAYLOAD_BYTES: usize = 16 << 20;
+/// Encoded results a caller may hold back for reordering before input stops.
+pub const MAX_REORDER_BYTES: usize = 16 << 20;
+/// Payload buffers at least this large are kept for reuse.
+const RECYCLE_MIN: usize = 64 << 10;
+/// At most this many are kept.
+const MAX_SPARE: usize = 8;
+
+/// How much a [`Source`] may put into one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most items.
+    pub items: usize,
+    /// Stop adding items once the payload is this large.
+    pub soft_bytes: usize,
+    /// The payload must never be larger (the pool's message limit): an item that would
+    /// pass it waits for the next job, and an item that passes it alone fails.
+    pub hard_bytes: usize,
+}
+
+/// What [`Source::fill`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pulled {
+    /// This many items (at least one) were encoded into the payload.
+    Items(u32),
+    /// The next item could not be encoded (or is too large alone): it fails with this
+    /// error and is used up.
+    Failed(TaskErrorKind),
+    /// The input is exhausted.
+    End,
+}
+
+/// A front's input, encoded on demand.
+pub trait Source {
+    /// Encodes the next items into `out` (empty on entry) as one job's payload, within
+    /// `limits`.
+    fn fill(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled;
+
+    /// Bounds on the number of items left, as [`Iterator::size_hint`].
+    fn size_hint(&self) -> (usize, Option<usize>);
+}
+
+/// One finished job of a [`Feed`]: items `start..start + count`, and the job's answer.
+#[derive(Debug)]
+pub struct Piece {
+    /// Index of its first item.
+    pub start: u64,
+    /// How many items it covers.
+    pub count: u32,
+    /// The job's end (its `index` is `start`).
+    pub done: Done,
+}
+
+impl Piece {
+    /// Bytes of its encoded result (what holding it back costs).
+    pub fn bytes(&self) -> usize {
+        self.done.outcome.as_ref().map_or(64, |b| b.len() + 64)
+    }
+}
+
+/// Whether a job failed because its worker ended (which fails every item of a chunk).
+fn is_death(kind: &TaskErrorKind) -> bool {
+    matches!(
+        kind,
+        TaskErrorKind::WorkerDied { .. }
+            | TaskErrorKind::TimedOut { .. }
+            | TaskErrorKind::Protocol { .. }
+    )
+}
+
+/// One call's stream of items into a pool and of finished jobs back.
+///
+/// Dropping it abandons the call: queued jobs are dropped and results still to come are
+/// discarded.
+#[derive(Debug)]
+pub struct Feed<S> {
+    batch: Batch,
+    source: S,
+    func: Arc<[u8]>,
+    timeout: Option<Duration>,
+    chunker: Chunker,
+    next_index: u64,
+    exhausted: bool,
+    /// Submitted jobs not yet received: first index → (items, payload).
+    jobs: HashMap<u64, (u32, Arc<Vec<u8>>)>,
+    payload_bytes: usize,
+    /// Pieces made without a worker (an item that failed to encode, or a refused job).
+    local: VecDeque<Piece>,
+    /// Large payload buffers of finished jobs, reused so that their pages need not be
+    /// faulted in again.
+    spare: Vec<Vec<u8>>,
+    workers: usize,
+    max_jobs: usize,
+    max_message: usize,
+}
+
+impl<S: Source> Feed<S> {
+    /// A feed of `source`'s items to `engine`, each job running `func`. With no
+    /// `chunk_size`, chunks are sized from measurements, except that with a `timeout`
+    /// each item is a job of its own (a limit is per job).
+    pub fn new(
+        engine: &Engine,
+        source: S,
+        func: Arc<[u8]>,
+        chunk_size: Option<usize>,
+        timeout: Option<Duration>,
+    ) -> Self {
+        let config = engine.config();
+        let workers = config.workers.max(1);
+        let fixed = chunk_size.or(timeout.map(|_| 1));
+        let chunker = Chunker::new(fixed, workers, config.recycle_after);
+        let per = if chunker.adaptive() {
+            JOBS_PER_WORKER_ADAPTIVE
+        } else {
+            JOBS_PER_WORKER_FIXED
+        };
+        Self {
+            batch: engine.batch(),
+            source,
+            func,
+            timeout,
+            chunker,
+            next_index: 0,
+            exhausted: false,
+            jobs: HashMap::new(),
+            payload_bytes: 0,
+            local: VecDeque::new(),
+            spare: Vec::new(),
+            workers,
+            max_jobs: workers * per + 2,
+            max_message: config.max_message,
+        }
+    }
+
+    fn room(&self, held_bytes: usize) -> bool {
+        let jobs = self.jobs.len() + self.local.len();
+        if jobs >= self.max_jobs || held_bytes >= MAX_REORDER_BYTES {
+            return false;
+        }
+        if self.payload_bytes >= MAX_PAYLOAD_BYTES && jobs >= 2 * self.workers {
+            return false;
+        }
+        // Until the first measurement, one probe job per worker.
+        self.chunker.measured() || self.jobs.len() < self.workers
+    }
+
+    /// Pulls input and submits jobs while the bounds allow; `held_bytes` is what the
+    /// caller holds back (finished results waiting for an earlier one).
+    pub fn fill(&mut self, held_bytes: usize) {
+        // Many small fixed-size jobs are topped up in large batches, not one per result:
+        // each submission may wake the supervisor.
+        if !self.chunker.adaptive() && self.jobs.len() > self.max_jobs / 2 {
+            return;
+        }
+        let mut jobs = Vec::new();
+        while !self.exhausted && self.room(held_bytes) {
+            let (lo, hi) = self.source.size_hint();
+            let remaining = (Some(lo) == hi).then_some(lo);
+            let limits = Limits {
+                items: self.chunker.next(remaining),
+                soft_bytes: crate::chunk::TARGET_BYTES as usize,
+                hard_bytes: self.max_message,
+            };
+            let mut payload = self.spare.pop().unwrap_or_default();
+            payload.clear();
+            let start = self.next_index;
+            let count = match self.source.fill(&mut payload, limits) {
+                Pulled::Items(n) => n.max(1),
+                Pulled::Failed(kind) => {
+                    self.next_index += 1;
+                    let e = TaskError::new(kind, start, None, 0);
+                    self.local.push_back(local_piece(start, 1, e));
+                    continue;
+                }
+                Pulled::End => {
+                    self.exhausted = true;
+                    break;
+                }
+            };
+            self.next_index += u64::from(count);
+            let payload = Arc::new(payload);
+            self.payload_bytes += payload.len();
+            self.jobs.insert(start, (count, payload.clone()));
+            jobs.push(Job {
+                func: self.func.clone(),
+                payload,
+                index: start,
+                weight: count,
+                timeout: self.timeout,
+            });
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        let starts: Vec<u64> = jobs.iter().map(|j| j.index).collect();
+        if let Err(e) = self.batch.submit(jobs) {
+            self.refused(&starts, e);
+        }
+    }
+
+    /// The pool refused the jobs starting at `starts`: each of their items fails with the
+    /// pool's error, and no more input is pulled.
+    #[cold]
+    fn refused(&mut self, starts: &[u64], e: PoolError) {
+        self.exhausted = true;
+        for &start in starts {
+            if let Some((count, payload)) = self.jobs.remove(&start) {
+                self.payload_bytes -= payload.len();
+                let err = TaskError::new(TaskErrorKind::PoolBroken(e.clone()), start, None, 0);
+                self.local.push_back(local_piece(start, count, err));
+            }
+        }
+    }
+
+    fn recycle(&mut self, payload: Arc<Vec<u8>>) {
+        if payload.capacity() >= RECYCLE_MIN
+            && self.spare.len() < MAX_SPARE
+            && let Ok(v) = Arc::try_unwrap(payload)
+        {
+            self.spare.push(v);
+        }
+    }
+
+    /// Tops up the jobs in flight, then waits for the next finished job (in finishing
+    /// order); `None` when nothing is left. `held_bytes` as for [`fill`](Self::fill).
+    pub fn recv(&mut self, held_bytes: usize) -> Option<Piece> {
+        self.fill(held_bytes);
+        if let Some(p) = self.local.pop_front() {
+            return Some(p);
+        }
+        loop {
+            let done = self.batch.recv()?;
+            let Some((count, payload)) = self.jobs.remove(&done.index) else {
+                continue; // not ours: cannot happen, but never trust a count
+            };
+            self.payload_bytes -= payload.len();
+            let arg_bytes = payload.len();
+            self.recycle(payload);
+            match &done.outcome {
+                Ok(r) => self
+                    .chunker
+                    .observe(done.nanos, arg_bytes + r.len(), count as usize),
+                Err(e) if count > 1 && is_death(e.kind()) => self.chunker.isolate(),
+                Err(_) => {}
+            }
+            return Some(Piece {
+                start: done.index,
+                count,
+                done,
+            });
+        }
+    }
+}
+
+impl<S> Feed<S> {
+    /// Items taken from the source so far.
+    pub fn pulled(&self) -> u64 {
+        self.next_index
+    }
+
+    /// Jobs submitted and not yet received.
+    pub fn in_flight(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// The source.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+}
+
+fn local_piece(start: u64, count: u32, e: TaskError) -> Piece {
+    Piece {
+        start,
+        count,
+        done: Done {
+            index: start,
+            outcome: Err(e),
+            nanos: 0,
+            pid: None,
+        },
+    }
+}
+
+/// Finished pieces put back in input order: a piece comes out once every item before it
+/// has.
+#[derive(Debug)]
+pub struct Reorder<T> {
+    waiting: BTreeMap<u64, (u32, usize, T)>,
+    next: u64,
+    bytes: usize,
+}
+
+impl<T> Default for Reorder<T> {
+    fn default() -> Self {
+        Self {
+            waiting: BTreeMap::new(),
+            next: 0,
+            bytes: 0,
+        }
+    }
+}
+
+impl<T> Reorder<T> {
+    /// Holds `value`, covering items `start..start + count` and costing `bytes`.
+    pub fn insert(&mut self, start: u64, count: u32, bytes: usize, value: T) {
+        self.bytes += bytes;
+        self.waiting.insert(start, (count, bytes, value));
+    }
+
+    /// The next piece in order, if it is here.
+    pub fn pop(&mut self) -> Option<T> {
+        let (count, bytes, value) = self.waiting.remove(&self.next)?;
+        self.next += u64::from(count);
+        self.bytes -= bytes;
+        Some(value)
+    }
+
+    /// Pieces held back.
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Whether nothing is held back.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Bytes held back.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Index of the next item to come out.
+    pub fn next_index(&self) -> u64 {
+        self.next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_come_out_in_input_order() {
+        let mut r = Reorder::default();
+        r.insert(3, 2, 10, "c");
+        assert_eq!(r.pop(), None);
+        r.insert(0, 3, 5, "a");
+        assert_eq!(r.bytes(), 15);
+        assert_eq!(r.pop(), Some("a"));
+        assert_eq!(r.pop(), Some("c"));
+        assert_eq!(r.next_index(), 5);
+        assert!(r.is_empty());
+        assert_eq!(r.bytes(), 0);
+    }
+}
