@@ -19,11 +19,14 @@
 //!   the flag and answers `Revoked`. Until that answer the parent sends the worker nothing
 //!   more, so the flag never stands for two revocations.
 //!
+//! A task that scribbles on the word can only hurt its own worker: a stray value is
+//! overwritten by the next claim; a claimed value the parent reads that is not a job the
+//! worker could have claimed, or a stop flag the parent did not raise, kills the worker
+//! with a protocol error.
+//!
 //! A job is thus started by at most one worker: either the worker's swap came first (the
 //! job counts as claimed, and stays with that worker) or the parent's flag did (the job
-//! goes back to the queue, and the worker never starts it). The parent trusts nothing
-//! here beyond what a lie could only turn against the liar's own jobs: a claimed value
-//! outside the jobs the worker holds is a protocol error that kills it.
+//! goes back to the queue, and the worker never starts it).
 
 use std::sync::atomic::Ordering::SeqCst;
 
@@ -51,14 +54,20 @@ impl Claimer {
             return false;
         }
         let word = ctl.word(CTL_CLAIM);
-        match word.compare_exchange(self.claimed, seq & !STOP, SeqCst, SeqCst) {
-            Ok(_) => {
-                self.claimed = seq & !STOP;
-                true
-            }
-            Err(_) => {
+        // Only the stop flag refuses a claim: any other value there is a task's scribble,
+        // which the claim overwrites (the parent checks what it reads).
+        let mut current = word.load(SeqCst);
+        loop {
+            if current & STOP != 0 {
                 self.stopped = true;
-                false
+                return false;
+            }
+            match word.compare_exchange(current, seq & !STOP, SeqCst, SeqCst) {
+                Ok(_) => {
+                    self.claimed = seq & !STOP;
+                    return true;
+                }
+                Err(now) => current = now,
             }
         }
     }

@@ -27,6 +27,9 @@ use crate::sys::SharedRegion;
 
 const WRAP: u32 = u32::MAX;
 const HEAD: usize = 8;
+/// No honest position gets near this (it would take centuries of results): a larger one
+/// is a lie, refused before any arithmetic on it could overflow.
+const MAX_POSITION: usize = 1 << 62;
 
 /// Largest entry body the ring takes.
 pub(crate) const MAX_ENTRY: usize = RING_LEN / 4;
@@ -53,6 +56,9 @@ impl<'a> RingWriter<'a> {
         }
         let write = self.ctl.word(CTL_RING_WRITE).load(Acquire) as usize;
         let read = self.ctl.word(CTL_RING_READ).load(Acquire) as usize;
+        if write > MAX_POSITION {
+            return None;
+        }
         let used = write.checked_sub(read)?;
         let at = write % RING_LEN;
         let size = HEAD + align8(body.len());
@@ -115,7 +121,11 @@ impl<'a> RingReader<'a> {
             return Ok(false);
         }
         let bad = |m: String| Err(RingError(m));
-        if write < read || write - read > RING_LEN || !read.is_multiple_of(8) {
+        if write > MAX_POSITION
+            || write < read
+            || write - read > RING_LEN
+            || !read.is_multiple_of(8)
+        {
             return bad(format!(
                 "ring positions out of order: read {read}, write {write}"
             ));
@@ -214,5 +224,43 @@ mod tests {
         // A write position far ahead of the read position.
         ctl.word(CTL_RING_WRITE).store(u64::MAX, SeqCst);
         assert!(r.pop(&mut buf).is_err());
+        // Both near the end of u64: refused, no overflow.
+        ctl.word(CTL_RING_READ).store(u64::MAX - 7, SeqCst);
+        ctl.word(CTL_RING_WRITE).store(u64::MAX - 3, SeqCst);
+        assert!(r.pop(&mut buf).is_err());
+        ctl.word(CTL_RING_READ).store(u64::MAX & !7, SeqCst);
+        ctl.word(CTL_RING_WRITE).store(u64::MAX, SeqCst);
+        assert!(r.pop(&mut buf).is_err());
+        assert!(
+            RingWriter::new(&ctl).push(b"x").is_none(),
+            "the writer refuses too"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever a worker writes to its positions and ring bytes, reading it never
+        /// panics, never reads past what was published, and never loops.
+        #[test]
+        fn any_scribble_on_the_ring_is_read_or_refused(
+            read in proptest::prop_oneof![0u64..64, (u64::MAX - 64)..=u64::MAX, proptest::num::u64::ANY],
+            ahead in proptest::prop_oneof![0u64..4096, proptest::num::u64::ANY],
+            lens in proptest::collection::vec(proptest::num::u32::ANY, 1..8),
+        ) {
+            let ctl = SharedRegion::create("test", CONTROL_LEN).unwrap();
+            for (k, len) in lens.iter().enumerate() {
+                let at = (read as usize).wrapping_add(k * 64) % RING_LEN;
+                ctl.write(RING_OFFSET + (at & !7), &len.to_le_bytes());
+            }
+            ctl.word(CTL_RING_READ).store(read, SeqCst);
+            ctl.word(CTL_RING_WRITE).store(read.wrapping_add(ahead), SeqCst);
+            let r = RingReader::new(&ctl);
+            let mut buf = Vec::new();
+            for _ in 0..16 {
+                match r.pop(&mut buf) {
+                    Ok(true) => proptest::prop_assert!(buf.len() <= MAX_ENTRY),
+                    Ok(false) | Err(_) => break,
+                }
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::intake::{drain_ring, drain_socket, finished};
 use super::{KillReason, Phase, SHUTDOWN_GRACE, Supervisor, Worker, answer, deliver};
 use crate::batch::{BatchInner, Queued};
+use crate::claim;
 use crate::error::{Death, HandshakeError, PoolError, TaskErrorKind};
 use crate::sys;
 use crate::wire::{self, Down};
@@ -94,6 +95,17 @@ impl Supervisor {
                     continue;
                 }
                 soonest(d - now);
+            }
+            // A stop flag the supervisor did not raise would leave the worker waiting for
+            // a revocation that never comes, holding its jobs: a task wrote it.
+            if w.phase == Phase::Ready
+                && w.revoke_pending.is_none()
+                && claim::is_stopped(&w.proc.ctl)
+            {
+                w.kill(KillReason::Protocol(
+                    "the stop flag of the claim word was raised by the worker".into(),
+                ));
+                continue;
             }
             let limited = w
                 .in_flight
