@@ -228,7 +228,7 @@ mod tests {
         ctl.word(CTL_RING_READ).store(u64::MAX - 7, SeqCst);
         ctl.word(CTL_RING_WRITE).store(u64::MAX - 3, SeqCst);
         assert!(r.pop(&mut buf).is_err());
-        ctl.word(CTL_RING_READ).store(u64::MAX & !7, SeqCst);
+        ctl.word(CTL_RING_READ).store(!7, SeqCst);
         ctl.word(CTL_RING_WRITE).store(u64::MAX, SeqCst);
         assert!(r.pop(&mut buf).is_err());
         assert!(
