@@ -9,12 +9,25 @@ use crate::sys;
 use crate::wire::{Failure, Refusal};
 
 /// How a worker process ended.
+///
+/// ```
+/// use procpool_engine::Death;
+/// assert_eq!(Death::Signal(9).to_string(), "was killed by SIGKILL (signal 9)");
+/// assert_eq!(Death::Signal(9).signal_name(), Some("SIGKILL"));
+/// assert_eq!(Death::Exit(3).to_string(), "exited with code 3");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Death {
     /// It exited with this code.
     Exit(i32),
     /// A signal ended it (for example 9, SIGKILL, or 11, SIGSEGV).
     Signal(i32),
+    /// It ended, but the system kept no status to tell how: the process sets SIGCHLD to
+    /// `SIG_IGN` (or `SA_NOCLDWAIT`), so the kernel reaps its children itself and discards
+    /// their status, and the kernel is older than Linux 6.15 (which keeps it on the
+    /// process descriptor).
+    Unknown,
 }
 
 impl Death {
@@ -22,7 +35,7 @@ impl Death {
     pub fn signal_name(&self) -> Option<&'static str> {
         match self {
             Death::Signal(s) => Some(sys::signal_name(*s)),
-            Death::Exit(_) => None,
+            Death::Exit(_) | Death::Unknown => None,
         }
     }
 }
@@ -32,6 +45,11 @@ impl fmt::Display for Death {
         match self {
             Death::Exit(c) => write!(f, "exited with code {c}"),
             Death::Signal(s) => write!(f, "was killed by {} (signal {s})", sys::signal_name(*s)),
+            Death::Unknown => write!(
+                f,
+                "ended, but how is unknown: this program sets SIGCHLD to SIG_IGN, so the \
+                 kernel discarded the exit status (Linux 6.15 and later keep it)"
+            ),
         }
     }
 }

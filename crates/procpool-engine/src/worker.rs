@@ -127,7 +127,8 @@ fn serve(env: WorkerEnv, runner: &mut dyn Runner) -> i32 {
 /// waiting in it. Closes anything else inherited, and arranges to die with the parent.
 fn connect(env: &WorkerEnv) -> std::io::Result<Option<(OwnedFd, SharedRegion, SharedRegion)>> {
     let sock = sys::take_stdin()?;
-    sys::kill_me_with_parent()?;
+    sys::kill_my_group_with_parent()?;
+    sys::take_parent_name(env.parent);
     if sys::parent_pid() != env.parent {
         return Ok(None);
     }

@@ -339,3 +339,19 @@ fn close_refuses_work_and_join_waits_for_spawned_tasks() {
         assert!(!common::exists(*p), "worker {p} was not reaped by join");
     }
 }
+
+fn my_comm(_: ()) -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn workers_carry_the_programs_name() {
+    // `ps` and `pgrep <program>` find workers under the program's name, not `exe`.
+    let mine = my_comm(());
+    let pool = Pool::builder().workers(1).build().unwrap();
+    assert_eq!(pool.apply(my_comm, ()).unwrap(), mine);
+    assert_eq!(procpool::spawn(my_comm, ()).unwrap().join().unwrap(), mine);
+}
