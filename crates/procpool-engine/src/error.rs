@@ -103,7 +103,22 @@ pub enum TaskErrorKind {
     PoolBroken(PoolError),
 }
 
-/// A task that failed, with what is known of where and why.
+/// A task that failed, with what is known of where and why. Its `Display` is a
+/// sentence naming the task, the process that ran it, and the cause.
+///
+/// ```
+/// use procpool_engine::{Death, TaskError, TaskErrorKind};
+/// let died = TaskErrorKind::WorkerDied { death: Death::Signal(9) };
+/// assert_eq!(
+///     TaskError::new(died, 3, Some(1234), 1).to_string(),
+///     "task 3, run by process 1234, failed because the process running it was killed by \
+///      SIGKILL (signal 9)"
+/// );
+/// assert_eq!(
+///     TaskError::new(TaskErrorKind::Cancelled, 5, None, 2).to_string(),
+///     "task 5 was cancelled; it was started 2 times"
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskError {
     kind: TaskErrorKind,
@@ -176,25 +191,29 @@ impl fmt::Display for TaskErrorKind {
                 }
                 write!(f, ": {message}")
             }
-            TaskErrorKind::WorkerDied { death } => write!(
-                f,
-                "its worker process {death} while running it; the pool replaced the worker"
-            ),
+            TaskErrorKind::WorkerDied { death } => {
+                write!(f, "failed because the process running it {death}")
+            }
             TaskErrorKind::TimedOut { limit, ran } => write!(
                 f,
-                "timed out after running {ran:.3?} (limit {limit:?}); its worker was killed and replaced"
+                "ran past its time limit of {limit:?} (it had run {ran:.3?}), so the process \
+                 running it was killed"
             ),
             TaskErrorKind::Cancelled => write!(f, "was cancelled"),
             TaskErrorKind::Codec { message } => write!(f, "could not be (de)serialized: {message}"),
             TaskErrorKind::TooLarge { size, limit } => write!(
                 f,
-                "has a message of {size} bytes, over the pool's limit of {limit} bytes (raise it with the builder's max_message_size)"
+                "has a message of {size} bytes, over the limit of {limit} bytes (a pool's \
+                 limit is raised with Builder::max_message_size)"
             ),
             TaskErrorKind::Protocol { message } => write!(
                 f,
-                "failed because its worker broke the protocol ({message}); the worker was killed and replaced"
+                "failed because the process running it broke the protocol ({message}) and \
+                 was killed"
             ),
-            TaskErrorKind::Terminated => write!(f, "was not finished: the pool was terminated"),
+            TaskErrorKind::Terminated => {
+                write!(f, "did not finish: the pool was terminated or dropped")
+            }
             TaskErrorKind::PoolBroken(e) => write!(f, "could not run: {e}"),
         }
     }
@@ -204,11 +223,11 @@ impl fmt::Display for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "task {}", self.index)?;
         if let Some(pid) = self.pid {
-            write!(f, " (worker pid {pid})")?;
+            write!(f, ", run by process {pid},")?;
         }
         write!(f, " {}", self.kind)?;
         if self.attempts > 1 {
-            write!(f, " [after {} attempts]", self.attempts)?;
+            write!(f, "; it was started {} times", self.attempts)?;
         }
         Ok(())
     }
@@ -273,7 +292,8 @@ impl fmt::Display for HandshakeError {
             ),
             HandshakeError::Version { parent, worker } => write!(
                 f,
-                "protocol version mismatch: parent speaks {parent}, worker speaks {worker}"
+                "the worker speaks protocol version {worker} but the parent speaks {parent}; \
+                 both must run the same build of procpool"
             ),
             HandshakeError::InitMissing => write!(
                 f,
@@ -289,7 +309,9 @@ impl fmt::Display for HandshakeError {
                 "the worker did not complete the handshake within {d:?}; {INIT_HINT}"
             ),
             HandshakeError::Initializer(k) => write!(f, "the worker's initializer {k}"),
-            HandshakeError::Protocol(m) => write!(f, "handshake protocol error: {m}"),
+            HandshakeError::Protocol(m) => {
+                write!(f, "the worker broke the handshake protocol: {m}")
+            }
         }
     }
 }
@@ -302,7 +324,7 @@ pub enum PoolError {
     #[error("could not start a worker process: {0}")]
     Spawn(Arc<io::Error>),
     /// A worker process started but could not join the pool.
-    #[error("worker{} failed its handshake: {reason}", pid.map(|p| format!(" pid {p}")).unwrap_or_default())]
+    #[error("worker process{} failed its handshake: {reason}", pid.map(|p| format!(" {p}")).unwrap_or_default())]
     Handshake {
         /// The worker's process id, when known.
         pid: Option<u32>,
@@ -313,7 +335,9 @@ pub enum PoolError {
     #[error("the pool is closed and accepts no more work")]
     Closed,
     /// Workers kept failing to start, so the pool gave up; the first failure.
-    #[error("the pool gave up after {failures} consecutive worker start failures; first: {first}")]
+    #[error(
+        "the pool gave up after {failures} worker starts failed in a row; the first failure: {first}"
+    )]
     Broken {
         /// How many starts failed in a row.
         failures: u32,
@@ -324,7 +348,7 @@ pub enum PoolError {
     #[error("invalid pool configuration: {0}")]
     Config(String),
     /// An operating-system call of the pool itself failed.
-    #[error("pool system call failed: {0}")]
+    #[error("a system call of the pool failed: {0}")]
     Io(Arc<io::Error>),
 }
 
