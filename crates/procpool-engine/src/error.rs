@@ -64,6 +64,10 @@ pub enum TaskErrorKind {
         message: String,
         /// `file:line:column` of the panic, when known.
         location: Option<String>,
+        /// The worker's stack backtrace at the panic, captured when the user asked for
+        /// backtraces (`RUST_BACKTRACE=1`, which workers inherit), as Python carries a
+        /// remote traceback. [`TaskError::backtrace`] gives it too.
+        backtrace: Option<String>,
     },
     /// The worker process running the task died (a signal such as SIGKILL or SIGSEGV, or
     /// an exit). The pool replaced it.
@@ -149,6 +153,15 @@ impl TaskError {
         self.kind
     }
 
+    /// The worker's stack backtrace at the task's panic, when it panicked and the user
+    /// asked for backtraces (`RUST_BACKTRACE=1`); the error's `Display` shows it too.
+    pub fn backtrace(&self) -> Option<&str> {
+        match &self.kind {
+            TaskErrorKind::Panic { backtrace, .. } => backtrace.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Position of the task in its input (0 for a single call).
     pub fn index(&self) -> u64 {
         self.index
@@ -174,7 +187,11 @@ impl TaskError {
 impl From<Failure> for TaskErrorKind {
     fn from(f: Failure) -> Self {
         match f {
-            Failure::Panic { message, location } => TaskErrorKind::Panic { message, location },
+            Failure::Panic { message, location } => TaskErrorKind::Panic {
+                message,
+                location,
+                backtrace: None,
+            },
             Failure::Codec { message } => TaskErrorKind::Codec { message },
             Failure::TooLarge { size, limit } => TaskErrorKind::TooLarge { size, limit },
         }
@@ -184,12 +201,20 @@ impl From<Failure> for TaskErrorKind {
 impl fmt::Display for TaskErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TaskErrorKind::Panic { message, location } => {
+            TaskErrorKind::Panic {
+                message,
+                location,
+                backtrace,
+            } => {
                 write!(f, "panicked")?;
                 if let Some(l) = location {
                     write!(f, " at {l}")?;
                 }
-                write!(f, ": {message}")
+                write!(f, ": {message}")?;
+                if let Some(bt) = backtrace {
+                    write!(f, "\nstack backtrace of the worker:\n{}", bt.trim_end())?;
+                }
+                Ok(())
             }
             TaskErrorKind::WorkerDied { death } => {
                 write!(f, "failed because the process running it {death}")

@@ -39,6 +39,7 @@ pub trait Runner {
 thread_local! {
     static LAST_PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
     static IS_TASK_THREAD: RefCell<bool> = const { RefCell::new(false) };
+    static LAST_BACKTRACE: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 /// Whether this process was started as a worker and has not yet entered its loop.
@@ -377,6 +378,13 @@ pub fn take_last_panic() -> Option<(String, Option<String>)> {
     LAST_PANIC.with(|p| p.borrow_mut().take())
 }
 
+/// Takes the backtrace of the last panic caught in a task thread, captured only when
+/// the user asked for backtraces (`RUST_BACKTRACE` or `RUST_LIB_BACKTRACE`, as
+/// [`std::backtrace::Backtrace::capture`] decides).
+pub fn take_last_backtrace() -> Option<String> {
+    LAST_BACKTRACE.with(|b| b.borrow_mut().take())
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -398,6 +406,10 @@ fn install_panic_hook() {
                 .location()
                 .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
             LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
+            let bt = std::backtrace::Backtrace::capture();
+            let bt =
+                (bt.status() == std::backtrace::BacktraceStatus::Captured).then(|| bt.to_string());
+            LAST_BACKTRACE.with(|b| *b.borrow_mut() = bt);
         } else {
             default(info);
         }

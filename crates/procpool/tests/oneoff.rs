@@ -152,7 +152,9 @@ fn a_panic_in_a_one_off_process() {
     let p = procpool::spawn(panics, 5).unwrap();
     match p.join() {
         Err(Error::Task(e)) => match e.kind() {
-            TaskErrorKind::Panic { message, location } => {
+            TaskErrorKind::Panic {
+                message, location, ..
+            } => {
                 assert_eq!(message, "one-off failure number 5");
                 let location = location.as_deref().expect("a panic location");
                 assert!(location.contains("oneoff.rs:"), "{location}");
