@@ -200,14 +200,17 @@ type SpawnJob = Box<dyn FnOnce() + Send>;
 fn on_spawner_thread<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
-    static SPAWNER: Mutex<Option<mpsc::Sender<SpawnJob>>> = Mutex::new(None);
+    // The thread and the pid of the process that started it: a child made by a plain
+    // `fork` inherits the sender but not the thread, and starts its own.
+    static SPAWNER: Mutex<Option<(u32, mpsc::Sender<SpawnJob>)>> = Mutex::new(None);
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
     let job: SpawnJob = Box::new(move || {
         let _ = reply_tx.send(f());
     });
     {
-        let mut tx = SPAWNER.lock().unwrap_or_else(|e| e.into_inner());
-        if tx.is_none() {
+        let mut spawner = SPAWNER.lock().unwrap_or_else(|e| e.into_inner());
+        let me = sys::my_pid();
+        if spawner.as_ref().is_none_or(|(pid, _)| *pid != me) {
             let (t, rx) = mpsc::channel::<SpawnJob>();
             std::thread::Builder::new()
                 .name("procpool-spawner".into())
@@ -216,10 +219,16 @@ fn on_spawner_thread<T: Send + 'static>(
                         job();
                     }
                 })?;
-            *tx = Some(t);
+            // A sender inherited through `fork` is forgotten, never dropped: its channel
+            // belongs to the parent's memory image.
+            if let Some(old) = spawner.replace((me, t)) {
+                std::mem::forget(old);
+            }
         }
-        tx.as_ref()
+        spawner
+            .as_ref()
             .expect("set above")
+            .1
             .send(job)
             .map_err(|_| std::io::Error::other("the procpool spawner thread is gone"))?;
     }

@@ -27,6 +27,10 @@
 //! up that guarantee for its worker (its worker still dies when it next reads its
 //! socket, which the parent's death closes).
 //!
+//! One gap: when the parent sets SIGCHLD to `SIG_IGN`, the kernel reaps a worker as it
+//! dies, so the group is signalled after its leader's pid was freed. The pid could name
+//! another group only if pid numbers wrapped around in between; this is accepted.
+//!
 //! `posix_spawn` also gives the worker an empty signal mask and the default action for
 //! every signal, whatever the parent blocked or ignored (a parent ignoring SIGTERM must
 //! not make its workers deaf to a time limit's SIGTERM).
@@ -189,16 +193,31 @@ pub(crate) fn kill_my_group_with_parent() -> io::Result<()> {
     Ok(())
 }
 
-/// In a worker: takes the parent's command name (`/proc/<parent>/comm`, at most 15
-/// bytes), so `ps` and `pgrep` show workers under the program's name instead of `exe`.
+/// In a worker: takes the parent's command name (`/proc/<parent>/comm`), so `ps` and
+/// `pgrep` show workers under the program's name instead of `exe`; see [`worker_name`].
 pub(crate) fn take_parent_name(parent: u32) {
     let Ok(name) = std::fs::read(format!("/proc/{parent}/comm")) else {
         return;
     };
     let name = name.strip_suffix(b"\n").unwrap_or(&name);
-    if let Ok(c) = CString::new(&name[..name.len().min(15)]) {
+    if let Ok(c) = CString::new(worker_name(name)) {
         let _ = rustix::thread::set_name(&c);
     }
+}
+
+/// A worker's command name (at most 15 bytes, the kernel's limit) from its program's:
+/// the program's name, then `-worker` or `-w` where it fits, so `pgrep prog` finds the
+/// program and its workers and `ps` tells them apart.
+pub(crate) fn worker_name(program: &[u8]) -> Vec<u8> {
+    const MAX: usize = 15;
+    let mut name = program[..program.len().min(MAX)].to_vec();
+    for mark in [&b"-worker"[..], b"-w"] {
+        if name.len() + mark.len() <= MAX {
+            name.extend_from_slice(mark);
+            break;
+        }
+    }
+    name
 }
 
 /// Waits for the worker behind `pidfd` to end, kills what is left of its process group
@@ -284,6 +303,14 @@ fn exit_info(pidfd: BorrowedFd<'_>) -> Option<Death> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_names_carry_a_mark_where_it_fits() {
+        assert_eq!(worker_name(b"compute"), b"compute-worker");
+        assert_eq!(worker_name(b"thirteen-char"), b"thirteen-char-w");
+        assert_eq!(worker_name(b"fourteen-chars"), b"fourteen-chars");
+        assert_eq!(worker_name(b"a-very-long-program"), b"a-very-long-pro");
+    }
 
     #[test]
     fn pidfd_info_has_the_kernels_size() {
