@@ -69,8 +69,8 @@ pub enum TaskErrorKind {
         /// remote traceback. [`TaskError::backtrace`] gives it too.
         backtrace: Option<String>,
     },
-    /// The worker process running the task died (a signal such as SIGKILL or SIGSEGV, or
-    /// an exit). The pool replaced it.
+    /// The process running the task died (a signal such as SIGKILL or SIGSEGV, or an
+    /// exit). A pool replaces such a worker.
     WorkerDied {
         /// How it ended.
         death: Death,
@@ -96,7 +96,8 @@ pub enum TaskErrorKind {
         /// The limit in bytes.
         limit: u64,
     },
-    /// The worker sent bytes that break the protocol; it was killed and replaced.
+    /// The process running the task sent bytes that break the protocol; it was killed (a
+    /// pool replaces it).
     Protocol {
         /// What was wrong.
         message: String,

@@ -135,7 +135,9 @@ impl Builder {
     }
 
     /// On a timeout, send the worker SIGTERM and wait `grace` before SIGKILL, so a task
-    /// that handles SIGTERM can clean up. Default: SIGKILL at once.
+    /// that handles SIGTERM can clean up. Default: SIGKILL at once. The SIGKILL (like
+    /// every kill of a worker) also reaches every process the task started, except one
+    /// that left the worker's session (`setsid`).
     pub fn kill_grace(mut self, grace: Duration) -> Self {
         self.config.kill_grace = Some(grace);
         self
