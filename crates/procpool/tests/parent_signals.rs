@@ -19,6 +19,9 @@ fn blocked_and_ignored(_: ()) -> (Vec<i32>, Vec<i32>) {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+        if libc::sigismember(&set, libc::SIGPIPE) == 1 {
+            blocked.push(libc::SIGPIPE);
+        }
         for s in SIGNALS {
             if libc::sigismember(&set, s) == 1 {
                 blocked.push(s);
