@@ -9,12 +9,25 @@ use crate::sys;
 use crate::wire::{Failure, Refusal};
 
 /// How a worker process ended.
+///
+/// ```
+/// use procpool_engine::Death;
+/// assert_eq!(Death::Signal(9).to_string(), "was killed by SIGKILL (signal 9)");
+/// assert_eq!(Death::Signal(9).signal_name(), Some("SIGKILL"));
+/// assert_eq!(Death::Exit(3).to_string(), "exited with code 3");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Death {
     /// It exited with this code.
     Exit(i32),
     /// A signal ended it (for example 9, SIGKILL, or 11, SIGSEGV).
     Signal(i32),
+    /// It ended, but the system kept no status to tell how: the process sets SIGCHLD to
+    /// `SIG_IGN` (or `SA_NOCLDWAIT`), so the kernel reaps its children itself and discards
+    /// their status, and the kernel is older than Linux 6.15 (which keeps it on the
+    /// process descriptor).
+    Unknown,
 }
 
 impl Death {
@@ -22,7 +35,7 @@ impl Death {
     pub fn signal_name(&self) -> Option<&'static str> {
         match self {
             Death::Signal(s) => Some(sys::signal_name(*s)),
-            Death::Exit(_) => None,
+            Death::Exit(_) | Death::Unknown => None,
         }
     }
 }
@@ -32,6 +45,11 @@ impl fmt::Display for Death {
         match self {
             Death::Exit(c) => write!(f, "exited with code {c}"),
             Death::Signal(s) => write!(f, "was killed by {} (signal {s})", sys::signal_name(*s)),
+            Death::Unknown => write!(
+                f,
+                "ended, but how is unknown: this program sets SIGCHLD to SIG_IGN, so the \
+                 kernel discarded the exit status (Linux 6.15 and later keep it)"
+            ),
         }
     }
 }
@@ -46,9 +64,13 @@ pub enum TaskErrorKind {
         message: String,
         /// `file:line:column` of the panic, when known.
         location: Option<String>,
+        /// The worker's stack backtrace at the panic, captured when the user asked for
+        /// backtraces (`RUST_BACKTRACE=1`, which workers inherit), as Python carries a
+        /// remote traceback. [`TaskError::backtrace`] gives it too.
+        backtrace: Option<String>,
     },
-    /// The worker process running the task died (a signal such as SIGKILL or SIGSEGV, or
-    /// an exit). The pool replaced it.
+    /// The process running the task died (a signal such as SIGKILL or SIGSEGV, or an
+    /// exit). A pool replaces such a worker.
     WorkerDied {
         /// How it ended.
         death: Death,
@@ -74,7 +96,8 @@ pub enum TaskErrorKind {
         /// The limit in bytes.
         limit: u64,
     },
-    /// The worker sent bytes that break the protocol; it was killed and replaced.
+    /// The process running the task sent bytes that break the protocol; it was killed (a
+    /// pool replaces it).
     Protocol {
         /// What was wrong.
         message: String,
@@ -85,7 +108,22 @@ pub enum TaskErrorKind {
     PoolBroken(PoolError),
 }
 
-/// A task that failed, with what is known of where and why.
+/// A task that failed, with what is known of where and why. Its `Display` is a
+/// sentence naming the task, the process that ran it, and the cause.
+///
+/// ```
+/// use procpool_engine::{Death, TaskError, TaskErrorKind};
+/// let died = TaskErrorKind::WorkerDied { death: Death::Signal(9) };
+/// assert_eq!(
+///     TaskError::new(died, 3, Some(1234), 1).to_string(),
+///     "task 3, run by process 1234, failed because the process running it was killed by \
+///      SIGKILL (signal 9)"
+/// );
+/// assert_eq!(
+///     TaskError::new(TaskErrorKind::Cancelled, 5, None, 2).to_string(),
+///     "task 5 was cancelled; it was started 2 times"
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskError {
     kind: TaskErrorKind,
@@ -116,6 +154,15 @@ impl TaskError {
         self.kind
     }
 
+    /// The worker's stack backtrace at the task's panic, when it panicked and the user
+    /// asked for backtraces (`RUST_BACKTRACE=1`); the error's `Display` shows it too.
+    pub fn backtrace(&self) -> Option<&str> {
+        match &self.kind {
+            TaskErrorKind::Panic { backtrace, .. } => backtrace.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Position of the task in its input (0 for a single call).
     pub fn index(&self) -> u64 {
         self.index
@@ -141,7 +188,11 @@ impl TaskError {
 impl From<Failure> for TaskErrorKind {
     fn from(f: Failure) -> Self {
         match f {
-            Failure::Panic { message, location } => TaskErrorKind::Panic { message, location },
+            Failure::Panic { message, location } => TaskErrorKind::Panic {
+                message,
+                location,
+                backtrace: None,
+            },
             Failure::Codec { message } => TaskErrorKind::Codec { message },
             Failure::TooLarge { size, limit } => TaskErrorKind::TooLarge { size, limit },
         }
@@ -151,32 +202,44 @@ impl From<Failure> for TaskErrorKind {
 impl fmt::Display for TaskErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TaskErrorKind::Panic { message, location } => {
+            TaskErrorKind::Panic {
+                message,
+                location,
+                backtrace,
+            } => {
                 write!(f, "panicked")?;
                 if let Some(l) = location {
                     write!(f, " at {l}")?;
                 }
-                write!(f, ": {message}")
+                write!(f, ": {message}")?;
+                if let Some(bt) = backtrace {
+                    write!(f, "\nstack backtrace of the worker:\n{}", bt.trim_end())?;
+                }
+                Ok(())
             }
-            TaskErrorKind::WorkerDied { death } => write!(
-                f,
-                "its worker process {death} while running it; the pool replaced the worker"
-            ),
+            TaskErrorKind::WorkerDied { death } => {
+                write!(f, "failed because the process running it {death}")
+            }
             TaskErrorKind::TimedOut { limit, ran } => write!(
                 f,
-                "timed out after running {ran:.3?} (limit {limit:?}); its worker was killed and replaced"
+                "ran past its time limit of {limit:?} (it had run {ran:.3?}), so the process \
+                 running it was killed"
             ),
             TaskErrorKind::Cancelled => write!(f, "was cancelled"),
             TaskErrorKind::Codec { message } => write!(f, "could not be (de)serialized: {message}"),
             TaskErrorKind::TooLarge { size, limit } => write!(
                 f,
-                "has a message of {size} bytes, over the pool's limit of {limit} bytes (raise it with the builder's max_message_size)"
+                "has a message of {size} bytes, over the limit of {limit} bytes (a pool's \
+                 limit is raised with Builder::max_message_size)"
             ),
             TaskErrorKind::Protocol { message } => write!(
                 f,
-                "failed because its worker broke the protocol ({message}); the worker was killed and replaced"
+                "failed because the process running it broke the protocol ({message}) and \
+                 was killed"
             ),
-            TaskErrorKind::Terminated => write!(f, "was not finished: the pool was terminated"),
+            TaskErrorKind::Terminated => {
+                write!(f, "did not finish: the pool was terminated or dropped")
+            }
             TaskErrorKind::PoolBroken(e) => write!(f, "could not run: {e}"),
         }
     }
@@ -186,11 +249,11 @@ impl fmt::Display for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "task {}", self.index)?;
         if let Some(pid) = self.pid {
-            write!(f, " (worker pid {pid})")?;
+            write!(f, ", run by process {pid},")?;
         }
         write!(f, " {}", self.kind)?;
         if self.attempts > 1 {
-            write!(f, " [after {} attempts]", self.attempts)?;
+            write!(f, "; it was started {} times", self.attempts)?;
         }
         Ok(())
     }
@@ -255,7 +318,8 @@ impl fmt::Display for HandshakeError {
             ),
             HandshakeError::Version { parent, worker } => write!(
                 f,
-                "protocol version mismatch: parent speaks {parent}, worker speaks {worker}"
+                "the worker speaks protocol version {worker} but the parent speaks {parent}; \
+                 both must run the same build of procpool"
             ),
             HandshakeError::InitMissing => write!(
                 f,
@@ -271,7 +335,9 @@ impl fmt::Display for HandshakeError {
                 "the worker did not complete the handshake within {d:?}; {INIT_HINT}"
             ),
             HandshakeError::Initializer(k) => write!(f, "the worker's initializer {k}"),
-            HandshakeError::Protocol(m) => write!(f, "handshake protocol error: {m}"),
+            HandshakeError::Protocol(m) => {
+                write!(f, "the worker broke the handshake protocol: {m}")
+            }
         }
     }
 }
@@ -284,7 +350,7 @@ pub enum PoolError {
     #[error("could not start a worker process: {0}")]
     Spawn(Arc<io::Error>),
     /// A worker process started but could not join the pool.
-    #[error("worker{} failed its handshake: {reason}", pid.map(|p| format!(" pid {p}")).unwrap_or_default())]
+    #[error("worker process{} failed its handshake: {reason}", pid.map(|p| format!(" {p}")).unwrap_or_default())]
     Handshake {
         /// The worker's process id, when known.
         pid: Option<u32>,
@@ -295,7 +361,9 @@ pub enum PoolError {
     #[error("the pool is closed and accepts no more work")]
     Closed,
     /// Workers kept failing to start, so the pool gave up; the first failure.
-    #[error("the pool gave up after {failures} consecutive worker start failures; first: {first}")]
+    #[error(
+        "the pool gave up after {failures} worker starts failed in a row; the first failure: {first}"
+    )]
     Broken {
         /// How many starts failed in a row.
         failures: u32,
@@ -306,7 +374,7 @@ pub enum PoolError {
     #[error("invalid pool configuration: {0}")]
     Config(String),
     /// An operating-system call of the pool itself failed.
-    #[error("pool system call failed: {0}")]
+    #[error("a system call of the pool failed: {0}")]
     Io(Arc<io::Error>),
 }
 

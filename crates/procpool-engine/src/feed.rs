@@ -234,6 +234,16 @@ impl<S: Source> Feed<S> {
         }
     }
 
+    /// Refuses the call before it starts (an invalid setting, say): the first item comes
+    /// back as this error, and no input is pulled.
+    pub fn refuse(&mut self, e: PoolError) {
+        self.exhausted = true;
+        let start = self.next_index;
+        self.next_index += 1;
+        let err = TaskError::new(TaskErrorKind::PoolBroken(e), start, None, 0);
+        self.local.push_back(local_piece(start, 1, err));
+    }
+
     /// The pool refused the jobs starting at `starts`: each of their items fails with the
     /// pool's error, and no more input is pulled.
     #[cold]
@@ -302,6 +312,11 @@ impl<S> Feed<S> {
     /// The source.
     pub fn source(&self) -> &S {
         &self.source
+    }
+
+    /// Whether no more input will be pulled (the source ended, or the call was refused).
+    pub fn exhausted(&self) -> bool {
+        self.exhausted
     }
 }
 

@@ -40,5 +40,6 @@ pub use oneoff::{JoinError, OneOff};
 pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig};
 pub use wire::{Failure, PROTOCOL_VERSION};
 pub use worker::{
-    Runner, is_worker_process, refuse_init_missing, serve_if_worker, take_last_panic,
+    Runner, is_worker_process, refuse_init_missing, serve_if_worker, take_last_backtrace,
+    take_last_panic,
 };

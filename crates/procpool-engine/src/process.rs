@@ -6,13 +6,16 @@
 //! end of a socket pair; waiting in that socket are two sealed memfds: the control block
 //! (which task the worker is running, since when) and the data region where the parent
 //! writes large arguments.
+//!
+//! A worker leads a session (and process group) of its own; killing or reaping it kills
+//! its whole group, so the processes its tasks started die with it. The design, and how
+//! a worker dies with its parent, is written down in `sys::linux_proc`.
 
-use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use crate::error::{Death, PoolError};
 use crate::sys::{self, SharedRegion};
@@ -112,7 +115,9 @@ pub(crate) struct WorkerProc {
 /// puts `/dev/null` there before any user code runs) and finds the two shared regions
 /// waiting in the socket as descriptors. So the process is started with `posix_spawn`
 /// (no `fork` of a possibly large parent, no code between fork and exec) and inherits no
-/// other descriptor on purpose.
+/// other descriptor on purpose. It starts in a session of its own, with an empty signal
+/// mask and default signal actions (see `sys::spawn_session_leader`), and from the
+/// process's one spawner thread (see [`on_spawner_thread`]).
 pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
     let spawn_err = |e: std::io::Error| PoolError::Spawn(Arc::new(e));
     let (mine, theirs) = sys::socketpair().map_err(spawn_err)?;
@@ -132,27 +137,40 @@ pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
         .executable
         .clone()
         .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+    let exe = cstring(exe.into_os_string()).map_err(spawn_err)?;
     let mut args = std::env::args_os();
     let arg0 = args
         .next()
         .unwrap_or_else(|| OsString::from("procpool-worker"));
-    let child = Command::new(&exe)
-        .arg0(arg0)
-        .args(args)
-        .env(ENV_WORKER, env.encode())
-        .stdin(Stdio::from(theirs))
-        .process_group(0)
-        .spawn()
-        .map_err(|e| {
-            spawn_err(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", exe.display()),
-            ))
-        })?;
-    let pid = child.id();
-    // The std handle is dropped without waiting: we reap through the pidfd.
-    drop(child);
-    let pidfd = sys::pidfd_open(pid).map_err(spawn_err)?;
+    let argv = std::iter::once(arg0)
+        .chain(args)
+        .map(cstring)
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(spawn_err)?;
+    let mut envp = Vec::new();
+    for (k, v) in std::env::vars_os().filter(|(k, _)| k != ENV_WORKER) {
+        let mut kv = k;
+        kv.push("=");
+        kv.push(v);
+        envp.push(cstring(kv).map_err(spawn_err)?);
+    }
+    envp.push(cstring(format!("{ENV_WORKER}={}", env.encode()).into()).map_err(spawn_err)?);
+    // Standard input is set by dup2 onto descriptor 0, which must not be the source.
+    let theirs = if theirs.as_raw_fd() < 3 {
+        sys::dup_above_stdio(theirs.as_fd()).map_err(spawn_err)?
+    } else {
+        theirs
+    };
+    let pid =
+        on_spawner_thread(move || sys::spawn_session_leader(&exe, &argv, &envp, theirs.as_fd()))
+            .map_err(spawn_err)?;
+    let pidfd = match sys::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            sys::kill_group(pid);
+            return Err(spawn_err(e));
+        }
+    };
     Ok(WorkerProc {
         pid,
         pidfd,
@@ -161,6 +179,65 @@ pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
         data,
         death: None,
     })
+}
+
+fn cstring(s: OsString) -> std::io::Result<CString> {
+    CString::new(s.into_vec()).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "an argument, environment variable or path holds a NUL byte",
+        )
+    })
+}
+
+/// A job for the spawner thread.
+type SpawnJob = Box<dyn FnOnce() + Send>;
+
+/// Runs `f` on the process's spawner thread: one internal thread, started on first use,
+/// that lives as long as the process.
+///
+/// A child's parent-death signal (`PR_SET_PDEATHSIG`) fires when the *thread* that
+/// started it ends, not the process. Starting every worker from this one thread makes a
+/// worker (and a one-off process) live until it is joined, killed, or the parent process
+/// dies, whichever thread asked for it.
+fn on_spawner_thread<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    // The thread and the pid of the process that started it: a child made by a plain
+    // `fork` inherits the sender but not the thread, and starts its own.
+    static SPAWNER: Mutex<Option<(u32, mpsc::Sender<SpawnJob>)>> = Mutex::new(None);
+    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    let job: SpawnJob = Box::new(move || {
+        let _ = reply_tx.send(f());
+    });
+    {
+        let mut spawner = SPAWNER.lock().unwrap_or_else(|e| e.into_inner());
+        let me = sys::my_pid();
+        if spawner.as_ref().is_none_or(|(pid, _)| *pid != me) {
+            let (t, rx) = mpsc::channel::<SpawnJob>();
+            std::thread::Builder::new()
+                .name("procpool-spawner".into())
+                .spawn(move || {
+                    for job in rx {
+                        job();
+                    }
+                })?;
+            // A sender inherited through `fork` is forgotten, never dropped: its channel
+            // belongs to the parent's memory image.
+            if let Some(old) = spawner.replace((me, t)) {
+                std::mem::forget(old);
+            }
+        }
+        spawner
+            .as_ref()
+            .expect("set above")
+            .1
+            .send(job)
+            .map_err(|_| std::io::Error::other("the procpool spawner thread is gone"))?;
+    }
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the procpool spawner thread is gone"))?
 }
 
 /// The bytes that carry the shared regions' descriptors to a new worker.
@@ -172,19 +249,24 @@ impl WorkerProc {
         self.pidfd.as_fd()
     }
 
-    /// Sends SIGKILL.
+    /// Sends SIGKILL to the worker and to its process group: every process its tasks
+    /// started dies with it, unless it left the group on purpose.
     pub(crate) fn kill(&self) {
         if self.death.is_none() {
+            // Not reaped yet: the group's id (the worker's pid) is still ours.
+            sys::kill_group(self.pid);
+            // The worker itself, even if a task moved it to another group.
             let _ = sys::kill(self.pidfd.as_fd());
         }
     }
 
-    /// Waits for the process to end and reaps it.
+    /// Waits for the process to end, kills what is left of its process group, and reaps
+    /// it.
     pub(crate) fn reap(&mut self) -> Death {
         if let Some(d) = self.death {
             return d;
         }
-        let d = sys::reap_blocking(self.pidfd.as_fd()).unwrap_or(Death::Exit(-1));
+        let d = sys::reap_with_group(self.pidfd.as_fd(), self.pid).unwrap_or(Death::Unknown);
         self.death = Some(d);
         d
     }

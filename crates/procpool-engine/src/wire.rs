@@ -558,7 +558,7 @@ pub fn encode_up(out: &mut Vec<u8>, msg: &Up<'_>) {
     }
 }
 
-/// Decodes one result as written by [`put_result`] (an entry of the results ring).
+/// Decodes one result as written by `put_result` (an entry of the results ring).
 pub fn decode_result(body: &[u8]) -> Result<ResultFrame<'_>, WireError> {
     let mut r = Reader { buf: body };
     let res = get_result(&mut r)?;

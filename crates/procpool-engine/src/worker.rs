@@ -40,6 +40,7 @@ pub trait Runner {
 thread_local! {
     static LAST_PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
     static IS_TASK_THREAD: RefCell<bool> = const { RefCell::new(false) };
+    static LAST_BACKTRACE: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 /// Whether this process was started as a worker and has not yet entered its loop.
@@ -129,7 +130,8 @@ fn serve(env: WorkerEnv, runner: &mut dyn Runner) -> i32 {
 /// waiting in it. Closes anything else inherited, and arranges to die with the parent.
 fn connect(env: &WorkerEnv) -> std::io::Result<Option<(OwnedFd, SharedRegion, SharedRegion)>> {
     let sock = sys::take_stdin()?;
-    sys::kill_me_with_parent()?;
+    sys::kill_my_group_with_parent()?;
+    sys::take_parent_name(env.parent);
     if sys::parent_pid() != env.parent {
         return Ok(None);
     }
@@ -393,6 +395,13 @@ pub fn take_last_panic() -> Option<(String, Option<String>)> {
     LAST_PANIC.with(|p| p.borrow_mut().take())
 }
 
+/// Takes the backtrace of the last panic caught in a task thread, captured only when
+/// the user asked for backtraces (`RUST_BACKTRACE` or `RUST_LIB_BACKTRACE`, as
+/// [`std::backtrace::Backtrace::capture`] decides).
+pub fn take_last_backtrace() -> Option<String> {
+    LAST_BACKTRACE.with(|b| b.borrow_mut().take())
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -414,6 +423,10 @@ fn install_panic_hook() {
                 .location()
                 .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
             LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
+            let bt = std::backtrace::Backtrace::capture();
+            let bt =
+                (bt.status() == std::backtrace::BacktraceStatus::Captured).then(|| bt.to_string());
+            LAST_BACKTRACE.with(|b| *b.borrow_mut() = bt);
         } else {
             default(info);
         }

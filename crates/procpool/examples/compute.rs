@@ -4,11 +4,17 @@
 //! cargo run --release --example compute -- [--tasks 8] [--n 10000000] [--workers N]
 //! ```
 
+use std::process::ExitCode;
 use std::time::Instant;
 
 fn compute(n: u64) -> f64 {
     (1..=n).map(|i| (i as f64).sqrt()).sum()
 }
+
+const USAGE: &str = "usage: compute [--tasks 8] [--n 10000000] [--workers N]
+
+Sums the square roots of 1..=n, --tasks times: first sequentially, then on a pool
+of --workers processes (default: one per available core), and prints the speedup.";
 
 struct Args {
     tasks: usize,
@@ -16,7 +22,8 @@ struct Args {
     workers: Option<usize>,
 }
 
-fn parse_args() -> Result<Args, String> {
+/// The arguments, or `None` when the user asked for help.
+fn parse_args() -> Result<Option<Args>, String> {
     let mut args = Args {
         tasks: 8,
         n: 10_000_000,
@@ -31,18 +38,36 @@ fn parse_args() -> Result<Args, String> {
             "--workers" => {
                 args.workers = Some(value()?.parse().map_err(|e| format!("--workers: {e}"))?)
             }
-            "-h" | "--help" => {
-                return Err("usage: compute [--tasks 8] [--n 10000000] [--workers N]".into());
-            }
+            "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown flag {other}; try --help")),
         }
     }
-    Ok(args)
+    Ok(Some(args))
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> ExitCode {
     procpool::init();
-    let args = parse_args()?;
+    let args = match parse_args() {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("compute: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("compute: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), procpool::Error> {
     let inputs = vec![args.n; args.tasks];
 
     let t = Instant::now();

@@ -26,6 +26,7 @@ pub(crate) enum ItemOut<R> {
     Panic {
         message: String,
         location: Option<String>,
+        backtrace: Option<String>,
     },
     Codec(String),
 }
@@ -41,6 +42,7 @@ enum ItemOutRef<'a, R> {
     Panic {
         message: String,
         location: Option<String>,
+        backtrace: Option<String>,
     },
     Codec(String),
 }
@@ -172,7 +174,12 @@ fn encode_item<R: Value>(out: &mut Vec<u8>, r: std::thread::Result<R>) -> Result
         Err(p) => {
             let (message, location) =
                 procpool_engine::take_last_panic().unwrap_or_else(|| (payload_message(&**p), None));
-            let v: ItemOutRef<'_, R> = ItemOutRef::Panic { message, location };
+            let backtrace = procpool_engine::take_last_backtrace();
+            let v: ItemOutRef<'_, R> = ItemOutRef::Panic {
+                message,
+                location,
+                backtrace,
+            };
             codec::append(out, &v)
         }
     };

@@ -133,6 +133,11 @@ where
         }
     }
 
+    /// Refuses the call: its first item is this error, and no input is pulled.
+    pub(crate) fn refuse(&mut self, e: procpool_engine::PoolError) {
+        self.feed.refuse(e);
+    }
+
     /// Items pulled from the input so far.
     pub(crate) fn pulled(&self) -> u64 {
         self.feed.pulled()
@@ -144,6 +149,9 @@ where
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
+        if self.feed.exhausted() {
+            return (0, Some(0));
+        }
         self.feed.source().size_hint()
     }
 

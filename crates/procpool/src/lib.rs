@@ -41,6 +41,15 @@
 //! it has its worker killed and replaced — this works for code stuck in a loop or a
 //! system call, which a thread could never stop.
 //!
+//! # Processes a task starts
+//! Each worker leads a session and process group of its own, without a controlling
+//! terminal (a terminal's Ctrl-C and job control never reach it). Whatever procpool kills
+//! — at a time limit, on `cancel`, `terminate`, dropping a pool, killing a [`Process`] —
+//! it kills with every process the task started (`Command`, `fork`), and what is left of
+//! a worker's group when the worker ends dies too; a process that made a session of its
+//! own (`setsid`) is left alone. When the parent process dies, even by SIGKILL, every
+//! worker and its group die with it.
+//!
 //! # Testing
 //! Workers re-run the executable, so a test binary needs a way in: put
 //! `procpool::enable_test_support!();` once in each integration-test crate (and in a unit

@@ -130,9 +130,21 @@ impl<R: Value> ChunkOut<R> {
                     rest = r;
                     values.push(v);
                 }
-                Ok((ItemOut::Panic { message, location }, r)) => {
+                Ok((
+                    ItemOut::Panic {
+                        message,
+                        location,
+                        backtrace,
+                    },
+                    r,
+                )) => {
                     rest = r;
-                    errors.push_back((k, task(TaskErrorKind::Panic { message, location })));
+                    let kind = TaskErrorKind::Panic {
+                        message,
+                        location,
+                        backtrace,
+                    };
+                    errors.push_back((k, task(kind)));
                 }
                 Ok((ItemOut::Codec(message), r)) => {
                     rest = r;

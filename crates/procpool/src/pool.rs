@@ -70,7 +70,7 @@ impl Builder {
     /// be isolated from every other.
     pub fn chunk_size(mut self, n: usize) -> Self {
         if n == 0 {
-            self.error = Some("chunk_size must be at least 1".into());
+            self.error = Some(ZERO_CHUNK.into());
         }
         self.chunk_size = Some(n);
         self
@@ -79,8 +79,12 @@ impl Builder {
     /// Time limit of every task once started (a call can set its own with
     /// [`Pool::with_timeout`]). A task past it has its worker killed and replaced, and
     /// fails with [`TimedOut`](crate::TaskErrorKind::TimedOut). With a chunk size above
-    /// 1, the limit applies to the whole chunk.
+    /// 1, the limit applies to the whole chunk. A zero limit is an invalid setting:
+    /// [`build`](Builder::build) fails with [`PoolError::Config`].
     pub fn timeout(mut self, limit: Duration) -> Self {
+        if limit.is_zero() {
+            self.error = Some(ZERO_TIMEOUT.into());
+        }
         self.timeout = Some(limit);
         self
     }
@@ -131,14 +135,20 @@ impl Builder {
     }
 
     /// On a timeout, send the worker SIGTERM and wait `grace` before SIGKILL, so a task
-    /// that handles SIGTERM can clean up. Default: SIGKILL at once.
+    /// that handles SIGTERM can clean up. Default: SIGKILL at once. The SIGKILL (like
+    /// every kill of a worker) also reaches every process the task started, except one
+    /// that left the worker's session (`setsid`).
     pub fn kill_grace(mut self, grace: Duration) -> Self {
         self.config.kill_grace = Some(grace);
         self
     }
 
-    /// How long a starting worker may take to answer the handshake. Default 20 s.
+    /// How long a starting worker may take to answer the handshake. Default 20 s; zero
+    /// is an invalid setting.
     pub fn handshake_timeout(mut self, limit: Duration) -> Self {
+        if limit.is_zero() {
+            self.error = Some("handshake_timeout must be above zero".into());
+        }
         self.config.handshake_timeout = limit;
         self
     }
@@ -167,6 +177,11 @@ impl Builder {
     }
 }
 
+/// What an invalid chunk size says.
+const ZERO_CHUNK: &str = "chunk_size must be at least 1";
+/// What an invalid time limit says.
+const ZERO_TIMEOUT: &str = "a task's time limit (timeout) must be above zero";
+
 /// A process started as a worker must serve, not make pools of its own.
 pub(crate) fn guard_worker() {
     if procpool_engine::is_worker_process() {
@@ -175,11 +190,26 @@ pub(crate) fn guard_worker() {
 }
 
 /// Per-call settings over a pool: `pool.with_timeout(d).map(f, items)`.
+///
+/// An invalid setting (a chunk size of 0, a zero time limit) makes every call through
+/// it fail with [`PoolError::Config`]; `imap` and `imap_unordered`, which return
+/// iterators, yield that error as their first and only item.
+///
+/// ```
+/// # fn main() -> Result<(), procpool::Error> {
+/// # procpool::init();
+/// use procpool::{Error, PoolError};
+/// let pool = procpool::Pool::builder().workers(1).build()?;
+/// let r = pool.with_chunk_size(0).map(|x: u32| x, [1, 2]);
+/// assert!(matches!(r, Err(Error::Pool(PoolError::Config(_)))));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'p> {
     pool: &'p Pool,
     chunk_size: Option<usize>,
     timeout: Option<Duration>,
+    invalid: Option<&'static str>,
 }
 
 impl Pool {
@@ -212,15 +242,18 @@ impl Pool {
             pool: self,
             chunk_size: self.chunk_size,
             timeout: self.timeout,
+            invalid: None,
         }
     }
 
-    /// Calls with a time limit per task (instead of the pool's).
+    /// Calls with a time limit per task (instead of the pool's). A zero limit makes the
+    /// calls fail with [`PoolError::Config`] (see [`Call`]).
     pub fn with_timeout(&self, limit: Duration) -> Call<'_> {
         self.call().timeout(limit)
     }
 
-    /// Calls with a fixed chunk size (instead of the pool's).
+    /// Calls with a fixed chunk size (instead of the pool's). A chunk size of 0 makes the
+    /// calls fail with [`PoolError::Config`] (see [`Call`]).
     pub fn with_chunk_size(&self, n: usize) -> Call<'_> {
         self.call().chunk_size(n)
     }
@@ -379,16 +412,30 @@ impl Pool {
 }
 
 impl<'p> Call<'p> {
-    /// Sets the time limit per task.
+    /// Sets the time limit per task; a zero limit is an invalid setting.
     pub fn timeout(mut self, limit: Duration) -> Self {
+        if limit.is_zero() {
+            self.invalid = Some(ZERO_TIMEOUT);
+        }
         self.timeout = Some(limit);
         self
     }
 
-    /// Sets the chunk size (at least 1).
+    /// Sets the chunk size; 0 is an invalid setting.
     pub fn chunk_size(mut self, n: usize) -> Self {
+        if n == 0 {
+            self.invalid = Some(ZERO_CHUNK);
+        }
         self.chunk_size = Some(n.max(1));
         self
+    }
+
+    /// The error of an invalid setting, if one was made.
+    fn check(&self) -> Result<(), Error> {
+        match self.invalid {
+            Some(m) => Err(PoolError::Config(m.into()).into()),
+            None => Ok(()),
+        }
     }
 
     fn feeder<A, R, I>(&self, f: fn(A) -> R, items: I) -> Feeder<A, R, I>
@@ -397,13 +444,18 @@ impl<'p> Call<'p> {
         R: Value,
         I: Iterator<Item = A>,
     {
-        Feeder::new(
+        let mut feeder = Feeder::new(
             &self.pool.engine,
             items,
             func::chunk_ref(f),
             self.chunk_size,
             self.timeout,
-        )
+        );
+        if let Some(m) = self.invalid {
+            // The iterator's first item says so, and it ends there.
+            feeder.refuse(PoolError::Config(m.into()));
+        }
+        feeder
     }
 
     /// [`Pool::map`] with these settings.
@@ -419,6 +471,7 @@ impl<'p> Call<'p> {
         A: Value,
         R: Value,
     {
+        self.check()?;
         let mut it = Imap::new(self.feeder(f, items.into_iter()), true);
         let mut out = Vec::with_capacity(it.size_hint().0);
         while let Some(chunk) = it.next_chunk(true) {
@@ -428,6 +481,9 @@ impl<'p> Call<'p> {
     }
 
     /// [`Pool::imap`] with these settings.
+    ///
+    /// # Panics
+    /// On an invalid setting (a chunk size of 0, a zero time limit).
     pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<A, R, I::IntoIter>
     where
         A: Value,
@@ -438,6 +494,9 @@ impl<'p> Call<'p> {
     }
 
     /// [`Pool::imap_unordered`] with these settings.
+    ///
+    /// # Panics
+    /// On an invalid setting (a chunk size of 0, a zero time limit).
     pub fn imap_unordered<A, R, I>(
         &self,
         f: fn(A) -> R,
@@ -472,6 +531,7 @@ impl<'p> Call<'p> {
         A: Value,
         R: Value,
     {
+        self.check()?;
         let payload = single_payload(&arg)?;
         let batch = self.pool.engine.batch();
         batch.submit([procpool_engine::Job {

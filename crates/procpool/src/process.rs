@@ -47,10 +47,10 @@ where
 /// A process running one call. Dropping it kills the process if it still runs, and reaps
 /// it: it never outlives its handle, and leaves no zombie.
 ///
-/// # Caveats
-/// The kernel kills the process when the *thread* that started it ends (so that a dying
-/// parent leaves no orphan). Join a process from the thread that spawned it, or keep that
-/// thread alive until the process is done.
+/// The process lives until it is joined, killed or dropped, or until the parent process
+/// dies, whichever thread spawned it; a handle may move to another thread. Killing it
+/// (or dropping it) also kills every process its task started, unless that process left
+/// on purpose with a session of its own (`setsid`).
 #[derive(Debug)]
 pub struct Process<R> {
     inner: OneOff,

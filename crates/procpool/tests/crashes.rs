@@ -75,7 +75,9 @@ fn a_panic_reports_its_message_and_location_and_the_pool_goes_on() {
     let before = pool.worker_pids();
     let t = task_error(pool.apply(panics_on_seven, 7));
     match t.kind() {
-        TaskErrorKind::Panic { message, location } => {
+        TaskErrorKind::Panic {
+            message, location, ..
+        } => {
             assert_eq!(message, "bad item 7: seven is not allowed");
             let location = location.as_deref().expect("a panic location");
             let line = line_of("panic!(\"bad item {x}: seven is not allowed\")");

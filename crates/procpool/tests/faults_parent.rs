@@ -4,8 +4,9 @@
 //! `helper_parent_process` with an environment variable set) makes a pool of two,
 //! starts a long task on each worker, prints the worker pids, and waits. The test then
 //! ends the helper (SIGKILL, SIGTERM, Ctrl-C to its process group, or an exit that skips
-//! every destructor) and checks that within a second no worker is left alive: a dead
-//! parent leaves no orphans.
+//! every destructor) and checks that within a second no worker is left alive, nor any
+//! process the tasks started (a `sleep` and a plain `fork` child each): a dead parent
+//! leaves no descendant of its workers behind.
 
 procpool::enable_test_support!();
 
@@ -38,16 +39,57 @@ extern "C" fn on_sigint(_sig: libc::c_int) {
     }
 }
 
-/// The helper's long task: records a SIGINT if one reaches the worker, says it started,
-/// and blocks.
+/// The helper's long task: records a SIGINT if one reaches the worker, starts two
+/// children of its own (`sleep 37` and a plain `fork`), says it started (with the
+/// children's pids in `kids-<i>`), and blocks.
 fn long_task((dir, i): (String, u64)) -> u64 {
     let path = CString::new(format!("{dir}/sigint-{}", my_pid())).unwrap();
     let _ = SIGINT_MARKER.set(path);
     let handler = on_sigint as extern "C" fn(libc::c_int);
     // SAFETY: a handler making only async-signal-safe calls.
     unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+    let mut sleep = Command::new("sleep")
+        .arg("37")
+        .spawn()
+        .expect("start sleep");
+    // SAFETY: the child calls only pause(2), which is async-signal-safe.
+    let forked = unsafe { libc::fork() };
+    if forked == 0 {
+        loop {
+            // SAFETY: as above.
+            unsafe { libc::pause() };
+        }
+    }
+    let kids = format!("{} {forked}", sleep.id());
+    write_marker(&std::path::Path::new(&dir).join(format!("kids-{i}")), &kids);
     mark_started(&dir, &format!("task-{i}"));
+    // As `Command::status` does: wait for the child.
+    let _ = sleep.wait();
     sleep_forever()
+}
+
+/// The pids of the helper's tasks' children, with their command names (so that a
+/// recycled pid is never taken for one of them).
+fn task_children(dir: &Scratch) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for i in 0..2 {
+        let s = std::fs::read_to_string(dir.file(&format!("kids-{i}"))).expect("kids marker");
+        for (j, p) in s.split_whitespace().enumerate() {
+            let pid: u32 = p.parse().unwrap();
+            let comm = wait_for("a child's command name", HANG, || {
+                let c = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+                (j != 0 || c.trim() == "sleep").then(|| c.trim().to_owned())
+            });
+            out.push((pid, comm));
+        }
+    }
+    out
+}
+
+/// Whether `pid` is alive and still has the command name `comm`.
+fn still_runs(pid: u32, comm: &str) -> bool {
+    is_alive(pid)
+        && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
 }
 
 /// Not a test of its own: the body of the helper parent, run only when the test binary
@@ -133,12 +175,21 @@ fn end_parent_and_check(mode: &str, how: impl FnOnce(u32, &Scratch), want_signal
             "worker {w} must not be in the parent's process group"
         );
     }
+    let kids = task_children(&dir);
+    helper
+        .also_kill
+        .extend(kids.iter().filter(|(_, c)| c != "sleep").map(|(p, _)| *p));
     let t0 = Instant::now();
     how(hpid, &dir);
     let status = helper.child.wait().unwrap();
     assert_eq!(status.signal(), want_signal, "helper ended by {status:?}");
     let left = loop {
-        let alive: Vec<u32> = workers.iter().copied().filter(|&w| is_alive(w)).collect();
+        let mut alive: Vec<u32> = workers.iter().copied().filter(|&w| is_alive(w)).collect();
+        alive.extend(
+            kids.iter()
+                .filter(|(p, c)| still_runs(*p, c))
+                .map(|(p, _)| *p),
+        );
         if alive.is_empty() || t0.elapsed() > Duration::from_secs(1) {
             break alive;
         }
@@ -146,7 +197,7 @@ fn end_parent_and_check(mode: &str, how: impl FnOnce(u32, &Scratch), want_signal
     };
     assert!(
         left.is_empty(),
-        "{mode}: workers {left:?} outlived their parent by more than 1 s"
+        "{mode}: workers or their tasks' children {left:?} outlived the parent by more than 1 s"
     );
     eprintln!(
         "{mode}: all workers gone {:?} after the parent",

@@ -339,3 +339,24 @@ fn close_refuses_work_and_join_waits_for_spawned_tasks() {
         assert!(!common::exists(*p), "worker {p} was not reaped by join");
     }
 }
+
+fn my_comm(_: ()) -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn workers_carry_the_programs_name() {
+    // `ps` and `pgrep <program>` find workers under the program's name, not `exe`, with
+    // a worker mark where the kernel's 15 bytes leave room.
+    let mine = my_comm(());
+    let named = |w: String| {
+        let ok = w == mine || w == format!("{mine}-worker") || w == format!("{mine}-w");
+        assert!(ok, "worker named {w:?}, program {mine:?}");
+    };
+    let pool = Pool::builder().workers(1).build().unwrap();
+    named(pool.apply(my_comm, ()).unwrap());
+    named(procpool::spawn(my_comm, ()).unwrap().join().unwrap());
+}

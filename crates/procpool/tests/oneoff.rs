@@ -152,7 +152,9 @@ fn a_panic_in_a_one_off_process() {
     let p = procpool::spawn(panics, 5).unwrap();
     match p.join() {
         Err(Error::Task(e)) => match e.kind() {
-            TaskErrorKind::Panic { message, location } => {
+            TaskErrorKind::Panic {
+                message, location, ..
+            } => {
                 assert_eq!(message, "one-off failure number 5");
                 let location = location.as_deref().expect("a panic location");
                 assert!(location.contains("oneoff.rs:"), "{location}");
@@ -172,4 +174,22 @@ fn dropping_a_running_one_off_kills_and_reaps_it() {
     drop(p);
     assert!(t.elapsed() < Duration::from_secs(5));
     assert!(!common::exists(pid), "pid {pid} outlived its handle");
+}
+
+fn nap_then_triple(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(150));
+    x * 3
+}
+
+#[test]
+fn a_one_off_process_outlives_the_thread_that_spawned_it() {
+    // The kernel's parent-death signal follows the thread that started a child: a process
+    // started from a thread that ends at once must still live until joined.
+    for i in 0..3 {
+        let p = std::thread::spawn(move || procpool::spawn(nap_then_triple, i).unwrap())
+            .join()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(p.join().unwrap(), i * 3, "run {i}");
+    }
 }

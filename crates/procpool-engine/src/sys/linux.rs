@@ -14,9 +14,7 @@ use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
-use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
-
-use crate::error::Death;
+use rustix::process::{Pid, PidfdFlags, Signal};
 
 /// A connected pair of Unix stream sockets, both close-on-exec.
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -96,6 +94,11 @@ pub(crate) fn take_stdin() -> io::Result<OwnedFd> {
     Ok(sock)
 }
 
+/// A close-on-exec copy of `fd` numbered 3 or above.
+pub(crate) fn dup_above_stdio(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 3)?)
+}
+
 /// Closes every descriptor from 3 up except `keep`: a worker holds nothing the parent
 /// happened to leave inheritable (such as a pipe whose reader waits for end-of-file).
 pub(crate) fn close_all_but(keep: &[RawFd]) -> io::Result<()> {
@@ -121,13 +124,6 @@ fn close_range(first: libc::c_uint, last: libc::c_uint) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-/// Asks the kernel to SIGKILL this process when its parent (the thread that started it)
-/// dies.
-pub(crate) fn kill_me_with_parent() -> io::Result<()> {
-    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-    Ok(())
 }
 
 /// The parent's process id, or 0 if there is none (we were reparented to init's
@@ -163,29 +159,6 @@ fn signal(pidfd: BorrowedFd<'_>, sig: Signal) -> io::Result<()> {
         Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Waits for the process to end and reaps it.
-pub(crate) fn reap_blocking(pidfd: BorrowedFd<'_>) -> io::Result<Death> {
-    loop {
-        match reap(pidfd, WaitIdOptions::EXITED) {
-            Ok(Some(d)) => return Ok(d),
-            Ok(None) => continue,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-fn reap(pidfd: BorrowedFd<'_>, opts: WaitIdOptions) -> io::Result<Option<Death>> {
-    let status = rustix::process::waitid(WaitId::PidFd(pidfd), opts)?;
-    Ok(status.and_then(|s| {
-        if let Some(sig) = s.terminating_signal() {
-            Some(Death::Signal(sig))
-        } else {
-            s.exit_status().map(Death::Exit)
-        }
-    }))
 }
 
 /// A non-blocking event descriptor used to wake a poll loop.
