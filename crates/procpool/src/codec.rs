@@ -69,6 +69,13 @@ pub(crate) fn plain_size<T: 'static>() -> Option<usize> {
     None
 }
 
+/// Whether values of `T` take a fast path (the same bytes with any codec): primitive
+/// numbers and `Vec<u8>`.
+#[inline(always)]
+pub(crate) fn has_fast_path<T: 'static>() -> bool {
+    plain_size::<T>().is_some() || is::<T, Vec<u8>>()
+}
+
 /// Appends the bytes of a plain value.
 #[inline(always)]
 pub(crate) fn put_plain<T: 'static>(buf: &mut Vec<u8>, v: &T) {
@@ -168,6 +175,24 @@ pub(crate) fn explain<T: Serialize + ?Sized>(e: &postcard::Error, v: &T) -> Stri
         postcard::Error::SerdeSerCustom => {
             crate::probe::custom_message(v).unwrap_or_else(|| e.to_string())
         }
+        _ => e.to_string(),
+    }
+}
+
+/// Words for a failure to decode a `T` from `bytes`: the message `T`'s `Deserialize`
+/// gave (which postcard does not keep), or postcard's, with what it likely means.
+#[cold]
+pub(crate) fn explain_de<T: DeserializeOwned>(e: &postcard::Error, bytes: &[u8]) -> String {
+    match e {
+        postcard::Error::SerdeDeCustom => {
+            crate::deprobe::custom_message::<T>(bytes).unwrap_or_else(|| e.to_string())
+        }
+        postcard::Error::WontImplement => format!(
+            "`{}` needs a self-describing format (its Deserialize calls deserialize_any, as \
+             untagged and internally tagged enums, flatten and serde_json::Value do), which \
+             postcard is not: send it with Codec::MessagePack",
+            std::any::type_name::<T>()
+        ),
         _ => e.to_string(),
     }
 }

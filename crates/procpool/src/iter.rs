@@ -5,6 +5,7 @@
 //! (submitted, or finished but not yet handed to the caller) is under a bound, so memory
 //! stays bounded however long the input is, endless included.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use procpool_engine::{Batch, Job, PoolError, TaskError, TaskErrorKind};
 use crate::chunk::Chunker;
 use crate::codec::Value;
 use crate::error::Error;
-use crate::func;
+use crate::items::{self, Layout};
 use crate::outcome::ChunkOut;
 
 /// Jobs in flight per worker when each is small and of fixed size.
@@ -46,6 +47,10 @@ pub(crate) struct Feeder<A, R, I> {
     exhausted: bool,
     next_index: u64,
     func: Arc<[u8]>,
+    layout: Layout,
+    /// An item pulled but left out of the last chunk (it would have taken the chunk past
+    /// the size limit): its index and encoding.
+    carry: Option<(u64, Vec<u8>)>,
     chunker: Chunker,
     timeout: Option<Duration>,
     /// Submitted jobs not yet received: first index → (items, payload).
@@ -76,12 +81,14 @@ impl<A, R, I> Feeder<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item = A>,
+    I: Iterator<Item: Borrow<A>>,
 {
+    #[allow(clippy::too_many_arguments)] // one per setting of the call
     pub(crate) fn new(
         batch: Batch,
         input: I,
         func: Arc<[u8]>,
+        layout: Layout,
         chunk_size: Option<usize>,
         timeout: Option<Duration>,
         workers: usize,
@@ -99,6 +106,8 @@ where
             exhausted: false,
             next_index: 0,
             func,
+            layout,
+            carry: None,
             chunker,
             timeout,
             sizes: HashMap::new(),
@@ -143,28 +152,37 @@ where
         }
         let mut jobs = Vec::new();
         let mut room_jobs = 0usize;
-        while !self.exhausted && self.room(extra_held + room_jobs) {
+        while (!self.exhausted || self.carry.is_some()) && self.room(extra_held + room_jobs) {
             let (lo, hi) = self.input.size_hint();
             let remaining = (Some(lo) == hi).then_some(lo);
             let n = self.chunker.next(remaining);
-            let start = self.next_index;
             let mut payload = self.spare.pop().unwrap_or_default();
-            func::begin_chunk::<A>(&mut payload);
-            let mut count = 0u32;
-            while (count as usize) < n {
+            items::begin_chunk::<A>(&mut payload, self.layout);
+            // An item that did not fit in the last chunk starts this one.
+            let (start, mut count) = match self.carry.take() {
+                Some((index, bytes)) => {
+                    payload.extend_from_slice(&bytes);
+                    (index, 1u32)
+                }
+                None => (self.next_index, 0u32),
+            };
+            while (count as usize) < n && !self.exhausted {
                 let Some(a) = self.input.next() else {
                     self.exhausted = true;
                     break;
                 };
                 let index = self.next_index;
                 self.next_index += 1;
-                if let Err(m) = func::push_arg(&mut payload, &a) {
-                    let kind = TaskErrorKind::Codec {
-                        message: format!("the argument could not be serialized: {m}"),
-                    };
+                let mark = payload.len();
+                if let Err(kind) = items::push_arg(&mut payload, self.layout, a.borrow()) {
                     let e = Error::Task(TaskError::new(kind, index, None, 0));
                     self.local
                         .push_back(ChunkOut::failed(index, 1, |_| e.clone()));
+                    break;
+                }
+                if count > 0 && payload.len() - items::HEADER > self.layout.limit {
+                    self.carry = Some((index, payload[mark..].to_vec()));
+                    payload.truncate(mark);
                     break;
                 }
                 count += 1;
@@ -172,7 +190,7 @@ where
             if count == 0 {
                 continue;
             }
-            func::end_chunk(&mut payload, count);
+            items::end_chunk(&mut payload, count);
             let payload = Arc::new(payload);
             self.held_bytes += payload.len();
             self.sizes.insert(start, (count, payload.clone()));
@@ -208,6 +226,35 @@ where
         }
     }
 
+    /// The worker stopped the chunk of `count` items at `start` after `from` of them (its
+    /// results would have grown past the transport bound): the rest go out again.
+    #[cold]
+    fn resubmit(&mut self, start: u64, count: u32, from: u32, payload: &[u8]) {
+        let index = start + u64::from(from);
+        let left = count - from;
+        let Some(tail) = items::tail_payload::<A>(payload, from) else {
+            let kind = TaskErrorKind::Codec {
+                message: "a chunk's payload could not be split".into(),
+            };
+            let e = |i| Error::Task(TaskError::new(kind.clone(), i, None, 0));
+            self.local.push_back(ChunkOut::failed(index, left, e));
+            return;
+        };
+        let payload = Arc::new(tail);
+        self.held_bytes += payload.len();
+        self.sizes.insert(index, (left, payload.clone()));
+        let job = Job {
+            func: self.func.clone(),
+            payload,
+            index,
+            weight: left,
+            timeout: self.timeout,
+        };
+        if let Err(e) = self.batch.submit([job]) {
+            self.refused(&[index], e);
+        }
+    }
+
     fn recycle(&mut self, payload: Arc<Vec<u8>>) {
         if payload.capacity() >= RECYCLE_MIN
             && self.spare.len() < MAX_SPARE
@@ -228,13 +275,17 @@ where
                 continue; // not ours: cannot happen, but never trust a count
             };
             self.held_bytes -= payload.len();
-            self.recycle(payload);
             match &done.outcome {
                 Ok(_) => self.chunker.observe(done.nanos, count as usize),
                 Err(e) if count > 1 && is_death(e.kind()) => self.chunker.isolate(),
                 Err(_) => {}
             }
-            return Some(ChunkOut::decode(done, count));
+            let chunk = ChunkOut::decode(done, count, self.layout.codec);
+            if let Some(from) = chunk.not_run() {
+                self.resubmit(chunk.start(), count, from, &payload);
+            }
+            self.recycle(payload);
+            return Some(chunk);
         }
     }
 }
@@ -264,7 +315,7 @@ impl<A, R, I> Imap<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item = A>,
+    I: Iterator<Item: Borrow<A>>,
 {
     pub(crate) fn new(feeder: Feeder<A, R, I>) -> Self {
         Self {
@@ -317,7 +368,7 @@ impl<A, R, I> Iterator for Imap<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item = A>,
+    I: Iterator<Item: Borrow<A>>,
 {
     type Item = Result<R, Error>;
 
@@ -360,7 +411,7 @@ impl<A, R, I> ImapUnordered<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item = A>,
+    I: Iterator<Item: Borrow<A>>,
 {
     pub(crate) fn new(feeder: Feeder<A, R, I>) -> Self {
         Self {
@@ -384,7 +435,7 @@ impl<A, R, I> Iterator for ImapUnordered<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item = A>,
+    I: Iterator<Item: Borrow<A>>,
 {
     type Item = (usize, Result<R, Error>);
 

@@ -52,17 +52,22 @@
 
 mod chunk;
 mod codec;
+mod deprobe;
 mod error;
+mod format;
 mod func;
 mod handle;
+mod items;
 mod iter;
 mod outcome;
 mod pool;
 mod probe;
 mod process;
+mod roundtrip;
 
 pub use codec::Value;
 pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKind, WaitError};
+pub use format::Codec;
 pub use handle::TaskHandle;
 pub use iter::{Imap, ImapUnordered};
 pub use pool::{Builder, Call, Pool};

@@ -8,7 +8,9 @@ use procpool_engine::{DEFAULT_MAX_MESSAGE, JoinError, OneOff};
 
 use crate::codec::Value;
 use crate::error::{Error, WaitError};
+use crate::format::Codec;
 use crate::func;
+use crate::items::{self, Layout};
 use crate::outcome::ChunkOut;
 use crate::pool::{guard_worker, single_payload};
 
@@ -36,8 +38,13 @@ where
     R: Value,
 {
     guard_worker();
-    let payload = single_payload(&arg)?;
-    let inner = OneOff::spawn(&func::chunk_ref(f), &payload, DEFAULT_MAX_MESSAGE)?;
+    let layout = Layout {
+        codec: Codec::Postcard,
+        limit: DEFAULT_MAX_MESSAGE,
+    };
+    let payload = single_payload(&arg, layout)?;
+    let bound = items::transport_bound(DEFAULT_MAX_MESSAGE);
+    let inner = OneOff::spawn(&func::chunk_ref(f), &payload, bound)?;
     Ok(Process {
         inner,
         _r: PhantomData,
@@ -105,7 +112,7 @@ fn decode<R: Value>(r: Result<Vec<u8>, JoinError>) -> Result<R, Error> {
                 nanos: 0,
                 pid: None,
             };
-            ChunkOut::decode_one(done)
+            ChunkOut::decode_one(done, Codec::Postcard)
         }
         Err(JoinError::Task(t)) => Err(Error::Task(t)),
         Err(JoinError::Pool(p)) => Err(Error::Pool(p)),
