@@ -20,14 +20,24 @@ pub trait Value: Serialize + DeserializeOwned + 'static {}
 
 impl<T: Serialize + DeserializeOwned + 'static> Value for T {}
 
-/// Appends the encoding of `v` to `buf`; on error `buf` is left as it was.
+/// Appends the encoding of `v` to `buf`; on error `buf` is left as it was. A field left
+/// out by `skip_serializing_if` is an error (see [`strict`](crate::strict)).
 #[inline]
 pub(crate) fn append<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     v: &T,
 ) -> Result<(), postcard::Error> {
     let mark = buf.len();
-    postcard::serialize_with_flavor(v, Appender(buf)).inspect_err(|_| buf.truncate(mark))
+    let r = {
+        let mut ser = postcard::Serializer {
+            output: Appender(buf),
+        };
+        crate::strict::serialize(v, &mut ser)
+    };
+    if r.is_err() {
+        buf.truncate(mark);
+    }
+    r
 }
 
 /// Whether `T` is `U` (decided at compile time).

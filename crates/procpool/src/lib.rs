@@ -64,6 +64,7 @@ mod pool;
 mod probe;
 mod process;
 mod roundtrip;
+mod strict;
 
 pub use codec::Value;
 pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKind, WaitError};

@@ -279,6 +279,22 @@ fn a_type_postcard_cannot_carry_is_refused_never_delivered_wrong() {
     // The same as a result, refused in the worker.
     let t = task_error(pool.apply(make_msg, 5));
     assert!(codec_message(&t).contains("Msg"), "{t}");
+    // A type whose first values pass (the field is there) and later ones skip it: each
+    // value that leaves the field out is refused, the others arrive intact.
+    let mixed = (0..400u32).map(|i| Msg {
+        a: (i < 300).then_some(1),
+        ..make_msg(i as u8)
+    });
+    let results: Vec<_> = pool.imap(fields, mixed).collect();
+    for (i, r) in results.into_iter().enumerate() {
+        if i < 300 {
+            assert_eq!(r.unwrap(), (Some(1), 0, i as u8, vec![1, 7]));
+        } else {
+            let t = task_error(r);
+            assert_eq!(t.index(), i as u64);
+            assert!(codec_message(&t).contains("field `a` of `Msg`"), "{t}");
+        }
+    }
     // An untagged enum.
     let t = task_error(pool.apply(describe, Loose::Num(3)));
     assert!(codec_message(&t).contains("MessagePack"), "{t}");
