@@ -1,4 +1,5 @@
-//! Encoding values with postcard, with fast paths that write the very same bytes.
+//! Encoding values with postcard, with fast paths that write the very same bytes (the
+//! codec to choose is in [`format`](crate::format)).
 //!
 //! postcard encodes a `Vec<u8>` as a varint length followed by the bytes, but serde hands
 //! it over one byte at a time, which runs at about 1 GB/s each way; a plain number costs a
@@ -15,7 +16,38 @@ use serde::de::DeserializeOwned;
 /// A type that can be sent to a worker or back: `serde` both ways, and owned (no
 /// borrowed data), as any value crossing a process boundary must be.
 ///
-/// It is implemented for every such type; there is nothing to implement.
+/// It is implemented for every such type; there is nothing to implement. Which serde
+/// features each codec supports is said at [`Codec`](crate::Codec).
+///
+/// A function's argument is an owned value: take `String`, not `&str`, and `Vec<T>`, not
+/// `&[T]` (the worker decodes a fresh value and hands it over). The items passed to
+/// `map` and the others may still be borrowed: `pool.map(f, &names)` for a
+/// `fn(String) -> R` encodes each `&String` without a copy.
+///
+/// A borrowed argument type is refused at compile time, in rustc's words "implementation
+/// of `Deserialize` is not general enough":
+///
+/// ```compile_fail
+/// fn len(s: &str) -> usize {
+///     s.len()
+/// }
+/// # fn main() -> Result<(), procpool::Error> {
+/// let pool = procpool::Pool::new()?;
+/// pool.map(len, ["a", "b"])?; // error: `&str` is not an owned value
+/// # Ok(()) }
+/// ```
+///
+/// ```
+/// fn len(s: String) -> usize {
+///     s.len()
+/// }
+/// # fn main() -> Result<(), procpool::Error> {
+/// # procpool::init();
+/// # let pool = procpool::Pool::builder().workers(1).build()?;
+/// let names = vec!["a".to_string(), "bc".to_string()];
+/// assert_eq!(pool.map(len, &names)?, [1, 2]); // items borrowed, arguments owned
+/// # Ok(()) }
+/// ```
 pub trait Value: Serialize + DeserializeOwned + 'static {}
 
 impl<T: Serialize + DeserializeOwned + 'static> Value for T {}

@@ -15,9 +15,10 @@
 //! The pool's `max_message_size` is a limit *per item*: an argument or a result over it
 //! fails that item with `TooLarge`. A chunk's arguments are cut to stay within it (an item
 //! that would take a chunk past it starts the next one). A chunk's results together may
-//! be larger: the engine moves whole jobs under [`transport_bound`] (at least twice the
-//! item limit), and a worker whose results come within one item's limit of that bound
-//! stops the chunk there, so no job's results can pass it.
+//! be larger: the engine moves whole jobs under [`transport_bound`] (twice the item
+//! limit, at least 64 MiB, at most 1.5 GiB unless one item needs more), and a worker whose
+//! results come within one item's limit of that bound stops the chunk there, so no job's
+//! results can pass it.
 
 use std::panic::{self, AssertUnwindSafe};
 
@@ -52,13 +53,18 @@ const TAG_TOO_LARGE: u8 = 3;
 pub(crate) const MAX_ITEM_LIMIT: usize = (u32::MAX as usize) - 1024 - 64;
 /// The smallest bound on a whole job's payload or results.
 const MIN_TRANSPORT: usize = 64 << 20;
+/// Where the bound stops growing with the item limit: a length past 2^31 from a worker is
+/// refused as bogus with the default limit.
+const SOFT_MAX_TRANSPORT: usize = 3 << 29;
 
-/// The engine's bound on a whole job's payload or results, for a per-item limit.
+/// The engine's bound on a whole job's payload or results, for a per-item limit: twice
+/// the limit, at least 64 MiB, at most 1.5 GiB (unless one item needs more).
 pub(crate) fn transport_bound(limit: usize) -> usize {
     limit
         .saturating_mul(2)
         .saturating_add(4096)
-        .max(MIN_TRANSPORT)
+        .clamp(MIN_TRANSPORT, SOFT_MAX_TRANSPORT)
+        .max(limit.saturating_add(64 << 10))
         .min((u32::MAX as usize) - 1024)
 }
 
@@ -439,4 +445,56 @@ pub(crate) fn next_entry<R: Value>(codec: Codec, rest: &mut &[u8]) -> Result<Ent
         _ => return Err("the worker's answer has an unknown entry".into()),
     };
     Ok(Entry::Item(r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAYOUT: Layout = Layout {
+        codec: Codec::Postcard,
+        limit: 1 << 20,
+    };
+
+    #[test]
+    fn the_transport_bound_holds_two_items_and_refuses_bogus_lengths_by_default() {
+        assert_eq!(transport_bound(4096), MIN_TRANSPORT);
+        let d = procpool_engine::DEFAULT_MAX_MESSAGE;
+        assert!(transport_bound(d) > d && transport_bound(d) < 1 << 31);
+        assert!(transport_bound(MAX_ITEM_LIMIT) > MAX_ITEM_LIMIT);
+    }
+
+    #[test]
+    fn a_tail_payload_holds_the_items_not_run() {
+        let words: Vec<String> = (0..5).map(|i| "x".repeat(i)).collect();
+        let mut p = Vec::new();
+        begin_chunk::<String>(&mut p, LAYOUT);
+        for w in &words {
+            push_arg(&mut p, LAYOUT, w).unwrap();
+        }
+        end_chunk(&mut p, 5);
+        let tail = tail_payload::<String>(&p, 3).unwrap();
+        let (h, body) = read_header(&tail).unwrap();
+        assert_eq!((h.count, h.layout), (2, LAYOUT));
+        let mut args = Args::new::<String>(&h, body).unwrap();
+        for w in &words[3..] {
+            let b = args.next_bytes().unwrap();
+            assert_eq!(&args.decode::<String>(h.layout.codec, b).unwrap(), w);
+        }
+        assert!(tail_payload::<String>(&p, 5).is_none());
+    }
+
+    #[test]
+    fn an_argument_over_the_limit_is_refused_and_leaves_the_payload_as_it_was() {
+        let small = Layout { limit: 8, ..LAYOUT };
+        let mut p = Vec::new();
+        begin_chunk::<String>(&mut p, small);
+        let before = p.clone();
+        let e = push_arg(&mut p, small, &"long enough".to_string()).unwrap_err();
+        assert!(
+            matches!(e, TaskErrorKind::TooLarge { limit: 8, .. }),
+            "{e:?}"
+        );
+        assert_eq!(p, before);
+    }
 }

@@ -140,9 +140,9 @@ impl Builder {
     ///
     /// The limit is per item, not per chunk: `map` and `imap` cut their chunks so that
     /// a chunk's arguments stay within it, and a chunk's results together may pass it
-    /// (the whole message of a chunk is bounded apart, at twice the limit or 64 MiB,
-    /// whichever is larger; a worker stops a chunk before its results could pass that,
-    /// and the items it did not run are sent again).
+    /// (the whole message of a chunk is bounded apart: twice the limit, at least 64 MiB,
+    /// at most 1.5 GiB unless one item needs more; a worker stops a chunk before its
+    /// results could pass that, and the items it did not run are sent again).
     ///
     /// ```
     /// # fn main() -> Result<(), procpool::Error> {
@@ -311,7 +311,8 @@ impl Pool {
     /// Applies `f` to every item, in parallel; results in input order.
     ///
     /// Stops at the first failed task: nothing more is sent, and the error names the
-    /// task's index and cause.
+    /// task's index and cause. Items may be the arguments or borrow as them
+    /// (`pool.map(f, &vec)`); see [`Value`] for why arguments are owned values.
     ///
     /// ```
     /// # fn main() -> Result<(), procpool::Error> {
