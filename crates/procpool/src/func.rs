@@ -14,11 +14,10 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
-use procpool_engine::{Failure, Runner};
-use serde::de::DeserializeOwned;
-
 use crate::codec::Value;
+use crate::format::{self, Codec};
 use crate::items;
+use procpool_engine::{Failure, Runner};
 
 type Trampoline = fn(usize, &[u8], &mut Vec<u8>) -> Result<(), Failure>;
 
@@ -50,14 +49,8 @@ pub(crate) fn chunk_ref<A: Value, R: Value>(f: fn(A) -> R) -> Arc<[u8]> {
 }
 
 /// The reference of an initializer.
-pub(crate) fn init_ref<A: DeserializeOwned>(f: fn(A)) -> Arc<[u8]> {
+pub(crate) fn init_ref<A: Value>(f: fn(A)) -> Arc<[u8]> {
     encode_ref(KIND_INIT, run_init::<A>, f as usize)
-}
-
-fn codec_failure(what: &str, e: postcard::Error) -> Failure {
-    Failure::Codec {
-        message: format!("{what}: {e}"),
-    }
 }
 
 /// Runs `f` on each argument of a chunk and writes one result per item (see
@@ -89,15 +82,12 @@ fn run_chunk<A: Value, R: Value>(
     Ok(())
 }
 
-fn run_init<A: DeserializeOwned>(
-    f: usize,
-    payload: &[u8],
-    _out: &mut Vec<u8>,
-) -> Result<(), Failure> {
+fn run_init<A: Value>(f: usize, payload: &[u8], _out: &mut Vec<u8>) -> Result<(), Failure> {
     // SAFETY: as in `run_chunk`, for a `fn(A)` taken in `init_ref`.
     let f = unsafe { std::mem::transmute::<usize, fn(A)>(f) };
-    let a: A = postcard::from_bytes(payload)
-        .map_err(|e| codec_failure("the initializer's argument could not be deserialized", e))?;
+    let a: A = format::decode(Codec::Postcard, payload).map_err(|m| Failure::Codec {
+        message: format!("the initializer's argument could not be deserialized: {m}"),
+    })?;
     f(a);
     Ok(())
 }

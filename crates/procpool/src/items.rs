@@ -284,7 +284,8 @@ impl<'a> Args<'a> {
 /// The results of a chunk, as the worker writes them.
 pub(crate) struct Results<'a> {
     out: &'a mut Vec<u8>,
-    packed: bool,
+    /// The size of each value while the results are packed.
+    packed: Option<usize>,
     layout: Layout,
     bound: usize,
 }
@@ -292,8 +293,12 @@ pub(crate) struct Results<'a> {
 impl<'a> Results<'a> {
     /// Starts the results of a chunk of `R`s.
     pub(crate) fn begin<R: Value>(out: &'a mut Vec<u8>, layout: Layout) -> Self {
-        let packed = codec::plain_size::<R>().is_some();
-        out.push(if packed { MODE_PLAIN } else { MODE_ENCODED });
+        let packed = codec::plain_size::<R>();
+        out.push(if packed.is_some() {
+            MODE_PLAIN
+        } else {
+            MODE_ENCODED
+        });
         Self {
             out,
             packed,
@@ -302,9 +307,15 @@ impl<'a> Results<'a> {
         }
     }
 
-    /// Whether one more result might take the results past the transport bound.
+    /// Whether one more result might take the results past the transport bound (counting
+    /// packed results at the size they would take as entries of their own, which a
+    /// failure or a stop turns them into).
     pub(crate) fn full(&self) -> bool {
-        self.out.len() + self.layout.limit.saturating_add(64) > self.bound
+        let size = match self.packed {
+            Some(n) => 1 + (self.out.len() - 1) / n * (4 + 1 + 10),
+            None => self.out.len(),
+        };
+        size + self.layout.limit.saturating_add(64) > self.bound
     }
 
     /// Ends the results here: the items not run yet are sent again by the parent.
@@ -315,10 +326,9 @@ impl<'a> Results<'a> {
 
     /// Turns packed results into one entry per item, for a chunk with a failure.
     fn unpack<R: Value>(&mut self) {
-        if !self.packed {
+        if self.packed.take().is_none() {
             return;
         }
-        self.packed = false;
         let packed = std::mem::take(self.out);
         self.out.push(MODE_ENCODED);
         for v in codec::plain_values::<R>(&packed[1..]) {
@@ -328,7 +338,7 @@ impl<'a> Results<'a> {
 
     /// Appends one item's result.
     pub(crate) fn push<R: Value>(&mut self, r: Result<R, TaskErrorKind>) {
-        if self.packed {
+        if self.packed.is_some() {
             if let Ok(v) = &r {
                 codec::put_plain(self.out, v);
                 return;

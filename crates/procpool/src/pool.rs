@@ -9,7 +9,7 @@ use procpool_engine::{Engine, EngineConfig, PoolError};
 
 use crate::codec::Value;
 use crate::error::Error;
-use crate::format::Codec;
+use crate::format::{self, Codec};
 use crate::func;
 use crate::handle::TaskHandle;
 use crate::items::{self, Layout};
@@ -109,10 +109,13 @@ impl Builder {
     /// a connection, load a model, set up logging...). A worker whose initializer panics
     /// is replaced; after several failures in a row the pool reports
     /// [`PoolError::Broken`].
+    ///
+    /// The argument travels with postcard, whatever the pool's codec.
     pub fn initializer<A: Value>(mut self, f: fn(A), arg: A) -> Self {
-        match postcard::to_allocvec(&arg) {
-            Ok(bytes) => self.config.initializer = Some((func::init_ref(f), bytes)),
-            Err(e) => self.error = Some(format!("the initializer's argument: {e}")),
+        let mut bytes = Vec::new();
+        match format::encode(Codec::Postcard, &mut bytes, &arg) {
+            Ok(()) => self.config.initializer = Some((func::init_ref(f), bytes)),
+            Err(m) => self.error = Some(format!("the initializer's argument: {m}")),
         }
         self
     }
