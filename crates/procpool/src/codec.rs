@@ -217,6 +217,12 @@ pub(crate) fn explain<T: Serialize + ?Sized>(e: &postcard::Error, v: &T) -> Stri
         postcard::Error::SerdeSerCustom => {
             crate::probe::custom_message(v).unwrap_or_else(|| e.to_string())
         }
+        postcard::Error::SerializeSeqLengthUnknown => format!(
+            "{e}: `{}` writes a map or sequence without saying its length first, as \
+             #[serde(flatten)] does, which postcard cannot express: send it with \
+             Codec::MessagePack",
+            std::any::type_name::<T>()
+        ),
         _ => e.to_string(),
     }
 }

@@ -262,6 +262,22 @@ fn describe(l: Loose) -> String {
     format!("{l:?}")
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Inner {
+    x: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Flat {
+    #[serde(flatten)]
+    inner: Inner,
+    y: u8,
+}
+
+fn flat_sum(f: Flat) -> u8 {
+    f.inner.x + f.y
+}
+
 fn msg() -> Msg {
     make_msg(5)
 }
@@ -298,6 +314,28 @@ fn a_type_postcard_cannot_carry_is_refused_never_delivered_wrong() {
     // An untagged enum.
     let t = task_error(pool.apply(describe, Loose::Num(3)));
     assert!(codec_message(&t).contains("MessagePack"), "{t}");
+    // A flattened struct.
+    let t = task_error(pool.apply(
+        flat_sum,
+        Flat {
+            inner: Inner { x: 1 },
+            y: 2,
+        },
+    ));
+    let m = codec_message(&t);
+    assert!(m.contains("Flat") && m.contains("flatten"), "{m}");
+    let mp = pool.with_codec(Codec::MessagePack);
+    assert_eq!(
+        mp.apply(
+            flat_sum,
+            Flat {
+                inner: Inner { x: 1 },
+                y: 2
+            }
+        )
+        .unwrap(),
+        3
+    );
 }
 
 #[test]
