@@ -74,10 +74,13 @@ fn run_chunk<A: Value, R: Value>(
             break;
         }
         let bytes = args.next_bytes()?;
-        let r = args.decode::<A>(h.layout.codec, bytes).and_then(|a| {
-            panic::catch_unwind(AssertUnwindSafe(|| f(a))).map_err(|p| items::panicked(&*p))
-        });
-        results.push(r);
+        match args.decode::<A>(h.layout.codec, bytes) {
+            Ok(a) => match panic::catch_unwind(AssertUnwindSafe(|| f(a))) {
+                Ok(v) => results.push_ok(v),
+                Err(p) => results.push_err::<R>(items::panicked(&*p)),
+            },
+            Err(kind) => results.push_err::<R>(kind),
+        }
     }
     Ok(())
 }

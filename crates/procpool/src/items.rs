@@ -196,6 +196,7 @@ pub(crate) fn tail_payload<A: Value>(payload: &[u8], from: u32) -> Option<Vec<u8
     Some(v)
 }
 
+#[inline]
 fn take_len(b: &[u8]) -> Option<(usize, &[u8])> {
     let (len, rest) = b.split_first_chunk::<4>()?;
     Some((u32::from_le_bytes(*len) as usize, rest))
@@ -249,6 +250,7 @@ impl<'a> Args<'a> {
     }
 
     /// The next item's bytes.
+    #[inline]
     pub(crate) fn next_bytes(&mut self) -> Result<&'a [u8], Failure> {
         let len = match self.plain {
             Some(n) => n,
@@ -267,6 +269,7 @@ impl<'a> Args<'a> {
     }
 
     /// Decodes one argument; a failure (or a panic of its `Deserialize`) is that item's.
+    #[inline]
     pub(crate) fn decode<A: Value>(&self, codec: Codec, bytes: &[u8]) -> Result<A, TaskErrorKind> {
         if self.plain.is_some() {
             return Ok(codec::read_plain::<A>(bytes));
@@ -286,8 +289,11 @@ pub(crate) struct Results<'a> {
     out: &'a mut Vec<u8>,
     /// The size of each value while the results are packed.
     packed: Option<usize>,
+    /// Items written.
+    count: usize,
     layout: Layout,
-    bound: usize,
+    /// The job bound, less room for one more item.
+    room: usize,
 }
 
 impl<'a> Results<'a> {
@@ -302,20 +308,22 @@ impl<'a> Results<'a> {
         Self {
             out,
             packed,
+            count: 0,
             layout,
-            bound: transport_bound(layout.limit),
+            room: transport_bound(layout.limit).saturating_sub(layout.limit.saturating_add(64)),
         }
     }
 
     /// Whether one more result might take the results past the transport bound (counting
     /// packed results at the size they would take as entries of their own, which a
     /// failure or a stop turns them into).
+    #[inline]
     pub(crate) fn full(&self) -> bool {
         let size = match self.packed {
-            Some(n) => 1 + (self.out.len() - 1) / n * (4 + 1 + 10),
+            Some(_) => 1 + self.count * (4 + 1 + 10),
             None => self.out.len(),
         };
-        size + self.layout.limit.saturating_add(64) > self.bound
+        size > self.room
     }
 
     /// Ends the results here: the items not run yet are sent again by the parent.
@@ -336,16 +344,23 @@ impl<'a> Results<'a> {
         }
     }
 
-    /// Appends one item's result.
-    pub(crate) fn push<R: Value>(&mut self, r: Result<R, TaskErrorKind>) {
+    /// Appends one item's value.
+    #[inline]
+    pub(crate) fn push_ok<R: Value>(&mut self, v: R) {
+        self.count += 1;
         if self.packed.is_some() {
-            if let Ok(v) = &r {
-                codec::put_plain(self.out, v);
-                return;
-            }
-            self.unpack::<R>();
+            codec::put_plain(self.out, &v);
+        } else {
+            self.push_encoded(Ok(v));
         }
-        self.push_encoded(r);
+    }
+
+    /// Appends one item's failure.
+    #[cold]
+    pub(crate) fn push_err<R: Value>(&mut self, kind: TaskErrorKind) {
+        self.count += 1;
+        self.unpack::<R>();
+        self.push_encoded::<R>(Err(kind));
     }
 
     fn push_encoded<R: Value>(&mut self, r: Result<R, TaskErrorKind>) {
