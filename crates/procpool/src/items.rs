@@ -90,6 +90,20 @@ pub(crate) fn begin_chunk<A: Value>(buf: &mut Vec<u8>, layout: Layout) {
     buf.extend_from_slice(&limit.to_le_bytes());
 }
 
+/// The most plain values a chunk may carry within the item limit (no bound for other
+/// types: [`past_limit`] cuts their chunks).
+#[inline]
+pub(crate) fn max_plain<A: Value>(layout: Layout) -> usize {
+    codec::plain_size::<A>().map_or(usize::MAX, |n| (layout.limit / n).max(1))
+}
+
+/// Whether a chunk payload of `A`s has passed the item limit (never for plain values,
+/// whose count [`max_plain`] bounds).
+#[inline]
+pub(crate) fn past_limit<A: Value>(payload: &[u8], layout: Layout) -> bool {
+    codec::plain_size::<A>().is_none() && payload.len() - HEADER > layout.limit
+}
+
 /// Writes the count of a chunk payload.
 pub(crate) fn end_chunk(buf: &mut [u8], count: u32) {
     buf[..4].copy_from_slice(&count.to_le_bytes());

@@ -155,7 +155,10 @@ where
         while (!self.exhausted || self.carry.is_some()) && self.room(extra_held + room_jobs) {
             let (lo, hi) = self.input.size_hint();
             let remaining = (Some(lo) == hi).then_some(lo);
-            let n = self.chunker.next(remaining);
+            let n = self
+                .chunker
+                .next(remaining)
+                .min(items::max_plain::<A>(self.layout));
             let mut payload = self.spare.pop().unwrap_or_default();
             items::begin_chunk::<A>(&mut payload, self.layout);
             // An item that did not fit in the last chunk starts this one.
@@ -180,7 +183,7 @@ where
                         .push_back(ChunkOut::failed(index, 1, |_| e.clone()));
                     break;
                 }
-                if count > 0 && payload.len() - items::HEADER > self.layout.limit {
+                if items::past_limit::<A>(&payload, self.layout) && count > 0 {
                     self.carry = Some((index, payload[mark..].to_vec()));
                     payload.truncate(mark);
                     break;
