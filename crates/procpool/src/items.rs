@@ -523,6 +523,48 @@ mod tests {
         assert!(tail_payload::<String>(&p, 5).is_none());
     }
 
+    /// Reads every entry of a worker's answer, as the parent does.
+    fn read_all<R: Value>(bytes: &[u8]) -> usize {
+        let Some((_, mut rest)) = split_results(bytes) else {
+            return 0;
+        };
+        let mut n = 0;
+        while let Ok(Entry::Item(_)) = next_entry::<R>(Codec::Postcard, &mut rest) {
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn garbage_from_a_worker_is_an_error_never_a_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..2000usize {
+            let bytes: Vec<u8> = (0..len % 97)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Small values now and then, so that lengths and tags are plausible.
+                    if x.is_multiple_of(3) {
+                        (x >> 60) as u8
+                    } else {
+                        (x >> 32) as u8
+                    }
+                })
+                .collect();
+            read_all::<String>(&bytes);
+            read_all::<(u64, Vec<u8>)>(&bytes);
+            let _ = tail_payload::<String>(&bytes, (len % 5) as u32);
+            if let Ok((h, body)) = read_header(&bytes)
+                && let Ok(mut args) = Args::new::<String>(&h, body)
+            {
+                while let Ok(b) = args.next_bytes() {
+                    let _ = args.decode::<String>(Codec::Postcard, b);
+                }
+            }
+        }
+    }
+
     #[test]
     fn an_argument_over_the_limit_is_refused_and_leaves_the_payload_as_it_was() {
         let small = Layout { limit: 8, ..LAYOUT };
