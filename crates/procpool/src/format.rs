@@ -21,11 +21,15 @@ use crate::codec::{self, Value};
 ///   `deserialize_any` (`serde_json::Value` among them);
 /// - `#[serde(skip_deserializing)]` on a field that is serialized.
 ///
-/// procpool checks the first value of each type (in each process) by decoding and
-/// encoding it again: a type whose bytes do not survive the trip fails its task with a
-/// [`Codec`](crate::TaskErrorKind::Codec) error naming the type and the likely cause,
-/// instead of arriving as a wrong value. Choose [`Codec::MessagePack`] for such types
-/// (structs travel as maps with their field names).
+/// Such a value fails its task with a [`Codec`](crate::TaskErrorKind::Codec) error that
+/// names the type and the likely cause, instead of arriving as a wrong value: a field
+/// left out by `skip_serializing_if` is refused as each value is encoded; a
+/// `Deserialize` that needs `deserialize_any`, or a map or sequence of unknown length
+/// (`flatten`), fails and says so; a value whose decoding leaves bytes unread fails; and
+/// the first value of each type (in each process) is decoded and encoded again, and a
+/// type whose bytes do not survive that trip is refused from then on. Choose
+/// [`Codec::MessagePack`] for such types (structs travel as maps with their field
+/// names).
 ///
 /// ```
 /// use procpool::Codec;

@@ -1,6 +1,7 @@
 //! One-off processes: [`spawn`] runs one function call in a new process, joined like a
 //! thread.
 
+use std::borrow::Borrow;
 use std::marker::PhantomData;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use crate::pool::{guard_worker, single_payload};
 /// # Errors
 /// [`Error::Pool`] with [`PoolError::Spawn`](crate::PoolError::Spawn) when the process
 /// cannot start; [`Error::Task`] with a codec error when `arg` cannot be serialized.
-pub fn spawn<A, R>(f: fn(A) -> R, arg: A) -> Result<Process<R>, Error>
+pub fn spawn<A, R>(f: fn(A) -> R, arg: impl Borrow<A>) -> Result<Process<R>, Error>
 where
     A: Value,
     R: Value,
@@ -42,7 +43,7 @@ where
         codec: Codec::Postcard,
         limit: DEFAULT_MAX_MESSAGE,
     };
-    let payload = single_payload(&arg, layout)?;
+    let payload = single_payload(arg.borrow(), layout)?;
     let bound = items::transport_bound(DEFAULT_MAX_MESSAGE);
     let inner = OneOff::spawn(&func::chunk_ref(f), &payload, bound)?;
     Ok(Process {

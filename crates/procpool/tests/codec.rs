@@ -386,5 +386,7 @@ fn items_may_be_borrowed() {
     assert_eq!(pool.imap_unordered(double, &ids).count(), 1000);
     assert_eq!(pool.apply(strlen, &names[1]).unwrap(), 3);
     assert_eq!(pool.spawn(strlen, &names[0]).unwrap().join().unwrap(), 1);
+    let p = procpool::spawn(strlen, &names[1]).unwrap();
+    assert_eq!(p.join().unwrap(), 3);
     assert_eq!(names.len(), 2, "the inputs are still ours");
 }
