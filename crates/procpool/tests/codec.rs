@@ -362,6 +362,10 @@ fn messagepack_carries_them_per_call_and_per_pool() {
             .enumerate()
             .all(|(i, f)| f.2 == i as u8 && f.0.is_none())
     );
+    // Per-item failures work the same way with MessagePack, message included.
+    let t = task_error(pool.map(unpick, (0..N).map(Picky)));
+    assert_eq!(t.index(), BAD, "{t}");
+    assert!(codec_message(&t).contains("picky refuses 50003"), "{t}");
     // Numbers and bytes still take their fast paths, whatever the codec.
     assert_eq!(pool.map(double, 0..N).unwrap()[7], 14);
     assert_eq!(pool.apply(len_of, vec![3u8; 1 << 20]).unwrap(), 1 << 20);
