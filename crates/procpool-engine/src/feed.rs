@@ -85,6 +85,10 @@ pub struct Piece {
     pub count: u32,
     /// The job's end (its `index` is `start`).
     pub done: Done,
+    /// The job's payload (`None` for a piece made without a worker): the front may look
+    /// at it (to send again the items a worker did not run, say), then should hand it
+    /// back with [`Feed::give_back`] so that its buffer is reused.
+    pub payload: Option<Arc<Vec<u8>>>,
 }
 
 impl Piece {
@@ -258,7 +262,33 @@ impl<S: Source> Feed<S> {
         }
     }
 
-    fn recycle(&mut self, payload: Arc<Vec<u8>>) {
+    /// Sends again, as a job of their own, `count` items from `start` whose job ended
+    /// without running them (a front's worker may stop a chunk early), encoded in
+    /// `payload`.
+    pub fn resubmit(&mut self, start: u64, count: u32, payload: Vec<u8>) {
+        let payload = Arc::new(payload);
+        self.payload_bytes += payload.len();
+        self.jobs.insert(start, (count, payload.clone()));
+        let job = Job {
+            func: self.func.clone(),
+            payload,
+            index: start,
+            weight: count,
+            timeout: self.timeout,
+        };
+        if let Err(e) = self.batch.submit([job]) {
+            self.refused(&[start], e);
+        }
+    }
+
+    /// Fails `count` items from `start` without a worker, with `kind`.
+    pub fn fail_locally(&mut self, start: u64, count: u32, kind: TaskErrorKind) {
+        let e = TaskError::new(kind, start, None, 0);
+        self.local.push_back(local_piece(start, count, e));
+    }
+
+    /// Hands back a finished piece's payload, for its buffer to be reused.
+    pub fn give_back(&mut self, payload: Arc<Vec<u8>>) {
         if payload.capacity() >= RECYCLE_MIN
             && self.spare.len() < MAX_SPARE
             && let Ok(v) = Arc::try_unwrap(payload)
@@ -281,7 +311,6 @@ impl<S: Source> Feed<S> {
             };
             self.payload_bytes -= payload.len();
             let arg_bytes = payload.len();
-            self.recycle(payload);
             match &done.outcome {
                 Ok(r) => self
                     .chunker
@@ -293,6 +322,7 @@ impl<S: Source> Feed<S> {
                 start: done.index,
                 count,
                 done,
+                payload: Some(payload),
             });
         }
     }
@@ -330,6 +360,7 @@ fn local_piece(start: u64, count: u32, e: TaskError) -> Piece {
             nanos: 0,
             pid: None,
         },
+        payload: None,
     }
 }
 

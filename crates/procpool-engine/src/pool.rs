@@ -28,7 +28,8 @@ pub struct EngineConfig {
     /// Initializer run once in each worker before any job: function reference and
     /// encoded argument.
     pub initializer: Option<(Arc<[u8]>, Vec<u8>)>,
-    /// Largest argument or result in bytes.
+    /// Largest job payload or job result in bytes (a front that packs many items in a
+    /// job may set it above its own per-item limit).
     pub max_message: usize,
     /// Executable to start as worker instead of the running one (it must be the same
     /// binary: the handshake checks its fingerprint).

@@ -1,4 +1,5 @@
-//! Encoding values with postcard, with fast paths that write the very same bytes.
+//! Encoding values with postcard, with fast paths that write the very same bytes (the
+//! codec to choose is in [`format`](crate::format)).
 //!
 //! postcard encodes a `Vec<u8>` as a varint length followed by the bytes, but serde hands
 //! it over one byte at a time, which runs at about 1 GB/s each way; a plain number costs a
@@ -15,19 +16,60 @@ use serde::de::DeserializeOwned;
 /// A type that can be sent to a worker or back: `serde` both ways, and owned (no
 /// borrowed data), as any value crossing a process boundary must be.
 ///
-/// It is implemented for every such type; there is nothing to implement.
+/// It is implemented for every such type; there is nothing to implement. Which serde
+/// features each codec supports is said at [`Codec`](crate::Codec).
+///
+/// A function's argument is an owned value: take `String`, not `&str`, and `Vec<T>`, not
+/// `&[T]` (the worker decodes a fresh value and hands it over). The items passed to
+/// `map` and the others may still be borrowed: `pool.map(f, &names)` for a
+/// `fn(String) -> R` encodes each `&String` without a copy.
+///
+/// A borrowed argument type is refused at compile time, in rustc's words "implementation
+/// of `Deserialize` is not general enough":
+///
+/// ```compile_fail
+/// fn len(s: &str) -> usize {
+///     s.len()
+/// }
+/// # fn main() -> Result<(), procpool::Error> {
+/// let pool = procpool::Pool::new()?;
+/// pool.map(len, ["a", "b"])?; // error: `&str` is not an owned value
+/// # Ok(()) }
+/// ```
+///
+/// ```
+/// fn len(s: String) -> usize {
+///     s.len()
+/// }
+/// # fn main() -> Result<(), procpool::Error> {
+/// # procpool::init();
+/// # let pool = procpool::Pool::builder().workers(1).build()?;
+/// let names = vec!["a".to_string(), "bc".to_string()];
+/// assert_eq!(pool.map(len, &names)?, [1, 2]); // items borrowed, arguments owned
+/// # Ok(()) }
+/// ```
 pub trait Value: Serialize + DeserializeOwned + 'static {}
 
 impl<T: Serialize + DeserializeOwned + 'static> Value for T {}
 
-/// Appends the encoding of `v` to `buf`; on error `buf` is left as it was.
+/// Appends the encoding of `v` to `buf`; on error `buf` is left as it was. A field left
+/// out by `skip_serializing_if` is an error (see [`strict`](crate::strict)).
 #[inline]
 pub(crate) fn append<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     v: &T,
 ) -> Result<(), postcard::Error> {
     let mark = buf.len();
-    postcard::serialize_with_flavor(v, Appender(buf)).inspect_err(|_| buf.truncate(mark))
+    let r = {
+        let mut ser = postcard::Serializer {
+            output: Appender(buf),
+        };
+        crate::strict::serialize(v, &mut ser)
+    };
+    if r.is_err() {
+        buf.truncate(mark);
+    }
+    r
 }
 
 /// Whether `T` is `U` (decided at compile time).
@@ -67,6 +109,13 @@ pub(crate) fn plain_size<T: 'static>() -> Option<usize> {
     }
     sizes!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize, f32, f64);
     None
+}
+
+/// Whether values of `T` take a fast path (the same bytes with any codec): primitive
+/// numbers and `Vec<u8>`.
+#[inline(always)]
+pub(crate) fn has_fast_path<T: 'static>() -> bool {
+    plain_size::<T>().is_some() || is::<T, Vec<u8>>()
 }
 
 /// Appends the bytes of a plain value.
@@ -168,6 +217,30 @@ pub(crate) fn explain<T: Serialize + ?Sized>(e: &postcard::Error, v: &T) -> Stri
         postcard::Error::SerdeSerCustom => {
             crate::probe::custom_message(v).unwrap_or_else(|| e.to_string())
         }
+        postcard::Error::SerializeSeqLengthUnknown => format!(
+            "{e}: `{}` writes a map or sequence without saying its length first, as \
+             #[serde(flatten)] does, which postcard cannot express: send it with \
+             Codec::MessagePack",
+            std::any::type_name::<T>()
+        ),
+        _ => e.to_string(),
+    }
+}
+
+/// Words for a failure to decode a `T` from `bytes`: the message `T`'s `Deserialize`
+/// gave (which postcard does not keep), or postcard's, with what it likely means.
+#[cold]
+pub(crate) fn explain_de<T: DeserializeOwned>(e: &postcard::Error, bytes: &[u8]) -> String {
+    match e {
+        postcard::Error::SerdeDeCustom => {
+            crate::deprobe::custom_message::<T>(bytes).unwrap_or_else(|| e.to_string())
+        }
+        postcard::Error::WontImplement => format!(
+            "`{}` needs a self-describing format (its Deserialize calls deserialize_any, as \
+             untagged and internally tagged enums, flatten and serde_json::Value do), which \
+             postcard is not: send it with Codec::MessagePack",
+            std::any::type_name::<T>()
+        ),
         _ => e.to_string(),
     }
 }

@@ -7,6 +7,7 @@ use procpool_engine::{Batch, RecvError};
 
 use crate::codec::Value;
 use crate::error::{Error, WaitError};
+use crate::format::Codec;
 use crate::outcome::ChunkOut;
 
 /// A task running in a pool. Join it for its result, with or without a time limit, or
@@ -16,13 +17,15 @@ use crate::outcome::ChunkOut;
 #[derive(Debug)]
 pub struct TaskHandle<R> {
     batch: Batch,
+    codec: Codec,
     _r: PhantomData<fn() -> R>,
 }
 
 impl<R: Value> TaskHandle<R> {
-    pub(crate) fn new(batch: Batch) -> Self {
+    pub(crate) fn new(batch: Batch, codec: Codec) -> Self {
         Self {
             batch,
+            codec,
             _r: PhantomData,
         }
     }
@@ -34,7 +37,7 @@ impl<R: Value> TaskHandle<R> {
     /// [`Cancelled`](crate::TaskErrorKind::Cancelled) after [`cancel`](Self::cancel)).
     pub fn join(self) -> Result<R, Error> {
         match self.batch.recv() {
-            Some(done) => ChunkOut::decode_one(done),
+            Some(done) => ChunkOut::decode_one(done, self.codec),
             None => Err(cancelled()),
         }
     }
@@ -46,7 +49,7 @@ impl<R: Value> TaskHandle<R> {
     /// joined again); [`WaitError::Failed`] when it failed.
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, WaitError> {
         match self.batch.recv_timeout(timeout) {
-            Ok(done) => Ok(ChunkOut::decode_one(done)?),
+            Ok(done) => Ok(ChunkOut::decode_one(done, self.codec)?),
             Err(RecvError::Timeout) => Err(WaitError::Timeout),
             Err(RecvError::Empty) => Err(WaitError::Failed(cancelled())),
         }

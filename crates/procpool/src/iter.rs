@@ -5,71 +5,68 @@
 //! (see its docs for the bounds); this module only encodes items into chunks
 //! ([`Items`], the front's [`Source`]), decodes finished jobs and presents them.
 
+use std::borrow::Borrow;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use procpool_engine::{Engine, Feed, Limits, Pulled, Reorder, Source, TaskErrorKind};
+use procpool_engine::{Engine, Feed, Limits, Piece, Pulled, Reorder, Source, TaskErrorKind};
 
 use crate::codec::Value;
 use crate::error::Error;
-use crate::func;
+use crate::items::{self, Layout};
 use crate::outcome::ChunkOut;
 
 /// A typed input encoded on demand into chunk payloads.
 pub(crate) struct Items<A, I> {
     input: I,
-    /// An item pulled but left for the next job (it would have made this one too large).
-    pending: Option<A>,
+    layout: Layout,
+    /// The encoding of an item pulled but left for the next job (it would have taken
+    /// this one past the size limit).
+    carry: Option<Vec<u8>>,
     /// Why the next item could not be encoded (reported by the next `fill`).
     failed: Option<TaskErrorKind>,
+    _a: PhantomData<fn(A)>,
 }
 
 impl<A, I> std::fmt::Debug for Items<A, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Items")
-            .field("pending", &self.pending.is_some())
+            .field("carry", &self.carry.as_ref().map(Vec::len))
             .finish_non_exhaustive()
     }
 }
 
-impl<A: Value, I: Iterator<Item = A>> Source for Items<A, I> {
+impl<A: Value, I: Iterator<Item: Borrow<A>>> Source for Items<A, I> {
     fn fill(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled {
         if let Some(kind) = self.failed.take() {
             return Pulled::Failed(kind);
         }
-        func::begin_chunk::<A>(out);
-        let header = out.len();
+        items::begin_chunk::<A>(out, self.layout);
+        let n = limits.items.min(items::max_plain::<A>(self.layout));
         let mut count = 0u32;
-        while (count as usize) < limits.items {
-            let Some(a) = self.pending.take().or_else(|| self.input.next()) else {
+        if let Some(bytes) = self.carry.take() {
+            out.extend_from_slice(&bytes);
+            count = 1;
+        }
+        while (count as usize) < n {
+            let Some(a) = self.input.next() else {
                 break;
             };
-            let before = out.len();
-            let kind = match func::push_arg(out, &a) {
-                Err(m) => Some(TaskErrorKind::Codec {
-                    message: format!("the argument could not be serialized: {m}"),
-                }),
-                Ok(()) if out.len() > limits.hard_bytes && count == 0 => {
-                    Some(TaskErrorKind::TooLarge {
-                        size: (out.len() - header) as u64,
-                        limit: limits.hard_bytes as u64,
-                    })
-                }
-                Ok(()) if out.len() > limits.hard_bytes => {
-                    // Fits alone: it opens the next job.
-                    out.truncate(before);
-                    self.pending = Some(a);
-                    break;
-                }
-                Ok(()) => None,
-            };
-            if let Some(kind) = kind {
-                out.truncate(before);
+            let mark = out.len();
+            if let Err(kind) = items::push_arg(out, self.layout, a.borrow()) {
                 if count == 0 {
                     return Pulled::Failed(kind);
                 }
                 self.failed = Some(kind);
+                break;
+            }
+            if count > 0
+                && (items::past_limit::<A>(out, self.layout) || out.len() > limits.hard_bytes)
+            {
+                // Fits alone: it opens the next job.
+                self.carry = Some(out[mark..].to_vec());
+                out.truncate(mark);
                 break;
             }
             count += 1;
@@ -80,12 +77,12 @@ impl<A: Value, I: Iterator<Item = A>> Source for Items<A, I> {
         if count == 0 {
             return Pulled::End;
         }
-        func::end_chunk(out, count);
+        items::end_chunk(out, count);
         Pulled::Items(count)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let extra = usize::from(self.pending.is_some() || self.failed.is_some());
+        let extra = usize::from(self.carry.is_some() || self.failed.is_some());
         let (lo, hi) = self.input.size_hint();
         (
             lo.saturating_add(extra),
@@ -97,6 +94,7 @@ impl<A: Value, I: Iterator<Item = A>> Source for Items<A, I> {
 /// A call's feed of typed items, decoding each finished job.
 pub(crate) struct Feeder<A, R, I> {
     feed: Feed<Items<A, I>>,
+    layout: Layout,
     _types: PhantomData<fn(A) -> R>,
 }
 
@@ -113,22 +111,26 @@ impl<A, R, I> Feeder<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item = A>,
+    I: Iterator<Item: Borrow<A>>,
 {
     pub(crate) fn new(
         engine: &Engine,
         input: I,
         func: Arc<[u8]>,
+        layout: Layout,
         chunk_size: Option<usize>,
         timeout: Option<Duration>,
     ) -> Self {
         let items = Items {
             input,
-            pending: None,
+            layout,
+            carry: None,
             failed: None,
+            _a: PhantomData,
         };
         Self {
             feed: Feed::new(engine, items, func, chunk_size, timeout),
+            layout,
             _types: PhantomData,
         }
     }
@@ -160,7 +162,36 @@ where
     fn recv(&mut self, held_bytes: usize) -> Option<(ChunkOut<R>, usize)> {
         let piece = self.feed.recv(held_bytes)?;
         let bytes = piece.bytes();
-        Some((ChunkOut::decode(piece.done, piece.count), bytes))
+        let Piece {
+            start,
+            count,
+            done,
+            payload,
+        } = piece;
+        let chunk = ChunkOut::decode(done, count, self.layout.codec);
+        if let Some(payload) = payload {
+            if let Some(from) = chunk.not_run() {
+                self.resubmit(start, count, from, &payload);
+            }
+            self.feed.give_back(payload);
+        }
+        Some((chunk, bytes))
+    }
+
+    /// The worker stopped the chunk of `count` items at `start` after `from` of them (its
+    /// results would have grown past the transport bound): the rest go out again.
+    #[cold]
+    fn resubmit(&mut self, start: u64, count: u32, from: u32, payload: &[u8]) {
+        let index = start + u64::from(from);
+        match items::tail_payload::<A>(payload, from) {
+            Some(tail) => self.feed.resubmit(index, count - from, tail),
+            None => {
+                let kind = TaskErrorKind::Codec {
+                    message: "a chunk's payload could not be split".into(),
+                };
+                self.feed.fail_locally(index, count - from, kind);
+            }
+        }
     }
 }
 
@@ -191,7 +222,7 @@ impl<A, R, I> Imap<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item = A>,
+    I: Iterator<Item: Borrow<A>>,
 {
     pub(crate) fn new(feeder: Feeder<A, R, I>, collect_all: bool) -> Self {
         Self {
@@ -247,7 +278,7 @@ impl<A, R, I> Iterator for Imap<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item = A>,
+    I: Iterator<Item: Borrow<A>>,
 {
     type Item = Result<R, Error>;
 
@@ -291,7 +322,7 @@ impl<A, R, I> ImapUnordered<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item = A>,
+    I: Iterator<Item: Borrow<A>>,
 {
     pub(crate) fn new(feeder: Feeder<A, R, I>) -> Self {
         Self {
@@ -315,7 +346,7 @@ impl<A, R, I> Iterator for ImapUnordered<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item = A>,
+    I: Iterator<Item: Borrow<A>>,
 {
     type Item = (usize, Result<R, Error>);
 

@@ -2,7 +2,7 @@
 //!
 //! Workers are separate processes, each with its own memory. A [`Pool`] runs a function
 //! over many inputs in parallel; arguments and results cross the process boundary
-//! serialized with postcard (any `serde` type).
+//! serialized (any owned `serde` type; postcard by default, MessagePack on request).
 //!
 //! # Quick start
 //! ```
@@ -29,6 +29,20 @@
 //!
 //! Functions are `fn(A) -> R`: named functions and closures that capture nothing. They
 //! travel as offsets into the executable, which every worker shares with its parent.
+//!
+//! # Arguments, results and codecs
+//! Arguments and results are owned `serde` values ([`Value`]); the items of `map` and the
+//! others may be borrowed (`pool.map(f, &items)`). They travel encoded with postcard,
+//! except `Vec<u8>` and plain numbers, which take fast paths of their own. postcard is
+//! not self-describing: serde features that need the data to describe itself
+//! (`skip_serializing_if`, untagged or internally tagged enums, `flatten`,
+//! `deserialize_any`) are refused with a [`Codec`](TaskErrorKind::Codec) error naming
+//! the type, never delivered as wrong values; send such types with
+//! [`Codec::MessagePack`] ([`Builder::codec`], [`Pool::with_codec`]).
+//!
+//! Encoding and decoding are part of each task: an item whose argument or result fails
+//! to (de)serialize, panics doing so, or is larger than [`Builder::max_message_size`]
+//! fails alone, under its own index, like an item whose function panics.
 //!
 //! # Errors and crashes
 //! A task that panics, segfaults, aborts or is killed fails alone: its error says how
@@ -60,17 +74,23 @@
 //! Linux (pidfd, memfd, `PR_SET_PDEATHSIG`). Other systems are refused at compile time.
 
 mod codec;
+mod deprobe;
 mod error;
+mod format;
 mod func;
 mod handle;
+mod items;
 mod iter;
 mod outcome;
 mod pool;
 mod probe;
 mod process;
+mod roundtrip;
+mod strict;
 
 pub use codec::Value;
 pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKind, WaitError};
+pub use format::Codec;
 pub use handle::TaskHandle;
 pub use iter::{Imap, ImapUnordered};
 pub use pool::{Builder, Call, Pool};

@@ -8,7 +8,8 @@ use procpool_engine::{Done, TaskError, TaskErrorKind};
 
 use crate::codec::{self, Value};
 use crate::error::Error;
-use crate::func::{self, ItemOut};
+use crate::format::Codec;
+use crate::items::{self, Entry};
 
 /// The decoded results of a job covering items `start..start + count`.
 #[derive(Debug)]
@@ -21,6 +22,8 @@ pub(crate) struct ChunkOut<R> {
     values: Values<R>,
     /// Failed items: offset within the chunk and error, in order.
     errors: VecDeque<(u32, Error)>,
+    /// Where the worker stopped the chunk, if it did.
+    not_run: Option<u32>,
 }
 
 impl<R> ChunkOut<R> {
@@ -32,6 +35,7 @@ impl<R> ChunkOut<R> {
             next: 0,
             values: Values::Decoded(Vec::new().into_iter()),
             errors: (0..count).map(|k| (k, err(start + u64::from(k)))).collect(),
+            not_run: None,
         }
     }
 
@@ -80,7 +84,7 @@ impl<R> ChunkOut<R> {
 
 impl<R: Value> ChunkOut<R> {
     /// Decodes a job's outcome into per-item results.
-    pub(crate) fn decode(done: Done, count: u32) -> Self {
+    pub(crate) fn decode(done: Done, count: u32, codec: Codec) -> Self {
         let start = done.index;
         let pid = done.pid;
         let bytes = match done.outcome {
@@ -98,7 +102,7 @@ impl<R: Value> ChunkOut<R> {
             let kind = TaskErrorKind::Codec { message };
             Error::Task(TaskError::new(kind, start + u64::from(k), pid, 1))
         };
-        let (packed, mut rest) = match func::split_results(&bytes) {
+        let (packed, mut rest) = match items::split_results(&bytes) {
             Some(x) => x,
             None => {
                 let m = "the worker's answer has an unknown layout".to_string();
@@ -119,46 +123,29 @@ impl<R: Value> ChunkOut<R> {
                 next: 0,
                 values: Values::Packed { bytes, pos },
                 errors: VecDeque::new(),
+                not_run: None,
             };
         }
         let mut values = Vec::with_capacity(count as usize);
         let mut errors = VecDeque::new();
+        let mut not_run = None;
         for k in 0..count {
             let task = |kind| Error::Task(TaskError::new(kind, start + u64::from(k), pid, 1));
-            match take_item::<R>(rest) {
-                Ok((ItemOut::Ok(v), r)) => {
-                    rest = r;
-                    values.push(v);
+            match items::next_entry::<R>(codec, &mut rest) {
+                Ok(Entry::Item(Ok(v))) => values.push(v),
+                Ok(Entry::Item(Err(kind))) => errors.push_back((k, task(kind))),
+                Ok(Entry::Stop) if k > 0 => {
+                    not_run = Some(k);
+                    break;
                 }
-                Ok((
-                    ItemOut::Panic {
-                        message,
-                        location,
-                        backtrace,
-                    },
-                    r,
-                )) => {
-                    rest = r;
-                    let kind = TaskErrorKind::Panic {
-                        message,
-                        location,
-                        backtrace,
+                other => {
+                    // The answer is broken from here: every item left fails.
+                    let message = match other {
+                        Err(m) => m,
+                        _ => "the worker stopped a chunk before its first item".into(),
                     };
-                    errors.push_back((k, task(kind)));
-                }
-                Ok((ItemOut::Codec(message), r)) => {
-                    rest = r;
-                    errors.push_back((k, task(TaskErrorKind::Codec { message })));
-                }
-                Err(e) => {
-                    // The stream is broken from here: every item left fails.
-                    let message = format!("the result could not be deserialized: {e}");
                     for j in k..count {
-                        let kind = TaskErrorKind::Codec {
-                            message: message.clone(),
-                        };
-                        let err = Error::Task(TaskError::new(kind, start + u64::from(j), pid, 1));
-                        errors.push_back((j, err));
+                        errors.push_back((j, codec_err(j, message.clone())));
                     }
                     break;
                 }
@@ -166,16 +153,23 @@ impl<R: Value> ChunkOut<R> {
         }
         Self {
             start,
-            count,
+            count: not_run.unwrap_or(count),
             next: 0,
             values: Values::Decoded(values.into_iter()),
             errors,
+            not_run,
         }
     }
 
+    /// Where the worker stopped the chunk: the items from this offset on did not run,
+    /// and are not part of these results.
+    pub(crate) fn not_run(&self) -> Option<u32> {
+        self.not_run
+    }
+
     /// Decodes the outcome of a job of one item.
-    pub(crate) fn decode_one(done: Done) -> Result<R, Error> {
-        let mut c = Self::decode(done, 1);
+    pub(crate) fn decode_one(done: Done, codec: Codec) -> Result<R, Error> {
+        let mut c = Self::decode(done, 1, codec);
         c.next().map_or_else(
             || {
                 let kind = TaskErrorKind::Codec {
@@ -227,15 +221,5 @@ impl<R: 'static> Values<R> {
                 Some(v)
             }
         }
-    }
-}
-
-/// Decodes one [`ItemOut`], its value through the fast path of [`codec::take_value`].
-fn take_item<R: Value>(bytes: &[u8]) -> Result<(ItemOut<R>, &[u8]), postcard::Error> {
-    match bytes.split_first() {
-        Some((&func::OK_TAG, rest)) => {
-            codec::take_value::<R>(rest).map(|(v, rest)| (ItemOut::Ok(v), rest))
-        }
-        _ => postcard::take_from_bytes::<ItemOut<R>>(bytes),
     }
 }

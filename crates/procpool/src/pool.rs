@@ -1,5 +1,6 @@
 //! The typed pool: [`Pool`], its [`Builder`], and [`Call`] for per-call settings.
 
+use std::borrow::Borrow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,10 @@ use procpool_engine::{Engine, EngineConfig, PoolError};
 
 use crate::codec::Value;
 use crate::error::Error;
+use crate::format::{self, Codec};
 use crate::func;
 use crate::handle::TaskHandle;
+use crate::items::{self, Layout};
 use crate::iter::{Feeder, Imap, ImapUnordered};
 
 /// A pool of worker processes that run functions on serialized arguments.
@@ -40,15 +43,32 @@ pub struct Pool {
     engine: Engine,
     chunk_size: Option<usize>,
     timeout: Option<Duration>,
+    layout: Layout,
 }
 
 /// Settings of a [`Pool`], made by [`Pool::builder`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Builder {
     config: EngineConfig,
     chunk_size: Option<usize>,
     timeout: Option<Duration>,
+    layout: Layout,
     error: Option<String>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            config: EngineConfig::default(),
+            chunk_size: None,
+            timeout: None,
+            layout: Layout {
+                codec: Codec::Postcard,
+                limit: procpool_engine::DEFAULT_MAX_MESSAGE,
+            },
+            error: None,
+        }
+    }
 }
 
 impl Builder {
@@ -93,10 +113,13 @@ impl Builder {
     /// a connection, load a model, set up logging...). A worker whose initializer panics
     /// is replaced; after several failures in a row the pool reports
     /// [`PoolError::Broken`].
+    ///
+    /// The argument travels with postcard, whatever the pool's codec.
     pub fn initializer<A: Value>(mut self, f: fn(A), arg: A) -> Self {
-        match postcard::to_allocvec(&arg) {
-            Ok(bytes) => self.config.initializer = Some((func::init_ref(f), bytes)),
-            Err(e) => self.error = Some(format!("the initializer's argument: {e}")),
+        let mut bytes = Vec::new();
+        match format::encode(Codec::Postcard, &mut bytes, &arg) {
+            Ok(()) => self.config.initializer = Some((func::init_ref(f), bytes)),
+            Err(m) => self.error = Some(format!("the initializer's argument: {m}")),
         }
         self
     }
@@ -119,10 +142,51 @@ impl Builder {
         self
     }
 
-    /// Largest encoded argument or result, in bytes. Default 1 GiB. A larger one fails
-    /// its task with [`TooLarge`](crate::TaskErrorKind::TooLarge).
+    /// Largest encoded argument or result of one item, in bytes. Default 1 GiB. A larger
+    /// one fails its item alone with [`TooLarge`](crate::TaskErrorKind::TooLarge).
+    ///
+    /// The limit is per item, not per chunk: `map` and `imap` cut their chunks so that
+    /// a chunk's arguments stay within it, and a chunk's results together may pass it
+    /// (the whole message of a chunk is bounded apart: twice the limit, at least 64 MiB,
+    /// at most 1.5 GiB unless one item needs more; a worker stops a chunk before its
+    /// results could pass that, and the items it did not run are sent again).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// let pool = procpool::Pool::builder().workers(1).max_message_size(4096).build()?;
+    /// assert_eq!(pool.map(|x: u64| x * 2, 0..100_000)?.len(), 100_000);
+    /// let big = pool.apply(|n: usize| vec![0u8; n], 5000);
+    /// assert!(matches!(
+    ///     big.unwrap_err().as_task().unwrap().kind(),
+    ///     procpool::TaskErrorKind::TooLarge { .. }
+    /// ));
+    /// # Ok(()) }
+    /// ```
     pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.config.max_message = bytes;
+        if bytes == 0 || bytes > items::MAX_ITEM_LIMIT {
+            self.error = Some("max_message_size must be between 1 byte and 4 GiB - 2 KiB".into());
+        }
+        self.layout.limit = bytes;
+        self
+    }
+
+    /// The codec arguments and results travel in (a call can choose its own with
+    /// [`Pool::with_codec`]). Default [`Codec::Postcard`]; see [`Codec`] for the serde
+    /// features postcard does not support and [`Codec::MessagePack`] does.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// let pool = procpool::Pool::builder()
+    ///     .workers(1)
+    ///     .codec(procpool::Codec::MessagePack)
+    ///     .build()?;
+    /// assert_eq!(pool.apply(|s: String| s.len(), "abc".to_string())?, 3);
+    /// # Ok(()) }
+    /// ```
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.layout.codec = codec;
         self
     }
 
@@ -168,11 +232,15 @@ impl Builder {
         if let Some(e) = self.error {
             return Err(PoolError::Config(e).into());
         }
-        let engine = Engine::start(self.config)?;
+        let mut config = self.config;
+        // The engine bounds whole jobs; the user's limit is per item (see `items`).
+        config.max_message = items::transport_bound(self.layout.limit);
+        let engine = Engine::start(config)?;
         Ok(Pool {
             engine,
             chunk_size: self.chunk_size,
             timeout: self.timeout,
+            layout: self.layout,
         })
     }
 }
@@ -210,6 +278,7 @@ pub struct Call<'p> {
     chunk_size: Option<usize>,
     timeout: Option<Duration>,
     invalid: Option<&'static str>,
+    layout: Layout,
 }
 
 impl Pool {
@@ -243,7 +312,24 @@ impl Pool {
             chunk_size: self.chunk_size,
             timeout: self.timeout,
             invalid: None,
+            layout: self.layout,
         }
+    }
+
+    /// Calls with another codec (instead of the pool's): for types that need serde
+    /// features the default codec lacks (see [`Codec`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// use procpool::Codec;
+    /// let n = pool.with_codec(Codec::MessagePack).apply(|v: Vec<String>| v.len(), vec![])?;
+    /// assert_eq!(n, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_codec(&self, codec: Codec) -> Call<'_> {
+        self.call().codec(codec)
     }
 
     /// Calls with a time limit per task (instead of the pool's). A zero limit makes the
@@ -261,7 +347,8 @@ impl Pool {
     /// Applies `f` to every item, in parallel; results in input order.
     ///
     /// Stops at the first failed task: nothing more is sent, and the error names the
-    /// task's index and cause.
+    /// task's index and cause. Items may be the arguments or borrow as them
+    /// (`pool.map(f, &vec)`); see [`Value`] for why arguments are owned values.
     ///
     /// ```
     /// # fn main() -> Result<(), procpool::Error> {
@@ -278,7 +365,7 @@ impl Pool {
     pub fn map<A, R>(
         &self,
         f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
+        items: impl IntoIterator<Item: Borrow<A>>,
     ) -> Result<Vec<R>, Error>
     where
         A: Value,
@@ -306,7 +393,7 @@ impl Pool {
     where
         A: Value,
         R: Value,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator<Item: Borrow<A>>,
     {
         self.call().imap(f, items)
     }
@@ -334,7 +421,7 @@ impl Pool {
     where
         A: Value,
         R: Value,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator<Item: Borrow<A>>,
     {
         self.call().imap_unordered(f, items)
     }
@@ -351,7 +438,7 @@ impl Pool {
     ///
     /// # Errors
     /// [`Error::Task`] when the task failed, [`Error::Pool`] when the pool refused it.
-    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, Error>
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: impl Borrow<A>) -> Result<R, Error>
     where
         A: Value,
         R: Value,
@@ -374,7 +461,7 @@ impl Pool {
     /// # Errors
     /// [`Error::Pool`] when the pool is closed or broken; [`Error::Task`] with a codec
     /// error when `arg` cannot be serialized.
-    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<TaskHandle<R>, Error>
+    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: impl Borrow<A>) -> Result<TaskHandle<R>, Error>
     where
         A: Value,
         R: Value,
@@ -438,16 +525,23 @@ impl<'p> Call<'p> {
         }
     }
 
+    /// Sets the codec.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.layout.codec = codec;
+        self
+    }
+
     fn feeder<A, R, I>(&self, f: fn(A) -> R, items: I) -> Feeder<A, R, I>
     where
         A: Value,
         R: Value,
-        I: Iterator<Item = A>,
+        I: Iterator<Item: Borrow<A>>,
     {
         let mut feeder = Feeder::new(
             &self.pool.engine,
             items,
             func::chunk_ref(f),
+            self.layout,
             self.chunk_size,
             self.timeout,
         );
@@ -465,7 +559,7 @@ impl<'p> Call<'p> {
     pub fn map<A, R>(
         &self,
         f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
+        items: impl IntoIterator<Item: Borrow<A>>,
     ) -> Result<Vec<R>, Error>
     where
         A: Value,
@@ -488,7 +582,7 @@ impl<'p> Call<'p> {
     where
         A: Value,
         R: Value,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator<Item: Borrow<A>>,
     {
         Imap::new(self.feeder(f, items.into_iter()), false)
     }
@@ -505,7 +599,7 @@ impl<'p> Call<'p> {
     where
         A: Value,
         R: Value,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator<Item: Borrow<A>>,
     {
         ImapUnordered::new(self.feeder(f, items.into_iter()))
     }
@@ -514,7 +608,7 @@ impl<'p> Call<'p> {
     ///
     /// # Errors
     /// As [`Pool::apply`].
-    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, Error>
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: impl Borrow<A>) -> Result<R, Error>
     where
         A: Value,
         R: Value,
@@ -526,13 +620,13 @@ impl<'p> Call<'p> {
     ///
     /// # Errors
     /// As [`Pool::spawn`].
-    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<TaskHandle<R>, Error>
+    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: impl Borrow<A>) -> Result<TaskHandle<R>, Error>
     where
         A: Value,
         R: Value,
     {
         self.check()?;
-        let payload = single_payload(&arg)?;
+        let payload = single_payload(arg.borrow(), self.layout)?;
         let batch = self.pool.engine.batch();
         batch.submit([procpool_engine::Job {
             func: func::chunk_ref(f),
@@ -541,20 +635,16 @@ impl<'p> Call<'p> {
             weight: 1,
             timeout: self.timeout,
         }])?;
-        Ok(TaskHandle::new(batch))
+        Ok(TaskHandle::new(batch, self.layout.codec))
     }
 }
 
 /// The payload of a chunk of one argument.
-pub(crate) fn single_payload<A: Value>(arg: &A) -> Result<Vec<u8>, Error> {
+pub(crate) fn single_payload<A: Value>(arg: &A, layout: Layout) -> Result<Vec<u8>, Error> {
     let mut payload = Vec::new();
-    func::begin_chunk::<A>(&mut payload);
-    func::push_arg(&mut payload, arg).map_err(|m| {
-        let kind = procpool_engine::TaskErrorKind::Codec {
-            message: format!("the argument could not be serialized: {m}"),
-        };
-        Error::Task(procpool_engine::TaskError::new(kind, 0, None, 0))
-    })?;
-    func::end_chunk(&mut payload, 1);
+    items::begin_chunk::<A>(&mut payload, layout);
+    items::push_arg(&mut payload, layout, arg)
+        .map_err(|kind| Error::Task(procpool_engine::TaskError::new(kind, 0, None, 0)))?;
+    items::end_chunk(&mut payload, 1);
     Ok(payload)
 }

@@ -1,8 +1,8 @@
 //! A serializer that writes nothing and keeps the message of a custom error.
 //!
-//! postcard drops the text a `Serialize` implementation gives to `Error::custom`; when it
-//! reports such an error, the value is run through this probe to recover the text for the
-//! task's error.
+//! postcard drops the text a `Serialize` implementation gives to `Error::custom` (and
+//! the one [`strict`](crate::strict) gives a skipped field); when it reports such an
+//! error, the value is run through this probe to recover the text for the task's error.
 
 use std::fmt;
 
@@ -33,6 +33,9 @@ impl ser::Error for ProbeError {
 
 struct Probe;
 
+/// A struct (or struct variant) being probed, by name.
+struct Named(&'static str);
+
 type R = Result<(), ProbeError>;
 
 macro_rules! ignore {
@@ -49,8 +52,8 @@ impl ser::Serializer for Probe {
     type SerializeTupleStruct = Probe;
     type SerializeTupleVariant = Probe;
     type SerializeMap = Probe;
-    type SerializeStruct = Probe;
-    type SerializeStructVariant = Probe;
+    type SerializeStruct = Named;
+    type SerializeStructVariant = Named;
 
     ignore!(
         serialize_bool: bool, serialize_i8: i8, serialize_i16: i16, serialize_i32: i32,
@@ -105,17 +108,17 @@ impl ser::Serializer for Probe {
     fn serialize_map(self, _: Option<usize>) -> Result<Probe, ProbeError> {
         Ok(Probe)
     }
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Probe, ProbeError> {
-        Ok(Probe)
+    fn serialize_struct(self, name: &'static str, _: usize) -> Result<Named, ProbeError> {
+        Ok(Named(name))
     }
     fn serialize_struct_variant(
         self,
         _: &'static str,
         _: u32,
-        _: &'static str,
+        variant: &'static str,
         _: usize,
-    ) -> Result<Probe, ProbeError> {
-        Ok(Probe)
+    ) -> Result<Named, ProbeError> {
+        Ok(Named(variant))
     }
 }
 
@@ -157,11 +160,14 @@ impl ser::SerializeMap for Probe {
 
 macro_rules! fields {
     ($($tr:ident),*) => {
-        $(impl ser::$tr for Probe {
+        $(impl ser::$tr for Named {
             type Ok = ();
             type Error = ProbeError;
             fn serialize_field<T: ?Sized + Serialize>(&mut self, _: &'static str, v: &T) -> R {
                 v.serialize(Probe)
+            }
+            fn skip_field(&mut self, key: &'static str) -> R {
+                Err(ProbeError(crate::strict::skipped_message(self.0, key)))
             }
             fn end(self) -> R {
                 Ok(())

@@ -1,6 +1,7 @@
 //! One-off processes: [`spawn`] runs one function call in a new process, joined like a
 //! thread.
 
+use std::borrow::Borrow;
 use std::marker::PhantomData;
 use std::time::Duration;
 
@@ -8,7 +9,9 @@ use procpool_engine::{DEFAULT_MAX_MESSAGE, JoinError, OneOff};
 
 use crate::codec::Value;
 use crate::error::{Error, WaitError};
+use crate::format::Codec;
 use crate::func;
+use crate::items::{self, Layout};
 use crate::outcome::ChunkOut;
 use crate::pool::{guard_worker, single_payload};
 
@@ -30,14 +33,19 @@ use crate::pool::{guard_worker, single_payload};
 /// # Errors
 /// [`Error::Pool`] with [`PoolError::Spawn`](crate::PoolError::Spawn) when the process
 /// cannot start; [`Error::Task`] with a codec error when `arg` cannot be serialized.
-pub fn spawn<A, R>(f: fn(A) -> R, arg: A) -> Result<Process<R>, Error>
+pub fn spawn<A, R>(f: fn(A) -> R, arg: impl Borrow<A>) -> Result<Process<R>, Error>
 where
     A: Value,
     R: Value,
 {
     guard_worker();
-    let payload = single_payload(&arg)?;
-    let inner = OneOff::spawn(&func::chunk_ref(f), &payload, DEFAULT_MAX_MESSAGE)?;
+    let layout = Layout {
+        codec: Codec::Postcard,
+        limit: DEFAULT_MAX_MESSAGE,
+    };
+    let payload = single_payload(arg.borrow(), layout)?;
+    let bound = items::transport_bound(DEFAULT_MAX_MESSAGE);
+    let inner = OneOff::spawn(&func::chunk_ref(f), &payload, bound)?;
     Ok(Process {
         inner,
         _r: PhantomData,
@@ -105,7 +113,7 @@ fn decode<R: Value>(r: Result<Vec<u8>, JoinError>) -> Result<R, Error> {
                 nanos: 0,
                 pid: None,
             };
-            ChunkOut::decode_one(done)
+            ChunkOut::decode_one(done, Codec::Postcard)
         }
         Err(JoinError::Task(t)) => Err(Error::Task(t)),
         Err(JoinError::Pool(p)) => Err(Error::Pool(p)),
