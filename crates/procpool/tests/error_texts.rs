@@ -16,9 +16,17 @@ fn boom(_: ()) -> u64 {
     panic!("boom")
 }
 
+/// The error's sentence (without the worker's backtrace, shown when `RUST_BACKTRACE`
+/// asks for it).
 fn text<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
     match r {
-        Err(e) => e.to_string(),
+        Err(e) => {
+            let t = e.to_string();
+            match t.split_once("\nstack backtrace of the worker:") {
+                Some((sentence, _)) => sentence.to_owned(),
+                None => t,
+            }
+        }
         Ok(v) => panic!("expected an error, got {v:?}"),
     }
 }
