@@ -7,9 +7,13 @@
 
 mod figures;
 mod load;
+mod procs;
 mod python;
 mod report;
 mod systems;
+mod uneven;
+mod uneven_report;
+mod uneven_run;
 mod work;
 
 use std::path::PathBuf;
@@ -42,7 +46,15 @@ struct Config {
 }
 
 /// The workloads, by the names `--workloads` takes.
-const WORKLOADS: [&str; 6] = ["seed", "tiny", "bulk", "startup", "latency", "crossover"];
+const WORKLOADS: [&str; 7] = [
+    "seed",
+    "tiny",
+    "bulk",
+    "startup",
+    "latency",
+    "crossover",
+    "uneven",
+];
 
 const USAGE: &str = "\
 usage: procpool-bench [--quick] [--out DIR] [--python PATH | --no-python] [--only LIST]
@@ -56,7 +68,7 @@ usage: procpool-bench [--quick] [--out DIR] [--python PATH | --no-python] [--onl
   --only LIST    comma-separated systems to run: sequential,rayon,procspawn,procpool,python
                  (sequential always runs: it is the baseline)
   --workloads LIST  comma-separated workloads to run (default all):
-                 seed,tiny,bulk,startup,latency,crossover";
+                 seed,tiny,bulk,startup,latency,crossover,uneven";
 
 impl Config {
     fn parse() -> Result<Config, String> {
@@ -128,7 +140,7 @@ fn default_out_dir() -> PathBuf {
 pub(crate) struct Params {
     pub(crate) quick: bool,
     /// Which of [`WORKLOADS`] run.
-    runs: [bool; 6],
+    runs: [bool; 7],
     seed_reps: usize,
     tiny: Sizing,
     bulk_reps: usize,
@@ -150,7 +162,7 @@ impl Params {
         if quick {
             Params {
                 quick,
-                runs: [true; 6],
+                runs: [true; 7],
                 seed_reps: 2,
                 tiny: Sizing {
                     target: Duration::from_millis(150),
@@ -172,7 +184,7 @@ impl Params {
         } else {
             Params {
                 quick,
-                runs: [true; 6],
+                runs: [true; 7],
                 seed_reps: 5,
                 tiny: Sizing {
                     target: Duration::from_millis(400),
@@ -198,6 +210,9 @@ impl Params {
 fn main() {
     procpool::init();
     procspawn::init();
+    if std::env::args().nth(1).as_deref() == Some(uneven::CHILD_FLAG) {
+        uneven_run::detached_child();
+    }
     let cfg = match Config::parse() {
         Ok(c) => c,
         Err(msg) => {
@@ -228,9 +243,10 @@ fn run(cfg: &Config) -> Result<(), String> {
     let seed_n = work::calibrate_seed(SEED_TASK_TIME);
     eprintln!("seed: n = {seed_n} (one task about {SEED_TASK_TIME:?})");
     let mut results = Results::new(seed_n);
+    let main_table = WORKLOADS.iter().any(|w| *w != "uneven" && p.runs(w));
 
     for name in RUST_SYSTEMS {
-        if !cfg.wants(name) {
+        if !main_table || !cfg.wants(name) {
             continue;
         }
         let t = Instant::now();
@@ -248,7 +264,8 @@ fn run(cfg: &Config) -> Result<(), String> {
         results.socket_rtt_us = load::socket_round_trip_us(p.latency_runs);
     }
 
-    if let Some(py) = cfg.python.as_deref().filter(|_| cfg.wants("python")) {
+    let python = cfg.python.as_deref().filter(|_| cfg.wants("python"));
+    if let Some(py) = python.filter(|_| main_table) {
         let t = Instant::now();
         let mark = load::mark();
         match python::run(py, &cfg.out, p.quick, cfg.workloads.as_deref()) {
@@ -266,9 +283,17 @@ fn run(cfg: &Config) -> Result<(), String> {
         }
     }
 
+    let uneven = p
+        .runs("uneven")
+        .then(|| uneven_run::section(cfg.quick, &cfg.out, python, |s| cfg.wants(s)));
+
     results.finish();
-    let table = report::table(&results);
-    println!("{table}");
+    if main_table {
+        println!("{}", report::table(&results));
+    }
+    if let Some(u) = &uneven {
+        println!("{}", u.table());
+    }
     if let Some((other, steal)) = load::foreign_share(run_mark, load::mark()) {
         println!(
             "other processes used {:.0}% of the cores during the run, the host stole {:.0}%{}",
@@ -282,13 +307,19 @@ fn run(cfg: &Config) -> Result<(), String> {
         );
     }
     let csv = cfg.out.join("results.csv");
-    std::fs::write(&csv, report::csv(&results)).map_err(|e| format!("{}: {e}", csv.display()))?;
-    let svg = cfg.out.join("crossover.svg");
-    report::chart(&results, &svg)?;
+    let mut text = report::csv(&results);
+    if let Some(u) = &uneven {
+        text.push_str(&u.csv());
+    }
+    std::fs::write(&csv, text).map_err(|e| format!("{}: {e}", csv.display()))?;
+    let mut wrote = csv.display().to_string();
+    if p.runs("crossover") {
+        let svg = cfg.out.join("crossover.svg");
+        report::chart(&results, &svg)?;
+        wrote = format!("{wrote} and {}", svg.display());
+    }
     println!(
-        "wrote {} and {} ({:.0} s in all)",
-        csv.display(),
-        svg.display(),
+        "wrote {wrote} ({:.0} s in all)",
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -1,5 +1,6 @@
 //! Python's `multiprocessing.Pool` on the same workloads: runs `python_bench.py` (built
-//! into this binary) and turns the JSON it prints into [`Figures`].
+//! into this binary) and turns the JSON it prints into [`Figures`]; and runs
+//! `python_uneven.py` for the uneven-work section.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -10,9 +11,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::figures::Figures;
+use crate::uneven::Plan;
 
 /// The script, written next to the other outputs before it runs.
 const SCRIPT: &str = include_str!("../python_bench.py");
+/// The uneven-work section's script.
+const UNEVEN_SCRIPT: &str = include_str!("../python_uneven.py");
 
 /// What the Python side measured.
 #[derive(Debug)]
@@ -32,21 +36,67 @@ pub(crate) fn run(
     quick: bool,
     workloads: Option<&[String]>,
 ) -> Result<Python, String> {
-    let script = out.join("python_bench.py");
-    std::fs::write(&script, SCRIPT).map_err(|e| format!("{}: {e}", script.display()))?;
+    let mut args = Vec::new();
+    if quick {
+        args.push("--quick".to_string());
+    }
+    if let Some(list) = workloads {
+        args.push("--workloads".into());
+        args.push(list.join(","));
+    }
+    let limit = Duration::from_secs(if quick { 60 } else { 240 });
+    let v = run_script(
+        python,
+        out,
+        "python_bench.py",
+        SCRIPT,
+        &args,
+        limit,
+        "python.json",
+    )?;
+    Ok(parse(&v))
+}
+
+/// Runs the uneven-work section's script on `plan`; its JSON answer.
+pub(crate) fn run_uneven(python: &str, out: &Path, plan: &Plan) -> Result<Value, String> {
+    let spec = out.join("uneven_spec.json");
+    std::fs::write(&spec, plan.to_json().to_string())
+        .map_err(|e| format!("{}: {e}", spec.display()))?;
+    let args = ["--spec".to_string(), spec.to_string_lossy().into_owned()];
+    let limit = Duration::from_secs(if plan.quick { 90 } else { 240 });
+    let script = "python_uneven.py";
+    run_script(
+        python,
+        out,
+        script,
+        UNEVEN_SCRIPT,
+        &args,
+        limit,
+        "python_uneven.json",
+    )
+}
+
+/// Writes `text` as `out/name`, runs it with `args` and parses the JSON it prints (also
+/// saved as `out/json_name`). Its process group is killed after `limit`.
+fn run_script(
+    python: &str,
+    out: &Path,
+    name: &str,
+    text: &str,
+    args: &[String],
+    limit: Duration,
+    json_name: &str,
+) -> Result<Value, String> {
+    let script = out.join(name);
+    std::fs::write(&script, text).map_err(|e| format!("{}: {e}", script.display()))?;
     let mut cmd = Command::new(python);
     cmd.arg(&script)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         // Its own process group, so that on a timeout its pool's workers go too.
         .process_group(0);
-    if quick {
-        cmd.arg("--quick");
-    }
-    if let Some(list) = workloads {
-        cmd.arg("--workloads").arg(list.join(","));
-    }
     let mut child = cmd.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!("{python} not found"),
         _ => format!("{python}: {e}"),
@@ -56,7 +106,6 @@ pub(crate) fn run(
         let mut s = String::new();
         stdout.read_to_string(&mut s).map(|_| s)
     });
-    let limit = Duration::from_secs(if quick { 60 } else { 240 });
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -80,10 +129,9 @@ pub(crate) fn run(
     if !status.success() {
         return Err(format!("{python} exited with {status}"));
     }
-    let json_path = out.join("python.json");
+    let json_path = out.join(json_name);
     std::fs::write(&json_path, &text).map_err(|e| format!("{}: {e}", json_path.display()))?;
-    let v: Value = serde_json::from_str(text.trim()).map_err(|e| format!("its JSON: {e}"))?;
-    Ok(parse(&v))
+    serde_json::from_str(text.trim()).map_err(|e| format!("its JSON: {e}"))
 }
 
 fn num(v: &Value, path: &[&str]) -> Option<f64> {

@@ -149,7 +149,11 @@ impl Procspawn {
     /// until a worker reads a large argument, and a worker's monitor thread waits for its
     /// previous result to be joined before it takes the next task, so spawning and joining
     /// on one thread deadlocks as soon as arguments are large.
-    fn map<A, R>(&self, f: fn(A) -> R, items: impl IntoIterator<Item = A> + Send) -> Res<Vec<R>>
+    pub(crate) fn map<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A> + Send,
+    ) -> Res<Vec<R>>
     where
         A: serde::Serialize + serde::de::DeserializeOwned,
         R: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
