@@ -16,7 +16,7 @@
 /// The run time a chunk aims at.
 pub(crate) const TARGET_NANOS: f64 = 1_000_000.0;
 /// The bytes of argument and result a chunk aims at.
-pub(crate) const TARGET_BYTES: f64 = 256.0 * 1024.0;
+pub(crate) const TARGET_BYTES: f64 = 1024.0 * 1024.0;
 /// The largest automatic chunk.
 pub(crate) const MAX_CHUNK: usize = 1 << 16;
 
@@ -123,7 +123,7 @@ mod tests {
     fn large_items_make_small_chunks() {
         let mut c = Chunker::new(None, 2, None);
         c.observe(100, 64 * 1024, 1); // fast, but 64 KiB each
-        assert_eq!(c.next(None), 4);
+        assert_eq!(c.next(None), 16);
     }
 
     #[test]

@@ -57,6 +57,26 @@ enum KillReason {
     Shutdown,
 }
 
+/// What a worker's jobs are expected to take: the sum of their `est_nanos`, and how many
+/// have no expectation (their batch has no measurement yet).
+#[derive(Debug, Default, Clone, Copy)]
+struct Backlog {
+    nanos: f64,
+    unknown: usize,
+}
+
+impl Backlog {
+    fn add(&mut self, est: f64) {
+        self.nanos += est;
+        self.unknown += usize::from(est <= 0.0);
+    }
+
+    fn remove(&mut self, est: f64) {
+        self.nanos = (self.nanos - est).max(0.0);
+        self.unknown = self.unknown.saturating_sub(usize::from(est <= 0.0));
+    }
+}
+
 #[derive(Debug)]
 struct InFlight {
     seq: u64,
@@ -83,9 +103,8 @@ struct Worker {
     early: BTreeMap<u64, Early>,
     next_seq: u64,
     items_sent: u64,
-    /// Expected run time of the jobs the worker holds, in nanoseconds (the sum of their
-    /// `est_nanos`).
-    backlog: f64,
+    /// Expected run time of the jobs the worker holds.
+    backlog: Backlog,
     /// Since when the first job the worker holds has been due: when it was sent to an
     /// idle worker, or when the result before it came back. The job cannot have started
     /// earlier, so its time limit counts from here (see `check_deadlines`).
@@ -246,7 +265,7 @@ impl Supervisor {
             early: BTreeMap::new(),
             next_seq: 1,
             items_sent: 0,
-            backlog: 0.0,
+            backlog: Backlog::default(),
             front_since: Instant::now(),
             claim_floor: 0,
             revoke_pending: None,

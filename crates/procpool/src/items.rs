@@ -79,6 +79,9 @@ pub(crate) struct Header {
 /// Starts a chunk payload of `A`s; [`end_chunk`] writes its count.
 pub(crate) fn begin_chunk<A: Value>(buf: &mut Vec<u8>, layout: Layout) {
     buf.clear();
+    // Room for the header and a small item at once: a growing buffer costs a realloc
+    // each time, which shows with one item per job.
+    buf.reserve(HEADER + 22);
     buf.extend_from_slice(&[0; 4]);
     buf.push(if codec::plain_size::<A>().is_some() {
         MODE_PLAIN

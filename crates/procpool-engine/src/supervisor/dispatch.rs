@@ -53,7 +53,7 @@ impl Worker {
     /// Records a job sent to the worker.
     fn hold(&mut self, seq: u64, q: Queued, shared: Option<(usize, usize)>, now: Instant) {
         let est_nanos = q.batch.avg_nanos();
-        self.backlog += est_nanos;
+        self.backlog.add(est_nanos);
         self.in_flight.push_back(InFlight {
             seq,
             q,
@@ -90,7 +90,7 @@ impl Worker {
         known
             && held < fair
             && held < MAX_WINDOW
-            && self.backlog + picked.backlog + est <= WINDOW_NANOS
+            && self.backlog.nanos + picked.backlog + est <= WINDOW_NANOS
             && self.overrun_at().is_none_or(|at| now < at)
     }
 }
@@ -240,8 +240,11 @@ impl Supervisor {
                     continue;
                 }
                 let overrun = w.overrun_at();
-                let unstarted: f64 = w.in_flight.iter().skip(1).map(|f| f.est_nanos).sum();
-                let unknown = w.in_flight.iter().skip(1).any(|f| f.est_nanos <= 0.0);
+                // What the jobs after the first (the one that may be running) add up to.
+                let mut unstarted = w.backlog;
+                unstarted.remove(w.in_flight.front().map_or(0.0, |f| f.est_nanos));
+                let unknown = unstarted.unknown > 0;
+                let unstarted = unstarted.nanos;
                 let worth =
                     unknown || unstarted >= STEAL_MIN_NANOS || overrun.is_some_and(|at| now >= at);
                 if !worth {
@@ -281,7 +284,7 @@ impl Supervisor {
         let mut back: Vec<Queued> = Vec::new();
         while w.in_flight.back().is_some_and(|f| f.seq > claimed) {
             let f = w.in_flight.pop_back().expect("checked above");
-            w.backlog -= f.est_nanos;
+            w.backlog.remove(f.est_nanos);
             w.items_sent = w
                 .items_sent
                 .saturating_sub(u64::from(f.q.job.weight.max(1)));
@@ -290,7 +293,7 @@ impl Supervisor {
             }
         }
         if w.in_flight.is_empty() {
-            w.backlog = 0.0;
+            w.backlog = Default::default();
         }
         wire::encode_down(w.out.buf(), &Down::Revoke { through: last_sent });
         w.revoke_pending = Some(last_sent);

@@ -157,7 +157,7 @@ struct WorkerView<'a> {
     in_flight: &'a mut VecDeque<InFlight>,
     start_error: &'a mut Option<PoolError>,
     has_init: bool,
-    backlog: &'a mut f64,
+    backlog: &'a mut super::Backlog,
     claim_floor: &'a mut u64,
     revoke_pending: &'a mut Option<u64>,
     front_since: &'a mut Instant,
@@ -334,11 +334,11 @@ fn take_due(
     let Some(f) = w.in_flight.pop_front() else {
         return;
     };
-    *w.backlog = if w.in_flight.is_empty() {
-        0.0
+    if w.in_flight.is_empty() {
+        *w.backlog = super::Backlog::default();
     } else {
-        *w.backlog - f.est_nanos
-    };
+        w.backlog.remove(f.est_nanos);
+    }
     *w.claim_floor = (*w.claim_floor).max(f.seq);
     w.front_moved = true;
     *avg_nanos = if *avg_nanos <= 0.0 {
