@@ -2,11 +2,13 @@
 //!
 //! It is the one place that knows which jobs each worker holds. It waits in `poll` on
 //! every worker's socket and process descriptor and on an eventfd that callers ring when
-//! they queue work; it sends jobs (many to a frame, up to a per-worker window sized from
-//! the measured job time), reads results, and enforces time limits. When a worker dies it
-//! reads what the worker sent before dying, then uses the control block to tell the job
-//! that was running (which fails, or is retried) from the jobs not yet started (which go
-//! back to the front of the queue), and starts a replacement.
+//! they queue work; it deals jobs to workers by the work-conserving rule of `dispatch`
+//! (short windows from measured job times, and jobs taken back from a busy worker for an
+//! idle one), sends them many to a frame, reads results, and enforces time limits on its
+//! own clock. When a worker dies it reads what the worker sent before dying, then uses
+//! the control block to tell the job that was running (which fails, or is retried) from
+//! the jobs not yet started (which go back to the front of the queue), and starts a
+//! replacement.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd};
