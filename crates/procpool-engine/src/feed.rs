@@ -238,6 +238,12 @@ impl<S: Source> Feed<S> {
         }
     }
 
+    /// Pulls no more input (the call is ending early); jobs already submitted still come
+    /// back.
+    pub fn stop_input(&mut self) {
+        self.exhausted = true;
+    }
+
     /// Refuses the call before it starts (an invalid setting, say): the first item comes
     /// back as this error, and no input is pulled.
     pub fn refuse(&mut self, e: PoolError) {

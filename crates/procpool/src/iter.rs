@@ -140,6 +140,11 @@ where
         self.feed.refuse(e);
     }
 
+    /// Pulls no more input; what was submitted still comes back.
+    pub(crate) fn stop_input(&mut self) {
+        self.feed.stop_input();
+    }
+
     /// Items pulled from the input so far.
     pub(crate) fn pulled(&self) -> u64 {
         self.feed.pulled()
@@ -249,7 +254,9 @@ where
     }
 
     /// The next job's results in input order, whole. With `fail_fast`, a job with a
-    /// failed item comes out as soon as it arrives, out of order.
+    /// failed item stops the input at once (no more items are pulled), and the jobs
+    /// before it still come out first, so the first failure in input order is the one
+    /// the caller meets.
     pub(crate) fn next_chunk(&mut self, fail_fast: bool) -> Option<ChunkOut<R>> {
         if let Some(c) = self.current.take()
             && !c.is_empty()
@@ -267,7 +274,7 @@ where
             };
             let (c, bytes) = self.feeder.recv(held)?;
             if fail_fast && c.has_errors() {
-                return Some(c);
+                self.feeder.stop_input();
             }
             self.waiting.insert(c.start(), c.len(), bytes, c);
         }
