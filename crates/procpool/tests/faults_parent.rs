@@ -12,11 +12,9 @@ procpool::enable_test_support!();
 
 mod faults_common;
 
-use std::ffi::CString;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -25,29 +23,12 @@ use procpool::Pool;
 
 const HELPER_ENV: &str = "PROCPOOL_FAULTS_PARENT_HELPER";
 
-static SIGINT_MARKER: OnceLock<CString> = OnceLock::new();
-
-extern "C" fn on_sigint(_sig: libc::c_int) {
-    if let Some(p) = SIGINT_MARKER.get() {
-        // SAFETY: async-signal-safe calls on a path that lives as long as the process.
-        unsafe {
-            let fd = libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
-            if fd >= 0 {
-                libc::close(fd);
-            }
-        }
-    }
-}
 
 /// The helper's long task: records a SIGINT if one reaches the worker, starts two
 /// children of its own (`sleep 37` and a plain `fork`), says it started (with the
 /// children's pids in `kids-<i>`), and blocks.
 fn long_task((dir, i): (String, u64)) -> u64 {
-    let path = CString::new(format!("{dir}/sigint-{}", my_pid())).unwrap();
-    let _ = SIGINT_MARKER.set(path);
-    let handler = on_sigint as extern "C" fn(libc::c_int);
-    // SAFETY: a handler making only async-signal-safe calls.
-    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+    record_sigint_in(&dir);
     let mut sleep = Command::new("sleep")
         .arg("37")
         .spawn()

@@ -12,11 +12,9 @@ procpool::enable_test_support!();
 
 mod faults_common;
 
-use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -25,19 +23,6 @@ use procpool::Pool;
 
 const HELPER_ENV: &str = "PROCPOOL_TERMINAL_HELPER";
 
-static SIGINT_MARKER: OnceLock<CString> = OnceLock::new();
-
-extern "C" fn on_sigint(_sig: libc::c_int) {
-    if let Some(p) = SIGINT_MARKER.get() {
-        // SAFETY: async-signal-safe calls on a path that lives as long as the process.
-        unsafe {
-            let fd = libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
-            if fd >= 0 {
-                libc::close(fd);
-            }
-        }
-    }
-}
 
 /// Prints to the terminal and changes its modes, as an interactive tool would.
 fn print_and_touch_the_terminal(i: u64) -> u64 {
@@ -56,11 +41,7 @@ fn print_and_touch_the_terminal(i: u64) -> u64 {
 
 /// Records a SIGINT if one reaches the worker, says it started, and blocks.
 fn wait_for_ctrl_c((dir, i): (String, u64)) -> u64 {
-    let path = CString::new(format!("{dir}/sigint-{}", my_pid())).unwrap();
-    let _ = SIGINT_MARKER.set(path);
-    let handler = on_sigint as extern "C" fn(libc::c_int);
-    // SAFETY: a handler making only async-signal-safe calls.
-    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+    record_sigint_in(&dir);
     mark_started(&dir, &format!("task-{i}"));
     sleep_forever()
 }

@@ -354,3 +354,27 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+static SIGINT_MARKER: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+
+extern "C" fn on_sigint(_sig: libc::c_int) {
+    if let Some(p) = SIGINT_MARKER.get() {
+        // SAFETY: async-signal-safe calls on a path that lives as long as the process.
+        unsafe {
+            let fd = libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+            if fd >= 0 {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// Makes a SIGINT reaching this process create the file `<dir>/sigint-<pid>` (so a test
+/// can tell whether a worker received a Ctrl-C).
+pub(crate) fn record_sigint_in(dir: &str) {
+    let path = std::ffi::CString::new(format!("{dir}/sigint-{}", my_pid())).unwrap();
+    let _ = SIGINT_MARKER.set(path);
+    let handler = on_sigint as extern "C" fn(libc::c_int);
+    // SAFETY: a handler making only async-signal-safe calls.
+    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+}
