@@ -42,7 +42,9 @@ impl<R: Value> TaskHandle<R> {
         }
     }
 
-    /// Waits at most `timeout` for the result.
+    /// Waits at most `timeout` for the result. The wait counts from this call; it is
+    /// not a time limit on the task (see [`Builder::timeout`](crate::Builder::timeout)),
+    /// which goes on running when the wait ends.
     ///
     /// # Errors
     /// [`WaitError::Timeout`] when the time ran out (the task still runs and can be

@@ -101,6 +101,11 @@ impl Builder {
     /// fails with [`TimedOut`](crate::TaskErrorKind::TimedOut). With a chunk size above
     /// 1, the limit applies to the whole chunk. A zero limit is an invalid setting:
     /// [`build`](Builder::build) fails with [`PoolError::Config`].
+    ///
+    /// What it counts: the time from the moment the task's job is due on its worker
+    /// (handed to an idle worker, or the result of the job before it on that worker came
+    /// back), on the parent's own clock; time spent waiting in a queue does not count.
+    /// The kill comes within a few milliseconds of the limit (later on a loaded machine).
     pub fn timeout(mut self, limit: Duration) -> Self {
         if limit.is_zero() {
             self.error = Some(ZERO_TIMEOUT.into());
