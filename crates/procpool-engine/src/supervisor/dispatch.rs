@@ -85,8 +85,7 @@ impl Worker {
         if held == 0 {
             return true;
         }
-        let known =
-            est > 0.0 && !picked.unknown && self.in_flight.iter().all(|f| f.est_nanos > 0.0);
+        let known = est > 0.0 && !picked.unknown && self.backlog.unknown == 0;
         known
             && held < fair
             && held < MAX_WINDOW
