@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::error::{PoolError, TaskError};
@@ -51,6 +52,8 @@ struct State {
     done: VecDeque<Done>,
     outstanding: usize,
     waiters: usize,
+    /// The task of an async caller waiting for the next result (see `Batch::poll_recv`).
+    waker: Option<Waker>,
 }
 
 /// The part of a batch the supervisor shares.
@@ -106,6 +109,11 @@ impl BatchInner {
         st.done.extend(items);
         if st.waiters > 0 {
             self.cv.notify_all();
+        }
+        let waker = st.waker.take();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 }
@@ -175,6 +183,25 @@ impl Batch {
     /// time ran out.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Done, RecvError> {
         self.recv_deadline(Some(Instant::now() + timeout))
+    }
+
+    /// The next result if there is one, without blocking: `Ready(Some(done))`, or
+    /// `Ready(None)` when nothing is outstanding; otherwise `Pending`, and the task of
+    /// `cx` is woken (by the pool's supervisor) when a result arrives. For async callers.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Done>> {
+        let mut st = self.inner.lock();
+        if let Some(d) = st.done.pop_front() {
+            st.outstanding = st.outstanding.saturating_sub(1);
+            return Poll::Ready(Some(d));
+        }
+        if st.outstanding == 0 {
+            return Poll::Ready(None);
+        }
+        match &mut st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     fn recv_deadline(&self, deadline: Option<Instant>) -> Result<Done, RecvError> {

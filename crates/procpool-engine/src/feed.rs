@@ -22,6 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::batch::{Batch, Done, Job};
@@ -312,25 +313,51 @@ impl<S: Source> Feed<S> {
         }
         loop {
             let done = self.batch.recv()?;
-            let Some((count, payload)) = self.jobs.remove(&done.index) else {
-                continue; // not ours: cannot happen, but never trust a count
-            };
-            self.payload_bytes -= payload.len();
-            let arg_bytes = payload.len();
-            match &done.outcome {
-                Ok(r) => self
-                    .chunker
-                    .observe(done.nanos, arg_bytes + r.len(), count as usize),
-                Err(e) if count > 1 && is_death(e.kind()) => self.chunker.isolate(),
-                Err(_) => {}
+            if let Some(p) = self.piece(done) {
+                return Some(p);
             }
-            return Some(Piece {
-                start: done.index,
-                count,
-                done,
-                payload: Some(payload),
-            });
         }
+    }
+
+    /// [`recv`](Self::recv) for async callers: never blocks; `Pending` wakes the task of
+    /// `cx` when a job finishes.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>, held_bytes: usize) -> Poll<Option<Piece>> {
+        self.fill(held_bytes);
+        if let Some(p) = self.local.pop_front() {
+            return Poll::Ready(Some(p));
+        }
+        loop {
+            match self.batch.poll_recv(cx) {
+                Poll::Ready(Some(done)) => {
+                    if let Some(p) = self.piece(done) {
+                        return Poll::Ready(Some(p));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// The piece a finished job makes, after taking its measurements.
+    fn piece(&mut self, done: Done) -> Option<Piece> {
+        // Not ours cannot happen, but never trust a count.
+        let (count, payload) = self.jobs.remove(&done.index)?;
+        self.payload_bytes -= payload.len();
+        let arg_bytes = payload.len();
+        match &done.outcome {
+            Ok(r) => self
+                .chunker
+                .observe(done.nanos, arg_bytes + r.len(), count as usize),
+            Err(e) if count > 1 && is_death(e.kind()) => self.chunker.isolate(),
+            Err(_) => {}
+        }
+        Some(Piece {
+            start: done.index,
+            count,
+            done,
+            payload: Some(payload),
+        })
     }
 }
 

@@ -1,7 +1,10 @@
 //! A single worker process outside any pool, started for one job and joined like a
 //! thread.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::error::{HandshakeError, PoolError, TaskError, TaskErrorKind};
@@ -36,6 +39,16 @@ pub struct OneOff {
     greeted: bool,
     killed: bool,
     result: Option<Result<Vec<u8>, JoinError>>,
+    /// For async callers: who to wake when the process has news.
+    watch: Option<Arc<Watch>>,
+}
+
+/// An async caller's task waiting on a one-off process, and whether a thread watches the
+/// process for it.
+#[derive(Debug, Default)]
+struct Watch {
+    waker: Mutex<Option<Waker>>,
+    armed: AtomicBool,
 }
 
 impl OneOff {
@@ -75,6 +88,7 @@ impl OneOff {
             greeted: false,
             killed: false,
             result: None,
+            watch: None,
         })
     }
 
@@ -124,6 +138,46 @@ impl OneOff {
             self.pump(Some(left));
         }
         self.take_result()
+    }
+
+    /// [`join`](Self::join) for async callers: never blocks. While the process runs it
+    /// returns `Pending`, and a short-lived thread waits for the process's next message
+    /// or its end (the socket or the process descriptor becoming readable), then wakes
+    /// the task of `cx`.
+    pub fn poll_join(&mut self, cx: &mut Context<'_>) -> Poll<Result<Vec<u8>, JoinError>> {
+        self.pump(Some(Duration::ZERO));
+        if self.result.is_some() {
+            return Poll::Ready(self.take_result());
+        }
+        let watch = self.watch.get_or_insert_with(Arc::default).clone();
+        *watch.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        if !watch.armed.swap(true, Ordering::SeqCst) {
+            // Copies of the descriptors, owned by the thread: the process may be dropped
+            // (killed and reaped) while the thread waits, which then sees it end.
+            let fds = self
+                .proc
+                .sock
+                .try_clone()
+                .and_then(|s| Ok((s, self.proc.pidfd().try_clone_to_owned()?)));
+            match fds {
+                Ok((sock, pidfd)) => {
+                    let w = watch.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("procpool-watch".into())
+                        .spawn(move || watch_until_news(&sock, &pidfd, &w));
+                    if spawned.is_err() {
+                        // No thread: ask to be polled again soon instead.
+                        watch.armed.store(false, Ordering::SeqCst);
+                        cx.waker().wake_by_ref();
+                    }
+                }
+                Err(_) => {
+                    watch.armed.store(false, Ordering::SeqCst);
+                    cx.waker().wake_by_ref();
+                }
+            }
+        }
+        Poll::Pending
     }
 
     fn take_result(&mut self) -> Result<Vec<u8>, JoinError> {
@@ -222,6 +276,22 @@ impl OneOff {
                 reason: HandshakeError::Exited(death),
             })
         }));
+    }
+}
+
+/// Waits until the process's socket or descriptor is readable (a message, or its end),
+/// then wakes the task waiting on it.
+fn watch_until_news(sock: &OwnedFd, pidfd: &OwnedFd, w: &Watch) {
+    let read = Ready {
+        read: true,
+        ..Ready::default()
+    };
+    let fds = [(sock.as_fd(), read), (pidfd.as_fd(), read)];
+    let mut ready = Vec::with_capacity(2);
+    let _ = sys::poll(&fds, &mut ready, None);
+    w.armed.store(false, Ordering::SeqCst);
+    if let Some(k) = w.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        k.wake();
     }
 }
 

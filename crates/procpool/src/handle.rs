@@ -30,6 +30,18 @@ impl<R: Value> TaskHandle<R> {
         }
     }
 
+    /// The result if it is in; otherwise `Pending`, with the task of `cx` woken when it
+    /// comes (see the [`Future`](std::future::Future) impl).
+    pub(crate) fn poll_result(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<R, Error>> {
+        self.batch.poll_recv(cx).map(|done| match done {
+            Some(done) => ChunkOut::decode_one(done, self.codec),
+            None => Err(cancelled()),
+        })
+    }
+
     /// Waits for the result.
     ///
     /// # Errors

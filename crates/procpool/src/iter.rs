@@ -8,6 +8,9 @@
 use std::borrow::Borrow;
 use std::marker::PhantomData;
 use std::sync::Arc;
+#[cfg(feature = "futures")]
+use std::task::Context;
+use std::task::Poll;
 use std::time::Duration;
 
 use procpool_engine::{Engine, Feed, Limits, Piece, Pulled, Reorder, Source, TaskErrorKind};
@@ -166,6 +169,23 @@ where
     /// when nothing is outstanding. `held_bytes`: what the caller holds back.
     fn recv(&mut self, held_bytes: usize) -> Option<(ChunkOut<R>, usize)> {
         let piece = self.feed.recv(held_bytes)?;
+        Some(self.open(piece))
+    }
+
+    /// [`recv`](Self::recv) for async callers.
+    #[cfg(feature = "futures")]
+    fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+        held: usize,
+    ) -> Poll<Option<(ChunkOut<R>, usize)>> {
+        self.feed
+            .poll_recv(cx, held)
+            .map(|p| p.map(|piece| self.open(piece)))
+    }
+
+    /// Decodes a finished job, sending again the items its worker did not run.
+    fn open(&mut self, piece: Piece) -> (ChunkOut<R>, usize) {
         let bytes = piece.bytes();
         let Piece {
             start,
@@ -180,7 +200,7 @@ where
             }
             self.feed.give_back(payload);
         }
-        Some((chunk, bytes))
+        (chunk, bytes)
     }
 
     /// The worker stopped the chunk of `count` items at `start` after `from` of them (its
@@ -258,21 +278,55 @@ where
     /// before it still come out first, so the first failure in input order is the one
     /// the caller meets.
     pub(crate) fn next_chunk(&mut self, fail_fast: bool) -> Option<ChunkOut<R>> {
+        match self.step(fail_fast, |f, held| Poll::Ready(f.recv(held))) {
+            Poll::Ready(c) => c,
+            Poll::Pending => unreachable!("a blocking receive is always ready"),
+        }
+    }
+
+    /// The next item for async callers (see the `Stream` impl).
+    #[cfg(feature = "futures")]
+    pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<R, Error>>> {
+        loop {
+            if let Some(c) = &mut self.current
+                && let Some((_, r)) = c.next()
+            {
+                return Poll::Ready(Some(r));
+            }
+            self.current = None;
+            match self.step(false, |f, held| f.poll_recv(cx, held)) {
+                Poll::Ready(Some(c)) => self.current = Some(c),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// [`next_chunk`](Self::next_chunk) over a way to receive finished jobs.
+    fn step(
+        &mut self,
+        fail_fast: bool,
+        mut recv: impl FnMut(&mut Feeder<A, R, I>, usize) -> Poll<Option<(ChunkOut<R>, usize)>>,
+    ) -> Poll<Option<ChunkOut<R>>> {
         if let Some(c) = self.current.take()
             && !c.is_empty()
         {
-            return Some(c);
+            return Poll::Ready(Some(c));
         }
         loop {
             if let Some(c) = self.waiting.pop() {
-                return Some(c);
+                return Poll::Ready(Some(c));
             }
             let held = if self.collect_all {
                 0
             } else {
                 self.waiting.bytes()
             };
-            let (c, bytes) = self.feeder.recv(held)?;
+            let (c, bytes) = match recv(&mut self.feeder, held) {
+                Poll::Ready(Some(x)) => x,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
             if fail_fast && c.has_errors() {
                 self.feeder.stop_input();
             }
@@ -346,6 +400,27 @@ where
     /// Jobs submitted to workers and not yet finished.
     pub fn in_flight(&self) -> usize {
         self.feeder.in_flight()
+    }
+
+    /// The next result for async callers (see the `Stream` impl).
+    #[cfg(feature = "futures")]
+    pub(crate) fn poll_item(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<(usize, Result<R, Error>)>> {
+        loop {
+            if let Some(c) = &mut self.current
+                && let Some((i, r)) = c.next()
+            {
+                return Poll::Ready(Some((i as usize, r)));
+            }
+            self.current = None;
+            match self.feeder.poll_recv(cx, 0) {
+                Poll::Ready(Some((c, _))) => self.current = Some(c),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

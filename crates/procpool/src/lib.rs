@@ -73,6 +73,7 @@
 //! # Platform support
 //! Linux (pidfd, memfd, `PR_SET_PDEATHSIG`). Other systems are refused at compile time.
 
+mod awaiting;
 mod codec;
 mod deprobe;
 mod error;
@@ -88,6 +89,9 @@ mod process;
 mod roundtrip;
 mod strict;
 
+pub use awaiting::{AsCompleted, as_completed, block_on, wait_any};
+#[cfg(feature = "futures")]
+pub use awaiting::{ImapStream, ImapUnorderedStream};
 pub use codec::Value;
 pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKind, WaitError};
 pub use format::Codec;

@@ -82,6 +82,15 @@ impl<R: Value> Process<R> {
         self.inner.is_finished()
     }
 
+    /// The result if it is in; otherwise `Pending`, with the task of `cx` woken when the
+    /// process has news (see the [`Future`](std::future::Future) impl).
+    pub(crate) fn poll_result(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<R, Error>> {
+        self.inner.poll_join(cx).map(decode)
+    }
+
     /// Waits for the result.
     ///
     /// # Errors
