@@ -222,11 +222,14 @@ impl Supervisor {
     fn steal_for_idle(&mut self, now: Instant) -> Option<Duration> {
         let mut recheck: Option<Instant> = None;
         loop {
+            // Idle and able to take work (a worker at its recycling quota retires instead).
+            let recycle = self.shared.config.recycle_after;
             let idle = self
                 .slots
                 .iter()
                 .flatten()
                 .filter(|w| w.can_take() && w.in_flight.is_empty())
+                .filter(|w| recycle.is_none_or(|l| w.items_sent < l))
                 .count();
             if idle == 0 {
                 break;
