@@ -82,11 +82,6 @@ impl BatchInner {
         self.flag.load(Ordering::Relaxed) == CANCELLED
     }
 
-    /// Whether the batch's jobs should be dropped instead of run.
-    pub(crate) fn is_dead(&self) -> bool {
-        self.flag.load(Ordering::Relaxed) != LIVE
-    }
-
     /// Average run time of the batch's jobs so far, in nanoseconds (0: none finished).
     pub(crate) fn avg_nanos(&self) -> f64 {
         f64::from_bits(self.avg_nanos.load(Ordering::Relaxed))
@@ -252,8 +247,12 @@ impl Batch {
     /// running jobs discarded. Results already received stay received.
     pub fn abandon(&self) {
         self.inner.flag.store(ABANDONED, Ordering::Relaxed);
-        self.inner.lock().outstanding = 0;
-        self.shared.wake();
+        let outstanding = std::mem::take(&mut self.inner.lock().outstanding);
+        if outstanding > 0 {
+            // The supervisor takes back the jobs of the batch workers hold but have not
+            // started, so that they do not delay other calls.
+            self.shared.request_cancel(self.inner.clone());
+        }
     }
 }
 
@@ -272,4 +271,7 @@ pub(crate) struct Queued {
     pub(crate) batch: Arc<BatchInner>,
     /// How many times the job was started before.
     pub(crate) attempts: u32,
+    /// How many times the job came back from a dead worker as its first job but not
+    /// marked started (see `attribute`).
+    pub(crate) bounced: u32,
 }

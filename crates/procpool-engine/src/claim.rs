@@ -7,10 +7,11 @@
 //! the *claim word*: its low 63 bits are the sequence number of the job the worker claimed
 //! last, its top bit the parent's *stop* flag.
 //!
-//! - The worker claims job `s` just before starting it, with a compare-and-swap from the
-//!   value it last wrote (`claimed`, stop flag down) to `s`. The swap fails only when the
-//!   parent raised the stop flag: the worker then starts nothing more until it reads the
-//!   parent's [`Down::Revoke`](crate::wire::Down::Revoke).
+//! - The worker claims job `s` just before starting it, with a compare-and-swap of the
+//!   word (stop flag down) to `s`. When the parent has raised the flag, the worker starts
+//!   only the jobs up to the value the parent read beside it (the parent counts them as
+//!   claimed), and skips the others until it reads the parent's
+//!   [`Down::Revoke`](crate::wire::Down::Revoke).
 //! - The parent revokes by raising the flag (`fetch_or`), which returns the job claimed
 //!   last, `c`, atomically: every job after `c` that the worker holds is now never going to
 //!   start there, and goes back to the pool's queue. The parent then sends
@@ -39,28 +40,33 @@ const STOP: u64 = 1 << 63;
 /// The worker's side of the claim word.
 #[derive(Debug, Default)]
 pub(crate) struct Claimer {
-    /// The job claimed last (what the worker last wrote to the word).
+    /// The job claimed last.
     claimed: u64,
-    /// The parent raised the flag: start nothing until its `Revoke` comes.
-    stopped: bool,
     /// Jobs up to this one were taken back and are never started here.
     revoked_through: u64,
 }
 
 impl Claimer {
     /// Claims job `seq` before starting it; `false` when the job was taken back (skip it).
+    ///
+    /// While the parent's stop flag is up, the value beside it is what the parent read as
+    /// claimed when it raised the flag: jobs up to it stay this worker's (the parent
+    /// counts on their results), the later ones were taken back.
     pub(crate) fn claim(&mut self, ctl: &SharedRegion, seq: u64) -> bool {
-        if self.stopped || seq <= self.revoked_through {
+        if seq <= self.revoked_through {
             return false;
         }
         let word = ctl.word(CTL_CLAIM);
-        // Only the stop flag refuses a claim: any other value there is a task's scribble,
-        // which the claim overwrites (the parent checks what it reads).
+        // Any value without the flag is ours to replace (a task's scribble included: the
+        // parent checks what it reads).
         let mut current = word.load(SeqCst);
         loop {
             if current & STOP != 0 {
-                self.stopped = true;
-                return false;
+                let kept = seq <= current & !STOP;
+                if kept {
+                    self.claimed = self.claimed.max(seq);
+                }
+                return kept;
             }
             match word.compare_exchange(current, seq & !STOP, SeqCst, SeqCst) {
                 Ok(_) => {
@@ -72,10 +78,9 @@ impl Claimer {
         }
     }
 
-    /// Handles the parent's `Revoke { through }`: drops the jobs up to `through` not
-    /// started and lowers the flag.
+    /// Handles the parent's `Revoke { through }` (read after every job sent before it):
+    /// the jobs up to `through` not started are dropped for good, and the flag goes down.
     pub(crate) fn revoked(&mut self, ctl: &SharedRegion, through: u64) {
-        self.stopped = false;
         self.revoked_through = self.revoked_through.max(through);
         ctl.word(CTL_CLAIM).store(self.claimed, SeqCst);
     }
@@ -100,6 +105,11 @@ pub(crate) fn stop(ctl: &SharedRegion, floor: u64, last_sent: u64) -> Result<u64
         ));
     }
     Ok(claimed)
+}
+
+/// The job the worker says it claimed last (what a dead worker's word says, too).
+pub(crate) fn claimed(ctl: &SharedRegion) -> u64 {
+    ctl.word(CTL_CLAIM).load(SeqCst) & !STOP
 }
 
 /// Whether the parent's stop flag is still up (the worker has not handled the revoke).
@@ -128,6 +138,24 @@ mod tests {
         assert!(!w.claim(&ctl, 5), "sent before the revoke");
         assert!(w.claim(&ctl, 6), "sent after it");
         assert_eq!(stop(&ctl, 2, 6), Ok(6));
+    }
+
+    #[test]
+    fn a_claim_written_ahead_by_a_task_keeps_those_jobs_with_the_worker() {
+        let ctl = SharedRegion::create("test", CONTROL_LEN).unwrap();
+        let mut w = Claimer::default();
+        assert!(w.claim(&ctl, 1));
+        // A task scribbles "job 4 claimed"; the parent then takes back what follows it.
+        ctl.word(CTL_CLAIM).store(4, SeqCst);
+        assert_eq!(stop(&ctl, 1, 6), Ok(4));
+        // The parent counts 2..=4 as claimed: they must run here, or nobody runs them.
+        assert!(w.claim(&ctl, 2));
+        assert!(w.claim(&ctl, 3));
+        assert!(w.claim(&ctl, 4));
+        assert!(!w.claim(&ctl, 5), "taken back");
+        w.revoked(&ctl, 6);
+        assert!(!w.claim(&ctl, 6), "taken back");
+        assert!(w.claim(&ctl, 7));
     }
 
     #[test]

@@ -78,6 +78,7 @@ pub(crate) enum Mode {
 #[derive(Debug)]
 pub(crate) struct Queue {
     pub(crate) jobs: VecDeque<Queued>,
+    /// Batches cancelled or abandoned since the supervisor last looked.
     pub(crate) cancels: Vec<Arc<BatchInner>>,
     pub(crate) mode: Mode,
     pub(crate) broken: Option<PoolError>,
@@ -134,6 +135,7 @@ impl Shared {
             job,
             batch: batch.clone(),
             attempts: 0,
+            bounced: 0,
         }));
         let n = q.jobs.len() - before;
         drop(q);

@@ -206,7 +206,11 @@ impl Supervisor {
                 return;
             }
             for b in cancels {
-                self.cancel(&b);
+                if b.is_cancelled() {
+                    self.cancel(&b);
+                } else {
+                    self.take_back(&b);
+                }
             }
             if self.starting && self.one_started() {
                 self.report_started(Ok(()));

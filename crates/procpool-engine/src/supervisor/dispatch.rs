@@ -309,11 +309,17 @@ impl Supervisor {
     }
 }
 
-/// The next queued job worth sending: jobs of abandoned batches are dropped, and one over
-/// the message limit is answered `TooLarge` on the spot.
+/// The next queued job worth sending: jobs of abandoned batches are dropped, jobs of
+/// cancelled ones answered `Cancelled`, and one over the message limit is answered
+/// `TooLarge` on the spot.
 pub(super) fn next_live(jobs: &mut VecDeque<Queued>, max_message: usize) -> Option<Queued> {
     while let Some(job) = jobs.pop_front() {
-        if job.batch.is_dead() {
+        if job.batch.is_abandoned() {
+            continue;
+        }
+        if job.batch.is_cancelled() {
+            // Its cancel is not handled yet: answer it here, once.
+            answer(&job, TaskErrorKind::Cancelled, None);
             continue;
         }
         let size = job.job.payload.len();
@@ -437,6 +443,7 @@ mod tests {
                 },
                 batch: Arc::default(),
                 attempts: 0,
+                bounced: 0,
             },
             answered: false,
             shared,

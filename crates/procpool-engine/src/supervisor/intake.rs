@@ -368,10 +368,13 @@ pub(super) fn finished(
         job,
         batch,
         attempts,
+        ..
     } = q;
     let index = job.index;
     drop(job);
-    if batch.is_dead() {
+    // A cancelled batch still gets a result that came before its cancel was handled:
+    // the job is no longer held, so the cancel will not answer it.
+    if batch.is_abandoned() {
         return None;
     }
     let pid = Some(pid);

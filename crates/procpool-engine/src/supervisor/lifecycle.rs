@@ -13,10 +13,15 @@ use crate::error::{Death, HandshakeError, PoolError, TaskErrorKind};
 use crate::sys;
 use crate::wire::{self, Down};
 
+/// How many times the first job a dead worker held, not marked started, is sent again
+/// before it counts as the job that killed its worker.
+const MAX_BOUNCES: u32 = 2;
+
 impl Supervisor {
-    pub(super) fn cancel(&mut self, batch: &Arc<BatchInner>) {
-        // Jobs of the batch that a worker holds but has not started go back to the queue
-        // first (with the others it had not started), to be answered there.
+    /// Takes back from the workers the jobs of `batch` they hold but have not started
+    /// (with the others they had not started: those are dealt again): a cancelled
+    /// batch's are then answered from the queue, an abandoned batch's dropped there.
+    pub(super) fn take_back(&mut self, batch: &Arc<BatchInner>) {
         for i in 0..self.slots.len() {
             let holds = self.slots[i].as_ref().is_some_and(|w| {
                 w.can_take()
@@ -29,6 +34,10 @@ impl Supervisor {
                 self.revoke(i);
             }
         }
+    }
+
+    pub(super) fn cancel(&mut self, batch: &Arc<BatchInner>) {
+        self.take_back(batch);
         let mut q = self.shared.lock();
         let mut kept = VecDeque::with_capacity(q.jobs.len());
         for j in q.jobs.drain(..) {
@@ -72,6 +81,9 @@ impl Supervisor {
         let mut next: Option<Duration> = None;
         let mut soonest = |d: Duration| next = Some(next.map_or(d, |n| n.min(d)));
         let grace = self.shared.config.kill_grace;
+        // Workers given a grace period before their kill: what they hold behind the
+        // job past its limit is taken back after the loop, not left to wait out the grace.
+        let mut graceful: Vec<u32> = Vec::new();
         for w in self.slots.iter_mut().flatten() {
             if let Some(at) = w.hard_kill_at {
                 if now >= at {
@@ -150,8 +162,21 @@ impl Supervisor {
                     w.proc.terminate();
                     w.hard_kill_at = Some(now + g);
                     soonest(g);
+                    if w.revoke_pending.is_none() && w.in_flight.len() > 1 {
+                        graceful.push(w.pid());
+                    }
                 }
                 _ => w.proc.kill(),
+            }
+        }
+        for pid in graceful {
+            if let Some(i) = self
+                .slots
+                .iter()
+                .position(|s| s.as_ref().is_some_and(|w| w.pid() == pid))
+            {
+                self.revoke(i);
+                soonest(Duration::ZERO);
             }
         }
         for w in &mut self.retiring {
@@ -209,24 +234,48 @@ impl Supervisor {
     /// Fails the job a dead worker was running and sends the others back to the queue.
     pub(super) fn attribute(&mut self, mut w: Worker, death: Death) {
         let (started, _) = w.proc.started();
+        let claimed = claim::claimed(&w.proc.ctl);
         let retries = self.shared.config.retries;
         let mut again: Vec<Queued> = Vec::new();
+        // Only the first job without a result can have been running: a worker runs its
+        // jobs in order and publishes each result before it claims the next. That much
+        // the supervisor knows by itself; what the worker wrote only says whether that
+        // job had started.
+        let mut first = true;
         for mut f in w.in_flight.drain(..) {
-            if f.answered || f.q.batch.is_dead() {
-                continue;
-            }
             if let Some(e) = w.early.remove(&f.seq) {
                 // Its result came, though an earlier job's never did.
-                if let Some((batch, done)) = finished(f.q, w.proc.pid, e.nanos, e.outcome) {
+                if !f.answered
+                    && let Some((batch, done)) = finished(f.q, w.proc.pid, e.nanos, e.outcome)
+                {
                     batch.deliver([done]);
                 }
                 continue;
             }
-            // The job killed at its limit is known by the supervisor itself, whatever
-            // the worker wrote.
+            let front = std::mem::replace(&mut first, false);
+            if f.answered || f.q.batch.is_abandoned() {
+                continue;
+            }
+            if f.q.batch.is_cancelled() {
+                // Its cancel is not handled yet: answer it here, once.
+                deliver(
+                    &f.q,
+                    TaskErrorKind::Cancelled,
+                    Some(w.proc.pid),
+                    f.q.attempts,
+                );
+                continue;
+            }
             let timed_out =
                 matches!(&w.kill_reason, Some(KillReason::Timeout { seq, .. }) if *seq == f.seq);
-            if f.seq > started && !timed_out {
+            if !front && !timed_out {
+                again.push(f.q);
+                continue;
+            }
+            // The first job, not marked started: the worker died between two jobs, or a
+            // task wrote over the marks. Sent again, but not forever.
+            if !timed_out && claimed < f.seq && started < f.seq && f.q.bounced < MAX_BOUNCES {
+                f.q.bounced += 1;
                 again.push(f.q);
                 continue;
             }
