@@ -175,3 +175,39 @@ fn a_limit_fires_on_time_for_an_endless_task_in_the_middle_of_a_window() {
         assert!(took < Duration::from_secs(15), "took {took:?}");
     });
 }
+
+#[test]
+fn with_a_fixed_chunk_size_the_limit_covers_the_whole_chunk_as_documented() {
+    // Builder::timeout: "With a chunk size above 1, the limit applies to the whole
+    // chunk" (the API tour says "per task"). Ten tasks of 100 ms in a chunk of ten with a
+    // 300 ms limit: every item of the chunk fails TimedOut, though each ran 100 ms.
+    watchdog(Duration::from_secs(60), || {
+        let pool = Pool::builder().workers(2).build().expect("build a pool");
+        let items = vec![100u64; 10];
+        let out: Vec<(usize, Result<u64, Error>)> = pool
+            .with_timeout(Duration::from_millis(300))
+            .chunk_size(10)
+            .imap_unordered(nap, items)
+            .collect();
+        assert_eq!(out.len(), 10);
+        for (i, r) in out {
+            match r {
+                Err(Error::Task(e)) => {
+                    assert!(
+                        matches!(e.kind(), TaskErrorKind::TimedOut { .. }),
+                        "{i}: {e}"
+                    )
+                }
+                other => panic!("item {i}: {other:?}"),
+            }
+        }
+        // The same tasks one per job all pass.
+        let items = vec![100u64; 10];
+        let out = pool
+            .with_timeout(Duration::from_millis(300))
+            .chunk_size(1)
+            .map(nap, items.clone())
+            .expect("one task per job");
+        assert_eq!(out, items);
+    });
+}
