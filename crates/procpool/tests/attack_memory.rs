@@ -46,7 +46,7 @@ fn imap_of_100_kib_results_over_an_endless_input_with_a_slow_consumer_stays_boun
             assert_eq!(v.len(), 100 << 10);
             assert_eq!(v[0], k as u8, "out of order at {k}");
             n += 1;
-            if k % 10 == 0 {
+            if k.is_multiple_of(10) {
                 // A slow consumer.
                 std::thread::sleep(Duration::from_millis(2));
                 rss_max = rss_max.max(status_kib("VmRSS:"));
@@ -55,7 +55,7 @@ fn imap_of_100_kib_results_over_an_endless_input_with_a_slow_consumer_stays_boun
         for (_, r) in pool.imap_unordered(hundred_kib, 0u64..).take(2000) {
             assert_eq!(r.expect("item").len(), 100 << 10);
             n += 1;
-            if n % 10 == 0 {
+            if n.is_multiple_of(10) {
                 std::thread::sleep(Duration::from_millis(2));
                 rss_max = rss_max.max(status_kib("VmRSS:"));
             }
