@@ -88,6 +88,9 @@ enum OnStop {
     Return,
     /// Aborts on the first attempt only (a marker file tells).
     AbortOnce,
+    /// Until the flag comes, keeps the claim word at the job after its own (as if that
+    /// one were claimed too, never raising or lowering the flag), then returns.
+    ClaimNext(u64),
 }
 
 /// Every item logs itself; the watcher waits (up to 2 s) for the stop flag first.
@@ -97,8 +100,18 @@ fn item((path, i, watcher, how): (String, u64, u64, OnStop)) -> u64 {
         let first = !std::path::Path::new(&marker).exists();
         std::fs::write(&marker, b"x").expect("marker");
         let ctl = control_block();
+        let me = ctl[STARTED_SEQ].load(SeqCst);
         let t = Instant::now();
-        while ctl[CLAIM].load(SeqCst) & STOP == 0 && t.elapsed() < Duration::from_secs(2) {
+        loop {
+            let v = ctl[CLAIM].load(SeqCst);
+            if v & STOP != 0 || t.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            if let OnStop::ClaimNext(k) = how
+                && v != me + k
+            {
+                let _ = ctl[CLAIM].compare_exchange(v, me + k, SeqCst, SeqCst);
+            }
             std::hint::spin_loop();
             std::thread::yield_now();
         }
@@ -112,11 +125,8 @@ fn item((path, i, watcher, how): (String, u64, u64, OnStop)) -> u64 {
             OnStop::KillSelf => unsafe {
                 libc::kill(libc::getpid(), libc::SIGKILL);
             },
-            OnStop::Lower => {
-                let me = ctl[STARTED_SEQ].load(SeqCst);
-                ctl[CLAIM].store(me, SeqCst);
-            }
-            OnStop::Return | OnStop::AbortOnce => {}
+            OnStop::Lower => ctl[CLAIM].store(me, SeqCst),
+            OnStop::Return | OnStop::AbortOnce | OnStop::ClaimNext(_) => {}
         }
     }
     append(&path, i);
@@ -165,7 +175,7 @@ fn race(how: OnStop, retries: u32) -> (Vec<String>, String) {
 }
 
 fn check(how: OnStop, retries: u32, watcher_ok: fn(&str) -> bool) {
-    watchdog(Duration::from_secs(60), move || {
+    watchdog(Duration::from_secs(30), move || {
         for round in 0..3 {
             let (problems, watcher) = race(how, retries);
             assert!(
@@ -227,4 +237,22 @@ fn the_watcher_sees_the_stop_flag() {
         assert!(problems.is_empty(), "{problems:?}");
         assert!(watcher.ends_with("saw the stop flag: 1"), "{watcher}");
     });
+}
+
+#[test]
+#[ignore = "defect: a claim word naming the next job when the parent takes the queue back leaves that job held forever: the call hangs"]
+fn a_claim_word_naming_the_next_job_as_the_queue_is_taken_back_neither_hangs_nor_loses_it() {
+    check(OnStop::ClaimNext(1), 0, |w| {
+        w.starts_with("Ok(1200)") || w.contains("Protocol") || w.contains("WorkerDied")
+    });
+}
+
+#[test]
+#[ignore = "defect: same as the next-job case, with two or three jobs named ahead: the call hangs in some rounds"]
+fn a_claim_word_naming_a_later_job_as_the_queue_is_taken_back_neither_hangs_nor_loses_it() {
+    for k in [2, 3] {
+        check(OnStop::ClaimNext(k), 0, |w| {
+            w.starts_with("Ok(1200)") || w.contains("Protocol") || w.contains("WorkerDied")
+        });
+    }
 }
