@@ -72,10 +72,24 @@ fn uneven(i: u64) -> u64 {
 }
 
 #[test]
-fn every_item_runs_exactly_once_under_heavy_stealing_in_1_2_and_4_worker_pools() {
-    watchdog(Duration::from_secs(240), || {
+fn every_item_runs_exactly_once_under_heavy_stealing_in_a_1_worker_pool() {
+    exactly_once(1);
+}
+
+#[test]
+fn every_item_runs_exactly_once_under_heavy_stealing_in_a_2_worker_pool() {
+    exactly_once(2);
+}
+
+#[test]
+fn every_item_runs_exactly_once_under_heavy_stealing_in_a_4_worker_pool() {
+    exactly_once(4);
+}
+
+fn exactly_once(workers: usize) {
+    watchdog(Duration::from_secs(240), move || {
         let dir = common::TempDir::new("attack-once");
-        for workers in [1usize, 2, 4] {
+        {
             let pool = Pool::builder()
                 .workers(workers)
                 .build()
@@ -83,7 +97,7 @@ fn every_item_runs_exactly_once_under_heavy_stealing_in_1_2_and_4_worker_pools()
             for chunk in [Some(1usize), None] {
                 for how in ["map", "imap", "imap_unordered"] {
                     let path = dir.file(&format!("log-{workers}-{chunk:?}-{how}"));
-                    let n = 1500u64;
+                    let n = 800u64;
                     let items: Vec<(String, u64, u64)> =
                         (0..n).map(|i| (path.clone(), i, uneven(i))).collect();
                     let call = pool.with_chunk_size(chunk.unwrap_or(1));
@@ -330,9 +344,8 @@ fn large_arguments_taken_back_and_sent_again_arrive_intact_and_run_once() {
     watchdog(Duration::from_secs(120), || {
         let dir = common::TempDir::new("attack-big");
         let pool = Pool::builder().workers(2).build().expect("build a pool");
-        for (round, len) in [(0, 300 << 10), (1, 256 << 10), (2, 1 << 20)] {
+        for (round, len, n) in [(0, 300 << 10, 60u64), (1, 256 << 10, 60), (2, 1 << 20, 24)] {
             let path = dir.file(&format!("log-{round}"));
-            let n = 120u64;
             let items: Vec<(String, Vec<u8>)> =
                 (0..n).map(|i| (path.clone(), big(i, len))).collect();
             let out = pool
