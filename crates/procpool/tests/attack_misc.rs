@@ -230,3 +230,51 @@ fn after_an_imap_unordered_is_dropped_early_the_next_call_starts_at_once() {
         assert!(worst < Duration::from_millis(400), "{report}");
     });
 }
+
+#[test]
+fn join_finishes_every_spawned_task_while_windows_are_taken_back() {
+    watchdog(Duration::from_secs(60), || {
+        let pool = Pool::builder().workers(2).build().expect("build a pool");
+        pool.with_chunk_size(1)
+            .map(uneven, 0..500u64)
+            .expect("warm up");
+        let handles: Vec<_> = (0..300u64)
+            .map(|i| pool.spawn(uneven, i).expect("spawn"))
+            .collect();
+        pool.join();
+        for (i, h) in handles.into_iter().enumerate() {
+            assert_eq!(h.join().expect("a task queued before join"), i as u64);
+        }
+    });
+}
+
+#[test]
+fn terminate_while_jobs_are_held_and_taken_back_answers_every_handle() {
+    watchdog(Duration::from_secs(60), || {
+        for round in 0..5u64 {
+            let pool = Pool::builder().workers(2).build().expect("build a pool");
+            pool.with_chunk_size(1)
+                .map(uneven, 0..500u64)
+                .expect("warm up");
+            let handles: Vec<_> = (0..300u64)
+                .map(|i| pool.spawn(uneven, i).expect("spawn"))
+                .collect();
+            std::thread::sleep(Duration::from_millis(5 + round * 7));
+            pool.terminate();
+            let mut terminated = 0;
+            for (i, h) in handles.into_iter().enumerate() {
+                match h.join() {
+                    Ok(v) => assert_eq!(v, i as u64),
+                    Err(Error::Task(e)) if matches!(e.kind(), TaskErrorKind::Terminated) => {
+                        terminated += 1
+                    }
+                    Err(e) => panic!("round {round}, task {i}: {e}"),
+                }
+            }
+            assert!(
+                terminated > 0,
+                "round {round}: nothing was left to terminate"
+            );
+        }
+    });
+}
