@@ -278,3 +278,37 @@ fn terminate_while_jobs_are_held_and_taken_back_answers_every_handle() {
         }
     });
 }
+
+fn panicky(i: u64) -> u64 {
+    if i % 500 == 250 {
+        panic!("item {i} panics");
+    }
+    uneven(i)
+}
+
+#[test]
+fn imap_keeps_order_and_per_item_errors_while_jobs_are_taken_back() {
+    watchdog(Duration::from_secs(60), || {
+        let pool = Pool::builder().workers(2).build().expect("build a pool");
+        for chunk in [None, Some(1usize), Some(7)] {
+            let out: Vec<Result<u64, Error>> = match chunk {
+                Some(c) => pool.with_chunk_size(c).imap(panicky, 0..1500u64).collect(),
+                None => pool.imap(panicky, 0..1500u64).collect(),
+            };
+            assert_eq!(out.len(), 1500);
+            for (i, r) in out.into_iter().enumerate() {
+                if i % 500 == 250 {
+                    match r {
+                        Err(Error::Task(e)) => {
+                            assert!(matches!(e.kind(), TaskErrorKind::Panic { .. }), "{e}");
+                            assert_eq!(e.index(), i as u64, "chunk {chunk:?}");
+                        }
+                        other => panic!("chunk {chunk:?}, item {i}: {other:?}"),
+                    }
+                } else {
+                    assert_eq!(r.expect("an item"), i as u64, "chunk {chunk:?}");
+                }
+            }
+        }
+    });
+}
