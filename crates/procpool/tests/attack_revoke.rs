@@ -690,3 +690,29 @@ fn cancel_right_after_spawn_in_a_loop_never_hangs_and_keeps_the_pool_whole() {
         });
     });
 }
+
+fn crash(_: u64) -> u64 {
+    std::process::abort()
+}
+
+#[test]
+#[ignore = "defect: cancel racing with the task's own crash can leave the handle unanswered forever (a dead batch's job is skipped when its worker dies)"]
+fn cancel_racing_a_crashing_task_always_answers_the_handle() {
+    watchdog(Duration::from_secs(120), || {
+        let pool = Pool::builder().workers(2).build().expect("build a pool");
+        pool.map(instant, 0..10u64).expect("warm up");
+        for k in 0..100u64 {
+            let mut h = pool.spawn(crash, k).expect("spawn");
+            std::thread::sleep(Duration::from_micros(k * 37 % 900));
+            h.cancel();
+            match h.join_timeout(Duration::from_secs(5)) {
+                Err(procpool::WaitError::Failed(Error::Task(e)))
+                    if matches!(
+                        e.kind(),
+                        TaskErrorKind::Cancelled | TaskErrorKind::WorkerDied { .. }
+                    ) => {}
+                other => panic!("spawn {k}: {other:?}"),
+            }
+        }
+    });
+}
