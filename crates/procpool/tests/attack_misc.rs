@@ -312,3 +312,47 @@ fn imap_keeps_order_and_per_item_errors_while_jobs_are_taken_back() {
         }
     });
 }
+
+fn log_or_panic((path, i): (String, u64)) -> u64 {
+    use std::io::Write;
+    if i == 5 {
+        panic!("item 5");
+    }
+    std::thread::sleep(Duration::from_millis(2));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .expect("open the log");
+    f.write_all(format!("{i}\n").as_bytes()).expect("log");
+    i
+}
+
+#[test]
+fn a_map_that_stops_at_its_first_failure_stops_its_other_jobs_too() {
+    watchdog(Duration::from_secs(60), || {
+        let pool = Pool::builder().workers(2).build().expect("build a pool");
+        let path = std::env::temp_dir()
+            .join(format!("attack-mapstop-{}", std::process::id()))
+            .to_str()
+            .expect("utf-8")
+            .to_owned();
+        let _ = std::fs::remove_file(&path);
+        let t = Instant::now();
+        let r = pool
+            .with_chunk_size(1)
+            .map(log_or_panic, (0..2000u64).map(|i| (path.clone(), i)));
+        assert!(r.is_err());
+        let returned = t.elapsed();
+        std::thread::sleep(Duration::from_millis(500));
+        let ran = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            ran < 200,
+            "map returned its error after {returned:?}, but {ran} of 2000 items ran"
+        );
+    });
+}
