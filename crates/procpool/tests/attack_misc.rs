@@ -207,7 +207,6 @@ fn traced(i: u64) -> (u32, u64, u64) {
 }
 
 #[test]
-#[ignore = "defect: automatic chunks sized from the first instant items hold ~0.5-2 s of work; after the lazy call is dropped the next call waits for them"]
 fn after_an_imap_unordered_is_dropped_early_the_next_call_starts_at_once() {
     // Dropping a lazy call abandons it: its queued jobs are dropped and the jobs workers
     // hold run to completion (about a millisecond of work each with automatic chunks).

@@ -222,7 +222,7 @@ fn with_retries_a_task_dying_as_its_queue_is_taken_back_runs_again_and_succeeds(
 }
 
 #[test]
-#[ignore = "defect: a task that lowers the parent's stop flag makes its worker run taken-back jobs, which also run elsewhere (innocent items run twice)"]
+#[ignore = "known limit: a task that deliberately clears its worker's stop flag controls that worker; taken-back items it then runs also run elsewhere (their results are refused)"]
 fn a_task_lowering_the_parents_stop_flag_never_makes_an_innocent_item_run_twice() {
     check(OnStop::Lower, 0, |w| {
         w.starts_with("Ok(1200)") || w.contains("Protocol") || w.contains("WorkerDied")
@@ -240,7 +240,6 @@ fn the_watcher_sees_the_stop_flag() {
 }
 
 #[test]
-#[ignore = "defect: a claim word naming the next job when the parent takes the queue back leaves that job held forever: the call hangs"]
 fn a_claim_word_naming_the_next_job_as_the_queue_is_taken_back_neither_hangs_nor_loses_it() {
     check(OnStop::ClaimNext(1), 0, |w| {
         w.starts_with("Ok(1200)") || w.contains("Protocol") || w.contains("WorkerDied")
@@ -248,7 +247,6 @@ fn a_claim_word_naming_the_next_job_as_the_queue_is_taken_back_neither_hangs_nor
 }
 
 #[test]
-#[ignore = "defect: same as the next-job case, with two or three jobs named ahead: the call hangs in some rounds"]
 fn a_claim_word_naming_a_later_job_as_the_queue_is_taken_back_neither_hangs_nor_loses_it() {
     for k in [2, 3] {
         check(OnStop::ClaimNext(k), 0, |w| {

@@ -662,7 +662,6 @@ fn instant(x: u64) -> u64 {
 }
 
 #[test]
-#[ignore = "defect: cancel right after spawn can leave the handle unanswered forever (join hangs): the result or queued job of a cancelled batch is dropped as dead before the cancel is handled"]
 fn cancel_right_after_spawn_in_a_loop_never_hangs_and_keeps_the_pool_whole() {
     watchdog(Duration::from_secs(120), || {
         let pool = Pool::builder().workers(2).build().expect("build a pool");
@@ -696,7 +695,6 @@ fn crash(_: u64) -> u64 {
 }
 
 #[test]
-#[ignore = "defect: cancel racing with the task's own crash can leave the handle unanswered forever (a dead batch's job is skipped when its worker dies)"]
 fn cancel_racing_a_crashing_task_always_answers_the_handle() {
     watchdog(Duration::from_secs(120), || {
         let pool = Pool::builder().workers(2).build().expect("build a pool");

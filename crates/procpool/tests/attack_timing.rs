@@ -228,7 +228,6 @@ fn nap_or_stubborn(ms: u64) -> u64 {
 }
 
 #[test]
-#[ignore = "defect: jobs held behind a task in its SIGTERM grace period are not taken back; an idle worker waits out the grace"]
 fn jobs_held_behind_a_task_in_its_kill_grace_go_to_an_idle_worker() {
     // Worker B runs another call's 800 ms task; worker A holds a window of instant items
     // behind an endless one that ignores SIGTERM. At 300 ms A's task is past its limit

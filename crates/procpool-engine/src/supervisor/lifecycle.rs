@@ -268,13 +268,23 @@ impl Supervisor {
             }
             let timed_out =
                 matches!(&w.kill_reason, Some(KillReason::Timeout { seq, .. }) if *seq == f.seq);
-            if !front && !timed_out {
+            // A worker killed for writing nonsense may have run more jobs than the
+            // results that could be read show: none the worker marked started or claimed
+            // runs again (failing one is better than running it twice).
+            let unreadable = matches!(&w.kill_reason, Some(KillReason::Protocol(_)))
+                && f.seq <= claimed.max(started);
+            if !front && !timed_out && !unreadable {
                 again.push(f.q);
                 continue;
             }
             // The first job, not marked started: the worker died between two jobs, or a
             // task wrote over the marks. Sent again, but not forever.
-            if !timed_out && claimed < f.seq && started < f.seq && f.q.bounced < MAX_BOUNCES {
+            if front
+                && !timed_out
+                && claimed < f.seq
+                && started < f.seq
+                && f.q.bounced < MAX_BOUNCES
+            {
                 f.q.bounced += 1;
                 again.push(f.q);
                 continue;
