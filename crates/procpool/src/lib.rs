@@ -73,6 +73,8 @@
 //! # Platform support
 //! Linux (pidfd, memfd, `PR_SET_PDEATHSIG`). Other systems are refused at compile time.
 
+#[cfg(feature = "indicatif")]
+mod bar;
 mod codec;
 mod deprobe;
 mod error;
@@ -85,6 +87,7 @@ mod outcome;
 mod pool;
 mod probe;
 mod process;
+mod progress;
 mod roundtrip;
 mod strict;
 
@@ -95,6 +98,7 @@ pub use handle::TaskHandle;
 pub use iter::{Imap, ImapUnordered};
 pub use pool::{Builder, Call, Pool};
 pub use process::{Process, spawn};
+pub use procpool_engine::{Failures, Progress, Stats, WorkerInfo, WorkerStats, current_worker};
 
 /// Makes this process a worker if it was started as one; returns at once otherwise.
 ///
