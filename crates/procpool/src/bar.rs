@@ -43,3 +43,37 @@ fn make(total: Option<u64>) -> ProgressBar {
     }
     bar
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn report(done: u64, failed: u64, finished: bool) -> Progress {
+        Progress {
+            done,
+            total: Some(10),
+            failed,
+            elapsed: Duration::from_millis(5),
+            finished,
+        }
+    }
+
+    #[test]
+    fn the_bar_finishes_on_success_and_stays_on_failure() {
+        let ok = Bar::default();
+        ok.show(report(4, 0, false));
+        ok.show(report(10, 0, true));
+        let b = ok.bar.lock().unwrap().clone().unwrap();
+        assert!(b.is_finished());
+        assert_eq!((b.position(), b.length()), (10, Some(10)));
+
+        let failed = Bar::default();
+        failed.show(report(3, 1, true));
+        let b = failed.bar.lock().unwrap().clone().unwrap();
+        assert!(b.is_finished());
+        assert_eq!(b.message(), "1 failed");
+        assert_eq!(b.position(), 3);
+    }
+}
