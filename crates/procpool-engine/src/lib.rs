@@ -14,7 +14,10 @@
 //! taken back), `pool` (the [`Engine`] handle), `batch` (a caller's stream of jobs),
 //! `chunk` (how many items go into a job), `feed` (a lazy input fed to a pool under
 //! bounds, and reordering: what every front's `map`/`imap` runs on), `oneoff` (a single
-//! process outside any pool), `sys` (OS calls).
+//! process outside any pool), `sys` (OS calls); and for watching a pool: `stats` (the
+//! pool's counters, [`Engine::stats`]), `progress` (a call's [`Progress`] reported to a
+//! callback), `events` (what the supervisor tells of workers' lives: counters, and
+//! events with the `tracing` feature), `identity` ([`current_worker`]).
 
 mod batch;
 mod chunk;
