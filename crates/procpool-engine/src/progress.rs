@@ -130,3 +130,50 @@ impl Drop for Tracker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn tracker(interval: Duration) -> (Arc<Mutex<Vec<Progress>>>, Tracker) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let f: ProgressFn = Arc::new(move |p| s.lock().unwrap().push(p));
+        (seen, Tracker::new(f, interval, Some(10)))
+    }
+
+    #[test]
+    fn reports_at_most_once_per_interval_and_once_at_the_end() {
+        let (seen, mut t) = tracker(Duration::from_secs(3600));
+        for _ in 0..10 {
+            t.advance(1);
+            t.tick();
+        }
+        assert!(seen.lock().unwrap().is_empty());
+        t.failed(2);
+        drop(t);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            (seen[0].done, seen[0].failed, seen[0].finished),
+            (10, 2, true)
+        );
+    }
+
+    #[test]
+    fn a_zero_interval_reports_each_change_and_retracts() {
+        let (seen, mut t) = tracker(Duration::ZERO);
+        t.tick(); // nothing changed: no report
+        t.advance(4);
+        t.tick();
+        t.retract(2); // two of them go out again
+        t.advance(8);
+        t.tick();
+        t.finish();
+        t.finish();
+        let done: Vec<_> = seen.lock().unwrap().iter().map(|p| p.done).collect();
+        assert_eq!(done, [4, 10, 10]);
+    }
+}

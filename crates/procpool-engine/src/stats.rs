@@ -247,3 +247,35 @@ impl Engine {
         shared.stats.snapshot(queued)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_replacements_and_recycling_are_counted_per_slot() {
+        let c = StatsCell::new(2);
+        assert!(!c.worker_started(0, 10));
+        assert!(!c.worker_started(1, 11));
+        let died = TaskErrorKind::Cancelled;
+        c.record(Some(10), 1_000, 3, [None, Some(&died)]);
+        c.worker_ended(0, true, false);
+        assert!(c.worker_started(0, 12));
+        c.worker_ended(1, false, true);
+        assert!(c.worker_started(1, 13));
+        c.set_in_flight(4);
+        let s = c.snapshot(7);
+        assert_eq!((s.queued, s.in_flight), (7, 4));
+        assert_eq!(
+            (s.workers_started, s.workers_replaced, s.workers_recycled),
+            (4, 1, 1)
+        );
+        assert_eq!(
+            (s.succeeded, s.failed.cancelled, s.failed.other, s.done()),
+            (3, 1, 1, 5)
+        );
+        assert_eq!(s.workers[0].pid, Some(12));
+        assert_eq!((s.workers[0].restarts, s.workers[0].tasks), (1, 0));
+        assert_eq!((s.workers[1].restarts, s.workers[1].pid), (1, Some(13)));
+    }
+}
