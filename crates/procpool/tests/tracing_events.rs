@@ -108,4 +108,12 @@ fn events_tell_deaths_replacements_and_timeouts() {
         "{:?}",
         LINES.lock().unwrap()
     );
+    assert!(lines_with("task retried").is_empty());
+
+    // A pool that runs a task again after its worker dies says so.
+    let pool = Pool::builder().workers(1).retries(1).build().unwrap();
+    let r = pool.apply(kill_self, 1);
+    assert!(matches!(r, Err(Error::Task(t)) if t.attempts() == 2));
+    let retried = lines_with("task retried");
+    assert_eq!(retried.len(), 1, "{:?}", LINES.lock().unwrap());
 }

@@ -1,12 +1,16 @@
 //! The supervisor's hooks into `events` (counters and tracing): what it knows of a worker
 //! at its start, readiness and end, put into the terms events use.
 
+use super::intake::{drain_ring, drain_socket};
 use super::{KillReason, Phase, Supervisor, Worker};
 use crate::events::{self, Kill};
 
 impl Supervisor {
-    /// Slot `i`'s worker `w` ended (before its jobs are attributed).
-    pub(super) fn observe_end(&self, i: usize, w: &mut Worker) {
+    /// Slot `i`'s worker `w` ended (before its jobs are attributed). What it sent before
+    /// it died is taken first, so that a job it finished is not told as retried.
+    pub(super) fn observe_end(&mut self, i: usize, w: &mut Worker) {
+        drain_socket(w, &mut self.avg_nanos);
+        drain_ring(w, &mut self.avg_nanos);
         let death = w.proc.reap();
         let kill = match &w.kill_reason {
             Some(KillReason::Timeout { limit, ran, .. }) => Some(Kill::Timeout {
