@@ -28,7 +28,9 @@ pub struct WorkerStats {
     pub tasks: u64,
     /// Time the current worker spent running them, as the worker measured it.
     pub busy: Duration,
-    /// How many times a worker was started in this slot after the first.
+    /// How many times a worker was started in this slot after the first: replacements
+    /// (after a crash, a time limit or a cancel), recycling, and new tries after a
+    /// failed start.
     pub restarts: u32,
     /// Whether a worker of this slot has ended (the next start is a restart).
     ended: bool,
@@ -90,8 +92,8 @@ pub struct Stats {
     pub failed: Failures,
     /// Worker processes started (the first ones and every replacement).
     pub workers_started: u64,
-    /// Workers that ended other than by recycling or shutdown (crash, kill, time limit,
-    /// cancel) and were replaced.
+    /// Workers that ended, after their start, other than by recycling or shutdown (a
+    /// crash, a kill, a time limit, a cancel): the pool starts another in their slot.
     pub workers_replaced: u64,
     /// Workers retired after reaching their task quota (`recycle_after`).
     pub workers_recycled: u64,
