@@ -58,13 +58,14 @@ const WORKLOADS: [&str; 7] = [
 
 const USAGE: &str = "\
 usage: procpool-bench [--quick] [--out DIR] [--python PATH | --no-python] [--only LIST]
-                      [--workloads LIST]
+                      [--workloads LIST] [--progress]
 
   --quick        a short run (about 30 s) with fewer and shorter measurements
   --out DIR      where results.csv, crossover.svg and python.json go
                  (default: target/bench/ of the build's target directory)
   --python PATH  the Python interpreter for the multiprocessing figures (default python3)
   --no-python    skip Python
+  --progress     procpool's map calls report progress (to a callback doing nothing)
   --only LIST    comma-separated systems to run: sequential,rayon,procspawn,procpool,python
                  (sequential always runs: it is the baseline)
   --workloads LIST  comma-separated workloads to run (default all):
@@ -87,6 +88,7 @@ impl Config {
                 "--out" => cfg.out = PathBuf::from(value()?),
                 "--python" => cfg.python = Some(value()?),
                 "--no-python" => cfg.python = None,
+                "--progress" => systems::PROGRESS.store(true, std::sync::atomic::Ordering::Relaxed),
                 "--only" => {
                     cfg.only = Some(value()?.split(',').map(|s| s.trim().to_string()).collect())
                 }

@@ -218,6 +218,22 @@ impl Procpool {
     }
 }
 
+/// Whether procpool's map calls report progress (to a callback that does nothing), to
+/// measure what progress costs: `--progress`.
+pub(crate) static PROGRESS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// `call`, reporting progress when `--progress` asked for it.
+fn watched(call: procpool::Call<'_>) -> procpool::Call<'_> {
+    if PROGRESS.load(std::sync::atomic::Ordering::Relaxed) {
+        call.on_progress(|p| {
+            std::hint::black_box(p);
+        })
+    } else {
+        call
+    }
+}
+
 fn pp<T>(r: Result<T, procpool::Error>) -> Res<T> {
     r.map_err(|e| e.to_string())
 }
@@ -227,9 +243,15 @@ impl System for Procpool {
         pp(self.0.map(compute, inputs))
     }
     fn tiny_chunk1(&mut self, n: u64) -> Res<Vec<u64>> {
-        pp(self.0.with_chunk_size(1).map(double, 0..n))
+        pp(watched(self.0.with_chunk_size(1)).map(double, 0..n))
     }
     fn tiny_auto(&mut self, n: u64) -> Res<Vec<u64>> {
+        if PROGRESS.load(std::sync::atomic::Ordering::Relaxed) {
+            let call = self.0.on_progress(|p| {
+                std::hint::black_box(p);
+            });
+            return pp(call.map(double, 0..n));
+        }
         pp(self.0.map(double, 0..n))
     }
     fn bulk(&mut self, blobs: Vec<Vec<u8>>) -> Res<Vec<u64>> {

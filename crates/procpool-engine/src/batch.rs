@@ -140,6 +140,11 @@ impl Batch {
         }
     }
 
+    /// The pool the batch submits to.
+    pub(crate) fn pool(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Queues jobs; returns how many.
     ///
     /// # Errors

@@ -29,6 +29,8 @@ use crate::batch::{Batch, Done, Job};
 use crate::chunk::Chunker;
 use crate::error::{PoolError, TaskError, TaskErrorKind};
 use crate::pool::Engine;
+use crate::progress::{ProgressFn, Tracker};
+use crate::stats::Recorder;
 
 /// Jobs in flight per worker when each is small and of fixed size.
 const JOBS_PER_WORKER_FIXED: usize = 1024;
@@ -133,6 +135,8 @@ pub struct Feed<S> {
     workers: usize,
     max_jobs: usize,
     max_message: usize,
+    /// The call's progress, when a callback asked for it.
+    progress: Option<Tracker>,
 }
 
 impl<S: Source> Feed<S> {
@@ -170,7 +174,17 @@ impl<S: Source> Feed<S> {
             workers,
             max_jobs: workers * per + 2,
             max_message: config.max_message,
+            progress: None,
         }
+    }
+
+    /// Reports the call's progress to `callback`, at most once per `interval` and once
+    /// at the end (see [`Progress`](crate::Progress)). The total is known when the
+    /// source's size hint is exact.
+    pub fn set_progress(&mut self, callback: ProgressFn, interval: Duration) {
+        let (lo, hi) = self.source.size_hint();
+        let total = (Some(lo) == hi).then(|| self.next_index + lo as u64);
+        self.progress = Some(Tracker::new(callback, interval, total));
     }
 
     fn room(&self, held_bytes: usize) -> bool {
@@ -273,6 +287,9 @@ impl<S: Source> Feed<S> {
     /// without running them (a front's worker may stop a chunk early), encoded in
     /// `payload`.
     pub fn resubmit(&mut self, start: u64, count: u32, payload: Vec<u8>) {
+        if let Some(t) = &mut self.progress {
+            t.retract(u64::from(count));
+        }
         let payload = Arc::new(payload);
         self.payload_bytes += payload.len();
         self.jobs.insert(start, (count, payload.clone()));
@@ -307,14 +324,20 @@ impl<S: Source> Feed<S> {
     /// Tops up the jobs in flight, then waits for the next finished job (in finishing
     /// order); `None` when nothing is left. `held_bytes` as for [`fill`](Self::fill).
     pub fn recv(&mut self, held_bytes: usize) -> Option<Piece> {
+        if let Some(t) = &mut self.progress {
+            t.tick();
+        }
         self.fill(held_bytes);
         if let Some(p) = self.local.pop_front() {
-            return Some(p);
+            return Some(self.counted(p));
         }
         loop {
-            let done = self.batch.recv()?;
+            let Some(done) = self.batch.recv() else {
+                self.finish_progress();
+                return None;
+            };
             if let Some(p) = self.piece(done) {
-                return Some(p);
+                return Some(self.counted(p));
             }
         }
     }
@@ -322,18 +345,24 @@ impl<S: Source> Feed<S> {
     /// [`recv`](Self::recv) for async callers: never blocks; `Pending` wakes the task of
     /// `cx` when a job finishes.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>, held_bytes: usize) -> Poll<Option<Piece>> {
+        if let Some(t) = &mut self.progress {
+            t.tick();
+        }
         self.fill(held_bytes);
         if let Some(p) = self.local.pop_front() {
-            return Poll::Ready(Some(p));
+            return Poll::Ready(Some(self.counted(p)));
         }
         loop {
             match self.batch.poll_recv(cx) {
                 Poll::Ready(Some(done)) => {
                     if let Some(p) = self.piece(done) {
-                        return Poll::Ready(Some(p));
+                        return Poll::Ready(Some(self.counted(p)));
                     }
                 }
-                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(None) => {
+                    self.finish_progress();
+                    return Poll::Ready(None);
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -362,6 +391,37 @@ impl<S: Source> Feed<S> {
 }
 
 impl<S> Feed<S> {
+    fn counted(&mut self, p: Piece) -> Piece {
+        if let Some(t) = &mut self.progress {
+            t.advance(u64::from(p.count));
+        }
+        p
+    }
+
+    /// Counts `n` failed items for the progress report (the front knows which items of
+    /// a job failed; [`recv`](Feed::recv) counts only finished ones).
+    pub fn note_failed(&mut self, n: u64) {
+        if let Some(t) = &mut self.progress
+            && n > 0
+        {
+            t.failed(n);
+        }
+    }
+
+    /// Makes the last progress report now (the call ended, or stops here on an error);
+    /// dropping the feed does it too.
+    pub fn finish_progress(&mut self) {
+        if let Some(t) = &mut self.progress {
+            t.finish();
+        }
+    }
+
+    /// Where a front records the outcomes of the jobs it decodes (see
+    /// [`Stats`](crate::Stats)).
+    pub fn recorder(&self) -> Recorder {
+        self.batch.recorder()
+    }
+
     /// Items taken from the source so far.
     pub fn pulled(&self) -> u64 {
         self.next_index

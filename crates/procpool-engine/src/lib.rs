@@ -14,17 +14,24 @@
 //! taken back), `pool` (the [`Engine`] handle), `batch` (a caller's stream of jobs),
 //! `chunk` (how many items go into a job), `feed` (a lazy input fed to a pool under
 //! bounds, and reordering: what every front's `map`/`imap` runs on), `oneoff` (a single
-//! process outside any pool), `sys` (OS calls).
+//! process outside any pool), `sys` (OS calls); and for watching a pool: `stats` (the
+//! pool's counters, [`Engine::stats`]), `progress` (a call's [`Progress`] reported to a
+//! callback), `events` (what the supervisor tells of workers' lives: counters, and
+//! events with the `tracing` feature), `identity` ([`current_worker`]).
 
 mod batch;
 mod chunk;
 mod claim;
 mod error;
+mod events;
 mod feed;
+mod identity;
 mod oneoff;
 mod pool;
 mod process;
+mod progress;
 mod ring;
+mod stats;
 mod supervisor;
 mod sys;
 mod transport;
@@ -36,8 +43,11 @@ pub use error::{Death, HandshakeError, PoolError, TaskError, TaskErrorKind};
 pub use feed::{
     Feed, Limits, MAX_PAYLOAD_BYTES, MAX_REORDER_BYTES, Piece, Pulled, Reorder, Source,
 };
+pub use identity::{WorkerInfo, current_worker};
 pub use oneoff::{JoinError, OneOff};
 pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig};
+pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};
+pub use stats::{Failures, Recorder, Stats, WorkerStats};
 pub use wire::{Failure, PROTOCOL_VERSION};
 pub use worker::{
     Runner, is_worker_process, refuse_init_missing, serve_if_worker, take_last_backtrace,

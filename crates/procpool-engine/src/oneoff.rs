@@ -66,6 +66,7 @@ impl OneOff {
         let opts = SpawnOptions {
             executable: None,
             max_message,
+            index: None,
         };
         let proc = process::spawn(&opts)?;
         let mut out = OutQueue::default();

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::batch::{Batch, BatchInner, Job, Queued};
 use crate::error::PoolError;
+use crate::stats::StatsCell;
 use crate::supervisor::Supervisor;
 use crate::sys;
 
@@ -97,6 +98,8 @@ pub(crate) struct Shared {
     /// Result of starting the first workers, set once by the supervisor.
     pub(crate) started: Mutex<Option<Result<(), PoolError>>>,
     pub(crate) started_cv: Condvar,
+    /// The pool's counters (see `stats`).
+    pub(crate) stats: Arc<StatsCell>,
 }
 
 impl Shared {
@@ -186,6 +189,7 @@ impl Engine {
                 "max_message_size must be between 1 byte and 4 GiB - 1 KiB".into(),
             ));
         }
+        let workers = config.workers;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
@@ -199,6 +203,7 @@ impl Engine {
             pids: Mutex::new(Vec::new()),
             started: Mutex::new(None),
             started_cv: Condvar::new(),
+            stats: Arc::new(StatsCell::new(workers)),
         });
         let sup = Supervisor::new(shared.clone());
         let thread = std::thread::Builder::new()
@@ -243,6 +248,10 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// The configuration the engine runs with.

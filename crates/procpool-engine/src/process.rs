@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use crate::error::{Death, PoolError};
+use crate::identity::ENV_INDEX;
 use crate::sys::{self, SharedRegion};
 use crate::wire::PROTOCOL_VERSION;
 
@@ -60,6 +61,8 @@ pub(crate) struct SpawnOptions {
     pub(crate) executable: Option<PathBuf>,
     /// Largest frame body either side accepts.
     pub(crate) max_message: usize,
+    /// The pool slot the worker takes (see `identity`), if it is a pool's.
+    pub(crate) index: Option<usize>,
 }
 
 /// The fingerprint of this process's executable, computed once.
@@ -148,13 +151,16 @@ pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(spawn_err)?;
     let mut envp = Vec::new();
-    for (k, v) in std::env::vars_os().filter(|(k, _)| k != ENV_WORKER) {
+    for (k, v) in std::env::vars_os().filter(|(k, _)| k != ENV_WORKER && k != ENV_INDEX) {
         let mut kv = k;
         kv.push("=");
         kv.push(v);
         envp.push(cstring(kv).map_err(spawn_err)?);
     }
     envp.push(cstring(format!("{ENV_WORKER}={}", env.encode()).into()).map_err(spawn_err)?);
+    if let Some(i) = opts.index {
+        envp.push(cstring(format!("{ENV_INDEX}={i}").into()).map_err(spawn_err)?);
+    }
     // Standard input is set by dup2 onto descriptor 0, which must not be the source.
     let theirs = if theirs.as_raw_fd() < 3 {
         sys::dup_above_stdio(theirs.as_fd()).map_err(spawn_err)?

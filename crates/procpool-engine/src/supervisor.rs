@@ -26,6 +26,7 @@ use crate::transport::{FrameReader, OutQueue};
 mod dispatch;
 mod intake;
 mod lifecycle;
+mod observe;
 
 use intake::{Ctx, Early, drain_ring, drain_socket, handle_frames, read_some};
 
@@ -174,6 +175,7 @@ impl Supervisor {
         let spawn_opts = SpawnOptions {
             executable: shared.config.executable.clone(),
             max_message: shared.config.max_message,
+            index: None,
         };
         Self {
             shared,
@@ -230,6 +232,7 @@ impl Supervisor {
             if self.starting && self.failed_start() {
                 return;
             }
+            self.publish_in_flight();
             self.wait(timeout);
         }
     }
@@ -265,7 +268,9 @@ impl Supervisor {
     }
 
     fn spawn_into(&mut self, i: usize) -> Result<(), PoolError> {
+        self.spawn_opts.index = Some(i);
         let proc = process::spawn(&self.spawn_opts)?;
+        crate::events::worker_started(&self.shared, i, proc.pid);
         sys::set_nonblocking(proc.sock.as_fd(), true)?;
         let max_body = self.shared.config.max_message.saturating_add(64);
         self.slots[i] = Some(Worker {
@@ -323,6 +328,7 @@ impl Supervisor {
             failures: self.start_failures,
             first: Box::new(first),
         };
+        crate::events::pool_broken(&broken);
         self.shared.lock().broken = Some(broken);
     }
 
@@ -488,6 +494,7 @@ impl Supervisor {
             };
             handle_frames(w, &mut ctx);
             if before != Phase::Ready && w.phase == Phase::Ready {
+                crate::events::worker_ready(i, w.pid());
                 self.start_failures = 0;
                 self.first_failure = None;
             }
@@ -498,7 +505,8 @@ impl Supervisor {
             w.kill(KillReason::Shutdown);
         }
         if pid.read {
-            let w = self.slots[i].take().expect("slot checked above");
+            let mut w = self.slots[i].take().expect("slot checked above");
+            self.observe_end(i, &mut w);
             self.bury(w);
             self.publish_pids();
             return;

@@ -52,6 +52,7 @@ pub fn is_worker_process() -> bool {
 /// exits; otherwise returns at once.
 pub fn serve_if_worker<R: Runner>(make_runner: impl FnOnce() -> R) {
     let Some(raw) = take_env() else { return };
+    crate::identity::adopt();
     let code = match WorkerEnv::decode(&raw) {
         Some(env) => serve(env, &mut make_runner()),
         None => {

@@ -37,7 +37,7 @@ impl<R: Value> TaskHandle<R> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<R, Error>> {
         self.batch.poll_recv(cx).map(|done| match done {
-            Some(done) => ChunkOut::decode_one(done, self.codec),
+            Some(done) => ChunkOut::decode_one_recorded(done, self.codec, &self.batch.recorder()),
             None => Err(cancelled()),
         })
     }
@@ -49,7 +49,7 @@ impl<R: Value> TaskHandle<R> {
     /// [`Cancelled`](crate::TaskErrorKind::Cancelled) after [`cancel`](Self::cancel)).
     pub fn join(self) -> Result<R, Error> {
         match self.batch.recv() {
-            Some(done) => ChunkOut::decode_one(done, self.codec),
+            Some(done) => ChunkOut::decode_one_recorded(done, self.codec, &self.batch.recorder()),
             None => Err(cancelled()),
         }
     }
@@ -63,7 +63,11 @@ impl<R: Value> TaskHandle<R> {
     /// joined again); [`WaitError::Failed`] when it failed.
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, WaitError> {
         match self.batch.recv_timeout(timeout) {
-            Ok(done) => Ok(ChunkOut::decode_one(done, self.codec)?),
+            Ok(done) => Ok(ChunkOut::decode_one_recorded(
+                done,
+                self.codec,
+                &self.batch.recorder(),
+            )?),
             Err(RecvError::Timeout) => Err(WaitError::Timeout),
             Err(RecvError::Empty) => Err(WaitError::Failed(cancelled())),
         }

@@ -13,12 +13,15 @@ use std::task::Context;
 use std::task::Poll;
 use std::time::Duration;
 
-use procpool_engine::{Engine, Feed, Limits, Piece, Pulled, Reorder, Source, TaskErrorKind};
+use procpool_engine::{
+    Engine, Feed, Limits, Piece, Pulled, Recorder, Reorder, Source, TaskErrorKind,
+};
 
 use crate::codec::Value;
 use crate::error::Error;
 use crate::items::{self, Layout};
 use crate::outcome::ChunkOut;
+use crate::progress::Watch;
 
 /// A typed input encoded on demand into chunk payloads.
 pub(crate) struct Items<A, I> {
@@ -98,6 +101,10 @@ impl<A: Value, I: Iterator<Item: Borrow<A>>> Source for Items<A, I> {
 pub(crate) struct Feeder<A, R, I> {
     feed: Feed<Items<A, I>>,
     layout: Layout,
+    recorder: Recorder,
+    /// The call's span (`map`, `imap` or `imap_unordered`), entered while it waits.
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
     _types: PhantomData<fn(A) -> R>,
 }
 
@@ -131,9 +138,13 @@ where
             failed: None,
             _a: PhantomData,
         };
+        let feed = Feed::new(engine, items, func, chunk_size, timeout);
         Self {
-            feed: Feed::new(engine, items, func, chunk_size, timeout),
+            recorder: feed.recorder(),
+            feed,
             layout,
+            #[cfg(feature = "tracing")]
+            span: tracing::Span::none(),
             _types: PhantomData,
         }
     }
@@ -141,6 +152,19 @@ where
     /// Refuses the call: its first item is this error, and no input is pulled.
     pub(crate) fn refuse(&mut self, e: procpool_engine::PoolError) {
         self.feed.refuse(e);
+    }
+
+    /// Reports the call's progress (see [`Call::on_progress`](crate::Call::on_progress)),
+    /// and with the `tracing` feature opens the call's span, named `name`.
+    pub(crate) fn observe(&mut self, watch: Option<&Watch>, name: &'static str) {
+        if let Some(w) = watch {
+            self.feed.set_progress(w.callback.clone(), w.interval);
+        }
+        #[cfg(feature = "tracing")]
+        {
+            self.span = crate::progress::call_span(name, self.size_hint());
+        }
+        let _ = name;
     }
 
     /// Pulls no more input; what was submitted still comes back.
@@ -168,7 +192,11 @@ where
     /// The next finished job's results, with the bytes they were sent back in; `None`
     /// when nothing is outstanding. `held_bytes`: what the caller holds back.
     fn recv(&mut self, held_bytes: usize) -> Option<(ChunkOut<R>, usize)> {
-        let piece = self.feed.recv(held_bytes)?;
+        let piece = {
+            #[cfg(feature = "tracing")]
+            let _entered = self.span.enter();
+            self.feed.recv(held_bytes)
+        }?;
         Some(self.open(piece))
     }
 
@@ -193,7 +221,10 @@ where
             done,
             payload,
         } = piece;
+        let (pid, nanos) = (done.pid, done.nanos);
         let chunk = ChunkOut::decode(done, count, self.layout.codec);
+        chunk.record(&self.recorder, pid, nanos);
+        self.feed.note_failed(chunk.failures());
         if let Some(payload) = payload {
             if let Some(from) = chunk.not_run() {
                 self.resubmit(start, count, from, &payload);

@@ -64,6 +64,29 @@
 //! own (`setsid`) is left alone. When the parent process dies, even by SIGKILL, every
 //! worker and its group die with it.
 //!
+//! # Progress, stats and tracing
+//! [`Call::on_progress`] reports a call's [`Progress`] to a callback at most once per
+//! interval and once at the end; with the `indicatif` feature, `pool.with_progress()`
+//! draws a bar. [`Pool::stats`] returns the pool's counters ([`Stats`]), and
+//! [`current_worker`] tells a task which worker slot runs it. With the `tracing` feature
+//! the pool emits events of its workers' lives (target `procpool`) and a span per `map`,
+//! `imap` and `imap_unordered` call.
+//!
+//! ```
+//! # fn main() -> Result<(), procpool::Error> {
+//! procpool::init();
+//! fn slot(_: u32) -> usize {
+//!     procpool::current_worker().map_or(usize::MAX, |w| w.index)
+//! }
+//! let pool = procpool::Pool::builder().workers(2).build()?;
+//! let slots = pool
+//!     .on_progress(|p| if p.finished { assert_eq!(p.done, 100) })
+//!     .map(slot, 0..100u32)?;
+//! assert!(slots.iter().all(|&i| i < 2));
+//! assert_eq!(pool.stats().succeeded, 100);
+//! # Ok(()) }
+//! ```
+//!
 //! # Testing
 //! Workers re-run the executable, so a test binary needs a way in: put
 //! `procpool::enable_test_support!();` once in each integration-test crate (and in a unit
@@ -74,6 +97,8 @@
 //! Linux (pidfd, memfd, `PR_SET_PDEATHSIG`). Other systems are refused at compile time.
 
 mod awaiting;
+#[cfg(feature = "indicatif")]
+mod bar;
 mod codec;
 mod deprobe;
 mod error;
@@ -86,6 +111,7 @@ mod outcome;
 mod pool;
 mod probe;
 mod process;
+mod progress;
 mod roundtrip;
 mod strict;
 
@@ -99,6 +125,7 @@ pub use handle::TaskHandle;
 pub use iter::{Imap, ImapUnordered};
 pub use pool::{Builder, Call, Pool};
 pub use process::{Process, spawn};
+pub use procpool_engine::{Failures, Progress, Stats, WorkerInfo, WorkerStats, current_worker};
 
 /// Makes this process a worker if it was started as one; returns at once otherwise.
 ///

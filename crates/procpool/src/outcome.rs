@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use procpool_engine::{Done, TaskError, TaskErrorKind};
+use procpool_engine::{Done, Recorder, TaskError, TaskErrorKind};
 
 use crate::codec::{self, Value};
 use crate::error::Error;
@@ -60,6 +60,17 @@ impl<R> ChunkOut<R> {
     /// Whether an item failed.
     pub(crate) fn has_errors(&self) -> bool {
         !self.errors.is_empty()
+    }
+
+    /// Records the chunk's outcome (run by `pid` for `nanos`) in the pool's counters.
+    pub(crate) fn record(&self, rec: &Recorder, pid: Option<u32>, nanos: u64) {
+        let ok = u64::from(self.count) - self.errors.len() as u64;
+        rec.record(pid, nanos, ok, self.errors.iter().map(|(_, e)| kind_of(e)));
+    }
+
+    /// How many items failed.
+    pub(crate) fn failures(&self) -> u64 {
+        self.errors.len() as u64
     }
 
     /// Appends all remaining values in order to `out`, when no item failed.
@@ -161,6 +172,19 @@ impl<R: Value> ChunkOut<R> {
         }
     }
 
+    /// [`decode_one`](Self::decode_one), recording the outcome in the pool's counters.
+    pub(crate) fn decode_one_recorded(
+        done: Done,
+        codec: Codec,
+        rec: &Recorder,
+    ) -> Result<R, Error> {
+        let (pid, nanos) = (done.pid, done.nanos);
+        let r = Self::decode_one(done, codec);
+        let failed = r.as_ref().err().map(kind_of);
+        rec.record(pid, nanos, u64::from(r.is_ok()), failed);
+        r
+    }
+
     /// Where the worker stopped the chunk: the items from this offset on did not run,
     /// and are not part of these results.
     pub(crate) fn not_run(&self) -> Option<u32> {
@@ -198,6 +222,14 @@ impl<R: 'static> Iterator for ChunkOut<R> {
         }
         let v = self.values.next()?;
         Some((index, Ok(v)))
+    }
+}
+
+/// The kind of a failed item, for the counters (`None`: the pool's own error).
+fn kind_of(e: &Error) -> Option<&TaskErrorKind> {
+    match e {
+        Error::Task(t) => Some(t.kind()),
+        _ => None,
     }
 }
 

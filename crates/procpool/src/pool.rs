@@ -14,6 +14,7 @@ use crate::func;
 use crate::handle::TaskHandle;
 use crate::items::{self, Layout};
 use crate::iter::{Feeder, Imap, ImapUnordered};
+use crate::progress::Watch;
 
 /// A pool of worker processes that run functions on serialized arguments.
 ///
@@ -277,13 +278,14 @@ pub(crate) fn guard_worker() {
 /// assert!(matches!(r, Err(Error::Pool(PoolError::Config(_)))));
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Call<'p> {
     pool: &'p Pool,
     chunk_size: Option<usize>,
     timeout: Option<Duration>,
     invalid: Option<&'static str>,
     layout: Layout,
+    pub(crate) progress: Option<Watch>,
 }
 
 impl Pool {
@@ -311,13 +313,14 @@ impl Pool {
         Builder::default()
     }
 
-    fn call(&self) -> Call<'_> {
+    pub(crate) fn call(&self) -> Call<'_> {
         Call {
             pool: self,
             chunk_size: self.chunk_size,
             timeout: self.timeout,
             invalid: None,
             layout: self.layout,
+            progress: None,
         }
     }
 
@@ -484,6 +487,25 @@ impl Pool {
         self.engine.worker_pids()
     }
 
+    /// A snapshot of the pool's counters (see [`Stats`](crate::Stats)): per worker slot
+    /// (pid, tasks, busy time, restarts) and for the pool (tasks succeeded and failed by
+    /// kind, workers started, replaced and recycled, jobs queued and in flight). Cheap
+    /// enough to call often.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// let pool = procpool::Pool::builder().workers(2).build()?;
+    /// pool.map(|x: u32| x + 1, 0..10u32)?;
+    /// let s = pool.stats();
+    /// assert_eq!(s.succeeded, 10);
+    /// assert_eq!(s.workers.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> crate::Stats {
+        self.engine.stats()
+    }
+
     /// Stops accepting work; queued tasks still run. Later calls fail with
     /// [`PoolError::Closed`].
     pub fn close(&self) {
@@ -536,7 +558,7 @@ impl<'p> Call<'p> {
         self
     }
 
-    fn feeder<A, R, I>(&self, f: fn(A) -> R, items: I) -> Feeder<A, R, I>
+    fn feeder<A, R, I>(&self, name: &'static str, f: fn(A) -> R, items: I) -> Feeder<A, R, I>
     where
         A: Value,
         R: Value,
@@ -550,6 +572,7 @@ impl<'p> Call<'p> {
             self.chunk_size,
             self.timeout,
         );
+        feeder.observe(self.progress.as_ref(), name);
         if let Some(m) = self.invalid {
             // The iterator's first item says so, and it ends there.
             feeder.refuse(PoolError::Config(m.into()));
@@ -571,7 +594,7 @@ impl<'p> Call<'p> {
         R: Value,
     {
         self.check()?;
-        let mut it = Imap::new(self.feeder(f, items.into_iter()), true);
+        let mut it = Imap::new(self.feeder("map", f, items.into_iter()), true);
         let mut out = Vec::with_capacity(it.size_hint().0);
         while let Some(chunk) = it.next_chunk(true) {
             chunk.extend_into(&mut out)?;
@@ -589,7 +612,7 @@ impl<'p> Call<'p> {
         R: Value,
         I: IntoIterator<Item: Borrow<A>>,
     {
-        Imap::new(self.feeder(f, items.into_iter()), false)
+        Imap::new(self.feeder("imap", f, items.into_iter()), false)
     }
 
     /// [`Pool::imap_unordered`] with these settings.
@@ -606,7 +629,7 @@ impl<'p> Call<'p> {
         R: Value,
         I: IntoIterator<Item: Borrow<A>>,
     {
-        ImapUnordered::new(self.feeder(f, items.into_iter()))
+        ImapUnordered::new(self.feeder("imap_unordered", f, items.into_iter()))
     }
 
     /// [`Pool::apply`] with these settings.

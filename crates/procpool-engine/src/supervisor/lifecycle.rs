@@ -201,6 +201,7 @@ impl Supervisor {
         };
         if w.phase == Phase::Ready && w.items_sent >= limit && w.in_flight.is_empty() {
             let w = self.slots[i].take().expect("slot checked above");
+            self.observe_recycled(i, w.pid());
             self.retire(w);
             self.publish_pids();
         }
