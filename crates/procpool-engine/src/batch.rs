@@ -45,6 +45,7 @@ pub struct Done {
 const LIVE: u8 = 0;
 const CANCELLED: u8 = 1;
 const ABANDONED: u8 = 2;
+const DETACHED: u8 = 3;
 
 #[derive(Debug, Default)]
 struct State {
@@ -69,19 +70,15 @@ impl BatchInner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether nobody wants this batch's results any more.
+    /// Whether nobody wants this batch's results any more (abandoned or detached).
     pub(crate) fn is_abandoned(&self) -> bool {
-        self.flag.load(Ordering::Relaxed) == ABANDONED
+        matches!(self.flag.load(Ordering::Relaxed), ABANDONED | DETACHED)
     }
 
-    /// Whether the batch was cancelled (its running jobs are to be killed).
-    pub(crate) fn is_cancelled(&self) -> bool {
-        self.flag.load(Ordering::Relaxed) == CANCELLED
-    }
-
-    /// Whether the batch's jobs should be dropped instead of run.
+    /// Whether the batch's jobs should be dropped instead of run (a detached batch's
+    /// jobs still run).
     pub(crate) fn is_dead(&self) -> bool {
-        self.flag.load(Ordering::Relaxed) != LIVE
+        matches!(self.flag.load(Ordering::Relaxed), CANCELLED | ABANDONED)
     }
 
     /// Average run time of the batch's jobs so far, in nanoseconds (0: none finished).
@@ -122,7 +119,8 @@ pub enum RecvError {
 /// One caller's stream of jobs into a pool, and of their results back.
 ///
 /// Dropping a batch abandons it: its queued jobs are dropped and its running jobs' results
-/// are discarded (the jobs are not killed).
+/// are discarded (the jobs are not killed). [`detach`](Batch::detach) it first to have its
+/// jobs run all the same.
 #[derive(Debug)]
 pub struct Batch {
     inner: Arc<BatchInner>,
@@ -228,11 +226,27 @@ impl Batch {
         self.inner.lock().outstanding = 0;
         self.shared.wake();
     }
+
+    /// Lets the batch's jobs run without anyone waiting for them: queued and running
+    /// jobs run to their end (a pool's `join` waits for them), and their results are
+    /// discarded. Has no effect on a batch already cancelled or abandoned.
+    pub fn detach(&self) {
+        if self
+            .inner
+            .flag
+            .compare_exchange(LIVE, DETACHED, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            let mut st = self.inner.lock();
+            st.outstanding = 0;
+            st.done.clear();
+        }
+    }
 }
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        if !self.inner.is_cancelled() {
+        if self.inner.flag.load(Ordering::Relaxed) == LIVE {
             self.abandon();
         }
     }

@@ -371,7 +371,7 @@ pub(super) fn finished(
     } = q;
     let index = job.index;
     drop(job);
-    if batch.is_dead() {
+    if batch.is_dead() || batch.is_abandoned() {
         return None;
     }
     let pid = Some(pid);
