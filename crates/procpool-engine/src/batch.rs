@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{PoolError, TaskError};
-use crate::pool::Shared;
+use crate::pool::{Mode, Shared};
 
 /// A unit of work for the engine: a function reference and an encoded argument.
 #[derive(Debug, Clone)]
@@ -121,34 +121,70 @@ pub enum RecvError {
 /// Dropping a batch abandons it: its queued jobs are dropped and its running jobs' results
 /// are discarded (the jobs are not killed). [`detach`](Batch::detach) it first to have its
 /// jobs run all the same.
+///
+/// A batch made while the pool was open may go on submitting after
+/// [`close`](crate::Engine::close): closing refuses new calls, not calls under way.
 #[derive(Debug)]
 pub struct Batch {
     inner: Arc<BatchInner>,
     shared: Arc<Shared>,
+    /// The pool was open when the batch was made.
+    admitted: bool,
+    /// Counted among the pool's feeding batches (see [`open_input`](Batch::open_input)).
+    feeding: bool,
 }
 
 impl Batch {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let q = shared.lock();
+        let admitted = q.mode != Mode::Terminate && !q.closed;
+        drop(q);
         Self {
             inner: Arc::default(),
             shared,
+            admitted,
+            feeding: false,
         }
+    }
+
+    /// Says that more jobs will follow: until [`close_input`](Self::close_input) (or
+    /// the batch is dropped), a pool being joined waits for them before it stops its
+    /// workers. Has no effect on a batch made after the pool was closed.
+    pub fn open_input(&mut self) {
+        if !self.admitted || self.feeding {
+            return;
+        }
+        self.feeding = true;
+        self.shared.lock().feeding += 1;
+    }
+
+    /// Says that no more jobs will follow (see [`open_input`](Self::open_input)).
+    pub fn close_input(&mut self) {
+        if !std::mem::take(&mut self.feeding) {
+            return;
+        }
+        let mut q = self.shared.lock();
+        q.feeding = q.feeding.saturating_sub(1);
+        drop(q);
+        self.shared.wake();
     }
 
     /// Queues jobs; returns how many.
     ///
     /// # Errors
-    /// [`PoolError::Closed`] after the pool was closed, or the pool's fatal error if it
-    /// broke.
+    /// [`PoolError::Closed`] when the batch was made after the pool was closed, or the
+    /// pool has stopped; the pool's fatal error if it broke.
     pub fn submit(&self, jobs: impl IntoIterator<Item = Job>) -> Result<usize, PoolError> {
         let jobs: Vec<Job> = jobs.into_iter().collect();
         let n = jobs.len();
         // Counted before the jobs are queued: a result may arrive before `enqueue` returns.
         self.inner.lock().outstanding += n;
-        self.shared.enqueue(&self.inner, jobs).inspect_err(|_| {
-            let mut st = self.inner.lock();
-            st.outstanding = st.outstanding.saturating_sub(n);
-        })
+        self.shared
+            .enqueue(&self.inner, jobs, self.admitted)
+            .inspect_err(|_| {
+                let mut st = self.inner.lock();
+                st.outstanding = st.outstanding.saturating_sub(n);
+            })
     }
 
     /// Jobs submitted whose result has not been received.
@@ -246,6 +282,7 @@ impl Batch {
 
 impl Drop for Batch {
     fn drop(&mut self) {
+        self.close_input();
         if self.inner.flag.load(Ordering::Relaxed) == LIVE {
             self.abandon();
         }

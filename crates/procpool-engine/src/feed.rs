@@ -154,8 +154,10 @@ impl<S: Source> Feed<S> {
         } else {
             JOBS_PER_WORKER_FIXED
         };
+        let mut batch = engine.batch();
+        batch.open_input();
         Self {
-            batch: engine.batch(),
+            batch,
             source,
             func,
             timeout,
@@ -213,7 +215,7 @@ impl<S: Source> Feed<S> {
                     continue;
                 }
                 Pulled::End => {
-                    self.exhausted = true;
+                    self.end_input();
                     break;
                 }
             };
@@ -238,10 +240,16 @@ impl<S: Source> Feed<S> {
         }
     }
 
+    /// No more input will be pulled: a pool being joined need not wait for this call.
+    fn end_input(&mut self) {
+        self.exhausted = true;
+        self.batch.close_input();
+    }
+
     /// Refuses the call before it starts (an invalid setting, say): the first item comes
     /// back as this error, and no input is pulled.
     pub fn refuse(&mut self, e: PoolError) {
-        self.exhausted = true;
+        self.end_input();
         let start = self.next_index;
         self.next_index += 1;
         let err = TaskError::new(TaskErrorKind::PoolBroken(e), start, None, 0);
@@ -252,7 +260,7 @@ impl<S: Source> Feed<S> {
     /// pool's error, and no more input is pulled.
     #[cold]
     fn refused(&mut self, starts: &[u64], e: PoolError) {
-        self.exhausted = true;
+        self.end_input();
         for &start in starts {
             if let Some((count, payload)) = self.jobs.remove(&start) {
                 self.payload_bytes -= payload.len();

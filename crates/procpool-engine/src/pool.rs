@@ -80,6 +80,11 @@ pub(crate) struct Queue {
     pub(crate) jobs: VecDeque<Queued>,
     pub(crate) cancels: Vec<Arc<BatchInner>>,
     pub(crate) mode: Mode,
+    /// `close` was called: batches made from now on are refused.
+    pub(crate) closed: bool,
+    /// Batches made before `close` that will submit more jobs (a call still feeding its
+    /// input): `join` waits for them.
+    pub(crate) feeding: usize,
     pub(crate) broken: Option<PoolError>,
 }
 
@@ -112,12 +117,14 @@ impl Shared {
         &self,
         batch: &Arc<BatchInner>,
         jobs: impl IntoIterator<Item = Job>,
+        admitted: bool,
     ) -> Result<usize, PoolError> {
         let mut q = self.lock();
         if let Some(e) = &q.broken {
             return Err(e.clone());
         }
-        if q.mode != Mode::Run {
+        // A call under way when the pool was closed may go on until the pool stops.
+        if q.mode == Mode::Terminate || (q.closed && !admitted) {
             return Err(PoolError::Closed);
         }
         let before = q.jobs.len();
@@ -141,6 +148,7 @@ impl Shared {
 
     fn set_mode(&self, mode: Mode) {
         let mut q = self.lock();
+        q.closed = true;
         if mode == Mode::Terminate || q.mode == Mode::Run {
             q.mode = mode;
         }
@@ -180,6 +188,8 @@ impl Engine {
                 jobs: VecDeque::new(),
                 cancels: Vec::new(),
                 mode: Mode::Run,
+                closed: false,
+                feeding: 0,
                 broken: None,
             }),
             wake_fd: sys::eventfd()?,
@@ -238,12 +248,15 @@ impl Engine {
         &self.shared.config
     }
 
-    /// Stops accepting new jobs; queued and running jobs still finish.
+    /// Stops accepting new calls: a batch made from now on is refused. Queued and
+    /// running jobs still finish, and batches made before (calls under way) may go on
+    /// submitting until the pool stops.
     pub fn close(&self) {
         self.shared.set_mode(Mode::Join);
     }
 
-    /// Closes the pool, waits for queued jobs to finish, then stops the workers and
+    /// Closes the pool, waits for queued jobs to finish and for batches still feeding
+    /// their input (see [`Batch::open_input`]) to close it, then stops the workers and
     /// reaps them.
     pub fn join(mut self) {
         self.stop(Mode::Join);

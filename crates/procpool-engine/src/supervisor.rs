@@ -203,11 +203,8 @@ impl Supervisor {
                 self.report_started(Ok(()));
             }
             let recheck = self.dispatch();
-            if mode == Mode::Join && self.idle() {
-                self.shutdown_all();
-                if self.retiring.is_empty() {
-                    return;
-                }
+            if mode == Mode::Join && self.idle() && self.shutdown_all() {
+                return;
             }
             self.respawn(mode);
             let timeout = match (self.check_deadlines(), recheck) {
@@ -313,9 +310,12 @@ impl Supervisor {
         self.shared.lock().broken = Some(broken);
     }
 
+    /// No job waits, none runs, and no call will submit more.
     fn idle(&self) -> bool {
-        self.shared.lock().jobs.is_empty()
-            && self.slots.iter().flatten().all(|w| w.in_flight.is_empty())
+        let q = self.shared.lock();
+        let quiet = q.jobs.is_empty() && q.feeding == 0;
+        drop(q);
+        quiet && self.slots.iter().flatten().all(|w| w.in_flight.is_empty())
     }
 
     fn wait(&mut self, mut timeout: Option<Duration>) {
