@@ -36,7 +36,10 @@ pub struct EngineConfig {
     pub executable: Option<PathBuf>,
     /// How long a new worker may take to answer the handshake.
     pub handshake_timeout: Duration,
-    /// Consecutive worker start failures after which the pool gives up.
+    /// Consecutive failed worker starts (handshake refused or timed out, initializer
+    /// failing) after which the pool gives up. A start the operating system refuses is
+    /// retried with growing waits instead, and ends the pool only when no worker has
+    /// been alive for a while ([`PoolError::NoWorker`]).
     pub max_start_failures: u32,
     /// On a timeout, send SIGTERM and wait this long before SIGKILL (`None`: SIGKILL at
     /// once).

@@ -24,6 +24,7 @@ use crate::transport::{FrameReader, OutQueue};
 mod dispatch;
 mod intake;
 mod lifecycle;
+mod retry;
 
 use intake::{Ctx, Early, drain_ring, drain_socket, handle_frames, read_some};
 
@@ -154,6 +155,8 @@ pub(crate) struct Supervisor {
     avg_nanos: f64,
     start_failures: u32,
     first_failure: Option<PoolError>,
+    /// Retrying starts the operating system refused.
+    spawn_retry: retry::SpawnRetry,
     starting: bool,
     spawn_opts: SpawnOptions,
     ready_buf: Vec<Ready>,
@@ -173,6 +176,7 @@ impl Supervisor {
             avg_nanos: 0.0,
             start_failures: 0,
             first_failure: None,
+            spawn_retry: retry::SpawnRetry::default(),
             starting: true,
             spawn_opts,
             ready_buf: Vec::new(),
@@ -206,11 +210,11 @@ impl Supervisor {
             if mode == Mode::Join && self.idle() && self.shutdown_all() {
                 return;
             }
-            self.respawn(mode);
-            let timeout = match (self.check_deadlines(), recheck) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let retry = self.respawn(mode);
+            let timeout = [self.check_deadlines(), recheck, retry]
+                .into_iter()
+                .flatten()
+                .min();
             if self.starting && self.failed_start() {
                 return;
             }
@@ -280,21 +284,44 @@ impl Supervisor {
         *self.shared.pids.lock().unwrap_or_else(|e| e.into_inner()) = pids;
     }
 
-    fn respawn(&mut self, mode: Mode) {
+    /// Starts workers in empty slots; returns how long until it should try again, when
+    /// the system refused a start (see `retry`).
+    fn respawn(&mut self, mode: Mode) -> Option<Duration> {
         if self.shared.lock().broken.is_some() {
-            return;
+            return None;
         }
         if mode == Mode::Join && self.idle() {
-            return;
+            return None;
+        }
+        if self.slots.iter().all(Option::is_some) {
+            return None;
+        }
+        let now = Instant::now();
+        if let Some(wait) = self.spawn_retry.not_before(now) {
+            return Some(wait);
         }
         for i in 0..self.slots.len() {
-            if self.slots[i].is_none()
-                && let Err(e) = self.spawn_into(i)
-            {
-                self.start_failed(e);
-                return;
+            if self.slots[i].is_some() {
+                continue;
+            }
+            match self.spawn_into(i) {
+                Ok(()) => {}
+                Err(e @ PoolError::Spawn(_)) if !self.starting => {
+                    let live = self.slots.iter().flatten().count();
+                    if let Some(broken) = self.spawn_retry.refused(e, live, now) {
+                        self.shared.lock().broken = Some(broken);
+                        // Back at once, to fail the queued jobs.
+                        return Some(Duration::ZERO);
+                    }
+                    return self.spawn_retry.not_before(now);
+                }
+                Err(e) => {
+                    self.start_failed(e);
+                    return None;
+                }
             }
         }
+        None
     }
 
     fn start_failed(&mut self, e: PoolError) {
@@ -426,6 +453,7 @@ impl Supervisor {
             if before != Phase::Ready && w.phase == Phase::Ready {
                 self.start_failures = 0;
                 self.first_failure = None;
+                self.spawn_retry.started();
             }
         }
         drain_ring(w, &mut self.avg_nanos);
