@@ -345,10 +345,11 @@ pub(super) fn send_jobs(w: &mut Worker, jobs: Vec<Queued>, max_message: usize, n
         } else {
             None
         };
+        // A region whose mapping cannot grow (no address space left) sends it inline.
+        let shared = shared.filter(|&at| w.proc.data.write(at, &q.job.payload).is_ok());
         if let Some(offset) = shared {
             put_inline(w, std::mem::take(&mut inline), inline_bytes, now);
             inline_bytes = 0;
-            w.proc.data.write(offset, &q.job.payload);
             let frame = SharedJobFrame {
                 seq,
                 func: &q.job.func,
