@@ -102,6 +102,12 @@ pub enum TaskErrorKind {
         /// What was wrong.
         message: String,
     },
+    /// The parent could not allocate memory to receive the task's result (an
+    /// address-space or memory limit); the pool goes on.
+    OutOfMemory {
+        /// Size of the result in bytes.
+        size: u64,
+    },
     /// The pool was terminated or dropped before the task finished.
     Terminated,
     /// The pool could not keep workers alive; the cause of the first failure.
@@ -231,6 +237,11 @@ impl fmt::Display for TaskErrorKind {
                 f,
                 "has a message of {size} bytes, over the limit of {limit} bytes (a pool's \
                  limit is raised with Builder::max_message_size)"
+            ),
+            TaskErrorKind::OutOfMemory { size } => write!(
+                f,
+                "gave a result of {size} bytes that the parent could not allocate memory to \
+                 receive"
             ),
             TaskErrorKind::Protocol { message } => write!(
                 f,

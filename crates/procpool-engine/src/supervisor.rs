@@ -55,6 +55,8 @@ enum KillReason {
     },
     Cancel,
     Protocol(String),
+    /// The parent could not allocate memory to receive a result of this many bytes.
+    OutOfMemory(u64),
     Shutdown,
 }
 

@@ -56,12 +56,21 @@ impl FrameReader {
 
     /// Reads once from `fd`. Returns the number of bytes read: 0 means end of stream.
     /// The buffer grows only as data arrives, so a bogus length costs nothing.
+    ///
+    /// # Errors
+    /// The system call's error, or [`io::ErrorKind::OutOfMemory`] when the buffer could
+    /// not grow for the frame being read (see [`frame_len`](Self::frame_len)).
     pub(crate) fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
-        self.make_room();
+        self.make_room()?;
         sys::read_into(fd, &mut self.buf)
     }
 
-    fn make_room(&mut self) {
+    /// The length of the frame being read, when its header is in.
+    pub(crate) fn frame_len(&self) -> Option<usize> {
+        self.frame_len_hint()
+    }
+
+    fn make_room(&mut self) -> io::Result<()> {
         let pending = self.buf.len() - self.start;
         let want = self.frame_len_hint().unwrap_or(0).max(pending + READ_CHUNK);
         let spare = self.buf.capacity() - self.buf.len();
@@ -73,8 +82,11 @@ impl FrameReader {
         // huge frame must send the bytes before we allocate for them.
         let target = (2 * pending + READ_CHUNK).min(want);
         if self.buf.capacity() - self.start < target {
-            self.buf.reserve(target - pending);
+            self.buf
+                .try_reserve(target - pending)
+                .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e))?;
         }
+        Ok(())
     }
 
     fn frame_len_hint(&self) -> Option<usize> {

@@ -1,6 +1,6 @@
-//! The parent's address space per worker: a pool of many workers fits under an
-//! address-space limit (`ulimit -v`), because a worker's data region is mapped in the
-//! parent only as far as it is used.
+//! The parent under an address-space limit (`ulimit -v`): a pool of many workers fits,
+//! because a worker's data region is mapped in the parent only as far as it is used;
+//! a result the parent cannot allocate fails its task instead of aborting the process.
 //!
 //! The limit is set in a child process (this test binary run again with a flag), so it
 //! binds nothing else.
@@ -9,7 +9,7 @@ procpool::enable_test_support!();
 
 use std::process::Command;
 
-use procpool::Pool;
+use procpool::{Error, Pool, TaskErrorKind};
 
 /// Set in the child that runs under the limit.
 const CHILD: &str = "PROCPOOL_TEST_ADDRESS_SPACE_CHILD";
@@ -64,5 +64,44 @@ fn many_workers_fit_under_an_address_space_limit() {
         .unwrap();
     assert_eq!(lens, vec![1 << 20; 2 * WORKERS]);
     assert_eq!(pool.worker_pids().len(), WORKERS, "every worker started");
+    pool.join();
+}
+
+fn bytes(n: usize) -> Vec<u8> {
+    vec![1u8; n]
+}
+
+/// This process's address space in bytes (`VmSize`).
+fn address_space() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
+#[test]
+fn a_result_the_parent_cannot_allocate_fails_its_task_not_the_process() {
+    if std::env::var_os(CHILD).is_none() {
+        return run_in_child("a_result_the_parent_cannot_allocate_fails_its_task_not_the_process");
+    }
+    let pool = Pool::builder().workers(1).build().unwrap();
+    assert_eq!(pool.apply(bytes, 10).unwrap().len(), 10);
+    // The limit binds the parent only (its worker started before it): 1 GiB more than
+    // it uses now, and a result of 700 MiB, which the parent must hold while receiving
+    // it and again as the task's own bytes.
+    set_address_space_limit(address_space() + (1 << 30));
+    match pool.apply(bytes, 700 << 20) {
+        Err(Error::Task(e)) if matches!(e.kind(), TaskErrorKind::OutOfMemory { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("could not allocate"), "{text}");
+        }
+        Err(e) => panic!("expected OutOfMemory, got {e}"),
+        Ok(v) => panic!(
+            "a result of {} bytes fitted: the test needs a lower limit",
+            v.len()
+        ),
+    }
+    // The pool goes on.
+    assert_eq!(pool.apply(bytes, 1000).unwrap().len(), 1000);
     pool.join();
 }

@@ -9,12 +9,12 @@ use std::time::Instant;
 use super::{InFlight, KillReason, Phase, Worker};
 use crate::batch::{BatchInner, Done, Queued};
 use crate::claim;
-use crate::error::{HandshakeError, PoolError, TaskError};
+use crate::error::{HandshakeError, PoolError, TaskError, TaskErrorKind};
 use crate::process;
 use crate::ring::RingReader;
 use crate::sys::SharedRegion;
 use crate::transport::FrameReader;
-use crate::wire::{self, Down, Failure, Outcome, PROTOCOL_VERSION, ResultFrame, Up};
+use crate::wire::{self, Down, Outcome, PROTOCOL_VERSION, ResultFrame, Up};
 
 /// Reads per worker per loop turn, so one chatty worker cannot starve the others.
 const READS_PER_TURN: usize = 16;
@@ -30,6 +30,12 @@ pub(super) fn read_some(w: &mut Worker) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::OutOfMemory => {
+                // The result cannot be received: its task fails, the worker is replaced.
+                let size = w.reader.frame_len().unwrap_or(0) as u64;
+                w.kill(KillReason::OutOfMemory(size));
+                return;
+            }
             Err(_) => {
                 w.eof = true;
                 return;
@@ -278,7 +284,7 @@ impl Deliverer {
 #[derive(Debug)]
 pub(super) struct Early {
     pub(super) nanos: u64,
-    pub(super) outcome: Result<Vec<u8>, Failure>,
+    pub(super) outcome: Result<Vec<u8>, TaskErrorKind>,
 }
 
 /// Takes one result. Results come in job order on each channel, but the ring and the
@@ -304,8 +310,8 @@ fn accept(
         ));
     }
     let outcome = match r.outcome {
-        Outcome::Ok(b) => Ok(b.to_vec()),
-        Outcome::Err(f) => Err(f),
+        Outcome::Ok(b) => copy_result(b),
+        Outcome::Err(f) => Err(f.into()),
     };
     if r.seq != front {
         let early = Early {
@@ -323,11 +329,23 @@ fn accept(
     Ok(())
 }
 
+/// The result's bytes, owned; a result the parent cannot allocate fails its task instead
+/// of aborting the process.
+fn copy_result(b: &[u8]) -> Result<Vec<u8>, TaskErrorKind> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(b.len())
+        .map_err(|_| TaskErrorKind::OutOfMemory {
+            size: b.len() as u64,
+        })?;
+    v.extend_from_slice(b);
+    Ok(v)
+}
+
 /// Answers the job due next with its result.
 fn take_due(
     w: &mut WorkerView<'_>,
     nanos: u64,
-    outcome: Result<Vec<u8>, Failure>,
+    outcome: Result<Vec<u8>, TaskErrorKind>,
     avg_nanos: &mut f64,
     out: &mut Deliverer,
 ) {
@@ -362,7 +380,7 @@ pub(super) fn finished(
     q: Queued,
     pid: u32,
     nanos: u64,
-    outcome: Result<Vec<u8>, Failure>,
+    outcome: Result<Vec<u8>, TaskErrorKind>,
 ) -> Option<(Arc<BatchInner>, Done)> {
     let Queued {
         job,
@@ -375,7 +393,7 @@ pub(super) fn finished(
         return None;
     }
     let pid = Some(pid);
-    let outcome = outcome.map_err(|fail| TaskError::new(fail.into(), index, pid, attempts + 1));
+    let outcome = outcome.map_err(|kind| TaskError::new(kind, index, pid, attempts + 1));
     let done = Done {
         index,
         outcome,

@@ -245,6 +245,7 @@ impl Supervisor {
                     continue;
                 }
                 Some(KillReason::Protocol(m)) => TaskErrorKind::Protocol { message: m.clone() },
+                Some(KillReason::OutOfMemory(size)) => TaskErrorKind::OutOfMemory { size: *size },
                 Some(KillReason::Shutdown) | None => {
                     if attempts <= retries {
                         f.q.attempts = attempts;
