@@ -13,6 +13,9 @@ use crate::wire::{self, FRAME_HEADER, WireError};
 /// The smallest read the reader asks the kernel for.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// A reader's buffer larger than this is released once it is empty.
+const KEEP_CAPACITY: usize = 16 << 20;
+
 /// Payloads at least this large are queued by reference instead of copied.
 pub(crate) const SHARE_THRESHOLD: usize = 16 * 1024;
 
@@ -50,7 +53,12 @@ impl FrameReader {
         self.start += n;
         if self.start >= self.buf.len() {
             self.start = 0;
-            self.buf.clear();
+            if self.buf.capacity() > KEEP_CAPACITY {
+                // A large result came through: do not hold its size for good.
+                self.buf = Vec::new();
+            } else {
+                self.buf.clear();
+            }
         }
     }
 
@@ -230,6 +238,31 @@ mod tests {
             assert!(r.fill(b.as_fd()).unwrap() > 0);
         }
         assert_eq!(got, vec![1, 300_000]);
+        drop(writer.join().unwrap());
+    }
+
+    #[test]
+    fn a_large_frame_does_not_keep_its_buffer() {
+        let (a, b) = sys::socketpair().unwrap();
+        let mut q = OutQueue::default();
+        let big = Arc::new(vec![7u8; KEEP_CAPACITY + 1]);
+        q.buf().extend_from_slice(&(big.len() as u32).to_le_bytes());
+        q.push_shared(big);
+        let writer = std::thread::spawn(move || {
+            q.flush(a.as_fd()).unwrap();
+            a
+        });
+        let mut r = FrameReader::new(64 << 20);
+        loop {
+            if let Some((body, used)) = r.frame().unwrap() {
+                assert_eq!(body.len(), KEEP_CAPACITY + 1);
+                assert!(r.buf.capacity() > KEEP_CAPACITY);
+                r.consume(used);
+                break;
+            }
+            assert!(r.fill(b.as_fd()).unwrap() > 0);
+        }
+        assert_eq!(r.buf.capacity(), 0, "the buffer of a large frame was kept");
         drop(writer.join().unwrap());
     }
 }
