@@ -48,6 +48,17 @@ impl FrameReader {
         &self.buf[self.start..]
     }
 
+    /// Takes the first `n` bytes buffered (a frame just handled) as an owned vector,
+    /// without copying them: only the bytes read past them move to a new buffer.
+    pub(crate) fn take(&mut self, n: usize) -> Vec<u8> {
+        let end = (self.start + n).min(self.buf.len());
+        let tail = self.buf.split_off(end);
+        let mut taken = std::mem::replace(&mut self.buf, tail);
+        taken.drain(..self.start);
+        self.start = 0;
+        taken
+    }
+
     /// Drops `n` bytes (a frame just handled).
     pub(crate) fn consume(&mut self, n: usize) {
         self.start += n;
@@ -90,9 +101,14 @@ impl FrameReader {
         // huge frame must send the bytes before we allocate for them.
         let target = (2 * pending + READ_CHUNK).min(want);
         if self.buf.capacity() - self.start < target {
-            self.buf
-                .try_reserve(target - pending)
-                .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e))?;
+            // Room for the whole frame is taken exactly: doubling past it would cost up
+            // to twice a large result's size.
+            let grown = if target == want {
+                self.buf.try_reserve_exact(target - pending)
+            } else {
+                self.buf.try_reserve(target - pending)
+            };
+            grown.map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e))?;
         }
         Ok(())
     }
