@@ -154,10 +154,8 @@ impl<S: Source> Feed<S> {
         } else {
             JOBS_PER_WORKER_FIXED
         };
-        let mut batch = engine.batch();
-        batch.open_input();
         Self {
-            batch,
+            batch: engine.batch(),
             source,
             func,
             timeout,
@@ -237,6 +235,15 @@ impl<S: Source> Feed<S> {
         let starts: Vec<u64> = jobs.iter().map(|j| j.index).collect();
         if let Err(e) = self.batch.submit(jobs) {
             self.refused(&starts, e);
+        }
+    }
+
+    /// Says that the caller drains this feed to its end within one call (a `map`): a
+    /// pool being joined then waits until all its input is in. (An iterator a caller may
+    /// hold without draining must not say so: a join would wait for it forever.)
+    pub fn keep_open(&mut self) {
+        if !self.exhausted {
+            self.batch.open_input();
         }
     }
 

@@ -149,6 +149,10 @@ impl Shared {
         self.wake();
     }
 
+    fn close(&self) {
+        self.lock().closed = true;
+    }
+
     fn set_mode(&self, mode: Mode) {
         let mut q = self.lock();
         q.closed = true;
@@ -251,16 +255,17 @@ impl Engine {
         &self.shared.config
     }
 
-    /// Stops accepting new calls: a batch made from now on is refused. Queued and
-    /// running jobs still finish, and batches made before (calls under way) may go on
-    /// submitting until the pool stops.
+    /// Stops accepting new calls: a batch made from now on is refused. The workers go
+    /// on serving: queued and running jobs finish, and batches made before (calls under
+    /// way) may go on submitting until the pool is joined or terminated.
     pub fn close(&self) {
-        self.shared.set_mode(Mode::Join);
+        self.shared.close();
     }
 
     /// Closes the pool, waits for queued jobs to finish and for batches still feeding
     /// their input (see [`Batch::open_input`]) to close it, then stops the workers and
-    /// reaps them.
+    /// reaps them. A batch made before that submits after the workers stopped is
+    /// refused with [`PoolError::Closed`].
     pub fn join(mut self) {
         self.stop(Mode::Join);
     }

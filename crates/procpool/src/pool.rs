@@ -499,12 +499,13 @@ impl Pool {
     }
 
     /// Closes the pool, waits until queued tasks finish (detached ones included) and
-    /// calls under way have fed all their input, then stops and reaps the workers. A
-    /// worker still running its initializer finishes it first (it is killed only past
-    /// a grace of a few seconds).
+    /// `map` calls under way in other threads have fed all their input, then stops and
+    /// reaps the workers. A worker still running its initializer finishes it first (it
+    /// is killed only past a grace of a few seconds).
     ///
-    /// An `imap` iterator held by the thread that calls `join` must be consumed or
-    /// dropped first: `join` waits for its input too.
+    /// An `imap` or `imap_unordered` iterator is not waited for (its holder may never
+    /// drain it): once the work queued is done the workers stop, and the iterator's
+    /// items not yet sent fail with [`PoolError::Closed`].
     pub fn join(self) {
         self.engine.join();
     }

@@ -121,6 +121,29 @@ fn close_lets_an_imap_started_earlier_finish() {
     pool.join();
 }
 
+#[test]
+fn join_does_not_wait_for_an_imap_nobody_drains() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let mut it = pool
+        .with_chunk_size(1)
+        .imap(slow_first_byte, big_items(u64::MAX));
+    assert_eq!(it.next().unwrap().unwrap(), 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        pool.join();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("join waited for an imap iterator nobody drains");
+    // The items not sent before the workers stopped fail with Closed.
+    let rest: Vec<_> = it.by_ref().take(100_000).collect();
+    assert!(
+        rest.iter()
+            .any(|r| matches!(r, Err(Error::Pool(procpool::PoolError::Closed)))),
+        "the iterator went on after join"
+    );
+}
+
 /// Logs "start PID" and, half a second later, "end PID".
 fn slow_init(path: String) {
     let pid = std::process::id();
