@@ -119,3 +119,21 @@ fn a_large_result_is_held_once_and_one_that_cannot_fit_fails_its_task() {
     check_marks(&pool.apply(bytes, 3 << 20).unwrap(), 3 << 20);
     pool.join();
 }
+
+#[test]
+fn a_one_off_result_that_cannot_fit_fails_its_join_not_the_process() {
+    if std::env::var_os(CHILD).is_none() {
+        return run_in_child("a_one_off_result_that_cannot_fit_fails_its_join_not_the_process");
+    }
+    // Started before the limit, so the process itself may build its result.
+    let p = procpool::spawn(bytes, 800 << 20).unwrap();
+    set_address_space_limit(address_space() + (600 << 20));
+    match p.join() {
+        Err(Error::Task(e)) if matches!(e.kind(), TaskErrorKind::OutOfMemory { .. }) => {}
+        Err(e) => panic!("expected OutOfMemory, got {e}"),
+        Ok(v) => panic!(
+            "a result of {} bytes fitted: the test needs a lower limit",
+            v.len()
+        ),
+    }
+}
