@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::error::{PoolError, TaskError};
-use crate::pool::Shared;
+use crate::pool::{Mode, Shared};
 
 /// A unit of work for the engine: a function reference and an encoded argument.
 #[derive(Debug, Clone)]
@@ -46,6 +46,7 @@ pub struct Done {
 const LIVE: u8 = 0;
 const CANCELLED: u8 = 1;
 const ABANDONED: u8 = 2;
+const DETACHED: u8 = 3;
 
 #[derive(Debug, Default)]
 struct State {
@@ -72,8 +73,14 @@ impl BatchInner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether nobody wants this batch's results any more.
+    /// Whether nobody wants this batch's results any more (abandoned or detached).
     pub(crate) fn is_abandoned(&self) -> bool {
+        matches!(self.flag.load(Ordering::Relaxed), ABANDONED | DETACHED)
+    }
+
+    /// Whether the batch's jobs are dropped instead of run (abandoned; a detached
+    /// batch's jobs still run).
+    pub(crate) fn is_dropped(&self) -> bool {
         self.flag.load(Ordering::Relaxed) == ABANDONED
     }
 
@@ -125,18 +132,31 @@ pub enum RecvError {
 /// One caller's stream of jobs into a pool, and of their results back.
 ///
 /// Dropping a batch abandons it: its queued jobs are dropped and its running jobs' results
-/// are discarded (the jobs are not killed).
+/// are discarded (the jobs are not killed). [`detach`](Batch::detach) it first to have its
+/// jobs run all the same.
+///
+/// A batch made while the pool was open may go on submitting after
+/// [`close`](crate::Engine::close): closing refuses new calls, not calls under way.
 #[derive(Debug)]
 pub struct Batch {
     inner: Arc<BatchInner>,
     shared: Arc<Shared>,
+    /// The pool was open when the batch was made.
+    admitted: bool,
+    /// Counted among the pool's feeding batches (see [`open_input`](Batch::open_input)).
+    feeding: bool,
 }
 
 impl Batch {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let q = shared.lock();
+        let admitted = q.mode != Mode::Terminate && !q.closed;
+        drop(q);
         Self {
             inner: Arc::default(),
             shared,
+            admitted,
+            feeding: false,
         }
     }
 
@@ -145,20 +165,44 @@ impl Batch {
         &self.shared
     }
 
+    /// Says that more jobs will follow: until [`close_input`](Self::close_input) (or
+    /// the batch is dropped), a pool being joined waits for them before it stops its
+    /// workers. Has no effect on a batch made after the pool was closed.
+    pub fn open_input(&mut self) {
+        if !self.admitted || self.feeding {
+            return;
+        }
+        self.feeding = true;
+        self.shared.lock().feeding += 1;
+    }
+
+    /// Says that no more jobs will follow (see [`open_input`](Self::open_input)).
+    pub fn close_input(&mut self) {
+        if !std::mem::take(&mut self.feeding) {
+            return;
+        }
+        let mut q = self.shared.lock();
+        q.feeding = q.feeding.saturating_sub(1);
+        drop(q);
+        self.shared.wake();
+    }
+
     /// Queues jobs; returns how many.
     ///
     /// # Errors
-    /// [`PoolError::Closed`] after the pool was closed, or the pool's fatal error if it
-    /// broke.
+    /// [`PoolError::Closed`] when the batch was made after the pool was closed, or the
+    /// pool has stopped; the pool's fatal error if it broke.
     pub fn submit(&self, jobs: impl IntoIterator<Item = Job>) -> Result<usize, PoolError> {
         let jobs: Vec<Job> = jobs.into_iter().collect();
         let n = jobs.len();
         // Counted before the jobs are queued: a result may arrive before `enqueue` returns.
         self.inner.lock().outstanding += n;
-        self.shared.enqueue(&self.inner, jobs).inspect_err(|_| {
-            let mut st = self.inner.lock();
-            st.outstanding = st.outstanding.saturating_sub(n);
-        })
+        self.shared
+            .enqueue(&self.inner, jobs, self.admitted)
+            .inspect_err(|_| {
+                let mut st = self.inner.lock();
+                st.outstanding = st.outstanding.saturating_sub(n);
+            })
     }
 
     /// Jobs submitted whose result has not been received.
@@ -259,11 +303,28 @@ impl Batch {
             self.shared.request_cancel(self.inner.clone());
         }
     }
+
+    /// Lets the batch's jobs run without anyone waiting for them: queued and running
+    /// jobs run to their end (a pool's `join` waits for them), and their results are
+    /// discarded. Has no effect on a batch already cancelled or abandoned.
+    pub fn detach(&self) {
+        if self
+            .inner
+            .flag
+            .compare_exchange(LIVE, DETACHED, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            let mut st = self.inner.lock();
+            st.outstanding = 0;
+            st.done.clear();
+        }
+    }
 }
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        if !self.inner.is_cancelled() {
+        self.close_input();
+        if self.inner.flag.load(Ordering::Relaxed) == LIVE {
             self.abandon();
         }
     }

@@ -102,6 +102,12 @@ pub enum TaskErrorKind {
         /// What was wrong.
         message: String,
     },
+    /// The parent could not allocate memory to receive the task's result (an
+    /// address-space or memory limit); the pool goes on.
+    OutOfMemory {
+        /// Size of the result in bytes.
+        size: u64,
+    },
     /// The pool was terminated or dropped before the task finished.
     Terminated,
     /// The pool could not keep workers alive; the cause of the first failure.
@@ -232,6 +238,11 @@ impl fmt::Display for TaskErrorKind {
                 "has a message of {size} bytes, over the limit of {limit} bytes (a pool's \
                  limit is raised with Builder::max_message_size)"
             ),
+            TaskErrorKind::OutOfMemory { size } => write!(
+                f,
+                "gave a result of {size} bytes that the parent could not allocate memory to \
+                 receive"
+            ),
             TaskErrorKind::Protocol { message } => write!(
                 f,
                 "failed because the process running it broke the protocol ({message}) and \
@@ -360,7 +371,8 @@ pub enum PoolError {
     /// The pool no longer accepts work (it was closed, joined or terminated).
     #[error("the pool is closed and accepts no more work")]
     Closed,
-    /// Workers kept failing to start, so the pool gave up; the first failure.
+    /// Workers kept failing their handshake or initializer, so the pool gave up; the
+    /// first failure.
     #[error(
         "the pool gave up after {failures} worker starts failed in a row; the first failure: {first}"
     )]
@@ -369,6 +381,19 @@ pub enum PoolError {
         failures: u32,
         /// The first of them.
         first: Box<PoolError>,
+    },
+    /// No worker was alive for a while and every attempt to start one was refused by the
+    /// operating system, so the pool gave up; the last refusal. (A refusal while some
+    /// worker lives is retried, with growing waits, for as long as the pool runs.)
+    #[error(
+        "the pool gave up: no worker was alive for {waited:?} and the system refused every \
+         attempt to start one; the last refusal: {last}"
+    )]
+    NoWorker {
+        /// How long the pool was without a live worker.
+        waited: std::time::Duration,
+        /// The last refusal.
+        last: Box<PoolError>,
     },
     /// A builder setting is invalid.
     #[error("invalid pool configuration: {0}")]

@@ -18,6 +18,8 @@ pub(crate) enum Kill<'a> {
     Cancel,
     /// It broke the protocol.
     Protocol(&'a str),
+    /// Its result could not be held in the parent's memory.
+    OutOfMemory,
 }
 
 /// A worker process was started in slot `slot`.
@@ -77,6 +79,9 @@ fn trace_death(
         }
         Some(Kill::Protocol(m)) => {
             tracing::error!(target: "procpool", slot, pid, message = %m, "worker broke the protocol");
+        }
+        Some(Kill::OutOfMemory) => {
+            tracing::error!(target: "procpool", slot, pid, "a result did not fit in the parent's memory");
         }
         None => {}
     }

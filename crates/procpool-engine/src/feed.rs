@@ -228,7 +228,7 @@ impl<S: Source> Feed<S> {
                     continue;
                 }
                 Pulled::End => {
-                    self.exhausted = true;
+                    self.end_input();
                     break;
                 }
             };
@@ -256,13 +256,28 @@ impl<S: Source> Feed<S> {
     /// Pulls no more input (the call is ending early); jobs already submitted still come
     /// back.
     pub fn stop_input(&mut self) {
+        self.end_input();
+    }
+
+    /// Says that the caller drains this feed to its end within one call (a `map`): a
+    /// pool being joined then waits until all its input is in. (An iterator a caller may
+    /// hold without draining must not say so: a join would wait for it forever.)
+    pub fn keep_open(&mut self) {
+        if !self.exhausted {
+            self.batch.open_input();
+        }
+    }
+
+    /// No more input will be pulled: a pool being joined need not wait for this call.
+    fn end_input(&mut self) {
         self.exhausted = true;
+        self.batch.close_input();
     }
 
     /// Refuses the call before it starts (an invalid setting, say): the first item comes
     /// back as this error, and no input is pulled.
     pub fn refuse(&mut self, e: PoolError) {
-        self.exhausted = true;
+        self.end_input();
         let start = self.next_index;
         self.next_index += 1;
         let err = TaskError::new(TaskErrorKind::PoolBroken(e), start, None, 0);
@@ -273,7 +288,7 @@ impl<S: Source> Feed<S> {
     /// pool's error, and no more input is pulled.
     #[cold]
     fn refused(&mut self, starts: &[u64], e: PoolError) {
-        self.exhausted = true;
+        self.end_input();
         for &start in starts {
             if let Some((count, payload)) = self.jobs.remove(&start) {
                 self.payload_bytes -= payload.len();

@@ -210,6 +210,15 @@ impl OneOff {
                 }
                 Ok(_) => self.handle_frames(),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::OutOfMemory => {
+                    // The result cannot be received: it fails, and the process goes.
+                    let size = self.reader.frame_len().unwrap_or(0) as u64;
+                    self.proc.kill();
+                    let kind = TaskErrorKind::OutOfMemory { size };
+                    let e = TaskError::new(kind, 0, Some(self.proc.pid), 1);
+                    self.result = Some(Err(JoinError::Task(e)));
+                    return;
+                }
                 Err(_) => break,
             }
             if self.result.is_some() {
@@ -326,7 +335,17 @@ fn outcome(pid: u32, r: &ResultFrame<'_>) -> Result<Vec<u8>, JoinError> {
         ));
     }
     match &r.outcome {
-        Outcome::Ok(b) => Ok(b.to_vec()),
+        Outcome::Ok(b) => {
+            let mut v = Vec::new();
+            if v.try_reserve_exact(b.len()).is_err() {
+                let kind = TaskErrorKind::OutOfMemory {
+                    size: b.len() as u64,
+                };
+                return Err(JoinError::Task(TaskError::new(kind, 0, Some(pid), 1)));
+            }
+            v.extend_from_slice(b);
+            Ok(v)
+        }
         Outcome::Err(f) => Err(JoinError::Task(TaskError::new(
             f.clone().into(),
             0,

@@ -37,7 +37,10 @@ pub struct EngineConfig {
     pub executable: Option<PathBuf>,
     /// How long a new worker may take to answer the handshake.
     pub handshake_timeout: Duration,
-    /// Consecutive worker start failures after which the pool gives up.
+    /// Consecutive failed worker starts (handshake refused or timed out, initializer
+    /// failing) after which the pool gives up. A start the operating system refuses is
+    /// retried with growing waits instead, and ends the pool only when no worker has
+    /// been alive for a while ([`PoolError::NoWorker`]).
     pub max_start_failures: u32,
     /// On a timeout, send SIGTERM and wait this long before SIGKILL (`None`: SIGKILL at
     /// once).
@@ -82,6 +85,11 @@ pub(crate) struct Queue {
     /// Batches cancelled or abandoned since the supervisor last looked.
     pub(crate) cancels: Vec<Arc<BatchInner>>,
     pub(crate) mode: Mode,
+    /// `close` was called: batches made from now on are refused.
+    pub(crate) closed: bool,
+    /// Batches made before `close` that will submit more jobs (a call still feeding its
+    /// input): `join` waits for them.
+    pub(crate) feeding: usize,
     pub(crate) broken: Option<PoolError>,
 }
 
@@ -125,12 +133,14 @@ impl Shared {
         &self,
         batch: &Arc<BatchInner>,
         jobs: impl IntoIterator<Item = Job>,
+        admitted: bool,
     ) -> Result<usize, PoolError> {
         let mut q = self.lock();
         if let Some(e) = &q.broken {
             return Err(e.clone());
         }
-        if q.mode != Mode::Run {
+        // A call under way when the pool was closed may go on until the pool stops.
+        if q.mode == Mode::Terminate || (q.closed && !admitted) {
             return Err(PoolError::Closed);
         }
         let before = q.jobs.len();
@@ -153,8 +163,13 @@ impl Shared {
         self.wake();
     }
 
+    fn close(&self) {
+        self.lock().closed = true;
+    }
+
     fn set_mode(&self, mode: Mode) {
         let mut q = self.lock();
+        q.closed = true;
         if mode == Mode::Terminate || q.mode == Mode::Run {
             q.mode = mode;
         }
@@ -195,6 +210,8 @@ impl Engine {
                 jobs: VecDeque::new(),
                 cancels: Vec::new(),
                 mode: Mode::Run,
+                closed: false,
+                feeding: 0,
                 broken: None,
             }),
             wake_fd: sys::eventfd()?,
@@ -259,13 +276,17 @@ impl Engine {
         &self.shared.config
     }
 
-    /// Stops accepting new jobs; queued and running jobs still finish.
+    /// Stops accepting new calls: a batch made from now on is refused. The workers go
+    /// on serving: queued and running jobs finish, and batches made before (calls under
+    /// way) may go on submitting until the pool is joined or terminated.
     pub fn close(&self) {
-        self.shared.set_mode(Mode::Join);
+        self.shared.close();
     }
 
-    /// Closes the pool, waits for queued jobs to finish, then stops the workers and
-    /// reaps them.
+    /// Closes the pool, waits for queued jobs to finish and for batches still feeding
+    /// their input (see [`Batch::open_input`]) to close it, then stops the workers and
+    /// reaps them. A batch made before that submits after the workers stopped is
+    /// refused with [`PoolError::Closed`].
     pub fn join(mut self) {
         self.stop(Mode::Join);
     }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use crate::error::{Death, PoolError};
 use crate::identity::ENV_INDEX;
-use crate::sys::{self, SharedRegion};
+use crate::sys::{self, GrowingRegion, SharedRegion};
 use crate::wire::PROTOCOL_VERSION;
 
 /// Environment variable naming a worker's inherited descriptors.
@@ -48,7 +48,7 @@ pub(crate) const RING_LEN: usize = 4 << 20;
 pub(crate) const CONTROL_LEN: usize = RING_OFFSET + RING_LEN;
 
 /// Size of each worker's data region, where large arguments are written. Its pages cost
-/// memory only once written.
+/// memory only once written, and the parent maps only the part it has used.
 pub(crate) const DATA_LEN: usize = 128 << 20;
 
 /// Kernel buffer size asked for each socket (the kernel caps it at `wmem_max`).
@@ -108,7 +108,8 @@ pub(crate) struct WorkerProc {
     pub(crate) sock: OwnedFd,
     pub(crate) ctl: SharedRegion,
     /// Where large arguments are written for the worker to read.
-    pub(crate) data: SharedRegion,
+    /// Mapped in the parent only as far as it is used (see `GrowingRegion`).
+    pub(crate) data: GrowingRegion,
     death: Option<Death>,
 }
 
@@ -128,7 +129,7 @@ pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
         sys::grow_socket_buffers(fd.as_fd(), SOCKET_BUFFER);
     }
     let ctl = SharedRegion::create("procpool-control", CONTROL_LEN).map_err(spawn_err)?;
-    let data = SharedRegion::create("procpool-data", DATA_LEN).map_err(spawn_err)?;
+    let data = GrowingRegion::create("procpool-data", DATA_LEN).map_err(spawn_err)?;
     sys::send_fds(mine.as_fd(), REGIONS_MARK, &[ctl.fd(), data.fd()]).map_err(spawn_err)?;
     let env = WorkerEnv {
         version: PROTOCOL_VERSION,

@@ -27,6 +27,7 @@ mod dispatch;
 mod intake;
 mod lifecycle;
 mod observe;
+mod retry;
 
 use intake::{Ctx, Early, drain_ring, drain_socket, handle_frames, read_some};
 
@@ -64,6 +65,8 @@ enum KillReason {
     },
     Cancel,
     Protocol(String),
+    /// The parent could not allocate memory to receive a result of this many bytes.
+    OutOfMemory(u64),
     Shutdown,
 }
 
@@ -164,6 +167,8 @@ pub(crate) struct Supervisor {
     avg_nanos: f64,
     start_failures: u32,
     first_failure: Option<PoolError>,
+    /// Retrying starts the operating system refused.
+    spawn_retry: retry::SpawnRetry,
     starting: bool,
     spawn_opts: SpawnOptions,
     ready_buf: Vec<Ready>,
@@ -184,6 +189,7 @@ impl Supervisor {
             avg_nanos: 0.0,
             start_failures: 0,
             first_failure: None,
+            spawn_retry: retry::SpawnRetry::default(),
             starting: true,
             spawn_opts,
             ready_buf: Vec::new(),
@@ -218,17 +224,14 @@ impl Supervisor {
                 self.report_started(Ok(()));
             }
             let recheck = self.dispatch();
-            if mode == Mode::Join && self.idle() {
-                self.shutdown_all();
-                if self.retiring.is_empty() {
-                    return;
-                }
+            if mode == Mode::Join && self.idle() && self.shutdown_all() {
+                return;
             }
-            self.respawn(mode);
-            let timeout = match (self.check_deadlines(), recheck) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let retry = self.respawn(mode);
+            let timeout = [self.check_deadlines(), recheck, retry]
+                .into_iter()
+                .flatten()
+                .min();
             if self.starting && self.failed_start() {
                 return;
             }
@@ -301,21 +304,44 @@ impl Supervisor {
         *self.shared.pids.lock().unwrap_or_else(|e| e.into_inner()) = pids;
     }
 
-    fn respawn(&mut self, mode: Mode) {
+    /// Starts workers in empty slots; returns how long until it should try again, when
+    /// the system refused a start (see `retry`).
+    fn respawn(&mut self, mode: Mode) -> Option<Duration> {
         if self.shared.lock().broken.is_some() {
-            return;
+            return None;
         }
         if mode == Mode::Join && self.idle() {
-            return;
+            return None;
+        }
+        if self.slots.iter().all(Option::is_some) {
+            return None;
+        }
+        let now = Instant::now();
+        if let Some(wait) = self.spawn_retry.not_before(now) {
+            return Some(wait);
         }
         for i in 0..self.slots.len() {
-            if self.slots[i].is_none()
-                && let Err(e) = self.spawn_into(i)
-            {
-                self.start_failed(e);
-                return;
+            if self.slots[i].is_some() {
+                continue;
+            }
+            match self.spawn_into(i) {
+                Ok(()) => {}
+                Err(e @ PoolError::Spawn(_)) if !self.starting => {
+                    let live = self.slots.iter().flatten().count();
+                    if let Some(broken) = self.spawn_retry.refused(e, live, now) {
+                        self.shared.lock().broken = Some(broken);
+                        // Back at once, to fail the queued jobs.
+                        return Some(Duration::ZERO);
+                    }
+                    return self.spawn_retry.not_before(now);
+                }
+                Err(e) => {
+                    self.start_failed(e);
+                    return None;
+                }
             }
         }
+        None
     }
 
     fn start_failed(&mut self, e: PoolError) {
@@ -332,9 +358,12 @@ impl Supervisor {
         self.shared.lock().broken = Some(broken);
     }
 
+    /// No job waits, none runs, and no call will submit more.
     fn idle(&self) -> bool {
-        self.shared.lock().jobs.is_empty()
-            && self.slots.iter().flatten().all(|w| w.in_flight.is_empty())
+        let q = self.shared.lock();
+        let quiet = q.jobs.is_empty() && q.feeding == 0;
+        drop(q);
+        quiet && self.slots.iter().flatten().all(|w| w.in_flight.is_empty())
     }
 
     /// Before sleeping: when a worker runs its only job and that is expected to end within
@@ -497,6 +526,7 @@ impl Supervisor {
                 crate::events::worker_ready(i, w.pid());
                 self.start_failures = 0;
                 self.first_failure = None;
+                self.spawn_retry.started();
             }
         }
         drain_ring(w, &mut self.avg_nanos);

@@ -13,6 +13,9 @@ use crate::wire::{self, FRAME_HEADER, WireError};
 /// The smallest read the reader asks the kernel for.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// A reader's buffer larger than this is released once it is empty.
+const KEEP_CAPACITY: usize = 16 << 20;
+
 /// Payloads at least this large are queued by reference instead of copied.
 pub(crate) const SHARE_THRESHOLD: usize = 16 * 1024;
 
@@ -45,23 +48,48 @@ impl FrameReader {
         &self.buf[self.start..]
     }
 
+    /// Takes the first `n` bytes buffered (a frame just handled) as an owned vector,
+    /// without copying them: only the bytes read past them move to a new buffer.
+    pub(crate) fn take(&mut self, n: usize) -> Vec<u8> {
+        let end = (self.start + n).min(self.buf.len());
+        let tail = self.buf.split_off(end);
+        let mut taken = std::mem::replace(&mut self.buf, tail);
+        taken.drain(..self.start);
+        self.start = 0;
+        taken
+    }
+
     /// Drops `n` bytes (a frame just handled).
     pub(crate) fn consume(&mut self, n: usize) {
         self.start += n;
         if self.start >= self.buf.len() {
             self.start = 0;
-            self.buf.clear();
+            if self.buf.capacity() > KEEP_CAPACITY {
+                // A large result came through: do not hold its size for good.
+                self.buf = Vec::new();
+            } else {
+                self.buf.clear();
+            }
         }
     }
 
     /// Reads once from `fd`. Returns the number of bytes read: 0 means end of stream.
     /// The buffer grows only as data arrives, so a bogus length costs nothing.
+    ///
+    /// # Errors
+    /// The system call's error, or [`io::ErrorKind::OutOfMemory`] when the buffer could
+    /// not grow for the frame being read (see [`frame_len`](Self::frame_len)).
     pub(crate) fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
-        self.make_room();
+        self.make_room()?;
         sys::read_into(fd, &mut self.buf)
     }
 
-    fn make_room(&mut self) {
+    /// The length of the frame being read, when its header is in.
+    pub(crate) fn frame_len(&self) -> Option<usize> {
+        self.frame_len_hint()
+    }
+
+    fn make_room(&mut self) -> io::Result<()> {
         let pending = self.buf.len() - self.start;
         let want = self.frame_len_hint().unwrap_or(0).max(pending + READ_CHUNK);
         let spare = self.buf.capacity() - self.buf.len();
@@ -73,8 +101,16 @@ impl FrameReader {
         // huge frame must send the bytes before we allocate for them.
         let target = (2 * pending + READ_CHUNK).min(want);
         if self.buf.capacity() - self.start < target {
-            self.buf.reserve(target - pending);
+            // Room for the whole frame is taken exactly: doubling past it would cost up
+            // to twice a large result's size.
+            let grown = if target == want {
+                self.buf.try_reserve_exact(target - pending)
+            } else {
+                self.buf.try_reserve(target - pending)
+            };
+            grown.map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e))?;
         }
+        Ok(())
     }
 
     fn frame_len_hint(&self) -> Option<usize> {
@@ -218,6 +254,31 @@ mod tests {
             assert!(r.fill(b.as_fd()).unwrap() > 0);
         }
         assert_eq!(got, vec![1, 300_000]);
+        drop(writer.join().unwrap());
+    }
+
+    #[test]
+    fn a_large_frame_does_not_keep_its_buffer() {
+        let (a, b) = sys::socketpair().unwrap();
+        let mut q = OutQueue::default();
+        let big = Arc::new(vec![7u8; KEEP_CAPACITY + 1]);
+        q.buf().extend_from_slice(&(big.len() as u32).to_le_bytes());
+        q.push_shared(big);
+        let writer = std::thread::spawn(move || {
+            q.flush(a.as_fd()).unwrap();
+            a
+        });
+        let mut r = FrameReader::new(64 << 20);
+        loop {
+            if let Some((body, used)) = r.frame().unwrap() {
+                assert_eq!(body.len(), KEEP_CAPACITY + 1);
+                assert!(r.buf.capacity() > KEEP_CAPACITY);
+                r.consume(used);
+                break;
+            }
+            assert!(r.fill(b.as_fd()).unwrap() > 0);
+        }
+        assert_eq!(r.buf.capacity(), 0, "the buffer of a large frame was kept");
         drop(writer.join().unwrap());
     }
 }

@@ -245,6 +245,12 @@ pub(crate) fn explain_de<T: DeserializeOwned>(e: &postcard::Error, bytes: &[u8])
     }
 }
 
+/// Where the bytes of an encoded `Vec<u8>` that fills all of `encoded` start.
+pub(crate) fn bytes_start(encoded: &[u8]) -> Option<usize> {
+    let (len, rest) = take_varint(encoded, usize::MAX as u64).ok()?;
+    (len == rest.len() as u64).then(|| encoded.len() - rest.len())
+}
+
 /// Decodes a value from the front of `bytes`; returns it and the rest. The fast paths of
 /// [`append_value`] read exactly what postcard would, with the same checks.
 #[inline]

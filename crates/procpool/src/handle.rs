@@ -13,7 +13,21 @@ use crate::outcome::ChunkOut;
 /// A task running in a pool. Join it for its result, with or without a time limit, or
 /// cancel it.
 ///
-/// Dropping the handle detaches the task: it still runs, its result is discarded.
+/// Dropping the handle detaches the task: it still runs (queued or running, and
+/// [`Pool::join`](crate::Pool::join) waits for it), and its result is discarded. To stop
+/// it instead, [`cancel`](Self::cancel) it before dropping the handle.
+///
+/// ```
+/// # fn main() -> Result<(), procpool::Error> {
+/// # procpool::init();
+/// # let pool = procpool::Pool::builder().workers(1).build()?;
+/// fn log(msg: String) { eprintln!("{msg}"); }
+/// drop(pool.spawn(log, "runs even though nobody joins it".to_string())?);
+/// let h = pool.spawn(log, "may never run".to_string())?;
+/// h.cancel(); // dropped if still queued, killed if running
+/// pool.join(); // waits for the detached task
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct TaskHandle<R> {
     batch: Batch,
@@ -83,6 +97,13 @@ impl<R: Value> TaskHandle<R> {
     /// error, unless the result had already arrived.
     pub fn cancel(&self) {
         self.batch.cancel();
+    }
+}
+
+impl<R> Drop for TaskHandle<R> {
+    fn drop(&mut self) {
+        // A task is never dropped for want of a handle; `cancel` is the way to stop it.
+        self.batch.detach();
     }
 }
 

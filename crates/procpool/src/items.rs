@@ -443,6 +443,15 @@ pub(crate) fn split_results(bytes: &[u8]) -> Option<(bool, &[u8])> {
     }
 }
 
+/// The range, in a chunk's results, of the body of its only entry when that entry is a
+/// success filling the rest of the answer.
+pub(crate) fn sole_ok_body(bytes: &[u8]) -> Option<std::ops::Range<usize>> {
+    let (packed, rest) = split_results(bytes)?;
+    let (len, after) = take_len(rest)?;
+    let (&tag, body) = after.split_first()?;
+    (!packed && len == after.len() && tag == TAG_OK).then(|| bytes.len() - body.len()..bytes.len())
+}
+
 /// One item's entry in a chunk's results, decoded in the parent.
 #[derive(Debug)]
 pub(crate) enum Entry<R> {

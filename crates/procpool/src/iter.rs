@@ -280,7 +280,11 @@ where
     R: Value,
     I: Iterator<Item: Borrow<A>>,
 {
-    pub(crate) fn new(feeder: Feeder<A, R, I>, collect_all: bool) -> Self {
+    pub(crate) fn new(mut feeder: Feeder<A, R, I>, collect_all: bool) -> Self {
+        if collect_all {
+            // A `map` drains its input within the call: a join waits for it.
+            feeder.feed.keep_open();
+        }
         Self {
             feeder,
             waiting: Reorder::default(),

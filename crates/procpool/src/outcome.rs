@@ -2,6 +2,7 @@
 //! the failures (usually none) apart, so that a chunk of plain values moves as one
 //! vector instead of item by item.
 
+use std::any::{Any, TypeId};
 use std::collections::VecDeque;
 
 use procpool_engine::{Done, Recorder, TaskError, TaskErrorKind};
@@ -98,7 +99,7 @@ impl<R: Value> ChunkOut<R> {
     pub(crate) fn decode(done: Done, count: u32, codec: Codec) -> Self {
         let start = done.index;
         let pid = done.pid;
-        let bytes = match done.outcome {
+        let mut bytes = match done.outcome {
             Ok(bytes) => bytes,
             Err(e) => {
                 if let TaskErrorKind::PoolBroken(p) = e.kind() {
@@ -109,6 +110,18 @@ impl<R: Value> ChunkOut<R> {
                 return Self::failed(start, count, |i| Error::Task(e.clone().with_index(i)));
             }
         };
+        if count == 1
+            && let Some(v) = take_sole_bytes::<R>(&mut bytes)
+        {
+            return Self {
+                start,
+                count,
+                next: 0,
+                values: Values::Decoded(vec![v].into_iter()),
+                errors: VecDeque::new(),
+                not_run: None,
+            };
+        }
         let codec_err = |k: u32, message: String| {
             let kind = TaskErrorKind::Codec { message };
             Error::Task(TaskError::new(kind, start + u64::from(k), pid, 1))
@@ -254,4 +267,24 @@ impl<R: 'static> Values<R> {
             }
         }
     }
+}
+
+/// Results at least this large are handed over in the worker's answer itself.
+const SOLE_BYTES_MIN: usize = 64 << 10;
+
+/// The one `Vec<u8>` result of a job, made of the answer's own buffer (its bytes moved
+/// down over the few bytes before them) instead of a copy: a large result costs the
+/// parent its size once.
+fn take_sole_bytes<R: 'static>(bytes: &mut Vec<u8>) -> Option<R> {
+    if TypeId::of::<R>() != TypeId::of::<Vec<u8>>() || bytes.len() < SOLE_BYTES_MIN {
+        return None;
+    }
+    let body = items::sole_ok_body(bytes)?;
+    let at = body.start + codec::bytes_start(&bytes[body])?;
+    bytes.drain(..at);
+    let mut slot: Option<R> = None;
+    if let Some(out) = (&mut slot as &mut dyn Any).downcast_mut::<Option<Vec<u8>>>() {
+        *out = Some(std::mem::take(bytes));
+    }
+    slot
 }

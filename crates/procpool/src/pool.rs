@@ -506,14 +506,33 @@ impl Pool {
         self.engine.stats()
     }
 
-    /// Stops accepting work; queued tasks still run. Later calls fail with
-    /// [`PoolError::Closed`].
+    /// Stops accepting work: later calls fail with [`PoolError::Closed`]. Queued tasks
+    /// still run, and calls already under way (a `map`, `imap` or `imap_unordered` still
+    /// feeding its input, from another thread say) finish.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let mut it = pool.imap(|x: u64| x + 1, 0..100);
+    /// assert_eq!(it.next().unwrap()?, 1);
+    /// pool.close();
+    /// assert!(pool.apply(|x: u64| x, 1).is_err()); // a new call is refused
+    /// assert_eq!(it.count(), 99); // the call under way finishes
+    /// # Ok(()) }
+    /// ```
     pub fn close(&self) {
         self.engine.close();
     }
 
-    /// Closes the pool, waits until queued tasks finish, then stops and reaps the
-    /// workers.
+    /// Closes the pool, waits until queued tasks finish (detached ones included) and
+    /// `map` calls under way in other threads have fed all their input, then stops and
+    /// reaps the workers. A worker still running its initializer finishes it first (it
+    /// is killed only past a grace of a few seconds).
+    ///
+    /// An `imap` or `imap_unordered` iterator is not waited for (its holder may never
+    /// drain it): once the work queued is done the workers stop, and the iterator's
+    /// items not yet sent fail with [`PoolError::Closed`].
     pub fn join(self) {
         self.engine.join();
     }

@@ -309,12 +309,12 @@ impl Supervisor {
     }
 }
 
-/// The next queued job worth sending: jobs of abandoned batches are dropped, jobs of
-/// cancelled ones answered `Cancelled`, and one over the message limit is answered
+/// The next queued job worth sending: jobs of abandoned batches are dropped (a detached
+/// batch's run), jobs of cancelled ones answered `Cancelled`, and one over the message limit is answered
 /// `TooLarge` on the spot.
 pub(super) fn next_live(jobs: &mut VecDeque<Queued>, max_message: usize) -> Option<Queued> {
     while let Some(job) = jobs.pop_front() {
-        if job.batch.is_abandoned() {
+        if job.batch.is_dropped() {
             continue;
         }
         if job.batch.is_cancelled() {
@@ -353,10 +353,11 @@ pub(super) fn send_jobs(w: &mut Worker, jobs: Vec<Queued>, max_message: usize, n
         } else {
             None
         };
+        // A region whose mapping cannot grow (no address space left) sends it inline.
+        let shared = shared.filter(|&at| w.proc.data.write(at, &q.job.payload).is_ok());
         if let Some(offset) = shared {
             put_inline(w, std::mem::take(&mut inline), inline_bytes, now);
             inline_bytes = 0;
-            w.proc.data.write(offset, &q.job.payload);
             let frame = SharedJobFrame {
                 seq,
                 func: &q.job.func,

@@ -9,12 +9,12 @@ use std::time::Instant;
 use super::{InFlight, KillReason, Phase, Worker};
 use crate::batch::{BatchInner, Done, Queued};
 use crate::claim;
-use crate::error::{HandshakeError, PoolError, TaskError};
+use crate::error::{HandshakeError, PoolError, TaskError, TaskErrorKind};
 use crate::process;
 use crate::ring::RingReader;
 use crate::sys::SharedRegion;
 use crate::transport::FrameReader;
-use crate::wire::{self, Down, Failure, Outcome, PROTOCOL_VERSION, ResultFrame, Up};
+use crate::wire::{self, Down, Outcome, PROTOCOL_VERSION, Up};
 
 /// Reads per worker per loop turn, so one chatty worker cannot starve the others.
 const READS_PER_TURN: usize = 16;
@@ -30,6 +30,12 @@ pub(super) fn read_some(w: &mut Worker) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::OutOfMemory => {
+                // The result cannot be received: its task fails, the worker is replaced.
+                let size = w.reader.frame_len().unwrap_or(0) as u64;
+                w.kill(KillReason::OutOfMemory(size));
+                return;
+            }
             Err(_) => {
                 w.eof = true;
                 return;
@@ -88,7 +94,19 @@ pub(super) fn handle_frames(w: &mut Worker, ctx: &mut Ctx<'_>) {
                 drop(view);
                 (0, Err(e.to_string()))
             }
-            Ok(Some((body, used))) => (used, handle_message(view, body, ctx.avg_nanos)),
+            Ok(Some((body, used))) => match large_result(reader.pending(), body, *view.phase) {
+                // Handed over in the reader's own buffer, not copied.
+                Some(r) => {
+                    let mut bytes = reader.take(used);
+                    bytes.drain(..r.at);
+                    bytes.truncate(r.len);
+                    (
+                        0,
+                        handle_owned_result(view, r.seq, r.nanos, bytes, ctx.avg_nanos),
+                    )
+                }
+                None => (used, handle_message(view, body, ctx.avg_nanos)),
+            },
         };
         w.reader.consume(used);
         if w.start_error.is_some() && w.phase != Phase::Ready {
@@ -174,6 +192,58 @@ impl Drop for WorkerView<'_> {
     }
 }
 
+/// Results at least this large that come alone in a frame are handed over in the frame
+/// reader's buffer instead of copied.
+const OWN_RESULT_MIN: usize = 1 << 20;
+
+/// Where the one large result of a results frame lies.
+struct LargeResult {
+    seq: u64,
+    nanos: u64,
+    /// Offset of its bytes from the start of the frame.
+    at: usize,
+    len: usize,
+}
+
+/// The one large successful result of the frame whose body is `body` (`frame`: the
+/// reader's bytes, starting with that frame), if that is what it carries.
+fn large_result(frame: &[u8], body: &[u8], phase: Phase) -> Option<LargeResult> {
+    if body.len() < OWN_RESULT_MIN || !matches!(phase, Phase::Ready | Phase::Retiring) {
+        return None;
+    }
+    let Ok(Up::Results(rs)) = wire::decode_up(body) else {
+        return None;
+    };
+    let [r] = rs.as_slice() else {
+        return None;
+    };
+    let Outcome::Ok(b) = r.outcome else {
+        return None;
+    };
+    (b.len() >= OWN_RESULT_MIN).then(|| LargeResult {
+        seq: r.seq,
+        nanos: r.nanos,
+        at: b.as_ptr() as usize - frame.as_ptr() as usize,
+        len: b.len(),
+    })
+}
+
+/// Handles a frame of one large result, whose bytes the caller took out of the reader.
+fn handle_owned_result(
+    mut w: WorkerView<'_>,
+    seq: u64,
+    nanos: u64,
+    bytes: Vec<u8>,
+    avg_nanos: &mut f64,
+) -> Result<bool, String> {
+    // Results in the ring were published before this one was sent: first them.
+    let mut out = Deliverer::default();
+    let r = drain_ring_into(&mut w, avg_nanos, &mut out)
+        .and_then(|()| accept(&mut w, seq, nanos, || Ok(bytes), avg_nanos, &mut out));
+    out.flush();
+    r.map(|()| false)
+}
+
 /// Handles one message; `Ok(true)` when the initializer is to be sent.
 fn handle_message(mut w: WorkerView<'_>, body: &[u8], avg_nanos: &mut f64) -> Result<bool, String> {
     let msg = wire::decode_up(body).map_err(|e| e.to_string())?;
@@ -222,8 +292,10 @@ fn handle_message(mut w: WorkerView<'_>, body: &[u8], avg_nanos: &mut f64) -> Re
             // Results in the ring were published before this one was sent: first them.
             let mut out = Deliverer::default();
             let r = drain_ring_into(&mut w, avg_nanos, &mut out).and_then(|()| {
-                rs.into_iter()
-                    .try_for_each(|r| accept(&mut w, r, avg_nanos, &mut out))
+                rs.into_iter().try_for_each(|r| {
+                    let outcome = || own(r.outcome);
+                    accept(&mut w, r.seq, r.nanos, outcome, avg_nanos, &mut out)
+                })
             });
             out.flush();
             r.map(|()| false)
@@ -278,7 +350,7 @@ impl Deliverer {
 #[derive(Debug)]
 pub(super) struct Early {
     pub(super) nanos: u64,
-    pub(super) outcome: Result<Vec<u8>, Failure>,
+    pub(super) outcome: Result<Vec<u8>, TaskErrorKind>,
 }
 
 /// Takes one result. Results come in job order on each channel, but the ring and the
@@ -286,36 +358,29 @@ pub(super) struct Early {
 /// the earlier ones; one for a job it does not hold, or a second one, is a lie.
 fn accept(
     w: &mut WorkerView<'_>,
-    r: ResultFrame<'_>,
+    seq: u64,
+    nanos: u64,
+    outcome: impl FnOnce() -> Result<Vec<u8>, TaskErrorKind>,
     avg_nanos: &mut f64,
     out: &mut Deliverer,
 ) -> Result<(), String> {
     let (Some(front), Some(back)) = (w.in_flight.front(), w.in_flight.back()) else {
         return Err(format!(
-            "result for job {} which the worker does not hold",
-            r.seq
+            "result for job {seq} which the worker does not hold"
         ));
     };
     let (front, back) = (front.seq, back.seq);
-    if r.seq != front && (r.seq < front || r.seq > back || w.early.contains_key(&r.seq)) {
+    if seq != front && (seq < front || seq > back || w.early.contains_key(&seq)) {
         return Err(format!(
-            "result for job {} while the worker holds jobs {front} to {back}",
-            r.seq
+            "result for job {seq} while the worker holds jobs {front} to {back}"
         ));
     }
-    let outcome = match r.outcome {
-        Outcome::Ok(b) => Ok(b.to_vec()),
-        Outcome::Err(f) => Err(f),
-    };
-    if r.seq != front {
-        let early = Early {
-            nanos: r.nanos,
-            outcome,
-        };
-        w.early.insert(r.seq, early);
+    let outcome = outcome();
+    if seq != front {
+        w.early.insert(seq, Early { nanos, outcome });
         return Ok(());
     }
-    take_due(w, r.nanos, outcome, avg_nanos, out);
+    take_due(w, nanos, outcome, avg_nanos, out);
     while let Some(seq) = w.in_flight.front().map(|f| f.seq) {
         let Some(e) = w.early.remove(&seq) else { break };
         take_due(w, e.nanos, e.outcome, avg_nanos, out);
@@ -323,11 +388,31 @@ fn accept(
     Ok(())
 }
 
+/// A result as owned bytes, or the failure it reports.
+fn own(outcome: Outcome<'_>) -> Result<Vec<u8>, TaskErrorKind> {
+    match outcome {
+        Outcome::Ok(b) => copy_result(b),
+        Outcome::Err(f) => Err(f.into()),
+    }
+}
+
+/// The result's bytes, owned; a result the parent cannot allocate fails its task instead
+/// of aborting the process.
+fn copy_result(b: &[u8]) -> Result<Vec<u8>, TaskErrorKind> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(b.len())
+        .map_err(|_| TaskErrorKind::OutOfMemory {
+            size: b.len() as u64,
+        })?;
+    v.extend_from_slice(b);
+    Ok(v)
+}
+
 /// Answers the job due next with its result.
 fn take_due(
     w: &mut WorkerView<'_>,
     nanos: u64,
-    outcome: Result<Vec<u8>, Failure>,
+    outcome: Result<Vec<u8>, TaskErrorKind>,
     avg_nanos: &mut f64,
     out: &mut Deliverer,
 ) {
@@ -362,7 +447,7 @@ pub(super) fn finished(
     q: Queued,
     pid: u32,
     nanos: u64,
-    outcome: Result<Vec<u8>, Failure>,
+    outcome: Result<Vec<u8>, TaskErrorKind>,
 ) -> Option<(Arc<BatchInner>, Done)> {
     let Queued {
         job,
@@ -373,12 +458,13 @@ pub(super) fn finished(
     let index = job.index;
     drop(job);
     // A cancelled batch still gets a result that came before its cancel was handled:
-    // the job is no longer held, so the cancel will not answer it.
+    // the job is no longer held, so the cancel will not answer it. A detached or
+    // abandoned one wants none.
     if batch.is_abandoned() {
         return None;
     }
     let pid = Some(pid);
-    let outcome = outcome.map_err(|fail| TaskError::new(fail.into(), index, pid, attempts + 1));
+    let outcome = outcome.map_err(|kind| TaskError::new(kind, index, pid, attempts + 1));
     let done = Done {
         index,
         outcome,
@@ -398,7 +484,7 @@ fn drain_ring_into(
     let mut buf = Vec::new();
     while ring.pop(&mut buf).map_err(|e| e.0)? {
         let r = wire::decode_result(&buf).map_err(|e| format!("bad ring entry: {e}"))?;
-        accept(w, r, avg_nanos, out)?;
+        accept(w, r.seq, r.nanos, || own(r.outcome), avg_nanos, out)?;
     }
     Ok(())
 }

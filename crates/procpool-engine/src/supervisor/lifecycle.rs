@@ -254,7 +254,7 @@ impl Supervisor {
                 continue;
             }
             let front = std::mem::replace(&mut first, false);
-            if f.answered || f.q.batch.is_abandoned() {
+            if f.answered || f.q.batch.is_dropped() {
                 continue;
             }
             if f.q.batch.is_cancelled() {
@@ -305,6 +305,7 @@ impl Supervisor {
                     continue;
                 }
                 Some(KillReason::Protocol(m)) => TaskErrorKind::Protocol { message: m.clone() },
+                Some(KillReason::OutOfMemory(size)) => TaskErrorKind::OutOfMemory { size: *size },
                 Some(KillReason::Shutdown) | None => {
                     if attempts <= retries {
                         f.q.attempts = attempts;
@@ -322,17 +323,24 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn shutdown_all(&mut self) {
+    /// Retires every ready worker. A worker still starting (in its handshake or its
+    /// initializer) is left to finish, and retired once ready: it is killed only if it
+    /// is not ready within the shutdown grace. Returns whether every worker is gone.
+    pub(super) fn shutdown_all(&mut self) -> bool {
+        let by = Instant::now() + SHUTDOWN_GRACE;
         for i in 0..self.slots.len() {
-            if let Some(mut w) = self.slots[i].take() {
-                if w.phase == Phase::Ready {
-                    self.retire(w);
-                } else {
-                    w.proc.kill_and_reap();
-                }
+            let Some(w) = self.slots[i].as_mut() else {
+                continue;
+            };
+            if w.phase == Phase::Ready {
+                let w = self.slots[i].take().expect("slot checked above");
+                self.retire(w);
+            } else {
+                w.deadline = Some(w.deadline.map_or(by, |d| d.min(by)));
             }
         }
         self.publish_pids();
+        self.retiring.is_empty() && self.slots.iter().all(Option::is_none)
     }
 
     pub(super) fn terminate(&mut self) {

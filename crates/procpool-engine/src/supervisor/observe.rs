@@ -19,6 +19,7 @@ impl Supervisor {
             }),
             Some(KillReason::Cancel) => Some(Kill::Cancel),
             Some(KillReason::Protocol(m)) => Some(Kill::Protocol(m)),
+            Some(KillReason::OutOfMemory(_)) => Some(Kill::OutOfMemory),
             Some(KillReason::Shutdown) | None => None,
         };
         let (started, _) = w.proc.started();

@@ -303,6 +303,15 @@ pub(crate) fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// A memfd of `len` zero bytes, sealed against resizing; `name` shows in
+/// `/proc/<pid>/fd` as `/memfd:<name>`.
+pub(crate) fn sealed_memfd(name: &str, len: usize) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::ftruncate(&fd, len as u64)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)?;
+    Ok(fd)
+}
+
 /// A small shared-memory region backed by a sealed memfd: the parent creates it, the
 /// worker maps the descriptor it inherits. Neither side can resize it.
 #[derive(Debug)]
@@ -321,10 +330,7 @@ impl SharedRegion {
     /// Creates a region of `len` bytes (zeroed), sealed against resizing; `name` shows in
     /// `/proc/<pid>/fd` as `/memfd:<name>`.
     pub(crate) fn create(name: &str, len: usize) -> io::Result<Self> {
-        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        rustix::fs::ftruncate(&fd, len as u64)?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)?;
-        Self::map(fd, len)
+        Self::map(sealed_memfd(name, len)?, len)
     }
 
     /// Maps a region received from the parent, after checking its size and seals.
@@ -360,11 +366,6 @@ impl SharedRegion {
     /// The descriptor.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
-    }
-
-    /// Size in bytes.
-    pub(crate) fn len(&self) -> usize {
-        self.len
     }
 
     /// Copies `data` into the region at `offset`.

@@ -6,9 +6,13 @@ mod linux;
 #[cfg(target_os = "linux")]
 mod linux_proc;
 #[cfg(target_os = "linux")]
+mod linux_window;
+#[cfg(target_os = "linux")]
 pub(crate) use linux::*;
 #[cfg(target_os = "linux")]
 pub(crate) use linux_proc::*;
+#[cfg(target_os = "linux")]
+pub(crate) use linux_window::*;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("procpool supports Linux only for now (see the README's platform section)");
