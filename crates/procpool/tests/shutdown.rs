@@ -60,7 +60,7 @@ fn dropped_task_handles_still_run_and_join_waits_for_them() {
     let log = dir.file("log");
     let pool = Pool::builder().workers(2).build().unwrap();
     for i in 0..100 {
-        let _ = pool.spawn(append_line, (log.clone(), i)).unwrap();
+        drop(pool.spawn(append_line, (log.clone(), i)).unwrap());
     }
     pool.join();
     assert_eq!(
