@@ -53,3 +53,52 @@ pub use worker::{
     Runner, is_worker_process, refuse_init_missing, serve_if_worker, take_last_backtrace,
     take_last_panic,
 };
+
+/// Entry points for the fuzz targets (`fuzz/`): the parent's readers of the shared memory
+/// a worker writes. Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::sync::atomic::Ordering::SeqCst;
+
+    use crate::process::{CONTROL_LEN, CTL_CLAIM, CTL_RING_READ, CTL_RING_WRITE, RING_OFFSET};
+    use crate::ring::RingReader;
+    use crate::sys::SharedRegion;
+
+    thread_local! {
+        static CTL: SharedRegion = SharedRegion::create("fuzz", CONTROL_LEN)
+            .expect("a control block to fuzz");
+    }
+
+    /// Reads a results ring whose first bytes are `ring` and whose read and write
+    /// positions are `read` and `write`, as a worker could leave them: the entries read
+    /// (at most 64), or the error that kills the worker.
+    ///
+    /// # Errors
+    /// The reader's refusal of what it found.
+    pub fn read_ring(read: u64, write: u64, ring: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        CTL.with(|ctl| {
+            let n = ring.len().min(CONTROL_LEN - RING_OFFSET);
+            ctl.write(RING_OFFSET, &ring[..n]);
+            ctl.word(CTL_RING_READ).store(read, SeqCst);
+            ctl.word(CTL_RING_WRITE).store(write, SeqCst);
+            let r = RingReader::new(ctl);
+            let mut out = Vec::new();
+            let mut buf = Vec::new();
+            while out.len() < 64 && r.pop(&mut buf).map_err(|e| e.0)? {
+                out.push(buf.clone());
+            }
+            Ok(out)
+        })
+    }
+
+    /// The supervisor's check of a claim word a worker left, when it takes jobs back.
+    ///
+    /// # Errors
+    /// The refusal that kills the worker.
+    pub fn check_claim(word: u64, floor: u64, last_sent: u64) -> Result<u64, String> {
+        CTL.with(|ctl| {
+            ctl.word(CTL_CLAIM).store(word, SeqCst);
+            crate::claim::stop(ctl, floor, last_sent)
+        })
+    }
+}
