@@ -98,9 +98,6 @@ pub(crate) struct Queue {
 pub(crate) struct Shared {
     pub(crate) queue: Mutex<Queue>,
     wake_fd: OwnedFd,
-    /// Counts rings of `wake_fd`, so that a supervisor spinning (not in `poll`) sees one
-    /// without a system call.
-    wakes: std::sync::atomic::AtomicU64,
     pub(crate) config: EngineConfig,
     pub(crate) pids: Mutex<Vec<u32>>,
     /// Result of starting the first workers, set once by the supervisor.
@@ -116,13 +113,7 @@ impl Shared {
     }
 
     pub(crate) fn wake(&self) {
-        self.wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         sys::wake(self.wake_fd.as_fd());
-    }
-
-    /// How many times the supervisor was woken so far.
-    pub(crate) fn wakes(&self) -> u64 {
-        self.wakes.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub(crate) fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -215,7 +206,6 @@ impl Engine {
                 broken: None,
             }),
             wake_fd: sys::eventfd()?,
-            wakes: Default::default(),
             config,
             pids: Mutex::new(Vec::new()),
             started: Mutex::new(None),

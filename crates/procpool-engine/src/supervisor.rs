@@ -36,13 +36,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Jobs in flight past which a worker's results are collected on a timer instead of a
 /// doorbell each.
 const DEEP_QUEUE: usize = 4;
-/// Jobs expected to take at most this long are waited for by spinning (see
-/// `spin_for_results`)...
-const SPIN_EXPECT_NANOS: f64 = 50_000.0;
-/// ...for three times their expected time plus this...
-const SPIN_MIN: Duration = Duration::from_micros(20);
-/// ...and never longer than this.
-const SPIN_MAX: Duration = Duration::from_micros(150);
 /// Shortest and longest nap while collecting results on a timer, in nanoseconds.
 const MIN_NAP: f64 = 50_000.0;
 const MAX_NAP: f64 = 1_000_000.0;
@@ -366,58 +359,7 @@ impl Supervisor {
         quiet && self.slots.iter().flatten().all(|w| w.in_flight.is_empty())
     }
 
-    /// Before sleeping: when a worker runs its only job and that is expected to end within
-    /// microseconds, watches its results ring for a short while instead, so that the answer is taken
-    /// without the worker ringing and an idle core waking this thread (the slowest step
-    /// of a round trip on a virtual machine). Returns whether something came in.
-    fn spin_for_results(&self) -> bool {
-        let now = Instant::now();
-        let mut until: Option<Instant> = None;
-        for w in self.slots.iter().flatten() {
-            // Only a worker holding one job: with more it has work to go on with, and
-            // the supervisor collects on a timer.
-            let (Some(front), 1) = (w.in_flight.front(), w.in_flight.len()) else {
-                continue;
-            };
-            let expect = if front.est_nanos > 0.0 {
-                front.est_nanos
-            } else {
-                self.avg_nanos
-            };
-            if w.phase != Phase::Ready || expect <= 0.0 || expect > SPIN_EXPECT_NANOS {
-                continue;
-            }
-            let end = w.front_since + Duration::from_nanos((3.0 * expect) as u64) + SPIN_MIN;
-            if end > now {
-                until = Some(until.map_or(end, |u| u.max(end)));
-            }
-        }
-        let Some(until) = until.map(|u| u.min(now + SPIN_MAX)) else {
-            return false;
-        };
-        let wakes = self.shared.wakes();
-        let mut spins = 0u32;
-        loop {
-            for w in self.slots.iter().flatten() {
-                if !w.in_flight.is_empty() && RingReader::new(&w.proc.ctl).has_data() {
-                    return true;
-                }
-            }
-            if self.shared.wakes() != wakes {
-                return true;
-            }
-            spins += 1;
-            if spins.is_multiple_of(64) && Instant::now() >= until {
-                return false;
-            }
-            std::hint::spin_loop();
-        }
-    }
-
     fn wait(&mut self, mut timeout: Option<Duration>) {
-        if timeout != Some(Duration::ZERO) && self.spin_for_results() {
-            timeout = Some(Duration::ZERO);
-        }
         let mut soonest = |d: Duration| timeout = Some(timeout.map_or(d, |t| t.min(d)));
         for w in self.slots.iter().flatten().chain(self.retiring.iter()) {
             if !matches!(w.phase, Phase::Ready | Phase::Retiring) || w.in_flight.is_empty() {
