@@ -23,7 +23,6 @@ use procpool::Pool;
 
 const HELPER_ENV: &str = "PROCPOOL_FAULTS_PARENT_HELPER";
 
-
 /// The helper's long task: records a SIGINT if one reaches the worker, starts two
 /// children of its own (`sleep 37` and a plain `fork`), says it started (with the
 /// children's pids in `kids-<i>`), and blocks.

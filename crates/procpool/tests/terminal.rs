@@ -23,7 +23,6 @@ use procpool::Pool;
 
 const HELPER_ENV: &str = "PROCPOOL_TERMINAL_HELPER";
 
-
 /// Prints to the terminal and changes its modes, as an interactive tool would.
 fn print_and_touch_the_terminal(i: u64) -> u64 {
     println!("task {i} prints to the terminal");
