@@ -8,9 +8,9 @@ procpool::enable_test_support!();
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use common::watchdog;
 use procpool::{Error, Pool, TaskErrorKind};
 
 const STARTED_SEQ: usize = 0;
@@ -19,19 +19,6 @@ const RING_WRITE: usize = 2;
 const RING_READ: usize = 3;
 const SLEEPING: usize = 4;
 const CLAIM: usize = 5;
-
-/// Runs `body` on a thread of its own; a hang past `limit` fails the test.
-fn watchdog<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)));
-    });
-    match rx.recv_timeout(limit) {
-        Ok(Ok(v)) => v,
-        Ok(Err(p)) => std::panic::resume_unwind(p),
-        Err(_) => panic!("hung: no answer within {limit:?}"),
-    }
-}
 
 /// Maps this worker's control block, writable (as `faults_forgery.rs` does).
 fn control_block() -> &'static [AtomicU64] {

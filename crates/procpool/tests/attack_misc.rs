@@ -4,24 +4,14 @@
 
 procpool::enable_test_support!();
 
+mod common;
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use common::watchdog;
 use procpool::{Error, Pool, TaskErrorKind};
-
-/// Runs `body` on a thread of its own; a hang past `limit` fails the test.
-fn watchdog<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)));
-    });
-    match rx.recv_timeout(limit) {
-        Ok(Ok(v)) => v,
-        Ok(Err(p)) => std::panic::resume_unwind(p),
-        Err(_) => panic!("hung: no answer within {limit:?}"),
-    }
-}
 
 fn nap(ms: u64) -> u64 {
     if ms == u64::MAX {

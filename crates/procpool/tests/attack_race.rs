@@ -8,27 +8,14 @@ procpool::enable_test_support!();
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::watchdog;
 use procpool::{Error, Pool};
 
 const STARTED_SEQ: usize = 0;
 const CLAIM: usize = 5;
 const STOP: u64 = 1 << 63;
-
-/// Runs `body` on a thread of its own; a hang past `limit` fails the test.
-fn watchdog<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)));
-    });
-    match rx.recv_timeout(limit) {
-        Ok(Ok(v)) => v,
-        Ok(Err(p)) => std::panic::resume_unwind(p),
-        Err(_) => panic!("hung: no answer within {limit:?}"),
-    }
-}
 
 fn control_block() -> &'static [AtomicU64] {
     for entry in std::fs::read_dir("/proc/self/fd").expect("list my descriptors") {

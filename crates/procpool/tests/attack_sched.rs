@@ -7,43 +7,15 @@
 
 procpool::enable_test_support!();
 
+mod common;
+
 use std::collections::HashMap;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{Trace, now_nanos, watchdog};
 use procpool::Pool;
 
 const IDLE_SLACK: Duration = Duration::from_millis(60);
-
-/// Runs `body` on a thread of its own; a hang past `limit` fails the test.
-fn watchdog<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)));
-    });
-    match rx.recv_timeout(limit) {
-        Ok(Ok(v)) => v,
-        Ok(Err(p)) => std::panic::resume_unwind(p),
-        Err(_) => panic!("hung: no answer within {limit:?}"),
-    }
-}
-
-fn now_nanos() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec passed.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-struct Trace {
-    pid: u32,
-    start: u64,
-    end: u64,
-}
 
 fn sleep_ms(ms: u64) -> Trace {
     let start = now_nanos();

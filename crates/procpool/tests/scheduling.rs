@@ -13,30 +13,13 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{Trace, now_nanos};
 use procpool::{Error, Pool, TaskErrorKind};
 
 /// How long a worker may sit idle while an item waits before the test calls it a fault:
 /// scheduling itself takes well under a millisecond; the rest is slack for a loaded
 /// two-core machine.
 const IDLE_SLACK: Duration = Duration::from_millis(60);
-
-fn now_nanos() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec passed.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// What a task reports: which worker ran it, and when (monotonic nanoseconds).
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-struct Trace {
-    pid: u32,
-    start: u64,
-    end: u64,
-}
 
 /// Sleeps `ms` milliseconds and says where and when.
 fn sleep_ms(ms: u64) -> Trace {
