@@ -12,90 +12,11 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Trace, now_nanos, watchdog};
+use common::{Trace, check_work_conserving, now_nanos, sleep_ms, timeline, watchdog};
 use procpool::Pool;
-
-const IDLE_SLACK: Duration = Duration::from_millis(60);
-
-fn sleep_ms(ms: u64) -> Trace {
-    let start = now_nanos();
-    if ms > 0 {
-        std::thread::sleep(Duration::from_millis(ms));
-    }
-    Trace {
-        pid: std::process::id(),
-        start,
-        end: now_nanos(),
-    }
-}
 
 fn setup(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
-}
-
-/// Fails if a worker sat idle more than [`IDLE_SLACK`] while a submitted item had not
-/// started (every item counts as submitted at `submitted`).
-fn check_work_conserving(what: &str, traces: &[Trace], submitted: u64) {
-    let slack = IDLE_SLACK.as_nanos() as u64;
-    let mut by_pid: HashMap<u32, Vec<Trace>> = HashMap::new();
-    for t in traces {
-        by_pid.entry(t.pid).or_default().push(*t);
-    }
-    let last_start = traces.iter().map(|t| t.start).max().unwrap_or(0);
-    for (pid, mut ts) in by_pid {
-        ts.sort_by_key(|t| t.start);
-        let mut free_since = submitted;
-        for t in &ts {
-            assert!(
-                t.start <= free_since + slack,
-                "{what}: worker {pid} sat idle {:.1} ms (from {:.1} ms) while items waited\n{}",
-                (t.start - free_since) as f64 / 1e6,
-                (free_since - submitted) as f64 / 1e6,
-                timeline(traces, submitted)
-            );
-            free_since = free_since.max(t.end);
-        }
-        assert!(
-            last_start <= free_since + slack,
-            "{what}: worker {pid} was idle from {:.1} ms while an item waited until {:.1} ms\n{}",
-            (free_since - submitted) as f64 / 1e6,
-            (last_start - submitted) as f64 / 1e6,
-            timeline(traces, submitted)
-        );
-    }
-}
-
-/// The timeline, with runs of short items on one worker merged into one line.
-fn timeline(traces: &[Trace], t0: u64) -> String {
-    let mut ts = traces.to_vec();
-    ts.sort_by_key(|t| t.start);
-    let mut lines: Vec<(u32, u64, u64, usize)> = Vec::new();
-    for t in ts {
-        match lines.iter_mut().rev().find(|l| l.0 == t.pid) {
-            Some(l) if t.end - t.start < 2_000_000 && l.2 + 2_000_000 > t.start && l.3 > 0 => {
-                l.2 = t.end;
-                l.3 += 1;
-            }
-            _ => lines.push((
-                t.pid,
-                t.start,
-                t.end,
-                usize::from(t.end - t.start < 2_000_000),
-            )),
-        }
-    }
-    lines
-        .iter()
-        .take(80)
-        .map(|(pid, s, e, n)| {
-            format!(
-                "  pid {pid} {:>8.1}..{:>8.1} ms ({} items)\n",
-                s.saturating_sub(t0) as f64 / 1e6,
-                e.saturating_sub(t0) as f64 / 1e6,
-                (*n).max(1)
-            )
-        })
-        .collect()
 }
 
 fn warm(pool: &Pool) {

@@ -9,28 +9,11 @@ procpool::enable_test_support!();
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Trace, now_nanos};
+use common::{Trace, check_work_conserving, now_nanos, sleep_ms, timeline};
 use procpool::{Error, Pool, TaskErrorKind};
-
-/// How long a worker may sit idle while an item waits before the test calls it a fault:
-/// scheduling itself takes well under a millisecond; the rest is slack for a loaded
-/// two-core machine.
-const IDLE_SLACK: Duration = Duration::from_millis(60);
-
-/// Sleeps `ms` milliseconds and says where and when.
-fn sleep_ms(ms: u64) -> Trace {
-    let start = now_nanos();
-    std::thread::sleep(Duration::from_millis(ms));
-    Trace {
-        pid: std::process::id(),
-        start,
-        end: now_nanos(),
-    }
-}
 
 fn double(x: u64) -> u64 {
     x * 2
@@ -40,56 +23,6 @@ fn sleep_forever(_: ()) {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
-}
-
-/// Fails if some worker sat idle for more than [`IDLE_SLACK`] while an item that was
-/// already submitted (at `submitted`) had not started. Every item of `traces` is taken
-/// as submitted at `submitted`; `workers` are the pids that were ready from `ready` on.
-fn check_work_conserving(traces: &[Trace], submitted: u64, ready: u64) {
-    let slack = IDLE_SLACK.as_nanos() as u64;
-    let mut by_pid: HashMap<u32, Vec<Trace>> = HashMap::new();
-    for t in traces {
-        by_pid.entry(t.pid).or_default().push(*t);
-    }
-    let last_start = traces.iter().map(|t| t.start).max().unwrap_or(0);
-    for (pid, mut ts) in by_pid {
-        ts.sort_by_key(|t| t.start);
-        // The worker's idle gaps: before its first item (from when it was ready and work
-        // was there), between items, and after its last one.
-        let mut free_since = ready.max(submitted);
-        for t in &ts {
-            assert!(
-                t.start <= free_since + slack,
-                "worker {pid} sat idle {:.1} ms (from {:.1} ms) while items waited\n{}",
-                (t.start - free_since) as f64 / 1e6,
-                (free_since - submitted) as f64 / 1e6,
-                timeline(traces, submitted)
-            );
-            free_since = free_since.max(t.end);
-        }
-        assert!(
-            last_start <= free_since + slack,
-            "worker {pid} was idle from {:.1} ms while an item waited until {:.1} ms\n{}",
-            (free_since - submitted) as f64 / 1e6,
-            (last_start - submitted) as f64 / 1e6,
-            timeline(traces, submitted)
-        );
-    }
-}
-
-fn timeline(traces: &[Trace], t0: u64) -> String {
-    let mut ts = traces.to_vec();
-    ts.sort_by_key(|t| t.start);
-    ts.iter()
-        .map(|t| {
-            format!(
-                "  pid {} {:>8.1}..{:>8.1} ms\n",
-                t.pid,
-                (t.start.saturating_sub(t0)) as f64 / 1e6,
-                (t.end.saturating_sub(t0)) as f64 / 1e6
-            )
-        })
-        .collect()
 }
 
 /// A warm pool of two workers (each has run a task).
@@ -145,7 +78,7 @@ fn uneven_items_keep_both_workers_busy_in_map_imap_and_imap_unordered() {
                 .map(|(_, r)| r.expect("imap_unordered"))
                 .collect(),
         };
-        check_work_conserving(&traces, t0, t0);
+        check_work_conserving("", &traces, t0);
     }
 }
 
@@ -156,13 +89,13 @@ fn automatic_chunking_does_not_queue_short_items_behind_a_long_one() {
     items.extend([1; 300]);
     let t0 = now_nanos();
     let traces = pool.map(sleep_ms, items.clone()).expect("map");
-    check_work_conserving(&traces, t0, t0);
+    check_work_conserving("", &traces, t0);
     let t0 = now_nanos();
     let traces: Vec<Trace> = pool
         .imap(sleep_ms, items)
         .collect::<Result<_, _>>()
         .expect("imap");
-    check_work_conserving(&traces, t0, t0);
+    check_work_conserving("", &traces, t0);
 }
 
 #[test]
