@@ -7,10 +7,10 @@ procpool::enable_test_support!();
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use common::watchdog;
+use common::{append, control_block, watchdog};
 use procpool::{Error, Pool, TaskErrorKind};
 
 const STARTED_SEQ: usize = 0;
@@ -19,46 +19,6 @@ const RING_WRITE: usize = 2;
 const RING_READ: usize = 3;
 const SLEEPING: usize = 4;
 const CLAIM: usize = 5;
-
-/// Maps this worker's control block, writable (as `faults_forgery.rs` does).
-fn control_block() -> &'static [AtomicU64] {
-    for entry in std::fs::read_dir("/proc/self/fd").expect("list my descriptors") {
-        let entry = entry.expect("a descriptor");
-        let Ok(link) = std::fs::read_link(entry.path()) else {
-            continue;
-        };
-        if !link.to_string_lossy().contains("procpool-control") {
-            continue;
-        }
-        let fd: i32 = entry.file_name().to_string_lossy().parse().expect("an fd");
-        let len = 4096;
-        // SAFETY: maps a page of a memfd this process holds; never unmapped.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap the control block");
-        // SAFETY: the page is mapped, aligned, and only accessed through atomics.
-        return unsafe { std::slice::from_raw_parts(p.cast(), len / 8) };
-    }
-    panic!("no control block among this worker's descriptors");
-}
-
-fn append(path: &str, i: u64) {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .expect("open the log");
-    f.write_all(format!("{i}\n").as_bytes()).expect("log");
-}
 
 /// What item `forger` does to the control block.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]

@@ -8,8 +8,11 @@
 
 procpool::enable_test_support!();
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::control_block;
 use procpool::{Error, Pool, TaskErrorKind};
 
 /// Word indices of the control block (see the engine's `process.rs`).
@@ -18,37 +21,6 @@ const STARTED_AT: usize = 1;
 const RING_WRITE: usize = 2;
 const RING_READ: usize = 3;
 const CLAIM: usize = 5;
-
-/// Maps this worker's control block, writable.
-fn control_block() -> &'static [std::sync::atomic::AtomicU64] {
-    for entry in std::fs::read_dir("/proc/self/fd").expect("list my descriptors") {
-        let entry = entry.expect("a descriptor");
-        let Ok(link) = std::fs::read_link(entry.path()) else {
-            continue;
-        };
-        if !link.to_string_lossy().contains("procpool-control") {
-            continue;
-        }
-        let fd: i32 = entry.file_name().to_string_lossy().parse().expect("an fd");
-        let len = 4096;
-        // SAFETY: maps a page of a memfd this process holds; the mapping is never
-        // unmapped (the worker dies first), so the 'static slice stays valid.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap the control block");
-        // SAFETY: the page is mapped, aligned, and only accessed through atomics.
-        return unsafe { std::slice::from_raw_parts(p.cast(), len / 8) };
-    }
-    panic!("no control block among this worker's descriptors");
-}
 
 fn set(word: usize, v: u64) {
     control_block()[word].store(v, std::sync::atomic::Ordering::SeqCst);

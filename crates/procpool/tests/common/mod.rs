@@ -264,3 +264,45 @@ pub(crate) fn timeline(traces: &[Trace], t0: u64) -> String {
         })
         .collect()
 }
+
+/// Maps the control block of the worker this task runs in, writable: what a buggy or
+/// hostile task could do (it finds the memfd among its own descriptors).
+pub(crate) fn control_block() -> &'static [std::sync::atomic::AtomicU64] {
+    for entry in std::fs::read_dir("/proc/self/fd").expect("list my descriptors") {
+        let entry = entry.expect("a descriptor");
+        let Ok(link) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        if !link.to_string_lossy().contains("procpool-control") {
+            continue;
+        }
+        let fd: i32 = entry.file_name().to_string_lossy().parse().expect("an fd");
+        let len = 4096;
+        // SAFETY: maps a page of a memfd this process holds; never unmapped.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap the control block");
+        // SAFETY: the page is mapped, aligned, and only accessed through atomics.
+        return unsafe { std::slice::from_raw_parts(p.cast(), len / 8) };
+    }
+    panic!("no control block among this worker's descriptors");
+}
+
+/// Appends `i` and a newline to the file at `path` (whole lines: O_APPEND).
+pub(crate) fn append(path: &str, i: u64) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .expect("open the log");
+    f.write_all(format!("{i}\n").as_bytes()).expect("log");
+}
