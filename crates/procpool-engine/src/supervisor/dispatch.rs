@@ -38,7 +38,7 @@ use crate::wire::{self, Down, SharedJobFrame};
 /// Payloads at least this large go through the worker's data region.
 const SHM_THRESHOLD: usize = 256 * 1024;
 /// Most expected work a worker may hold, in nanoseconds of measured job time.
-pub(super) const WINDOW_NANOS: f64 = 2_000_000.0;
+const WINDOW_NANOS: f64 = 2_000_000.0;
 /// Most jobs a worker may hold.
 const MAX_WINDOW: usize = 1024;
 /// Jobs a busy worker holds but has not started are taken back for an idle worker when
