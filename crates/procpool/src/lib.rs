@@ -107,6 +107,8 @@ mod func;
 mod handle;
 mod items;
 mod iter;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod outcome;
 mod pool;
 mod probe;
@@ -123,6 +125,8 @@ pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKin
 pub use format::Codec;
 pub use handle::TaskHandle;
 pub use iter::{Imap, ImapUnordered};
+#[cfg(feature = "mpi")]
+pub use mpi::mpi_rank;
 pub use pool::{Builder, Call, Pool};
 pub use process::{Process, spawn};
 pub use procpool_engine::{Failures, Progress, Stats, WorkerInfo, WorkerStats, current_worker};
@@ -133,8 +137,14 @@ pub use procpool_engine::{Failures, Progress, Stats, WorkerInfo, WorkerStats, cu
 /// exits without returning. Forgetting it is caught: a worker process whose `main` goes on
 /// to create a pool reports the mistake to its parent (which returns a
 /// [`HandshakeError::InitMissing`] error) instead of starting workers of its own.
+///
+/// With the `mpi` feature, in a process started by an MPI launcher (`mpirun`), it also
+/// initializes MPI; on ranks other than 0 it then serves as a node agent and exits
+/// without returning (see [Across hosts](crate#across-hosts-mpi)).
 pub fn init() {
     procpool_engine::serve_if_worker(func::FnRunner::default);
+    #[cfg(feature = "mpi")]
+    mpi::init();
 }
 
 /// Lets pools run inside a test binary: put it once at the top level of each
