@@ -66,10 +66,7 @@ impl Remote for MpiLink {
                         .into(),
                 ));
             }
-            let agents = rt
-                .agents
-                .clone()
-                .map_err(|m| PoolError::Config(format!("the MPI job cannot serve a pool: {m}")))?;
+            let agents = rt.agents.clone()?;
             rt.pool_open = true;
             Ok(agents)
         })?;

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use mpi::traits::*;
 
+use procpool_engine::{HandshakeError, PoolError};
+
 use super::msg::{self, Hello};
 
 /// How long the caller's rank waits for every agent to say hello at start-up.
@@ -26,7 +28,7 @@ pub(crate) struct Runtime {
     pub(crate) rank: i32,
     pub(crate) size: i32,
     /// The agents' hellos, by rank - 1 (caller's rank only), or why they are unusable.
-    pub(crate) agents: Result<Vec<Hello>, String>,
+    pub(crate) agents: Result<Vec<Hello>, PoolError>,
     /// An MPI pool is open (one at a time).
     pub(crate) pool_open: bool,
     /// `MPI_Finalize` ran: no MPI call may follow.
@@ -97,10 +99,10 @@ pub(crate) fn init() {
         super::agent::serve(rank);
         finalize_and_exit(0);
     }
-    let agents = gather_hellos(size, &me);
-    if let Err(m) = &agents {
+    let agents = gather_hellos(size, &me).map_err(|(m, e)| {
         eprintln!("procpool: {m}");
-    }
+        e
+    });
     let _ = RUNTIME.set(Mutex::new(Runtime {
         rank,
         size,
@@ -116,7 +118,13 @@ pub(crate) fn init() {
 }
 
 /// Receives every agent's hello and checks that it runs this executable.
-fn gather_hellos(size: i32, me: &Hello) -> Result<Vec<Hello>, String> {
+/// On failure, a sentence for standard error (naming the rank and host) and the error
+/// that MPI pools will be refused with.
+fn gather_hellos(size: i32, me: &Hello) -> Result<Vec<Hello>, (String, PoolError)> {
+    let other = |m: String| {
+        let e = PoolError::Io(std::sync::Arc::new(std::io::Error::other(m.clone())));
+        (m, e)
+    };
     let world = mpi::topology::SimpleCommunicator::world();
     let mut got: Vec<Option<Hello>> = vec![None; size.max(1) as usize - 1];
     let deadline = Instant::now() + HELLO_TIMEOUT;
@@ -130,7 +138,7 @@ fn gather_hellos(size: i32, me: &Hello) -> Result<Vec<Hello>, String> {
                 let (bytes, status) = probed.matched_receive_vec::<u8>();
                 let r = status.source_rank();
                 let h = msg::decode_hello(&bytes)
-                    .map_err(|e| format!("MPI rank {r} sent a malformed hello: {e}"))?;
+                    .map_err(|e| other(format!("MPI rank {r} sent a malformed hello: {e}")))?;
                 if let Some(slot) = got.get_mut(r as usize - 1) {
                     *slot = Some(h);
                 }
@@ -140,10 +148,10 @@ fn gather_hellos(size: i32, me: &Hello) -> Result<Vec<Hello>, String> {
                 let missing: Vec<usize> = (1..size as usize)
                     .filter(|r| got[r - 1].is_none())
                     .collect();
-                return Err(format!(
+                return Err(other(format!(
                     "MPI ranks {missing:?} did not start procpool within {HELLO_TIMEOUT:?}: \
                      every rank must run this program, whose main calls procpool::init() first"
-                ));
+                )));
             }
             None => nap.sleep(),
         }
@@ -151,7 +159,14 @@ fn gather_hellos(size: i32, me: &Hello) -> Result<Vec<Hello>, String> {
     let agents: Vec<Hello> = got.into_iter().flatten().collect();
     for (i, h) in agents.iter().enumerate() {
         if h.fingerprint != me.fingerprint {
-            return Err(format!(
+            let e = PoolError::Handshake {
+                pid: Some(h.pid),
+                reason: HandshakeError::BinaryMismatch {
+                    parent: me.fingerprint,
+                    worker: h.fingerprint,
+                },
+            };
+            let m = format!(
                 "MPI rank {} (pid {} on host {}) runs a different executable (fingerprint \
                  {:016x}) than rank 0 (fingerprint {:016x} on host {}): functions travel as \
                  offsets into the executable, so every rank must run the same file; build \
@@ -162,7 +177,8 @@ fn gather_hellos(size: i32, me: &Hello) -> Result<Vec<Hello>, String> {
                 h.fingerprint,
                 me.fingerprint,
                 me.host
-            ));
+            );
+            return Err((m, e));
         }
     }
     Ok(agents)
