@@ -98,6 +98,7 @@ fn scenario(name: &str) {
         "panic" => panic_in_main(),
         "error" => error_from_main(),
         "mismatch" => other_binary_is_refused(),
+        "lose_agent" => losing_an_agent_ends_the_job(),
         other => panic!("no scenario {other}"),
     }
 }
@@ -287,6 +288,22 @@ fn error_from_main() {
     std::process::exit(1);
 }
 
+fn losing_an_agent_ends_the_job() {
+    let pool = pool();
+    let who = pool.with_chunk_size(1).map(where_and_who, 0..100).unwrap();
+    let mut pids: BTreeSet<u32> = who.iter().map(|w| w.1).collect();
+    pids.extend(who.iter().map(|w| w.2));
+    println!("pids: {pids:?}");
+    let agent = who.iter().find(|w| w.0 == 1).expect("rank 1 ran a task").2;
+    let _running = pool.spawn(sleeps, 60_000).unwrap();
+    // As if rank 1's host died.
+    // SAFETY: signals a process of this job.
+    unsafe { libc::kill(agent as i32, libc::SIGKILL) };
+    // The MPI library ends the job; this never completes.
+    let _ = pool.with_chunk_size(1).map(sleeps, [50; 200]);
+    std::thread::sleep(Duration::from_secs(120));
+}
+
 fn other_binary_is_refused() {
     let e = Pool::builder().mpi().build().unwrap_err();
     assert!(
@@ -406,7 +423,14 @@ fn drive() {
     let me = std::env::current_exe().unwrap();
     let mut failed = Vec::new();
     let names = [
-        "map", "faults", "timeout", "uneven", "panic", "error", "mismatch",
+        "map",
+        "faults",
+        "timeout",
+        "uneven",
+        "panic",
+        "error",
+        "mismatch",
+        "lose_agent",
     ];
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     for name in names {
@@ -458,6 +482,12 @@ fn check(me: &Path, name: &str) {
         }
         "error" => {
             assert_eq!(run.code, Some(1), "{show}");
+            all_gone(name, &pids_in(&run.stdout));
+        }
+        "lose_agent" => {
+            assert_ne!(run.code, Some(0), "{show}");
+            // Open MPI names the rank, its pid and the signal.
+            assert!(run.stderr.contains("rank 1"), "{show}");
             all_gone(name, &pids_in(&run.stdout));
         }
         "mismatch" => {
