@@ -49,7 +49,7 @@ pub use identity::{WorkerInfo, current_worker};
 pub use oneoff::{JoinError, OneOff};
 pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig};
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};
-pub use remote::{PREFETCH_BELOW, Remote, RemoteDone, RemoteJob};
+pub use remote::{PREFETCH_BELOW, PREFETCH_WORK, Remote, RemoteDone, RemoteJob};
 pub use stats::{Failures, Recorder, Stats, WorkerStats};
 pub use wire::{Failure, PROTOCOL_VERSION};
 pub use worker::{

@@ -8,17 +8,18 @@
 //! Everything above the queue — feeds, chunking, reordering, handles — is the same as
 //! for a local pool.
 //!
-//! Dealing is work-conserving: a job goes to the agent with the most free slots, and
-//! only to one with a free slot, unless the jobs of its batch are known to be short
-//! (under [`PREFETCH_BELOW`]), in which case an agent may hold up to twice its slots so
-//! that its workers never wait for a round trip. A long job never waits at a busy agent
-//! while another agent has room.
+//! Dealing is work-conserving: a job goes to the agent with the most free room, and only
+//! to one with a free slot, unless the jobs of its batch are known to be short (under
+//! [`PREFETCH_BELOW`]), in which case an agent may hold, per slot, as many as run in
+//! [`PREFETCH_WORK`] (at least 2, at most 512) so that its workers never wait for a
+//! round trip. A long job never waits at a busy agent while another agent has room, and
+//! the work held ahead at an agent is bounded by a few milliseconds per worker.
 //!
 //! [`Batch`]: crate::Batch
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::batch::{BatchInner, Done, Job, Queued};
 use crate::error::{PoolError, TaskError, TaskErrorKind};
@@ -29,8 +30,15 @@ use crate::sys::{self, Ready};
 /// whose slots are all busy.
 pub const PREFETCH_BELOW: Duration = Duration::from_millis(5);
 
-/// Longest nap of the dispatcher between two looks at its link while jobs are out.
-const MAX_NAP: Duration = Duration::from_micros(200);
+/// How much work (by the batch's measured job time) an agent may hold per slot ahead of
+/// its workers, for short jobs.
+pub const PREFETCH_WORK: Duration = Duration::from_millis(2);
+
+/// Longest nap of the dispatcher between two looks at its link while jobs are out, for
+/// [`BRISK`] after the last activity, and after.
+const MAX_NAP: Duration = Duration::from_micros(100);
+const MAX_NAP_QUIET: Duration = Duration::from_millis(1);
+const BRISK: Duration = Duration::from_millis(50);
 
 /// One job sent to an agent.
 #[derive(Debug)]
@@ -142,6 +150,7 @@ struct Dispatcher {
     next_batch: u64,
     answers: Vec<RemoteDone>,
     nap: Duration,
+    last_busy: Instant,
     stopped: bool,
 }
 
@@ -158,6 +167,7 @@ impl Dispatcher {
             next_batch: 0,
             answers: Vec::new(),
             nap: Duration::ZERO,
+            last_busy: Instant::now(),
             stopped: false,
         }
     }
@@ -211,14 +221,17 @@ impl Dispatcher {
     /// Naps until a caller wakes the dispatcher or, while jobs are out, a growing pause
     /// (the link has no descriptor to wait on).
     fn wait(&mut self, busy: bool) {
-        self.nap = if busy {
-            Duration::ZERO
-        } else {
-            (self.nap * 2).clamp(Duration::from_micros(10), MAX_NAP)
-        };
         if busy {
+            self.nap = Duration::ZERO;
+            self.last_busy = Instant::now();
             return;
         }
+        let max = if self.last_busy.elapsed() < BRISK {
+            MAX_NAP
+        } else {
+            MAX_NAP_QUIET
+        };
+        self.nap = (self.nap * 2).clamp(Duration::from_micros(5), max);
         let timeout = if self.out.is_empty() {
             None
         } else {
@@ -235,18 +248,21 @@ impl Dispatcher {
         match sys::poll(&fds, &mut ready, timeout) {
             Ok(()) if ready.first().is_some_and(|r| r.read) => sys::drain(self.shared.wake_fd()),
             Ok(()) => {}
-            Err(_) => std::thread::sleep(MAX_NAP),
+            Err(_) => std::thread::sleep(self.nap),
         }
     }
 
     /// How many more jobs of a batch with average run time `avg` agent `a` may take.
     fn room(&self, a: usize, avg: f64) -> usize {
         let short = avg > 0.0 && avg < PREFETCH_BELOW.as_nanos() as f64;
-        let cap = if short {
-            2 * self.slots[a]
+        let depth = if short {
+            (PREFETCH_WORK.as_nanos() as f64 / avg)
+                .ceil()
+                .clamp(2.0, 512.0) as usize
         } else {
-            self.slots[a]
+            1
         };
+        let cap = depth * self.slots[a];
         cap.saturating_sub(self.held[a])
     }
 

@@ -34,7 +34,7 @@ pub(crate) fn serve(rank: i32) {
     let world = mpi::topology::SimpleCommunicator::world();
     let caller = world.process_at_rank(0);
     let mut agent = Agent::default();
-    let mut nap = Nap::up_to(Duration::from_micros(500));
+    let mut nap = Nap::new(Duration::from_micros(50), Duration::from_millis(2));
     loop {
         let mut busy = false;
         while let Some(probed) = caller.immediate_matched_probe() {
@@ -72,7 +72,7 @@ pub(crate) fn serve(rank: i32) {
         if busy {
             nap.reset();
         } else {
-            nap.sleep();
+            agent.wait(nap.next());
         }
     }
 }
@@ -151,6 +151,25 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Waits up to `pause` for a local answer (or just `pause` when none is due).
+    fn wait(&mut self, pause: Duration) {
+        let Some(l) = self.batches.values().max_by_key(|l| l.open.len()) else {
+            std::thread::sleep(pause);
+            return;
+        };
+        if let Ok(d) = l.batch.recv_timeout(pause) {
+            let id = self
+                .batches
+                .iter()
+                .find(|(_, l)| l.open.contains(&d.index))
+                .map(|(id, _)| *id);
+            if let Some(l) = id.and_then(|id| self.batches.get_mut(&id)) {
+                l.open.remove(&d.index);
+            }
+            self.answer_with(d.index, d.nanos, d.pid, &d.outcome);
+        }
     }
 
     /// Takes the local pool's answers; whether there were any.

@@ -22,6 +22,7 @@ pub(crate) struct MpiLink {
     per_agent: Option<usize>,
     /// Agents whose pool was started and not yet stopped, by rank.
     started: Vec<i32>,
+    slack_set: bool,
 }
 
 impl MpiLink {
@@ -29,6 +30,7 @@ impl MpiLink {
         Self {
             per_agent,
             started: Vec::new(),
+            slack_set: false,
         }
     }
 }
@@ -143,6 +145,11 @@ impl Remote for MpiLink {
     }
 
     fn poll(&mut self, out: &mut Vec<RemoteDone>) -> Result<(), PoolError> {
+        if !self.slack_set {
+            // This runs on the dispatcher thread, whose naps are short.
+            runtime::fine_timer_slack();
+            self.slack_set = true;
+        }
         with_mpi(|_| {
             let world = world();
             while let Some(probed) = world

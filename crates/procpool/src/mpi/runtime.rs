@@ -295,33 +295,59 @@ fn finalize_and_exit(code: i32) -> ! {
 }
 
 /// A growing pause between looks at MPI, which gives no descriptor to wait on: from a
-/// few microseconds while messages flow to `max` when idle.
+/// few microseconds while messages flow, up to `fast` for a while after the last one
+/// ([`BRISK`]), then up to `slow` (an idle rank costs next to no CPU).
 #[derive(Debug)]
 pub(crate) struct Nap {
     cur: Duration,
-    max: Duration,
+    fast: Duration,
+    slow: Duration,
+    last: Instant,
 }
+
+/// How long after its last message a rank keeps looking often.
+const BRISK: Duration = Duration::from_millis(50);
 
 impl Default for Nap {
     fn default() -> Self {
-        Self::up_to(Duration::from_millis(1))
+        Self::new(Duration::from_micros(100), Duration::from_millis(1))
     }
 }
 
 impl Nap {
-    pub(crate) fn up_to(max: Duration) -> Self {
+    pub(crate) fn new(fast: Duration, slow: Duration) -> Self {
+        fine_timer_slack();
         Self {
             cur: Duration::ZERO,
-            max,
+            fast,
+            slow,
+            last: Instant::now(),
         }
     }
     pub(crate) fn reset(&mut self) {
         self.cur = Duration::ZERO;
+        self.last = Instant::now();
+    }
+    /// The next pause.
+    pub(crate) fn next(&mut self) -> Duration {
+        let max = if self.last.elapsed() < BRISK {
+            self.fast
+        } else {
+            self.slow
+        };
+        self.cur = (self.cur * 2).clamp(Duration::from_micros(2), max);
+        self.cur
     }
     pub(crate) fn sleep(&mut self) {
-        self.cur = (self.cur * 2).clamp(Duration::from_micros(5), self.max);
-        std::thread::sleep(self.cur);
+        std::thread::sleep(self.next());
     }
+}
+
+/// Makes this thread's sleeps end within microseconds of their time (the default slack
+/// of 50 µs would dominate the naps above).
+pub(crate) fn fine_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes a number of nanoseconds and affects this thread.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 5_000 as libc::c_ulong, 0, 0, 0) };
 }
 
 /// Messages sent without blocking (`MPI_Isend`), kept until MPI is done with them: a
