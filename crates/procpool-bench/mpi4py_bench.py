@@ -1,6 +1,6 @@
 """The MPI benchmark's workloads on mpi4py.futures, for comparison with procpool's MPI pools.
 
-Run by `mpi_bench` as `mpirun -n N python -m mpi4py.futures mpi4py_bench.py SEED_N QUICK`:
+Run by `mpi_bench` as `mpirun -n N python -m mpi4py.futures mpi4py_bench.py QUICK`:
 rank 0 runs this script, the other ranks are mpi4py's workers. Prints one line per figure:
 `RESULT <name> <value>`, as the Rust side does.
 """
@@ -25,14 +25,30 @@ def trivial(x):
     return x + 1
 
 
+def calibrate(per_task):
+    """The n for which compute(n) takes about per_task seconds in this interpreter."""
+    n = 1000
+    while True:
+        t = time.perf_counter()
+        compute(n)
+        d = time.perf_counter() - t
+        if d >= 0.005:
+            return max(1, int(n * per_task / d))
+        n *= 4
+
+
 def main():
-    seed_n = int(sys.argv[1])
-    quick = sys.argv[2] == "1"
+    quick = sys.argv[1] == "1"
+    seed_n = calibrate(0.010)
     items = 10_000
     with MPIPoolExecutor() as ex:
         # Warm up: every worker answered once.
         list(ex.map(trivial, range(64)))
         tasks = 32
+        t = time.perf_counter()
+        for _ in range(tasks):
+            compute(seed_n)
+        print(f"RESULT seed_sequential_s {time.perf_counter() - t}")
         t = time.perf_counter()
         list(ex.map(compute, [seed_n] * tasks))
         print(f"RESULT seed_wall_s {time.perf_counter() - t}")

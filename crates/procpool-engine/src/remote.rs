@@ -35,8 +35,10 @@ pub const PREFETCH_BELOW: Duration = Duration::from_millis(5);
 pub const PREFETCH_WORK: Duration = Duration::from_millis(2);
 
 /// Longest nap of the dispatcher between two looks at its link while jobs are out, for
-/// [`BRISK`] after the last activity, and after.
-const MAX_NAP: Duration = Duration::from_micros(100);
+/// [`BRISK`] after the last activity (a sixteenth of the jobs' measured run time, within
+/// these bounds), and after.
+const MIN_MAX_NAP: Duration = Duration::from_micros(20);
+const MAX_NAP: Duration = Duration::from_millis(1);
 const MAX_NAP_QUIET: Duration = Duration::from_millis(1);
 const BRISK: Duration = Duration::from_millis(50);
 
@@ -150,6 +152,8 @@ struct Dispatcher {
     next_batch: u64,
     answers: Vec<RemoteDone>,
     nap: Duration,
+    /// Running average of the jobs' run times, in nanoseconds (0: none yet).
+    avg_nanos: f64,
     last_busy: Instant,
     stopped: bool,
 }
@@ -167,6 +171,7 @@ impl Dispatcher {
             next_batch: 0,
             answers: Vec::new(),
             nap: Duration::ZERO,
+            avg_nanos: 0.0,
             last_busy: Instant::now(),
             stopped: false,
         }
@@ -227,7 +232,7 @@ impl Dispatcher {
             return;
         }
         let max = if self.last_busy.elapsed() < BRISK {
-            MAX_NAP
+            Duration::from_nanos((self.avg_nanos / 16.0) as u64).clamp(MIN_MAX_NAP, MAX_NAP)
         } else {
             MAX_NAP_QUIET
         };
@@ -343,6 +348,11 @@ impl Dispatcher {
         self.release_batch(&o.q.batch);
         if a.nanos > 0 {
             o.q.batch.observe(a.nanos);
+            self.avg_nanos = if self.avg_nanos == 0.0 {
+                a.nanos as f64
+            } else {
+                0.9 * self.avg_nanos + 0.1 * a.nanos as f64
+            };
         }
         if o.q.batch.is_abandoned() {
             return;

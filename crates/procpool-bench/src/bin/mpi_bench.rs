@@ -183,7 +183,6 @@ fn drive(args: &[String], quick: bool) {
             std::process::exit(1);
         }
     };
-    let seed_n = rs.get("seed_n").copied().unwrap_or(1.0) as u64;
     let mut py = BTreeMap::new();
     if !args.iter().any(|a| a == "--no-python") {
         let has = Command::new(&python)
@@ -200,7 +199,6 @@ fn drive(args: &[String], quick: bool) {
                 "-m".into(),
                 "mpi4py.futures".into(),
                 script.display().to_string(),
-                seed_n.to_string(),
                 if quick { "1" } else { "0" }.into(),
             ];
             match mpirun(ranks, &p) {
@@ -224,12 +222,23 @@ fn report(rs: &BTreeMap<String, f64>, py: &BTreeMap<String, f64>, ranks: usize) 
         ranks - 1
     );
     println!(
-        "seed: {SEED_TASKS} tasks of ~{SEED_TASK_TIME:?}; sequential {} s",
-        fmt(get(rs, "seed_sequential_s"))
+        "seed: {SEED_TASKS} tasks of ~{SEED_TASK_TIME:?} (each language calibrates its own); \
+         sequential {} s (Rust), {} s (Python)",
+        fmt(get(rs, "seed_sequential_s")),
+        fmt(get(py, "seed_sequential_s"))
     );
     println!(
         "{:<38} {:>14} {:>14} {:>16}",
         "figure", "procpool MPI", "procpool local", "mpi4py.futures"
+    );
+    let speedup =
+        |m: &BTreeMap<String, f64>, k: &str| Some(get(m, "seed_sequential_s")? / get(m, k)?);
+    println!(
+        "{:<38} {:>14} {:>14} {:>16}",
+        "seed speedup over sequential",
+        fmt(speedup(rs, "mpi_seed_wall_s")),
+        fmt(speedup(rs, "local_seed_wall_s")),
+        fmt(speedup(py, "seed_wall_s")),
     );
     let rows: [(&str, &str, &str, bool); 6] = [
         ("seed wall time (s)", "seed_wall_s", "seed_wall_s", false),

@@ -13,6 +13,10 @@ use procpool_engine::{Batch, Engine, Job, TaskError, TaskErrorKind};
 use super::msg::{self, Reader, Writer};
 use super::runtime::{Nap, Outbox, abort_job};
 
+/// Longest wait for a local answer before the agent looks at MPI again (a cancel or a
+/// new call's first jobs wait at most this long).
+const ANSWER_WAIT: Duration = Duration::from_millis(2);
+
 /// A batch of the caller's, as this agent runs it.
 struct Local {
     batch: Batch,
@@ -153,13 +157,15 @@ impl Agent {
         Ok(())
     }
 
-    /// Waits up to `pause` for a local answer (or just `pause` when none is due).
+    /// Waits `pause` when no job is out in the local pool; otherwise until a local
+    /// answer comes, at most [`ANSWER_WAIT`]: the caller sends more work only in return
+    /// for answers, so MPI need not be looked at more often meanwhile.
     fn wait(&mut self, pause: Duration) {
         let Some(l) = self.batches.values().max_by_key(|l| l.open.len()) else {
             std::thread::sleep(pause);
             return;
         };
-        if let Ok(d) = l.batch.recv_timeout(pause) {
+        if let Ok(d) = l.batch.recv_timeout(ANSWER_WAIT) {
             let id = self
                 .batches
                 .iter()
