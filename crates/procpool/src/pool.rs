@@ -84,7 +84,7 @@ impl Default for Builder {
 
 impl Builder {
     /// Number of worker processes. Default: the number of available cores. With
-    /// [`mpi`](Builder::mpi), the number of workers of each agent.
+    /// `mpi()` (feature `mpi`), the number of workers of each agent.
     pub fn workers(mut self, n: usize) -> Self {
         self.config.workers = n;
         #[cfg(feature = "mpi")]
