@@ -460,3 +460,205 @@ fn fail_job(q: &Queued, kind: TaskErrorKind) {
         pid: None,
     }]);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::RecvError;
+
+    /// Agents simulated in memory: jobs held per agent until the test answers them.
+    #[derive(Debug, Default)]
+    struct Fake {
+        held: Vec<Vec<(u64, u64, Vec<u8>)>>,
+        answers: Vec<RemoteDone>,
+        cancels: Vec<(usize, u64, bool)>,
+        stopped: Option<bool>,
+    }
+
+    #[derive(Debug, Clone)]
+    struct Link(Arc<Mutex<Fake>>, Vec<usize>);
+
+    impl Remote for Link {
+        fn start(&mut self, _: &EngineConfig) -> Result<Vec<usize>, PoolError> {
+            self.0.lock().unwrap().held = vec![Vec::new(); self.1.len()];
+            Ok(self.1.clone())
+        }
+        fn send(&mut self, agent: usize, jobs: &[RemoteJob<'_>]) -> Result<(), PoolError> {
+            let mut f = self.0.lock().unwrap();
+            for j in jobs {
+                f.held[agent].push((j.tag, j.batch, j.job.payload.to_vec()));
+            }
+            Ok(())
+        }
+        fn cancel(&mut self, agent: usize, batch: u64, kill: bool) -> Result<(), PoolError> {
+            let mut f = self.0.lock().unwrap();
+            f.cancels.push((agent, batch, kill));
+            // The agent answers every job of the batch it holds.
+            let (gone, kept): (Vec<_>, Vec<_>) =
+                f.held[agent].drain(..).partition(|h| h.1 == batch);
+            f.held[agent] = kept;
+            for (tag, ..) in gone {
+                let e = TaskError::new(TaskErrorKind::Cancelled, tag, Some(9), 1);
+                f.answers.push(RemoteDone {
+                    tag,
+                    outcome: Err(e),
+                    nanos: 0,
+                    pid: Some(9),
+                });
+            }
+            Ok(())
+        }
+        fn poll(&mut self, out: &mut Vec<RemoteDone>) -> Result<(), PoolError> {
+            out.append(&mut self.0.lock().unwrap().answers);
+            Ok(())
+        }
+        fn stop(&mut self, terminate: bool) {
+            self.0.lock().unwrap().stopped = Some(terminate);
+        }
+    }
+
+    fn engine(slots: &[usize]) -> (Engine, Arc<Mutex<Fake>>) {
+        let fake = Arc::new(Mutex::new(Fake::default()));
+        let link = Link(fake.clone(), slots.to_vec());
+        let e = Engine::start_remote(EngineConfig::default(), Box::new(link)).unwrap();
+        (e, fake)
+    }
+
+    fn job(i: u64) -> Job {
+        Job {
+            func: Arc::from(&b"f"[..]),
+            payload: Arc::new(vec![i as u8]),
+            index: i,
+            weight: 1,
+            timeout: None,
+        }
+    }
+
+    /// Answers the oldest job agent `a` holds with its payload; its tag.
+    fn answer_one(fake: &Mutex<Fake>, a: usize) -> Option<u64> {
+        let mut f = fake.lock().unwrap();
+        if f.held[a].is_empty() {
+            return None;
+        }
+        let (tag, _, payload) = f.held[a].remove(0);
+        f.answers.push(RemoteDone {
+            tag,
+            outcome: Ok(payload),
+            nanos: 50_000_000,
+            pid: Some(100 + a as u32),
+        });
+        Some(tag)
+    }
+
+    fn held(fake: &Mutex<Fake>) -> Vec<usize> {
+        fake.lock().unwrap().held.iter().map(Vec::len).collect()
+    }
+
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let t = std::time::Instant::now();
+        while !cond() {
+            assert!(t.elapsed() < Duration::from_secs(10), "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn deals_only_to_free_slots_and_delivers_answers() {
+        let (e, fake) = engine(&[2, 1]);
+        assert_eq!(e.config().workers, 3);
+        let b = e.batch();
+        b.submit((0..6).map(job)).unwrap();
+        wait_for("three jobs out", || held(&fake).iter().sum::<usize>() == 3);
+        // Jobs of unknown length go only to free slots: the rest wait here.
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(held(&fake), [2, 1]);
+        assert_eq!(e.stats().queued, 3);
+        answer_one(&fake, 1).unwrap();
+        let d = b.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(d.outcome.unwrap(), vec![d.index as u8]);
+        assert_eq!(d.pid, Some(101));
+        // The freed slot gets the next job, and no more.
+        wait_for("a job refills agent 1", || held(&fake) == [2, 1]);
+        let mut got = 1;
+        while got < 6 {
+            for a in 0..2 {
+                answer_one(&fake, a);
+            }
+            while let Ok(d) = b.recv_timeout(Duration::from_millis(5)) {
+                assert_eq!(d.outcome.unwrap(), vec![d.index as u8]);
+                got += 1;
+            }
+            assert!(held(&fake)[0] <= 2 && held(&fake)[1] <= 1);
+        }
+        assert!(matches!(
+            b.recv_timeout(Duration::ZERO),
+            Err(RecvError::Empty)
+        ));
+        e.join();
+        assert_eq!(fake.lock().unwrap().stopped, Some(false));
+    }
+
+    #[test]
+    fn cancel_answers_queued_jobs_and_asks_agents_to_kill() {
+        let (e, fake) = engine(&[1, 1]);
+        let b = e.batch();
+        b.submit((0..5).map(job)).unwrap();
+        wait_for("two jobs out", || held(&fake) == [1, 1]);
+        b.cancel();
+        let mut indices = Vec::new();
+        while let Ok(d) = b.recv_timeout(Duration::from_secs(10)) {
+            let err = d.outcome.unwrap_err();
+            assert_eq!(err.kind(), &TaskErrorKind::Cancelled);
+            assert_eq!(err.index(), d.index, "errors carry the caller's index");
+            indices.push(d.index);
+        }
+        indices.sort_unstable();
+        assert_eq!(indices, [0, 1, 2, 3, 4]);
+        let mut cancels = fake.lock().unwrap().cancels.clone();
+        cancels.sort_unstable();
+        assert_eq!(cancels.len(), 2);
+        assert!(cancels.iter().all(|c| c.2), "{cancels:?}");
+    }
+
+    #[test]
+    fn dropping_the_engine_terminates_agents_and_jobs_out() {
+        let (e, fake) = engine(&[1]);
+        let b = e.batch();
+        b.submit((0..3).map(job)).unwrap();
+        wait_for("a job out", || held(&fake) == [1]);
+        drop(e);
+        assert_eq!(fake.lock().unwrap().stopped, Some(true));
+        for _ in 0..3 {
+            let d = b.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(d.outcome.unwrap_err().kind(), &TaskErrorKind::Terminated);
+        }
+    }
+
+    #[test]
+    fn short_jobs_are_held_ahead_within_bounds() {
+        let (e, fake) = engine(&[1, 1]);
+        let b = e.batch();
+        b.submit((0..2).map(job)).unwrap();
+        wait_for("two jobs out", || held(&fake) == [1, 1]);
+        // Measured at 1 ms each: each agent may hold 2 ms of them per slot.
+        for a in 0..2 {
+            let mut f = fake.lock().unwrap();
+            let (tag, _, p) = f.held[a].remove(0);
+            f.answers.push(RemoteDone {
+                tag,
+                outcome: Ok(p),
+                nanos: 1_000_000,
+                pid: None,
+            });
+        }
+        for _ in 0..2 {
+            b.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        b.submit((0..20).map(job)).unwrap();
+        wait_for("jobs held ahead", || held(&fake) == [2, 2]);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(held(&fake), [2, 2]);
+    }
+}

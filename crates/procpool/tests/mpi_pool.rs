@@ -158,7 +158,38 @@ fn map_across_agents() {
     // Errors are those of a local pool: the first failed item, by index.
     let e = pool.with_chunk_size(1).map(crashes, 0..10).unwrap_err();
     assert_eq!(e.as_task().map(|t| t.index()), Some(3), "{e}");
+
+    // One MPI pool at a time; another once it is joined, with an initializer that runs
+    // in every remote worker.
+    let second = Pool::builder().mpi().build().unwrap_err();
+    assert!(
+        matches!(second, Error::Pool(procpool::PoolError::Config(_))),
+        "{second}"
+    );
     pool.join();
+    let pool = Pool::builder()
+        .mpi()
+        .workers(PER_AGENT)
+        .initializer(remember, 41)
+        .build()
+        .unwrap();
+    let seen = pool.with_chunk_size(1).map(remembered, 0..100).unwrap();
+    assert!(seen.iter().all(|&(v, _)| v == 42), "{seen:?}");
+    let ranks: BTreeSet<u32> = seen.iter().map(|&(_, r)| r).collect();
+    assert_eq!(ranks, BTreeSet::from([1, 2]));
+}
+
+static REMEMBERED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn remember(v: u32) {
+    REMEMBERED.store(v + 1, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn remembered(_: u32) -> (u32, u32) {
+    (
+        REMEMBERED.load(std::sync::atomic::Ordering::Relaxed),
+        agent_rank(),
+    )
 }
 
 fn faults_fail_their_task_only() {
