@@ -56,7 +56,11 @@ pub(crate) fn serve(rank: i32) {
                 }
                 msg::EXIT => {
                     agent.end(true);
-                    while agent.outbox.progress() {
+                    agent.outbox.send(0, msg::BYE, Vec::new());
+                    // Rank 0 reads everything until each agent's BYE; bounded all the
+                    // same, so that an agent never hangs here.
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    while agent.outbox.progress() && std::time::Instant::now() < deadline {
                         std::thread::sleep(Duration::from_micros(50));
                     }
                     return;

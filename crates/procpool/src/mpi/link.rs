@@ -60,6 +60,13 @@ fn world() -> mpi::topology::SimpleCommunicator {
 
 impl Remote for MpiLink {
     fn start(&mut self, config: &EngineConfig) -> Result<Vec<usize>, PoolError> {
+        if config.max_message > msg::MAX_MESSAGE - 4096 {
+            return Err(PoolError::Config(
+                "a max_message_size this close to 2 GiB is not supported over MPI (an MPI \
+                 message carries at most 2 GiB); choose at most 1.9 GiB"
+                    .into(),
+            ));
+        }
         let agents = with_mpi(|rt| {
             if rt.pool_open {
                 return Err(PoolError::Config(

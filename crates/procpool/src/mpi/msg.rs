@@ -29,6 +29,8 @@ pub(crate) const END: i32 = 7;
 pub(crate) const ENDED: i32 = 8;
 /// Caller → agent: leave, the job is ending.
 pub(crate) const EXIT: i32 = 9;
+/// Agent → caller: the last message of an agent (everything it sent before was sent).
+pub(crate) const BYE: i32 = 10;
 
 /// Largest MPI message the backend sends (MPI counts are `int`s); answers and jobs are
 /// cut into messages of at most [`PACK_BYTES`] where they can be.

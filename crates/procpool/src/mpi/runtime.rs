@@ -18,6 +18,8 @@ use super::msg::{self, Hello};
 
 /// How long the caller's rank waits for every agent to say hello at start-up.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long rank 0 waits at exit for every agent to say it leaves.
+const BYE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long ending the job may take before the process leaves without `MPI_Finalize`
 /// (which makes the launcher end every rank).
 const FINALIZE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -277,6 +279,29 @@ extern "C" fn at_exit() {
             p.send_with_tag(&[1u8][..], msg::END);
         }
         p.send_with_tag(&[][..] as &[u8], msg::EXIT);
+    }
+    // Everything the agents still send is read (a large message left unread would hold
+    // its sender), until each says BYE.
+    let mut left = rt.size - 1;
+    let deadline = Instant::now() + BYE_TIMEOUT;
+    let mut nap = Nap::default();
+    while left > 0 && Instant::now() < deadline {
+        match world.any_process().immediate_matched_probe() {
+            Some(probed) => {
+                let (_, status) = probed.matched_receive_vec::<u8>();
+                if status.tag() == msg::BYE {
+                    left -= 1;
+                }
+                nap.reset();
+            }
+            None => nap.sleep(),
+        }
+    }
+    if left > 0 {
+        eprintln!(
+            "procpool: {left} MPI agents did not say goodbye within {BYE_TIMEOUT:?}; \
+             finalizing all the same"
+        );
     }
     rt.finalized = true;
     rt.pool_open = false;
