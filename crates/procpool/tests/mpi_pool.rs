@@ -155,6 +155,22 @@ fn map_across_agents() {
     );
     assert_eq!(pool.map(|x: u8| x, [1, 2, 3]).unwrap(), [1, 2, 3]);
 
+    // An imap dropped half-way: the agents drop its jobs, and their room comes back.
+    let first: Vec<_> = pool
+        .with_chunk_size(1)
+        .imap(sleeps, [30u64; 400])
+        .take(3)
+        .collect();
+    assert_eq!(first.len(), 3);
+    common::wait_until(
+        "the dropped call's jobs are gone",
+        Duration::from_secs(20),
+        || pool.stats().in_flight == 0,
+    );
+    let after = pool.with_chunk_size(1).map(where_and_who, 0..100).unwrap();
+    let ranks: BTreeSet<u32> = after.iter().map(|w| w.0).collect();
+    assert_eq!(ranks, BTreeSet::from([1, 2]));
+
     // Errors are those of a local pool: the first failed item, by index.
     let e = pool.with_chunk_size(1).map(crashes, 0..10).unwrap_err();
     assert_eq!(e.as_task().map(|t| t.index()), Some(3), "{e}");
