@@ -478,6 +478,7 @@ fn drive() {
         "error",
         "mismatch",
         "lose_agent",
+        "example",
     ];
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     for name in names {
@@ -500,7 +501,41 @@ fn drive() {
     }
 }
 
+/// The `mpi_compute` example's binary, built if this test run did not build it.
+fn example() -> PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let exe = deps
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples/mpi_compute");
+    if !exe.exists() {
+        let cargo = option_env!("CARGO").unwrap_or("cargo");
+        let ok = Command::new(cargo)
+            .args(["build", "-q", "-p", "procpool", "--features", "mpi"])
+            .args(["--example", "mpi_compute"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "building the mpi_compute example failed");
+    }
+    exe
+}
+
 fn check(me: &Path, name: &str) {
+    if name == "example" {
+        let exe = example();
+        let run = run_job(&exe, &exe, "");
+        let show = format!("exit {:?}\n{}\n{}", run.code, run.stdout, run.stderr);
+        assert_eq!(run.code, Some(0), "{show}");
+        assert!(run.stdout.contains("primes counted"), "{show}");
+        assert!(
+            run.stdout.contains("task 3 failed") && run.stdout.contains("SIGSEGV"),
+            "{show}"
+        );
+        assert!(run.stdout.contains("task 5: 50"), "{show}");
+        return;
+    }
     let copy;
     let agents = if name == "mismatch" {
         // The same program with one byte more: another executable.
