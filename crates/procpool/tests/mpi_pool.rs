@@ -153,6 +153,15 @@ fn map_across_agents() {
         ),
         "{e}"
     );
+    let killed = e
+        .as_task()
+        .and_then(|t| t.pid())
+        .expect("the remote worker's pid");
+    common::wait_until(
+        "the cancelled task's worker is gone",
+        Duration::from_secs(10),
+        || !exists(killed),
+    );
     assert_eq!(pool.map(|x: u8| x, [1, 2, 3]).unwrap(), [1, 2, 3]);
 
     // An imap dropped half-way: the agents drop its jobs, and their room comes back.

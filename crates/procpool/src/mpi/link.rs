@@ -193,12 +193,14 @@ impl Remote for MpiLink {
         while !waiting.is_empty() {
             let got = with_mpi(|_| {
                 let world = world();
-                // Answers still on their way are read and dropped.
-                while let Some(probed) = world
-                    .any_process()
-                    .immediate_matched_probe_with_tag(msg::RESULTS)
-                {
-                    probed.matched_receive_vec::<u8>();
+                // Answers still on their way are read and dropped, and so is a late
+                // answer to START (from an agent given up on while it started).
+                for tag in [msg::RESULTS, msg::STARTED] {
+                    while let Some(probed) =
+                        world.any_process().immediate_matched_probe_with_tag(tag)
+                    {
+                        probed.matched_receive_vec::<u8>();
+                    }
                 }
                 Ok(world
                     .any_process()
