@@ -10,7 +10,7 @@ use procpool_engine::{EngineConfig, PoolError, Remote, RemoteDone, RemoteJob, Ta
 use super::msg::{self, Reader, Writer};
 use super::runtime::{self, Nap};
 
-/// How long stopping the agents' pools may take before the job is ended.
+/// How long terminating the agents' pools may take before the job is ended.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Extra time an agent has, past the workers' handshake limit, to start its pool.
 const START_SLACK: Duration = Duration::from_secs(30);
@@ -213,7 +213,9 @@ impl Remote for MpiLink {
                     waiting.retain(|&w| w != r);
                     nap.reset();
                 }
-                Ok(None) if Instant::now() > deadline => runtime::abort_job(
+                // Joining waits for what the agents run (tasks of abandoned calls run to
+                // their end, as in a local pool); terminating is bounded.
+                Ok(None) if terminate && Instant::now() > deadline => runtime::abort_job(
                     1,
                     &format!(
                         "MPI ranks {waiting:?} did not stop their pools within {STOP_TIMEOUT:?}"
