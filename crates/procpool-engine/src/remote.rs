@@ -68,6 +68,52 @@ pub struct RemoteDone {
 
 /// The link between the engine and its agents. Every call is made from one thread at a
 /// time (first the caller of [`Engine::start_remote`], then the dispatcher thread).
+///
+/// # Examples
+/// One agent of two slots that answers each job at once with its argument:
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use procpool_engine::*;
+///
+/// #[derive(Default)]
+/// struct Echo(Vec<RemoteDone>);
+///
+/// impl Remote for Echo {
+///     fn start(&mut self, _: &EngineConfig) -> Result<Vec<usize>, PoolError> {
+///         Ok(vec![2])
+///     }
+///     fn send(&mut self, _agent: usize, jobs: &[RemoteJob<'_>]) -> Result<(), PoolError> {
+///         for j in jobs {
+///             let outcome = Ok(j.job.payload.to_vec());
+///             self.0.push(RemoteDone { tag: j.tag, outcome, nanos: 1000, pid: None });
+///         }
+///         Ok(())
+///     }
+///     fn cancel(&mut self, _: usize, _: u64, _: bool) -> Result<(), PoolError> {
+///         Ok(()) // every job was answered already
+///     }
+///     fn poll(&mut self, out: &mut Vec<RemoteDone>) -> Result<(), PoolError> {
+///         out.append(&mut self.0);
+///         Ok(())
+///     }
+///     fn stop(&mut self, _terminate: bool) {}
+/// }
+///
+/// let engine = Engine::start_remote(EngineConfig::default(), Box::new(Echo::default()))?;
+/// assert_eq!(engine.config().workers, 2);
+/// let batch = engine.batch();
+/// batch.submit([Job {
+///     func: Arc::from(&b"f"[..]),
+///     payload: Arc::new(vec![7]),
+///     index: 0,
+///     weight: 1,
+///     timeout: None,
+/// }])?;
+/// let done = batch.recv_timeout(Duration::from_secs(10)).unwrap();
+/// assert_eq!(done.outcome.unwrap(), vec![7]);
+/// # Ok::<(), PoolError>(())
+/// ```
 pub trait Remote: Send + 'static {
     /// Starts the agents' pools with `config` (its `workers` as the caller asked; the
     /// link decides how many each agent runs); returns each agent's worker count.
