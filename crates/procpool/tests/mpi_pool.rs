@@ -490,6 +490,7 @@ fn drive() {
         "example",
     ];
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let mut passed = 0;
     for name in names {
         if filter.as_deref().is_some_and(|f| !name.contains(f)) {
             continue;
@@ -497,13 +498,18 @@ fn drive() {
         print!("test mpi {name} ... ");
         let r = std::panic::catch_unwind(|| check(&me, name));
         match r {
-            Ok(()) => println!("ok"),
+            Ok(()) => {
+                println!("ok");
+                passed += 1;
+            }
             Err(_) => {
                 println!("FAILED");
                 failed.push(name);
             }
         }
     }
+    // The same closing line as the other harness-less tests (summed by `.ci/run`).
+    println!("{passed} passed, {} failed", failed.len());
     if !failed.is_empty() {
         eprintln!("failed MPI scenarios: {failed:?}");
         std::process::exit(1);
