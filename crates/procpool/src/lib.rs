@@ -108,6 +108,7 @@ mod handle;
 mod items;
 mod iter;
 mod outcome;
+mod passfd;
 mod pool;
 mod probe;
 mod process;
@@ -123,6 +124,7 @@ pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKin
 pub use format::Codec;
 pub use handle::TaskHandle;
 pub use iter::{Imap, ImapUnordered};
+pub use passfd::Fd;
 pub use pool::{Builder, Call, Pool};
 pub use process::{Process, spawn};
 pub use procpool_engine::{Failures, Progress, Stats, WorkerInfo, WorkerStats, current_worker};
