@@ -128,8 +128,8 @@ pub use iter::{Imap, ImapUnordered};
 pub use passfd::Fd;
 pub use pool::{Builder, Call, Pool};
 pub use process::{Process, spawn};
-pub use shared::{Element, Shared, SharedArray, SharedError, SharedSlice};
 pub use procpool_engine::{Failures, Progress, Stats, WorkerInfo, WorkerStats, current_worker};
+pub use shared::{Element, Shared, SharedArray, SharedError, SharedSlice};
 
 /// Makes this process a worker if it was started as one; returns at once otherwise.
 ///

@@ -62,7 +62,14 @@ fn imap_apply_spawn_and_one_off_processes_see_it() {
         .collect();
     assert_eq!(got, (0..500u64).map(|k| k * k).collect::<Vec<_>>());
     assert_eq!(pool.apply(lookup, (t.clone(), 12)).unwrap().0, 144);
-    assert_eq!(pool.spawn(lookup, (t.clone(), 13)).unwrap().join().unwrap().0, 169);
+    assert_eq!(
+        pool.spawn(lookup, (t.clone(), 13))
+            .unwrap()
+            .join()
+            .unwrap()
+            .0,
+        169
+    );
     let p = procpool::spawn(lookup, (t.clone(), 14)).unwrap();
     assert_eq!(p.join().unwrap(), (196, 1));
     assert_eq!(t.0[&3], 9, "the maker reads its own value");
@@ -94,7 +101,9 @@ fn a_shared_slice_is_read_in_place_from_a_read_only_mapping() {
     let s = SharedSlice::new(&data).unwrap();
     assert_eq!(&s[..], &data[..]);
     let pool = pool();
-    let out = pool.map(sum_in_place, (0..1000).map(|k| (s.clone(), k))).unwrap();
+    let out = pool
+        .map(sum_in_place, (0..1000).map(|k| (s.clone(), k)))
+        .unwrap();
     for (sum, map) in out {
         assert_eq!(sum, 99_999);
         assert!(map.contains("memfd:procpool-shared-slice"), "{map}");
@@ -102,7 +111,10 @@ fn a_shared_slice_is_read_in_place_from_a_read_only_mapping() {
         assert!(perms.starts_with("r-"), "the mapping is writable: {map}");
     }
     let empty = SharedSlice::<f64>::new(&[]).unwrap();
-    assert!(pool.apply(|e: SharedSlice<f64>| e.is_empty(), empty).unwrap());
+    assert!(
+        pool.apply(|e: SharedSlice<f64>| e.is_empty(), empty)
+            .unwrap()
+    );
 }
 
 fn count((hits, k): (SharedArray<u64>, usize)) -> u64 {
@@ -115,7 +127,8 @@ fn count((hits, k): (SharedArray<u64>, usize)) -> u64 {
 fn tasks_write_a_shared_array_in_place() {
     let hits = SharedArray::<u64>::new(9).unwrap();
     let pool = pool();
-    pool.map(count, (0..4000).map(|k| (hits.clone(), k))).unwrap();
+    pool.map(count, (0..4000).map(|k| (hits.clone(), k)))
+        .unwrap();
     let v = hits.to_vec();
     assert_eq!(&v[..8], &[500; 8]);
     assert_ne!(v[8], 0, "one compare_exchange won");
@@ -140,7 +153,10 @@ fn an_index_out_of_range_fails_the_task_alone() {
     let a = SharedArray::<u32>::new(4).unwrap();
     let pool = pool();
     let e = pool.apply(out_of_range, a.clone()).unwrap_err().to_string();
-    assert!(e.contains("index 4 out of range for a shared array of 4 elements"), "{e}");
+    assert!(
+        e.contains("index 4 out of range for a shared array of 4 elements"),
+        "{e}"
+    );
     assert_eq!(pool.apply(|a: SharedArray<u32>| a.len(), a).unwrap(), 4);
 }
 
@@ -152,7 +168,9 @@ fn serde_json_of_a_shared_value_fails_clearly() {
     let s = SharedSlice::new(&[1u8]).unwrap();
     assert!(serde_json::to_string(&s).is_err());
     let bogus = r#"{"kind":1,"id":7,"len":3,"codec":1,"memfd":0,"watcher":1}"#;
-    let e = serde_json::from_str::<Shared<Table>>(bogus).unwrap_err().to_string();
+    let e = serde_json::from_str::<Shared<Table>>(bogus)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no descriptors are being received here"), "{e}");
 }
 

@@ -148,7 +148,10 @@ impl<T: Element> SharedArray<T> {
 
     fn at(&self, i: usize) -> &T::Atomic {
         let len = self.len();
-        assert!(i < len, "index {i} out of range for a shared array of {len} elements");
+        assert!(
+            i < len,
+            "index {i} out of range for a shared array of {len} elements"
+        );
         // SAFETY: in bounds (checked above); the mapping is page-aligned, so element `i`
         // is aligned for `T` (whose atomic has `T`'s size and alignment); the memory
         // lives as long as `self` and is only accessed through atomics.

@@ -162,3 +162,62 @@ pub(crate) fn sweep() {
 pub(crate) fn len() -> usize {
     cache().entries.len()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use procpool_engine::shm;
+
+    /// A value as a worker receives it: its holder stays with the test.
+    fn arrive(id: u64) -> (Arrived, std::os::fd::OwnedFd) {
+        let memfd = shm::sealed_file("t", &[1, 2, 3]).unwrap();
+        let (holder, watcher) = shm::lease().unwrap();
+        let file = shm::file_id(memfd.as_fd()).unwrap();
+        let arrived = Arrived {
+            key: Key {
+                kind: Kind::Value,
+                id,
+                file,
+            },
+            codec: 1,
+            backing: Backing {
+                id,
+                len: 3,
+                memfd,
+                watcher,
+                _holder: None,
+            },
+        };
+        (arrived, holder)
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_lets_go_of_released_values() {
+        let mut holders = Vec::new();
+        let mut made = 0;
+        for id in 0..(CACHE_ENTRIES as u64 + 10) {
+            let (a, h) = arrive(id);
+            holders.push(h);
+            let v = get_or_make(a, |_| {
+                made += 1;
+                Ok(id)
+            })
+            .unwrap();
+            assert_eq!(*v, id);
+        }
+        assert_eq!(len(), CACHE_ENTRIES);
+        // The most recent is cached: not made again.
+        let key = {
+            let (a, h) = arrive(CACHE_ENTRIES as u64 + 9);
+            holders.push(h);
+            a
+        };
+        // Another memfd under the same id is another value.
+        let v = get_or_make(key, |_| Ok(0u64)).unwrap();
+        assert_eq!(*v, 0);
+        assert_eq!(made, CACHE_ENTRIES + 10);
+        drop(holders);
+        sweep();
+        assert_eq!(len(), 0);
+    }
+}

@@ -35,8 +35,8 @@ use serde::ser::Error as _;
 use serde::{Deserialize, Serialize};
 
 pub use array::{Element, SharedArray};
-pub use cache::{CACHE_BYTES, CACHE_ENTRIES};
 pub(crate) use cache::sweep;
+pub use cache::{CACHE_BYTES, CACHE_ENTRIES};
 pub use slice::SharedSlice;
 pub use value::Shared;
 

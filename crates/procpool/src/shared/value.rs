@@ -165,7 +165,10 @@ impl<'de, T: Value + Send + Sync> serde::Deserialize<'de> for Shared<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let arrived = super::deserialize_handle(d, Kind::Value)?;
         let codec = byte_codec(arrived.codec).ok_or_else(|| {
-            D::Error::custom(format!("unknown codec {} for a shared value", arrived.codec))
+            D::Error::custom(format!(
+                "unknown codec {} for a shared value",
+                arrived.codec
+            ))
         })?;
         let inner = cache::get_or_make(arrived, |backing| {
             let map = procpool_engine::shm::Mapping::read_only(
