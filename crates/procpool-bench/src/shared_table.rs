@@ -110,7 +110,7 @@ pub(crate) fn main() -> ! {
     pool.map(|x: u64| x, 0..(WORKERS as u64 * 4))
         .expect("warm-up");
 
-    eprintln!("shared table: {}", "SharedSlice");
+    eprintln!("shared table: SharedSlice");
     let t = Instant::now();
     let slice = SharedSlice::new(&table).expect("a shared slice");
     let setup = t.elapsed();
@@ -130,7 +130,7 @@ pub(crate) fn main() -> ! {
     assert_eq!(got, expect, "SharedSlice gave another sum");
     drop(slice);
 
-    eprintln!("shared table: {}", "Shared");
+    eprintln!("shared table: Shared");
     let t = Instant::now();
     let shared = Shared::new(table.clone()).expect("a shared value");
     let setup = t.elapsed();
@@ -150,7 +150,7 @@ pub(crate) fn main() -> ! {
     assert_eq!(got, expect, "Shared gave another sum");
     drop(shared);
 
-    eprintln!("shared table: {}", "rayon");
+    eprintln!("shared table: rayon");
     let t = Instant::now();
     let got: u64 = (0..s.tasks)
         .into_par_iter()
@@ -165,7 +165,7 @@ pub(crate) fn main() -> ! {
     });
     assert_eq!(got, expect);
 
-    eprintln!("shared table: {}", "table with each task (procpool)");
+    eprintln!("shared table: table with each task (procpool)");
     let k = s.copy_tasks.min(s.tasks).max(1);
     let t = Instant::now();
     let got: Vec<u64> = pool
@@ -181,7 +181,7 @@ pub(crate) fn main() -> ! {
     assert_eq!(got.len() as u64, k);
     drop(pool);
 
-    eprintln!("shared table: {}", "table with each task (procspawn)");
+    eprintln!("shared table: table with each task (procspawn)");
     let ps = Procspawn::new().expect("a procspawn pool");
     let t = Instant::now();
     let got = ps
