@@ -25,6 +25,11 @@ use crate::outcome::ChunkOut;
 use crate::passfd;
 use crate::progress::Watch;
 
+/// Descriptors a chunk takes before it ends (items holding descriptors each of their own;
+/// handles to one shared value share theirs): well under the engine's hard limit, and
+/// under the default limit of open files with a few jobs in flight.
+const FDS_PER_JOB: usize = 128;
+
 /// A typed input encoded on demand into chunk payloads.
 pub(crate) struct Items<A, I> {
     input: I,
@@ -70,6 +75,7 @@ impl<A: Value, I: Iterator<Item: Borrow<A>>> Items<A, I> {
             };
             let mark = out.len();
             let fds = passfd::attached();
+            let refs = passfd::references();
             if let Err(kind) = items::push_arg(out, self.layout, a.borrow()) {
                 if count == 0 {
                     return Pulled::Failed(kind);
@@ -78,10 +84,12 @@ impl<A: Value, I: Iterator<Item: Borrow<A>>> Items<A, I> {
                 break;
             }
             if count > 0
-                && (items::past_limit::<A>(out, self.layout) || out.len() > limits.hard_bytes)
+                && (items::past_limit::<A>(out, self.layout)
+                    || out.len() > limits.hard_bytes
+                    || passfd::attached() > FDS_PER_JOB)
             {
                 // Fits alone: it opens the next job.
-                if passfd::attached() > fds {
+                if passfd::references() > refs {
                     // Its slots were numbered for this job: encoded again for the next.
                     passfd::rollback(fds);
                     out.truncate(mark);
