@@ -10,6 +10,7 @@ mod load;
 mod procs;
 mod python;
 mod report;
+mod shared_table;
 mod systems;
 mod uneven;
 mod uneven_report;
@@ -214,6 +215,9 @@ fn main() {
     procspawn::init();
     if std::env::args().nth(1).as_deref() == Some(uneven::CHILD_FLAG) {
         uneven_run::detached_child();
+    }
+    if std::env::args().nth(1).as_deref() == Some(shared_table::FLAG) {
+        shared_table::main();
     }
     let cfg = match Config::parse() {
         Ok(c) => c,

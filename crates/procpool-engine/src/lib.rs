@@ -40,7 +40,7 @@ mod transport;
 pub mod wire;
 mod worker;
 
-pub use batch::{Batch, Done, Job, RecvError};
+pub use batch::{Batch, Done, Job, JobFds, RecvError};
 pub use error::{Death, HandshakeError, PoolError, TaskError, TaskErrorKind};
 pub use feed::{
     Feed, Limits, MAX_PAYLOAD_BYTES, MAX_REORDER_BYTES, Piece, Pulled, Reorder, Source,
@@ -51,11 +51,19 @@ pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig};
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};
 pub use remote::{PREFETCH_BELOW, PREFETCH_WORK, Remote, RemoteDone, RemoteJob};
 pub use stats::{Failures, Recorder, Stats, WorkerStats};
-pub use wire::{Failure, PROTOCOL_VERSION};
+pub use wire::{Failure, MAX_JOB_FDS, PROTOCOL_VERSION};
 pub use worker::{
-    Runner, is_worker_process, refuse_init_missing, serve_if_worker, take_last_backtrace,
-    take_last_panic,
+    Runner, is_worker_process, refuse_init_missing, serve_if_worker, take_job_fds,
+    take_last_backtrace, take_last_panic,
 };
+
+/// Shared memory for values given to many processes (sealed memfds, mappings, leases),
+/// for fronts that build shared values on it.
+pub mod shm {
+    pub use crate::sys::linux_shm::{
+        Mapping, duplicate, file_id, fixed_size_file, lease, released, sealed_file,
+    };
+}
 
 /// Entry points for the fuzz targets (`fuzz/`): the parent's readers of the shared memory
 /// a worker writes. Not part of the API.

@@ -44,6 +44,13 @@
 //! to (de)serialize, panics doing so, or is larger than [`Builder::max_message_size`]
 //! fails alone, under its own index, like an item whose function panics.
 //!
+//! # Shared data
+//! A large input every task reads goes to shared memory once: [`Shared`] (any value,
+//! decoded once per worker), [`SharedSlice`] (plain numbers read in place, no decode) and
+//! [`SharedArray`] (numbers tasks write in place, atomically). A handle is part of a
+//! task's argument and costs a few bytes and two descriptors; see [`shared`] for how
+//! workers cache values and when memory is released. [`Fd`] sends any open descriptor.
+//!
 //! # Errors and crashes
 //! A task that panics, segfaults, aborts or is killed fails alone: its error says how
 //! ([`TaskErrorKind`]: the panic's message and location, the signal that killed the
@@ -159,11 +166,13 @@ mod iter;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod outcome;
+mod passfd;
 mod pool;
 mod probe;
 mod process;
 mod progress;
 mod roundtrip;
+pub mod shared;
 mod strict;
 
 pub use awaiting::{AsCompleted, as_completed, block_on, wait_any};
@@ -176,9 +185,11 @@ pub use handle::TaskHandle;
 pub use iter::{Imap, ImapUnordered};
 #[cfg(feature = "mpi")]
 pub use mpi::mpi_rank;
+pub use passfd::Fd;
 pub use pool::{Builder, Call, Pool};
 pub use process::{Process, spawn};
 pub use procpool_engine::{Failures, Progress, Stats, WorkerInfo, WorkerStats, current_worker};
+pub use shared::{Element, Shared, SharedArray, SharedError, SharedSlice};
 
 /// Makes this process a worker if it was started as one; returns at once otherwise.
 ///
