@@ -99,6 +99,7 @@
 mod awaiting;
 #[cfg(feature = "indicatif")]
 mod bar;
+mod channel;
 mod codec;
 mod deprobe;
 mod error;
@@ -118,6 +119,12 @@ mod strict;
 pub use awaiting::{AsCompleted, as_completed, block_on, wait_any};
 #[cfg(feature = "futures")]
 pub use awaiting::{ImapStream, ImapUnorderedStream};
+#[doc(hidden)]
+pub use channel::fuzzing as channel_fuzzing;
+pub use channel::{
+    IntoIter, Iter, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender,
+    TryIter, TryRecvError, TrySendError, bounded, channel,
+};
 pub use codec::Value;
 pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKind, WaitError};
 pub use format::Codec;

@@ -1,0 +1,184 @@
+//! The bytes of one channel message, as one `SOCK_SEQPACKET` packet.
+//!
+//! ```text
+//! inline:  [0xC1] [payload: the value's postcard encoding ...]
+//! memfd:   [0xC2] [len: u64 LE] [zero padding ...]      + one memfd by SCM_RIGHTS
+//! ```
+//!
+//! A payload up to the sender's inline limit travels in the packet. A larger one is
+//! written to a memfd, sealed against any change, and the packet carries its length; its
+//! padding makes it take room in the queue (see [`large_frame_len`]), so that the queue
+//! bounds how many large messages wait, not only how many small ones.
+//!
+//! Everything a packet says is checked before use, since the peer may be any process
+//! holding the sending end: the tag, the header's length, the number of descriptors,
+//! and the memfd (its seals, and its size against the header). A failed check is a
+//! [`RecvError::Malformed`](super::RecvError::Malformed) naming the problem; the packet
+//! and its descriptors are dropped and the channel goes on.
+
+use std::os::fd::OwnedFd;
+
+use super::sys::SealedMap;
+use crate::codec::Value;
+use crate::format::{self, Codec};
+
+/// The first byte of a packet that carries its payload.
+pub(crate) const TAG_INLINE: u8 = 0xC1;
+/// The first byte of a packet whose payload is in the memfd sent with it.
+pub(crate) const TAG_MEMFD: u8 = 0xC2;
+/// The header of a memfd packet: tag and length.
+pub(crate) const MEMFD_HEADER: usize = 9;
+/// The largest payload that ever travels inline, whatever the queue's capacity; a
+/// receiver reads packets into a buffer of this size (plus the tag).
+pub(crate) const INLINE_MAX: usize = 64 * 1024;
+/// The largest message a channel carries (encoded), either way.
+pub(crate) const MAX_MESSAGE: usize = procpool_engine::DEFAULT_MAX_MESSAGE;
+
+/// The largest payload a sender puts inline, for a queue of `capacity` bytes: a quarter
+/// of it, so that a few messages of the largest inline size fit.
+pub(crate) fn inline_limit(capacity: usize) -> usize {
+    (capacity / 4).clamp(64, INLINE_MAX)
+}
+
+/// The length of a memfd packet for a queue of `capacity` bytes: an eighth of it, so that
+/// about eight large messages (and their memfds) wait in a full queue.
+pub(crate) fn large_frame_len(capacity: usize) -> usize {
+    (capacity / 8).clamp(MEMFD_HEADER, INLINE_MAX)
+}
+
+/// What a packet carries, once checked.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Body<'a> {
+    /// The payload itself.
+    Inline(&'a [u8]),
+    /// The length of the payload in the memfd that came with the packet.
+    Memfd(usize),
+}
+
+/// Checks a packet of `packet` bytes that came with `fds` descriptors.
+///
+/// # Errors
+/// What is wrong with it, as a sentence.
+pub(crate) fn parse(packet: &[u8], fds: usize) -> Result<Body<'_>, String> {
+    let Some((&tag, rest)) = packet.split_first() else {
+        return Err("an empty message (no header)".into());
+    };
+    match tag {
+        TAG_INLINE => {
+            if fds != 0 {
+                return Err(format!(
+                    "an inline message came with {fds} descriptor(s), which it never carries"
+                ));
+            }
+            Ok(Body::Inline(rest))
+        }
+        TAG_MEMFD => {
+            let Some(len) = rest.first_chunk::<8>() else {
+                return Err(format!(
+                    "a shared-memory message of {} bytes is shorter than its {MEMFD_HEADER}-byte header",
+                    packet.len()
+                ));
+            };
+            let len = u64::from_le_bytes(*len);
+            if fds != 1 {
+                return Err(format!(
+                    "a shared-memory message came with {fds} descriptors instead of one memfd"
+                ));
+            }
+            if len == 0 || len > MAX_MESSAGE as u64 {
+                return Err(format!(
+                    "a shared-memory message says it holds {len} bytes (accepted: 1 to {MAX_MESSAGE})"
+                ));
+            }
+            Ok(Body::Memfd(len as usize))
+        }
+        other => Err(format!(
+            "a message starts with the unknown tag {other:#04x} (not one written by a procpool channel)"
+        )),
+    }
+}
+
+/// Decodes a value from the packet `packet` and the descriptors that came with it.
+/// `truncated` says the packet was longer than the receive buffer, `fds_truncated` that
+/// descriptors were lost for lack of room.
+///
+/// # Errors
+/// `Err(Ok(m))` for a malformed packet (`m` says why), `Err(Err(m))` for a well-formed
+/// one whose payload does not decode as a `T` (the codec's message).
+pub(crate) fn open<T: Value>(
+    packet: &[u8],
+    truncated: bool,
+    mut fds: Vec<OwnedFd>,
+    fds_truncated: bool,
+) -> Result<T, Result<String, String>> {
+    if truncated {
+        return Err(Ok(format!(
+            "a message was longer than the largest packet a channel sends ({} bytes); it was cut and dropped",
+            INLINE_MAX + 1
+        )));
+    }
+    if fds_truncated {
+        return Err(Ok(
+            "a message came with more descriptors than a channel sends; they were dropped".into(),
+        ));
+    }
+    match parse(packet, fds.len()).map_err(Ok)? {
+        Body::Inline(payload) => format::decode::<T>(Codec::Postcard, payload).map_err(Err),
+        Body::Memfd(len) => {
+            let fd = fds.pop().expect("parse checked one descriptor");
+            let map = SealedMap::open(&fd, len).map_err(Ok)?;
+            format::decode::<T>(Codec::Postcard, map.bytes()).map_err(Err)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_checked() {
+        assert!(parse(&[], 0).unwrap_err().contains("empty"));
+        assert!(parse(&[7, 1], 0).unwrap_err().contains("unknown tag 0x07"));
+        assert_eq!(parse(&[TAG_INLINE, 1, 2], 0), Ok(Body::Inline(&[1, 2])));
+        assert!(
+            parse(&[TAG_INLINE], 1)
+                .unwrap_err()
+                .contains("1 descriptor")
+        );
+        let mut m = vec![TAG_MEMFD];
+        m.extend_from_slice(&5u64.to_le_bytes());
+        assert_eq!(parse(&m, 1), Ok(Body::Memfd(5)));
+        assert!(parse(&m, 0).unwrap_err().contains("0 descriptors"));
+        assert!(parse(&m[..4], 1).unwrap_err().contains("shorter"));
+        m[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(parse(&m, 1).unwrap_err().contains("accepted"));
+    }
+
+    #[test]
+    fn limits_follow_the_capacity() {
+        assert_eq!(inline_limit(212_992), 53_248);
+        assert_eq!(inline_limit(1 << 30), INLINE_MAX);
+        assert_eq!(inline_limit(0), 64);
+        assert!(large_frame_len(0) >= MEMFD_HEADER);
+    }
+
+    #[test]
+    fn a_memfd_that_is_not_sealed_or_sized_is_refused() {
+        let fd = super::super::sys::sealed_memfd_with(b"abc").unwrap();
+        assert!(
+            SealedMap::open(&fd, 4)
+                .unwrap_err()
+                .contains("holds 3 bytes")
+        );
+        assert_eq!(SealedMap::open(&fd, 3).unwrap().bytes(), b"abc");
+        let open = rustix::fs::memfd_create("t", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        assert!(SealedMap::open(&open, 0).unwrap_err().contains("sealed"));
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        assert!(
+            SealedMap::open(&OwnedFd::from(file), 1)
+                .unwrap_err()
+                .contains("not a memfd")
+        );
+    }
+}
