@@ -1,0 +1,34 @@
+//! Feeds arbitrary packets, with or without a memfd of arbitrary bytes (sealed or not), to
+//! a channel receiver's checks and decoder (`procpool::channel_fuzzing::open_message`),
+//! as any process holding a channel's sending end could send them.
+//!
+//! Input: byte 0 chooses whether a memfd comes along (bit 0) and whether it is sealed
+//! (bit 1); bytes 1-2 (little-endian) split the rest into the packet and the memfd's
+//! contents. Beyond "never panics": an error is a sentence, and a packet accepted with a
+//! memfd declares exactly the memfd's length.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|input: &[u8]| {
+    let Some((&flags, rest)) = input.split_first() else {
+        return;
+    };
+    let (split, rest) = match rest.split_first_chunk::<2>() {
+        Some((s, rest)) => (u16::from_le_bytes(*s) as usize, rest),
+        None => (rest.len(), &[][..]),
+    };
+    let split = split.min(rest.len());
+    let (packet, data) = rest.split_at(split);
+    let attached = (flags & 1 == 1).then_some((data, flags & 2 == 2));
+    match procpool::channel_fuzzing::open_message(packet, attached) {
+        Ok(_) => {
+            if let Some((data, sealed)) = attached {
+                assert!(sealed, "an unsealed memfd was accepted");
+                assert_eq!(packet.get(1..9), Some(&(data.len() as u64).to_le_bytes()[..]));
+            }
+        }
+        Err(m) => assert!(!m.is_empty()),
+    }
+});
