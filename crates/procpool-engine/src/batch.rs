@@ -6,6 +6,7 @@
 //! every queued or running job and delivers into it.
 
 use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -13,6 +14,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::{PoolError, TaskError};
 use crate::pool::{Mode, Shared};
+
+/// The descriptors that travel with a job (see [`Job::fds`]), shared so that sending a
+/// job again costs no duplicate.
+pub type JobFds = Arc<[OwnedFd]>;
 
 /// A unit of work for the engine: a function reference and an encoded argument.
 #[derive(Debug, Clone)]
@@ -28,6 +33,30 @@ pub struct Job {
     pub weight: u32,
     /// Time limit of the job once started, if any.
     pub timeout: Option<Duration>,
+    /// Descriptors that travel with the job (`SCM_RIGHTS`), at most
+    /// [`MAX_JOB_FDS`](crate::wire::MAX_JOB_FDS); the worker hands them to the runner
+    /// (see [`take_job_fds`](crate::take_job_fds)). Kept here, so that a job sent again
+    /// after a worker's death or a revocation still has them.
+    pub fds: Option<JobFds>,
+}
+
+impl Job {
+    /// A job without descriptors.
+    pub fn new(func: Arc<[u8]>, payload: Arc<Vec<u8>>, index: u64) -> Self {
+        Self {
+            func,
+            payload,
+            index,
+            weight: 1,
+            timeout: None,
+            fds: None,
+        }
+    }
+
+    /// How many descriptors travel with the job.
+    pub fn fd_count(&self) -> usize {
+        self.fds.as_ref().map_or(0, |f| f.len())
+    }
 }
 
 /// The end of one job.

@@ -25,7 +25,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::batch::{Batch, Done, Job};
+use crate::batch::{Batch, Done, Job, JobFds};
+
+/// A job submitted and not yet received: its item count, payload and descriptors.
+type Submitted = (u32, Arc<Vec<u8>>, Option<JobFds>);
 use crate::chunk::Chunker;
 use crate::error::{PoolError, TaskError, TaskErrorKind};
 use crate::pool::Engine;
@@ -75,6 +78,12 @@ pub trait Source {
     /// `limits`.
     fn fill(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled;
 
+    /// The descriptors the items of the last [`fill`](Self::fill) attached (they travel
+    /// with its job; see [`Job::fds`]). None by default.
+    fn take_fds(&mut self) -> Option<JobFds> {
+        None
+    }
+
     /// Bounds on the number of items left, as [`Iterator::size_hint`].
     fn size_hint(&self) -> (usize, Option<usize>);
 }
@@ -92,6 +101,9 @@ pub struct Piece {
     /// at it (to send again the items a worker did not run, say), then should hand it
     /// back with [`Feed::give_back`] so that its buffer is reused.
     pub payload: Option<Arc<Vec<u8>>>,
+    /// The descriptors that travelled with the job (for items sent again, whose encoding
+    /// refers to them).
+    pub fds: Option<JobFds>,
 }
 
 impl Piece {
@@ -125,7 +137,7 @@ pub struct Feed<S> {
     next_index: u64,
     exhausted: bool,
     /// Submitted jobs not yet received: first index → (items, payload).
-    jobs: HashMap<u64, (u32, Arc<Vec<u8>>)>,
+    jobs: HashMap<u64, Submitted>,
     payload_bytes: usize,
     /// Pieces made without a worker (an item that failed to encode, or a refused job).
     local: VecDeque<Piece>,
@@ -234,14 +246,17 @@ impl<S: Source> Feed<S> {
             };
             self.next_index += u64::from(count);
             let payload = Arc::new(payload);
+            let fds = self.source.take_fds();
             self.payload_bytes += payload.len();
-            self.jobs.insert(start, (count, payload.clone()));
+            self.jobs
+                .insert(start, (count, payload.clone(), fds.clone()));
             jobs.push(Job {
                 func: self.func.clone(),
                 payload,
                 index: start,
                 weight: count,
                 timeout: self.timeout,
+                fds,
             });
         }
         if jobs.is_empty() {
@@ -290,7 +305,7 @@ impl<S: Source> Feed<S> {
     fn refused(&mut self, starts: &[u64], e: PoolError) {
         self.end_input();
         for &start in starts {
-            if let Some((count, payload)) = self.jobs.remove(&start) {
+            if let Some((count, payload, _)) = self.jobs.remove(&start) {
                 self.payload_bytes -= payload.len();
                 let err = TaskError::new(TaskErrorKind::PoolBroken(e.clone()), start, None, 0);
                 self.local.push_back(local_piece(start, count, err));
@@ -302,18 +317,32 @@ impl<S: Source> Feed<S> {
     /// without running them (a front's worker may stop a chunk early), encoded in
     /// `payload`.
     pub fn resubmit(&mut self, start: u64, count: u32, payload: Vec<u8>) {
+        self.resubmit_with_fds(start, count, payload, None);
+    }
+
+    /// Like [`resubmit`](Self::resubmit), with the descriptors the payload's encoding
+    /// refers to (those of the job it came from: [`Piece::fds`]).
+    pub fn resubmit_with_fds(
+        &mut self,
+        start: u64,
+        count: u32,
+        payload: Vec<u8>,
+        fds: Option<JobFds>,
+    ) {
         if let Some(t) = &mut self.progress {
             t.retract(u64::from(count));
         }
         let payload = Arc::new(payload);
         self.payload_bytes += payload.len();
-        self.jobs.insert(start, (count, payload.clone()));
+        self.jobs
+            .insert(start, (count, payload.clone(), fds.clone()));
         let job = Job {
             func: self.func.clone(),
             payload,
             index: start,
             weight: count,
             timeout: self.timeout,
+            fds,
         };
         if let Err(e) = self.batch.submit([job]) {
             self.refused(&[start], e);
@@ -386,7 +415,7 @@ impl<S: Source> Feed<S> {
     /// The piece a finished job makes, after taking its measurements.
     fn piece(&mut self, done: Done) -> Option<Piece> {
         // Not ours cannot happen, but never trust a count.
-        let (count, payload) = self.jobs.remove(&done.index)?;
+        let (count, payload, fds) = self.jobs.remove(&done.index)?;
         self.payload_bytes -= payload.len();
         let arg_bytes = payload.len();
         match &done.outcome {
@@ -401,6 +430,7 @@ impl<S: Source> Feed<S> {
             count,
             done,
             payload: Some(payload),
+            fds,
         })
     }
 }
@@ -469,6 +499,7 @@ fn local_piece(start: u64, count: u32, e: TaskError) -> Piece {
             pid: None,
         },
         payload: None,
+        fds: None,
     }
 }
 

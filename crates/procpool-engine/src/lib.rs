@@ -38,7 +38,7 @@ mod transport;
 pub mod wire;
 mod worker;
 
-pub use batch::{Batch, Done, Job, RecvError};
+pub use batch::{Batch, Done, Job, JobFds, RecvError};
 pub use error::{Death, HandshakeError, PoolError, TaskError, TaskErrorKind};
 pub use feed::{
     Feed, Limits, MAX_PAYLOAD_BYTES, MAX_REORDER_BYTES, Piece, Pulled, Reorder, Source,
@@ -48,10 +48,10 @@ pub use oneoff::{JoinError, OneOff};
 pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig};
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};
 pub use stats::{Failures, Recorder, Stats, WorkerStats};
-pub use wire::{Failure, PROTOCOL_VERSION};
+pub use wire::{Failure, MAX_JOB_FDS, PROTOCOL_VERSION};
 pub use worker::{
-    Runner, is_worker_process, refuse_init_missing, serve_if_worker, take_last_backtrace,
-    take_last_panic,
+    Runner, is_worker_process, refuse_init_missing, serve_if_worker, take_job_fds,
+    take_last_backtrace, take_last_panic,
 };
 
 /// Entry points for the fuzz targets (`fuzz/`): the parent's readers of the shared memory

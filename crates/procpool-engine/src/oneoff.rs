@@ -1,7 +1,7 @@
 //! A single worker process outside any pool, started for one job and joined like a
 //! thread.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -57,6 +57,29 @@ impl OneOff {
     /// # Errors
     /// [`PoolError::Spawn`] when the process cannot be started.
     pub fn spawn(func: &[u8], payload: &[u8], max_message: usize) -> Result<OneOff, PoolError> {
+        Self::spawn_with_fds(func, payload, &[], max_message)
+    }
+
+    /// Like [`spawn`](Self::spawn), with descriptors that travel with the job (see
+    /// [`Job::fds`](crate::Job::fds)); the process gets duplicates, the caller keeps its
+    /// own.
+    ///
+    /// # Errors
+    /// As [`spawn`](Self::spawn); [`PoolError::Config`] for more than
+    /// [`MAX_JOB_FDS`](crate::MAX_JOB_FDS) descriptors.
+    pub fn spawn_with_fds(
+        func: &[u8],
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+        max_message: usize,
+    ) -> Result<OneOff, PoolError> {
+        if fds.len() > wire::MAX_JOB_FDS {
+            return Err(PoolError::Config(format!(
+                "{} descriptors given; at most {} may travel with one job",
+                fds.len(),
+                wire::MAX_JOB_FDS
+            )));
+        }
         if payload.len() > max_message {
             return Err(PoolError::Config(format!(
                 "argument of {} bytes exceeds the limit of {max_message} bytes",
@@ -70,6 +93,16 @@ impl OneOff {
         };
         let proc = process::spawn(&opts)?;
         let mut out = OutQueue::default();
+        if !fds.is_empty() {
+            let owned = fds
+                .iter()
+                .map(|f| f.try_clone_to_owned())
+                .collect::<std::io::Result<Vec<OwnedFd>>>()
+                .map_err(|e| PoolError::Config(format!("cannot duplicate a descriptor: {e}")))?;
+            out.attach_fds(owned.into());
+            let count = fds.len() as u32;
+            wire::encode_down(out.buf(), &Down::Fds { seq: 1, count });
+        }
         let job = JobFrame {
             seq: 1,
             func,

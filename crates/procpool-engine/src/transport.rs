@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::sys;
@@ -84,6 +84,20 @@ impl FrameReader {
         sys::read_into(fd, &mut self.buf)
     }
 
+    /// Like [`fill`](Self::fill), also taking the descriptors that came with the bytes
+    /// (close-on-exec), appended to `fds` in the order they were sent.
+    ///
+    /// # Errors
+    /// As [`fill`](Self::fill), or when descriptors were lost.
+    pub(crate) fn fill_with_fds(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        fds: &mut VecDeque<OwnedFd>,
+    ) -> io::Result<usize> {
+        self.make_room()?;
+        sys::recv_into_fds(fd, &mut self.buf, fds)
+    }
+
     /// The length of the frame being read, when its header is in.
     pub(crate) fn frame_len(&self) -> Option<usize> {
         self.frame_len_hint()
@@ -135,13 +149,33 @@ impl Seg {
     }
 }
 
-/// Bytes waiting to be sent, in order.
+/// Some of an attachment's descriptors, to go in one message.
+type FdBatch = (Arc<[OwnedFd]>, std::ops::Range<usize>);
+
+/// Descriptors to send along with the byte at stream position `at`.
+#[derive(Debug)]
+struct Attached {
+    at: u64,
+    fds: Arc<[OwnedFd]>,
+    /// How many of `fds` are sent already.
+    sent: usize,
+}
+
+/// Bytes waiting to be sent, in order, and descriptors attached to some of them.
+///
+/// Descriptors ride with `SCM_RIGHTS` on the byte they were attached before: a send stops
+/// short of that byte, and the next send starts with it and carries them (at most
+/// [`MAX_FDS_PER_MESSAGE`](sys::MAX_FDS_PER_MESSAGE) per message, one byte per further
+/// message), so a reader has them once it has read that byte.
 #[derive(Debug, Default)]
 pub(crate) struct OutQueue {
     segs: VecDeque<Seg>,
     head_off: usize,
     cur: Vec<u8>,
     cur_off: usize,
+    /// Bytes sent since the queue was made (the stream position of the next byte).
+    sent: u64,
+    attached: VecDeque<Attached>,
 }
 
 impl OutQueue {
@@ -160,6 +194,21 @@ impl OutQueue {
     pub(crate) fn push_owned(&mut self, payload: Vec<u8>) {
         self.seal_cur();
         self.segs.push_back(Seg::Bytes(payload));
+    }
+
+    /// Attaches `fds` to the next byte queued: they are sent with it.
+    pub(crate) fn attach_fds(&mut self, fds: Arc<[OwnedFd]>) {
+        if fds.is_empty() {
+            return;
+        }
+        let at = self.sent + self.queued_bytes() as u64;
+        self.attached.push_back(Attached { at, fds, sent: 0 });
+    }
+
+    /// Bytes queued and not yet sent.
+    fn queued_bytes(&self) -> usize {
+        let segs: usize = self.segs.iter().map(|s| s.as_slice().len()).sum();
+        segs - self.head_off + (self.cur.len() - self.cur_off)
     }
 
     fn seal_cur(&mut self) {
@@ -181,16 +230,40 @@ impl OutQueue {
     /// socket is full; on a blocking one, returns once everything is sent.
     pub(crate) fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
         while !self.is_empty() {
+            let (limit, fds) = self.next_attachment();
             let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(self.segs.len().min(64) + 1);
+            let mut room = limit;
             for (i, s) in self.segs.iter().take(64).enumerate() {
                 let off = if i == 0 { self.head_off } else { 0 };
-                iov.push(IoSlice::new(&s.as_slice()[off..]));
+                let part = &s.as_slice()[off..];
+                let part = &part[..part.len().min(room)];
+                room -= part.len();
+                iov.push(IoSlice::new(part));
+                if room == 0 {
+                    break;
+                }
             }
-            if self.segs.len() < 64 && self.cur.len() > self.cur_off {
-                iov.push(IoSlice::new(&self.cur[self.cur_off..]));
+            if room > 0 && self.segs.len() < 64 && self.cur.len() > self.cur_off {
+                let part = &self.cur[self.cur_off..];
+                iov.push(IoSlice::new(&part[..part.len().min(room)]));
             }
-            match sys::send_vectored(fd, &iov) {
-                Ok(n) => self.advance(n),
+            let sent = match &fds {
+                Some((f, range)) => {
+                    let borrowed: Vec<BorrowedFd<'_>> =
+                        f[range.clone()].iter().map(|x| x.as_fd()).collect();
+                    sys::send_vectored_fds(fd, &iov, &borrowed)
+                }
+                None => sys::send_vectored(fd, &iov),
+            };
+            match sent {
+                Ok(n) => {
+                    if let Some((_, range)) = &fds
+                        && n > 0
+                    {
+                        self.fds_sent(range.len());
+                    }
+                    self.advance(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -201,7 +274,45 @@ impl OutQueue {
         Ok(())
     }
 
+    /// How many bytes the next send may take, and the descriptors it carries: a send
+    /// stops short of the next attachment, and one that starts on it carries (some of)
+    /// its descriptors.
+    fn next_attachment(&self) -> (usize, Option<FdBatch>) {
+        let Some(a) = self.attached.front() else {
+            return (usize::MAX, None);
+        };
+        if a.at > self.sent {
+            return ((a.at - self.sent) as usize, None);
+        }
+        let left = a.fds.len() - a.sent;
+        let n = left.min(sys::MAX_FDS_PER_MESSAGE);
+        // More to send after these: this message carries one byte, the next the rest.
+        // Otherwise it stops short of the next attachment.
+        let limit = if left > n {
+            1
+        } else {
+            self.attached
+                .get(1)
+                .map_or(usize::MAX, |b| (b.at - self.sent).max(1) as usize)
+        };
+        (limit, Some((a.fds.clone(), a.sent..a.sent + n)))
+    }
+
+    fn fds_sent(&mut self, n: usize) {
+        let Some(a) = self.attached.front_mut() else {
+            return;
+        };
+        a.sent += n;
+        if a.sent >= a.fds.len() {
+            self.attached.pop_front();
+        } else {
+            // The rest rides on the next byte.
+            a.at += 1;
+        }
+    }
+
     fn advance(&mut self, mut n: usize) {
+        self.sent += n as u64;
         while n > 0 {
             if let Some(front) = self.segs.front() {
                 let rem = front.as_slice().len() - self.head_off;
@@ -279,6 +390,69 @@ mod tests {
             assert!(r.fill(b.as_fd()).unwrap() > 0);
         }
         assert_eq!(r.buf.capacity(), 0, "the buffer of a large frame was kept");
+        drop(writer.join().unwrap());
+    }
+}
+
+#[cfg(test)]
+mod fd_tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn devnull() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn descriptors_arrive_with_the_frame_they_were_attached_to() {
+        let (a, b) = sys::socketpair().unwrap();
+        let mut q = OutQueue::default();
+        let mut expect = Vec::new();
+        for round in 0..40usize {
+            let n = [0, 1, 3, 300, 600][round % 5];
+            let fds: Vec<OwnedFd> = (0..n).map(|_| devnull()).collect();
+            if n > 0 {
+                q.attach_fds(fds.into());
+            }
+            let at = wire::begin_frame(q.buf(), 3);
+            q.buf().extend_from_slice(&(round as u32).to_le_bytes());
+            q.buf().extend_from_slice(&[0u8; 8]);
+            wire::end_frame(q.buf(), at);
+            if round % 7 == 0 {
+                q.buf().extend_from_slice(&100_000u32.to_le_bytes());
+                q.push_shared(Arc::new(vec![4u8; 100_000]));
+            }
+            expect.push(n);
+        }
+        let writer = std::thread::spawn(move || {
+            q.flush(a.as_fd()).unwrap();
+            a
+        });
+        let mut r = FrameReader::new(1 << 20);
+        let mut fds = VecDeque::new();
+        let mut got = Vec::new();
+        let mut taken = 0usize;
+        while got.len() < expect.len() {
+            if let Some((body, used)) = r.frame().unwrap() {
+                if body.first() == Some(&3) {
+                    let n = expect[got.len()];
+                    assert!(
+                        fds.len() >= n,
+                        "frame {}: {} of {n} arrived",
+                        got.len(),
+                        fds.len()
+                    );
+                    fds.drain(..n);
+                    taken += n;
+                    got.push(n);
+                }
+                r.consume(used);
+                continue;
+            }
+            assert!(r.fill_with_fds(b.as_fd(), &mut fds).unwrap() > 0);
+        }
+        assert!(fds.is_empty());
+        assert_eq!(taken, expect.iter().sum::<usize>());
         drop(writer.join().unwrap());
     }
 }

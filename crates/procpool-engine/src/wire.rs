@@ -17,7 +17,10 @@ use std::fmt;
 pub const MAX_TEXT: usize = 64 * 1024;
 
 /// Version of this wire format; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// Most descriptors one job may carry.
+pub const MAX_JOB_FDS: usize = 1024;
 
 /// Bytes of the frame header (the body length).
 pub const FRAME_HEADER: usize = 4;
@@ -27,6 +30,7 @@ const TAG_INIT: u8 = 2;
 const TAG_SHUTDOWN: u8 = 3;
 const TAG_SHARED_JOBS: u8 = 4;
 const TAG_REVOKE: u8 = 5;
+const TAG_FDS: u8 = 6;
 const TAG_HELLO: u8 = 10;
 const TAG_REFUSED: u8 = 11;
 const TAG_INIT_DONE: u8 = 12;
@@ -142,6 +146,14 @@ pub enum Down<'a> {
     },
     /// Finish and exit.
     Shutdown,
+    /// The descriptors of the job `seq`, which comes next: `count` descriptors ride with
+    /// this frame (`SCM_RIGHTS`, on its first byte).
+    Fds {
+        /// Sequence number of the job they belong to.
+        seq: u64,
+        /// How many.
+        count: u32,
+    },
     /// The parent took back every job up to `through` that the worker had not claimed
     /// when the parent raised the stop flag (see `claim`): skip them, clear the flag and
     /// answer [`Up::Revoked`].
@@ -485,6 +497,12 @@ pub fn encode_down(out: &mut Vec<u8>, msg: &Down<'_>) {
             let at = begin_frame(out, TAG_SHUTDOWN);
             end_frame(out, at);
         }
+        Down::Fds { seq, count } => {
+            let at = begin_frame(out, TAG_FDS);
+            out.put_u64(*seq);
+            out.put_u32(*count);
+            end_frame(out, at);
+        }
         Down::Revoke { through } => {
             let at = begin_frame(out, TAG_REVOKE);
             out.put_u64(*through);
@@ -694,6 +712,10 @@ pub fn decode_down(body: &[u8]) -> Result<Down<'_>, WireError> {
         TAG_SHUTDOWN => Down::Shutdown,
         TAG_REVOKE => Down::Revoke {
             through: r.u64("revoked through")?,
+        },
+        TAG_FDS => Down::Fds {
+            seq: r.u64("descriptors' job")?,
+            count: r.u32("descriptor count")?,
         },
         t => return Err(bad(format!("unknown message tag {t} from parent"))),
     };

@@ -9,6 +9,7 @@
 //! loses the result of another, and no system call is made while the parent is busy.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
@@ -41,6 +42,16 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
     static IS_TASK_THREAD: RefCell<bool> = const { RefCell::new(false) };
     static LAST_BACKTRACE: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// The descriptors of the job running on this thread, until the runner takes them.
+    static JOB_FDS: RefCell<Vec<OwnedFd>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes the descriptors that travelled with the job this worker thread is running (see
+/// [`Job::fds`](crate::Job::fds)), in the order they were given. For a front's runner,
+/// while it decodes the job's payload; descriptors not taken are closed when the job
+/// ends. Empty outside a job, or when the job carried none (or they were taken).
+pub fn take_job_fds() -> Vec<OwnedFd> {
+    JOB_FDS.with(|f| std::mem::take(&mut *f.borrow_mut()))
 }
 
 /// Whether this process was started as a worker and has not yet entered its loop.
@@ -99,6 +110,7 @@ fn exit(code: i32) -> ! {
 /// The worker's connection and state.
 struct Conn {
     reader: FrameReader,
+    fds: Fds,
     /// Where the parent writes large arguments.
     data: SharedRegion,
     io: Io,
@@ -154,6 +166,42 @@ fn connect(env: &WorkerEnv) -> std::io::Result<Option<(OwnedFd, SharedRegion, Sh
     Ok(Some((sock, ctl, data)))
 }
 
+/// Descriptors received and not yet handed to a job: those that arrived with the bytes
+/// (in order), and those of the next job announced by a [`Down::Fds`] frame.
+#[derive(Debug, Default)]
+struct Fds {
+    arrived: VecDeque<OwnedFd>,
+    next: Option<(u64, Vec<OwnedFd>)>,
+}
+
+impl Fds {
+    /// Sets aside the `count` descriptors announced for job `seq`.
+    fn announce(&mut self, seq: u64, count: u32) -> std::io::Result<()> {
+        let count = count as usize;
+        if count > wire::MAX_JOB_FDS || count > self.arrived.len() {
+            return Err(std::io::Error::other(format!(
+                "job {seq} announces {count} descriptors; {} arrived",
+                self.arrived.len()
+            )));
+        }
+        self.next = Some((seq, self.arrived.drain(..count).collect()));
+        Ok(())
+    }
+
+    /// The descriptors of job `seq` (empty when it has none).
+    fn for_job(&mut self, seq: u64) -> Vec<OwnedFd> {
+        match self.next.take() {
+            Some((s, fds)) if s == seq => fds,
+            // Announced for a later job: kept. (For an earlier one: dropped.)
+            Some((s, fds)) if s > seq => {
+                self.next = Some((s, fds));
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 fn run_connected(
     env: WorkerEnv,
     runner: &mut dyn Runner,
@@ -163,6 +211,7 @@ fn run_connected(
 ) -> i32 {
     let mut conn = Conn {
         reader: FrameReader::new(env.max_message.saturating_add(64)),
+        fds: Fds::default(),
         data,
         io: Io {
             sock,
@@ -212,7 +261,12 @@ fn run_connected(
 
 impl Conn {
     fn run(&mut self, runner: &mut dyn Runner) -> std::io::Result<()> {
-        let Conn { reader, data, io } = self;
+        let Conn {
+            reader,
+            fds,
+            data,
+            io,
+        } = self;
         loop {
             let (len, stop) = match reader.frame() {
                 Ok(Some((body, used))) => {
@@ -222,15 +276,17 @@ impl Conn {
                     let stop = match msg {
                         Down::Jobs(jobs) => {
                             for j in jobs {
+                                let job_fds = fds.for_job(j.seq);
                                 // A job the parent took back is skipped.
                                 if io.claimer.claim(&io.ctl, j.seq) {
-                                    io.run_job(runner, j.seq, j.func, j.payload)?;
+                                    io.run_job(runner, j.seq, j.func, j.payload, job_fds)?;
                                 }
                             }
                             false
                         }
                         Down::SharedJobs(jobs) => {
                             for j in jobs {
+                                let job_fds = fds.for_job(j.seq);
                                 // Claimed first: the range of a job taken back may be
                                 // reused by the parent at once, and is never read.
                                 if !io.claimer.claim(&io.ctl, j.seq) {
@@ -245,7 +301,7 @@ impl Conn {
                                             j.seq
                                         ))
                                     })?;
-                                io.run_job(runner, j.seq, j.func, payload)?;
+                                io.run_job(runner, j.seq, j.func, payload, job_fds)?;
                             }
                             false
                         }
@@ -259,6 +315,10 @@ impl Conn {
                             failed
                         }
                         Down::Shutdown => true,
+                        Down::Fds { seq, count } => {
+                            fds.announce(seq, count)?;
+                            false
+                        }
                         Down::Revoke { through } => {
                             io.claimer.revoked(&io.ctl, through);
                             wire::encode_up(io.out.buf(), &Up::Revoked { through });
@@ -269,7 +329,7 @@ impl Conn {
                     (used, stop)
                 }
                 Ok(None) => {
-                    receive_more(reader, io.sock.as_fd())?;
+                    receive_more(reader, &mut fds.arrived, io.sock.as_fd())?;
                     continue;
                 }
                 Err(e) => return Err(std::io::Error::other(format!("bad frame from parent: {e}"))),
@@ -283,9 +343,13 @@ impl Conn {
 }
 
 /// Blocks until more bytes arrive.
-fn receive_more(reader: &mut FrameReader, sock: BorrowedFd<'_>) -> std::io::Result<()> {
+fn receive_more(
+    reader: &mut FrameReader,
+    fds: &mut VecDeque<OwnedFd>,
+    sock: BorrowedFd<'_>,
+) -> std::io::Result<()> {
     loop {
-        match reader.fill(sock) {
+        match reader.fill_with_fds(sock, fds) {
             Ok(0) => return Err(std::io::ErrorKind::BrokenPipe.into()),
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -302,7 +366,9 @@ impl Io {
         seq: u64,
         func: &[u8],
         payload: &[u8],
+        fds: Vec<OwnedFd>,
     ) -> std::io::Result<()> {
+        JOB_FDS.with(|f| *f.borrow_mut() = fds);
         let start = sys::monotonic_nanos();
         self.ctl
             .word(CTL_STARTED_AT)
@@ -310,6 +376,8 @@ impl Io {
         self.ctl.word(CTL_STARTED_SEQ).store(seq, Ordering::Release);
         let outcome = run_one(runner, func, payload, &mut self.result_buf);
         let nanos = sys::monotonic_nanos() - start;
+        // Descriptors the runner did not take are closed now.
+        drop(take_job_fds());
         self.push_result(seq, nanos, outcome)
     }
 

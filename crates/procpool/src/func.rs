@@ -17,6 +17,7 @@ use std::sync::Arc;
 use crate::codec::Value;
 use crate::format::{self, Codec};
 use crate::items;
+use crate::passfd;
 use procpool_engine::{Failure, Runner};
 
 type Trampoline = fn(usize, &[u8], &mut Vec<u8>) -> Result<(), Failure>;
@@ -67,6 +68,8 @@ fn run_chunk<A: Value, R: Value>(
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(f) };
     let (h, body) = items::read_header(payload)?;
     let mut args = items::Args::new::<A>(&h, body)?;
+    // Descriptors that came with the job, for the values that hold one (see `passfd`).
+    let mut slots = passfd::job_slots();
     let mut results = items::Results::begin::<R>(out, h.layout);
     for k in 0..h.count {
         if k > 0 && results.full() {
@@ -74,7 +77,7 @@ fn run_chunk<A: Value, R: Value>(
             break;
         }
         let bytes = args.next_bytes()?;
-        match args.decode::<A>(h.layout.codec, bytes) {
+        match passfd::decoding(&mut slots, || args.decode::<A>(h.layout.codec, bytes)) {
             Ok(a) => match panic::catch_unwind(AssertUnwindSafe(|| f(a))) {
                 Ok(v) => results.push_ok(v),
                 Err(p) => results.push_err::<R>(items::panicked(&*p)),

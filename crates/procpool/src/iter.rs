@@ -7,6 +7,7 @@
 
 use std::borrow::Borrow;
 use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 #[cfg(feature = "futures")]
 use std::task::Context;
@@ -21,6 +22,7 @@ use crate::codec::Value;
 use crate::error::Error;
 use crate::items::{self, Layout};
 use crate::outcome::ChunkOut;
+use crate::passfd;
 use crate::progress::Watch;
 
 /// A typed input encoded on demand into chunk payloads.
@@ -30,8 +32,13 @@ pub(crate) struct Items<A, I> {
     /// The encoding of an item pulled but left for the next job (it would have taken
     /// this one past the size limit).
     carry: Option<Vec<u8>>,
+    /// The descriptors of the carried item (its slots count from 0, as it opens the next
+    /// job).
+    carry_fds: Vec<OwnedFd>,
     /// Why the next item could not be encoded (reported by the next `fill`).
     failed: Option<TaskErrorKind>,
+    /// Descriptors attached by the last `fill` (see `passfd`).
+    fds: Option<procpool_engine::JobFds>,
     _a: PhantomData<fn(A)>,
 }
 
@@ -39,12 +46,14 @@ impl<A, I> std::fmt::Debug for Items<A, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Items")
             .field("carry", &self.carry.as_ref().map(Vec::len))
+            .field("carry_fds", &self.carry_fds.len())
             .finish_non_exhaustive()
     }
 }
 
-impl<A: Value, I: Iterator<Item: Borrow<A>>> Source for Items<A, I> {
-    fn fill(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled {
+impl<A: Value, I: Iterator<Item: Borrow<A>>> Items<A, I> {
+    /// [`Source::fill`] inside an encoding context.
+    fn fill_items(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled {
         if let Some(kind) = self.failed.take() {
             return Pulled::Failed(kind);
         }
@@ -60,6 +69,7 @@ impl<A: Value, I: Iterator<Item: Borrow<A>>> Source for Items<A, I> {
                 break;
             };
             let mark = out.len();
+            let fds = passfd::attached();
             if let Err(kind) = items::push_arg(out, self.layout, a.borrow()) {
                 if count == 0 {
                     return Pulled::Failed(kind);
@@ -71,7 +81,21 @@ impl<A: Value, I: Iterator<Item: Borrow<A>>> Source for Items<A, I> {
                 && (items::past_limit::<A>(out, self.layout) || out.len() > limits.hard_bytes)
             {
                 // Fits alone: it opens the next job.
-                self.carry = Some(out[mark..].to_vec());
+                if passfd::attached() > fds {
+                    // Its slots were numbered for this job: encoded again for the next.
+                    passfd::rollback(fds);
+                    out.truncate(mark);
+                    let enc = passfd::Encoding::begin();
+                    let mut bytes = Vec::new();
+                    if let Err(kind) = items::push_arg(&mut bytes, self.layout, a.borrow()) {
+                        self.failed = Some(kind);
+                        break;
+                    }
+                    self.carry_fds = enc.finish_vec();
+                    self.carry = Some(bytes);
+                } else {
+                    self.carry = Some(out[mark..].to_vec());
+                }
                 out.truncate(mark);
                 break;
             }
@@ -85,6 +109,25 @@ impl<A: Value, I: Iterator<Item: Borrow<A>>> Source for Items<A, I> {
         }
         items::end_chunk(out, count);
         Pulled::Items(count)
+    }
+}
+
+impl<A: Value, I: Iterator<Item: Borrow<A>>> Source for Items<A, I> {
+    fn fill(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled {
+        let enc = passfd::Encoding::begin_with(std::mem::take(&mut self.carry_fds));
+        let pulled = self.fill_items(out, limits);
+        let fds = enc.finish();
+        // Only a job made of items carries them (a failed item's are closed).
+        self.fds = if matches!(pulled, Pulled::Items(_)) {
+            fds
+        } else {
+            None
+        };
+        pulled
+    }
+
+    fn take_fds(&mut self) -> Option<procpool_engine::JobFds> {
+        self.fds.take()
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -135,7 +178,9 @@ where
             input,
             layout,
             carry: None,
+            carry_fds: Vec::new(),
             failed: None,
+            fds: None,
             _a: PhantomData,
         };
         let feed = Feed::new(engine, items, func, chunk_size, timeout);
@@ -220,6 +265,7 @@ where
             count,
             done,
             payload,
+            fds,
         } = piece;
         let (pid, nanos) = (done.pid, done.nanos);
         let chunk = ChunkOut::decode(done, count, self.layout.codec);
@@ -227,7 +273,7 @@ where
         self.feed.note_failed(chunk.failures());
         if let Some(payload) = payload {
             if let Some(from) = chunk.not_run() {
-                self.resubmit(start, count, from, &payload);
+                self.resubmit(start, count, from, &payload, fds);
             }
             self.feed.give_back(payload);
         }
@@ -237,10 +283,18 @@ where
     /// The worker stopped the chunk of `count` items at `start` after `from` of them (its
     /// results would have grown past the transport bound): the rest go out again.
     #[cold]
-    fn resubmit(&mut self, start: u64, count: u32, from: u32, payload: &[u8]) {
+    fn resubmit(
+        &mut self,
+        start: u64,
+        count: u32,
+        from: u32,
+        payload: &[u8],
+        fds: Option<procpool_engine::JobFds>,
+    ) {
         let index = start + u64::from(from);
         match items::tail_payload::<A>(payload, from) {
-            Some(tail) => self.feed.resubmit(index, count - from, tail),
+            // The tail's slots refer to the whole job's descriptors: they go along.
+            Some(tail) => self.feed.resubmit_with_fds(index, count - from, tail, fds),
             None => {
                 let kind = TaskErrorKind::Codec {
                     message: "a chunk's payload could not be split".into(),

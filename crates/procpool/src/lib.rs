@@ -109,6 +109,7 @@ mod handle;
 mod items;
 mod iter;
 mod outcome;
+mod passfd;
 mod pool;
 mod probe;
 mod process;
@@ -130,6 +131,7 @@ pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKin
 pub use format::Codec;
 pub use handle::TaskHandle;
 pub use iter::{Imap, ImapUnordered};
+pub use passfd::Fd;
 pub use pool::{Builder, Call, Pool};
 pub use process::{Process, spawn};
 pub use procpool_engine::{Failures, Progress, Stats, WorkerInfo, WorkerStats, current_worker};

@@ -14,6 +14,7 @@ use crate::func;
 use crate::handle::TaskHandle;
 use crate::items::{self, Layout};
 use crate::iter::{Feeder, Imap, ImapUnordered};
+use crate::passfd;
 use crate::progress::Watch;
 
 /// A pool of worker processes that run functions on serialized arguments.
@@ -673,7 +674,7 @@ impl<'p> Call<'p> {
         R: Value,
     {
         self.check()?;
-        let payload = single_payload(arg.borrow(), self.layout)?;
+        let (payload, fds) = single_payload(arg.borrow(), self.layout)?;
         let batch = self.pool.engine.batch();
         batch.submit([procpool_engine::Job {
             func: func::chunk_ref(f),
@@ -681,17 +682,22 @@ impl<'p> Call<'p> {
             index: 0,
             weight: 1,
             timeout: self.timeout,
+            fds,
         }])?;
         Ok(TaskHandle::new(batch, self.layout.codec))
     }
 }
 
-/// The payload of a chunk of one argument.
-pub(crate) fn single_payload<A: Value>(arg: &A, layout: Layout) -> Result<Vec<u8>, Error> {
+/// The payload of a chunk of one argument, and the descriptors its encoding attached.
+pub(crate) fn single_payload<A: Value>(
+    arg: &A,
+    layout: Layout,
+) -> Result<(Vec<u8>, Option<procpool_engine::JobFds>), Error> {
     let mut payload = Vec::new();
+    let enc = passfd::Encoding::begin();
     items::begin_chunk::<A>(&mut payload, layout);
     items::push_arg(&mut payload, layout, arg)
         .map_err(|kind| Error::Task(procpool_engine::TaskError::new(kind, 0, None, 0)))?;
     items::end_chunk(&mut payload, 1);
-    Ok(payload)
+    Ok((payload, enc.finish()))
 }

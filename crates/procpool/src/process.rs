@@ -3,6 +3,7 @@
 
 use std::borrow::Borrow;
 use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use procpool_engine::{DEFAULT_MAX_MESSAGE, JoinError, OneOff};
@@ -43,9 +44,14 @@ where
         codec: Codec::Postcard,
         limit: DEFAULT_MAX_MESSAGE,
     };
-    let payload = single_payload(arg.borrow(), layout)?;
+    let (payload, fds) = single_payload(arg.borrow(), layout)?;
     let bound = items::transport_bound(DEFAULT_MAX_MESSAGE);
-    let inner = OneOff::spawn(&func::chunk_ref(f), &payload, bound)?;
+    let fds: Vec<BorrowedFd<'_>> = fds
+        .iter()
+        .flat_map(|f| f.iter())
+        .map(|f| f.as_fd())
+        .collect();
+    let inner = OneOff::spawn_with_fds(&func::chunk_ref(f), &payload, &fds, bound)?;
     Ok(Process {
         inner,
         _r: PhantomData,

@@ -331,6 +331,17 @@ pub(super) fn next_live(jobs: &mut VecDeque<Queued>, max_message: usize) -> Opti
             answer(&job, kind, None);
             continue;
         }
+        if job.job.fd_count() > wire::MAX_JOB_FDS {
+            let kind = TaskErrorKind::Codec {
+                message: format!(
+                    "the job carries {} descriptors; at most {} may travel with one job",
+                    job.job.fd_count(),
+                    wire::MAX_JOB_FDS
+                ),
+            };
+            answer(&job, kind, None);
+            continue;
+        }
         return Some(job);
     }
     None
@@ -347,6 +358,14 @@ pub(super) fn send_jobs(w: &mut Worker, jobs: Vec<Queued>, max_message: usize, n
     for q in jobs {
         let seq = w.next_seq;
         w.next_seq += 1;
+        if let Some(fds) = q.job.fds.clone().filter(|f| !f.is_empty()) {
+            // The job's descriptors go in a frame of their own just before it.
+            put_inline(w, std::mem::take(&mut inline), inline_bytes, now);
+            inline_bytes = 0;
+            w.out.attach_fds(fds.clone());
+            let count = fds.len() as u32;
+            wire::encode_down(w.out.buf(), &Down::Fds { seq, count });
+        }
         let len = q.job.payload.len();
         let shared = if len >= SHM_THRESHOLD {
             alloc_shared(&w.in_flight, w.proc.data.len(), len)
@@ -441,6 +460,7 @@ mod tests {
                     index: 0,
                     weight: 1,
                     timeout: None,
+                    fds: None,
                 },
                 batch: Arc::default(),
                 attempts: 0,

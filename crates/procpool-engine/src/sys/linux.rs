@@ -192,6 +192,68 @@ pub(crate) fn send_vectored(fd: BorrowedFd<'_>, bufs: &[io::IoSlice<'_>]) -> io:
     )?)
 }
 
+/// Most descriptors one message carries (the kernel's `SCM_MAX_FD`).
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// Like [`send_vectored`], with `fds` (at most [`MAX_FDS_PER_MESSAGE`]) attached to the
+/// first byte sent (`SCM_RIGHTS`).
+pub(crate) fn send_vectored_fds(
+    fd: BorrowedFd<'_>,
+    bufs: &[io::IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("too many descriptors for one message"));
+    }
+    Ok(rustix::net::sendmsg(
+        fd,
+        bufs,
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?)
+}
+
+/// Like [`read_into`] on a socket, also receiving the descriptors that came with the
+/// bytes (close-on-exec, appended to `fds` in order).
+///
+/// # Errors
+/// The system call's error, or an error when descriptors were lost because more came
+/// than one message may carry.
+pub(crate) fn recv_into_fds(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    fds: &mut std::collections::VecDeque<OwnedFd>,
+) -> io::Result<usize> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: the kernel only writes into the spare capacity, and `set_len` below covers
+    // exactly the bytes it reported written.
+    let slice =
+        unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), spare.len()) };
+    let msg = rustix::net::recvmsg(
+        fd,
+        &mut [io::IoSliceMut::new(slice)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    // SAFETY: `msg.bytes` bytes of the spare capacity were written by the kernel.
+    unsafe { buf.set_len(buf.len() + msg.bytes) };
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(got) = m {
+            fds.extend(got);
+        }
+    }
+    if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+        return Err(io::Error::other(
+            "descriptors sent with a message were lost (control data truncated)",
+        ));
+    }
+    Ok(msg.bytes)
+}
+
 /// Reads into the spare capacity of `buf` (which must have some), extending it; blocks
 /// on a blocking descriptor.
 pub(crate) fn read_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<usize> {
