@@ -2,8 +2,8 @@
 //! a channel receiver's checks and decoder (`procpool::channel_fuzzing::open_message`),
 //! as any process holding a channel's sending end could send them.
 //!
-//! Input: byte 0 chooses whether a memfd comes along (bit 0) and whether it is sealed
-//! (bit 1); bytes 1-2 (little-endian) split the rest into the packet and the memfd's
+//! Input: byte 0 chooses whether a memfd comes along (bit 0), whether it is sealed
+//! (bit 1), and how many more descriptors come (bits 2-7); bytes 1-2 (little-endian) split the rest into the packet and the memfd's
 //! contents. Beyond "never panics": an error is a sentence, and a packet accepted with a
 //! memfd declares exactly the memfd's length.
 
@@ -22,11 +22,11 @@ fuzz_target!(|input: &[u8]| {
     let split = split.min(rest.len());
     let (packet, data) = rest.split_at(split);
     let attached = (flags & 1 == 1).then_some((data, flags & 2 == 2));
-    match procpool::channel_fuzzing::open_message(packet, attached) {
+    match procpool::channel_fuzzing::open_message(packet, attached, flags >> 2) {
         Ok(_) => {
             if let Some((data, sealed)) = attached {
                 assert!(sealed, "an unsealed memfd was accepted");
-                assert_eq!(packet.get(1..9), Some(&(data.len() as u64).to_le_bytes()[..]));
+                assert_eq!(packet.get(2..10), Some(&(data.len() as u64).to_le_bytes()[..]));
             }
         }
         Err(m) => assert!(!m.is_empty()),

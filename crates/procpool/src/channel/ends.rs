@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 use super::error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
-use super::frame::{self, INLINE_MAX, MAX_MESSAGE, MEMFD_HEADER, TAG_INLINE, TAG_MEMFD};
+use super::frame::{
+    self, INLINE_HEADER, INLINE_MAX, MAX_MESSAGE, MAX_PASSED, MEMFD_HEADER, TAG_INLINE, TAG_MEMFD,
+};
 use super::sys::{self, Received, Sent};
 use crate::codec::Value;
 use crate::format::{self, Codec};
+use crate::passfd;
 use crate::roundtrip::{self, Refusal};
 
 thread_local! {
@@ -269,43 +272,62 @@ impl<T: Value> Sender<T> {
     /// Encodes `value` into `buf` and sends it; `Ok(false)` when the queue stayed full.
     fn encode_and_send(&self, buf: &mut Vec<u8>, value: &T, wait: Wait) -> Result<bool, Outcome> {
         buf.clear();
-        buf.push(TAG_INLINE);
-        format::encode(Codec::Postcard, buf, value).map_err(Outcome::Encode)?;
-        let size = buf.len() - 1;
+        buf.extend_from_slice(&[TAG_INLINE, 0]);
+        let encoding = passfd::Encoding::begin();
+        let r = format::encode(Codec::Postcard, buf, value);
+        let passed = encoding.finish_vec();
+        r.map_err(Outcome::Encode)?;
+        if passed.len() > MAX_PASSED {
+            return Err(Outcome::Encode(format!(
+                "it holds {} descriptors (channel ends, Fd values); a message carries at most {MAX_PASSED}",
+                passed.len()
+            )));
+        }
+        buf[1] = passed.len() as u8;
+        let size = buf.len() - INLINE_HEADER;
         if size > MAX_MESSAGE {
             shrink(buf);
             return Err(Outcome::Encode(format!(
                 "its encoding takes {size} bytes, more than the {MAX_MESSAGE} a channel message may"
             )));
         }
-        roundtrip::check::<T>(Codec::Postcard, &buf[1..]).map_err(|r| {
-            Outcome::Encode(match r {
-                Refusal::Type(m) | Refusal::Value(m) => m,
-            })
-        })?;
-        if size <= frame::inline_limit(self.capacity) {
-            return self.send_packet(&[io::IoSlice::new(buf)], None, wait);
+        if passed.is_empty() {
+            // A value holding descriptors decodes only where they arrive: its round trip
+            // is not tried here.
+            roundtrip::check::<T>(Codec::Postcard, &buf[INLINE_HEADER..]).map_err(|r| {
+                Outcome::Encode(match r {
+                    Refusal::Type(m) | Refusal::Value(m) => m,
+                })
+            })?;
         }
-        let memfd = sys::sealed_memfd_with(&buf[1..]).map_err(Outcome::Io);
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(passed.len() + 1);
+        if size <= frame::inline_limit(self.capacity) {
+            fds.extend(passed.iter().map(AsFd::as_fd));
+            return self.send_packet(&[io::IoSlice::new(buf)], &fds, wait);
+        }
+        let memfd = sys::sealed_memfd_with(&buf[INLINE_HEADER..]).map_err(Outcome::Io);
         shrink(buf);
         let memfd = memfd?;
+        fds.push(memfd.as_fd());
+        fds.extend(passed.iter().map(AsFd::as_fd));
         let mut header = [0u8; MEMFD_HEADER];
         header[0] = TAG_MEMFD;
-        header[1..].copy_from_slice(&(size as u64).to_le_bytes());
+        header[1] = passed.len() as u8;
+        header[2..].copy_from_slice(&(size as u64).to_le_bytes());
         let pad = vec![0u8; frame::large_frame_len(self.capacity) - MEMFD_HEADER];
         let parts = [io::IoSlice::new(&header), io::IoSlice::new(&pad)];
-        self.send_packet(&parts, Some(memfd.as_fd()), wait)
+        self.send_packet(&parts, &fds, wait)
     }
 
     fn send_packet(
         &self,
         parts: &[io::IoSlice<'_>],
-        fd: Option<BorrowedFd<'_>>,
+        fds: &[BorrowedFd<'_>],
         wait: Wait,
     ) -> Result<bool, Outcome> {
         let sock = self.end.fd.as_fd();
         loop {
-            match sys::send(sock, parts, fd).map_err(Outcome::Io)? {
+            match sys::send(sock, parts, fds).map_err(Outcome::Io)? {
                 Sent::Done => return Ok(true),
                 Sent::Gone => return Err(Outcome::Gone),
                 Sent::Full => {}
@@ -457,8 +479,8 @@ impl<T: Value> Receiver<T> {
     }
 
     fn recv_into(&self, buf: &mut Vec<u8>, wait: Wait) -> Result<Option<T>, RecvError> {
-        if buf.len() < INLINE_MAX + 1 {
-            buf.resize(INLINE_MAX + 1, 0);
+        if buf.len() < INLINE_MAX + INLINE_HEADER {
+            buf.resize(INLINE_MAX + INLINE_HEADER, 0);
         }
         let sock = self.end.fd.as_fd();
         loop {

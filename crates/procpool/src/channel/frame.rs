@@ -1,14 +1,16 @@
 //! The bytes of one channel message, as one `SOCK_SEQPACKET` packet.
 //!
 //! ```text
-//! inline:  [0xC1] [payload: the value's postcard encoding ...]
-//! memfd:   [0xC2] [len: u64 LE] [zero padding ...]      + one memfd by SCM_RIGHTS
+//! inline:  [0xC1] [n: u8] [payload: the value's postcard encoding ...]   + n descriptors
+//! memfd:   [0xC2] [n: u8] [len: u64 LE] [zero padding ...]   + a memfd, then n descriptors
 //! ```
 //!
 //! A payload up to the sender's inline limit travels in the packet. A larger one is
 //! written to a memfd, sealed against any change, and the packet carries its length; its
 //! padding makes it take room in the queue (see [`large_frame_len`]), so that the queue
-//! bounds how many large messages wait, not only how many small ones.
+//! bounds how many large messages wait, not only how many small ones. The `n`
+//! descriptors are those of values in the message that hold one (channel ends,
+//! [`Fd`](crate::Fd)), in the order of their slots; all travel by `SCM_RIGHTS`.
 //!
 //! Everything a packet says is checked before use, since the peer may be any process
 //! holding the sending end: the tag, the header's length, the number of descriptors,
@@ -21,13 +23,18 @@ use std::os::fd::OwnedFd;
 use super::sys::SealedMap;
 use crate::codec::Value;
 use crate::format::{self, Codec};
+use crate::passfd;
 
 /// The first byte of a packet that carries its payload.
 pub(crate) const TAG_INLINE: u8 = 0xC1;
 /// The first byte of a packet whose payload is in the memfd sent with it.
 pub(crate) const TAG_MEMFD: u8 = 0xC2;
-/// The header of a memfd packet: tag and length.
-pub(crate) const MEMFD_HEADER: usize = 9;
+/// The header of an inline packet: tag and descriptor count.
+pub(crate) const INLINE_HEADER: usize = 2;
+/// The header of a memfd packet: tag, descriptor count and length.
+pub(crate) const MEMFD_HEADER: usize = 10;
+/// The most descriptors a message carries besides its memfd.
+pub(crate) const MAX_PASSED: usize = 32;
 /// The largest payload that ever travels inline, whatever the queue's capacity; a
 /// receiver reads packets into a buffer of this size (plus the tag).
 pub(crate) const INLINE_MAX: usize = 64 * 1024;
@@ -51,26 +58,39 @@ pub(crate) fn large_frame_len(capacity: usize) -> usize {
 pub(crate) enum Body<'a> {
     /// The payload itself.
     Inline(&'a [u8]),
-    /// The length of the payload in the memfd that came with the packet.
+    /// The length of the payload in the memfd that came first with the packet.
     Memfd(usize),
 }
 
-/// Checks a packet of `packet` bytes that came with `fds` descriptors.
+/// Checks a packet of `packet` bytes that came with `fds` descriptors: what it carries,
+/// and how many descriptors belong to values in it.
 ///
 /// # Errors
 /// What is wrong with it, as a sentence.
-pub(crate) fn parse(packet: &[u8], fds: usize) -> Result<Body<'_>, String> {
+pub(crate) fn parse(packet: &[u8], fds: usize) -> Result<(Body<'_>, usize), String> {
     let Some((&tag, rest)) = packet.split_first() else {
         return Err("an empty message (no header)".into());
     };
+    let Some((&n, rest)) = rest.split_first() else {
+        return Err(format!(
+            "a message of {} byte(s) is shorter than its header",
+            packet.len()
+        ));
+    };
+    let n = usize::from(n);
+    if n > MAX_PASSED {
+        return Err(format!(
+            "a message says it carries {n} descriptors (a channel sends at most {MAX_PASSED})"
+        ));
+    }
     match tag {
         TAG_INLINE => {
-            if fds != 0 {
+            if fds != n {
                 return Err(format!(
-                    "an inline message came with {fds} descriptor(s), which it never carries"
+                    "an inline message came with {fds} descriptor(s), its header says {n}"
                 ));
             }
-            Ok(Body::Inline(rest))
+            Ok((Body::Inline(rest), n))
         }
         TAG_MEMFD => {
             let Some(len) = rest.first_chunk::<8>() else {
@@ -80,9 +100,9 @@ pub(crate) fn parse(packet: &[u8], fds: usize) -> Result<Body<'_>, String> {
                 ));
             };
             let len = u64::from_le_bytes(*len);
-            if fds != 1 {
+            if fds != n + 1 {
                 return Err(format!(
-                    "a shared-memory message came with {fds} descriptors instead of one memfd"
+                    "a shared-memory message came with {fds} descriptor(s), its header says a memfd and {n} more"
                 ));
             }
             if len == 0 || len > MAX_MESSAGE as u64 {
@@ -90,7 +110,7 @@ pub(crate) fn parse(packet: &[u8], fds: usize) -> Result<Body<'_>, String> {
                     "a shared-memory message says it holds {len} bytes (accepted: 1 to {MAX_MESSAGE})"
                 ));
             }
-            Ok(Body::Memfd(len as usize))
+            Ok((Body::Memfd(len as usize), n))
         }
         other => Err(format!(
             "a message starts with the unknown tag {other:#04x} (not one written by a procpool channel)"
@@ -122,14 +142,19 @@ pub(crate) fn open<T: Value>(
             "a message came with more descriptors than a channel sends; they were dropped".into(),
         ));
     }
-    match parse(packet, fds.len()).map_err(Ok)? {
-        Body::Inline(payload) => format::decode::<T>(Codec::Postcard, payload).map_err(Err),
+    let (body, _) = parse(packet, fds.len()).map_err(Ok)?;
+    let map;
+    let payload = match body {
+        Body::Inline(payload) => payload,
         Body::Memfd(len) => {
-            let fd = fds.pop().expect("parse checked one descriptor");
-            let map = SealedMap::open(&fd, len).map_err(Ok)?;
-            format::decode::<T>(Codec::Postcard, map.bytes()).map_err(Err)
+            let memfd = fds.remove(0);
+            map = SealedMap::open(&memfd, len).map_err(Ok)?;
+            map.bytes()
         }
-    }
+    };
+    let mut slots: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+    // Descriptors no value took are closed with `slots`.
+    passfd::decoding(&mut slots, || format::decode::<T>(Codec::Postcard, payload)).map_err(Err)
 }
 
 #[cfg(test)]
@@ -139,19 +164,33 @@ mod tests {
     #[test]
     fn headers_are_checked() {
         assert!(parse(&[], 0).unwrap_err().contains("empty"));
-        assert!(parse(&[7, 1], 0).unwrap_err().contains("unknown tag 0x07"));
-        assert_eq!(parse(&[TAG_INLINE, 1, 2], 0), Ok(Body::Inline(&[1, 2])));
+        assert!(parse(&[TAG_INLINE], 0).unwrap_err().contains("shorter"));
         assert!(
-            parse(&[TAG_INLINE], 1)
+            parse(&[7, 0, 1], 0)
+                .unwrap_err()
+                .contains("unknown tag 0x07")
+        );
+        assert_eq!(
+            parse(&[TAG_INLINE, 0, 1, 2], 0),
+            Ok((Body::Inline(&[1, 2]), 0))
+        );
+        assert_eq!(parse(&[TAG_INLINE, 2, 1], 2), Ok((Body::Inline(&[1]), 2)));
+        assert!(
+            parse(&[TAG_INLINE, 0], 1)
                 .unwrap_err()
                 .contains("1 descriptor")
         );
-        let mut m = vec![TAG_MEMFD];
+        assert!(
+            parse(&[TAG_INLINE, 200], 200)
+                .unwrap_err()
+                .contains("at most")
+        );
+        let mut m = vec![TAG_MEMFD, 0];
         m.extend_from_slice(&5u64.to_le_bytes());
-        assert_eq!(parse(&m, 1), Ok(Body::Memfd(5)));
-        assert!(parse(&m, 0).unwrap_err().contains("0 descriptors"));
+        assert_eq!(parse(&m, 1), Ok((Body::Memfd(5), 0)));
+        assert!(parse(&m, 0).unwrap_err().contains("came with 0"));
         assert!(parse(&m[..4], 1).unwrap_err().contains("shorter"));
-        m[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
+        m[2..10].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(parse(&m, 1).unwrap_err().contains("accepted"));
     }
 

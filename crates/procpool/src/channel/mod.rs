@@ -37,6 +37,7 @@
 mod ends;
 mod error;
 mod frame;
+mod pass;
 mod sys;
 
 use std::io;
@@ -121,15 +122,17 @@ pub mod fuzzing {
     use std::os::fd::OwnedFd;
 
     /// Runs a receiver's checks and decoding on `packet`, as if it came with a memfd
-    /// holding `attached` (sealed when `sealed`) or with no descriptor: the value, or the
-    /// error as a sentence.
+    /// holding `attached` (sealed when `sealed`), if given, then `extra` more descriptors
+    /// (channel sockets and `/dev/null` in turn), decoding a value that may hold a
+    /// channel end: the value (as its `Debug` text), or the error as a sentence.
     ///
     /// # Errors
     /// The receiver's refusal.
     pub fn open_message(
         packet: &[u8],
         attached: Option<(&[u8], bool)>,
-    ) -> Result<(u64, String, Vec<u8>), String> {
+        extra: u8,
+    ) -> Result<String, String> {
         let mut fds: Vec<OwnedFd> = Vec::new();
         if let Some((data, sealed)) = attached {
             let fd = if sealed {
@@ -140,9 +143,21 @@ pub mod fuzzing {
             .map_err(|e| format!("no memfd to fuzz with: {e}"))?;
             fds.push(fd);
         }
-        super::frame::open(packet, false, fds, false).map_err(|e| match e {
-            Ok(m) | Err(m) => m,
-        })
+        for i in 0..extra.min(40) {
+            let fd = if i % 2 == 0 {
+                super::sys::seqpacket_pair().map(|(a, _)| a)
+            } else {
+                std::fs::File::open("/dev/null").map(OwnedFd::from)
+            }
+            .map_err(|e| format!("no descriptor to fuzz with: {e}"))?;
+            fds.push(fd);
+        }
+        type Fuzzed = (u64, String, Vec<u8>, Option<super::Receiver<u8>>);
+        super::frame::open::<Fuzzed>(packet, false, fds, false)
+            .map(|v| format!("{v:?}"))
+            .map_err(|e| match e {
+                Ok(m) | Err(m) => m,
+            })
     }
 
     fn unsealed_memfd(data: &[u8]) -> std::io::Result<OwnedFd> {

@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
+use super::frame::MAX_PASSED;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::io::Errno;
@@ -60,21 +61,17 @@ pub(crate) enum Sent {
     Gone,
 }
 
-/// Sends `parts` as one message, with `fd` attached (`SCM_RIGHTS`) if given, without
-/// blocking and without `SIGPIPE`.
+/// Sends `parts` as one message, with `fds` attached (`SCM_RIGHTS`), without blocking and
+/// without `SIGPIPE`.
 pub(crate) fn send(
     sock: BorrowedFd<'_>,
     parts: &[io::IoSlice<'_>],
-    fd: Option<BorrowedFd<'_>>,
+    fds: &[BorrowedFd<'_>],
 ) -> io::Result<Sent> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_PASSED + 1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    let fds;
-    if let Some(fd) = fd {
-        fds = [fd];
-        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-            return Err(io::Error::other("no room for a descriptor in the message"));
-        }
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("no room for the descriptors of a message"));
     }
     loop {
         let r = rustix::net::sendmsg(
@@ -115,7 +112,7 @@ pub(crate) enum Received {
 /// Receives one whole message into `buf`, without blocking; descriptors arrive
 /// close-on-exec.
 pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_PASSED + 1))];
     loop {
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let r = rustix::net::recvmsg(
@@ -158,8 +155,7 @@ fn hung_up(sock: BorrowedFd<'_>) -> bool {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    matches!(rustix::event::poll(&mut p, Some(&zero)), Ok(_))
-        && p[0].revents().intersects(PollFlags::HUP)
+    rustix::event::poll(&mut p, Some(&zero)).is_ok() && p[0].revents().intersects(PollFlags::HUP)
 }
 
 /// Waits until `sock` is readable (`read`) or writable, or hung up, or `deadline` passes.
@@ -193,7 +189,6 @@ pub(crate) fn wait(
 }
 
 fn timespec(d: Duration) -> Timespec {
-    // Round up to the next millisecond-free nanosecond: poll never returns early.
     Timespec {
         tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
         tv_nsec: i64::from(d.subsec_nanos()),

@@ -69,10 +69,8 @@ pub(crate) fn fd_counts() -> (usize, usize) {
     let mut memfds = 0;
     for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
         all += 1;
-        if let Ok(t) = std::fs::read_link(e.path()) {
-            if t.to_string_lossy().contains("memfd:") {
-                memfds += 1;
-            }
+        if std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains("memfd:")) {
+            memfds += 1;
         }
     }
     (all, memfds)
