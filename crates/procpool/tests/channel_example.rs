@@ -11,7 +11,8 @@ fn pipeline() -> PathBuf {
         .and_then(|d| d.parent())
         .unwrap()
         .join("examples/pipeline");
-    if !exe.exists() {
+    // Built every time (a no-op when fresh): a stale binary would test old code.
+    {
         let cargo = option_env!("CARGO").unwrap_or("cargo");
         let ok = Command::new(cargo)
             .args(["build", "-q", "-p", "procpool", "--example", "pipeline"])
