@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::error::{
@@ -31,7 +31,56 @@ thread_local! {
 #[derive(Debug)]
 pub(crate) struct End {
     pub(crate) fd: OwnedFd,
+    /// A sender's memfds of earlier large messages, to reuse once consumed.
+    memfds: Mutex<Vec<OwnedFd>>,
 }
+
+impl End {
+    pub(crate) fn new(fd: OwnedFd) -> Self {
+        Self {
+            fd,
+            memfds: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A memfd holding `payload`: one of ours that a receiver has consumed, or a new one
+    /// (kept for reuse when the payload is at most [`REUSED_MAX`]).
+    fn memfd_with(&self, payload: &[u8]) -> io::Result<OwnedFd> {
+        let reusable = payload.len() <= REUSED_MAX;
+        if reusable {
+            let claimed = {
+                let pool = self.memfds.lock().unwrap_or_else(|p| p.into_inner());
+                // Claimed under the lock: another thread of ours will not pick it.
+                pool.iter()
+                    .find(|fd| sys::consumed(fd.as_fd()))
+                    .map(|fd| (sys::claim(fd.as_fd()), fd.try_clone()))
+            };
+            if let Some((claim, fd)) = claimed {
+                claim?;
+                let fd = fd?;
+                sys::write_message(fd.as_fd(), payload)?;
+                return Ok(fd);
+            }
+        }
+        let fd = sys::message_memfd()?;
+        sys::write_message(fd.as_fd(), payload)?;
+        if reusable {
+            let mut pool = self.memfds.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() == POOLED {
+                // The oldest is still unread (or its reader died): let it go.
+                pool.remove(0);
+            }
+            pool.push(fd.try_clone()?);
+        }
+        Ok(fd)
+    }
+}
+
+/// How many memfds a sender keeps for reuse, per process.
+const POOLED: usize = 8;
+/// The largest payload whose memfd is kept for reuse: a sender keeps at most
+/// `POOLED * REUSED_MAX` (16 MiB) of them.
+const REUSED_MAX: usize = 2 << 20;
 
 /// The sending end of a channel. Cloning it gives another sender of the same channel;
 /// the receivers see the channel disconnected once every sender in every process is gone.
@@ -118,7 +167,7 @@ impl<T> TryFrom<OwnedFd> for Sender<T> {
             return Err(not_a_channel());
         }
         let capacity = sys::send_buffer(fd.as_fd())?;
-        Ok(Self::from_end(End { fd }, capacity))
+        Ok(Self::from_end(End::new(fd), capacity))
     }
 }
 
@@ -134,7 +183,7 @@ impl<T> TryFrom<OwnedFd> for Receiver<T> {
         if !sys::is_seqpacket(fd.as_fd()) {
             return Err(not_a_channel());
         }
-        Ok(Self::from_end(End { fd }))
+        Ok(Self::from_end(End::new(fd)))
     }
 }
 
@@ -305,7 +354,10 @@ impl<T: Value> Sender<T> {
             fds.extend(passed.iter().map(AsFd::as_fd));
             return self.send_packet(&[io::IoSlice::new(buf)], &fds, wait);
         }
-        let memfd = sys::sealed_memfd_with(&buf[INLINE_HEADER..]).map_err(Outcome::Io);
+        let memfd = self
+            .end
+            .memfd_with(&buf[INLINE_HEADER..])
+            .map_err(Outcome::Io);
         shrink(buf);
         let memfd = memfd?;
         fds.push(memfd.as_fd());
@@ -344,6 +396,9 @@ impl<T: Value> Sender<T> {
     }
 }
 
+/// The largest send buffer a thread keeps between messages.
+const KEPT_BUFFER: usize = 4 << 20;
+
 /// A failed send, before the value is put back.
 enum Outcome {
     Gone,
@@ -351,9 +406,10 @@ enum Outcome {
     Io(io::Error),
 }
 
-/// Frees a thread's send buffer after a large message.
+/// Frees a thread's send buffer after a very large message (one of a few MiB is kept:
+/// allocating it anew for each message costs a page fault per page).
 fn shrink(buf: &mut Vec<u8>) {
-    if buf.capacity() > INLINE_MAX * 2 {
+    if buf.capacity() > KEPT_BUFFER {
         *buf = Vec::new();
     }
 }

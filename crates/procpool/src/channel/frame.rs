@@ -3,24 +3,30 @@
 //! ```text
 //! inline:  [0xC1] [n: u8] [payload: the value's postcard encoding ...]   + n descriptors
 //! memfd:   [0xC2] [n: u8] [len: u64 LE] [zero padding ...]   + a memfd, then n descriptors
+//! the memfd: [state: u64 LE] [payload: len bytes] [...]
 //! ```
 //!
 //! A payload up to the sender's inline limit travels in the packet. A larger one is
-//! written to a memfd, sealed against any change, and the packet carries its length; its
-//! padding makes it take room in the queue (see [`large_frame_len`]), so that the queue
+//! written to a memfd after a state word, and the packet carries its length. The receiver
+//! copies the payload out (it never maps a peer's file, so a peer that changes or
+//! truncates it cannot fault the receiver) and sets the state word to 0, which lets the
+//! sender write a later message into the same memfd: its pages are allocated once, not
+//! per message. The packet's padding makes it take room in the queue (see [`large_frame_len`]), so that the queue
 //! bounds how many large messages wait, not only how many small ones. The `n`
 //! descriptors are those of values in the message that hold one (channel ends,
 //! [`Fd`](crate::Fd)), in the order of their slots; all travel by `SCM_RIGHTS`.
 //!
 //! Everything a packet says is checked before use, since the peer may be any process
 //! holding the sending end: the tag, the header's length, the number of descriptors,
-//! and the memfd (its seals, and its size against the header). A failed check is a
+//! and the memfd (that it is one, and its size against the header). A failed check is a
 //! [`RecvError::Malformed`](super::RecvError::Malformed) naming the problem; the packet
 //! and its descriptors are dropped and the channel goes on.
 
+#[cfg(test)]
+use std::os::fd::AsFd;
 use std::os::fd::OwnedFd;
 
-use super::sys::SealedMap;
+use super::sys;
 use crate::codec::Value;
 use crate::format::{self, Codec};
 use crate::passfd;
@@ -143,13 +149,13 @@ pub(crate) fn open<T: Value>(
         ));
     }
     let (body, _) = parse(packet, fds.len()).map_err(Ok)?;
-    let map;
+    let copied;
     let payload = match body {
         Body::Inline(payload) => payload,
         Body::Memfd(len) => {
             let memfd = fds.remove(0);
-            map = SealedMap::open(&memfd, len).map_err(Ok)?;
-            map.bytes()
+            copied = sys::read_message(&memfd, len).map_err(Ok)?;
+            &copied[..]
         }
     };
     let mut slots: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
@@ -203,19 +209,20 @@ mod tests {
     }
 
     #[test]
-    fn a_memfd_that_is_not_sealed_or_sized_is_refused() {
-        let fd = super::super::sys::sealed_memfd_with(b"abc").unwrap();
+    fn a_memfd_is_read_only_when_it_holds_what_the_header_says() {
+        let fd = sys::message_memfd().unwrap();
+        sys::write_message(fd.as_fd(), b"abc").unwrap();
+        assert!(!sys::consumed(fd.as_fd()));
         assert!(
-            SealedMap::open(&fd, 4)
+            sys::read_message(&fd, 4)
                 .unwrap_err()
-                .contains("holds 3 bytes")
+                .contains("holds 11 bytes")
         );
-        assert_eq!(SealedMap::open(&fd, 3).unwrap().bytes(), b"abc");
-        let open = rustix::fs::memfd_create("t", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-        assert!(SealedMap::open(&open, 0).unwrap_err().contains("sealed"));
+        assert_eq!(sys::read_message(&fd, 3).unwrap(), b"abc");
+        assert!(sys::consumed(fd.as_fd()), "reading marks it for reuse");
         let file = std::fs::File::open("/proc/self/exe").unwrap();
         assert!(
-            SealedMap::open(&OwnedFd::from(file), 1)
+            sys::read_message(&OwnedFd::from(file), 1)
                 .unwrap_err()
                 .contains("not a memfd")
         );

@@ -16,10 +16,19 @@
 //!   [`RecvError::Disconnected`]; when every receiving descriptor is closed, a send fails
 //!   with [`SendError::Disconnected`] (`MSG_NOSIGNAL`: no `SIGPIPE`).
 //!
-//! A payload above the inline limit (a quarter of the capacity, at most 64 KiB) is
-//! written to a memfd sealed against any change, which travels with its packet by
-//! `SCM_RIGHTS` and is received close-on-exec; the receiver maps it read-only and decodes
-//! in place. Values are encoded with postcard, as pool arguments are.
+//! A payload above the inline limit (a quarter of the capacity, at most 64 KiB) goes
+//! through shared memory: it is written to a memfd, which travels with its packet by
+//! `SCM_RIGHTS` and is received close-on-exec. The receiver copies the payload out
+//! (never mapping a peer's file, so a peer that changes or truncates it can garble bytes,
+//! which the decoder checks, but never fault the receiver) and marks the memfd consumed;
+//! the sending process then writes a later message into the same memfd, so its pages
+//! are allocated once rather than per message (each process keeps at most 8 such memfds
+//! of up to 2 MiB per sender; larger messages get a memfd of their own). Values are
+//! encoded with postcard, as pool arguments are.
+//!
+//! Values that hold a descriptor (channel ends, [`Fd`](crate::Fd)) travel inside
+//! messages too, their descriptors with the packet (at most 32 per message): an end can
+//! be passed on from process to process.
 //!
 //! # Capacity
 //! The queue is bounded in bytes, by the kernel: the socket's send buffer (`SO_SNDBUF`),
@@ -81,8 +90,8 @@ pub fn channel<T: Value>() -> io::Result<(Sender<T>, Receiver<T>)> {
     let (s, r) = sys::seqpacket_pair()?;
     let capacity = sys::send_buffer(s.as_fd())?;
     Ok((
-        Sender::from_end(End { fd: s }, capacity),
-        Receiver::from_end(End { fd: r }),
+        Sender::from_end(End::new(s), capacity),
+        Receiver::from_end(End::new(r)),
     ))
 }
 
@@ -111,8 +120,8 @@ pub fn bounded<T: Value>(capacity: usize) -> io::Result<(Sender<T>, Receiver<T>)
     sys::set_send_buffer(s.as_fd(), capacity)?;
     let capacity = sys::send_buffer(s.as_fd())?;
     Ok((
-        Sender::from_end(End { fd: s }, capacity),
-        Receiver::from_end(End { fd: r }),
+        Sender::from_end(End::new(s), capacity),
+        Receiver::from_end(End::new(r)),
     ))
 }
 
@@ -122,7 +131,7 @@ pub mod fuzzing {
     use std::os::fd::OwnedFd;
 
     /// Runs a receiver's checks and decoding on `packet`, as if it came with a memfd
-    /// holding `attached` (sealed when `sealed`), if given, then `extra` more descriptors
+    /// holding exactly `attached` (state word and payload), if given, then `extra` more descriptors
     /// (channel sockets and `/dev/null` in turn), decoding a value that may hold a
     /// channel end: the value (as its `Debug` text), or the error as a sentence.
     ///
@@ -130,17 +139,12 @@ pub mod fuzzing {
     /// The receiver's refusal.
     pub fn open_message(
         packet: &[u8],
-        attached: Option<(&[u8], bool)>,
+        attached: Option<&[u8]>,
         extra: u8,
     ) -> Result<String, String> {
         let mut fds: Vec<OwnedFd> = Vec::new();
-        if let Some((data, sealed)) = attached {
-            let fd = if sealed {
-                super::sys::sealed_memfd_with(data)
-            } else {
-                unsealed_memfd(data)
-            }
-            .map_err(|e| format!("no memfd to fuzz with: {e}"))?;
+        if let Some(data) = attached {
+            let fd = memfd_holding(data).map_err(|e| format!("no memfd to fuzz with: {e}"))?;
             fds.push(fd);
         }
         for i in 0..extra.min(40) {
@@ -160,8 +164,8 @@ pub mod fuzzing {
             })
     }
 
-    fn unsealed_memfd(data: &[u8]) -> std::io::Result<OwnedFd> {
-        let fd = rustix::fs::memfd_create("fuzz", rustix::fs::MemfdFlags::CLOEXEC)?;
+    fn memfd_holding(data: &[u8]) -> std::io::Result<OwnedFd> {
+        let fd = super::sys::message_memfd()?;
         rustix::io::write(&fd, data)?;
         Ok(fd)
     }

@@ -33,7 +33,7 @@ impl<'de, T> Deserialize<'de> for Sender<T> {
         let Slot(slot) = Slot::deserialize(d)?;
         let fd = take_socket(slot).map_err(serde::de::Error::custom)?;
         let capacity = sys::send_buffer(fd.as_fd()).map_err(serde::de::Error::custom)?;
-        Ok(Sender::from_end(End { fd }, capacity))
+        Ok(Sender::from_end(End::new(fd), capacity))
     }
 }
 
@@ -44,7 +44,7 @@ impl<'de, T> Deserialize<'de> for Receiver<T> {
         struct Slot(u32);
         let Slot(slot) = Slot::deserialize(d)?;
         let fd = take_socket(slot).map_err(serde::de::Error::custom)?;
-        Ok(Receiver::from_end(End { fd }))
+        Ok(Receiver::from_end(End::new(fd)))
     }
 }
 

@@ -1,17 +1,15 @@
 //! The Linux calls under a channel: a `SOCK_SEQPACKET` socketpair, whole-message sends and
-//! receives with an optional descriptor, readiness waits, and sealed memfds.
+//! receives with descriptors, readiness waits, and the memfds of large messages.
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use super::frame::MAX_PASSED;
 use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::fs::MemfdFlags;
 use rustix::io::Errno;
-use rustix::mm::{MapFlags, ProtFlags};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
@@ -195,96 +193,105 @@ fn timespec(d: Duration) -> Timespec {
     }
 }
 
-/// A memfd holding exactly `data`, sealed against every change (write, grow, shrink).
-pub(crate) fn sealed_memfd_with(data: &[u8]) -> io::Result<OwnedFd> {
-    let fd = rustix::fs::memfd_create(
+/// Where a message memfd's state word is, and its payload starts.
+pub(crate) const PAYLOAD_AT: u64 = 8;
+/// The state word of a memfd whose message is waiting or being read.
+const IN_FLIGHT: u64 = 1;
+/// The state word a receiver writes once it has copied the payload out: the sender may
+/// write the next message into the memfd.
+const CONSUMED: u64 = 0;
+
+/// A new memfd for messages, close-on-exec.
+pub(crate) fn message_memfd() -> io::Result<OwnedFd> {
+    Ok(rustix::fs::memfd_create(
         "procpool-channel",
-        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-    )?;
-    rustix::fs::ftruncate(&fd, data.len() as u64)?;
+        MemfdFlags::CLOEXEC,
+    )?)
+}
+
+/// Whether a receiver has copied out the message last written to `fd`.
+pub(crate) fn consumed(fd: BorrowedFd<'_>) -> bool {
+    let mut word = [0u8; 8];
+    matches!(pread_all(fd, &mut word, 0), Ok(())) && u64::from_le_bytes(word) == CONSUMED
+}
+
+/// Marks `fd` as holding a message ("in flight"): no thread will pick it for reuse.
+pub(crate) fn claim(fd: BorrowedFd<'_>) -> io::Result<()> {
+    pwrite_all(fd, &IN_FLIGHT.to_le_bytes(), 0)
+}
+
+/// Writes a message into `fd` (state word "in flight", then the payload), growing the
+/// file as needed (it never shrinks, so its pages are reused).
+pub(crate) fn write_message(fd: BorrowedFd<'_>, payload: &[u8]) -> io::Result<()> {
+    let need = PAYLOAD_AT + payload.len() as u64;
+    if (rustix::fs::fstat(fd)?.st_size as u64) < need {
+        rustix::fs::ftruncate(fd, need)?;
+    }
+    pwrite_all(fd, &IN_FLIGHT.to_le_bytes(), 0)?;
+    pwrite_all(fd, payload, PAYLOAD_AT)
+}
+
+/// Copies the `len`-byte payload out of a memfd received from a peer (after checking
+/// that it is a memfd holding that much), then marks it consumed.
+///
+/// The payload is copied, never mapped: a peer that changes or truncates the file
+/// meanwhile can garble the bytes (which the decoder checks) or make the read short (an
+/// error), but cannot fault this process.
+pub(crate) fn read_message(fd: &OwnedFd, len: usize) -> Result<Vec<u8>, String> {
+    rustix::fs::fcntl_get_seals(fd.as_fd())
+        .map_err(|e| format!("the descriptor sent with a large message is not a memfd ({e})"))?;
+    let st = rustix::fs::fstat(fd).map_err(|e| format!("fstat of a message memfd: {e}"))?;
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    if size < PAYLOAD_AT + len as u64 {
+        return Err(format!(
+            "the memfd of a large message holds {size} bytes, too few for the {len} its header says"
+        ));
+    }
+    let mut out: Vec<u8> = Vec::new();
+    out.try_reserve_exact(len)
+        .map_err(|_| format!("no memory for a message of {len} bytes"))?;
+    while out.len() < len {
+        let at = PAYLOAD_AT + out.len() as u64;
+        let want = len - out.len();
+        match rustix::io::pread(fd, rustix::buffer::spare_capacity(&mut out), at) {
+            Ok(0) => {
+                return Err(format!(
+                    "the memfd of a large message ended after {} of its {len} bytes",
+                    out.len()
+                ));
+            }
+            Ok(n) => debug_assert!(n <= want),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(format!("reading a message memfd: {e}")),
+        }
+    }
+    // The sender may reuse the memfd now; a read-only descriptor just stays unreused.
+    let _ = pwrite_all(fd.as_fd(), &CONSUMED.to_le_bytes(), 0);
+    Ok(out)
+}
+
+fn pread_all(fd: BorrowedFd<'_>, buf: &mut [u8], at: u64) -> io::Result<()> {
+    let mut off = 0;
+    while off < buf.len() {
+        match rustix::io::pread(fd, &mut buf[off..], at + off as u64) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => off += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn pwrite_all(fd: BorrowedFd<'_>, data: &[u8], at: u64) -> io::Result<()> {
     let mut off = 0;
     while off < data.len() {
-        match rustix::io::pwrite(&fd, &data[off..], off as u64) {
+        match rustix::io::pwrite(fd, &data[off..], at + off as u64) {
             Ok(0) => return Err(io::Error::other("a memfd took no bytes")),
             Ok(n) => off += n,
             Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    rustix::fs::fcntl_add_seals(
-        &fd,
-        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
-    )?;
-    Ok(fd)
-}
-
-/// A read-only mapping of a memfd received from a peer, after checking that it holds
-/// exactly `len` bytes and that nobody can change it any more.
-#[derive(Debug)]
-pub(crate) struct SealedMap {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl SealedMap {
-    /// Maps `fd`; refuses (with the reason) a descriptor that is not a memfd of `len`
-    /// bytes sealed against writing, growing and shrinking.
-    pub(crate) fn open(fd: &OwnedFd, len: usize) -> Result<Self, String> {
-        let seals = rustix::fs::fcntl_get_seals(fd.as_fd()).map_err(|e| {
-            format!("the descriptor sent with a large message is not a memfd ({e})")
-        })?;
-        let need = SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK;
-        if !seals.contains(need) {
-            return Err(
-                "the memfd sent with a large message is not sealed against writing and resizing"
-                    .into(),
-            );
-        }
-        let st = rustix::fs::fstat(fd).map_err(|e| format!("fstat of a message memfd: {e}"))?;
-        if st.st_size < 0 || st.st_size as u64 != len as u64 {
-            return Err(format!(
-                "the memfd of a large message holds {} bytes, its header says {len}",
-                st.st_size
-            ));
-        }
-        if len == 0 {
-            return Ok(Self {
-                ptr: NonNull::dangling(),
-                len,
-            });
-        }
-        // SAFETY: a fresh read-only shared mapping of a memfd sealed against shrinking
-        // (checked above) of exactly `len` bytes: no access within `len` can fault, and
-        // with the write seal no process can change the bytes while they are mapped.
-        let p = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ,
-                MapFlags::SHARED,
-                fd,
-                0,
-            )
-        }
-        .map_err(|e| format!("mapping a message memfd of {len} bytes: {e}"))?;
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or("mmap gave a null pointer")?;
-        Ok(Self { ptr, len })
-    }
-
-    /// The mapped bytes.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: `len` readable bytes mapped in `open` (or none, dangling but aligned,
-        // for zero); sealed, so they never change while mapped.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for SealedMap {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: the mapping made in `open`; `bytes` borrows `self`, so no slice into
-            // it outlives this.
-            let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
-        }
-    }
+    Ok(())
 }
