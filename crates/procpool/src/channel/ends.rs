@@ -1,5 +1,6 @@
 //! The two ends of a channel: [`Sender`] and [`Receiver`].
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::fmt;
 use std::io;
@@ -45,8 +46,8 @@ impl End {
 
     /// A memfd holding `payload`: one of ours that a receiver has consumed, or a new one
     /// (kept for reuse when the payload is at most [`REUSED_MAX`]).
-    fn memfd_with(&self, payload: &[u8]) -> io::Result<OwnedFd> {
-        let reusable = payload.len() <= REUSED_MAX;
+    fn memfd_with(&self, parts: &[&[u8]]) -> io::Result<OwnedFd> {
+        let reusable = parts.iter().map(|p| p.len()).sum::<usize>() <= REUSED_MAX;
         if reusable {
             let claimed = {
                 let pool = self.memfds.lock().unwrap_or_else(|p| p.into_inner());
@@ -58,12 +59,12 @@ impl End {
             if let Some((claim, fd)) = claimed {
                 claim?;
                 let fd = fd?;
-                sys::write_message(fd.as_fd(), payload)?;
+                sys::write_message(fd.as_fd(), parts)?;
                 return Ok(fd);
             }
         }
         let fd = sys::message_memfd()?;
-        sys::write_message(fd.as_fd(), payload)?;
+        sys::write_message(fd.as_fd(), parts)?;
         if reusable {
             let mut pool = self.memfds.lock().unwrap_or_else(|p| p.into_inner());
             if pool.len() == POOLED {
@@ -320,6 +321,11 @@ impl<T: Value> Sender<T> {
 
     /// Encodes `value` into `buf` and sends it; `Ok(false)` when the queue stayed full.
     fn encode_and_send(&self, buf: &mut Vec<u8>, value: &T, wait: Wait) -> Result<bool, Outcome> {
+        if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
+            if bytes.len() > frame::inline_limit(self.capacity) {
+                return self.send_bytes(bytes, wait);
+            }
+        }
         buf.clear();
         buf.extend_from_slice(&[TAG_INLINE, 0]);
         let encoding = passfd::Encoding::begin();
@@ -349,17 +355,42 @@ impl<T: Value> Sender<T> {
                 })
             })?;
         }
-        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(passed.len() + 1);
         if size <= frame::inline_limit(self.capacity) {
-            fds.extend(passed.iter().map(AsFd::as_fd));
+            let fds: Vec<BorrowedFd<'_>> = passed.iter().map(AsFd::as_fd).collect();
             return self.send_packet(&[io::IoSlice::new(buf)], &fds, wait);
         }
         let memfd = self
             .end
-            .memfd_with(&buf[INLINE_HEADER..])
+            .memfd_with(&[&buf[INLINE_HEADER..]])
             .map_err(Outcome::Io);
         shrink(buf);
-        let memfd = memfd?;
+        self.send_memfd(&memfd?, size, &passed, wait)
+    }
+
+    /// Sends a `Vec<u8>` above the inline limit: its encoding (a varint length, then the
+    /// bytes) written to a memfd straight from the vector, without a copy in between.
+    fn send_bytes(&self, bytes: &[u8], wait: Wait) -> Result<bool, Outcome> {
+        let mut len = Vec::with_capacity(10);
+        frame::put_varint(&mut len, bytes.len() as u64);
+        let size = len.len() + bytes.len();
+        if size > MAX_MESSAGE {
+            return Err(Outcome::Encode(format!(
+                "its encoding takes {size} bytes, more than the {MAX_MESSAGE} a channel message may"
+            )));
+        }
+        let memfd = self.end.memfd_with(&[&len, bytes]).map_err(Outcome::Io)?;
+        self.send_memfd(&memfd, size, &[], wait)
+    }
+
+    /// Sends the packet of a payload of `size` bytes in `memfd`, with `passed`.
+    fn send_memfd(
+        &self,
+        memfd: &OwnedFd,
+        size: usize,
+        passed: &[OwnedFd],
+        wait: Wait,
+    ) -> Result<bool, Outcome> {
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(passed.len() + 1);
         fds.push(memfd.as_fd());
         fds.extend(passed.iter().map(AsFd::as_fd));
         let mut header = [0u8; MEMFD_HEADER];
@@ -540,7 +571,9 @@ impl<T: Value> Receiver<T> {
         }
         let sock = self.end.fd.as_fd();
         loop {
-            match sys::recv(sock, buf).map_err(RecvError::Io)? {
+            // Without a deadline, the kernel waits: one call per message, no poll.
+            let block = matches!(wait, Wait::Forever);
+            match sys::recv(sock, buf, block).map_err(RecvError::Io)? {
                 Received::Message {
                     len,
                     truncated,

@@ -22,6 +22,7 @@
 //! [`RecvError::Malformed`](super::RecvError::Malformed) naming the problem; the packet
 //! and its descriptors are dropped and the channel goes on.
 
+use std::any::Any;
 #[cfg(test)]
 use std::os::fd::AsFd;
 use std::os::fd::OwnedFd;
@@ -140,7 +141,7 @@ pub(crate) fn open<T: Value>(
     if truncated {
         return Err(Ok(format!(
             "a message was longer than the largest packet a channel sends ({} bytes); it was cut and dropped",
-            INLINE_MAX + 1
+            INLINE_MAX + INLINE_HEADER
         )));
     }
     if fds_truncated {
@@ -149,6 +150,11 @@ pub(crate) fn open<T: Value>(
         ));
     }
     let (body, _) = parse(packet, fds.len()).map_err(Ok)?;
+    if let Body::Memfd(len) = body {
+        if let Some(v) = bytes_from_memfd::<T>(&fds[0], len) {
+            return v.map_err(Ok);
+        }
+    }
     let copied;
     let payload = match body {
         Body::Inline(payload) => payload,
@@ -161,6 +167,43 @@ pub(crate) fn open<T: Value>(
     let mut slots: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
     // Descriptors no value took are closed with `slots`.
     passfd::decoding(&mut slots, || format::decode::<T>(Codec::Postcard, payload)).map_err(Err)
+}
+
+/// For `T = Vec<u8>`: the bytes of a memfd payload read straight into their vector (one
+/// copy instead of two); `None` for other types.
+fn bytes_from_memfd<T: Value>(memfd: &OwnedFd, len: usize) -> Option<Result<T, String>> {
+    let mut slot: Option<T> = None;
+    let out = (&mut slot as &mut dyn Any).downcast_mut::<Option<Vec<u8>>>()?;
+    match sys::read_message_bytes(memfd, len) {
+        Ok(v) => *out = Some(v),
+        Err(e) => return Some(Err(e)),
+    }
+    slot.map(Ok)
+}
+
+/// Appends the postcard varint of `v` to `out` (at most 10 bytes).
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A postcard varint at the start of `b`: its value and its length in bytes.
+pub(crate) fn take_varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v: u64 = 0;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        let part = u64::from(byte & 0x7f);
+        if i == 9 && part > 1 {
+            return None;
+        }
+        v |= part << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -201,6 +244,18 @@ mod tests {
     }
 
     #[test]
+    fn varints_match_postcard() {
+        for v in [0u64, 1, 127, 128, 300, 1 << 20, u64::MAX] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            assert_eq!(b, postcard::to_allocvec(&v).unwrap());
+            assert_eq!(take_varint(&b), Some((v, b.len())));
+        }
+        assert_eq!(take_varint(&[0x80]), None);
+        assert_eq!(take_varint(&[0xff; 10]), None);
+    }
+
+    #[test]
     fn limits_follow_the_capacity() {
         assert_eq!(inline_limit(212_992), 53_248);
         assert_eq!(inline_limit(1 << 30), INLINE_MAX);
@@ -211,7 +266,7 @@ mod tests {
     #[test]
     fn a_memfd_is_read_only_when_it_holds_what_the_header_says() {
         let fd = sys::message_memfd().unwrap();
-        sys::write_message(fd.as_fd(), b"abc").unwrap();
+        sys::write_message(fd.as_fd(), &[b"ab", b"c"]).unwrap();
         assert!(!sys::consumed(fd.as_fd()));
         assert!(
             sys::read_message(&fd, 4)

@@ -131,8 +131,9 @@ pub mod fuzzing {
     use std::os::fd::OwnedFd;
 
     /// Runs a receiver's checks and decoding on `packet`, as if it came with a memfd
-    /// holding exactly `attached` (state word and payload), if given, then `extra` more descriptors
-    /// (channel sockets and `/dev/null` in turn), decoding a value that may hold a
+    /// holding exactly `attached` (state word and payload), if given, then `extra` more
+    /// descriptors (channel sockets and `/dev/null` in turn). It decodes a `Vec<u8>` when
+    /// `as_bytes` (read from a memfd on a path of its own), else a tuple that may hold a
     /// channel end: the value (as its `Debug` text), or the error as a sentence.
     ///
     /// # Errors
@@ -141,6 +142,7 @@ pub mod fuzzing {
         packet: &[u8],
         attached: Option<&[u8]>,
         extra: u8,
+        as_bytes: bool,
     ) -> Result<String, String> {
         let mut fds: Vec<OwnedFd> = Vec::new();
         if let Some(data) = attached {
@@ -157,11 +159,14 @@ pub mod fuzzing {
             fds.push(fd);
         }
         type Fuzzed = (u64, String, Vec<u8>, Option<super::Receiver<u8>>);
-        super::frame::open::<Fuzzed>(packet, false, fds, false)
-            .map(|v| format!("{v:?}"))
-            .map_err(|e| match e {
-                Ok(m) | Err(m) => m,
-            })
+        let r = if as_bytes {
+            super::frame::open::<Vec<u8>>(packet, false, fds, false).map(|v| format!("{v:?}"))
+        } else {
+            super::frame::open::<Fuzzed>(packet, false, fds, false).map(|v| format!("{v:?}"))
+        };
+        r.map_err(|e| match e {
+            Ok(m) | Err(m) => m,
+        })
     }
 
     fn memfd_holding(data: &[u8]) -> std::io::Result<OwnedFd> {

@@ -107,18 +107,18 @@ pub(crate) enum Received {
     Gone,
 }
 
-/// Receives one whole message into `buf`, without blocking; descriptors arrive
-/// close-on-exec.
-pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+/// Receives one whole message into `buf`, waiting for one if `block` (until a message
+/// or the end comes), else not; descriptors arrive close-on-exec.
+pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], block: bool) -> io::Result<Received> {
+    let flags = if block {
+        RecvFlags::CMSG_CLOEXEC
+    } else {
+        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC
+    };
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_PASSED + 1))];
     loop {
         let mut control = RecvAncillaryBuffer::new(&mut space);
-        let r = rustix::net::recvmsg(
-            sock,
-            &mut [io::IoSliceMut::new(buf)],
-            &mut control,
-            RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
-        );
+        let r = rustix::net::recvmsg(sock, &mut [io::IoSliceMut::new(buf)], &mut control, flags);
         let msg = match r {
             Ok(m) => m,
             Err(Errno::INTR) => continue,
@@ -220,15 +220,22 @@ pub(crate) fn claim(fd: BorrowedFd<'_>) -> io::Result<()> {
     pwrite_all(fd, &IN_FLIGHT.to_le_bytes(), 0)
 }
 
-/// Writes a message into `fd` (state word "in flight", then the payload), growing the
-/// file as needed (it never shrinks, so its pages are reused).
-pub(crate) fn write_message(fd: BorrowedFd<'_>, payload: &[u8]) -> io::Result<()> {
-    let need = PAYLOAD_AT + payload.len() as u64;
+/// Writes a message into `fd` (state word "in flight", then the payload: `parts` one
+/// after the other), growing the file as needed (it never shrinks, so its pages are
+/// reused).
+pub(crate) fn write_message(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Result<()> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let need = PAYLOAD_AT + len as u64;
     if (rustix::fs::fstat(fd)?.st_size as u64) < need {
         rustix::fs::ftruncate(fd, need)?;
     }
     pwrite_all(fd, &IN_FLIGHT.to_le_bytes(), 0)?;
-    pwrite_all(fd, payload, PAYLOAD_AT)
+    let mut at = PAYLOAD_AT;
+    for part in parts {
+        pwrite_all(fd, part, at)?;
+        at += part.len() as u64;
+    }
+    Ok(())
 }
 
 /// Copies the `len`-byte payload out of a memfd received from a peer (after checking
@@ -238,6 +245,32 @@ pub(crate) fn write_message(fd: BorrowedFd<'_>, payload: &[u8]) -> io::Result<()
 /// meanwhile can garble the bytes (which the decoder checks) or make the read short (an
 /// error), but cannot fault this process.
 pub(crate) fn read_message(fd: &OwnedFd, len: usize) -> Result<Vec<u8>, String> {
+    check_memfd(fd, len)?;
+    let out = read_at(fd, PAYLOAD_AT, len)?;
+    consume(fd);
+    Ok(out)
+}
+
+/// As [`read_message`], for a payload that is the encoding of a `Vec<u8>` (a varint
+/// length, then the bytes): the bytes, copied once, straight into their vector.
+pub(crate) fn read_message_bytes(fd: &OwnedFd, len: usize) -> Result<Vec<u8>, String> {
+    check_memfd(fd, len)?;
+    let head = read_at(fd, PAYLOAD_AT, len.min(10))?;
+    let Some((n, k)) = super::frame::take_varint(&head) else {
+        return Err("a shared-memory message of bytes does not start with a valid length".into());
+    };
+    if k as u64 + n != len as u64 {
+        return Err(format!(
+            "a shared-memory message of {len} bytes says its byte vector holds {n}"
+        ));
+    }
+    let out = read_at(fd, PAYLOAD_AT + k as u64, n as usize)?;
+    consume(fd);
+    Ok(out)
+}
+
+/// Checks that `fd` is a memfd holding a payload of `len` bytes.
+fn check_memfd(fd: &OwnedFd, len: usize) -> Result<(), String> {
     rustix::fs::fcntl_get_seals(fd.as_fd())
         .map_err(|e| format!("the descriptor sent with a large message is not a memfd ({e})"))?;
     let st = rustix::fs::fstat(fd).map_err(|e| format!("fstat of a message memfd: {e}"))?;
@@ -247,27 +280,36 @@ pub(crate) fn read_message(fd: &OwnedFd, len: usize) -> Result<Vec<u8>, String> 
             "the memfd of a large message holds {size} bytes, too few for the {len} its header says"
         ));
     }
+    Ok(())
+}
+
+/// Copies `len` bytes at `at` out of `fd` into a new vector.
+fn read_at(fd: &OwnedFd, at: u64, len: usize) -> Result<Vec<u8>, String> {
     let mut out: Vec<u8> = Vec::new();
     out.try_reserve_exact(len)
         .map_err(|_| format!("no memory for a message of {len} bytes"))?;
     while out.len() < len {
-        let at = PAYLOAD_AT + out.len() as u64;
         let want = len - out.len();
-        match rustix::io::pread(fd, rustix::buffer::spare_capacity(&mut out), at) {
+        let spare = rustix::buffer::spare_capacity(&mut out);
+        match rustix::io::pread(fd, spare, at + (len - want) as u64) {
             Ok(0) => {
                 return Err(format!(
                     "the memfd of a large message ended after {} of its {len} bytes",
                     out.len()
                 ));
             }
-            Ok(n) => debug_assert!(n <= want),
+            Ok(_) => {}
             Err(Errno::INTR) => {}
             Err(e) => return Err(format!("reading a message memfd: {e}")),
         }
     }
-    // The sender may reuse the memfd now; a read-only descriptor just stays unreused.
-    let _ = pwrite_all(fd.as_fd(), &CONSUMED.to_le_bytes(), 0);
     Ok(out)
+}
+
+/// Marks a memfd whose payload was copied out as reusable by its sender (a read-only
+/// descriptor just stays unreused).
+fn consume(fd: &OwnedFd) {
+    let _ = pwrite_all(fd.as_fd(), &CONSUMED.to_le_bytes(), 0);
 }
 
 fn pread_all(fd: BorrowedFd<'_>, buf: &mut [u8], at: u64) -> io::Result<()> {
