@@ -321,10 +321,10 @@ impl<T: Value> Sender<T> {
 
     /// Encodes `value` into `buf` and sends it; `Ok(false)` when the queue stayed full.
     fn encode_and_send(&self, buf: &mut Vec<u8>, value: &T, wait: Wait) -> Result<bool, Outcome> {
-        if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
-            if bytes.len() > frame::inline_limit(self.capacity) {
-                return self.send_bytes(bytes, wait);
-            }
+        if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>()
+            && bytes.len() > frame::inline_limit(self.capacity)
+        {
+            return self.send_bytes(bytes, wait);
         }
         buf.clear();
         buf.extend_from_slice(&[TAG_INLINE, 0]);

@@ -150,10 +150,10 @@ pub(crate) fn open<T: Value>(
         ));
     }
     let (body, _) = parse(packet, fds.len()).map_err(Ok)?;
-    if let Body::Memfd(len) = body {
-        if let Some(v) = bytes_from_memfd::<T>(&fds[0], len) {
-            return v.map_err(Ok);
-        }
+    if let Body::Memfd(len) = body
+        && let Some(v) = bytes_from_memfd::<T>(&fds[0], len)
+    {
+        return v.map_err(Ok);
     }
     let copied;
     let payload = match body {
