@@ -42,7 +42,7 @@
 //! processes that a killed one could leave wrong; the kernel's count cannot be.
 //!
 //! # Fuzzing
-//! [`fuzzing::open_message`] runs the receiver's checks on arbitrary bytes.
+//! `fuzzing::open_message` runs the receiver's checks on arbitrary bytes.
 
 mod ends;
 mod error;
@@ -99,8 +99,8 @@ pub fn channel<T: Value>() -> io::Result<(Sender<T>, Receiver<T>)> {
 /// Creates a channel whose queue holds about `capacity` bytes of messages before senders
 /// wait. The kernel's figure, which [`Sender::capacity`] reports, is clamped to its
 /// limits: at least about 4.5 KiB, and at most `net.core.wmem_max` (4 MiB here) unless
-/// the process has `CAP_NET_ADMIN`. See the [module documentation](self) for what a
-/// message costs.
+/// the process has `CAP_NET_ADMIN`. See [Channels](crate#channels) for what a message
+/// costs.
 ///
 /// ```
 /// # fn main() -> std::io::Result<()> {
