@@ -6,15 +6,17 @@ use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::end::End;
 use super::error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 use super::frame::{
     self, INLINE_HEADER, INLINE_MAX, MAX_MESSAGE, MAX_PASSED, MEMFD_HEADER, TAG_INLINE, TAG_MEMFD,
 };
+use super::iter::{Iter, TryIter};
 use super::sys::{self, Received, Sent};
 use crate::codec::Value;
 use crate::format::{self, Codec};
@@ -27,61 +29,6 @@ thread_local! {
     /// Where a thread receives packets: room for the largest a channel sends.
     static IN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
-
-/// One descriptor of a channel's socket, shared by the clones of an end in this process.
-#[derive(Debug)]
-pub(crate) struct End {
-    pub(crate) fd: OwnedFd,
-    /// A sender's memfds of earlier large messages, to reuse once consumed.
-    memfds: Mutex<Vec<OwnedFd>>,
-}
-
-impl End {
-    pub(crate) fn new(fd: OwnedFd) -> Self {
-        Self {
-            fd,
-            memfds: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// A memfd holding `payload`: one of ours that a receiver has consumed, or a new one
-    /// (kept for reuse when the payload is at most [`REUSED_MAX`]).
-    fn memfd_with(&self, parts: &[&[u8]]) -> io::Result<OwnedFd> {
-        let reusable = parts.iter().map(|p| p.len()).sum::<usize>() <= REUSED_MAX;
-        if reusable {
-            let claimed = {
-                let pool = self.memfds.lock().unwrap_or_else(|p| p.into_inner());
-                // Claimed under the lock: another thread of ours will not pick it.
-                pool.iter()
-                    .find(|fd| sys::consumed(fd.as_fd()))
-                    .map(|fd| (sys::claim(fd.as_fd()), fd.try_clone()))
-            };
-            if let Some((claim, fd)) = claimed {
-                claim?;
-                let fd = fd?;
-                sys::write_message(fd.as_fd(), parts)?;
-                return Ok(fd);
-            }
-        }
-        let fd = sys::message_memfd()?;
-        sys::write_message(fd.as_fd(), parts)?;
-        if reusable {
-            let mut pool = self.memfds.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() == POOLED {
-                // The oldest is still unread (or its reader died): let it go.
-                pool.remove(0);
-            }
-            pool.push(fd.try_clone()?);
-        }
-        Ok(fd)
-    }
-}
-
-/// How many memfds a sender keeps for reuse, per process.
-const POOLED: usize = 8;
-/// The largest payload whose memfd is kept for reuse: a sender keeps at most
-/// `POOLED * REUSED_MAX` (16 MiB) of them.
-const REUSED_MAX: usize = 2 << 20;
 
 /// The sending end of a channel. Cloning it gives another sender of the same channel;
 /// the receivers see the channel disconnected once every sender in every process is gone.
@@ -599,65 +546,5 @@ impl<T: Value> Receiver<T> {
                 return Ok(None);
             }
         }
-    }
-}
-
-/// A blocking iterator over a receiver's messages ([`Receiver::iter`]).
-#[derive(Debug)]
-pub struct Iter<'a, T> {
-    rx: &'a Receiver<T>,
-}
-
-impl<T: Value> Iterator for Iter<'_, T> {
-    type Item = T;
-
-    fn next(&mut self) -> Option<T> {
-        self.rx.recv().ok()
-    }
-}
-
-/// A non-blocking iterator over the messages waiting now ([`Receiver::try_iter`]).
-#[derive(Debug)]
-pub struct TryIter<'a, T> {
-    rx: &'a Receiver<T>,
-}
-
-impl<T: Value> Iterator for TryIter<'_, T> {
-    type Item = T;
-
-    fn next(&mut self) -> Option<T> {
-        self.rx.try_recv().ok()
-    }
-}
-
-/// A blocking iterator that owns its receiver (`for msg in rx`).
-#[derive(Debug)]
-pub struct IntoIter<T> {
-    rx: Receiver<T>,
-}
-
-impl<T: Value> Iterator for IntoIter<T> {
-    type Item = T;
-
-    fn next(&mut self) -> Option<T> {
-        self.rx.recv().ok()
-    }
-}
-
-impl<T: Value> IntoIterator for Receiver<T> {
-    type Item = T;
-    type IntoIter = IntoIter<T>;
-
-    fn into_iter(self) -> IntoIter<T> {
-        IntoIter { rx: self }
-    }
-}
-
-impl<'a, T: Value> IntoIterator for &'a Receiver<T> {
-    type Item = T;
-    type IntoIter = Iter<'a, T>;
-
-    fn into_iter(self) -> Iter<'a, T> {
-        self.iter()
     }
 }

@@ -44,20 +44,23 @@
 //! # Fuzzing
 //! `fuzzing::open_message` runs the receiver's checks on arbitrary bytes.
 
+mod end;
 mod ends;
 mod error;
 mod frame;
+mod iter;
 mod pass;
 mod sys;
 
 use std::io;
 use std::os::fd::AsFd;
 
-pub(crate) use ends::End;
-pub use ends::{IntoIter, Iter, Receiver, Sender, TryIter};
+use end::End;
+pub use ends::{Receiver, Sender};
 pub use error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
+pub use iter::{IntoIter, Iter, TryIter};
 
 use crate::codec::Value;
 

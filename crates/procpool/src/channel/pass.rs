@@ -7,7 +7,8 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::ends::{End, Receiver, Sender, not_a_channel};
+use super::end::End;
+use super::ends::{Receiver, Sender, not_a_channel};
 use super::sys;
 use crate::passfd;
 
