@@ -54,6 +54,14 @@ pub use worker::{
     take_last_backtrace, take_last_panic,
 };
 
+/// Shared memory for values given to many processes (sealed memfds, mappings, leases),
+/// for fronts that build shared values on it.
+pub mod shm {
+    pub use crate::sys::linux_shm::{
+        Mapping, duplicate, file_id, fixed_size_file, lease, released, sealed_file,
+    };
+}
+
 /// Entry points for the fuzz targets (`fuzz/`): the parent's readers of the shared memory
 /// a worker writes. Not part of the API.
 #[doc(hidden)]

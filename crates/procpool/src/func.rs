@@ -70,6 +70,8 @@ fn run_chunk<A: Value, R: Value>(
     let mut args = items::Args::new::<A>(&h, body)?;
     // Descriptors that came with the job, for the values that hold one (see `passfd`).
     let mut slots = passfd::job_slots();
+    // Shared values whose makers let go of them leave this worker's cache.
+    crate::shared::sweep();
     let mut results = items::Results::begin::<R>(out, h.layout);
     for k in 0..h.count {
         if k > 0 && results.full() {

@@ -135,6 +135,7 @@ mod probe;
 mod process;
 mod progress;
 mod roundtrip;
+pub mod shared;
 mod strict;
 
 pub use awaiting::{AsCompleted, as_completed, block_on, wait_any};
@@ -155,6 +156,7 @@ pub use passfd::Fd;
 pub use pool::{Builder, Call, Pool};
 pub use process::{Process, spawn};
 pub use procpool_engine::{Failures, Progress, Stats, WorkerInfo, WorkerStats, current_worker};
+pub use shared::{Element, Shared, SharedArray, SharedError, SharedSlice};
 
 /// Makes this process a worker if it was started as one; returns at once otherwise.
 ///

@@ -2,7 +2,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -226,32 +226,58 @@ pub(crate) fn recv_into_fds(
     buf: &mut Vec<u8>,
     fds: &mut std::collections::VecDeque<OwnedFd>,
 ) -> io::Result<usize> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
+    const FD_BYTES: usize = MAX_FDS_PER_MESSAGE * std::mem::size_of::<RawFd>();
+    // Room for one full SCM_RIGHTS message (CMSG_SPACE of its payload), 8-aligned.
+    let mut control = [0u64; (FD_BYTES + 64) / 8];
     let spare = buf.spare_capacity_mut();
-    // SAFETY: the kernel only writes into the spare capacity, and `set_len` below covers
-    // exactly the bytes it reported written.
-    let slice =
-        unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), spare.len()) };
-    let msg = rustix::net::recvmsg(
-        fd,
-        &mut [io::IoSliceMut::new(slice)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )?;
-    // SAFETY: `msg.bytes` bytes of the spare capacity were written by the kernel.
-    unsafe { buf.set_len(buf.len() + msg.bytes) };
-    for m in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(got) = m {
-            fds.extend(got);
+    let mut iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths); the fields set
+    // below point at `iov` and `control`, which outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let n = loop {
+        // SAFETY: `msg` describes writable memory: the vector's spare capacity (written,
+        // never read, by the kernel) and `control`.
+        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    // SAFETY: the kernel wrote `n` bytes at the start of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    // SAFETY: `msg` was filled by recvmsg; the CMSG_* helpers walk its control buffer
+    // within `msg_controllen`, and each SCM_RIGHTS payload holds whole descriptors that
+    // the kernel installed in this process for us to own.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c);
+                let bytes = (*c).cmsg_len as usize - (data as usize - c as usize);
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    let raw = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push_back(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
         return Err(io::Error::other(
             "descriptors sent with a message were lost (control data truncated)",
         ));
     }
-    Ok(msg.bytes)
+    Ok(n)
 }
 
 /// Reads into the spare capacity of `buf` (which must have some), extending it; blocks

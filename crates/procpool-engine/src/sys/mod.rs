@@ -6,6 +6,8 @@ mod linux;
 #[cfg(target_os = "linux")]
 mod linux_proc;
 #[cfg(target_os = "linux")]
+pub(crate) mod linux_shm;
+#[cfg(target_os = "linux")]
 mod linux_window;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;

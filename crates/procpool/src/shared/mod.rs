@@ -1,0 +1,178 @@
+//! Data shared with tasks without a copy per task: [`Shared`] (any value, written once,
+//! decoded once per worker), [`SharedSlice`] (plain numbers read in place) and
+//! [`SharedArray`] (plain numbers that tasks write in place, with atomic access).
+//!
+//! Each lives in a memfd: memory with no name in any file system, freed when the last
+//! descriptor and mapping of it, in every process, are gone. A handle passed to a task
+//! costs a few bytes and one descriptor (two, with the lease, below) that travel with
+//! the job. `Shared` and `SharedSlice` are sealed (nobody, owner included, can write or
+//! resize them) and mapped read-only; `SharedArray` is sealed against resizing only.
+//!
+//! # Caching in workers, and when memory is released
+//!
+//! A worker keeps what it received, keyed by the value's id (written by the process that
+//! made it) and the memfd's inode, so a value sent with 10 000 tasks is mapped (and for
+//! `Shared`, decoded) once per worker. With each value travels a *lease*: the read end
+//! of a pipe whose write end only its maker's handles hold. When the maker has dropped
+//! its last handle the lease reports it, and a worker drops the value from its cache the
+//! next time it starts a task (or when it exits). However many values come and go, a
+//! worker's cache holds at most [`CACHE_ENTRIES`] values and about [`CACHE_BYTES`]
+//! bytes of them: past that, the least recently used goes first (it is received again if
+//! it comes back). A handle a task still holds stays valid whatever the cache does.
+
+mod array;
+mod cache;
+mod slice;
+mod value;
+
+use std::hash::BuildHasher;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::de::Error as _;
+use serde::ser::Error as _;
+use serde::{Deserialize, Serialize};
+
+pub use array::{Element, SharedArray};
+pub(crate) use cache::sweep;
+pub use cache::{CACHE_BYTES, CACHE_ENTRIES};
+pub use slice::SharedSlice;
+pub use value::Shared;
+
+use crate::passfd;
+
+/// Why a shared value could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SharedError {
+    /// The value could not be encoded (or does not survive its codec).
+    #[error("the shared value could not be serialized: {message}")]
+    Codec {
+        /// The codec's message.
+        message: String,
+    },
+    /// The system refused the shared memory (out of memory or of descriptors).
+    #[error("shared memory could not be set up: {0}")]
+    Memory(#[from] std::io::Error),
+}
+
+/// What kind of shared memory a handle names (checked on arrival).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    Value = 1,
+    Slice = 2,
+    Array = 3,
+}
+
+/// The memfd behind a shared value, with its lease.
+#[derive(Debug)]
+pub(crate) struct Backing {
+    pub(crate) id: u64,
+    pub(crate) len: usize,
+    pub(crate) memfd: OwnedFd,
+    /// The lease's read end: travels with the handle.
+    pub(crate) watcher: OwnedFd,
+    /// The lease's write end: only in the process that made the value.
+    pub(crate) _holder: Option<OwnedFd>,
+}
+
+impl Backing {
+    /// A backing for a new value in `memfd` of `len` bytes.
+    pub(crate) fn new(memfd: OwnedFd, len: usize) -> std::io::Result<Self> {
+        let (holder, watcher) = procpool_engine::shm::lease()?;
+        Ok(Backing {
+            id: next_id(),
+            len,
+            memfd,
+            watcher,
+            _holder: Some(holder),
+        })
+    }
+}
+
+/// A process-unique, hard-to-collide id for a new value (random start, then counting).
+fn next_id() -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+    });
+    seed.wrapping_add(COUNT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A handle as it is encoded: a few bytes, and two descriptor slots.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "procpool::Shared")]
+struct Wire {
+    kind: u8,
+    id: u64,
+    len: u64,
+    /// The codec of a `Shared` value (0 otherwise).
+    codec: u8,
+    memfd: u32,
+    watcher: u32,
+}
+
+/// Encodes a handle to `b`.
+pub(crate) fn serialize_handle<S: serde::Serializer>(
+    s: S,
+    kind: Kind,
+    codec: u8,
+    b: &Backing,
+) -> Result<S::Ok, S::Error> {
+    let memfd = passfd::attach(b.memfd.as_fd()).map_err(S::Error::custom)?;
+    let watcher = passfd::attach(b.watcher.as_fd()).map_err(S::Error::custom)?;
+    Wire {
+        kind: kind as u8,
+        id: b.id,
+        len: b.len as u64,
+        codec,
+        memfd,
+        watcher,
+    }
+    .serialize(s)
+}
+
+/// What a handle that arrived names: its backing's key and parts, not yet opened.
+pub(crate) struct Arrived {
+    pub(crate) key: cache::Key,
+    pub(crate) codec: u8,
+    pub(crate) backing: Backing,
+}
+
+/// Decodes a handle of `kind` (the descriptors are taken from the job).
+pub(crate) fn deserialize_handle<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    kind: Kind,
+) -> Result<Arrived, D::Error> {
+    let w = Wire::deserialize(d)?;
+    if w.kind != kind as u8 {
+        return Err(D::Error::custom(format!(
+            "a shared handle of kind {} arrived where kind {} was expected",
+            w.kind, kind as u8
+        )));
+    }
+    let len = usize::try_from(w.len)
+        .map_err(|_| D::Error::custom("a shared handle's length does not fit in memory"))?;
+    let memfd = passfd::take(w.memfd).map_err(D::Error::custom)?;
+    let watcher = passfd::take(w.watcher).map_err(D::Error::custom)?;
+    let file = procpool_engine::shm::file_id(memfd.as_fd())
+        .map_err(|e| D::Error::custom(format!("a shared handle's memory: {e}")))?;
+    Ok(Arrived {
+        key: cache::Key {
+            kind,
+            id: w.id,
+            file,
+        },
+        codec: w.codec,
+        backing: Backing {
+            id: w.id,
+            len,
+            memfd,
+            watcher,
+            _holder: None,
+        },
+    })
+}
