@@ -264,3 +264,44 @@ fn a_descriptor_that_is_not_a_channel_is_refused() {
     let e = procpool::Receiver::<u8>::try_from(std::os::fd::OwnedFd::from(f)).unwrap_err();
     assert!(e.to_string().contains("not a channel end"), "{e}");
 }
+
+#[test]
+fn values_holding_descriptors_travel_inside_messages() {
+    use std::io::{Read, Seek};
+    let file = tempfile_with(b"through a channel");
+    let (tx, rx) = procpool::channel::<(String, procpool::Fd)>().unwrap();
+    let fd = procpool::Fd::from(std::os::fd::OwnedFd::from(file.try_clone().unwrap()));
+    tx.send(("file".into(), fd)).unwrap();
+    let (name, fd) = rx.recv().unwrap();
+    assert_eq!(name, "file");
+    let mut got = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
+    got.rewind().unwrap();
+    let mut s = String::new();
+    got.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "through a channel");
+
+    let (ends_tx, _ends_rx) = procpool::channel::<Vec<procpool::Sender<u8>>>().unwrap();
+    let (one, _r) = procpool::channel::<u8>().unwrap();
+    match ends_tx.send(vec![one; 33]) {
+        Err(SendError::Encode { value, reason }) => {
+            assert_eq!(value.len(), 33);
+            assert!(reason.contains("at most 32"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn tempfile_with(bytes: &[u8]) -> std::fs::File {
+    use std::io::Write;
+    let path = std::env::temp_dir().join(format!("procpool-chan-{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    f.write_all(bytes).unwrap();
+    f
+}
