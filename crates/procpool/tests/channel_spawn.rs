@@ -46,6 +46,16 @@ fn take_some((rx, n): (Receiver<u64>, usize)) -> Vec<u64> {
     (0..n).map(|_| rx.recv().unwrap()).collect()
 }
 
+fn send_sizes(tx: Sender<Vec<u8>>) {
+    for (k, n) in [1usize << 20, 64 << 20, 3 << 20, 1 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        tx.send((0..n).map(|i| (i % 253) as u8 ^ k as u8).collect())
+            .unwrap();
+    }
+}
+
 fn hold(rx: Receiver<u64>) {
     let _ = rx.recv();
     std::thread::sleep(Duration::from_secs(600));
@@ -58,6 +68,26 @@ fn a_spawned_producer_streams_and_its_end_ends_the_iteration() {
     let got: Vec<u64> = rx.iter().collect();
     assert_eq!(got, (0..1000).collect::<Vec<_>>());
     assert_eq!(producer.join().unwrap(), 1000);
+}
+
+#[test]
+fn messages_of_1_and_64_mib_cross_processes_whole() {
+    let (tx, rx) = procpool::channel::<Vec<u8>>().unwrap();
+    let p = procpool::spawn(send_sizes, tx).unwrap();
+    let sizes: Vec<usize> = rx
+        .iter()
+        .enumerate()
+        .map(|(k, v)| {
+            assert!(
+                v.iter()
+                    .enumerate()
+                    .all(|(i, &b)| b == (i % 253) as u8 ^ k as u8)
+            );
+            v.len()
+        })
+        .collect();
+    assert_eq!(sizes, [1 << 20, 64 << 20, 3 << 20, 1 << 20]);
+    p.join().unwrap();
 }
 
 #[test]
