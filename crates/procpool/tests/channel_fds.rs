@@ -1,6 +1,6 @@
 //! Descriptors, memfds and mappings are back where they started after 500 channels were
 //! made, used (small and large messages, ends cloned, messages left in the queue) and
-//! dropped. One test in its own binary, so no other test opens descriptors meanwhile.
+//! dropped; a sender reuses the memfd of its large messages. One test in its own binary, so no other test opens descriptors meanwhile.
 
 mod channel_common;
 
@@ -33,4 +33,18 @@ fn five_hundred_channels_leave_no_descriptor_memfd_or_mapping() {
     }
     let after = (fd_counts(), memfd_mappings());
     assert_eq!(before, after, "((descriptors, memfds), memfd mappings)");
+
+    // A sender reuses the memfd of a large message once it was read: one memfd, kept.
+    let (tx, rx) = procpool::channel::<Vec<u8>>().unwrap();
+    for i in 0..100 {
+        tx.send(vec![i as u8; 300_000]).unwrap();
+        assert_eq!(rx.recv().unwrap(), vec![i as u8; 300_000]);
+    }
+    assert_eq!(
+        fd_counts().1,
+        before.0.1 + 1,
+        "one memfd, reused for every message"
+    );
+    drop((tx, rx));
+    assert_eq!(fd_counts(), before.0);
 }

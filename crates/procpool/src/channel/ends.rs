@@ -346,7 +346,12 @@ impl<T: Value> Sender<T> {
         header[2..].copy_from_slice(&(size as u64).to_le_bytes());
         let pad = vec![0u8; frame::large_frame_len(self.capacity) - MEMFD_HEADER];
         let parts = [io::IoSlice::new(&header), io::IoSlice::new(&pad)];
-        self.send_packet(&parts, &fds, wait)
+        let sent = self.send_packet(&parts, &fds, wait);
+        if !matches!(sent, Ok(true)) {
+            // Not sent (full, or no receiver): free for the next message.
+            sys::consume(memfd);
+        }
+        sent
     }
 
     fn send_packet(

@@ -306,9 +306,9 @@ fn read_at(fd: &OwnedFd, at: u64, len: usize) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Marks a memfd whose payload was copied out as reusable by its sender (a read-only
-/// descriptor just stays unreused).
-fn consume(fd: &OwnedFd) {
+/// Marks a memfd whose payload was copied out (or never sent) as reusable by its sender
+/// (a read-only descriptor just stays unreused).
+pub(crate) fn consume(fd: &OwnedFd) {
     let _ = pwrite_all(fd.as_fd(), &CONSUMED.to_le_bytes(), 0);
 }
 
