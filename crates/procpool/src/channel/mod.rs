@@ -23,8 +23,11 @@
 //! which the decoder checks, but never fault the receiver) and marks the memfd consumed;
 //! the sending process then writes a later message into the same memfd, so its pages
 //! are allocated once rather than per message (each process keeps at most 8 such memfds
-//! of up to 2 MiB per sender; larger messages get a memfd of their own). Values are
-//! encoded with postcard, as pool arguments are.
+//! of up to 2 MiB per sender; larger messages get a memfd of their own). A receiver
+//! keeps a descriptor of each memfd it got only if it wants to: one that writes into a
+//! memfd after reading it can garble a later message of the same channel (which its
+//! reader's decoder checks), nothing else; any receiver of a channel could take those
+//! messages anyway. Values are encoded with postcard, as pool arguments are.
 //!
 //! Values that hold a descriptor (channel ends, [`Fd`](crate::Fd)) travel inside
 //! messages too, their descriptors with the packet (at most 32 per message): an end can
@@ -36,9 +39,9 @@
 //! waits (back-pressure) while it is full. Each message costs its packet plus the
 //! kernel's bookkeeping (several hundred bytes), so a queue of `capacity` bytes holds
 //! fewer small messages than `capacity / size` (the default queue, 208 KiB, holds about
-//! 280 `u64` messages; one of 64 KiB, 29 messages of 1 KiB); a large message costs an eighth of the
-//! capacity (its packet is padded so), which keeps at most about eight large messages
-//! and their memory waiting. An exact count of messages would need state shared by the
+//! 280 `u64` messages; one of 64 KiB, 29 messages of 1 KiB); a large message costs an
+//! eighth of the capacity (its packet is padded so), which keeps at most about eight
+//! large messages and their memory waiting. An exact count of messages would need state shared by the
 //! processes that a killed one could leave wrong; the kernel's count cannot be.
 //!
 //! # Fuzzing
