@@ -11,6 +11,7 @@ mod load;
 mod procs;
 mod python;
 mod report;
+mod shared_table;
 mod systems;
 mod uneven;
 mod uneven_report;
@@ -219,6 +220,9 @@ fn main() {
     }
     if std::env::args().nth(1).as_deref() == Some(channels::CHILD_FLAG) {
         channels::ipc_producer();
+    }
+    if std::env::args().nth(1).as_deref() == Some(shared_table::FLAG) {
+        shared_table::main();
     }
     let cfg = match Config::parse() {
         Ok(c) => c,

@@ -818,6 +818,18 @@ mod tests {
     }
 
     #[test]
+    fn descriptor_announcements_round_trip() {
+        let msg = Down::Fds {
+            seq: 77,
+            count: MAX_JOB_FDS as u32,
+        };
+        let mut out = Vec::new();
+        encode_down(&mut out, &msg);
+        assert_eq!(decode_down(one_frame(&out)).unwrap(), msg);
+        assert!(decode_down(&out[FRAME_HEADER..out.len() - 1]).is_err());
+    }
+
+    #[test]
     fn a_bad_frame_start_is_refused_before_its_body_arrives() {
         // Unknown tag with a plausible length.
         assert!(check_up_prefix(&[0x0f, 0x1e, 0x85, 0x0e, 153], 1, Some(1)).is_err());

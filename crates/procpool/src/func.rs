@@ -79,7 +79,12 @@ fn run_chunk<A: Value, R: Value>(
             break;
         }
         let bytes = args.next_bytes()?;
-        match passfd::decoding(&mut slots, || args.decode::<A>(h.layout.codec, bytes)) {
+        let decoded = if slots.is_empty() {
+            args.decode::<A>(h.layout.codec, bytes)
+        } else {
+            passfd::decoding(&mut slots, || args.decode::<A>(h.layout.codec, bytes))
+        };
+        match decoded {
             Ok(a) => match panic::catch_unwind(AssertUnwindSafe(|| f(a))) {
                 Ok(v) => results.push_ok(v),
                 Err(p) => results.push_err::<R>(items::panicked(&*p)),

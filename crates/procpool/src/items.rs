@@ -150,7 +150,8 @@ fn encode_checked<T: Value>(
     what: &str,
 ) -> Result<(), TaskErrorKind> {
     let fds = passfd::attached();
-    let r = encode_and_check(buf, layout, from, v, what, fds);
+    let refs = passfd::references();
+    let r = encode_and_check(buf, layout, from, v, what, refs);
     if r.is_err() {
         // Descriptors attached by a discarded encoding are closed.
         passfd::rollback(fds);
@@ -165,7 +166,7 @@ fn encode_and_check<T: Value>(
     from: usize,
     v: &T,
     what: &str,
-    fds: usize,
+    refs: u64,
 ) -> Result<(), TaskErrorKind> {
     match panic::catch_unwind(AssertUnwindSafe(|| format::encode(layout.codec, buf, v))) {
         Ok(Ok(())) => {}
@@ -186,7 +187,7 @@ fn encode_and_check<T: Value>(
             limit: layout.limit as u64,
         });
     }
-    if passfd::attached() > fds {
+    if passfd::references() > refs {
         // A value holding descriptors decodes only where they arrive (in the worker): its
         // round trip is not tried here.
         return Ok(());

@@ -18,12 +18,17 @@ use procpool_engine::{
     Engine, Feed, Limits, Piece, Pulled, Recorder, Reorder, Source, TaskErrorKind,
 };
 
-use crate::codec::Value;
+use crate::codec::{self, Value};
 use crate::error::Error;
 use crate::items::{self, Layout};
 use crate::outcome::ChunkOut;
 use crate::passfd;
 use crate::progress::Watch;
+
+/// Descriptors a chunk takes before it ends (items holding descriptors each of their own;
+/// handles to one shared value share theirs): well under the engine's hard limit, and
+/// under the default limit of open files with a few jobs in flight.
+const FDS_PER_JOB: usize = 128;
 
 /// A typed input encoded on demand into chunk payloads.
 pub(crate) struct Items<A, I> {
@@ -69,7 +74,13 @@ impl<A: Value, I: Iterator<Item: Borrow<A>>> Items<A, I> {
                 break;
             };
             let mark = out.len();
-            let fds = passfd::attached();
+            // Plain numbers and bytes hold no descriptors: nothing to track.
+            let track = !codec::has_fast_path::<A>();
+            let (fds, refs) = if track {
+                (passfd::attached(), passfd::references())
+            } else {
+                (0, 0)
+            };
             if let Err(kind) = items::push_arg(out, self.layout, a.borrow()) {
                 if count == 0 {
                     return Pulled::Failed(kind);
@@ -78,10 +89,12 @@ impl<A: Value, I: Iterator<Item: Borrow<A>>> Items<A, I> {
                 break;
             }
             if count > 0
-                && (items::past_limit::<A>(out, self.layout) || out.len() > limits.hard_bytes)
+                && (items::past_limit::<A>(out, self.layout)
+                    || out.len() > limits.hard_bytes
+                    || (track && passfd::attached() > FDS_PER_JOB))
             {
                 // Fits alone: it opens the next job.
-                if passfd::attached() > fds {
+                if track && passfd::references() > refs {
                     // Its slots were numbered for this job: encoded again for the next.
                     passfd::rollback(fds);
                     out.truncate(mark);
@@ -114,6 +127,9 @@ impl<A: Value, I: Iterator<Item: Borrow<A>>> Items<A, I> {
 
 impl<A: Value, I: Iterator<Item: Borrow<A>>> Source for Items<A, I> {
     fn fill(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled {
+        if codec::has_fast_path::<A>() {
+            return self.fill_items(out, limits);
+        }
         let enc = passfd::Encoding::begin_with(std::mem::take(&mut self.carry_fds));
         let pulled = self.fill_items(out, limits);
         let fds = enc.finish();

@@ -44,6 +44,13 @@
 //! to (de)serialize, panics doing so, or is larger than [`Builder::max_message_size`]
 //! fails alone, under its own index, like an item whose function panics.
 //!
+//! # Shared data
+//! A large input every task reads goes to shared memory once: [`Shared`] (any value,
+//! decoded once per worker), [`SharedSlice`] (plain numbers read in place, no decode) and
+//! [`SharedArray`] (numbers tasks write in place, atomically). A handle is part of a
+//! task's argument and costs a few bytes and two descriptors; see [`shared`] for how
+//! workers cache values and when memory is released. [`Fd`] sends any open descriptor.
+//!
 //! # Errors and crashes
 //! A task that panics, segfaults, aborts or is killed fails alone: its error says how
 //! ([`TaskErrorKind`]: the panic's message and location, the signal that killed the

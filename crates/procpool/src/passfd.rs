@@ -21,6 +21,11 @@ use procpool_engine::MAX_JOB_FDS;
 thread_local! {
     /// Descriptors attached while a job's payload is encoded on this thread.
     static ENCODING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    /// Slots of descriptors attached under a key (see [`attach_keyed`]) in the current
+    /// encoding: `(key, slot)`.
+    static KEYED: RefCell<Vec<(u128, u32)>> = const { RefCell::new(Vec::new()) };
+    /// Successful calls of `attach` and `attach_keyed` on this thread, ever.
+    static REFERENCES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// Descriptors of the job whose argument this thread decodes (a slot taken is `None`).
     static DECODING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
 }
@@ -52,8 +57,60 @@ pub(crate) fn attach(fd: BorrowedFd<'_>) -> Result<u32, String> {
             .try_clone_to_owned()
             .map_err(|err| format!("cannot duplicate descriptor {}: {err}", fd.as_raw_fd()))?;
         list.push(dup);
+        REFERENCES.set(REFERENCES.get() + 1);
         Ok((list.len() - 1) as u32)
     })
+}
+
+/// Like [`attach`], for a descriptor that many values of one job may share: the first
+/// call with `key` attaches it, later ones in the same job give the same slot. `key` must
+/// name one open file for the life of the process (a shared value's id); the receiving
+/// side reads such a slot with [`take_dup`].
+pub(crate) fn attach_keyed(key: u128, fd: BorrowedFd<'_>) -> Result<u32, String> {
+    let known = KEYED.with(|k| {
+        let n = attached();
+        k.borrow()
+            .iter()
+            .find(|(key2, slot)| *key2 == key && (*slot as usize) < n)
+            .map(|(_, slot)| *slot)
+    });
+    if let Some(slot) = known {
+        REFERENCES.set(REFERENCES.get() + 1);
+        return Ok(slot);
+    }
+    let slot = attach(fd)?;
+    KEYED.with(|k| k.borrow_mut().push((key, slot)));
+    Ok(slot)
+}
+
+/// While a task's argument is being decoded: a duplicate of the descriptor in slot
+/// `slot`, which stays there for other values of the job (see [`attach_keyed`]).
+pub(crate) fn take_dup(slot: u32) -> Result<OwnedFd, String> {
+    DECODING.with(|d| {
+        let d = d.borrow();
+        let Some(list) = d.as_ref() else {
+            return Err(not_receiving(slot));
+        };
+        match list.get(slot as usize) {
+            Some(Some(fd)) => fd
+                .try_clone()
+                .map_err(|e| format!("cannot duplicate the descriptor of slot {slot}: {e}")),
+            Some(None) => Err(format!(
+                "descriptor slot {slot} of the job was already taken by another value"
+            )),
+            None => Err(format!(
+                "a value refers to descriptor slot {slot}, but the job carried {} descriptors",
+                list.len()
+            )),
+        }
+    })
+}
+
+fn not_receiving(slot: u32) -> String {
+    format!(
+        "a value refers to descriptor slot {slot}, but no descriptors are being received \
+         here: such values only arrive as (part of) a task's argument in a procpool process"
+    )
 }
 
 /// While a task's argument is being decoded in a procpool process: takes the descriptor
@@ -63,11 +120,7 @@ pub(crate) fn take(slot: u32) -> Result<OwnedFd, String> {
     DECODING.with(|d| {
         let mut d = d.borrow_mut();
         let Some(list) = d.as_mut() else {
-            return Err(format!(
-                "a value refers to descriptor slot {slot}, but no descriptors are being \
-                 received here: such values only arrive as (part of) a task's argument in a \
-                 procpool process"
-            ));
+            return Err(not_receiving(slot));
         };
         let n = list.len();
         match list.get_mut(slot as usize) {
@@ -157,6 +210,9 @@ impl<'de> serde::Deserialize<'de> for Fd {
 #[derive(Debug)]
 pub(crate) struct Encoding {
     outer: Option<Vec<OwnedFd>>,
+    outer_keys: Vec<(u128, u32)>,
+    /// Ended (by `finish`): the drop has nothing to restore.
+    ended: bool,
 }
 
 impl Encoding {
@@ -168,7 +224,12 @@ impl Encoding {
     /// Opens a context whose first slots hold `fds` (those of an item encoded ahead).
     pub(crate) fn begin_with(fds: Vec<OwnedFd>) -> Self {
         let outer = ENCODING.with(|e| e.borrow_mut().replace(fds));
-        Self { outer }
+        let outer_keys = KEYED.with(|k| std::mem::take(&mut *k.borrow_mut()));
+        Self {
+            outer,
+            outer_keys,
+            ended: false,
+        }
     }
 
     /// Ends the context: the descriptors attached, if any.
@@ -183,6 +244,11 @@ impl Encoding {
     }
 
     fn restore(&mut self) -> Vec<OwnedFd> {
+        if std::mem::replace(&mut self.ended, true) {
+            return Vec::new();
+        }
+        let keys = std::mem::take(&mut self.outer_keys);
+        KEYED.with(|k| *k.borrow_mut() = keys);
         let outer = self.outer.take();
         ENCODING
             .with(|e| std::mem::replace(&mut *e.borrow_mut(), outer))
@@ -202,6 +268,12 @@ pub(crate) fn attached() -> usize {
     ENCODING.with(|e| e.borrow().as_ref().map_or(0, Vec::len))
 }
 
+/// How many times values referred to descriptors on this thread so far (a value that
+/// shares another's slot counts too): an encoding that moved it holds descriptors.
+pub(crate) fn references() -> u64 {
+    REFERENCES.get()
+}
+
 /// Closes the descriptors attached after `mark` (the encoding that attached them was
 /// discarded).
 pub(crate) fn rollback(mark: usize) {
@@ -209,6 +281,7 @@ pub(crate) fn rollback(mark: usize) {
         Some(list) if list.len() > mark => list.split_off(mark),
         _ => Vec::new(),
     });
+    KEYED.with(|k| k.borrow_mut().retain(|&(_, slot)| (slot as usize) < mark));
     drop(dropped);
 }
 
@@ -283,6 +356,44 @@ mod tests {
         });
         assert!(slots[0].is_some() && slots[1].is_none());
         assert!(take(0).is_err());
+    }
+
+    #[test]
+    fn a_finished_inner_encoding_leaves_the_outer_one_whole() {
+        let f = devnull();
+        let outer = Encoding::begin();
+        attach(f.as_fd()).unwrap();
+        let inner = Encoding::begin();
+        attach(f.as_fd()).unwrap();
+        assert_eq!(inner.finish_vec().len(), 1);
+        assert_eq!(attach(f.as_fd()).unwrap(), 1);
+        assert_eq!(outer.finish().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn keyed_descriptors_share_a_slot_per_job_and_are_read_as_duplicates() {
+        let f = devnull();
+        let g = devnull();
+        let enc = Encoding::begin();
+        assert_eq!(attach_keyed(7, f.as_fd()).unwrap(), 0);
+        assert_eq!(attach_keyed(8, g.as_fd()).unwrap(), 1);
+        assert_eq!(attach_keyed(7, f.as_fd()).unwrap(), 0);
+        // Rolled back: the key's slot is gone with it.
+        rollback(1);
+        assert_eq!(attach_keyed(8, g.as_fd()).unwrap(), 1);
+        let fds = enc.finish().unwrap();
+        assert_eq!(fds.len(), 2);
+        let enc = Encoding::begin();
+        assert_eq!(attach_keyed(8, g.as_fd()).unwrap(), 0, "keys are per job");
+        drop(enc);
+        let mut slots: Vec<Option<OwnedFd>> =
+            fds.iter().map(|f| Some(f.try_clone().unwrap())).collect();
+        decoding(&mut slots, || {
+            assert!(take_dup(0).is_ok());
+            assert!(take_dup(0).is_ok());
+            assert!(take_dup(2).is_err());
+        });
+        assert!(slots[0].is_some());
     }
 
     #[test]

@@ -146,3 +146,19 @@ fn a_descriptor_cannot_be_a_result_or_go_through_serde_json() {
     let e = serde_json::from_str::<Fd>("3").unwrap_err().to_string();
     assert!(e.contains("no descriptors are being received here"), "{e}");
 }
+
+fn big((fd, bytes): (Fd, Vec<u8>)) -> (u64, usize) {
+    (read_all(fd).0, bytes.len())
+}
+
+#[test]
+fn a_large_argument_through_shared_memory_still_brings_its_descriptor() {
+    let f = temp_file(b"big");
+    let ino = f.metadata().unwrap().ino();
+    let pool = pool();
+    let arg = (dup(&f), vec![7u8; 4 << 20]);
+    assert_eq!(pool.apply(big, arg).unwrap(), (ino, 4 << 20));
+    let items: Vec<(Fd, Vec<u8>)> = (0..6).map(|_| (dup(&f), vec![1u8; 1 << 20])).collect();
+    let out = pool.with_chunk_size(1).map(big, items).unwrap();
+    assert!(out.iter().all(|&r| r == (ino, 1 << 20)));
+}

@@ -122,8 +122,11 @@ pub(crate) fn serialize_handle<S: serde::Serializer>(
     codec: u8,
     b: &Backing,
 ) -> Result<S::Ok, S::Error> {
-    let memfd = passfd::attach(b.memfd.as_fd()).map_err(S::Error::custom)?;
-    let watcher = passfd::attach(b.watcher.as_fd()).map_err(S::Error::custom)?;
+    // Every handle to one value in a job shares its two slots (a map's items all carry
+    // the same table): keyed by the value's id (unique in this process), and which.
+    let key = u128::from(b.id) << 1;
+    let memfd = passfd::attach_keyed(key, b.memfd.as_fd()).map_err(S::Error::custom)?;
+    let watcher = passfd::attach_keyed(key | 1, b.watcher.as_fd()).map_err(S::Error::custom)?;
     Wire {
         kind: kind as u8,
         id: b.id,
@@ -156,8 +159,8 @@ pub(crate) fn deserialize_handle<'de, D: serde::Deserializer<'de>>(
     }
     let len = usize::try_from(w.len)
         .map_err(|_| D::Error::custom("a shared handle's length does not fit in memory"))?;
-    let memfd = passfd::take(w.memfd).map_err(D::Error::custom)?;
-    let watcher = passfd::take(w.watcher).map_err(D::Error::custom)?;
+    let memfd = passfd::take_dup(w.memfd).map_err(D::Error::custom)?;
+    let watcher = passfd::take_dup(w.watcher).map_err(D::Error::custom)?;
     let file = procpool_engine::shm::file_id(memfd.as_fd())
         .map_err(|e| D::Error::custom(format!("a shared handle's memory: {e}")))?;
     Ok(Arrived {

@@ -20,7 +20,8 @@ use crate::roundtrip::{self, Refusal};
 /// memory once, decodes the value once and keeps it (see the [module docs](crate::shared)
 /// for when it lets go), so a 1 GiB table sent with 10 000 tasks is decoded once per
 /// worker, not 10 000 times. The process that made it keeps the value itself too (no
-/// decode there).
+/// decode there). It dereferences to the value (`Deref<Target = T>`): `table.get(&k)` is
+/// the table's own `get`.
 ///
 /// Nobody can change the value: the memory is sealed against writes and workers map it
 /// read-only. It lives until the last handle in every process is gone; nothing is left in
@@ -100,21 +101,18 @@ impl<T: Value + Send + Sync> Shared<T> {
 }
 
 impl<T> Shared<T> {
-    /// The value.
+    /// Bytes of its encoding in shared memory. (An associated function, as `Arc`'s are,
+    /// so that every method call on a `Shared` reaches the value.)
     ///
     /// # Examples
     ///
     /// ```
     /// let s = procpool::Shared::new(String::from("abc")).unwrap();
-    /// assert_eq!(s.get(), "abc");
+    /// assert_eq!(s.len(), 3); // the String's own method
+    /// assert_eq!(procpool::Shared::encoded_len(&s), 4);
     /// ```
-    pub fn get(&self) -> &T {
-        &self.inner.value
-    }
-
-    /// Bytes of its encoding in shared memory.
-    pub fn encoded_len(&self) -> usize {
-        self.inner.backing.len
+    pub fn encoded_len(this: &Self) -> usize {
+        this.inner.backing.len
     }
 }
 
