@@ -58,7 +58,9 @@ fn child() {
         }
         "hold" => {
             let rx = Receiver::<u64>::try_from(inherited(0)).unwrap();
-            let _ = rx.recv();
+            let ack = Sender::<u64>::try_from(inherited(1)).unwrap();
+            let v = rx.recv().unwrap();
+            ack.send(v).unwrap();
             std::thread::sleep(Duration::from_secs(600));
         }
         "consume" => {
@@ -111,9 +113,15 @@ fn a_producer_killed_mid_send_leaves_whole_messages_then_the_end() {
 fn a_killed_consumer_turns_sends_into_disconnected_errors() {
     watchdog(60, "consumer-killed test");
     let (tx, rx) = procpool::bounded::<u64>(8 * 1024).unwrap();
-    let mut consumer = start("child", "hold", &[rx.as_fd()]);
-    drop(rx);
+    let (ack_tx, ack_rx) = procpool::channel::<u64>().unwrap();
+    let mut consumer = start("child", "hold", &[rx.as_fd(), ack_tx.as_fd()]);
+    drop((rx, ack_tx));
     tx.send(0).unwrap();
+    assert_eq!(
+        ack_rx.recv().unwrap(),
+        0,
+        "the consumer took its one message"
+    );
     // Fill the queue: the consumer holds its receiver but reads no more.
     let mut i = 1;
     while tx.try_send(i).is_ok() {
