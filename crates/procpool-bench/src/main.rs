@@ -5,6 +5,7 @@
 //! cargo run --release -p procpool-bench -- [--quick] [--out DIR] [--python PATH | --no-python]
 //! ```
 
+mod channels;
 mod figures;
 mod load;
 mod procs;
@@ -47,7 +48,7 @@ struct Config {
 }
 
 /// The workloads, by the names `--workloads` takes.
-const WORKLOADS: [&str; 7] = [
+const WORKLOADS: [&str; 8] = [
     "seed",
     "tiny",
     "bulk",
@@ -55,6 +56,7 @@ const WORKLOADS: [&str; 7] = [
     "latency",
     "crossover",
     "uneven",
+    "channels",
 ];
 
 const USAGE: &str = "\
@@ -70,7 +72,7 @@ usage: procpool-bench [--quick] [--out DIR] [--python PATH | --no-python] [--onl
   --only LIST    comma-separated systems to run: sequential,rayon,procspawn,procpool,python
                  (sequential always runs: it is the baseline)
   --workloads LIST  comma-separated workloads to run (default all):
-                 seed,tiny,bulk,startup,latency,crossover,uneven";
+                 seed,tiny,bulk,startup,latency,crossover,uneven,channels";
 
 impl Config {
     fn parse() -> Result<Config, String> {
@@ -143,7 +145,7 @@ fn default_out_dir() -> PathBuf {
 pub(crate) struct Params {
     pub(crate) quick: bool,
     /// Which of [`WORKLOADS`] run.
-    runs: [bool; 7],
+    runs: [bool; 8],
     seed_reps: usize,
     tiny: Sizing,
     bulk_reps: usize,
@@ -165,7 +167,7 @@ impl Params {
         if quick {
             Params {
                 quick,
-                runs: [true; 7],
+                runs: [true; 8],
                 seed_reps: 2,
                 tiny: Sizing {
                     target: Duration::from_millis(150),
@@ -187,7 +189,7 @@ impl Params {
         } else {
             Params {
                 quick,
-                runs: [true; 7],
+                runs: [true; 8],
                 seed_reps: 5,
                 tiny: Sizing {
                     target: Duration::from_millis(400),
@@ -215,6 +217,9 @@ fn main() {
     procspawn::init();
     if std::env::args().nth(1).as_deref() == Some(uneven::CHILD_FLAG) {
         uneven_run::detached_child();
+    }
+    if std::env::args().nth(1).as_deref() == Some(channels::CHILD_FLAG) {
+        channels::ipc_producer();
     }
     if std::env::args().nth(1).as_deref() == Some(shared_table::FLAG) {
         shared_table::main();
@@ -249,7 +254,9 @@ fn run(cfg: &Config) -> Result<(), String> {
     let seed_n = work::calibrate_seed(SEED_TASK_TIME);
     eprintln!("seed: n = {seed_n} (one task about {SEED_TASK_TIME:?})");
     let mut results = Results::new(seed_n);
-    let main_table = WORKLOADS.iter().any(|w| *w != "uneven" && p.runs(w));
+    let main_table = WORKLOADS
+        .iter()
+        .any(|w| !["uneven", "channels"].contains(w) && p.runs(w));
 
     for name in RUST_SYSTEMS {
         if !main_table || !cfg.wants(name) {
@@ -293,12 +300,19 @@ fn run(cfg: &Config) -> Result<(), String> {
         .runs("uneven")
         .then(|| uneven_run::section(cfg.quick, &cfg.out, python, |s| cfg.wants(s)));
 
+    let chans = p
+        .runs("channels")
+        .then(|| channels::section(cfg.quick, python, &cfg.out));
+
     results.finish();
     if main_table {
         println!("{}", report::table(&results));
     }
     if let Some(u) = &uneven {
         println!("{}", u.table());
+    }
+    if let Some(c) = &chans {
+        println!("{}", c.table());
     }
     if let Some((other, steal)) = load::foreign_share(run_mark, load::mark()) {
         println!(
@@ -316,6 +330,9 @@ fn run(cfg: &Config) -> Result<(), String> {
     let mut text = report::csv(&results);
     if let Some(u) = &uneven {
         text.push_str(&u.csv());
+    }
+    if let Some(c) = &chans {
+        text.push_str(&c.csv());
     }
     std::fs::write(&csv, text).map_err(|e| format!("{}: {e}", csv.display()))?;
     let mut wrote = csv.display().to_string();

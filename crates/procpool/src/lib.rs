@@ -71,6 +71,26 @@
 //! own (`setsid`) is left alone. When the parent process dies, even by SIGKILL, every
 //! worker and its group die with it.
 //!
+//! # Channels
+//! [`channel`] and [`bounded`] make a [`Sender`] and a [`Receiver`] whose ends can be
+//! passed to processes and pool tasks as (part of) their argument, cloned, and sent on
+//! inside other channels' messages: a stream between processes, as Python's `Pipe` and
+//! `Queue`.
+//!
+//! - A channel is an `AF_UNIX` `SOCK_SEQPACKET` socketpair; each message is one packet, so
+//!   a sender killed in the middle of a send never leaves part of a message, and several
+//!   receivers (clones, in threads or processes) each take whole messages, none twice.
+//! - Receivers end ([`RecvError::Disconnected`], the end of `for msg in rx`) once every
+//!   sender in every process is gone, dropped or dead; a send with no receiver left fails
+//!   with [`SendError::Disconnected`], the value inside.
+//! - Capacity is in bytes, kept by the kernel (the socket's send buffer): 208 KiB by
+//!   default, [`bounded`] to choose. Each message costs its packet plus several hundred
+//!   bytes of the kernel's bookkeeping; a message above a quarter of the capacity (at most
+//!   64 KiB) travels in a memfd and costs an eighth of the capacity, so about eight wait in
+//!   a full queue.
+//! - Messages from a peer are untrusted: malformed ones are [`RecvError::Malformed`],
+//!   never a panic, and the channel goes on.
+//!
 //! # Progress, stats and tracing
 //! [`Call::on_progress`] reports a call's [`Progress`] to a callback at most once per
 //! interval and once at the end; with the `indicatif` feature, `pool.with_progress()`
@@ -155,6 +175,7 @@
 mod awaiting;
 #[cfg(feature = "indicatif")]
 mod bar;
+mod channel;
 mod codec;
 mod deprobe;
 mod error;
@@ -178,6 +199,12 @@ mod strict;
 pub use awaiting::{AsCompleted, as_completed, block_on, wait_any};
 #[cfg(feature = "futures")]
 pub use awaiting::{ImapStream, ImapUnorderedStream};
+#[doc(hidden)]
+pub use channel::fuzzing as channel_fuzzing;
+pub use channel::{
+    IntoIter, Iter, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender,
+    TryIter, TryRecvError, TrySendError, bounded, channel,
+};
 pub use codec::Value;
 pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKind, WaitError};
 pub use format::Codec;
