@@ -329,6 +329,14 @@ impl Dispatcher {
                     q.jobs.pop_front();
                     continue;
                 }
+                if front.job.fds.is_some() {
+                    // A descriptor names an open file of this host's kernel: it cannot
+                    // reach a process on another host.
+                    if let Some(j) = q.jobs.pop_front() {
+                        fail_job(&j, no_descriptors());
+                    }
+                    continue;
+                }
                 let avg = front.batch.avg_nanos();
                 // The agent with the most free room.
                 let best = (0..self.slots.len())
@@ -495,6 +503,16 @@ impl Drop for Dispatcher {
     }
 }
 
+/// Why a job that carries descriptors fails in a remote pool.
+#[cold]
+fn no_descriptors() -> TaskErrorKind {
+    TaskErrorKind::Codec {
+        message: "the argument holds descriptors (a channel end, a Shared value or an Fd), \
+                  which cannot travel to another host; pools across hosts take plain values"
+            .to_owned(),
+    }
+}
+
 fn fail_job(q: &Queued, kind: TaskErrorKind) {
     if q.batch.is_abandoned() {
         return;
@@ -579,6 +597,7 @@ mod tests {
             index: i,
             weight: 1,
             timeout: None,
+            fds: None,
         }
     }
 

@@ -118,6 +118,7 @@ impl Agent {
                 index: tag,
                 weight,
                 timeout,
+                fds: None,
             };
             let submitted = match &self.engine {
                 Some(engine) => {
