@@ -144,19 +144,14 @@ impl Agent {
     fn cancel(&mut self, bytes: &[u8]) -> Result<(), String> {
         let mut r = Reader(bytes);
         let (id, kill) = (r.u64()?, r.u8()? == 1);
-        if kill {
-            // The local pool answers each job, the running ones killed.
-            if let Some(l) = self.batches.get(&id) {
-                l.batch.cancel();
-            }
-        } else if let Some(l) = self.batches.remove(&id) {
-            // Dropped: nobody reads the answers, but each tag is answered once so that
-            // the caller knows this agent's room.
-            l.batch.abandon();
-            for tag in l.open {
-                let e = TaskError::new(TaskErrorKind::Cancelled, tag, None, 0);
-                self.answer(tag, &Err(e));
-            }
+        // With kill, the local pool answers each job, the running ones killed. Without
+        // (a dropped call), the jobs held here run to their end and are answered then,
+        // as in a local pool: answering them at once would tell the caller that
+        // workers still busy with them have room, and new work would wait behind them
+        // while other workers idle. What runs so is bounded by what the caller deals
+        // ahead (a few milliseconds of work per worker).
+        if kill && let Some(l) = self.batches.get(&id) {
+            l.batch.cancel();
         }
         Ok(())
     }

@@ -133,7 +133,7 @@ impl Remote for MpiLink {
             w.u64(j.tag)
                 .u64(j.batch)
                 .u32(j.job.weight)
-                .opt_u64(j.job.timeout.map(|t| t.as_nanos() as u64))
+                .opt_u64(j.job.timeout.map(msg::nanos))
                 .bytes(&j.job.func)
                 .bytes(&j.job.payload);
         }

@@ -150,7 +150,8 @@ pub(crate) fn decode_hello(b: &[u8]) -> Result<Hello, String> {
     })
 }
 
-fn nanos(d: Duration) -> u64 {
+/// A duration in nanoseconds, saturated (a limit past 584 years stays one).
+pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
