@@ -131,6 +131,8 @@ fn scenario(name: &str) {
         "many_pools" => many_pools_in_a_row(),
         "limits" => extreme_time_limits(),
         "thread_panic" => a_caller_thread_panics(),
+        "refusals" => agents_refuse_to_start(),
+        "panic_mid_send" => panic_while_a_large_job_is_sent(),
         "exit_busy" => exit_while_busy(false),
         "exit_thread" => exit_while_busy(true),
         other => panic!("no scenario {other}"),
@@ -520,6 +522,70 @@ fn a_caller_thread_panics() {
     assert_eq!(ranks, BTreeSet::from([1, 2]));
 }
 
+fn panicking_init(_: u32) {
+    panic!("initializer fails on purpose");
+}
+
+/// Settings the agents' pools cannot start with: the caller gets the error a local pool
+/// gives (or one that names the rank), and the next pool starts.
+fn agents_refuse_to_start() {
+    let local = Pool::builder().workers(0).build().unwrap_err();
+    let remote = Pool::builder().mpi().workers(0).build().unwrap_err();
+    assert!(
+        matches!(remote, Error::Pool(procpool::PoolError::Config(_))),
+        "mpi: {remote:?}; local: {local:?}"
+    );
+    // Workers given 1 ns to start: as in a local pool, the pool fails to start, or its
+    // tasks fail, or (a worker answering before the supervisor looks) they run.
+    let r = Pool::builder()
+        .mpi()
+        .workers(PER_AGENT)
+        .handshake_timeout(Duration::from_nanos(1))
+        .build()
+        .and_then(|p| p.apply(double, 1));
+    println!("handshake 1 ns: {r:?}");
+    match r {
+        Ok(v) => assert_eq!(v, 2),
+        Err(e) => assert!(e.to_string().contains("handshake"), "{e}"),
+    }
+    let t = Instant::now();
+    let r = Pool::builder()
+        .mpi()
+        .workers(PER_AGENT)
+        .initializer(panicking_init, 0)
+        .build()
+        .and_then(|p| p.apply(double, 1));
+    let e = r.unwrap_err();
+    println!("initializer panics: {e} ({:?})", t.elapsed());
+    assert!(
+        e.to_string().contains("initializer fails on purpose"),
+        "{e:?}"
+    );
+    let pool = mpi_pool();
+    let who = pool.with_chunk_size(1).map(where_and_who, 0..40).unwrap();
+    let ranks: BTreeSet<u32> = who.iter().map(|w| w.0).collect();
+    assert_eq!(ranks, BTreeSet::from([1, 2]));
+}
+
+/// The caller's main panics while another thread sends a 64 MiB job: the job ends
+/// promptly (the driver checks), never hangs.
+fn panic_while_a_large_job_is_sent() {
+    let pool = mpi_pool();
+    let who = pool.with_chunk_size(1).map(where_and_who, 0..100).unwrap();
+    let mut pids: BTreeSet<u32> = who.iter().map(|w| w.1).collect();
+    pids.extend(who.iter().map(|w| w.2));
+    println!("pids: {pids:?}");
+    let big = "x".repeat(HUGE);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pool.with_chunk_size(1)
+                .map(|s: String| s.len(), [&big, &big, &big])
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        panic!("main gives up during a large send");
+    });
+}
+
 /// `std::process::exit` on rank 0 (from main, or from another thread) while a thread
 /// streams calls and a task with a child of its own runs: the job ends with that code,
 /// promptly, and every process of it is gone.
@@ -549,7 +615,7 @@ fn exit_while_busy(from_thread: bool) {
 
 // ---- the driver (`cargo test`) --------------------------------------------------------
 
-const NAMES: [&str; 11] = [
+const NAMES: [&str; 13] = [
     "descendants",
     "dropped",
     "recycle_retry",
@@ -559,6 +625,8 @@ const NAMES: [&str; 11] = [
     "many_pools",
     "limits",
     "thread_panic",
+    "refusals",
+    "panic_mid_send",
     "exit_busy",
     "exit_thread",
 ];
@@ -597,6 +665,19 @@ fn check(me: &Path, name: &str) -> Duration {
         run.code, run.took, run.stdout, run.stderr
     );
     match name {
+        "panic_mid_send" => {
+            assert_ne!(run.code, Some(0), "{show}");
+            assert!(
+                run.stderr.contains("MPI rank 0 is ending the job"),
+                "{show}"
+            );
+            let pids = pids_in(&run.stdout);
+            wait_until(
+                &format!("{name}: every rank and worker of the job is gone"),
+                Duration::from_secs(10),
+                || pids.iter().all(|&p| gone(p)),
+            );
+        }
         "exit_busy" | "exit_thread" => {
             let code = if name == "exit_busy" { 3 } else { 4 };
             assert_eq!(run.code, Some(code), "{show}");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mpi::traits::*;
-use procpool_engine::{Batch, Engine, Job, TaskError, TaskErrorKind};
+use procpool_engine::{Batch, Engine, Job, PoolError, TaskError, TaskErrorKind};
 
 use super::msg::{self, Reader, Writer};
 use super::runtime::{Nap, Outbox, abort_job};
@@ -94,6 +94,10 @@ impl Agent {
             Ok(e) => {
                 w.u8(0).u64(e.config().workers as u64);
                 self.engine = Some(e);
+            }
+            // A setting the pool refuses stays a `Config` error at the caller's.
+            Err(PoolError::Config(m)) => {
+                w.u8(2).str(&m);
             }
             Err(e) => {
                 w.u8(1).str(&e.to_string());

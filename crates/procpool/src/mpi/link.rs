@@ -267,18 +267,23 @@ impl MpiLink {
             let mut r = Reader(&bytes);
             let answer = match r.u8() {
                 Ok(0) => r.u64().map(|n| Ok(n as usize)),
-                Ok(_) => r.string().map(Err),
+                Ok(k) => r.string().map(|m| Err((k, m))),
                 Err(e) => Err(e),
             };
             match answer {
                 Ok(Ok(n)) => counts[i] = Some(n),
-                Ok(Err(m)) => {
+                Ok(Err((kind, m))) => {
                     counts[i] = Some(0);
                     self.started.retain(|&s| s != rank);
-                    failure.get_or_insert(PoolError::Io(Arc::new(io::Error::other(format!(
+                    let m = format!(
                         "MPI rank {rank} (host {}, pid {}) could not start its workers: {m}",
                         h.host, h.pid
-                    )))));
+                    );
+                    failure.get_or_insert(if kind == 2 {
+                        PoolError::Config(m)
+                    } else {
+                        PoolError::Io(Arc::new(io::Error::other(m)))
+                    });
                 }
                 Err(e) => {
                     return Err(link_error(format!(

@@ -15,7 +15,8 @@ use procpool_engine::{Death, EngineConfig, PoolError, TaskError, TaskErrorKind};
 pub(crate) const HELLO: i32 = 1;
 /// Caller → agent: start a pool ([`encode_start`]).
 pub(crate) const START: i32 = 2;
-/// Agent → caller: the pool started (its worker count) or why not.
+/// Agent → caller: the pool started (0, its worker count) or why not (2 for a setting
+/// the pool refused, 1 for anything else; then the error's sentence).
 pub(crate) const STARTED: i32 = 3;
 /// Caller → agent: jobs to run.
 pub(crate) const JOBS: i32 = 4;

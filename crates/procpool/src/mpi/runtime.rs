@@ -39,6 +39,9 @@ pub(crate) struct Runtime {
 
 static RUNTIME: OnceLock<Mutex<Runtime>> = OnceLock::new();
 
+/// This process's rank (-1 before MPI is initialized), readable without the lock.
+static RANK: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
 /// The runtime, if MPI was initialized (this process is a rank of a job).
 pub(crate) fn lock() -> Option<MutexGuard<'static, Runtime>> {
     RUNTIME
@@ -73,6 +76,7 @@ pub(crate) fn init() {
     std::mem::forget(universe);
     let world = mpi::topology::SimpleCommunicator::world();
     let (rank, size) = (world.rank(), world.size());
+    RANK.store(rank, std::sync::atomic::Ordering::Relaxed);
     install_panic_hook();
     if threading < mpi::Threading::Serialized {
         eprintln!(
@@ -238,18 +242,8 @@ fn install_panic_hook() {
 
 /// Ends every rank of the job now (`MPI_Abort`), saying why on standard error.
 pub(crate) fn abort_job(code: c_int, why: &str) -> ! {
-    let rank = RUNTIME.get().map_or(-1, |m| {
-        // Another thread may hold the lock inside an MPI call; do not wait long for it.
-        let deadline = Instant::now() + Duration::from_millis(200);
-        loop {
-            match m.try_lock() {
-                Ok(g) => break g.rank,
-                Err(std::sync::TryLockError::Poisoned(g)) => break g.into_inner().rank,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-                Err(_) => break -1,
-            }
-        }
-    });
+    // Not from the runtime: another thread may hold its lock inside a long MPI call.
+    let rank = RANK.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("procpool: MPI rank {rank} is ending the job: {why} (MPI_Abort, code {code})");
     mpi::topology::SimpleCommunicator::world().abort(code)
 }
