@@ -4,11 +4,10 @@
 //! worker, which the local pool replaces; the agent itself runs no task code.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use mpi::traits::*;
-use procpool_engine::{Batch, Engine, Job, PoolError, TaskError, TaskErrorKind};
+use procpool_engine::{Batch, Engine, TaskError, TaskErrorKind};
 
 use super::msg::{self, Reader, Writer};
 use super::runtime::{Nap, Outbox, abort_job};
@@ -95,12 +94,9 @@ impl Agent {
                 w.u8(0).u64(e.config().workers as u64);
                 self.engine = Some(e);
             }
-            // A setting the pool refuses stays a `Config` error at the caller's.
-            Err(PoolError::Config(m)) => {
-                w.u8(2).str(&m);
-            }
             Err(e) => {
-                w.u8(1).str(&e.to_string());
+                w.u8(1);
+                msg::put_pool_error(&mut w, &e);
             }
         }
         self.outbox.send(0, msg::STARTED, w.0);
@@ -110,19 +106,8 @@ impl Agent {
     fn jobs(&mut self, bytes: &[u8]) -> Result<(), String> {
         let mut r = Reader(bytes);
         while !r.is_empty() {
-            let tag = r.u64()?;
-            let batch = r.u64()?;
-            let weight = r.u32()?;
-            let timeout = r.opt_u64()?.map(Duration::from_nanos);
-            let func: Arc<[u8]> = r.bytes()?.into();
-            let payload = Arc::new(r.bytes()?.to_vec());
-            let job = Job {
-                func,
-                payload,
-                index: tag,
-                weight,
-                timeout,
-            };
+            let (batch, job) = msg::get_job(&mut r)?;
+            let tag = job.index;
             let submitted = match &self.engine {
                 Some(engine) => {
                     let local = self.batches.entry(batch).or_insert_with(|| Local {

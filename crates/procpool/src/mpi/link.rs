@@ -130,12 +130,7 @@ impl Remote for MpiLink {
             if w.len() + size > msg::PACK_BYTES {
                 flush(&mut w)?;
             }
-            w.u64(j.tag)
-                .u64(j.batch)
-                .u32(j.job.weight)
-                .opt_u64(j.job.timeout.map(msg::nanos))
-                .bytes(&j.job.func)
-                .bytes(&j.job.payload);
+            msg::put_job(&mut w, j);
         }
         flush(&mut w)
     }
@@ -267,23 +262,23 @@ impl MpiLink {
             let mut r = Reader(&bytes);
             let answer = match r.u8() {
                 Ok(0) => r.u64().map(|n| Ok(n as usize)),
-                Ok(k) => r.string().map(|m| Err((k, m))),
+                Ok(_) => msg::get_pool_error(&mut r, rank).map(Err),
                 Err(e) => Err(e),
             };
             match answer {
                 Ok(Ok(n)) => counts[i] = Some(n),
-                Ok(Err((kind, m))) => {
+                Ok(Err(e)) => {
                     counts[i] = Some(0);
                     self.started.retain(|&s| s != rank);
-                    let m = format!(
-                        "MPI rank {rank} (host {}, pid {}) could not start its workers: {m}",
-                        h.host, h.pid
-                    );
-                    failure.get_or_insert(if kind == 2 {
-                        PoolError::Config(m)
-                    } else {
-                        PoolError::Io(Arc::new(io::Error::other(m)))
-                    });
+                    // The agent's error as its pool gave it (a caller matches on it as on
+                    // a local pool's; an `Io` or `Spawn` error names the rank).
+                    let e = match e {
+                        PoolError::Config(m) => {
+                            PoolError::Config(format!("MPI rank {rank} (host {}): {m}", h.host))
+                        }
+                        e => e,
+                    };
+                    failure.get_or_insert(e);
                 }
                 Err(e) => {
                     return Err(link_error(format!(
