@@ -133,8 +133,11 @@ fn scenario(name: &str) {
         "thread_panic" => a_caller_thread_panics(),
         "refusals" => agents_refuse_to_start(),
         "panic_mid_send" => panic_while_a_large_job_is_sent(),
+        "kill_agent" => a_rank_is_killed(1),
+        "kill_rank0" => a_rank_is_killed(0),
         "exit_busy" => exit_while_busy(false),
         "exit_thread" => exit_while_busy(true),
+        "exit_join" => exit_during_join(),
         other => panic!("no scenario {other}"),
     }
 }
@@ -607,6 +610,39 @@ fn panic_while_a_large_job_is_sent() {
     });
 }
 
+/// A rank killed outright (its host lost, or the batch system's kill) while every
+/// worker runs a task with a child of its own: the job ends (Open MPI ends it), and no
+/// worker nor task child is left on any host.
+fn a_rank_is_killed(rank: u32) {
+    let dir = TempDir::new("mpi-kill");
+    let pool = mpi_pool();
+    let who = pool.with_chunk_size(1).map(where_and_who, 0..100).unwrap();
+    let mut pids: BTreeSet<u32> = who.iter().map(|w| w.1).collect();
+    pids.extend(who.iter().map(|w| w.2));
+    let handles: Vec<_> = (0..2 * PER_AGENT)
+        .map(|i| {
+            pool.spawn(with_grandchild, dir.file(&format!("child-{i}")))
+                .unwrap()
+        })
+        .collect();
+    for i in 0..2 * PER_AGENT {
+        pids.insert(read_pid(&dir.file(&format!("child-{i}"))));
+    }
+    println!("pids: {pids:?}");
+    let victim = if rank == 0 {
+        std::process::id()
+    } else {
+        who.iter()
+            .find(|w| w.0 == rank)
+            .expect("the rank ran a task")
+            .2
+    };
+    // SAFETY: signals a process of this job.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    drop(handles);
+    std::thread::sleep(Duration::from_secs(120));
+}
+
 /// `std::process::exit` on rank 0 (from main, or from another thread) while a thread
 /// streams calls and a task with a child of its own runs: the job ends with that code,
 /// promptly, and every process of it is gone.
@@ -634,9 +670,26 @@ fn exit_while_busy(from_thread: bool) {
     });
 }
 
+/// `std::process::exit` from another thread while main waits in `join` for a detached
+/// task of a minute: the job ends with that code, promptly.
+fn exit_during_join() {
+    let pool = mpi_pool();
+    let who = pool.with_chunk_size(1).map(where_and_who, 0..100).unwrap();
+    let mut pids: BTreeSet<u32> = who.iter().map(|w| w.1).collect();
+    pids.extend(who.iter().map(|w| w.2));
+    println!("pids: {pids:?}");
+    drop(pool.spawn(sleeps, 60_000).unwrap());
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(500));
+        std::process::exit(5);
+    });
+    pool.join();
+    panic!("join returned before the detached task ended");
+}
+
 // ---- the driver (`cargo test`) --------------------------------------------------------
 
-const NAMES: [&str; 13] = [
+const NAMES: [&str; 16] = [
     "descendants",
     "dropped",
     "recycle_retry",
@@ -648,8 +701,11 @@ const NAMES: [&str; 13] = [
     "thread_panic",
     "refusals",
     "panic_mid_send",
+    "kill_agent",
+    "kill_rank0",
     "exit_busy",
     "exit_thread",
+    "exit_join",
 ];
 
 fn drive() {
@@ -686,6 +742,15 @@ fn check(me: &Path, name: &str) -> Duration {
         run.code, run.took, run.stdout, run.stderr
     );
     match name {
+        "kill_agent" | "kill_rank0" => {
+            assert_ne!(run.code, Some(0), "{show}");
+            let pids = pids_in(&run.stdout);
+            wait_until(
+                &format!("{name}: every rank, worker and task child of the job is gone"),
+                Duration::from_secs(10),
+                || pids.iter().all(|&p| gone(p)),
+            );
+        }
         "panic_mid_send" => {
             assert_ne!(run.code, Some(0), "{show}");
             assert!(
@@ -699,8 +764,13 @@ fn check(me: &Path, name: &str) -> Duration {
                 || pids.iter().all(|&p| gone(p)),
             );
         }
-        "exit_busy" | "exit_thread" => {
-            let code = if name == "exit_busy" { 3 } else { 4 };
+        "exit_busy" | "exit_thread" | "exit_join" => {
+            let code = match name {
+                "exit_busy" => 3,
+                "exit_thread" => 4,
+                _ => 5,
+            };
+            assert!(run.took < Duration::from_secs(30), "{show}");
             assert_eq!(run.code, Some(code), "{show}");
             let pids = pids_in(&run.stdout);
             wait_until(
