@@ -8,7 +8,7 @@ use mpi::traits::*;
 use procpool_engine::{EngineConfig, PoolError, Remote, RemoteDone, RemoteJob, TaskError};
 
 use super::msg::{self, Reader, Writer};
-use super::runtime::{self, Nap};
+use super::runtime::{self, Nap, Outbox};
 
 /// How long terminating the agents' pools may take before the job is ended.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,6 +23,8 @@ pub(crate) struct MpiLink {
     /// Agents whose pool was started and not yet stopped, by rank.
     started: Vec<i32>,
     slack_set: bool,
+    /// Jobs and cancels on their way.
+    outbox: Outbox,
 }
 
 impl MpiLink {
@@ -31,6 +33,7 @@ impl MpiLink {
             per_agent,
             started: Vec::new(),
             slack_set: false,
+            outbox: Outbox::default(),
         }
     }
 }
@@ -107,15 +110,16 @@ impl Remote for MpiLink {
     fn send(&mut self, agent: usize, jobs: &[RemoteJob<'_>]) -> Result<(), PoolError> {
         let rank = agent as i32 + 1;
         let mut w = Writer::default();
-        let flush = |w: &mut Writer| {
+        // Sent without blocking: a large message takes a while (seconds for 64 MiB on a
+        // loaded host), and the dispatcher meanwhile deals to and hears from the others.
+        let outbox = &mut self.outbox;
+        let mut flush = |w: &mut Writer| {
             if w.len() > 0 {
+                let bytes = std::mem::take(&mut w.0);
                 with_mpi(|_| {
-                    world()
-                        .process_at_rank(rank)
-                        .send_with_tag(&w.0[..], msg::JOBS);
+                    outbox.send(rank, msg::JOBS, bytes);
                     Ok(())
                 })?;
-                w.0.clear();
             }
             Ok::<(), PoolError>(())
         };
@@ -138,10 +142,10 @@ impl Remote for MpiLink {
     fn cancel(&mut self, agent: usize, batch: u64, kill: bool) -> Result<(), PoolError> {
         let mut w = Writer::default();
         w.u64(batch).u8(u8::from(kill));
+        // Through the outbox too, after the jobs it ends (messages between two ranks
+        // arrive in the order they were posted).
         with_mpi(|_| {
-            world()
-                .process_at_rank(agent as i32 + 1)
-                .send_with_tag(&w.0[..], msg::CANCEL);
+            self.outbox.send(agent as i32 + 1, msg::CANCEL, w.0);
             Ok(())
         })
     }
@@ -153,6 +157,7 @@ impl Remote for MpiLink {
             self.slack_set = true;
         }
         with_mpi(|_| {
+            self.outbox.progress();
             let world = world();
             while let Some(probed) = world
                 .any_process()
@@ -187,6 +192,7 @@ impl Remote for MpiLink {
         let mut nap = Nap::default();
         while !waiting.is_empty() {
             let got = with_mpi(|_| {
+                self.outbox.progress();
                 let world = world();
                 // Answers still on their way are read and dropped, and so is a late
                 // answer to START (from an agent given up on while it started).
@@ -219,6 +225,11 @@ impl Remote for MpiLink {
                 Ok(None) => nap.sleep(),
             }
         }
+        // Each agent read everything before it said ENDED: the sends are complete.
+        let _ = with_mpi(|_| {
+            self.outbox.progress();
+            Ok(())
+        });
     }
 }
 

@@ -379,6 +379,16 @@ pub(crate) struct Outbox {
 // SAFETY: a request handle is an opaque value; the outbox is used under the runtime lock.
 unsafe impl Send for Outbox {}
 
+impl Drop for Outbox {
+    /// A message MPI may still read from is leaked, never freed under it (it does not
+    /// happen when the other side read everything, as at every orderly stop).
+    fn drop(&mut self) {
+        for (bytes, _) in self.pending.drain(..) {
+            std::mem::forget(bytes);
+        }
+    }
+}
+
 impl Outbox {
     /// Starts sending `bytes` (at most [`msg::MAX_MESSAGE`]) to `rank` with `tag`.
     pub(crate) fn send(&mut self, rank: i32, tag: i32, bytes: Vec<u8>) {
@@ -401,7 +411,7 @@ impl Outbox {
         self.pending.push((bytes, req));
     }
 
-    /// Drops the messages MPI has sent; whether some are still pending.
+    /// Drops the messages MPI is done with; whether some are still pending.
     pub(crate) fn progress(&mut self) -> bool {
         self.pending.retain_mut(|(_, req)| {
             let mut flag: c_int = 0;
@@ -410,5 +420,78 @@ impl Outbox {
             flag == 0
         });
         !self.pending.is_empty()
+    }
+}
+
+/// Messages received without blocking: an agent starts receiving a large one and serves
+/// the messages after it meanwhile (a 64 MiB job takes seconds on a loaded host, and its
+/// workers would otherwise wait for it).
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    pending: Vec<(Vec<u8>, mpi::ffi::MPI_Request)>,
+}
+
+// SAFETY: as for `Outbox`.
+unsafe impl Send for Inbox {}
+
+impl Inbox {
+    /// Starts receiving `message` (matched by a probe), of `len` bytes.
+    pub(crate) fn receive(&mut self, mut message: mpi::point_to_point::Message, len: usize) {
+        use mpi::raw::AsRawMut;
+        let mut buf = vec![0u8; len];
+        let mut req = std::mem::MaybeUninit::<mpi::ffi::MPI_Request>::uninit();
+        // SAFETY: the buffer lives in `pending` (its heap block does not move) until
+        // `MPI_Test` says the receive completed; `len` is the probed message's size (an
+        // MPI count, so it fits an `int`). MPI_Imrecv consumes the message handle (sets
+        // it to MPI_MESSAGE_NULL, which its drop expects).
+        let req = unsafe {
+            mpi::ffi::MPI_Imrecv(
+                buf.as_mut_ptr().cast::<c_void>(),
+                len as c_int,
+                mpi::ffi::RSMPI_UINT8_T,
+                message.as_raw_mut(),
+                req.as_mut_ptr(),
+            );
+            req.assume_init()
+        };
+        self.pending.push((buf, req));
+    }
+
+    /// The messages received in full since the last call, in the order they came.
+    pub(crate) fn take_done(&mut self) -> Vec<Vec<u8>> {
+        let mut done = Vec::new();
+        let mut i = 0;
+        while i < self.pending.len() {
+            let mut flag: c_int = 0;
+            // SAFETY: a live request of ours; MPI_Test frees it when complete.
+            unsafe {
+                mpi::ffi::MPI_Test(
+                    &mut self.pending[i].1,
+                    &mut flag,
+                    mpi::ffi::RSMPI_STATUS_IGNORE,
+                )
+            };
+            if flag == 0 {
+                // Later ones wait for it: jobs are handled in the order they were sent.
+                break;
+            }
+            done.push(self.pending.remove(i).0);
+            i = 0;
+        }
+        done
+    }
+
+    /// Whether a message is still on its way.
+    pub(crate) fn busy(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
+
+impl Drop for Inbox {
+    /// As for `Outbox`: a buffer MPI may still write to is leaked, never freed under it.
+    fn drop(&mut self) {
+        for (bytes, _) in self.pending.drain(..) {
+            std::mem::forget(bytes);
+        }
     }
 }
