@@ -137,8 +137,10 @@
 //!   signal.
 //! - **Exit.** Returning from `main`, `std::process::exit` and an error returned from
 //!   `main` tell every agent to stop its workers and leave, then finalize MPI (bounded: a
-//!   job that does not end within 30 s is ended by the launcher). A panic on rank 0's
-//!   main thread prints the panic, then ends the job at once with `MPI_Abort` (code 101).
+//!   job that does not end within 30 s is ended by the launcher). A panic that leaves
+//!   rank 0's `main` unwinds as in any program: its pools are dropped (which kills what
+//!   they run on the agents), then the exit tells the agents to leave, and the job ends
+//!   with code 101; a panic that `main` catches leaves the job alone.
 //!   One MPI pool is open at a time; building a second while one is open fails with
 //!   [`PoolError::Config`]. `procpool::mpi_rank()` tells the rank and the job's size.
 //!

@@ -4,7 +4,8 @@
 //! MPI is initialized once, by [`crate::init`], at the `MPI_THREAD_SERIALIZED` level:
 //! every MPI call is made under the [`lock`] of this module, from whichever thread.
 //! `MPI_Finalize` runs at process exit (an `atexit` handler), after every agent was told
-//! to stop; a panic on the main thread ends the whole job with `MPI_Abort`.
+//! to stop (a panic unwinding out of rank 0's `main` takes that path too); a panic on an
+//! agent's main thread ends the whole job with `MPI_Abort`.
 
 use std::ffi::{c_int, c_void};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -77,7 +78,7 @@ pub(crate) fn init() {
     let world = mpi::topology::SimpleCommunicator::world();
     let (rank, size) = (world.rank(), world.size());
     RANK.store(rank, std::sync::atomic::Ordering::Relaxed);
-    install_panic_hook();
+    install_panic_hook(rank);
     if threading < mpi::Threading::Serialized {
         eprintln!(
             "procpool: the MPI library offers no thread support beyond {threading:?}; \
@@ -228,9 +229,16 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// A panic on the main thread of any rank (the caller's `main`, an agent's loop) ends the
-/// job at once: unwinding through `main` into `MPI_Finalize` would hang every rank.
-fn install_panic_hook() {
+/// A panic on an agent's main thread (its loop) ends the job at once.
+fn install_panic_hook(rank: i32) {
+    if rank == 0 {
+        // Not on the caller's rank: a panic that `main` catches is the program's
+        // business, and one it does not catch unwinds out of `main` (dropping its
+        // pools, which stops the agents' pools) into the process's exit, where
+        // `at_exit` tells the agents to leave. Only an agent's loop must never unwind
+        // (into the user's `main`, which would go on as if it were rank 0).
+        return;
+    }
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         previous(info);
@@ -252,10 +260,7 @@ pub(crate) fn abort_job(code: c_int, why: &str) -> ! {
 /// stops every agent, then finalizes MPI. Bounded: past [`FINALIZE_TIMEOUT`] the process
 /// leaves without finalizing, which makes the launcher end the job.
 extern "C" fn at_exit() {
-    let Some(mut rt) = lock() else { return };
-    if rt.finalized {
-        return;
-    }
+    // Bounded from the start: another thread may hold the lock inside a long MPI call.
     std::thread::spawn(|| {
         std::thread::sleep(FINALIZE_TIMEOUT);
         eprintln!(
@@ -265,6 +270,10 @@ extern "C" fn at_exit() {
         // SAFETY: `_exit` ends the process; nothing of it is used after.
         unsafe { libc::_exit(70) };
     });
+    let Some(mut rt) = lock() else { return };
+    if rt.finalized {
+        return;
+    }
     let world = mpi::topology::SimpleCommunicator::world();
     let open = rt.pool_open;
     for r in 1..rt.size {
