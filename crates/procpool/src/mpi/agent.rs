@@ -32,9 +32,6 @@ struct Agent {
     answers: Writer,
 }
 
-/// A JOBS message larger than this is received without blocking (see [`Inbox`]).
-const LARGE: usize = 1 << 20;
-
 /// Serves the caller's rank until it says EXIT (or the job ends).
 pub(crate) fn serve(rank: i32) {
     let world = mpi::topology::SimpleCommunicator::world();
@@ -57,8 +54,8 @@ pub(crate) fn serve(rank: i32) {
             busy = true;
             let tag = status.tag();
             let len = status.count(u8::equivalent_datatype()).max(0) as usize;
-            if tag == msg::JOBS && len > LARGE && held.is_empty() {
-                inbox.receive(message, len);
+            if tag == msg::JOBS && len > msg::LARGE && held.is_empty() {
+                inbox.receive(message, len, 0);
                 continue;
             }
             let (bytes, _) = (message, status).matched_receive_vec::<u8>();
@@ -72,7 +69,7 @@ pub(crate) fn serve(rank: i32) {
                 Err(e) => fail(e),
             }
         }
-        for bytes in inbox.take_done() {
+        for (bytes, _) in inbox.take_done() {
             busy = true;
             agent.jobs(&bytes).unwrap_or_else(|e| fail(e));
         }

@@ -8,7 +8,7 @@ use mpi::traits::*;
 use procpool_engine::{EngineConfig, PoolError, Remote, RemoteDone, RemoteJob, TaskError};
 
 use super::msg::{self, Reader, Writer};
-use super::runtime::{self, Nap, Outbox};
+use super::runtime::{self, Inbox, Nap, Outbox};
 
 /// How long terminating the agents' pools may take before the job is ended.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -25,6 +25,8 @@ pub(crate) struct MpiLink {
     slack_set: bool,
     /// Jobs and cancels on their way.
     outbox: Outbox,
+    /// Large answers on their way.
+    inbox: Inbox,
 }
 
 impl MpiLink {
@@ -34,6 +36,7 @@ impl MpiLink {
             started: Vec::new(),
             slack_set: false,
             outbox: Outbox::default(),
+            inbox: Inbox::default(),
         }
     }
 }
@@ -159,12 +162,22 @@ impl Remote for MpiLink {
         with_mpi(|_| {
             self.outbox.progress();
             let world = world();
-            while let Some(probed) = world
+            let mut got = Vec::new();
+            while let Some((message, status)) = world
                 .any_process()
                 .immediate_matched_probe_with_tag(msg::RESULTS)
             {
-                let (bytes, status) = probed.matched_receive_vec::<u8>();
                 let rank = status.source_rank();
+                let len = status.count(u8::equivalent_datatype()).max(0) as usize;
+                if len > msg::LARGE {
+                    // Received while the other agents are heard and dealt to.
+                    self.inbox.receive(message, len, rank);
+                } else {
+                    got.push(((message, status).matched_receive_vec::<u8>().0, rank));
+                }
+            }
+            got.extend(self.inbox.take_done());
+            for (bytes, rank) in got {
                 decode_results(&bytes, rank, out).map_err(|e| {
                     link_error(format!("MPI rank {rank} sent a malformed message: {e}"))
                 })?;
@@ -193,6 +206,7 @@ impl Remote for MpiLink {
         while !waiting.is_empty() {
             let got = with_mpi(|_| {
                 self.outbox.progress();
+                self.inbox.take_done();
                 let world = world();
                 // Answers still on their way are read and dropped, and so is a late
                 // answer to START (from an agent given up on while it started).
@@ -225,11 +239,19 @@ impl Remote for MpiLink {
                 Ok(None) => nap.sleep(),
             }
         }
-        // Each agent read everything before it said ENDED: the sends are complete.
-        let _ = with_mpi(|_| {
-            self.outbox.progress();
-            Ok(())
-        });
+        // Each agent read everything before it said ENDED, and sent everything before:
+        // what is on its way arrives at once (bounded all the same).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let busy = with_mpi(|_| {
+                self.inbox.take_done();
+                Ok(self.outbox.progress() || self.inbox.busy())
+            });
+            if !matches!(busy, Ok(true)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub(crate) const BYE: i32 = 10;
 /// Largest MPI message the backend sends (MPI counts are `int`s); answers and jobs are
 /// cut into messages of at most [`PACK_BYTES`] where they can be.
 pub(crate) const MAX_MESSAGE: usize = i32::MAX as usize;
+/// A message larger than this is received without blocking (see `runtime::Inbox`).
+pub(crate) const LARGE: usize = 1 << 20;
 /// Target size of one message of many jobs or answers.
 pub(crate) const PACK_BYTES: usize = 16 << 20;
 

@@ -432,20 +432,26 @@ impl Outbox {
     }
 }
 
-/// Messages received without blocking: an agent starts receiving a large one and serves
-/// the messages after it meanwhile (a 64 MiB job takes seconds on a loaded host, and its
-/// workers would otherwise wait for it).
+/// Messages received without blocking, so that a rank serves the messages after a large
+/// one while it arrives (64 MiB take seconds on a loaded host): an agent its next jobs,
+/// the caller's rank the other agents' answers.
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
-    pending: Vec<(Vec<u8>, mpi::ffi::MPI_Request)>,
+    /// Buffer, request, source rank.
+    pending: Vec<(Vec<u8>, mpi::ffi::MPI_Request, i32)>,
 }
 
 // SAFETY: as for `Outbox`.
 unsafe impl Send for Inbox {}
 
 impl Inbox {
-    /// Starts receiving `message` (matched by a probe), of `len` bytes.
-    pub(crate) fn receive(&mut self, mut message: mpi::point_to_point::Message, len: usize) {
+    /// Starts receiving `message` (matched by a probe) of `len` bytes from `source`.
+    pub(crate) fn receive(
+        &mut self,
+        mut message: mpi::point_to_point::Message,
+        len: usize,
+        source: i32,
+    ) {
         use mpi::raw::AsRawMut;
         let mut buf = vec![0u8; len];
         let mut req = std::mem::MaybeUninit::<mpi::ffi::MPI_Request>::uninit();
@@ -463,11 +469,11 @@ impl Inbox {
             );
             req.assume_init()
         };
-        self.pending.push((buf, req));
+        self.pending.push((buf, req, source));
     }
 
-    /// The messages received in full since the last call, in the order they came.
-    pub(crate) fn take_done(&mut self) -> Vec<Vec<u8>> {
+    /// The messages received in full since the last call, with their source.
+    pub(crate) fn take_done(&mut self) -> Vec<(Vec<u8>, i32)> {
         let mut done = Vec::new();
         let mut i = 0;
         while i < self.pending.len() {
@@ -481,11 +487,11 @@ impl Inbox {
                 )
             };
             if flag == 0 {
-                // Later ones wait for it: jobs are handled in the order they were sent.
-                break;
+                i += 1;
+            } else {
+                let (bytes, _, source) = self.pending.remove(i);
+                done.push((bytes, source));
             }
-            done.push(self.pending.remove(i).0);
-            i = 0;
         }
         done
     }
@@ -499,7 +505,7 @@ impl Inbox {
 impl Drop for Inbox {
     /// As for `Outbox`: a buffer MPI may still write to is leaked, never freed under it.
     fn drop(&mut self) {
-        for (bytes, _) in self.pending.drain(..) {
+        for (bytes, ..) in self.pending.drain(..) {
             std::mem::forget(bytes);
         }
     }
