@@ -537,6 +537,15 @@ fn many_pools_in_a_row() {
 /// A time limit far below an MPI round trip (1 ns), and one so long that it only fits
 /// a `Duration`.
 fn extreme_time_limits() {
+    // A start-up limit as long as a `Duration` goes.
+    let forever = Pool::builder()
+        .mpi()
+        .workers(PER_AGENT)
+        .handshake_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    assert_eq!(forever.apply(double, 4).unwrap(), 8);
+    forever.join();
     let pool = Pool::builder()
         .mpi()
         .workers(PER_AGENT)
@@ -686,10 +695,7 @@ fn panic_while_a_large_job_is_sent() {
     println!("pids: {pids:?}");
     let big = "x".repeat(HUGE);
     std::thread::scope(|s| {
-        s.spawn(|| {
-            pool.with_chunk_size(1)
-                .map(|s: String| s.len(), [&big])
-        });
+        s.spawn(|| pool.with_chunk_size(1).map(|s: String| s.len(), [&big]));
         std::thread::sleep(Duration::from_millis(300));
         panic!("main gives up during a large send");
     });

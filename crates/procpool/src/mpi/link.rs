@@ -106,8 +106,13 @@ impl Remote for MpiLink {
             }
             Ok(())
         });
-        r.and_then(|()| self.await_started(&agents, config.handshake_timeout + START_SLACK))
-            .inspect_err(|_| self.stop(true))
+        r.and_then(|()| {
+            self.await_started(
+                &agents,
+                config.handshake_timeout.saturating_add(START_SLACK),
+            )
+        })
+        .inspect_err(|_| self.stop(true))
     }
 
     fn send(&mut self, agent: usize, jobs: &[RemoteJob<'_>]) -> Result<(), PoolError> {
@@ -263,7 +268,8 @@ impl MpiLink {
         limit: Duration,
     ) -> Result<Vec<usize>, PoolError> {
         let mut counts: Vec<Option<usize>> = vec![None; agents.len()];
-        let deadline = Instant::now() + limit;
+        // A limit past what an `Instant` holds is no limit.
+        let deadline = Instant::now().checked_add(limit);
         let mut nap = Nap::default();
         let mut failure = None;
         while counts.iter().any(Option::is_none) {
@@ -277,7 +283,7 @@ impl MpiLink {
                     }))
             })?;
             let Some((bytes, rank)) = got else {
-                if Instant::now() > deadline {
+                if deadline.is_some_and(|d| Instant::now() > d) {
                     let late: Vec<usize> = (0..counts.len())
                         .filter(|&i| counts[i].is_none())
                         .map(|i| i + 1)
