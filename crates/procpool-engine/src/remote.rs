@@ -129,8 +129,9 @@ pub trait Remote: Send + 'static {
     fn send(&mut self, agent: usize, jobs: &[RemoteJob<'_>]) -> Result<(), PoolError>;
 
     /// Tells agent `agent` to end the jobs it holds of batch `batch`: with `kill`, as
-    /// cancelled (the running ones killed, each answered); without, by dropping them
-    /// (each still answered once, with any outcome: nobody reads it).
+    /// cancelled (the running ones killed, each answered); without, nobody reads their
+    /// outcomes (each is still answered once, with any outcome, when its worker is
+    /// free again: the dispatcher counts the agent's room by the answers).
     ///
     /// # Errors
     /// The link failed; the pool breaks.

@@ -142,7 +142,10 @@
 //!   work-conserving rule, counting each agent as as many slots as it has workers: a job
 //!   goes only to an agent with a free worker, except that jobs measured short (under 5
 //!   ms) may be held ahead, about 2 ms of them per worker, so that no worker waits for a
-//!   round trip. Many jobs travel in one MPI message, and so do their answers.
+//!   round trip. Many jobs travel in one MPI message, and so do their answers; a large
+//!   one travels while the others are served. The tasks of a call dropped unread run
+//!   to their end on the agents, as in a local pool (at most the ~2 ms per worker held
+//!   ahead run beyond what was running), and their workers take new work after.
 //! - **Workers per agent**: the host's cores, shared among the agents on that host;
 //!   [`Builder::workers`] sets it per agent. Rank 0 runs none: to use every host, start
 //!   one rank more than hosts (`mpirun -n 5 --map-by node` on four hosts).
@@ -152,14 +155,19 @@
 //!   [`PoolError::Handshake`] ([`HandshakeError::BinaryMismatch`]).
 //! - **Faults.** A task that panics, segfaults, aborts, is killed or passes its time
 //!   limit kills only its worker on the agent, which replaces it; the task's error is
-//!   what a local pool gives (its pid is the remote worker's). Losing an agent itself
+//!   what a local pool gives (its pid is the remote worker's), and so is a pool error
+//!   of an agent ([`PoolError::Broken`] when its workers keep failing their
+//!   initializer, say). A task's own child processes die with its worker on every
+//!   path, an agent lost included. Losing an agent itself
 //!   (its host dies, the rank is killed) ends the whole job: that is the MPI library's
 //!   default error handling, and `mpirun` prints which rank died, on which node, of which
 //!   signal.
 //! - **Exit.** Returning from `main`, `std::process::exit` and an error returned from
 //!   `main` tell every agent to stop its workers and leave, then finalize MPI (bounded: a
-//!   job that does not end within 30 s is ended by the launcher). A panic on rank 0's
-//!   main thread prints the panic, then ends the job at once with `MPI_Abort` (code 101).
+//!   job that does not end within 30 s is ended by the launcher). A panic that leaves
+//!   rank 0's `main` unwinds as in any program: its pools are dropped (which kills what
+//!   they run on the agents), then the exit tells the agents to leave, and the job ends
+//!   with code 101; a panic that `main` catches leaves the job alone.
 //!   One MPI pool is open at a time; building a second while one is open fails with
 //!   [`PoolError::Config`]. `procpool::mpi_rank()` tells the rank and the job's size.
 //!

@@ -3,15 +3,14 @@
 //! every job's answer. A task that crashes or passes its time limit kills a local
 //! worker, which the local pool replaces; the agent itself runs no task code.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use mpi::traits::*;
-use procpool_engine::{Batch, Engine, Job, TaskError, TaskErrorKind};
+use procpool_engine::{Batch, Engine, TaskError, TaskErrorKind};
 
 use super::msg::{self, Reader, Writer};
-use super::runtime::{Nap, Outbox, abort_job};
+use super::runtime::{Inbox, Nap, Outbox, abort_job};
 
 /// Longest wait for a local answer before the agent looks at MPI again (a cancel or a
 /// new call's first jobs wait at most this long).
@@ -38,47 +37,59 @@ pub(crate) fn serve(rank: i32) {
     let world = mpi::topology::SimpleCommunicator::world();
     let caller = world.process_at_rank(0);
     let mut agent = Agent::default();
+    let mut inbox = Inbox::default();
+    // Messages held back until the large ones before them arrived: every message after
+    // the first held back one, except jobs (whose order does not matter).
+    let mut held: VecDeque<(i32, Vec<u8>)> = VecDeque::new();
     let mut nap = Nap::new(Duration::from_micros(50), Duration::from_millis(2));
+    let fail = |e: String| -> ! {
+        abort_job(
+            1,
+            &format!("MPI rank {rank} received a malformed message from rank 0: {e}"),
+        )
+    };
     loop {
         let mut busy = false;
-        while let Some(probed) = caller.immediate_matched_probe() {
-            let (bytes, status) = probed.matched_receive_vec::<u8>();
-            let tag = status.tag();
+        while let Some((message, status)) = caller.immediate_matched_probe() {
             busy = true;
-            let r = match tag {
-                msg::START => agent.start(&bytes),
-                msg::JOBS => agent.jobs(&bytes),
-                msg::CANCEL => agent.cancel(&bytes),
-                msg::END => {
-                    agent.end(bytes.first() == Some(&1));
-                    agent.outbox.send(0, msg::ENDED, Vec::new());
-                    Ok(())
-                }
-                msg::EXIT => {
-                    agent.end(true);
-                    agent.outbox.send(0, msg::BYE, Vec::new());
-                    // Rank 0 reads everything until each agent's BYE; bounded all the
-                    // same, so that an agent never hangs here.
-                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                    while agent.outbox.progress() && std::time::Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_micros(50));
-                    }
-                    return;
-                }
-                t => Err(format!("a message with unknown tag {t}")),
-            };
-            if let Err(e) = r {
-                abort_job(
-                    1,
-                    &format!("MPI rank {rank} received a malformed message from rank 0: {e}"),
-                );
+            let tag = status.tag();
+            let len = status.count(u8::equivalent_datatype()).max(0) as usize;
+            if tag == msg::JOBS && len > msg::LARGE && held.is_empty() {
+                inbox.receive(message, len, 0);
+                continue;
+            }
+            let (bytes, _) = (message, status).matched_receive_vec::<u8>();
+            if (inbox.busy() && tag != msg::JOBS) || !held.is_empty() {
+                held.push_back((tag, bytes));
+                continue;
+            }
+            match agent.handle(tag, &bytes) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => fail(e),
+            }
+        }
+        for (bytes, _) in inbox.take_done() {
+            busy = true;
+            agent.jobs(&bytes).unwrap_or_else(|e| fail(e));
+        }
+        while !inbox.busy()
+            && let Some((tag, bytes)) = held.pop_front()
+        {
+            match agent.handle(tag, &bytes) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => fail(e),
             }
         }
         busy |= agent.collect();
         agent.flush();
-        agent.outbox.progress();
+        let sending = agent.outbox.progress();
         if busy {
             nap.reset();
+        } else if sending || inbox.busy() {
+            // Large messages move while this rank calls MPI.
+            std::thread::yield_now();
         } else {
             agent.wait(nap.next());
         }
@@ -86,6 +97,32 @@ pub(crate) fn serve(rank: i32) {
 }
 
 impl Agent {
+    /// Handles one message from the caller's rank; whether it says to leave.
+    fn handle(&mut self, tag: i32, bytes: &[u8]) -> Result<bool, String> {
+        match tag {
+            msg::START => self.start(bytes)?,
+            msg::JOBS => self.jobs(bytes)?,
+            msg::CANCEL => self.cancel(bytes)?,
+            msg::END => {
+                self.end(bytes.first() == Some(&1));
+                self.outbox.send(0, msg::ENDED, Vec::new());
+            }
+            msg::EXIT => {
+                self.end(true);
+                self.outbox.send(0, msg::BYE, Vec::new());
+                // Rank 0 reads everything until each agent's BYE; bounded all the same,
+                // so that an agent never hangs here.
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while self.outbox.progress() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                return Ok(true);
+            }
+            t => return Err(format!("a message with unknown tag {t}")),
+        }
+        Ok(false)
+    }
+
     fn start(&mut self, bytes: &[u8]) -> Result<(), String> {
         let config = msg::decode_start(bytes)?;
         self.end(true);
@@ -96,7 +133,8 @@ impl Agent {
                 self.engine = Some(e);
             }
             Err(e) => {
-                w.u8(1).str(&e.to_string());
+                w.u8(1);
+                msg::put_pool_error(&mut w, &e);
             }
         }
         self.outbox.send(0, msg::STARTED, w.0);
@@ -106,20 +144,8 @@ impl Agent {
     fn jobs(&mut self, bytes: &[u8]) -> Result<(), String> {
         let mut r = Reader(bytes);
         while !r.is_empty() {
-            let tag = r.u64()?;
-            let batch = r.u64()?;
-            let weight = r.u32()?;
-            let timeout = r.opt_u64()?.map(Duration::from_nanos);
-            let func: Arc<[u8]> = r.bytes()?.into();
-            let payload = Arc::new(r.bytes()?.to_vec());
-            let job = Job {
-                func,
-                payload,
-                index: tag,
-                weight,
-                timeout,
-                fds: None,
-            };
+            let (batch, job) = msg::get_job(&mut r)?;
+            let tag = job.index;
             let submitted = match &self.engine {
                 Some(engine) => {
                     let local = self.batches.entry(batch).or_insert_with(|| Local {
@@ -145,19 +171,14 @@ impl Agent {
     fn cancel(&mut self, bytes: &[u8]) -> Result<(), String> {
         let mut r = Reader(bytes);
         let (id, kill) = (r.u64()?, r.u8()? == 1);
-        if kill {
-            // The local pool answers each job, the running ones killed.
-            if let Some(l) = self.batches.get(&id) {
-                l.batch.cancel();
-            }
-        } else if let Some(l) = self.batches.remove(&id) {
-            // Dropped: nobody reads the answers, but each tag is answered once so that
-            // the caller knows this agent's room.
-            l.batch.abandon();
-            for tag in l.open {
-                let e = TaskError::new(TaskErrorKind::Cancelled, tag, None, 0);
-                self.answer(tag, &Err(e));
-            }
+        // With kill, the local pool answers each job, the running ones killed. Without
+        // (a dropped call), the jobs held here run to their end and are answered then,
+        // as in a local pool: answering them at once would tell the caller that
+        // workers still busy with them have room, and new work would wait behind them
+        // while other workers idle. What runs so is bounded by what the caller deals
+        // ahead (a few milliseconds of work per worker).
+        if kill && let Some(l) = self.batches.get(&id) {
+            l.batch.cancel();
         }
         Ok(())
     }

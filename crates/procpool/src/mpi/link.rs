@@ -8,7 +8,7 @@ use mpi::traits::*;
 use procpool_engine::{EngineConfig, PoolError, Remote, RemoteDone, RemoteJob, TaskError};
 
 use super::msg::{self, Reader, Writer};
-use super::runtime::{self, Nap};
+use super::runtime::{self, Inbox, Nap, Outbox};
 
 /// How long terminating the agents' pools may take before the job is ended.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,6 +23,10 @@ pub(crate) struct MpiLink {
     /// Agents whose pool was started and not yet stopped, by rank.
     started: Vec<i32>,
     slack_set: bool,
+    /// Jobs and cancels on their way.
+    outbox: Outbox,
+    /// Large answers on their way.
+    inbox: Inbox,
 }
 
 impl MpiLink {
@@ -31,6 +35,8 @@ impl MpiLink {
             per_agent,
             started: Vec::new(),
             slack_set: false,
+            outbox: Outbox::default(),
+            inbox: Inbox::default(),
         }
     }
 }
@@ -100,22 +106,28 @@ impl Remote for MpiLink {
             }
             Ok(())
         });
-        r.and_then(|()| self.await_started(&agents, config.handshake_timeout + START_SLACK))
-            .inspect_err(|_| self.stop(true))
+        r.and_then(|()| {
+            self.await_started(
+                &agents,
+                config.handshake_timeout.saturating_add(START_SLACK),
+            )
+        })
+        .inspect_err(|_| self.stop(true))
     }
 
     fn send(&mut self, agent: usize, jobs: &[RemoteJob<'_>]) -> Result<(), PoolError> {
         let rank = agent as i32 + 1;
         let mut w = Writer::default();
-        let flush = |w: &mut Writer| {
+        // Sent without blocking: a large message takes a while (seconds for 64 MiB on a
+        // loaded host), and the dispatcher meanwhile deals to and hears from the others.
+        let outbox = &mut self.outbox;
+        let mut flush = |w: &mut Writer| {
             if w.len() > 0 {
+                let bytes = std::mem::take(&mut w.0);
                 with_mpi(|_| {
-                    world()
-                        .process_at_rank(rank)
-                        .send_with_tag(&w.0[..], msg::JOBS);
+                    outbox.send(rank, msg::JOBS, bytes);
                     Ok(())
                 })?;
-                w.0.clear();
             }
             Ok::<(), PoolError>(())
         };
@@ -130,12 +142,7 @@ impl Remote for MpiLink {
             if w.len() + size > msg::PACK_BYTES {
                 flush(&mut w)?;
             }
-            w.u64(j.tag)
-                .u64(j.batch)
-                .u32(j.job.weight)
-                .opt_u64(j.job.timeout.map(|t| t.as_nanos() as u64))
-                .bytes(&j.job.func)
-                .bytes(&j.job.payload);
+            msg::put_job(&mut w, j);
         }
         flush(&mut w)
     }
@@ -143,10 +150,10 @@ impl Remote for MpiLink {
     fn cancel(&mut self, agent: usize, batch: u64, kill: bool) -> Result<(), PoolError> {
         let mut w = Writer::default();
         w.u64(batch).u8(u8::from(kill));
+        // Through the outbox too, after the jobs it ends (messages between two ranks
+        // arrive in the order they were posted).
         with_mpi(|_| {
-            world()
-                .process_at_rank(agent as i32 + 1)
-                .send_with_tag(&w.0[..], msg::CANCEL);
+            self.outbox.send(agent as i32 + 1, msg::CANCEL, w.0);
             Ok(())
         })
     }
@@ -158,13 +165,24 @@ impl Remote for MpiLink {
             self.slack_set = true;
         }
         with_mpi(|_| {
+            self.outbox.progress();
             let world = world();
-            while let Some(probed) = world
+            let mut got = Vec::new();
+            while let Some((message, status)) = world
                 .any_process()
                 .immediate_matched_probe_with_tag(msg::RESULTS)
             {
-                let (bytes, status) = probed.matched_receive_vec::<u8>();
                 let rank = status.source_rank();
+                let len = status.count(u8::equivalent_datatype()).max(0) as usize;
+                if len > msg::LARGE {
+                    // Received while the other agents are heard and dealt to.
+                    self.inbox.receive(message, len, rank);
+                } else {
+                    got.push(((message, status).matched_receive_vec::<u8>().0, rank));
+                }
+            }
+            got.extend(self.inbox.take_done());
+            for (bytes, rank) in got {
                 decode_results(&bytes, rank, out).map_err(|e| {
                     link_error(format!("MPI rank {rank} sent a malformed message: {e}"))
                 })?;
@@ -192,6 +210,8 @@ impl Remote for MpiLink {
         let mut nap = Nap::default();
         while !waiting.is_empty() {
             let got = with_mpi(|_| {
+                self.outbox.progress();
+                self.inbox.take_done();
                 let world = world();
                 // Answers still on their way are read and dropped, and so is a late
                 // answer to START (from an agent given up on while it started).
@@ -224,6 +244,19 @@ impl Remote for MpiLink {
                 Ok(None) => nap.sleep(),
             }
         }
+        // Each agent read everything before it said ENDED, and sent everything before:
+        // what is on its way arrives at once (bounded all the same).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let busy = with_mpi(|_| {
+                self.inbox.take_done();
+                Ok(self.outbox.progress() || self.inbox.busy())
+            });
+            if !matches!(busy, Ok(true)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
     }
 }
 
@@ -235,7 +268,8 @@ impl MpiLink {
         limit: Duration,
     ) -> Result<Vec<usize>, PoolError> {
         let mut counts: Vec<Option<usize>> = vec![None; agents.len()];
-        let deadline = Instant::now() + limit;
+        // A limit past what an `Instant` holds is no limit.
+        let deadline = Instant::now().checked_add(limit);
         let mut nap = Nap::default();
         let mut failure = None;
         while counts.iter().any(Option::is_none) {
@@ -249,7 +283,7 @@ impl MpiLink {
                     }))
             })?;
             let Some((bytes, rank)) = got else {
-                if Instant::now() > deadline {
+                if deadline.is_some_and(|d| Instant::now() > d) {
                     let late: Vec<usize> = (0..counts.len())
                         .filter(|&i| counts[i].is_none())
                         .map(|i| i + 1)
@@ -267,18 +301,23 @@ impl MpiLink {
             let mut r = Reader(&bytes);
             let answer = match r.u8() {
                 Ok(0) => r.u64().map(|n| Ok(n as usize)),
-                Ok(_) => r.string().map(Err),
+                Ok(_) => msg::get_pool_error(&mut r, rank).map(Err),
                 Err(e) => Err(e),
             };
             match answer {
                 Ok(Ok(n)) => counts[i] = Some(n),
-                Ok(Err(m)) => {
+                Ok(Err(e)) => {
                     counts[i] = Some(0);
                     self.started.retain(|&s| s != rank);
-                    failure.get_or_insert(PoolError::Io(Arc::new(io::Error::other(format!(
-                        "MPI rank {rank} (host {}, pid {}) could not start its workers: {m}",
-                        h.host, h.pid
-                    )))));
+                    // The agent's error as its pool gave it (a caller matches on it as on
+                    // a local pool's; an `Io` or `Spawn` error names the rank).
+                    let e = match e {
+                        PoolError::Config(m) => {
+                            PoolError::Config(format!("MPI rank {rank} (host {}): {m}", h.host))
+                        }
+                        e => e,
+                    };
+                    failure.get_or_insert(e);
                 }
                 Err(e) => {
                     return Err(link_error(format!(

@@ -9,13 +9,15 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use procpool_engine::{Death, EngineConfig, PoolError, TaskError, TaskErrorKind};
+use procpool_engine::{
+    Death, EngineConfig, HandshakeError, Job, PoolError, RemoteJob, TaskError, TaskErrorKind,
+};
 
 /// Agent → caller, once at start-up: [`Hello`].
 pub(crate) const HELLO: i32 = 1;
 /// Caller → agent: start a pool ([`encode_start`]).
 pub(crate) const START: i32 = 2;
-/// Agent → caller: the pool started (its worker count) or why not.
+/// Agent → caller: the pool started (0, its worker count) or why not (1, the error).
 pub(crate) const STARTED: i32 = 3;
 /// Caller → agent: jobs to run.
 pub(crate) const JOBS: i32 = 4;
@@ -35,6 +37,8 @@ pub(crate) const BYE: i32 = 10;
 /// Largest MPI message the backend sends (MPI counts are `int`s); answers and jobs are
 /// cut into messages of at most [`PACK_BYTES`] where they can be.
 pub(crate) const MAX_MESSAGE: usize = i32::MAX as usize;
+/// A message larger than this is received without blocking (see `runtime::Inbox`).
+pub(crate) const LARGE: usize = 1 << 20;
 /// Target size of one message of many jobs or answers.
 pub(crate) const PACK_BYTES: usize = 16 << 20;
 
@@ -150,7 +154,8 @@ pub(crate) fn decode_hello(b: &[u8]) -> Result<Hello, String> {
     })
 }
 
-fn nanos(d: Duration) -> u64 {
+/// A duration in nanoseconds, saturated (a limit past 584 years stays one).
+pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -188,6 +193,35 @@ pub(crate) fn decode_start(b: &[u8]) -> Result<EngineConfig, String> {
         c.initializer = Some((f, r.bytes()?.to_vec()));
     }
     Ok(c)
+}
+
+/// Appends one job to a JOBS message.
+pub(crate) fn put_job(w: &mut Writer, j: &RemoteJob<'_>) {
+    w.u64(j.tag)
+        .u64(j.batch)
+        .u32(j.job.weight)
+        .opt_u64(j.job.timeout.map(nanos))
+        .bytes(&j.job.func)
+        .bytes(&j.job.payload);
+}
+
+/// One job of a JOBS message: its batch id, and the job (its index is the caller's tag).
+pub(crate) fn get_job(r: &mut Reader<'_>) -> Result<(u64, Job), String> {
+    let tag = r.u64()?;
+    let batch = r.u64()?;
+    let weight = r.u32()?;
+    let timeout = r.opt_u64()?.map(Duration::from_nanos);
+    let func: Arc<[u8]> = r.bytes()?.into();
+    let payload = Arc::new(r.bytes()?.to_vec());
+    let job = Job {
+        func,
+        payload,
+        index: tag,
+        weight,
+        timeout,
+        fds: None,
+    };
+    Ok((batch, job))
 }
 
 /// Appends one answer to a RESULTS message.
@@ -297,7 +331,8 @@ fn put_kind(w: &mut Writer, k: &TaskErrorKind) {
             w.u8(8);
         }
         TaskErrorKind::PoolBroken(e) => {
-            w.u8(9).str(&e.to_string());
+            w.u8(10);
+            put_pool_error(w, e);
         }
         other => {
             // A kind this backend does not know yet travels as its sentence.
@@ -306,7 +341,18 @@ fn put_kind(w: &mut Writer, k: &TaskErrorKind) {
     }
 }
 
+/// How deep errors may nest in a message (a pool error inside a task error inside a
+/// handshake error...): a deeper one is malformed, not a reason to exhaust the stack.
+const MAX_DEPTH: u32 = 8;
+
 fn get_kind(r: &mut Reader<'_>, rank: i32) -> Result<TaskErrorKind, String> {
+    get_kind_at(r, rank, 0)
+}
+
+fn get_kind_at(r: &mut Reader<'_>, rank: i32, depth: u32) -> Result<TaskErrorKind, String> {
+    if depth > MAX_DEPTH {
+        return Err("errors nested too deep".into());
+    }
     Ok(match r.u8()? {
         0 => TaskErrorKind::Panic {
             message: r.string()?,
@@ -339,7 +385,121 @@ fn get_kind(r: &mut Reader<'_>, rank: i32) -> Result<TaskErrorKind, String> {
                 "the pool of MPI rank {rank}: {m}"
             )))))
         }
+        10 => TaskErrorKind::PoolBroken(get_pool_error_at(r, rank, depth + 1)?),
         t => return Err(format!("an error kind with tag {t}")),
+    })
+}
+
+/// Appends a pool error, its variant kept (so that the caller can match on it as on a
+/// local pool's).
+pub(crate) fn put_pool_error(w: &mut Writer, e: &PoolError) {
+    match e {
+        PoolError::Handshake { pid, reason } => {
+            w.u8(1).opt_u64(pid.map(u64::from));
+            put_handshake(w, reason);
+        }
+        PoolError::Closed => {
+            w.u8(2);
+        }
+        PoolError::Broken { failures, first } => {
+            w.u8(3).u32(*failures);
+            put_pool_error(w, first);
+        }
+        PoolError::NoWorker { waited, last } => {
+            w.u8(4).u64(nanos(*waited));
+            put_pool_error(w, last);
+        }
+        PoolError::Config(m) => {
+            w.u8(5).str(m);
+        }
+        PoolError::Spawn(e) => {
+            w.u8(6).str(&e.to_string());
+        }
+        // `Io`, and a variant this backend does not know yet, as its sentence.
+        other => {
+            w.u8(0).str(&other.to_string());
+        }
+    }
+}
+
+/// Reads a pool error of the agent of `rank`.
+pub(crate) fn get_pool_error(r: &mut Reader<'_>, rank: i32) -> Result<PoolError, String> {
+    get_pool_error_at(r, rank, 0)
+}
+
+fn get_pool_error_at(r: &mut Reader<'_>, rank: i32, depth: u32) -> Result<PoolError, String> {
+    if depth > MAX_DEPTH {
+        return Err("errors nested too deep".into());
+    }
+    let on_rank = |m: String| Arc::new(io::Error::other(format!("on MPI rank {rank}: {m}")));
+    Ok(match r.u8()? {
+        0 => PoolError::Io(on_rank(r.string()?)),
+        1 => PoolError::Handshake {
+            pid: r.opt_u64()?.map(|p| p as u32),
+            reason: get_handshake(r, rank, depth + 1)?,
+        },
+        2 => PoolError::Closed,
+        3 => PoolError::Broken {
+            failures: r.u32()?,
+            first: Box::new(get_pool_error_at(r, rank, depth + 1)?),
+        },
+        4 => PoolError::NoWorker {
+            waited: Duration::from_nanos(r.u64()?),
+            last: Box::new(get_pool_error_at(r, rank, depth + 1)?),
+        },
+        5 => PoolError::Config(r.string()?),
+        6 => PoolError::Spawn(on_rank(r.string()?)),
+        t => return Err(format!("a pool error with tag {t}")),
+    })
+}
+
+fn put_handshake(w: &mut Writer, h: &HandshakeError) {
+    match h {
+        HandshakeError::BinaryMismatch { parent, worker } => {
+            w.u8(0).u64(*parent).u64(*worker);
+        }
+        HandshakeError::Version { parent, worker } => {
+            w.u8(1).u32(*parent).u32(*worker);
+        }
+        HandshakeError::InitMissing => {
+            w.u8(2);
+        }
+        HandshakeError::Exited(d) => {
+            w.u8(3);
+            put_death(w, d);
+        }
+        HandshakeError::TimedOut(d) => {
+            w.u8(4).u64(nanos(*d));
+        }
+        HandshakeError::Initializer(k) => {
+            w.u8(5);
+            put_kind(w, k);
+        }
+        HandshakeError::Protocol(m) => {
+            w.u8(6).str(m);
+        }
+        other => {
+            w.u8(6).str(&other.to_string());
+        }
+    }
+}
+
+fn get_handshake(r: &mut Reader<'_>, rank: i32, depth: u32) -> Result<HandshakeError, String> {
+    Ok(match r.u8()? {
+        0 => HandshakeError::BinaryMismatch {
+            parent: r.u64()?,
+            worker: r.u64()?,
+        },
+        1 => HandshakeError::Version {
+            parent: r.u32()?,
+            worker: r.u32()?,
+        },
+        2 => HandshakeError::InitMissing,
+        3 => HandshakeError::Exited(get_death(r)?),
+        4 => HandshakeError::TimedOut(Duration::from_nanos(r.u64()?)),
+        5 => HandshakeError::Initializer(Box::new(get_kind_at(r, rank, depth + 1)?)),
+        6 => HandshakeError::Protocol(r.string()?),
+        t => return Err(format!("a handshake error with tag {t}")),
     })
 }
 
@@ -393,6 +553,148 @@ mod tests {
         put_answer(&mut w, 1, 2, None, &Ok(vec![0; 10]));
         for cut in 0..w.len() {
             assert!(get_answer(&mut Reader(&w.0[..cut]), 1).is_err());
+        }
+    }
+
+    #[test]
+    fn pool_errors_keep_their_variant() {
+        let init = TaskErrorKind::Panic {
+            message: "no".into(),
+            location: None,
+            backtrace: None,
+        };
+        let errors = [
+            PoolError::Broken {
+                failures: 3,
+                first: Box::new(PoolError::Handshake {
+                    pid: Some(4),
+                    reason: HandshakeError::Initializer(Box::new(init)),
+                }),
+            },
+            PoolError::Handshake {
+                pid: None,
+                reason: HandshakeError::TimedOut(Duration::from_millis(3)),
+            },
+            PoolError::Handshake {
+                pid: Some(1),
+                reason: HandshakeError::BinaryMismatch {
+                    parent: 1,
+                    worker: 2,
+                },
+            },
+            PoolError::Config("bad".into()),
+            PoolError::Closed,
+        ];
+        for e in errors {
+            let mut w = Writer::default();
+            put_pool_error(&mut w, &e);
+            let mut r = Reader(&w.0);
+            assert_eq!(get_pool_error(&mut r, 1).unwrap(), e);
+            assert!(r.is_empty());
+            // As a task's error too.
+            let mut w = Writer::default();
+            let t = TaskError::new(TaskErrorKind::PoolBroken(e.clone()), 0, None, 1);
+            put_answer(&mut w, 0, 0, None, &Err(t));
+            let (.., out) = get_answer(&mut Reader(&w.0), 1).unwrap();
+            assert_eq!(out.unwrap_err().kind(), &TaskErrorKind::PoolBroken(e));
+        }
+    }
+
+    #[test]
+    fn deeply_nested_errors_are_refused_not_recursed() {
+        // Broken { Broken { ... } } a million deep: a hostile rank's message.
+        let mut bytes = Vec::new();
+        for _ in 0..1_000_000 {
+            bytes.push(3);
+            bytes.extend_from_slice(&1u32.to_le_bytes());
+        }
+        bytes.push(2);
+        let e = get_pool_error(&mut Reader(&bytes), 1).unwrap_err();
+        assert!(e.contains("nested too deep"), "{e}");
+    }
+
+    /// Valid messages of every kind, to mutate.
+    fn seeds() -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut w = Writer::default();
+        put_answer(&mut w, 1, 2, Some(3), &Ok(vec![1; 20]));
+        let k = TaskErrorKind::PoolBroken(PoolError::Broken {
+            failures: 2,
+            first: Box::new(PoolError::Handshake {
+                pid: Some(4),
+                reason: HandshakeError::Initializer(Box::new(TaskErrorKind::Cancelled)),
+            }),
+        });
+        put_answer(&mut w, 5, 6, None, &Err(TaskError::new(k, 5, Some(7), 1)));
+        out.push(std::mem::take(&mut w.0));
+        let job = Job {
+            func: Arc::from(&b"func"[..]),
+            payload: Arc::new(vec![9; 30]),
+            index: 3,
+            weight: 1,
+            timeout: Some(Duration::from_millis(5)),
+            fds: None,
+        };
+        put_job(
+            &mut w,
+            &RemoteJob {
+                tag: 3,
+                batch: 4,
+                job: &job,
+            },
+        );
+        out.push(std::mem::take(&mut w.0));
+        let c = EngineConfig {
+            initializer: Some((Arc::from(&b"i"[..]), vec![1, 2])),
+            ..EngineConfig::default()
+        };
+        out.push(encode_start(&c, 2));
+        out.push(encode_hello(&Hello {
+            fingerprint: 1,
+            cores: 2,
+            pid: 3,
+            host: "h".into(),
+        }));
+        out
+    }
+
+    /// Every decoder of what another rank sends, on random and mutated bytes: an error
+    /// or a value, never a panic (nor a huge allocation or a deep recursion).
+    #[test]
+    fn decoders_survive_garbage() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let seeds = seeds();
+        for round in 0..30_000 {
+            let mut b = if round % 4 == 0 {
+                (0..rand() % 64).map(|_| rand() as u8).collect()
+            } else {
+                seeds[round % seeds.len()].clone()
+            };
+            for _ in 0..1 + rand() % 4 {
+                if b.is_empty() {
+                    break;
+                }
+                let i = (rand() as usize) % b.len();
+                match rand() % 4 {
+                    0 => b[i] = rand() as u8,
+                    1 => b.truncate(i),
+                    2 => b[i] = 0xff,
+                    _ => b.insert(i, rand() as u8),
+                }
+            }
+            let _ = decode_start(&b);
+            let _ = decode_hello(&b);
+            let _ = get_pool_error(&mut Reader(&b), 1);
+            let mut r = Reader(&b);
+            while !r.is_empty() && get_answer(&mut r, 1).is_ok() {}
+            let mut r = Reader(&b);
+            while !r.is_empty() && get_job(&mut r).is_ok() {}
         }
     }
 

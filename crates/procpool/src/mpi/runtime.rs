@@ -4,7 +4,8 @@
 //! MPI is initialized once, by [`crate::init`], at the `MPI_THREAD_SERIALIZED` level:
 //! every MPI call is made under the [`lock`] of this module, from whichever thread.
 //! `MPI_Finalize` runs at process exit (an `atexit` handler), after every agent was told
-//! to stop; a panic on the main thread ends the whole job with `MPI_Abort`.
+//! to stop (a panic unwinding out of rank 0's `main` takes that path too); a panic on an
+//! agent's main thread ends the whole job with `MPI_Abort`.
 
 use std::ffi::{c_int, c_void};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -38,6 +39,9 @@ pub(crate) struct Runtime {
 }
 
 static RUNTIME: OnceLock<Mutex<Runtime>> = OnceLock::new();
+
+/// This process's rank (-1 before MPI is initialized), readable without the lock.
+static RANK: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
 /// The runtime, if MPI was initialized (this process is a rank of a job).
 pub(crate) fn lock() -> Option<MutexGuard<'static, Runtime>> {
@@ -73,7 +77,8 @@ pub(crate) fn init() {
     std::mem::forget(universe);
     let world = mpi::topology::SimpleCommunicator::world();
     let (rank, size) = (world.rank(), world.size());
-    install_panic_hook();
+    RANK.store(rank, std::sync::atomic::Ordering::Relaxed);
+    install_panic_hook(rank);
     if threading < mpi::Threading::Serialized {
         eprintln!(
             "procpool: the MPI library offers no thread support beyond {threading:?}; \
@@ -224,9 +229,16 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// A panic on the main thread of any rank (the caller's `main`, an agent's loop) ends the
-/// job at once: unwinding through `main` into `MPI_Finalize` would hang every rank.
-fn install_panic_hook() {
+/// A panic on an agent's main thread (its loop) ends the job at once.
+fn install_panic_hook(rank: i32) {
+    if rank == 0 {
+        // Not on the caller's rank: a panic that `main` catches is the program's
+        // business, and one it does not catch unwinds out of `main` (dropping its
+        // pools, which stops the agents' pools) into the process's exit, where
+        // `at_exit` tells the agents to leave. Only an agent's loop must never unwind
+        // (into the user's `main`, which would go on as if it were rank 0).
+        return;
+    }
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         previous(info);
@@ -238,18 +250,8 @@ fn install_panic_hook() {
 
 /// Ends every rank of the job now (`MPI_Abort`), saying why on standard error.
 pub(crate) fn abort_job(code: c_int, why: &str) -> ! {
-    let rank = RUNTIME.get().map_or(-1, |m| {
-        // Another thread may hold the lock inside an MPI call; do not wait long for it.
-        let deadline = Instant::now() + Duration::from_millis(200);
-        loop {
-            match m.try_lock() {
-                Ok(g) => break g.rank,
-                Err(std::sync::TryLockError::Poisoned(g)) => break g.into_inner().rank,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-                Err(_) => break -1,
-            }
-        }
-    });
+    // Not from the runtime: another thread may hold its lock inside a long MPI call.
+    let rank = RANK.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("procpool: MPI rank {rank} is ending the job: {why} (MPI_Abort, code {code})");
     mpi::topology::SimpleCommunicator::world().abort(code)
 }
@@ -258,10 +260,7 @@ pub(crate) fn abort_job(code: c_int, why: &str) -> ! {
 /// stops every agent, then finalizes MPI. Bounded: past [`FINALIZE_TIMEOUT`] the process
 /// leaves without finalizing, which makes the launcher end the job.
 extern "C" fn at_exit() {
-    let Some(mut rt) = lock() else { return };
-    if rt.finalized {
-        return;
-    }
+    // Bounded from the start: another thread may hold the lock inside a long MPI call.
     std::thread::spawn(|| {
         std::thread::sleep(FINALIZE_TIMEOUT);
         eprintln!(
@@ -271,6 +270,10 @@ extern "C" fn at_exit() {
         // SAFETY: `_exit` ends the process; nothing of it is used after.
         unsafe { libc::_exit(70) };
     });
+    let Some(mut rt) = lock() else { return };
+    if rt.finalized {
+        return;
+    }
     let world = mpi::topology::SimpleCommunicator::world();
     let open = rt.pool_open;
     for r in 1..rt.size {
@@ -385,6 +388,16 @@ pub(crate) struct Outbox {
 // SAFETY: a request handle is an opaque value; the outbox is used under the runtime lock.
 unsafe impl Send for Outbox {}
 
+impl Drop for Outbox {
+    /// A message MPI may still read from is leaked, never freed under it (it does not
+    /// happen when the other side read everything, as at every orderly stop).
+    fn drop(&mut self) {
+        for (bytes, _) in self.pending.drain(..) {
+            std::mem::forget(bytes);
+        }
+    }
+}
+
 impl Outbox {
     /// Starts sending `bytes` (at most [`msg::MAX_MESSAGE`]) to `rank` with `tag`.
     pub(crate) fn send(&mut self, rank: i32, tag: i32, bytes: Vec<u8>) {
@@ -407,7 +420,7 @@ impl Outbox {
         self.pending.push((bytes, req));
     }
 
-    /// Drops the messages MPI has sent; whether some are still pending.
+    /// Drops the messages MPI is done with; whether some are still pending.
     pub(crate) fn progress(&mut self) -> bool {
         self.pending.retain_mut(|(_, req)| {
             let mut flag: c_int = 0;
@@ -416,5 +429,84 @@ impl Outbox {
             flag == 0
         });
         !self.pending.is_empty()
+    }
+}
+
+/// Messages received without blocking, so that a rank serves the messages after a large
+/// one while it arrives (64 MiB take seconds on a loaded host): an agent its next jobs,
+/// the caller's rank the other agents' answers.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    /// Buffer, request, source rank.
+    pending: Vec<(Vec<u8>, mpi::ffi::MPI_Request, i32)>,
+}
+
+// SAFETY: as for `Outbox`.
+unsafe impl Send for Inbox {}
+
+impl Inbox {
+    /// Starts receiving `message` (matched by a probe) of `len` bytes from `source`.
+    pub(crate) fn receive(
+        &mut self,
+        mut message: mpi::point_to_point::Message,
+        len: usize,
+        source: i32,
+    ) {
+        use mpi::raw::AsRawMut;
+        let mut buf = vec![0u8; len];
+        let mut req = std::mem::MaybeUninit::<mpi::ffi::MPI_Request>::uninit();
+        // SAFETY: the buffer lives in `pending` (its heap block does not move) until
+        // `MPI_Test` says the receive completed; `len` is the probed message's size (an
+        // MPI count, so it fits an `int`). MPI_Imrecv consumes the message handle (sets
+        // it to MPI_MESSAGE_NULL, which its drop expects).
+        let req = unsafe {
+            mpi::ffi::MPI_Imrecv(
+                buf.as_mut_ptr().cast::<c_void>(),
+                len as c_int,
+                mpi::ffi::RSMPI_UINT8_T,
+                message.as_raw_mut(),
+                req.as_mut_ptr(),
+            );
+            req.assume_init()
+        };
+        self.pending.push((buf, req, source));
+    }
+
+    /// The messages received in full since the last call, with their source.
+    pub(crate) fn take_done(&mut self) -> Vec<(Vec<u8>, i32)> {
+        let mut done = Vec::new();
+        let mut i = 0;
+        while i < self.pending.len() {
+            let mut flag: c_int = 0;
+            // SAFETY: a live request of ours; MPI_Test frees it when complete.
+            unsafe {
+                mpi::ffi::MPI_Test(
+                    &mut self.pending[i].1,
+                    &mut flag,
+                    mpi::ffi::RSMPI_STATUS_IGNORE,
+                )
+            };
+            if flag == 0 {
+                i += 1;
+            } else {
+                let (bytes, _, source) = self.pending.remove(i);
+                done.push((bytes, source));
+            }
+        }
+        done
+    }
+
+    /// Whether a message is still on its way.
+    pub(crate) fn busy(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
+
+impl Drop for Inbox {
+    /// As for `Outbox`: a buffer MPI may still write to is leaked, never freed under it.
+    fn drop(&mut self) {
+        for (bytes, ..) in self.pending.drain(..) {
+            std::mem::forget(bytes);
+        }
     }
 }

@@ -306,3 +306,5 @@ pub(crate) fn append(path: &str, i: u64) {
         .expect("open the log");
     f.write_all(format!("{i}\n").as_bytes()).expect("log");
 }
+
+pub(crate) mod mpi_job;
