@@ -109,8 +109,7 @@ impl PySource {
                     return self.fail_first(py, items, e);
                 }
                 // Send the good items before the bad one; the rest waits for the next job.
-                let rest = items.split_off(bad);
-                for x in rest.into_iter().rev() {
+                for x in items.into_iter().rev() {
                     self.ahead.push_front(x);
                 }
                 out.clear();
