@@ -13,7 +13,7 @@ use crate::errors;
 use crate::frame;
 use crate::launcher::TemplateLauncher;
 use crate::py;
-use crate::run::{POLL, Run};
+use crate::run::{POLL, Run, RunSpec};
 use crate::stream::Stream;
 
 /// Payload kind of a pool's initializer.
@@ -236,7 +236,14 @@ impl Engine {
         let fref = pickle_func(func)?;
         let hint = items.len().ok();
         let iter = items.try_iter()?.into_any().unbind();
-        self.open(|e| Run::new(e, iter, hint, fref, star, chunksize, ordered, timeout))
+        let spec = RunSpec {
+            func: fref,
+            star,
+            chunksize,
+            ordered,
+            timeout,
+        };
+        self.open(|e| Run::new(e, iter, hint, spec))
     }
 
     /// A stream of independent calls.

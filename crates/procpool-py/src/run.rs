@@ -166,6 +166,21 @@ struct State {
     cancel_sent: bool,
 }
 
+/// How a run calls its function.
+#[derive(Debug)]
+pub(crate) struct RunSpec {
+    /// The pickled function.
+    pub(crate) func: Arc<[u8]>,
+    /// `func(*item)` instead of `func(item)`.
+    pub(crate) star: bool,
+    /// Items per job (`None`: the engine's measured rule).
+    pub(crate) chunksize: Option<usize>,
+    /// Outcomes in input order.
+    pub(crate) ordered: bool,
+    /// Per-task time limit.
+    pub(crate) timeout: Option<Duration>,
+}
+
 /// An iterator of one call's outcomes: `(index, ok, value)`.
 #[pyclass(module = "procpool._core")]
 #[derive(Debug)]
@@ -180,12 +195,15 @@ impl Run {
         engine: &procpool_engine::Engine,
         iter: Py<PyAny>,
         hint: Option<usize>,
-        func: Arc<[u8]>,
-        star: bool,
-        chunksize: Option<usize>,
-        ordered: bool,
-        timeout: Option<Duration>,
+        spec: RunSpec,
     ) -> Self {
+        let RunSpec {
+            func,
+            star,
+            chunksize,
+            ordered,
+            timeout,
+        } = spec;
         let side = Arc::new(Mutex::new(Side::default()));
         let source = PySource {
             iter,

@@ -28,8 +28,11 @@ pub(crate) struct Stream {
     cancelled: AtomicBool,
     default_timeout: Option<Duration>,
     /// Pickled functions by identity (kept alive here), the latest last.
-    funcs: Mutex<Vec<(Py<PyAny>, Arc<[u8]>)>>,
+    funcs: Mutex<FuncCache>,
 }
+
+/// Pickled functions, each with the function it was made from.
+type FuncCache = Vec<(Py<PyAny>, Arc<[u8]>)>;
 
 /// Functions whose pickles are kept.
 const FUNC_CACHE: usize = 16;
