@@ -95,10 +95,12 @@ def _wrap_big(item):
     return item
 
 
-def dumps_items(items: list):
+def dumps_items(items: list, big: bool):
     """Pickles a chunk of items; raises what pickling the first bad item raises, with
-    ``.procpool_bad`` set to its position in the chunk."""
-    items = [_wrap_big(x) for x in items]
+    ``.procpool_bad`` set to its position in the chunk. ``big``: some items are (or hold)
+    large ``bytes``, to be sent out of band."""
+    if big:
+        items = [_wrap_big(x) for x in items]
     try:
         return dumps(items)
     except BaseException:
@@ -163,18 +165,19 @@ def encode_results(results: list, errors):
     return (MIXED,) + dumps_fast(out)
 
 
-def decode_results(start: int, kind: int, data, bufs) -> list:
-    """``[(index, ok, value), ...]`` from a job's result."""
+def decode_results(start: int, kind: int, data, bufs):
+    """``(True, [value, ...])`` when every item of a job succeeded, else
+    ``(False, [(index, ok, value), ...])``."""
     values = pickle.loads(data, buffers=bufs)
     if kind == ALL_OK:
-        return [(start + i, True, v) for i, v in enumerate(values)]
+        return True, values
     out = []
     for i, (ok, v) in enumerate(values):
         if ok:
             out.append((start + i, True, v))
         else:
             out.append((start + i, False, rebuild_error(v)))
-    return out
+    return False, out
 
 
 def fill(mv: memoryview, bufs) -> None:

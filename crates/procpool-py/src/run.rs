@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use procpool_engine::Recorder;
 use procpool_engine::{Feed, Limits, Piece, Pulled, RecvError, Reorder, Source, TaskErrorKind};
 use pyo3::exceptions::{PyStopIteration, PyTimeoutError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyIterator, PyList, PyTuple};
 
 use crate::errors;
 use crate::frame::{self, Frame, STAR};
@@ -32,7 +33,7 @@ struct Side {
 /// The run's items, pulled and pickled on demand (under the GIL, taken here).
 #[derive(Debug)]
 struct PySource {
-    iter: Py<PyAny>,
+    iter: Py<PyIterator>,
     star: bool,
     /// Items pulled but not yet sent (after a chunk that held a bad item).
     ahead: VecDeque<Py<PyAny>>,
@@ -62,8 +63,10 @@ impl PySource {
     fn fill_py(&mut self, py: Python<'_>, out: &mut Vec<u8>, limits: Limits) -> Pulled {
         let want = limits.items.max(1);
         let mut items = Vec::with_capacity(want.min(4096));
+        let mut big = false;
         while items.len() < want {
             if let Some(x) = self.ahead.pop_front() {
+                big |= is_big(x.bind(py));
                 items.push(x);
                 continue;
             }
@@ -87,7 +90,7 @@ impl PySource {
             return Pulled::End;
         }
         let list = PyList::new(py, &items).expect("a list");
-        let r = py::helper(py, "_pickle", "dumps_items").and_then(|d| d.call1((list,)));
+        let r = py::helper(py, "_pickle", "dumps_items").and_then(|d| d.call1((list, big)));
         match r {
             Ok(t) => {
                 let n = items.len() as u32;
@@ -138,6 +141,20 @@ impl PySource {
     }
 }
 
+/// Bytes at least this large go out of band (as `_pickle.OOB_MIN`).
+const OOB_MIN: usize = 64 * 1024;
+
+/// Whether an item is (or, as a tuple, holds) `bytes` large enough to go out of band.
+fn is_big(x: &Bound<'_, PyAny>) -> bool {
+    let big = |x: &Bound<'_, PyAny>| {
+        x.cast_exact::<PyBytes>()
+            .is_ok_and(|b| b.as_bytes().len() >= OOB_MIN)
+    };
+    big(x)
+        || x.cast_exact::<PyTuple>()
+            .is_ok_and(|t| t.iter().any(|y| big(&y)))
+}
+
 /// Frames a `(pickle, buffers)` pair from `_pickle` as a chunk's payload.
 fn encode_pickled(out: &mut Vec<u8>, t: &Bound<'_, PyAny>, n: u32, star: bool) -> PyResult<()> {
     let t = t.cast::<PyTuple>()?;
@@ -157,11 +174,74 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Outcomes decoded and not yet returned.
+#[derive(Debug)]
+pub(crate) enum Ready {
+    /// One `(index, ok, value)` tuple.
+    One(Py<PyAny>),
+    /// A list of such tuples; the next to return is at the index.
+    Many(Py<PyList>, usize),
+    /// The results of a job whose items all succeeded, from item `start`; the next to
+    /// return is `values[pos]`.
+    Values {
+        start: u64,
+        values: Py<PyList>,
+        pos: usize,
+    },
+}
+
+/// Takes the next outcome tuple from `ready`.
+pub(crate) fn pop_ready(
+    py: Python<'_>,
+    ready: &mut VecDeque<Ready>,
+) -> PyResult<Option<Py<PyAny>>> {
+    loop {
+        match ready.front_mut() {
+            None => return Ok(None),
+            Some(Ready::One(_)) => {
+                let Some(Ready::One(t)) = ready.pop_front() else {
+                    unreachable!("looked at above")
+                };
+                return Ok(Some(t));
+            }
+            Some(Ready::Many(list, pos)) => {
+                let list = list.bind(py);
+                if *pos >= list.len() {
+                    ready.pop_front();
+                    continue;
+                }
+                *pos += 1;
+                return Ok(Some(list.get_item(*pos - 1)?.unbind()));
+            }
+            Some(Ready::Values { start, values, pos }) => {
+                let list = values.bind(py);
+                if *pos >= list.len() {
+                    ready.pop_front();
+                    continue;
+                }
+                let v = list.get_item(*pos)?;
+                let i = *start + *pos as u64;
+                *pos += 1;
+                let t = PyTuple::new(
+                    py,
+                    [
+                        i.into_pyobject(py)?.into_any(),
+                        true.into_pyobject(py)?.to_owned().into_any(),
+                        v,
+                    ],
+                )?;
+                return Ok(Some(t.into_any().unbind()));
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct State {
     feed: Feed<PySource>,
     reorder: Option<Reorder<Piece>>,
-    ready: VecDeque<Py<PyAny>>,
+    ready: VecDeque<Ready>,
+    recorder: Recorder,
     ended: bool,
     cancel_sent: bool,
 }
@@ -193,7 +273,7 @@ pub(crate) struct Run {
 impl Run {
     pub(crate) fn new(
         engine: &procpool_engine::Engine,
-        iter: Py<PyAny>,
+        iter: Py<PyIterator>,
         hint: Option<usize>,
         spec: RunSpec,
     ) -> Self {
@@ -218,6 +298,7 @@ impl Run {
         feed.keep_open();
         Run {
             state: Mutex::new(State {
+                recorder: feed.recorder(),
                 feed,
                 reorder: ordered.then(Reorder::default),
                 ready: VecDeque::new(),
@@ -245,7 +326,7 @@ impl Run {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut st = self.state(py);
         loop {
-            if let Some(t) = st.ready.pop_front() {
+            if let Some(t) = pop_ready(py, &mut st.ready)? {
                 return Ok(t);
             }
             if self.cancelled.load(Ordering::Relaxed) && !st.cancel_sent {
@@ -289,7 +370,7 @@ impl Run {
     }
 }
 
-/// Turns a finished piece into outcome tuples.
+/// Turns a finished piece into outcomes.
 fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyResult<()> {
     let Piece {
         start,
@@ -299,8 +380,19 @@ fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyRes
     } = p;
     match &done.outcome {
         Ok(bytes) => {
-            let outs = decode_result(py, start, count, bytes)?;
-            st.ready.extend(outs);
+            let (ready, failed) = decode_result(py, start, count, bytes)?;
+            let raised = TaskErrorKind::Panic {
+                message: String::new(),
+                location: None,
+                backtrace: None,
+            };
+            st.recorder.record(
+                done.pid,
+                done.nanos,
+                u64::from(count) - failed as u64,
+                (0..failed).map(|_| Some(&raised)),
+            );
+            st.ready.push_back(ready);
         }
         Err(e) => {
             let bad = if matches!(e.kind(), TaskErrorKind::Codec { .. }) {
@@ -308,20 +400,15 @@ fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyRes
             } else {
                 None
             };
+            st.recorder
+                .record(done.pid, done.nanos, 0, (0..count).map(|_| Some(e.kind())));
             for i in 0..u64::from(count) {
                 let exc = match &bad {
                     Some(b) if i == 0 => b.bind(py).clone(),
                     _ => errors::task_error(py, e),
                 };
-                let t = PyTuple::new(
-                    py,
-                    [
-                        (start + i).into_pyobject(py)?.into_any(),
-                        false.into_pyobject(py)?.to_owned().into_any(),
-                        exc,
-                    ],
-                )?;
-                st.ready.push_back(t.into_any().unbind());
+                st.ready
+                    .push_back(Ready::One(failed_tuple(py, start + i, exc)?));
             }
         }
     }
@@ -331,14 +418,32 @@ fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyRes
     Ok(())
 }
 
-/// `[(index, ok, value), ...]` from a job's result bytes.
+/// `(index, False, exc)`.
+pub(crate) fn failed_tuple(
+    py: Python<'_>,
+    index: u64,
+    exc: Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    Ok(PyTuple::new(
+        py,
+        [
+            index.into_pyobject(py)?.into_any(),
+            false.into_pyobject(py)?.to_owned().into_any(),
+            exc,
+        ],
+    )?
+    .into_any()
+    .unbind())
+}
+
+/// A job's result bytes as outcomes, and how many of its items failed.
 pub(crate) fn decode_result(
     py: Python<'_>,
     start: u64,
     count: u32,
     bytes: &[u8],
-) -> PyResult<Vec<Py<PyAny>>> {
-    let bad = |message: String| -> PyResult<Vec<Py<PyAny>>> {
+) -> PyResult<(Ready, usize)> {
+    let bad = |message: String| -> PyResult<(Ready, usize)> {
         let e = py::error(
             py,
             "PoolError",
@@ -346,20 +451,11 @@ pub(crate) fn decode_result(
                 "a worker sent a result that cannot be read: {message}"
             ),),
         );
-        (0..u64::from(count))
-            .map(|i| {
-                Ok(PyTuple::new(
-                    py,
-                    [
-                        (start + i).into_pyobject(py)?.into_any(),
-                        false.into_pyobject(py)?.to_owned().into_any(),
-                        e.clone(),
-                    ],
-                )?
-                .into_any()
-                .unbind())
-            })
-            .collect()
+        let list = PyList::empty(py);
+        for i in 0..u64::from(count) {
+            list.append(failed_tuple(py, start + i, e.clone())?)?;
+        }
+        Ok((Ready::Many(list.unbind(), 0), count as usize))
     };
     let f = match Frame::parse(bytes) {
         Ok(f) => f,
@@ -369,15 +465,36 @@ pub(crate) fn decode_result(
     let r = py::helper(py, "_pickle", "decode_results")
         .and_then(|d| d.call1((start, f.kind, &mv, f.py_bufs(py))));
     py::release(&mv);
-    let list = match r {
-        Ok(l) => l,
+    let r = match r {
+        Ok(r) => r,
         Err(e) => return bad(e.to_string()),
     };
-    let list = list.cast::<PyList>()?;
+    let (all_ok, list): (bool, Bound<'_, PyList>) = match r.extract() {
+        Ok(x) => x,
+        Err(e) => return bad(e.to_string()),
+    };
     if list.len() != count as usize {
         return bad(format!("{} outcomes for {count} items", list.len()));
     }
-    Ok(list.iter().map(Bound::unbind).collect())
+    if all_ok {
+        return Ok((
+            Ready::Values {
+                start,
+                values: list.unbind(),
+                pos: 0,
+            },
+            0,
+        ));
+    }
+    let failed = list
+        .iter()
+        .filter(|t| {
+            t.get_item(1)
+                .and_then(|ok| ok.is_truthy())
+                .is_ok_and(|ok| !ok)
+        })
+        .count();
+    Ok((Ready::Many(list.unbind(), 0), failed))
 }
 
 #[pymethods]
