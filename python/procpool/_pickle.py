@@ -113,6 +113,11 @@ def dumps_items(items: list, big: bool):
         raise
 
 
+def dumps_plain(items: list):
+    """Pickles a chunk of plain items (numbers, strings, small bytes, tuples of them)."""
+    return pickle.dumps(items, protocol=5), ()
+
+
 def dumps_call(args, kwds):
     """Pickles one call's arguments."""
     return dumps((tuple(_wrap_big(x) for x in args), kwds or {}))

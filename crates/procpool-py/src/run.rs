@@ -64,9 +64,11 @@ impl PySource {
         let want = limits.items.max(1);
         let mut items = Vec::with_capacity(want.min(4096));
         let mut big = false;
+        let mut plain = true;
         while items.len() < want {
             if let Some(x) = self.ahead.pop_front() {
                 big |= is_big(x.bind(py));
+                plain &= is_plain(x.bind(py));
                 items.push(x);
                 continue;
             }
@@ -90,7 +92,13 @@ impl PySource {
             return Pulled::End;
         }
         let list = PyList::new(py, &items).expect("a list");
-        let r = py::helper(py, "_pickle", "dumps_items").and_then(|d| d.call1((list, big)));
+        let r = if plain && !big {
+            // Numbers, strings and small bytes (and tuples of them): the standard
+            // pickler, in C, with nothing by value and no buffers.
+            py::helper(py, "_pickle", "dumps_plain").and_then(|d| d.call1((list,)))
+        } else {
+            py::helper(py, "_pickle", "dumps_items").and_then(|d| d.call1((list, big)))
+        };
         match r {
             Ok(t) => {
                 let n = items.len() as u32;
@@ -153,6 +161,23 @@ fn is_big(x: &Bound<'_, PyAny>) -> bool {
     big(x)
         || x.cast_exact::<PyTuple>()
             .is_ok_and(|t| t.iter().any(|y| big(&y)))
+}
+
+/// Whether an item is a number, a string, bytes or `None`, or a tuple of those: what the
+/// standard pickler takes as it is.
+fn is_plain(x: &Bound<'_, PyAny>) -> bool {
+    use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
+    let atom = |x: &Bound<'_, PyAny>| {
+        x.is_none()
+            || x.is_exact_instance_of::<PyInt>()
+            || x.is_exact_instance_of::<PyFloat>()
+            || x.is_exact_instance_of::<PyString>()
+            || x.is_exact_instance_of::<PyBytes>()
+            || x.is_exact_instance_of::<PyBool>()
+    };
+    atom(x)
+        || x.cast_exact::<PyTuple>()
+            .is_ok_and(|t| t.iter().all(|y| atom(&y)))
 }
 
 /// Frames a `(pickle, buffers)` pair from `_pickle` as a chunk's payload.
