@@ -96,21 +96,21 @@ def _wrap_big(item):
 
 
 def dumps_items(items: list, big: bool):
-    """Pickles a chunk of items; raises what pickling the first bad item raises, with
-    ``.procpool_bad`` set to its position in the chunk. ``big``: some items are (or hold)
-    large ``bytes``, to be sent out of band."""
+    """Pickles a chunk of items: ``(pickle, buffers)``, or, when an item cannot be
+    pickled, ``(None, its position in the chunk, the error)``. ``big``: some items are
+    (or hold) large ``bytes``, to be sent out of band."""
     if big:
         items = [_wrap_big(x) for x in items]
     try:
         return dumps(items)
-    except BaseException:
-        for i, x in enumerate(items):
-            try:
-                dumps(x)
-            except BaseException as e:
-                e.procpool_bad = i
-                raise
-        raise
+    except Exception as e:
+        first = e
+    for i, x in enumerate(items):
+        try:
+            dumps(x)
+        except Exception as e:
+            return None, i, e
+    return None, 0, first
 
 
 def dumps_plain(items: list):

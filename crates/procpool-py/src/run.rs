@@ -75,14 +75,14 @@ impl PySource {
             if self.ended {
                 break;
             }
-            match self
-                .iter
-                .bind(py)
-                .call_method0(pyo3::intern!(py, "__next__"))
-            {
-                Ok(x) => items.push(x.unbind()),
-                Err(e) if e.is_instance_of::<PyStopIteration>(py) => self.ended = true,
-                Err(e) => {
+            match self.iter.bind(py).clone().next() {
+                Some(Ok(x)) => {
+                    big |= is_big(&x);
+                    plain &= is_plain(&x);
+                    items.push(x.unbind());
+                }
+                None => self.ended = true,
+                Some(Err(e)) => {
                     self.ended = true;
                     lock(&self.side).input_error = Some(e);
                 }
@@ -99,8 +99,18 @@ impl PySource {
         } else {
             py::helper(py, "_pickle", "dumps_items").and_then(|d| d.call1((list, big)))
         };
-        match r {
-            Ok(t) => {
+        let t = match r {
+            Ok(t) => t,
+            Err(e) => return self.fail_first(py, items, e),
+        };
+        let failed =
+            t.get_item(0)
+                .is_ok_and(|d| d.is_none())
+                .then(|| -> PyResult<(usize, PyErr)> {
+                    Ok((t.get_item(1)?.extract()?, PyErr::from_value(t.get_item(2)?)))
+                });
+        match failed {
+            None => {
                 let n = items.len() as u32;
                 match encode_pickled(out, &t, n, self.star) {
                     Ok(()) => {
@@ -110,15 +120,8 @@ impl PySource {
                     Err(e) => self.fail_first(py, items, e),
                 }
             }
-            Err(e) => {
-                let bad = e
-                    .value(py)
-                    .getattr("procpool_bad")
-                    .and_then(|b| b.extract::<usize>())
-                    .unwrap_or(0);
-                if bad == 0 {
-                    return self.fail_first(py, items, e);
-                }
+            Some(Err(e)) | Some(Ok((0, e))) => self.fail_first(py, items, e),
+            Some(Ok((bad, _))) => {
                 // Send the good items before the bad one; the rest waits for the next job.
                 for x in items.into_iter().rev() {
                     self.ahead.push_front(x);
