@@ -88,6 +88,17 @@ def test_run_ordered_unordered_and_star(engine):
     assert list(engine.run(double, [])) == []
 
 
+def test_collect_drains_an_ordered_run(engine):
+    values, failures = engine.run(fail_on_three, range(10), chunksize=4).collect()
+    assert values == [None if i == 3 else i for i in range(10)]
+    assert [(i, type(e)) for i, e in failures] == [(3, ValueError)]
+    run = engine.run(double, range(5))
+    assert next(run) == (0, True, 0)
+    assert run.collect() == ([2, 4, 6, 8], [])
+    with pytest.raises(ValueError):
+        engine.run(double, [1], ordered=False).collect()
+
+
 def test_lambdas_and_closures_go_by_value(engine):
     k = 5
     assert [v for _, _, v in engine.run(lambda x: x + k, range(4))] == [5, 6, 7, 8]
@@ -266,7 +277,7 @@ def test_create_close_cycles_leak_nothing():
     e.join()
     base_children = children()
     base_fds = len(os.listdir("/proc/self/fd"))
-    base_threads = threading.active_count(), len(os.listdir("/proc/self/task"))
+    base_threads = len(os.listdir("/proc/self/task"))
     for i in range(200):
         e = _core.Engine(2)
         if i % 2:
@@ -279,9 +290,9 @@ def test_create_close_cycles_leak_nothing():
     assert not left
     assert len(os.listdir("/proc/self/fd")) == base_fds
     deadline = time.monotonic() + 10
-    while len(os.listdir("/proc/self/task")) > base_threads[1] and time.monotonic() < deadline:
+    while len(os.listdir("/proc/self/task")) > base_threads and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert (threading.active_count(), len(os.listdir("/proc/self/task"))) == base_threads
+    assert len(os.listdir("/proc/self/task")) <= base_threads
 
 
 SCRIPT = textwrap.dedent(
