@@ -167,6 +167,19 @@ def test_input_error_raises_after_the_items_before(engine):
     assert got == [(0, True, 2), (1, True, 4)]
 
 
+def test_keyboard_interrupt_from_the_input_is_raised_before_running_tasks_end(engine):
+    def gen():
+        yield 0.0
+        yield 30.0
+        raise KeyboardInterrupt
+
+    run = engine.run(sleep_then, gen(), chunksize=1)
+    with pytest.raises(KeyboardInterrupt):
+        while True:
+            run.next(timeout=10)  # a TimeoutError if it waited for the 30 s task
+    run.cancel()
+
+
 def test_stream_and_cancel(engine):
     s = engine.stream()
     tags = [s.submit(divmod, (7, i + 1)) for i in range(5)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use procpool_engine::Recorder;
 use procpool_engine::{Feed, Limits, Piece, Pulled, RecvError, Reorder, Source, TaskErrorKind};
-use pyo3::exceptions::{PyStopIteration, PyTimeoutError};
+use pyo3::exceptions::{PyException, PyStopIteration, PyTimeoutError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyIterator, PyList, PyTuple};
 
@@ -28,6 +28,9 @@ struct Side {
     bad: HashMap<u64, Py<PyAny>>,
     /// The input iterator raised this.
     input_error: Option<PyErr>,
+    /// Raised while pulling or pickling input and not an `Exception`
+    /// (`KeyboardInterrupt`, `SystemExit`): raised to the caller at once.
+    urgent: Option<PyErr>,
 }
 
 /// The run's items, pulled and pickled on demand (under the GIL, taken here).
@@ -84,7 +87,12 @@ impl PySource {
                 None => self.ended = true,
                 Some(Err(e)) => {
                     self.ended = true;
-                    lock(&self.side).input_error = Some(e);
+                    let mut side = lock(&self.side);
+                    if e.is_instance_of::<PyException>(py) {
+                        side.input_error = Some(e);
+                    } else {
+                        side.urgent = Some(e);
+                    }
                 }
             }
         }
@@ -141,6 +149,13 @@ impl PySource {
 
     /// The first of `items` fails with `e`; the others wait for the next job.
     fn fail_first(&mut self, py: Python<'_>, items: Vec<Py<PyAny>>, e: PyErr) -> Pulled {
+        if !e.is_instance_of::<PyException>(py) {
+            // Ctrl-C while pickling: the caller gets it now; no more input.
+            self.ended = true;
+            self.ahead.clear();
+            lock(&self.side).urgent = Some(e);
+            return Pulled::End;
+        }
         for x in items.into_iter().skip(1).rev() {
             self.ahead.push_front(x);
         }
@@ -372,6 +387,9 @@ impl Run {
         deadline: Option<Instant>,
     ) -> PyResult<bool> {
         loop {
+            if let Some(e) = lock(&self.side).urgent.take() {
+                return Err(e);
+            }
             if !st.ready.is_empty() {
                 return Ok(true);
             }
