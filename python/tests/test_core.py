@@ -138,6 +138,40 @@ def test_sigkill_mid_task_fails_that_task_and_the_run_goes_on(engine):
     assert list(engine.run(double, range(5))) == [(i, True, 2 * i) for i in range(5)]
 
 
+def exit_with(code):
+    os._exit(code)
+
+
+def test_os_exit_in_a_task_names_the_exit_code(engine):
+    out = list(engine.run(exit_with, [3]))
+    e = out[0][2]
+    assert isinstance(e, WorkerDied) and e.exitcode == 3 and e.signal is None
+    assert "exited with code 3" in str(e)
+
+
+def test_terminate_during_a_run_ends_it_with_pool_errors():
+    e = _core.Engine(2)
+    run = e.run(sleep_then, [30.0] * 4, chunksize=1)
+    threading.Timer(0.5, e.terminate).start()
+    out = [run.next(timeout=20) for _ in range(4)]
+    assert all(not ok and isinstance(v, PoolError) for _, ok, v in out)
+    with pytest.raises(StopIteration):
+        run.next(timeout=20)
+    assert e.join(timeout=20)
+
+
+def test_join_times_out_while_work_runs_then_terminate_ends_it():
+    e = _core.Engine(1)
+    s = e.stream()
+    s.submit(sleep_then, (30,))
+    time.sleep(0.3)
+    e.close()
+    assert e.join(timeout=0.2) is False
+    e.terminate()
+    assert e.join(timeout=20)
+    assert not wait_gone(set(e.pids()))
+
+
 def test_timeout_kills_the_task(engine):
     out = list(engine.run(sleep_then, [30.0, 0.0], timeout=0.3))
     assert isinstance(out[0][2], TaskTimeoutError) and out[0][2].timeout == pytest.approx(0.3)
