@@ -238,6 +238,15 @@ def test_stream_and_cancel(engine):
         s2.next()
 
 
+def test_stream_next_waits_for_a_later_submit_from_another_thread(engine):
+    s = engine.stream()
+    threading.Timer(0.2, lambda: s.submit(double, (21,))).start()
+    assert s.next(timeout=20) == (0, True, 42)
+    threading.Timer(0.2, s.close).start()
+    with pytest.raises(StopIteration):
+        s.next(timeout=20)
+
+
 def test_run_cancel_ends_iteration(engine):
     run = engine.run(sleep_then, [30.0] * 4, chunksize=1)
     time.sleep(0.3)
