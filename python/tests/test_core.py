@@ -113,22 +113,29 @@ def test_one_bad_item_fails_alone_with_remote_traceback(engine):
     assert "fail_on_three" in str(e.__cause__)
 
 
-def test_sigkill_mid_task_fails_that_task_and_the_run_goes_on(engine):
-    run = engine.run(sleep_then, [0.0, 30.0, 0.0, 0.0], chunksize=1, ordered=False)
-    first = run.next(timeout=20)
+def sleep_marked(arg):
+    """Sleeps; a long sleep first writes its worker's pid to `path`."""
+    path, secs = arg
+    if secs > 1:
+        with open(path + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(path + ".tmp", path)
+    time.sleep(secs)
+    return secs
+
+
+def test_sigkill_mid_task_fails_that_task_and_the_run_goes_on(engine, tmp_path):
+    mark = str(tmp_path / "pid")
+    items = [(mark, s) for s in (0.0, 30.0, 0.0, 0.0)]
+    run = engine.run(sleep_marked, items, chunksize=1, ordered=False)
+    first = run.next(timeout=20)  # a run is lazy: this submits its jobs
     assert first[1]
-    # The worker running the 30 s task is the one still busy: kill both until it dies.
     deadline = time.monotonic() + 20
-    killed = None
-    while killed is None and time.monotonic() < deadline:
-        for pid in engine.pids():
-            with open(f"/proc/{pid}/wchan") as f:
-                if f.read() in ("hrtimer_nanosleep", "do_nanosleep", "clock_nanosleep"):
-                    os.kill(pid, signal.SIGKILL)
-                    killed = pid
-                    break
-        time.sleep(0.02)
-    assert killed is not None
+    while not os.path.exists(mark) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open(mark) as f:
+        killed = int(f.read())
+    os.kill(killed, signal.SIGKILL)
     rest = [run.next(timeout=20) for _ in range(3)]
     dead = [o for o in rest if not o[1]]
     assert len(dead) == 1 and dead[0][0] == 1
@@ -173,8 +180,9 @@ def test_join_times_out_while_work_runs_then_terminate_ends_it():
 
 
 def test_timeout_kills_the_task(engine):
-    out = list(engine.run(sleep_then, [30.0, 0.0], timeout=0.3))
-    assert isinstance(out[0][2], TaskTimeoutError) and out[0][2].timeout == pytest.approx(0.3)
+    # The limit covers loading the function too (a fresh worker imports this module).
+    out = list(engine.run(sleep_then, [30.0, 0.0], timeout=3))
+    assert isinstance(out[0][2], TaskTimeoutError) and out[0][2].timeout == pytest.approx(3)
     assert out[1] == (1, True, 0.0)
 
 
