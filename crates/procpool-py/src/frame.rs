@@ -145,3 +145,59 @@ pub(crate) fn encode(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, count: u32, pickle: &[u8], bufs: &[(&[u8], bool)]) -> Vec<u8> {
+        let mut out = vec![kind, STAR, 0, 0];
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&(bufs.len() as u32).to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&(pickle.len() as u64).to_le_bytes());
+        for (b, is_bytes) in bufs {
+            let flag = if *is_bytes { BYTES } else { 0 };
+            out.extend_from_slice(&(b.len() as u64 | flag).to_le_bytes());
+        }
+        out.extend_from_slice(pickle);
+        for (b, _) in bufs {
+            out.extend_from_slice(b);
+        }
+        out
+    }
+
+    #[test]
+    fn parses_what_it_is_given() {
+        let b = frame(
+            1,
+            7,
+            b"pickle",
+            &[(b"abc", false), (b"", true), (b"zz", true)],
+        );
+        let f = Frame::parse(&b).unwrap();
+        assert_eq!((f.kind, f.flags, f.count), (1, STAR, 7));
+        assert_eq!(f.pickle, b"pickle");
+        assert_eq!(
+            f.bufs,
+            vec![(&b"abc"[..], false), (&b""[..], true), (&b"zz"[..], true)]
+        );
+    }
+
+    #[test]
+    fn refuses_lengths_past_the_end_and_short_frames() {
+        let good = frame(0, 1, b"pickle", &[(b"abc", false)]);
+        for cut in 0..good.len() {
+            assert!(Frame::parse(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut huge = good.clone();
+        huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(Frame::parse(&huge).is_err());
+        let mut many = good.clone();
+        many[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Frame::parse(&many).is_err());
+        let mut buf = good;
+        buf[24..32].copy_from_slice(&(u64::MAX >> 1).to_le_bytes());
+        assert!(Frame::parse(&buf).is_err());
+    }
+}
