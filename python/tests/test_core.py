@@ -156,6 +156,38 @@ def test_os_exit_in_a_task_names_the_exit_code(engine):
     assert "exited with code 3" in str(e)
 
 
+def exit_in_task(code):
+    sys.exit(code)
+
+
+def test_system_exit_in_a_task_ends_its_worker_only(engine):
+    out = list(engine.run(exit_in_task, [4]))
+    assert isinstance(out[0][2], WorkerDied) and out[0][2].exitcode == 4
+    assert list(engine.run(double, [1, 2])) == [(0, True, 2), (1, True, 4)]
+
+
+def die_once(path):
+    """Kills its worker the first time (marks `path`), then succeeds."""
+    if not os.path.exists(path):
+        open(path, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "second try"
+
+
+def test_retries_run_a_task_again_after_its_worker_died(tmp_path):
+    e = _core.Engine(1, retries=1)
+    try:
+        assert list(e.run(die_once, [str(tmp_path / "m")])) == [(0, True, "second try")]
+    finally:
+        e.terminate()
+    e = _core.Engine(1)
+    try:
+        (_, ok, err), = e.run(die_once, [str(tmp_path / "n")])
+        assert not ok and isinstance(err, WorkerDied) and err.signal == signal.SIGKILL
+    finally:
+        e.terminate()
+
+
 def test_terminate_during_a_run_ends_it_with_pool_errors():
     e = _core.Engine(2)
     run = e.run(sleep_then, [30.0] * 4, chunksize=1)
