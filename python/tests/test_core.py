@@ -199,6 +199,19 @@ def test_terminate_during_a_run_ends_it_with_pool_errors():
     assert e.join(timeout=20)
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+def test_join_runs_the_work_of_a_run_nobody_iterates(ordered):
+    e = _core.Engine(2)
+    # More jobs than the engine keeps in flight: the rest is pulled during the join.
+    run = e.run(double, range(6000), chunksize=1, ordered=ordered)
+    assert next(run)[1]
+    e.close()
+    assert e.join(timeout=60)
+    rest = sorted(run)
+    assert len(rest) == 5999 and all(ok for _, ok, _ in rest)
+    assert e.pids() == []
+
+
 def test_join_times_out_while_work_runs_then_terminate_ends_it():
     e = _core.Engine(1)
     s = e.stream()
