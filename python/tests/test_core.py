@@ -379,6 +379,20 @@ def test_a_new_worker_replaces_a_killed_one(engine):
     assert len(engine.pids()) == 2 and set(engine.pids()) != before
 
 
+def test_a_dead_template_is_started_again():
+    e = _core.Engine(1)
+    (template,) = children() - set(e.pids())
+    os.kill(template, signal.SIGKILL)
+    e.terminate()
+    e = _core.Engine(2)
+    try:
+        assert list(e.run(double, [1, 2])) == [(0, True, 2), (1, True, 4)]
+        (new,) = children() - set(e.pids())
+        assert new != template
+    finally:
+        e.terminate()
+
+
 def test_create_close_cycles_leak_nothing():
     # The template process lives as long as this process: start it first.
     e = _core.Engine(1)
