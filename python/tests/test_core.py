@@ -188,6 +188,23 @@ def test_retries_run_a_task_again_after_its_worker_died(tmp_path):
         e.terminate()
 
 
+def die_on_five(x):
+    if x == 5:
+        os._exit(3)
+    return x * x
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_death_inside_a_chunk_fails_only_its_item(engine, ordered):
+    got = sorted(engine.run(die_on_five, range(20), chunksize=10, ordered=ordered))
+    assert [i for i, _, _ in got] == list(range(20))
+    for i, ok, v in got:
+        if i == 5:
+            assert not ok and isinstance(v, WorkerDied) and v.exitcode == 3
+        else:
+            assert (ok, v) == (True, i * i)
+
+
 def test_terminate_during_a_run_ends_it_with_pool_errors():
     e = _core.Engine(2)
     run = e.run(sleep_then, [30.0] * 4, chunksize=1)

@@ -435,9 +435,12 @@ impl Run {
             let feed = &mut st.feed;
             let got = py.detach(|| feed.recv_timeout(held, wait));
             match got {
-                Ok(Some(p)) => match st.reorder.as_mut() {
-                    Some(r) => r.insert(p.start, p.count, p.bytes(), p),
-                    None => decode(py, st, &self.side, p)?,
+                Ok(Some(p)) => match split_if_died(st, p) {
+                    None => {}
+                    Some(p) => match st.reorder.as_mut() {
+                        Some(r) => r.insert(p.start, p.count, p.bytes(), p),
+                        None => decode(py, st, &self.side, p)?,
+                    },
                 },
                 Ok(None) => st.ended = true,
                 Err(RecvError::Timeout | RecvError::Empty) => {
@@ -478,14 +481,74 @@ pub(crate) fn pump(state: &Mutex<State>) {
     while !st.ended {
         let held = st.reorder.as_ref().map_or(0, Reorder::bytes);
         match st.feed.recv_timeout(held, Duration::ZERO) {
-            Ok(Some(p)) => match st.reorder.as_mut() {
-                Some(r) => r.insert(p.start, p.count, p.bytes(), p),
-                None => st.parked.push_back(p),
+            Ok(Some(p)) => match split_if_died(&mut st, p) {
+                None => {}
+                Some(p) => match st.reorder.as_mut() {
+                    Some(r) => r.insert(p.start, p.count, p.bytes(), p),
+                    None => st.parked.push_back(p),
+                },
             },
             Ok(None) => st.ended = true,
             Err(_) => break,
         }
     }
+}
+
+/// A chunk whose worker died (or that ran past its time limit) is sent again item by
+/// item, so that only the item that kills its worker fails: its piece is used up here
+/// (`None`). The items that ran before it in the chunk run again. Any other piece is
+/// given back.
+fn split_if_died(st: &mut State, p: Piece) -> Option<Piece> {
+    let died = matches!(
+        &p.done.outcome,
+        Err(e) if matches!(
+            e.kind(),
+            TaskErrorKind::WorkerDied { .. }
+                | TaskErrorKind::TimedOut { .. }
+                | TaskErrorKind::Protocol { .. }
+        )
+    );
+    if !died || p.count <= 1 {
+        return Some(p);
+    }
+    let parts = {
+        let payload = p.payload.as_ref()?;
+        Python::attach(|py| split_chunk(py, payload)).ok()?
+    };
+    if parts.len() != p.count as usize {
+        return Some(p);
+    }
+    for (i, part) in parts.into_iter().enumerate() {
+        st.feed.resubmit(p.start + i as u64, 1, part);
+    }
+    if let Some(payload) = p.payload {
+        st.feed.give_back(payload);
+    }
+    None
+}
+
+/// A chunk's payload split into payloads of one item each.
+fn split_chunk(py: Python<'_>, payload: &[u8]) -> PyResult<Vec<Vec<u8>>> {
+    let f = Frame::parse(payload).map_err(pyo3::exceptions::PyValueError::new_err)?;
+    let mv = py::memoryview(py, f.pickle)?;
+    let r = py::helper(py, "_pickle", "split_items").and_then(|s| s.call1((&mv, f.py_bufs(py))));
+    py::release(&mv);
+    let mut out = Vec::new();
+    for t in r?.try_iter()? {
+        let t = t?;
+        let t = t.cast::<PyTuple>()?;
+        let mut part = Vec::new();
+        frame::encode(
+            &mut part,
+            CHUNK,
+            f.flags,
+            1,
+            t.get_item(0)?.cast::<PyBytes>()?,
+            &t.get_item(1)?,
+        )?;
+        out.push(part);
+    }
+    Ok(out)
 }
 
 /// Turns a finished piece into outcomes.
