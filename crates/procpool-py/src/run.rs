@@ -377,6 +377,9 @@ impl Run {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut st = self.state(py);
         loop {
+            if self.cancelled.load(Ordering::Relaxed) && !st.cancel_sent {
+                cancel_now(&mut st);
+            }
             if let Some(t) = pop_ready(py, &mut st.ready)? {
                 return Ok(t);
             }
@@ -398,17 +401,11 @@ impl Run {
             if let Some(e) = lock(&self.side).urgent.take() {
                 return Err(e);
             }
+            if self.cancelled.load(Ordering::Relaxed) && !st.cancel_sent {
+                cancel_now(st);
+            }
             if !st.ready.is_empty() {
                 return Ok(true);
-            }
-            if self.cancelled.load(Ordering::Relaxed) && !st.cancel_sent {
-                st.cancel_sent = true;
-                st.ended = true;
-                st.parked.clear();
-                if let Some(r) = &mut st.reorder {
-                    *r = Reorder::default();
-                }
-                st.feed.cancel();
             }
             // Pieces already here (received by a `pump`, or in order now) come first.
             if let Some(r) = st.reorder.as_mut()
@@ -467,6 +464,19 @@ fn collect_one(
         values.append(values.py().None())?;
         failures.append((i, v))
     }
+}
+
+/// Ends a run now: outcomes not yet returned are dropped, jobs not started too, and
+/// the workers running its jobs are killed.
+fn cancel_now(st: &mut State) {
+    st.cancel_sent = true;
+    st.ended = true;
+    st.ready.clear();
+    st.parked.clear();
+    if let Some(r) = &mut st.reorder {
+        *r = Reorder::default();
+    }
+    st.feed.cancel();
 }
 
 /// Moves a run along without its consumer, while its engine is being joined: pulls
@@ -743,11 +753,8 @@ impl Run {
         if let Ok(mut st) = self.state.try_lock()
             && !st.cancel_sent
         {
-            st.cancel_sent = true;
-            st.ended = true;
-            st.ready.clear();
-            let feed = &mut st.feed;
-            py.detach(|| feed.cancel());
+            let st = &mut *st;
+            py.detach(|| cancel_now(st));
         }
     }
 }
