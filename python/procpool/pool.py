@@ -309,15 +309,15 @@ def _collect(run, source, length):
 
 
 def _serve_map(core, run, source, length, result):
+    """Result thread of one map_async: settles its MapResult once every task is done."""
     try:
         ok, value = _collect(run, source, length)
     except Exception as exc:  # the engine failed mid-run
         ok, value = False, exc
-    finally:
-        core.end_run(run)
-        with core.lock:
-            core.threads.discard(threading.current_thread())
+    core.end_run(run)
     result._set(ok, value)
+    with core.lock:
+        core.threads.discard(threading.current_thread())
 
 
 # ---------------------------------------------------------------------------
