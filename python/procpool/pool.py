@@ -606,9 +606,9 @@ class Pool:
             "pool objects cannot be passed between processes or pickled"
         )
 
-    def __del__(self, _warn=warnings.warn, RUN=RUN):
+    def __del__(self, _warn=warnings.warn):
         core = getattr(self, "_core", None)
-        if core is not None and core.state == RUN:
+        if core is not None and core.state == "RUN":
             _warn(f"unclosed running procpool pool {self!r}", ResourceWarning, source=self)
 
     def _check_running(self):
