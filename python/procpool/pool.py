@@ -701,6 +701,11 @@ class Pool:
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         length = len(iterable)
+        if length == 0:  # as the stdlib: ready at once, and no callback is called
+            chunksize = _check_chunksize(chunksize)
+            result = MapResult(self, None, None)
+            result._set(True, [])
+            return result
         run, source = self._run_source(func, iterable, star, chunksize, False, timeout)
         result = MapResult(self, callback, error_callback)
         core = self._core
