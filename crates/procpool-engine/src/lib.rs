@@ -46,12 +46,13 @@ pub use feed::{
 pub use identity::{WorkerInfo, current_worker};
 pub use oneoff::{JoinError, OneOff};
 pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig};
+pub use process::Launcher;
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};
 pub use stats::{Failures, Recorder, Stats, WorkerStats};
 pub use wire::{Failure, PROTOCOL_VERSION};
 pub use worker::{
-    Runner, is_worker_process, refuse_init_missing, serve_if_worker, take_last_backtrace,
-    take_last_panic,
+    Runner, is_worker_process, refuse_init_missing, serve_if_worker, serve_launched,
+    take_last_backtrace, take_last_panic,
 };
 
 /// Entry points for the fuzz targets (`fuzz/`): the parent's readers of the shared memory

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::batch::{Batch, BatchInner, Job, Queued};
 use crate::error::PoolError;
+use crate::process::Launcher;
 use crate::stats::StatsCell;
 use crate::supervisor::Supervisor;
 use crate::sys;
@@ -35,6 +36,12 @@ pub struct EngineConfig {
     /// Executable to start as worker instead of the running one (it must be the same
     /// binary: the handshake checks its fingerprint).
     pub executable: Option<PathBuf>,
+    /// Starts workers instead of re-executing [`executable`](Self::executable) (a front
+    /// whose workers are not this program: see [`Launcher`]).
+    pub launcher: Option<Arc<dyn Launcher>>,
+    /// What the handshake checks instead of the executable's fingerprint (with a
+    /// [`launcher`](Self::launcher): the workers' code, as the front identifies it).
+    pub identity: Option<u64>,
     /// How long a new worker may take to answer the handshake.
     pub handshake_timeout: Duration,
     /// Consecutive failed worker starts (handshake refused or timed out, initializer
@@ -56,6 +63,8 @@ impl Default for EngineConfig {
             initializer: None,
             max_message: DEFAULT_MAX_MESSAGE,
             executable: None,
+            launcher: None,
+            identity: None,
             handshake_timeout: Duration::from_secs(20),
             max_start_failures: 3,
             kill_grace: None,

@@ -1,0 +1,396 @@
+//! `Run`: one `map`/`imap` call, on the engine's `Feed` (and `Reorder` when ordered).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use procpool_engine::{Feed, Limits, Piece, Pulled, RecvError, Reorder, Source, TaskErrorKind};
+use pyo3::exceptions::{PyStopIteration, PyTimeoutError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+use crate::errors;
+use crate::frame::{self, Frame, STAR};
+use crate::py;
+
+/// How often a blocked caller looks for Ctrl-C (and for a cancel from another thread).
+pub(crate) const POLL: Duration = Duration::from_millis(50);
+
+/// Payload kind of a chunk of items.
+const CHUNK: u8 = 0;
+
+/// What the source tells the run outside the engine's pieces.
+#[derive(Debug, Default)]
+struct Side {
+    /// Items that could not be pickled, by index: the pickling error.
+    bad: HashMap<u64, Py<PyAny>>,
+    /// The input iterator raised this.
+    input_error: Option<PyErr>,
+}
+
+/// The run's items, pulled and pickled on demand (under the GIL, taken here).
+#[derive(Debug)]
+struct PySource {
+    iter: Py<PyAny>,
+    star: bool,
+    /// Items pulled but not yet sent (after a chunk that held a bad item).
+    ahead: VecDeque<Py<PyAny>>,
+    next_index: u64,
+    ended: bool,
+    side: Arc<Mutex<Side>>,
+    hint: Option<usize>,
+}
+
+impl Source for PySource {
+    fn fill(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled {
+        Python::attach(|py| self.fill_py(py, out, limits))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self.hint {
+            Some(n) => {
+                let left = n.saturating_sub(self.next_index as usize);
+                (left, Some(left))
+            }
+            None => (0, None),
+        }
+    }
+}
+
+impl PySource {
+    fn fill_py(&mut self, py: Python<'_>, out: &mut Vec<u8>, limits: Limits) -> Pulled {
+        let want = limits.items.max(1);
+        let mut items = Vec::with_capacity(want.min(4096));
+        while items.len() < want {
+            if let Some(x) = self.ahead.pop_front() {
+                items.push(x);
+                continue;
+            }
+            if self.ended {
+                break;
+            }
+            match self
+                .iter
+                .bind(py)
+                .call_method0(pyo3::intern!(py, "__next__"))
+            {
+                Ok(x) => items.push(x.unbind()),
+                Err(e) if e.is_instance_of::<PyStopIteration>(py) => self.ended = true,
+                Err(e) => {
+                    self.ended = true;
+                    lock(&self.side).input_error = Some(e);
+                }
+            }
+        }
+        if items.is_empty() {
+            return Pulled::End;
+        }
+        let list = PyList::new(py, &items).expect("a list");
+        let r = py::helper(py, "_pickle", "dumps_items").and_then(|d| d.call1((list,)));
+        match r {
+            Ok(t) => {
+                let n = items.len() as u32;
+                match encode_pickled(out, &t, n, self.star) {
+                    Ok(()) => {
+                        self.next_index += u64::from(n);
+                        Pulled::Items(n)
+                    }
+                    Err(e) => self.fail_first(py, items, e),
+                }
+            }
+            Err(e) => {
+                let bad = e
+                    .value(py)
+                    .getattr("procpool_bad")
+                    .and_then(|b| b.extract::<usize>())
+                    .unwrap_or(0);
+                if bad == 0 {
+                    return self.fail_first(py, items, e);
+                }
+                // Send the good items before the bad one; the rest waits for the next job.
+                let rest = items.split_off(bad);
+                for x in rest.into_iter().rev() {
+                    self.ahead.push_front(x);
+                }
+                out.clear();
+                self.fill_py(
+                    py,
+                    out,
+                    Limits {
+                        items: bad,
+                        ..limits
+                    },
+                )
+            }
+        }
+    }
+
+    /// The first of `items` fails with `e`; the others wait for the next job.
+    fn fail_first(&mut self, py: Python<'_>, items: Vec<Py<PyAny>>, e: PyErr) -> Pulled {
+        for x in items.into_iter().skip(1).rev() {
+            self.ahead.push_front(x);
+        }
+        let message = e.to_string();
+        let exc = e.into_value(py).into_any();
+        lock(&self.side).bad.insert(self.next_index, exc);
+        self.next_index += 1;
+        Pulled::Failed(TaskErrorKind::Codec { message })
+    }
+}
+
+/// Frames a `(pickle, buffers)` pair from `_pickle` as a chunk's payload.
+fn encode_pickled(out: &mut Vec<u8>, t: &Bound<'_, PyAny>, n: u32, star: bool) -> PyResult<()> {
+    let t = t.cast::<PyTuple>()?;
+    let data = t.get_item(0)?;
+    let flags = if star { STAR } else { 0 };
+    frame::encode(
+        out,
+        CHUNK,
+        flags,
+        n,
+        data.cast::<PyBytes>()?,
+        &t.get_item(1)?,
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug)]
+struct State {
+    feed: Feed<PySource>,
+    reorder: Option<Reorder<Piece>>,
+    ready: VecDeque<Py<PyAny>>,
+    ended: bool,
+    cancel_sent: bool,
+}
+
+/// An iterator of one call's outcomes: `(index, ok, value)`.
+#[pyclass(module = "procpool._core")]
+#[derive(Debug)]
+pub(crate) struct Run {
+    state: Mutex<State>,
+    side: Arc<Mutex<Side>>,
+    cancelled: AtomicBool,
+}
+
+impl Run {
+    pub(crate) fn new(
+        engine: &procpool_engine::Engine,
+        iter: Py<PyAny>,
+        hint: Option<usize>,
+        func: Arc<[u8]>,
+        star: bool,
+        chunksize: Option<usize>,
+        ordered: bool,
+        timeout: Option<Duration>,
+    ) -> Self {
+        let side = Arc::new(Mutex::new(Side::default()));
+        let source = PySource {
+            iter,
+            star,
+            ahead: VecDeque::new(),
+            next_index: 0,
+            ended: false,
+            side: side.clone(),
+            hint,
+        };
+        let mut feed = Feed::new(engine, source, func, chunksize, timeout);
+        feed.keep_open();
+        Run {
+            state: Mutex::new(State {
+                feed,
+                reorder: ordered.then(Reorder::default),
+                ready: VecDeque::new(),
+                ended: false,
+                cancel_sent: false,
+            }),
+            side,
+            cancelled: AtomicBool::new(false),
+        }
+    }
+
+    /// The state, locked without holding the GIL while waiting for it.
+    fn state(&self, py: Python<'_>) -> MutexGuard<'_, State> {
+        loop {
+            match self.state.try_lock() {
+                Ok(g) => return g,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                // The holder may need the GIL to finish: wait for it without the GIL.
+                Err(std::sync::TryLockError::WouldBlock) => py.detach(|| drop(lock(&self.state))),
+            }
+        }
+    }
+
+    fn next_outcome(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Py<PyAny>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.state(py);
+        loop {
+            if let Some(t) = st.ready.pop_front() {
+                return Ok(t);
+            }
+            if self.cancelled.load(Ordering::Relaxed) && !st.cancel_sent {
+                st.cancel_sent = true;
+                st.ended = true;
+                st.feed.cancel();
+            }
+            if st.ended {
+                if let Some(e) = lock(&self.side).input_error.take() {
+                    return Err(e);
+                }
+                return Err(PyStopIteration::new_err(()));
+            }
+            if let Some(r) = st.reorder.as_mut()
+                && let Some(p) = r.pop()
+            {
+                decode(py, &mut st, &self.side, p)?;
+                continue;
+            }
+            let held = st.reorder.as_ref().map_or(0, Reorder::bytes);
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(POLL),
+                None => POLL,
+            };
+            let feed = &mut st.feed;
+            let got = py.detach(|| feed.recv_timeout(held, wait));
+            match got {
+                Ok(Some(p)) => match st.reorder.as_mut() {
+                    Some(r) => r.insert(p.start, p.count, p.bytes(), p),
+                    None => decode(py, &mut st, &self.side, p)?,
+                },
+                Ok(None) => st.ended = true,
+                Err(RecvError::Timeout | RecvError::Empty) => {
+                    py.check_signals()?;
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(PyTimeoutError::new_err("timed out"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Turns a finished piece into outcome tuples.
+fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyResult<()> {
+    let Piece {
+        start,
+        count,
+        done,
+        payload,
+    } = p;
+    match &done.outcome {
+        Ok(bytes) => {
+            let outs = decode_result(py, start, count, bytes)?;
+            st.ready.extend(outs);
+        }
+        Err(e) => {
+            let bad = if matches!(e.kind(), TaskErrorKind::Codec { .. }) {
+                lock(side).bad.remove(&start)
+            } else {
+                None
+            };
+            for i in 0..u64::from(count) {
+                let exc = match &bad {
+                    Some(b) if i == 0 => b.bind(py).clone(),
+                    _ => errors::task_error(py, e),
+                };
+                let t = PyTuple::new(
+                    py,
+                    [
+                        (start + i).into_pyobject(py)?.into_any(),
+                        false.into_pyobject(py)?.to_owned().into_any(),
+                        exc,
+                    ],
+                )?;
+                st.ready.push_back(t.into_any().unbind());
+            }
+        }
+    }
+    if let Some(payload) = payload {
+        st.feed.give_back(payload);
+    }
+    Ok(())
+}
+
+/// `[(index, ok, value), ...]` from a job's result bytes.
+pub(crate) fn decode_result(
+    py: Python<'_>,
+    start: u64,
+    count: u32,
+    bytes: &[u8],
+) -> PyResult<Vec<Py<PyAny>>> {
+    let bad = |message: String| -> PyResult<Vec<Py<PyAny>>> {
+        let e = py::error(
+            py,
+            "PoolError",
+            (format!(
+                "a worker sent a result that cannot be read: {message}"
+            ),),
+        );
+        (0..u64::from(count))
+            .map(|i| {
+                Ok(PyTuple::new(
+                    py,
+                    [
+                        (start + i).into_pyobject(py)?.into_any(),
+                        false.into_pyobject(py)?.to_owned().into_any(),
+                        e.clone(),
+                    ],
+                )?
+                .into_any()
+                .unbind())
+            })
+            .collect()
+    };
+    let f = match Frame::parse(bytes) {
+        Ok(f) => f,
+        Err(m) => return bad(m),
+    };
+    let mv = py::memoryview(py, f.pickle)?;
+    let r = py::helper(py, "_pickle", "decode_results")
+        .and_then(|d| d.call1((start, f.kind, &mv, f.py_bufs(py))));
+    py::release(&mv);
+    let list = match r {
+        Ok(l) => l,
+        Err(e) => return bad(e.to_string()),
+    };
+    let list = list.cast::<PyList>()?;
+    if list.len() != count as usize {
+        return bad(format!("{} outcomes for {count} items", list.len()));
+    }
+    Ok(list.iter().map(Bound::unbind).collect())
+}
+
+#[pymethods]
+impl Run {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.next_outcome(py, None)
+    }
+
+    /// As `__next__`, but raises `TimeoutError` after `timeout` seconds.
+    #[pyo3(signature = (timeout=None))]
+    fn next(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        self.next_outcome(py, crate::engine::duration(timeout, "timeout")?)
+    }
+
+    /// Drops the run's jobs not started and kills the workers running its jobs;
+    /// iteration then ends. Idempotent.
+    fn cancel(&self, py: Python<'_>) {
+        self.cancelled.store(true, Ordering::Relaxed);
+        if let Ok(mut st) = self.state.try_lock()
+            && !st.cancel_sent
+        {
+            st.cancel_sent = true;
+            st.ended = true;
+            st.ready.clear();
+            let feed = &mut st.feed;
+            py.detach(|| feed.cancel());
+        }
+    }
+}
