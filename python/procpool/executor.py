@@ -31,7 +31,7 @@ import weakref
 
 from . import _core
 from ._errors import PoolError
-from .pool import _check_processes, _check_retries, _check_timeout
+from .pool import _check_processes, _check_retries, _check_timeout, _stopped_early
 
 __all__ = ["ProcessPoolExecutor"]
 
@@ -142,10 +142,13 @@ class _ExecutorCore:
         """Result thread: settle each future as its outcome arrives, refill the window."""
         stream = self.stream
         cause = None
+        retries = [0]
         while True:
             try:
                 tag, ok, value = stream.next()
             except StopIteration:
+                if _stopped_early(stream, retries):
+                    continue
                 break
             except Exception as exc:  # the engine failed: fail what is left, say why
                 cause = exc

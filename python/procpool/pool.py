@@ -24,6 +24,7 @@ import operator
 import os
 import sys
 import threading
+import time
 import traceback
 import types
 import warnings
@@ -257,13 +258,30 @@ def _finalize_pool(core):
             pass
 
 
+def _stopped_early(stream, retries):
+    """Whether to read a closed stream again after its StopIteration.
+
+    A stream closed while its reader found it momentarily empty may stop before the calls
+    submitted just before the close came back; reading again waits for them. Bounded, so
+    that a stream that truly ended with calls outstanding is not read forever.
+    """
+    if retries[0] >= 1000 or not stream.pending():
+        return False
+    retries[0] += 1
+    time.sleep(0.001)
+    return True
+
+
 def _serve_stream(core, stream):
     """Result thread for apply_async: hands each outcome to its AsyncResult."""
     cause = None
+    retries = [0]
     while True:
         try:
             tag, ok, value = stream.next()
         except StopIteration:
+            if core.state != TERMINATE and _stopped_early(stream, retries):
+                continue
             break
         except Exception as exc:  # the engine failed: fail what is left, say why
             cause = exc

@@ -273,6 +273,8 @@ def test_a_pool_collected_while_running_warns_and_leaves_no_worker():
         del p
         gc.collect()
     assert any(issubclass(w.category, ResourceWarning) for w in caught)
+    del caught  # a warning holds its source, the pool
+    gc.collect()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.05)
