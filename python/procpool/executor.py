@@ -84,6 +84,9 @@ class _ExecutorCore:
         self.engine = engine
         self.window = _WINDOW_PER_WORKER * engine.processes
         self.lock = threading.Lock()
+        # Signalled when a call is handed to the engine or the stream closes: the result
+        # thread reads the stream only while something is outstanding.
+        self.wakeup = threading.Condition(self.lock)
         self.pending = collections.deque()  # _WorkItem, not yet handed to the engine
         self.inflight = {}  # stream tag -> Future
         self.stream = None
@@ -110,11 +113,13 @@ class _ExecutorCore:
                 failures.append((item.future, exc))
             else:
                 self.inflight[tag] = item.future
+                self.wakeup.notify()
         if self.shut and not self.pending and not self.closed:
             self.closed = True
             if self.stream is not None:
                 self.stream.close()
             self.engine.close()
+            self.wakeup.notify_all()
         return failures
 
     # -- any thread -------------------------------------------------------------
@@ -144,6 +149,9 @@ class _ExecutorCore:
         cause = None
         retries = [0]
         while True:
+            with self.lock:
+                while not self.inflight and not self.closed:
+                    self.wakeup.wait()
             try:
                 tag, ok, value = stream.next()
             except StopIteration:

@@ -174,6 +174,16 @@ class _GuardedSource:
         return item
 
 
+class _PlainSource:
+    """Stands for an input that cannot raise while iterated (list, tuple, range)."""
+
+    __slots__ = ("count",)
+    error = None
+
+    def __init__(self, sequence):
+        self.count = len(sequence)
+
+
 # ---------------------------------------------------------------------------
 # Shared state: everything the background threads and the finalizer need, and no
 # reference to the Pool itself (so that an abandoned pool can be collected).
@@ -184,6 +194,9 @@ class _PoolCore:
     def __init__(self, engine):
         self.engine = engine
         self.lock = threading.Lock()
+        # Signalled when a call is submitted on the stream or the pool stops: the result
+        # thread reads the stream only while something is outstanding.
+        self.wakeup = threading.Condition(self.lock)
         self.state = RUN
         self.stream = None
         self.stream_thread = None
@@ -222,6 +235,7 @@ class _PoolCore:
                 return
             self.state = CLOSE
             stream = self.stream
+            self.wakeup.notify_all()
         if stream is not None:
             stream.close()
         self.engine.close()
@@ -231,22 +245,27 @@ class _PoolCore:
             self.state = TERMINATE
             stream = self.stream
             runs = list(self.runs)
+            self.wakeup.notify_all()
         self.engine.terminate()
         if stream is not None:
             stream.cancel()
         for run in runs:
             run.cancel()
         self.engine.join(_TERMINATE_JOIN_SECONDS)
+        # The result threads end at once now; wait for them, so that none is still inside
+        # the engine when the interpreter shuts down.
+        self.join_threads(_TERMINATE_JOIN_SECONDS)
 
-    def join_threads(self):
+    def join_threads(self, timeout=None):
         with self.lock:
             threads = list(self.threads)
             if self.stream_thread is not None:
                 threads.append(self.stream_thread)
         current = threading.current_thread()
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in threads:
             if thread is not current:
-                thread.join()
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
 def _finalize_pool(core):
@@ -277,6 +296,9 @@ def _serve_stream(core, stream):
     cause = None
     retries = [0]
     while True:
+        with core.lock:
+            while not core.stream_results and core.state == RUN:
+                core.wakeup.wait()
         try:
             tag, ok, value = stream.next()
         except StopIteration:
@@ -677,6 +699,7 @@ class Pool:
                 failure = exc
             else:
                 core.stream_results[tag] = result
+                core.wakeup.notify()
         if failure is not None:
             if error_callback is None:
                 result._set(False, failure)
@@ -691,9 +714,13 @@ class Pool:
     def _run_source(self, func, iterable, star, chunksize, ordered, timeout):
         chunksize = _check_chunksize(chunksize)
         timeout = _check_timeout(timeout)
-        source = _GuardedSource(iterable)
+        if type(iterable) in (list, tuple, range):
+            source = _PlainSource(iterable)
+            items = iterable
+        else:
+            source = items = _GuardedSource(iterable)
         run = self._core.start_run(
-            func, source, star=star, chunksize=chunksize, ordered=ordered, timeout=timeout
+            func, items, star=star, chunksize=chunksize, ordered=ordered, timeout=timeout
         )
         return run, source
 
