@@ -484,6 +484,7 @@ class IMapIterator:
         self._source = source
         self._lock = threading.Lock()
         self._done = False
+        self._seen = 0
 
     def __iter__(self):
         return self
@@ -504,9 +505,15 @@ class IMapIterator:
                 if error is not None:
                     self._source.error = None
                     raise error from None
+                if self._seen < self._source.count:
+                    raise PoolError(
+                        f"the pool was terminated before this iteration finished "
+                        f"({self._seen} of {self._source.count} results came back)"
+                    ) from None
                 raise
             except builtins.TimeoutError:
                 raise multiprocessing.TimeoutError from None
+            self._seen += 1
         if ok:
             return value
         raise value
