@@ -215,14 +215,20 @@ class _PoolCore:
         thread.start()
         return stream
 
-    def start_run(self, func, items, *, star, chunksize, ordered, timeout):
+    def start_run(self, func, items, *, star, chunksize, ordered, timeout, track):
+        """Start a run; ``track`` keeps it for terminate() to cancel until end_run().
+
+        map and map_async runs are tracked (they always end); an imap's is not, so that an
+        iterator the caller abandons is not kept alive by the pool.
+        """
         with self.lock:
             if self.state != RUN:
                 raise ValueError("Pool not running")
             run = self.engine.run(
                 func, items, star=star, chunksize=chunksize, ordered=ordered, timeout=timeout
             )
-            self.runs.add(run)
+            if track:
+                self.runs.add(run)
         return run
 
     def end_run(self, run):
@@ -479,7 +485,6 @@ class IMapIterator:
 
     def __init__(self, pool, run, source):
         self._pool = pool
-        self._core = pool._core
         self._run = run
         self._source = source
         self._lock = threading.Lock()
@@ -522,7 +527,6 @@ class IMapIterator:
 
     def _finish(self):
         self._done = True
-        self._core.end_run(self._run)
         self._pool = None
 
     def __repr__(self):
@@ -718,7 +722,7 @@ class Pool:
 
     # -- maps ---------------------------------------------------------------
 
-    def _run_source(self, func, iterable, star, chunksize, ordered, timeout):
+    def _run_source(self, func, iterable, star, chunksize, ordered, timeout, track=True):
         chunksize = _check_chunksize(chunksize)
         timeout = _check_timeout(timeout)
         if type(iterable) in (list, tuple, range):
@@ -727,7 +731,13 @@ class Pool:
         else:
             source = items = _GuardedSource(iterable)
         run = self._core.start_run(
-            func, items, star=star, chunksize=chunksize, ordered=ordered, timeout=timeout
+            func,
+            items,
+            star=star,
+            chunksize=chunksize,
+            ordered=ordered,
+            timeout=timeout,
+            track=track,
         )
         return run, source
 
@@ -841,7 +851,7 @@ class Pool:
                     print(square)                             # 3, 2, 1
         """
         self._check_running()
-        run, source = self._run_source(func, iterable, False, chunksize, True, timeout)
+        run, source = self._run_source(func, iterable, False, chunksize, True, timeout, False)
         return IMapIterator(self, run, source)
 
     def imap_unordered(self, func, iterable, chunksize=None, *, timeout=None):
@@ -853,7 +863,7 @@ class Pool:
                 assert sorted(pool.imap_unordered(abs, [-2, -1])) == [1, 2]
         """
         self._check_running()
-        run, source = self._run_source(func, iterable, False, chunksize, False, timeout)
+        run, source = self._run_source(func, iterable, False, chunksize, False, timeout, False)
         return IMapUnorderedIterator(self, run, source)
 
     # -- life cycle ---------------------------------------------------------
