@@ -95,20 +95,27 @@ def _wrap_big(item):
     return item
 
 
-def dumps_items(items: list):
-    """Pickles a chunk of items; raises what pickling the first bad item raises, with
-    ``.procpool_bad`` set to its position in the chunk."""
-    items = [_wrap_big(x) for x in items]
+def dumps_items(items: list, big: bool):
+    """Pickles a chunk of items: ``(pickle, buffers)``, or, when an item cannot be
+    pickled, ``(None, its position in the chunk, the error)``. ``big``: some items are
+    (or hold) large ``bytes``, to be sent out of band."""
+    if big:
+        items = [_wrap_big(x) for x in items]
     try:
         return dumps(items)
-    except BaseException:
-        for i, x in enumerate(items):
-            try:
-                dumps(x)
-            except BaseException as e:
-                e.procpool_bad = i
-                raise
-        raise
+    except Exception as e:
+        first = e
+    for i, x in enumerate(items):
+        try:
+            dumps(x)
+        except Exception as e:
+            return None, i, e
+    return None, 0, first
+
+
+def dumps_plain(items: list):
+    """Pickles a chunk of plain items (numbers, strings, small bytes, tuples of them)."""
+    return pickle.dumps(items, protocol=5), ()
 
 
 def dumps_call(args, kwds):
@@ -163,18 +170,19 @@ def encode_results(results: list, errors):
     return (MIXED,) + dumps_fast(out)
 
 
-def decode_results(start: int, kind: int, data, bufs) -> list:
-    """``[(index, ok, value), ...]`` from a job's result."""
+def decode_results(start: int, kind: int, data, bufs):
+    """``(True, [value, ...])`` when every item of a job succeeded, else
+    ``(False, [(index, ok, value), ...])``."""
     values = pickle.loads(data, buffers=bufs)
     if kind == ALL_OK:
-        return [(start + i, True, v) for i, v in enumerate(values)]
+        return True, values
     out = []
     for i, (ok, v) in enumerate(values):
         if ok:
             out.append((start + i, True, v))
         else:
             out.append((start + i, False, rebuild_error(v)))
-    return out
+    return False, out
 
 
 def fill(mv: memoryview, bufs) -> None:

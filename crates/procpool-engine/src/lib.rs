@@ -45,7 +45,7 @@ pub use feed::{
 };
 pub use identity::{WorkerInfo, current_worker};
 pub use oneoff::{JoinError, OneOff};
-pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig};
+pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig, Stopper};
 pub use process::Launcher;
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};
 pub use stats::{Failures, Recorder, Stats, WorkerStats};

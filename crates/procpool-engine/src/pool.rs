@@ -178,6 +178,20 @@ impl Shared {
     }
 }
 
+/// Terminates an [`Engine`] from another thread (see [`Engine::stopper`]).
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    shared: Arc<Shared>,
+}
+
+impl Stopper {
+    /// Kills the pool's workers now, as [`Engine::terminate`] does; the engine's own
+    /// handle (and a `join` under way) then finishes at once.
+    pub fn terminate(&self) {
+        self.shared.set_mode(Mode::Terminate);
+    }
+}
+
 /// A pool of worker processes that runs byte-level jobs.
 ///
 /// Dropping the engine terminates it: workers are killed and reaped, and unfinished jobs
@@ -288,6 +302,23 @@ impl Engine {
     /// refused with [`PoolError::Closed`].
     pub fn join(mut self) {
         self.stop(Mode::Join);
+    }
+
+    /// A handle that terminates the pool from any thread, even while another thread is
+    /// in [`join`](Self::join) (which then returns at once).
+    ///
+    /// ```no_run
+    /// # fn demo(engine: procpool_engine::Engine) {
+    /// let stopper = engine.stopper();
+    /// let joiner = std::thread::spawn(move || engine.join());
+    /// stopper.terminate(); // the join ends now: running jobs end with `Terminated`
+    /// joiner.join().unwrap();
+    /// # }
+    /// ```
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Kills the workers now; unfinished jobs end with `Terminated`.

@@ -13,7 +13,7 @@ use crate::errors;
 use crate::frame;
 use crate::launcher::TemplateLauncher;
 use crate::py;
-use crate::run::{POLL, Run};
+use crate::run::{POLL, Run, RunSpec};
 use crate::stream::Stream;
 
 /// Payload kind of a pool's initializer.
@@ -62,6 +62,8 @@ struct Inner {
 #[derive(Debug)]
 pub(crate) struct Engine {
     inner: Arc<(Mutex<Inner>, Condvar)>,
+    /// Terminates the engine even while a join holds it.
+    stopper: procpool_engine::Stopper,
     #[pyo3(get)]
     processes: usize,
     timeout: Option<Duration>,
@@ -87,9 +89,15 @@ impl Engine {
         let mut g = self.lock();
         let Some(engine) = g.engine.take() else {
             if terminate && g.phase == Phase::Stopping {
-                // A join is under way: make it quick.
+                // A join is under way: make it end now, and wait for it.
                 drop(g);
-                return;
+                self.stopper.terminate();
+                let inner = self.inner.clone();
+                py.detach(move || {
+                    let (m, cv) = &*inner;
+                    let g = m.lock().unwrap_or_else(|e| e.into_inner());
+                    drop(cv.wait_while(g, |g| g.phase != Phase::Stopped));
+                });
             }
             return;
         };
@@ -205,6 +213,7 @@ impl Engine {
             .detach(|| procpool_engine::Engine::start(config))
             .map_err(|e| errors::pool_error(py, &e))?;
         Ok(Engine {
+            stopper: engine.stopper(),
             inner: Arc::new((
                 Mutex::new(Inner {
                     engine: Some(engine),
@@ -235,8 +244,15 @@ impl Engine {
         self.open(|_| ())?;
         let fref = pickle_func(func)?;
         let hint = items.len().ok();
-        let iter = items.try_iter()?.into_any().unbind();
-        self.open(|e| Run::new(e, iter, hint, fref, star, chunksize, ordered, timeout))
+        let iter = items.try_iter()?.unbind();
+        let spec = RunSpec {
+            func: fref,
+            star,
+            chunksize,
+            ordered,
+            timeout,
+        };
+        self.open(|e| Run::new(e, iter, hint, spec))
     }
 
     /// A stream of independent calls.

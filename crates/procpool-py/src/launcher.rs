@@ -37,6 +37,9 @@ pub(crate) struct TemplateLauncher {
 struct Template {
     child: Child,
     ctl: UnixStream,
+    /// The process that started it: a child made by `fork` must start its own (the
+    /// template forks workers as children of its own parent).
+    owner: u32,
 }
 
 /// The process's template, if started.
@@ -54,6 +57,13 @@ impl Launcher for TemplateLauncher {
             body.push(0);
         }
         let mut guard = TEMPLATE.lock().unwrap_or_else(|e| e.into_inner());
+        if guard
+            .as_ref()
+            .is_some_and(|t| t.owner != std::process::id())
+        {
+            // Inherited through a fork: neither ours to use nor to kill.
+            std::mem::forget(guard.take());
+        }
         let mut last = None;
         for _ in 0..2 {
             if guard.is_none() {
@@ -106,7 +116,11 @@ impl TemplateLauncher {
                     format!("cannot start {}: {e}", self.python.display()),
                 )
             })?;
-        Ok(Template { child, ctl: mine })
+        Ok(Template {
+            child,
+            ctl: mine,
+            owner: std::process::id(),
+        })
     }
 }
 

@@ -18,8 +18,8 @@ pub(crate) fn helper<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     use std::collections::HashMap;
     use std::sync::Mutex;
-    static CACHE: Mutex<Option<HashMap<(&'static str, &'static str), Py<PyAny>>>> =
-        Mutex::new(None);
+    type Helpers = HashMap<(&'static str, &'static str), Py<PyAny>>;
+    static CACHE: Mutex<Option<Helpers>> = Mutex::new(None);
     if let Some(f) = CACHE
         .lock()
         .unwrap_or_else(|e| e.into_inner())

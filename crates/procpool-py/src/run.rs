@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use procpool_engine::Recorder;
 use procpool_engine::{Feed, Limits, Piece, Pulled, RecvError, Reorder, Source, TaskErrorKind};
 use pyo3::exceptions::{PyStopIteration, PyTimeoutError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyIterator, PyList, PyTuple};
 
 use crate::errors;
 use crate::frame::{self, Frame, STAR};
@@ -32,7 +33,7 @@ struct Side {
 /// The run's items, pulled and pickled on demand (under the GIL, taken here).
 #[derive(Debug)]
 struct PySource {
-    iter: Py<PyAny>,
+    iter: Py<PyIterator>,
     star: bool,
     /// Items pulled but not yet sent (after a chunk that held a bad item).
     ahead: VecDeque<Py<PyAny>>,
@@ -62,22 +63,26 @@ impl PySource {
     fn fill_py(&mut self, py: Python<'_>, out: &mut Vec<u8>, limits: Limits) -> Pulled {
         let want = limits.items.max(1);
         let mut items = Vec::with_capacity(want.min(4096));
+        let mut big = false;
+        let mut plain = true;
         while items.len() < want {
             if let Some(x) = self.ahead.pop_front() {
+                big |= is_big(x.bind(py));
+                plain &= is_plain(x.bind(py));
                 items.push(x);
                 continue;
             }
             if self.ended {
                 break;
             }
-            match self
-                .iter
-                .bind(py)
-                .call_method0(pyo3::intern!(py, "__next__"))
-            {
-                Ok(x) => items.push(x.unbind()),
-                Err(e) if e.is_instance_of::<PyStopIteration>(py) => self.ended = true,
-                Err(e) => {
+            match self.iter.bind(py).clone().next() {
+                Some(Ok(x)) => {
+                    big |= is_big(&x);
+                    plain &= is_plain(&x);
+                    items.push(x.unbind());
+                }
+                None => self.ended = true,
+                Some(Err(e)) => {
                     self.ended = true;
                     lock(&self.side).input_error = Some(e);
                 }
@@ -87,9 +92,25 @@ impl PySource {
             return Pulled::End;
         }
         let list = PyList::new(py, &items).expect("a list");
-        let r = py::helper(py, "_pickle", "dumps_items").and_then(|d| d.call1((list,)));
-        match r {
-            Ok(t) => {
+        let r = if plain && !big {
+            // Numbers, strings and small bytes (and tuples of them): the standard
+            // pickler, in C, with nothing by value and no buffers.
+            py::helper(py, "_pickle", "dumps_plain").and_then(|d| d.call1((list,)))
+        } else {
+            py::helper(py, "_pickle", "dumps_items").and_then(|d| d.call1((list, big)))
+        };
+        let t = match r {
+            Ok(t) => t,
+            Err(e) => return self.fail_first(py, items, e),
+        };
+        let failed =
+            t.get_item(0)
+                .is_ok_and(|d| d.is_none())
+                .then(|| -> PyResult<(usize, PyErr)> {
+                    Ok((t.get_item(1)?.extract()?, PyErr::from_value(t.get_item(2)?)))
+                });
+        match failed {
+            None => {
                 let n = items.len() as u32;
                 match encode_pickled(out, &t, n, self.star) {
                     Ok(()) => {
@@ -99,18 +120,10 @@ impl PySource {
                     Err(e) => self.fail_first(py, items, e),
                 }
             }
-            Err(e) => {
-                let bad = e
-                    .value(py)
-                    .getattr("procpool_bad")
-                    .and_then(|b| b.extract::<usize>())
-                    .unwrap_or(0);
-                if bad == 0 {
-                    return self.fail_first(py, items, e);
-                }
+            Some(Err(e)) | Some(Ok((0, e))) => self.fail_first(py, items, e),
+            Some(Ok((bad, _))) => {
                 // Send the good items before the bad one; the rest waits for the next job.
-                let rest = items.split_off(bad);
-                for x in rest.into_iter().rev() {
+                for x in items.into_iter().rev() {
                     self.ahead.push_front(x);
                 }
                 out.clear();
@@ -139,6 +152,37 @@ impl PySource {
     }
 }
 
+/// Bytes at least this large go out of band (as `_pickle.OOB_MIN`).
+const OOB_MIN: usize = 64 * 1024;
+
+/// Whether an item is (or, as a tuple, holds) `bytes` large enough to go out of band.
+fn is_big(x: &Bound<'_, PyAny>) -> bool {
+    let big = |x: &Bound<'_, PyAny>| {
+        x.cast_exact::<PyBytes>()
+            .is_ok_and(|b| b.as_bytes().len() >= OOB_MIN)
+    };
+    big(x)
+        || x.cast_exact::<PyTuple>()
+            .is_ok_and(|t| t.iter().any(|y| big(&y)))
+}
+
+/// Whether an item is a number, a string, bytes or `None`, or a tuple of those: what the
+/// standard pickler takes as it is.
+fn is_plain(x: &Bound<'_, PyAny>) -> bool {
+    use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
+    let atom = |x: &Bound<'_, PyAny>| {
+        x.is_none()
+            || x.is_exact_instance_of::<PyInt>()
+            || x.is_exact_instance_of::<PyFloat>()
+            || x.is_exact_instance_of::<PyString>()
+            || x.is_exact_instance_of::<PyBytes>()
+            || x.is_exact_instance_of::<PyBool>()
+    };
+    atom(x)
+        || x.cast_exact::<PyTuple>()
+            .is_ok_and(|t| t.iter().all(|y| atom(&y)))
+}
+
 /// Frames a `(pickle, buffers)` pair from `_pickle` as a chunk's payload.
 fn encode_pickled(out: &mut Vec<u8>, t: &Bound<'_, PyAny>, n: u32, star: bool) -> PyResult<()> {
     let t = t.cast::<PyTuple>()?;
@@ -158,13 +202,91 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Outcomes decoded and not yet returned.
+#[derive(Debug)]
+pub(crate) enum Ready {
+    /// One `(index, ok, value)` tuple.
+    One(Py<PyAny>),
+    /// A list of such tuples; the next to return is at the index.
+    Many(Py<PyList>, usize),
+    /// The results of a job whose items all succeeded, from item `start`; the next to
+    /// return is `values[pos]`.
+    Values {
+        start: u64,
+        values: Py<PyList>,
+        pos: usize,
+    },
+}
+
+/// Takes the next outcome tuple from `ready`.
+pub(crate) fn pop_ready(
+    py: Python<'_>,
+    ready: &mut VecDeque<Ready>,
+) -> PyResult<Option<Py<PyAny>>> {
+    loop {
+        match ready.front_mut() {
+            None => return Ok(None),
+            Some(Ready::One(_)) => {
+                let Some(Ready::One(t)) = ready.pop_front() else {
+                    unreachable!("looked at above")
+                };
+                return Ok(Some(t));
+            }
+            Some(Ready::Many(list, pos)) => {
+                let list = list.bind(py);
+                if *pos >= list.len() {
+                    ready.pop_front();
+                    continue;
+                }
+                *pos += 1;
+                return Ok(Some(list.get_item(*pos - 1)?.unbind()));
+            }
+            Some(Ready::Values { start, values, pos }) => {
+                let list = values.bind(py);
+                if *pos >= list.len() {
+                    ready.pop_front();
+                    continue;
+                }
+                let v = list.get_item(*pos)?;
+                let i = *start + *pos as u64;
+                *pos += 1;
+                let t = PyTuple::new(
+                    py,
+                    [
+                        i.into_pyobject(py)?.into_any(),
+                        true.into_pyobject(py)?.to_owned().into_any(),
+                        v,
+                    ],
+                )?;
+                return Ok(Some(t.into_any().unbind()));
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct State {
     feed: Feed<PySource>,
     reorder: Option<Reorder<Piece>>,
-    ready: VecDeque<Py<PyAny>>,
+    ready: VecDeque<Ready>,
+    recorder: Recorder,
     ended: bool,
     cancel_sent: bool,
+}
+
+/// How a run calls its function.
+#[derive(Debug)]
+pub(crate) struct RunSpec {
+    /// The pickled function.
+    pub(crate) func: Arc<[u8]>,
+    /// `func(*item)` instead of `func(item)`.
+    pub(crate) star: bool,
+    /// Items per job (`None`: the engine's measured rule).
+    pub(crate) chunksize: Option<usize>,
+    /// Outcomes in input order.
+    pub(crate) ordered: bool,
+    /// Per-task time limit.
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// An iterator of one call's outcomes: `(index, ok, value)`.
@@ -179,14 +301,17 @@ pub(crate) struct Run {
 impl Run {
     pub(crate) fn new(
         engine: &procpool_engine::Engine,
-        iter: Py<PyAny>,
+        iter: Py<PyIterator>,
         hint: Option<usize>,
-        func: Arc<[u8]>,
-        star: bool,
-        chunksize: Option<usize>,
-        ordered: bool,
-        timeout: Option<Duration>,
+        spec: RunSpec,
     ) -> Self {
+        let RunSpec {
+            func,
+            star,
+            chunksize,
+            ordered,
+            timeout,
+        } = spec;
         let side = Arc::new(Mutex::new(Side::default()));
         let source = PySource {
             iter,
@@ -201,6 +326,7 @@ impl Run {
         feed.keep_open();
         Run {
             state: Mutex::new(State {
+                recorder: feed.recorder(),
                 feed,
                 reorder: ordered.then(Reorder::default),
                 ready: VecDeque::new(),
@@ -228,7 +354,7 @@ impl Run {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut st = self.state(py);
         loop {
-            if let Some(t) = st.ready.pop_front() {
+            if let Some(t) = pop_ready(py, &mut st.ready)? {
                 return Ok(t);
             }
             if self.cancelled.load(Ordering::Relaxed) && !st.cancel_sent {
@@ -272,7 +398,7 @@ impl Run {
     }
 }
 
-/// Turns a finished piece into outcome tuples.
+/// Turns a finished piece into outcomes.
 fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyResult<()> {
     let Piece {
         start,
@@ -282,8 +408,19 @@ fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyRes
     } = p;
     match &done.outcome {
         Ok(bytes) => {
-            let outs = decode_result(py, start, count, bytes)?;
-            st.ready.extend(outs);
+            let (ready, failed) = decode_result(py, start, count, bytes)?;
+            let raised = TaskErrorKind::Panic {
+                message: String::new(),
+                location: None,
+                backtrace: None,
+            };
+            st.recorder.record(
+                done.pid,
+                done.nanos,
+                u64::from(count) - failed as u64,
+                (0..failed).map(|_| Some(&raised)),
+            );
+            st.ready.push_back(ready);
         }
         Err(e) => {
             let bad = if matches!(e.kind(), TaskErrorKind::Codec { .. }) {
@@ -291,20 +428,15 @@ fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyRes
             } else {
                 None
             };
+            st.recorder
+                .record(done.pid, done.nanos, 0, (0..count).map(|_| Some(e.kind())));
             for i in 0..u64::from(count) {
                 let exc = match &bad {
                     Some(b) if i == 0 => b.bind(py).clone(),
                     _ => errors::task_error(py, e),
                 };
-                let t = PyTuple::new(
-                    py,
-                    [
-                        (start + i).into_pyobject(py)?.into_any(),
-                        false.into_pyobject(py)?.to_owned().into_any(),
-                        exc,
-                    ],
-                )?;
-                st.ready.push_back(t.into_any().unbind());
+                st.ready
+                    .push_back(Ready::One(failed_tuple(py, start + i, exc)?));
             }
         }
     }
@@ -314,14 +446,32 @@ fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyRes
     Ok(())
 }
 
-/// `[(index, ok, value), ...]` from a job's result bytes.
+/// `(index, False, exc)`.
+pub(crate) fn failed_tuple(
+    py: Python<'_>,
+    index: u64,
+    exc: Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    Ok(PyTuple::new(
+        py,
+        [
+            index.into_pyobject(py)?.into_any(),
+            false.into_pyobject(py)?.to_owned().into_any(),
+            exc,
+        ],
+    )?
+    .into_any()
+    .unbind())
+}
+
+/// A job's result bytes as outcomes, and how many of its items failed.
 pub(crate) fn decode_result(
     py: Python<'_>,
     start: u64,
     count: u32,
     bytes: &[u8],
-) -> PyResult<Vec<Py<PyAny>>> {
-    let bad = |message: String| -> PyResult<Vec<Py<PyAny>>> {
+) -> PyResult<(Ready, usize)> {
+    let bad = |message: String| -> PyResult<(Ready, usize)> {
         let e = py::error(
             py,
             "PoolError",
@@ -329,20 +479,11 @@ pub(crate) fn decode_result(
                 "a worker sent a result that cannot be read: {message}"
             ),),
         );
-        (0..u64::from(count))
-            .map(|i| {
-                Ok(PyTuple::new(
-                    py,
-                    [
-                        (start + i).into_pyobject(py)?.into_any(),
-                        false.into_pyobject(py)?.to_owned().into_any(),
-                        e.clone(),
-                    ],
-                )?
-                .into_any()
-                .unbind())
-            })
-            .collect()
+        let list = PyList::empty(py);
+        for i in 0..u64::from(count) {
+            list.append(failed_tuple(py, start + i, e.clone())?)?;
+        }
+        Ok((Ready::Many(list.unbind(), 0), count as usize))
     };
     let f = match Frame::parse(bytes) {
         Ok(f) => f,
@@ -352,15 +493,36 @@ pub(crate) fn decode_result(
     let r = py::helper(py, "_pickle", "decode_results")
         .and_then(|d| d.call1((start, f.kind, &mv, f.py_bufs(py))));
     py::release(&mv);
-    let list = match r {
-        Ok(l) => l,
+    let r = match r {
+        Ok(r) => r,
         Err(e) => return bad(e.to_string()),
     };
-    let list = list.cast::<PyList>()?;
+    let (all_ok, list): (bool, Bound<'_, PyList>) = match r.extract() {
+        Ok(x) => x,
+        Err(e) => return bad(e.to_string()),
+    };
     if list.len() != count as usize {
         return bad(format!("{} outcomes for {count} items", list.len()));
     }
-    Ok(list.iter().map(Bound::unbind).collect())
+    if all_ok {
+        return Ok((
+            Ready::Values {
+                start,
+                values: list.unbind(),
+                pos: 0,
+            },
+            0,
+        ));
+    }
+    let failed = list
+        .iter()
+        .filter(|t| {
+            t.get_item(1)
+                .and_then(|ok| ok.is_truthy())
+                .is_ok_and(|ok| !ok)
+        })
+        .count();
+    Ok((Ready::Many(list.unbind(), 0), failed))
 }
 
 #[pymethods]

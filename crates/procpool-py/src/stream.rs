@@ -1,6 +1,7 @@
 //! `Stream`: independent calls (`apply_async`, `Executor.submit`) on one engine batch;
 //! results in completion order.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 use crate::errors;
 use crate::frame;
 use crate::py;
-use crate::run::{POLL, decode_result};
+use crate::run::{POLL, decode_result, pop_ready};
 
 /// Payload kind of one call.
 const CALL: u8 = 1;
@@ -28,8 +29,11 @@ pub(crate) struct Stream {
     cancelled: AtomicBool,
     default_timeout: Option<Duration>,
     /// Pickled functions by identity (kept alive here), the latest last.
-    funcs: Mutex<Vec<(Py<PyAny>, Arc<[u8]>)>>,
+    funcs: Mutex<FuncCache>,
 }
+
+/// Pickled functions, each with the function it was made from.
+type FuncCache = Vec<(Py<PyAny>, Arc<[u8]>)>;
 
 /// Functions whose pickles are kept.
 const FUNC_CACHE: usize = 16;
@@ -125,8 +129,9 @@ impl Stream {
                 Ok(done) => {
                     return match &done.outcome {
                         Ok(bytes) => {
-                            let mut v = decode_result(py, done.index, 1, bytes)?;
-                            Ok(v.pop().expect("one outcome"))
+                            let mut ready =
+                                VecDeque::from([decode_result(py, done.index, 1, bytes)?.0]);
+                            Ok(pop_ready(py, &mut ready)?.expect("one outcome"))
                         }
                         Err(e) => Ok(PyTuple::new(
                             py,
