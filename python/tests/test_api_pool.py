@@ -293,3 +293,49 @@ def _alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _kinds(call):
+    """("ok", value) or ("err", exception type name) of one call."""
+    try:
+        return ("ok", call())
+    except Exception as exc:
+        return ("err", type(exc).__name__)
+
+
+def test_random_inputs_give_the_same_outcomes_as_the_stdlib():
+    import random
+
+    rng = random.Random(1234)
+    with procpool.Pool(2) as ours, multiprocessing.Pool(2) as theirs:
+        for _ in range(12):
+            xs = [rng.choice([-1, 0, 1, 2, 9, 16, 25]) for _ in range(rng.randint(0, 60))]
+            pairs = [(rng.randint(-3, 3), rng.randint(-2, 2)) for _ in range(len(xs))]
+            chunksize = rng.choice([None, 1, 3, 7])
+            ichunk = chunksize or 1
+            for pool_a, pool_b in [(ours, theirs)]:
+                for name, call in [
+                    ("map", lambda p: p.map(math.sqrt, xs, chunksize)),
+                    ("starmap", lambda p: p.starmap(operator.floordiv, pairs, chunksize)),
+                    ("map_async", lambda p: p.map_async(math.sqrt, xs, chunksize).get(30)),
+                    ("imap", lambda p: outcomes(p.imap(math.sqrt, xs, ichunk))),
+                    (
+                        "imap_unordered",
+                        lambda p: sorted(outcomes(p.imap_unordered(math.sqrt, xs, ichunk))),
+                    ),
+                    ("apply", lambda p: [_kinds(lambda: p.apply(math.sqrt, (x,))) for x in xs[:5]]),
+                ]:
+                    a, b = _kinds(lambda: call(pool_a)), _kinds(lambda: call(pool_b))
+                    if name in ("map", "map_async", "starmap") and a[0] == "err":
+                        # the stdlib raises the first failure to *finish*; both fail here
+                        assert b[0] == "err", (name, xs, a, b)
+                    elif name == "imap" and ichunk > 1:
+                        # the stdlib's chunked imap fails a whole chunk and then ends;
+                        # procpool fails the item alone and goes on, as with chunksize=1
+                        good = [o for o in b[1] if o[0] == "ok"]
+                        assert a[1][: len(good)] == good, (name, ichunk, xs, a, b)
+                        assert (("err", "ValueError") in a[1]) == (len(good) < len(b[1]))
+                    elif name == "imap_unordered" and ichunk > 1:
+                        pass  # the stdlib's ends at a failed chunk, in completion order
+                    else:
+                        assert a == b, (name, chunksize, xs, a, b)
