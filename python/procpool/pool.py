@@ -203,6 +203,8 @@ class _PoolCore:
         self.stream_results = {}  # tag -> ApplyResult
         self.threads = set()  # map_async result threads
         self.runs = set()  # runs not yet finished
+        self.sync_free = []  # streams for blocking apply() calls, idle
+        self.sync_busy = set()  # ... and in use
 
     def open_stream(self):
         """Open the stream for independent calls and its result thread (lock held)."""
@@ -214,6 +216,26 @@ class _PoolCore:
         self.stream_thread = thread
         thread.start()
         return stream
+
+    def take_sync_stream(self):
+        with self.lock:
+            if self.state != RUN:
+                raise ValueError("Pool not running")
+            stream = self.sync_free.pop() if self.sync_free else self.engine.stream()
+            self.sync_busy.add(stream)
+        return stream
+
+    def give_back_sync_stream(self, stream):
+        with self.lock:
+            self.sync_busy.discard(stream)
+            if self.state == RUN:
+                self.sync_free.append(stream)
+                return
+        stream.close()
+
+    def drop_sync_stream(self, stream):
+        with self.lock:
+            self.sync_busy.discard(stream)
 
     def start_run(self, func, items, *, star, chunksize, ordered, timeout, track):
         """Start a run; ``track`` keeps it for terminate() to cancel until end_run().
@@ -241,9 +263,13 @@ class _PoolCore:
                 return
             self.state = CLOSE
             stream = self.stream
+            idle = self.sync_free
+            self.sync_free = []
             self.wakeup.notify_all()
         if stream is not None:
             stream.close()
+        for s in idle:
+            s.close()
         self.engine.close()
 
     def terminate(self):
@@ -251,10 +277,14 @@ class _PoolCore:
             self.state = TERMINATE
             stream = self.stream
             runs = list(self.runs)
+            streams = self.sync_free + list(self.sync_busy)
+            self.sync_free = []
             self.wakeup.notify_all()
         self.engine.terminate()
         if stream is not None:
             stream.cancel()
+        for s in streams:
+            s.cancel()
         for run in runs:
             run.cancel()
         self.engine.join(_TERMINATE_JOIN_SECONDS)
@@ -678,7 +708,28 @@ class Pool:
             with procpool.Pool(2) as pool:
                 assert pool.apply(divmod, (7, 2)) == (3, 1)
         """
-        return self.apply_async(func, args, kwds, timeout=timeout).get()
+        self._check_running()
+        timeout = _check_timeout(timeout)
+        core = self._core
+        # The caller reads its own stream: no hand-over to the result thread.
+        stream = core.take_sync_stream()
+        try:
+            stream.submit(func, tuple(args), dict(kwds), timeout=timeout)
+        except BaseException:  # could not pickle: nothing was queued
+            core.give_back_sync_stream(stream)
+            raise
+        try:
+            _, ok, value = stream.next()
+        except StopIteration:
+            core.drop_sync_stream(stream)
+            raise PoolError("the pool was terminated before this task finished") from None
+        except BaseException:  # Ctrl-C: the call is left to finish, its result dropped
+            core.drop_sync_stream(stream)
+            raise
+        core.give_back_sync_stream(stream)
+        if ok:
+            return value
+        raise value
 
     def apply_async(
         self, func, args=(), kwds={}, callback=None, error_callback=None, *, timeout=None

@@ -220,6 +220,40 @@ def test_terminate_fails_pending_results_instead_of_hanging(pp):
             result.get(timeout=10)
 
 
+def test_terminate_ends_a_blocking_apply_in_another_thread(pp):
+    got = []
+
+    def call():
+        try:
+            got.append(pp.apply(time.sleep, (30,)))
+        except Exception as exc:
+            got.append(exc)
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.3)
+    pp.terminate()
+    t.join(10)
+    assert not t.is_alive()
+    assert len(got) == 1 and isinstance(got[0], procpool.PoolError)
+
+
+def test_apply_from_many_threads(pp):
+    results = []
+    threads = [
+        threading.Thread(target=lambda i=i: results.append(pp.apply(pow, (i, 2))))
+        for i in range(16)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert sorted(results) == sorted(i * i for i in range(16))
+    with pytest.raises(TypeError):
+        pp.apply(id, (threading.Lock(),))
+    assert pp.apply(abs, (-1,)) == 1
+
+
 def test_per_call_timeout_fails_that_call_and_the_pool_goes_on(pp):
     with pytest.raises(procpool.TaskTimeoutError):
         pp.apply(time.sleep, (30,), timeout=0.5)
