@@ -7,7 +7,10 @@
 //! calls into jobs and implements [`Runner`] to run them in the worker.
 //!
 //! Parts, one per module: `wire` (the frame format), `transport` (framed I/O over a Unix
-//! socket), `ring` (the shared-memory results ring), `process` (starting a worker),
+//! socket), `ring` (the shared-memory results ring), `process` (starting a worker: the
+//! running executable again, or, for a front whose workers are something else, such as
+//! Python interpreters forked from a template, through its [`Launcher`], with the
+//! handshake checking [`EngineConfig::identity`] instead of the executable's fingerprint),
 //! `worker` (the loop a worker runs), `supervisor`
 //! (the thread that owns the workers and schedules jobs), `claim` (how a worker and the
 //! supervisor agree on which jobs the worker started, so that jobs not started can be

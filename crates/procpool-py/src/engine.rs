@@ -55,6 +55,8 @@ enum Phase {
 struct Inner {
     engine: Option<procpool_engine::Engine>,
     phase: Phase,
+    /// The thread joining the engine, joined in turn once it is done.
+    joiner: Option<std::thread::JoinHandle<()>>,
 }
 
 /// A pool of worker processes running Python callables.
@@ -117,10 +119,11 @@ impl Engine {
         if terminate {
             py.detach(finish);
         } else {
-            std::thread::Builder::new()
+            let t = std::thread::Builder::new()
                 .name("procpool-join".into())
                 .spawn(finish)
                 .expect("a thread to join the pool");
+            self.lock().joiner = Some(t);
         }
     }
 }
@@ -218,6 +221,7 @@ impl Engine {
                 Mutex::new(Inner {
                     engine: Some(engine),
                     phase: Phase::Open,
+                    joiner: None,
                 }),
                 Condvar::new(),
             )),
@@ -312,6 +316,13 @@ impl Engine {
                 g.phase == Phase::Stopped
             });
             if stopped {
+                let joiner = self.lock().joiner.take();
+                if let Some(t) = joiner {
+                    // It has set `Stopped`: it ends now.
+                    py.detach(|| {
+                        let _ = t.join();
+                    });
+                }
                 return Ok(true);
             }
             py.check_signals()?;

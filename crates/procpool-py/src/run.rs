@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use procpool_engine::Recorder;
 use procpool_engine::{Feed, Limits, Piece, Pulled, RecvError, Reorder, Source, TaskErrorKind};
-use pyo3::exceptions::{PyStopIteration, PyTimeoutError};
+use pyo3::exceptions::{PyException, PyStopIteration, PyTimeoutError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyIterator, PyList, PyTuple};
 
@@ -28,6 +28,9 @@ struct Side {
     bad: HashMap<u64, Py<PyAny>>,
     /// The input iterator raised this.
     input_error: Option<PyErr>,
+    /// Raised while pulling or pickling input and not an `Exception`
+    /// (`KeyboardInterrupt`, `SystemExit`): raised to the caller at once.
+    urgent: Option<PyErr>,
 }
 
 /// The run's items, pulled and pickled on demand (under the GIL, taken here).
@@ -84,7 +87,12 @@ impl PySource {
                 None => self.ended = true,
                 Some(Err(e)) => {
                     self.ended = true;
-                    lock(&self.side).input_error = Some(e);
+                    let mut side = lock(&self.side);
+                    if e.is_instance_of::<PyException>(py) {
+                        side.input_error = Some(e);
+                    } else {
+                        side.urgent = Some(e);
+                    }
                 }
             }
         }
@@ -141,6 +149,13 @@ impl PySource {
 
     /// The first of `items` fails with `e`; the others wait for the next job.
     fn fail_first(&mut self, py: Python<'_>, items: Vec<Py<PyAny>>, e: PyErr) -> Pulled {
+        if !e.is_instance_of::<PyException>(py) {
+            // Ctrl-C while pickling: the caller gets it now; no more input.
+            self.ended = true;
+            self.ahead.clear();
+            lock(&self.side).urgent = Some(e);
+            return Pulled::End;
+        }
         for x in items.into_iter().skip(1).rev() {
             self.ahead.push_front(x);
         }
@@ -357,6 +372,27 @@ impl Run {
             if let Some(t) = pop_ready(py, &mut st.ready)? {
                 return Ok(t);
             }
+            if !self.fill_ready(py, &mut st, deadline)? {
+                return Err(PyStopIteration::new_err(()));
+            }
+        }
+    }
+
+    /// Waits until outcomes are ready (`true`) or the run has ended (`false`; the input
+    /// iterator's error, if it raised, is raised now).
+    fn fill_ready(
+        &self,
+        py: Python<'_>,
+        st: &mut State,
+        deadline: Option<Instant>,
+    ) -> PyResult<bool> {
+        loop {
+            if let Some(e) = lock(&self.side).urgent.take() {
+                return Err(e);
+            }
+            if !st.ready.is_empty() {
+                return Ok(true);
+            }
             if self.cancelled.load(Ordering::Relaxed) && !st.cancel_sent {
                 st.cancel_sent = true;
                 st.ended = true;
@@ -366,12 +402,12 @@ impl Run {
                 if let Some(e) = lock(&self.side).input_error.take() {
                     return Err(e);
                 }
-                return Err(PyStopIteration::new_err(()));
+                return Ok(false);
             }
             if let Some(r) = st.reorder.as_mut()
                 && let Some(p) = r.pop()
             {
-                decode(py, &mut st, &self.side, p)?;
+                decode(py, st, &self.side, p)?;
                 continue;
             }
             let held = st.reorder.as_ref().map_or(0, Reorder::bytes);
@@ -384,7 +420,7 @@ impl Run {
             match got {
                 Ok(Some(p)) => match st.reorder.as_mut() {
                     Some(r) => r.insert(p.start, p.count, p.bytes(), p),
-                    None => decode(py, &mut st, &self.side, p)?,
+                    None => decode(py, st, &self.side, p)?,
                 },
                 Ok(None) => st.ended = true,
                 Err(RecvError::Timeout | RecvError::Empty) => {
@@ -395,6 +431,21 @@ impl Run {
                 }
             }
         }
+    }
+}
+
+/// Appends one `(index, ok, value)` outcome to `collect`'s lists.
+fn collect_one(
+    values: &Bound<'_, PyList>,
+    failures: &Bound<'_, PyList>,
+    t: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let (i, ok, v): (u64, bool, Bound<'_, PyAny>) = t.extract()?;
+    if ok {
+        values.append(v)
+    } else {
+        values.append(values.py().None())?;
+        failures.append((i, v))
     }
 }
 
@@ -539,6 +590,48 @@ impl Run {
     #[pyo3(signature = (timeout=None))]
     fn next(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         self.next_outcome(py, crate::engine::duration(timeout, "timeout")?)
+    }
+
+    /// Drains an ordered run at once: `(values, failures)`, where `values` holds every
+    /// item's result in input order (`None` where it failed) and `failures` the
+    /// `(index, exception)` pairs in input order. The fast way to a `map`'s list: no
+    /// tuple per item. Blocks with the GIL released; Ctrl-C raises `KeyboardInterrupt`
+    /// (what was drained is then lost).
+    fn collect<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let values = PyList::empty(py);
+        let failures = PyList::empty(py);
+        let mut st = self.state(py);
+        if st.reorder.is_none() {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "collect() needs an ordered run",
+            ));
+        }
+        loop {
+            while let Some(r) = st.ready.pop_front() {
+                match r {
+                    Ready::Values { values: v, pos, .. } => {
+                        let v = v.bind(py);
+                        if pos == 0 {
+                            values.call_method1(pyo3::intern!(py, "extend"), (v,))?;
+                        } else if pos < v.len() {
+                            values.call_method1(
+                                pyo3::intern!(py, "extend"),
+                                (v.get_slice(pos, v.len()),),
+                            )?;
+                        }
+                    }
+                    Ready::Many(list, pos) => {
+                        for t in list.bind(py).iter().skip(pos) {
+                            collect_one(&values, &failures, &t)?;
+                        }
+                    }
+                    Ready::One(t) => collect_one(&values, &failures, t.bind(py))?,
+                }
+            }
+            if !self.fill_ready(py, &mut st, None)? {
+                return Ok((values, failures));
+            }
+        }
     }
 
     /// Drops the run's jobs not started and kills the workers running its jobs;
