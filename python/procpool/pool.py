@@ -360,18 +360,31 @@ def _serve_stream(core, stream):
         result._set(False, err)
 
 
+# Whether the engine drains an ordered run into a list itself (no tuple per item).
+_ENGINE_COLLECTS = hasattr(getattr(_core, "Run", None), "collect")
+
+
 def _collect(run, source, length):
-    """Drain a run (any order) into (True, list) or (False, first exception by index)."""
-    values = [None] * length
-    seen = 0
+    """Drain a map's run into (True, list) or (False, first exception by input position).
+
+    The run is ordered when the engine collects (see _ENGINE_COLLECTS), else in any order.
+    """
     err_index = None
     err = None
-    for index, ok, value in run:
-        seen += 1
-        if ok:
-            values[index] = value
-        elif err_index is None or index < err_index:
-            err_index, err = index, value
+    if _ENGINE_COLLECTS:
+        values, failures = run.collect()
+        seen = len(values)
+        if failures:
+            err_index, err = failures[0]
+    else:
+        values = [None] * length
+        seen = 0
+        for index, ok, value in run:
+            seen += 1
+            if ok:
+                values[index] = value
+            elif err_index is None or index < err_index:
+                err_index, err = index, value
     if source.error is not None and (err_index is None or source.count < err_index):
         err_index, err = source.count, source.error
     if err is not None:
@@ -797,7 +810,7 @@ class Pool:
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         length = len(iterable)
-        run, source = self._run_source(func, iterable, star, chunksize, False, timeout)
+        run, source = self._run_source(func, iterable, star, chunksize, _ENGINE_COLLECTS, timeout)
         try:
             ok, value = _collect(run, source, length)
         except BaseException:  # Ctrl-C: stop the run's tasks, then let it through
@@ -819,7 +832,7 @@ class Pool:
             result = MapResult(self, None, None)
             result._set(True, [])
             return result
-        run, source = self._run_source(func, iterable, star, chunksize, False, timeout)
+        run, source = self._run_source(func, iterable, star, chunksize, _ENGINE_COLLECTS, timeout)
         result = MapResult(self, callback, error_callback)
         core = self._core
         thread = threading.Thread(
