@@ -22,7 +22,6 @@ Example::
             print(asyncio.run(main(ex)))               # 27
 """
 
-import builtins
 import collections
 import concurrent.futures
 import threading
@@ -215,8 +214,10 @@ class _ExecutorCore:
             drain.run.cancel()
         for fut, exc in failures:
             fut.set_exception(exc)
-        if wait:
-            if thread is not None and thread is not threading.current_thread():
+        current = threading.current_thread()
+        if wait and current is not thread and all(d.thread is not current for d in maps_to_wait):
+            # (not from a done-callback on a result thread: it would wait for itself)
+            if thread is not None:
                 thread.join()
             for drain in maps_to_wait:
                 drain.thread.join()
@@ -269,8 +270,8 @@ class _MapDrain:
         with self.core.lock:
             self.core.maps.discard(self)
 
-    def results(self, timeout):
-        end_time = None if timeout is None else time.monotonic() + timeout
+    def results(self, end_time):
+        """The map's results in order; ``end_time`` (monotonic) bounds the whole iteration."""
         try:
             for _ in range(self.length):
                 with self.cond:
@@ -391,11 +392,10 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        if timeout is not None:
-            timeout = float(timeout)
+        end_time = None if timeout is None else time.monotonic() + float(timeout)
         items = list(zip(*iterables))
         drain = self._core.start_map(fn, items, chunksize, None)
-        return drain.results(timeout)
+        return drain.results(end_time)
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         """Accept no new calls; with ``wait`` return once every call has finished and the

@@ -98,6 +98,13 @@ def test_map_timeout_covers_the_whole_iteration(ex):
     assert time.monotonic() - start < 5
 
 
+def test_map_timeout_counts_from_the_call(ex):
+    it = ex.map(time.sleep, [2.0], timeout=0.5)
+    time.sleep(0.8)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        next(it)
+
+
 def test_map_bad_chunksize(ex):
     with pytest.raises(ValueError):
         ex.map(abs, [1], chunksize=0)
@@ -176,6 +183,20 @@ def test_callbacks_and_threads(ex):
 
 
 # ---- procpool only -----------------------------------------------------------------
+
+
+def test_shutdown_from_a_done_callback_does_not_wait_for_itself():
+    # (the stdlib's raises in the callback here)
+    ex = procpool.ProcessPoolExecutor(1)
+    done = threading.Event()
+
+    def callback(_):
+        ex.shutdown(wait=True)
+        done.set()
+
+    ex.submit(abs, -1).add_done_callback(callback)
+    assert done.wait(20)
+    ex.shutdown()
 
 
 def test_a_dead_worker_fails_its_future_alone_and_the_executor_goes_on():
