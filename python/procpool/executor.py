@@ -340,10 +340,11 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if max_tasks_per_child is not None:
-            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
+            if not isinstance(max_tasks_per_child, int):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
+            max_tasks_per_child = int(max_tasks_per_child)
         timeout = _check_timeout(timeout)
         retries = _check_retries(retries)
         engine = _core.Engine(

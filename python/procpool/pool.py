@@ -644,12 +644,9 @@ class Pool:
         self._core = None
         processes = _check_processes(processes)
         if maxtasksperchild is not None:
-            if (
-                isinstance(maxtasksperchild, bool)
-                or not isinstance(maxtasksperchild, int)
-                or maxtasksperchild <= 0
-            ):
+            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
                 raise ValueError("maxtasksperchild must be a positive int or None")
+            maxtasksperchild = int(maxtasksperchild)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         timeout = _check_timeout(timeout)
