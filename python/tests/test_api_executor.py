@@ -214,6 +214,22 @@ def test_a_dead_worker_fails_its_future_alone_and_the_executor_goes_on():
         assert list(e.map(abs, [-1, -2])) == [1, 2]
 
 
+def test_retries_run_a_call_again_after_its_worker_died(tmp_path):
+    marker = str(tmp_path / "died-once")
+
+    def die_once():
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(7)
+        return "second try"
+
+    with procpool.ProcessPoolExecutor(1, retries=1) as e:
+        assert e.submit(die_once).result(timeout=20) == "second try"
+    os.unlink(marker)
+    with procpool.ProcessPoolExecutor(1) as e:
+        assert e.submit(die_once).exception(timeout=20).exitcode == 7
+
+
 def test_timeout_kills_the_call_and_the_executor_goes_on():
     with procpool.ProcessPoolExecutor(2, timeout=0.5) as e:
         slow = e.submit(time.sleep, 30)
