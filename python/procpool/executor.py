@@ -421,6 +421,4 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         return f"<procpool.ProcessPoolExecutor {state} max_workers={self._max_workers}>"
 
     def __reduce__(self):
-        raise NotImplementedError(
-            "executor objects cannot be passed between processes or pickled"
-        )
+        raise NotImplementedError("executor objects cannot be passed between processes or pickled")

@@ -82,9 +82,7 @@ def _check_timeout(timeout, what="timeout"):
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise TypeError(
-            f"{what} must be a number of seconds or None, not {type(timeout).__name__}"
-        )
+        raise TypeError(f"{what} must be a number of seconds or None, not {type(timeout).__name__}")
     value = float(timeout)
     if math.isnan(value) or value <= 0:
         raise ValueError(f"{what} must be a positive number of seconds or None, not {timeout!r}")
@@ -693,9 +691,7 @@ class Pool:
         return f"<procpool.Pool state={state} pool_size={size}>"
 
     def __reduce__(self):
-        raise NotImplementedError(
-            "pool objects cannot be passed between processes or pickled"
-        )
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
     def __del__(self, _warn=warnings.warn):
         core = getattr(self, "_core", None)
@@ -776,9 +772,7 @@ class Pool:
             if error_callback is None:
                 result._set(False, failure)
             else:  # callbacks run on a result thread, never in the caller
-                threading.Thread(
-                    target=result._set, args=(False, failure), daemon=True
-                ).start()
+                threading.Thread(target=result._set, args=(False, failure), daemon=True).start()
         return result
 
     # -- maps ---------------------------------------------------------------

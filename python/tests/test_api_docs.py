@@ -76,9 +76,20 @@ def test_docstring_example_runs(name, code, capsys):
 
 def test_examples_compute_runs_as_a_program():
     out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", "compute.py"),
-         "--tasks", "4", "--n", "20000", "--workers", "2", "--compare"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            os.path.join(ROOT, "examples", "compute.py"),
+            "--tasks",
+            "4",
+            "--n",
+            "20000",
+            "--workers",
+            "2",
+            "--compare",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

@@ -77,7 +77,9 @@ def test_as_completed_and_wait(ex):
     assert len(done) == 3 and not not_done
     first = ex.submit(time.sleep, 5)
     quick = ex.submit(abs, -1)
-    done, _ = concurrent.futures.wait([first, quick], return_when=concurrent.futures.FIRST_COMPLETED, timeout=20)
+    done, _ = concurrent.futures.wait(
+        [first, quick], return_when=concurrent.futures.FIRST_COMPLETED, timeout=20
+    )
     assert quick in done and first not in done
 
 
@@ -159,9 +161,7 @@ def test_shutdown_without_wait_still_finishes_the_work(ex):
 def test_run_in_executor(ex):
     async def main():
         loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *(loop.run_in_executor(ex, pow, i, 3) for i in range(5))
-        )
+        results = await asyncio.gather(*(loop.run_in_executor(ex, pow, i, 3) for i in range(5)))
         return results
 
     assert asyncio.run(main()) == [0, 1, 8, 27, 64]

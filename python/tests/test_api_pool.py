@@ -91,7 +91,11 @@ def test_imap_over_an_input_that_raises_reports_it_at_its_position(pool):
 def test_imap_failed_items_raise_in_place_and_iteration_goes_on(pool):
     got = outcomes(pool.imap(math.sqrt, [1, -1, 4, -1, 16], chunksize=1))
     assert got == [
-        ("ok", 1.0), ("err", "ValueError"), ("ok", 2.0), ("err", "ValueError"), ("ok", 4.0),
+        ("ok", 1.0),
+        ("err", "ValueError"),
+        ("ok", 2.0),
+        ("err", "ValueError"),
+        ("ok", 4.0),
     ]
 
 
