@@ -90,6 +90,7 @@ fn job(func: &str, payload: &[u8], index: u64) -> Job {
         index,
         weight: 1,
         timeout: None,
+        fds: None,
     }
 }
 

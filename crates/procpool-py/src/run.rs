@@ -568,6 +568,7 @@ fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyRes
         count,
         done,
         payload,
+        ..
     } = p;
     match &done.outcome {
         Ok(bytes) => {

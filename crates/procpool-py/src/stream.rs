@@ -129,6 +129,7 @@ impl Stream {
             index: tag,
             weight: 1,
             timeout,
+            fds: None,
         };
         self.batch
             .submit([job])
