@@ -14,7 +14,8 @@
 //! taken back), `pool` (the [`Engine`] handle), `batch` (a caller's stream of jobs),
 //! `chunk` (how many items go into a job), `feed` (a lazy input fed to a pool under
 //! bounds, and reordering: what every front's `map`/`imap` runs on), `oneoff` (a single
-//! process outside any pool), `sys` (OS calls); and for watching a pool: `stats` (the
+//! process outside any pool), `remote` (a pool served by agents over a link, such as
+//! MPI ranks, instead of local workers), `sys` (OS calls); and for watching a pool: `stats` (the
 //! pool's counters, [`Engine::stats`]), `progress` (a call's [`Progress`] reported to a
 //! callback), `events` (what the supervisor tells of workers' lives: counters, and
 //! events with the `tracing` feature), `identity` ([`current_worker`]).
@@ -30,6 +31,7 @@ mod oneoff;
 mod pool;
 mod process;
 mod progress;
+mod remote;
 mod ring;
 mod stats;
 mod supervisor;
@@ -47,6 +49,7 @@ pub use identity::{WorkerInfo, current_worker};
 pub use oneoff::{JoinError, OneOff};
 pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig};
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};
+pub use remote::{PREFETCH_BELOW, PREFETCH_WORK, Remote, RemoteDone, RemoteJob};
 pub use stats::{Failures, Recorder, Stats, WorkerStats};
 pub use wire::{Failure, MAX_JOB_FDS, PROTOCOL_VERSION};
 pub use worker::{

@@ -108,6 +108,27 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The state of a new pool, before its supervisor (or dispatcher) runs.
+    pub(crate) fn new(config: EngineConfig) -> Result<Arc<Shared>, PoolError> {
+        let workers = config.workers;
+        Ok(Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                cancels: Vec::new(),
+                mode: Mode::Run,
+                closed: false,
+                feeding: 0,
+                broken: None,
+            }),
+            wake_fd: sys::eventfd()?,
+            config,
+            pids: Mutex::new(Vec::new()),
+            started: Mutex::new(None),
+            started_cv: Condvar::new(),
+            stats: Arc::new(StatsCell::new(workers)),
+        }))
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -195,23 +216,7 @@ impl Engine {
                 "max_message_size must be between 1 byte and 4 GiB - 1 KiB".into(),
             ));
         }
-        let workers = config.workers;
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                jobs: VecDeque::new(),
-                cancels: Vec::new(),
-                mode: Mode::Run,
-                closed: false,
-                feeding: 0,
-                broken: None,
-            }),
-            wake_fd: sys::eventfd()?,
-            config,
-            pids: Mutex::new(Vec::new()),
-            started: Mutex::new(None),
-            started_cv: Condvar::new(),
-            stats: Arc::new(StatsCell::new(workers)),
-        });
+        let shared = Shared::new(config)?;
         let sup = Supervisor::new(shared.clone());
         let thread = std::thread::Builder::new()
             .name("procpool-supervisor".into())
@@ -240,6 +245,14 @@ impl Engine {
                 engine.stop(Mode::Terminate);
                 Err(e)
             }
+        }
+    }
+
+    /// An engine whose pool is served by `thread` (see `remote`).
+    pub(crate) fn from_parts(shared: Arc<Shared>, thread: JoinHandle<()>) -> Engine {
+        Engine {
+            shared,
+            thread: Some(thread),
         }
     }
 

@@ -94,6 +94,55 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Across hosts (MPI)
+//! With the `mpi` feature, the same [`Pool`] spans the hosts of an MPI job. Start the
+//! program with `mpirun -n N ./prog` (or Slurm's `srun`): [`init`] initializes MPI, and
+//! every rank but 0 becomes a *node agent* that never returns from it and runs a local
+//! pool of worker processes on its host. Rank 0 runs `main`; a pool built with
+//! `Builder::mpi` runs its tasks on the agents' workers, with the same `map`, `imap`,
+//! `imap_unordered`, `apply`, `spawn`, time limits, retries, cancelling and errors.
+//! Outside an MPI job (or in a job of one rank) `mpi()` gives a local pool.
+//!
+//! ```no_run
+//! # #[cfg(feature = "mpi")]
+//! fn main() -> Result<(), procpool::Error> {
+//!     procpool::init(); // ranks other than 0 serve here and never return
+//!     let pool = procpool::Pool::builder().mpi().build()?;
+//!     let squares = pool.map(|x: u64| x * x, 0..100_000)?;
+//!     assert_eq!(squares[9], 81);
+//!     Ok(())
+//! }
+//! # #[cfg(not(feature = "mpi"))]
+//! # fn main() {}
+//! ```
+//!
+//! - **Model.** In an MPI pool a *dispatcher* thread takes the place of the local
+//!   supervisor: it takes jobs from the same queue (so chunking, ordering, handles and
+//!   progress are those of a local pool) and deals them to agents by the same
+//!   work-conserving rule, counting each agent as as many slots as it has workers: a job
+//!   goes only to an agent with a free worker, except that jobs measured short (under 5
+//!   ms) may be held ahead, about 2 ms of them per worker, so that no worker waits for a
+//!   round trip. Many jobs travel in one MPI message, and so do their answers.
+//! - **Workers per agent**: the host's cores, shared among the agents on that host;
+//!   [`Builder::workers`] sets it per agent. Rank 0 runs none: to use every host, start
+//!   one rank more than hosts (`mpirun -n 5 --map-by node` on four hosts).
+//! - **Same binary.** Functions travel as offsets into the executable. At start-up rank
+//!   0 compares a fingerprint of the executable's *contents* with every agent's; if one
+//!   differs it prints which rank and host, and building an MPI pool fails with
+//!   [`PoolError::Handshake`] ([`HandshakeError::BinaryMismatch`]).
+//! - **Faults.** A task that panics, segfaults, aborts, is killed or passes its time
+//!   limit kills only its worker on the agent, which replaces it; the task's error is
+//!   what a local pool gives (its pid is the remote worker's). Losing an agent itself
+//!   (its host dies, the rank is killed) ends the whole job: that is the MPI library's
+//!   default error handling, and `mpirun` prints which rank died, on which node, of which
+//!   signal.
+//! - **Exit.** Returning from `main`, `std::process::exit` and an error returned from
+//!   `main` tell every agent to stop its workers and leave, then finalize MPI (bounded: a
+//!   job that does not end within 30 s is ended by the launcher). A panic on rank 0's
+//!   main thread prints the panic, then ends the job at once with `MPI_Abort` (code 101).
+//!   One MPI pool is open at a time; building a second while one is open fails with
+//!   [`PoolError::Config`]. `procpool::mpi_rank()` tells the rank and the job's size.
+//!
 //! # Testing
 //! Workers re-run the executable, so a test binary needs a way in: put
 //! `procpool::enable_test_support!();` once in each integration-test crate (and in a unit
@@ -114,6 +163,8 @@ mod func;
 mod handle;
 mod items;
 mod iter;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod outcome;
 mod passfd;
 mod pool;
@@ -132,6 +183,8 @@ pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKin
 pub use format::Codec;
 pub use handle::TaskHandle;
 pub use iter::{Imap, ImapUnordered};
+#[cfg(feature = "mpi")]
+pub use mpi::mpi_rank;
 pub use passfd::Fd;
 pub use pool::{Builder, Call, Pool};
 pub use process::{Process, spawn};
@@ -144,8 +197,14 @@ pub use shared::{Element, Shared, SharedArray, SharedError, SharedSlice};
 /// exits without returning. Forgetting it is caught: a worker process whose `main` goes on
 /// to create a pool reports the mistake to its parent (which returns a
 /// [`HandshakeError::InitMissing`] error) instead of starting workers of its own.
+///
+/// With the `mpi` feature, in a process started by an MPI launcher (`mpirun`), it also
+/// initializes MPI; on ranks other than 0 it then serves as a node agent and exits
+/// without returning (see [Across hosts](crate#across-hosts-mpi)).
 pub fn init() {
     procpool_engine::serve_if_worker(func::FnRunner::default);
+    #[cfg(feature = "mpi")]
+    mpi::init();
 }
 
 /// Lets pools run inside a test binary: put it once at the top level of each

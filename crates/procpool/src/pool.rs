@@ -56,6 +56,12 @@ pub struct Builder {
     timeout: Option<Duration>,
     layout: Layout,
     error: Option<String>,
+    /// Workers per agent, when set, for pools over MPI.
+    #[cfg(feature = "mpi")]
+    per_agent: Option<usize>,
+    /// Run on the agents of the MPI job ([`Builder::mpi`]).
+    #[cfg(feature = "mpi")]
+    mpi: bool,
 }
 
 impl Default for Builder {
@@ -69,14 +75,41 @@ impl Default for Builder {
                 limit: procpool_engine::DEFAULT_MAX_MESSAGE,
             },
             error: None,
+            #[cfg(feature = "mpi")]
+            per_agent: None,
+            #[cfg(feature = "mpi")]
+            mpi: false,
         }
     }
 }
 
 impl Builder {
-    /// Number of worker processes. Default: the number of available cores.
+    /// Number of worker processes. Default: the number of available cores. With
+    /// `mpi()` (feature `mpi`), the number of workers of each agent.
     pub fn workers(mut self, n: usize) -> Self {
         self.config.workers = n;
+        #[cfg(feature = "mpi")]
+        {
+            self.per_agent = Some(n);
+        }
+        self
+    }
+
+    /// Runs the pool's tasks on the node agents of the MPI job this program runs in
+    /// (`mpirun -n N ./prog`): every rank but 0, each with a local pool of worker
+    /// processes. Outside an MPI job, or in a job of one rank, the pool is local. See
+    /// [`crate::mpi`](crate#across-hosts-mpi) for the model, faults and exit.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// procpool::init();
+    /// let pool = procpool::Pool::builder().mpi().build()?;
+    /// assert_eq!(pool.map(|x: u32| x * 2, [1, 2, 3])?, [2, 4, 6]);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "mpi")]
+    pub fn mpi(mut self) -> Self {
+        self.mpi = true;
         self
     }
 
@@ -242,6 +275,13 @@ impl Builder {
         let mut config = self.config;
         // The engine bounds whole jobs; the user's limit is per item (see `items`).
         config.max_message = items::transport_bound(self.layout.limit);
+        #[cfg(feature = "mpi")]
+        let engine = if self.mpi {
+            crate::mpi::start(config, self.per_agent)?
+        } else {
+            Engine::start(config)?
+        };
+        #[cfg(not(feature = "mpi"))]
         let engine = Engine::start(config)?;
         Ok(Pool {
             engine,

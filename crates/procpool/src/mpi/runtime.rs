@@ -1,0 +1,420 @@
+//! MPI in this process: start-up, the executable check, ending the job on every exit
+//! path, and the few MPI calls the backend makes.
+//!
+//! MPI is initialized once, by [`crate::init`], at the `MPI_THREAD_SERIALIZED` level:
+//! every MPI call is made under the [`lock`] of this module, from whichever thread.
+//! `MPI_Finalize` runs at process exit (an `atexit` handler), after every agent was told
+//! to stop; a panic on the main thread ends the whole job with `MPI_Abort`.
+
+use std::ffi::{c_int, c_void};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use mpi::traits::*;
+
+use procpool_engine::{HandshakeError, PoolError};
+
+use super::msg::{self, Hello};
+
+/// How long the caller's rank waits for every agent to say hello at start-up.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long rank 0 waits at exit for every agent to say it leaves.
+const BYE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long ending the job may take before the process leaves without `MPI_Finalize`
+/// (which makes the launcher end every rank).
+const FINALIZE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// MPI's state in this process, behind [`lock`].
+#[derive(Debug)]
+pub(crate) struct Runtime {
+    pub(crate) rank: i32,
+    pub(crate) size: i32,
+    /// The agents' hellos, by rank - 1 (caller's rank only), or why they are unusable.
+    pub(crate) agents: Result<Vec<Hello>, PoolError>,
+    /// An MPI pool is open (one at a time).
+    pub(crate) pool_open: bool,
+    /// `MPI_Finalize` ran: no MPI call may follow.
+    pub(crate) finalized: bool,
+}
+
+static RUNTIME: OnceLock<Mutex<Runtime>> = OnceLock::new();
+
+/// The runtime, if MPI was initialized (this process is a rank of a job).
+pub(crate) fn lock() -> Option<MutexGuard<'static, Runtime>> {
+    RUNTIME
+        .get()
+        .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Whether this process was started by an MPI launcher (`mpirun`, `mpiexec`, `srun`).
+fn launched() -> bool {
+    [
+        "OMPI_COMM_WORLD_SIZE",
+        "PMI_SIZE",
+        "PMIX_RANK",
+        "MPI_LOCALNRANKS",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some())
+}
+
+/// Called by [`crate::init`] in a process that is not a worker: under an MPI launcher,
+/// initializes MPI; on ranks other than 0, serves as an agent and exits.
+pub(crate) fn init() {
+    if RUNTIME.get().is_some() || !launched() {
+        return;
+    }
+    let Some((universe, threading)) = mpi::initialize_with_threading(mpi::Threading::Serialized)
+    else {
+        return; // Initialized by someone else: leave MPI to them.
+    };
+    // Finalized by `at_exit`, never by a drop (a drop during a panic's unwinding hangs
+    // the job in `MPI_Finalize`).
+    std::mem::forget(universe);
+    let world = mpi::topology::SimpleCommunicator::world();
+    let (rank, size) = (world.rank(), world.size());
+    install_panic_hook();
+    if threading < mpi::Threading::Serialized {
+        eprintln!(
+            "procpool: the MPI library offers no thread support beyond {threading:?}; \
+             procpool's MPI backend needs MPI_THREAD_SERIALIZED. Ending the job."
+        );
+        world.abort(1);
+    }
+    let me = Hello {
+        fingerprint: fingerprint(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        pid: std::process::id(),
+        host: host_name(),
+    };
+    if rank != 0 {
+        world
+            .process_at_rank(0)
+            .send_with_tag(&msg::encode_hello(&me)[..], msg::HELLO);
+        let _ = RUNTIME.set(Mutex::new(Runtime {
+            rank,
+            size,
+            agents: Ok(Vec::new()),
+            pool_open: false,
+            finalized: false,
+        }));
+        super::agent::serve(rank);
+        finalize_and_exit(0);
+    }
+    let agents = gather_hellos(size, &me).map_err(|(m, e)| {
+        eprintln!("procpool: {m}");
+        e
+    });
+    let _ = RUNTIME.set(Mutex::new(Runtime {
+        rank,
+        size,
+        agents,
+        pool_open: false,
+        finalized: false,
+    }));
+    // SAFETY: `at_exit` is an `extern "C" fn()` that stays valid for the whole process.
+    if unsafe { libc::atexit(at_exit) } != 0 {
+        eprintln!("procpool: could not register the MPI shutdown; ending the job.");
+        world.abort(1);
+    }
+}
+
+/// Receives every agent's hello and checks that it runs this executable.
+/// On failure, a sentence for standard error (naming the rank and host) and the error
+/// that MPI pools will be refused with.
+fn gather_hellos(size: i32, me: &Hello) -> Result<Vec<Hello>, (String, PoolError)> {
+    let other = |m: String| {
+        let e = PoolError::Io(std::sync::Arc::new(std::io::Error::other(m.clone())));
+        (m, e)
+    };
+    let world = mpi::topology::SimpleCommunicator::world();
+    let mut got: Vec<Option<Hello>> = vec![None; size.max(1) as usize - 1];
+    let deadline = Instant::now() + HELLO_TIMEOUT;
+    let mut nap = Nap::default();
+    while got.iter().any(Option::is_none) {
+        match world
+            .any_process()
+            .immediate_matched_probe_with_tag(msg::HELLO)
+        {
+            Some(probed) => {
+                let (bytes, status) = probed.matched_receive_vec::<u8>();
+                let r = status.source_rank();
+                let h = msg::decode_hello(&bytes)
+                    .map_err(|e| other(format!("MPI rank {r} sent a malformed hello: {e}")))?;
+                if let Some(slot) = got.get_mut(r as usize - 1) {
+                    *slot = Some(h);
+                }
+                nap.reset();
+            }
+            None if Instant::now() > deadline => {
+                let missing: Vec<usize> = (1..size as usize)
+                    .filter(|r| got[r - 1].is_none())
+                    .collect();
+                return Err(other(format!(
+                    "MPI ranks {missing:?} did not start procpool within {HELLO_TIMEOUT:?}: \
+                     every rank must run this program, whose main calls procpool::init() first"
+                )));
+            }
+            None => nap.sleep(),
+        }
+    }
+    let agents: Vec<Hello> = got.into_iter().flatten().collect();
+    for (i, h) in agents.iter().enumerate() {
+        if h.fingerprint != me.fingerprint {
+            let e = PoolError::Handshake {
+                pid: Some(h.pid),
+                reason: HandshakeError::BinaryMismatch {
+                    parent: me.fingerprint,
+                    worker: h.fingerprint,
+                },
+            };
+            let m = format!(
+                "MPI rank {} (pid {} on host {}) runs a different executable (fingerprint \
+                 {:016x}) than rank 0 (fingerprint {:016x} on host {}): functions travel as \
+                 offsets into the executable, so every rank must run the same file; build \
+                 once and launch that binary on every host",
+                i + 1,
+                h.pid,
+                h.host,
+                h.fingerprint,
+                me.fingerprint,
+                me.host
+            );
+            return Err((m, e));
+        }
+    }
+    Ok(agents)
+}
+
+/// A fingerprint of the executable's contents (not of its file: ranks on other hosts see
+/// other device and inode numbers for the same program).
+fn fingerprint() -> u64 {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open("/proc/self/exe") else {
+        return 0;
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut h, mut len) = (0x9e37_79b9_7f4a_7c15u64, 0u64);
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return 0,
+        };
+        len += n as u64;
+        let mut words = buf[..n].chunks_exact(8);
+        for w in &mut words {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(w);
+            h = (h ^ u64::from_le_bytes(a))
+                .wrapping_mul(0xff51_afd7_ed55_8ccd)
+                .rotate_left(29);
+        }
+        for &b in words.remainder() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h ^ len
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// A panic on the main thread of any rank (the caller's `main`, an agent's loop) ends the
+/// job at once: unwinding through `main` into `MPI_Finalize` would hang every rank.
+fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        if std::thread::current().name() == Some("main") {
+            abort_job(101, "its main thread panicked");
+        }
+    }));
+}
+
+/// Ends every rank of the job now (`MPI_Abort`), saying why on standard error.
+pub(crate) fn abort_job(code: c_int, why: &str) -> ! {
+    let rank = RUNTIME.get().map_or(-1, |m| {
+        // Another thread may hold the lock inside an MPI call; do not wait long for it.
+        let deadline = Instant::now() + Duration::from_millis(200);
+        loop {
+            match m.try_lock() {
+                Ok(g) => break g.rank,
+                Err(std::sync::TryLockError::Poisoned(g)) => break g.into_inner().rank,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                Err(_) => break -1,
+            }
+        }
+    });
+    eprintln!("procpool: MPI rank {rank} is ending the job: {why} (MPI_Abort, code {code})");
+    mpi::topology::SimpleCommunicator::world().abort(code)
+}
+
+/// Runs at the exit of the caller's rank (return from `main`, `std::process::exit`):
+/// stops every agent, then finalizes MPI. Bounded: past [`FINALIZE_TIMEOUT`] the process
+/// leaves without finalizing, which makes the launcher end the job.
+extern "C" fn at_exit() {
+    let Some(mut rt) = lock() else { return };
+    if rt.finalized {
+        return;
+    }
+    std::thread::spawn(|| {
+        std::thread::sleep(FINALIZE_TIMEOUT);
+        eprintln!(
+            "procpool: the MPI job did not end within {FINALIZE_TIMEOUT:?} of rank 0's exit; \
+             leaving without MPI_Finalize so that the launcher ends every rank"
+        );
+        // SAFETY: `_exit` ends the process; nothing of it is used after.
+        unsafe { libc::_exit(70) };
+    });
+    let world = mpi::topology::SimpleCommunicator::world();
+    let open = rt.pool_open;
+    for r in 1..rt.size {
+        let p = world.process_at_rank(r);
+        if open {
+            p.send_with_tag(&[1u8][..], msg::END);
+        }
+        p.send_with_tag(&[][..] as &[u8], msg::EXIT);
+    }
+    // Everything the agents still send is read (a large message left unread would hold
+    // its sender), until each says BYE.
+    let mut left = rt.size - 1;
+    let deadline = Instant::now() + BYE_TIMEOUT;
+    let mut nap = Nap::default();
+    while left > 0 && Instant::now() < deadline {
+        match world.any_process().immediate_matched_probe() {
+            Some(probed) => {
+                let (_, status) = probed.matched_receive_vec::<u8>();
+                if status.tag() == msg::BYE {
+                    left -= 1;
+                }
+                nap.reset();
+            }
+            None => nap.sleep(),
+        }
+    }
+    if left > 0 {
+        eprintln!(
+            "procpool: {left} MPI agents did not say goodbye within {BYE_TIMEOUT:?}; \
+             finalizing all the same"
+        );
+    }
+    rt.finalized = true;
+    rt.pool_open = false;
+    // SAFETY: every MPI call of this process is made under the lock we hold, and none
+    // follows: `finalized` makes the others refuse.
+    unsafe { mpi::ffi::MPI_Finalize() };
+}
+
+fn finalize_and_exit(code: i32) -> ! {
+    if let Some(mut rt) = lock() {
+        rt.finalized = true;
+        // SAFETY: as in `at_exit`.
+        unsafe { mpi::ffi::MPI_Finalize() };
+    }
+    std::process::exit(code)
+}
+
+/// A growing pause between looks at MPI, which gives no descriptor to wait on: from a
+/// few microseconds while messages flow, up to `fast` for a while after the last one
+/// ([`BRISK`]), then up to `slow` (an idle rank costs next to no CPU).
+#[derive(Debug)]
+pub(crate) struct Nap {
+    cur: Duration,
+    fast: Duration,
+    slow: Duration,
+    last: Instant,
+}
+
+/// How long after its last message a rank keeps looking often.
+const BRISK: Duration = Duration::from_millis(50);
+
+impl Default for Nap {
+    fn default() -> Self {
+        Self::new(Duration::from_micros(100), Duration::from_millis(1))
+    }
+}
+
+impl Nap {
+    pub(crate) fn new(fast: Duration, slow: Duration) -> Self {
+        fine_timer_slack();
+        Self {
+            cur: Duration::ZERO,
+            fast,
+            slow,
+            last: Instant::now(),
+        }
+    }
+    pub(crate) fn reset(&mut self) {
+        self.cur = Duration::ZERO;
+        self.last = Instant::now();
+    }
+    /// The next pause.
+    pub(crate) fn next(&mut self) -> Duration {
+        let max = if self.last.elapsed() < BRISK {
+            self.fast
+        } else {
+            self.slow
+        };
+        self.cur = (self.cur * 2).clamp(Duration::from_micros(2), max);
+        self.cur
+    }
+    pub(crate) fn sleep(&mut self) {
+        std::thread::sleep(self.next());
+    }
+}
+
+/// Makes this thread's sleeps end within microseconds of their time (the default slack
+/// of 50 µs would dominate the naps above).
+pub(crate) fn fine_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes a number of nanoseconds and affects this thread.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 5_000 as libc::c_ulong, 0, 0, 0) };
+}
+
+/// Messages sent without blocking (`MPI_Isend`), kept until MPI is done with them: a
+/// rank that blocks in a send while the other blocks in its own would deadlock them.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    pending: Vec<(Vec<u8>, mpi::ffi::MPI_Request)>,
+}
+
+// SAFETY: a request handle is an opaque value; the outbox is used under the runtime lock.
+unsafe impl Send for Outbox {}
+
+impl Outbox {
+    /// Starts sending `bytes` (at most [`msg::MAX_MESSAGE`]) to `rank` with `tag`.
+    pub(crate) fn send(&mut self, rank: i32, tag: i32, bytes: Vec<u8>) {
+        let mut req = std::mem::MaybeUninit::<mpi::ffi::MPI_Request>::uninit();
+        // SAFETY: the buffer lives in `pending` (its heap block does not move) until
+        // `MPI_Test` says the send completed; the length fits an `int` (checked by the
+        // callers, which cut messages at `MAX_MESSAGE`).
+        let req = unsafe {
+            mpi::ffi::MPI_Isend(
+                bytes.as_ptr().cast::<c_void>(),
+                bytes.len() as c_int,
+                mpi::ffi::RSMPI_UINT8_T,
+                rank,
+                tag,
+                mpi::ffi::RSMPI_COMM_WORLD,
+                req.as_mut_ptr(),
+            );
+            req.assume_init()
+        };
+        self.pending.push((bytes, req));
+    }
+
+    /// Drops the messages MPI has sent; whether some are still pending.
+    pub(crate) fn progress(&mut self) -> bool {
+        self.pending.retain_mut(|(_, req)| {
+            let mut flag: c_int = 0;
+            // SAFETY: `req` is a live request of ours; MPI_Test frees it when complete.
+            unsafe { mpi::ffi::MPI_Test(req, &mut flag, mpi::ffi::RSMPI_STATUS_IGNORE) };
+            flag == 0
+        });
+        !self.pending.is_empty()
+    }
+}
