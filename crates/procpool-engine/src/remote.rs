@@ -660,6 +660,29 @@ mod tests {
     }
 
     #[test]
+    fn a_job_with_descriptors_is_refused_never_sent_to_an_agent() {
+        let (e, fake) = engine(&[1]);
+        let b = e.batch();
+        let null: std::os::fd::OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let mut with = job(1);
+        with.fds = Some(Arc::from(vec![null]));
+        b.submit([with, job(2)]).unwrap();
+        let d = b.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(d.index, 1);
+        let e1 = d.outcome.unwrap_err();
+        assert!(
+            matches!(e1.kind(), TaskErrorKind::Codec { message } if message.contains("other hosts")),
+            "{e1}"
+        );
+        let held: Vec<u64> = fake.lock().unwrap().held[0]
+            .iter()
+            .map(|h| h.2[0] as u64)
+            .collect();
+        assert_eq!(held, vec![2], "only the job without descriptors went out");
+        drop(e);
+    }
+
+    #[test]
     fn cancel_answers_queued_jobs_and_asks_agents_to_kill() {
         let (e, fake) = engine(&[1, 1]);
         let b = e.batch();
