@@ -109,6 +109,7 @@ pub struct RemoteDone {
 ///     index: 0,
 ///     weight: 1,
 ///     timeout: None,
+///     fds: None,
 /// }])?;
 /// let done = batch.recv_timeout(Duration::from_secs(10)).unwrap();
 /// assert_eq!(done.outcome.unwrap(), vec![7]);
@@ -330,11 +331,14 @@ impl Dispatcher {
                     q.jobs.pop_front();
                     continue;
                 }
-                if front.job.fds.is_some() {
-                    // A descriptor names an open file of this host's kernel: it cannot
-                    // reach a process on another host.
+                if front.job.fd_count() > 0 {
+                    // Descriptors name open files of this host: they cannot go to another.
                     if let Some(j) = q.jobs.pop_front() {
-                        fail_job(&j, no_descriptors());
+                        let message = "the argument holds open descriptors (Shared, \
+                            SharedSlice, SharedArray, Fd or a channel end), which cannot \
+                            travel to a pool on other hosts: use a local pool for it"
+                            .to_string();
+                        fail_job(&j, TaskErrorKind::Codec { message });
                     }
                     continue;
                 }
@@ -504,16 +508,6 @@ impl Drop for Dispatcher {
     }
 }
 
-/// Why a job that carries descriptors fails in a remote pool.
-#[cold]
-fn no_descriptors() -> TaskErrorKind {
-    TaskErrorKind::Codec {
-        message: "the argument holds descriptors (a channel end, a Shared value or an Fd), \
-                  which cannot travel to another host; pools across hosts take plain values"
-            .to_owned(),
-    }
-}
-
 fn fail_job(q: &Queued, kind: TaskErrorKind) {
     if q.batch.is_abandoned() {
         return;
@@ -664,6 +658,29 @@ mod tests {
         ));
         e.join();
         assert_eq!(fake.lock().unwrap().stopped, Some(false));
+    }
+
+    #[test]
+    fn a_job_with_descriptors_is_refused_never_sent_to_an_agent() {
+        let (e, fake) = engine(&[1]);
+        let b = e.batch();
+        let null: std::os::fd::OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let mut with = job(1);
+        with.fds = Some(Arc::from(vec![null]));
+        b.submit([with, job(2)]).unwrap();
+        let d = b.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(d.index, 1);
+        let e1 = d.outcome.unwrap_err();
+        assert!(
+            matches!(e1.kind(), TaskErrorKind::Codec { message } if message.contains("other hosts")),
+            "{e1}"
+        );
+        let held: Vec<u64> = fake.lock().unwrap().held[0]
+            .iter()
+            .map(|h| h.2[0] as u64)
+            .collect();
+        assert_eq!(held, vec![2], "only the job without descriptors went out");
+        drop(e);
     }
 
     #[test]
