@@ -55,8 +55,10 @@ impl End {
     }
 }
 
-/// How many memfds a sender keeps for reuse, per process.
-const POOLED: usize = 8;
+/// How many memfds a sender keeps for reuse, per process: more than a full queue holds
+/// (about eight large messages), plus one being read and one being written, so that a
+/// steady stream always finds one consumed.
+const POOLED: usize = 12;
 /// The largest payload whose memfd is kept for reuse: a sender keeps at most
-/// `POOLED * REUSED_MAX` (16 MiB) of them.
+/// `POOLED * REUSED_MAX` (24 MiB) of them.
 const REUSED_MAX: usize = 2 << 20;

@@ -31,7 +31,9 @@ impl<T: Value> Iterator for TryIter<'_, T> {
     }
 }
 
-/// A blocking iterator that owns its receiver (`for msg in rx`).
+/// A blocking iterator that owns its receiver (`for msg in rx`); it ends as
+/// [`Receiver::iter`] does: when every sender is gone, or at the first message that
+/// cannot be read.
 #[derive(Debug)]
 pub struct IntoIter<T> {
     rx: Receiver<T>,

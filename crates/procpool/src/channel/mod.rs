@@ -22,8 +22,8 @@
 //! (never mapping a peer's file, so a peer that changes or truncates it can garble bytes,
 //! which the decoder checks, but never fault the receiver) and marks the memfd consumed;
 //! the sending process then writes a later message into the same memfd, so its pages
-//! are allocated once rather than per message (each process keeps at most 8 such memfds
-//! of up to 2 MiB per sender; larger messages get a memfd of their own). A receiver
+//! are allocated once rather than per message (each process keeps at most 12 such
+//! memfds of up to 2 MiB per sender; larger messages get a memfd of their own). A receiver
 //! keeps a descriptor of each memfd it got only if it wants to: one that writes into a
 //! memfd after reading it can garble a later message of the same channel (which its
 //! reader's decoder checks), nothing else; any receiver of a channel could take those
