@@ -8,6 +8,7 @@
 mod figures;
 mod load;
 mod procs;
+mod pyfront;
 mod python;
 mod report;
 mod systems;
@@ -46,7 +47,7 @@ struct Config {
 }
 
 /// The workloads, by the names `--workloads` takes.
-const WORKLOADS: [&str; 7] = [
+const WORKLOADS: [&str; 8] = [
     "seed",
     "tiny",
     "bulk",
@@ -54,6 +55,7 @@ const WORKLOADS: [&str; 7] = [
     "latency",
     "crossover",
     "uneven",
+    "pyfront",
 ];
 
 const USAGE: &str = "\
@@ -69,7 +71,9 @@ usage: procpool-bench [--quick] [--out DIR] [--python PATH | --no-python] [--onl
   --only LIST    comma-separated systems to run: sequential,rayon,procspawn,procpool,python
                  (sequential always runs: it is the baseline)
   --workloads LIST  comma-separated workloads to run (default all):
-                 seed,tiny,bulk,startup,latency,crossover,uneven";
+                 seed,tiny,bulk,startup,latency,crossover,uneven,pyfront
+                 (pyfront: procpool's Python pools against the other Python
+                 pools, run by the --python interpreter, which must import procpool)";
 
 impl Config {
     fn parse() -> Result<Config, String> {
@@ -142,7 +146,7 @@ fn default_out_dir() -> PathBuf {
 pub(crate) struct Params {
     pub(crate) quick: bool,
     /// Which of [`WORKLOADS`] run.
-    runs: [bool; 7],
+    runs: [bool; 8],
     seed_reps: usize,
     tiny: Sizing,
     bulk_reps: usize,
@@ -164,7 +168,7 @@ impl Params {
         if quick {
             Params {
                 quick,
-                runs: [true; 7],
+                runs: [true; 8],
                 seed_reps: 2,
                 tiny: Sizing {
                     target: Duration::from_millis(150),
@@ -186,7 +190,7 @@ impl Params {
         } else {
             Params {
                 quick,
-                runs: [true; 7],
+                runs: [true; 8],
                 seed_reps: 5,
                 tiny: Sizing {
                     target: Duration::from_millis(400),
@@ -245,7 +249,9 @@ fn run(cfg: &Config) -> Result<(), String> {
     let seed_n = work::calibrate_seed(SEED_TASK_TIME);
     eprintln!("seed: n = {seed_n} (one task about {SEED_TASK_TIME:?})");
     let mut results = Results::new(seed_n);
-    let main_table = WORKLOADS.iter().any(|w| *w != "uneven" && p.runs(w));
+    let main_table = WORKLOADS
+        .iter()
+        .any(|w| !["uneven", "pyfront"].contains(w) && p.runs(w));
 
     for name in RUST_SYSTEMS {
         if !main_table || !cfg.wants(name) {
@@ -289,12 +295,22 @@ fn run(cfg: &Config) -> Result<(), String> {
         .runs("uneven")
         .then(|| uneven_run::section(cfg.quick, &cfg.out, python, |s| cfg.wants(s)));
 
+    let pyfront = python.filter(|_| p.runs("pyfront")).map(|py| {
+        let t = Instant::now();
+        let r = pyfront::run(py, &cfg.out, p.quick);
+        eprintln!("pyfront: done in {:.1} s", t.elapsed().as_secs_f64());
+        r.unwrap_or_else(|e| format!("Python front: skipped ({e})"))
+    });
+
     results.finish();
     if main_table {
         println!("{}", report::table(&results));
     }
     if let Some(u) = &uneven {
         println!("{}", u.table());
+    }
+    if let Some(text) = &pyfront {
+        println!("{text}");
     }
     if let Some((other, steal)) = load::foreign_share(run_mark, load::mark()) {
         println!(

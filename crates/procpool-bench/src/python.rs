@@ -78,7 +78,7 @@ pub(crate) fn run_uneven(python: &str, out: &Path, plan: &Plan) -> Result<Value,
 
 /// Writes `text` as `out/name`, runs it with `args` and parses the JSON it prints (also
 /// saved as `out/json_name`). Its process group is killed after `limit`.
-fn run_script(
+pub(crate) fn run_script(
     python: &str,
     out: &Path,
     name: &str,
