@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::batch::{Batch, Done, Job};
+use crate::batch::{Batch, Done, Job, RecvError};
 use crate::chunk::Chunker;
 use crate::error::{PoolError, TaskError, TaskErrorKind};
 use crate::pool::Engine;
@@ -355,6 +355,51 @@ impl<S: Source> Feed<S> {
                 return Some(self.counted(p));
             }
         }
+    }
+
+    /// [`recv`](Self::recv), waiting at most `timeout` for a job to finish: `Ok(None)`
+    /// when nothing is left, [`RecvError::Timeout`] when the time ran out first (call
+    /// again to go on waiting). For callers that must look up now and then (a Python
+    /// front checks for Ctrl-C).
+    ///
+    /// # Errors
+    /// [`RecvError::Timeout`] only.
+    pub fn recv_timeout(
+        &mut self,
+        held_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Option<Piece>, RecvError> {
+        if let Some(t) = &mut self.progress {
+            t.tick();
+        }
+        self.fill(held_bytes);
+        if let Some(p) = self.local.pop_front() {
+            return Ok(Some(self.counted(p)));
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.batch.recv_timeout(left) {
+                Ok(done) => {
+                    if let Some(p) = self.piece(done) {
+                        return Ok(Some(self.counted(p)));
+                    }
+                }
+                Err(RecvError::Empty) => {
+                    self.finish_progress();
+                    return Ok(None);
+                }
+                Err(RecvError::Timeout) => return Err(RecvError::Timeout),
+            }
+        }
+    }
+
+    /// Cancels the call: no more input is pulled, queued jobs are dropped, and workers
+    /// running its jobs are killed (the pool replaces them); each such job comes back as
+    /// [`Cancelled`](TaskErrorKind::Cancelled).
+    pub fn cancel(&mut self) {
+        self.end_input();
+        self.batch.cancel();
     }
 
     /// [`recv`](Self::recv) for async callers: never blocks; `Pending` wakes the task of

@@ -7,7 +7,10 @@
 //! calls into jobs and implements [`Runner`] to run them in the worker.
 //!
 //! Parts, one per module: `wire` (the frame format), `transport` (framed I/O over a Unix
-//! socket), `ring` (the shared-memory results ring), `process` (starting a worker),
+//! socket), `ring` (the shared-memory results ring), `process` (starting a worker: the
+//! running executable again, or, for a front whose workers are something else, such as
+//! Python interpreters forked from a template, through its [`Launcher`], with the
+//! handshake checking [`EngineConfig::identity`] instead of the executable's fingerprint),
 //! `worker` (the loop a worker runs), `supervisor`
 //! (the thread that owns the workers and schedules jobs), `claim` (how a worker and the
 //! supervisor agree on which jobs the worker started, so that jobs not started can be
@@ -45,13 +48,14 @@ pub use feed::{
 };
 pub use identity::{WorkerInfo, current_worker};
 pub use oneoff::{JoinError, OneOff};
-pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig};
+pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig, Stopper};
+pub use process::Launcher;
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};
 pub use stats::{Failures, Recorder, Stats, WorkerStats};
 pub use wire::{Failure, PROTOCOL_VERSION};
 pub use worker::{
-    Runner, is_worker_process, refuse_init_missing, serve_if_worker, take_last_backtrace,
-    take_last_panic,
+    Runner, is_worker_process, refuse_init_missing, serve_if_worker, serve_launched,
+    take_last_backtrace, take_last_panic,
 };
 
 /// Entry points for the fuzz targets (`fuzz/`): the parent's readers of the shared memory

@@ -66,7 +66,7 @@ impl OneOff {
         let opts = SpawnOptions {
             executable: None,
             max_message,
-            index: None,
+            ..SpawnOptions::default()
         };
         let proc = process::spawn(&opts)?;
         let mut out = OutQueue::default();

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::batch::{Batch, BatchInner, Job, Queued};
 use crate::error::PoolError;
+use crate::process::Launcher;
 use crate::stats::StatsCell;
 use crate::supervisor::Supervisor;
 use crate::sys;
@@ -35,6 +36,12 @@ pub struct EngineConfig {
     /// Executable to start as worker instead of the running one (it must be the same
     /// binary: the handshake checks its fingerprint).
     pub executable: Option<PathBuf>,
+    /// Starts workers instead of re-executing [`executable`](Self::executable) (a front
+    /// whose workers are not this program: see [`Launcher`]).
+    pub launcher: Option<Arc<dyn Launcher>>,
+    /// What the handshake checks instead of the executable's fingerprint (with a
+    /// [`launcher`](Self::launcher): the workers' code, as the front identifies it).
+    pub identity: Option<u64>,
     /// How long a new worker may take to answer the handshake.
     pub handshake_timeout: Duration,
     /// Consecutive failed worker starts (handshake refused or timed out, initializer
@@ -56,6 +63,8 @@ impl Default for EngineConfig {
             initializer: None,
             max_message: DEFAULT_MAX_MESSAGE,
             executable: None,
+            launcher: None,
+            identity: None,
             handshake_timeout: Duration::from_secs(20),
             max_start_failures: 3,
             kill_grace: None,
@@ -169,6 +178,20 @@ impl Shared {
     }
 }
 
+/// Terminates an [`Engine`] from another thread (see [`Engine::stopper`]).
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    shared: Arc<Shared>,
+}
+
+impl Stopper {
+    /// Kills the pool's workers now, as [`Engine::terminate`] does; the engine's own
+    /// handle (and a `join` under way) then finishes at once.
+    pub fn terminate(&self) {
+        self.shared.set_mode(Mode::Terminate);
+    }
+}
+
 /// A pool of worker processes that runs byte-level jobs.
 ///
 /// Dropping the engine terminates it: workers are killed and reaped, and unfinished jobs
@@ -279,6 +302,23 @@ impl Engine {
     /// refused with [`PoolError::Closed`].
     pub fn join(mut self) {
         self.stop(Mode::Join);
+    }
+
+    /// A handle that terminates the pool from any thread, even while another thread is
+    /// in [`join`](Self::join) (which then returns at once).
+    ///
+    /// ```no_run
+    /// # fn demo(engine: procpool_engine::Engine) {
+    /// let stopper = engine.stopper();
+    /// let joiner = std::thread::spawn(move || engine.join());
+    /// stopper.terminate(); // the join ends now: running jobs end with `Terminated`
+    /// joiner.join().unwrap();
+    /// # }
+    /// ```
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Kills the workers now; unfinished jobs end with `Terminated`.

@@ -54,11 +54,51 @@ pub(crate) const DATA_LEN: usize = 128 << 20;
 /// Kernel buffer size asked for each socket (the kernel caps it at `wmem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
 
+/// Starts worker processes another way than re-executing the running program: a front
+/// whose workers are not this executable (an interpreter, a template process that forks
+/// them) plugs in here, through [`EngineConfig::launcher`](crate::EngineConfig::launcher).
+///
+/// The process started must
+/// - be a child of this process (its pid is waited on through a pidfd, and reaped here),
+///   leading a session of its own (`setsid`), with an empty signal mask;
+/// - have `stdin` as its standard input, and the variables `env` in its environment;
+/// - then run [`serve_launched`](crate::serve_launched) with the identity set in
+///   [`EngineConfig::identity`](crate::EngineConfig::identity).
+///
+/// `launch` is called on the engine's one spawner thread (see `process::on_spawner_thread`),
+/// so a child it starts with `PR_SET_PDEATHSIG` lives until the process ends.
+///
+/// ```
+/// use std::ffi::OsString;
+/// use std::os::fd::BorrowedFd;
+/// use procpool_engine::Launcher;
+///
+/// #[derive(Debug)]
+/// struct Refuse;
+/// impl Launcher for Refuse {
+///     fn launch(&self, _stdin: BorrowedFd<'_>, _env: &[(OsString, OsString)]) -> std::io::Result<u32> {
+///         Err(std::io::Error::other("no workers here"))
+///     }
+/// }
+/// ```
+pub trait Launcher: Send + Sync + std::fmt::Debug {
+    /// Starts one worker; returns its pid.
+    ///
+    /// # Errors
+    /// Why the process could not be started (the pool retries, then gives up with
+    /// [`PoolError::Spawn`]).
+    fn launch(&self, stdin: BorrowedFd<'_>, env: &[(OsString, OsString)]) -> std::io::Result<u32>;
+}
+
 /// Where workers come from.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SpawnOptions {
     /// Executable to start instead of `/proc/self/exe`.
     pub(crate) executable: Option<PathBuf>,
+    /// Starts workers instead of re-executing an executable.
+    pub(crate) launcher: Option<Arc<dyn Launcher>>,
+    /// What the handshake checks instead of the executable's fingerprint.
+    pub(crate) identity: Option<u64>,
     /// Largest frame body either side accepts.
     pub(crate) max_message: usize,
     /// The pool slot the worker takes (see `identity`), if it is a pool's.
@@ -76,6 +116,8 @@ pub(crate) fn my_fingerprint() -> u64 {
 pub(crate) struct WorkerEnv {
     pub(crate) version: u32,
     pub(crate) parent: u32,
+    /// The executable's fingerprint, or the identity a front chose
+    /// ([`EngineConfig::identity`](crate::EngineConfig::identity)).
     pub(crate) fingerprint: u64,
     pub(crate) max_message: usize,
 }
@@ -104,6 +146,8 @@ impl WorkerEnv {
 #[derive(Debug)]
 pub(crate) struct WorkerProc {
     pub(crate) pid: u32,
+    /// What its handshake must name (see [`WorkerEnv::fingerprint`]).
+    pub(crate) identity: u64,
     pidfd: OwnedFd,
     pub(crate) sock: OwnedFd,
     pub(crate) ctl: SharedRegion,
@@ -134,9 +178,19 @@ pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
     let env = WorkerEnv {
         version: PROTOCOL_VERSION,
         parent: sys::my_pid(),
-        fingerprint: my_fingerprint(),
+        fingerprint: opts.identity.unwrap_or_else(my_fingerprint),
         max_message: opts.max_message,
     };
+    if let Some(launcher) = &opts.launcher {
+        let launcher = launcher.clone();
+        let mut vars = vec![(OsString::from(ENV_WORKER), OsString::from(env.encode()))];
+        if let Some(i) = opts.index {
+            vars.push((ENV_INDEX.into(), i.to_string().into()));
+        }
+        let pid =
+            on_spawner_thread(move || launcher.launch(theirs.as_fd(), &vars)).map_err(spawn_err)?;
+        return watch(pid, env.fingerprint, mine, ctl, data);
+    }
     let exe = opts
         .executable
         .clone()
@@ -171,15 +225,27 @@ pub(crate) fn spawn(opts: &SpawnOptions) -> Result<WorkerProc, PoolError> {
     let pid =
         on_spawner_thread(move || sys::spawn_session_leader(&exe, &argv, &envp, theirs.as_fd()))
             .map_err(spawn_err)?;
+    watch(pid, env.fingerprint, mine, ctl, data)
+}
+
+/// Holds a started worker by a pidfd.
+fn watch(
+    pid: u32,
+    identity: u64,
+    mine: OwnedFd,
+    ctl: SharedRegion,
+    data: GrowingRegion,
+) -> Result<WorkerProc, PoolError> {
     let pidfd = match sys::pidfd_open(pid) {
         Ok(fd) => fd,
         Err(e) => {
             sys::kill_group(pid);
-            return Err(spawn_err(e));
+            return Err(PoolError::Spawn(Arc::new(e)));
         }
     };
     Ok(WorkerProc {
         pid,
+        identity,
         pidfd,
         sock: mine,
         ctl,

@@ -172,6 +172,8 @@ impl Supervisor {
         let n = shared.config.workers;
         let spawn_opts = SpawnOptions {
             executable: shared.config.executable.clone(),
+            launcher: shared.config.launcher.clone(),
+            identity: shared.config.identity,
             max_message: shared.config.max_message,
             index: None,
         };

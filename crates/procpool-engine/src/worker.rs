@@ -54,13 +54,37 @@ pub fn serve_if_worker<R: Runner>(make_runner: impl FnOnce() -> R) {
     let Some(raw) = take_env() else { return };
     crate::identity::adopt();
     let code = match WorkerEnv::decode(&raw) {
-        Some(env) => serve(env, &mut make_runner()),
-        None => {
-            eprintln!("procpool: malformed {ENV_WORKER}={raw:?}; this process is not a worker");
-            2
-        }
+        Some(env) => serve(env, my_fingerprint(), &mut make_runner()),
+        None => malformed(&raw),
     };
     exit(code)
+}
+
+/// The worker loop of a process started by a [`Launcher`](crate::Launcher): takes the
+/// worker's socket (standard input) and settings (environment), checks that the parent
+/// expects `identity` (its [`EngineConfig::identity`](crate::EngineConfig::identity)),
+/// serves jobs with `runner` until the parent shuts it down or goes away, and returns the
+/// process's exit code (the caller flushes what it must and exits with it; the process
+/// is of no further use).
+///
+/// Returns 2 at once, with a message on standard error, when the process was not started
+/// as a worker.
+pub fn serve_launched(identity: u64, runner: &mut dyn Runner) -> i32 {
+    let Some(raw) = take_env() else {
+        eprintln!("procpool: {ENV_WORKER} is not set; this process was not started as a worker");
+        return 2;
+    };
+    crate::identity::adopt();
+    match WorkerEnv::decode(&raw) {
+        Some(env) => serve(env, identity, runner),
+        None => malformed(&raw),
+    }
+}
+
+#[cold]
+fn malformed(raw: &str) -> i32 {
+    eprintln!("procpool: malformed {ENV_WORKER}={raw:?}; this process is not a worker");
+    2
 }
 
 /// Called when a worker process tries to create a pool of its own, which means its
@@ -116,9 +140,9 @@ struct Io {
     claimer: Claimer,
 }
 
-fn serve(env: WorkerEnv, runner: &mut dyn Runner) -> i32 {
+fn serve(env: WorkerEnv, identity: u64, runner: &mut dyn Runner) -> i32 {
     match connect(&env) {
-        Ok(Some((sock, ctl, data))) => run_connected(env, runner, sock, ctl, data),
+        Ok(Some((sock, ctl, data))) => run_connected(env, identity, runner, sock, ctl, data),
         Ok(None) => 0, // The parent died before we started: nobody wants us.
         Err(e) => {
             eprintln!("procpool worker: cannot set up: {e}");
@@ -156,6 +180,7 @@ fn connect(env: &WorkerEnv) -> std::io::Result<Option<(OwnedFd, SharedRegion, Sh
 
 fn run_connected(
     env: WorkerEnv,
+    mine: u64,
     runner: &mut dyn Runner,
     sock: OwnedFd,
     ctl: SharedRegion,
@@ -174,7 +199,6 @@ fn run_connected(
             claimer: Claimer::default(),
         },
     };
-    let mine = my_fingerprint();
     let hello = if env.version != PROTOCOL_VERSION {
         Up::Refused(Refusal::Version {
             parent: env.version,

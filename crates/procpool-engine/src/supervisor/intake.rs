@@ -10,7 +10,6 @@ use super::{InFlight, KillReason, Phase, Worker};
 use crate::batch::{BatchInner, Done, Queued};
 use crate::claim;
 use crate::error::{HandshakeError, PoolError, TaskError, TaskErrorKind};
-use crate::process;
 use crate::ring::RingReader;
 use crate::sys::SharedRegion;
 use crate::transport::FrameReader;
@@ -148,6 +147,7 @@ fn split(w: &mut Worker, has_init: bool) -> (&mut FrameReader, WorkerView<'_>) {
     } = w;
     let view = WorkerView {
         pid: proc.pid,
+        identity: proc.identity,
         ctl: &proc.ctl,
         early,
         phase,
@@ -168,6 +168,8 @@ fn split(w: &mut Worker, has_init: bool) -> (&mut FrameReader, WorkerView<'_>) {
 /// message's bytes).
 struct WorkerView<'a> {
     pid: u32,
+    /// What its hello must name.
+    identity: u64,
     ctl: &'a SharedRegion,
     early: &'a mut BTreeMap<u64, Early>,
     phase: &'a mut Phase,
@@ -256,7 +258,7 @@ fn handle_message(mut w: WorkerView<'_>, body: &[u8], avg_nanos: &mut f64) -> Re
                 ..
             },
         ) => {
-            if version != PROTOCOL_VERSION || fingerprint != process::my_fingerprint() {
+            if version != PROTOCOL_VERSION || fingerprint != w.identity {
                 return Err(format!(
                     "hello with version {version} and fingerprint {fingerprint:016x}"
                 ));

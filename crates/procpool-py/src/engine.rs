@@ -1,0 +1,367 @@
+//! `Engine`: a pool of Python workers on the engine, started from the template.
+
+use std::ffi::OsString;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use procpool_engine::EngineConfig;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+
+use crate::errors;
+use crate::frame;
+use crate::launcher::TemplateLauncher;
+use crate::py;
+use crate::run::{POLL, Run, RunSpec};
+use crate::stream::Stream;
+
+/// Payload kind of a pool's initializer.
+const INIT: u8 = 2;
+
+/// Seconds as a duration; `None` stays `None`. A negative, NaN or infinite value is a
+/// `ValueError` naming `what`.
+pub(crate) fn duration(secs: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
+    match secs {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(PyValueError::new_err(format!(
+            "{what} must be a non-negative number of seconds, not {s}"
+        ))),
+    }
+}
+
+/// A function's reference for jobs (by value when it cannot go by reference).
+pub(crate) fn pickle_func(func: &Bound<'_, PyAny>) -> PyResult<Arc<[u8]>> {
+    if !func.is_callable() {
+        return Err(PyTypeError::new_err(format!(
+            "{:?} object is not callable",
+            func.get_type().name()?.to_string()
+        )));
+    }
+    let b = py::helper(func.py(), "_pickle", "dumps_func")?.call1((func,))?;
+    Ok(Arc::from(b.cast::<PyBytes>()?.as_bytes()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    Closed,
+    Stopping,
+    Stopped,
+}
+
+#[derive(Debug)]
+struct Inner {
+    engine: Option<procpool_engine::Engine>,
+    phase: Phase,
+    /// The thread joining the engine, joined in turn once it is done.
+    joiner: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A pool of worker processes running Python callables.
+#[pyclass(module = "procpool._core")]
+#[derive(Debug)]
+pub(crate) struct Engine {
+    inner: Arc<(Mutex<Inner>, Condvar)>,
+    /// Terminates the engine even while a join holds it.
+    stopper: procpool_engine::Stopper,
+    #[pyo3(get)]
+    processes: usize,
+    timeout: Option<Duration>,
+}
+
+impl Engine {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the engine while it is open; `ValueError("Pool not running")` if not.
+    fn open<T>(&self, f: impl FnOnce(&procpool_engine::Engine) -> T) -> PyResult<T> {
+        let g = self.lock();
+        match (&g.engine, g.phase) {
+            (Some(e), Phase::Open) => Ok(f(e)),
+            _ => Err(PyValueError::new_err("Pool not running")),
+        }
+    }
+
+    /// Takes the engine out to stop it on its own thread; the last to stop wakes the
+    /// waiters.
+    fn stop(&self, py: Python<'_>, terminate: bool) {
+        let mut g = self.lock();
+        let Some(engine) = g.engine.take() else {
+            if terminate && g.phase == Phase::Stopping {
+                // A join is under way: make it end now, and wait for it.
+                drop(g);
+                self.stopper.terminate();
+                let inner = self.inner.clone();
+                py.detach(move || {
+                    let (m, cv) = &*inner;
+                    let g = m.lock().unwrap_or_else(|e| e.into_inner());
+                    drop(cv.wait_while(g, |g| g.phase != Phase::Stopped));
+                });
+            }
+            return;
+        };
+        g.phase = Phase::Stopping;
+        drop(g);
+        let inner = self.inner.clone();
+        let finish = move || {
+            if terminate {
+                engine.terminate();
+            } else {
+                engine.join();
+            }
+            let (m, cv) = &*inner;
+            m.lock().unwrap_or_else(|e| e.into_inner()).phase = Phase::Stopped;
+            cv.notify_all();
+        };
+        if terminate {
+            py.detach(finish);
+        } else {
+            let t = std::thread::Builder::new()
+                .name("procpool-join".into())
+                .spawn(finish)
+                .expect("a thread to join the pool");
+            self.lock().joiner = Some(t);
+        }
+    }
+}
+
+#[pymethods]
+impl Engine {
+    #[new]
+    #[pyo3(signature = (processes, *, initializer=None, initargs=None, maxtasksperchild=None,
+                        timeout=None, retries=0))]
+    fn new(
+        py: Python<'_>,
+        processes: usize,
+        initializer: Option<&Bound<'_, PyAny>>,
+        initargs: Option<&Bound<'_, PyAny>>,
+        maxtasksperchild: Option<i64>,
+        timeout: Option<f64>,
+        retries: u32,
+    ) -> PyResult<Self> {
+        if processes < 1 {
+            return Err(PyValueError::new_err(
+                "Number of processes must be at least 1",
+            ));
+        }
+        let recycle_after = match maxtasksperchild {
+            None => None,
+            Some(n) if n >= 1 => Some(n as u64),
+            Some(_) => {
+                return Err(PyValueError::new_err(
+                    "maxtasksperchild must be a positive int or None",
+                ));
+            }
+        };
+        let timeout = duration(timeout, "timeout")?;
+        let initializer = match initializer {
+            Some(f) if !f.is_none() => {
+                let func = pickle_func(f)?;
+                let args = match initargs {
+                    Some(a) => a.clone(),
+                    None => PyTuple::empty(py).into_any(),
+                };
+                let t = py::helper(py, "_pickle", "dumps_call")?
+                    .call1((args, None::<&Bound<'_, PyDict>>))?;
+                let t = t.cast::<PyTuple>()?;
+                let mut payload = Vec::new();
+                frame::encode(
+                    &mut payload,
+                    INIT,
+                    0,
+                    1,
+                    t.get_item(0)?.cast::<PyBytes>()?,
+                    &t.get_item(1)?,
+                )?;
+                Some((func, payload))
+            }
+            _ => None,
+        };
+        let sys = py.import("sys")?;
+        let python: OsString = sys.getattr("executable")?.extract()?;
+        if python.is_empty() {
+            return Err(errors::pool_error(
+                py,
+                &procpool_engine::PoolError::Config(
+                    "sys.executable is empty: procpool cannot start Python workers from an \
+                     embedded interpreter"
+                        .into(),
+                ),
+            ));
+        }
+        let path: Vec<OsString> = sys
+            .getattr("path")?
+            .try_iter()?
+            .filter_map(|p| p.ok()?.extract().ok())
+            .collect();
+        let prep = py::helper(py, "_template", "prep")?.call0()?;
+        let launcher = TemplateLauncher {
+            python: python.into(),
+            path,
+            prep: prep.cast::<PyBytes>()?.as_bytes().to_vec(),
+        };
+        let config = EngineConfig {
+            workers: processes,
+            recycle_after,
+            retries,
+            initializer,
+            launcher: Some(Arc::new(launcher)),
+            identity: Some(crate::identity()),
+            ..EngineConfig::default()
+        };
+        let engine = py
+            .detach(|| procpool_engine::Engine::start(config))
+            .map_err(|e| errors::pool_error(py, &e))?;
+        Ok(Engine {
+            stopper: engine.stopper(),
+            inner: Arc::new((
+                Mutex::new(Inner {
+                    engine: Some(engine),
+                    phase: Phase::Open,
+                    joiner: None,
+                }),
+                Condvar::new(),
+            )),
+            processes,
+            timeout,
+        })
+    }
+
+    /// Runs `func` over `items` (lazily); see the module docs.
+    #[pyo3(signature = (func, items, *, star=false, chunksize=None, ordered=true, timeout=None))]
+    fn run(
+        &self,
+        func: &Bound<'_, PyAny>,
+        items: &Bound<'_, PyAny>,
+        star: bool,
+        chunksize: Option<usize>,
+        ordered: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Run> {
+        if chunksize == Some(0) {
+            return Err(PyValueError::new_err("chunksize must be at least 1"));
+        }
+        let timeout = duration(timeout, "timeout")?.or(self.timeout);
+        self.open(|_| ())?;
+        let fref = pickle_func(func)?;
+        let hint = items.len().ok();
+        let iter = items.try_iter()?.unbind();
+        let spec = RunSpec {
+            func: fref,
+            star,
+            chunksize,
+            ordered,
+            timeout,
+        };
+        self.open(|e| Run::new(e, iter, hint, spec))
+    }
+
+    /// A stream of independent calls.
+    fn stream(&self) -> PyResult<Stream> {
+        let timeout = self.timeout;
+        self.open(|e| Stream::new(e.batch(), timeout))
+    }
+
+    /// Current worker pids.
+    fn pids(&self) -> Vec<u32> {
+        self.lock()
+            .engine
+            .as_ref()
+            .map(procpool_engine::Engine::worker_pids)
+            .unwrap_or_default()
+    }
+
+    /// No new run, stream or submit; started work finishes.
+    fn close(&self) {
+        let mut g = self.lock();
+        if g.phase == Phase::Open {
+            g.phase = Phase::Closed;
+            if let Some(e) = &g.engine {
+                e.close();
+            }
+        }
+    }
+
+    /// Kills the workers now; unfinished work ends with `PoolError`.
+    fn terminate(&self, py: Python<'_>) {
+        self.stop(py, true);
+    }
+
+    /// After close or terminate: waits until the work is done and every worker is gone.
+    /// `False` on timeout.
+    #[pyo3(signature = (timeout=None))]
+    fn join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let deadline = duration(timeout, "timeout")?.map(|t| Instant::now() + t);
+        match self.lock().phase {
+            Phase::Open => return Err(PyValueError::new_err("Pool is still running")),
+            Phase::Closed => {}
+            Phase::Stopping | Phase::Stopped => {}
+        }
+        self.stop(py, false);
+        loop {
+            let inner = self.inner.clone();
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(POLL),
+                None => POLL,
+            };
+            let stopped = py.detach(move || {
+                let (m, cv) = &*inner;
+                let g = m.lock().unwrap_or_else(|e| e.into_inner());
+                let (g, _) = cv
+                    .wait_timeout_while(g, wait, |g| g.phase != Phase::Stopped)
+                    .unwrap_or_else(|e| e.into_inner());
+                g.phase == Phase::Stopped
+            });
+            if stopped {
+                let joiner = self.lock().joiner.take();
+                if let Some(t) = joiner {
+                    // It has set `Stopped`: it ends now.
+                    py.detach(|| {
+                        let _ = t.join();
+                    });
+                }
+                return Ok(true);
+            }
+            py.check_signals()?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// The pool's counters.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        let g = self.lock();
+        if let Some(e) = &g.engine {
+            let s = e.stats();
+            d.set_item("succeeded", s.succeeded)?;
+            let f = &s.failed;
+            d.set_item(
+                "failed",
+                f.panicked + f.died + f.timed_out + f.cancelled + f.codec + f.other,
+            )?;
+            d.set_item("workers_died", f.died)?;
+            d.set_item("timed_out", f.timed_out)?;
+            d.set_item("workers_started", s.workers_started)?;
+            d.set_item("workers_replaced", s.workers_replaced)?;
+            d.set_item("workers_recycled", s.workers_recycled)?;
+            d.set_item("queued", s.queued)?;
+            d.set_item("in_flight", s.in_flight)?;
+        }
+        Ok(d)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Dropping the engine terminates it (outside the GIL: no worker needs it).
+        let engine = self.lock().engine.take();
+        if let Some(e) = engine {
+            e.terminate();
+        }
+    }
+}

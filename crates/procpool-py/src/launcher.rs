@@ -1,0 +1,197 @@
+//! Starting workers from the template process (see `procpool/_template.py`).
+//!
+//! One template per parent process, started on first use from the engine's spawner
+//! thread (so that its parent-death signal, and its workers', fire only when the
+//! process ends) and started again when it is found dead. A request carries the new
+//! worker's socket end by `SCM_RIGHTS` and its settings; the template forks the worker
+//! with `CLONE_PARENT`, so the worker is this process's child, and answers its pid.
+
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use procpool_engine::Launcher;
+
+/// How long the template may take to answer (its first answer includes its start).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts workers from this process's template.
+#[derive(Debug)]
+pub(crate) struct TemplateLauncher {
+    /// The interpreter (`sys.executable`).
+    pub(crate) python: PathBuf,
+    /// `sys.path` of the parent, for the template to import the same procpool.
+    pub(crate) path: Vec<OsString>,
+    /// The parent's settings for its workers (see `_template.prep`).
+    pub(crate) prep: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Template {
+    child: Child,
+    ctl: UnixStream,
+    /// The process that started it: a child made by `fork` must start its own (the
+    /// template forks workers as children of its own parent).
+    owner: u32,
+}
+
+/// The process's template, if started.
+static TEMPLATE: Mutex<Option<Template>> = Mutex::new(None);
+
+impl Launcher for TemplateLauncher {
+    fn launch(&self, stdin: BorrowedFd<'_>, env: &[(OsString, OsString)]) -> io::Result<u32> {
+        let mut body = Vec::with_capacity(self.prep.len() + 256);
+        body.extend_from_slice(&(self.prep.len() as u32).to_le_bytes());
+        body.extend_from_slice(&self.prep);
+        for (k, v) in env {
+            body.extend_from_slice(k.as_bytes());
+            body.push(b'=');
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        let mut guard = TEMPLATE.lock().unwrap_or_else(|e| e.into_inner());
+        if guard
+            .as_ref()
+            .is_some_and(|t| t.owner != std::process::id())
+        {
+            // Inherited through a fork: neither ours to use nor to kill.
+            std::mem::forget(guard.take());
+        }
+        let mut last = None;
+        for _ in 0..2 {
+            if guard.is_none() {
+                *guard = Some(self.start()?);
+            }
+            let t = guard.as_mut().expect("started above");
+            match request(&mut t.ctl, stdin, &body) {
+                Ok(pid) if pid > 0 => return Ok(pid as u32),
+                Ok(err) => return Err(io::Error::from_raw_os_error((-err) as i32)),
+                Err(e) => {
+                    // The template died (or hangs): it is replaced on the next try.
+                    if let Some(mut t) = guard.take() {
+                        let _ = t.child.kill();
+                        let _ = t.child.wait();
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(io::Error::other(format!(
+            "the procpool template process ({}) failed to start a worker: {}",
+            self.python.display(),
+            last.map_or_else(String::new, |e| e.to_string())
+        )))
+    }
+}
+
+impl TemplateLauncher {
+    fn start(&self) -> io::Result<Template> {
+        let (mine, theirs) = UnixStream::pair()?;
+        mine.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+        let path = std::env::join_paths(&self.path).unwrap_or_default();
+        let child = Command::new(&self.python)
+            .arg("-c")
+            .arg(
+                "import os, sys\n\
+                 p = os.environ.pop('PROCPOOL_TEMPLATE_PATH', '')\n\
+                 sys.path[:0] = [x for x in p.split(os.pathsep) if x]\n\
+                 from procpool._template import main\n\
+                 main()\n",
+            )
+            .env("PROCPOOL_TEMPLATE_PATH", path)
+            .env("PROCPOOL_TEMPLATE_PARENT", std::process::id().to_string())
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot start {}: {e}", self.python.display()),
+                )
+            })?;
+        Ok(Template {
+            child,
+            ctl: mine,
+            owner: std::process::id(),
+        })
+    }
+}
+
+/// Sends one request (the worker's socket end by `SCM_RIGHTS`, then the body) and reads
+/// the answer: a pid, or a negative errno.
+fn request(ctl: &mut UnixStream, fd: BorrowedFd<'_>, body: &[u8]) -> io::Result<i64> {
+    let head = (body.len() as u32).to_le_bytes();
+    send_with_fd(ctl, &head, fd)?;
+    let mut sent = 0;
+    while sent < body.len() {
+        // SAFETY: a plain send from a valid buffer; MSG_NOSIGNAL spares SIGPIPE.
+        let n = unsafe {
+            libc::send(
+                ctl.as_raw_fd(),
+                body[sent..].as_ptr().cast(),
+                body.len() - sent,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        sent += n as usize;
+    }
+    let mut answer = [0u8; 8];
+    ctl.read_exact(&mut answer)?;
+    Ok(i64::from_le_bytes(answer))
+}
+
+fn send_with_fd(ctl: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; every pointer set below points into live
+    // buffers of the stated lengths, and the control message is written within `cbuf`.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+        std::ptr::copy_nonoverlapping(
+            (&raw const raw).cast::<u8>(),
+            libc::CMSG_DATA(cmsg),
+            std::mem::size_of::<i32>(),
+        );
+        loop {
+            let n = libc::sendmsg(ctl.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
+            if n >= 0 {
+                if (n as usize) < data.len() {
+                    return Err(io::Error::other("short write to the template"));
+                }
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}

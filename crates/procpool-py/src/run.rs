@@ -1,0 +1,651 @@
+//! `Run`: one `map`/`imap` call, on the engine's `Feed` (and `Reorder` when ordered).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use procpool_engine::Recorder;
+use procpool_engine::{Feed, Limits, Piece, Pulled, RecvError, Reorder, Source, TaskErrorKind};
+use pyo3::exceptions::{PyException, PyStopIteration, PyTimeoutError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyIterator, PyList, PyTuple};
+
+use crate::errors;
+use crate::frame::{self, Frame, STAR};
+use crate::py;
+
+/// How often a blocked caller looks for Ctrl-C (and for a cancel from another thread).
+pub(crate) const POLL: Duration = Duration::from_millis(50);
+
+/// Payload kind of a chunk of items.
+const CHUNK: u8 = 0;
+
+/// What the source tells the run outside the engine's pieces.
+#[derive(Debug, Default)]
+struct Side {
+    /// Items that could not be pickled, by index: the pickling error.
+    bad: HashMap<u64, Py<PyAny>>,
+    /// The input iterator raised this.
+    input_error: Option<PyErr>,
+    /// Raised while pulling or pickling input and not an `Exception`
+    /// (`KeyboardInterrupt`, `SystemExit`): raised to the caller at once.
+    urgent: Option<PyErr>,
+}
+
+/// The run's items, pulled and pickled on demand (under the GIL, taken here).
+#[derive(Debug)]
+struct PySource {
+    iter: Py<PyIterator>,
+    star: bool,
+    /// Items pulled but not yet sent (after a chunk that held a bad item).
+    ahead: VecDeque<Py<PyAny>>,
+    next_index: u64,
+    ended: bool,
+    side: Arc<Mutex<Side>>,
+    hint: Option<usize>,
+}
+
+impl Source for PySource {
+    fn fill(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled {
+        Python::attach(|py| self.fill_py(py, out, limits))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self.hint {
+            Some(n) => {
+                let left = n.saturating_sub(self.next_index as usize);
+                (left, Some(left))
+            }
+            None => (0, None),
+        }
+    }
+}
+
+impl PySource {
+    fn fill_py(&mut self, py: Python<'_>, out: &mut Vec<u8>, limits: Limits) -> Pulled {
+        let want = limits.items.max(1);
+        let mut items = Vec::with_capacity(want.min(4096));
+        let mut big = false;
+        let mut plain = true;
+        while items.len() < want {
+            if let Some(x) = self.ahead.pop_front() {
+                big |= is_big(x.bind(py));
+                plain &= is_plain(x.bind(py));
+                items.push(x);
+                continue;
+            }
+            if self.ended {
+                break;
+            }
+            match self.iter.bind(py).clone().next() {
+                Some(Ok(x)) => {
+                    big |= is_big(&x);
+                    plain &= is_plain(&x);
+                    items.push(x.unbind());
+                }
+                None => self.ended = true,
+                Some(Err(e)) => {
+                    self.ended = true;
+                    let mut side = lock(&self.side);
+                    if e.is_instance_of::<PyException>(py) {
+                        side.input_error = Some(e);
+                    } else {
+                        side.urgent = Some(e);
+                    }
+                }
+            }
+        }
+        if items.is_empty() {
+            return Pulled::End;
+        }
+        let list = PyList::new(py, &items).expect("a list");
+        let r = if plain && !big {
+            // Numbers, strings and small bytes (and tuples of them): the standard
+            // pickler, in C, with nothing by value and no buffers.
+            py::helper(py, "_pickle", "dumps_plain").and_then(|d| d.call1((list,)))
+        } else {
+            py::helper(py, "_pickle", "dumps_items").and_then(|d| d.call1((list, big)))
+        };
+        let t = match r {
+            Ok(t) => t,
+            Err(e) => return self.fail_first(py, items, e),
+        };
+        let failed =
+            t.get_item(0)
+                .is_ok_and(|d| d.is_none())
+                .then(|| -> PyResult<(usize, PyErr)> {
+                    Ok((t.get_item(1)?.extract()?, PyErr::from_value(t.get_item(2)?)))
+                });
+        match failed {
+            None => {
+                let n = items.len() as u32;
+                match encode_pickled(out, &t, n, self.star) {
+                    Ok(()) => {
+                        self.next_index += u64::from(n);
+                        Pulled::Items(n)
+                    }
+                    Err(e) => self.fail_first(py, items, e),
+                }
+            }
+            Some(Err(e)) | Some(Ok((0, e))) => self.fail_first(py, items, e),
+            Some(Ok((bad, _))) => {
+                // Send the good items before the bad one; the rest waits for the next job.
+                for x in items.into_iter().rev() {
+                    self.ahead.push_front(x);
+                }
+                out.clear();
+                self.fill_py(
+                    py,
+                    out,
+                    Limits {
+                        items: bad,
+                        ..limits
+                    },
+                )
+            }
+        }
+    }
+
+    /// The first of `items` fails with `e`; the others wait for the next job.
+    fn fail_first(&mut self, py: Python<'_>, items: Vec<Py<PyAny>>, e: PyErr) -> Pulled {
+        if !e.is_instance_of::<PyException>(py) {
+            // Ctrl-C while pickling: the caller gets it now; no more input.
+            self.ended = true;
+            self.ahead.clear();
+            lock(&self.side).urgent = Some(e);
+            return Pulled::End;
+        }
+        for x in items.into_iter().skip(1).rev() {
+            self.ahead.push_front(x);
+        }
+        let message = e.to_string();
+        let exc = e.into_value(py).into_any();
+        lock(&self.side).bad.insert(self.next_index, exc);
+        self.next_index += 1;
+        Pulled::Failed(TaskErrorKind::Codec { message })
+    }
+}
+
+/// Bytes at least this large go out of band (as `_pickle.OOB_MIN`).
+const OOB_MIN: usize = 64 * 1024;
+
+/// Whether an item is (or, as a tuple, holds) `bytes` large enough to go out of band.
+fn is_big(x: &Bound<'_, PyAny>) -> bool {
+    let big = |x: &Bound<'_, PyAny>| {
+        x.cast_exact::<PyBytes>()
+            .is_ok_and(|b| b.as_bytes().len() >= OOB_MIN)
+    };
+    big(x)
+        || x.cast_exact::<PyTuple>()
+            .is_ok_and(|t| t.iter().any(|y| big(&y)))
+}
+
+/// Whether an item is a number, a string, bytes or `None`, or a tuple of those: what the
+/// standard pickler takes as it is.
+fn is_plain(x: &Bound<'_, PyAny>) -> bool {
+    use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
+    let atom = |x: &Bound<'_, PyAny>| {
+        x.is_none()
+            || x.is_exact_instance_of::<PyInt>()
+            || x.is_exact_instance_of::<PyFloat>()
+            || x.is_exact_instance_of::<PyString>()
+            || x.is_exact_instance_of::<PyBytes>()
+            || x.is_exact_instance_of::<PyBool>()
+    };
+    atom(x)
+        || x.cast_exact::<PyTuple>()
+            .is_ok_and(|t| t.iter().all(|y| atom(&y)))
+}
+
+/// Frames a `(pickle, buffers)` pair from `_pickle` as a chunk's payload.
+fn encode_pickled(out: &mut Vec<u8>, t: &Bound<'_, PyAny>, n: u32, star: bool) -> PyResult<()> {
+    let t = t.cast::<PyTuple>()?;
+    let data = t.get_item(0)?;
+    let flags = if star { STAR } else { 0 };
+    frame::encode(
+        out,
+        CHUNK,
+        flags,
+        n,
+        data.cast::<PyBytes>()?,
+        &t.get_item(1)?,
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Outcomes decoded and not yet returned.
+#[derive(Debug)]
+pub(crate) enum Ready {
+    /// One `(index, ok, value)` tuple.
+    One(Py<PyAny>),
+    /// A list of such tuples; the next to return is at the index.
+    Many(Py<PyList>, usize),
+    /// The results of a job whose items all succeeded, from item `start`; the next to
+    /// return is `values[pos]`.
+    Values {
+        start: u64,
+        values: Py<PyList>,
+        pos: usize,
+    },
+}
+
+/// Takes the next outcome tuple from `ready`.
+pub(crate) fn pop_ready(
+    py: Python<'_>,
+    ready: &mut VecDeque<Ready>,
+) -> PyResult<Option<Py<PyAny>>> {
+    loop {
+        match ready.front_mut() {
+            None => return Ok(None),
+            Some(Ready::One(_)) => {
+                let Some(Ready::One(t)) = ready.pop_front() else {
+                    unreachable!("looked at above")
+                };
+                return Ok(Some(t));
+            }
+            Some(Ready::Many(list, pos)) => {
+                let list = list.bind(py);
+                if *pos >= list.len() {
+                    ready.pop_front();
+                    continue;
+                }
+                *pos += 1;
+                return Ok(Some(list.get_item(*pos - 1)?.unbind()));
+            }
+            Some(Ready::Values { start, values, pos }) => {
+                let list = values.bind(py);
+                if *pos >= list.len() {
+                    ready.pop_front();
+                    continue;
+                }
+                let v = list.get_item(*pos)?;
+                let i = *start + *pos as u64;
+                *pos += 1;
+                let t = PyTuple::new(
+                    py,
+                    [
+                        i.into_pyobject(py)?.into_any(),
+                        true.into_pyobject(py)?.to_owned().into_any(),
+                        v,
+                    ],
+                )?;
+                return Ok(Some(t.into_any().unbind()));
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    feed: Feed<PySource>,
+    reorder: Option<Reorder<Piece>>,
+    ready: VecDeque<Ready>,
+    recorder: Recorder,
+    ended: bool,
+    cancel_sent: bool,
+}
+
+/// How a run calls its function.
+#[derive(Debug)]
+pub(crate) struct RunSpec {
+    /// The pickled function.
+    pub(crate) func: Arc<[u8]>,
+    /// `func(*item)` instead of `func(item)`.
+    pub(crate) star: bool,
+    /// Items per job (`None`: the engine's measured rule).
+    pub(crate) chunksize: Option<usize>,
+    /// Outcomes in input order.
+    pub(crate) ordered: bool,
+    /// Per-task time limit.
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// An iterator of one call's outcomes: `(index, ok, value)`.
+#[pyclass(module = "procpool._core")]
+#[derive(Debug)]
+pub(crate) struct Run {
+    state: Mutex<State>,
+    side: Arc<Mutex<Side>>,
+    cancelled: AtomicBool,
+}
+
+impl Run {
+    pub(crate) fn new(
+        engine: &procpool_engine::Engine,
+        iter: Py<PyIterator>,
+        hint: Option<usize>,
+        spec: RunSpec,
+    ) -> Self {
+        let RunSpec {
+            func,
+            star,
+            chunksize,
+            ordered,
+            timeout,
+        } = spec;
+        let side = Arc::new(Mutex::new(Side::default()));
+        let source = PySource {
+            iter,
+            star,
+            ahead: VecDeque::new(),
+            next_index: 0,
+            ended: false,
+            side: side.clone(),
+            hint,
+        };
+        let mut feed = Feed::new(engine, source, func, chunksize, timeout);
+        feed.keep_open();
+        Run {
+            state: Mutex::new(State {
+                recorder: feed.recorder(),
+                feed,
+                reorder: ordered.then(Reorder::default),
+                ready: VecDeque::new(),
+                ended: false,
+                cancel_sent: false,
+            }),
+            side,
+            cancelled: AtomicBool::new(false),
+        }
+    }
+
+    /// The state, locked without holding the GIL while waiting for it.
+    fn state(&self, py: Python<'_>) -> MutexGuard<'_, State> {
+        loop {
+            match self.state.try_lock() {
+                Ok(g) => return g,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                // The holder may need the GIL to finish: wait for it without the GIL.
+                Err(std::sync::TryLockError::WouldBlock) => py.detach(|| drop(lock(&self.state))),
+            }
+        }
+    }
+
+    fn next_outcome(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Py<PyAny>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.state(py);
+        loop {
+            if let Some(t) = pop_ready(py, &mut st.ready)? {
+                return Ok(t);
+            }
+            if !self.fill_ready(py, &mut st, deadline)? {
+                return Err(PyStopIteration::new_err(()));
+            }
+        }
+    }
+
+    /// Waits until outcomes are ready (`true`) or the run has ended (`false`; the input
+    /// iterator's error, if it raised, is raised now).
+    fn fill_ready(
+        &self,
+        py: Python<'_>,
+        st: &mut State,
+        deadline: Option<Instant>,
+    ) -> PyResult<bool> {
+        loop {
+            if let Some(e) = lock(&self.side).urgent.take() {
+                return Err(e);
+            }
+            if !st.ready.is_empty() {
+                return Ok(true);
+            }
+            if self.cancelled.load(Ordering::Relaxed) && !st.cancel_sent {
+                st.cancel_sent = true;
+                st.ended = true;
+                st.feed.cancel();
+            }
+            if st.ended {
+                if let Some(e) = lock(&self.side).input_error.take() {
+                    return Err(e);
+                }
+                return Ok(false);
+            }
+            if let Some(r) = st.reorder.as_mut()
+                && let Some(p) = r.pop()
+            {
+                decode(py, st, &self.side, p)?;
+                continue;
+            }
+            let held = st.reorder.as_ref().map_or(0, Reorder::bytes);
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(POLL),
+                None => POLL,
+            };
+            let feed = &mut st.feed;
+            let got = py.detach(|| feed.recv_timeout(held, wait));
+            match got {
+                Ok(Some(p)) => match st.reorder.as_mut() {
+                    Some(r) => r.insert(p.start, p.count, p.bytes(), p),
+                    None => decode(py, st, &self.side, p)?,
+                },
+                Ok(None) => st.ended = true,
+                Err(RecvError::Timeout | RecvError::Empty) => {
+                    py.check_signals()?;
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(PyTimeoutError::new_err("timed out"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Appends one `(index, ok, value)` outcome to `collect`'s lists.
+fn collect_one(
+    values: &Bound<'_, PyList>,
+    failures: &Bound<'_, PyList>,
+    t: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let (i, ok, v): (u64, bool, Bound<'_, PyAny>) = t.extract()?;
+    if ok {
+        values.append(v)
+    } else {
+        values.append(values.py().None())?;
+        failures.append((i, v))
+    }
+}
+
+/// Turns a finished piece into outcomes.
+fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyResult<()> {
+    let Piece {
+        start,
+        count,
+        done,
+        payload,
+    } = p;
+    match &done.outcome {
+        Ok(bytes) => {
+            let (ready, failed) = decode_result(py, start, count, bytes)?;
+            let raised = TaskErrorKind::Panic {
+                message: String::new(),
+                location: None,
+                backtrace: None,
+            };
+            st.recorder.record(
+                done.pid,
+                done.nanos,
+                u64::from(count) - failed as u64,
+                (0..failed).map(|_| Some(&raised)),
+            );
+            st.ready.push_back(ready);
+        }
+        Err(e) => {
+            let bad = if matches!(e.kind(), TaskErrorKind::Codec { .. }) {
+                lock(side).bad.remove(&start)
+            } else {
+                None
+            };
+            st.recorder
+                .record(done.pid, done.nanos, 0, (0..count).map(|_| Some(e.kind())));
+            for i in 0..u64::from(count) {
+                let exc = match &bad {
+                    Some(b) if i == 0 => b.bind(py).clone(),
+                    _ => errors::task_error(py, e),
+                };
+                st.ready
+                    .push_back(Ready::One(failed_tuple(py, start + i, exc)?));
+            }
+        }
+    }
+    if let Some(payload) = payload {
+        st.feed.give_back(payload);
+    }
+    Ok(())
+}
+
+/// `(index, False, exc)`.
+pub(crate) fn failed_tuple(
+    py: Python<'_>,
+    index: u64,
+    exc: Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    Ok(PyTuple::new(
+        py,
+        [
+            index.into_pyobject(py)?.into_any(),
+            false.into_pyobject(py)?.to_owned().into_any(),
+            exc,
+        ],
+    )?
+    .into_any()
+    .unbind())
+}
+
+/// A job's result bytes as outcomes, and how many of its items failed.
+pub(crate) fn decode_result(
+    py: Python<'_>,
+    start: u64,
+    count: u32,
+    bytes: &[u8],
+) -> PyResult<(Ready, usize)> {
+    let bad = |message: String| -> PyResult<(Ready, usize)> {
+        let e = py::error(
+            py,
+            "PoolError",
+            (format!(
+                "a worker sent a result that cannot be read: {message}"
+            ),),
+        );
+        let list = PyList::empty(py);
+        for i in 0..u64::from(count) {
+            list.append(failed_tuple(py, start + i, e.clone())?)?;
+        }
+        Ok((Ready::Many(list.unbind(), 0), count as usize))
+    };
+    let f = match Frame::parse(bytes) {
+        Ok(f) => f,
+        Err(m) => return bad(m),
+    };
+    let mv = py::memoryview(py, f.pickle)?;
+    let r = py::helper(py, "_pickle", "decode_results")
+        .and_then(|d| d.call1((start, f.kind, &mv, f.py_bufs(py))));
+    py::release(&mv);
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => return bad(e.to_string()),
+    };
+    let (all_ok, list): (bool, Bound<'_, PyList>) = match r.extract() {
+        Ok(x) => x,
+        Err(e) => return bad(e.to_string()),
+    };
+    if list.len() != count as usize {
+        return bad(format!("{} outcomes for {count} items", list.len()));
+    }
+    if all_ok {
+        return Ok((
+            Ready::Values {
+                start,
+                values: list.unbind(),
+                pos: 0,
+            },
+            0,
+        ));
+    }
+    let failed = list
+        .iter()
+        .filter(|t| {
+            t.get_item(1)
+                .and_then(|ok| ok.is_truthy())
+                .is_ok_and(|ok| !ok)
+        })
+        .count();
+    Ok((Ready::Many(list.unbind(), 0), failed))
+}
+
+#[pymethods]
+impl Run {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.next_outcome(py, None)
+    }
+
+    /// As `__next__`, but raises `TimeoutError` after `timeout` seconds.
+    #[pyo3(signature = (timeout=None))]
+    fn next(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        self.next_outcome(py, crate::engine::duration(timeout, "timeout")?)
+    }
+
+    /// Drains an ordered run at once: `(values, failures)`, where `values` holds every
+    /// item's result in input order (`None` where it failed) and `failures` the
+    /// `(index, exception)` pairs in input order. The fast way to a `map`'s list: no
+    /// tuple per item. Blocks with the GIL released; Ctrl-C raises `KeyboardInterrupt`
+    /// (what was drained is then lost).
+    fn collect<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let values = PyList::empty(py);
+        let failures = PyList::empty(py);
+        let mut st = self.state(py);
+        if st.reorder.is_none() {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "collect() needs an ordered run",
+            ));
+        }
+        loop {
+            while let Some(r) = st.ready.pop_front() {
+                match r {
+                    Ready::Values { values: v, pos, .. } => {
+                        let v = v.bind(py);
+                        if pos == 0 {
+                            values.call_method1(pyo3::intern!(py, "extend"), (v,))?;
+                        } else if pos < v.len() {
+                            values.call_method1(
+                                pyo3::intern!(py, "extend"),
+                                (v.get_slice(pos, v.len()),),
+                            )?;
+                        }
+                    }
+                    Ready::Many(list, pos) => {
+                        for t in list.bind(py).iter().skip(pos) {
+                            collect_one(&values, &failures, &t)?;
+                        }
+                    }
+                    Ready::One(t) => collect_one(&values, &failures, t.bind(py))?,
+                }
+            }
+            if !self.fill_ready(py, &mut st, None)? {
+                return Ok((values, failures));
+            }
+        }
+    }
+
+    /// Drops the run's jobs not started and kills the workers running its jobs;
+    /// iteration then ends. Idempotent.
+    fn cancel(&self, py: Python<'_>) {
+        self.cancelled.store(true, Ordering::Relaxed);
+        if let Ok(mut st) = self.state.try_lock()
+            && !st.cancel_sent
+        {
+            st.cancel_sent = true;
+            st.ended = true;
+            st.ready.clear();
+            let feed = &mut st.feed;
+            py.detach(|| feed.cancel());
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! `Stream`: independent calls (`apply_async`, `Executor.submit`) on one engine batch;
+//! results in completion order.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use procpool_engine::{Batch, Job, RecvError};
+use pyo3::exceptions::{PyStopIteration, PyTimeoutError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+
+use crate::errors;
+use crate::frame;
+use crate::py;
+use crate::run::{POLL, decode_result, pop_ready};
+
+/// Payload kind of one call.
+const CALL: u8 = 1;
+
+/// Independent calls; results come back as `(tag, ok, value)` in completion order.
+#[pyclass(module = "procpool._core")]
+#[derive(Debug)]
+pub(crate) struct Stream {
+    batch: Batch,
+    next_tag: AtomicU64,
+    closed: AtomicBool,
+    cancelled: AtomicBool,
+    default_timeout: Option<Duration>,
+    /// Pickled functions by identity (kept alive here), the latest last.
+    funcs: Mutex<FuncCache>,
+}
+
+/// Pickled functions, each with the function it was made from.
+type FuncCache = Vec<(Py<PyAny>, Arc<[u8]>)>;
+
+/// Functions whose pickles are kept.
+const FUNC_CACHE: usize = 16;
+
+impl Stream {
+    pub(crate) fn new(batch: Batch, default_timeout: Option<Duration>) -> Self {
+        Stream {
+            batch,
+            next_tag: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            cancelled: AtomicBool::new(false),
+            default_timeout,
+            funcs: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn func_bytes(&self, func: &Bound<'_, PyAny>) -> PyResult<Arc<[u8]>> {
+        let mut cache = self.funcs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, b)) = cache.iter().find(|(f, _)| f.as_ptr() == func.as_ptr()) {
+            return Ok(b.clone());
+        }
+        let b: Arc<[u8]> = crate::engine::pickle_func(func)?;
+        if cache.len() >= FUNC_CACHE {
+            cache.remove(0);
+        }
+        cache.push((func.clone().unbind(), b.clone()));
+        Ok(b)
+    }
+}
+
+#[pymethods]
+impl Stream {
+    /// Pickles the call now (a pickling error raises here) and queues it; returns its
+    /// tag: 0, 1, 2, ...
+    #[pyo3(signature = (func, args=None, kwds=None, *, timeout=None))]
+    fn submit(
+        &self,
+        py: Python<'_>,
+        func: &Bound<'_, PyAny>,
+        args: Option<&Bound<'_, PyAny>>,
+        kwds: Option<&Bound<'_, PyDict>>,
+        timeout: Option<f64>,
+    ) -> PyResult<u64> {
+        if self.closed.load(Ordering::Relaxed) || self.cancelled.load(Ordering::Relaxed) {
+            return Err(PyValueError::new_err("Pool not running"));
+        }
+        let timeout = crate::engine::duration(timeout, "timeout")?.or(self.default_timeout);
+        let func = self.func_bytes(func)?;
+        let args = match args {
+            Some(a) => a.clone(),
+            None => PyTuple::empty(py).into_any(),
+        };
+        let t = py::helper(py, "_pickle", "dumps_call")?.call1((args, kwds))?;
+        let t = t.cast::<PyTuple>()?;
+        let mut payload = Vec::new();
+        frame::encode(
+            &mut payload,
+            CALL,
+            0,
+            1,
+            t.get_item(0)?.cast::<PyBytes>()?,
+            &t.get_item(1)?,
+        )?;
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let job = Job {
+            func,
+            payload: Arc::new(payload),
+            index: tag,
+            weight: 1,
+            timeout,
+        };
+        self.batch
+            .submit([job])
+            .map_err(|e| errors::pool_error(py, &e))?;
+        Ok(tag)
+    }
+
+    /// The next `(tag, ok, value)` in completion order; `TimeoutError` after `timeout`
+    /// seconds; `StopIteration` once closed and everything came back.
+    #[pyo3(signature = (timeout=None))]
+    fn next(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        let deadline = crate::engine::duration(timeout, "timeout")?.map(|t| Instant::now() + t);
+        loop {
+            if self.cancelled.load(Ordering::Relaxed) {
+                return Err(PyStopIteration::new_err(()));
+            }
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(POLL),
+                None => POLL,
+            };
+            let batch = &self.batch;
+            match py.detach(|| batch.recv_timeout(wait)) {
+                Ok(done) => {
+                    return match &done.outcome {
+                        Ok(bytes) => {
+                            let mut ready =
+                                VecDeque::from([decode_result(py, done.index, 1, bytes)?.0]);
+                            Ok(pop_ready(py, &mut ready)?.expect("one outcome"))
+                        }
+                        Err(e) => Ok(PyTuple::new(
+                            py,
+                            [
+                                done.index.into_pyobject(py)?.into_any(),
+                                false.into_pyobject(py)?.to_owned().into_any(),
+                                errors::task_error(py, e),
+                            ],
+                        )?
+                        .into_any()
+                        .unbind()),
+                    };
+                }
+                Err(RecvError::Empty) => {
+                    if self.closed.load(Ordering::Relaxed) {
+                        return Err(PyStopIteration::new_err(()));
+                    }
+                    py.detach(|| std::thread::sleep(wait.min(Duration::from_millis(5))));
+                }
+                Err(RecvError::Timeout) => {}
+            }
+            py.check_signals()?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(PyTimeoutError::new_err("timed out"));
+            }
+        }
+    }
+
+    /// Calls submitted whose outcome `next` has not returned yet.
+    fn pending(&self) -> usize {
+        self.batch.outstanding()
+    }
+
+    /// No more submits.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+
+    /// Drops every call not started and kills the workers running the others; `next`
+    /// then ends.
+    fn cancel(&self, py: Python<'_>) {
+        if !self.cancelled.swap(true, Ordering::Relaxed) {
+            let batch = &self.batch;
+            py.detach(|| batch.cancel());
+        }
+    }
+}

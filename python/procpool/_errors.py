@@ -1,0 +1,78 @@
+"""Exceptions of procpool's pools (re-exported by :mod:`procpool`).
+
+A task's own exception reaches the parent as that same exception, with the worker's
+formatted traceback attached as its ``__cause__`` (a :class:`RemoteTraceback`), exactly as
+:mod:`multiprocessing.pool` does. The classes below tell what went wrong *around* a task.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal as _signal
+from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
+from typing import Optional
+
+__all__ = [
+    "MaybeEncodingError",
+    "PoolError",
+    "RemoteTraceback",
+    "TaskTimeoutError",
+    "WorkerDied",
+]
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return _signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+class WorkerDied(multiprocessing.ProcessError):
+    """The worker running this task ended: killed by a signal, ``os._exit``, a crash in C
+    code. The pool replaced the worker; the other tasks were not affected.
+
+    >>> e = WorkerDied(1234, None, 9)
+    >>> str(e)
+    'the worker process 1234 running this task was killed by SIGKILL (signal 9)'
+    >>> e.signal, e.exitcode
+    (9, None)
+    """
+
+    def __init__(self, pid: int, exitcode: Optional[int] = None, signal: Optional[int] = None):
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = signal
+        if signal is not None:
+            how = f"was killed by {_signal_name(signal)} (signal {signal})"
+        elif exitcode is not None:
+            how = f"exited with code {exitcode}"
+        else:
+            how = "ended (its exit status is unknown: SIGCHLD is ignored in this process)"
+        super().__init__(f"the worker process {pid} running this task {how}")
+
+    def __reduce__(self):
+        return (type(self), (self.pid, self.exitcode, self.signal))
+
+
+class TaskTimeoutError(multiprocessing.TimeoutError):
+    """The task ran past its time limit; its worker was killed and replaced.
+
+    >>> str(TaskTimeoutError(1234, 0.5))
+    'the task ran past its time limit of 0.5 s; its worker process 1234 was killed'
+    """
+
+    def __init__(self, pid: int, timeout: float):
+        self.pid = pid
+        self.timeout = timeout
+        super().__init__(
+            f"the task ran past its time limit of {timeout:g} s; "
+            f"its worker process {pid} was killed"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.pid, self.timeout))
+
+
+class PoolError(RuntimeError):
+    """The pool cannot run work: no worker could start, or it was terminated."""
