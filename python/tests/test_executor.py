@@ -82,7 +82,7 @@ def test_map_exception(make_executor):
 
 def test_map_timeout(make_executor):
     ex = make_executor()
-    it = ex.map(tasks.sleep_return, [0.0, 3.0], timeout=0.5)
+    it = ex.map(tasks.sleep_return, [0.0, 1.5], timeout=0.3)
     assert next(it) is None
     with pytest.raises(cf.TimeoutError):
         next(it)
