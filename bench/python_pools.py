@@ -661,7 +661,7 @@ def fmt(v):
     if v is None:
         return "-"
     if isinstance(v, str):
-        return v[:10]
+        return v.split(" ")[0][:9]
     if v >= 1e6:
         return f"{v / 1e6:.2f}M"
     if v >= 1e4:

@@ -45,6 +45,10 @@ def test_sigkill_worker_mid_task(make_pp_pool, pp, tmp_path):
     assert not proctools.wait_gone([ident], 5)
     assert pool.map(tasks.square, range(20)) == SQUARES
     assert victim not in pool.map(tasks.getpid, range(20), chunksize=1)
+    # the pool's own list of workers has the replacement, not the dead one
+    pids = pool.pids()
+    assert len(pids) == 2 and victim not in pids
+    assert all(proctools.identity(p) for p in pids)
 
 
 def test_sigkill_during_map_fails_that_map_only(make_pp_pool, pp, tmp_path):
