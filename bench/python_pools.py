@@ -105,9 +105,10 @@ def spin_us(us):
 
 
 def started_then_sleep(path, seconds):
-    """Creates `path` (so the caller knows the task runs), then sleeps."""
-    with open(path, "w") as f:
+    """Creates `path` holding its pid (so the caller knows the task runs), then sleeps."""
+    with open(path + ".tmp", "w") as f:
         f.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
     time.sleep(seconds)
     return seconds
 
@@ -496,7 +497,6 @@ def replace(name, ctx):
                 deadline = time.monotonic() + REPLY_LIMIT_S
                 while not os.path.exists(flag) and time.monotonic() < deadline:
                     time.sleep(0.001)
-                time.sleep(0.002)  # the pid is written
                 pid = int(open(flag).read())
                 t0 = time.perf_counter()
                 os.kill(pid, signal.SIGKILL)
@@ -804,7 +804,11 @@ def main():
     }
     if "seed" in workloads:
         ctx["seed_n"] = calibrate_seed()
-        d, want = timed(lambda: [compute(ctx["seed_n"]) for _ in range(SEED_TASKS)])
+        runs = [
+            timed(lambda: [compute(ctx["seed_n"]) for _ in range(SEED_TASKS)])
+            for _ in range(max(1, ctx["seed_reps"] - 1))
+        ]
+        d, want = min(runs, key=lambda r: r[0])  # the fastest, as for the pools
         ctx["seed_seq_s"], ctx["seed_expected"] = d, want
         result["seed"] = {"n": ctx["seed_n"], "sequential_ms": d * 1e3}
         log(f"seed n = {ctx['seed_n']}, sequential {d * 1e3:.0f} ms")

@@ -70,6 +70,14 @@ class Running:
             text=True,
             start_new_session=True,
         )
+        self.idents = []
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.end()
+            raise
+
+    def _wait_ready(self):
         line = self._readline(30)
         assert line.startswith("READY "), f"no READY line: {line!r} {self._stderr()}"
         self.worker_pids = json.loads(line.split(" ", 1)[1])
@@ -94,6 +102,10 @@ class Running:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its session's group, if anything is left
+        except (ProcessLookupError, PermissionError):
+            pass
         for ident in self.idents:
             if proctools.alive(ident):
                 try:
