@@ -13,7 +13,7 @@ import procpool
 
 
 def compute(n):
-    return sum(i ** 0.5 for i in range(1, n + 1))
+    return sum(i**0.5 for i in range(1, n + 1))
 
 
 def main():

@@ -22,7 +22,6 @@ Example::
             print(asyncio.run(main(ex)))               # 27
 """
 
-import builtins
 import collections
 import concurrent.futures
 import threading
@@ -215,8 +214,10 @@ class _ExecutorCore:
             drain.run.cancel()
         for fut, exc in failures:
             fut.set_exception(exc)
-        if wait:
-            if thread is not None and thread is not threading.current_thread():
+        current = threading.current_thread()
+        if wait and current is not thread and all(d.thread is not current for d in maps_to_wait):
+            # (not from a done-callback on a result thread: it would wait for itself)
+            if thread is not None:
                 thread.join()
             for drain in maps_to_wait:
                 drain.thread.join()
@@ -269,8 +270,8 @@ class _MapDrain:
         with self.core.lock:
             self.core.maps.discard(self)
 
-    def results(self, timeout):
-        end_time = None if timeout is None else time.monotonic() + timeout
+    def results(self, end_time):
+        """The map's results in order; ``end_time`` (monotonic) bounds the whole iteration."""
         try:
             for _ in range(self.length):
                 with self.cond:
@@ -339,10 +340,11 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if max_tasks_per_child is not None:
-            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
+            if not isinstance(max_tasks_per_child, int):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
+            max_tasks_per_child = int(max_tasks_per_child)
         timeout = _check_timeout(timeout)
         retries = _check_retries(retries)
         engine = _core.Engine(
@@ -391,11 +393,10 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        if timeout is not None:
-            timeout = float(timeout)
+        end_time = None if timeout is None else time.monotonic() + float(timeout)
         items = list(zip(*iterables))
         drain = self._core.start_map(fn, items, chunksize, None)
-        return drain.results(timeout)
+        return drain.results(end_time)
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         """Accept no new calls; with ``wait`` return once every call has finished and the
@@ -420,6 +421,4 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         return f"<procpool.ProcessPoolExecutor {state} max_workers={self._max_workers}>"
 
     def __reduce__(self):
-        raise NotImplementedError(
-            "executor objects cannot be passed between processes or pickled"
-        )
+        raise NotImplementedError("executor objects cannot be passed between processes or pickled")

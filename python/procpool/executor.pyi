@@ -22,7 +22,9 @@ class ProcessPoolExecutor(Executor):
         timeout: float | None = None,
         retries: int = 0,
     ) -> None: ...
-    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]: ...
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> Future[_T]: ...
     def map(
         self,
         fn: Callable[..., _T],

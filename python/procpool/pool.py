@@ -82,9 +82,7 @@ def _check_timeout(timeout, what="timeout"):
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise TypeError(
-            f"{what} must be a number of seconds or None, not {type(timeout).__name__}"
-        )
+        raise TypeError(f"{what} must be a number of seconds or None, not {type(timeout).__name__}")
     value = float(timeout)
     if math.isnan(value) or value <= 0:
         raise ValueError(f"{what} must be a positive number of seconds or None, not {timeout!r}")
@@ -203,6 +201,8 @@ class _PoolCore:
         self.stream_results = {}  # tag -> ApplyResult
         self.threads = set()  # map_async result threads
         self.runs = set()  # runs not yet finished
+        self.sync_free = []  # streams for blocking apply() calls, idle
+        self.sync_busy = set()  # ... and in use
 
     def open_stream(self):
         """Open the stream for independent calls and its result thread (lock held)."""
@@ -214,6 +214,26 @@ class _PoolCore:
         self.stream_thread = thread
         thread.start()
         return stream
+
+    def take_sync_stream(self):
+        with self.lock:
+            if self.state != RUN:
+                raise ValueError("Pool not running")
+            stream = self.sync_free.pop() if self.sync_free else self.engine.stream()
+            self.sync_busy.add(stream)
+        return stream
+
+    def give_back_sync_stream(self, stream):
+        with self.lock:
+            self.sync_busy.discard(stream)
+            if self.state == RUN:
+                self.sync_free.append(stream)
+                return
+        stream.close()
+
+    def drop_sync_stream(self, stream):
+        with self.lock:
+            self.sync_busy.discard(stream)
 
     def start_run(self, func, items, *, star, chunksize, ordered, timeout, track):
         """Start a run; ``track`` keeps it for terminate() to cancel until end_run().
@@ -241,9 +261,13 @@ class _PoolCore:
                 return
             self.state = CLOSE
             stream = self.stream
+            idle = self.sync_free
+            self.sync_free = []
             self.wakeup.notify_all()
         if stream is not None:
             stream.close()
+        for s in idle:
+            s.close()
         self.engine.close()
 
     def terminate(self):
@@ -251,10 +275,14 @@ class _PoolCore:
             self.state = TERMINATE
             stream = self.stream
             runs = list(self.runs)
+            streams = self.sync_free + list(self.sync_busy)
+            self.sync_free = []
             self.wakeup.notify_all()
         self.engine.terminate()
         if stream is not None:
             stream.cancel()
+        for s in streams:
+            s.cancel()
         for run in runs:
             run.cancel()
         self.engine.join(_TERMINATE_JOIN_SECONDS)
@@ -330,18 +358,31 @@ def _serve_stream(core, stream):
         result._set(False, err)
 
 
+# Whether the engine drains an ordered run into a list itself (no tuple per item).
+_ENGINE_COLLECTS = hasattr(getattr(_core, "Run", None), "collect")
+
+
 def _collect(run, source, length):
-    """Drain a run (any order) into (True, list) or (False, first exception by index)."""
-    values = [None] * length
-    seen = 0
+    """Drain a map's run into (True, list) or (False, first exception by input position).
+
+    The run is ordered when the engine collects (see _ENGINE_COLLECTS), else in any order.
+    """
     err_index = None
     err = None
-    for index, ok, value in run:
-        seen += 1
-        if ok:
-            values[index] = value
-        elif err_index is None or index < err_index:
-            err_index, err = index, value
+    if _ENGINE_COLLECTS:
+        values, failures = run.collect()
+        seen = len(values)
+        if failures:
+            err_index, err = failures[0]
+    else:
+        values = [None] * length
+        seen = 0
+        for index, ok, value in run:
+            seen += 1
+            if ok:
+                values[index] = value
+            elif err_index is None or index < err_index:
+                err_index, err = index, value
     if source.error is not None and (err_index is None or source.count < err_index):
         err_index, err = source.count, source.error
     if err is not None:
@@ -601,12 +642,9 @@ class Pool:
         self._core = None
         processes = _check_processes(processes)
         if maxtasksperchild is not None:
-            if (
-                isinstance(maxtasksperchild, bool)
-                or not isinstance(maxtasksperchild, int)
-                or maxtasksperchild <= 0
-            ):
+            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
                 raise ValueError("maxtasksperchild must be a positive int or None")
+            maxtasksperchild = int(maxtasksperchild)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         timeout = _check_timeout(timeout)
@@ -653,9 +691,7 @@ class Pool:
         return f"<procpool.Pool state={state} pool_size={size}>"
 
     def __reduce__(self):
-        raise NotImplementedError(
-            "pool objects cannot be passed between processes or pickled"
-        )
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
     def __del__(self, _warn=warnings.warn):
         core = getattr(self, "_core", None)
@@ -678,7 +714,28 @@ class Pool:
             with procpool.Pool(2) as pool:
                 assert pool.apply(divmod, (7, 2)) == (3, 1)
         """
-        return self.apply_async(func, args, kwds, timeout=timeout).get()
+        self._check_running()
+        timeout = _check_timeout(timeout)
+        core = self._core
+        # The caller reads its own stream: no hand-over to the result thread.
+        stream = core.take_sync_stream()
+        try:
+            stream.submit(func, tuple(args), dict(kwds), timeout=timeout)
+        except BaseException:  # could not pickle: nothing was queued
+            core.give_back_sync_stream(stream)
+            raise
+        try:
+            _, ok, value = stream.next()
+        except StopIteration:
+            core.drop_sync_stream(stream)
+            raise PoolError("the pool was terminated before this task finished") from None
+        except BaseException:  # Ctrl-C: the call is left to finish, its result dropped
+            core.drop_sync_stream(stream)
+            raise
+        core.give_back_sync_stream(stream)
+        if ok:
+            return value
+        raise value
 
     def apply_async(
         self, func, args=(), kwds={}, callback=None, error_callback=None, *, timeout=None
@@ -715,9 +772,7 @@ class Pool:
             if error_callback is None:
                 result._set(False, failure)
             else:  # callbacks run on a result thread, never in the caller
-                threading.Thread(
-                    target=result._set, args=(False, failure), daemon=True
-                ).start()
+                threading.Thread(target=result._set, args=(False, failure), daemon=True).start()
         return result
 
     # -- maps ---------------------------------------------------------------
@@ -746,7 +801,7 @@ class Pool:
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         length = len(iterable)
-        run, source = self._run_source(func, iterable, star, chunksize, False, timeout)
+        run, source = self._run_source(func, iterable, star, chunksize, _ENGINE_COLLECTS, timeout)
         try:
             ok, value = _collect(run, source, length)
         except BaseException:  # Ctrl-C: stop the run's tasks, then let it through
@@ -768,7 +823,7 @@ class Pool:
             result = MapResult(self, None, None)
             result._set(True, [])
             return result
-        run, source = self._run_source(func, iterable, star, chunksize, False, timeout)
+        run, source = self._run_source(func, iterable, star, chunksize, _ENGINE_COLLECTS, timeout)
         result = MapResult(self, callback, error_callback)
         core = self._core
         thread = threading.Thread(

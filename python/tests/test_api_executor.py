@@ -10,6 +10,7 @@ import concurrent.futures
 import math
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -45,6 +46,8 @@ def ex(request):
 )
 @pytest.mark.parametrize("impl", IMPLS)
 def test_bad_arguments_raise_as_the_stdlib(impl, kw, error):
+    if impl != "procpool" and "max_tasks_per_child" in kw and sys.version_info < (3, 11):
+        pytest.skip("the stdlib has max_tasks_per_child from Python 3.11 on")
     with pytest.raises(error):
         make(impl, **kw)
 
@@ -74,7 +77,9 @@ def test_as_completed_and_wait(ex):
     assert len(done) == 3 and not not_done
     first = ex.submit(time.sleep, 5)
     quick = ex.submit(abs, -1)
-    done, _ = concurrent.futures.wait([first, quick], return_when=concurrent.futures.FIRST_COMPLETED, timeout=20)
+    done, _ = concurrent.futures.wait(
+        [first, quick], return_when=concurrent.futures.FIRST_COMPLETED, timeout=20
+    )
     assert quick in done and first not in done
 
 
@@ -96,6 +101,13 @@ def test_map_timeout_covers_the_whole_iteration(ex):
     with pytest.raises(concurrent.futures.TimeoutError):
         next(it)
     assert time.monotonic() - start < 5
+
+
+def test_map_timeout_counts_from_the_call(ex):
+    it = ex.map(time.sleep, [2.0], timeout=0.5)
+    time.sleep(0.8)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        next(it)
 
 
 def test_map_bad_chunksize(ex):
@@ -149,9 +161,7 @@ def test_shutdown_without_wait_still_finishes_the_work(ex):
 def test_run_in_executor(ex):
     async def main():
         loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *(loop.run_in_executor(ex, pow, i, 3) for i in range(5))
-        )
+        results = await asyncio.gather(*(loop.run_in_executor(ex, pow, i, 3) for i in range(5)))
         return results
 
     assert asyncio.run(main()) == [0, 1, 8, 27, 64]
@@ -178,6 +188,20 @@ def test_callbacks_and_threads(ex):
 # ---- procpool only -----------------------------------------------------------------
 
 
+def test_shutdown_from_a_done_callback_does_not_wait_for_itself():
+    # (the stdlib's raises in the callback here)
+    ex = procpool.ProcessPoolExecutor(1)
+    done = threading.Event()
+
+    def callback(_):
+        ex.shutdown(wait=True)
+        done.set()
+
+    ex.submit(abs, -1).add_done_callback(callback)
+    assert done.wait(20)
+    ex.shutdown()
+
+
 def test_a_dead_worker_fails_its_future_alone_and_the_executor_goes_on():
     with procpool.ProcessPoolExecutor(2) as e:
         doomed = e.submit(lambda: os.kill(os.getpid(), signal.SIGKILL))
@@ -188,6 +212,22 @@ def test_a_dead_worker_fails_its_future_alone_and_the_executor_goes_on():
         exiting = e.submit(os._exit, 3)
         assert exiting.exception(timeout=20).exitcode == 3
         assert list(e.map(abs, [-1, -2])) == [1, 2]
+
+
+def test_retries_run_a_call_again_after_its_worker_died(tmp_path):
+    marker = str(tmp_path / "died-once")
+
+    def die_once():
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(7)
+        return "second try"
+
+    with procpool.ProcessPoolExecutor(1, retries=1) as e:
+        assert e.submit(die_once).result(timeout=20) == "second try"
+    os.unlink(marker)
+    with procpool.ProcessPoolExecutor(1) as e:
+        assert e.submit(die_once).exception(timeout=20).exitcode == 7
 
 
 def test_timeout_kills_the_call_and_the_executor_goes_on():

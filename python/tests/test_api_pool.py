@@ -11,6 +11,7 @@ import multiprocessing
 import operator
 import os
 import pickle
+import sys
 import threading
 import time
 import warnings
@@ -64,6 +65,8 @@ def _raise_at(n, exc):
 )
 @pytest.mark.parametrize("impl", IMPLS)
 def test_bad_arguments_raise_as_the_stdlib(impl, kw, error, message):
+    if impl == "multiprocessing" and "maxtasksperchild" in kw and sys.version_info < (3, 11):
+        pytest.skip("the stdlib checks maxtasksperchild from Python 3.11 on")
     with pytest.raises(error, match=message):
         make(impl, **kw)
 
@@ -88,7 +91,11 @@ def test_imap_over_an_input_that_raises_reports_it_at_its_position(pool):
 def test_imap_failed_items_raise_in_place_and_iteration_goes_on(pool):
     got = outcomes(pool.imap(math.sqrt, [1, -1, 4, -1, 16], chunksize=1))
     assert got == [
-        ("ok", 1.0), ("err", "ValueError"), ("ok", 2.0), ("err", "ValueError"), ("ok", 4.0),
+        ("ok", 1.0),
+        ("err", "ValueError"),
+        ("ok", 2.0),
+        ("err", "ValueError"),
+        ("ok", 4.0),
     ]
 
 
@@ -218,6 +225,40 @@ def test_terminate_fails_pending_results_instead_of_hanging(pp):
     for result in (r, m):
         with pytest.raises(procpool.PoolError):
             result.get(timeout=10)
+
+
+def test_terminate_ends_a_blocking_apply_in_another_thread(pp):
+    got = []
+
+    def call():
+        try:
+            got.append(pp.apply(time.sleep, (30,)))
+        except Exception as exc:
+            got.append(exc)
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.3)
+    pp.terminate()
+    t.join(10)
+    assert not t.is_alive()
+    assert len(got) == 1 and isinstance(got[0], procpool.PoolError)
+
+
+def test_apply_from_many_threads(pp):
+    results = []
+    threads = [
+        threading.Thread(target=lambda i=i: results.append(pp.apply(pow, (i, 2))))
+        for i in range(16)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert sorted(results) == sorted(i * i for i in range(16))
+    with pytest.raises(TypeError):
+        pp.apply(id, (threading.Lock(),))
+    assert pp.apply(abs, (-1,)) == 1
 
 
 def test_per_call_timeout_fails_that_call_and_the_pool_goes_on(pp):

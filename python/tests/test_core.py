@@ -113,22 +113,29 @@ def test_one_bad_item_fails_alone_with_remote_traceback(engine):
     assert "fail_on_three" in str(e.__cause__)
 
 
-def test_sigkill_mid_task_fails_that_task_and_the_run_goes_on(engine):
-    run = engine.run(sleep_then, [0.0, 30.0, 0.0, 0.0], chunksize=1, ordered=False)
-    first = run.next(timeout=20)
+def sleep_marked(arg):
+    """Sleeps; a long sleep first writes its worker's pid to `path`."""
+    path, secs = arg
+    if secs > 1:
+        with open(path + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(path + ".tmp", path)
+    time.sleep(secs)
+    return secs
+
+
+def test_sigkill_mid_task_fails_that_task_and_the_run_goes_on(engine, tmp_path):
+    mark = str(tmp_path / "pid")
+    items = [(mark, s) for s in (0.0, 30.0, 0.0, 0.0)]
+    run = engine.run(sleep_marked, items, chunksize=1, ordered=False)
+    first = run.next(timeout=20)  # a run is lazy: this submits its jobs
     assert first[1]
-    # The worker running the 30 s task is the one still busy: kill both until it dies.
     deadline = time.monotonic() + 20
-    killed = None
-    while killed is None and time.monotonic() < deadline:
-        for pid in engine.pids():
-            with open(f"/proc/{pid}/wchan") as f:
-                if f.read() in ("hrtimer_nanosleep", "do_nanosleep", "clock_nanosleep"):
-                    os.kill(pid, signal.SIGKILL)
-                    killed = pid
-                    break
-        time.sleep(0.02)
-    assert killed is not None
+    while not os.path.exists(mark) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open(mark) as f:
+        killed = int(f.read())
+    os.kill(killed, signal.SIGKILL)
     rest = [run.next(timeout=20) for _ in range(3)]
     dead = [o for o in rest if not o[1]]
     assert len(dead) == 1 and dead[0][0] == 1
@@ -149,6 +156,55 @@ def test_os_exit_in_a_task_names_the_exit_code(engine):
     assert "exited with code 3" in str(e)
 
 
+def exit_in_task(code):
+    sys.exit(code)
+
+
+def test_system_exit_in_a_task_ends_its_worker_only(engine):
+    out = list(engine.run(exit_in_task, [4]))
+    assert isinstance(out[0][2], WorkerDied) and out[0][2].exitcode == 4
+    assert list(engine.run(double, [1, 2])) == [(0, True, 2), (1, True, 4)]
+
+
+def die_once(path):
+    """Kills its worker the first time (marks `path`), then succeeds."""
+    if not os.path.exists(path):
+        open(path, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "second try"
+
+
+def test_retries_run_a_task_again_after_its_worker_died(tmp_path):
+    e = _core.Engine(1, retries=1)
+    try:
+        assert list(e.run(die_once, [str(tmp_path / "m")])) == [(0, True, "second try")]
+    finally:
+        e.terminate()
+    e = _core.Engine(1)
+    try:
+        (_, ok, err), = e.run(die_once, [str(tmp_path / "n")])
+        assert not ok and isinstance(err, WorkerDied) and err.signal == signal.SIGKILL
+    finally:
+        e.terminate()
+
+
+def die_on_five(x):
+    if x == 5:
+        os._exit(3)
+    return x * x
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_death_inside_a_chunk_fails_only_its_item(engine, ordered):
+    got = sorted(engine.run(die_on_five, range(20), chunksize=10, ordered=ordered))
+    assert [i for i, _, _ in got] == list(range(20))
+    for i, ok, v in got:
+        if i == 5:
+            assert not ok and isinstance(v, WorkerDied) and v.exitcode == 3
+        else:
+            assert (ok, v) == (True, i * i)
+
+
 def test_terminate_during_a_run_ends_it_with_pool_errors():
     e = _core.Engine(2)
     run = e.run(sleep_then, [30.0] * 4, chunksize=1)
@@ -158,6 +214,19 @@ def test_terminate_during_a_run_ends_it_with_pool_errors():
     with pytest.raises(StopIteration):
         run.next(timeout=20)
     assert e.join(timeout=20)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_join_runs_the_work_of_a_run_nobody_iterates(ordered):
+    e = _core.Engine(2)
+    # More jobs than the engine keeps in flight: the rest is pulled during the join.
+    run = e.run(double, range(6000), chunksize=1, ordered=ordered)
+    assert next(run)[1]
+    e.close()
+    assert e.join(timeout=60)
+    rest = sorted(run)
+    assert len(rest) == 5999 and all(ok for _, ok, _ in rest)
+    assert e.pids() == []
 
 
 def test_join_times_out_while_work_runs_then_terminate_ends_it():
@@ -173,8 +242,9 @@ def test_join_times_out_while_work_runs_then_terminate_ends_it():
 
 
 def test_timeout_kills_the_task(engine):
-    out = list(engine.run(sleep_then, [30.0, 0.0], timeout=0.3))
-    assert isinstance(out[0][2], TaskTimeoutError) and out[0][2].timeout == pytest.approx(0.3)
+    # The limit covers loading the function too (a fresh worker imports this module).
+    out = list(engine.run(sleep_then, [30.0, 0.0], timeout=3))
+    assert isinstance(out[0][2], TaskTimeoutError) and out[0][2].timeout == pytest.approx(3)
     assert out[1] == (1, True, 0.0)
 
 
@@ -236,6 +306,15 @@ def test_stream_and_cancel(engine):
         s2.submit(double, (1,))
     with pytest.raises(StopIteration):
         s2.next()
+
+
+def test_stream_next_waits_for_a_later_submit_from_another_thread(engine):
+    s = engine.stream()
+    threading.Timer(0.2, lambda: s.submit(double, (21,))).start()
+    assert s.next(timeout=20) == (0, True, 42)
+    threading.Timer(0.2, s.close).start()
+    with pytest.raises(StopIteration):
+        s.next(timeout=20)
 
 
 def test_run_cancel_ends_iteration(engine):
@@ -315,6 +394,20 @@ def test_a_new_worker_replaces_a_killed_one(engine):
             break
         time.sleep(0.01)
     assert len(engine.pids()) == 2 and set(engine.pids()) != before
+
+
+def test_a_dead_template_is_started_again():
+    e = _core.Engine(1)
+    (template,) = children() - set(e.pids())
+    os.kill(template, signal.SIGKILL)
+    e.terminate()
+    e = _core.Engine(2)
+    try:
+        assert list(e.run(double, [1, 2])) == [(0, True, 2), (1, True, 4)]
+        (new,) = children() - set(e.pids())
+        assert new != template
+    finally:
+        e.terminate()
 
 
 def test_create_close_cycles_leak_nothing():

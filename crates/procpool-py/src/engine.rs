@@ -1,7 +1,7 @@
 //! `Engine`: a pool of Python workers on the engine, started from the template.
 
 use std::ffi::OsString;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use procpool_engine::EngineConfig;
@@ -13,8 +13,11 @@ use crate::errors;
 use crate::frame;
 use crate::launcher::TemplateLauncher;
 use crate::py;
-use crate::run::{POLL, Run, RunSpec};
+use crate::run::{POLL, Run, RunSpec, State as RunState, pump};
 use crate::stream::Stream;
+
+/// How often a join moves along the runs nobody iterates.
+const PUMP_STEP: Duration = Duration::from_millis(2);
 
 /// Payload kind of a pool's initializer.
 const INIT: u8 = 2;
@@ -69,6 +72,8 @@ pub(crate) struct Engine {
     #[pyo3(get)]
     processes: usize,
     timeout: Option<Duration>,
+    /// The runs made, for a join to move along (see `run::pump`).
+    runs: Mutex<Vec<Weak<Mutex<RunState>>>>,
 }
 
 impl Engine {
@@ -227,6 +232,7 @@ impl Engine {
             )),
             processes,
             timeout,
+            runs: Mutex::new(Vec::new()),
         })
     }
 
@@ -256,7 +262,11 @@ impl Engine {
             ordered,
             timeout,
         };
-        self.open(|e| Run::new(e, iter, hint, spec))
+        let run = self.open(|e| Run::new(e, iter, hint, spec))?;
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        runs.retain(|r| r.strong_count() > 0);
+        runs.push(run.state_ref());
+        Ok(run)
     }
 
     /// A stream of independent calls.
@@ -303,11 +313,23 @@ impl Engine {
         self.stop(py, false);
         loop {
             let inner = self.inner.clone();
+            let runs: Vec<_> = self
+                .runs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter_map(Weak::upgrade)
+                .collect();
+            // Runs nobody iterates are moved along here, in short steps.
+            let step = if runs.is_empty() { POLL } else { PUMP_STEP };
             let wait = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()).min(POLL),
-                None => POLL,
+                Some(d) => d.saturating_duration_since(Instant::now()).min(step),
+                None => step,
             };
             let stopped = py.detach(move || {
+                for r in &runs {
+                    pump(r);
+                }
                 let (m, cv) = &*inner;
                 let g = m.lock().unwrap_or_else(|e| e.into_inner());
                 let (g, _) = cv

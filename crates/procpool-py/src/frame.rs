@@ -10,6 +10,10 @@
 //! then one u64 LE length per buffer, the pickle, the buffers
 //! ```
 //!
+//! A buffer's length has its top bit set when it is the memory of a `bytes` object
+//! (large `bytes` items go out of band): the receiver rebuilds it as `bytes` straight
+//! from the frame, one copy, instead of a `bytearray` that `bytes()` would copy again.
+//!
 //! A worker's result is untrusted input: [`Frame::parse`] checks every length.
 
 use pyo3::prelude::*;
@@ -19,6 +23,8 @@ use crate::py;
 
 /// Header bytes before the buffer lengths.
 const HEAD: usize = 24;
+/// Top bit of a buffer's length: the buffer is a `bytes` object's.
+const BYTES: u64 = 1 << 63;
 /// Flag: star call.
 pub(crate) const STAR: u8 = 1;
 
@@ -29,7 +35,7 @@ pub(crate) struct Frame<'a> {
     pub(crate) flags: u8,
     pub(crate) count: u32,
     pub(crate) pickle: &'a [u8],
-    pub(crate) bufs: Vec<&'a [u8]>,
+    pub(crate) bufs: Vec<(&'a [u8], bool)>,
 }
 
 impl<'a> Frame<'a> {
@@ -62,7 +68,8 @@ impl<'a> Frame<'a> {
         let pickle = take(&mut at, plen)?;
         let mut bufs = Vec::with_capacity(nbufs);
         for i in 0..nbufs {
-            bufs.push(take(&mut at, u64_at(HEAD + 8 * i))?);
+            let len = u64_at(HEAD + 8 * i);
+            bufs.push((take(&mut at, len & !BYTES)?, len & BYTES != 0));
         }
         Ok(Frame {
             kind: b[0],
@@ -73,11 +80,21 @@ impl<'a> Frame<'a> {
         })
     }
 
-    /// The out-of-band buffers as Python `bytearray`s (one copy each, so that what the
-    /// unpickled objects keep stays valid after the frame's memory is gone).
+    /// The out-of-band buffers as Python `bytearray`s, or `bytes` for a `bytes`
+    /// object's (one copy each, so that what the unpickled objects keep stays valid
+    /// after the frame's memory is gone).
     pub(crate) fn py_bufs<'py>(&self, py: Python<'py>) -> Bound<'py, PyList> {
-        PyList::new(py, self.bufs.iter().map(|b| PyByteArray::new(py, b)))
-            .expect("a list of bytearrays")
+        PyList::new(
+            py,
+            self.bufs.iter().map(|&(b, is_bytes)| {
+                if is_bytes {
+                    PyBytes::new(py, b).into_any()
+                } else {
+                    PyByteArray::new(py, b).into_any()
+                }
+            }),
+        )
+        .expect("a list of buffers")
     }
 }
 
@@ -93,14 +110,17 @@ pub(crate) fn encode(
 ) -> PyResult<()> {
     let data = data.as_bytes();
     let nbufs = bufs.len()?;
+    let py = bufs.py();
     let mut lens = Vec::with_capacity(nbufs);
     for b in bufs.try_iter()? {
-        lens.push(
-            b?.getattr(pyo3::intern!(bufs.py(), "nbytes"))?
-                .extract::<u64>()?,
-        );
+        let b = b?;
+        let len = b.getattr(pyo3::intern!(py, "nbytes"))?.extract::<u64>()?;
+        let is_bytes = b
+            .getattr(pyo3::intern!(py, "obj"))
+            .is_ok_and(|o| o.is_exact_instance_of::<PyBytes>());
+        lens.push(if is_bytes { len | BYTES } else { len });
     }
-    let total: u64 = lens.iter().sum();
+    let total: u64 = lens.iter().map(|l| l & !BYTES).sum();
     let start = out.len();
     out.reserve(HEAD + 8 * nbufs + data.len() + total as usize);
     out.extend_from_slice(&[kind, flags, 0, 0]);
@@ -114,10 +134,70 @@ pub(crate) fn encode(
     out.extend_from_slice(data);
     debug_assert_eq!(out.len() - start, HEAD + 8 * nbufs + data.len());
     if total > 0 {
-        let at = out.len();
-        out.resize(at + total as usize, 0);
-        let mv = py::memoryview_mut(bufs.py(), &mut out[at..])?;
-        py::helper(bufs.py(), "_pickle", "fill")?.call1((mv, bufs))?;
+        // Written by Python's copies, not zeroed first (a pass over every byte less).
+        let total = total as usize;
+        let spare = &mut out.spare_capacity_mut()[..total];
+        let mv = py::memoryview_uninit(py, spare)?;
+        py::helper(py, "_pickle", "fill")?.call1((mv, bufs))?;
+        // SAFETY: `fill` wrote the buffers, `total` bytes, one after the other, into
+        // the spare capacity (it raises otherwise, and the length stays as it was).
+        unsafe { out.set_len(out.len() + total) };
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, count: u32, pickle: &[u8], bufs: &[(&[u8], bool)]) -> Vec<u8> {
+        let mut out = vec![kind, STAR, 0, 0];
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&(bufs.len() as u32).to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&(pickle.len() as u64).to_le_bytes());
+        for (b, is_bytes) in bufs {
+            let flag = if *is_bytes { BYTES } else { 0 };
+            out.extend_from_slice(&(b.len() as u64 | flag).to_le_bytes());
+        }
+        out.extend_from_slice(pickle);
+        for (b, _) in bufs {
+            out.extend_from_slice(b);
+        }
+        out
+    }
+
+    #[test]
+    fn parses_what_it_is_given() {
+        let b = frame(
+            1,
+            7,
+            b"pickle",
+            &[(b"abc", false), (b"", true), (b"zz", true)],
+        );
+        let f = Frame::parse(&b).unwrap();
+        assert_eq!((f.kind, f.flags, f.count), (1, STAR, 7));
+        assert_eq!(f.pickle, b"pickle");
+        assert_eq!(
+            f.bufs,
+            vec![(&b"abc"[..], false), (&b""[..], true), (&b"zz"[..], true)]
+        );
+    }
+
+    #[test]
+    fn refuses_lengths_past_the_end_and_short_frames() {
+        let good = frame(0, 1, b"pickle", &[(b"abc", false)]);
+        for cut in 0..good.len() {
+            assert!(Frame::parse(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut huge = good.clone();
+        huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(Frame::parse(&huge).is_err());
+        let mut many = good.clone();
+        many[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Frame::parse(&many).is_err());
+        let mut buf = good;
+        buf[24..32].copy_from_slice(&(u64::MAX >> 1).to_le_bytes());
+        assert!(Frame::parse(&buf).is_err());
+    }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use procpool_engine::Launcher;
 
 /// How long the template may take to answer (its first answer includes its start).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Starts workers from this process's template.
 #[derive(Debug)]

@@ -131,6 +131,9 @@ fn _serve_worker(py: Python<'_>) -> c_int {
     runner::serve(py, identity())
 }
 
+/// procpool's engine for Python (private: use `procpool.Pool` and
+/// `procpool.ProcessPoolExecutor`). `Engine` is a pool of worker processes; `Run` one
+/// call over many items; `Stream` independent calls.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     identity();

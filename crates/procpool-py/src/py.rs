@@ -52,9 +52,15 @@ pub(crate) fn memoryview<'py>(py: Python<'py>, mem: &[u8]) -> PyResult<Bound<'py
     }
 }
 
-/// A writable memoryview of `mem`, released by the callee.
-pub(crate) fn memoryview_mut<'py>(py: Python<'py>, mem: &mut [u8]) -> PyResult<Bound<'py, PyAny>> {
-    // SAFETY: as `memoryview`; the memory is borrowed mutably for the view's life.
+/// A writable memoryview of memory not yet initialized, for Python to fill (and
+/// release) without reading it.
+pub(crate) fn memoryview_uninit<'py>(
+    py: Python<'py>,
+    mem: &mut [std::mem::MaybeUninit<u8>],
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: the view covers `mem`, borrowed mutably for its life (the callee releases
+    // it before returning); it is only written through (slice assignment
+    // in `_pickle.fill`), never read, so the bytes' being uninitialized is never seen.
     unsafe {
         let p = ffi::PyMemoryView_FromMemory(
             mem.as_mut_ptr().cast::<c_char>(),

@@ -280,13 +280,15 @@ pub(crate) fn pop_ready(
 }
 
 #[derive(Debug)]
-struct State {
+pub(crate) struct State {
     feed: Feed<PySource>,
     reorder: Option<Reorder<Piece>>,
     ready: VecDeque<Ready>,
     recorder: Recorder,
     ended: bool,
     cancel_sent: bool,
+    /// Pieces of an unordered run received by [`pump`], not yet decoded.
+    parked: VecDeque<Piece>,
 }
 
 /// How a run calls its function.
@@ -308,12 +310,17 @@ pub(crate) struct RunSpec {
 #[pyclass(module = "procpool._core")]
 #[derive(Debug)]
 pub(crate) struct Run {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     side: Arc<Mutex<Side>>,
     cancelled: AtomicBool,
 }
 
 impl Run {
+    /// The state, for the engine to [`pump`] while it is joined.
+    pub(crate) fn state_ref(&self) -> std::sync::Weak<Mutex<State>> {
+        Arc::downgrade(&self.state)
+    }
+
     pub(crate) fn new(
         engine: &procpool_engine::Engine,
         iter: Py<PyIterator>,
@@ -340,14 +347,15 @@ impl Run {
         let mut feed = Feed::new(engine, source, func, chunksize, timeout);
         feed.keep_open();
         Run {
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 recorder: feed.recorder(),
                 feed,
                 reorder: ordered.then(Reorder::default),
                 ready: VecDeque::new(),
                 ended: false,
                 cancel_sent: false,
-            }),
+                parked: VecDeque::new(),
+            })),
             side,
             cancelled: AtomicBool::new(false),
         }
@@ -396,19 +404,28 @@ impl Run {
             if self.cancelled.load(Ordering::Relaxed) && !st.cancel_sent {
                 st.cancel_sent = true;
                 st.ended = true;
+                st.parked.clear();
+                if let Some(r) = &mut st.reorder {
+                    *r = Reorder::default();
+                }
                 st.feed.cancel();
+            }
+            // Pieces already here (received by a `pump`, or in order now) come first.
+            if let Some(r) = st.reorder.as_mut()
+                && let Some(p) = r.pop()
+            {
+                decode(py, st, &self.side, p)?;
+                continue;
+            }
+            if let Some(p) = st.parked.pop_front() {
+                decode(py, st, &self.side, p)?;
+                continue;
             }
             if st.ended {
                 if let Some(e) = lock(&self.side).input_error.take() {
                     return Err(e);
                 }
                 return Ok(false);
-            }
-            if let Some(r) = st.reorder.as_mut()
-                && let Some(p) = r.pop()
-            {
-                decode(py, st, &self.side, p)?;
-                continue;
             }
             let held = st.reorder.as_ref().map_or(0, Reorder::bytes);
             let wait = match deadline {
@@ -418,9 +435,12 @@ impl Run {
             let feed = &mut st.feed;
             let got = py.detach(|| feed.recv_timeout(held, wait));
             match got {
-                Ok(Some(p)) => match st.reorder.as_mut() {
-                    Some(r) => r.insert(p.start, p.count, p.bytes(), p),
-                    None => decode(py, st, &self.side, p)?,
+                Ok(Some(p)) => match split_if_died(st, p) {
+                    None => {}
+                    Some(p) => match st.reorder.as_mut() {
+                        Some(r) => r.insert(p.start, p.count, p.bytes(), p),
+                        None => decode(py, st, &self.side, p)?,
+                    },
                 },
                 Ok(None) => st.ended = true,
                 Err(RecvError::Timeout | RecvError::Empty) => {
@@ -447,6 +467,88 @@ fn collect_one(
         values.append(values.py().None())?;
         failures.append((i, v))
     }
+}
+
+/// Moves a run along without its consumer, while its engine is being joined: pulls
+/// input and receives the pieces ready now, so that the join can end (as
+/// `multiprocessing`'s would, its tasks all run) even if nobody iterates the run. An
+/// ordered run stops pulling once what it holds back passes the engine's reorder bound.
+/// Does nothing if the run's consumer holds it.
+pub(crate) fn pump(state: &Mutex<State>) {
+    let Ok(mut st) = state.try_lock() else {
+        return;
+    };
+    while !st.ended {
+        let held = st.reorder.as_ref().map_or(0, Reorder::bytes);
+        match st.feed.recv_timeout(held, Duration::ZERO) {
+            Ok(Some(p)) => match split_if_died(&mut st, p) {
+                None => {}
+                Some(p) => match st.reorder.as_mut() {
+                    Some(r) => r.insert(p.start, p.count, p.bytes(), p),
+                    None => st.parked.push_back(p),
+                },
+            },
+            Ok(None) => st.ended = true,
+            Err(_) => break,
+        }
+    }
+}
+
+/// A chunk whose worker died (or that ran past its time limit) is sent again item by
+/// item, so that only the item that kills its worker fails: its piece is used up here
+/// (`None`). The items that ran before it in the chunk run again. Any other piece is
+/// given back.
+fn split_if_died(st: &mut State, p: Piece) -> Option<Piece> {
+    let died = matches!(
+        &p.done.outcome,
+        Err(e) if matches!(
+            e.kind(),
+            TaskErrorKind::WorkerDied { .. }
+                | TaskErrorKind::TimedOut { .. }
+                | TaskErrorKind::Protocol { .. }
+        )
+    );
+    if !died || p.count <= 1 {
+        return Some(p);
+    }
+    let parts = {
+        let payload = p.payload.as_ref()?;
+        Python::attach(|py| split_chunk(py, payload)).ok()?
+    };
+    if parts.len() != p.count as usize {
+        return Some(p);
+    }
+    for (i, part) in parts.into_iter().enumerate() {
+        st.feed.resubmit(p.start + i as u64, 1, part);
+    }
+    if let Some(payload) = p.payload {
+        st.feed.give_back(payload);
+    }
+    None
+}
+
+/// A chunk's payload split into payloads of one item each.
+fn split_chunk(py: Python<'_>, payload: &[u8]) -> PyResult<Vec<Vec<u8>>> {
+    let f = Frame::parse(payload).map_err(pyo3::exceptions::PyValueError::new_err)?;
+    let mv = py::memoryview(py, f.pickle)?;
+    let r = py::helper(py, "_pickle", "split_items").and_then(|s| s.call1((&mv, f.py_bufs(py))));
+    py::release(&mv);
+    let mut out = Vec::new();
+    for t in r?.try_iter()? {
+        let t = t?;
+        let t = t.cast::<PyTuple>()?;
+        let mut part = Vec::new();
+        frame::encode(
+            &mut part,
+            CHUNK,
+            f.flags,
+            1,
+            t.get_item(0)?.cast::<PyBytes>()?,
+            &t.get_item(1)?,
+        )?;
+        out.push(part);
+    }
+    Ok(out)
 }
 
 /// Turns a finished piece into outcomes.

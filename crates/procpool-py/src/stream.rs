@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use procpool_engine::{Batch, Job, RecvError};
@@ -30,6 +30,10 @@ pub(crate) struct Stream {
     default_timeout: Option<Duration>,
     /// Pickled functions by identity (kept alive here), the latest last.
     funcs: Mutex<FuncCache>,
+    /// Counts submits, closes and cancels: a `next` with nothing outstanding sleeps
+    /// until it changes.
+    changes: Mutex<u64>,
+    changed: Condvar,
 }
 
 /// Pickled functions, each with the function it was made from.
@@ -47,7 +51,28 @@ impl Stream {
             cancelled: AtomicBool::new(false),
             default_timeout,
             funcs: Mutex::new(Vec::new()),
+            changes: Mutex::new(0),
+            changed: Condvar::new(),
         }
+    }
+
+    fn changes(&self) -> u64 {
+        *self.changes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        *self.changes.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.changed.notify_all();
+    }
+
+    /// Waits at most `wait` for a submit, close or cancel after `seen`.
+    fn wait_change(&self, seen: u64, wait: Duration) {
+        let g = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        drop(
+            self.changed
+                .wait_timeout_while(g, wait, |n| *n == seen)
+                .unwrap_or_else(|e| e.into_inner()),
+        );
     }
 
     fn func_bytes(&self, func: &Bound<'_, PyAny>) -> PyResult<Arc<[u8]>> {
@@ -108,6 +133,7 @@ impl Stream {
         self.batch
             .submit([job])
             .map_err(|e| errors::pool_error(py, &e))?;
+        self.bump();
         Ok(tag)
     }
 
@@ -124,6 +150,7 @@ impl Stream {
                 Some(d) => d.saturating_duration_since(Instant::now()).min(POLL),
                 None => POLL,
             };
+            let seen = self.changes();
             let batch = &self.batch;
             match py.detach(|| batch.recv_timeout(wait)) {
                 Ok(done) => {
@@ -149,7 +176,7 @@ impl Stream {
                     if self.closed.load(Ordering::Relaxed) {
                         return Err(PyStopIteration::new_err(()));
                     }
-                    py.detach(|| std::thread::sleep(wait.min(Duration::from_millis(5))));
+                    py.detach(|| self.wait_change(seen, wait));
                 }
                 Err(RecvError::Timeout) => {}
             }
@@ -168,6 +195,7 @@ impl Stream {
     /// No more submits.
     fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
+        self.bump();
     }
 
     /// Drops every call not started and kills the workers running the others; `next`
@@ -176,6 +204,7 @@ impl Stream {
         if !self.cancelled.swap(true, Ordering::Relaxed) {
             let batch = &self.batch;
             py.detach(|| batch.cancel());
+            self.bump();
         }
     }
 }
