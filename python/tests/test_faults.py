@@ -91,11 +91,6 @@ def test_abort_signal(make_pp_pool, pp):
     assert "SIGABRT" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a worker death inside an explicit chunk fails every item of that chunk "
-    "(items run before the bad one included); remove this mark once fixed",
-)
 def test_death_inside_chunk_fails_only_that_item(make_pp_pool, pp):
     pool = make_pp_pool(2)
     got = outcomes(pool.imap(tasks.die_on, range(20), chunksize=10))
