@@ -174,7 +174,10 @@ def foreign_share(a, b):
         return None, None
     cores = os.cpu_count() or 1
     other = (b[0] - a[0]) - (b[2] - a[2])
-    clamp = lambda x: min(max(x / (wall * cores), 0.0), 1.0)  # noqa: E731
+
+    def clamp(x):
+        return min(max(x / (wall * cores), 0.0), 1.0)
+
     return clamp(other), clamp(b[1] - a[1])
 
 
@@ -328,7 +331,7 @@ def calibrate_seed():
     """n such that compute(n) takes about SEED_TASK_S here."""
     n = 100_000
     while True:
-        d, _ = timed(lambda: compute(n))
+        d, _ = timed(lambda n=n: compute(n))
         if d > 0.05:
             return max(1, int(n * SEED_TASK_S / d))
         n *= 4
@@ -395,10 +398,10 @@ def bulk(sys_, ctx):
             best = 0.0
             for _ in range(ctx["bulk_reps"]):
                 data = [make(i) for i in range(BLOBS)]
-                d, got = timed(lambda: sys_.map(f, data, 1))
+                d, got = timed(lambda f=f, data=data: sys_.map(f, data, 1))
                 check_bulk(kind, variant, data, got)
                 best = max(best, BLOBS * BLOB / 1e6 / d)
-                del data, got
+                data = got = None  # free the 512 MiB before the next round
             out[f"bulk_{kind}_{variant}_mb_s"] = best
     return out
 
@@ -446,6 +449,7 @@ def first_pool(name, runs):
     for _ in range(runs):
         done = subprocess.run(
             [sys.executable, os.path.abspath(__file__), "--first-pool", name],
+            check=False,
             capture_output=True,
             text=True,
             timeout=60,
@@ -486,7 +490,7 @@ def replace(name, ctx):
     try:
         rt = []
         for i in range(20):
-            d, _ = timed(lambda: s.apply(trivial, i))
+            d, _ = timed(lambda i=i: s.apply(trivial, i))
             rt.append(d)
         warm = statistics.median(rt)
         times = []
@@ -497,7 +501,8 @@ def replace(name, ctx):
                 deadline = time.monotonic() + REPLY_LIMIT_S
                 while not os.path.exists(flag) and time.monotonic() < deadline:
                     time.sleep(0.001)
-                pid = int(open(flag).read())
+                with open(flag) as f:
+                    pid = int(f.read())
                 t0 = time.perf_counter()
                 os.kill(pid, signal.SIGKILL)
                 while True:
@@ -589,7 +594,9 @@ STEADY = {"seed": seed, "tiny": tiny, "bulk": bulk, "uneven": uneven, "latency":
 
 def brief(fig, seen):
     """The figures not logged yet, rounded."""
-    return " ".join(f"{k}={fmt(v)}" for k, v in fig.items() if k not in seen and not isinstance(v, list))
+    return " ".join(
+        f"{k}={fmt(v)}" for k, v in fig.items() if k not in seen and not isinstance(v, list)
+    )
 
 
 def bench_system(name, workloads, ctx):
@@ -746,7 +753,11 @@ def targets(result):
     )
     add("later pools <= 5 ms", pp.get("later_pool_ms"), lambda v: v <= 5)
     add("replacement of a killed worker <= 5 ms", pp.get("replace_ms"), lambda v: v <= 5)
-    add("uneven work efficiency >= 0.95 (chunksize=1)", pp.get("uneven_efficiency"), lambda v: v >= 0.95)
+    add(
+        "uneven work efficiency >= 0.95 (chunksize=1)",
+        pp.get("uneven_efficiency"),
+        lambda v: v >= 0.95,
+    )
     add(
         "Executor: uneven work efficiency >= 0.95",
         ppx.get("uneven_efficiency"),
@@ -759,13 +770,32 @@ def targets(result):
 
 
 def settings(quick):
+    """Repetitions and sizes of a quick or a full run."""
     if quick:
-        return dict(seed_reps=1, tiny_reps=1, bulk_reps=1, first_runs=3, later_runs=5,
-                    replace_runs=5, uneven_reps=1, uneven_total_us=1_000_000,
-                    lat_runs=300, lat_warmup=50)
-    return dict(seed_reps=3, tiny_reps=2, bulk_reps=2, first_runs=7, later_runs=20,
-                replace_runs=15, uneven_reps=2, uneven_total_us=4_000_000,
-                lat_runs=2000, lat_warmup=200)
+        return {
+            "seed_reps": 1,
+            "tiny_reps": 1,
+            "bulk_reps": 1,
+            "first_runs": 3,
+            "later_runs": 5,
+            "replace_runs": 5,
+            "uneven_reps": 1,
+            "uneven_total_us": 1_000_000,
+            "lat_runs": 300,
+            "lat_warmup": 50,
+        }
+    return {
+        "seed_reps": 3,
+        "tiny_reps": 2,
+        "bulk_reps": 2,
+        "first_runs": 7,
+        "later_runs": 20,
+        "replace_runs": 15,
+        "uneven_reps": 2,
+        "uneven_total_us": 4_000_000,
+        "lat_runs": 2000,
+        "lat_warmup": 200,
+    }
 
 
 def main():

@@ -3,9 +3,8 @@
 import gc
 import threading
 
-import pytest
-
 import proctools
+import pytest
 import tasks
 
 CYCLES = 200  # close-join, the plain ending; the other endings run a quarter as many

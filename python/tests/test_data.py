@@ -4,7 +4,6 @@ round trips checked value for value (procpool and the oracle)."""
 import zlib
 
 import pytest
-
 import tasks
 
 np = pytest.importorskip("numpy")
@@ -122,9 +121,7 @@ def test_large_bytes(pool):
     back = pool.apply(tasks.identity, (arr,))
     assert type(back) is bytearray and back == arr
     blobs = [bytes([i]) * (4 * MIB) for i in range(6)]
-    assert pool.map(tasks.checksum, blobs, chunksize=1) == [
-        (len(b), zlib.crc32(b)) for b in blobs
-    ]
+    assert pool.map(tasks.checksum, blobs, chunksize=1) == [(len(b), zlib.crc32(b)) for b in blobs]
 
 
 @pytest.mark.limit(60)

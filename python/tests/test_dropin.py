@@ -8,10 +8,8 @@ import time
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
 
 import pytest
-
 import tasks
 from tasks import CustomError
-
 
 # ---- apply / apply_async ----------------------------------------------------------------
 
@@ -368,10 +366,9 @@ def test_context_manager(make_pool):
 
 def test_context_manager_on_exception(make_pool):
     pool = make_pool()
-    with pytest.raises(ZeroDivisionError):
-        with pool:
-            pool.apply_async(tasks.sleep_return, (30,))
-            1 / 0
+    with pytest.raises(ZeroDivisionError), pool:
+        pool.apply_async(tasks.sleep_return, (30,))
+        raise ZeroDivisionError("leaving the block by an exception")
     pool.join()
 
 

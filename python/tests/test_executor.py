@@ -8,7 +8,6 @@ import signal
 import time
 
 import pytest
-
 import tasks
 
 
@@ -65,9 +64,7 @@ def tasks_wait(pred, timeout=5):
 @pytest.mark.parametrize("chunksize", [1, 7])
 def test_map(make_executor, chunksize):
     ex = make_executor()
-    assert list(ex.map(tasks.square, range(50), chunksize=chunksize)) == [
-        x * x for x in range(50)
-    ]
+    assert list(ex.map(tasks.square, range(50), chunksize=chunksize)) == [x * x for x in range(50)]
     assert list(ex.map(tasks.add, range(5), range(10, 15))) == [10, 12, 14, 16, 18]
     assert list(ex.map(tasks.square, [])) == []
 

@@ -7,9 +7,8 @@ import os
 import signal
 import time
 
-import pytest
-
 import proctools
+import pytest
 import tasks
 
 SQUARES = [x * x for x in range(20)]
@@ -32,7 +31,8 @@ def test_sigkill_worker_mid_task(make_pp_pool, pp, tmp_path):
     path = str(tmp_path / "pid")
     r = pool.apply_async(tasks.write_pid_and_sleep, (path, 60))
     assert proctools.wait_for(lambda: os.path.exists(path), 15), "the task never started"
-    victim = int(open(path).read())
+    with open(path) as f:
+        victim = int(f.read())
     ident = proctools.identity(victim)
     os.kill(victim, signal.SIGKILL)
     with pytest.raises(pp.WorkerDied) as info:
@@ -57,7 +57,8 @@ def test_sigkill_during_map_fails_that_map_only(make_pp_pool, pp, tmp_path):
     r = pool.starmap_async(tasks.write_pid_and_sleep, [(path, 60)], chunksize=1)
     other = pool.map_async(tasks.sleep_return, [0.2] * 6, chunksize=1)
     assert proctools.wait_for(lambda: os.path.exists(path), 15)
-    os.kill(int(open(path).read()), signal.SIGKILL)
+    with open(path) as f:
+        os.kill(int(f.read()), signal.SIGKILL)
     with pytest.raises(pp.WorkerDied):
         r.get(timeout=20)
     assert other.get(timeout=20) == [None] * 6

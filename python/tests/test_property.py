@@ -1,12 +1,11 @@
 """Property: `Pool.map` equals the builtin `map` on any list, for any chunk size."""
 
 import pytest
-
 import tasks
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 leaves = st.one_of(
     st.integers(),
@@ -16,7 +15,9 @@ leaves = st.one_of(
     st.none(),
     st.booleans(),
 )
-values = st.recursive(leaves, lambda inner: st.tuples(inner, inner) | st.lists(inner, max_size=4), max_leaves=8)
+values = st.recursive(
+    leaves, lambda inner: st.tuples(inner, inner) | st.lists(inner, max_size=4), max_leaves=8
+)
 item_lists = st.one_of(
     st.lists(st.integers(), max_size=300),
     st.lists(st.text(max_size=30), max_size=100),
@@ -54,8 +55,12 @@ def _close_pools():
 
 @pytest.mark.limit(90)
 @pytest.mark.parametrize("kind", ["procpool", "multiprocessing"])
-@settings(max_examples=60, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(items=item_lists, chunksize=chunks, ordered=st.booleans())
 def test_map_equals_builtin_map(kind, items, chunksize, ordered):
     pool = shared_pool(kind)

@@ -9,9 +9,8 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 import proctools
+import pytest
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
 
@@ -19,6 +18,7 @@ SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
 def run_script(name, *args, cwd, timeout=60):
     return subprocess.run(
         [sys.executable, os.path.join(SCRIPTS, name), *args],
+        check=False,
         cwd=cwd,
         capture_output=True,
         text=True,
