@@ -9,6 +9,7 @@ mod channels;
 mod figures;
 mod load;
 mod procs;
+mod pyfront;
 mod python;
 mod report;
 mod shared_table;
@@ -48,7 +49,7 @@ struct Config {
 }
 
 /// The workloads, by the names `--workloads` takes.
-const WORKLOADS: [&str; 8] = [
+const WORKLOADS: [&str; 9] = [
     "seed",
     "tiny",
     "bulk",
@@ -57,6 +58,7 @@ const WORKLOADS: [&str; 8] = [
     "crossover",
     "uneven",
     "channels",
+    "pyfront",
 ];
 
 const USAGE: &str = "\
@@ -72,7 +74,9 @@ usage: procpool-bench [--quick] [--out DIR] [--python PATH | --no-python] [--onl
   --only LIST    comma-separated systems to run: sequential,rayon,procspawn,procpool,python
                  (sequential always runs: it is the baseline)
   --workloads LIST  comma-separated workloads to run (default all):
-                 seed,tiny,bulk,startup,latency,crossover,uneven,channels";
+                 seed,tiny,bulk,startup,latency,crossover,uneven,channels,pyfront
+                 (pyfront: procpool's Python pools against the other Python
+                 pools, run by the --python interpreter, which must import procpool)";
 
 impl Config {
     fn parse() -> Result<Config, String> {
@@ -145,7 +149,7 @@ fn default_out_dir() -> PathBuf {
 pub(crate) struct Params {
     pub(crate) quick: bool,
     /// Which of [`WORKLOADS`] run.
-    runs: [bool; 8],
+    runs: [bool; WORKLOADS.len()],
     seed_reps: usize,
     tiny: Sizing,
     bulk_reps: usize,
@@ -167,7 +171,7 @@ impl Params {
         if quick {
             Params {
                 quick,
-                runs: [true; 8],
+                runs: [true; WORKLOADS.len()],
                 seed_reps: 2,
                 tiny: Sizing {
                     target: Duration::from_millis(150),
@@ -189,7 +193,7 @@ impl Params {
         } else {
             Params {
                 quick,
-                runs: [true; 8],
+                runs: [true; WORKLOADS.len()],
                 seed_reps: 5,
                 tiny: Sizing {
                     target: Duration::from_millis(400),
@@ -256,7 +260,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     let mut results = Results::new(seed_n);
     let main_table = WORKLOADS
         .iter()
-        .any(|w| !["uneven", "channels"].contains(w) && p.runs(w));
+        .any(|w| !["uneven", "channels", "pyfront"].contains(w) && p.runs(w));
 
     for name in RUST_SYSTEMS {
         if !main_table || !cfg.wants(name) {
@@ -303,6 +307,12 @@ fn run(cfg: &Config) -> Result<(), String> {
     let chans = p
         .runs("channels")
         .then(|| channels::section(cfg.quick, python, &cfg.out));
+    let pyfront = python.filter(|_| p.runs("pyfront")).map(|py| {
+        let t = Instant::now();
+        let r = pyfront::run(py, &cfg.out, p.quick);
+        eprintln!("pyfront: done in {:.1} s", t.elapsed().as_secs_f64());
+        r.unwrap_or_else(|e| format!("Python front: skipped ({e})"))
+    });
 
     results.finish();
     if main_table {
@@ -313,6 +323,9 @@ fn run(cfg: &Config) -> Result<(), String> {
     }
     if let Some(c) = &chans {
         println!("{}", c.table());
+    }
+    if let Some(text) = &pyfront {
+        println!("{text}");
     }
     if let Some((other, steal)) = load::foreign_share(run_mark, load::mark()) {
         println!(
