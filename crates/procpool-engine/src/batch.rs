@@ -249,13 +249,14 @@ impl Batch {
         self.recv_deadline(None).ok()
     }
 
-    /// Like [`recv`](Self::recv), waiting at most `timeout`.
+    /// Like [`recv`](Self::recv), waiting at most `timeout` (a timeout too long for the
+    /// clock, such as `Duration::MAX`, waits as long as `recv`).
     ///
     /// # Errors
     /// [`RecvError::Empty`] when nothing is outstanding, [`RecvError::Timeout`] when the
     /// time ran out.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Done, RecvError> {
-        self.recv_deadline(Some(Instant::now() + timeout))
+        self.recv_deadline(Instant::now().checked_add(timeout))
     }
 
     /// The next result if there is one, without blocking: `Ready(Some(done))`, or

@@ -405,7 +405,11 @@ impl<S: Source> Feed<S> {
         if let Some(p) = self.local.pop_front() {
             return Ok(Some(self.counted(p)));
         }
-        let deadline = std::time::Instant::now() + timeout;
+        // A timeout too long for the clock (`Duration::MAX`) is as good as none.
+        let now = std::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(1 << 32));
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.batch.recv_timeout(left) {

@@ -163,7 +163,10 @@ impl OneOff {
     /// As [`join`](Self::join), and [`JoinError::Timeout`] when the time ran out; the
     /// process still runs and may be joined again.
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<Vec<u8>, JoinError> {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long for the clock (`Duration::MAX`) is as good as none.
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 32));
         while self.result.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -675,10 +675,18 @@ mod tests {
             matches!(e1.kind(), TaskErrorKind::Codec { message } if message.contains("other hosts")),
             "{e1}"
         );
-        let held: Vec<u64> = fake.lock().unwrap().held[0]
-            .iter()
-            .map(|h| h.2[0] as u64)
-            .collect();
+        // The refusal comes back before job 2 is dealt: wait for the deal.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let held = loop {
+            let held: Vec<u64> = fake.lock().unwrap().held[0]
+                .iter()
+                .map(|h| h.2[0] as u64)
+                .collect();
+            if !held.is_empty() || std::time::Instant::now() > until {
+                break held;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
         assert_eq!(held, vec![2], "only the job without descriptors went out");
         drop(e);
     }

@@ -274,7 +274,8 @@ impl Supervisor {
         self.slots[i] = Some(Worker {
             proc,
             phase: Phase::Handshake,
-            deadline: Some(Instant::now() + self.shared.config.handshake_timeout),
+            // No deadline when it lies beyond what `Instant` can hold (`Duration::MAX`: wait forever).
+            deadline: Instant::now().checked_add(self.shared.config.handshake_timeout),
             reader: FrameReader::new(max_body),
             out: OutQueue::default(),
             in_flight: VecDeque::new(),

@@ -1,0 +1,24 @@
+# The README's commands. `make test` installs what is missing (see scripts/setup), then runs
+# every Rust test (all features, the MPI ones under mpirun) and every Python test; both
+# halves run even when the first fails, and the target fails if either did.
+VENV ?= .venv
+
+.PHONY: test setup test-rust test-python example
+
+test: setup
+	@status=0; \
+	$(MAKE) --no-print-directory test-rust || status=1; \
+	$(MAKE) --no-print-directory test-python || status=1; \
+	exit $$status
+
+setup:
+	VENV=$(VENV) scripts/setup
+
+test-rust:
+	cargo test --workspace --all-features --no-fail-fast
+
+test-python:
+	$(VENV)/bin/python -m pytest python/tests -q
+
+example:
+	cargo run --release --example compute
