@@ -17,8 +17,8 @@ use common::mpi_job::{
     run_job, show, sleeps, traced, verbose,
 };
 use common::{
-    TempDir, Trace, append, append_line, check_work_conserving, exists, now_nanos, sleep_ms, stat,
-    timeline, wait_for_file, wait_until, write_file,
+    TempDir, Trace, append, append_line, check_work_conserving, exists, is_init_panic, now_nanos,
+    sleep_ms, stat, timeline, wait_for_file, wait_until, write_file,
 };
 use procpool::{Error, Pool, TaskErrorKind};
 
@@ -571,20 +571,6 @@ fn a_caller_thread_panics() {
     .join();
     assert!(r.is_err());
     both_agents_serve();
-}
-
-/// Whether `e` is the initializer's panic (possibly wrapped in `Broken`).
-fn is_init_panic(e: &procpool::PoolError, allow_broken: bool) -> bool {
-    use procpool::{HandshakeError, PoolError};
-    match e {
-        PoolError::Broken { first, .. } if allow_broken => is_init_panic(first, false),
-        PoolError::Handshake {
-            reason: HandshakeError::Initializer(k),
-            ..
-        } => matches!(&**k, TaskErrorKind::Panic { message, .. }
-            if message.contains("initializer fails on purpose")),
-        _ => false,
-    }
 }
 
 /// Whether `e` is a worker's handshake past its time (possibly wrapped in `Broken`).

@@ -385,3 +385,18 @@ pub(crate) fn shared_memfds() -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect()
 }
+
+/// Whether `e` is the initializer's panic (the initializer panics with "initializer fails
+/// on purpose"), possibly wrapped in `Broken` if `allow_broken`.
+pub(crate) fn is_init_panic(e: &procpool::PoolError, allow_broken: bool) -> bool {
+    use procpool::{HandshakeError, PoolError, TaskErrorKind};
+    match e {
+        PoolError::Broken { first, .. } if allow_broken => is_init_panic(first, false),
+        PoolError::Handshake {
+            reason: HandshakeError::Initializer(k),
+            ..
+        } => matches!(&**k, TaskErrorKind::Panic { message, .. }
+            if message.contains("initializer fails on purpose")),
+        _ => false,
+    }
+}
