@@ -30,7 +30,7 @@ import weakref
 
 from . import _core
 from ._errors import PoolError
-from .pool import _check_processes, _check_retries, _check_timeout, _stopped_early
+from .pool import _check_processes, _check_timeout, _start_engine, _stopped_early
 
 __all__ = ["ProcessPoolExecutor"]
 
@@ -345,15 +345,8 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
             max_tasks_per_child = int(max_tasks_per_child)
-        timeout = _check_timeout(timeout)
-        retries = _check_retries(retries)
-        engine = _core.Engine(
-            max_workers,
-            initializer=initializer,
-            initargs=tuple(initargs),
-            maxtasksperchild=max_tasks_per_child,
-            timeout=timeout,
-            retries=retries,
+        engine, timeout, retries = _start_engine(
+            max_workers, initializer, initargs, max_tasks_per_child, timeout, retries
         )
         self._max_workers = max_workers
         self._mp_context = mp_context

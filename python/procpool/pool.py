@@ -103,6 +103,22 @@ def _check_retries(retries):
     return value
 
 
+def _start_engine(workers, initializer, initargs, maxtasksperchild, timeout, retries):
+    """Checks ``timeout`` and ``retries``, then starts the engine of a pool or executor
+    (its other arguments already checked): ``(engine, timeout, retries)``."""
+    timeout = _check_timeout(timeout)
+    retries = _check_retries(retries)
+    engine = _core.Engine(
+        workers,
+        initializer=initializer,
+        initargs=tuple(initargs),
+        maxtasksperchild=maxtasksperchild,
+        timeout=timeout,
+        retries=retries,
+    )
+    return engine, timeout, retries
+
+
 def _check_chunksize(chunksize):
     if chunksize is None:
         return None
@@ -647,15 +663,8 @@ class Pool:
             maxtasksperchild = int(maxtasksperchild)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        timeout = _check_timeout(timeout)
-        retries = _check_retries(retries)
-        engine = _core.Engine(
-            processes,
-            initializer=initializer,
-            initargs=tuple(initargs),
-            maxtasksperchild=maxtasksperchild,
-            timeout=timeout,
-            retries=retries,
+        engine, timeout, retries = _start_engine(
+            processes, initializer, initargs, maxtasksperchild, timeout, retries
         )
         self._ctx = context
         self._timeout = timeout

@@ -79,36 +79,51 @@ def pp():
     return _need_procpool()
 
 
-class Pools:
-    """Makes pools of one implementation and ends every one of them at teardown."""
+class _Factory:
+    """Makes pools or executors of one implementation (``kind``, class ``cls``) and ends
+    every one of them at teardown (``end``)."""
 
     def __init__(self, kind):
         self.kind = kind
         self.made = []
 
+    def __call__(self, workers=2, **kw):
+        made = self.cls(workers, **kw)
+        self.made.append(made)
+        return made
+
+    def close_all(self):
+        for made in self.made:
+            self.end(made)
+
+
+def _factory(request, factory):
+    """Yields ``factory``, made for the implementation ``request.param`` names, then ends
+    what it made."""
+    made = factory(request.param)
+    if request.param == "procpool":
+        _need_procpool()
+    yield made
+    made.close_all()
+
+
+class Pools(_Factory):
+    """Makes pools of one implementation and ends every one of them at teardown."""
+
     @property
     def cls(self):
         return multiprocessing.Pool if self.kind == "multiprocessing" else _need_procpool().Pool
 
-    def __call__(self, processes=2, **kw):
-        pool = self.cls(processes, **kw)
-        self.made.append(pool)
-        return pool
-
-    def close_all(self):
-        for pool in self.made:
-            pool.terminate()
-            pool.join()
+    @staticmethod
+    def end(pool):
+        pool.terminate()
+        pool.join()
 
 
 @pytest.fixture(params=["procpool", "multiprocessing"])
 def make_pool(request):
     """A pool factory, parametrized over procpool and the oracle."""
-    pools = Pools(request.param)
-    if request.param == "procpool":
-        _need_procpool()
-    yield pools
-    pools.close_all()
+    yield from _factory(request, Pools)
 
 
 @pytest.fixture
@@ -119,10 +134,8 @@ def make_pp_pool(pp):
     pools.close_all()
 
 
-class Executors:
-    def __init__(self, kind):
-        self.kind = kind
-        self.made = []
+class Executors(_Factory):
+    """Makes executors of one implementation and shuts every one of them down at teardown."""
 
     @property
     def cls(self):
@@ -130,21 +143,12 @@ class Executors:
             return concurrent.futures.ProcessPoolExecutor
         return _need_procpool().ProcessPoolExecutor
 
-    def __call__(self, max_workers=2, **kw):
-        ex = self.cls(max_workers, **kw)
-        self.made.append(ex)
-        return ex
-
-    def close_all(self):
-        for ex in self.made:
-            ex.shutdown(wait=True, cancel_futures=True)
+    @staticmethod
+    def end(ex):
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture(params=["procpool", "concurrent.futures"])
 def make_executor(request):
     """An executor factory, parametrized over procpool and the oracle."""
-    ex = Executors(request.param)
-    if request.param == "procpool":
-        _need_procpool()
-    yield ex
-    ex.close_all()
+    yield from _factory(request, Executors)

@@ -26,6 +26,17 @@ def outcomes(it):
             out.append(("err", e))
 
 
+def only_item_failed(got, n, bad, error):
+    """Checks that the ``n`` outcomes ``got`` (of squaring ``range(n)``) are squares but
+    item ``bad``, an ``error``; returns that error."""
+    assert len(got) == n
+    for i, (kind, value) in enumerate(got):
+        if i == bad:
+            assert kind == "err" and isinstance(value, error), got[i]
+        else:
+            assert (kind, value) == ("ok", i * i), (i, got[i])
+    return got[bad][1]
+
 def test_sigkill_worker_mid_task(make_pp_pool, pp, tmp_path):
     pool = make_pp_pool(2)
     path = str(tmp_path / "pid")
@@ -95,13 +106,7 @@ def test_abort_signal(make_pp_pool, pp):
 def test_death_inside_chunk_fails_only_that_item(make_pp_pool, pp):
     pool = make_pp_pool(2)
     got = outcomes(pool.imap(tasks.die_on, range(20), chunksize=10))
-    assert len(got) == 20
-    for i, (kind, value) in enumerate(got):
-        if i == 5:
-            assert kind == "err" and isinstance(value, pp.WorkerDied), got[i]
-            assert value.exitcode == 3
-        else:
-            assert (kind, value) == ("ok", i * i), (i, got[i])
+    assert only_item_failed(got, 20, 5, pp.WorkerDied).exitcode == 3
     with pytest.raises(pp.WorkerDied):
         pool.map(tasks.die_on, range(20), chunksize=10)
     assert pool.map(tasks.square, range(20)) == SQUARES
@@ -110,12 +115,7 @@ def test_death_inside_chunk_fails_only_that_item(make_pp_pool, pp):
 def test_exception_inside_chunk_fails_only_that_item(make_pp_pool, pp):
     pool = make_pp_pool(2)
     got = outcomes(pool.imap(tasks.fail_on, range(12), chunksize=6))
-    assert len(got) == 12
-    for i, (kind, value) in enumerate(got):
-        if i == 3:
-            assert kind == "err" and isinstance(value, ValueError)
-        else:
-            assert (kind, value) == ("ok", i * i)
+    only_item_failed(got, 12, 3, ValueError)
 
 
 def test_death_in_imap_unordered(make_pp_pool, pp):

@@ -14,25 +14,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::watchdog;
+use common::{append, watchdog};
 use procpool::{Error, Pool, TaskErrorKind};
-
-fn append(path: &str, line: &str) {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .expect("open the log");
-    f.write_all(line.as_bytes()).expect("log");
-}
 
 /// Sleeps `ms`, logs `i`, returns `i` and the pid that ran it.
 fn log_sleep((path, i, ms): (String, u64, u64)) -> (u64, u32) {
     if ms > 0 {
         std::thread::sleep(Duration::from_millis(ms));
     }
-    append(&path, &format!("{i}\n"));
+    append(&path, i);
     (i, std::process::id())
 }
 
@@ -317,7 +307,7 @@ fn check_big((path, buf): (String, Vec<u8>)) -> u64 {
     if i % 11 == 5 {
         std::thread::sleep(Duration::from_millis(30));
     }
-    append(&path, &format!("{i}\n"));
+    append(&path, i);
     i
 }
 
@@ -463,7 +453,7 @@ fn maybe_forever((path, i, ms): (String, u64, u64)) -> u64 {
         }
     }
     std::thread::sleep(Duration::from_millis(ms));
-    append(&path, &format!("{i}\n"));
+    append(&path, i);
     i
 }
 

@@ -1,5 +1,7 @@
 //! Channels between threads of one process: the API's contract without process deaths.
 
+mod common;
+
 use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -268,7 +270,7 @@ fn a_descriptor_that_is_not_a_channel_is_refused() {
 #[test]
 fn values_holding_descriptors_travel_inside_messages() {
     use std::io::{Read, Seek};
-    let file = tempfile_with(b"through a channel");
+    let file = common::unlinked_file(b"through a channel");
     let (tx, rx) = procpool::channel::<(String, procpool::Fd)>().unwrap();
     let fd = procpool::Fd::from(std::os::fd::OwnedFd::from(file.try_clone().unwrap()));
     tx.send(("file".into(), fd)).unwrap();
@@ -289,19 +291,4 @@ fn values_holding_descriptors_travel_inside_messages() {
         }
         other => panic!("{other:?}"),
     }
-}
-
-fn tempfile_with(bytes: &[u8]) -> std::fs::File {
-    use std::io::Write;
-    let path = std::env::temp_dir().join(format!("procpool-chan-{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
-    f.write_all(bytes).unwrap();
-    f
 }

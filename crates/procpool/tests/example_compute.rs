@@ -1,31 +1,15 @@
 //! The seed example's command line: `--help` prints usage and succeeds; a wrong flag
 //! says so in a sentence (never a Debug-quoted error) and exits 2; a small run works.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::{Command, Output};
 
-/// The `compute` example's binary, built if this test run did not build it.
-fn compute() -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let exe = deps
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("examples/compute");
-    if !exe.exists() {
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let ok = Command::new(cargo)
-            .args(["build", "-q", "-p", "procpool", "--example", "compute"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "building the compute example failed");
-    }
-    exe
-}
-
 fn run(args: &[&str]) -> Output {
-    Command::new(compute()).args(args).output().unwrap()
+    Command::new(common::example("compute", &[]))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]

@@ -1,32 +1,16 @@
 //! The `progress` example: a small run reports its progress on stderr and ends with the
 //! pool's counters, every task counted once.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-/// The `progress` example's binary, built if this test run did not build it.
-fn progress() -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let exe = deps
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("examples/progress");
-    if !exe.exists() {
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let ok = Command::new(cargo)
-            .args(["build", "-q", "-p", "procpool", "--example", "progress"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "building the progress example failed");
-    }
-    exe
-}
+use std::process::Command;
 
 #[test]
 fn a_small_run_reports_progress_and_stats() {
-    let out = Command::new(progress()).arg("300").output().unwrap();
+    let out = Command::new(common::example("progress", &[]))
+        .arg("300")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -45,7 +29,10 @@ fn a_small_run_reports_progress_and_stats() {
 
 #[test]
 fn a_bad_count_is_refused() {
-    let out = Command::new(progress()).arg("many").output().unwrap();
+    let out = Command::new(common::example("progress", &[]))
+        .arg("many")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ITEMS must be a number"), "{stderr}");

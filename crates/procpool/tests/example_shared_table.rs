@@ -1,32 +1,13 @@
 //! The `shared_table` example runs: a small table, a few thousand tasks, a histogram the
 //! tasks wrote in place that counts every task once; a wrong flag exits 2 with a sentence.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-/// The example's binary, built if this test run did not build it.
-fn example() -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let exe = deps
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("examples/shared_table");
-    if !exe.exists() {
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let ok = Command::new(cargo)
-            .args(["build", "-q", "-p", "procpool", "--example", "shared_table"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "building the shared_table example failed");
-    }
-    exe
-}
+use std::process::Command;
 
 #[test]
 fn a_small_run_counts_every_task_once() {
-    let out = Command::new(example())
+    let out = Command::new(common::example("shared_table", &[]))
         .args(["--mib", "4", "--tasks", "3000"])
         .output()
         .unwrap();
@@ -48,7 +29,10 @@ fn a_small_run_counts_every_task_once() {
 
 #[test]
 fn a_wrong_flag_says_so_and_exits_2() {
-    let out = Command::new(example()).arg("--bogus").output().unwrap();
+    let out = Command::new(common::example("shared_table", &[]))
+        .arg("--bogus")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown argument --bogus"), "{stderr}");

@@ -9,12 +9,14 @@
 
 procpool::enable_test_support!();
 
+mod common;
 mod faults_common;
 
 use std::time::{Duration, Instant};
 
+use common::is_init_panic;
 use faults_common::*;
-use procpool::{Death, Error, HandshakeError, Pool, PoolError, TaskErrorKind, WaitError};
+use procpool::{Death, Error, Pool, PoolError, TaskErrorKind, WaitError};
 
 const BIG: usize = 256 << 20;
 
@@ -385,19 +387,6 @@ fn death_worker_dying_after_sending_its_result_loses_nothing() {
 fn panicking_init(dir: String) {
     mark_started(&dir, &format!("init-{}", my_pid()));
     panic!("initializer fails on purpose");
-}
-
-/// Whether `e` is the initializer's panic (possibly wrapped in `Broken`).
-fn is_init_panic(e: &PoolError, allow_broken: bool) -> bool {
-    match e {
-        PoolError::Broken { first, .. } if allow_broken => is_init_panic(first, false),
-        PoolError::Handshake {
-            reason: HandshakeError::Initializer(k),
-            ..
-        } => matches!(&**k, TaskErrorKind::Panic { message, .. }
-            if message.contains("initializer fails on purpose")),
-        _ => false,
-    }
 }
 
 #[test]

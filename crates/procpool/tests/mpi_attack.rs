@@ -12,17 +12,18 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::mpi_job::{agent_rank, pids_in, run_job};
+use common::mpi_job::{
+    PER_AGENT, agent_rank, both_agents_serve, check_ok, job_pids, main_with, mpi_pool, pids_in,
+    run_job, show, sleeps, traced, verbose,
+};
 use common::{
-    TempDir, Trace, append, check_work_conserving, exists, now_nanos, sleep_ms, stat, timeline,
-    wait_for_file, wait_until, write_file,
+    TempDir, Trace, append, append_line, check_work_conserving, exists, is_init_panic, now_nanos,
+    sleep_ms, stat, timeline, wait_for_file, wait_until, write_file,
 };
 use procpool::{Error, Pool, TaskErrorKind};
 
 /// How long one `mpirun` may take before it counts as hung.
 const HARD_LIMIT: Duration = Duration::from_secs(60);
-/// Workers of each of the two agents.
-const PER_AGENT: usize = 2;
 /// 64 MiB.
 const HUGE: usize = 64 << 20;
 /// How long a worker may idle while a 64 MiB message travels: the copies at its ends
@@ -30,45 +31,16 @@ const HUGE: usize = 64 << 20;
 const IDLE_BOUND: Duration = Duration::from_millis(1500);
 
 fn main() {
-    procpool::init();
-    match (procpool::mpi_rank(), std::env::args().nth(1)) {
-        (Some(_), Some(name)) => {
-            scenario(&name);
-            println!("scenario {name}: ok");
-        }
-        _ => drive(),
-    }
+    main_with(scenario, drive);
 }
 
 // ---- tasks (they run on the agents' workers) ------------------------------------------
-
-fn where_and_who(_: u32) -> (u32, u32, u32) {
-    // SAFETY: getppid has no preconditions.
-    let parent = unsafe { libc::getppid() } as u32;
-    (agent_rank(), std::process::id(), parent)
-}
-
-fn sleeps(ms: u64) -> (u32, u32) {
-    std::thread::sleep(Duration::from_millis(ms));
-    (agent_rank(), std::process::id())
-}
-
-fn traced(ms: u64) -> (Trace, u32) {
-    (sleep_ms(ms), agent_rank())
-}
 
 /// Sleeps, then writes its trace as a line `pid start end` to `path` (for tasks whose
 /// results nobody reads).
 fn logged((ms, path): (u64, String)) {
     let t = sleep_ms(ms);
-    let line = format!("{} {} {}\n", t.pid, t.start, t.end);
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .expect("open the log");
-    f.write_all(line.as_bytes()).expect("log");
+    append_line(&path, &format!("{} {} {}\n", t.pid, t.start, t.end));
 }
 
 /// Starts a child process of its own (`sleep 60`), writes the child's pid to `path`,
@@ -115,14 +87,6 @@ fn double(x: u64) -> u64 {
 
 // ---- scenarios (rank 0 of an `mpirun` job) --------------------------------------------
 
-fn mpi_pool() -> Pool {
-    Pool::builder()
-        .mpi()
-        .workers(PER_AGENT)
-        .build()
-        .expect("an MPI pool")
-}
-
 fn scenario(name: &str) {
     match name {
         "descendants" => grandchildren_end_with_their_task(),
@@ -152,6 +116,14 @@ fn scenario(name: &str) {
 /// more code and holds no resources but its entry).
 fn gone(pid: u32) -> bool {
     !exists(pid) || stat(pid).is_some_and(|(_, state)| state == 'Z')
+}
+
+/// Waits until every pid the scenario printed (`pids: {…}`) is gone (10 s at most).
+fn all_ended(what: &str, stdout: &str) {
+    let pids = pids_in(stdout);
+    wait_until(what, Duration::from_secs(10), || {
+        pids.iter().all(|&p| gone(p))
+    });
 }
 
 fn wait_gone(what: &str, pid: u32) {
@@ -201,10 +173,7 @@ fn grandchildren_end_with_their_task() {
     wait_gone("the terminated pool's task's child is gone", child);
 
     // The agents serve on.
-    let pool = mpi_pool();
-    let who = pool.with_chunk_size(1).map(where_and_who, 0..40).unwrap();
-    let ranks: BTreeSet<u32> = who.iter().map(|w| w.0).collect();
-    assert_eq!(ranks, BTreeSet::from([1, 2]));
+    both_agents_serve();
 }
 
 fn read_traces(path: &str) -> Vec<Trace> {
@@ -268,10 +237,7 @@ fn dropped_calls_and_detached_tasks() {
     let t = Instant::now();
     drop(pool);
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-    let pool = mpi_pool();
-    let who = pool.with_chunk_size(1).map(where_and_who, 0..40).unwrap();
-    let ranks: BTreeSet<u32> = who.iter().map(|w| w.0).collect();
-    assert_eq!(ranks, BTreeSet::from([1, 2]));
+    both_agents_serve();
 }
 
 /// `recycle_after(1)` and `retries(2)` on the agents: every task runs once, on a fresh
@@ -604,24 +570,7 @@ fn a_caller_thread_panics() {
     })
     .join();
     assert!(r.is_err());
-    let pool = mpi_pool();
-    let who = pool.with_chunk_size(1).map(where_and_who, 0..40).unwrap();
-    let ranks: BTreeSet<u32> = who.iter().map(|w| w.0).collect();
-    assert_eq!(ranks, BTreeSet::from([1, 2]));
-}
-
-/// Whether `e` is the initializer's panic (possibly wrapped in `Broken`).
-fn is_init_panic(e: &procpool::PoolError, allow_broken: bool) -> bool {
-    use procpool::{HandshakeError, PoolError};
-    match e {
-        PoolError::Broken { first, .. } if allow_broken => is_init_panic(first, false),
-        PoolError::Handshake {
-            reason: HandshakeError::Initializer(k),
-            ..
-        } => matches!(&**k, TaskErrorKind::Panic { message, .. }
-            if message.contains("initializer fails on purpose")),
-        _ => false,
-    }
+    both_agents_serve();
 }
 
 /// Whether `e` is a worker's handshake past its time (possibly wrapped in `Broken`).
@@ -686,19 +635,14 @@ fn agents_refuse_to_start() {
         matches!(&e, Error::Pool(p) if is_init_panic(p, true)),
         "{e:?}"
     );
-    let pool = mpi_pool();
-    let who = pool.with_chunk_size(1).map(where_and_who, 0..40).unwrap();
-    let ranks: BTreeSet<u32> = who.iter().map(|w| w.0).collect();
-    assert_eq!(ranks, BTreeSet::from([1, 2]));
+    both_agents_serve();
 }
 
 /// The caller's main panics while another thread sends a 64 MiB job: the job ends with
 /// the panic's code, promptly, and nothing of it is left (the driver checks).
 fn panic_while_a_large_job_is_sent() {
     let pool = mpi_pool();
-    let who = pool.with_chunk_size(1).map(where_and_who, 0..100).unwrap();
-    let mut pids: BTreeSet<u32> = who.iter().map(|w| w.1).collect();
-    pids.extend(who.iter().map(|w| w.2));
+    let (_, pids) = job_pids(&pool);
     println!("pids: {pids:?}");
     let big = "x".repeat(HUGE);
     std::thread::scope(|s| {
@@ -714,9 +658,7 @@ fn panic_while_a_large_job_is_sent() {
 fn a_rank_is_killed(rank: u32) {
     let dir = TempDir::new("mpi-kill");
     let pool = mpi_pool();
-    let who = pool.with_chunk_size(1).map(where_and_who, 0..100).unwrap();
-    let mut pids: BTreeSet<u32> = who.iter().map(|w| w.1).collect();
-    pids.extend(who.iter().map(|w| w.2));
+    let (who, mut pids) = job_pids(&pool);
     let handles: Vec<_> = (0..2 * PER_AGENT)
         .map(|i| {
             pool.spawn(with_grandchild, dir.file(&format!("child-{i}")))
@@ -747,9 +689,7 @@ fn a_rank_is_killed(rank: u32) {
 fn exit_while_busy(from_thread: bool) {
     let dir = TempDir::new("mpi-exit");
     let pool = mpi_pool();
-    let who = pool.with_chunk_size(1).map(where_and_who, 0..100).unwrap();
-    let mut pids: BTreeSet<u32> = who.iter().map(|w| w.1).collect();
-    pids.extend(who.iter().map(|w| w.2));
+    let (_, mut pids) = job_pids(&pool);
     let _running = pool.spawn(with_grandchild, dir.file("child")).unwrap();
     pids.insert(read_pid(&dir.file("child")));
     println!("pids: {pids:?}");
@@ -772,9 +712,7 @@ fn exit_while_busy(from_thread: bool) {
 /// task of a minute: the job ends with that code, promptly.
 fn exit_during_join() {
     let pool = mpi_pool();
-    let who = pool.with_chunk_size(1).map(where_and_who, 0..100).unwrap();
-    let mut pids: BTreeSet<u32> = who.iter().map(|w| w.1).collect();
-    pids.extend(who.iter().map(|w| w.2));
+    let (_, pids) = job_pids(&pool);
     println!("pids: {pids:?}");
     drop(pool.spawn(sleeps, 60_000).unwrap());
     std::thread::spawn(|| {
@@ -810,57 +748,27 @@ const NAMES: [&str; 19] = [
 ];
 
 fn drive() {
-    let me = std::env::current_exe().unwrap();
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let (mut passed, mut failed) = (0, Vec::new());
-    for name in NAMES {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        print!("test mpi attack {name} ... ");
-        match std::panic::catch_unwind(|| check(&me, name)) {
-            Ok(took) => {
-                println!("ok ({took:.1?})");
-                passed += 1;
-            }
-            Err(_) => {
-                println!("FAILED");
-                failed.push(name);
-            }
-        }
-    }
-    println!("{passed} passed, {} failed", failed.len());
-    if !failed.is_empty() {
-        eprintln!("failed MPI attack scenarios: {failed:?}");
-        std::process::exit(1);
-    }
+    common::mpi_job::drive("mpi attack", &NAMES, |me, name| Some(check(me, name)));
 }
 
 fn check(me: &Path, name: &str) -> Duration {
     let run = run_job(me, me, name, HARD_LIMIT);
-    let show = format!(
-        "scenario {name}: exit {:?} after {:.1?}\n--- stdout\n{}--- stderr\n{}",
-        run.code, run.took, run.stdout, run.stderr
-    );
+    let show = show(name, &run);
     match name {
         "kill_agent" | "kill_rank0" => {
             assert_ne!(run.code, Some(0), "{show}");
-            let pids = pids_in(&run.stdout);
-            wait_until(
+            all_ended(
                 &format!("{name}: every rank, worker and task child of the job is gone"),
-                Duration::from_secs(10),
-                || pids.iter().all(|&p| gone(p)),
+                &run.stdout,
             );
         }
         "panic_mid_send" => {
             // The panic unwinds out of main (after the scope's thread ends its call).
             assert_eq!(run.code, Some(101), "{show}");
             assert!(run.took < Duration::from_secs(40), "{show}");
-            let pids = pids_in(&run.stdout);
-            wait_until(
+            all_ended(
                 &format!("{name}: every rank and worker of the job is gone"),
-                Duration::from_secs(10),
-                || pids.iter().all(|&p| gone(p)),
+                &run.stdout,
             );
         }
         "exit_busy" | "exit_thread" | "exit_join" => {
@@ -871,23 +779,13 @@ fn check(me: &Path, name: &str) -> Duration {
             };
             assert!(run.took < Duration::from_secs(30), "{show}");
             assert_eq!(run.code, Some(code), "{show}");
-            let pids = pids_in(&run.stdout);
-            wait_until(
+            all_ended(
                 &format!("{name}: every rank, worker and task child of the job is gone"),
-                Duration::from_secs(10),
-                || pids.iter().all(|&p| gone(p)),
+                &run.stdout,
             );
         }
-        _ => {
-            assert_eq!(run.code, Some(0), "{show}");
-            assert!(
-                run.stdout.contains(&format!("scenario {name}: ok")),
-                "{show}"
-            );
-        }
+        _ => check_ok(name, &run, &show),
     }
-    if std::env::var_os("PROCPOOL_MPI_VERBOSE").is_some() {
-        println!("{show}");
-    }
+    verbose(&show);
     run.took
 }

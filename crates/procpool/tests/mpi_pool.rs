@@ -10,40 +10,27 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-use common::mpi_job::{agent_rank, all_gone, pids_in, run_job};
-use common::{Trace, check_work_conserving, exists, now_nanos, sleep_ms, timeline};
-use procpool::{Error, Pool, TaskErrorKind};
+use common::mpi_job::{
+    PER_AGENT, agent_rank, all_gone, check_ok, job_pids, main_with, mpi_pool, pids_in, run_job,
+    show, sleeps, traced, verbose, where_and_who,
+};
+use common::{Trace, check_work_conserving, exists, now_nanos, timeline};
+use procpool::{Error, Pool, TaskErrorKind, TaskHandle};
 
 /// How long one `mpirun` may take before it counts as hung.
 const HARD_LIMIT: Duration = Duration::from_secs(90);
-/// Workers of each of the two agents.
-const PER_AGENT: usize = 2;
 
 fn main() {
-    procpool::init();
-    match (procpool::mpi_rank(), std::env::args().nth(1)) {
-        (Some(_), Some(name)) => {
-            scenario(&name);
-            println!("scenario {name}: ok");
-        }
-        _ => drive(),
-    }
+    main_with(scenario, drive);
 }
 
 // ---- tasks (they run on the agents' workers) ------------------------------------------
 
 fn double_where(x: u64) -> (u64, u32) {
     (x * 2, agent_rank())
-}
-
-fn where_and_who(_: u32) -> (u32, u32, u32) {
-    // SAFETY: getppid has no preconditions.
-    let parent = unsafe { libc::getppid() } as u32;
-    (agent_rank(), std::process::id(), parent)
 }
 
 fn crashes(x: u32) -> u32 {
@@ -61,24 +48,7 @@ fn crashes(x: u32) -> u32 {
     }
 }
 
-fn sleeps(ms: u64) -> (u32, u32) {
-    std::thread::sleep(Duration::from_millis(ms));
-    (agent_rank(), std::process::id())
-}
-
-fn traced(ms: u64) -> (Trace, u32) {
-    (sleep_ms(ms), agent_rank())
-}
-
 // ---- scenarios (rank 0 of an `mpirun` job) --------------------------------------------
-
-fn pool() -> Pool {
-    Pool::builder()
-        .mpi()
-        .workers(PER_AGENT)
-        .build()
-        .expect("an MPI pool")
-}
 
 fn scenario(name: &str) {
     match name {
@@ -95,7 +65,7 @@ fn scenario(name: &str) {
 }
 
 fn map_across_agents() {
-    let pool = pool();
+    let pool = mpi_pool();
     assert_eq!(pool.stats().workers.len(), 2 * PER_AGENT);
     let n = 20_000u64;
     let out = pool.map(double_where, 0..n).unwrap();
@@ -209,7 +179,7 @@ fn remembered(_: u32) -> (u32, u32) {
 }
 
 fn faults_fail_their_task_only() {
-    let pool = pool();
+    let pool = mpi_pool();
     let out: Vec<Result<u32, Error>> = pool.with_chunk_size(1).imap(crashes, 0..10).collect();
     for (i, r) in out.iter().enumerate() {
         match (i, r) {
@@ -277,7 +247,7 @@ fn time_limit_on_an_agent() {
 }
 
 fn uneven_work_is_balanced() {
-    let pool = pool();
+    let pool = mpi_pool();
     // Warm up: every worker started.
     pool.with_chunk_size(1).map(sleeps, [20; 8]).unwrap();
     // Long items first and every other one: dealing them out in turn (or in halves)
@@ -310,36 +280,33 @@ fn uneven_work_is_balanced() {
     );
 }
 
-fn panic_in_main() {
-    let pool = pool();
-    let who = pool.with_chunk_size(1).map(where_and_who, 0..100).unwrap();
-    let mut pids: BTreeSet<u32> = who.iter().map(|w| w.1).collect();
-    pids.extend(who.iter().map(|w| w.2));
-    // The ranks' pids, workers and agents: the driver checks that none is left.
+/// A pool whose pids (the ranks', workers and agents) are printed, for the driver to
+/// check that none is left, with a task of a minute running on it (the task's handle
+/// first: it drops before the pool, as it would declared after it).
+fn busy_pool() -> (TaskHandle<(u32, u32)>, Pool) {
+    let pool = mpi_pool();
+    let (_, pids) = job_pids(&pool);
     println!("pids: {pids:?}");
-    let _running = pool.spawn(sleeps, 60_000).unwrap();
+    let running = pool.spawn(sleeps, 60_000).unwrap();
     std::thread::sleep(Duration::from_millis(200));
+    (running, pool)
+}
+
+fn panic_in_main() {
+    let _busy = busy_pool();
     panic!("the caller's main gives up");
 }
 
 fn error_from_main() {
-    let pool = pool();
-    let who = pool.with_chunk_size(1).map(where_and_who, 0..100).unwrap();
-    let mut pids: BTreeSet<u32> = who.iter().map(|w| w.1).collect();
-    pids.extend(who.iter().map(|w| w.2));
-    println!("pids: {pids:?}");
-    let _running = pool.spawn(sleeps, 60_000).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let _busy = busy_pool();
     // What returning an error from `main` does: the runtime prints it, exits with 1.
     eprintln!("Error: the caller's main returns an error");
     std::process::exit(1);
 }
 
 fn losing_an_agent_ends_the_job() {
-    let pool = pool();
-    let who = pool.with_chunk_size(1).map(where_and_who, 0..100).unwrap();
-    let mut pids: BTreeSet<u32> = who.iter().map(|w| w.1).collect();
-    pids.extend(who.iter().map(|w| w.2));
+    let pool = mpi_pool();
+    let (who, pids) = job_pids(&pool);
     println!("pids: {pids:?}");
     let agent = who.iter().find(|w| w.0 == 1).expect("rank 1 ran a task").2;
     let _running = pool.spawn(sleeps, 60_000).unwrap();
@@ -371,8 +338,6 @@ fn other_binary_is_refused() {
 // ---- the driver (`cargo test`) --------------------------------------------------------
 
 fn drive() {
-    let me = std::env::current_exe().unwrap();
-    let mut failed = Vec::new();
     let names = [
         "map",
         "faults",
@@ -384,57 +349,15 @@ fn drive() {
         "lose_agent",
         "example",
     ];
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let mut passed = 0;
-    for name in names {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        print!("test mpi {name} ... ");
-        let r = std::panic::catch_unwind(|| check(&me, name));
-        match r {
-            Ok(()) => {
-                println!("ok");
-                passed += 1;
-            }
-            Err(_) => {
-                println!("FAILED");
-                failed.push(name);
-            }
-        }
-    }
-    // The same closing line as the other harness-less tests (summed by `.ci/run`).
-    println!("{passed} passed, {} failed", failed.len());
-    if !failed.is_empty() {
-        eprintln!("failed MPI scenarios: {failed:?}");
-        std::process::exit(1);
-    }
-}
-
-/// The `mpi_compute` example's binary, built if this test run did not build it.
-fn example() -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let exe = deps
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("examples/mpi_compute");
-    if !exe.exists() {
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let ok = Command::new(cargo)
-            .args(["build", "-q", "-p", "procpool", "--features", "mpi"])
-            .args(["--example", "mpi_compute"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "building the mpi_compute example failed");
-    }
-    exe
+    common::mpi_job::drive("mpi", &names, |me, name| {
+        check(me, name);
+        None
+    });
 }
 
 fn check(me: &Path, name: &str) {
     if name == "example" {
-        let exe = example();
+        let exe = common::example("mpi_compute", &["mpi"]);
         let run = run_job(&exe, &exe, "", HARD_LIMIT);
         let show = format!("exit {:?}\n{}\n{}", run.code, run.stdout, run.stderr);
         assert_eq!(run.code, Some(0), "{show}");
@@ -461,10 +384,7 @@ fn check(me: &Path, name: &str) {
         me.to_path_buf()
     };
     let run = run_job(me, &agents, name, HARD_LIMIT);
-    let show = format!(
-        "scenario {name}: exit {:?} after {:.1?}\n--- stdout\n{}--- stderr\n{}",
-        run.code, run.took, run.stdout, run.stderr
-    );
+    let show = show(name, &run);
     match name {
         "panic" => {
             assert_ne!(run.code, Some(0), "{show}");
@@ -487,15 +407,7 @@ fn check(me: &Path, name: &str) {
             assert!(run.stderr.contains("runs a different executable"), "{show}");
             assert!(run.stdout.contains("scenario mismatch: ok"), "{show}");
         }
-        _ => {
-            assert_eq!(run.code, Some(0), "{show}");
-            assert!(
-                run.stdout.contains(&format!("scenario {name}: ok")),
-                "{show}"
-            );
-        }
+        _ => check_ok(name, &run, &show),
     }
-    if std::env::var_os("PROCPOOL_MPI_VERBOSE").is_some() {
-        println!("{show}");
-    }
+    verbose(&show);
 }

@@ -2,33 +2,15 @@
 //! `spawn`, `map`, `imap`), to one-off processes, many to one job, and never to a task's
 //! own child processes.
 
+mod common;
+
 procpool::enable_test_support!();
 
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Seek};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
 use procpool::{Error, Fd, Pool, TaskErrorKind};
-
-/// A file with known contents, unlinked at once (only its descriptor names it).
-fn temp_file(contents: &[u8]) -> std::fs::File {
-    let dir = std::env::temp_dir();
-    let path = dir.join(format!(
-        "procpool-passfd-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
-    f.write_all(contents).unwrap();
-    f
-}
 
 fn dup(f: &impl AsFd) -> Fd {
     Fd::from(f.as_fd().try_clone_to_owned().unwrap())
@@ -56,7 +38,7 @@ fn pool() -> Pool {
 
 #[test]
 fn apply_and_spawn_get_the_file() {
-    let f = temp_file(b"hello");
+    let f = common::unlinked_file(b"hello");
     let ino = f.metadata().unwrap().ino();
     let pool = pool();
     assert_eq!(
@@ -69,7 +51,7 @@ fn apply_and_spawn_get_the_file() {
 
 #[test]
 fn a_one_off_process_gets_the_file() {
-    let f = temp_file(b"one-off");
+    let f = common::unlinked_file(b"one-off");
     let ino = f.metadata().unwrap().ino();
     let p = procpool::spawn(read_all, dup(&f)).unwrap();
     assert_eq!(p.join().unwrap(), (ino, "one-off".to_string()));
@@ -77,7 +59,7 @@ fn a_one_off_process_gets_the_file() {
 
 #[test]
 fn map_and_imap_carry_one_descriptor_per_item_in_large_chunks() {
-    let f = temp_file(b"x");
+    let f = common::unlinked_file(b"x");
     let ino = f.metadata().unwrap().ino();
     let pool = pool();
     let pids = pool.worker_pids();
@@ -109,7 +91,7 @@ fn child_sees(fd: Fd) -> (bool, bool) {
 
 #[test]
 fn a_tasks_own_child_does_not_inherit_the_descriptor() {
-    let f = temp_file(b"");
+    let f = common::unlinked_file(b"");
     let pool = pool();
     let (mine, childs) = pool.apply(child_sees, dup(&f)).unwrap();
     assert!(mine, "the task has the descriptor");
@@ -127,7 +109,7 @@ fn give_back(fd: Fd) -> Fd {
 
 #[test]
 fn a_descriptor_cannot_be_a_result_or_go_through_serde_json() {
-    let f = temp_file(b"");
+    let f = common::unlinked_file(b"");
     let pool = pool();
     match pool.apply(give_back, dup(&f)) {
         Err(Error::Task(t)) => match t.kind() {
@@ -153,7 +135,7 @@ fn big((fd, bytes): (Fd, Vec<u8>)) -> (u64, usize) {
 
 #[test]
 fn a_large_argument_through_shared_memory_still_brings_its_descriptor() {
-    let f = temp_file(b"big");
+    let f = common::unlinked_file(b"big");
     let ino = f.metadata().unwrap().ino();
     let pool = pool();
     let arg = (dup(&f), vec![7u8; 4 << 20]);

@@ -2,6 +2,8 @@
 //! started, in the parent and in the worker. Alone in its test binary, so that no other
 //! test opens descriptors meanwhile.
 
+mod common;
+
 procpool::enable_test_support!();
 
 use procpool::{Pool, Shared, SharedSlice};
@@ -9,25 +11,13 @@ use procpool::{Pool, Shared, SharedSlice};
 /// Descriptors open in this process, and how many of them are shared values' memfds.
 fn fds() -> (usize, usize) {
     let all = std::fs::read_dir("/proc/self/fd").unwrap().count();
-    (all, fds_held())
-}
-
-/// The shared values' memfds this process has open.
-fn fds_held() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read_link(e.path())
-                .is_ok_and(|t| t.to_string_lossy().contains("memfd:procpool-shared"))
-        })
-        .count()
+    (all, common::shared_memfds().len())
 }
 
 /// The shared memfds the worker holds (after it let go of values dropped by the parent).
 fn worker_holds(s: Shared<u64>) -> usize {
     assert!(*s < 1000);
-    fds_held()
+    common::shared_memfds().len()
 }
 
 /// The shared memfds the worker holds, and its mappings of shared values.
@@ -37,7 +27,7 @@ fn worker_holds_nothing(_: ()) -> (usize, usize) {
         .lines()
         .filter(|l| l.contains("memfd:procpool-shared"))
         .count();
-    (fds_held(), mapped)
+    (common::shared_memfds().len(), mapped)
 }
 
 #[test]

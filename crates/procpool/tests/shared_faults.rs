@@ -1,24 +1,13 @@
 //! Shared values under faults, with real processes: a worker killed while holding one,
 //! a task's own child process, a task that tries to write one.
 
+mod common;
+
 procpool::enable_test_support!();
 
 use std::path::PathBuf;
 
 use procpool::{Pool, Shared, SharedSlice};
-
-/// The shared values' memfds this process has open.
-fn shared_fds() -> Vec<i32> {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read_link(e.path())
-                .is_ok_and(|t| t.to_string_lossy().contains("memfd:procpool-shared"))
-        })
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
-}
 
 fn scratch(name: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("procpool-shared-{}-{name}", std::process::id()));
@@ -56,7 +45,7 @@ fn a_task_retried_after_its_worker_was_killed_still_sees_the_value() {
 
 /// Whether a child process of the task has any of the task's shared memfds open.
 fn child_inherits(s: Shared<Vec<u64>>) -> (usize, String) {
-    let mine = shared_fds();
+    let mine = common::shared_memfds();
     let list = mine
         .iter()
         .map(|n| format!("test -e /proc/self/fd/{n} && echo {n};"))
@@ -88,7 +77,7 @@ fn a_tasks_child_process_inherits_no_shared_memory() {
 /// Tries every way to write the value's memory; returns those that worked.
 fn try_to_write((_s, bytes): (Shared<Vec<u64>>, SharedSlice<u8>)) -> Vec<String> {
     let mut worked = Vec::new();
-    for fd in shared_fds() {
+    for fd in common::shared_memfds() {
         let byte = [0xffu8; 8];
         // SAFETY: plain system calls on a descriptor this process holds, with valid
         // buffers; a mapping that succeeds is written once and unmapped.
@@ -131,12 +120,11 @@ fn try_to_write((_s, bytes): (Shared<Vec<u64>>, SharedSlice<u8>)) -> Vec<String>
             worked.push("mprotect of the slice's mapping".into());
         }
     }
-    assert!(fds_held() >= 2, "the task holds both values' memfds");
+    assert!(
+        common::shared_memfds().len() >= 2,
+        "the task holds both values' memfds"
+    );
     worked
-}
-
-fn fds_held() -> usize {
-    shared_fds().len()
 }
 
 fn sum((s, bytes): (Shared<Vec<u64>>, SharedSlice<u8>)) -> (u64, u64) {

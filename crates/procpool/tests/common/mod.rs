@@ -298,13 +298,105 @@ pub(crate) fn control_block() -> &'static [std::sync::atomic::AtomicU64] {
 
 /// Appends `i` and a newline to the file at `path` (whole lines: O_APPEND).
 pub(crate) fn append(path: &str, i: u64) {
+    append_line(path, &format!("{i}\n"));
+}
+
+/// Appends `line` (which ends in a newline) to the file at `path`, in one write
+/// (O_APPEND: lines of several processes do not mix).
+pub(crate) fn append_line(path: &str, line: &str) {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(path)
         .expect("open the log");
-    f.write_all(format!("{i}\n").as_bytes()).expect("log");
+    f.write_all(line.as_bytes()).expect("log");
 }
 
+#[cfg(feature = "mpi")]
 pub(crate) mod mpi_job;
+
+/// The binary of the procpool example `name` (built with `features`), built if this test
+/// run did not build it.
+pub(crate) fn example(name: &str, features: &[&str]) -> PathBuf {
+    let exe = example_path(name);
+    if !exe.exists() {
+        build_example(name, features);
+    }
+    exe
+}
+
+/// The binary of the procpool example `name`, built every time (a no-op when fresh: a
+/// stale binary would test old code).
+pub(crate) fn fresh_example(name: &str) -> PathBuf {
+    build_example(name, &[]);
+    example_path(name)
+}
+
+fn example_path(name: &str) -> PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    deps.parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
+fn build_example(name: &str, features: &[&str]) {
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "-q", "-p", "procpool"]);
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
+    }
+    let ok = cmd.args(["--example", name]).status().unwrap().success();
+    assert!(ok, "building the {name} example failed");
+}
+
+/// A read-write file holding `contents`, unlinked at once (only its descriptor names it).
+pub(crate) fn unlinked_file(contents: &[u8]) -> std::fs::File {
+    use std::io::Write;
+    let path = std::env::temp_dir().join(format!(
+        "procpool-unlinked-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    f.write_all(contents).unwrap();
+    f
+}
+
+/// The descriptors of shared values' memfds this process has open.
+pub(crate) fn shared_memfds() -> Vec<i32> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_string_lossy().contains("memfd:procpool-shared"))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Whether `e` is the initializer's panic (the initializer panics with "initializer fails
+/// on purpose"), possibly wrapped in `Broken` if `allow_broken`.
+pub(crate) fn is_init_panic(e: &procpool::PoolError, allow_broken: bool) -> bool {
+    use procpool::{HandshakeError, PoolError, TaskErrorKind};
+    match e {
+        PoolError::Broken { first, .. } if allow_broken => is_init_panic(first, false),
+        PoolError::Handshake {
+            reason: HandshakeError::Initializer(k),
+            ..
+        } => matches!(&**k, TaskErrorKind::Panic { message, .. }
+            if message.contains("initializer fails on purpose")),
+        _ => false,
+    }
+}

@@ -4,10 +4,18 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use procpool::Pool;
+
+use super::{Trace, sleep_ms};
+
+/// Workers of each of the two agents.
+pub(crate) const PER_AGENT: usize = 2;
 
 /// How one `mpirun` ended.
 pub(crate) struct Run {
@@ -23,6 +31,129 @@ pub(crate) fn agent_rank() -> u32 {
         .iter()
         .find_map(|v| std::env::var(v).ok()?.parse().ok())
         .unwrap_or(u32::MAX)
+}
+
+/// The `main` of a harness-less MPI test: started by `mpirun` with a scenario name,
+/// runs `scenario` (then prints `scenario NAME: ok`); started otherwise, runs `drive`.
+pub(crate) fn main_with(scenario: fn(&str), drive: fn()) {
+    procpool::init();
+    match (procpool::mpi_rank(), std::env::args().nth(1)) {
+        (Some(_), Some(name)) => {
+            scenario(&name);
+            println!("scenario {name}: ok");
+        }
+        _ => drive(),
+    }
+}
+
+// ---- tasks (they run on the agents' workers) ------------------------------------------
+
+/// The rank, pid and parent pid (the agent) of the worker that runs it.
+pub(crate) fn where_and_who(_: u32) -> (u32, u32, u32) {
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() } as u32;
+    (agent_rank(), std::process::id(), parent)
+}
+
+/// Sleeps `ms`, then returns the rank and pid of the worker that ran it.
+pub(crate) fn sleeps(ms: u64) -> (u32, u32) {
+    std::thread::sleep(Duration::from_millis(ms));
+    (agent_rank(), std::process::id())
+}
+
+/// Sleeps `ms`, then returns its trace and the rank of the worker that ran it.
+pub(crate) fn traced(ms: u64) -> (Trace, u32) {
+    (sleep_ms(ms), agent_rank())
+}
+
+// ---- scenario helpers (rank 0 of an `mpirun` job) -------------------------------------
+
+/// A pool over MPI, `PER_AGENT` workers on each agent.
+pub(crate) fn mpi_pool() -> Pool {
+    Pool::builder()
+        .mpi()
+        .workers(PER_AGENT)
+        .build()
+        .expect("an MPI pool")
+}
+
+/// Runs 100 one-item tasks on `pool`: what each saw (rank, worker, agent), and the pids
+/// of every worker and agent that ran one.
+pub(crate) fn job_pids(pool: &Pool) -> (Vec<(u32, u32, u32)>, BTreeSet<u32>) {
+    let who = pool.with_chunk_size(1).map(where_and_who, 0..100).unwrap();
+    let mut pids: BTreeSet<u32> = who.iter().map(|w| w.1).collect();
+    pids.extend(who.iter().map(|w| w.2));
+    (who, pids)
+}
+
+/// Checks that both agents (ranks 1 and 2) serve a new pool.
+pub(crate) fn both_agents_serve() {
+    let pool = mpi_pool();
+    let who = pool.with_chunk_size(1).map(where_and_who, 0..40).unwrap();
+    let ranks: BTreeSet<u32> = who.iter().map(|w| w.0).collect();
+    assert_eq!(ranks, BTreeSet::from([1, 2]));
+}
+
+// ---- the driver (`cargo test`) --------------------------------------------------------
+
+/// Runs the scenarios among `names` that contain the first non-flag argument (all
+/// without one), each through `check`, prints a line a scenario (`test {label} {name}
+/// ... ok`, with the time `check` returns if any) and the closing count; exits 1 if any
+/// failed.
+pub(crate) fn drive(label: &str, names: &[&str], check: impl Fn(&Path, &str) -> Option<Duration>) {
+    let me = std::env::current_exe().unwrap();
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let (mut passed, mut failed) = (0, Vec::new());
+    for &name in names {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        print!("test {label} {name} ... ");
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&me, name))) {
+            Ok(Some(took)) => {
+                println!("ok ({took:.1?})");
+                passed += 1;
+            }
+            Ok(None) => {
+                println!("ok");
+                passed += 1;
+            }
+            Err(_) => {
+                println!("FAILED");
+                failed.push(name);
+            }
+        }
+    }
+    // The same closing line as the other harness-less tests (summed by `.ci/run`).
+    println!("{passed} passed, {} failed", failed.len());
+    if !failed.is_empty() {
+        eprintln!("failed {label} scenarios: {failed:?}");
+        std::process::exit(1);
+    }
+}
+
+/// How scenario `name`'s job ended, for assert messages.
+pub(crate) fn show(name: &str, run: &Run) -> String {
+    format!(
+        "scenario {name}: exit {:?} after {:.1?}\n--- stdout\n{}--- stderr\n{}",
+        run.code, run.took, run.stdout, run.stderr
+    )
+}
+
+/// Checks that scenario `name` ended well (exit 0, its closing line printed).
+pub(crate) fn check_ok(name: &str, run: &Run, show: &str) {
+    assert_eq!(run.code, Some(0), "{show}");
+    assert!(
+        run.stdout.contains(&format!("scenario {name}: ok")),
+        "{show}"
+    );
+}
+
+/// Prints `show` if `PROCPOOL_MPI_VERBOSE` is set.
+pub(crate) fn verbose(show: &str) {
+    if std::env::var_os("PROCPOOL_MPI_VERBOSE").is_some() {
+        println!("{show}");
+    }
 }
 
 fn mpirun() -> PathBuf {
