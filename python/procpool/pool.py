@@ -144,6 +144,10 @@ def _check_processes(processes):
         ) from None
     if value < 1:
         raise ValueError("Number of processes must be at least 1")
+    if value > _core.MAX_WORKERS:
+        raise ValueError(
+            f"Number of processes must be at most {_core.MAX_WORKERS} (each is a process)"
+        )
     return value
 
 

@@ -71,6 +71,15 @@ def test_bad_arguments_raise_as_the_stdlib(impl, kw, error, message):
         make(impl, **kw)
 
 
+@pytest.mark.parametrize("processes", [10**9, procpool._core.MAX_WORKERS + 1])
+def test_a_huge_process_count_is_refused_before_anything_starts(processes):
+    # Not a crash from trying to allocate for a billion workers: a ValueError, at once.
+    with pytest.raises(ValueError, match="at most"):
+        procpool.Pool(processes)
+    with pytest.raises(ValueError, match="at most"):
+        procpool.ProcessPoolExecutor(processes)
+
+
 @pytest.mark.parametrize("kw", [dict(timeout=0), dict(timeout=-1), dict(retries=-1)])
 def test_bad_procpool_keywords_are_value_errors(kw):
     with pytest.raises(ValueError):

@@ -50,7 +50,7 @@ pub use feed::{
 };
 pub use identity::{WorkerInfo, current_worker};
 pub use oneoff::{JoinError, OneOff};
-pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig, Stopper};
+pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig, MAX_WORKERS, Stopper};
 pub use process::Launcher;
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};
 pub use remote::{PREFETCH_BELOW, PREFETCH_WORK, Remote, RemoteDone, RemoteJob};

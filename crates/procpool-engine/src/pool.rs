@@ -223,6 +223,11 @@ pub struct Engine {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Most workers one local pool may have: each is a process with its own memory regions,
+/// and the supervisor keeps state for each, so a mistaken huge count is refused
+/// ([`PoolError::Config`]) rather than exhausting memory or the process table.
+pub const MAX_WORKERS: usize = 1 << 16;
+
 impl Engine {
     /// Starts the workers and returns as soon as one of them has completed its handshake
     /// (the others join as they come; all run the same binary).
@@ -233,6 +238,12 @@ impl Engine {
     pub fn start(config: EngineConfig) -> Result<Engine, PoolError> {
         if config.workers == 0 {
             return Err(PoolError::Config("a pool needs at least one worker".into()));
+        }
+        if config.workers > MAX_WORKERS {
+            return Err(PoolError::Config(format!(
+                "{} workers asked for; a pool has at most {MAX_WORKERS} (each is a process)",
+                config.workers
+            )));
         }
         if config.max_message == 0 || config.max_message > (u32::MAX as usize) - 1024 {
             return Err(PoolError::Config(

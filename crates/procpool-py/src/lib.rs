@@ -138,6 +138,8 @@ fn _serve_worker(py: Python<'_>) -> c_int {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     identity();
     m.add_class::<engine::Engine>()?;
+    // Most workers one pool may have (the engine refuses more).
+    m.add("MAX_WORKERS", procpool_engine::MAX_WORKERS)?;
     m.add_class::<run::Run>()?;
     m.add_class::<stream::Stream>()?;
     m.add_function(wrap_pyfunction!(_fork, m)?)?;

@@ -29,6 +29,17 @@ fn invalid_builder_settings_are_config_errors() {
         Pool::builder().handshake_timeout(Duration::ZERO).build(),
         "handshake_timeout(0)",
     );
+    // A mistaken huge count is refused before any process starts or memory is taken.
+    is_config(
+        Pool::builder().workers(usize::MAX).build(),
+        "workers(usize::MAX)",
+    );
+    is_config(
+        Pool::builder()
+            .workers(procpool_engine::MAX_WORKERS + 1)
+            .build(),
+        "workers(MAX_WORKERS + 1)",
+    );
 }
 
 #[test]
