@@ -4,6 +4,10 @@
 
 procpool::enable_test_support!();
 
+mod common;
+
+use common::status_kib;
+
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -21,16 +25,6 @@ fn hundred_kib(i: u64) -> Vec<u8> {
         std::thread::sleep(Duration::from_millis(1500));
     }
     vec![i as u8; 100 << 10]
-}
-
-fn status_kib(key: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .expect("a number of kB")
 }
 
 #[test]

@@ -5,6 +5,10 @@
 
 procpool::enable_test_support!();
 
+mod common;
+
+use common::status_kib;
+
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -15,16 +19,6 @@ fn sum(v: Vec<u8>) -> u64 {
         std::thread::sleep(Duration::from_millis(30));
     }
     v.iter().map(|&b| u64::from(b)).sum()
-}
-
-fn status_kib(key: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .expect("a number of kB")
 }
 
 #[test]

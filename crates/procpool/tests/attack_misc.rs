@@ -10,20 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::watchdog;
+use common::{nap, watchdog};
 use procpool::{Error, Pool, TaskErrorKind};
-
-fn nap(ms: u64) -> u64 {
-    if ms == u64::MAX {
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        }
-    }
-    if ms > 0 {
-        std::thread::sleep(Duration::from_millis(ms));
-    }
-    ms
-}
 
 #[test]
 fn a_limited_endless_task_behind_another_calls_unlimited_jobs_is_still_killed() {
@@ -135,23 +123,8 @@ fn five_mib(i: u64) -> Vec<u8> {
 fn results_larger_than_the_ring_survive_revocations_and_kills() {
     watchdog(Duration::from_secs(90), || {
         let pool = Arc::new(Pool::builder().workers(2).build().expect("build a pool"));
-        let stop = Arc::new(AtomicBool::new(false));
-        let killer = {
-            let pool = pool.clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut k = 0usize;
-                while !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(150 + (k as u64 * 37) % 90));
-                    k += 1;
-                    let pids = pool.worker_pids();
-                    if let Some(&pid) = pids.get(k % pids.len().max(1)) {
-                        // SAFETY: kill(2) on a worker of this test's own pool.
-                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                    }
-                }
-            })
-        };
+        let killer =
+            common::Killer::start(pool.clone(), |k| Duration::from_millis(150 + (k * 37) % 90));
         let n = 60u64;
         let mut ok = 0;
         for (i, r) in pool.with_chunk_size(1).imap_unordered(five_mib, 0..n) {
@@ -172,8 +145,7 @@ fn results_larger_than_the_ring_survive_revocations_and_kills() {
                 Err(e) => panic!("item {i}: {e}"),
             }
         }
-        stop.store(true, Ordering::SeqCst);
-        killer.join().expect("killer");
+        killer.stop();
         assert!(ok > n / 2, "only {ok} of {n} succeeded");
     });
 }

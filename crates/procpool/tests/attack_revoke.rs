@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{append, watchdog};
@@ -135,29 +134,8 @@ fn sigkilling_workers_while_jobs_are_taken_back_never_runs_an_item_twice_or_lose
     watchdog(Duration::from_secs(120), || {
         let dir = common::TempDir::new("attack-kill");
         let pool = Arc::new(Pool::builder().workers(2).build().expect("build a pool"));
-        let stop = Arc::new(AtomicBool::new(false));
-        let killer = {
-            let pool = pool.clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut kills = 0;
-                let mut k = 0u64;
-                while !stop.load(Ordering::SeqCst) {
-                    // Irregular intervals, so kills land at every phase of a revocation.
-                    std::thread::sleep(Duration::from_millis(23 + (k * 17) % 41));
-                    k += 1;
-                    let pids = pool.worker_pids();
-                    if let Some(&pid) = pids.get(k as usize % pids.len().max(1))
-                        && common::exists(pid)
-                    {
-                        // SAFETY: kill(2) on a worker of this test's own pool.
-                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                        kills += 1;
-                    }
-                }
-                kills
-            })
-        };
+        let killer =
+            common::Killer::start(pool.clone(), |k| Duration::from_millis(23 + (k * 17) % 41));
         for (round, chunk) in [Some(1usize), None, Some(1)].into_iter().enumerate() {
             let path = dir.file(&format!("log-{round}"));
             let n = 1200u64;
@@ -204,8 +182,7 @@ fn sigkilling_workers_while_jobs_are_taken_back_never_runs_an_item_twice_or_lose
                 "round {round}: {failed} items failed"
             );
         }
-        stop.store(true, Ordering::SeqCst);
-        let kills = killer.join().expect("killer");
+        let kills = killer.stop();
         assert!(kills > 0, "the killer never killed anything");
         assert_eq!(pool.apply(uneven, 7).expect("apply"), 40);
     });
@@ -222,31 +199,15 @@ fn with_retries_random_kills_under_stealing_still_complete_every_item() {
                 .build()
                 .expect("build a pool"),
         );
-        let stop = Arc::new(AtomicBool::new(false));
-        let killer = {
-            let pool = pool.clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut k = 0usize;
-                while !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(31 + (k as u64 * 13) % 37));
-                    k += 1;
-                    let pids = pool.worker_pids();
-                    if let Some(&pid) = pids.get(k % pids.len().max(1)) {
-                        // SAFETY: kill(2) on a worker of this test's own pool.
-                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                    }
-                }
-            })
-        };
+        let killer =
+            common::Killer::start(pool.clone(), |k| Duration::from_millis(31 + (k * 13) % 37));
         let path = dir.file("log");
         let n = 800u64;
         let out = pool
             .with_chunk_size(1)
             .map(log_sleep, (0..n).map(|i| (path.clone(), i, uneven(i))))
             .expect("with 5 retries every item completes");
-        stop.store(true, Ordering::SeqCst);
-        killer.join().expect("killer");
+        killer.stop();
         assert_eq!(
             out.iter().map(|r| r.0).collect::<Vec<_>>(),
             (0..n).collect::<Vec<_>>()
@@ -345,30 +306,14 @@ fn large_arguments_with_a_worker_killed_mid_stream_run_at_most_once_each() {
         let pool = Arc::new(Pool::builder().workers(2).build().expect("build a pool"));
         let path = dir.file("log");
         let n = 200u64;
-        let stop = Arc::new(AtomicBool::new(false));
-        let killer = {
-            let pool = pool.clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut k = 0usize;
-                while !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(47 + (k as u64 * 7) % 29));
-                    k += 1;
-                    let pids = pool.worker_pids();
-                    if let Some(&pid) = pids.get(k % pids.len().max(1)) {
-                        // SAFETY: kill(2) on a worker of this test's own pool.
-                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                    }
-                }
-            })
-        };
+        let killer =
+            common::Killer::start(pool.clone(), |k| Duration::from_millis(47 + (k * 7) % 29));
         let items = (0..n).map(|i| (path.clone(), big(i, 300 << 10)));
         let results: Vec<(usize, Result<u64, Error>)> = pool
             .with_chunk_size(1)
             .imap_unordered(check_big, items)
             .collect();
-        stop.store(true, Ordering::SeqCst);
-        killer.join().expect("killer");
+        killer.stop();
         assert_eq!(results.len(), n as usize);
         let seen = counts(&path, n as usize);
         for (i, r) in results {
@@ -553,23 +498,8 @@ fn chaos_recycling_kills_and_two_calling_threads_keep_exactly_once_and_the_quota
                 .build()
                 .expect("build a pool"),
         );
-        let stop = Arc::new(AtomicBool::new(false));
-        let killer = {
-            let pool = pool.clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut k = 0usize;
-                while !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(37 + (k as u64 * 11) % 43));
-                    k += 1;
-                    let pids = pool.worker_pids();
-                    if let Some(&pid) = pids.get(k % pids.len().max(1)) {
-                        // SAFETY: kill(2) on a worker of this test's own pool.
-                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                    }
-                }
-            })
-        };
+        let killer =
+            common::Killer::start(pool.clone(), |k| Duration::from_millis(37 + (k * 11) % 43));
         std::thread::scope(|s| {
             let hs: Vec<_> = (0..2u64)
                 .map(|t| {
@@ -630,8 +560,7 @@ fn chaos_recycling_kills_and_two_calling_threads_keep_exactly_once_and_the_quota
                 );
             }
         });
-        stop.store(true, Ordering::SeqCst);
-        killer.join().expect("killer");
+        killer.stop();
     });
 }
 

@@ -119,15 +119,7 @@ fn a_pool_with_an_initializer_keeps_both_workers_busy() {
             .expect("build a pool");
         warm(&pool);
         let items: Vec<u64> = (0..40).map(|i| if i % 3 == 0 { 60 } else { 2 }).collect();
-        for chunk in [Some(1usize), None] {
-            let t0 = now_nanos();
-            let traces = match chunk {
-                Some(c) => pool.with_chunk_size(c).map(sleep_ms, items.clone()),
-                None => pool.map(sleep_ms, items.clone()),
-            }
-            .expect("map");
-            check_work_conserving(&format!("initializer, chunk {chunk:?}"), &traces, t0);
-        }
+        common::map_conserves_work_both_ways(&pool, "initializer", &items);
     });
 }
 
@@ -137,15 +129,7 @@ fn a_one_worker_pool_never_idles_between_items() {
         let pool = Pool::builder().workers(1).build().expect("build a pool");
         warm(&pool);
         let items: Vec<u64> = (0..300).map(|i| [0, 0, 0, 20, 1][i % 5]).collect();
-        for chunk in [Some(1usize), None] {
-            let t0 = now_nanos();
-            let traces = match chunk {
-                Some(c) => pool.with_chunk_size(c).map(sleep_ms, items.clone()),
-                None => pool.map(sleep_ms, items.clone()),
-            }
-            .expect("map");
-            check_work_conserving(&format!("one worker, chunk {chunk:?}"), &traces, t0);
-        }
+        common::map_conserves_work_both_ways(&pool, "one worker", &items);
     });
 }
 
@@ -155,15 +139,7 @@ fn four_workers_on_two_cores_keep_busy_with_sleeping_tasks() {
         let pool = Pool::builder().workers(4).build().expect("build a pool");
         warm(&pool);
         let items: Vec<u64> = (0..60).map(|i| [80, 1, 1, 20, 1, 1][i % 6]).collect();
-        for chunk in [Some(1usize), None] {
-            let t0 = now_nanos();
-            let traces = match chunk {
-                Some(c) => pool.with_chunk_size(c).map(sleep_ms, items.clone()),
-                None => pool.map(sleep_ms, items.clone()),
-            }
-            .expect("map");
-            check_work_conserving(&format!("four workers, chunk {chunk:?}"), &traces, t0);
-        }
+        common::map_conserves_work_both_ways(&pool, "four workers", &items);
     });
 }
 

@@ -8,21 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::watchdog;
+use common::{nap, watchdog};
 use procpool::{Error, Pool, TaskErrorKind};
-
-/// Sleeps `ms` milliseconds (forever for `u64::MAX`).
-fn nap(ms: u64) -> u64 {
-    if ms == u64::MAX {
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        }
-    }
-    if ms > 0 {
-        std::thread::sleep(Duration::from_millis(ms));
-    }
-    ms
-}
 
 /// Many instant items, then several long ones in a row (each under the limit alone,
 /// together far over it), then instant ones again.

@@ -9,6 +9,8 @@ procpool::enable_test_support!();
 
 mod common;
 
+use common::nap;
+
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -16,11 +18,6 @@ use procpool::{Error, Pool, TaskErrorKind};
 
 fn square(x: u64) -> u64 {
     x * x
-}
-
-fn nap(ms: u64) -> u64 {
-    std::thread::sleep(Duration::from_millis(ms));
-    ms
 }
 
 /// Writes `path` after `ms` milliseconds.

@@ -3,14 +3,13 @@
 
 procpool::enable_test_support!();
 
+mod common;
+
+use common::nap;
+
 use std::time::Duration;
 
 use procpool::{Error, Pool};
-
-fn nap(ms: u64) -> u64 {
-    std::thread::sleep(Duration::from_millis(ms));
-    ms
-}
 
 fn boom(_: ()) -> u64 {
     panic!("boom")

@@ -5,28 +5,18 @@
 
 procpool::enable_test_support!();
 
+mod common;
+
 use procpool::Pool;
 
 fn kib(i: u64) -> Vec<u8> {
     vec![i as u8; 1024]
 }
 
-fn peak_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM in /proc/self/status");
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("a number of kB")
-}
-
 #[test]
 fn imap_and_imap_unordered_of_1_kib_results_keep_the_parent_small() {
     let pool = Pool::builder().workers(2).build().expect("build a pool");
-    let before = peak_kib();
+    let before = common::status_kib("VmHWM:");
     let mut bytes = 0usize;
     for r in pool.imap(kib, 0..150_000u64) {
         bytes += r.expect("item").len();
@@ -35,7 +25,7 @@ fn imap_and_imap_unordered_of_1_kib_results_keep_the_parent_small() {
         bytes += r.expect("item").len();
     }
     assert_eq!(bytes, 2 * 150_000 * 1024);
-    let grew = peak_kib().saturating_sub(before);
+    let grew = common::status_kib("VmHWM:").saturating_sub(before);
     // Each worker's results ring (4 MiB) is mapped in the parent and counts once touched;
     // the rest is what is in flight. Before bounds in bytes this grew by ~128 MiB.
     assert!(

@@ -400,3 +400,84 @@ pub(crate) fn is_init_panic(e: &procpool::PoolError, allow_broken: bool) -> bool
         _ => false,
     }
 }
+
+/// A thread that SIGKILLs the workers of `pool` in turn until stopped, sleeping
+/// `pause(k)` before the `k`-th kill (irregular pauses land kills at every phase of the
+/// pool's work).
+pub(crate) struct Killer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl Killer {
+    pub(crate) fn start(
+        pool: std::sync::Arc<procpool::Pool>,
+        pause: impl Fn(u64) -> Duration + Send + 'static,
+    ) -> Killer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut kills = 0;
+            let mut k = 0u64;
+            while !flag.load(Ordering::SeqCst) {
+                std::thread::sleep(pause(k));
+                k += 1;
+                let pids = pool.worker_pids();
+                if let Some(&pid) = pids.get(k as usize % pids.len().max(1)) {
+                    // SAFETY: kill(2) on a worker of this test's own pool; it may have
+                    // ended meanwhile (then nothing is counted).
+                    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } == 0 {
+                        kills += 1;
+                    }
+                }
+            }
+            kills
+        });
+        Killer { stop, thread }
+    }
+
+    /// Stops the thread; how many workers it killed.
+    pub(crate) fn stop(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("the killer thread")
+    }
+}
+
+/// A `kB` figure of this process from `/proc/self/status`, by its key (`"VmHWM:"`, the
+/// peak resident size; `"VmRSS:"`).
+pub(crate) fn status_kib(key: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} figure in /proc/self/status"))
+}
+
+/// A task: sleeps `ms` milliseconds (forever for `u64::MAX`) and returns `ms`.
+pub(crate) fn nap(ms: u64) -> u64 {
+    if ms == u64::MAX {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    if ms > 0 {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    ms
+}
+
+/// Maps [`sleep_ms`] over `items` with chunk size 1, then with automatic chunks, and
+/// checks each run with [`check_work_conserving`].
+pub(crate) fn map_conserves_work_both_ways(pool: &procpool::Pool, what: &str, items: &[u64]) {
+    for chunk in [Some(1usize), None] {
+        let t0 = now_nanos();
+        let traces = match chunk {
+            Some(c) => pool.with_chunk_size(c).map(sleep_ms, items.to_vec()),
+            None => pool.map(sleep_ms, items.to_vec()),
+        }
+        .expect("map");
+        check_work_conserving(&format!("{what}, chunk {chunk:?}"), &traces, t0);
+    }
+}
