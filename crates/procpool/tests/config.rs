@@ -94,3 +94,19 @@ fn a_spawn_error_keeps_the_os_error_code() {
         other => panic!("expected a spawn error, got {other:?}"),
     }
 }
+
+#[test]
+fn timeouts_too_long_for_the_clock_mean_no_limit() {
+    // `Duration::MAX` overflows `Instant`: it must wait as long as needed, never panic
+    // (in the supervisor thread, the caller, or a one-off process's join).
+    let pool = Pool::builder()
+        .workers(1)
+        .handshake_timeout(Duration::MAX)
+        .build()
+        .expect("build a pool");
+    assert_eq!(pool.map(double, 0..4u64).expect("map"), vec![0, 2, 4, 6]);
+    let mut h = pool.spawn(double, 21).expect("spawn");
+    assert_eq!(h.join_timeout(Duration::MAX).expect("join"), 42);
+    let mut p = procpool::spawn(double, 5).expect("a one-off process");
+    assert_eq!(p.join_timeout(Duration::MAX).expect("join"), 10);
+}
