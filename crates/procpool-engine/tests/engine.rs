@@ -31,14 +31,11 @@ impl Runner for Bytes {
 }
 
 fn job(func: &str, payload: &[u8], index: u64) -> Job {
-    Job {
-        func: Arc::from(func.as_bytes()),
-        payload: Arc::new(payload.to_vec()),
+    Job::new(
+        Arc::from(func.as_bytes()),
+        Arc::new(payload.to_vec()),
         index,
-        weight: 1,
-        timeout: None,
-        fds: None,
-    }
+    )
 }
 
 fn engine() -> Engine {

@@ -84,14 +84,11 @@ fn config(launcher: Arc<dyn Launcher>) -> EngineConfig {
 }
 
 fn job(func: &str, payload: &[u8], index: u64) -> Job {
-    Job {
-        func: Arc::from(func.as_bytes()),
-        payload: Arc::new(payload.to_vec()),
+    Job::new(
+        Arc::from(func.as_bytes()),
+        Arc::new(payload.to_vec()),
         index,
-        weight: 1,
-        timeout: None,
-        fds: None,
-    }
+    )
 }
 
 fn launched_workers_run_jobs_as_session_leaders() {
