@@ -19,9 +19,9 @@ use super::frame::{
 use super::iter::{Iter, TryIter};
 use super::sys::{self, Received, Sent};
 use crate::codec::Value;
-use crate::format::{self, Codec};
+use crate::codec::format::{self, Codec};
+use crate::codec::roundtrip::{self, Refusal};
 use crate::passfd;
-use crate::roundtrip::{self, Refusal};
 
 thread_local! {
     /// Where a thread encodes the messages it sends (kept between sends when small).

@@ -29,7 +29,7 @@ use std::os::fd::OwnedFd;
 
 use super::sys;
 use crate::codec::Value;
-use crate::format::{self, Codec};
+use crate::codec::format::{self, Codec};
 use crate::passfd;
 
 /// The first byte of a packet that carries its payload.

@@ -1,5 +1,10 @@
-//! Encoding values with postcard, with fast paths that write the very same bytes (the
-//! codec to choose is in [`format`](crate::format)).
+//! How values travel between processes: encoded by the codec chosen per pool or call
+//! ([`format`](mod@format): postcard or MessagePack), checked once per type to survive the trip
+//! ([`roundtrip`]), with a field postcard would skip refused ([`strict`]) and the text of
+//! a custom error kept where postcard drops it ([`probe`], [`deprobe`]).
+//!
+//! This module holds [`Value`] and the postcard fast paths, which write the very same
+//! bytes as postcard.
 //!
 //! postcard encodes a `Vec<u8>` as a varint length followed by the bytes, but serde hands
 //! it over one byte at a time, which runs at about 1 GB/s each way; a plain number costs a
@@ -7,6 +12,12 @@
 //! numbers this module writes and reads postcard's encoding directly (one copy for
 //! bytes), so bulk data moves at memory speed and small numbers cost nanoseconds. Every
 //! other type goes through postcard unchanged.
+
+mod deprobe;
+pub(crate) mod format;
+mod probe;
+pub(crate) mod roundtrip;
+mod strict;
 
 use std::any::{Any, TypeId};
 
@@ -53,7 +64,7 @@ pub trait Value: Serialize + DeserializeOwned + 'static {}
 impl<T: Serialize + DeserializeOwned + 'static> Value for T {}
 
 /// Appends the encoding of `v` to `buf`; on error `buf` is left as it was. A field left
-/// out by `skip_serializing_if` is an error (see [`strict`](crate::strict)).
+/// out by `skip_serializing_if` is an error (see [`strict`]).
 #[inline]
 pub(crate) fn append<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
@@ -64,7 +75,7 @@ pub(crate) fn append<T: Serialize + ?Sized>(
         let mut ser = postcard::Serializer {
             output: Appender(buf),
         };
-        crate::strict::serialize(v, &mut ser)
+        crate::codec::strict::serialize(v, &mut ser)
     };
     if r.is_err() {
         buf.truncate(mark);
@@ -215,7 +226,7 @@ pub(crate) fn append_value<T: Value>(buf: &mut Vec<u8>, v: &T) -> Result<(), pos
 pub(crate) fn explain<T: Serialize + ?Sized>(e: &postcard::Error, v: &T) -> String {
     match e {
         postcard::Error::SerdeSerCustom => {
-            crate::probe::custom_message(v).unwrap_or_else(|| e.to_string())
+            crate::codec::probe::custom_message(v).unwrap_or_else(|| e.to_string())
         }
         postcard::Error::SerializeSeqLengthUnknown => format!(
             "{e}: `{}` writes a map or sequence without saying its length first, as \
@@ -233,7 +244,7 @@ pub(crate) fn explain<T: Serialize + ?Sized>(e: &postcard::Error, v: &T) -> Stri
 pub(crate) fn explain_de<T: DeserializeOwned>(e: &postcard::Error, bytes: &[u8]) -> String {
     match e {
         postcard::Error::SerdeDeCustom => {
-            crate::deprobe::custom_message::<T>(bytes).unwrap_or_else(|| e.to_string())
+            crate::codec::deprobe::custom_message::<T>(bytes).unwrap_or_else(|| e.to_string())
         }
         postcard::Error::WontImplement => format!(
             "`{}` needs a self-describing format (its Deserialize calls deserialize_any, as \
