@@ -314,8 +314,9 @@ pub(crate) fn take_value<T: Value>(bytes: &[u8]) -> Result<(T, &[u8]), postcard:
     postcard::take_from_bytes(bytes)
 }
 
+/// Appends the postcard varint of `v` to `buf` (at most 10 bytes).
 #[inline(always)]
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.reserve(10);
     let len = buf.len();
     let spare = buf.spare_capacity_mut();
@@ -330,9 +331,10 @@ fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     unsafe { buf.set_len(len + n + 1) };
 }
 
-/// Reads a varint no larger than `max`.
+/// Reads a postcard varint no larger than `max` from the start of `bytes`: its value and
+/// the bytes after it.
 #[inline(always)]
-fn take_varint(bytes: &[u8], max: u64) -> Result<(u64, &[u8]), postcard::Error> {
+pub(crate) fn take_varint(bytes: &[u8], max: u64) -> Result<(u64, &[u8]), postcard::Error> {
     let mut v: u64 = 0;
     for (i, &b) in bytes.iter().enumerate().take(10) {
         let part = u64::from(b & 0x7f);
@@ -432,6 +434,18 @@ mod tests {
         check(&[0isize, isize::MIN]);
         check(&[0.0f64, -1.5, f64::MAX]);
         check(&[0.0f32, 3.25]);
+    }
+
+    #[test]
+    fn varints_match_postcard() {
+        for v in [0u64, 1, 127, 128, 300, 1 << 20, u64::MAX] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            assert_eq!(b, postcard::to_allocvec(&v).unwrap());
+            assert_eq!(take_varint(&b, u64::MAX).ok(), Some((v, &[][..])));
+        }
+        assert!(take_varint(&[0x80], u64::MAX).is_err());
+        assert!(take_varint(&[0xff; 10], u64::MAX).is_err());
     }
 
     #[test]
