@@ -32,6 +32,7 @@ mod feed;
 mod identity;
 mod oneoff;
 mod pool;
+mod prepare;
 mod process;
 mod progress;
 mod remote;
@@ -50,7 +51,10 @@ pub use feed::{
 };
 pub use identity::{WorkerInfo, current_worker};
 pub use oneoff::{JoinError, OneOff};
-pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig, MAX_WORKERS, Stopper};
+pub use pool::{
+    DEFAULT_MAX_MESSAGE, DEFAULT_PREPARE_ALLOWANCE, Engine, EngineConfig, MAX_WORKERS, Stopper,
+};
+pub use prepare::{Preparing, preparing};
 pub use process::Launcher;
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};
 pub use remote::{PREFETCH_BELOW, PREFETCH_WORK, Remote, RemoteDone, RemoteJob};

@@ -92,6 +92,22 @@ impl Backing {
     }
 }
 
+/// `bytes` for people: "512 B", "12.0 MB", "1.5 GB" (powers of 1000, as `ls -h --si`).
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 /// A process-unique, hard-to-collide id for a new value (random start, then counting).
 fn next_id() -> u64 {
     static SEED: OnceLock<u64> = OnceLock::new();

@@ -169,6 +169,8 @@ impl<'de, T: Value + Send + Sync> serde::Deserialize<'de> for Shared<T> {
             ))
         })?;
         let inner = cache::get_or_make(arrived, |backing| {
+            // Not the task's time: the parent counts it apart (see `shared_decode_timeout`).
+            let _decoding = procpool_engine::preparing(&describe::<T>(backing.len));
             let map = procpool_engine::shm::Mapping::read_only(
                 std::os::fd::AsFd::as_fd(&backing.memfd),
                 backing.len,
@@ -177,7 +179,7 @@ impl<'de, T: Value + Send + Sync> serde::Deserialize<'de> for Shared<T> {
             // SAFETY: `len` readable bytes of a sealed memfd: they never change.
             let bytes = unsafe { std::slice::from_raw_parts(map.as_ptr(), map.len()) };
             let value = format::decode::<T>(codec, bytes)
-                .map_err(|m| format!("a shared value could not be deserialized: {m}"))?;
+                .map_err(|m| format!("{} failed: {m}", describe::<T>(backing.len)))?;
             // The decoded value needs the mapping no more.
             drop(map);
             Ok(Inner {
@@ -189,4 +191,32 @@ impl<'de, T: Value + Send + Sync> serde::Deserialize<'de> for Shared<T> {
         .map_err(D::Error::custom)?;
         Ok(Shared { inner })
     }
+}
+
+/// What decoding a value of `len` encoded bytes is, for errors: "decoding the shared
+/// value `Vec<u64>` of 12.0 MB (encoded)".
+fn describe<T>(len: usize) -> String {
+    format!(
+        "decoding the shared value `{}` of {} (encoded)",
+        short_type_name::<T>(),
+        super::human_bytes(len as u64)
+    )
+}
+
+/// A type's name without module paths: `alloc::vec::Vec<u64>` → `Vec<u64>`.
+fn short_type_name<T>() -> String {
+    let full = std::any::type_name::<T>();
+    let mut out = String::with_capacity(full.len());
+    let mut word = String::new();
+    for c in full.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            word.push(c);
+        } else {
+            out.push_str(word.rsplit("::").next().unwrap_or(&word));
+            word.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(word.rsplit("::").next().unwrap_or(&word));
+    out
 }
