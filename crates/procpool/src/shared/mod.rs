@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 pub use array::{Element, SharedArray};
 pub(crate) use cache::sweep;
-pub use cache::{CACHE_BYTES, CACHE_ENTRIES};
+pub use cache::{CACHE_BYTES, CACHE_ENTRIES, cache_bytes, cached, set_cache_bytes};
 pub use slice::SharedSlice;
 pub use value::Shared;
 
