@@ -167,9 +167,11 @@ pub mod fuzzing {
         }
         type Fuzzed = (u64, String, Vec<u8>, Option<super::Receiver<u8>>);
         let r = if as_bytes {
-            super::frame::open::<Vec<u8>>(packet, false, fds, false).map(|v| format!("{v:?}"))
+            super::frame::open::<Vec<u8>>(packet, false, fds, false, 1 << 20)
+                .map(|v| format!("{v:?}"))
         } else {
-            super::frame::open::<Fuzzed>(packet, false, fds, false).map(|v| format!("{v:?}"))
+            super::frame::open::<Fuzzed>(packet, false, fds, false, 1 << 20)
+                .map(|v| format!("{v:?}"))
         };
         r.map_err(|e| match e {
             Ok(m) | Err(m) => m,
