@@ -24,6 +24,8 @@ fn send_raw(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
         iov_base: bytes.as_ptr() as *mut _,
         iov_len: bytes.len(),
     };
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
     let space = unsafe { libc::CMSG_SPACE((raw.len() * 4) as u32) } as usize;
     let mut control = vec![0u8; space.max(1)];
     // SAFETY: a msghdr over live buffers; the control buffer is sized by CMSG_SPACE.
