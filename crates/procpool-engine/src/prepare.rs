@@ -195,7 +195,7 @@ pub(crate) fn judge(ran: Duration, limit: Duration, prep: Duration, allowance: D
         return Judged::TaskOver(task);
     }
     // The task's time and the preparation's can each grow at most as fast as the clock.
-    let next = (limit - task).min(allowance - prep + Duration::from_millis(1));
+    let next = (limit - task).min((allowance - prep).saturating_add(Duration::from_millis(1)));
     Judged::Within(next)
 }
 
@@ -230,6 +230,11 @@ mod tests {
         assert_eq!(
             judge(100 * MS, 100 * MS, Duration::ZERO, 1000 * MS),
             Judged::TaskOver(100 * MS)
+        );
+        // An allowance too long for the clock is no bound, never an overflow.
+        assert_eq!(
+            judge(300 * MS, 100 * MS, 250 * MS, Duration::MAX),
+            Judged::Within(50 * MS)
         );
         // No allowance: decoding is the task's time.
         assert_eq!(
