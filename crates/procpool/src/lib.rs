@@ -60,7 +60,10 @@
 //! # Timeouts
 //! [`Builder::timeout`] and [`Pool::with_timeout`] set a time limit per task. A task past
 //! it has its worker killed and replaced — this works for code stuck in a loop or a
-//! system call, which a thread could never stop.
+//! system call, which a thread could never stop. A worker decoding a [`Shared`] value for
+//! the first time does not spend the task's time: that has an allowance of its own
+//! ([`Builder::shared_decode_timeout`], 30 s by default), so a task is killed at the
+//! latest its limit plus that allowance after it is due.
 //!
 //! # Processes a task starts
 //! Each worker leads a session and process group of its own, without a controlling
@@ -122,6 +125,8 @@
 //! `Builder::mpi` runs its tasks on the agents' workers, with the same `map`, `imap`,
 //! `imap_unordered`, `apply`, `spawn`, time limits, retries, cancelling and errors.
 //! Outside an MPI job (or in a job of one rank) `mpi()` gives a local pool.
+//! Open MPI's `mpirun` wants `--oversubscribe` to start more ranks than the host has
+//! cores, and `--allow-run-as-root` to run as root.
 //!
 //! ```no_run
 //! # #[cfg(feature = "mpi")]
@@ -185,24 +190,17 @@ mod awaiting;
 mod bar;
 mod channel;
 mod codec;
-mod deprobe;
 mod error;
-mod format;
-mod func;
 mod handle;
-mod items;
 mod iter;
+mod job;
 #[cfg(feature = "mpi")]
 mod mpi;
-mod outcome;
 mod passfd;
 mod pool;
-mod probe;
 mod process;
 mod progress;
-mod roundtrip;
 pub mod shared;
-mod strict;
 
 pub use awaiting::{AsCompleted, as_completed, block_on, wait_any};
 #[cfg(feature = "futures")]
@@ -214,8 +212,8 @@ pub use channel::{
     TryIter, TryRecvError, TrySendError, bounded, channel,
 };
 pub use codec::Value;
+pub use codec::format::Codec;
 pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKind, WaitError};
-pub use format::Codec;
 pub use handle::TaskHandle;
 pub use iter::{Imap, ImapUnordered};
 #[cfg(feature = "mpi")]
@@ -237,7 +235,7 @@ pub use shared::{Element, Shared, SharedArray, SharedError, SharedSlice};
 /// initializes MPI; on ranks other than 0 it then serves as a node agent and exits
 /// without returning (see [Across hosts](crate#across-hosts-mpi)).
 pub fn init() {
-    procpool_engine::serve_if_worker(func::FnRunner::default);
+    procpool_engine::serve_if_worker(job::func::FnRunner::default);
     #[cfg(feature = "mpi")]
     mpi::init();
 }
