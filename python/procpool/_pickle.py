@@ -116,12 +116,6 @@ def dumps_items(items: list, big: bool):
     return None, 0, first
 
 
-def split_items(data, bufs) -> list:
-    """The items of a chunk's pickle, each pickled alone as a chunk of one:
-    ``[(pickle, buffers), ...]`` (to run them again one by one)."""
-    return [dumps([_wrap_big(x)]) for x in pickle.loads(data, buffers=bufs)]
-
-
 def dumps_plain(items: list):
     """Pickles a chunk of plain items (numbers, strings, small bytes, tuples of them)."""
     return pickle.dumps(items, protocol=5), ()
