@@ -1,7 +1,10 @@
 """The worker side (private): runs a job's items in a worker process.
 
 Called by ``procpool._core`` for each job, with the function already unpickled (and
-cached by its bytes). Each item's exception is caught and reported for that item alone.
+cached by its bytes). A chunk's items are run by ``procpool._core`` itself, one by one,
+each item's outcome recorded as it finishes (so that a worker dying inside a chunk costs
+the parent that item alone); this module unpickles them and makes the records that are
+pickles. Each item's exception is caught and reported for that item alone.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import sys
 from ._pickle import CALL, CHUNK, INIT, SPLIT, encode_results, remote_error
 
 
-def run(func, kind: int, star: bool, count: int, data, bufs):
-    """Runs one job; returns ``(result kind, pickle bytes, buffers)``.
+def run(func, kind: int, star: bool, count: int, skip: int, data, bufs):
+    """Runs one job; returns ``(result kind, pickle bytes, buffers)``, or, for a chunk,
+    the list of its ``count`` arguments (after the ``skip`` first of the pickled list),
+    for the caller to run.
 
     An ``INIT`` job (the pool's initializer) lets its exception through: the worker is
     of no use and the pool counts a failed start.
@@ -46,33 +51,24 @@ def run(func, kind: int, star: bool, count: int, data, bufs):
             return encode_results([func(*args, **kwds)], None)
         except Exception as e:
             return encode_results([None], {0: remote_error(e)})
-    results = []
-    errors = None
-    append = results.append
-    if star:
-        for i, x in enumerate(arg):
-            try:
-                append(func(*x))
-            except Exception as e:
-                if errors is None:
-                    errors = {}
-                errors[i] = remote_error(e)
-                append(None)
-    else:
-        try:
-            # The fast path: no item fails.
-            for x in arg:
-                append(func(x))
-        except Exception as e:
-            errors = {len(results): remote_error(e)}
-            append(None)
-            for i in range(len(results), len(arg)):
-                try:
-                    append(func(arg[i]))
-                except Exception as e:
-                    errors[i] = remote_error(e)
-                    append(None)
-    return encode_results(results, errors)
+    if type(arg) is not list or len(arg) < skip + count:
+        e = pickle.UnpicklingError(
+            f"a chunk of {count} items after {skip} held "
+            f"{len(arg) if type(arg) is list else type(arg).__name__}"
+        )
+        blob = remote_error(e)
+        return encode_results([None] * count, {i: blob for i in range(count)})
+    return arg[skip : skip + count] if len(arg) != count else arg
+
+
+def item_value(r):
+    """The ``(kind, pickle, buffers)`` of one item's result (a one-item list)."""
+    return encode_results([r], None)
+
+
+def item_error(e: Exception):
+    """The ``(kind, pickle, buffers)`` of one item's failure."""
+    return encode_results([None], {0: remote_error(e)})
 
 
 def flush() -> None:

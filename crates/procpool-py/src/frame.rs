@@ -6,6 +6,9 @@
 //! 1      flags (bit 0: call each item with `func(*item)`)
 //! 4..8   items in the job (u32 LE)
 //! 8..12  out-of-band buffers (u32 LE)
+//! 12..16 payload of a chunk: items of the pickled list to skip (u32 LE; the job runs
+//!        the `count` items after them: the items a dead worker had not started, cut
+//!        from its chunk's payload at the byte level)
 //! 16..24 pickle length (u64 LE)
 //! then one u64 LE length per buffer, the pickle, the buffers
 //! ```
@@ -14,7 +17,21 @@
 //! (large `bytes` items go out of band): the receiver rebuilds it as `bytes` straight
 //! from the frame, one copy, instead of a `bytearray` that `bytes()` would copy again.
 //!
-//! A worker's result is untrusted input: [`Frame::parse`] checks every length.
+//! A chunk's result (kind [`ITEMS`]) is that header (no pickle, no buffers; its count is
+//! the items the worker ran: fewer than the job's when it stopped early) followed by one
+//! record per item, appended as each item finishes, so that the records of the items a
+//! worker finished before it died can be read (see `procpool_engine::items_finished`):
+//!
+//! ```text
+//! tag 0 None, 1 True, 2 False (nothing follows)
+//! tag 3 int (i64 LE), 4 float (f64 LE)
+//! tag 5 str (u32 LE length, UTF-8), 6 bytes (u32 LE length, the bytes)
+//! tag 7 anything else, or a failure: u64 LE length, then a frame of one item (kind
+//!       all ok or mixed: a pickle of a one-item list, and its out-of-band buffers)
+//! ```
+//!
+//! A worker's result is untrusted input: [`Frame::parse`] and [`records`] check every
+//! length.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList};
@@ -27,6 +44,20 @@ const HEAD: usize = 24;
 const BYTES: u64 = 1 << 63;
 /// Flag: star call.
 pub(crate) const STAR: u8 = 1;
+/// Payload kind of a chunk of items.
+pub(crate) const CHUNK: u8 = 0;
+/// Result kind: one record per item (see the module's text).
+pub(crate) const ITEMS: u8 = 3;
+
+/// Record tags of an [`ITEMS`] result.
+pub(crate) const T_NONE: u8 = 0;
+pub(crate) const T_TRUE: u8 = 1;
+pub(crate) const T_FALSE: u8 = 2;
+pub(crate) const T_INT: u8 = 3;
+pub(crate) const T_FLOAT: u8 = 4;
+pub(crate) const T_STR: u8 = 5;
+pub(crate) const T_BYTES: u8 = 6;
+pub(crate) const T_FRAME: u8 = 7;
 
 /// A parsed frame, borrowing its bytes.
 #[derive(Debug)]
@@ -34,6 +65,8 @@ pub(crate) struct Frame<'a> {
     pub(crate) kind: u8,
     pub(crate) flags: u8,
     pub(crate) count: u32,
+    /// Items of a chunk's pickled list to skip.
+    pub(crate) skip: u32,
     pub(crate) pickle: &'a [u8],
     pub(crate) bufs: Vec<(&'a [u8], bool)>,
 }
@@ -75,6 +108,7 @@ impl<'a> Frame<'a> {
             kind: b[0],
             flags: b[1],
             count: u32_at(4),
+            skip: u32_at(12),
             pickle,
             bufs,
         })
@@ -146,6 +180,107 @@ pub(crate) fn encode(
     Ok(())
 }
 
+/// Writes the header of an [`ITEMS`] result of `count` items into `out` (empty).
+pub(crate) fn begin_items(out: &mut Vec<u8>, count: u32) {
+    out.extend_from_slice(&[ITEMS, 0, 0, 0]);
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&[0; HEAD - 8]);
+}
+
+/// Sets the item count of an [`ITEMS`] result's header (the worker stopped early).
+pub(crate) fn set_items(out: &mut [u8], count: u32) {
+    out[4..8].copy_from_slice(&count.to_le_bytes());
+}
+
+/// The item count an [`ITEMS`] result's header gives, if `b` is one.
+pub(crate) fn items_count(b: &[u8]) -> Option<u32> {
+    (b.len() >= HEAD && b[0] == ITEMS)
+        .then(|| u32::from_le_bytes(b[4..8].try_into().expect("4 bytes")))
+}
+
+/// One item's record of an [`ITEMS`] result.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Record<'a> {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(&'a str),
+    Bytes(&'a [u8]),
+    Frame(&'a [u8]),
+}
+
+/// The records of an [`ITEMS`] result `b`; `Err` says what is wrong with it.
+pub(crate) fn records(b: &[u8]) -> Result<Vec<Record<'_>>, String> {
+    let bad = |what: &str| format!("malformed item records ({} bytes): {what}", b.len());
+    if items_count(b).is_none() {
+        return Err(bad("not an items result"));
+    }
+    let mut rest = &b[HEAD..];
+    let mut out = Vec::new();
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        (n <= rest.len()).then(|| {
+            let (a, b) = rest.split_at(n);
+            *rest = b;
+            a
+        })
+    }
+    while let Some((&tag, after)) = rest.split_first() {
+        rest = after;
+        let short = || bad("a record past its end");
+        let r = match tag {
+            T_NONE => Record::None,
+            T_TRUE => Record::Bool(true),
+            T_FALSE => Record::Bool(false),
+            T_INT | T_FLOAT => {
+                let v: [u8; 8] = take(&mut rest, 8).ok_or_else(short)?.try_into().expect("8");
+                if tag == T_INT {
+                    Record::Int(i64::from_le_bytes(v))
+                } else {
+                    Record::Float(f64::from_le_bytes(v))
+                }
+            }
+            T_STR | T_BYTES => {
+                let n = take(&mut rest, 4).ok_or_else(short)?;
+                let n = u32::from_le_bytes(n.try_into().expect("4")) as usize;
+                let v = take(&mut rest, n).ok_or_else(short)?;
+                if tag == T_STR {
+                    Record::Str(std::str::from_utf8(v).map_err(|_| bad("a string not UTF-8"))?)
+                } else {
+                    Record::Bytes(v)
+                }
+            }
+            T_FRAME => {
+                let n = take(&mut rest, 8).ok_or_else(short)?;
+                let n = usize::try_from(u64::from_le_bytes(n.try_into().expect("8")))
+                    .map_err(|_| short())?;
+                Record::Frame(take(&mut rest, n).ok_or_else(short)?)
+            }
+            _ => return Err(bad("an unknown record tag")),
+        };
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// The payload of items `from..from + count` of a chunk's `payload`, cut at the byte
+/// level (the same pickle and buffers, more items skipped): `None` if it is not a chunk's
+/// payload or has fewer items.
+pub(crate) fn split_chunk(payload: &[u8], from: u32, count: u32) -> Option<Vec<u8>> {
+    if payload.len() < HEAD || payload[0] != CHUNK {
+        return None;
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(payload[i..i + 4].try_into().expect("4 bytes"));
+    let (items, skip) = (u32_at(4), u32_at(12));
+    if from.checked_add(count)? > items {
+        return None;
+    }
+    let mut out = payload.to_vec();
+    out[4..8].copy_from_slice(&count.to_le_bytes());
+    out[12..16].copy_from_slice(&skip.checked_add(from)?.to_le_bytes());
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +316,57 @@ mod tests {
         assert_eq!(
             f.bufs,
             vec![(&b"abc"[..], false), (&b""[..], true), (&b"zz"[..], true)]
+        );
+    }
+
+    #[test]
+    fn item_records_read_back_and_cut_ones_refused() {
+        let mut b = Vec::new();
+        begin_items(&mut b, 3);
+        b.push(T_INT);
+        b.extend_from_slice(&(-5i64).to_le_bytes());
+        b.push(T_STR);
+        b.extend_from_slice(&2u32.to_le_bytes());
+        b.extend_from_slice(b"hi");
+        b.push(T_FRAME);
+        b.extend_from_slice(&3u64.to_le_bytes());
+        b.extend_from_slice(b"abc");
+        assert_eq!(items_count(&b), Some(3));
+        assert_eq!(
+            records(&b).unwrap(),
+            vec![Record::Int(-5), Record::Str("hi"), Record::Frame(b"abc")]
+        );
+        let whole = records(&b).unwrap().len();
+        for cut in HEAD..b.len() {
+            // A cut inside a record is refused; at a record's end, fewer records.
+            if let Ok(r) = records(&b[..cut]) {
+                assert!(r.len() < whole, "cut at {cut}");
+            }
+        }
+        b.push(99);
+        assert!(records(&b).is_err());
+        assert!(records(&b[..HEAD - 1]).is_err());
+    }
+
+    #[test]
+    fn chunks_are_cut_by_skipping_items() {
+        let p = frame(CHUNK, 5, b"pickle", &[(b"abc", false)]);
+        let q = split_chunk(&p, 2, 3).unwrap();
+        let f = Frame::parse(&q).unwrap();
+        assert_eq!((f.count, f.skip, f.pickle), (3, 2, &b"pickle"[..]));
+        let r = split_chunk(&q, 1, 1).unwrap();
+        assert_eq!(
+            (
+                Frame::parse(&r).unwrap().count,
+                Frame::parse(&r).unwrap().skip
+            ),
+            (1, 3)
+        );
+        assert_eq!(split_chunk(&q, 1, 3), None, "past its items");
+        assert_eq!(
+            split_chunk(&frame(1, 5, b"", &[]), 0, 1),
+            None,
+            "not a chunk"
         );
     }
 

@@ -9,7 +9,7 @@ use procpool_engine::Recorder;
 use procpool_engine::{Feed, Limits, Piece, Pulled, RecvError, Reorder, Source, TaskErrorKind};
 use pyo3::exceptions::{PyException, PyStopIteration, PyTimeoutError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyIterator, PyList, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyIterator, PyList, PyString, PyTuple};
 
 use crate::errors;
 use crate::frame::{self, Frame, STAR};
@@ -18,8 +18,7 @@ use crate::py;
 /// How often a blocked caller looks for Ctrl-C (and for a cancel from another thread).
 pub(crate) const POLL: Duration = Duration::from_millis(50);
 
-/// Payload kind of a chunk of items.
-const CHUNK: u8 = 0;
+use crate::frame::CHUNK;
 /// Result kind: the worker could not rebuild the chunk's argument (`_pickle.SPLIT`).
 const SPLIT: u8 = 2;
 
@@ -66,6 +65,10 @@ impl Source for PySource {
             }
             None => (0, None),
         }
+    }
+
+    fn split(&self, payload: &[u8], from: u32, count: u32) -> Option<Vec<u8>> {
+        frame::split_chunk(payload, from, count)
     }
 }
 
@@ -515,13 +518,46 @@ pub(crate) fn pump(state: &Mutex<State>) {
     }
 }
 
-/// A chunk whose worker died (or that ran past its time limit), or whose argument the
-/// worker could not rebuild, is sent again item by item, so that only the item at fault
-/// fails: its piece is used up here (`None`). The items, pickled anew from the objects
-/// the parent holds (never by unpickling what was sent), go out one per job; after a
-/// death, those that ran before it in the chunk run again. Any other piece is given back.
-fn split_if_died(st: &mut State, p: Piece) -> Option<Piece> {
-    let kept = lock(&st.feed.source().kept).remove(&p.start);
+/// A chunk whose worker died (or that ran past its time limit) before it recorded any
+/// item (see `procpool_engine::items_finished`: with a record, the feed has already
+/// delivered the finished items, failed the running one alone and sent the others
+/// again), or whose argument the worker could not rebuild, is sent again item by item, so
+/// that only the item at fault fails: its piece is used up here (`None`). The items,
+/// pickled anew from the objects the parent holds (never by unpickling what was sent), go
+/// out one per job. A chunk whose worker stopped early (its results outgrew what the
+/// engine records) is cut: the items it ran make the piece, the others are sent again.
+/// Any other piece is given back.
+fn split_if_died(st: &mut State, mut p: Piece) -> Option<Piece> {
+    let kept = {
+        let mut kept = lock(&st.feed.source().kept);
+        let mut items = kept.remove(&p.start);
+        // Part of a chunk (its items finished before a death, or the one running then):
+        // the rest of its items stay kept, for the part sent again.
+        if let Some(all) = &mut items
+            && all.len() > p.count as usize
+        {
+            let rest = all.split_off(p.count as usize);
+            kept.insert(p.start + u64::from(p.count), rest);
+        }
+        items
+    };
+    if let Ok(b) = &p.done.outcome
+        && let Some(ran) = frame::items_count(b)
+        && ran < p.count
+        && let Some(payload) = &p.payload
+        && let Some(part) = frame::split_chunk(payload, ran, p.count - ran)
+    {
+        let (start, rest) = (p.start + u64::from(ran), p.count - ran);
+        if let Some(mut items) = kept
+            && items.len() == p.count as usize
+        {
+            let others = items.split_off(ran as usize);
+            lock(&st.feed.source().kept).insert(start, others);
+        }
+        st.feed.resubmit_with_fds(start, rest, part, p.fds.clone());
+        p.count = ran;
+        return Some(p);
+    }
     let died = matches!(
         &p.done.outcome,
         Err(e) if matches!(
@@ -674,6 +710,12 @@ pub(crate) fn decode_result(
         }
         Ok((Ready::Many(list.unbind(), 0), count as usize))
     };
+    if frame::items_count(bytes).is_some() {
+        return match decode_items(py, start, count, bytes)? {
+            Ok(r) => Ok(r),
+            Err(m) => bad(m),
+        };
+    }
     let f = match Frame::parse(bytes) {
         Ok(f) => f,
         Err(m) => return bad(m),
@@ -712,6 +754,96 @@ pub(crate) fn decode_result(
         })
         .count();
     Ok((Ready::Many(list.unbind(), 0), failed))
+}
+
+/// A chunk's per-item records (see `frame`) as outcomes, and how many of its items
+/// failed; `Err` says why they cannot be read.
+fn decode_items(
+    py: Python<'_>,
+    start: u64,
+    count: u32,
+    bytes: &[u8],
+) -> PyResult<Result<(Ready, usize), String>> {
+    use frame::Record;
+    let records = match frame::records(bytes) {
+        Ok(r) => r,
+        Err(m) => return Ok(Err(m)),
+    };
+    if records.len() != count as usize {
+        return Ok(Err(format!("{} outcomes for {count} items", records.len())));
+    }
+    let values = PyList::empty(py);
+    // `(index, ok, value)` for each item, once one failed.
+    let mut tuples: Option<Bound<'_, PyList>> = None;
+    let mut failed = 0;
+    for (i, r) in records.into_iter().enumerate() {
+        let index = start + i as u64;
+        let (ok, v) = match r {
+            Record::None => (true, py.None().into_bound(py)),
+            Record::Bool(b) => (true, PyBool::new(py, b).to_owned().into_any()),
+            Record::Int(n) => (true, n.into_pyobject(py)?.into_any()),
+            Record::Float(x) => (true, x.into_pyobject(py)?.into_any()),
+            Record::Str(s) => (true, PyString::new(py, s).into_any()),
+            Record::Bytes(b) => (true, PyBytes::new(py, b).into_any()),
+            Record::Frame(b) => match one_framed(py, index, b)? {
+                Ok(x) => x,
+                Err(m) => return Ok(Err(m)),
+            },
+        };
+        if !ok && tuples.is_none() {
+            let list = PyList::empty(py);
+            for (j, v) in values.iter().enumerate() {
+                let t = (start + j as u64, true, v);
+                list.append(t)?;
+            }
+            tuples = Some(list);
+        }
+        failed += usize::from(!ok);
+        match &tuples {
+            Some(list) => list.append((index, ok, v))?,
+            None => values.append(v)?,
+        }
+    }
+    Ok(Ok(match tuples {
+        Some(list) => (Ready::Many(list.unbind(), 0), failed),
+        None => (
+            Ready::Values {
+                start,
+                values: values.unbind(),
+                pos: 0,
+            },
+            0,
+        ),
+    }))
+}
+
+/// The outcome `(ok, value)` of item `index` from a frame of that item alone.
+fn one_framed<'py>(
+    py: Python<'py>,
+    index: u64,
+    b: &[u8],
+) -> PyResult<Result<(bool, Bound<'py, PyAny>), String>> {
+    let f = match Frame::parse(b) {
+        Ok(f) => f,
+        Err(m) => return Ok(Err(m)),
+    };
+    let mv = py::memoryview(py, f.pickle)?;
+    let r = py::helper(py, "_pickle", "decode_results")
+        .and_then(|d| d.call1((index, f.kind, &mv, f.py_bufs(py))));
+    py::release(&mv);
+    let got = r.and_then(|r| {
+        let (all_ok, list): (bool, Bound<'_, PyList>) = r.extract()?;
+        if list.len() != 1 {
+            return Ok(Err(format!("{} outcomes for one item", list.len())));
+        }
+        let x = list.get_item(0)?;
+        if all_ok {
+            return Ok(Ok((true, x)));
+        }
+        let (_, ok, v): (u64, bool, Bound<'_, PyAny>) = x.extract()?;
+        Ok(Ok((ok, v)))
+    });
+    Ok(got.unwrap_or_else(|e| Err(e.to_string())))
 }
 
 #[pymethods]

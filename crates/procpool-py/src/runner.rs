@@ -3,7 +3,7 @@
 use procpool_engine::{Failure, Runner};
 use pyo3::exceptions::{PyException, PySystemExit};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 use crate::frame::{self, Frame, STAR};
 use crate::py;
@@ -34,15 +34,20 @@ impl PyRunner {
     ) -> Result<(), Failure> {
         let f = Frame::parse(payload).map_err(|message| Failure::Codec { message })?;
         let init = f.kind == INIT;
-        let r = match self.function(py, func) {
-            Ok(callable) => self.call(py, callable, &f),
+        let func = self.function(py, func);
+        let r = match &func {
+            Ok(callable) => self.call(py, callable.clone_ref(py), &f),
             Err(e) if !init => py::helper(py, "_worker", "fail_all")
-                .and_then(|h| h.call1((e.into_value(py), f.count)))
+                .and_then(|h| h.call1((e.clone_ref(py).into_value(py), f.count)))
                 .map(Bound::unbind),
-            Err(e) => Err(e),
+            Err(e) => Err(e.clone_ref(py)),
         };
         let r = r.and_then(|t| {
-            let t = t.bind(py).cast::<PyTuple>()?.clone();
+            let t = t.bind(py);
+            if let (Ok(items), Ok(callable)) = (t.cast_exact::<PyList>(), &func) {
+                return run_items(py, callable.bind(py), items, f.flags & STAR != 0, out);
+            }
+            let t = t.cast::<PyTuple>()?.clone();
             let kind: u8 = t.get_item(0)?.extract()?;
             let data = t.get_item(1)?;
             let data = data.cast::<PyBytes>()?;
@@ -73,6 +78,7 @@ impl PyRunner {
                 f.kind,
                 f.flags & STAR != 0,
                 f.count,
+                f.skip,
                 &mv,
                 f.py_bufs(py),
             ))
@@ -80,6 +86,127 @@ impl PyRunner {
         py::release(&mv);
         Ok(r?.unbind())
     }
+}
+
+/// Strings and bytes results at least this large go as a pickle (out of band when
+/// large), not as a record of their own.
+const RECORD_MAX: usize = 64 * 1024;
+
+/// Runs a chunk's `items` (the arguments, unpickled), appending each item's record to
+/// `out` (see `frame`) and recording the finished items with the engine after each, so
+/// that if the worker dies inside the chunk the parent gets them, and the item running
+/// alone fails. A task's `Exception` is that item's failure; any other exception
+/// (`SystemExit`, `KeyboardInterrupt`) ends the job (and the worker, see `failure`).
+/// When the records outgrow what the engine can keep, the chunk stops after the item
+/// that passed it: the header then counts the items run, and the parent sends the others
+/// again.
+fn run_items(
+    py: Python<'_>,
+    func: &Bound<'_, PyAny>,
+    items: &Bound<'_, PyList>,
+    star: bool,
+    out: &mut Vec<u8>,
+) -> PyResult<()> {
+    let log = procpool_engine::ItemLog::current();
+    out.clear();
+    let n = items.len();
+    frame::begin_items(out, n as u32);
+    log.finished(0, out, 0);
+    let mut recorded = out.len();
+    for i in 0..n {
+        let x = items.get_item(i)?;
+        let r = if star {
+            match x.cast_exact::<PyTuple>() {
+                Ok(t) => func.call(t, None),
+                Err(_) => py
+                    .get_type::<PyTuple>()
+                    .call1((x,))
+                    .and_then(|t| func.call(t.cast_into::<PyTuple>()?, None)),
+            }
+        } else {
+            func.call1((x,))
+        };
+        match r {
+            Ok(v) => put_value(py, out, &v)?,
+            Err(e) if e.is_instance_of::<PyException>(py) => {
+                let t = py::helper(py, "_worker", "item_error")?.call1((e.into_value(py),))?;
+                put_frame(out, &t)?;
+            }
+            Err(e) => return Err(e),
+        }
+        if !log.finished(i as u32 + 1, out, recorded) {
+            frame::set_items(out, i as u32 + 1);
+            return Ok(());
+        }
+        recorded = out.len();
+    }
+    Ok(())
+}
+
+/// Appends the record of one item's value.
+fn put_value(py: Python<'_>, out: &mut Vec<u8>, v: &Bound<'_, PyAny>) -> PyResult<()> {
+    if v.is_none() {
+        out.push(frame::T_NONE);
+        return Ok(());
+    }
+    if let Ok(i) = v.cast_exact::<PyInt>()
+        && let Ok(n) = i.extract::<i64>()
+    {
+        out.push(frame::T_INT);
+        out.extend_from_slice(&n.to_le_bytes());
+        return Ok(());
+    }
+    if let Ok(f) = v.cast_exact::<PyFloat>() {
+        out.push(frame::T_FLOAT);
+        out.extend_from_slice(&f.value().to_le_bytes());
+        return Ok(());
+    }
+    if let Ok(b) = v.cast_exact::<PyBool>() {
+        out.push(if b.is_true() {
+            frame::T_TRUE
+        } else {
+            frame::T_FALSE
+        });
+        return Ok(());
+    }
+    if let Ok(s) = v.cast_exact::<PyString>()
+        && let Ok(s) = s.to_cow()
+        && s.len() < RECORD_MAX
+    {
+        out.push(frame::T_STR);
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+        return Ok(());
+    }
+    if let Ok(b) = v.cast_exact::<PyBytes>()
+        && b.as_bytes().len() < RECORD_MAX
+    {
+        out.push(frame::T_BYTES);
+        out.extend_from_slice(&(b.as_bytes().len() as u32).to_le_bytes());
+        out.extend_from_slice(b.as_bytes());
+        return Ok(());
+    }
+    let t = py::helper(py, "_worker", "item_value")?.call1((v,))?;
+    put_frame(out, &t)
+}
+
+/// Appends a record holding a frame of one item, from `_pickle.encode_results`'s
+/// `(kind, pickle, buffers)`.
+fn put_frame(out: &mut Vec<u8>, t: &Bound<'_, PyAny>) -> PyResult<()> {
+    let t = t.cast::<PyTuple>()?;
+    let kind: u8 = t.get_item(0)?.extract()?;
+    let data = t.get_item(1)?;
+    let mark = out.len();
+    out.push(frame::T_FRAME);
+    out.extend_from_slice(&[0; 8]);
+    let r = frame::encode(out, kind, 0, 1, data.cast::<PyBytes>()?, &t.get_item(2)?);
+    if r.is_err() {
+        out.truncate(mark);
+    }
+    r?;
+    let len = (out.len() - mark - 9) as u64;
+    out[mark + 1..mark + 9].copy_from_slice(&len.to_le_bytes());
+    Ok(())
 }
 
 /// What a Python exception out of a job means: an initializer's failure (the worker
