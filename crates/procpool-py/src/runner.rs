@@ -124,7 +124,7 @@ fn run_items(
                     .and_then(|t| func.call(t.cast_into::<PyTuple>()?, None)),
             }
         } else {
-            func.call1((x,))
+            call_one(func, &x)
         };
         match r {
             Ok(v) => put_value(py, out, &v)?,
@@ -141,6 +141,23 @@ fn run_items(
         recorded = out.len();
     }
     Ok(())
+}
+
+/// `func(x)`, without a tuple of arguments: `PyObject_CallFunctionObjArgs` (in the
+/// stable ABI) passes them on the stack, as a vectorcall, where the abi3 build's
+/// `call1` makes a tuple for each call.
+#[inline]
+fn call_one<'py>(func: &Bound<'py, PyAny>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: both objects are alive (borrowed for the call); the list of arguments ends
+    // with NULL; the call returns a new reference, or NULL with an exception set.
+    unsafe {
+        let r = pyo3::ffi::PyObject_CallFunctionObjArgs(
+            func.as_ptr(),
+            x.as_ptr(),
+            std::ptr::null_mut::<pyo3::ffi::PyObject>(),
+        );
+        Bound::from_owned_ptr_or_err(func.py(), r)
+    }
 }
 
 /// Appends the record of one item's value.
