@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import threading
 import traceback
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
 from pickle import PickleBuffer
@@ -129,16 +130,19 @@ def dumps_call(args, kwds):
     return dumps((tuple(_wrap_big(x) for x in args), kwds or {}))
 
 
-def remote_error(e: BaseException) -> bytes:
+def remote_error(e: BaseException, executor: bool = False) -> bytes:
     """A task's exception, with its formatted traceback, as bytes for the parent. An
     exception that cannot be pickled becomes a :class:`MaybeEncodingError` carrying its
-    text (as the standard library does)."""
+    text (as :mod:`multiprocessing.pool` does), or, for an ``executor`` call, the pickling
+    error itself (as :mod:`concurrent.futures` does)."""
     tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
     tb = '\n"""\n' + tb + '"""'
     e.__traceback__ = None
     try:
         return dumps_fast((e, tb))[0]
     except Exception as pe:
+        if executor:
+            return remote_error(pe)
         return pickle.dumps((MaybeEncodingError(pe, e), tb), protocol=5)
 
 
@@ -155,13 +159,16 @@ def rebuild_error(blob: bytes) -> BaseException:
     return exc
 
 
-def encode_results(results: list, errors):
+def encode_results(results: list, errors, executor: bool = False):
     """``(kind, pickle bytes, buffers)`` for the outcomes of a job's items. ``errors``
-    maps an item's position to its :func:`remote_error` bytes."""
+    maps an item's position to its :func:`remote_error` bytes. A result that cannot be
+    pickled fails its item with a :class:`MaybeEncodingError` or, for an ``executor``
+    call, with the pickling error itself (a ``SystemExit`` raised while pickling too)."""
+    caught = BaseException if executor else Exception
     if errors is None:
         try:
             return (ALL_OK,) + dumps_fast(results)
-        except Exception:
+        except caught:
             pass
     out = []
     for i, r in enumerate(results):
@@ -171,9 +178,27 @@ def encode_results(results: list, errors):
         try:
             dumps_fast(r)
             out.append((True, r))
-        except Exception as e:
-            out.append((False, pickle.dumps((MaybeEncodingError(e, r), ""), protocol=5)))
+        except caught as e:
+            if executor:
+                out.append((False, remote_error(e, executor=True)))
+            else:
+                out.append((False, pickle.dumps((MaybeEncodingError(e, r), ""), protocol=5)))
     return (MIXED,) + dumps_fast(out)
+
+
+_thread_role = threading.local()
+
+
+def result_thread() -> None:
+    """Marks the calling thread as a result thread of a pool or executor: a
+    ``KeyboardInterrupt`` or ``SystemExit`` raised while it reads a result (by the
+    result's own unpickling code) fails that task, as there is no caller to raise it to.
+    In any other thread it is the caller's and is raised."""
+    _thread_role.result = True
+
+
+def in_result_thread() -> bool:
+    return getattr(_thread_role, "result", False)
 
 
 def decode_results(start: int, kind: int, data, bufs):

@@ -21,7 +21,7 @@ import time
 import warnings
 import weakref
 
-from . import _core
+from . import _core, _pickle
 from ._args import (
     _check_chunksize,
     _check_processes,
@@ -244,6 +244,7 @@ def _stopped_early(stream, retries):
 
 def _serve_stream(core, stream):
     """Result thread for apply_async: hands each outcome to its AsyncResult."""
+    _pickle.result_thread()
     cause = None
     retries = [0]
     while True:
@@ -314,6 +315,7 @@ def _collect(run, source, length):
 
 def _serve_map(core, run, source, length, result):
     """Result thread of one map_async: settles its MapResult once every task is done."""
+    _pickle.result_thread()
     try:
         ok, value = _collect(run, source, length)
     except Exception as exc:  # the engine failed mid-run

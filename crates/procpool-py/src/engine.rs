@@ -246,10 +246,13 @@ impl Engine {
         Ok(run)
     }
 
-    /// A stream of independent calls.
-    fn stream(&self) -> PyResult<Stream> {
+    /// A stream of independent calls. `catch_all`: a task's `SystemExit` or
+    /// `KeyboardInterrupt` is its outcome (the executor's way) rather than the end of
+    /// its worker (the pool's).
+    #[pyo3(signature = (*, catch_all=false))]
+    fn stream(&self, catch_all: bool) -> PyResult<Stream> {
         let timeout = self.timeout;
-        self.open(|e| Stream::new(e.batch(), timeout))
+        self.open(|e| Stream::new(e.batch(), timeout, catch_all))
     }
 
     /// Current worker pids.

@@ -659,6 +659,12 @@ pub(crate) fn decode_result(
     py::release(&mv);
     let r = match r {
         Ok(r) => r,
+        // Ctrl-C (or a `SystemExit`) in the caller while it reads the result is the
+        // caller's, never the task's error; the result thread turns it into one (it has
+        // nobody to raise it to).
+        Err(e) if !e.is_instance_of::<PyException>(py) && !py::in_result_thread(py) => {
+            return Err(e);
+        }
         Err(e) => return bad(e.to_string()),
     };
     let (all_ok, list): (bool, Bound<'_, PyList>) = match r.extract() {
