@@ -13,10 +13,13 @@ reads the pickles.
 
 from __future__ import annotations
 
+import importlib.machinery
 import io
 import pickle
+import sys
 import threading
 import traceback
+from collections import ChainMap
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
 from pickle import PickleBuffer
 
@@ -60,12 +63,43 @@ def _collector():
     return bufs, cb
 
 
+def _refuse_file(obj):
+    if obj is sys.__stdout__ or obj is sys.__stderr__ or obj is sys.__stdin__:
+        return _CLOUD_TABLE[io.TextIOWrapper](obj)  # the receiver's own stream, by name
+    # cloudpickle would send the file's contents as an io.StringIO.
+    raise TypeError(
+        f"cannot pickle {type(obj).__name__!r} object (an open file, {getattr(obj, 'name', '?')!r}):"
+        " send its path or its contents instead"
+    )
+
+
+def _refuse_memoryview(obj):
+    # cloudpickle would send the bytes it views, arriving as ``bytes``.
+    raise TypeError(
+        "cannot pickle 'memoryview' object: send bytes(view), or the bytearray or array it views"
+    )
+
+
+_CLOUD_TABLE = cloudpickle.Pickler.dispatch_table
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, less what it would rebuild as an object of another kind on the other
+    side (an open file as an ``io.StringIO``, a memoryview as ``bytes``): those are
+    refused as the standard pickler refuses them. Sockets, locks, generators and the like
+    cloudpickle refuses already."""
+
+    dispatch_table = ChainMap(
+        {io.TextIOWrapper: _refuse_file, memoryview: _refuse_memoryview}, _CLOUD_TABLE
+    )
+
+
 def dumps(obj, by_value: bool = True):
     """``(pickle bytes, [out-of-band memoryviews])``; cloudpickle when ``by_value``."""
     bufs, cb = _collector()
     if by_value:
         f = io.BytesIO()
-        cloudpickle.Pickler(f, protocol=5, buffer_callback=cb).dump(obj)
+        _Pickler(f, protocol=5, buffer_callback=cb).dump(obj)
         return f.getvalue(), bufs
     return pickle.dumps(obj, protocol=5, buffer_callback=cb), bufs
 
@@ -78,10 +112,46 @@ def dumps_fast(obj):
         return dumps(obj, by_value=True)
 
 
+def _importable_by_name(module) -> bool:
+    """Whether a worker (same ``sys.path``) finds ``module`` by its name: not so for a
+    module loaded from a file path through importlib, or made in memory."""
+    name = getattr(module, "__name__", None)
+    spec = getattr(module, "__spec__", None)
+    if not name or name == "__main__":
+        return False
+    if spec is None:
+        return name in sys.builtin_module_names
+    if spec.origin in (None, "built-in", "frozen") or spec.parent:
+        return True  # a builtin, or a package's submodule (found through the package)
+    try:
+        found = importlib.machinery.PathFinder.find_spec(name, sys.path)
+    except (ImportError, ValueError):
+        return False
+    return found is not None and found.origin == spec.origin
+
+
+def _by_value_if_unimportable(func) -> None:
+    """Registers ``func``'s module with cloudpickle to go by value when a worker could
+    not import it by name (CPython's ``register_pickle_by_value``)."""
+    target = getattr(func, "__func__", func)  # a bound method's function
+    name = getattr(target, "__module__", None)
+    module = sys.modules.get(name) if isinstance(name, str) else None
+    if module is None or name == "__main__" or name in _BY_VALUE:
+        return
+    if not _importable_by_name(module):
+        cloudpickle.register_pickle_by_value(module)
+        _BY_VALUE.add(name)
+
+
+_BY_VALUE = set()
+
+
 def dumps_func(func) -> bytes:
-    """A function's reference (by value when it cannot go by reference)."""
+    """A function's reference (by value when it cannot go by reference: defined in
+    ``__main__``, a lambda or closure, or from a module a worker cannot import by name)."""
     if not callable(func):
         raise TypeError(f"{type(func).__name__!r} object is not callable")
+    _by_value_if_unimportable(func)
     data, bufs = dumps(func)
     if bufs:  # a function holding large buffers: keep them in band
         data = cloudpickle.dumps(func, protocol=5)
