@@ -19,6 +19,7 @@ import pickle
 import sys
 import threading
 import traceback
+import types
 from collections import ChainMap
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
 from pickle import PickleBuffer
@@ -152,10 +153,35 @@ def dumps_func(func) -> bytes:
     if not callable(func):
         raise TypeError(f"{type(func).__name__!r} object is not callable")
     _by_value_if_unimportable(func)
+    try:
+        # By reference when it can: the worker runs the module's own code (its source
+        # lines in tracebacks), e.g. a bound classmethod cloudpickle would copy.
+        f = io.BytesIO()
+        _RefPickler(f, protocol=5).dump(func)
+        return f.getvalue()
+    except Exception:
+        pass
     data, bufs = dumps(func)
     if bufs:  # a function holding large buffers: keep them in band
         data = cloudpickle.dumps(func, protocol=5)
     return data
+
+
+class _ByValue(Exception):
+    pass
+
+
+class _RefPickler(pickle.Pickler):
+    """The standard pickler, refusing (``_ByValue``) any function or class a worker
+    would not find by reference: one of ``__main__`` or of a module registered to go by
+    value."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, (types.FunctionType, type)):
+            module = getattr(obj, "__module__", None)
+            if module is None or module == "__main__" or module in _BY_VALUE:
+                raise _ByValue
+        return NotImplemented
 
 
 def _wrap_big(item):

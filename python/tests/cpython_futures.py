@@ -21,6 +21,7 @@ import importlib
 import io
 import json
 import sys
+import time
 import unittest
 
 # The modules holding ProcessPoolExecutor tests (3.12+: a package; before: one module).
@@ -60,6 +61,16 @@ class _Result(unittest.TestResult):
     def __init__(self):
         super().__init__()
         self.outcomes = {}
+        self.seconds = {}
+        self._t = 0.0
+
+    def startTest(self, test):
+        super().startTest(test)
+        self._t = time.monotonic()
+
+    def stopTest(self, test):
+        super().stopTest(test)
+        self.seconds[test.id()] = round(time.monotonic() - self._t, 2)
 
     def addSuccess(self, test):
         self.outcomes[test.id()] = "pass"
@@ -119,7 +130,15 @@ def main(argv):
         print(f"=== {test.id()}\n{tb}", file=sys.stderr)
     if "-v" in sys.argv:
         print(captured, file=sys.stderr)
-    print(json.dumps({"python": "%d.%d" % sys.version_info[:2], "results": result.outcomes}))
+    print(
+        json.dumps(
+            {
+                "python": "%d.%d" % sys.version_info[:2],
+                "results": result.outcomes,
+                "seconds": result.seconds,
+            }
+        )
+    )
     return 0
 
 
