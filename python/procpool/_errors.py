@@ -15,6 +15,7 @@ from typing import Optional
 
 __all__ = [
     "MaybeEncodingError",
+    "MessageTooLarge",
     "PoolError",
     "RemoteTraceback",
     "TaskTimeoutError",
@@ -77,6 +78,15 @@ class TaskTimeoutError(multiprocessing.TimeoutError):
 
 class PoolError(RuntimeError):
     """The pool cannot run work: no worker could start, or it was terminated."""
+
+
+class MessageTooLarge(PoolError):
+    """A task's pickled arguments or result are larger than the pool's
+    ``max_message_size=``: that task fails, the pool goes on.
+
+    >>> issubclass(MessageTooLarge, PoolError)
+    True
+    """
 
 
 # -- the executor's kinds -------------------------------------------------------------

@@ -324,7 +324,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     Beyond the stdlib (keyword-only): ``timeout`` is a per-call time limit in seconds (a
     call past it has its worker killed and its future fails with
     :class:`procpool.TaskTimeoutError`); ``retries`` re-runs a call whose worker died that
-    many times before failing it with :class:`procpool.WorkerDied`.
+    many times before failing it with :class:`procpool.WorkerDied`; ``max_message_size``
+    is the largest pickled call (arguments, or result) in bytes, 4 GiB - 1 KiB at most and
+    by default (a larger one fails its future with :class:`procpool.MessageTooLarge`).
 
     A worker's death fails only the future of the call it ran; the executor replaces the
     worker and stays usable. Up to ``4 × max_workers`` calls are handed to the workers
@@ -351,6 +353,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         *,
         timeout=None,
         retries=0,
+        max_message_size=None,
     ):
         self._core = None
         if max_workers is not None:
@@ -375,7 +378,13 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
                 )
             max_tasks_per_child = int(max_tasks_per_child)
         engine, timeout, retries = _start_engine(
-            max_workers, initializer, initargs, max_tasks_per_child, timeout, retries
+            max_workers,
+            initializer,
+            initargs,
+            max_tasks_per_child,
+            timeout,
+            retries,
+            max_message_size,
         )
         self._max_workers = max_workers
         self._mp_context = mp_context

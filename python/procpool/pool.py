@@ -346,6 +346,9 @@ class Pool:
       takes ``timeout=`` to set the limit for that call.
     * ``retries``: how many times a task whose worker died is run again on a fresh worker
       before it fails with :class:`procpool.WorkerDied`.
+    * ``max_message_size``: the largest pickled task (its arguments, or its result) in
+      bytes; a larger one fails with :class:`procpool.MessageTooLarge` saying so. Default and
+      most: ``procpool._core.MAX_MESSAGE_SIZE`` (4 GiB - 1 KiB).
 
     A worker that dies (signal, ``os._exit``, a crash in C code) fails only the task it
     was running; the pool replaces it and goes on. ``chunksize=None`` (the default of every
@@ -378,6 +381,7 @@ class Pool:
         *,
         timeout=None,
         retries=0,
+        max_message_size=None,
     ):
         self._core = None
         processes = _check_processes(processes)
@@ -388,7 +392,7 @@ class Pool:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         engine, timeout, retries = _start_engine(
-            processes, initializer, initargs, maxtasksperchild, timeout, retries
+            processes, initializer, initargs, maxtasksperchild, timeout, retries, max_message_size
         )
         self._ctx = context
         self._timeout = timeout
