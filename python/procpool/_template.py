@@ -15,6 +15,7 @@ engine's variables as ``KEY=VALUE\\0`` pairs. The answer is the worker's pid as 
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -33,11 +34,21 @@ def main() -> None:
     ctl = socket.socket(fileno=os.dup(0))
     os.close(0)
     os.open(os.devnull, os.O_RDONLY)  # takes descriptor 0 back
+    applied = None
     while True:
         req = _recv_request(ctl)
         if req is None:
             os._exit(0)  # the parent closed its end
         fd, body = req
+        (n,) = struct.unpack_from("<I", body)
+        if body[4 : 4 + n] != applied:
+            # The parent's settings, applied here once (not in each worker after its
+            # fork, where every object touched costs a copied page).
+            applied = body[4 : 4 + n]
+            _apply(pickle.loads(applied))
+            # What exists now is never collected in a worker: its garbage collector does
+            # not walk (and so copy) the template's objects.
+            gc.freeze()
         try:
             pid = _core._fork()
         except OSError as e:
@@ -78,19 +89,10 @@ def _child(fd: int, body: bytes) -> None:
         os.dup2(fd, 0)
         os.close(fd)
         (n,) = struct.unpack_from("<I", body)
-        prep = pickle.loads(body[4 : 4 + n])
-        env = dict(prep["environ"])
-        for kv in body[4 + n :].split(b"\0"):
+        for kv in body[4 + n :].split(b"\0"):  # this worker's own variables
             if kv:
                 k, _, v = kv.partition(b"=")
-                env[os.fsdecode(k)] = os.fsdecode(v)
-        os.environ.clear()
-        os.environ.update(env)
-        sys.path[:] = prep["sys_path"]
-        try:
-            os.chdir(prep["cwd"])
-        except OSError:
-            pass
+                os.environ[os.fsdecode(k)] = os.fsdecode(v)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         from . import _core, _worker
 
@@ -104,11 +106,38 @@ def _child(fd: int, body: bytes) -> None:
         os._exit(code)
 
 
+def _apply(prep: dict) -> None:
+    """Makes this process look like the parent for the workers it forks next."""
+    env = prep["environ"]
+    for k in [k for k in os.environ if k not in env]:
+        del os.environ[k]
+    for k, v in env.items():
+        if os.environ.get(k) != v:
+            os.environ[k] = v
+    sys.path[:] = prep["sys_path"]
+    if "authkey" in prep:  # the parent's, for its Manager proxies and Listeners
+        import multiprocessing
+
+        multiprocessing.current_process().authkey = prep["authkey"]
+    try:
+        os.chdir(prep["cwd"])
+    except OSError:
+        pass
+
+
 def prep() -> bytes:
     """What a worker of this process needs to look like it: ``sys.path``, the working
-    directory and the environment (as of the pool's creation)."""
+    directory, the environment and ``multiprocessing``'s authentication key (as of the
+    pool's creation)."""
+    import multiprocessing
+
     return pickle.dumps(
-        {"sys_path": list(sys.path), "cwd": os.getcwd(), "environ": dict(os.environ)},
+        {
+            "sys_path": list(sys.path),
+            "cwd": os.getcwd(),
+            "environ": dict(os.environ),
+            "authkey": bytes(multiprocessing.current_process().authkey),
+        },
         protocol=5,
     )
 
