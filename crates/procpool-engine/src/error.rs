@@ -8,6 +8,21 @@ use std::time::Duration;
 use crate::sys;
 use crate::wire::{Failure, Refusal};
 
+/// Implements `Debug` as the type's `Display`, so that an error returned from `main`
+/// (which prints its `Debug`) reads as a sentence, and a backtrace as lines.
+macro_rules! debug_as_display {
+    ($($t:ty),* $(,)?) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Display::fmt(self, f)
+            }
+        }
+    )*};
+}
+pub(crate) use debug_as_display;
+
+debug_as_display!(TaskErrorKind, TaskError, HandshakeError, PoolError);
+
 /// How a worker process ended.
 ///
 /// ```
@@ -54,8 +69,8 @@ impl fmt::Display for Death {
     }
 }
 
-/// What made a task fail.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What made a task fail. Its `Debug` reads as its `Display`.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TaskErrorKind {
     /// The task panicked; the worker survived and goes on.
@@ -115,7 +130,9 @@ pub enum TaskErrorKind {
 }
 
 /// A task that failed, with what is known of where and why. Its `Display` is a
-/// sentence naming the task, the process that ran it, and the cause.
+/// sentence naming the task, the process that ran it, and the cause; its `Debug` reads
+/// the same (so `main` returning it prints the sentence, and a panic's backtrace as
+/// lines).
 ///
 /// ```
 /// use procpool_engine::{Death, TaskError, TaskErrorKind};
@@ -130,7 +147,7 @@ pub enum TaskErrorKind {
 ///     "task 5 was cancelled; it was started 2 times"
 /// );
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct TaskError {
     kind: TaskErrorKind,
     index: u64,
@@ -272,8 +289,8 @@ impl fmt::Display for TaskError {
 
 impl std::error::Error for TaskError {}
 
-/// Why a worker could not join the pool.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a worker could not join the pool. Its `Debug` reads as its `Display`.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HandshakeError {
     /// The worker runs a different executable than the parent, so functions cannot be
@@ -353,8 +370,8 @@ impl fmt::Display for HandshakeError {
     }
 }
 
-/// An error of the pool as a whole.
-#[derive(Debug, Clone, thiserror::Error)]
+/// An error of the pool as a whole. Its `Debug` reads as its `Display`.
+#[derive(Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {
     /// A worker process could not be started.

@@ -17,7 +17,6 @@ use std::io;
 /// }
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 #[non_exhaustive]
 pub enum SendError<T> {
     /// Every receiving end is gone (dropped, or its process ended): nobody will read.
@@ -70,11 +69,10 @@ impl<T> fmt::Display for SendError<T> {
     }
 }
 
-impl<T: fmt::Debug> std::error::Error for SendError<T> {}
+impl<T> std::error::Error for SendError<T> {}
 
 /// Why [`Sender::try_send`](super::Sender::try_send) did not deliver a value; the value is
 /// inside.
-#[derive(Debug)]
 pub enum TrySendError<T> {
     /// The queue is full now: the receivers have not caught up.
     Full(T),
@@ -101,11 +99,10 @@ impl<T> fmt::Display for TrySendError<T> {
     }
 }
 
-impl<T: fmt::Debug> std::error::Error for TrySendError<T> {}
+impl<T> std::error::Error for TrySendError<T> {}
 
 /// Why [`Sender::send_timeout`](super::Sender::send_timeout) did not deliver a value; the
 /// value is inside.
-#[derive(Debug)]
 pub enum SendTimeoutError<T> {
     /// The queue stayed full for the whole time.
     Timeout(T),
@@ -134,13 +131,12 @@ impl<T> fmt::Display for SendTimeoutError<T> {
     }
 }
 
-impl<T: fmt::Debug> std::error::Error for SendTimeoutError<T> {}
+impl<T> std::error::Error for SendTimeoutError<T> {}
 
 /// Why [`Receiver::recv`](super::Receiver::recv) returned no value.
 ///
 /// Only [`Disconnected`](RecvError::Disconnected) is final; after the others the channel
 /// goes on, and the next call reads the next message.
-#[derive(Debug)]
 #[non_exhaustive]
 pub enum RecvError {
     /// The queue is empty and every sending end is gone (dropped, or its process ended).
@@ -182,7 +178,6 @@ impl std::error::Error for RecvError {
 }
 
 /// Why [`Receiver::try_recv`](super::Receiver::try_recv) returned no value.
-#[derive(Debug)]
 pub enum TryRecvError {
     /// No message is waiting now (but senders remain).
     Empty,
@@ -202,7 +197,6 @@ impl fmt::Display for TryRecvError {
 impl std::error::Error for TryRecvError {}
 
 /// Why [`Receiver::recv_timeout`](super::Receiver::recv_timeout) returned no value.
-#[derive(Debug)]
 pub enum RecvTimeoutError {
     /// No message came in time (but senders remain).
     Timeout,
@@ -220,3 +214,23 @@ impl fmt::Display for RecvTimeoutError {
 }
 
 impl std::error::Error for RecvTimeoutError {}
+
+impl<T> fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl<T> fmt::Debug for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl<T> fmt::Debug for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+crate::error::debug_as_display!(RecvError, TryRecvError, RecvTimeoutError);

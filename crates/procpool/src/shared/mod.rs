@@ -42,8 +42,8 @@ pub use value::Shared;
 
 use crate::passfd;
 
-/// Why a shared value could not be made.
-#[derive(Debug, thiserror::Error)]
+/// Why a shared value could not be made. Its `Debug` reads as its `Display`.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum SharedError {
     /// The value could not be encoded (or does not survive its codec).
@@ -56,6 +56,8 @@ pub enum SharedError {
     #[error("shared memory could not be set up: {0}")]
     Memory(#[from] std::io::Error),
 }
+
+crate::error::debug_as_display!(SharedError);
 
 /// What kind of shared memory a handle names (checked on arrival).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
