@@ -202,13 +202,13 @@ pub use streams::{ImapStream, ImapUnorderedStream};
 
 #[cfg(feature = "futures")]
 mod streams {
-    use std::borrow::Borrow;
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
     use futures_core::Stream;
 
     use crate::codec::Value;
+    use crate::encodes_as::EncodesAs;
     use crate::error::Error;
     use crate::iter::{Imap, ImapUnordered};
 
@@ -265,7 +265,7 @@ mod streams {
     where
         A: Value,
         R: Value,
-        I: Iterator<Item: Borrow<A>> + Unpin,
+        I: Iterator<Item: EncodesAs<A>> + Unpin,
     {
         type Item = Result<R, Error>;
 
@@ -278,7 +278,7 @@ mod streams {
     where
         A: Value,
         R: Value,
-        I: Iterator<Item: Borrow<A>> + Unpin,
+        I: Iterator<Item: EncodesAs<A>> + Unpin,
     {
         type Item = (usize, Result<R, Error>);
 

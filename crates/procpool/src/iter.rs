@@ -5,7 +5,6 @@
 //! (see its docs for the bounds); this module only encodes items into chunks
 //! ([`Items`], the front's [`Source`]), decodes finished jobs and presents them.
 
-use std::borrow::Borrow;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use procpool_engine::{
 };
 
 use crate::codec::{self, Value};
+use crate::encodes_as::{EncodesAs, sealed::Sealed as _};
 use crate::error::Error;
 use crate::items::{self, Layout};
 use crate::outcome::ChunkOut;
@@ -56,7 +56,7 @@ impl<A, I> std::fmt::Debug for Items<A, I> {
     }
 }
 
-impl<A: Value, I: Iterator<Item: Borrow<A>>> Items<A, I> {
+impl<A: Value, I: Iterator<Item: EncodesAs<A>>> Items<A, I> {
     /// [`Source::fill`] inside an encoding context.
     fn fill_items(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled {
         if let Some(kind) = self.failed.take() {
@@ -81,7 +81,7 @@ impl<A: Value, I: Iterator<Item: Borrow<A>>> Items<A, I> {
             } else {
                 (0, 0)
             };
-            if let Err(kind) = items::push_arg(out, self.layout, a.borrow()) {
+            if let Err(kind) = items::push_arg(out, self.layout, &*a.to_arg()) {
                 if count == 0 {
                     return Pulled::Failed(kind);
                 }
@@ -100,7 +100,7 @@ impl<A: Value, I: Iterator<Item: Borrow<A>>> Items<A, I> {
                     out.truncate(mark);
                     let enc = passfd::Encoding::begin();
                     let mut bytes = Vec::new();
-                    if let Err(kind) = items::push_arg(&mut bytes, self.layout, a.borrow()) {
+                    if let Err(kind) = items::push_arg(&mut bytes, self.layout, &*a.to_arg()) {
                         self.failed = Some(kind);
                         break;
                     }
@@ -125,7 +125,7 @@ impl<A: Value, I: Iterator<Item: Borrow<A>>> Items<A, I> {
     }
 }
 
-impl<A: Value, I: Iterator<Item: Borrow<A>>> Source for Items<A, I> {
+impl<A: Value, I: Iterator<Item: EncodesAs<A>>> Source for Items<A, I> {
     fn fill(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled {
         if codec::has_fast_path::<A>() {
             return self.fill_items(out, limits);
@@ -180,7 +180,7 @@ impl<A, R, I> Feeder<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item: Borrow<A>>,
+    I: Iterator<Item: EncodesAs<A>>,
 {
     pub(crate) fn new(
         engine: &Engine,
@@ -348,7 +348,7 @@ impl<A, R, I> Imap<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item: Borrow<A>>,
+    I: Iterator<Item: EncodesAs<A>>,
 {
     pub(crate) fn new(mut feeder: Feeder<A, R, I>, collect_all: bool) -> Self {
         if collect_all {
@@ -444,7 +444,7 @@ impl<A, R, I> Iterator for Imap<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item: Borrow<A>>,
+    I: Iterator<Item: EncodesAs<A>>,
 {
     type Item = Result<R, Error>;
 
@@ -488,7 +488,7 @@ impl<A, R, I> ImapUnordered<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item: Borrow<A>>,
+    I: Iterator<Item: EncodesAs<A>>,
 {
     pub(crate) fn new(feeder: Feeder<A, R, I>) -> Self {
         Self {
@@ -533,7 +533,7 @@ impl<A, R, I> Iterator for ImapUnordered<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item: Borrow<A>>,
+    I: Iterator<Item: EncodesAs<A>>,
 {
     type Item = (usize, Result<R, Error>);
 

@@ -32,7 +32,9 @@
 //!
 //! # Arguments, results and codecs
 //! Arguments and results are owned `serde` values ([`Value`]); the items of `map` and the
-//! others may be borrowed (`pool.map(f, &items)`). They travel encoded with postcard,
+//! others may be borrowed (`pool.map(f, &items)`), and may be the borrowed forms of the
+//! argument type (`&Path` for `PathBuf`, `&str` for `String`, `&[T]` for `Vec<T>`: see
+//! [`EncodesAs`]). They travel encoded with postcard,
 //! except `Vec<u8>` and plain numbers, which take fast paths of their own. postcard is
 //! not self-describing: serde features that need the data to describe itself
 //! (`skip_serializing_if`, untagged or internally tagged enums, `flatten`,
@@ -186,6 +188,7 @@ mod bar;
 mod channel;
 mod codec;
 mod deprobe;
+mod encodes_as;
 mod error;
 mod format;
 mod func;
@@ -214,6 +217,7 @@ pub use channel::{
     TryIter, TryRecvError, TrySendError, bounded, channel,
 };
 pub use codec::Value;
+pub use encodes_as::EncodesAs;
 pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKind, WaitError};
 pub use format::Codec;
 pub use handle::TaskHandle;

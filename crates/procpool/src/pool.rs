@@ -1,6 +1,5 @@
 //! The typed pool: [`Pool`], its [`Builder`], and [`Call`] for per-call settings.
 
-use std::borrow::Borrow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +7,7 @@ use std::time::Duration;
 use procpool_engine::{Engine, EngineConfig, PoolError};
 
 use crate::codec::Value;
+use crate::encodes_as::EncodesAs;
 use crate::error::Error;
 use crate::format::{self, Codec};
 use crate::func;
@@ -414,7 +414,7 @@ impl Pool {
     pub fn map<A, R>(
         &self,
         f: fn(A) -> R,
-        items: impl IntoIterator<Item: Borrow<A>>,
+        items: impl IntoIterator<Item: EncodesAs<A>>,
     ) -> Result<Vec<R>, Error>
     where
         A: Value,
@@ -442,7 +442,7 @@ impl Pool {
     where
         A: Value,
         R: Value,
-        I: IntoIterator<Item: Borrow<A>>,
+        I: IntoIterator<Item: EncodesAs<A>>,
     {
         self.call().imap(f, items)
     }
@@ -470,7 +470,7 @@ impl Pool {
     where
         A: Value,
         R: Value,
-        I: IntoIterator<Item: Borrow<A>>,
+        I: IntoIterator<Item: EncodesAs<A>>,
     {
         self.call().imap_unordered(f, items)
     }
@@ -487,7 +487,7 @@ impl Pool {
     ///
     /// # Errors
     /// [`Error::Task`] when the task failed, [`Error::Pool`] when the pool refused it.
-    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: impl Borrow<A>) -> Result<R, Error>
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: impl EncodesAs<A>) -> Result<R, Error>
     where
         A: Value,
         R: Value,
@@ -510,7 +510,7 @@ impl Pool {
     /// # Errors
     /// [`Error::Pool`] when the pool is closed or broken; [`Error::Task`] with a codec
     /// error when `arg` cannot be serialized.
-    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: impl Borrow<A>) -> Result<TaskHandle<R>, Error>
+    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: impl EncodesAs<A>) -> Result<TaskHandle<R>, Error>
     where
         A: Value,
         R: Value,
@@ -622,7 +622,7 @@ impl<'p> Call<'p> {
     where
         A: Value,
         R: Value,
-        I: Iterator<Item: Borrow<A>>,
+        I: Iterator<Item: EncodesAs<A>>,
     {
         let mut feeder = Feeder::new(
             &self.pool.engine,
@@ -647,7 +647,7 @@ impl<'p> Call<'p> {
     pub fn map<A, R>(
         &self,
         f: fn(A) -> R,
-        items: impl IntoIterator<Item: Borrow<A>>,
+        items: impl IntoIterator<Item: EncodesAs<A>>,
     ) -> Result<Vec<R>, Error>
     where
         A: Value,
@@ -670,7 +670,7 @@ impl<'p> Call<'p> {
     where
         A: Value,
         R: Value,
-        I: IntoIterator<Item: Borrow<A>>,
+        I: IntoIterator<Item: EncodesAs<A>>,
     {
         Imap::new(self.feeder("imap", f, items.into_iter()), false)
     }
@@ -687,7 +687,7 @@ impl<'p> Call<'p> {
     where
         A: Value,
         R: Value,
-        I: IntoIterator<Item: Borrow<A>>,
+        I: IntoIterator<Item: EncodesAs<A>>,
     {
         ImapUnordered::new(self.feeder("imap_unordered", f, items.into_iter()))
     }
@@ -696,7 +696,7 @@ impl<'p> Call<'p> {
     ///
     /// # Errors
     /// As [`Pool::apply`].
-    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: impl Borrow<A>) -> Result<R, Error>
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: impl EncodesAs<A>) -> Result<R, Error>
     where
         A: Value,
         R: Value,
@@ -708,13 +708,13 @@ impl<'p> Call<'p> {
     ///
     /// # Errors
     /// As [`Pool::spawn`].
-    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: impl Borrow<A>) -> Result<TaskHandle<R>, Error>
+    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: impl EncodesAs<A>) -> Result<TaskHandle<R>, Error>
     where
         A: Value,
         R: Value,
     {
         self.check()?;
-        let (payload, fds) = single_payload(arg.borrow(), self.layout)?;
+        let (payload, fds) = single_payload(&*arg.to_arg(), self.layout)?;
         let batch = self.pool.engine.batch();
         batch.submit([procpool_engine::Job {
             func: func::chunk_ref(f),

@@ -1,7 +1,6 @@
 //! One-off processes: [`spawn`] runs one function call in a new process, joined like a
 //! thread.
 
-use std::borrow::Borrow;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
@@ -9,6 +8,7 @@ use std::time::Duration;
 use procpool_engine::{DEFAULT_MAX_MESSAGE, JoinError, OneOff};
 
 use crate::codec::Value;
+use crate::encodes_as::EncodesAs;
 use crate::error::{Error, WaitError};
 use crate::format::Codec;
 use crate::func;
@@ -34,7 +34,7 @@ use crate::pool::{guard_worker, single_payload};
 /// # Errors
 /// [`Error::Pool`] with [`PoolError::Spawn`](crate::PoolError::Spawn) when the process
 /// cannot start; [`Error::Task`] with a codec error when `arg` cannot be serialized.
-pub fn spawn<A, R>(f: fn(A) -> R, arg: impl Borrow<A>) -> Result<Process<R>, Error>
+pub fn spawn<A, R>(f: fn(A) -> R, arg: impl EncodesAs<A>) -> Result<Process<R>, Error>
 where
     A: Value,
     R: Value,
@@ -44,7 +44,7 @@ where
         codec: Codec::Postcard,
         limit: DEFAULT_MAX_MESSAGE,
     };
-    let (payload, fds) = single_payload(arg.borrow(), layout)?;
+    let (payload, fds) = single_payload(&*arg.to_arg(), layout)?;
     let bound = items::transport_bound(DEFAULT_MAX_MESSAGE);
     let fds: Vec<BorrowedFd<'_>> = fds
         .iter()

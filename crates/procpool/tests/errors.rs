@@ -67,23 +67,37 @@ fn each_source_keeps_its_variant() {
     let (tx, rx) = procpool::channel::<String>().unwrap();
     // Nothing sent yet: try_recv and recv_timeout come back empty-handed.
     let r: Result<String, Error> = rx.try_recv().map_err(Error::from);
-    assert!(matches!(r, Err(Error::TryRecv(TryRecvError::Empty))), "{r:?}");
-    let r: Result<String, Error> = rx.recv_timeout(Duration::from_millis(1)).map_err(Error::from);
+    assert!(
+        matches!(r, Err(Error::TryRecv(TryRecvError::Empty))),
+        "{r:?}"
+    );
+    let r: Result<String, Error> = rx
+        .recv_timeout(Duration::from_millis(1))
+        .map_err(Error::from);
     assert!(
         matches!(r, Err(Error::RecvTimeout(RecvTimeoutError::Timeout))),
         "{r:?}"
     );
     drop(tx);
     let r: Result<String, Error> = rx.recv().map_err(Error::from);
-    assert!(matches!(r, Err(Error::Recv(RecvError::Disconnected))), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::Recv(RecvError::Disconnected))),
+        "{r:?}"
+    );
 
     let (tx, rx) = procpool::channel::<String>().unwrap();
     drop(rx);
     let e = Error::from(tx.send("lost".into()).unwrap_err());
-    assert!(matches!(e, Error::Send(SendError::Disconnected(()))), "{e:?}");
+    assert!(
+        matches!(e, Error::Send(SendError::Disconnected(()))),
+        "{e:?}"
+    );
     let e = Error::from(tx.try_send("lost".into()).unwrap_err());
     assert!(
-        matches!(e, Error::TrySend(TrySendError::Failed(SendError::Disconnected(())))),
+        matches!(
+            e,
+            Error::TrySend(TrySendError::Failed(SendError::Disconnected(())))
+        ),
         "{e:?}"
     );
     let e = Error::from(tx.send_timeout("lost".into(), Duration::ZERO).unwrap_err());
@@ -109,11 +123,17 @@ fn each_source_keeps_its_variant() {
         }
     }
     let e = Error::from(Shared::new(Refuses).unwrap_err());
-    assert!(matches!(&e, Error::Shared(SharedError::Codec { .. })), "{e:?}");
+    assert!(
+        matches!(&e, Error::Shared(SharedError::Codec { .. })),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("never serializes"), "{e}");
 
     let e = Error::from(std::io::Error::from_raw_os_error(libc::EMFILE));
-    assert!(matches!(&e, Error::Io(io) if io.raw_os_error() == Some(libc::EMFILE)), "{e:?}");
+    assert!(
+        matches!(&e, Error::Io(io) if io.raw_os_error() == Some(libc::EMFILE)),
+        "{e:?}"
+    );
     assert_eq!(e.clone().to_string(), e.to_string());
 
     let pool = procpool::Pool::builder().workers(1).build().unwrap();
@@ -151,7 +171,9 @@ fn debug_reads_as_display() {
     same(task.clone());
     same(Error::Task(task));
     same(PoolError::Closed);
-    same(Error::Pool(PoolError::Config("workers must be at least 1".into())));
+    same(Error::Pool(PoolError::Config(
+        "workers must be at least 1".into(),
+    )));
     same(HandshakeError::InitMissing);
     same(PoolError::Handshake {
         pid: Some(9),
@@ -182,7 +204,8 @@ fn debug_reads_as_display() {
 fn run_task_error(backtrace: bool) -> (Option<i32>, String) {
     let exe = common::fresh_example("task_error");
     let mut cmd = Command::new(exe);
-    cmd.env_remove("RUST_BACKTRACE").env_remove("RUST_LIB_BACKTRACE");
+    cmd.env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
     if backtrace {
         cmd.env("RUST_BACKTRACE", "1");
     }
@@ -204,7 +227,10 @@ fn main_returning_a_task_error_prints_its_sentence() {
             && last.ends_with(": item 2 is bad"),
         "{err}"
     );
-    assert!(!err.contains("TaskError") && !err.contains("Panic {"), "{err}");
+    assert!(
+        !err.contains("TaskError") && !err.contains("Panic {"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -213,8 +239,14 @@ fn main_returning_a_task_error_prints_the_backtrace_as_lines() {
     assert_eq!(code, Some(1), "{err}");
     let at = err.find("Error: task 2").unwrap_or_else(|| panic!("{err}"));
     let report = &err[at..];
-    assert!(report.contains("\nstack backtrace of the worker:\n"), "{report}");
+    assert!(
+        report.contains("\nstack backtrace of the worker:\n"),
+        "{report}"
+    );
     assert!(report.lines().count() > 3, "{report}");
     assert!(report.contains("task_error::check"), "{report}");
-    assert!(!report.contains("\\n") && !report.contains("backtrace: Some"), "{report}");
+    assert!(
+        !report.contains("\\n") && !report.contains("backtrace: Some"),
+        "{report}"
+    );
 }
