@@ -30,6 +30,30 @@
 //! Functions are `fn(A) -> R`: named functions and closures that capture nothing. They
 //! travel as offsets into the executable, which every worker shares with its parent.
 //!
+//! ## A function that needs more than its item
+//! A closure that captures a local (`pool.map(|x: u64| x * factor, items)`) does not
+//! compile (E0308, "expected fn pointer, found closure"): a worker has no access to the
+//! parent's locals. Send what the function needs instead, one of these ways:
+//! - **Explicit captures**: [`capture!`] lists them; each item travels with a clone.
+//! - **A tuple argument**: pair each item with the value, `|(factor, x): (u64, u64)|`.
+//! - **[`Shared`]**: a large value goes to shared memory once; a handle (a few bytes)
+//!   travels with each item (in a tuple or captured), decoded once per worker.
+//! - **The initializer**: [`Builder::initializer`] runs once in each worker, to set up
+//!   state the tasks read (a `static` `OnceLock`, say).
+//!
+//! ```
+//! # fn main() -> Result<(), procpool::Error> {
+//! # procpool::init();
+//! # let pool = procpool::Pool::builder().workers(1).build()?;
+//! let factor = 3u64;
+//! let scale = procpool::capture!([factor] |x: u64| x * factor);
+//! assert_eq!(scale.map(&pool, [1, 2])?, [3, 6]);
+//! // the same with a tuple argument:
+//! let pairs = [1u64, 2].map(|x| (factor, x));
+//! assert_eq!(pool.map(|(f, x): (u64, u64)| x * f, pairs)?, [3, 6]);
+//! # Ok(()) }
+//! ```
+//!
 //! # Arguments, results and codecs
 //! Arguments and results are owned `serde` values ([`Value`]); the items of `map` and the
 //! others may be borrowed (`pool.map(f, &items)`), and may be the borrowed forms of the
@@ -185,6 +209,7 @@
 mod awaiting;
 #[cfg(feature = "indicatif")]
 mod bar;
+mod capture;
 mod channel;
 mod codec;
 mod deprobe;
@@ -210,6 +235,7 @@ mod strict;
 pub use awaiting::{AsCompleted, as_completed, block_on, wait_any};
 #[cfg(feature = "futures")]
 pub use awaiting::{ImapStream, ImapUnorderedStream};
+pub use capture::Captured;
 #[doc(hidden)]
 pub use channel::fuzzing as channel_fuzzing;
 pub use channel::{
