@@ -149,11 +149,11 @@
 //! `imap_unordered`, `apply`, `spawn`, time limits, retries, cancelling and errors.
 //! Outside an MPI job (or in a job of one rank) `mpi()` gives a local pool.
 //!
-//! ```no_run
+//! ```
 //! # #[cfg(feature = "mpi")]
 //! fn main() -> Result<(), procpool::Error> {
 //!     procpool::init(); // ranks other than 0 serve here and never return
-//!     let pool = procpool::Pool::builder().mpi().build()?;
+//!     let pool = procpool::Pool::builder().mpi().build()?; // local when not under mpirun
 //!     let squares = pool.map(|x: u64| x * x, 0..100_000)?;
 //!     assert_eq!(squares[9], 81);
 //!     Ok(())
@@ -255,6 +255,12 @@ pub use pool::{Builder, Call, Pool};
 pub use process::{Process, spawn};
 pub use procpool_engine::{Failures, Progress, Stats, WorkerInfo, WorkerStats, current_worker};
 pub use shared::{Element, Shared, SharedArray, SharedError, SharedSlice};
+
+/// The README's Rust blocks, compiled and run as doc tests (`tests/readme.rs` checks
+/// that none is left out).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
 
 /// Makes this process a worker if it was started as one; returns at once otherwise.
 ///
