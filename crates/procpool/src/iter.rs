@@ -326,6 +326,17 @@ where
 /// Input is pulled lazily: only while the jobs held (running, or finished and waiting for
 /// their turn) stay under a bound. Dropping the iterator drops the queued jobs and
 /// discards results still to come.
+///
+/// ```
+/// # fn main() -> Result<(), procpool::Error> {
+/// # procpool::init();
+/// # let pool = procpool::Pool::builder().workers(1).build()?;
+/// let mut results = pool.imap(|x: u64| x * 3, 0..); // an endless input
+/// assert_eq!(results.next().unwrap()?, 0);
+/// assert_eq!(results.next().unwrap()?, 3);
+/// drop(results); // the rest of the input is never pulled
+/// # Ok(()) }
+/// ```
 pub struct Imap<A, R, I> {
     feeder: Feeder<A, R, I>,
     waiting: Reorder<ChunkOut<R>>,
@@ -364,16 +375,47 @@ where
     }
 
     /// Items taken from the input so far.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let mut it = pool.imap(|x: u64| x, 0..1000);
+    /// it.next().unwrap()?;
+    /// assert!(it.pulled() >= 1 && it.pulled() <= 1000); // lazily, not all at once
+    /// # Ok(()) }
+    /// ```
     pub fn pulled(&self) -> u64 {
         self.feeder.pulled()
     }
 
     /// Jobs submitted to workers and not yet finished.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let mut it = pool.imap(|x: u64| x, 0..4);
+    /// let _ = it.in_flight(); // jobs out with the workers now
+    /// let all: Vec<u64> = it.by_ref().collect::<Result<_, _>>()?;
+    /// assert_eq!((all.len(), it.in_flight()), (4, 0));
+    /// # Ok(()) }
+    /// ```
     pub fn in_flight(&self) -> usize {
         self.feeder.in_flight()
     }
 
     /// Finished jobs held back until the jobs before them finish.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let mut it = pool.imap(|x: u64| x, 0..4);
+    /// let _: Vec<u64> = it.by_ref().collect::<Result<_, _>>()?;
+    /// assert_eq!(it.buffered(), 0); // nothing left waiting for its turn
+    /// # Ok(()) }
+    /// ```
     pub fn buffered(&self) -> usize {
         self.waiting.len()
     }
@@ -471,6 +513,20 @@ where
 
 /// Results of [`Pool::imap_unordered`](crate::Pool::imap_unordered), as they finish,
 /// each with its input index.
+///
+/// ```
+/// # fn main() -> Result<(), procpool::Error> {
+/// # procpool::init();
+/// # let pool = procpool::Pool::builder().workers(1).build()?;
+/// let mut total = 0;
+/// for (index, result) in pool.imap_unordered(|x: u64| x * x, [1, 2, 3]) {
+///     let square = result?;
+///     assert_eq!(square, [1, 4, 9][index]);
+///     total += square;
+/// }
+/// assert_eq!(total, 14);
+/// # Ok(()) }
+/// ```
 pub struct ImapUnordered<A, R, I> {
     feeder: Feeder<A, R, I>,
     current: Option<ChunkOut<R>>,
@@ -498,11 +554,31 @@ where
     }
 
     /// Items taken from the input so far.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let mut it = pool.imap_unordered(|x: u64| x, 0..10);
+    /// it.next();
+    /// assert!(it.pulled() >= 1);
+    /// # Ok(()) }
+    /// ```
     pub fn pulled(&self) -> u64 {
         self.feeder.pulled()
     }
 
     /// Jobs submitted to workers and not yet finished.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let mut it = pool.imap_unordered(|x: u64| x, 0..4);
+    /// assert_eq!(it.by_ref().count(), 4);
+    /// assert_eq!(it.in_flight(), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn in_flight(&self) -> usize {
         self.feeder.in_flight()
     }

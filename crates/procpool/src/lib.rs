@@ -272,6 +272,15 @@ struct ReadmeDoctests;
 /// With the `mpi` feature, in a process started by an MPI launcher (`mpirun`), it also
 /// initializes MPI; on ranks other than 0 it then serves as a node agent and exits
 /// without returning (see [Across hosts](crate#across-hosts-mpi)).
+///
+/// ```
+/// fn main() {
+///     procpool::init(); // first line: a worker serves here and never returns
+///     println!("printed by the parent only");
+///     let pool = procpool::Pool::builder().workers(1).build().unwrap();
+///     assert_eq!(pool.apply(|x: u8| x + 1, 1).unwrap(), 2);
+/// }
+/// ```
 pub fn init() {
     procpool_engine::serve_if_worker(func::FnRunner::default);
     #[cfg(feature = "mpi")]
