@@ -9,10 +9,19 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use super::{Arrived, Backing, Kind};
 
 /// Most values a worker keeps cached.
+///
+/// ```
+/// // Past this many values, a worker drops the one it used least recently.
+/// assert_eq!(procpool::shared::CACHE_ENTRIES, 64);
+/// ```
 pub const CACHE_ENTRIES: usize = 64;
 
 /// About the most bytes (of shared memory) a worker keeps cached; a single larger value
 /// is still kept while it is the only one.
+///
+/// ```
+/// assert_eq!(procpool::shared::CACHE_BYTES, 4 << 30); // 4 GiB
+/// ```
 pub const CACHE_BYTES: usize = 4 << 30;
 
 /// What names a received value: its kind, its maker's id, and its memfd's file.
