@@ -252,6 +252,7 @@ mod streams {
     /// # Ok(()) }
     /// ```
     #[derive(Debug)]
+    #[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
     pub struct ImapStream<A, R, I>(Imap<A, R, I>);
 
     /// The results of `imap_unordered` as a [`Stream`], as they finish, each with its
@@ -270,6 +271,7 @@ mod streams {
     /// # Ok(()) }
     /// ```
     #[derive(Debug)]
+    #[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
     pub struct ImapUnorderedStream<A, R, I>(ImapUnordered<A, R, I>);
 
     // Never pinned structurally (no field is pinned): moving one is fine whatever the
@@ -298,6 +300,7 @@ mod streams {
         /// assert_eq!(out, [0, 1, 4, 9]);
         /// # Ok(()) }
         /// ```
+        #[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
         pub fn into_stream(self) -> ImapStream<A, R, I> {
             ImapStream(self)
         }
@@ -316,6 +319,7 @@ mod streams {
         /// assert_eq!(n, 2);
         /// # Ok(()) }
         /// ```
+        #[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
         pub fn into_stream(self) -> ImapUnorderedStream<A, R, I> {
             ImapUnorderedStream(self)
         }

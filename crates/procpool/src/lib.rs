@@ -206,6 +206,8 @@
 //! # Platform support
 //! Linux (pidfd, memfd, `PR_SET_PDEATHSIG`). Other systems are refused at compile time.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod awaiting;
 #[cfg(feature = "indicatif")]
 mod bar;
@@ -294,7 +296,7 @@ pub fn init() {
 /// start-up hook (an `.init_array` entry, run before `main`) that calls it, so a worker
 /// started from the test binary serves instead of running the tests.
 ///
-/// ```no_run
+/// ```
 /// procpool::enable_test_support!();
 ///
 /// #[test]

@@ -123,14 +123,15 @@ impl Builder {
     /// processes. Outside an MPI job, or in a job of one rank, the pool is local. See
     /// [`crate::mpi`](crate#across-hosts-mpi) for the model, faults and exit.
     ///
-    /// ```no_run
+    /// ```
     /// # fn main() -> Result<(), procpool::Error> {
     /// procpool::init();
-    /// let pool = procpool::Pool::builder().mpi().build()?;
+    /// let pool = procpool::Pool::builder().mpi().build()?; // local outside mpirun
     /// assert_eq!(pool.map(|x: u32| x * 2, [1, 2, 3])?, [2, 4, 6]);
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "mpi")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
     pub fn mpi(mut self) -> Self {
         self.mpi = true;
         self

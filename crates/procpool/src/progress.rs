@@ -62,6 +62,7 @@ impl Pool {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "indicatif")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "indicatif")))]
     pub fn with_progress(&self) -> Call<'_> {
         self.call().with_progress()
     }
@@ -140,6 +141,7 @@ impl Call<'_> {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "indicatif")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "indicatif")))]
     pub fn with_progress(self) -> Self {
         let bar = crate::bar::Bar::default();
         self.on_progress(move |p| bar.show(p))
