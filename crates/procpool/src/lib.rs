@@ -276,11 +276,12 @@ struct ReadmeDoctests;
 /// without returning (see [Across hosts](crate#across-hosts-mpi)).
 ///
 /// ```
-/// fn main() {
+/// fn main() -> Result<(), procpool::Error> {
 ///     procpool::init(); // first line: a worker serves here and never returns
 ///     println!("printed by the parent only");
-///     let pool = procpool::Pool::builder().workers(1).build().unwrap();
-///     assert_eq!(pool.apply(|x: u8| x + 1, 1).unwrap(), 2);
+///     let pool = procpool::Pool::builder().workers(1).build()?;
+///     assert_eq!(pool.apply(|x: u8| x + 1, 1)?, 2);
+///     Ok(())
 /// }
 /// ```
 pub fn init() {
@@ -296,7 +297,10 @@ pub fn init() {
 /// start-up hook (an `.init_array` entry, run before `main`) that calls it, so a worker
 /// started from the test binary serves instead of running the tests.
 ///
-/// ```
+/// (`no_run`: a doc test does not run `#[test]` functions; `tests/pool.rs` and the
+/// other integration tests are this in use.)
+///
+/// ```no_run
 /// procpool::enable_test_support!();
 ///
 /// #[test]
