@@ -83,6 +83,13 @@
 //! worker, a timeout, a codec error), the pool replaces a dead worker, and every other
 //! task completes. Errors of the pool itself are [`PoolError`]s.
 //!
+//! Every fallible call of the crate (pools, one-off processes, channels, shared data)
+//! converts into one [`Error`] with `?`, each source under a variant of its own to match
+//! on, so a `main -> Result<(), procpool::Error>` can use them all. The `Debug` of every
+//! error reads as its `Display`: an error returned from `main` prints a sentence, and a
+//! task's panic its message, place and (under `RUST_BACKTRACE=1`) the worker's
+//! backtrace as lines.
+//!
 //! # Timeouts
 //! [`Builder::timeout`] and [`Pool::with_timeout`] set a time limit per task. A task past
 //! it has its worker killed and replaced — this works for code stuck in a loop or a
