@@ -221,25 +221,18 @@ mod bar;
 mod capture;
 mod channel;
 mod codec;
-mod deprobe;
 mod encodes_as;
 mod error;
-mod format;
-mod func;
 mod handle;
-mod items;
 mod iter;
+mod job;
 #[cfg(feature = "mpi")]
 mod mpi;
-mod outcome;
 mod passfd;
 mod pool;
-mod probe;
 mod process;
 mod progress;
-mod roundtrip;
 pub mod shared;
-mod strict;
 
 pub use awaiting::{AsCompleted, as_completed, block_on, wait_any};
 #[cfg(feature = "futures")]
@@ -252,9 +245,9 @@ pub use channel::{
     TryIter, TryRecvError, TrySendError, bounded, channel,
 };
 pub use codec::Value;
+pub use codec::format::Codec;
 pub use encodes_as::EncodesAs;
 pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKind, WaitError};
-pub use format::Codec;
 pub use handle::TaskHandle;
 pub use iter::{Imap, ImapUnordered};
 #[cfg(feature = "mpi")]
@@ -292,7 +285,7 @@ struct ReadmeDoctests;
 /// }
 /// ```
 pub fn init() {
-    procpool_engine::serve_if_worker(func::FnRunner::default);
+    procpool_engine::serve_if_worker(job::func::FnRunner::default);
     #[cfg(feature = "mpi")]
     mpi::init();
 }
