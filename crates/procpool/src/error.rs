@@ -65,6 +65,12 @@ pub(crate) use debug_as_display;
 /// A channel's send error converts with the undelivered value dropped (its kind is kept:
 /// `Error::Send(SendError::Disconnected(()))`); call
 /// [`into_inner`](SendError::into_inner) before `?` to keep the value.
+///
+/// Errors of tasks and pools compare and clone as values. A system error
+/// (`std::io::Error`, inside [`Io`](Error::Io), [`Shared`](Error::Shared) and the
+/// channel variants) is cloned as its OS error code, or its kind and message, and
+/// compared by message. `source()` is that of the error inside (each variant is
+/// transparent), so an error chain walks on to the system error.
 #[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
