@@ -265,6 +265,18 @@ impl<'p> From<&'p Pool> for Call<'p> {
 /// }
 /// ```
 ///
+/// A return type may be written, as in a closure:
+///
+/// ```
+/// # fn main() -> Result<(), procpool::Error> {
+/// # procpool::init();
+/// # let pool = procpool::Pool::builder().workers(1).build()?;
+/// let words = vec!["a".to_string(), "b".to_string()];
+/// let pick = procpool::capture!([words] |i: usize| -> Option<String> { words.get(i).cloned() });
+/// assert_eq!(pick.map(&pool, [1, 5])?, [Some("b".to_string()), None]);
+/// # Ok(()) }
+/// ```
+///
 /// A plain capturing closure is refused:
 ///
 /// ```compile_fail,E0308
@@ -283,6 +295,12 @@ impl<'p> From<&'p Pool> for Call<'p> {
 /// ```
 #[macro_export]
 macro_rules! capture {
+    ([$($cap:ident),* $(,)?] |$arg:ident : $aty:ty| -> $rty:ty $body:block) => {
+        $crate::Captured::new(
+            ($(::std::clone::Clone::clone(&$cap),)*),
+            |(($($cap,)*), $arg): (_, $aty)| -> $rty { $body },
+        )
+    };
     ([$($cap:ident),* $(,)?] |$arg:ident : $aty:ty| $body:expr) => {
         $crate::Captured::new(
             ($(::std::clone::Clone::clone(&$cap),)*),

@@ -49,7 +49,7 @@ use crate::codec::Value;
 ///
 /// An item that does not encode as the argument is refused by the compiler:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// # fn main() -> Result<(), procpool::Error> {
 /// # let pool = procpool::Pool::builder().workers(1).build()?;
 /// // an array is a tuple to serde, a Vec a sequence: not the same bytes
