@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use procpool_engine::TaskErrorKind;
+
 use crate::codec::Value;
+use crate::job::items::{self, Layout};
 
 /// An item a pool call accepts for an argument of type `A`: an `A`, a reference or
 /// smart pointer to one, or a borrowed form that serializes exactly as `A` does.
@@ -25,8 +28,9 @@ use crate::codec::Value;
 ///
 /// Each pair makes the same serde calls (a string, or a sequence of the same elements),
 /// so the worker reads the item as an `A` whatever the codec (postcard or MessagePack).
-/// A borrowed form is copied into an `A` as it is encoded. Checked at compile time: an
-/// item of another type does not compile. The trait is sealed.
+/// A borrowed form is encoded as it is, without making an `A` (no copy), and checked
+/// like an `A` (size limit, round trip). Checked at compile time: an item of another
+/// type does not compile. The trait is sealed.
 ///
 /// ```
 /// use std::path::{Path, PathBuf};
@@ -63,6 +67,13 @@ impl<A: Value, T: sealed::Sealed<A> + ?Sized> EncodesAs<A> for T {}
 pub(crate) mod sealed {
     /// The item as its argument type (the seal of [`EncodesAs`](super::EncodesAs)).
     pub trait Sealed<A> {
+        /// What `self` is encoded as when it holds no `A`: a borrowed form of one.
+        type Form: serde::Serialize + ?Sized;
+
+        /// The `A` that `self` holds, or its borrowed form (encoded as an `A` is,
+        /// without making one).
+        fn form(&self) -> Result<&A, &Self::Form>;
+
         /// `self` as an `A`.
         fn to_arg(&self) -> Arg<'_, A>;
     }
@@ -90,7 +101,31 @@ pub(crate) mod sealed {
 
 use sealed::{Arg, Sealed};
 
+/// Appends `item` to a chunk as an argument of type `A`: an `A` it holds as
+/// [`items::push_arg`] does, a borrowed form encoded directly as an `A`.
+///
+/// # Errors
+/// As [`items::push_arg`].
+#[inline]
+pub(crate) fn push_arg<A: Value, T: Sealed<A> + ?Sized>(
+    buf: &mut Vec<u8>,
+    layout: Layout,
+    item: &T,
+) -> Result<(), TaskErrorKind> {
+    match item.form() {
+        Ok(a) => items::push_arg(buf, layout, a),
+        Err(form) => items::push_arg_as::<A, T::Form>(buf, layout, form),
+    }
+}
+
 impl<A: Value> Sealed<A> for A {
+    type Form = A;
+
+    #[inline]
+    fn form(&self) -> Result<&A, &A> {
+        Ok(self)
+    }
+
     #[inline]
     fn to_arg(&self) -> Arg<'_, A> {
         Arg::Borrowed(self)
@@ -102,6 +137,13 @@ impl<A: Value> Sealed<A> for A {
 macro_rules! pointers {
     ($($p:ty),* $(,)?) => {$(
         impl<A: Value> Sealed<A> for $p {
+            type Form = A;
+
+            #[inline]
+            fn form(&self) -> Result<&A, &A> {
+                Ok(self)
+            }
+
             #[inline]
             fn to_arg(&self) -> Arg<'_, A> {
                 Arg::Borrowed(self)
@@ -123,6 +165,13 @@ pointers!(
 );
 
 impl<A: Value + Clone> Sealed<A> for Cow<'_, A> {
+    type Form = A;
+
+    #[inline]
+    fn form(&self) -> Result<&A, &A> {
+        Ok(self)
+    }
+
     #[inline]
     fn to_arg(&self) -> Arg<'_, A> {
         Arg::Borrowed(self)
@@ -130,6 +179,13 @@ impl<A: Value + Clone> Sealed<A> for Cow<'_, A> {
 }
 
 impl<A: Value + Clone> Sealed<A> for &Cow<'_, A> {
+    type Form = A;
+
+    #[inline]
+    fn form(&self) -> Result<&A, &A> {
+        Ok(self)
+    }
+
     #[inline]
     fn to_arg(&self) -> Arg<'_, A> {
         Arg::Borrowed(self)
@@ -141,6 +197,13 @@ impl<A: Value + Clone> Sealed<A> for &Cow<'_, A> {
 macro_rules! borrowed_forms {
     ($owned:ty, $unsized:ty, $own:path: $($t:ty),* $(,)?) => {$(
         impl Sealed<$owned> for $t {
+            type Form = $unsized;
+
+            #[inline]
+            fn form(&self) -> Result<&$owned, &$unsized> {
+                Err(AsRef::<$unsized>::as_ref(self))
+            }
+
             #[inline]
             fn to_arg(&self) -> Arg<'_, $owned> {
                 Arg::Owned($own(AsRef::<$unsized>::as_ref(self)))
@@ -167,6 +230,13 @@ borrowed_forms!(
 macro_rules! slices {
     ($($t:ty),* $(,)?) => {$(
         impl<T: Value + Clone> Sealed<Vec<T>> for $t {
+            type Form = [T];
+
+            #[inline]
+            fn form(&self) -> Result<&Vec<T>, &[T]> {
+                Err(AsRef::<[T]>::as_ref(self))
+            }
+
             #[inline]
             fn to_arg(&self) -> Arg<'_, Vec<T>> {
                 Arg::Owned(self.to_vec())
@@ -189,6 +259,7 @@ mod tests {
     use serde::Serialize;
 
     use super::*;
+    use crate::codec::format::Codec;
 
     /// postcard's and MessagePack's bytes of a value.
     fn bytes<T: Serialize + ?Sized>(v: &T) -> (Vec<u8>, Vec<u8>) {
@@ -211,6 +282,49 @@ mod tests {
         assert_eq!(bytes(&b), bytes(&b[..]));
         // An array is a tuple to serde: not the bytes of a Vec, so not accepted.
         assert_ne!(bytes(&v).0, bytes(&[1u32, 300, 70_000]).0);
+    }
+
+    /// A chunk entry of `item` as an `A`, with `codec`.
+    fn entry<A: Value, T: Sealed<A> + ?Sized>(codec: Codec, item: &T) -> Vec<u8> {
+        let layout = Layout {
+            codec,
+            limit: 1 << 20,
+        };
+        let mut buf = Vec::new();
+        push_arg::<A, T>(&mut buf, layout, item).unwrap();
+        buf
+    }
+
+    #[test]
+    fn a_borrowed_form_is_written_as_its_argument_would_be() {
+        for c in [Codec::Postcard, Codec::MessagePack] {
+            let s = String::from("héllo");
+            assert_eq!(entry::<String, _>(c, &s), entry::<String, _>(c, &"héllo"));
+            let p = PathBuf::from("/tmp/a b");
+            let owned = entry::<PathBuf, _>(c, &p);
+            assert_eq!(owned, entry::<PathBuf, _>(c, &Path::new("/tmp/a b")));
+            assert_eq!(owned, entry::<PathBuf, _>(c, &"/tmp/a b"));
+            let v = vec![1u32, 300, 70_000];
+            assert_eq!(
+                entry::<Vec<u32>, _>(c, &v),
+                entry::<Vec<u32>, _>(c, &&v[..])
+            );
+            // `Vec<u8>` takes a fast path of its own: a `&[u8]` writes the same bytes.
+            let b = vec![0u8, 255, 7];
+            assert_eq!(entry::<Vec<u8>, _>(c, &b), entry::<Vec<u8>, _>(c, &&b[..]));
+        }
+    }
+
+    #[test]
+    fn a_borrowed_form_is_checked_as_its_argument() {
+        let layout = Layout {
+            codec: Codec::Postcard,
+            limit: 8,
+        };
+        let mut buf = vec![9];
+        let r = push_arg::<String, _>(&mut buf, layout, &"longer than eight");
+        assert!(matches!(r, Err(TaskErrorKind::TooLarge { .. })), "{r:?}");
+        assert_eq!(buf, [9], "a refused item leaves the chunk as it was");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use procpool_engine::{
 };
 
 use crate::codec::{self, Value};
-use crate::encodes_as::{EncodesAs, sealed::Sealed as _};
+use crate::encodes_as::{self, EncodesAs};
 use crate::error::Error;
 use crate::job::items::{self, Layout};
 use crate::job::outcome::ChunkOut;
@@ -81,7 +81,7 @@ impl<A: Value, I: Iterator<Item: EncodesAs<A>>> Items<A, I> {
             } else {
                 (0, 0)
             };
-            if let Err(kind) = items::push_arg(out, self.layout, &*a.to_arg()) {
+            if let Err(kind) = encodes_as::push_arg(out, self.layout, &a) {
                 if count == 0 {
                     return Pulled::Failed(kind);
                 }
@@ -100,7 +100,7 @@ impl<A: Value, I: Iterator<Item: EncodesAs<A>>> Items<A, I> {
                     out.truncate(mark);
                     let enc = passfd::Encoding::begin();
                     let mut bytes = Vec::new();
-                    if let Err(kind) = items::push_arg(&mut bytes, self.layout, &*a.to_arg()) {
+                    if let Err(kind) = encodes_as::push_arg(&mut bytes, self.layout, &a) {
                         self.failed = Some(kind);
                         break;
                     }

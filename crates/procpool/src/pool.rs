@@ -1037,7 +1037,7 @@ impl<'p> Call<'p> {
         R: Value,
     {
         self.check()?;
-        let (payload, fds) = single_payload(&*arg.to_arg(), self.layout)?;
+        let (payload, fds) = single_payload(&arg, self.layout)?;
         let batch = self.pool.engine.batch();
         batch.submit([procpool_engine::Job {
             func: func::chunk_ref(f),
@@ -1173,13 +1173,13 @@ impl Call<'_> {
 
 /// The payload of a chunk of one argument, and the descriptors its encoding attached.
 pub(crate) fn single_payload<A: Value>(
-    arg: &A,
+    arg: &impl EncodesAs<A>,
     layout: Layout,
 ) -> Result<(Vec<u8>, Option<procpool_engine::JobFds>), Error> {
     let mut payload = Vec::new();
     let enc = passfd::Encoding::begin();
     items::begin_chunk::<A>(&mut payload, layout);
-    items::push_arg(&mut payload, layout, arg)
+    crate::encodes_as::push_arg(&mut payload, layout, arg)
         .map_err(|kind| Error::Task(procpool_engine::TaskError::new(kind, 0, None, 0)))?;
     items::end_chunk(&mut payload, 1);
     Ok((payload, enc.finish()))

@@ -44,7 +44,7 @@ where
         codec: Codec::Postcard,
         limit: DEFAULT_MAX_MESSAGE,
     };
-    let (payload, fds) = single_payload(&*arg.to_arg(), layout)?;
+    let (payload, fds) = single_payload(&arg, layout)?;
     let bound = items::transport_bound(DEFAULT_MAX_MESSAGE);
     let fds: Vec<BorrowedFd<'_>> = fds
         .iter()

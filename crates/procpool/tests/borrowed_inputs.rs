@@ -124,3 +124,28 @@ fn owned_values_references_and_pointers() {
     assert_eq!(pool.map(|x: u64| x + 1, [1u64, 2].iter()).unwrap(), [2, 3]);
     assert_eq!(pool.map(|x: u64| x + 1, 0..3).unwrap(), [1, 2, 3]);
 }
+
+/// A path that is not UTF-8 cannot be a `PathBuf` argument: that item fails alone with a
+/// codec error, as the owned path would, and the others run.
+#[test]
+fn a_path_that_is_not_utf8_fails_alone() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let bad = Path::new(OsStr::from_bytes(b"/tmp/\xff"));
+    let paths = [Path::new("/ok"), bad, Path::new("/also")];
+    let got: Vec<_> = pool.imap(path_text, &paths).collect();
+    assert_eq!(got[0].as_ref().unwrap(), "/ok");
+    assert_eq!(got[2].as_ref().unwrap(), "/also");
+    let e = got[1].as_ref().unwrap_err().as_task().unwrap();
+    assert!(
+        matches!(e.kind(), procpool::TaskErrorKind::Codec { message } if message.contains("UTF-8")),
+        "{e}"
+    );
+    let owned = pool.apply(path_text, bad.to_path_buf()).unwrap_err();
+    assert!(matches!(
+        owned.as_task().unwrap().kind(),
+        procpool::TaskErrorKind::Codec { .. }
+    ));
+}
