@@ -36,6 +36,24 @@ thread_local! {
 /// A sender can be passed to a process as (part of) the argument of
 /// [`procpool::spawn`](crate::spawn) or of a pool task; the process gets its own
 /// descriptor of the same channel.
+///
+/// ```
+/// fn produce((tx, n): (procpool::Sender<u32>, u32)) {
+///     for i in 0..n {
+///         tx.send(i).unwrap();
+///     }
+/// }
+///
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init();
+///     let (tx, rx) = procpool::channel()?;
+///     let p = procpool::spawn(produce, (tx.clone(), 3))?; // a clone goes to the process
+///     drop(tx); // ours too, so that `rx` ends when the process's is gone
+///     assert_eq!(rx.iter().collect::<Vec<u32>>(), [0, 1, 2]);
+///     p.join()?;
+///     Ok(())
+/// }
+/// ```
 pub struct Sender<T> {
     end: Arc<End>,
     /// Bytes the queue holds before senders wait (the socket's send buffer).
@@ -49,6 +67,23 @@ pub struct Sender<T> {
 ///
 /// A receiver can be passed to a process as (part of) the argument of
 /// [`procpool::spawn`](crate::spawn) or of a pool task.
+///
+/// ```
+/// fn consume(rx: procpool::Receiver<String>) -> usize {
+///     rx.iter().map(|s| s.len()).sum() // until every sender is gone
+/// }
+///
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init();
+///     let (tx, rx) = procpool::channel::<String>()?;
+///     let p = procpool::spawn(consume, rx)?;
+///     tx.send("ab".into())?;
+///     tx.send("cde".into())?;
+///     drop(tx);
+///     assert_eq!(p.join()?, 5);
+///     Ok(())
+/// }
+/// ```
 pub struct Receiver<T> {
     end: Arc<End>,
     _t: PhantomData<fn() -> T>,
@@ -205,6 +240,13 @@ impl<T: Value> Sender<T> {
 
     /// How many bytes of messages the queue holds before senders wait, as the kernel
     /// counts them (see [`bounded`](crate::bounded)).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let (tx, _rx) = procpool::bounded::<u64>(64 * 1024)?;
+    /// assert!(tx.capacity() >= 64 * 1024); // the kernel's figure, at least what was asked
+    /// # Ok(()) }
+    /// ```
     pub fn capacity(&self) -> usize {
         self.capacity
     }
