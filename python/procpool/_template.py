@@ -92,9 +92,15 @@ def _child(fd: int, body: bytes) -> None:
         except OSError:
             pass
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        from . import _core, _worker
+        from . import _bootstrap, _core, _worker
 
-        code = _core._serve_worker()
+        if env.get("PROCPOOL_PROCESS"):
+            from . import process
+
+            code = process._child_main()
+        else:
+            _bootstrap.load_main(prep.get("main"))
+            code = _core._serve_worker()
         _worker.flush()
     except BaseException:
         import traceback
@@ -107,8 +113,15 @@ def _child(fd: int, body: bytes) -> None:
 def prep() -> bytes:
     """What a worker of this process needs to look like it: ``sys.path``, the working
     directory and the environment (as of the pool's creation)."""
+    from ._bootstrap import main_info
+
     return pickle.dumps(
-        {"sys_path": list(sys.path), "cwd": os.getcwd(), "environ": dict(os.environ)},
+        {
+            "sys_path": list(sys.path),
+            "cwd": os.getcwd(),
+            "environ": dict(os.environ),
+            "main": main_info(),
+        },
         protocol=5,
     )
 

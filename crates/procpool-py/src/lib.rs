@@ -7,6 +7,8 @@
 //! (`launcher`, `procpool/_template.py`), and runs jobs in the worker (`runner`,
 //! `procpool/_worker.py`).
 
+mod channel;
+mod counter;
 mod engine;
 mod errors;
 mod frame;
@@ -142,8 +144,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_WORKERS", procpool_engine::MAX_WORKERS)?;
     m.add_class::<run::Run>()?;
     m.add_class::<stream::Stream>()?;
+    m.add_class::<channel::Channel>()?;
+    m.add_class::<counter::Counter>()?;
+    m.add_function(wrap_pyfunction!(counter::_pidfd_getfd, m)?)?;
     m.add_function(wrap_pyfunction!(_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_serve_worker, m)?)?;
+    m.add_function(wrap_pyfunction!(launcher::_launch, m)?)?;
+    m.add_function(wrap_pyfunction!(launcher::_die_with_parent_group, m)?)?;
     Ok(())
 }
