@@ -1,8 +1,9 @@
 """How values cross the process boundary (private).
 
 Pickle protocol 5. Functions, classes and values that the standard pickler cannot take by
-reference (lambdas, closures, anything defined in ``__main__`` or a notebook) go by value
-with cloudpickle; importable ones still go by reference. Buffers of at least
+reference (lambdas, closures, anything defined in the REPL, ``-c`` or a notebook) go by
+value with cloudpickle; importable ones, and those of a script's ``__main__`` (which
+workers import as ``spawn`` does), go by reference. Buffers of at least
 ``OOB_MIN`` bytes (``bytearray``, ``memoryview``, NumPy arrays, and ``bytes`` items) travel
 out of band: the Rust side places them after the pickle stream in the job's payload,
 which the engine moves through the worker's shared-memory region when large.
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 import traceback
+import types
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
 from pickle import PickleBuffer
 
@@ -46,6 +49,34 @@ class _BigBytes:
         return (bytes, (PickleBuffer(self.b),))
 
 
+def _main_by_reference(obj) -> bool:
+    """Whether ``obj``, a function or class of the caller's ``__main__``, can go by
+    reference: the main module is importable in workers (a script or ``-m`` module,
+    which they run again as ``__mp_main__``, as ``spawn`` does) and ``obj`` is found
+    there under its own name. Lambdas, closures, the REPL, ``-c`` and notebooks go by
+    value."""
+    if getattr(obj, "__module__", None) != "__main__":
+        return False
+    from ._bootstrap import importable_main
+
+    if not importable_main():
+        return False
+    target = sys.modules.get("__main__")
+    for part in getattr(obj, "__qualname__", "<").split("."):
+        target = getattr(target, part, None)
+    return target is obj
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, except that functions and classes of an importable ``__main__`` go
+    by reference (see :func:`_main_by_reference`)."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, (type, types.FunctionType)) and _main_by_reference(obj):
+            return NotImplemented
+        return super().reducer_override(obj)
+
+
 def _collector():
     bufs = []
 
@@ -64,7 +95,7 @@ def dumps(obj, by_value: bool = True):
     bufs, cb = _collector()
     if by_value:
         f = io.BytesIO()
-        cloudpickle.Pickler(f, protocol=5, buffer_callback=cb).dump(obj)
+        _Pickler(f, protocol=5, buffer_callback=cb).dump(obj)
         return f.getvalue(), bufs
     return pickle.dumps(obj, protocol=5, buffer_callback=cb), bufs
 
@@ -83,7 +114,9 @@ def dumps_func(func) -> bytes:
         raise TypeError(f"{type(func).__name__!r} object is not callable")
     data, bufs = dumps(func)
     if bufs:  # a function holding large buffers: keep them in band
-        data = cloudpickle.dumps(func, protocol=5)
+        f = io.BytesIO()
+        _Pickler(f, protocol=5).dump(func)
+        data = f.getvalue()
     return data
 
 

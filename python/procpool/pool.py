@@ -106,6 +106,9 @@ def _check_retries(retries):
 def _start_engine(workers, initializer, initargs, maxtasksperchild, timeout, retries):
     """Checks ``timeout`` and ``retries``, then starts the engine of a pool or executor
     (its other arguments already checked): ``(engine, timeout, retries)``."""
+    from ._bootstrap import check
+
+    check()
     timeout = _check_timeout(timeout)
     retries = _check_retries(retries)
     engine = _core.Engine(

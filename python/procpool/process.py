@@ -73,8 +73,12 @@ class _Popen:
         context.set_spawning_popen(self)
         try:
             pickle.dump((prep, info), buf, protocol=pickle.HIGHEST_PROTOCOL)
+            from ._pickle import _Pickler
+
             with _passfd.sending() as fds:
-                pickle.dump(process_obj, buf, protocol=pickle.HIGHEST_PROTOCOL)
+                # By reference where the target has a name (the main module's too), by
+                # value (cloudpickle) for lambdas and closures, as a fork would allow.
+                _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(process_obj)
                 fds = list(fds)
         finally:
             context.set_spawning_popen(None)
@@ -95,7 +99,10 @@ class _Popen:
             raise
         self._sock = mine
         try:
-            socket.send_fds(mine, [struct.pack("<QI", len(body), len(fds))], fds[:250])
+            # The process writes where this process writes now (as a fork would).
+            std = [fd for fd in (1, 2) if _valid(fd)]
+            mask = sum(1 << (fd - 1) for fd in std)
+            socket.send_fds(mine, [struct.pack("<QI", len(body), mask)], fds + std)
             mine.sendall(body)
         except OSError:
             pass  # the process died at once: its exit code says how
@@ -163,6 +170,14 @@ class _Popen:
             self.finalizer()
 
 
+def _valid(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
 def _close_all(pidfd, sock):
     try:
         os.close(pidfd)
@@ -209,7 +224,12 @@ def _child_main() -> int:
         head, fds, _flags, _addr = socket.recv_fds(sock, 12, 255)
         if len(head) < 12:
             return 70
-        n, _nfds = struct.unpack("<QI", head)
+        n, mask = struct.unpack("<QI", head)
+        for fd in (2, 1):
+            if mask & (1 << (fd - 1)) and fds:
+                std = fds.pop()
+                os.dup2(std, fd)
+                os.close(std)
         body = bytearray()
         while len(body) < n:
             chunk = sock.recv(min(n - len(body), 1 << 20))
