@@ -25,7 +25,8 @@ import sys
 
 def main() -> None:
     # Everything a worker needs is imported once, here, before any fork.
-    from . import _core, _errors, _pickle, _worker  # noqa: F401
+    from . import _bootstrap, _core, _errors, _pickle, _worker, process, queues  # noqa: F401
+    from multiprocessing import spawn  # noqa: F401
 
     _core._die_with_parent(int(os.environ.pop("PROCPOOL_TEMPLATE_PARENT", "0")))
     # A terminal's Ctrl-C is the parent's business.
