@@ -23,10 +23,32 @@ import struct
 import sys
 
 
+#: Thread pools of numerical libraries, limited to one thread in the template (and so in
+#: every worker) before anything can import them, as loky limits its workers': a library
+#: that starts its pool at import (OpenBLAS) would otherwise leave threads in the
+#: template, and a fork of a threaded process can deadlock.
+BLAS_LIMITS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+)
+
+#: What the template answers instead of a pid when preloading left it with threads: the
+#: parent starts a new template that preloads nothing (see ``launcher.rs``).
+THREADED = 11  # EAGAIN
+
+
 def main() -> None:
+    for var in BLAS_LIMITS:
+        os.environ[var] = "1"
     # Everything a worker needs is imported once, here, before any fork.
     from . import _bootstrap, _core, _errors, _pickle, _worker, process, queues  # noqa: F401
     from multiprocessing import spawn  # noqa: F401
+
+    may_preload = not os.environ.pop("PROCPOOL_TEMPLATE_NO_PRELOAD", "")
 
     _core._die_with_parent(int(os.environ.pop("PROCPOOL_TEMPLATE_PARENT", "0")))
     # A terminal's Ctrl-C is the parent's business.
@@ -39,6 +61,11 @@ def main() -> None:
         if req is None:
             os._exit(0)  # the parent closed its end
         fd, body = req
+        if may_preload and not _preload(body):
+            # A preloaded module started a thread: no fork from here.
+            os.close(fd)
+            ctl.sendall(struct.pack("<q", -THREADED))
+            os._exit(0)
         try:
             pid = _core._fork()
         except OSError as e:
@@ -50,6 +77,32 @@ def main() -> None:
             _child(fd, body)  # never returns
         os.close(fd)
         ctl.sendall(struct.pack("<q", pid))
+
+
+_preloaded = set()
+
+
+def _preload(body: bytes) -> bool:
+    """Imports, once, the modules the parent had loaded (``prep["preload"]``), so that
+    workers are forked with them (as ``forkserver``'s preload). Whether the template is
+    still single-threaded (checked in ``/proc/self/task``, where every thread shows)."""
+    (n,) = struct.unpack_from("<I", body)
+    try:
+        names = pickle.loads(body[4 : 4 + n]).get("preload", ())
+    except Exception:
+        return True
+    new = [m for m in names if m not in _preloaded and m not in sys.modules]
+    if not new:
+        return True
+    import importlib
+
+    for name in new:
+        _preloaded.add(name)
+        try:
+            importlib.import_module(name)
+        except BaseException:  # not importable here: the worker will say so if it matters
+            pass
+    return len(os.listdir("/proc/self/task")) == 1
 
 
 def _recv_request(ctl: socket.socket):
@@ -122,9 +175,39 @@ def prep() -> bytes:
             "cwd": os.getcwd(),
             "environ": dict(os.environ),
             "main": main_info(),
+            "preload": preload_list(),
         },
         protocol=5,
     )
+
+
+#: Never preloaded: packages known to start threads when imported.
+_NO_PRELOAD = {"torch", "tensorflow", "jax", "jaxlib", "ray", "dask", "distributed", "pytest"}
+
+
+def preload_list() -> list:
+    """The top-level packages this process has loaded from the installation (the
+    standard library and ``site-packages``, not the program's own modules, whose import
+    may have effects), for the template to load before forking workers."""
+    import sysconfig
+
+    roots = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        p = sysconfig.get_paths().get(key)
+        if p:
+            roots.add(os.path.realpath(p) + os.sep)
+    for p in sys.path:
+        if p.endswith(("site-packages", "dist-packages")):
+            roots.add(os.path.realpath(p) + os.sep)
+    roots = tuple(roots)
+    out = []
+    for name, mod in list(sys.modules.items()):
+        if "." in name or name.startswith("_") or name in _NO_PRELOAD or mod is None:
+            continue
+        f = getattr(mod, "__file__", None)
+        if f and os.path.realpath(f).startswith(roots):
+            out.append(name)
+    return sorted(out)
 
 
 if __name__ == "__main__":

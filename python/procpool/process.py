@@ -38,6 +38,7 @@ import signal
 import socket
 import struct
 import sys
+import types
 
 from multiprocessing import process as _mp_process
 from multiprocessing import util as _util
@@ -73,13 +74,16 @@ class _Popen:
         context.set_spawning_popen(self)
         try:
             pickle.dump((prep, info), buf, protocol=pickle.HIGHEST_PROTOCOL)
-            from ._pickle import _Pickler
+            head = buf.getvalue()
+            fds = _dump_process(buf, process_obj)
+            if fds is None:
+                # The stdlib's pickler refused (a lambda or closure as the target): by
+                # value with cloudpickle, as a fork would allow.
+                from ._pickle import _Pickler
 
-            with _passfd.sending() as fds:
-                # By reference where the target has a name (the main module's too), by
-                # value (cloudpickle) for lambdas and closures, as a fork would allow.
-                _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(process_obj)
-                fds = list(fds)
+                buf = io.BytesIO()
+                buf.write(head)
+                fds = _dump_process(buf, process_obj, _Pickler)
         finally:
             context.set_spawning_popen(None)
         body = buf.getvalue()
@@ -168,6 +172,46 @@ class _Popen:
     def close(self):
         if self.finalizer is not None:
             self.finalizer()
+
+
+def _by_reference_pickler():
+    from multiprocessing.reduction import ForkingPickler
+
+    from ._pickle import _main_by_reference
+
+    class ByReference(ForkingPickler):
+        """The stdlib's pickler, refusing what the child could not find by name: a
+        function or class of a ``__main__`` the child cannot import (``-c``, the REPL)."""
+
+        def reducer_override(self, obj):
+            if (
+                isinstance(obj, (type, types.FunctionType))
+                and getattr(obj, "__module__", None) == "__main__"
+                and not _main_by_reference(obj)
+            ):
+                raise pickle.PicklingError("not importable in the child")
+            return NotImplemented
+
+    return ByReference
+
+
+def _ByReference(*args):
+    global _ByReference
+    _ByReference = _by_reference_pickler()
+    return _ByReference(*args)
+
+
+def _dump_process(buf, obj, pickler=None):
+    """Pickles ``obj`` into ``buf`` (after what it holds): the descriptors attached, or
+    None when the stdlib's pickler (the default) refuses it."""
+    with _passfd.sending() as fds:
+        try:
+            (pickler or _ByReference)(buf, pickle.HIGHEST_PROTOCOL).dump(obj)
+        except Exception:
+            if pickler is not None:
+                raise
+            return None
+        return list(fds)
 
 
 def _valid(fd):

@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import queue as _queue
@@ -48,10 +49,15 @@ _CAPACITY = 4 << 20
 
 
 def _dumps(obj):
-    """``(pickle, descriptors)`` of a message."""
+    """``(pickle, descriptors)`` of a message, pickled as the stdlib's queues pickle
+    (its ``ForkingPickler``, which knows how to send ``multiprocessing`` connections and
+    sockets)."""
+    from multiprocessing.reduction import ForkingPickler
+
     with _passfd.sending() as fds:
-        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        return data, list(fds)
+        f = io.BytesIO()
+        ForkingPickler(f, pickle.HIGHEST_PROTOCOL).dump(obj)
+        return f.getvalue(), list(fds)
 
 
 def _loads(data, fds):
@@ -440,7 +446,8 @@ class Connection:
 
     def recv_bytes_into(self, buf, offset=0):
         """Receives one message's bytes into ``buf`` at ``offset``; returns their number.
-        :class:`multiprocessing.BufferTooShort` (holding the bytes) when it does not fit."""
+        :class:`multiprocessing.BufferTooShort` (holding the bytes) when it does not fit.
+        ``offset`` and the result count bytes, as in the stdlib."""
         data, fds = self._recv()
         for fd in fds:
             os.close(fd)
@@ -457,7 +464,7 @@ class Connection:
 
                 raise multiprocessing.BufferTooShort(data)
             m.cast("B")[offset : offset + n] = data
-            return n // itemsize
+            return n
 
     def recv(self):
         """Receives a pickled object."""
@@ -511,9 +518,9 @@ def Pipe(duplex=True):
         {'x': 1}
     """
     if duplex:
-        ab, ba = _core.Channel(_CAPACITY), _core.Channel(_CAPACITY)
-        a = _core.Channel.from_fds(ab.send_fd(), ba.recv_fd())
-        b = _core.Channel.from_fds(ba.send_fd(), ab.recv_fd())
+        # One socket pair, each end sending and receiving (so that ``fileno()`` is the
+        # one socket of its end, as the stdlib's ``reduction.send_handle`` expects).
+        a, b = _core.Channel.duplex(_CAPACITY)
         return Connection(a), Connection(b)
     ch = _core.Channel(_CAPACITY)
     r = _split(ch, False, True)

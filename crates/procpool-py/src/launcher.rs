@@ -15,6 +15,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use procpool_engine::Launcher;
@@ -41,6 +42,10 @@ struct Template {
     /// template forks workers as children of its own parent).
     owner: u32,
 }
+
+/// Set once a template was left with threads by preloading: templates started from then
+/// on preload nothing (see `_template._preload`).
+static NO_PRELOAD: AtomicBool = AtomicBool::new(false);
 
 /// The process's template, if started.
 static TEMPLATE: Mutex<Option<Template>> = Mutex::new(None);
@@ -72,6 +77,16 @@ impl Launcher for TemplateLauncher {
             let t = guard.as_mut().expect("started above");
             match request(&mut t.ctl, stdin, &body) {
                 Ok(pid) if pid > 0 => return Ok(pid as u32),
+                Ok(err) if err == -i64::from(libc::EAGAIN) && !NO_PRELOAD.load(Relaxed) => {
+                    // Preloading the parent's modules left the template with threads: it
+                    // exited; its successors preload nothing.
+                    NO_PRELOAD.store(true, Relaxed);
+                    if let Some(mut t) = guard.take() {
+                        let _ = t.child.kill();
+                        let _ = t.child.wait();
+                    }
+                    last = Some(io::Error::other("the template was left with threads"));
+                }
                 Ok(err) => return Err(io::Error::from_raw_os_error((-err) as i32)),
                 Err(e) => {
                     // The template died (or hangs): it is replaced on the next try.
@@ -107,6 +122,10 @@ impl TemplateLauncher {
             )
             .env("PROCPOOL_TEMPLATE_PATH", path)
             .env("PROCPOOL_TEMPLATE_PARENT", std::process::id().to_string())
+            .env(
+                "PROCPOOL_TEMPLATE_NO_PRELOAD",
+                if NO_PRELOAD.load(Relaxed) { "1" } else { "" },
+            )
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .process_group(0)
             .spawn()
