@@ -185,29 +185,30 @@ def prep() -> bytes:
 _NO_PRELOAD = {"torch", "tensorflow", "jax", "jaxlib", "ray", "dask", "distributed", "pytest"}
 
 
+_verdicts: dict = {}
+
+
 def preload_list() -> list:
     """The top-level packages this process has loaded from the installation (the
-    standard library and ``site-packages``, not the program's own modules, whose import
-    may have effects), for the template to load before forking workers."""
-    import sysconfig
-
-    roots = set()
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        p = sysconfig.get_paths().get(key)
-        if p:
-            roots.add(os.path.realpath(p) + os.sep)
-    for p in sys.path:
-        if p.endswith(("site-packages", "dist-packages")):
-            roots.add(os.path.realpath(p) + os.sep)
-    roots = tuple(roots)
+    standard library and ``site-packages``/``dist-packages``, not the program's own
+    modules, whose import may have effects), for the template to load before forking
+    workers. Each module is judged once."""
+    stdlib = getattr(sys, "stdlib_module_names", ())
     out = []
     for name, mod in list(sys.modules.items()):
-        if "." in name or name.startswith("_") or name in _NO_PRELOAD or mod is None:
-            continue
-        f = getattr(mod, "__file__", None)
-        if f and os.path.realpath(f).startswith(roots):
+        ok = _verdicts.get(name)
+        if ok is None:
+            ok = False
+            if "." not in name and not name.startswith("_") and name not in _NO_PRELOAD:
+                if name in stdlib:
+                    ok = True
+                else:
+                    f = getattr(mod, "__file__", None) or ""
+                    ok = "-packages" + os.sep in f
+            _verdicts[name] = ok
+        if ok:
             out.append(name)
-    return sorted(out)
+    return out
 
 
 if __name__ == "__main__":
