@@ -48,19 +48,41 @@ _UNBOUNDED = 2**31 - 1
 _CAPACITY = 4 << 20
 
 
-def _dumps(obj):
-    """``(pickle, descriptors)`` of a message, pickled as the stdlib's queues pickle
-    (its ``ForkingPickler``, which knows how to send ``multiprocessing`` connections and
-    sockets)."""
+_Pickler = None
+
+
+def _pickler():
+    """A pickler with the stdlib queues' reducers (its ``ForkingPickler``'s: connections,
+    sockets), its dispatch table built once."""
+    global _Pickler
     from multiprocessing.reduction import ForkingPickler
 
-    with _passfd.sending() as fds:
+    table = ForkingPickler._copyreg_dispatch_table.copy()
+    table.update(ForkingPickler._extra_reducers)
+
+    class QueuePickler(pickle.Pickler):
+        dispatch_table = table
+
+    _Pickler = QueuePickler
+    return QueuePickler
+
+
+def _dumps(obj):
+    """``(pickle, descriptors)`` of a message, pickled as the stdlib's queues pickle."""
+    local = _passfd._local
+    outer = getattr(local, "out", None)
+    fds = local.out = []
+    try:
         f = io.BytesIO()
-        ForkingPickler(f, pickle.HIGHEST_PROTOCOL).dump(obj)
-        return f.getvalue(), list(fds)
+        (_Pickler or _pickler())(f, pickle.HIGHEST_PROTOCOL).dump(obj)
+        return f.getvalue(), fds
+    finally:
+        local.out = outer
 
 
 def _loads(data, fds):
+    if not fds:
+        return pickle.loads(data)
     with _passfd.receiving(fds):
         return pickle.loads(data)
 

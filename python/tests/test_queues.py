@@ -252,3 +252,75 @@ def test_500_cycles_leave_descriptors_and_threads_as_they_were():
     for _ in range(500):
         cycle()
     assert _fds() == fds and threading.active_count() == threads
+
+
+def _read_one_then_hang(r):
+    r.recv_bytes()
+    time.sleep(60)
+
+
+def _fill(w, out):
+    try:
+        while True:
+            w.send_bytes(b"f" * 4096)
+    except BrokenPipeError:
+        out.put("told")
+
+
+@pytest.mark.limit(60)
+def test_reader_killed_while_writer_blocks_on_a_full_pipe_tells_the_writer():
+    r, w = procpool.Pipe(duplex=False)
+    out = procpool.Queue()
+    reader = procpool.Process(target=_read_one_then_hang, args=(r,))
+    writer = procpool.Process(target=_fill, args=(w, out))
+    reader.start()
+    writer.start()
+    r.close()  # only the reader process holds the reading end now
+    w.close()
+    time.sleep(0.5)  # the writer fills the pipe and blocks
+    assert writer.is_alive()
+    reader.kill()
+    reader.join(20)
+    assert out.get(timeout=20) == "told"
+    writer.join(20)
+    assert writer.exitcode == 0
+
+
+@pytest.mark.limit(60)
+def test_a_full_queue_put_with_a_timeout_raises_full_when_its_reader_is_killed():
+    q = procpool.Queue(maxsize=3)
+    out = procpool.Queue()
+    reader = procpool.Process(target=_get_one, args=(q, out))
+    reader.start()
+    q.put(0)
+    assert out.get(timeout=20) == 0
+    reader.kill()
+    reader.join(20)
+    for i in range(3):
+        q.put(i)
+    with pytest.raises(queue.Full):
+        q.put(3, timeout=0.2)
+
+
+def _cycle_process(q):
+    q.put(os.getpid())
+
+
+@pytest.mark.limit(120)
+def test_process_cycles_leave_descriptors_threads_and_children_as_they_were():
+    q = procpool.Queue()
+    p = procpool.Process(target=_cycle_process, args=(q,))
+    p.start()
+    q.get(timeout=20)
+    p.join(20)
+    p.close()
+    fds, threads = _fds(), threading.active_count()
+    for _ in range(50):
+        p = procpool.Process(target=_cycle_process, args=(q,))
+        p.start()
+        assert q.get(timeout=20) == p.pid
+        p.join(20)
+        assert p.exitcode == 0
+        p.close()
+    assert _fds() == fds and threading.active_count() == threads
+    assert procpool.active_children() == []

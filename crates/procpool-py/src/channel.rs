@@ -180,6 +180,12 @@ impl Channel {
             fds,
         };
         let timeout = crate::engine::duration(timeout, "timeout")?;
+        // The common case, a queue with room, without letting the GIL go.
+        let msg = match tx.try_send(msg) {
+            Ok(()) => return Ok(true),
+            Err(procpool::TrySendError::Full(m)) => m,
+            Err(procpool::TrySendError::Failed(e)) => return send_error(e),
+        };
         let r = py.detach(|| match timeout {
             None => tx.send(msg).map_err(Some),
             Some(t) if t.is_zero() => match tx.try_send(msg) {
@@ -196,16 +202,7 @@ impl Channel {
         match r {
             Ok(()) => Ok(true),
             Err(None) => Ok(false),
-            Err(Some(procpool::SendError::Disconnected(_))) => {
-                Err(pyo3::exceptions::PyBrokenPipeError::new_err(
-                    "every receiving end of the queue or pipe is closed (its readers are gone)",
-                ))
-            }
-            Err(Some(procpool::SendError::Encode { reason, .. })) => Err(PyValueError::new_err(
-                format!("the message cannot be sent: {reason}"),
-            )),
-            Err(Some(procpool::SendError::Io { error, .. })) => Err(error.into()),
-            Err(Some(e)) => Err(PyOSError::new_err(e.to_string())),
+            Err(Some(e)) => send_error(e),
         }
     }
 
@@ -221,19 +218,28 @@ impl Channel {
     ) -> PyResult<Option<(Bound<'py, PyBytes>, Vec<i32>)>> {
         let rx = self.rx.as_ref().ok_or_else(closed)?;
         let timeout = crate::engine::duration(timeout, "timeout")?;
-        let r = py.detach(|| match timeout {
-            None => rx.recv().map(Some),
-            Some(t) if t.is_zero() => match rx.try_recv() {
-                Ok(m) => Ok(Some(m)),
-                Err(procpool::TryRecvError::Empty) => Ok(None),
-                Err(procpool::TryRecvError::Failed(e)) => Err(e),
-            },
-            Some(t) => match rx.recv_timeout(t) {
-                Ok(m) => Ok(Some(m)),
-                Err(procpool::RecvTimeoutError::Timeout) => Ok(None),
-                Err(procpool::RecvTimeoutError::Failed(e)) => Err(e),
-            },
-        });
+        // A message already waiting is taken without letting the GIL go.
+        let first = match rx.try_recv() {
+            Ok(m) => Ok(Some(m)),
+            Err(procpool::TryRecvError::Empty) => Ok(None),
+            Err(procpool::TryRecvError::Failed(e)) => Err(e),
+        };
+        let r = match first {
+            Ok(None) if timeout != Some(Duration::ZERO) => py.detach(|| match timeout {
+                None => rx.recv().map(Some),
+                Some(t) if t.is_zero() => match rx.try_recv() {
+                    Ok(m) => Ok(Some(m)),
+                    Err(procpool::TryRecvError::Empty) => Ok(None),
+                    Err(procpool::TryRecvError::Failed(e)) => Err(e),
+                },
+                Some(t) => match rx.recv_timeout(t) {
+                    Ok(m) => Ok(Some(m)),
+                    Err(procpool::RecvTimeoutError::Timeout) => Ok(None),
+                    Err(procpool::RecvTimeoutError::Failed(e)) => Err(e),
+                },
+            }),
+            other => other,
+        };
         match r {
             Ok(Some(m)) => {
                 let fds = m
@@ -272,6 +278,19 @@ impl Channel {
     /// Closes the receiving end here.
     fn close_recv(&mut self) {
         self.rx = None;
+    }
+}
+
+fn send_error<T>(e: procpool::SendError<Msg>) -> PyResult<T> {
+    match e {
+        procpool::SendError::Disconnected(_) => Err(pyo3::exceptions::PyBrokenPipeError::new_err(
+            "every receiving end of the queue or pipe is closed (its readers are gone)",
+        )),
+        procpool::SendError::Encode { reason, .. } => Err(PyValueError::new_err(format!(
+            "the message cannot be sent: {reason}"
+        ))),
+        procpool::SendError::Io { error, .. } => Err(error.into()),
+        e => Err(PyOSError::new_err(e.to_string())),
     }
 }
 
