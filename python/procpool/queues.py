@@ -35,6 +35,7 @@ import io
 import os
 import pickle
 import queue as _queue
+import struct
 import time
 
 from . import _core, _passfd
@@ -85,6 +86,81 @@ def _loads(data, fds):
         return pickle.loads(data)
     with _passfd.receiving(fds):
         return pickle.loads(data)
+
+
+#: Buffers at least this large travel out of band: written once into the message (its
+#: memfd when large) instead of being copied into the pickle first.
+_OOB_MIN = 64 * 1024
+_PLAIN = b"\x00"
+_FRAMED = b"\x01"
+
+
+class _BigBytes:
+    """A large ``bytes`` value, pickled out of band and rebuilt as ``bytes``."""
+
+    __slots__ = ("b",)
+
+    def __init__(self, b):
+        self.b = b
+
+    def __reduce_ex__(self, protocol):
+        return (bytes, (pickle.PickleBuffer(self.b),))
+
+
+def _dumps_message(obj):
+    """A queue message: ``([parts], descriptors)``. ``_PLAIN`` then the pickle, or
+    ``_FRAMED``, the number of out-of-band buffers, their lengths and the pickle's (u64
+    each), the pickle, then the buffers."""
+    if type(obj) is bytes and len(obj) >= _OOB_MIN:
+        obj = _BigBytes(obj)
+    bufs = []
+
+    def keep(pb):
+        raw = pb.raw()
+        if raw.nbytes >= _OOB_MIN:
+            bufs.append(raw)
+            return False
+        return True
+
+    local = _passfd._local
+    outer = getattr(local, "out", None)
+    fds = local.out = []
+    try:
+        f = io.BytesIO()
+        (_Pickler or _pickler())(f, 5, buffer_callback=keep).dump(obj)
+        data = f.getvalue()
+    finally:
+        local.out = outer
+    if not bufs:
+        return [_PLAIN, data], fds
+    parts = [
+        _FRAMED,
+        struct.pack(f"<I{len(bufs) + 1}Q", len(bufs), len(data), *(b.nbytes for b in bufs)),
+        data,
+    ]
+    for b in bufs:
+        # A bytes object's own buffer is sent as it is; others are copied once.
+        parts.append(b.obj if type(b.obj) is bytes and len(b.obj) == b.nbytes else bytes(b))
+    return parts, fds
+
+
+def _loads_message(data, fds):
+    mv = memoryview(data)
+    if mv[0] == 0:
+        return _loads(mv[1:], fds)
+    (n,) = struct.unpack_from("<I", mv, 1)
+    lens = struct.unpack_from(f"<{n + 1}Q", mv, 5)
+    at = 5 + 8 * (n + 1)
+    pkl = mv[at : at + lens[0]]
+    at += lens[0]
+    bufs = []
+    for k in lens[1:]:
+        bufs.append(mv[at : at + k])
+        at += k
+    if not fds:
+        return pickle.loads(pkl, buffers=bufs)
+    with _passfd.receiving(fds):
+        return pickle.loads(pkl, buffers=bufs)
 
 
 def _wait_for(check, deadline):
@@ -165,7 +241,7 @@ class Queue:
         """
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        data, fds = _dumps(obj)
+        parts, fds = _dumps_message(obj)
         wait = _deadline(block, timeout)
         deadline = None if wait is None else time.monotonic() + wait
         count = self._count
@@ -174,7 +250,7 @@ class Queue:
                 raise _queue.Full
         try:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            sent = self._ch.send(data, fds, left)
+            sent = self._ch.send(parts, fds, left)
         except BaseException:
             count.add(-1)
             raise
@@ -191,11 +267,11 @@ class Queue:
         time (or at once when ``block`` is false)."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        r = self._ch.recv(_deadline(block, timeout))
+        r = self._ch.recv(_deadline(block, timeout), True)
         if r is None:
             raise _queue.Empty
         self._count.take_one()
-        return _loads(*r)
+        return _loads_message(*r)
 
     def put_nowait(self, obj):
         """``put(obj, False)``."""
@@ -324,12 +400,12 @@ class SimpleQueue:
 
     def put(self, obj):
         """Puts ``obj`` (waits while the socket is full)."""
-        data, fds = _dumps(obj)
-        self._ch.send(data, fds, None)
+        parts, fds = _dumps_message(obj)
+        self._ch.send(parts, fds, None)
 
     def get(self):
         """Removes and returns an item, waiting for one."""
-        return _loads(*self._ch.recv(None))
+        return _loads_message(*self._ch.recv(None, True))
 
     def empty(self):
         """Whether no message is waiting now."""
@@ -439,14 +515,18 @@ class Connection:
             raise ValueError("size is negative")
         elif offset + size > n:
             raise ValueError("buffer length < offset + size")
-        ch.send(bytes(m[offset : offset + size]), [], None)
+        if type(buf) is bytes and offset == 0 and size == n:
+            part = buf
+        else:
+            part = bytes(m[offset : offset + size])
+        ch.send([part], [], None)
 
     def send(self, obj):
         """Sends a picklable object."""
         ch = self._check_closed()
         self._check_writable()
         data, fds = _dumps(obj)
-        ch.send(data, fds, None)
+        ch.send([data], fds, None)
 
     def _recv(self):
         ch = self._check_closed()

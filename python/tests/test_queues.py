@@ -324,3 +324,19 @@ def test_process_cycles_leave_descriptors_threads_and_children_as_they_were():
         p.close()
     assert _fds() == fds and threading.active_count() == threads
     assert procpool.active_children() == []
+
+
+def test_numpy_and_large_bytes_out_of_band_come_back_equal_and_writable():
+    np = pytest.importorskip("numpy")
+    q = procpool.Queue()
+    a = np.arange(100_000, dtype=np.float64)
+    q.put(a)
+    b = q.get(timeout=5)
+    assert (a == b).all()
+    b[0] = 7.0  # writable, as the stdlib's copy is
+    big = bytes(range(256)) * 1024
+    q.put(big)
+    got = q.get(timeout=5)
+    assert type(got) is bytes and got == big
+    q.put((big, [big]))
+    assert q.get(timeout=5) == (big, [big])

@@ -11,52 +11,16 @@ use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::time::Duration;
 
-use procpool::{Fd, Receiver, Sender};
+use procpool::{Receiver, Sender};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-/// A pickle's bytes, encoded as one byte string (not a sequence of bytes).
-struct Bytes(Vec<u8>);
-
-impl Serialize for Bytes {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Bytes {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Bytes;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
-                Ok(Bytes(v.to_vec()))
-            }
-            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Bytes, E> {
-                Ok(Bytes(v))
-            }
-        }
-        d.deserialize_byte_buf(V)
-    }
-}
-
-/// One message: a pickle and the descriptors its values refer to (by position).
-#[derive(Serialize, Deserialize)]
-struct Msg {
-    data: Bytes,
-    fds: Vec<Fd>,
-}
+use pyo3::types::{PyByteArray, PyBytes};
 
 /// Both ends of a channel, or one of them.
 #[pyclass(module = "procpool._core")]
 pub(crate) struct Channel {
-    tx: Option<Sender<Msg>>,
-    rx: Option<Receiver<Msg>>,
+    tx: Option<Sender<Vec<u8>>>,
+    rx: Option<Receiver<Vec<u8>>>,
 }
 
 impl fmt::Debug for Channel {
@@ -89,8 +53,8 @@ impl Channel {
     #[pyo3(signature = (capacity=None))]
     fn new(capacity: Option<usize>) -> PyResult<Self> {
         let (tx, rx) = match capacity {
-            None => procpool::channel::<Msg>()?,
-            Some(c) => procpool::bounded::<Msg>(c)?,
+            None => procpool::channel::<Vec<u8>>()?,
+            Some(c) => procpool::bounded::<Vec<u8>>(c)?,
         };
         Ok(Channel {
             tx: Some(tx),
@@ -102,7 +66,7 @@ impl Channel {
     /// (a duplex pipe), each queue holding about `capacity` bytes.
     #[staticmethod]
     fn duplex(capacity: usize) -> PyResult<(Channel, Channel)> {
-        let (tx, rx) = procpool::bounded::<Msg>(capacity)?;
+        let (tx, rx) = procpool::bounded::<Vec<u8>>(capacity)?;
         let a = tx.as_fd().try_clone_to_owned()?;
         let b = rx.as_fd().try_clone_to_owned()?;
         drop((tx, rx));
@@ -159,95 +123,72 @@ impl Channel {
         self.tx.as_ref().map_or(0, Sender::capacity)
     }
 
-    /// Sends `data` with `fds` (duplicated) as one message. `timeout`: `None` waits for
-    /// room as long as needed, `0` not at all. `False` when the queue stayed full;
+    /// Sends the bytes of `parts` (`bytes` objects), one after the other, as one
+    /// message, with `fds` (duplicated by the kernel). `timeout`: `None` waits for room
+    /// as long as needed, `0` not at all. `False` when the queue stayed full;
     /// `BrokenPipeError` when no receiving end is left.
-    #[pyo3(signature = (data, fds, timeout=None))]
+    #[pyo3(signature = (parts, fds, timeout=None))]
     fn send(
         &self,
         py: Python<'_>,
-        data: &[u8],
+        parts: Vec<Bound<'_, PyBytes>>,
         fds: Vec<i32>,
         timeout: Option<f64>,
     ) -> PyResult<bool> {
         let tx = self.tx.as_ref().ok_or_else(closed)?;
-        let fds = fds
-            .into_iter()
-            .map(|f| borrowed(f).map(Fd::from))
-            .collect::<PyResult<Vec<Fd>>>()?;
-        let msg = Msg {
-            data: Bytes(data.to_vec()),
-            fds,
-        };
+        if fds.iter().any(|&f| f < 0) {
+            return Err(PyValueError::new_err("a message's descriptor is negative"));
+        }
+        // `bytes` objects are immutable and held by `parts` for the whole call.
+        let slices: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+        // SAFETY: the descriptors are the caller's, open for the duration of the call.
+        let borrowed: Vec<BorrowedFd<'_>> = fds
+            .iter()
+            .map(|&f| unsafe { BorrowedFd::borrow_raw(f) })
+            .collect();
         let timeout = crate::engine::duration(timeout, "timeout")?;
         // The common case, a queue with room, without letting the GIL go.
-        let msg = match tx.try_send(msg) {
-            Ok(()) => return Ok(true),
-            Err(procpool::TrySendError::Full(m)) => m,
-            Err(procpool::TrySendError::Failed(e)) => return send_error(e),
-        };
-        let r = py.detach(|| match timeout {
-            None => tx.send(msg).map_err(Some),
-            Some(t) if t.is_zero() => match tx.try_send(msg) {
-                Ok(()) => Ok(()),
-                Err(procpool::TrySendError::Full(_)) => Err(None),
-                Err(procpool::TrySendError::Failed(e)) => Err(Some(e)),
-            },
-            Some(t) => match tx.send_timeout(msg, t) {
-                Ok(()) => Ok(()),
-                Err(procpool::SendTimeoutError::Timeout(_)) => Err(None),
-                Err(procpool::SendTimeoutError::Failed(e)) => Err(Some(e)),
-            },
-        });
+        match tx.send_parts(&slices, &borrowed, Some(Duration::ZERO)) {
+            Ok(true) => return Ok(true),
+            Ok(false) if timeout == Some(Duration::ZERO) => return Ok(false),
+            Ok(false) => {}
+            Err(e) => return send_error(e),
+        }
+        let r = py.detach(|| tx.send_parts(&slices, &borrowed, timeout));
         match r {
-            Ok(()) => Ok(true),
-            Err(None) => Ok(false),
-            Err(Some(e)) => send_error(e),
+            Ok(sent) => Ok(sent),
+            Err(e) => send_error(e),
         }
     }
 
-    /// Receives one message: `(bytes, [descriptor, ...])` (the descriptors are the
+    /// Receives one message: `(bytes, [descriptor, ...])` (a `bytearray` when
+    /// `writable`; the descriptors are the
     /// caller's to close), or `None` when none came within `timeout` (`None`: wait as
     /// long as needed, `0`: not at all). `EOFError` once the queue is empty and every
     /// sending end is closed.
-    #[pyo3(signature = (timeout=None))]
+    #[pyo3(signature = (timeout=None, writable=false))]
     fn recv<'py>(
         &self,
         py: Python<'py>,
         timeout: Option<f64>,
-    ) -> PyResult<Option<(Bound<'py, PyBytes>, Vec<i32>)>> {
+        writable: bool,
+    ) -> PyResult<Option<(Bound<'py, PyAny>, Vec<i32>)>> {
         let rx = self.rx.as_ref().ok_or_else(closed)?;
         let timeout = crate::engine::duration(timeout, "timeout")?;
         // A message already waiting is taken without letting the GIL go.
-        let first = match rx.try_recv() {
-            Ok(m) => Ok(Some(m)),
-            Err(procpool::TryRecvError::Empty) => Ok(None),
-            Err(procpool::TryRecvError::Failed(e)) => Err(e),
-        };
-        let r = match first {
-            Ok(None) if timeout != Some(Duration::ZERO) => py.detach(|| match timeout {
-                None => rx.recv().map(Some),
-                Some(t) if t.is_zero() => match rx.try_recv() {
-                    Ok(m) => Ok(Some(m)),
-                    Err(procpool::TryRecvError::Empty) => Ok(None),
-                    Err(procpool::TryRecvError::Failed(e)) => Err(e),
-                },
-                Some(t) => match rx.recv_timeout(t) {
-                    Ok(m) => Ok(Some(m)),
-                    Err(procpool::RecvTimeoutError::Timeout) => Ok(None),
-                    Err(procpool::RecvTimeoutError::Failed(e)) => Err(e),
-                },
-            }),
+        let r = match rx.recv_with_fds(Some(Duration::ZERO)) {
+            Ok(None) if timeout != Some(Duration::ZERO) => py.detach(|| rx.recv_with_fds(timeout)),
             other => other,
         };
         match r {
-            Ok(Some(m)) => {
-                let fds = m
-                    .fds
-                    .into_iter()
-                    .map(|f| OwnedFd::from(f).into_raw_fd())
-                    .collect();
-                Ok(Some((PyBytes::new(py, &m.data.0), fds)))
+            Ok(Some((bytes, fds))) => {
+                let fds = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
+                let data = if writable {
+                    PyByteArray::new(py, &bytes).into_any()
+                } else {
+                    PyBytes::new(py, &bytes).into_any()
+                };
+                Ok(Some((data, fds)))
             }
             Ok(None) => Ok(None),
             Err(procpool::RecvError::Disconnected) => Err(pyo3::exceptions::PyEOFError::new_err(
@@ -281,9 +222,9 @@ impl Channel {
     }
 }
 
-fn send_error<T>(e: procpool::SendError<Msg>) -> PyResult<T> {
+fn send_error<T>(e: procpool::SendError<()>) -> PyResult<T> {
     match e {
-        procpool::SendError::Disconnected(_) => Err(pyo3::exceptions::PyBrokenPipeError::new_err(
+        procpool::SendError::Disconnected(()) => Err(pyo3::exceptions::PyBrokenPipeError::new_err(
             "every receiving end of the queue or pipe is closed (its readers are gone)",
         )),
         procpool::SendError::Encode { reason, .. } => Err(PyValueError::new_err(format!(

@@ -53,6 +53,7 @@ mod error;
 mod frame;
 mod iter;
 mod pass;
+mod raw;
 mod sys;
 
 use std::io;
