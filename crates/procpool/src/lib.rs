@@ -210,8 +210,8 @@ pub use awaiting::{ImapStream, ImapUnorderedStream};
 #[doc(hidden)]
 pub use channel::fuzzing as channel_fuzzing;
 pub use channel::{
-    IntoIter, Iter, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender,
-    TryIter, TryRecvError, TrySendError, bounded, channel,
+    BytesAndFds, IntoIter, Iter, Receiver, RecvError, RecvTimeoutError, SendError,
+    SendTimeoutError, Sender, TryIter, TryRecvError, TrySendError, bounded, channel,
 };
 pub use codec::Value;
 pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKind, WaitError};

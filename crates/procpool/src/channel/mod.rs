@@ -65,6 +65,7 @@ pub use error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub use iter::{IntoIter, Iter, TryIter};
+pub use raw::BytesAndFds;
 
 use crate::codec::Value;
 

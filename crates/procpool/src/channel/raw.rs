@@ -15,6 +15,9 @@ use super::error::{RecvError, SendError};
 use super::frame::{self, Body, INLINE_HEADER, INLINE_MAX, MAX_MESSAGE, MAX_PASSED, TAG_INLINE};
 use super::sys::{self, Received};
 
+/// A message's bytes and the descriptors that came with it.
+pub type BytesAndFds = (Vec<u8>, Vec<OwnedFd>);
+
 fn wait_for(timeout: Option<Duration>) -> Wait {
     match timeout {
         None => Wait::Forever,
@@ -119,7 +122,7 @@ impl Receiver<Vec<u8>> {
     pub fn recv_with_fds(
         &self,
         timeout: Option<Duration>,
-    ) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>, RecvError> {
+    ) -> Result<Option<BytesAndFds>, RecvError> {
         let wait = wait_for(timeout);
         IN.with(|cell| match cell.try_borrow_mut() {
             Ok(mut buf) => self.recv_raw_into(&mut buf, wait),
@@ -131,7 +134,7 @@ impl Receiver<Vec<u8>> {
         &self,
         buf: &mut Vec<u8>,
         wait: Wait,
-    ) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>, RecvError> {
+    ) -> Result<Option<BytesAndFds>, RecvError> {
         if buf.len() < INLINE_MAX + INLINE_HEADER {
             buf.resize(INLINE_MAX + INLINE_HEADER, 0);
         }
@@ -166,7 +169,7 @@ fn open_raw(
     truncated: bool,
     mut fds: Vec<OwnedFd>,
     fds_truncated: bool,
-) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvError> {
+) -> Result<BytesAndFds, RecvError> {
     if truncated || fds_truncated {
         return Err(RecvError::Malformed(
             "a message was longer, or came with more descriptors, than a channel sends; it was dropped"
