@@ -227,6 +227,10 @@ pub struct Engine {
 /// is still starting up: a Python worker importing the caller's main module, say). A
 /// module that creates a pool at import time, without a `__name__ == "__main__"` guard,
 /// would otherwise start workers that start workers, without end.
+///
+/// ```
+/// assert!(procpool_engine::BOOTSTRAPPING.contains("__main__"));
+/// ```
 pub const BOOTSTRAPPING: &str = "an attempt was made to start a pool in a worker process before \
      it finished starting up (while it imported the main module or read its task). This \
      probably means that the main module creates the pool at import time: guard that code \
