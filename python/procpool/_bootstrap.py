@@ -4,7 +4,9 @@ against a main module that starts processes at import time.
 Workers and processes see the caller's ``__main__`` as the ``spawn`` start method shows
 it: the script is run again under the name ``__mp_main__`` (so its
 ``if __name__ == "__main__":`` block does not run), then stands as ``__main__``; functions
-and classes defined there are found by name. While that runs (and while a worker reads
+and classes defined there are found by name. A ``Process`` runs it at start, as ``spawn``
+does; a pool worker when a task first needs a name from it (:func:`lazy_main`), so that
+workers whose tasks never refer to ``__main__`` start without running it. While that runs (and while a worker reads
 its task), starting a pool or a process is the mark of a main module without that guard,
 which would start processes without end: :func:`check` raises the stdlib's
 ``RuntimeError`` instead.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 
 #: True while this process imports the caller's main module or reads its task.
 inheriting = False
@@ -75,24 +78,66 @@ def importable_main() -> bool:
     return bool(main_info())
 
 
-def load_main(info: dict) -> None:
+def load_main(info: dict, quiet: bool = False) -> None:
     """In a child: runs the caller's main module as ``__mp_main__`` and makes it
     ``__main__``; an exception it raises is kept in :data:`main_error` (and printed)."""
     global inheriting, main_error
     if not info:
         return
-    from multiprocessing import spawn
+    import runpy
 
     inheriting = True
     try:
-        if "name" in info:
-            spawn._fixup_main_from_name(info["name"])
+        name = info.get("name")
+        if name is not None:
+            if name == "__main__" or name.endswith(".__main__"):
+                return  # a package's __main__: nothing to find there (as spawn)
+            content = runpy.run_module(name, run_name="__mp_main__", alter_sys=True)
         else:
-            spawn._fixup_main_from_path(info["path"])
+            content = runpy.run_path(info["path"], run_name="__mp_main__")
+        module = types.ModuleType("__mp_main__")
+        module.__dict__.update(content)
+        sys.modules["__main__"] = sys.modules["__mp_main__"] = module
     except BaseException as e:  # the module's own failure, reported with each task
         main_error = e
-        import traceback
+        if not quiet:
+            import traceback
 
-        traceback.print_exc()
+            traceback.print_exc()
     finally:
         inheriting = False
+
+
+class _LazyMain(types.ModuleType):
+    """Stands for the caller's main module in a pool worker until a name is looked up
+    in it: then the module is run (see :func:`load_main`) and the name found there."""
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        info = self.__dict__.get("_procpool_info")
+        if sys.modules.get("__main__") is self:
+            outer = inheriting
+            load_main(info, quiet=True)
+            _restore(outer)
+        if main_error is not None:
+            raise main_error
+        real = sys.modules.get("__main__")
+        if real is self or real is None:
+            raise AttributeError(name)
+        return getattr(real, name)
+
+
+def _restore(value):
+    global inheriting
+    inheriting = value
+
+
+def lazy_main(info: dict) -> None:
+    """In a pool worker: the caller's main module, run on first use (see the module
+    docs)."""
+    if not info:
+        return
+    m = _LazyMain("__mp_main__")
+    m._procpool_info = info
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = m

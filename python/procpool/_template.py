@@ -153,7 +153,7 @@ def _child(fd: int, body: bytes) -> None:
 
             code = process._child_main()
         else:
-            _bootstrap.load_main(prep.get("main"))
+            _bootstrap.lazy_main(prep.get("main"))
             code = _core._serve_worker()
         _worker.flush()
     except BaseException:

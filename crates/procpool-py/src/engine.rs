@@ -147,6 +147,9 @@ impl Engine {
         timeout: Option<f64>,
         retries: u32,
     ) -> PyResult<Self> {
+        // A pool started while this process still starts up (a worker importing the
+        // main module or unpickling a task): the stdlib's RuntimeError.
+        py::helper(py, "_bootstrap", "check")?.call0()?;
         if processes < 1 {
             return Err(PyValueError::new_err(
                 "Number of processes must be at least 1",
