@@ -13,6 +13,7 @@ import pytest
 import procpool
 import procpool.executor
 import procpool.pool
+import procpool.results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,7 +26,7 @@ def _examples():
         for i, m in enumerate(re.finditer(r"Example::\n\n((?:    .*\n|\n)+)", doc)):
             found.setdefault(textwrap.dedent(m.group(1)), f"{name}#{i}")
 
-    for mod in (procpool, procpool.pool, procpool.executor):
+    for mod in (procpool, procpool.pool, procpool.results, procpool.executor):
         grab(mod, mod.__name__)
         for name, obj in vars(mod).items():
             if name.startswith("_") or getattr(obj, "__module__", "").split(".")[0] != "procpool":

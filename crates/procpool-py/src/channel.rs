@@ -146,7 +146,7 @@ impl Channel {
             .iter()
             .map(|&f| unsafe { BorrowedFd::borrow_raw(f) })
             .collect();
-        let timeout = crate::engine::duration(timeout, "timeout")?;
+        let timeout = crate::args::duration(timeout, "timeout")?;
         // The common case, a queue with room, without letting the GIL go.
         match tx.send_parts(&slices, &borrowed, Some(Duration::ZERO)) {
             Ok(true) => return Ok(true),
@@ -174,7 +174,7 @@ impl Channel {
         writable: bool,
     ) -> PyResult<Option<(Bound<'py, PyAny>, Vec<i32>)>> {
         let rx = self.rx.as_ref().ok_or_else(closed)?;
-        let timeout = crate::engine::duration(timeout, "timeout")?;
+        let timeout = crate::args::duration(timeout, "timeout")?;
         // A message already waiting is taken without letting the GIL go.
         let r = match rx.recv_with_fds(Some(Duration::ZERO)) {
             Ok(None) if timeout != Some(Duration::ZERO) => py.detach(|| rx.recv_with_fds(timeout)),
@@ -206,7 +206,7 @@ impl Channel {
     #[pyo3(signature = (timeout=None))]
     fn poll(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         let rx = self.rx.as_ref().ok_or_else(closed)?;
-        let timeout = crate::engine::duration(timeout, "timeout")?;
+        let timeout = crate::args::duration(timeout, "timeout")?;
         let fd = rx.as_fd().as_raw_fd();
         py.detach(|| poll_in(fd, timeout)).map_err(Into::into)
     }

@@ -71,7 +71,7 @@ impl Sender<Vec<u8>> {
         }
         let n: usize = parts.iter().map(|p| p.len()).sum();
         let mut len = Vec::with_capacity(10);
-        frame::put_varint(&mut len, n as u64);
+        crate::codec::put_varint(&mut len, n as u64);
         let size = len.len() + n;
         if size > MAX_MESSAGE {
             return Err(Outcome::Encode(format!(
@@ -179,18 +179,18 @@ fn open_raw(
     let (body, _) = frame::parse(packet, fds.len()).map_err(RecvError::Malformed)?;
     match body {
         Body::Inline(payload) => {
-            let Some((n, k)) = frame::take_varint(payload) else {
+            let Ok((n, rest)) = crate::codec::take_varint(payload, MAX_MESSAGE as u64) else {
                 return Err(RecvError::Malformed(
                     "a message of bytes does not start with a valid length".into(),
                 ));
             };
-            if k as u64 + n != payload.len() as u64 {
+            if n != rest.len() as u64 {
                 return Err(RecvError::Malformed(format!(
                     "a message of {} bytes says its byte vector holds {n}",
                     payload.len()
                 )));
             }
-            Ok((payload[k..].to_vec(), fds))
+            Ok((rest.to_vec(), fds))
         }
         Body::Memfd(len) => {
             let memfd = fds.remove(0);
