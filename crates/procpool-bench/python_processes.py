@@ -1,9 +1,10 @@
 """The Python front's start-up, Process and Queue figures against multiprocessing
-(issue 19's targets), on one machine, medians:
+(issue 19's targets), on one machine, medians. Run by procpool-bench
+(``--workloads pyproc``), or alone:
 
-    python bench/python_processes.py [--quick]
+    python crates/procpool-bench/python_processes.py [--quick]
 
-Prints one line per figure and a JSON object (``--json PATH`` writes it there too):
+Prints one line per figure on stderr and a JSON object on stdout:
 
 * ``import procpool`` over a bare interpreter;
 * a whole script (first pool + one task), and one whose task imports NumPy, against
@@ -177,10 +178,26 @@ def main():
     out["later_pool_numpy_ms"] = later_pool_ms(runs)
     out["replace_numpy_ms"] = replace_ms(runs)
     for k, v in out.items():
-        print(f"{k:28} {v:.2f}" if isinstance(v, float) else f"{k:28} {v}")
-    if "--json" in sys.argv:
-        with open(sys.argv[sys.argv.index("--json") + 1], "w") as f:
-            json.dump(out, f, indent=1)
+        print(f"{k:28} {v:.2f}" if isinstance(v, float) else f"{k:28} {v}", file=sys.stderr)
+    out["targets"] = [
+        {"target": t, "value": out[k], "holds": ok(out[k])}
+        for t, k, ok in TARGETS
+        if k in out
+    ]
+    print(json.dumps(out))
+
+
+#: Issue 19's targets: (text, figure, test).
+TARGETS = [
+    ("import procpool <= +15 ms over a bare interpreter", "import_over_bare_ms", lambda v: v <= 15),
+    ("whole script (first pool + 1 task) <= 1.3x multiprocessing fork", "script_ratio_fork", lambda v: v <= 1.3),
+    ("whole script with a NumPy task <= 1.3x fork", "numpy_ratio_fork", lambda v: v <= 1.3),
+    ("Process start + join <= 1.5x the stdlib's fork Process", "process_ratio", lambda v: v <= 1.5),
+    ("Queue put->get, small objects >= 3x multiprocessing.Queue", "queue_small_speedup", lambda v: v >= 3),
+    ("Queue put->get, 1 MiB bytes >= 5x multiprocessing.Queue", "queue_1mib_speedup", lambda v: v >= 5),
+    ("later pool with NumPy imported by the caller <= 5 ms", "later_pool_numpy_ms", lambda v: v <= 5),
+    ("killed worker replaced with NumPy imported <= 5 ms", "replace_numpy_ms", lambda v: v <= 5),
+]
 
 
 if __name__ == "__main__":
