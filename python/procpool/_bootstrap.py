@@ -4,9 +4,9 @@ against a main module that starts processes at import time.
 Workers and processes see the caller's ``__main__`` as the ``spawn`` start method shows
 it: the script is run again under the name ``__mp_main__`` (so its
 ``if __name__ == "__main__":`` block does not run), then stands as ``__main__``; functions
-and classes defined there are found by name. A ``Process`` runs it at start, as ``spawn``
-does; a pool worker when a task first needs a name from it (:func:`lazy_main`), so that
-workers whose tasks never refer to ``__main__`` start without running it. While that runs (and while a worker reads
+and classes defined there are found by name. A worker or process runs it when it first
+needs a name from it (:func:`lazy_main`), so that one whose tasks never refer to
+``__main__`` starts without running it. While that runs (and while a worker reads
 its task), starting a pool or a process is the mark of a main module without that guard,
 which would start processes without end: :func:`check` raises the stdlib's
 ``RuntimeError`` instead.

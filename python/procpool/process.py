@@ -6,6 +6,7 @@ millisecond, whatever the size of the caller), sees the caller's main module as 
 and gets its target and arguments pickled (by reference where they have a name, so a
 ``__main__`` class holding a lock goes by reference). With procpool's guarantees:
 
+* the main module is run (as ``__mp_main__``) only if the target needs a name from it;
 * no orphan: when the parent dies (even by SIGKILL), the process and every process it
   started die too;
 * the processes it started die with it when it is reaped (its process group);
@@ -290,11 +291,19 @@ def _child_main() -> int:
         stream = io.BytesIO(body)
         prep, info = pickle.load(stream)
         spawn.prepare(prep)
-        _bootstrap.load_main(info)
-        if _bootstrap.main_error is not None:
+        # The main module is run when the target first needs a name from it.
+        _bootstrap.lazy_main(info)
+        _bootstrap.inheriting = True
+        try:
+            with _passfd.receiving(fds):
+                obj = pickle.load(stream)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
             return 1
-        with _passfd.receiving(fds):
-            obj = pickle.load(stream)
+        finally:
+            _bootstrap.inheriting = False
     finally:
         try:
             del current._inheriting
