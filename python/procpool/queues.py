@@ -620,8 +620,7 @@ def Pipe(duplex=True):
         {'x': 1}
     """
     if duplex:
-        # One socket pair, each end sending and receiving (so that ``fileno()`` is the
-        # one socket of its end, as the stdlib's ``reduction.send_handle`` expects).
+        # Two channels, one each way (a channel's ends are one-way sockets).
         a, b = _core.Channel.duplex(_CAPACITY)
         return Connection(a), Connection(b)
     ch = _core.Channel(_CAPACITY)

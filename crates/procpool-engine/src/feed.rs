@@ -120,6 +120,7 @@ fn is_death(kind: &TaskErrorKind) -> bool {
         kind,
         TaskErrorKind::WorkerDied { .. }
             | TaskErrorKind::TimedOut { .. }
+            | TaskErrorKind::PreparationTimedOut { .. }
             | TaskErrorKind::Protocol { .. }
     )
 }

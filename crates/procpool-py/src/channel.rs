@@ -62,27 +62,22 @@ impl Channel {
         })
     }
 
-    /// The two ends of one socket pair, each sending to and receiving from the other
-    /// (a duplex pipe), each queue holding about `capacity` bytes.
+    /// The two ends of a duplex pipe: two channels, each end sending on one and
+    /// receiving from the other, each queue holding about `capacity` bytes.
     #[staticmethod]
     fn duplex(capacity: usize) -> PyResult<(Channel, Channel)> {
-        let (tx, rx) = procpool::bounded::<Vec<u8>>(capacity)?;
-        let a = tx.as_fd().try_clone_to_owned()?;
-        let b = rx.as_fd().try_clone_to_owned()?;
-        drop((tx, rx));
-        let half = (capacity / 2).max(1);
-        rustix::net::sockopt::set_socket_send_buffer_size(b.as_fd(), half)
-            .map_err(std::io::Error::from)?;
-        let end = |fd: OwnedFd| -> PyResult<Channel> {
-            let tx = Sender::try_from(fd.try_clone()?)
-                .map_err(|e| PyValueError::new_err(e.to_string()))?;
-            let rx = Receiver::try_from(fd).map_err(|e| PyValueError::new_err(e.to_string()))?;
-            Ok(Channel {
-                tx: Some(tx),
-                rx: Some(rx),
-            })
-        };
-        Ok((end(a)?, end(b)?))
+        let (ab_tx, ab_rx) = procpool::bounded::<Vec<u8>>(capacity)?;
+        let (ba_tx, ba_rx) = procpool::bounded::<Vec<u8>>(capacity)?;
+        Ok((
+            Channel {
+                tx: Some(ab_tx),
+                rx: Some(ba_rx),
+            },
+            Channel {
+                tx: Some(ba_tx),
+                rx: Some(ab_rx),
+            },
+        ))
     }
 
     /// The ends given by descriptors (duplicated; -1 for none), checked to be channel

@@ -147,7 +147,10 @@ impl Receiver<Vec<u8>> {
                     truncated,
                     fds,
                     fds_truncated,
-                } => return open_raw(&buf[..len], truncated, fds, fds_truncated).map(Some),
+                } => {
+                    let limit = self.max_message();
+                    return open_raw(&buf[..len], truncated, fds, fds_truncated, limit).map(Some);
+                }
                 Received::Gone => return Err(RecvError::Disconnected),
                 Received::Empty => {}
             }
@@ -169,6 +172,7 @@ fn open_raw(
     truncated: bool,
     mut fds: Vec<OwnedFd>,
     fds_truncated: bool,
+    limit: usize,
 ) -> Result<BytesAndFds, RecvError> {
     if truncated || fds_truncated {
         return Err(RecvError::Malformed(
@@ -176,7 +180,7 @@ fn open_raw(
                 .into(),
         ));
     }
-    let (body, _) = frame::parse(packet, fds.len()).map_err(RecvError::Malformed)?;
+    let (body, _) = frame::parse(packet, fds.len(), limit).map_err(RecvError::Malformed)?;
     match body {
         Body::Inline(payload) => {
             let Ok((n, rest)) = crate::codec::take_varint(payload, MAX_MESSAGE as u64) else {
