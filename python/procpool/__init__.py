@@ -40,6 +40,7 @@ _LAZY = {
     "PoolError": "._errors",
     "TaskTimeoutError": "._errors",
     "WorkerDied": "._errors",
+    "MessageTooLarge": "._errors",
     "Process": ".process",
     "current_process": ".process",
     "parent_process": ".process",

@@ -15,6 +15,7 @@ engine's variables as ``KEY=VALUE\\0`` pairs. The answer is the worker's pid as 
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -41,9 +42,13 @@ BLAS_LIMITS = (
 THREADED = 11  # EAGAIN
 
 
+#: The parent's settings last applied (see ``prep``): a forked worker reads its
+#: ``main`` there.
+_current: dict = {}
+
+
 def main() -> None:
-    for var in BLAS_LIMITS:
-        os.environ[var] = "1"
+    global _current
     # Everything a worker needs is imported once, here, before any fork.
     from . import _bootstrap, _core, _errors, _pickle, _worker, process, queues  # noqa: F401
     from multiprocessing import spawn  # noqa: F401
@@ -56,16 +61,27 @@ def main() -> None:
     ctl = socket.socket(fileno=os.dup(0))
     os.close(0)
     os.open(os.devnull, os.O_RDONLY)  # takes descriptor 0 back
+    applied = None
     while True:
         req = _recv_request(ctl)
         if req is None:
             os._exit(0)  # the parent closed its end
         fd, body = req
-        if may_preload and not _preload(body):
-            # A preloaded module started a thread: no fork from here.
-            os.close(fd)
-            ctl.sendall(struct.pack("<q", -THREADED))
-            os._exit(0)
+        (n,) = struct.unpack_from("<I", body)
+        if body[4 : 4 + n] != applied:
+            # The parent's settings, applied here once (not in each worker after its
+            # fork, where every object touched costs a copied page).
+            applied = body[4 : 4 + n]
+            _current = pickle.loads(applied)
+            _apply(_current)
+            if may_preload and not _preload(_current.get("preload", ())):
+                # A preloaded module started a thread: no fork from here.
+                os.close(fd)
+                ctl.sendall(struct.pack("<q", -THREADED))
+                os._exit(0)
+            # What exists now is never collected in a worker: its garbage collector does
+            # not walk (and so copy) the template's objects.
+            gc.freeze()
         try:
             pid = _core._fork()
         except OSError as e:
@@ -82,26 +98,33 @@ def main() -> None:
 _preloaded = set()
 
 
-def _preload(body: bytes) -> bool:
+def _preload(names) -> bool:
     """Imports, once, the modules the parent had loaded (``prep["preload"]``), so that
-    workers are forked with them (as ``forkserver``'s preload). Whether the template is
-    still single-threaded (checked in ``/proc/self/task``, where every thread shows)."""
-    (n,) = struct.unpack_from("<I", body)
-    try:
-        names = pickle.loads(body[4 : 4 + n]).get("preload", ())
-    except Exception:
-        return True
+    workers are forked with them (as ``forkserver``'s preload), with the thread pools of
+    numerical libraries limited to one thread while they load (:data:`BLAS_LIMITS`).
+    Whether the template is still single-threaded (checked in ``/proc/self/task``, where
+    every thread shows)."""
     new = [m for m in names if m not in _preloaded and m not in sys.modules]
     if not new:
         return True
     import importlib
 
-    for name in new:
-        _preloaded.add(name)
-        try:
-            importlib.import_module(name)
-        except BaseException:  # not importable here: the worker will say so if it matters
-            pass
+    saved = {var: os.environ.get(var) for var in BLAS_LIMITS}
+    for var in BLAS_LIMITS:
+        os.environ[var] = "1"
+    try:
+        for name in new:
+            _preloaded.add(name)
+            try:
+                importlib.import_module(name)
+            except BaseException:  # not importable here: the worker will say so
+                pass
+    finally:
+        for var, v in saved.items():
+            if v is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = v
     return len(os.listdir("/proc/self/task")) == 1
 
 
@@ -132,28 +155,19 @@ def _child(fd: int, body: bytes) -> None:
         os.dup2(fd, 0)
         os.close(fd)
         (n,) = struct.unpack_from("<I", body)
-        prep = pickle.loads(body[4 : 4 + n])
-        env = dict(prep["environ"])
-        for kv in body[4 + n :].split(b"\0"):
+        for kv in body[4 + n :].split(b"\0"):  # this worker's own variables
             if kv:
                 k, _, v = kv.partition(b"=")
-                env[os.fsdecode(k)] = os.fsdecode(v)
-        os.environ.clear()
-        os.environ.update(env)
-        sys.path[:] = prep["sys_path"]
-        try:
-            os.chdir(prep["cwd"])
-        except OSError:
-            pass
+                os.environ[os.fsdecode(k)] = os.fsdecode(v)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         from . import _bootstrap, _core, _worker
 
-        if env.get("PROCPOOL_PROCESS"):
+        if os.environ.pop("PROCPOOL_PROCESS", None):
             from . import process
 
             code = process._child_main()
         else:
-            _bootstrap.lazy_main(prep.get("main"))
+            _bootstrap.lazy_main(_current.get("main"))
             code = _core._serve_worker()
         _worker.flush()
     except BaseException:
@@ -164,9 +178,31 @@ def _child(fd: int, body: bytes) -> None:
         os._exit(code)
 
 
+def _apply(prep: dict) -> None:
+    """Makes this process look like the parent for the workers it forks next."""
+    env = prep["environ"]
+    for k in [k for k in os.environ if k not in env]:
+        del os.environ[k]
+    for k, v in env.items():
+        if os.environ.get(k) != v:
+            os.environ[k] = v
+    sys.path[:] = prep["sys_path"]
+    if "authkey" in prep:  # the parent's, for its Manager proxies and Listeners
+        import multiprocessing
+
+        multiprocessing.current_process().authkey = prep["authkey"]
+    try:
+        os.chdir(prep["cwd"])
+    except OSError:
+        pass
+
+
 def prep() -> bytes:
     """What a worker of this process needs to look like it: ``sys.path``, the working
-    directory and the environment (as of the pool's creation)."""
+    directory, the environment and ``multiprocessing``'s authentication key (as of the
+    pool's creation)."""
+    import multiprocessing
+
     from ._bootstrap import main_info
 
     return pickle.dumps(
@@ -174,6 +210,7 @@ def prep() -> bytes:
             "sys_path": list(sys.path),
             "cwd": os.getcwd(),
             "environ": dict(os.environ),
+            "authkey": bytes(multiprocessing.current_process().authkey),
             "main": main_info(),
             "preload": preload_list(),
         },

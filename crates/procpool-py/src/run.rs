@@ -253,8 +253,14 @@ pub(crate) fn pop_ready(
                     ready.pop_front();
                     continue;
                 }
+                let t = list.get_item(*pos)?;
+                // The run keeps no reference to what it handed out.
+                list.set_item(*pos, py.None())?;
                 *pos += 1;
-                return Ok(Some(list.get_item(*pos - 1)?.unbind()));
+                if *pos >= list.len() {
+                    ready.pop_front();
+                }
+                return Ok(Some(t.unbind()));
             }
             Some(Ready::Values { start, values, pos }) => {
                 let list = values.bind(py);
@@ -263,8 +269,12 @@ pub(crate) fn pop_ready(
                     continue;
                 }
                 let v = list.get_item(*pos)?;
+                list.set_item(*pos, py.None())?;
                 let i = *start + *pos as u64;
                 *pos += 1;
+                if *pos >= list.len() {
+                    ready.pop_front();
+                }
                 let t = PyTuple::new(
                     py,
                     [
@@ -407,14 +417,15 @@ impl Run {
             if !st.ready.is_empty() {
                 return Ok(true);
             }
-            // Pieces already here (received by a `pump`, or in order now) come first.
-            if let Some(r) = st.reorder.as_mut()
-                && let Some(p) = r.pop()
-            {
+            // Pieces already here (received by a `pump`, left by a Ctrl-C, or in order
+            // now) come first. An ordered run parks only a piece taken in order.
+            if let Some(p) = st.parked.pop_front() {
                 decode(py, st, &self.side, p)?;
                 continue;
             }
-            if let Some(p) = st.parked.pop_front() {
+            if let Some(r) = st.reorder.as_mut()
+                && let Some(p) = r.pop()
+            {
                 decode(py, st, &self.side, p)?;
                 continue;
             }
@@ -561,8 +572,20 @@ fn split_chunk(py: Python<'_>, payload: &[u8]) -> PyResult<Vec<Vec<u8>>> {
     Ok(out)
 }
 
-/// Turns a finished piece into outcomes.
+/// Turns a finished piece into outcomes. Ctrl-C while its results are unpickled leaves
+/// it parked, to be read again by the next call.
 fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyResult<()> {
+    let decoded = match &p.done.outcome {
+        Ok(bytes) => match decode_result(py, p.start, p.count, bytes) {
+            Ok(d) => Some(d),
+            Err(e) if !e.is_instance_of::<PyException>(py) => {
+                st.parked.push_front(p);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        },
+        Err(_) => None,
+    };
     let Piece {
         start,
         count,
@@ -571,8 +594,8 @@ fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyRes
         ..
     } = p;
     match &done.outcome {
-        Ok(bytes) => {
-            let (ready, failed) = decode_result(py, start, count, bytes)?;
+        Ok(_) => {
+            let (ready, failed) = decoded.expect("decoded above");
             let raised = TaskErrorKind::Panic {
                 message: String::new(),
                 location: None,
@@ -659,6 +682,12 @@ pub(crate) fn decode_result(
     py::release(&mv);
     let r = match r {
         Ok(r) => r,
+        // Ctrl-C (or a `SystemExit`) in the caller while it reads the result is the
+        // caller's, never the task's error; the result thread turns it into one (it has
+        // nobody to raise it to).
+        Err(e) if !e.is_instance_of::<PyException>(py) && !py::in_result_thread(py) => {
+            return Err(e);
+        }
         Err(e) => return bad(e.to_string()),
     };
     let (all_ok, list): (bool, Bound<'_, PyList>) = match r.extract() {
