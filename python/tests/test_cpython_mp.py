@@ -84,14 +84,20 @@ for _name in TESTED:
 del _name, _base, _new
 
 
+_OLD_METHOD = []
+
+
 def setUpModule():
     import multiprocessing
 
     multiprocessing.process._cleanup()
+    _OLD_METHOD.append(multiprocessing.get_start_method(allow_none=True))
     multiprocessing.set_start_method("spawn", force=True)
 
 
 def tearDownModule():
     import multiprocessing.util
 
+    # The other test files use the stdlib's default start method as their oracle.
+    multiprocessing.set_start_method(_OLD_METHOD.pop(), force=True)
     multiprocessing.util._cleanup_tests()
