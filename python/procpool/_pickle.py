@@ -38,6 +38,9 @@ INIT = 2
 #: Result kinds (first byte of a job's result).
 ALL_OK = 0
 MIXED = 1
+#: The worker could not rebuild a chunk's argument: the parent sends its items again one
+#: by one (pickled anew from the objects it holds), so that only the bad one fails.
+SPLIT = 2
 
 
 class _BigBytes:
@@ -244,12 +247,6 @@ def dumps_items(items: list, big: bool):
         except Exception as e:
             return None, i, e
     return None, 0, first
-
-
-def split_items(data, bufs) -> list:
-    """The items of a chunk's pickle, each pickled alone as a chunk of one:
-    ``[(pickle, buffers), ...]`` (to run them again one by one)."""
-    return [dumps([_wrap_big(x)]) for x in pickle.loads(data, buffers=bufs)]
 
 
 def dumps_plain(items: list):

@@ -14,9 +14,11 @@
 //! `worker` (the loop a worker runs), `supervisor`
 //! (the thread that owns the workers and schedules jobs), `claim` (how a worker and the
 //! supervisor agree on which jobs the worker started, so that jobs not started can be
-//! taken back), `config` ([`EngineConfig`]), `job` ([`Job`], [`Done`], and what the
-//! supervisor holds of a batch), `shared` (the queue and state callers and the supervisor
-//! share, below both), `pool` (the [`Engine`] handle), `batch` (a caller's stream of jobs),
+//! taken back), `items` (a chunk's finished items recorded as they finish, so that a
+//! worker's death inside it costs one item), `config` ([`EngineConfig`]), `job` ([`Job`],
+//! [`Done`], and what the supervisor holds of a batch), `shared` (the queue and state
+//! callers and the supervisor share, below both), `pool` (the [`Engine`] handle), `batch`
+//! (a caller's stream of jobs),
 //! `chunk` (how many items go into a job), `feed` (a lazy input fed to a pool under
 //! bounds, and reordering: what every front's `map`/`imap` runs on), `oneoff` (a single
 //! process outside any pool), `remote` (a pool served by agents over a link, such as
@@ -33,6 +35,7 @@ mod error;
 mod events;
 mod feed;
 mod identity;
+mod items;
 mod job;
 mod oneoff;
 mod pool;
@@ -56,6 +59,7 @@ pub use feed::{
     Feed, Limits, MAX_PAYLOAD_BYTES, MAX_REORDER_BYTES, Piece, Pulled, Reorder, Source,
 };
 pub use identity::{WorkerInfo, current_worker};
+pub use items::{ItemLog, Partial, items_finished};
 pub use job::{Done, Job, JobFds};
 pub use oneoff::{JoinError, OneOff};
 pub use pool::{BOOTSTRAPPING, Engine, MAX_WORKERS, Stopper};
@@ -100,7 +104,9 @@ pub mod shm {
 pub mod fuzzing {
     use std::sync::atomic::Ordering::SeqCst;
 
-    use crate::process::{CONTROL_LEN, CTL_CLAIM, CTL_RING_READ, CTL_RING_WRITE, RING_OFFSET};
+    use crate::process::{
+        CONTROL_LEN, CTL_CLAIM, CTL_RING_READ, CTL_RING_WRITE, RING_LEN, RING_OFFSET,
+    };
     use crate::ring::RingReader;
     use crate::sys::SharedRegion;
 
@@ -117,7 +123,7 @@ pub mod fuzzing {
     /// The reader's refusal of what it found.
     pub fn read_ring(read: u64, write: u64, ring: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         CTL.with(|ctl| {
-            let n = ring.len().min(CONTROL_LEN - RING_OFFSET);
+            let n = ring.len().min(RING_LEN);
             ctl.write(RING_OFFSET, &ring[..n]);
             ctl.word(CTL_RING_READ).store(read, SeqCst);
             ctl.word(CTL_RING_WRITE).store(write, SeqCst);

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::EngineConfig;
 use crate::error::{PoolError, TaskError, TaskErrorKind};
+use crate::items::Partial;
 use crate::job::{BatchInner, Done, Job, Queued};
 use crate::pool::Engine;
 use crate::shared::{Mode, Shared};
@@ -66,6 +67,9 @@ pub struct RemoteDone {
     pub nanos: u64,
     /// Process id of the agent's worker that ran it, if one did.
     pub pid: Option<u32>,
+    /// For a job of several items whose worker died inside it: the items it finished
+    /// (see [`Done::partial`]); the agent passes on what its own pool reported.
+    pub partial: Option<Partial>,
 }
 
 /// The link between the engine and its agents. Every call is made from one thread at a
@@ -88,7 +92,8 @@ pub struct RemoteDone {
 ///     fn send(&mut self, _agent: usize, jobs: &[RemoteJob<'_>]) -> Result<(), PoolError> {
 ///         for j in jobs {
 ///             let outcome = Ok(j.job.payload.to_vec());
-///             self.0.push(RemoteDone { tag: j.tag, outcome, nanos: 1000, pid: None });
+///             let (tag, nanos, pid, partial) = (j.tag, 1000, None, None);
+///             self.0.push(RemoteDone { tag, outcome, nanos, pid, partial });
 ///         }
 ///         Ok(())
 ///     }
@@ -105,14 +110,7 @@ pub struct RemoteDone {
 /// let engine = Engine::start_remote(EngineConfig::default(), Box::new(Echo::default()))?;
 /// assert_eq!(engine.config().workers, 2);
 /// let batch = engine.batch();
-/// batch.submit([Job {
-///     func: Arc::from(&b"f"[..]),
-///     payload: Arc::new(vec![7]),
-///     index: 0,
-///     weight: 1,
-///     timeout: None,
-///     fds: None,
-/// }])?;
+/// batch.submit([Job::new(Arc::from(&b"f"[..]), Arc::new(vec![7]), 0)])?;
 /// let done = batch.recv_timeout(Duration::from_secs(10)).unwrap();
 /// assert_eq!(done.outcome.unwrap(), vec![7]);
 /// # Ok::<(), PoolError>(())
@@ -424,6 +422,7 @@ impl Dispatcher {
             outcome: a.outcome.map_err(|e| e.with_index(index)),
             nanos: a.nanos,
             pid: a.pid,
+            partial: a.partial,
         }]);
     }
 
@@ -519,6 +518,7 @@ fn fail_job(q: &Queued, kind: TaskErrorKind) {
         outcome: Err(TaskError::new(kind, q.job.index, None, q.attempts)),
         nanos: 0,
         pid: None,
+        partial: None,
     }]);
 }
 
@@ -567,6 +567,7 @@ mod tests {
                     outcome: Err(e),
                     nanos: 0,
                     pid: Some(9),
+                    partial: None,
                 });
             }
             Ok(())
@@ -595,6 +596,7 @@ mod tests {
             weight: 1,
             timeout: None,
             fds: None,
+            attempts: 0,
         }
     }
 
@@ -610,6 +612,7 @@ mod tests {
             outcome: Ok(payload),
             nanos: 50_000_000,
             pid: Some(100 + a as u32),
+            partial: None,
         });
         Some(tag)
     }
@@ -744,6 +747,7 @@ mod tests {
                 outcome: Ok(p),
                 nanos: 1_000_000,
                 pid: None,
+                partial: None,
             });
         }
         for _ in 0..2 {

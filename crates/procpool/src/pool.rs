@@ -134,7 +134,10 @@ impl Builder {
     /// Time limit of every task once started (a call can set its own with
     /// [`Pool::with_timeout`]). A task past it has its worker killed and replaced, and
     /// fails with [`TimedOut`](crate::TaskErrorKind::TimedOut). With a chunk size above
-    /// 1, the limit applies to the whole chunk. A zero limit is an invalid setting:
+    /// 1, the limit applies to the whole chunk: when it passes, the items the worker
+    /// finished are delivered, the one it was running fails with `TimedOut`, and the
+    /// others go out again as a job of their own (under the same limit). A zero limit is
+    /// an invalid setting:
     /// [`build`](Builder::build) fails with [`PoolError::Config`].
     ///
     /// What it counts: the time from the moment the task's job is due on its worker
@@ -760,6 +763,7 @@ impl<'p> Call<'p> {
             weight: 1,
             timeout: self.timeout,
             fds,
+            attempts: 0,
         }])?;
         Ok(TaskHandle::new(batch, self.layout.codec))
     }
