@@ -126,6 +126,9 @@ impl Engine {
         retries: u32,
         max_message_size: Option<usize>,
     ) -> PyResult<Self> {
+        // A pool started while this process still starts up (a worker importing the
+        // main module or unpickling a task): the stdlib's RuntimeError.
+        py::helper(py, "_bootstrap", "check")?.call0()?;
         if processes < 1 {
             return Err(PyValueError::new_err(
                 "Number of processes must be at least 1",

@@ -16,6 +16,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use procpool_engine::Launcher;
@@ -44,6 +45,10 @@ struct Template {
     /// template forks workers as children of its own parent).
     owner: u32,
 }
+
+/// Set once a template was left with threads by preloading: templates started from then
+/// on preload nothing (see `_template._preload`).
+static NO_PRELOAD: AtomicBool = AtomicBool::new(false);
 
 /// The process's template, if started.
 static TEMPLATE: Mutex<Option<Template>> = Mutex::new(None);
@@ -75,6 +80,16 @@ impl Launcher for TemplateLauncher {
             let t = guard.as_mut().expect("started above");
             match request(&mut t.ctl, stdin, &body) {
                 Ok(pid) if pid > 0 => return Ok(pid as u32),
+                Ok(err) if err == -i64::from(libc::EAGAIN) && !NO_PRELOAD.load(Relaxed) => {
+                    // Preloading the parent's modules left the template with threads: it
+                    // exited; its successors preload nothing.
+                    NO_PRELOAD.store(true, Relaxed);
+                    if let Some(mut t) = guard.take() {
+                        let _ = t.child.kill();
+                        let _ = t.child.wait();
+                    }
+                    last = Some(io::Error::other("the template was left with threads"));
+                }
                 Ok(err) => return Err(io::Error::from_raw_os_error((-err) as i32)),
                 Err(e) => {
                     // The template died (or hangs): it is replaced on the next try.
@@ -110,6 +125,10 @@ impl TemplateLauncher {
             )
             .env("PROCPOOL_TEMPLATE_PATH", path)
             .env("PROCPOOL_TEMPLATE_PARENT", std::process::id().to_string())
+            .env(
+                "PROCPOOL_TEMPLATE_NO_PRELOAD",
+                if NO_PRELOAD.load(Relaxed) { "1" } else { "" },
+            )
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .process_group(0)
             .spawn()
@@ -167,4 +186,54 @@ fn send_with_fd(ctl: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> io::Result
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Starts a process from the template, as a worker is started, but for the caller's own
+/// use (`procpool.Process`): `fd` becomes its standard input (a socket on which the
+/// caller then sends what the process runs), `env` is added to its environment, `prep`
+/// is `_template.prep()`. The template, if not yet running, is started on the engine's
+/// spawner thread, so the process lives until it ends or this process dies. Returns the
+/// pid; the process is a child of this process.
+#[pyo3::pyfunction]
+pub(crate) fn _launch(
+    py: pyo3::Python<'_>,
+    fd: i32,
+    env: Vec<(OsString, OsString)>,
+    prep: Vec<u8>,
+) -> pyo3::PyResult<u32> {
+    use pyo3::prelude::*;
+    let sys = py.import("sys")?;
+    let python: OsString = sys.getattr("executable")?.extract()?;
+    if python.is_empty() {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "sys.executable is empty: procpool cannot start Python processes from an \
+             embedded interpreter",
+        ));
+    }
+    let path: Vec<OsString> = sys
+        .getattr("path")?
+        .try_iter()?
+        .filter_map(|p| p.ok()?.extract().ok())
+        .collect();
+    let launcher = TemplateLauncher {
+        python: python.into(),
+        path,
+        prep,
+    };
+    // SAFETY: the caller keeps `fd` open for the duration of this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    let pid = py.detach(move || {
+        procpool_engine::on_spawner_thread(move || {
+            use std::os::fd::AsFd;
+            launcher.launch(fd.as_fd(), &env)
+        })
+    })?;
+    Ok(pid)
+}
+
+/// In a process started by [`_launch`], after `setsid`: dies, with its process group,
+/// when its parent dies.
+#[pyo3::pyfunction]
+pub(crate) fn _die_with_parent_group() -> pyo3::PyResult<()> {
+    Ok(procpool_engine::die_with_parent_group()?)
 }

@@ -246,8 +246,8 @@ pub use capture::Captured;
 #[doc(hidden)]
 pub use channel::fuzzing as channel_fuzzing;
 pub use channel::{
-    IntoIter, Iter, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender,
-    TryIter, TryRecvError, TrySendError, bounded, channel,
+    BytesAndFds, IntoIter, Iter, Receiver, RecvError, RecvTimeoutError, SendError,
+    SendTimeoutError, Sender, TryIter, TryRecvError, TrySendError, bounded, channel,
 };
 pub use codec::Value;
 pub use codec::format::Codec;

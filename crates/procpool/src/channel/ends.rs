@@ -27,7 +27,7 @@ thread_local! {
     /// Where a thread encodes the messages it sends (kept between sends when small).
     static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// Where a thread receives packets: room for the largest a channel sends.
-    static IN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    pub(super) static IN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The sending end of a channel. Cloning it gives another sender of the same channel;
@@ -55,9 +55,9 @@ thread_local! {
 /// }
 /// ```
 pub struct Sender<T> {
-    end: Arc<End>,
+    pub(super) end: Arc<End>,
     /// Bytes the queue holds before senders wait (the socket's send buffer).
-    capacity: usize,
+    pub(super) capacity: usize,
     _t: PhantomData<fn(T)>,
 }
 
@@ -85,7 +85,7 @@ pub struct Sender<T> {
 /// }
 /// ```
 pub struct Receiver<T> {
-    end: Arc<End>,
+    pub(super) end: Arc<End>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -139,14 +139,14 @@ impl<T> AsFd for Receiver<T> {
 
 /// How long a send or receive may wait.
 #[derive(Clone, Copy)]
-enum Wait {
+pub(super) enum Wait {
     Never,
     Until(Instant),
     Forever,
 }
 
 impl Wait {
-    fn after(d: Duration) -> Self {
+    pub(super) fn after(d: Duration) -> Self {
         Instant::now()
             .checked_add(d)
             .map_or(Wait::Forever, Wait::Until)
@@ -331,7 +331,7 @@ impl<T: Value> Sender<T> {
     }
 
     /// Sends the packet of a payload of `size` bytes in `memfd`, with `passed`.
-    fn send_memfd(
+    pub(super) fn send_memfd(
         &self,
         memfd: &OwnedFd,
         size: usize,
@@ -355,7 +355,7 @@ impl<T: Value> Sender<T> {
         sent
     }
 
-    fn send_packet(
+    pub(super) fn send_packet(
         &self,
         parts: &[io::IoSlice<'_>],
         fds: &[BorrowedFd<'_>],
@@ -384,7 +384,7 @@ impl<T: Value> Sender<T> {
 const KEPT_BUFFER: usize = 4 << 20;
 
 /// A failed send, before the value is put back.
-enum Outcome {
+pub(super) enum Outcome {
     Gone,
     Encode(String),
     Io(io::Error),
