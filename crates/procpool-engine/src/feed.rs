@@ -87,6 +87,16 @@ pub trait Source {
 
     /// Bounds on the number of items left, as [`Iterator::size_hint`].
     fn size_hint(&self) -> (usize, Option<usize>);
+
+    /// The payload of items `from..from + count` of a job's `payload` (made by
+    /// [`fill`](Self::fill)), cut at the byte level: never by decoding the items, which
+    /// may run a task's code. The feed sends them again after a worker died inside the
+    /// job (see [`items_finished`](crate::items_finished)); `None` (the default) when the
+    /// source cannot, and the job's items then fail together.
+    fn split(&self, payload: &[u8], from: u32, count: u32) -> Option<Vec<u8>> {
+        let _ = (payload, from, count);
+        None
+    }
 }
 
 /// One finished job of a [`Feed`]: items `start..start + count`, and the job's answer.
@@ -148,6 +158,8 @@ pub struct Feed<S> {
     workers: usize,
     max_jobs: usize,
     max_message: usize,
+    /// The pool's retries (for an item whose worker died inside a chunk).
+    retries: u32,
     /// The call's progress, when a callback asked for it.
     progress: Option<Tracker>,
 }
@@ -187,6 +199,7 @@ impl<S: Source> Feed<S> {
             workers,
             max_jobs: workers * per + 2,
             max_message: config.max_message,
+            retries: config.retries,
             progress: None,
         }
     }
@@ -258,6 +271,7 @@ impl<S: Source> Feed<S> {
                 weight: count,
                 timeout: self.timeout,
                 fds,
+                attempts: 0,
             });
         }
         if jobs.is_empty() {
@@ -344,6 +358,7 @@ impl<S: Source> Feed<S> {
             weight: count,
             timeout: self.timeout,
             fds,
+            attempts: 0,
         };
         if let Err(e) = self.batch.submit([job]) {
             self.refused(&[start], e);
@@ -463,10 +478,21 @@ impl<S: Source> Feed<S> {
     }
 
     /// The piece a finished job makes, after taking its measurements.
-    fn piece(&mut self, done: Done) -> Option<Piece> {
+    fn piece(&mut self, mut done: Done) -> Option<Piece> {
         // Not ours cannot happen, but never trust a count.
         let (count, payload, fds) = self.jobs.remove(&done.index)?;
         self.payload_bytes -= payload.len();
+        if let Some(partial) = done.partial.take() {
+            match self.after_death(done, partial, count, &payload, &fds) {
+                Ok(mut pieces) => {
+                    self.give_back(payload);
+                    let first = (!pieces.is_empty()).then(|| pieces.remove(0));
+                    self.local.extend(pieces);
+                    return first;
+                }
+                Err(d) => done = d,
+            }
+        }
         let arg_bytes = payload.len();
         match &done.outcome {
             Ok(r) => self
@@ -482,6 +508,112 @@ impl<S: Source> Feed<S> {
             payload: Some(payload),
             fds,
         })
+    }
+}
+
+impl<S: Source> Feed<S> {
+    /// A chunk whose worker died inside it, having reported its items: the finished ones
+    /// make a piece, the one running fails alone (or is sent again alone, within the
+    /// pool's retries), the ones not started are sent again as a job. `Err` gives the
+    /// job back when the source cannot split its payload.
+    fn after_death(
+        &mut self,
+        done: Done,
+        partial: crate::Partial,
+        count: u32,
+        payload: &[u8],
+        fds: &Option<JobFds>,
+    ) -> Result<Vec<Piece>, Done> {
+        let start = done.index;
+        let n = partial.finished.min(count);
+        let running = if n < count {
+            match self.source.split(payload, n, 1) {
+                Some(p) => Some(p),
+                None => return Err(done),
+            }
+        } else {
+            None
+        };
+        let rest = if n + 1 < count {
+            match self.source.split(payload, n + 1, count - n - 1) {
+                Some(p) => Some(p),
+                None => return Err(done),
+            }
+        } else {
+            None
+        };
+        let mut pieces = Vec::new();
+        if n > 0 {
+            pieces.push(Piece {
+                start,
+                count: n,
+                done: Done {
+                    index: start,
+                    outcome: Ok(partial.results),
+                    nanos: done.nanos,
+                    pid: done.pid,
+                    partial: None,
+                },
+                payload: None,
+                fds: fds.clone(),
+            });
+        }
+        if let Some(one) = running {
+            let at = start + u64::from(n);
+            match done.outcome {
+                Err(e)
+                    if matches!(e.kind(), TaskErrorKind::WorkerDied { .. })
+                        && e.attempts() <= self.retries =>
+                {
+                    self.submit_part(at, 1, one, fds.clone(), e.attempts());
+                }
+                Err(e) => pieces.push(local_piece(at, 1, e.with_index(at))),
+                Ok(_) => {
+                    let kind = TaskErrorKind::Protocol {
+                        message: "a chunk's worker died, yet its result is whole".into(),
+                    };
+                    pieces.push(local_piece(at, 1, TaskError::new(kind, at, done.pid, 0)));
+                }
+            }
+        }
+        if let Some(tail) = rest {
+            self.submit_part(
+                start + u64::from(n) + 1,
+                count - n - 1,
+                tail,
+                fds.clone(),
+                0,
+            );
+        }
+        Ok(pieces)
+    }
+
+    /// Submits `count` items from `start` (part of a job that ended early), `attempts`
+    /// being the times they already ran in a worker that died.
+    fn submit_part(
+        &mut self,
+        start: u64,
+        count: u32,
+        payload: Vec<u8>,
+        fds: Option<JobFds>,
+        attempts: u32,
+    ) {
+        let payload = Arc::new(payload);
+        self.payload_bytes += payload.len();
+        self.jobs
+            .insert(start, (count, payload.clone(), fds.clone()));
+        let job = Job {
+            func: self.func.clone(),
+            payload,
+            index: start,
+            weight: count,
+            timeout: self.timeout,
+            fds,
+            attempts,
+        };
+        if let Err(e) = self.batch.submit([job]) {
+            self.refused(&[start], e);
+        }
     }
 }
 
@@ -547,6 +679,7 @@ fn local_piece(start: u64, count: u32, e: TaskError) -> Piece {
             outcome: Err(e),
             nanos: 0,
             pid: None,
+            partial: None,
         },
         payload: None,
         fds: None,

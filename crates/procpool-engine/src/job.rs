@@ -36,6 +36,10 @@ pub struct Job {
     /// (see [`take_job_fds`](crate::take_job_fds)). Kept here, so that a job sent again
     /// after a worker's death or a revocation still has them.
     pub fds: Option<JobFds>,
+    /// How many times the job already ran in a worker that died (counted against the
+    /// pool's retries): nonzero for an item a front sends again alone after its chunk's
+    /// worker died running it. 0 for a new job.
+    pub attempts: u32,
 }
 
 impl Job {
@@ -48,6 +52,7 @@ impl Job {
             weight: 1,
             timeout: None,
             fds: None,
+            attempts: 0,
         }
     }
 
@@ -68,6 +73,12 @@ pub struct Done {
     pub nanos: u64,
     /// Process id of the worker that ran it, if one did.
     pub pid: Option<u32>,
+    /// For a job of several items whose worker died (or was killed at its time limit)
+    /// inside it, having reported its items (see [`items_finished`](crate::items_finished)):
+    /// the items it finished and their results. The outcome is then the error of the item
+    /// that was running, the item after them (and the job is not retried whole: a
+    /// [`Feed`](crate::Feed) retries that item alone and sends the others again).
+    pub partial: Option<crate::Partial>,
 }
 
 pub(crate) const LIVE: u8 = 0;

@@ -33,6 +33,7 @@ mod error;
 mod events;
 mod feed;
 mod identity;
+mod items;
 mod job;
 mod oneoff;
 mod pool;
@@ -55,6 +56,7 @@ pub use feed::{
     Feed, Limits, MAX_PAYLOAD_BYTES, MAX_REORDER_BYTES, Piece, Pulled, Reorder, Source,
 };
 pub use identity::{WorkerInfo, current_worker};
+pub use items::{Partial, items_finished};
 pub use job::{Done, Job, JobFds};
 pub use oneoff::{JoinError, OneOff};
 pub use pool::{Engine, MAX_WORKERS, Stopper};
@@ -82,7 +84,9 @@ pub mod shm {
 pub mod fuzzing {
     use std::sync::atomic::Ordering::SeqCst;
 
-    use crate::process::{CONTROL_LEN, CTL_CLAIM, CTL_RING_READ, CTL_RING_WRITE, RING_OFFSET};
+    use crate::process::{
+        CONTROL_LEN, CTL_CLAIM, CTL_RING_READ, CTL_RING_WRITE, RING_LEN, RING_OFFSET,
+    };
     use crate::ring::RingReader;
     use crate::sys::SharedRegion;
 
@@ -99,7 +103,7 @@ pub mod fuzzing {
     /// The reader's refusal of what it found.
     pub fn read_ring(read: u64, write: u64, ring: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         CTL.with(|ctl| {
-            let n = ring.len().min(CONTROL_LEN - RING_OFFSET);
+            let n = ring.len().min(RING_LEN);
             ctl.write(RING_OFFSET, &ring[..n]);
             ctl.word(CTL_RING_READ).store(read, SeqCst);
             ctl.word(CTL_RING_WRITE).store(write, SeqCst);

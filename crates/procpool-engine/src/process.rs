@@ -39,13 +39,22 @@ pub(crate) const CTL_SLEEPING: usize = 4;
 /// Control word: the claim word (see `claim`): the job the worker claimed last, and the
 /// parent's stop flag.
 pub(crate) const CTL_CLAIM: usize = 5;
+/// Control word: how far the running job's items got (see `items`): 0, or a mark, the
+/// items finished and the bytes of their results in the items area. Reset at each job's
+/// start; read by the parent only after the worker died.
+pub(crate) const CTL_ITEMS: usize = 6;
 /// Where the results ring starts in the control block.
 pub(crate) const RING_OFFSET: usize = 4096;
 /// Size of the results ring.
 pub(crate) const RING_LEN: usize = 4 << 20;
-/// Size of the control block shared with each worker: a page of control words, then the
-/// results ring.
-pub(crate) const CONTROL_LEN: usize = RING_OFFSET + RING_LEN;
+/// Where the items area starts: the results of the running job's finished items, as the
+/// worker wrote them so far (see `items`).
+pub(crate) const ITEMS_OFFSET: usize = RING_OFFSET + RING_LEN;
+/// Size of the items area.
+pub(crate) const ITEMS_LEN: usize = 2 << 20;
+/// Size of the control block shared with each worker: a page of control words, the
+/// results ring, then the items area. Pages cost memory only once written.
+pub(crate) const CONTROL_LEN: usize = ITEMS_OFFSET + ITEMS_LEN;
 
 /// Size of each worker's data region, where large arguments are written. Its pages cost
 /// memory only once written, and the parent maps only the part it has used.

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::EngineConfig;
 use crate::error::{PoolError, TaskError, TaskErrorKind};
+use crate::items::Partial;
 use crate::job::{BatchInner, Done, Job, Queued};
 use crate::pool::Engine;
 use crate::shared::{Mode, Shared};
@@ -66,6 +67,9 @@ pub struct RemoteDone {
     pub nanos: u64,
     /// Process id of the agent's worker that ran it, if one did.
     pub pid: Option<u32>,
+    /// For a job of several items whose worker died inside it: the items it finished
+    /// (see [`Done::partial`]); the agent passes on what its own pool reported.
+    pub partial: Option<Partial>,
 }
 
 /// The link between the engine and its agents. Every call is made from one thread at a
@@ -424,6 +428,7 @@ impl Dispatcher {
             outcome: a.outcome.map_err(|e| e.with_index(index)),
             nanos: a.nanos,
             pid: a.pid,
+            partial: a.partial,
         }]);
     }
 
@@ -519,6 +524,7 @@ fn fail_job(q: &Queued, kind: TaskErrorKind) {
         outcome: Err(TaskError::new(kind, q.job.index, None, q.attempts)),
         nanos: 0,
         pid: None,
+        partial: None,
     }]);
 }
 
@@ -567,6 +573,7 @@ mod tests {
                     outcome: Err(e),
                     nanos: 0,
                     pid: Some(9),
+                    partial: None,
                 });
             }
             Ok(())
@@ -595,6 +602,7 @@ mod tests {
             weight: 1,
             timeout: None,
             fds: None,
+            attempts: 0,
         }
     }
 
@@ -610,6 +618,7 @@ mod tests {
             outcome: Ok(payload),
             nanos: 50_000_000,
             pid: Some(100 + a as u32),
+            partial: None,
         });
         Some(tag)
     }
@@ -744,6 +753,7 @@ mod tests {
                 outcome: Ok(p),
                 nanos: 1_000_000,
                 pid: None,
+                partial: None,
             });
         }
         for _ in 0..2 {

@@ -101,9 +101,9 @@ impl Shared {
         }
         let before = q.jobs.len();
         q.jobs.extend(jobs.into_iter().map(|job| Queued {
+            attempts: job.attempts,
             job,
             batch: batch.clone(),
-            attempts: 0,
             bounced: 0,
         }));
         let n = q.jobs.len() - before;

@@ -523,6 +523,7 @@ fn deliver(q: &Queued, kind: TaskErrorKind, pid: Option<u32>, attempts: u32) {
         outcome: Err(TaskError::new(kind, q.job.index, pid, attempts)),
         nanos: 0,
         pid,
+        partial: None,
     }]);
 }
 

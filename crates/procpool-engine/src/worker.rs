@@ -16,6 +16,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 
 use crate::claim::Claimer;
+use crate::items;
 use crate::process::{
     CONTROL_LEN, CTL_STARTED_AT, CTL_STARTED_SEQ, DATA_LEN, ENV_WORKER, REGIONS_MARK, WorkerEnv,
     my_fingerprint,
@@ -394,11 +395,14 @@ impl Io {
     ) -> std::io::Result<()> {
         JOB_FDS.with(|f| *f.borrow_mut() = fds);
         let start = sys::monotonic_nanos();
+        // Nothing of this job's items is finished yet (see `items`).
+        items::begin_job(&self.ctl);
         self.ctl
             .word(CTL_STARTED_AT)
             .store(start, Ordering::Release);
         self.ctl.word(CTL_STARTED_SEQ).store(seq, Ordering::Release);
         let outcome = run_one(runner, func, payload, &mut self.result_buf);
+        items::end_job();
         let nanos = sys::monotonic_nanos() - start;
         // Descriptors the runner did not take are closed now.
         drop(take_job_fds());

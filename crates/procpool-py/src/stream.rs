@@ -131,6 +131,7 @@ impl Stream {
             weight: 1,
             timeout,
             fds: None,
+            attempts: 0,
         };
         self.batch
             .submit([job])

@@ -146,6 +146,10 @@ impl<A: Value, I: Iterator<Item: Borrow<A>>> Source for Items<A, I> {
         self.fds.take()
     }
 
+    fn split(&self, payload: &[u8], from: u32, count: u32) -> Option<Vec<u8>> {
+        items::range_payload::<A>(payload, from, count)
+    }
+
     fn size_hint(&self) -> (usize, Option<usize>) {
         let extra = usize::from(self.carry.is_some() || self.failed.is_some());
         let (lo, hi) = self.input.size_hint();

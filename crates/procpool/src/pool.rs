@@ -723,6 +723,7 @@ impl<'p> Call<'p> {
             weight: 1,
             timeout: self.timeout,
             fds,
+            attempts: 0,
         }])?;
         Ok(TaskHandle::new(batch, self.layout.codec))
     }

@@ -127,6 +127,7 @@ fn decode<R: Value>(r: Result<Vec<u8>, JoinError>) -> Result<R, Error> {
                 outcome: Ok(bytes),
                 nanos: 0,
                 pid: None,
+                partial: None,
             };
             ChunkOut::decode_one(done, Codec::Postcard)
         }

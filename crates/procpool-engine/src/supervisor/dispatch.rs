@@ -458,6 +458,7 @@ mod tests {
                     func: Arc::from(&b""[..]),
                     payload: Arc::new(Vec::new()),
                     index: 0,
+                    attempts: 0,
                     weight: 1,
                     timeout: None,
                     fds: None,

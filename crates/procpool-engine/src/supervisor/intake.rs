@@ -472,6 +472,7 @@ pub(super) fn finished(
         outcome,
         nanos,
         pid,
+        partial: None,
     };
     Some((batch, done))
 }

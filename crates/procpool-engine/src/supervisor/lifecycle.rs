@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use super::intake::{drain_ring, drain_socket, finished};
 use super::{KillReason, Phase, SHUTDOWN_GRACE, Supervisor, Worker, answer, deliver};
 use crate::claim;
-use crate::error::{Death, HandshakeError, PoolError, TaskErrorKind};
-use crate::job::{BatchInner, Queued};
+use crate::error::{Death, HandshakeError, PoolError, TaskError, TaskErrorKind};
+use crate::items;
+use crate::job::{BatchInner, Done, Queued};
 use crate::sys;
 use crate::wire::{self, Down};
 
@@ -291,6 +292,11 @@ impl Supervisor {
                 continue;
             }
             let attempts = f.q.attempts + 1;
+            // A chunk that reported its items: those finished are delivered, the one
+            // running fails (or is retried) alone, the others go again (see `items`).
+            let partial = (started == f.seq && f.q.job.weight > 1)
+                .then(|| items::read(&w.proc.ctl, f.q.job.weight))
+                .flatten();
             let kind = match &w.kill_reason {
                 Some(KillReason::Timeout { seq, limit, ran }) if *seq == f.seq => {
                     TaskErrorKind::TimedOut {
@@ -307,7 +313,7 @@ impl Supervisor {
                 Some(KillReason::Protocol(m)) => TaskErrorKind::Protocol { message: m.clone() },
                 Some(KillReason::OutOfMemory(size)) => TaskErrorKind::OutOfMemory { size: *size },
                 Some(KillReason::Shutdown) | None => {
-                    if attempts <= retries {
+                    if attempts <= retries && partial.is_none() {
                         f.q.attempts = attempts;
                         again.push(f.q);
                         continue;
@@ -315,7 +321,24 @@ impl Supervisor {
                     TaskErrorKind::WorkerDied { death }
                 }
             };
-            deliver(&f.q, kind, Some(w.proc.pid), attempts);
+            match partial {
+                Some(p)
+                    if matches!(
+                        kind,
+                        TaskErrorKind::WorkerDied { .. } | TaskErrorKind::TimedOut { .. }
+                    ) && !f.q.batch.is_abandoned() =>
+                {
+                    let index = f.q.job.index;
+                    f.q.batch.deliver([Done {
+                        index,
+                        outcome: Err(TaskError::new(kind, index, Some(w.proc.pid), attempts)),
+                        nanos: 0,
+                        pid: Some(w.proc.pid),
+                        partial: Some(p),
+                    }]);
+                }
+                _ => deliver(&f.q, kind, Some(w.proc.pid), attempts),
+            }
         }
         let mut q = self.shared.lock();
         for j in again.into_iter().rev() {

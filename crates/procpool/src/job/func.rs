@@ -73,8 +73,10 @@ fn run_chunk<A: Value, R: Value>(
     // Shared values whose makers let go of them leave this worker's cache.
     crate::shared::sweep();
     let mut results = items::Results::begin::<R>(out, h.layout);
+    // Each finished item is recorded, so that a crash in the next one costs that one item.
+    let mut recorded = results.finished();
     for k in 0..h.count {
-        if k > 0 && results.full() {
+        if k > 0 && (results.full() || !recorded) {
             results.stop::<R>();
             break;
         }
@@ -91,6 +93,7 @@ fn run_chunk<A: Value, R: Value>(
             },
             Err(kind) => results.push_err::<R>(kind),
         }
+        recorded = results.finished();
     }
     Ok(())
 }

@@ -224,22 +224,37 @@ fn payload_message(p: &(dyn std::any::Any + Send)) -> String {
 /// The payload of the items of `payload` (a chunk of `A`s) from the `from`-th on: the
 /// part of a chunk a worker did not run.
 pub(crate) fn tail_payload<A: Value>(payload: &[u8], from: u32) -> Option<Vec<u8>> {
+    let (h, _) = read_header(payload).ok()?;
+    range_payload::<A>(payload, from, h.count.checked_sub(from)?)
+}
+
+/// The payload of items `from..from + count` of `payload` (a chunk of `A`s), cut at the
+/// byte level (nothing is decoded).
+pub(crate) fn range_payload<A: Value>(payload: &[u8], from: u32, count: u32) -> Option<Vec<u8>> {
     let (h, mut body) = read_header(payload).ok()?;
-    if from >= h.count {
+    if count == 0 || from.checked_add(count)? > h.count {
         return None;
     }
-    if let Some(n) = codec::plain_size::<A>() {
+    let take = if let Some(n) = codec::plain_size::<A>() {
         body = body.get(n * from as usize..)?;
+        n.checked_mul(count as usize)?
     } else {
         for _ in 0..from {
             let (len, rest) = take_len(body)?;
             body = rest.get(len..)?;
         }
-    }
+        let mut rest = body;
+        for _ in 0..count {
+            let (len, r) = take_len(rest)?;
+            rest = r.get(len..)?;
+        }
+        body.len() - rest.len()
+    };
+    let body = body.get(..take)?;
     let mut v = Vec::with_capacity(HEADER + body.len());
     v.extend_from_slice(&payload[..HEADER]);
     v.extend_from_slice(body);
-    end_chunk(&mut v, h.count - from);
+    end_chunk(&mut v, count);
     Some(v)
 }
 
@@ -341,6 +356,8 @@ pub(crate) struct Results<'a> {
     layout: Layout,
     /// The job bound, less room for one more item.
     room: usize,
+    /// Bytes of `out` the engine has recorded as they are (see `finished`).
+    recorded: usize,
 }
 
 impl<'a> Results<'a> {
@@ -358,7 +375,20 @@ impl<'a> Results<'a> {
             count: 0,
             layout,
             room: transport_bound(layout.limit).saturating_sub(layout.limit.saturating_add(64)),
+            recorded: 0,
         }
+    }
+
+    /// Tells the engine the items written so far are finished, so that if the worker dies
+    /// in the next one, they are delivered (see `procpool_engine::items_finished`).
+    /// `false`: no more can be recorded, and the chunk should stop here.
+    #[inline]
+    pub(crate) fn finished(&mut self) -> bool {
+        let ok = procpool_engine::items_finished(self.count as u32, self.out, self.recorded);
+        if ok {
+            self.recorded = self.out.len();
+        }
+        ok
     }
 
     /// Whether one more result might take the results past the transport bound (counting
@@ -385,6 +415,7 @@ impl<'a> Results<'a> {
             return;
         }
         let packed = std::mem::take(self.out);
+        self.recorded = 0;
         self.out.push(MODE_ENCODED);
         for v in codec::plain_values::<R>(&packed[1..]) {
             self.push_encoded(Ok(v));

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use mpi::traits::*;
-use procpool_engine::{Batch, Engine, TaskError, TaskErrorKind};
+use procpool_engine::{Batch, Engine, Partial, TaskError, TaskErrorKind};
 
 use super::msg::{self, Reader, Writer};
 use super::runtime::{Inbox, Nap, Outbox, abort_job};
@@ -200,7 +200,7 @@ impl Agent {
             if let Some(l) = id.and_then(|id| self.batches.get_mut(&id)) {
                 l.open.remove(&d.index);
             }
-            self.answer_with(d.index, d.nanos, d.pid, &d.outcome);
+            self.answer_full(d.index, d.nanos, d.pid, &d.outcome, d.partial.as_ref());
         }
     }
 
@@ -223,7 +223,7 @@ impl Agent {
         }
         for d in got {
             any = true;
-            self.answer_with(d.index, d.nanos, d.pid, &d.outcome);
+            self.answer_full(d.index, d.nanos, d.pid, &d.outcome, d.partial.as_ref());
         }
         for id in emptied {
             self.batches.remove(&id);
@@ -242,6 +242,19 @@ impl Agent {
         pid: Option<u32>,
         outcome: &Result<Vec<u8>, TaskError>,
     ) {
+        self.answer_full(tag, nanos, pid, outcome, None);
+    }
+
+    /// An answer, with the finished items of a chunk whose local worker died inside it
+    /// (they go to rank 0 item by item's results, with the running item's error).
+    fn answer_full(
+        &mut self,
+        tag: u64,
+        nanos: u64,
+        pid: Option<u32>,
+        outcome: &Result<Vec<u8>, TaskError>,
+        partial: Option<&Partial>,
+    ) {
         let too_large = matches!(outcome, Ok(b) if b.len() + 64 > msg::MAX_MESSAGE);
         if too_large {
             let size = outcome.as_ref().map_or(0, |b| b.len() as u64);
@@ -252,11 +265,12 @@ impl Agent {
             let e = Err(TaskError::new(kind, tag, pid, 1));
             return self.answer_with(tag, nanos, pid, &e);
         }
-        let size = outcome.as_ref().map_or(256, |b| b.len() + 64);
+        let size = outcome.as_ref().map_or(256, |b| b.len() + 64)
+            + partial.map_or(0, |p| p.results.len() + 8);
         if self.answers.len() + size > msg::PACK_BYTES {
             self.flush();
         }
-        msg::put_answer(&mut self.answers, tag, nanos, pid, outcome);
+        msg::put_answer_partial(&mut self.answers, tag, nanos, pid, outcome, partial);
     }
 
     fn flush(&mut self) {

@@ -336,12 +336,13 @@ impl MpiLink {
 fn decode_results(bytes: &[u8], rank: i32, out: &mut Vec<RemoteDone>) -> Result<(), String> {
     let mut r = Reader(bytes);
     while !r.is_empty() {
-        let (tag, nanos, pid, outcome) = msg::get_answer(&mut r, rank)?;
+        let ((tag, nanos, pid, outcome), partial) = msg::get_answer_partial(&mut r, rank)?;
         out.push(RemoteDone {
             tag,
             outcome: outcome.map_err(|e: TaskError| e),
             nanos,
             pid,
+            partial,
         });
     }
     Ok(())

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use procpool_engine::{
-    Death, EngineConfig, HandshakeError, Job, PoolError, RemoteJob, TaskError, TaskErrorKind,
+    Death, EngineConfig, HandshakeError, Job, Partial, PoolError, RemoteJob, TaskError,
+    TaskErrorKind,
 };
 
 /// Agent → caller, once at start-up: [`Hello`].
@@ -220,11 +221,13 @@ pub(crate) fn get_job(r: &mut Reader<'_>) -> Result<(u64, Job), String> {
         weight,
         timeout,
         fds: None,
+        attempts: 0,
     };
     Ok((batch, job))
 }
 
 /// Appends one answer to a RESULTS message.
+#[cfg(test)]
 pub(crate) fn put_answer(
     w: &mut Writer,
     tag: u64,
@@ -232,14 +235,31 @@ pub(crate) fn put_answer(
     pid: Option<u32>,
     outcome: &Result<Vec<u8>, TaskError>,
 ) {
+    put_answer_partial(w, tag, nanos, pid, outcome, None);
+}
+
+/// [`put_answer`], with the finished items of a chunk whose worker died inside it (see
+/// [`Partial`]): they cross to rank 0 with the running item's error.
+pub(crate) fn put_answer_partial(
+    w: &mut Writer,
+    tag: u64,
+    nanos: u64,
+    pid: Option<u32>,
+    outcome: &Result<Vec<u8>, TaskError>,
+    partial: Option<&Partial>,
+) {
     w.u64(tag).u64(nanos).opt_u64(pid.map(u64::from));
     match outcome {
         Ok(b) => {
             w.u8(0).bytes(b);
         }
         Err(e) => {
-            w.u8(1).u32(e.attempts()).opt_u64(e.pid().map(u64::from));
+            let tag = if partial.is_some() { 2 } else { 1 };
+            w.u8(tag).u32(e.attempts()).opt_u64(e.pid().map(u64::from));
             put_kind(w, e.kind());
+            if let Some(p) = partial {
+                w.u32(p.finished).bytes(&p.results);
+            }
         }
     }
 }
@@ -247,21 +267,36 @@ pub(crate) fn put_answer(
 /// One answer of a RESULTS message: tag, run time, worker pid, outcome.
 pub(crate) type Answer = (u64, u64, Option<u32>, Result<Vec<u8>, TaskError>);
 
+#[cfg(test)]
 pub(crate) fn get_answer(r: &mut Reader<'_>, rank: i32) -> Result<Answer, String> {
+    get_answer_partial(r, rank).map(|(a, _)| a)
+}
+
+/// [`get_answer`], with the finished items that came with it, if any.
+pub(crate) fn get_answer_partial(
+    r: &mut Reader<'_>,
+    rank: i32,
+) -> Result<(Answer, Option<Partial>), String> {
     let tag = r.u64()?;
     let nanos = r.u64()?;
     let pid = r.opt_u64()?.map(|p| p as u32);
+    let mut partial = None;
     let outcome = match r.u8()? {
         0 => Ok(r.bytes()?.to_vec()),
-        1 => {
+        t @ (1 | 2) => {
             let attempts = r.u32()?;
             let epid = r.opt_u64()?.map(|p| p as u32);
             let kind = get_kind(r, rank)?;
+            if t == 2 {
+                let finished = r.u32()?;
+                let results = r.bytes()?.to_vec();
+                partial = Some(Partial { finished, results });
+            }
             Err(TaskError::new(kind, tag, epid, attempts))
         }
         t => return Err(format!("an outcome with tag {t}")),
     };
-    Ok((tag, nanos, pid, outcome))
+    Ok(((tag, nanos, pid, outcome), partial))
 }
 
 fn put_death(w: &mut Writer, d: &Death) {
@@ -634,6 +669,7 @@ mod tests {
             weight: 1,
             timeout: Some(Duration::from_millis(5)),
             fds: None,
+            attempts: 0,
         };
         put_job(
             &mut w,
