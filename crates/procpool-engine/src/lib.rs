@@ -37,6 +37,7 @@ mod items;
 mod job;
 mod oneoff;
 mod pool;
+mod prepare;
 mod process;
 mod progress;
 mod remote;
@@ -50,7 +51,7 @@ pub mod wire;
 mod worker;
 
 pub use batch::{Batch, RecvError};
-pub use config::{DEFAULT_MAX_MESSAGE, EngineConfig};
+pub use config::{DEFAULT_MAX_MESSAGE, DEFAULT_PREPARE_ALLOWANCE, EngineConfig};
 pub use error::{Death, HandshakeError, PoolError, TaskError, TaskErrorKind};
 pub use feed::{
     Feed, Limits, MAX_PAYLOAD_BYTES, MAX_REORDER_BYTES, Piece, Pulled, Reorder, Source,
@@ -60,6 +61,7 @@ pub use items::{Partial, items_finished};
 pub use job::{Done, Job, JobFds};
 pub use oneoff::{JoinError, OneOff};
 pub use pool::{Engine, MAX_WORKERS, Stopper};
+pub use prepare::{Preparing, preparing};
 pub use process::Launcher;
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};
 pub use remote::{PREFETCH_BELOW, PREFETCH_WORK, Remote, RemoteDone, RemoteJob};

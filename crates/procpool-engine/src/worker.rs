@@ -394,6 +394,7 @@ impl Io {
         fds: Vec<OwnedFd>,
     ) -> std::io::Result<()> {
         JOB_FDS.with(|f| *f.borrow_mut() = fds);
+        crate::prepare::begin_job(&self.ctl);
         let start = sys::monotonic_nanos();
         // Nothing of this job's items is finished yet (see `items`).
         items::begin_job(&self.ctl);
@@ -403,6 +404,7 @@ impl Io {
         self.ctl.word(CTL_STARTED_SEQ).store(seq, Ordering::Release);
         let outcome = run_one(runner, func, payload, &mut self.result_buf);
         items::end_job();
+        crate::prepare::end_job();
         let nanos = sys::monotonic_nanos() - start;
         // Descriptors the runner did not take are closed now.
         drop(take_job_fds());

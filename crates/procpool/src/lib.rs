@@ -60,7 +60,10 @@
 //! # Timeouts
 //! [`Builder::timeout`] and [`Pool::with_timeout`] set a time limit per task. A task past
 //! it has its worker killed and replaced — this works for code stuck in a loop or a
-//! system call, which a thread could never stop.
+//! system call, which a thread could never stop. A worker decoding a [`Shared`] value for
+//! the first time does not spend the task's time: that has an allowance of its own
+//! ([`Builder::shared_decode_timeout`], 30 s by default), so a task is killed at the
+//! latest its limit plus that allowance after it is due.
 //!
 //! # Processes a task starts
 //! Each worker leads a session and process group of its own, without a controlling

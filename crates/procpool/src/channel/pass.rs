@@ -8,8 +8,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::end::End;
-use super::ends::{Receiver, Sender, not_a_channel};
-use super::sys;
+use super::ends::{Receiver, Sender};
+use super::sys::{self, Role};
 use crate::passfd;
 
 impl<T> Serialize for Sender<T> {
@@ -32,7 +32,7 @@ impl<'de, T> Deserialize<'de> for Sender<T> {
         #[serde(rename = "procpool::Sender")]
         struct Slot(u32);
         let Slot(slot) = Slot::deserialize(d)?;
-        let fd = take_socket(slot).map_err(serde::de::Error::custom)?;
+        let fd = take_socket(slot, Role::Sending).map_err(serde::de::Error::custom)?;
         let capacity = sys::send_buffer(fd.as_fd()).map_err(serde::de::Error::custom)?;
         Ok(Sender::from_end(End::new(fd), capacity))
     }
@@ -44,19 +44,17 @@ impl<'de, T> Deserialize<'de> for Receiver<T> {
         #[serde(rename = "procpool::Receiver")]
         struct Slot(u32);
         let Slot(slot) = Slot::deserialize(d)?;
-        let fd = take_socket(slot).map_err(serde::de::Error::custom)?;
+        let fd = take_socket(slot, Role::Receiving).map_err(serde::de::Error::custom)?;
         Ok(Receiver::from_end(End::new(fd)))
     }
 }
 
-/// The descriptor of `slot`, checked to be a channel's socket.
-fn take_socket(slot: u32) -> Result<OwnedFd, String> {
-    let fd = passfd::take(slot)?;
-    if !sys::is_seqpacket(fd.as_fd()) {
-        return Err(format!(
-            "descriptor slot {slot} of the job: {}",
-            not_a_channel()
-        ));
-    }
-    Ok(fd)
+/// The descriptor of `slot`, checked to be the `role` end of a channel before it is taken
+/// (a refused descriptor stays in its slot, so a second look at the same bytes, as error
+/// reporting makes, gives the same answer).
+fn take_socket(slot: u32, role: Role) -> Result<OwnedFd, String> {
+    let peek = passfd::take_dup(slot)?;
+    sys::check_end(peek.as_fd(), role).map_err(|m| format!("descriptor slot {slot}: {m}"))?;
+    drop(peek);
+    passfd::take(slot)
 }
