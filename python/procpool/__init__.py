@@ -26,7 +26,7 @@ Example::
 
 import multiprocessing as _multiprocessing
 
-from ._errors import PoolError, TaskTimeoutError, WorkerDied
+from ._errors import MessageTooLarge, PoolError, TaskTimeoutError, WorkerDied
 from .executor import ProcessPoolExecutor
 from .pool import Pool, cpu_count
 
@@ -60,6 +60,7 @@ __all__ = [
     "WorkerDied",
     "TaskTimeoutError",
     "PoolError",
+    "MessageTooLarge",
     "TimeoutError",
     "cpu_count",
     "__version__",

@@ -87,6 +87,10 @@ def _child(fd: int, body: bytes) -> None:
         os.environ.clear()
         os.environ.update(env)
         sys.path[:] = prep["sys_path"]
+        if "authkey" in prep:  # the parent's, for its Manager proxies and Listeners
+            import multiprocessing
+
+            multiprocessing.current_process().authkey = prep["authkey"]
         try:
             os.chdir(prep["cwd"])
         except OSError:
@@ -106,9 +110,17 @@ def _child(fd: int, body: bytes) -> None:
 
 def prep() -> bytes:
     """What a worker of this process needs to look like it: ``sys.path``, the working
-    directory and the environment (as of the pool's creation)."""
+    directory, the environment and ``multiprocessing``'s authentication key (as of the
+    pool's creation)."""
+    import multiprocessing
+
     return pickle.dumps(
-        {"sys_path": list(sys.path), "cwd": os.getcwd(), "environ": dict(os.environ)},
+        {
+            "sys_path": list(sys.path),
+            "cwd": os.getcwd(),
+            "environ": dict(os.environ),
+            "authkey": bytes(multiprocessing.current_process().authkey),
+        },
         protocol=5,
     )
 

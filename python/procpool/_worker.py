@@ -12,11 +12,13 @@ import sys
 from ._pickle import CALL, INIT, encode_results, remote_error
 
 
-def run(func, kind: int, star: bool, count: int, data, bufs):
+def run(func, kind: int, star: bool, count: int, data, bufs, catch_all: bool = False):
     """Runs one job; returns ``(result kind, pickle bytes, buffers)``.
 
     An ``INIT`` job (the pool's initializer) lets its exception through: the worker is
-    of no use and the pool counts a failed start.
+    of no use and the pool counts a failed start. ``catch_all`` (an executor's call): a
+    ``SystemExit`` or ``KeyboardInterrupt`` the call raises is its outcome, as
+    :mod:`concurrent.futures` delivers it; otherwise it ends the worker.
     """
     try:
         arg = pickle.loads(data, buffers=bufs)
@@ -34,9 +36,14 @@ def run(func, kind: int, star: bool, count: int, data, bufs):
     if kind == CALL:
         args, kwds = arg
         try:
-            return encode_results([func(*args, **kwds)], None)
+            result = func(*args, **kwds)
         except Exception as e:
-            return encode_results([None], {0: remote_error(e)})
+            return encode_results([None], {0: remote_error(e, catch_all)})
+        except BaseException as e:
+            if not catch_all:
+                raise
+            return encode_results([None], {0: remote_error(e, catch_all)})
+        return encode_results([result], None, catch_all)
     results = []
     errors = None
     append = results.append

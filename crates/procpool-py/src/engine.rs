@@ -9,7 +9,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use crate::args::{duration, pickle_func};
+use crate::args::{MAX_MESSAGE_SIZE, duration, pickle_func};
 use crate::errors;
 use crate::frame;
 use crate::launcher::TemplateLauncher;
@@ -114,7 +114,8 @@ impl Engine {
 impl Engine {
     #[new]
     #[pyo3(signature = (processes, *, initializer=None, initargs=None, maxtasksperchild=None,
-                        timeout=None, retries=0))]
+                        timeout=None, retries=0, max_message_size=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         processes: usize,
@@ -123,6 +124,7 @@ impl Engine {
         maxtasksperchild: Option<i64>,
         timeout: Option<f64>,
         retries: u32,
+        max_message_size: Option<usize>,
     ) -> PyResult<Self> {
         if processes < 1 {
             return Err(PyValueError::new_err(
@@ -192,6 +194,7 @@ impl Engine {
             initializer,
             launcher: Some(Arc::new(launcher)),
             identity: Some(crate::identity()),
+            max_message: max_message_size.unwrap_or(MAX_MESSAGE_SIZE),
             ..EngineConfig::default()
         };
         let engine = py
@@ -246,10 +249,13 @@ impl Engine {
         Ok(run)
     }
 
-    /// A stream of independent calls.
-    fn stream(&self) -> PyResult<Stream> {
+    /// A stream of independent calls. `catch_all`: a task's `SystemExit` or
+    /// `KeyboardInterrupt` is its outcome (the executor's way) rather than the end of
+    /// its worker (the pool's).
+    #[pyo3(signature = (*, catch_all=false))]
+    fn stream(&self, catch_all: bool) -> PyResult<Stream> {
         let timeout = self.timeout;
-        self.open(|e| Stream::new(e.batch(), timeout))
+        self.open(|e| Stream::new(e.batch(), timeout, catch_all))
     }
 
     /// Current worker pids.

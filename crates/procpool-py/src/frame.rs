@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! 0      kind (payload: chunk, call, init; result: all ok, mixed)
-//! 1      flags (bit 0: call each item with `func(*item)`)
+//! 1      flags (bit 0: call each item with `func(*item)`; bit 1: a call whose
+//!        `SystemExit` or `KeyboardInterrupt` is its outcome)
 //! 4..8   items in the job (u32 LE)
 //! 8..12  out-of-band buffers (u32 LE)
 //! 16..24 pickle length (u64 LE)
@@ -27,6 +28,11 @@ const HEAD: usize = 24;
 const BYTES: u64 = 1 << 63;
 /// Flag: star call.
 pub(crate) const STAR: u8 = 1;
+
+/// Flag of a call: an exception that is not an `Exception` (`SystemExit`,
+/// `KeyboardInterrupt`) raised by the task is its outcome, as `concurrent.futures`
+/// delivers it, instead of ending the worker.
+pub(crate) const CATCH_ALL: u8 = 2;
 
 /// A parsed frame, borrowing its bytes.
 #[derive(Debug)]

@@ -141,6 +141,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::Engine>()?;
     // Most workers one pool may have (the engine refuses more).
     m.add("MAX_WORKERS", procpool_engine::MAX_WORKERS)?;
+    m.add("MAX_MESSAGE_SIZE", args::MAX_MESSAGE_SIZE)?;
     m.add_class::<run::Run>()?;
     m.add_class::<stream::Stream>()?;
     m.add_function(wrap_pyfunction!(_fork, m)?)?;

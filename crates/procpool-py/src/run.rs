@@ -253,8 +253,14 @@ pub(crate) fn pop_ready(
                     ready.pop_front();
                     continue;
                 }
+                let t = list.get_item(*pos)?;
+                // The run keeps no reference to what it handed out.
+                list.set_item(*pos, py.None())?;
                 *pos += 1;
-                return Ok(Some(list.get_item(*pos - 1)?.unbind()));
+                if *pos >= list.len() {
+                    ready.pop_front();
+                }
+                return Ok(Some(t.unbind()));
             }
             Some(Ready::Values { start, values, pos }) => {
                 let list = values.bind(py);
@@ -263,8 +269,12 @@ pub(crate) fn pop_ready(
                     continue;
                 }
                 let v = list.get_item(*pos)?;
+                list.set_item(*pos, py.None())?;
                 let i = *start + *pos as u64;
                 *pos += 1;
+                if *pos >= list.len() {
+                    ready.pop_front();
+                }
                 let t = PyTuple::new(
                     py,
                     [
@@ -659,6 +669,12 @@ pub(crate) fn decode_result(
     py::release(&mv);
     let r = match r {
         Ok(r) => r,
+        // Ctrl-C (or a `SystemExit`) in the caller while it reads the result is the
+        // caller's, never the task's error; the result thread turns it into one (it has
+        // nobody to raise it to).
+        Err(e) if !e.is_instance_of::<PyException>(py) && !py::in_result_thread(py) => {
+            return Err(e);
+        }
         Err(e) => return bad(e.to_string()),
     };
     let (all_ok, list): (bool, Bound<'_, PyList>) = match r.extract() {

@@ -5,7 +5,7 @@ use pyo3::exceptions::{PyException, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
-use crate::frame::{self, Frame, STAR};
+use crate::frame::{self, CATCH_ALL, Frame, STAR};
 use crate::py;
 
 /// Payload kind of a pool's initializer.
@@ -75,6 +75,7 @@ impl PyRunner {
                 f.count,
                 &mv,
                 f.py_bufs(py),
+                f.flags & CATCH_ALL != 0,
             ))
         });
         py::release(&mv);
