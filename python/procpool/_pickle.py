@@ -1,8 +1,9 @@
 """How values cross the process boundary (private).
 
 Pickle protocol 5. Functions, classes and values that the standard pickler cannot take by
-reference (lambdas, closures, anything defined in ``__main__`` or a notebook) go by value
-with cloudpickle; importable ones still go by reference. Buffers of at least
+reference (lambdas, closures, anything defined in the REPL, ``-c`` or a notebook) go by
+value with cloudpickle; importable ones, and those of a script's ``__main__`` (which
+workers import as ``spawn`` does), go by reference. Buffers of at least
 ``OOB_MIN`` bytes (``bytearray``, ``memoryview``, NumPy arrays, and ``bytes`` items) travel
 out of band: the Rust side places them after the pickle stream in the job's payload,
 which the engine moves through the worker's shared-memory region when large.
@@ -51,6 +52,24 @@ class _BigBytes:
         return (bytes, (PickleBuffer(self.b),))
 
 
+def _main_by_reference(obj) -> bool:
+    """Whether ``obj``, a function or class of the caller's ``__main__``, can go by
+    reference: the main module is importable in workers (a script or ``-m`` module,
+    which they run again as ``__mp_main__``, as ``spawn`` does) and ``obj`` is found
+    there under its own name. Lambdas, closures, the REPL, ``-c`` and notebooks go by
+    value."""
+    if getattr(obj, "__module__", None) != "__main__":
+        return False
+    from ._bootstrap import importable_main
+
+    if not importable_main():
+        return False
+    target = sys.modules.get("__main__")
+    for part in getattr(obj, "__qualname__", "<").split("."):
+        target = getattr(target, part, None)
+    return target is obj
+
+
 def _collector():
     bufs = []
 
@@ -88,11 +107,17 @@ class _Pickler(cloudpickle.Pickler):
     """cloudpickle, less what it would rebuild as an object of another kind on the other
     side (an open file as an ``io.StringIO``, a memoryview as ``bytes``): those are
     refused as the standard pickler refuses them. Sockets, locks, generators and the like
-    cloudpickle refuses already."""
+    cloudpickle refuses already. Functions and classes of an importable ``__main__`` go
+    by reference (see :func:`_main_by_reference`)."""
 
     dispatch_table = ChainMap(
         {io.TextIOWrapper: _refuse_file, memoryview: _refuse_memoryview}, _CLOUD_TABLE
     )
+
+    def reducer_override(self, obj):
+        if isinstance(obj, (type, types.FunctionType)) and _main_by_reference(obj):
+            return NotImplemented
+        return super().reducer_override(obj)
 
 
 def dumps(obj, by_value: bool = True):
@@ -163,7 +188,9 @@ def dumps_func(func) -> bytes:
         pass
     data, bufs = dumps(func)
     if bufs:  # a function holding large buffers: keep them in band
-        data = cloudpickle.dumps(func, protocol=5)
+        f = io.BytesIO()
+        _Pickler(f, protocol=5).dump(func)
+        data = f.getvalue()
     return data
 
 
@@ -179,6 +206,8 @@ class _RefPickler(pickle.Pickler):
     def reducer_override(self, obj):
         if isinstance(obj, (types.FunctionType, type)):
             module = getattr(obj, "__module__", None)
+            if module == "__main__" and _main_by_reference(obj):
+                return NotImplemented
             if module is None or module == "__main__" or module in _BY_VALUE:
                 raise _ByValue
         return NotImplemented

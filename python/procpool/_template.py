@@ -25,7 +25,8 @@ import sys
 
 def main() -> None:
     # Everything a worker needs is imported once, here, before any fork.
-    from . import _core, _errors, _pickle, _worker  # noqa: F401
+    from . import _bootstrap, _core, _errors, _pickle, _worker, process, queues  # noqa: F401
+    from multiprocessing import spawn  # noqa: F401
 
     _core._die_with_parent(int(os.environ.pop("PROCPOOL_TEMPLATE_PARENT", "0")))
     # A terminal's Ctrl-C is the parent's business.
@@ -96,9 +97,15 @@ def _child(fd: int, body: bytes) -> None:
         except OSError:
             pass
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        from . import _core, _worker
+        from . import _bootstrap, _core, _worker
 
-        code = _core._serve_worker()
+        if env.get("PROCPOOL_PROCESS"):
+            from . import process
+
+            code = process._child_main()
+        else:
+            _bootstrap.load_main(prep.get("main"))
+            code = _core._serve_worker()
         _worker.flush()
     except BaseException:
         import traceback
@@ -110,9 +117,11 @@ def _child(fd: int, body: bytes) -> None:
 
 def prep() -> bytes:
     """What a worker of this process needs to look like it: ``sys.path``, the working
-    directory, the environment and ``multiprocessing``'s authentication key (as of the
-    pool's creation)."""
+    directory, the environment, ``multiprocessing``'s authentication key and how to
+    import the main module (as of the pool's creation)."""
     import multiprocessing
+
+    from ._bootstrap import main_info
 
     return pickle.dumps(
         {
@@ -120,6 +129,7 @@ def prep() -> bytes:
             "cwd": os.getcwd(),
             "environ": dict(os.environ),
             "authkey": bytes(multiprocessing.current_process().authkey),
+            "main": main_info(),
         },
         protocol=5,
     )

@@ -9,7 +9,18 @@ from __future__ import annotations
 import pickle
 import sys
 
+from . import _bootstrap
 from ._pickle import CALL, INIT, encode_results, remote_error
+
+
+def load_func(data):
+    """Unpickles a job's function (starting a pool or process meanwhile is refused: see
+    ``_bootstrap``)."""
+    _bootstrap.inheriting = True
+    try:
+        return pickle.loads(data)
+    finally:
+        _bootstrap.inheriting = False
 
 
 def run(func, kind: int, star: bool, count: int, data, bufs, catch_all: bool = False):
@@ -20,6 +31,9 @@ def run(func, kind: int, star: bool, count: int, data, bufs, catch_all: bool = F
     ``SystemExit`` or ``KeyboardInterrupt`` the call raises is its outcome, as
     :mod:`concurrent.futures` delivers it; otherwise it ends the worker.
     """
+    if _bootstrap.main_error is not None and kind != INIT:
+        return fail_all(_bootstrap.main_error, count)
+    _bootstrap.inheriting = True
     try:
         arg = pickle.loads(data, buffers=bufs)
     except Exception as e:
@@ -29,6 +43,8 @@ def run(func, kind: int, star: bool, count: int, data, bufs, catch_all: bool = F
         # every item of the job fails with that error.
         blob = remote_error(e)
         return encode_results([None] * count, {i: blob for i in range(count)})
+    finally:
+        _bootstrap.inheriting = False
     if kind == INIT:
         args, kwds = arg
         func(*args, **kwds)
@@ -84,6 +100,9 @@ def flush() -> None:
 
 
 def fail_all(e: BaseException, count: int):
-    """Every item of a job fails with ``e`` (its function could not be loaded here)."""
+    """Every item of a job fails with ``e`` (its function could not be loaded here), or
+    with the exception the caller's main module raised here, if it did."""
+    if _bootstrap.main_error is not None:
+        e = _bootstrap.main_error
     blob = remote_error(e)
     return encode_results([None] * count, {i: blob for i in range(count)})

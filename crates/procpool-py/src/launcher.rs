@@ -168,3 +168,53 @@ fn send_with_fd(ctl: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> io::Result
         }
     }
 }
+
+/// Starts a process from the template, as a worker is started, but for the caller's own
+/// use (`procpool.Process`): `fd` becomes its standard input (a socket on which the
+/// caller then sends what the process runs), `env` is added to its environment, `prep`
+/// is `_template.prep()`. The template, if not yet running, is started on the engine's
+/// spawner thread, so the process lives until it ends or this process dies. Returns the
+/// pid; the process is a child of this process.
+#[pyo3::pyfunction]
+pub(crate) fn _launch(
+    py: pyo3::Python<'_>,
+    fd: i32,
+    env: Vec<(OsString, OsString)>,
+    prep: Vec<u8>,
+) -> pyo3::PyResult<u32> {
+    use pyo3::prelude::*;
+    let sys = py.import("sys")?;
+    let python: OsString = sys.getattr("executable")?.extract()?;
+    if python.is_empty() {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "sys.executable is empty: procpool cannot start Python processes from an \
+             embedded interpreter",
+        ));
+    }
+    let path: Vec<OsString> = sys
+        .getattr("path")?
+        .try_iter()?
+        .filter_map(|p| p.ok()?.extract().ok())
+        .collect();
+    let launcher = TemplateLauncher {
+        python: python.into(),
+        path,
+        prep,
+    };
+    // SAFETY: the caller keeps `fd` open for the duration of this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    let pid = py.detach(move || {
+        procpool_engine::on_spawner_thread(move || {
+            use std::os::fd::AsFd;
+            launcher.launch(fd.as_fd(), &env)
+        })
+    })?;
+    Ok(pid)
+}
+
+/// In a process started by [`_launch`], after `setsid`: dies, with its process group,
+/// when its parent dies.
+#[pyo3::pyfunction]
+pub(crate) fn _die_with_parent_group() -> pyo3::PyResult<()> {
+    Ok(procpool_engine::die_with_parent_group()?)
+}

@@ -8,6 +8,8 @@
 //! `procpool/_worker.py`).
 
 mod args;
+mod channel;
+mod counter;
 mod engine;
 mod errors;
 mod frame;
@@ -144,8 +146,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_MESSAGE_SIZE", args::MAX_MESSAGE_SIZE)?;
     m.add_class::<run::Run>()?;
     m.add_class::<stream::Stream>()?;
+    m.add_class::<channel::Channel>()?;
+    m.add_class::<counter::Counter>()?;
+    m.add_function(wrap_pyfunction!(counter::_pidfd_getfd, m)?)?;
     m.add_function(wrap_pyfunction!(_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_serve_worker, m)?)?;
+    m.add_function(wrap_pyfunction!(launcher::_launch, m)?)?;
+    m.add_function(wrap_pyfunction!(launcher::_die_with_parent_group, m)?)?;
     Ok(())
 }

@@ -58,7 +58,7 @@ impl PyRunner {
             return Ok(f.clone_ref(py));
         }
         let mv = py::memoryview(py, func)?;
-        let f = py.import("pickle")?.getattr("loads")?.call1((&mv,));
+        let f = py::helper(py, "_worker", "load_func")?.call1((&mv,));
         py::release(&mv);
         let f = f?.unbind();
         self.func = Some((func.to_vec(), f.clone_ref(py)));

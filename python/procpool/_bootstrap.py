@@ -1,0 +1,98 @@
+"""A worker's or process's start (private): the caller's main module, and the guard
+against a main module that starts processes at import time.
+
+Workers and processes see the caller's ``__main__`` as the ``spawn`` start method shows
+it: the script is run again under the name ``__mp_main__`` (so its
+``if __name__ == "__main__":`` block does not run), then stands as ``__main__``; functions
+and classes defined there are found by name. While that runs (and while a worker reads
+its task), starting a pool or a process is the mark of a main module without that guard,
+which would start processes without end: :func:`check` raises the stdlib's
+``RuntimeError`` instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+#: True while this process imports the caller's main module or reads its task.
+inheriting = False
+
+#: The exception the caller's main module raised here, if it did: each task of this
+#: worker fails with it (the parent sees it), instead of a confusing lookup error.
+main_error = None
+
+_ADVICE = """
+        An attempt has been made to start a new process before the
+        current process has finished its bootstrapping phase.
+
+        This probably means that you are not using fork to start your
+        child processes and you have forgotten to use the proper idiom
+        in the main module:
+
+            if __name__ == '__main__':
+                freeze_support()
+                ...
+
+        The "freeze_support()" line can be omitted if the program
+        is not going to be frozen to produce an executable.
+
+        To fix this issue, refer to the "Safe importing of main module"
+        section in https://docs.python.org/3/library/multiprocessing.html
+        """
+
+
+def check() -> None:
+    """Raises the stdlib's ``RuntimeError`` when this process is still starting up (see
+    the module docs)."""
+    if inheriting:
+        raise RuntimeError(_ADVICE)
+    mp = sys.modules.get("multiprocessing.process")
+    if mp is not None and getattr(mp.current_process(), "_inheriting", False):
+        raise RuntimeError(_ADVICE)
+
+
+def main_info() -> dict:
+    """How a child finds the caller's main module (as ``spawn`` records it): a module
+    name (``python -m``) or a script's path; nothing for the REPL, ``-c`` or a notebook."""
+    m = sys.modules.get("__main__")
+    if m is None:
+        return {}
+    spec = getattr(m, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if name is not None and name != "__main__":
+        return {"name": name}
+    path = getattr(m, "__file__", None)
+    if path and os.path.basename(path) != "ipython":
+        if not os.path.isabs(path):
+            path = os.path.join(os.getcwd(), path)
+        return {"path": os.path.normpath(path)}
+    return {}
+
+
+def importable_main() -> bool:
+    """Whether children can import the caller's main module (see :func:`main_info`)."""
+    return bool(main_info())
+
+
+def load_main(info: dict) -> None:
+    """In a child: runs the caller's main module as ``__mp_main__`` and makes it
+    ``__main__``; an exception it raises is kept in :data:`main_error` (and printed)."""
+    global inheriting, main_error
+    if not info:
+        return
+    from multiprocessing import spawn
+
+    inheriting = True
+    try:
+        if "name" in info:
+            spawn._fixup_main_from_name(info["name"])
+        else:
+            spawn._fixup_main_from_path(info["path"])
+    except BaseException as e:  # the module's own failure, reported with each task
+        main_error = e
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        inheriting = False
