@@ -54,6 +54,37 @@ def _version():
 
 __version__ = _version()
 
+#: Names of the shared-memory classes, loaded on first use (``procpool.Lock`` imports
+#: ``procpool.synchronize``).
+_LAZY = {
+    "Lock": "synchronize",
+    "RLock": "synchronize",
+    "Semaphore": "synchronize",
+    "BoundedSemaphore": "synchronize",
+    "Event": "synchronize",
+    "Condition": "synchronize",
+    "Barrier": "synchronize",
+    "BrokenBarrierError": "synchronize",
+    "HolderDiedWarning": "synchronize",
+    "Value": "sharedctypes",
+    "Array": "sharedctypes",
+    "RawValue": "sharedctypes",
+    "RawArray": "sharedctypes",
+    "shared": "_shared",
+    "SharedHandle": "_shared",
+}
+
+
+def __getattr__(name):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'procpool' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
+
 __all__ = [
     "Pool",
     "ProcessPoolExecutor",
@@ -63,4 +94,5 @@ __all__ = [
     "TimeoutError",
     "cpu_count",
     "__version__",
+    *_LAZY,
 ]

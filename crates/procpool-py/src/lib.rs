@@ -15,6 +15,7 @@ mod py;
 mod run;
 mod runner;
 mod stream;
+mod sync;
 
 use std::ffi::c_int;
 use std::sync::OnceLock;
@@ -140,10 +141,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::Engine>()?;
     // Most workers one pool may have (the engine refuses more).
     m.add("MAX_WORKERS", procpool_engine::MAX_WORKERS)?;
+    // Most descriptors one job may carry.
+    m.add("MAX_JOB_FDS", procpool_engine::MAX_JOB_FDS)?;
     m.add_class::<run::Run>()?;
     m.add_class::<stream::Stream>()?;
     m.add_function(wrap_pyfunction!(_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_serve_worker, m)?)?;
+    sync::register(m)?;
     Ok(())
 }
