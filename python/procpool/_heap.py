@@ -31,22 +31,25 @@ LARGE = 16 * 1024
 ALIGN = 16
 #: Arenas a receiving process keeps mapped after their last object is gone.
 KEEP = 16
+#: Name of an arena's memfd, followed by its id in hex (a worker reads it back from
+#: the descriptors its initializer's arguments arrived with).
+NAME = "procpool-arena-"
 
 
 class Arena:
     """One memfd and its mapping. Objects hold it through ``Block``."""
 
-    __slots__ = ("id", "size", "fd", "mm", "base", "__weakref__")
+    __slots__ = ("id", "size", "fd", "mm", "base", "_fin", "__weakref__")
 
     def __init__(self, size: int, fd: int | None = None, id: int | None = None) -> None:
         if fd is None:
-            fd = os.memfd_create("procpool-shared", os.MFD_CLOEXEC)
+            id = _new_id()
+            fd = os.memfd_create(f"{NAME}{id:016x}", os.MFD_CLOEXEC)
             try:
                 os.ftruncate(fd, size)
             except BaseException:
                 os.close(fd)
                 raise
-            id = _new_id()
         self.id = id
         self.size = size
         self.fd = fd
@@ -56,10 +59,22 @@ class Arena:
             os.close(fd)
             raise
         self.base = ctypes.addressof(ctypes.c_char.from_buffer(self.mm))
-        weakref.finalize(self, os.close, fd)
+        self._fin = weakref.finalize(self, os.close, fd)
+
+    def forget_fd(self) -> None:
+        """Closes the descriptor now and keeps the mapping only."""
+        if self._fin.detach() is not None:
+            os.close(self.fd)
+        self.fd = -1
 
     def __reduce__(self):
         from . import _passfd
+
+        if self.fd < 0:
+            raise RuntimeError(
+                "this shared memory came to this worker in its pool's initargs and cannot "
+                "be sent on from here: pass it to the inner pool as a task argument instead"
+            )
 
         slot = _passfd.attach(self.fd, ("arena", self.id), "procpool shared memory")
         return _rebuild_arena, (slot, self.id, self.size)
@@ -163,6 +178,20 @@ def _rebuild_arena(slot: int, id: int, size: int) -> Arena:
         while len(_recent) > KEEP:
             _recent.popitem(last=False)
     return a
+
+
+def adopt(fd: int, id: int) -> Arena:
+    """Maps an arena this worker got at its start (for its initializer) and keeps it for
+    the life of the process; ``fd`` is closed by the engine soon after."""
+    a = _arenas.get(id)
+    if a is None:
+        a = _register(Arena(os.fstat(fd).st_size, os.dup(fd), id))
+    _adopted.append(a)
+    return a
+
+
+#: Arenas adopted at the worker's start.
+_adopted: list = []
 
 
 def arena_of(obj) -> Block | None:

@@ -127,6 +127,29 @@ def received(slot: int) -> int:
     return os.dup(fds[slot])
 
 
+def adopt_init_fds(fds) -> None:
+    """In a new worker, before its loop closes every inherited descriptor: maps the
+    shared memory its initializer's arguments refer to (found by the memfd's name), so
+    that they are rebuilt from the mappings, and closes ``fds``."""
+    from . import _heap
+
+    for fd in fds:
+        try:
+            name = os.readlink(f"/proc/self/fd/{fd}")
+            tail = name.partition(_heap.NAME)[2].split(" ")[0]
+            if tail:
+                _heap.adopt(fd, int(tail, 16)).forget_fd()
+            elif _SHARED_NAME in name:
+                from . import _shared
+
+                _shared.adopt(fd, int(name.partition(_SHARED_NAME)[2].split(" ")[0], 16))
+        finally:
+            os.close(fd)
+
+
+_SHARED_NAME = "procpool-value-"
+
+
 def take_init_fds() -> list:
     """The descriptors this worker got for its initializer (once; the caller closes
     them)."""

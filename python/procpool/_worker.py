@@ -12,14 +12,33 @@ import sys
 from ._pickle import CALL, INIT, encode_results, remote_error
 
 
-def run(func, kind: int, star: bool, count: int, data, bufs):
-    """Runs one job; returns ``(result kind, pickle bytes, buffers)``.
+def _loads(kind: int, data, bufs, fds):
+    if kind == INIT:
+        from . import _passfd
+
+        fds = _passfd.take_init_fds()
+        try:
+            with _passfd.receiving(fds):
+                return pickle.loads(data, buffers=bufs)
+        finally:
+            _passfd.discard(fds)
+    if fds is None:
+        return pickle.loads(data, buffers=bufs)
+    from . import _passfd
+
+    with _passfd.receiving(fds):
+        return pickle.loads(data, buffers=bufs)
+
+
+def run(func, kind: int, star: bool, count: int, data, bufs, fds=None):
+    """Runs one job; returns ``(result kind, pickle bytes, buffers)``. ``fds``: the
+    descriptors that came with the job (borrowed; see ``_passfd``).
 
     An ``INIT`` job (the pool's initializer) lets its exception through: the worker is
     of no use and the pool counts a failed start.
     """
     try:
-        arg = pickle.loads(data, buffers=bufs)
+        arg = _loads(kind, data, bufs, fds)
     except Exception as e:
         if kind == INIT:
             raise

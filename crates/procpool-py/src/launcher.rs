@@ -8,7 +8,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -31,6 +31,9 @@ pub(crate) struct TemplateLauncher {
     pub(crate) path: Vec<OsString>,
     /// The parent's settings for its workers (see `_template.prep`).
     pub(crate) prep: Vec<u8>,
+    /// Descriptors the initializer's arguments refer to: each worker gets them at its
+    /// start (`_passfd.take_init_fds`).
+    pub(crate) init_fds: Option<procpool_engine::JobFds>,
 }
 
 #[derive(Debug)]
@@ -70,7 +73,11 @@ impl Launcher for TemplateLauncher {
                 *guard = Some(self.start()?);
             }
             let t = guard.as_mut().expect("started above");
-            match request(&mut t.ctl, stdin, &body) {
+            let mut fds = vec![stdin];
+            if let Some(extra) = &self.init_fds {
+                fds.extend(extra.iter().map(|f| f.as_fd()));
+            }
+            match request(&mut t.ctl, &fds, &body) {
                 Ok(pid) if pid > 0 => return Ok(pid as u32),
                 Ok(err) => return Err(io::Error::from_raw_os_error((-err) as i32)),
                 Err(e) => {
@@ -124,11 +131,11 @@ impl TemplateLauncher {
     }
 }
 
-/// Sends one request (the worker's socket end by `SCM_RIGHTS`, then the body) and reads
-/// the answer: a pid, or a negative errno.
-fn request(ctl: &mut UnixStream, fd: BorrowedFd<'_>, body: &[u8]) -> io::Result<i64> {
+/// Sends one request (the worker's socket end, then the initializer's descriptors, by
+/// `SCM_RIGHTS`, then the body) and reads the answer: a pid, or a negative errno.
+fn request(ctl: &mut UnixStream, fds: &[BorrowedFd<'_>], body: &[u8]) -> io::Result<i64> {
     let head = (body.len() as u32).to_le_bytes();
-    send_with_fd(ctl, &head, fd)?;
+    send_with_fds(ctl, &head, fds)?;
     let mut sent = 0;
     while sent < body.len() {
         // SAFETY: a plain send from a valid buffer; MSG_NOSIGNAL spares SIGPIPE.
@@ -154,10 +161,11 @@ fn request(ctl: &mut UnixStream, fd: BorrowedFd<'_>, body: &[u8]) -> io::Result<
     Ok(i64::from_le_bytes(answer))
 }
 
-fn send_with_fd(ctl: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
-    let raw = fd.as_raw_fd();
+fn send_with_fds(ctl: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let bytes = std::mem::size_of_val(raw.as_slice());
     // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
     let mut cbuf = vec![0u8; space];
     let mut iov = libc::iovec {
         iov_base: data.as_ptr().cast_mut().cast(),
@@ -174,12 +182,8 @@ fn send_with_fd(ctl: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> io::Result
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
-        std::ptr::copy_nonoverlapping(
-            (&raw const raw).cast::<u8>(),
-            libc::CMSG_DATA(cmsg),
-            std::mem::size_of::<i32>(),
-        );
+        (*cmsg).cmsg_len = libc::CMSG_LEN(bytes as u32) as _;
+        std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), bytes);
         loop {
             let n = libc::sendmsg(ctl.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
             if n >= 0 {

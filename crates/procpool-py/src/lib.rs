@@ -11,6 +11,7 @@ mod engine;
 mod errors;
 mod frame;
 mod launcher;
+mod passfd;
 mod py;
 mod run;
 mod runner;
