@@ -421,10 +421,18 @@ class Event:
             self._waiters.add(-1)
 
     def __repr__(self) -> str:
-        return f"<Event({'set' if self.is_set() else 'unset'})>"
+        status = "set" if self.is_set() else "unset"
+        return f"<{type(self).__qualname__} at {id(self):#x} {status}>"
 
 
 _MASK = 0xFFFFFFFF
+
+
+class _Gauge:
+    __slots__ = ("get_value",)
+
+    def __init__(self, fn) -> None:
+        self.get_value = fn
 
 
 class Condition:
@@ -471,6 +479,20 @@ class Condition:
         st = self._st
         sleeping = (st[1] - self._seq.load()) & _MASK
         return f"<Condition({self._lock!r}, {sleeping})>"
+
+    # The standard library's counters, by the same names, for code that inspects them
+    # (CPython's tests do): waiters not yet notified; 0; notifications not yet taken.
+    @property
+    def _sleeping_count(self):
+        return _Gauge(lambda: (self._st[1] - self._seq.load()) & _MASK)
+
+    @property
+    def _woken_count(self):
+        return _Gauge(lambda: 0)
+
+    @property
+    def _wait_semaphore(self):
+        return _Gauge(lambda: (self._seq.load() - self._st[2]) & _MASK)
 
     def _ticket(self, mine: int) -> bool:
         """Under the lock: takes a wake-up issued after this waiter entered."""
