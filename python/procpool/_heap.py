@@ -21,7 +21,11 @@ import ctypes
 import mmap
 import os
 import threading
+import sys
 import weakref
+
+#: mmap keeps no duplicate of the descriptor where it can (Python 3.13+).
+_NO_FD = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 
 #: Size of an arena for small objects.
 ARENA_SIZE = 64 * 1024
@@ -54,7 +58,7 @@ class Arena:
         self.size = size
         self.fd = fd
         try:
-            self.mm = mmap.mmap(fd, size)
+            self.mm = mmap.mmap(fd, size, **_NO_FD)
         except BaseException:
             os.close(fd)
             raise

@@ -143,11 +143,11 @@ class Lock(_Mutex):
 
         lock = procpool.Lock()
         with lock:
-            ...                       # one process at a time
+            pass                      # one process at a time
         if lock.acquire(timeout=1.0):
             try:
                 if lock.holder_died:  # the last holder was killed inside
-                    repair()
+                    print("checking what it guarded")
             finally:
                 lock.release()
     """
@@ -189,7 +189,7 @@ class Semaphore:
 
         sem = procpool.Semaphore(2)
         with sem:
-            ...                       # at most two processes here
+            pass                      # at most two processes here
     """
 
     # Layout: count u32 (futex), waiters u32, bound u32, pad; then (bounded) the
@@ -281,7 +281,7 @@ class BoundedSemaphore(Semaphore):
 
         limit = procpool.BoundedSemaphore(4)
         with limit:
-            use_the_licence_server()
+            pass                      # at most four holders; a dead one's permit returns
     """
 
     _TABLE = 1024
@@ -377,7 +377,8 @@ class Event:
     Example::
 
         ready = procpool.Event()
-        # in a worker: ready.wait(); in the parent: ready.set()
+        ready.set()                   # in one process
+        assert ready.wait(timeout=1)  # in another
     """
 
     def __init__(self, *, ctx=None, _block=None) -> None:
@@ -443,9 +444,11 @@ class Condition:
 
     Example::
 
+        box = procpool.Value("i", 1)
         cond = procpool.Condition()
         with cond:
             cond.wait_for(lambda: box.value > 0, timeout=5)
+            cond.notify_all()
     """
 
     # Layout: wakeup sequence u32 (futex), entered u32, consumed u32, pad.
@@ -588,8 +591,8 @@ class Barrier:
 
     Example::
 
-        barrier = procpool.Barrier(4, timeout=30)
-        # in each of four workers: barrier.wait()
+        barrier = procpool.Barrier(1, timeout=30)
+        assert barrier.wait() == 0   # with 4 parties, each of four processes waits
     """
 
     # Layout: seq u32 (futex) | pad | gen, count, broken, outcomes[8] (i64) | mutex |

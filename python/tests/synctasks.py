@@ -132,3 +132,17 @@ def use_all(lock, v, arr, ev):
 
 def identity(x):
     return x
+
+
+def shared_row(args):
+    h, i = args
+    return float(h.value[i].sum())
+
+
+def init_shared(h):
+    global G
+    G = h
+
+
+def shared_from_init(i):
+    return float(G.value[i].sum()), G.value.flags.writeable

@@ -223,3 +223,41 @@ def test_500_create_use_drop_cycles_leave_nothing_behind(pp, make_pp_pool):
     ):
         assert fds <= fds0 + 16 and maps <= maps0 + 16 and threads == threads0
     assert len(descendants()) >= 2
+
+
+def test_shared_value_is_decoded_once_per_worker_and_read_in_place(pp, make_pp_pool):
+    np = pytest.importorskip("numpy")
+    table = np.arange(200_000.0).reshape(200, 1000)
+    h = pp.shared(table)
+    assert h.value is table
+    pool = make_pp_pool(2)
+    infos = pool.map(T.shared_info, [h] * 40, chunksize=1)
+    total = float(table.sum())
+    by_pid = {}
+    for s, writeable, addr, ident, pid in infos:
+        assert s == total and writeable is False
+        by_pid.setdefault(pid, set()).add((addr, ident))
+    # One decoded array per worker, whatever the number of tasks.
+    assert all(len(v) == 1 for v in by_pid.values()), by_pid
+    assert pool.map(T.shared_row, [(h, i) for i in range(200)]) == [
+        float(r.sum()) for r in table
+    ]
+
+
+def test_shared_value_through_initargs(pp, make_pp_pool):
+    np = pytest.importorskip("numpy")
+    h = pp.shared(np.ones((4, 4)))
+    pool = make_pp_pool(2, initializer=T.init_shared, initargs=(h,))
+    assert pool.map(T.shared_from_init, range(4)) == [(4.0, False)] * 4
+
+
+def test_shared_memory_is_sealed(pp):
+    import fcntl
+
+    h = pp.shared(b"x" * 100_000)
+    seals = fcntl.fcntl(h._fd, fcntl.F_GET_SEALS)
+    assert seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_GROW
+    with pytest.raises(OSError):
+        os.pwrite(h._fd, b"y", 0)
+    with pytest.raises(RuntimeError, match="procpool processes"):
+        pickle.dumps(h)
