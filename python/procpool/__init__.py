@@ -54,6 +54,21 @@ _LAZY = {
     "get_start_method": ".context",
     "get_all_start_methods": ".context",
     "freeze_support": ".context",
+    "Lock": ".synchronize",
+    "RLock": ".synchronize",
+    "Semaphore": ".synchronize",
+    "BoundedSemaphore": ".synchronize",
+    "Event": ".synchronize",
+    "Condition": ".synchronize",
+    "Barrier": ".synchronize",
+    "BrokenBarrierError": ".synchronize",
+    "HolderDiedWarning": ".synchronize",
+    "Value": ".sharedctypes",
+    "Array": ".sharedctypes",
+    "RawValue": ".sharedctypes",
+    "RawArray": ".sharedctypes",
+    "shared": "._shared",
+    "SharedHandle": "._shared",
 }
 
 __all__ = sorted([*_LAZY, "TimeoutError", "__version__"])

@@ -36,7 +36,8 @@ import pickle
 import queue as _queue
 import time
 
-from . import _core, _passfd
+from . import _core
+from . import _passfd_msg as _passfd
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "Pipe", "Connection"]
 

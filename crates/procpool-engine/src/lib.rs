@@ -60,7 +60,7 @@ pub use identity::{WorkerInfo, current_worker};
 pub use items::{Partial, items_finished};
 pub use job::{Done, Job, JobFds};
 pub use oneoff::{JoinError, OneOff};
-pub use pool::{BOOTSTRAPPING, DEFAULT_MAX_MESSAGE, Engine, EngineConfig, MAX_WORKERS, Stopper};
+pub use pool::{BOOTSTRAPPING, Engine, MAX_WORKERS, Stopper};
 pub use prepare::{Preparing, preparing};
 pub use process::{Launcher, on_spawner_thread};
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};

@@ -156,7 +156,7 @@ impl Channel {
             data: Bytes(data.to_vec()),
             fds,
         };
-        let timeout = crate::engine::duration(timeout, "timeout")?;
+        let timeout = crate::args::duration(timeout, "timeout")?;
         let r = py.detach(|| match timeout {
             None => tx.send(msg).map_err(Some),
             Some(t) if t.is_zero() => match tx.try_send(msg) {
@@ -197,7 +197,7 @@ impl Channel {
         timeout: Option<f64>,
     ) -> PyResult<Option<(Bound<'py, PyBytes>, Vec<i32>)>> {
         let rx = self.rx.as_ref().ok_or_else(closed)?;
-        let timeout = crate::engine::duration(timeout, "timeout")?;
+        let timeout = crate::args::duration(timeout, "timeout")?;
         let r = py.detach(|| match timeout {
             None => rx.recv().map(Some),
             Some(t) if t.is_zero() => match rx.try_recv() {
@@ -236,7 +236,7 @@ impl Channel {
     #[pyo3(signature = (timeout=None))]
     fn poll(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         let rx = self.rx.as_ref().ok_or_else(closed)?;
-        let timeout = crate::engine::duration(timeout, "timeout")?;
+        let timeout = crate::args::duration(timeout, "timeout")?;
         let fd = rx.as_fd().as_raw_fd();
         py.detach(|| poll_in(fd, timeout)).map_err(Into::into)
     }

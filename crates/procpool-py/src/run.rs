@@ -44,11 +44,18 @@ struct PySource {
     ended: bool,
     side: Arc<Mutex<Side>>,
     hint: Option<usize>,
+    /// Descriptors the last job's items attached (shared values, locks).
+    fds: Option<procpool_engine::JobFds>,
 }
 
 impl Source for PySource {
     fn fill(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled {
+        self.fds = None;
         Python::attach(|py| self.fill_py(py, out, limits))
+    }
+
+    fn take_fds(&mut self) -> Option<procpool_engine::JobFds> {
+        self.fds.take()
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -105,7 +112,14 @@ impl PySource {
             // pickler, in C, with nothing by value and no buffers.
             py::helper(py, "_pickle", "dumps_plain").and_then(|d| d.call1((list,)))
         } else {
-            py::helper(py, "_pickle", "dumps_items").and_then(|d| d.call1((list, big)))
+            // Items may hold shared values: their descriptors go with the job.
+            crate::passfd::collecting(py, || {
+                py::helper(py, "_pickle", "dumps_items").and_then(|d| d.call1((list, big)))
+            })
+            .map(|(t, fds)| {
+                self.fds = fds;
+                t
+            })
         };
         let t = match r {
             Ok(t) => t,
@@ -125,16 +139,23 @@ impl PySource {
                         self.next_index += u64::from(n);
                         Pulled::Items(n)
                     }
-                    Err(e) => self.fail_first(py, items, e),
+                    Err(e) => {
+                        self.fds = None;
+                        self.fail_first(py, items, e)
+                    }
                 }
             }
-            Some(Err(e)) | Some(Ok((0, e))) => self.fail_first(py, items, e),
+            Some(Err(e)) | Some(Ok((0, e))) => {
+                self.fds = None;
+                self.fail_first(py, items, e)
+            }
             Some(Ok((bad, _))) => {
                 // Send the good items before the bad one; the rest waits for the next job.
                 for x in items.into_iter().rev() {
                     self.ahead.push_front(x);
                 }
                 out.clear();
+                self.fds = None;
                 self.fill_py(
                     py,
                     out,
@@ -353,6 +374,7 @@ impl Run {
             ended: false,
             side: side.clone(),
             hint,
+            fds: None,
         };
         let mut feed = Feed::new(engine, source, func, chunksize, timeout);
         feed.keep_open();
@@ -531,15 +553,16 @@ fn split_if_died(st: &mut State, p: Piece) -> Option<Piece> {
     if !died || p.count <= 1 {
         return Some(p);
     }
-    let parts = {
+    let (parts, fds) = {
         let payload = p.payload.as_ref()?;
-        Python::attach(|py| split_chunk(py, payload)).ok()?
+        Python::attach(|py| split_chunk(py, payload, p.fds.as_deref())).ok()?
     };
     if parts.len() != p.count as usize {
         return Some(p);
     }
     for (i, part) in parts.into_iter().enumerate() {
-        st.feed.resubmit(p.start + i as u64, 1, part);
+        st.feed
+            .resubmit_with_fds(p.start + i as u64, 1, part, fds.clone());
     }
     if let Some(payload) = p.payload {
         st.feed.give_back(payload);
@@ -547,12 +570,22 @@ fn split_if_died(st: &mut State, p: Piece) -> Option<Piece> {
     None
 }
 
-/// A chunk's payload split into payloads of one item each.
-fn split_chunk(py: Python<'_>, payload: &[u8]) -> PyResult<Vec<Vec<u8>>> {
+/// A chunk's payload split into payloads of one item each, and the descriptors they
+/// refer to (all parts share one list).
+fn split_chunk(
+    py: Python<'_>,
+    payload: &[u8],
+    fds: Option<&[std::os::fd::OwnedFd]>,
+) -> PyResult<(Vec<Vec<u8>>, Option<procpool_engine::JobFds>)> {
     let f = Frame::parse(payload).map_err(pyo3::exceptions::PyValueError::new_err)?;
     let mv = py::memoryview(py, f.pickle)?;
-    let r = py::helper(py, "_pickle", "split_items").and_then(|s| s.call1((&mv, f.py_bufs(py))));
+    let fd_list = crate::passfd::as_list(py, fds.unwrap_or(&[]))?;
+    let r = crate::passfd::collecting(py, || {
+        py::helper(py, "_pickle", "split_items").and_then(|s| s.call1((&mv, f.py_bufs(py), fd_list)))
+    });
     py::release(&mv);
+    let (r, new_fds) = r?;
+    let r: PyResult<Bound<'_, PyAny>> = Ok(r);
     let mut out = Vec::new();
     for t in r?.try_iter()? {
         let t = t?;
@@ -568,7 +601,7 @@ fn split_chunk(py: Python<'_>, payload: &[u8]) -> PyResult<Vec<Vec<u8>>> {
         )?;
         out.push(part);
     }
-    Ok(out)
+    Ok((out, new_fds))
 }
 
 /// Turns a finished piece into outcomes.
