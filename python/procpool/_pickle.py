@@ -38,6 +38,9 @@ INIT = 2
 #: Result kinds (first byte of a job's result).
 ALL_OK = 0
 MIXED = 1
+#: The worker could not rebuild a chunk's argument: the parent sends its items again one
+#: by one (pickled anew from the objects it holds), so that only the bad one fails.
+SPLIT = 2
 
 
 class _BigBytes:

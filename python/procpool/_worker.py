@@ -10,7 +10,7 @@ import pickle
 import sys
 
 from . import _bootstrap
-from ._pickle import CALL, INIT, encode_results, remote_error
+from ._pickle import CALL, CHUNK, INIT, SPLIT, encode_results, remote_error
 
 
 def load_func(data):
@@ -55,11 +55,20 @@ def run(func, kind: int, star: bool, count: int, data, bufs, catch_all: bool = F
     _bootstrap.inheriting = True
     try:
         arg = _loads(kind, data, bufs, fds)
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         if kind == INIT:
             raise
-        # The argument cannot be rebuilt here (a class the worker cannot import, say):
-        # every item of the job fails with that error.
+        if kind == CHUNK and count > 1:
+            # One of the items cannot be rebuilt here (a class the worker cannot import,
+            # a ``__reduce__`` that raises or exits, say): the parent sends the items
+            # again one by one, so that only that one fails.
+            return SPLIT, b"", []
+        if isinstance(e, SystemExit):
+            # Rebuilding the argument is not the task: it fails, the worker goes on.
+            e = pickle.UnpicklingError(
+                f"the argument could not be rebuilt in the worker: "
+                f"it raised SystemExit({e.code!r})"
+            )
         blob = remote_error(e)
         return encode_results([None] * count, {i: blob for i in range(count)})
     finally:

@@ -159,3 +159,66 @@ def sleep_tag(pair):
     """`(seconds, tag)`: sleeps, then returns the tag."""
     time.sleep(pair[0])
     return pair[1]
+
+
+def _rebuild_badly(how):
+    """Rebuilds an :class:`AtUnpickle` argument: fails or kills the process, as told."""
+    if how == "exit":
+        os._exit(1)
+    if how == "segv":
+        ctypes.string_at(0)
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(10)
+    if how == "raise":
+        raise ValueError("this argument cannot be rebuilt")
+    if how == "sysexit":
+        raise SystemExit(5)
+    return how
+
+
+class AtUnpickle:
+    """An argument whose unpickling (in a worker) does ``how``: ``exit`` (``os._exit``),
+    ``segv``, ``kill`` (SIGKILL), ``raise`` (``ValueError``) or ``sysexit``
+    (``SystemExit``). Pickling it in the parent is harmless."""
+
+    def __init__(self, how):
+        self.how = how
+
+    def __reduce__(self):
+        return (_rebuild_badly, (self.how,))
+
+
+class OnlyInWorker:
+    """An argument that can be rebuilt only in a worker whose initializer ran
+    (:func:`init_rebuild`): unpickling it anywhere else raises."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce__(self):
+        return (_rebuild_in_worker, (self.value,))
+
+
+_WORKER_READY = False
+
+
+def init_rebuild():
+    global _WORKER_READY
+    _WORKER_READY = True
+
+
+def _rebuild_in_worker(value):
+    if not _WORKER_READY:
+        raise RuntimeError("rebuilt outside an initialized worker")
+    return value
+
+
+def value_of(x):
+    return x.value if isinstance(x, OnlyInWorker) else x
+
+
+def value_after(x, seconds=5):
+    """``x``'s value (see :class:`OnlyInWorker`) after ``seconds``."""
+    time.sleep(seconds)
+    return value_of(x)

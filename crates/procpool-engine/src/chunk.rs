@@ -9,9 +9,11 @@
 //! that every worker gets work to the end, and never more than the tasks a worker runs
 //! before it is recycled.
 //!
-//! A worker that dies (or is killed at a time limit) fails its whole chunk, since the
-//! results of a chunk travel together. So after the first such death, automatic sizing
-//! falls back to one item per job for the rest of the call.
+//! A worker that dies (or is killed at a time limit) inside a chunk costs one item when
+//! its runner records items as they finish (see `items`): the feed delivers the finished
+//! ones and sends the others again, and sizing goes on. For a runner that does not, the
+//! whole chunk fails, and automatic sizing falls back to one item per job for the rest
+//! of the call.
 
 /// The run time a chunk aims at.
 pub(crate) const TARGET_NANOS: f64 = 1_000_000.0;

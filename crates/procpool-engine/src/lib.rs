@@ -57,7 +57,7 @@ pub use feed::{
     Feed, Limits, MAX_PAYLOAD_BYTES, MAX_REORDER_BYTES, Piece, Pulled, Reorder, Source,
 };
 pub use identity::{WorkerInfo, current_worker};
-pub use items::{Partial, items_finished};
+pub use items::{ItemLog, Partial, items_finished};
 pub use job::{Done, Job, JobFds};
 pub use oneoff::{JoinError, OneOff};
 pub use pool::{BOOTSTRAPPING, Engine, MAX_WORKERS, Stopper};

@@ -41,8 +41,10 @@ pub(crate) const CTL_SLEEPING: usize = 4;
 pub(crate) const CTL_CLAIM: usize = 5;
 /// Control word: how far the running job's items got (see `items`): 0, or a mark, the
 /// items finished and the bytes of their results in the items area. Reset at each job's
-/// start; read by the parent only after the worker died.
-pub(crate) const CTL_ITEMS: usize = 6;
+/// start; read by the parent only after the worker died. Written after every item, so it
+/// sits on a cache line of its own, away from the words the parent reads while the
+/// worker runs.
+pub(crate) const CTL_ITEMS: usize = 32;
 /// Where the results ring starts in the control block.
 pub(crate) const RING_OFFSET: usize = 4096;
 /// Size of the results ring.

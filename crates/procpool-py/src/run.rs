@@ -20,6 +20,8 @@ pub(crate) const POLL: Duration = Duration::from_millis(50);
 
 /// Payload kind of a chunk of items.
 const CHUNK: u8 = 0;
+/// Result kind: the worker could not rebuild the chunk's argument (`_pickle.SPLIT`).
+const SPLIT: u8 = 2;
 
 /// What the source tells the run outside the engine's pieces.
 #[derive(Debug, Default)]
@@ -46,6 +48,11 @@ struct PySource {
     hint: Option<usize>,
     /// Descriptors the last job's items attached (shared values, locks).
     fds: Option<procpool_engine::JobFds>,
+    /// The items of each job of several items still out, by its first index: a job
+    /// whose worker died, or could not rebuild its argument, is sent again item by item,
+    /// pickled anew from these (the parent never unpickles what it sent: that could run a
+    /// task's code here).
+    kept: Mutex<HashMap<u64, Vec<Py<PyAny>>>>,
 }
 
 impl Source for PySource {
@@ -136,6 +143,9 @@ impl PySource {
                 let n = items.len() as u32;
                 match encode_pickled(out, &t, n, self.star) {
                     Ok(()) => {
+                        if n > 1 {
+                            lock(&self.kept).insert(self.next_index, items);
+                        }
                         self.next_index += u64::from(n);
                         Pulled::Items(n)
                     }
@@ -375,6 +385,7 @@ impl Run {
             side: side.clone(),
             hint,
             fds: None,
+            kept: Mutex::default(),
         };
         let mut feed = Feed::new(engine, source, func, chunksize, timeout);
         feed.keep_open();
@@ -536,11 +547,13 @@ pub(crate) fn pump(state: &Mutex<State>) {
     }
 }
 
-/// A chunk whose worker died (or that ran past its time limit) is sent again item by
-/// item, so that only the item that kills its worker fails: its piece is used up here
-/// (`None`). The items that ran before it in the chunk run again. Any other piece is
-/// given back.
+/// A chunk whose worker died (or that ran past its time limit), or whose argument the
+/// worker could not rebuild, is sent again item by item, so that only the item at fault
+/// fails: its piece is used up here (`None`). The items, pickled anew from the objects
+/// the parent holds (never by unpickling what was sent), go out one per job; after a
+/// death, those that ran before it in the chunk run again. Any other piece is given back.
 fn split_if_died(st: &mut State, p: Piece) -> Option<Piece> {
+    let kept = lock(&st.feed.source().kept).remove(&p.start);
     let died = matches!(
         &p.done.outcome,
         Err(e) if matches!(
@@ -550,19 +563,36 @@ fn split_if_died(st: &mut State, p: Piece) -> Option<Piece> {
                 | TaskErrorKind::Protocol { .. }
         )
     );
-    if !died || p.count <= 1 {
+    let split = matches!(
+        &p.done.outcome,
+        Ok(b) if Frame::parse(b).is_ok_and(|f| f.kind == SPLIT)
+    );
+    if !(died || split) || p.count <= 1 {
         return Some(p);
     }
-    let (parts, fds) = {
-        let payload = p.payload.as_ref()?;
-        Python::attach(|py| split_chunk(py, payload, p.fds.as_deref())).ok()?
+    let star = st.feed.source().star;
+    let parts = kept
+        .filter(|items| items.len() == p.count as usize)
+        .and_then(|items| Python::attach(|py| repickle(py, &items, star)).ok());
+    let Some(parts) = parts else {
+        if !split {
+            return Some(p);
+        }
+        // Cannot happen (every job of several items is kept): its items fail together.
+        let kind = TaskErrorKind::Codec {
+            message: "a chunk's argument could not be rebuilt in the worker".into(),
+        };
+        let e = procpool_engine::TaskError::new(kind, p.start, p.done.pid, 1);
+        return Some(Piece {
+            done: procpool_engine::Done {
+                outcome: Err(e),
+                ..p.done
+            },
+            ..p
+        });
     };
-    if parts.len() != p.count as usize {
-        return Some(p);
-    }
-    for (i, part) in parts.into_iter().enumerate() {
-        st.feed
-            .resubmit_with_fds(p.start + i as u64, 1, part, fds.clone());
+    for (i, (part, fds)) in parts.into_iter().enumerate() {
+        st.feed.resubmit_with_fds(p.start + i as u64, 1, part, fds);
     }
     if let Some(payload) = p.payload {
         st.feed.give_back(payload);
@@ -570,38 +600,27 @@ fn split_if_died(st: &mut State, p: Piece) -> Option<Piece> {
     None
 }
 
-/// A chunk's payload split into payloads of one item each, and the descriptors they
-/// refer to (all parts share one list).
-fn split_chunk(
+/// Each of `items` pickled alone as the payload of a chunk of one, with the descriptors
+/// it attached (shared values, locks).
+fn repickle(
     py: Python<'_>,
-    payload: &[u8],
-    fds: Option<&[std::os::fd::OwnedFd]>,
-) -> PyResult<(Vec<Vec<u8>>, Option<procpool_engine::JobFds>)> {
-    let f = Frame::parse(payload).map_err(pyo3::exceptions::PyValueError::new_err)?;
-    let mv = py::memoryview(py, f.pickle)?;
-    let fd_list = crate::passfd::as_list(py, fds.unwrap_or(&[]))?;
-    let r = crate::passfd::collecting(py, || {
-        py::helper(py, "_pickle", "split_items").and_then(|s| s.call1((&mv, f.py_bufs(py), fd_list)))
-    });
-    py::release(&mv);
-    let (r, new_fds) = r?;
-    let r: PyResult<Bound<'_, PyAny>> = Ok(r);
-    let mut out = Vec::new();
-    for t in r?.try_iter()? {
-        let t = t?;
-        let t = t.cast::<PyTuple>()?;
+    items: &[Py<PyAny>],
+    star: bool,
+) -> PyResult<Vec<(Vec<u8>, Option<procpool_engine::JobFds>)>> {
+    let dumps = py::helper(py, "_pickle", "dumps_items")?;
+    let mut out = Vec::with_capacity(items.len());
+    for x in items {
+        let x = x.bind(py);
+        let list = PyList::new(py, [x])?;
+        let (t, fds) = crate::passfd::collecting(py, || dumps.call1((list, is_big(x))))?;
+        if t.get_item(0)?.is_none() {
+            return Err(PyErr::from_value(t.get_item(2)?));
+        }
         let mut part = Vec::new();
-        frame::encode(
-            &mut part,
-            CHUNK,
-            f.flags,
-            1,
-            t.get_item(0)?.cast::<PyBytes>()?,
-            &t.get_item(1)?,
-        )?;
-        out.push(part);
+        encode_pickled(&mut part, &t, 1, star)?;
+        out.push((part, fds));
     }
-    Ok((out, new_fds))
+    Ok(out)
 }
 
 /// Turns a finished piece into outcomes.

@@ -94,6 +94,8 @@ fn scenario(name: &str) {
         "recycle_retry" => recycling_and_retries_on_agents(),
         "huge" => huge_arguments_and_results(),
         "chunks" => one_bad_item_in_automatic_chunks(),
+        "chunk_crash" => a_crash_in_an_automatic_chunk_costs_one_task(0),
+        "chunk_crash_retry" => a_crash_in_an_automatic_chunk_costs_one_task(1),
         "huge_among_short" => a_huge_argument_among_short_tasks(),
         "huge_result_among_short" => a_huge_result_among_short_tasks(),
         "uneven" => a_long_task_first_then_short_ones(),
@@ -439,8 +441,9 @@ fn outcomes(pool: &Pool) -> Vec<String> {
 }
 
 /// One item that panics and one that aborts inside automatic chunks, as in a local
-/// pool: the panic fails its item alone; the abort kills its worker, which fails the
-/// items of its chunk still unanswered (a chunk's results travel together) and no other.
+/// pool: the panic fails its item alone; the abort kills its worker, which fails at most
+/// a run of items around it (since a crash costs one task, that run is the item alone:
+/// see `chunk_crash`, which checks it exactly).
 fn one_bad_item_in_automatic_chunks() {
     let pool = mpi_pool();
     let local = Pool::builder().workers(2 * PER_AGENT).build().unwrap();
@@ -459,6 +462,73 @@ fn one_bad_item_in_automatic_chunks() {
             }
         }
     }
+}
+
+/// Item 50 segfaults, item 120 aborts, the others append their index to a file as their
+/// last step (the work before it keeps automatic chunks several items long).
+fn flags_item((i, path): (u64, String)) -> u64 {
+    let mut x = i;
+    for _ in 0..20_000 {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+    match i {
+        50 => {
+            let p = std::ptr::without_provenance_mut::<u8>(16);
+            // SAFETY: not safe at all: the point is to crash this worker with SIGSEGV.
+            unsafe { std::ptr::write_volatile(p, 1) };
+        }
+        120 => std::process::abort(),
+        _ => {}
+    }
+    append(&path, i);
+    i * 3 + (x & 0)
+}
+
+/// A crash inside an automatic chunk on an agent's worker costs that one item: the items
+/// the worker finished cross back to rank 0 and are delivered, the ones not started run
+/// once elsewhere; with a retry, only the killing item runs again.
+fn a_crash_in_an_automatic_chunk_costs_one_task(retries: u32) {
+    let dir = TempDir::new("mpi-chunk-crash");
+    let path = dir.path().join("flags").to_str().unwrap().to_owned();
+    let pool = Pool::builder()
+        .mpi()
+        .workers(PER_AGENT)
+        .retries(retries)
+        .build()
+        .expect("an MPI pool");
+    let out: Vec<Result<u64, Error>> = pool
+        .imap(flags_item, (0..200u64).map(|i| (i, path.clone())))
+        .collect();
+    assert_eq!(out.len(), 200);
+    for (i, r) in out.iter().enumerate() {
+        match (i, r) {
+            (50 | 120, Err(e)) => {
+                let t = e.as_task().expect("a task error");
+                let want = if i == 50 { "SIGSEGV" } else { "SIGABRT" };
+                assert!(
+                    matches!(t.kind(), TaskErrorKind::WorkerDied { death } if death.signal_name() == Some(want)),
+                    "item {i}: {t}"
+                );
+                assert_eq!((t.index(), t.attempts()), (i as u64, retries + 1), "{t}");
+            }
+            (50 | 120, Ok(v)) => panic!("item {i} gave {v}"),
+            (_, Ok(v)) => assert_eq!(*v, i as u64 * 3),
+            (_, Err(e)) => panic!("item {i} failed with another's crash: {e}"),
+        }
+    }
+    let mut runs: BTreeMap<u64, usize> = BTreeMap::new();
+    for l in std::fs::read_to_string(&path).unwrap().lines() {
+        *runs.entry(l.parse().unwrap()).or_default() += 1;
+    }
+    for i in 0..200u64 {
+        let want = usize::from(i != 50 && i != 120);
+        assert_eq!(
+            runs.get(&i).copied().unwrap_or(0),
+            want,
+            "item {i} ran to its end"
+        );
+    }
+    println!("chunk crash (retries {retries}): 2 of 200 failed, the others ran once");
 }
 
 /// A 2 s task first, then hundreds of 1 ms tasks, one item per job: no worker idles
@@ -725,12 +795,14 @@ fn exit_during_join() {
 
 // ---- the driver (`cargo test`) --------------------------------------------------------
 
-const NAMES: [&str; 19] = [
+const NAMES: [&str; 21] = [
     "descendants",
     "dropped",
     "recycle_retry",
     "huge",
     "chunks",
+    "chunk_crash",
+    "chunk_crash_retry",
     "huge_among_short",
     "huge_result_among_short",
     "uneven",

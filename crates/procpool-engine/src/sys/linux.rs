@@ -439,6 +439,17 @@ impl SharedRegion {
         }
     }
 
+    /// The address of byte `offset` of the region, for a writer that checks its own
+    /// bounds (see `items`).
+    ///
+    /// # Panics
+    /// If `offset` is past the region's end.
+    pub(crate) fn at(&self, offset: usize) -> *mut u8 {
+        assert!(offset <= self.len, "offset outside the shared region");
+        // SAFETY: in bounds (checked above).
+        unsafe { self.ptr.as_ptr().add(offset) }
+    }
+
     /// Replaces the contents of `out` with the region's `len` bytes at `offset` (copied
     /// straight into the vector, without zero-filling it first).
     ///

@@ -358,6 +358,8 @@ pub(crate) struct Results<'a> {
     room: usize,
     /// Bytes of `out` the engine has recorded as they are (see `finished`).
     recorded: usize,
+    /// Where finished items are recorded.
+    log: procpool_engine::ItemLog,
 }
 
 impl<'a> Results<'a> {
@@ -376,6 +378,7 @@ impl<'a> Results<'a> {
             layout,
             room: transport_bound(layout.limit).saturating_sub(layout.limit.saturating_add(64)),
             recorded: 0,
+            log: procpool_engine::ItemLog::current(),
         }
     }
 
@@ -384,7 +387,9 @@ impl<'a> Results<'a> {
     /// `false`: no more can be recorded, and the chunk should stop here.
     #[inline]
     pub(crate) fn finished(&mut self) -> bool {
-        let ok = procpool_engine::items_finished(self.count as u32, self.out, self.recorded);
+        let ok = self
+            .log
+            .finished(self.count as u32, self.out, self.recorded);
         if ok {
             self.recorded = self.out.len();
         }

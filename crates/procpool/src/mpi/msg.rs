@@ -203,6 +203,7 @@ pub(crate) fn put_job(w: &mut Writer, j: &RemoteJob<'_>) {
     w.u64(j.tag)
         .u64(j.batch)
         .u32(j.job.weight)
+        .u32(j.job.attempts)
         .opt_u64(j.job.timeout.map(nanos))
         .bytes(&j.job.func)
         .bytes(&j.job.payload);
@@ -213,6 +214,7 @@ pub(crate) fn get_job(r: &mut Reader<'_>) -> Result<(u64, Job), String> {
     let tag = r.u64()?;
     let batch = r.u64()?;
     let weight = r.u32()?;
+    let attempts = r.u32()?;
     let timeout = r.opt_u64()?.map(Duration::from_nanos);
     let func: Arc<[u8]> = r.bytes()?.into();
     let payload = Arc::new(r.bytes()?.to_vec());
@@ -223,7 +225,7 @@ pub(crate) fn get_job(r: &mut Reader<'_>) -> Result<(u64, Job), String> {
         weight,
         timeout,
         fds: None,
-        attempts: 0,
+        attempts,
     };
     Ok((batch, job))
 }
