@@ -1,0 +1,131 @@
+"""Attacks on procpool's locks and shared values with participants killed for real:
+two condition waiters of which one is SIGKILLed (``notify(1)`` must reach the live one,
+``notify_all`` must not block), a condition's lock holder killed outside ``wait``, an
+``RLock`` held three deep by a killed process, locks and values handed to
+``procpool.Process`` and through a ``procpool.Queue``, and 300 tasks each carrying a lock
+and a value leaking no descriptor in the parent or the workers."""
+
+import os
+import signal
+import time
+import warnings
+
+import pytest
+
+import attack_sync_tasks as T
+
+pytestmark = pytest.mark.usefixtures("pp")
+
+
+def _kill_when_ready(ready, pid, timeout=10):
+    assert ready.wait(timeout), "the worker did not get ready"
+    os.kill(pid.value, signal.SIGKILL)
+    return pid.value
+
+
+@pytest.mark.limit(30)
+def test_notify_one_reaches_the_live_waiter_when_the_other_was_killed(pp, make_pp_pool):
+    cond = pp.Condition()
+    r1, p1, r2, p2 = pp.Event(), pp.Value("i", 0), pp.Event(), pp.Value("i", 0)
+    pool = make_pp_pool(3)
+    pool.apply_async(T.cond_wait, (cond, r1, p1, 60))
+    live = pool.apply_async(T.cond_wait, (cond, r2, p2, 20))
+    assert r1.wait(10) and r2.wait(10)
+    time.sleep(0.3)  # both now sleep in wait()
+    _kill_when_ready(r1, p1)
+    time.sleep(0.2)
+    t = time.monotonic()
+    with cond:
+        cond.notify(1)
+    assert time.monotonic() - t < 2, "notify blocked on a dead waiter"
+    woken, waited = live.get(15)
+    assert woken is True and waited < 8, (woken, waited)
+
+
+@pytest.mark.limit(30)
+def test_notify_all_does_not_block_on_a_killed_waiter(pp, make_pp_pool):
+    cond = pp.Condition()
+    r1, p1, r2, p2 = pp.Event(), pp.Value("i", 0), pp.Event(), pp.Value("i", 0)
+    pool = make_pp_pool(3)
+    pool.apply_async(T.cond_wait, (cond, r1, p1, 60))
+    live = pool.apply_async(T.cond_wait, (cond, r2, p2, 20))
+    assert r1.wait(10) and r2.wait(10)
+    time.sleep(0.3)
+    _kill_when_ready(r1, p1)
+    t = time.monotonic()
+    with cond:
+        cond.notify_all()
+    assert time.monotonic() - t < 2, "notify_all blocked on a dead waiter"
+    woken, waited = live.get(15)
+    assert woken is True and waited < 8
+
+
+@pytest.mark.limit(30)
+def test_a_condition_lock_holder_killed_outside_wait(pp, make_pp_pool):
+    cond = pp.Condition()
+    ready, pid = pp.Event(), pp.Value("i", 0)
+    pool = make_pp_pool(2)
+    pool.apply_async(T.cond_hold, (cond, ready, pid))
+    _kill_when_ready(ready, pid)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert cond.acquire(timeout=10), "the condition's lock stayed with a dead process"
+    try:
+        assert any(issubclass(x.category, pp.HolderDiedWarning) for x in w), w
+        assert cond.wait(0.1) is False
+    finally:
+        cond.release()
+
+
+@pytest.mark.limit(30)
+def test_an_rlock_held_three_deep_by_a_killed_process(pp, make_pp_pool):
+    lock = pp.RLock()
+    ready, pid = pp.Event(), pp.Value("i", 0)
+    pool = make_pp_pool(2)
+    pool.apply_async(T.rlock_hold_deep, (lock, ready, pid))
+    dead = _kill_when_ready(ready, pid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert lock.acquire(timeout=10)
+    assert lock.holder_died and lock.dead_holder_pid == dead
+    lock.release()  # once: the dead holder's depth is not ours
+    v = pp.Value("i", 0)
+    pool.apply(T.bump_under, (lock, v))
+    assert v.value == 1
+
+
+@pytest.mark.limit(30)
+def test_a_lock_and_value_as_process_arguments(pp):
+    lock, v = pp.Lock(), pp.Value("i", 0)
+    p = pp.Process(target=T.bump_under, args=(lock, v))
+    p.start()
+    p.join(15)
+    assert p.exitcode == 0 and v.value == 1
+
+
+@pytest.mark.limit(30)
+def test_a_lock_through_a_queue(pp):
+    lock, v, q = pp.Lock(), pp.Value("i", 0), pp.Queue()
+    p = pp.Process(target=T.queue_bump, args=(q, v))
+    p.start()
+    q.put(lock)
+    p.join(15)
+    assert p.exitcode == 0 and v.value == 10
+
+
+@pytest.mark.limit(30)
+def test_300_tasks_carrying_locks_leak_no_descriptor(pp, make_pp_pool):
+    pool = make_pp_pool(2)
+    v = pp.Value("i", 0)
+    for _ in range(20):
+        pool.apply(T.bump_under, (pp.Lock(), v))
+    before = len(os.listdir("/proc/self/fd"))
+    wbefore = pool.map(T.fd_count, range(2), chunksize=1)
+    for _ in range(150):
+        pool.apply(T.bump_under, (pp.Lock(), v))
+    pool.starmap(T.bump_under, [(pp.Lock(), v) for _ in range(150)], chunksize=7)
+    after = len(os.listdir("/proc/self/fd"))
+    assert v.value == 320
+    assert after <= before + 2, (before, after)
+    wafter = pool.map(T.fd_count, range(2), chunksize=1)
+    assert all(a <= b + 16 for a, b in zip(wafter, wbefore)), (wbefore, wafter)
