@@ -72,6 +72,12 @@ def attach(fd: int, key, what: str) -> int:
     within one job). ``what`` names the value in the error raised outside a job."""
     enc = getattr(_tls, "enc", None)
     if enc is None:
+        from . import _passfd_msg
+
+        if getattr(_passfd_msg._local, "out", None) is not None:
+            # Pickled into a Process's arguments or a queue message: the descriptor goes
+            # with that message (borrowed until it is sent).
+            return _passfd_msg.attach(fd)[1]
         raise RuntimeError(
             f"{what} objects can only be sent to procpool processes: as (part of) the "
             "arguments of a task (Pool.map, apply, imap..., ProcessPoolExecutor.submit), "
@@ -115,6 +121,11 @@ def received(slot: int) -> int:
     unpickled."""
     fds = getattr(_tls, "dec", None)
     if fds is None:
+        from . import _passfd_msg
+
+        if getattr(_passfd_msg._local, "inp", None) is not None:
+            # Unpickled from a Process's arguments or a queue message.
+            return _passfd_msg.take(("slot", slot))
         raise RuntimeError(
             "a procpool shared value arrived outside a procpool task's arguments: it "
             "cannot be rebuilt here"
