@@ -41,7 +41,7 @@ pub struct EngineConfig {
     /// Consecutive failed worker starts (handshake refused or timed out, initializer
     /// failing) after which the pool gives up. A start the operating system refuses is
     /// retried with growing waits instead, and ends the pool only when no worker has
-    /// been alive for a while ([`PoolError::NoWorker`]).
+    /// been alive for a while ([`PoolError::NoWorker`](crate::PoolError::NoWorker)).
     pub max_start_failures: u32,
     /// On a timeout, send SIGTERM and wait this long before SIGKILL (`None`: SIGKILL at
     /// once).

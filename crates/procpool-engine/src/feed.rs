@@ -483,16 +483,14 @@ impl<S: Source> Feed<S> {
         // Not ours cannot happen, but never trust a count.
         let (count, payload, fds) = self.jobs.remove(&done.index)?;
         self.payload_bytes -= payload.len();
-        if let Some(partial) = done.partial.take() {
-            match self.after_death(done, partial, count, &payload, &fds) {
-                Ok(mut pieces) => {
-                    self.give_back(payload);
-                    let first = (!pieces.is_empty()).then(|| pieces.remove(0));
-                    self.local.extend(pieces);
-                    return first;
-                }
-                Err(d) => done = d,
-            }
+        if let Some(partial) = done.partial.take()
+            && let Some(parts) = self.split_after(partial.finished, count, &payload)
+        {
+            let mut pieces = self.after_death(done, partial, count, parts, &fds);
+            self.give_back(payload);
+            let first = (!pieces.is_empty()).then(|| pieces.remove(0));
+            self.local.extend(pieces);
+            return first;
         }
         let arg_bytes = payload.len();
         match &done.outcome {
@@ -513,36 +511,44 @@ impl<S: Source> Feed<S> {
 }
 
 impl<S: Source> Feed<S> {
+    /// The payloads of the item that was running and of the items not started, when a
+    /// chunk of `count` items died after `finished` of them; `None` when the source
+    /// cannot cut them.
+    #[allow(clippy::type_complexity)]
+    fn split_after(
+        &self,
+        finished: u32,
+        count: u32,
+        payload: &[u8],
+    ) -> Option<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+        let n = finished.min(count);
+        let running = if n < count {
+            Some(self.source.split(payload, n, 1)?)
+        } else {
+            None
+        };
+        let rest = if n + 1 < count {
+            Some(self.source.split(payload, n + 1, count - n - 1)?)
+        } else {
+            None
+        };
+        Some((running, rest))
+    }
+
     /// A chunk whose worker died inside it, having reported its items: the finished ones
     /// make a piece, the one running fails alone (or is sent again alone, within the
-    /// pool's retries), the ones not started are sent again as a job. `Err` gives the
-    /// job back when the source cannot split its payload.
+    /// pool's retries), the ones not started (`parts`, from `split_after`) are sent again
+    /// as a job.
     fn after_death(
         &mut self,
         done: Done,
         partial: crate::Partial,
         count: u32,
-        payload: &[u8],
+        (running, rest): (Option<Vec<u8>>, Option<Vec<u8>>),
         fds: &Option<JobFds>,
-    ) -> Result<Vec<Piece>, Done> {
+    ) -> Vec<Piece> {
         let start = done.index;
         let n = partial.finished.min(count);
-        let running = if n < count {
-            match self.source.split(payload, n, 1) {
-                Some(p) => Some(p),
-                None => return Err(done),
-            }
-        } else {
-            None
-        };
-        let rest = if n + 1 < count {
-            match self.source.split(payload, n + 1, count - n - 1) {
-                Some(p) => Some(p),
-                None => return Err(done),
-            }
-        } else {
-            None
-        };
         let mut pieces = Vec::new();
         if n > 0 {
             pieces.push(Piece {
@@ -586,7 +592,7 @@ impl<S: Source> Feed<S> {
                 0,
             );
         }
-        Ok(pieces)
+        pieces
     }
 
     /// Submits `count` items from `start` (part of a job that ended early), `attempts`

@@ -92,7 +92,8 @@ pub struct RemoteDone {
 ///     fn send(&mut self, _agent: usize, jobs: &[RemoteJob<'_>]) -> Result<(), PoolError> {
 ///         for j in jobs {
 ///             let outcome = Ok(j.job.payload.to_vec());
-///             self.0.push(RemoteDone { tag: j.tag, outcome, nanos: 1000, pid: None });
+///             let (tag, nanos, pid, partial) = (j.tag, 1000, None, None);
+///             self.0.push(RemoteDone { tag, outcome, nanos, pid, partial });
 ///         }
 ///         Ok(())
 ///     }
@@ -109,14 +110,7 @@ pub struct RemoteDone {
 /// let engine = Engine::start_remote(EngineConfig::default(), Box::new(Echo::default()))?;
 /// assert_eq!(engine.config().workers, 2);
 /// let batch = engine.batch();
-/// batch.submit([Job {
-///     func: Arc::from(&b"f"[..]),
-///     payload: Arc::new(vec![7]),
-///     index: 0,
-///     weight: 1,
-///     timeout: None,
-///     fds: None,
-/// }])?;
+/// batch.submit([Job::new(Arc::from(&b"f"[..]), Arc::new(vec![7]), 0)])?;
 /// let done = batch.recv_timeout(Duration::from_secs(10)).unwrap();
 /// assert_eq!(done.outcome.unwrap(), vec![7]);
 /// # Ok::<(), PoolError>(())

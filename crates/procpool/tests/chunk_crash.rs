@@ -48,7 +48,8 @@ fn item((i, kill, path): (u64, Kill, String)) -> u64 {
         .open(&path)
         .expect("the flag file");
     f.write_all(format!("{i}\n").as_bytes()).expect("a flag");
-    i * 2 + (x & 0)
+    std::hint::black_box(x);
+    i * 2
 }
 
 fn flags(path: &std::path::Path) -> HashMap<u64, usize> {

@@ -481,7 +481,8 @@ fn flags_item((i, path): (u64, String)) -> u64 {
         _ => {}
     }
     append(&path, i);
-    i * 3 + (x & 0)
+    std::hint::black_box(x);
+    i * 3
 }
 
 /// A crash inside an automatic chunk on an agent's worker costs that one item: the items
