@@ -195,7 +195,7 @@ pub(crate) fn judge(ran: Duration, limit: Duration, prep: Duration, allowance: D
         return Judged::TaskOver(task);
     }
     // The task's time and the preparation's can each grow at most as fast as the clock.
-    let next = (limit - task).min(allowance - prep + Duration::from_millis(1));
+    let next = (limit - task).min((allowance - prep).saturating_add(Duration::from_millis(1)));
     Judged::Within(next)
 }
 
@@ -231,11 +231,61 @@ mod tests {
             judge(100 * MS, 100 * MS, Duration::ZERO, 1000 * MS),
             Judged::TaskOver(100 * MS)
         );
+        // An allowance too long for the clock is no bound, never an overflow.
+        assert_eq!(
+            judge(300 * MS, 100 * MS, 250 * MS, Duration::MAX),
+            Judged::Within(50 * MS)
+        );
         // No allowance: decoding is the task's time.
         assert_eq!(
             judge(300 * MS, 100 * MS, 250 * MS, Duration::ZERO),
             Judged::TaskOver(300 * MS)
         );
+    }
+
+    /// Whatever a worker writes in the words, the parent reads a sentence and never
+    /// credits more than the allowance: a job lives at most `limit + allowance`.
+    #[test]
+    fn words_a_worker_scribbles_never_stretch_a_job_past_limit_and_allowance() {
+        let ctl = SharedRegion::create("prep-test", 4096).unwrap();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            for i in [CTL_PREP_SINCE, CTL_PREP_SPENT, CTL_PREP_WHAT_LEN] {
+                let v = match rand() % 3 {
+                    0 => rand(),
+                    1 => rand() % 1000,
+                    _ => u64::MAX - rand() % 3,
+                };
+                ctl.word(i).store(v, Ordering::Relaxed);
+            }
+            for k in 0..WHAT_MAX / 8 {
+                ctl.word(CTL_PREP_WHAT + k).store(rand(), Ordering::Relaxed);
+            }
+            ctl.word(crate::process::CTL_STARTED_SEQ)
+                .store(7, Ordering::Relaxed);
+            let text = what(&ctl);
+            assert!(!text.is_empty() && !text.chars().any(char::is_control));
+            let prep = claimed(&ctl, 7, rand());
+            let (ran, limit, allowance) = (
+                Duration::from_nanos(rand() % 10_000_000_000),
+                Duration::from_nanos(1 + rand() % 1_000_000_000),
+                Duration::from_nanos(rand() % 1_000_000_000),
+            );
+            match judge(ran, limit, prep, allowance) {
+                Judged::Within(next) => {
+                    assert!(ran < limit + allowance, "{ran:?} {limit:?} {allowance:?}");
+                    assert!(!next.is_zero());
+                }
+                Judged::TaskOver(task) => assert!(task >= limit && task <= ran),
+                Judged::PrepOver(spent) => assert!(spent > allowance && spent <= ran),
+            }
+        }
     }
 
     #[test]

@@ -166,7 +166,8 @@ impl Builder {
     /// [`PreparationTimedOut`](crate::TaskErrorKind::PreparationTimedOut), which names the
     /// value's type and size. A task is thus killed at the latest `timeout` + this
     /// allowance after it is due, whatever it does. Without a time limit this does
-    /// nothing. A zero allowance counts decoding as the task's time, as any other work.
+    /// nothing. A zero allowance counts decoding as the task's time, as any other work;
+    /// `Duration::MAX` sets no bound on decoding.
     ///
     /// ```
     /// # fn main() -> Result<(), procpool::Error> {

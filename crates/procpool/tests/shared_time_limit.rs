@@ -13,17 +13,17 @@ use procpool::{Error, Pool, Shared, TaskErrorKind};
 use serde::{Deserialize, Deserializer, Serialize};
 
 const LIMIT: Duration = Duration::from_millis(40);
-/// Test-wide hang guard.
-const HANG: Duration = Duration::from_secs(25);
+/// A hard limit against hangs (each test takes a few seconds; more on a loaded machine).
+const HANG: Duration = Duration::from_secs(60);
 
 fn lookup((table, i): (Shared<Vec<u64>>, usize)) -> u64 {
     table[i * 1000]
 }
 
-/// 16 Mi small numbers: 16 MiB encoded, 128 MiB decoded, a decode of about 100–300 ms,
-/// several times the limit.
+/// 8 Mi small numbers: 8 MiB encoded, 64 MiB decoded, a decode of several times the
+/// limit (about 50 ms in a release build, 700 ms in a debug one).
 fn big_table() -> Shared<Vec<u64>> {
-    Shared::new((0..16u64 << 20).map(|i| i % 100).collect()).unwrap()
+    Shared::new((0..8u64 << 20).map(|i| i % 100).collect()).unwrap()
 }
 
 #[test]
@@ -41,7 +41,7 @@ fn a_decode_longer_than_the_limit_does_not_fail_the_tasks() {
             (0..6).map(|i| (i * 1000 % 100) as u64).collect::<Vec<_>>()
         );
         eprintln!(
-            "6 tasks, each worker decoding 128 MiB once: {:?}",
+            "6 tasks, each worker decoding 64 MiB once: {:?}",
             t0.elapsed()
         );
         // Decoded once per worker, then cached: more tasks are quick and fine too.
@@ -64,7 +64,7 @@ fn spin((table, _): (Shared<Vec<u64>>, usize)) -> u64 {
 fn a_task_that_loops_after_the_decode_still_dies_at_its_limit() {
     common::watchdog(HANG, || {
         let table = big_table();
-        let allowance = Duration::from_secs(5);
+        let allowance = Duration::from_secs(30);
         let pool = Pool::builder()
             .workers(1)
             .timeout(LIMIT)

@@ -17,7 +17,7 @@ use super::frame::{
     self, INLINE_HEADER, INLINE_MAX, MAX_MESSAGE, MAX_PASSED, MEMFD_HEADER, TAG_INLINE, TAG_MEMFD,
 };
 use super::iter::{Iter, TryIter};
-use super::sys::{self, Received, Role, Sent};
+use super::sys::{self, Received, Sent};
 use crate::codec::format::{self, Codec};
 use crate::codec::roundtrip::{self, Refusal};
 use crate::codec::{self, Value};
@@ -100,69 +100,6 @@ impl<T> AsFd for Receiver<T> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.end.fd.as_fd()
     }
-}
-
-impl<T> TryFrom<OwnedFd> for Sender<T> {
-    type Error = io::Error;
-
-    /// Makes a sender of a descriptor of a channel's sending end that came by other means
-    /// (a process started with [`std::process::Command`] that inherited it, say).
-    ///
-    /// ```
-    /// # fn main() -> std::io::Result<()> {
-    /// use std::os::fd::{AsFd, OwnedFd};
-    /// let (tx, rx) = procpool::channel::<u8>()?;
-    /// let fd: OwnedFd = tx.as_fd().try_clone_to_owned()?;
-    /// let again = procpool::Sender::<u8>::try_from(fd)?;
-    /// again.send(4).unwrap();
-    /// assert_eq!(rx.recv().unwrap(), 4);
-    /// // The receiving end is not a sending end.
-    /// let e = procpool::Sender::<u8>::try_from(rx.as_fd().try_clone_to_owned()?).unwrap_err();
-    /// assert!(e.to_string().contains("got its receiving end"));
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    /// [`io::ErrorKind::InvalidInput`] when `fd` is not the sending end of a procpool
-    /// channel; the message says what it is instead.
-    fn try_from(fd: OwnedFd) -> io::Result<Self> {
-        sys::check_end(fd.as_fd(), Role::Sending).map_err(not_a_channel)?;
-        let capacity = sys::send_buffer(fd.as_fd())?;
-        Ok(Self::from_end(End::new(fd), capacity))
-    }
-}
-
-impl<T> TryFrom<OwnedFd> for Receiver<T> {
-    type Error = io::Error;
-
-    /// Makes a receiver of a descriptor of a channel's receiving end that came by other
-    /// means.
-    ///
-    /// ```
-    /// # fn main() -> std::io::Result<()> {
-    /// use std::os::fd::{AsFd, OwnedFd};
-    /// let (tx, _rx) = procpool::channel::<u8>()?;
-    /// let e = procpool::Receiver::<u8>::try_from(tx.as_fd().try_clone_to_owned()?).unwrap_err();
-    /// assert_eq!(
-    ///     e.to_string(),
-    ///     "expected the receiving end of a procpool channel, got its sending end"
-    /// );
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    /// [`io::ErrorKind::InvalidInput`] when `fd` is not the receiving end of a procpool
-    /// channel (a pipe, another socket, the channel's sending end); the message says what
-    /// it is instead.
-    fn try_from(fd: OwnedFd) -> io::Result<Self> {
-        sys::check_end(fd.as_fd(), Role::Receiving).map_err(not_a_channel)?;
-        Ok(Self::from_end(End::new(fd)))
-    }
-}
-
-#[cold]
-fn not_a_channel(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, message)
 }
 
 /// How long a send or receive may wait.

@@ -178,11 +178,21 @@ impl Footprint {
     }
 }
 
-/// Bytes in use from glibc's allocator (small blocks and mapped ones).
+/// Bytes in use from glibc's allocator (small blocks and mapped ones), when the process
+/// runs on a glibc that has `mallinfo2` (2.33 and later; looked up at run time, so that
+/// procpool still links against an older one).
 #[cfg(target_env = "gnu")]
 fn allocated() -> Option<usize> {
+    type Mallinfo2 = unsafe extern "C" fn() -> libc::mallinfo2;
+    static FUNC: OnceLock<Option<Mallinfo2>> = OnceLock::new();
+    let f = (*FUNC.get_or_init(|| {
+        // SAFETY: looks a symbol up by a NUL-terminated name.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"mallinfo2".as_ptr()) };
+        // SAFETY: glibc's `mallinfo2` has this signature (malloc.h).
+        (!p.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, Mallinfo2>(p) })
+    }))?;
     // SAFETY: `mallinfo2` only reads the allocator's statistics (under its locks).
-    let m = unsafe { libc::mallinfo2() };
+    let m = unsafe { f() };
     Some(m.uordblks.saturating_add(m.hblkhd))
 }
 
