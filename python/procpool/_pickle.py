@@ -90,9 +90,10 @@ def _refuse_file(obj):
     if obj is sys.__stdout__ or obj is sys.__stderr__ or obj is sys.__stdin__:
         return _CLOUD_TABLE[io.TextIOWrapper](obj)  # the receiver's own stream, by name
     # cloudpickle would send the file's contents as an io.StringIO.
+    name = getattr(obj, "name", "?")
     raise TypeError(
-        f"cannot pickle {type(obj).__name__!r} object (an open file, {getattr(obj, 'name', '?')!r}):"
-        " send its path or its contents instead"
+        f"cannot pickle {type(obj).__name__!r} object (an open file, {name!r}): "
+        "send its path or its contents instead"
     )
 
 

@@ -15,6 +15,7 @@ engine's variables as ``KEY=VALUE\\0`` pairs. The answer is the worker's pid as 
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -35,11 +36,21 @@ def main() -> None:
     ctl = socket.socket(fileno=os.dup(0))
     os.close(0)
     os.open(os.devnull, os.O_RDONLY)  # takes descriptor 0 back
+    applied = None
     while True:
         req = _recv_request(ctl)
         if req is None:
             os._exit(0)  # the parent closed its end
         fd, body, extra = req
+        (n,) = struct.unpack_from("<I", body)
+        if body[4 : 4 + n] != applied:
+            # The parent's settings, applied here once (not in each worker after its
+            # fork, where every object touched costs a copied page).
+            applied = body[4 : 4 + n]
+            _apply(pickle.loads(applied))
+            # What exists now is never collected in a worker: its garbage collector does
+            # not walk (and so copy) the template's objects.
+            gc.freeze()
         try:
             pid = _core._fork()
         except OSError as e:
@@ -90,32 +101,19 @@ def _child(fd: int, body: bytes, extra) -> None:
         os.dup2(fd, 0)
         os.close(fd)
         (n,) = struct.unpack_from("<I", body)
-        prep = pickle.loads(body[4 : 4 + n])
-        env = dict(prep["environ"])
-        for kv in body[4 + n :].split(b"\0"):
+        for kv in body[4 + n :].split(b"\0"):  # this worker's own variables
             if kv:
                 k, _, v = kv.partition(b"=")
-                env[os.fsdecode(k)] = os.fsdecode(v)
-        os.environ.clear()
-        os.environ.update(env)
-        sys.path[:] = prep["sys_path"]
-        if "authkey" in prep:  # the parent's, for its Manager proxies and Listeners
-            import multiprocessing
-
-            multiprocessing.current_process().authkey = prep["authkey"]
-        try:
-            os.chdir(prep["cwd"])
-        except OSError:
-            pass
+                os.environ[os.fsdecode(k)] = os.fsdecode(v)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         from . import _bootstrap, _core, _worker
 
-        if env.get("PROCPOOL_PROCESS"):
+        if os.environ.get("PROCPOOL_PROCESS"):
             from . import process
 
             code = process._child_main()
         else:
-            _bootstrap.load_main(prep.get("main"))
+            _bootstrap.load_main(_applied.get("main"))
             code = _core._serve_worker()
         _worker.flush()
     except BaseException:
@@ -124,6 +122,31 @@ def _child(fd: int, body: bytes, extra) -> None:
         traceback.print_exc()
     finally:
         os._exit(code)
+
+
+#: The parent's settings last applied (see ``_apply``).
+_applied: dict = {}
+
+
+def _apply(prep: dict) -> None:
+    """Makes this process look like the parent for the workers it forks next."""
+    global _applied
+    _applied = prep
+    env = prep["environ"]
+    for k in [k for k in os.environ if k not in env]:
+        del os.environ[k]
+    for k, v in env.items():
+        if os.environ.get(k) != v:
+            os.environ[k] = v
+    sys.path[:] = prep["sys_path"]
+    if "authkey" in prep:  # the parent's, for its Manager proxies and Listeners
+        import multiprocessing
+
+        multiprocessing.current_process().authkey = prep["authkey"]
+    try:
+        os.chdir(prep["cwd"])
+    except OSError:
+        pass
 
 
 def prep() -> bytes:

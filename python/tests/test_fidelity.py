@@ -11,6 +11,7 @@ name). Each test runs on procpool and on the standard library (the oracle)."""
 import importlib.util
 import io
 import multiprocessing
+import os
 import socket
 import sys
 import threading
@@ -133,3 +134,28 @@ def test_a_function_of_a_module_loaded_from_a_path_runs_in_a_worker(make_pool, t
         assert pool.apply(module.triple, (5,)) == 15
     finally:
         del sys.modules[name]
+
+
+def worker_view(name):
+    import os
+
+    return os.getcwd(), os.environ.get(name), bytes(multiprocessing.current_process().authkey)
+
+
+@pytest.mark.procpool_only
+def test_each_pool_takes_the_parent_s_settings_of_its_creation(pp, tmp_path, monkeypatch):
+    """Workers have the environment, working directory and authkey the parent had when
+    their pool was created, through each change (the template applies them once)."""
+    name = "PROCPOOL_TEST_SETTING"
+    monkeypatch.setenv(name, "one")
+    with pp.Pool(1, maxtasksperchild=1) as pool:
+        views = pool.map(worker_view, [name] * 3, chunksize=1)  # three workers
+    assert {v[:2] for v in views} == {(os.getcwd(), "one")}
+    assert {v[2] for v in views} == {bytes(multiprocessing.current_process().authkey)}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(name)
+    with pp.Pool(1) as pool:
+        assert pool.apply(worker_view, (name,))[:2] == (str(tmp_path), None)
+    monkeypatch.setenv(name, "two")
+    with pp.Pool(1) as pool:
+        assert pool.apply(worker_view, (name,))[:2] == (str(tmp_path), "two")
