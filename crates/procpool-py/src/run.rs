@@ -571,7 +571,8 @@ fn split_chunk(
     let mv = py::memoryview(py, f.pickle)?;
     let fd_list = crate::passfd::as_list(py, fds.unwrap_or(&[]))?;
     let r = crate::passfd::collecting(py, || {
-        py::helper(py, "_pickle", "split_items").and_then(|s| s.call1((&mv, f.py_bufs(py), fd_list)))
+        py::helper(py, "_pickle", "split_items")
+            .and_then(|s| s.call1((&mv, f.py_bufs(py), fd_list)))
     });
     py::release(&mv);
     let (r, new_fds) = r?;
