@@ -24,7 +24,7 @@
 //! ```
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyAssertionError, PyValueError};
@@ -274,9 +274,11 @@ enum Got {
 
 impl MutexRef<'_> {
     fn take(&self, recursive: bool) {
-        self.thread.store(thread(), SeqCst);
+        // Read by the holder itself (and, for a report only, by others): the owner word,
+        // changed with full barriers, orders everything else.
+        self.thread.store(thread(), Relaxed);
         if recursive {
-            self.count.store(1, SeqCst);
+            self.count.store(1, Relaxed);
         }
     }
 
@@ -413,7 +415,7 @@ impl RawMutex {
             Got::No => false,
             Got::Yes => {
                 r.take(self.recursive);
-                self.died.store(0, SeqCst);
+                self.died.store(0, Relaxed);
                 true
             }
             Got::FromDead(o) => {
@@ -494,7 +496,7 @@ impl RawMutex {
                 "semaphore or lock released too many times",
             ));
         }
-        r.thread.store(0, SeqCst);
+        r.thread.store(0, Relaxed);
         if r.owner.compare_exchange(o, 0, SeqCst, SeqCst).is_err() {
             return Err(PyValueError::new_err(
                 "semaphore or lock released too many times",
