@@ -216,7 +216,7 @@ impl Mem {
                 "{size} bytes at {addr:#x} are not inside the object given"
             )));
         }
-        if addr % align != 0 {
+        if !addr.is_multiple_of(align) {
             return Err(PyValueError::new_err(format!(
                 "the memory must be {align}-aligned"
             )));
