@@ -29,8 +29,9 @@ import time
 import weakref
 
 from . import _core
+from ._args import _check_processes, _check_timeout, _start_engine
 from ._errors import PoolError
-from .pool import _check_processes, _check_timeout, _start_engine, _stopped_early
+from .pool import _stopped_early
 
 __all__ = ["ProcessPoolExecutor"]
 

@@ -16,22 +16,27 @@ Example::
             print(pool.map(square, range(10)))      # [0, 1, 4, ..., 81]
 """
 
-import builtins
-import math
-import multiprocessing
-import numbers
-import operator
-import os
-import sys
 import threading
 import time
-import traceback
-import types
 import warnings
 import weakref
 
 from . import _core
+from ._args import (
+    _check_chunksize,
+    _check_processes,
+    _check_timeout,
+    _start_engine,
+    cpu_count,
+)
 from ._errors import PoolError
+from .results import (
+    ApplyResult,
+    AsyncResult,
+    IMapIterator,
+    IMapUnorderedIterator,
+    MapResult,
+)
 
 __all__ = [
     "Pool",
@@ -50,114 +55,6 @@ TERMINATE = "TERMINATE"
 
 # How long ``terminate()`` waits for the killed workers to be reaped.
 _TERMINATE_JOIN_SECONDS = 10.0
-
-
-def cpu_count():
-    """Return the number of CPUs this process may run on (at least 1).
-
-    This is the default size of :class:`Pool` and :class:`ProcessPoolExecutor`. Unlike
-    :func:`multiprocessing.cpu_count` it honours the CPU affinity mask (``taskset``,
-    container CPU sets), as ``os.process_cpu_count()`` does on Python 3.13+.
-
-    Example::
-
-        >>> import procpool
-        >>> procpool.cpu_count() >= 1
-        True
-    """
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    return max(1, n)
-
-
-# ---------------------------------------------------------------------------
-# Argument checks shared with the executor
-# ---------------------------------------------------------------------------
-
-
-def _check_timeout(timeout, what="timeout"):
-    """Return a per-task time limit in seconds as a float, or None for no limit."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise TypeError(f"{what} must be a number of seconds or None, not {type(timeout).__name__}")
-    value = float(timeout)
-    if math.isnan(value) or value <= 0:
-        raise ValueError(f"{what} must be a positive number of seconds or None, not {timeout!r}")
-    if math.isinf(value):
-        return None
-    return value
-
-
-def _check_retries(retries):
-    if isinstance(retries, bool):
-        raise TypeError("retries must be an int, not bool")
-    try:
-        value = operator.index(retries)
-    except TypeError:
-        raise TypeError(f"retries must be an int, not {type(retries).__name__}") from None
-    if value < 0:
-        raise ValueError(f"retries must be 0 or more, not {value}")
-    return value
-
-
-def _start_engine(workers, initializer, initargs, maxtasksperchild, timeout, retries):
-    """Checks ``timeout`` and ``retries``, then starts the engine of a pool or executor
-    (its other arguments already checked): ``(engine, timeout, retries)``."""
-    timeout = _check_timeout(timeout)
-    retries = _check_retries(retries)
-    engine = _core.Engine(
-        workers,
-        initializer=initializer,
-        initargs=tuple(initargs),
-        maxtasksperchild=maxtasksperchild,
-        timeout=timeout,
-        retries=retries,
-    )
-    return engine, timeout, retries
-
-
-def _check_chunksize(chunksize):
-    if chunksize is None:
-        return None
-    try:
-        value = operator.index(chunksize)
-    except TypeError:
-        raise TypeError(
-            f"chunksize must be an int or None, not {type(chunksize).__name__}"
-        ) from None
-    if value < 1:
-        raise ValueError("Chunksize must be 1+, not {0:n}".format(value))
-    return value
-
-
-def _check_processes(processes):
-    if processes is None:
-        return cpu_count()
-    try:
-        value = operator.index(processes)
-    except TypeError:
-        raise TypeError(
-            f"processes must be an int or None, not {type(processes).__name__}"
-        ) from None
-    if value < 1:
-        raise ValueError("Number of processes must be at least 1")
-    if value > _core.MAX_WORKERS:
-        raise ValueError(
-            f"Number of processes must be at most {_core.MAX_WORKERS} (each is a process)"
-        )
-    return value
-
-
-def _report_callback_error(kind, callback):
-    """Print a callback's exception to stderr; the result thread goes on."""
-    print(
-        f"Exception in {kind} {callback!r} of a procpool result:",
-        file=sys.stderr,
-    )
-    traceback.print_exc()
 
 
 class _GuardedSource:
@@ -425,185 +322,6 @@ def _serve_map(core, run, source, length, result):
     result._set(ok, value)
     with core.lock:
         core.threads.discard(threading.current_thread())
-
-
-# ---------------------------------------------------------------------------
-# Results
-# ---------------------------------------------------------------------------
-
-
-class ApplyResult:
-    """The result of :meth:`Pool.apply_async` (also exported as ``AsyncResult``).
-
-    Behaves as :class:`multiprocessing.pool.AsyncResult`.
-
-    Example::
-
-        with procpool.Pool(2) as pool:
-            r = pool.apply_async(pow, (2, 10))
-            r.wait()
-            assert r.ready() and r.successful()
-            assert r.get(timeout=5) == 1024
-    """
-
-    def __init__(self, pool, callback, error_callback):
-        self._pool = pool  # keeps the pool alive while the result is pending
-        self._event = threading.Event()
-        self._callback = callback
-        self._error_callback = error_callback
-        self._success = None
-        self._value = None
-
-    def ready(self):
-        """Return whether the call has completed (successfully or not)."""
-        return self._event.is_set()
-
-    def successful(self):
-        """Return whether the call completed without raising.
-
-        Raises ValueError if the result is not ready yet, as the stdlib does.
-        """
-        if not self.ready():
-            raise ValueError("{0!r} not ready".format(self))
-        return self._success
-
-    def wait(self, timeout=None):
-        """Wait until the result is available or ``timeout`` seconds pass."""
-        self._event.wait(timeout)
-
-    def get(self, timeout=None):
-        """Return the result when it arrives; re-raise the task's exception if it failed.
-
-        Raises :class:`multiprocessing.TimeoutError` if the result is not ready within
-        ``timeout`` seconds (the task goes on running). A failed task's exception has the
-        remote traceback as its ``__cause__``; a task whose worker died raises
-        :class:`procpool.WorkerDied`; one past its time limit :class:`procpool.TaskTimeoutError`.
-        """
-        self.wait(timeout)
-        if not self.ready():
-            raise multiprocessing.TimeoutError
-        if self._success:
-            return self._value
-        raise self._value
-
-    def _set(self, ok, value):
-        self._success = ok
-        self._value = value
-        if ok and self._callback is not None:
-            try:
-                self._callback(value)
-            except Exception:
-                _report_callback_error("callback", self._callback)
-        elif not ok and self._error_callback is not None:
-            try:
-                self._error_callback(value)
-            except Exception:
-                _report_callback_error("error_callback", self._error_callback)
-        self._event.set()
-        self._pool = None
-
-    def __repr__(self):
-        state = "ready" if self.ready() else "pending"
-        return f"<{type(self).__name__} {state} at {id(self):#x}>"
-
-    __class_getitem__ = classmethod(types.GenericAlias)
-
-
-AsyncResult = ApplyResult
-
-
-class MapResult(ApplyResult):
-    """The result of :meth:`Pool.map_async` and :meth:`Pool.starmap_async`.
-
-    Ready once every task has finished; ``get()`` returns the list of results in input
-    order, or raises the exception of the first failed task (by input position).
-
-    Example::
-
-        with procpool.Pool(2) as pool:
-            r = pool.map_async(abs, [-1, -2, 3], callback=print)   # prints [1, 2, 3]
-            assert r.get() == [1, 2, 3]
-    """
-
-
-class IMapIterator:
-    """The iterator returned by :meth:`Pool.imap`: results in input order.
-
-    A failed task raises its exception at its position; iterating again goes on with
-    the next result, as :class:`multiprocessing.pool.IMapIterator` does.
-    ``next(timeout)`` raises :class:`multiprocessing.TimeoutError` when the next result
-    does not come within ``timeout`` seconds.
-
-    Example::
-
-        with procpool.Pool(2) as pool:
-            it = pool.imap(abs, [-1, -2, -3])
-            assert it.next(timeout=5) == 1
-            assert list(it) == [2, 3]
-    """
-
-    _ordered = True
-
-    def __init__(self, pool, run, source):
-        self._pool = pool
-        self._run = run
-        self._source = source
-        self._lock = threading.Lock()
-        self._done = False
-        self._seen = 0
-
-    def __iter__(self):
-        return self
-
-    def next(self, timeout=None):
-        """Return the next result; see the class documentation."""
-        with self._lock:
-            if self._done:
-                raise StopIteration
-            try:
-                if timeout is None:
-                    _, ok, value = next(self._run)
-                else:
-                    _, ok, value = self._run.next(max(0.0, float(timeout)))
-            except StopIteration:
-                self._finish()
-                error = self._source.error
-                if error is not None:
-                    self._source.error = None
-                    raise error from None
-                if self._seen < self._source.count:
-                    raise PoolError(
-                        f"the pool was terminated before this iteration finished "
-                        f"({self._seen} of {self._source.count} results came back)"
-                    ) from None
-                raise
-            except builtins.TimeoutError:
-                raise multiprocessing.TimeoutError from None
-            self._seen += 1
-        if ok:
-            return value
-        raise value
-
-    __next__ = next
-
-    def _finish(self):
-        self._done = True
-        self._pool = None
-
-    def __repr__(self):
-        return f"<{type(self).__name__} {'done' if self._done else 'running'} at {id(self):#x}>"
-
-
-class IMapUnorderedIterator(IMapIterator):
-    """The iterator returned by :meth:`Pool.imap_unordered`: results as they finish.
-
-    Example::
-
-        with procpool.Pool(2) as pool:
-            assert sorted(pool.imap_unordered(abs, [-3, -1, -2])) == [1, 2, 3]
-    """
-
-    _ordered = False
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import procpool
 import procpool._shared
 import procpool.executor
 import procpool.pool
+import procpool.results
 import procpool.sharedctypes
 import procpool.synchronize
 
@@ -31,6 +32,7 @@ def _examples():
     for mod in (
         procpool,
         procpool.pool,
+        procpool.results,
         procpool.executor,
         procpool.synchronize,
         procpool.sharedctypes,

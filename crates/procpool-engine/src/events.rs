@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::error::{Death, PoolError};
-use crate::pool::Shared;
+use crate::shared::Shared;
 
 /// Why the supervisor killed a worker, as far as events tell it.
 #[derive(Debug, Clone, Copy)]

@@ -25,7 +25,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::batch::{Batch, Done, Job, JobFds, RecvError};
+use crate::batch::{Batch, RecvError};
+use crate::job::{Done, Job, JobFds};
 
 /// A job submitted and not yet received: its item count, payload and descriptors.
 type Submitted = (u32, Arc<Vec<u8>>, Option<JobFds>);

@@ -14,7 +14,9 @@
 //! `worker` (the loop a worker runs), `supervisor`
 //! (the thread that owns the workers and schedules jobs), `claim` (how a worker and the
 //! supervisor agree on which jobs the worker started, so that jobs not started can be
-//! taken back), `pool` (the [`Engine`] handle), `batch` (a caller's stream of jobs),
+//! taken back), `config` ([`EngineConfig`]), `job` ([`Job`], [`Done`], and what the
+//! supervisor holds of a batch), `shared` (the queue and state callers and the supervisor
+//! share, below both), `pool` (the [`Engine`] handle), `batch` (a caller's stream of jobs),
 //! `chunk` (how many items go into a job), `feed` (a lazy input fed to a pool under
 //! bounds, and reordering: what every front's `map`/`imap` runs on), `oneoff` (a single
 //! process outside any pool), `remote` (a pool served by agents over a link, such as
@@ -26,16 +28,19 @@
 mod batch;
 mod chunk;
 mod claim;
+mod config;
 mod error;
 mod events;
 mod feed;
 mod identity;
+mod job;
 mod oneoff;
 mod pool;
 mod process;
 mod progress;
 mod remote;
 mod ring;
+mod shared;
 mod stats;
 mod supervisor;
 mod sys;
@@ -43,14 +48,16 @@ mod transport;
 pub mod wire;
 mod worker;
 
-pub use batch::{Batch, Done, Job, JobFds, RecvError};
+pub use batch::{Batch, RecvError};
+pub use config::{DEFAULT_MAX_MESSAGE, EngineConfig};
 pub use error::{Death, HandshakeError, PoolError, TaskError, TaskErrorKind};
 pub use feed::{
     Feed, Limits, MAX_PAYLOAD_BYTES, MAX_REORDER_BYTES, Piece, Pulled, Reorder, Source,
 };
 pub use identity::{WorkerInfo, current_worker};
+pub use job::{Done, Job, JobFds};
 pub use oneoff::{JoinError, OneOff};
-pub use pool::{DEFAULT_MAX_MESSAGE, Engine, EngineConfig, MAX_WORKERS, Stopper};
+pub use pool::{Engine, MAX_WORKERS, Stopper};
 pub use process::Launcher;
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};
 pub use remote::{PREFETCH_BELOW, PREFETCH_WORK, Remote, RemoteDone, RemoteJob};

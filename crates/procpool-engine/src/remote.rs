@@ -21,9 +21,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::batch::{BatchInner, Done, Job, Queued};
+use crate::config::EngineConfig;
 use crate::error::{PoolError, TaskError, TaskErrorKind};
-use crate::pool::{Engine, EngineConfig, Mode, Shared};
+use crate::job::{BatchInner, Done, Job, Queued};
+use crate::pool::Engine;
+use crate::shared::{Mode, Shared};
 use crate::sys::{self, Ready};
 
 /// Jobs of a batch whose average run time is below this may be sent ahead to an agent

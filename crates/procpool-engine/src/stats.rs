@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::batch::Batch;
 use crate::error::TaskErrorKind;
-use crate::pool::Engine;
 
 /// One worker slot of a pool, in a [`Stats`] snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -213,11 +211,15 @@ impl StatsCell {
 }
 
 /// Where a front records the outcome of each job it decodes, for [`Stats`]: taken from a
-/// [`Batch`] or a [`Feed`](crate::Feed). Cloning it is cheap.
+/// [`Batch`](crate::Batch) or a [`Feed`](crate::Feed). Cloning it is cheap.
 #[derive(Debug, Clone)]
 pub struct Recorder(Arc<StatsCell>);
 
 impl Recorder {
+    pub(crate) fn new(cell: Arc<StatsCell>) -> Self {
+        Self(cell)
+    }
+
     /// Records one finished job: `ok` items succeeded, and one item failed per entry of
     /// `failed` (its kind, or `None` for a failure that has none, a pool error say); run
     /// by worker `pid` (if one ran it) for `nanos`.
@@ -229,24 +231,6 @@ impl Recorder {
         failed: impl IntoIterator<Item = Option<&'a TaskErrorKind>>,
     ) {
         self.0.record(pid, nanos, ok, failed);
-    }
-}
-
-impl Batch {
-    /// Where to record the outcomes of this batch's jobs (see [`Recorder`]).
-    pub fn recorder(&self) -> Recorder {
-        Recorder(self.pool().stats.clone())
-    }
-}
-
-impl Engine {
-    /// A snapshot of the pool's counters: per worker slot and for the whole pool.
-    ///
-    /// Cheap: it copies a small struct under a lock the supervisor holds only briefly.
-    pub fn stats(&self) -> Stats {
-        let shared = self.shared();
-        let queued = shared.lock().jobs.len();
-        shared.stats.snapshot(queued)
     }
 }
 

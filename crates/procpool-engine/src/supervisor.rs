@@ -15,11 +15,11 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::batch::{Done, Queued};
 use crate::error::{PoolError, TaskError, TaskErrorKind};
-use crate::pool::{Mode, Shared};
+use crate::job::{Done, Queued};
 use crate::process::{self, SpawnOptions, WorkerProc};
 use crate::ring::RingReader;
+use crate::shared::{Mode, Shared};
 use crate::sys::{self, Ready};
 use crate::transport::{FrameReader, OutQueue};
 

@@ -20,12 +20,17 @@ const KEEP_CAPACITY: usize = 16 << 20;
 pub(crate) const SHARE_THRESHOLD: usize = 16 * 1024;
 
 /// Splits frames off bytes read from a socket. `buf[start..]` holds bytes not yet
-/// handled; reads go straight into the vector's spare capacity (no zero-filling).
+/// handled; reads go straight into the vector's spare capacity.
 #[derive(Debug)]
 pub(crate) struct FrameReader {
     buf: Vec<u8>,
     start: usize,
     max_body: usize,
+    /// How many bytes from the start of `buf`'s allocation are known initialized (at
+    /// least `buf.len()`). `recvmsg` takes an initialized slice, so
+    /// [`fill_with_fds`](Self::fill_with_fds) zeroes spare capacity once per allocation,
+    /// not once per read.
+    init: usize,
 }
 
 impl FrameReader {
@@ -34,6 +39,7 @@ impl FrameReader {
             buf: Vec::new(),
             start: 0,
             max_body,
+            init: 0,
         }
     }
 
@@ -54,6 +60,7 @@ impl FrameReader {
         let end = (self.start + n).min(self.buf.len());
         let tail = self.buf.split_off(end);
         let mut taken = std::mem::replace(&mut self.buf, tail);
+        self.init = self.buf.len();
         taken.drain(..self.start);
         self.start = 0;
         taken
@@ -67,6 +74,7 @@ impl FrameReader {
             if self.buf.capacity() > KEEP_CAPACITY {
                 // A large result came through: do not hold its size for good.
                 self.buf = Vec::new();
+                self.init = 0;
             } else {
                 self.buf.clear();
             }
@@ -81,7 +89,9 @@ impl FrameReader {
     /// not grow for the frame being read (see [`frame_len`](Self::frame_len)).
     pub(crate) fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
         self.make_room()?;
-        sys::read_into(fd, &mut self.buf)
+        let n = sys::read_into(fd, &mut self.buf)?;
+        self.init = self.init.max(self.buf.len());
+        Ok(n)
     }
 
     /// Like [`fill`](Self::fill), also taking the descriptors that came with the bytes
@@ -95,7 +105,21 @@ impl FrameReader {
         fds: &mut VecDeque<OwnedFd>,
     ) -> io::Result<usize> {
         self.make_room()?;
-        sys::recv_into_fds(fd, &mut self.buf, fds)
+        let len = self.buf.len();
+        let cap = self.buf.capacity();
+        if self.init < cap {
+            let from = self.init.max(len) - len;
+            self.buf.spare_capacity_mut()[from..].fill(std::mem::MaybeUninit::new(0));
+            self.init = cap;
+        }
+        // SAFETY: the `cap - len` bytes after `len` lie within the allocation and are
+        // initialized (`init == cap`: zeroed above, or earlier in this allocation's life).
+        let spare =
+            unsafe { std::slice::from_raw_parts_mut(self.buf.as_mut_ptr().add(len), cap - len) };
+        let n = sys::recv_into_fds(fd, spare, fds)?;
+        // SAFETY: the first `n` of those initialized bytes now hold what was received.
+        unsafe { self.buf.set_len(len + n) };
+        Ok(n)
     }
 
     /// The length of the frame being read, when its header is in.
@@ -115,6 +139,8 @@ impl FrameReader {
         // huge frame must send the bytes before we allocate for them.
         let target = (2 * pending + READ_CHUNK).min(want);
         if self.buf.capacity() - self.start < target {
+            // A new allocation: only what the vector holds is known initialized.
+            self.init = self.buf.len();
             // Room for the whole frame is taken exactly: doubling past it would cost up
             // to twice a large result's size.
             let grown = if target == want {
@@ -453,6 +479,40 @@ mod fd_tests {
         }
         assert!(fds.is_empty());
         assert_eq!(taken, expect.iter().sum::<usize>());
+        drop(writer.join().unwrap());
+    }
+
+    #[test]
+    fn bytes_read_with_descriptors_are_the_bytes_sent() {
+        // Frames large and small, so the buffer grows, is reused and is released: what
+        // `fill_with_fds` zeroes beforehand must never show through.
+        let (a, b) = sys::socketpair().unwrap();
+        let mut q = OutQueue::default();
+        let sizes = [10usize, 700_000, 3, KEEP_CAPACITY + 5, 65_536, 1];
+        for (k, &n) in sizes.iter().enumerate() {
+            q.attach_fds(vec![devnull()].into());
+            let body: Vec<u8> = (0..n).map(|i| (i * 7 + k + 1) as u8 | 1).collect();
+            q.buf().extend_from_slice(&(n as u32).to_le_bytes());
+            q.push_shared(Arc::new(body));
+        }
+        let writer = std::thread::spawn(move || {
+            q.flush(a.as_fd()).unwrap();
+            a
+        });
+        let mut r = FrameReader::new(64 << 20);
+        let mut fds = VecDeque::new();
+        let mut k = 0;
+        while k < sizes.len() {
+            if let Some((body, used)) = r.frame().unwrap() {
+                let want: Vec<u8> = (0..sizes[k]).map(|i| (i * 7 + k + 1) as u8 | 1).collect();
+                assert!(body == want.as_slice(), "frame {k} differs");
+                r.consume(used);
+                k += 1;
+                continue;
+            }
+            assert!(r.fill_with_fds(b.as_fd(), &mut fds).unwrap() > 0);
+        }
+        assert_eq!(fds.len(), sizes.len());
         drop(writer.join().unwrap());
     }
 }

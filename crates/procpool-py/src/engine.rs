@@ -5,10 +5,11 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use procpool_engine::EngineConfig;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
+use crate::args::{duration, pickle_func};
 use crate::errors;
 use crate::frame;
 use crate::launcher::TemplateLauncher;
@@ -24,30 +25,6 @@ const INIT: u8 = 2;
 /// Most descriptors `initargs` may carry (they go with the worker's own socket in one
 /// `SCM_RIGHTS` message to the template, whose limit is 253).
 const MAX_INIT_FDS: usize = 252;
-
-/// Seconds as a duration; `None` stays `None`. A negative, NaN or infinite value is a
-/// `ValueError` naming `what`.
-pub(crate) fn duration(secs: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
-    match secs {
-        None => Ok(None),
-        Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s))),
-        Some(s) => Err(PyValueError::new_err(format!(
-            "{what} must be a non-negative number of seconds, not {s}"
-        ))),
-    }
-}
-
-/// A function's reference for jobs (by value when it cannot go by reference).
-pub(crate) fn pickle_func(func: &Bound<'_, PyAny>) -> PyResult<Arc<[u8]>> {
-    if !func.is_callable() {
-        return Err(PyTypeError::new_err(format!(
-            "{:?} object is not callable",
-            func.get_type().name()?.to_string()
-        )));
-    }
-    let b = py::helper(func.py(), "_pickle", "dumps_func")?.call1((func,))?;
-    Ok(Arc::from(b.cast::<PyBytes>()?.as_bytes()))
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {

@@ -7,8 +7,9 @@
 //! with `CLONE_PARENT`, so the worker is this process's child, and answers its pid.
 
 use std::ffi::OsString;
-use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::io::{self, IoSlice, Read};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -18,6 +19,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use procpool_engine::Launcher;
+use rustix::io::Errno;
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
 /// How long the template may take to answer (its first answer includes its start).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -138,23 +141,11 @@ fn request(ctl: &mut UnixStream, fds: &[BorrowedFd<'_>], body: &[u8]) -> io::Res
     send_with_fds(ctl, &head, fds)?;
     let mut sent = 0;
     while sent < body.len() {
-        // SAFETY: a plain send from a valid buffer; MSG_NOSIGNAL spares SIGPIPE.
-        let n = unsafe {
-            libc::send(
-                ctl.as_raw_fd(),
-                body[sent..].as_ptr().cast(),
-                body.len() - sent,
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        match rustix::net::send(&*ctl, &body[sent..], SendFlags::NOSIGNAL) {
+            Ok(n) => sent += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
-        sent += n as usize;
     }
     let mut answer = [0u8; 8];
     ctl.read_exact(&mut answer)?;
@@ -162,40 +153,24 @@ fn request(ctl: &mut UnixStream, fds: &[BorrowedFd<'_>], body: &[u8]) -> io::Res
 }
 
 fn send_with_fds(ctl: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let bytes = std::mem::size_of_val(raw.as_slice());
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr().cast_mut().cast(),
-        iov_len: data.len(),
-    };
-    // SAFETY: a zeroed msghdr is valid; every pointer set below points into live
-    // buffers of the stated lengths, and the control message is written within `cbuf`.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(bytes as u32) as _;
-        std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), bytes);
-        loop {
-            let n = libc::sendmsg(ctl.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
-            if n >= 0 {
-                if (n as usize) < data.len() {
-                    return Err(io::Error::other("short write to the template"));
-                }
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other(
+            "no room for the descriptors in the control buffer",
+        ));
+    }
+    loop {
+        match rustix::net::sendmsg(
+            ctl,
+            &[IoSlice::new(data)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(n) if n < data.len() => return Err(io::Error::other("short write to the template")),
+            Ok(_) => return Ok(()),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! (`launcher`, `procpool/_template.py`), and runs jobs in the worker (`runner`,
 //! `procpool/_worker.py`).
 
+mod args;
 mod engine;
 mod errors;
 mod frame;

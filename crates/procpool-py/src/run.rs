@@ -736,7 +736,7 @@ impl Run {
     /// As `__next__`, but raises `TimeoutError` after `timeout` seconds.
     #[pyo3(signature = (timeout=None))]
     fn next(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
-        self.next_outcome(py, crate::engine::duration(timeout, "timeout")?)
+        self.next_outcome(py, crate::args::duration(timeout, "timeout")?)
     }
 
     /// Drains an ordered run at once: `(values, failures)`, where `values` holds every

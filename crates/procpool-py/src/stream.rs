@@ -11,6 +11,7 @@ use pyo3::exceptions::{PyStopIteration, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
+use crate::args::{duration, pickle_func};
 use crate::errors;
 use crate::frame;
 use crate::py;
@@ -80,7 +81,7 @@ impl Stream {
         if let Some((_, b)) = cache.iter().find(|(f, _)| f.as_ptr() == func.as_ptr()) {
             return Ok(b.clone());
         }
-        let b: Arc<[u8]> = crate::engine::pickle_func(func)?;
+        let b: Arc<[u8]> = pickle_func(func)?;
         if cache.len() >= FUNC_CACHE {
             cache.remove(0);
         }
@@ -105,7 +106,7 @@ impl Stream {
         if self.closed.load(Ordering::Relaxed) || self.cancelled.load(Ordering::Relaxed) {
             return Err(PyValueError::new_err("Pool not running"));
         }
-        let timeout = crate::engine::duration(timeout, "timeout")?.or(self.default_timeout);
+        let timeout = duration(timeout, "timeout")?.or(self.default_timeout);
         let func = self.func_bytes(func)?;
         let args = match args {
             Some(a) => a.clone(),
@@ -145,7 +146,7 @@ impl Stream {
     /// seconds; `StopIteration` once closed and everything came back.
     #[pyo3(signature = (timeout=None))]
     fn next(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
-        let deadline = crate::engine::duration(timeout, "timeout")?.map(|t| Instant::now() + t);
+        let deadline = duration(timeout, "timeout")?.map(|t| Instant::now() + t);
         loop {
             if self.cancelled.load(Ordering::Relaxed) {
                 return Err(PyStopIteration::new_err(()));

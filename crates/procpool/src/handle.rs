@@ -6,9 +6,9 @@ use std::time::Duration;
 use procpool_engine::{Batch, RecvError};
 
 use crate::codec::Value;
+use crate::codec::format::Codec;
 use crate::error::{Error, WaitError};
-use crate::format::Codec;
-use crate::outcome::ChunkOut;
+use crate::job::outcome::ChunkOut;
 
 /// A task running in a pool. Join it for its result, with or without a time limit, or
 /// cancel it.

@@ -20,8 +20,8 @@ use procpool_engine::{
 
 use crate::codec::{self, Value};
 use crate::error::Error;
-use crate::items::{self, Layout};
-use crate::outcome::ChunkOut;
+use crate::job::items::{self, Layout};
+use crate::job::outcome::ChunkOut;
 use crate::passfd;
 use crate::progress::Watch;
 

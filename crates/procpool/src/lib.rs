@@ -185,24 +185,17 @@ mod awaiting;
 mod bar;
 mod channel;
 mod codec;
-mod deprobe;
 mod error;
-mod format;
-mod func;
 mod handle;
-mod items;
 mod iter;
+mod job;
 #[cfg(feature = "mpi")]
 mod mpi;
-mod outcome;
 mod passfd;
 mod pool;
-mod probe;
 mod process;
 mod progress;
-mod roundtrip;
 pub mod shared;
-mod strict;
 
 pub use awaiting::{AsCompleted, as_completed, block_on, wait_any};
 #[cfg(feature = "futures")]
@@ -214,8 +207,8 @@ pub use channel::{
     TryIter, TryRecvError, TrySendError, bounded, channel,
 };
 pub use codec::Value;
+pub use codec::format::Codec;
 pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKind, WaitError};
-pub use format::Codec;
 pub use handle::TaskHandle;
 pub use iter::{Imap, ImapUnordered};
 #[cfg(feature = "mpi")]
@@ -237,7 +230,7 @@ pub use shared::{Element, Shared, SharedArray, SharedError, SharedSlice};
 /// initializes MPI; on ranks other than 0 it then serves as a node agent and exits
 /// without returning (see [Across hosts](crate#across-hosts-mpi)).
 pub fn init() {
-    procpool_engine::serve_if_worker(func::FnRunner::default);
+    procpool_engine::serve_if_worker(job::func::FnRunner::default);
     #[cfg(feature = "mpi")]
     mpi::init();
 }

@@ -9,11 +9,11 @@ use std::time::Duration;
 use procpool_engine::{DEFAULT_MAX_MESSAGE, JoinError, OneOff};
 
 use crate::codec::Value;
+use crate::codec::format::Codec;
 use crate::error::{Error, WaitError};
-use crate::format::Codec;
-use crate::func;
-use crate::items::{self, Layout};
-use crate::outcome::ChunkOut;
+use crate::job::func;
+use crate::job::items::{self, Layout};
+use crate::job::outcome::ChunkOut;
 use crate::pool::{guard_worker, single_payload};
 
 /// Runs `f(arg)` in a new process, like [`std::thread::spawn`] for processes.

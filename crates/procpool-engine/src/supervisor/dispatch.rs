@@ -29,9 +29,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::{InFlight, KillReason, Phase, Supervisor, Worker, answer};
-use crate::batch::Queued;
 use crate::claim;
 use crate::error::TaskErrorKind;
+use crate::job::Queued;
 use crate::transport::SHARE_THRESHOLD;
 use crate::wire::{self, Down, SharedJobFrame};
 
@@ -447,7 +447,7 @@ fn put_inline(w: &mut Worker, jobs: Vec<(u64, Queued)>, body: usize, now: Instan
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::Job;
+    use crate::job::Job;
     use std::sync::Arc;
 
     fn flight(shared: Option<(usize, usize)>) -> InFlight {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{InFlight, KillReason, Phase, Worker};
-use crate::batch::{BatchInner, Done, Queued};
 use crate::claim;
 use crate::error::{HandshakeError, PoolError, TaskError, TaskErrorKind};
+use crate::job::{BatchInner, Done, Queued};
 use crate::ring::RingReader;
 use crate::sys::SharedRegion;
 use crate::transport::FrameReader;

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::intake::{drain_ring, drain_socket, finished};
 use super::{KillReason, Phase, SHUTDOWN_GRACE, Supervisor, Worker, answer, deliver};
-use crate::batch::{BatchInner, Queued};
 use crate::claim;
 use crate::error::{Death, HandshakeError, PoolError, TaskErrorKind};
+use crate::job::{BatchInner, Queued};
 use crate::sys;
 use crate::wire::{self, Down};
 

@@ -2,7 +2,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -11,8 +11,8 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 use rustix::process::{Pid, PidfdFlags, Signal};
 
@@ -215,69 +215,36 @@ pub(crate) fn send_vectored_fds(
     )?)
 }
 
-/// Like [`read_into`] on a socket, also receiving the descriptors that came with the
-/// bytes (close-on-exec, appended to `fds` in order).
+/// Receives bytes into `buf`, and the descriptors that came with them (close-on-exec,
+/// appended to `fds` in order). Returns how many bytes arrived: 0 means end of stream.
 ///
 /// # Errors
 /// The system call's error, or an error when descriptors were lost because more came
 /// than one message may carry.
 pub(crate) fn recv_into_fds(
     fd: BorrowedFd<'_>,
-    buf: &mut Vec<u8>,
+    buf: &mut [u8],
     fds: &mut std::collections::VecDeque<OwnedFd>,
 ) -> io::Result<usize> {
-    const FD_BYTES: usize = MAX_FDS_PER_MESSAGE * std::mem::size_of::<RawFd>();
-    // Room for one full SCM_RIGHTS message (CMSG_SPACE of its payload), 8-aligned.
-    let mut control = [0u64; (FD_BYTES + 64) / 8];
-    let spare = buf.spare_capacity_mut();
-    let mut iov = libc::iovec {
-        iov_base: spare.as_mut_ptr().cast(),
-        iov_len: spare.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths); the fields set
-    // below point at `iov` and `control`, which outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    let n = loop {
-        // SAFETY: `msg` describes writable memory: the vector's spare capacity (written,
-        // never read, by the kernel) and `control`.
-        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
-    // SAFETY: the kernel wrote `n` bytes at the start of the spare capacity.
-    unsafe { buf.set_len(buf.len() + n) };
-    // SAFETY: `msg` was filled by recvmsg; the CMSG_* helpers walk its control buffer
-    // within `msg_controllen`, and each SCM_RIGHTS payload holds whole descriptors that
-    // the kernel installed in this process for us to own.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c);
-                let bytes = (*c).cmsg_len as usize - (data as usize - c as usize);
-                for i in 0..bytes / std::mem::size_of::<RawFd>() {
-                    let raw = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
-                    fds.push_back(OwnedFd::from_raw_fd(raw));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        fd,
+        &mut [io::IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(got) = m {
+            fds.extend(got);
         }
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
         return Err(io::Error::other(
             "descriptors sent with a message were lost (control data truncated)",
         ));
     }
-    Ok(n)
+    Ok(msg.bytes)
 }
 
 /// Reads into the spare capacity of `buf` (which must have some), extending it; blocks

@@ -18,10 +18,10 @@ use super::frame::{
 };
 use super::iter::{Iter, TryIter};
 use super::sys::{self, Received, Sent};
-use crate::codec::Value;
-use crate::format::{self, Codec};
+use crate::codec::format::{self, Codec};
+use crate::codec::roundtrip::{self, Refusal};
+use crate::codec::{self, Value};
 use crate::passfd;
-use crate::roundtrip::{self, Refusal};
 
 thread_local! {
     /// Where a thread encodes the messages it sends (kept between sends when small).
@@ -318,7 +318,7 @@ impl<T: Value> Sender<T> {
     /// bytes) written to a memfd straight from the vector, without a copy in between.
     fn send_bytes(&self, bytes: &[u8], wait: Wait) -> Result<bool, Outcome> {
         let mut len = Vec::with_capacity(10);
-        frame::put_varint(&mut len, bytes.len() as u64);
+        codec::put_varint(&mut len, bytes.len() as u64);
         let size = len.len() + bytes.len();
         if size > MAX_MESSAGE {
             return Err(Outcome::Encode(format!(

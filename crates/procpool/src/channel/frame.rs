@@ -29,7 +29,7 @@ use std::os::fd::OwnedFd;
 
 use super::sys;
 use crate::codec::Value;
-use crate::format::{self, Codec};
+use crate::codec::format::{self, Codec};
 use crate::passfd;
 
 /// The first byte of a packet that carries its payload.
@@ -181,31 +181,6 @@ fn bytes_from_memfd<T: Value>(memfd: &OwnedFd, len: usize) -> Option<Result<T, S
     slot.map(Ok)
 }
 
-/// Appends the postcard varint of `v` to `out` (at most 10 bytes).
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// A postcard varint at the start of `b`: its value and its length in bytes.
-pub(crate) fn take_varint(b: &[u8]) -> Option<(u64, usize)> {
-    let mut v: u64 = 0;
-    for (i, &byte) in b.iter().enumerate().take(10) {
-        let part = u64::from(byte & 0x7f);
-        if i == 9 && part > 1 {
-            return None;
-        }
-        v |= part << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((v, i + 1));
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,18 +216,6 @@ mod tests {
         assert!(parse(&m[..4], 1).unwrap_err().contains("shorter"));
         m[2..10].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(parse(&m, 1).unwrap_err().contains("accepted"));
-    }
-
-    #[test]
-    fn varints_match_postcard() {
-        for v in [0u64, 1, 127, 128, 300, 1 << 20, u64::MAX] {
-            let mut b = Vec::new();
-            put_varint(&mut b, v);
-            assert_eq!(b, postcard::to_allocvec(&v).unwrap());
-            assert_eq!(take_varint(&b), Some((v, b.len())));
-        }
-        assert_eq!(take_varint(&[0x80]), None);
-        assert_eq!(take_varint(&[0xff; 10]), None);
     }
 
     #[test]

@@ -256,9 +256,10 @@ pub(crate) fn read_message(fd: &OwnedFd, len: usize) -> Result<Vec<u8>, String> 
 pub(crate) fn read_message_bytes(fd: &OwnedFd, len: usize) -> Result<Vec<u8>, String> {
     check_memfd(fd, len)?;
     let head = read_at(fd, PAYLOAD_AT, len.min(10))?;
-    let Some((n, k)) = super::frame::take_varint(&head) else {
+    let Ok((n, rest)) = crate::codec::take_varint(&head, u64::MAX) else {
         return Err("a shared-memory message of bytes does not start with a valid length".into());
     };
+    let k = head.len() - rest.len();
     if k as u64 + n != len as u64 {
         return Err(format!(
             "a shared-memory message of {len} bytes says its byte vector holds {n}"

@@ -192,35 +192,23 @@ fn gather_hellos(size: i32, me: &Hello) -> Result<Vec<Hello>, (String, PoolError
 }
 
 /// A fingerprint of the executable's contents (not of its file: ranks on other hosts see
-/// other device and inode numbers for the same program).
+/// other device and inode numbers for the same program): its XXH3 hash, 0 when it cannot
+/// be read.
 fn fingerprint() -> u64 {
     use std::io::Read;
     let Ok(mut f) = std::fs::File::open("/proc/self/exe") else {
         return 0;
     };
+    let mut hash = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = vec![0u8; 1 << 20];
-    let (mut h, mut len) = (0x9e37_79b9_7f4a_7c15u64, 0u64);
     loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+        match f.read(&mut buf) {
+            Ok(0) => return hash.digest(),
+            Ok(n) => hash.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return 0,
-        };
-        len += n as u64;
-        let mut words = buf[..n].chunks_exact(8);
-        for w in &mut words {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(w);
-            h = (h ^ u64::from_le_bytes(a))
-                .wrapping_mul(0xff51_afd7_ed55_8ccd)
-                .rotate_left(29);
-        }
-        for &b in words.remainder() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
     }
-    h ^ len
 }
 
 fn host_name() -> String {
@@ -508,5 +496,20 @@ impl Drop for Inbox {
         for (bytes, ..) in self.pending.drain(..) {
             std::mem::forget(bytes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_fingerprint_is_the_hash_of_the_executable() {
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        let fp = super::fingerprint();
+        assert_ne!(fp, 0);
+        assert_eq!(fp, xxhash_rust::xxh3::xxh3_64(&exe));
+        let mut other = exe.clone();
+        let mid = other.len() / 2;
+        other[mid] ^= 1;
+        assert_ne!(xxhash_rust::xxh3::xxh3_64(&other), fp);
     }
 }

@@ -8,8 +8,8 @@ use serde::de::Error as _;
 
 use super::{Backing, Kind, SharedError, cache};
 use crate::codec::Value;
-use crate::format::{self, Codec};
-use crate::roundtrip::{self, Refusal};
+use crate::codec::format::{self, Codec};
+use crate::codec::roundtrip::{self, Refusal};
 
 /// A value written once to sealed shared memory and handed to any number of tasks without
 /// a copy per task.

@@ -4,7 +4,7 @@
 //! `Option` that is `None`, say); serde then tells the serializer so through
 //! `SerializeStruct::skip_field`, which postcard ignores. A postcard reader cannot know a
 //! field is missing: it reads the next field in its place, and the value arrives wrong.
-//! The round-trip check of [`roundtrip`](crate::roundtrip) sees only the first value of a
+//! The round-trip check of [`roundtrip`](crate::codec::roundtrip) sees only the first value of a
 //! type, so every value postcard encodes goes through this wrapper, which turns a skipped
 //! field into an error naming it. It forwards everything else unchanged, so the bytes are
 //! postcard's own and the cost is a few inlined calls.

@@ -1,7 +1,7 @@
 //! A serializer that writes nothing and keeps the message of a custom error.
 //!
 //! postcard drops the text a `Serialize` implementation gives to `Error::custom` (and
-//! the one [`strict`](crate::strict) gives a skipped field); when it reports such an
+//! the one [`strict`](crate::codec::strict) gives a skipped field); when it reports such an
 //! error, the value is run through this probe to recover the text for the task's error.
 
 use std::fmt;
@@ -167,7 +167,7 @@ macro_rules! fields {
                 v.serialize(Probe)
             }
             fn skip_field(&mut self, key: &'static str) -> R {
-                Err(ProbeError(crate::strict::skipped_message(self.0, key)))
+                Err(ProbeError(crate::codec::strict::skipped_message(self.0, key)))
             }
             fn end(self) -> R {
                 Ok(())

@@ -1,5 +1,10 @@
-//! Encoding values with postcard, with fast paths that write the very same bytes (the
-//! codec to choose is in [`format`](crate::format)).
+//! How values travel between processes: encoded by the codec chosen per pool or call
+//! ([`format`](mod@format): postcard or MessagePack), checked once per type to survive the trip
+//! ([`roundtrip`]), with a field postcard would skip refused ([`strict`]) and the text of
+//! a custom error kept where postcard drops it ([`probe`], [`deprobe`]).
+//!
+//! This module holds [`Value`] and the postcard fast paths, which write the very same
+//! bytes as postcard.
 //!
 //! postcard encodes a `Vec<u8>` as a varint length followed by the bytes, but serde hands
 //! it over one byte at a time, which runs at about 1 GB/s each way; a plain number costs a
@@ -7,6 +12,12 @@
 //! numbers this module writes and reads postcard's encoding directly (one copy for
 //! bytes), so bulk data moves at memory speed and small numbers cost nanoseconds. Every
 //! other type goes through postcard unchanged.
+
+mod deprobe;
+pub(crate) mod format;
+mod probe;
+pub(crate) mod roundtrip;
+mod strict;
 
 use std::any::{Any, TypeId};
 
@@ -53,7 +64,7 @@ pub trait Value: Serialize + DeserializeOwned + 'static {}
 impl<T: Serialize + DeserializeOwned + 'static> Value for T {}
 
 /// Appends the encoding of `v` to `buf`; on error `buf` is left as it was. A field left
-/// out by `skip_serializing_if` is an error (see [`strict`](crate::strict)).
+/// out by `skip_serializing_if` is an error (see [`strict`]).
 #[inline]
 pub(crate) fn append<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
@@ -64,7 +75,7 @@ pub(crate) fn append<T: Serialize + ?Sized>(
         let mut ser = postcard::Serializer {
             output: Appender(buf),
         };
-        crate::strict::serialize(v, &mut ser)
+        crate::codec::strict::serialize(v, &mut ser)
     };
     if r.is_err() {
         buf.truncate(mark);
@@ -215,7 +226,7 @@ pub(crate) fn append_value<T: Value>(buf: &mut Vec<u8>, v: &T) -> Result<(), pos
 pub(crate) fn explain<T: Serialize + ?Sized>(e: &postcard::Error, v: &T) -> String {
     match e {
         postcard::Error::SerdeSerCustom => {
-            crate::probe::custom_message(v).unwrap_or_else(|| e.to_string())
+            crate::codec::probe::custom_message(v).unwrap_or_else(|| e.to_string())
         }
         postcard::Error::SerializeSeqLengthUnknown => format!(
             "{e}: `{}` writes a map or sequence without saying its length first, as \
@@ -233,7 +244,7 @@ pub(crate) fn explain<T: Serialize + ?Sized>(e: &postcard::Error, v: &T) -> Stri
 pub(crate) fn explain_de<T: DeserializeOwned>(e: &postcard::Error, bytes: &[u8]) -> String {
     match e {
         postcard::Error::SerdeDeCustom => {
-            crate::deprobe::custom_message::<T>(bytes).unwrap_or_else(|| e.to_string())
+            crate::codec::deprobe::custom_message::<T>(bytes).unwrap_or_else(|| e.to_string())
         }
         postcard::Error::WontImplement => format!(
             "`{}` needs a self-describing format (its Deserialize calls deserialize_any, as \
@@ -303,8 +314,9 @@ pub(crate) fn take_value<T: Value>(bytes: &[u8]) -> Result<(T, &[u8]), postcard:
     postcard::take_from_bytes(bytes)
 }
 
+/// Appends the postcard varint of `v` to `buf` (at most 10 bytes).
 #[inline(always)]
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.reserve(10);
     let len = buf.len();
     let spare = buf.spare_capacity_mut();
@@ -319,9 +331,10 @@ fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     unsafe { buf.set_len(len + n + 1) };
 }
 
-/// Reads a varint no larger than `max`.
+/// Reads a postcard varint no larger than `max` from the start of `bytes`: its value and
+/// the bytes after it.
 #[inline(always)]
-fn take_varint(bytes: &[u8], max: u64) -> Result<(u64, &[u8]), postcard::Error> {
+pub(crate) fn take_varint(bytes: &[u8], max: u64) -> Result<(u64, &[u8]), postcard::Error> {
     let mut v: u64 = 0;
     for (i, &b) in bytes.iter().enumerate().take(10) {
         let part = u64::from(b & 0x7f);
@@ -421,6 +434,18 @@ mod tests {
         check(&[0isize, isize::MIN]);
         check(&[0.0f64, -1.5, f64::MAX]);
         check(&[0.0f32, 3.25]);
+    }
+
+    #[test]
+    fn varints_match_postcard() {
+        for v in [0u64, 1, 127, 128, 300, 1 << 20, u64::MAX] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            assert_eq!(b, postcard::to_allocvec(&v).unwrap());
+            assert_eq!(take_varint(&b, u64::MAX).ok(), Some((v, &[][..])));
+        }
+        assert!(take_varint(&[0x80], u64::MAX).is_err());
+        assert!(take_varint(&[0xff; 10], u64::MAX).is_err());
     }
 
     #[test]

@@ -7,10 +7,10 @@ use std::collections::VecDeque;
 
 use procpool_engine::{Done, Recorder, TaskError, TaskErrorKind};
 
+use crate::codec::format::Codec;
 use crate::codec::{self, Value};
 use crate::error::Error;
-use crate::format::Codec;
-use crate::items::{self, Entry};
+use crate::job::items::{self, Entry};
 
 /// The decoded results of a job covering items `start..start + count`.
 #[derive(Debug)]

@@ -24,10 +24,10 @@ use std::panic::{self, AssertUnwindSafe};
 
 use procpool_engine::{Failure, TaskErrorKind};
 
+use crate::codec::format::{self, Codec};
+use crate::codec::roundtrip::{self, Refusal};
 use crate::codec::{self, Value};
-use crate::format::{self, Codec};
 use crate::passfd;
-use crate::roundtrip::{self, Refusal};
 
 /// How a call's items are encoded: the codec and the per-item size limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Mutex, OnceLock};
 
+use crate::codec::format::{self, Codec};
 use crate::codec::{self, Value};
-use crate::format::{self, Codec};
 
 type Verdicts = Mutex<HashMap<(TypeId, Codec), Result<(), String>>>;
 

@@ -15,8 +15,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crate::codec::Value;
-use crate::format::{self, Codec};
-use crate::items;
+use crate::codec::format::{self, Codec};
+use crate::job::items;
 use crate::passfd;
 use procpool_engine::{Failure, Runner};
 
@@ -157,7 +157,7 @@ mod tests {
     }
 
     const LAYOUT: items::Layout = items::Layout {
-        codec: crate::format::Codec::Postcard,
+        codec: crate::codec::format::Codec::Postcard,
         limit: 1 << 20,
     };
 

@@ -1,0 +1,106 @@
+"""Argument checks shared by ``procpool.Pool`` and ``procpool.ProcessPoolExecutor``,
+and the engine start both make."""
+
+import math
+import numbers
+import operator
+import os
+
+from . import _core
+
+
+def cpu_count():
+    """Return the number of CPUs this process may run on (at least 1).
+
+    This is the default size of :class:`Pool` and :class:`ProcessPoolExecutor`. Unlike
+    :func:`multiprocessing.cpu_count` it honours the CPU affinity mask (``taskset``,
+    container CPU sets), as ``os.process_cpu_count()`` does on Python 3.13+.
+
+    Example::
+
+        >>> import procpool
+        >>> procpool.cpu_count() >= 1
+        True
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, n)
+
+
+
+
+
+def _check_timeout(timeout, what="timeout"):
+    """Return a per-task time limit in seconds as a float, or None for no limit."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"{what} must be a number of seconds or None, not {type(timeout).__name__}")
+    value = float(timeout)
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"{what} must be a positive number of seconds or None, not {timeout!r}")
+    if math.isinf(value):
+        return None
+    return value
+
+
+def _check_retries(retries):
+    if isinstance(retries, bool):
+        raise TypeError("retries must be an int, not bool")
+    try:
+        value = operator.index(retries)
+    except TypeError:
+        raise TypeError(f"retries must be an int, not {type(retries).__name__}") from None
+    if value < 0:
+        raise ValueError(f"retries must be 0 or more, not {value}")
+    return value
+
+
+def _start_engine(workers, initializer, initargs, maxtasksperchild, timeout, retries):
+    """Checks ``timeout`` and ``retries``, then starts the engine of a pool or executor
+    (its other arguments already checked): ``(engine, timeout, retries)``."""
+    timeout = _check_timeout(timeout)
+    retries = _check_retries(retries)
+    engine = _core.Engine(
+        workers,
+        initializer=initializer,
+        initargs=tuple(initargs),
+        maxtasksperchild=maxtasksperchild,
+        timeout=timeout,
+        retries=retries,
+    )
+    return engine, timeout, retries
+
+
+def _check_chunksize(chunksize):
+    if chunksize is None:
+        return None
+    try:
+        value = operator.index(chunksize)
+    except TypeError:
+        raise TypeError(
+            f"chunksize must be an int or None, not {type(chunksize).__name__}"
+        ) from None
+    if value < 1:
+        raise ValueError("Chunksize must be 1+, not {0:n}".format(value))
+    return value
+
+
+def _check_processes(processes):
+    if processes is None:
+        return cpu_count()
+    try:
+        value = operator.index(processes)
+    except TypeError:
+        raise TypeError(
+            f"processes must be an int or None, not {type(processes).__name__}"
+        ) from None
+    if value < 1:
+        raise ValueError("Number of processes must be at least 1")
+    if value > _core.MAX_WORKERS:
+        raise ValueError(
+            f"Number of processes must be at most {_core.MAX_WORKERS} (each is a process)"
+        )
+    return value
