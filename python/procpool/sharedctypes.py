@@ -65,7 +65,7 @@ def _shared_type(type_):
     memory."""
     t = _shared_types.get(type_)
     if t is None:
-        ns = {"__reduce__": _reduce_raw, "__module__": __name__}
+        ns = {"__reduce__": _reduce_raw, "__module__": __name__, "__slots__": ()}
         if issubclass(type_, ctypes._SimpleCData):
             ns["__repr__"] = _repr_simple
         t = type(type_.__name__, (type_,), ns)
@@ -210,6 +210,8 @@ class SynchronizedBase:
         self._lock = lock
         self.acquire = lock.acquire
         self.release = lock.release
+        # No-argument calls are the cheapest: `__enter__` takes the lock.
+        self._enter = getattr(lock, "__enter__", lock.acquire)
 
     def __enter__(self):
         return self._lock.__enter__()
@@ -233,13 +235,19 @@ class SynchronizedBase:
 class Synchronized(SynchronizedBase):
     @property
     def value(self):
-        with self._lock:
+        self._enter()
+        try:
             return self._obj.value
+        finally:
+            self.release()
 
     @value.setter
     def value(self, v) -> None:
-        with self._lock:
+        self._enter()
+        try:
             self._obj.value = v
+        finally:
+            self.release()
 
 
 class SynchronizedArray(SynchronizedBase):
@@ -247,39 +255,55 @@ class SynchronizedArray(SynchronizedBase):
         return len(self._obj)
 
     def __getitem__(self, i):
-        with self._lock:
+        self._enter()
+        try:
             return self._obj[i]
+        finally:
+            self.release()
 
     def __setitem__(self, i, value) -> None:
-        with self._lock:
+        self._enter()
+        try:
             self._obj[i] = value
+        finally:
+            self.release()
 
     def __getslice__(self, start, stop):
-        with self._lock:
-            return self._obj[start:stop]
+        return self[start:stop]
 
     def __setslice__(self, start, stop, values) -> None:
-        with self._lock:
-            self._obj[start:stop] = values
+        self[start:stop] = values
 
 
 class SynchronizedString(SynchronizedArray):
     @property
     def value(self):
-        with self._lock:
+        self._enter()
+        try:
             return self._obj.value
+        finally:
+            self.release()
 
     @value.setter
     def value(self, v) -> None:
-        with self._lock:
+        self._enter()
+        try:
             self._obj.value = v
+        finally:
+            self.release()
 
     @property
     def raw(self):
-        with self._lock:
+        self._enter()
+        try:
             return self._obj.raw
+        finally:
+            self.release()
 
     @raw.setter
     def raw(self, v) -> None:
-        with self._lock:
+        self._enter()
+        try:
             self._obj.raw = v
+        finally:
+            self.release()

@@ -9,21 +9,20 @@ also travel to procpool's workers as task arguments: see ``test_sync.py``).
 
 Skipped, each with its reason, where the test reads ``multiprocessing`` internals (see
 ``SKIPS``). The whole module is skipped when the interpreter has no ``test`` package.
+It runs under pytest or alone, on any CPython 3.9-3.13 that can import procpool:
+``python -m unittest test_cpython_sync`` from ``python/tests``.
 """
 
 import multiprocessing
 import sys
 import unittest
 
-import pytest
-
 try:
     from test import _test_multiprocessing as cpython
 except Exception as e:  # pragma: no cover - depends on the interpreter's build
-    pytest.skip(
-        f"this interpreter ({sys.version.split()[0]}) has no test._test_multiprocessing: {e}",
-        allow_module_level=True,
-    )
+    raise unittest.SkipTest(
+        f"this interpreter ({sys.version.split()[0]}) has no test._test_multiprocessing: {e}"
+    ) from e
 
 import procpool
 

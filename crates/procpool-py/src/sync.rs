@@ -24,7 +24,7 @@
 //! ```
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyAssertionError, PyValueError};
@@ -34,6 +34,8 @@ use crate::py;
 
 /// Longest sleep before a waiter looks at the holder again (and at Ctrl-C).
 const MAX_SLICE: Duration = Duration::from_millis(100);
+/// Looks at a held lock this many times before sleeping.
+const SPINS: u32 = 200;
 /// First sleep of a waiter.
 const FIRST_SLICE: Duration = Duration::from_millis(5);
 
@@ -165,7 +167,11 @@ fn futex_wake(word: &AtomicU32, n: i32) {
 /// A deadline from `block`/`timeout` as the stdlib reads them: `None` waits forever.
 fn deadline(timeout: Option<f64>) -> Option<Instant> {
     timeout.map(|t| {
-        let t = if t.is_nan() || t < 0.0 { 0.0 } else { t.min(1e9) };
+        let t = if t.is_nan() || t < 0.0 {
+            0.0
+        } else {
+            t.min(1e9)
+        };
         Instant::now() + Duration::from_secs_f64(t)
     })
 }
@@ -210,7 +216,7 @@ impl Mem {
                 "{size} bytes at {addr:#x} are not inside the object given"
             )));
         }
-        if addr % align != 0 {
+        if !addr.is_multiple_of(align) {
             return Err(PyValueError::new_err(format!(
                 "the memory must be {align}-aligned"
             )));
@@ -268,9 +274,11 @@ enum Got {
 
 impl MutexRef<'_> {
     fn take(&self, recursive: bool) {
-        self.thread.store(thread(), SeqCst);
+        // Read by the holder itself (and, for a report only, by others): the owner word,
+        // changed with full barriers, orders everything else.
+        self.thread.store(thread(), Relaxed);
         if recursive {
-            self.count.store(1, SeqCst);
+            self.count.store(1, Relaxed);
         }
     }
 
@@ -357,12 +365,24 @@ impl RawMutex {
         let g = r.try_once(me, false);
         if !matches!(g, Got::No) {
             self.got(&g);
-                return Ok(g);
+            return Ok(g);
         }
         if !block {
             let g = r.try_once(me, true);
             self.got(&g);
-                return Ok(g);
+            return Ok(g);
+        }
+        // A holder on another core usually lets go within microseconds: spin a little
+        // before going to sleep (and through the kernel).
+        for _ in 0..SPINS {
+            std::hint::spin_loop();
+            if r.owner.load(SeqCst) == 0 {
+                let g = r.try_once(me, false);
+                if !matches!(g, Got::No) {
+                    self.got(&g);
+                    return Ok(g);
+                }
+            }
         }
         let deadline = deadline(timeout);
         loop {
@@ -395,7 +415,7 @@ impl RawMutex {
             Got::No => false,
             Got::Yes => {
                 r.take(self.recursive);
-                self.died.store(0, SeqCst);
+                self.died.store(0, Relaxed);
                 true
             }
             Got::FromDead(o) => {
@@ -476,7 +496,7 @@ impl RawMutex {
                 "semaphore or lock released too many times",
             ));
         }
-        r.thread.store(0, SeqCst);
+        r.thread.store(0, Relaxed);
         if r.owner.compare_exchange(o, 0, SeqCst, SeqCst).is_err() {
             return Err(PyValueError::new_err(
                 "semaphore or lock released too many times",
@@ -619,7 +639,11 @@ impl Futex {
     /// Wakes at most `n` sleepers (all when `n` is negative).
     #[pyo3(signature = (n=-1))]
     fn wake(&self, n: i64) {
-        let n = if n < 0 { i32::MAX } else { n.min(i32::MAX as i64) as i32 };
+        let n = if n < 0 {
+            i32::MAX
+        } else {
+            n.min(i32::MAX as i64) as i32
+        };
         futex_wake(self.mem.u32_at(0), n);
     }
 }
