@@ -41,3 +41,21 @@ def spawn_escapees(path):
     with open(path, "w") as f:
         f.write(f"{p.pid} {pid}\n")
     time.sleep(60)
+
+
+MSG = 8 << 20
+
+
+def writer(q, n):
+    for i in range(n):
+        q.put(bytes([i]) * MSG)
+
+
+def reader(q, path, count, slow):
+    for _ in range(count):
+        m = q.get(timeout=20)
+        ok = len(m) == MSG and m.count(m[:1]) == MSG
+        with open(path, "a") as f:
+            f.write(f"{m[0]} {int(ok)}\n")
+        if slow:
+            time.sleep(0.2)

@@ -67,3 +67,44 @@ def test_escaping_descendants_die_with_the_process(pp, tmp_path, kill):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.mark.limit(40)
+def test_a_reader_killed_while_a_writer_blocks_on_a_full_queue(pp, tmp_path):
+    n = 24
+    q = pp.Queue()
+    first = str(tmp_path / "first")
+    second = str(tmp_path / "second")
+    w = pp.Process(target=T.writer, args=(q, n))
+    w.start()
+    r1 = pp.Process(target=T.reader, args=(q, first, n, True))
+    r1.start()
+    t = time.monotonic()
+    while not (os.path.exists(first) and open(first).read().count("\n") >= 3):
+        assert time.monotonic() - t < 15, "the first reader read nothing"
+        time.sleep(0.02)
+    r1.kill()
+    r1.join(10)
+    time.sleep(0.3)
+    assert w.is_alive(), "the writer should still be blocked on the full queue"
+    got1 = [tuple(map(int, line.split())) for line in open(first).read().splitlines()]
+    r2 = pp.Process(target=T.reader, args=(q, second, n - len(got1) - 1, False))
+    r2.start()
+    w.join(20)
+    r2.join(20)
+    assert w.exitcode == 0, w.exitcode
+    got2 = [tuple(map(int, line.split())) for line in open(second).read().splitlines()]
+    got = got1 + got2
+    assert all(ok for _, ok in got), f"a message arrived split or mixed: {got}"
+    idx = [i for i, _ in got]
+    assert len(idx) == len(set(idx)), f"a message came twice: {idx}"
+    assert idx == sorted(idx), f"out of order: {idx}"
+    # At most the message the killed reader was taking is lost.
+    assert len(idx) >= n - 1, f"{n - len(idx)} messages lost: {idx}"
+    rest = []
+    while True:
+        try:
+            rest.append(q.get(timeout=0.5)[0])
+        except Exception:
+            break
+    assert len(idx) + len(rest) >= n - 1 and not set(rest) & set(idx), (idx, rest)
