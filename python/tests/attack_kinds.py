@@ -77,3 +77,12 @@ def make(kind):
 
 def identity_kind(x):
     return type(x).__name__
+
+
+def sized(n):
+    """A result of ``n`` bytes."""
+    return b"r" * n
+
+
+def length(b):
+    return len(b)

@@ -189,3 +189,44 @@ def test_arguments_never_arrive_as_another_kind():
                 if got != want:
                     wrong[(k, where)] = (got, want)
     assert not wrong, f"(kind, call): (arrived as, sent): {wrong}"
+
+
+MIB = 1 << 20
+
+
+def _outcomes(it, n):
+    out = []
+    for _ in range(n):
+        try:
+            out.append(it.next(timeout=20))
+        except Exception as e:
+            out.append(type(e).__name__)
+    return out
+
+
+@pytest.mark.limit(25)
+@pytest.mark.parametrize("chunksize", [4, None])
+def test_max_message_size_is_per_item_results(chunksize):
+    """Each result is under the limit; together a chunk's are over it: none may fail.
+    One result over it fails alone."""
+    with procpool.Pool(2, max_message_size=MIB) as p:
+        sizes = [300_000] * 12
+        got = _outcomes(p.imap(attack_kinds.sized, sizes, chunksize=chunksize), 12)
+        shown = [g if isinstance(g, str) else len(g) for g in got]
+        assert shown == [300_000] * 12, shown
+        sizes = [10, 2 * MIB, 10, MIB - 1000]
+        got = _outcomes(p.imap(attack_kinds.sized, sizes, chunksize=chunksize), 4)
+        shown = [g if isinstance(g, str) else len(g) for g in got]
+        assert shown == [10, "MessageTooLarge", 10, MIB - 1000], shown
+
+
+@pytest.mark.limit(25)
+@pytest.mark.parametrize("chunksize", [4, None])
+def test_max_message_size_is_per_item_arguments(chunksize):
+    with procpool.Pool(2, max_message_size=MIB) as p:
+        items = [b"a" * 300_000] * 12
+        got = _outcomes(p.imap(attack_kinds.length, items, chunksize=chunksize), 12)
+        assert got == [300_000] * 12, got
+        items = [b"a", b"b" * (2 * MIB), b"c", b"d" * (MIB - 1000)]
+        got = _outcomes(p.imap(attack_kinds.length, items, chunksize=chunksize), 4)
+        assert got == [1, "MessageTooLarge", 1, MIB - 1000], got
