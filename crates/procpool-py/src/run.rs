@@ -547,7 +547,8 @@ pub(crate) fn pump(state: &Mutex<State>) {
     }
 }
 
-/// A chunk whose worker died (or that ran past its time limit), or whose argument the
+/// A chunk whose worker died (or that ran past its time limit, or whose arguments or
+/// results went over `max_message_size=`), or whose argument the
 /// worker could not rebuild, is sent again item by item, so that only the item at fault
 /// fails: its piece is used up here (`None`). The items, pickled anew from the objects
 /// the parent holds (never by unpickling what was sent), go out one per job; after a
@@ -561,6 +562,9 @@ fn split_if_died(st: &mut State, p: Piece) -> Option<Piece> {
             TaskErrorKind::WorkerDied { .. }
                 | TaskErrorKind::TimedOut { .. }
                 | TaskErrorKind::Protocol { .. }
+                // max_message_size= is per item: a chunk over it goes again item by
+                // item, so that only an item over it fails.
+                | TaskErrorKind::TooLarge { .. }
         )
     );
     let split = matches!(
