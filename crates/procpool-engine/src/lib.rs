@@ -14,9 +14,11 @@
 //! `worker` (the loop a worker runs), `supervisor`
 //! (the thread that owns the workers and schedules jobs), `claim` (how a worker and the
 //! supervisor agree on which jobs the worker started, so that jobs not started can be
-//! taken back), `config` ([`EngineConfig`]), `job` ([`Job`], [`Done`], and what the
-//! supervisor holds of a batch), `shared` (the queue and state callers and the supervisor
-//! share, below both), `pool` (the [`Engine`] handle), `batch` (a caller's stream of jobs),
+//! taken back), `items` (a chunk's finished items recorded as they finish, so that a
+//! worker's death inside it costs one item), `config` ([`EngineConfig`]), `job` ([`Job`],
+//! [`Done`], and what the supervisor holds of a batch), `shared` (the queue and state
+//! callers and the supervisor share, below both), `pool` (the [`Engine`] handle), `batch`
+//! (a caller's stream of jobs),
 //! `chunk` (how many items go into a job), `feed` (a lazy input fed to a pool under
 //! bounds, and reordering: what every front's `map`/`imap` runs on), `oneoff` (a single
 //! process outside any pool), `remote` (a pool served by agents over a link, such as

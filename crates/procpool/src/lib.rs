@@ -125,6 +125,8 @@
 //! `Builder::mpi` runs its tasks on the agents' workers, with the same `map`, `imap`,
 //! `imap_unordered`, `apply`, `spawn`, time limits, retries, cancelling and errors.
 //! Outside an MPI job (or in a job of one rank) `mpi()` gives a local pool.
+//! Open MPI's `mpirun` wants `--oversubscribe` to start more ranks than the host has
+//! cores, and `--allow-run-as-root` to run as root.
 //!
 //! ```no_run
 //! # #[cfg(feature = "mpi")]

@@ -356,7 +356,9 @@ impl Supervisor {
                 Some(p)
                     if matches!(
                         kind,
-                        TaskErrorKind::WorkerDied { .. } | TaskErrorKind::TimedOut { .. }
+                        TaskErrorKind::WorkerDied { .. }
+                            | TaskErrorKind::TimedOut { .. }
+                            | TaskErrorKind::PreparationTimedOut { .. }
                     ) && !f.q.batch.is_abandoned() =>
                 {
                     let index = f.q.job.index;
