@@ -166,14 +166,18 @@ def _by_value_if_unimportable(func) -> None:
     target = getattr(func, "__func__", func)  # a bound method's function
     name = getattr(target, "__module__", None)
     module = sys.modules.get(name) if isinstance(name, str) else None
-    if module is None or name == "__main__" or name in _BY_VALUE:
+    if module is None or name == "__main__" or _CHECKED.get(name) is module:
         return
+    _CHECKED[name] = module
     if not _importable_by_name(module):
         cloudpickle.register_pickle_by_value(module)
         _BY_VALUE.add(name)
 
 
+#: Modules registered with cloudpickle to go by value, by name.
 _BY_VALUE = set()
+#: Modules already checked (the module object, for a name loaded again).
+_CHECKED = {}
 
 
 def dumps_func(func) -> bytes:

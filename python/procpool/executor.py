@@ -27,6 +27,7 @@ import concurrent.futures
 import multiprocessing
 import threading
 import time
+import traceback
 import weakref
 
 from . import _core, _pickle
@@ -72,10 +73,19 @@ class _WorkItem:
 
 
 def _settle(future, ok, value):
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(for_executor(value))
+    """Settles ``future`` (on a result thread). A done-callback that raises what
+    ``concurrent.futures`` does not catch (``SystemExit``) is reported here, and the
+    thread goes on delivering the other results."""
+    try:
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(for_executor(value))
+    except BaseException:
+        if future.done():
+            traceback.print_exc()
+        else:
+            raise
 
 
 class _ExecutorCore:
@@ -178,6 +188,7 @@ class _ExecutorCore:
                 failures = self.pump_locked()
             if future is not None:
                 _settle(future, ok, value)
+            del future, value  # (not kept alive while the next outcome is awaited)
             for fut, exc in failures:
                 fut.set_exception(exc)
         with self.lock:
@@ -266,6 +277,7 @@ class _MapDrain:
                 with self.cond:
                     self.items.append(outcome)
                     self.cond.notify()
+                del outcome  # (not kept alive while the next one is awaited)
         except Exception as exc:  # the engine failed mid-run
             error = exc
         with self.cond:

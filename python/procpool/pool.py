@@ -264,6 +264,7 @@ def _serve_stream(core, stream):
             result = core.stream_results.pop(tag, None)
         if result is not None:
             result._set(ok, value)
+        del result, value  # (not kept alive while the next outcome is awaited)
     with core.lock:
         left = list(core.stream_results.values())
         core.stream_results.clear()

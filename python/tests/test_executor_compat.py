@@ -11,6 +11,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 import weakref
 
 import pytest
@@ -116,3 +117,23 @@ def test_a_killed_worker_is_worker_died_and_the_executor_goes_on(pp):
             pool.apply(os._exit, (1,))
         assert not isinstance(info.value, RuntimeError)
         assert type(info.value) is pp.WorkerDied
+
+
+def _exit_callback(_):
+    sys.exit(5)
+
+
+@pytest.mark.procpool_only
+def test_a_callback_raising_system_exit_stops_no_other_result(pp, capfd):
+    """SystemExit raised by the caller's callback on a result thread is reported there;
+    the other results still come (never converted into a task's error, never a hang)."""
+    with pp.Pool(2) as pool:
+        first = pool.apply_async(ident, (1,), callback=_exit_callback)
+        assert first.get(timeout=20) == 1
+        assert [pool.apply_async(ident, (i,)).get(timeout=20) for i in range(3)] == [0, 1, 2]
+    with pp.ProcessPoolExecutor(2) as ex:
+        f = ex.submit(time.sleep, 0.5)  # done on the result thread, not in this one
+        f.add_done_callback(_exit_callback)
+        assert f.result(timeout=20) is None
+        assert [ex.submit(ident, i).result(timeout=20) for i in range(3)] == [0, 1, 2]
+    assert "SystemExit" in capfd.readouterr().err
