@@ -78,3 +78,23 @@ def marks_or_dies(arg):
     if how:
         _die(how)
     return m
+
+
+class Custom(BaseException):
+    pass
+
+
+def raises_base(arg):
+    """``(i, kind, dir)``: logs like :func:`logged`; item with ``kind`` raises it."""
+    i, kind, d = arg
+    _log(d, f"start {i}")
+    if kind == "sysexit":
+        raise SystemExit(4)
+    if kind == "kbint":
+        raise KeyboardInterrupt
+    if kind == "genexit":
+        raise GeneratorExit
+    if kind == "custom":
+        raise Custom("custom")
+    _log(d, f"end {i}")
+    return i * 3
