@@ -42,3 +42,12 @@ def queue_bump(q, v):
 
 def fd_count(_):
     return len(os.listdir("/proc/self/fd"))
+
+
+def add_many(v, arr, n):
+    for _ in range(n):
+        with v.get_lock():
+            v.value += 1
+        with arr.get_lock():
+            arr[0] += 1
+            arr[-1] -= 1
