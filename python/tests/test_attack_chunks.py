@@ -159,3 +159,15 @@ def test_the_parent_never_unpickles_an_argument(tmp_path, chunksize):
     _, _, unpickled = _runs(d)
     here = [i for i, pid in unpickled if pid == os.getpid()]
     assert not here, f"the parent unpickled arguments {here}"
+
+
+@pytest.mark.limit(30)
+@pytest.mark.parametrize("chunksize", [4, 1])
+def test_retries_run_a_killing_item_retries_plus_one_times(tmp_path, chunksize):
+    d = str(tmp_path)
+    items = [(i, "segv" if i == 6 else "", d) for i in range(16)]
+    with procpool.Pool(2, retries=1) as pool:
+        got = _drain(pool.imap(attack_tasks.logged, items, chunksize=chunksize), 16)
+    assert got[6][0] == "err" and isinstance(got[6][1], procpool.WorkerDied), got[6]
+    starts, _, _ = _runs(d)
+    assert starts[6] == 2, f"retries=1, chunksize={chunksize}: the killing item ran {starts[6]} times"
