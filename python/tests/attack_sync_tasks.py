@@ -51,3 +51,15 @@ def add_many(v, arr, n):
         with arr.get_lock():
             arr[0] += 1
             arr[-1] -= 1
+
+
+def use_others(cond, barrier, sem, rlock):
+    with cond:
+        cond.notify_all()
+    barrier.wait(5)
+    with sem:
+        pass
+    with rlock:
+        with rlock:
+            pass
+    return True

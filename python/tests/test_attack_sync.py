@@ -156,3 +156,40 @@ def test_counters_exact_across_4_processes_with_one_killed_midway(pp):
     assert total >= 12000, total
     assert abs(a0 + a_last) <= 1 and a0 >= 12000, (a0, a_last)
     assert abs(total - a0) <= 1, (total, a0)
+
+
+def _counts():
+    import threading
+
+    fds = len(os.listdir("/proc/self/fd"))
+    with open("/proc/self/maps") as f:
+        maps = sum(1 for line in f if "procpool-" in line)
+    return fds, maps, threading.active_count()
+
+
+@pytest.mark.limit(40)
+def test_500_cycles_of_conditions_barriers_semaphores_and_rlocks_leak_nothing(pp, make_pp_pool):
+    import gc
+
+    pool = make_pp_pool(1)
+
+    def cycle():
+        cond, barrier = pp.Condition(), pp.Barrier(1)
+        sem, rlock = pp.BoundedSemaphore(2), pp.RLock()
+        assert pool.apply(T.use_others, (cond, barrier, sem, rlock)) is True
+        with cond:
+            cond.notify()
+        barrier.wait(1)
+
+    for _ in range(20):
+        cycle()
+    gc.collect()
+    before = _counts()
+    wbefore = pool.apply(T.fd_count, (0,))
+    for _ in range(500):
+        cycle()
+    gc.collect()
+    after = _counts()
+    assert after[0] <= before[0] + 1 and after[1] <= before[1] + 1, (before, after)
+    assert after[2] == before[2], (before, after)
+    assert pool.apply(T.fd_count, (0,)) <= wbefore + 16
