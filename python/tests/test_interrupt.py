@@ -71,3 +71,53 @@ def test_ctrl_c_to_the_group_during_map_with_slow_results(pp, tmp_path):
     rng = random.Random(17)
     for _ in range(TRIALS):
         _trial(tmp_path, rng.uniform(0.2, 0.8))
+
+
+_INTERRUPTS = {"left": 0}
+
+
+def _rebuild(value):
+    """Unpickles a result in the parent: the first times, as if Ctrl-C came right then."""
+    if _INTERRUPTS["left"] > 0:
+        _INTERRUPTS["left"] -= 1
+        raise KeyboardInterrupt
+    return value
+
+
+class InterruptedWhenRead:
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce__(self):
+        return (_rebuild, (self.value,))
+
+
+def interrupted_when_read(x):
+    return InterruptedWhenRead(x) if x == 3 else x
+
+
+@pytest.mark.procpool_only
+@pytest.mark.parametrize("ordered", [True, False])
+def test_ctrl_c_while_a_result_is_read_loses_no_result(pp, ordered):
+    """A KeyboardInterrupt raised while the parent unpickles a result reaches the caller
+    (never a task error); iterating again reads that result again: nothing is lost."""
+    _INTERRUPTS["left"] = 2
+    with pp.Pool(2) as pool:
+        method = pool.imap if ordered else pool.imap_unordered
+        it = method(interrupted_when_read, range(8), chunksize=1)
+        got, interrupts = [], 0
+        while True:
+            try:
+                got.append(next(it))
+            except KeyboardInterrupt:
+                interrupts += 1
+            except StopIteration:
+                break
+        assert interrupts == 2
+        assert sorted(got) == list(range(8))
+        if ordered:
+            assert got == list(range(8))
+        _INTERRUPTS["left"] = 1
+        with pytest.raises(KeyboardInterrupt):
+            pool.map(interrupted_when_read, range(8), chunksize=1)
+        assert pool.map(abs, [-1, -2]) == [1, 2]  # the pool goes on

@@ -450,14 +450,15 @@ impl Run {
             if !st.ready.is_empty() {
                 return Ok(true);
             }
-            // Pieces already here (received by a `pump`, or in order now) come first.
-            if let Some(r) = st.reorder.as_mut()
-                && let Some(p) = r.pop()
-            {
+            // Pieces already here (received by a `pump`, left by a Ctrl-C, or in order
+            // now) come first. An ordered run parks only a piece taken in order.
+            if let Some(p) = st.parked.pop_front() {
                 decode(py, st, &self.side, p)?;
                 continue;
             }
-            if let Some(p) = st.parked.pop_front() {
+            if let Some(r) = st.reorder.as_mut()
+                && let Some(p) = r.pop()
+            {
                 decode(py, st, &self.side, p)?;
                 continue;
             }
@@ -627,8 +628,20 @@ fn repickle(
     Ok(out)
 }
 
-/// Turns a finished piece into outcomes.
+/// Turns a finished piece into outcomes. Ctrl-C while its results are unpickled leaves
+/// it parked, to be read again by the next call.
 fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyResult<()> {
+    let decoded = match &p.done.outcome {
+        Ok(bytes) => match decode_result(py, p.start, p.count, bytes) {
+            Ok(d) => Some(d),
+            Err(e) if !e.is_instance_of::<PyException>(py) => {
+                st.parked.push_front(p);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        },
+        Err(_) => None,
+    };
     let Piece {
         start,
         count,
@@ -637,8 +650,8 @@ fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyRes
         ..
     } = p;
     match &done.outcome {
-        Ok(bytes) => {
-            let (ready, failed) = decode_result(py, start, count, bytes)?;
+        Ok(_) => {
+            let (ready, failed) = decoded.expect("decoded above");
             let raised = TaskErrorKind::Panic {
                 message: String::new(),
                 location: None,
