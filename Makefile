@@ -14,10 +14,17 @@ test: setup
 setup:
 	VENV=$(VENV) scripts/setup
 
+# Each half runs scripts/setup first when what it needs is not there yet.
 test-rust:
+	@dpkg -s libopenmpi-dev openmpi-bin libclang-dev clang >/dev/null 2>&1 || { \
+	    echo "make test-rust: Open MPI or libclang is missing; running scripts/setup first"; \
+	    VENV=$(VENV) scripts/setup; }
 	cargo test --workspace --all-features --no-fail-fast
 
 test-python:
+	@$(VENV)/bin/python -c 'import procpool, pytest' >/dev/null 2>&1 || { \
+	    echo "make test-python: no $(VENV) with procpool and pytest yet; running scripts/setup first"; \
+	    VENV=$(VENV) scripts/setup; }
 	$(VENV)/bin/python -m pytest python/tests -q
 
 example:

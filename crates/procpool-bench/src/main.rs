@@ -2,10 +2,11 @@
 //! Python's `multiprocessing.Pool` on the same workloads. See README.md.
 //!
 //! ```text
-//! cargo run --release -p procpool-bench -- [--quick] [--out DIR] [--python PATH | --no-python]
+//! cargo run --release -p procpool-bench -- --help
 //! ```
 
 mod channels;
+mod cli;
 mod figures;
 mod load;
 mod procs;
@@ -22,6 +23,7 @@ mod work;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use cli::{Command, Config};
 use figures::{Figures, Results};
 use systems::{Procpool, Procspawn, Rayon, Res, Sequential, System};
 use work::{Sizing, median, percentile, throughput, timed};
@@ -38,16 +40,6 @@ pub(crate) const SEED_TASK_TIME: Duration = Duration::from_millis(10);
 /// The Rust systems, in table order.
 const RUST_SYSTEMS: [&str; 4] = ["sequential", "rayon", "procspawn", "procpool"];
 
-/// Command-line settings.
-#[derive(Debug, Clone)]
-struct Config {
-    quick: bool,
-    out: PathBuf,
-    python: Option<String>,
-    only: Option<Vec<String>>,
-    workloads: Option<Vec<String>>,
-}
-
 /// The workloads, by the names `--workloads` takes.
 const WORKLOADS: [&str; 9] = [
     "seed",
@@ -60,74 +52,6 @@ const WORKLOADS: [&str; 9] = [
     "channels",
     "pyfront",
 ];
-
-const USAGE: &str = "\
-usage: procpool-bench [--quick] [--out DIR] [--python PATH | --no-python] [--only LIST]
-                      [--workloads LIST] [--progress]
-
-  --quick        a short run (about 30 s) with fewer and shorter measurements
-  --out DIR      where results.csv, crossover.svg and python.json go
-                 (default: target/bench/ of the build's target directory)
-  --python PATH  the Python interpreter for the multiprocessing figures (default python3)
-  --no-python    skip Python
-  --progress     procpool's map calls report progress (to a callback doing nothing)
-  --only LIST    comma-separated systems to run: sequential,rayon,procspawn,procpool,python
-                 (sequential always runs: it is the baseline)
-  --workloads LIST  comma-separated workloads to run (default all):
-                 seed,tiny,bulk,startup,latency,crossover,uneven,channels,pyfront
-                 (pyfront: procpool's Python pools against the other Python
-                 pools, run by the --python interpreter, which must import procpool)";
-
-impl Config {
-    fn parse() -> Result<Config, String> {
-        let mut cfg = Config {
-            quick: false,
-            out: default_out_dir(),
-            python: Some("python3".into()),
-            only: None,
-            workloads: None,
-        };
-        let mut it = std::env::args().skip(1);
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--quick" => cfg.quick = true,
-                "--out" => cfg.out = PathBuf::from(value()?),
-                "--python" => cfg.python = Some(value()?),
-                "--no-python" => cfg.python = None,
-                "--progress" => systems::PROGRESS.store(true, std::sync::atomic::Ordering::Relaxed),
-                "--only" => {
-                    cfg.only = Some(value()?.split(',').map(|s| s.trim().to_string()).collect())
-                }
-                "--workloads" => {
-                    let list: Vec<String> =
-                        value()?.split(',').map(|s| s.trim().to_string()).collect();
-                    if let Some(bad) = list.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
-                        return Err(format!("unknown workload {bad}\n{USAGE}"));
-                    }
-                    cfg.workloads = Some(list);
-                }
-                "-h" | "--help" => return Err(USAGE.into()),
-                other => return Err(format!("unknown flag {other}\n{USAGE}")),
-            }
-        }
-        Ok(cfg)
-    }
-
-    fn runs(&self, workload: &str) -> bool {
-        self.workloads
-            .as_ref()
-            .is_none_or(|l| l.iter().any(|w| w == workload))
-    }
-
-    fn wants(&self, system: &str) -> bool {
-        system == "sequential"
-            || self.only.as_ref().is_none_or(|l| {
-                l.iter()
-                    .any(|s| s == system || s == "python-mp" && system == "python")
-            })
-    }
-}
 
 /// `target/bench` beside the `release` (or `debug`) folder holding this executable, or
 /// `target/bench` under the current directory.
@@ -225,19 +149,22 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some(channels::CHILD_FLAG) {
         channels::ipc_producer();
     }
-    if std::env::args().nth(1).as_deref() == Some(shared_table::FLAG) {
-        shared_table::main();
-    }
-    let cfg = match Config::parse() {
-        Ok(c) => c,
-        Err(msg) => {
-            eprintln!("{msg}");
+    match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Help(text)) => print!("{text}"),
+        Ok(Command::Shared(settings)) => shared_table::main(settings),
+        Ok(Command::Tables(cfg)) => {
+            if cfg.progress {
+                systems::PROGRESS.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            if let Err(e) = run(&cfg) {
+                eprintln!("procpool-bench: {e}");
+                std::process::exit(1);
+            }
+        }
+        Err(e) => {
+            eprintln!("procpool-bench: {e}\nRun `procpool-bench --help` for the modes and flags.");
             std::process::exit(2);
         }
-    };
-    if let Err(e) = run(&cfg) {
-        eprintln!("procpool-bench: {e}");
-        std::process::exit(1);
     }
 }
 

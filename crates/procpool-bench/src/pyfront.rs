@@ -1,4 +1,4 @@
-//! The Python front's section: runs `bench/python_pools.py` (built into this binary) with
+//! The Python front's section: runs `python_pools.py` (built into this binary) with
 //! the chosen interpreter, which measures `procpool.Pool` and `procpool.ProcessPoolExecutor`
 //! against `multiprocessing`, `concurrent.futures`, loky, mpire and pebble. The script
 //! prints its own table and the targets on stderr; its JSON goes to `pyfront.json`,
@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// The script, written next to the other outputs before it runs.
-const SCRIPT: &str = include_str!("../../../bench/python_pools.py");
+const SCRIPT: &str = include_str!("../python_pools.py");
 
 /// Runs the section with interpreter `python`; the lines to print after the other tables.
 pub(crate) fn run(python: &str, out: &Path, quick: bool) -> Result<String, String> {

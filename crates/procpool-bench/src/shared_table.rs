@@ -22,9 +22,6 @@ use crate::systems::{Procspawn, WORKERS};
 /// Lookups per task.
 const LOOKUPS: u64 = 16;
 
-/// The flag that selects this workload (first argument).
-pub(crate) const FLAG: &str = "shared";
-
 /// Index `i` of task `k`'s lookups in a table of `len` entries.
 fn index(k: u64, i: u64, len: u64) -> usize {
     (k.wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -57,49 +54,29 @@ struct Row {
     extrapolated: bool,
 }
 
-struct Settings {
-    tasks: u64,
-    mib: u64,
-    copy_tasks: u64,
+/// The workload's settings (flags of `procpool-bench shared`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    /// Tasks in the map.
+    pub(crate) tasks: u64,
+    /// The table's size in MiB.
+    pub(crate) mib: u64,
+    /// Tasks run by the systems that send the table with every task.
+    pub(crate) copy_tasks: u64,
 }
 
-fn parse() -> Result<Settings, String> {
-    let mut s = Settings {
-        tasks: 10_000,
-        mib: 256,
-        copy_tasks: 8,
-    };
-    let mut args = std::env::args().skip(2);
-    while let Some(a) = args.next() {
-        let mut num = |name: &str| -> Result<u64, String> {
-            args.next()
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| format!("{name} takes a number"))
-        };
-        match a.as_str() {
-            "--tasks" => s.tasks = num("--tasks")?,
-            "--mib" => s.mib = num("--mib")?,
-            "--copy-tasks" => s.copy_tasks = num("--copy-tasks")?,
-            other => {
-                return Err(format!(
-                    "unknown flag {other}; usage: procpool-bench shared [--tasks N] [--mib M] \
-                     [--copy-tasks K]"
-                ));
-            }
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            tasks: 10_000,
+            mib: 256,
+            copy_tasks: 8,
         }
     }
-    Ok(s)
 }
 
 /// Runs the workload, prints its table and exits.
-pub(crate) fn main() -> ! {
-    let s = match parse() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+pub(crate) fn main(s: Settings) -> ! {
     let len = (s.mib << 20) / 8;
     let table: Vec<u64> = (0..len).map(|i| i ^ (i >> 7)).collect();
     let expect: u64 = (0..s.tasks).map(|k| lookups(&table, k)).sum();

@@ -9,6 +9,9 @@ use crate::process::Launcher;
 /// Default largest message (argument or result): 1 GiB.
 pub const DEFAULT_MAX_MESSAGE: usize = 1 << 30;
 
+/// Default [`EngineConfig::prepare_allowance`]: 30 s.
+pub const DEFAULT_PREPARE_ALLOWANCE: Duration = Duration::from_secs(30);
+
 /// How an engine pool is set up.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -43,6 +46,13 @@ pub struct EngineConfig {
     /// On a timeout, send SIGTERM and wait this long before SIGKILL (`None`: SIGKILL at
     /// once).
     pub kill_grace: Option<Duration>,
+    /// How long the preparations of one job (a front decoding a shared value it refers
+    /// to: see [`preparing`](crate::preparing)) may take, counted apart from the job's
+    /// time limit. A job with a limit lives at most `limit + prepare_allowance`; one whose
+    /// preparation runs past it fails with
+    /// [`TaskErrorKind::PreparationTimedOut`](crate::TaskErrorKind::PreparationTimedOut).
+    /// Unused for jobs without a limit.
+    pub prepare_allowance: Duration,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +69,7 @@ impl Default for EngineConfig {
             handshake_timeout: Duration::from_secs(20),
             max_start_failures: 3,
             kill_grace: None,
+            prepare_allowance: DEFAULT_PREPARE_ALLOWANCE,
         }
     }
 }

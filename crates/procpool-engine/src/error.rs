@@ -82,6 +82,18 @@ pub enum TaskErrorKind {
         /// How long the task had run when it was stopped.
         ran: Duration,
     },
+    /// Getting the task's input ready (decoding a shared value it refers to, in a
+    /// worker that did not hold it yet) ran past the pool's preparation allowance, which
+    /// is counted apart from the task's time limit; the worker was killed and replaced.
+    PreparationTimedOut {
+        /// What was being prepared, as the worker said ("decoding a `Shared<…>` of N
+        /// bytes", say).
+        what: String,
+        /// The allowance.
+        allowance: Duration,
+        /// How long preparation had taken when the worker was stopped.
+        spent: Duration,
+    },
     /// The task was cancelled before it finished.
     Cancelled,
     /// The argument or the result could not be serialized or deserialized.
@@ -230,6 +242,17 @@ impl fmt::Display for TaskErrorKind {
                 f,
                 "ran past its time limit of {limit:?} (it had run {ran:.3?}), so the process \
                  running it was killed"
+            ),
+            TaskErrorKind::PreparationTimedOut {
+                what,
+                allowance,
+                spent,
+            } => write!(
+                f,
+                "was still getting its input ready ({what}) after {spent:.3?}, past the \
+                 allowance of {allowance:?} that preparation has apart from the task's time \
+                 limit, so the process running it was killed (raise the allowance: \
+                 `Builder::shared_decode_timeout` in procpool)"
             ),
             TaskErrorKind::Cancelled => write!(f, "was cancelled"),
             TaskErrorKind::Codec { message } => write!(f, "could not be (de)serialized: {message}"),

@@ -122,6 +122,7 @@ fn is_death(kind: &TaskErrorKind) -> bool {
         kind,
         TaskErrorKind::WorkerDied { .. }
             | TaskErrorKind::TimedOut { .. }
+            | TaskErrorKind::PreparationTimedOut { .. }
             | TaskErrorKind::Protocol { .. }
     )
 }

@@ -36,6 +36,7 @@ mod identity;
 mod job;
 mod oneoff;
 mod pool;
+mod prepare;
 mod process;
 mod progress;
 mod remote;
@@ -49,7 +50,7 @@ pub mod wire;
 mod worker;
 
 pub use batch::{Batch, RecvError};
-pub use config::{DEFAULT_MAX_MESSAGE, EngineConfig};
+pub use config::{DEFAULT_MAX_MESSAGE, DEFAULT_PREPARE_ALLOWANCE, EngineConfig};
 pub use error::{Death, HandshakeError, PoolError, TaskError, TaskErrorKind};
 pub use feed::{
     Feed, Limits, MAX_PAYLOAD_BYTES, MAX_REORDER_BYTES, Piece, Pulled, Reorder, Source,
@@ -58,6 +59,7 @@ pub use identity::{WorkerInfo, current_worker};
 pub use job::{Done, Job, JobFds};
 pub use oneoff::{JoinError, OneOff};
 pub use pool::{Engine, MAX_WORKERS, Stopper};
+pub use prepare::{Preparing, preparing};
 pub use process::Launcher;
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};
 pub use remote::{PREFETCH_BELOW, PREFETCH_WORK, Remote, RemoteDone, RemoteJob};

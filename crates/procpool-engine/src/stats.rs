@@ -67,7 +67,9 @@ impl Failures {
         let n = match kind {
             TaskErrorKind::Panic { .. } => &mut self.panicked,
             TaskErrorKind::WorkerDied { .. } => &mut self.died,
-            TaskErrorKind::TimedOut { .. } => &mut self.timed_out,
+            TaskErrorKind::TimedOut { .. } | TaskErrorKind::PreparationTimedOut { .. } => {
+                &mut self.timed_out
+            }
             TaskErrorKind::Cancelled => &mut self.cancelled,
             TaskErrorKind::Codec { .. } => &mut self.codec,
             _ => &mut self.other,

@@ -55,6 +55,9 @@ enum KillReason {
         seq: u64,
         limit: Duration,
         ran: Duration,
+        /// When the job's preparation ran past its allowance instead: what was being
+        /// prepared, the allowance, and the time it took.
+        prep: Option<Box<(String, Duration, Duration)>>,
     },
     Cancel,
     Protocol(String),

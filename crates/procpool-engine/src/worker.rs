@@ -393,12 +393,14 @@ impl Io {
         fds: Vec<OwnedFd>,
     ) -> std::io::Result<()> {
         JOB_FDS.with(|f| *f.borrow_mut() = fds);
+        crate::prepare::begin_job(&self.ctl);
         let start = sys::monotonic_nanos();
         self.ctl
             .word(CTL_STARTED_AT)
             .store(start, Ordering::Release);
         self.ctl.word(CTL_STARTED_SEQ).store(seq, Ordering::Release);
         let outcome = run_one(runner, func, payload, &mut self.result_buf);
+        crate::prepare::end_job();
         let nanos = sys::monotonic_nanos() - start;
         // Descriptors the runner did not take are closed now.
         drop(take_job_fds());

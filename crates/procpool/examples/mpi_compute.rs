@@ -2,9 +2,13 @@
 //!
 //! ```sh
 //! cargo build --release -p procpool --features mpi --example mpi_compute
-//! mpirun -n 3 target/release/examples/mpi_compute          # one host
-//! mpirun -n 5 --map-by node target/release/examples/mpi_compute   # four hosts
+//! mpirun -n 3 target/release/examples/mpi_compute          # one host of 3 cores or more
+//! mpirun -n 5 --map-by node --hostfile hosts target/release/examples/mpi_compute  # 4 hosts
 //! ```
+//!
+//! Open MPI's `mpirun` wants `--oversubscribe` to start more ranks than the host has cores
+//! (`-n 3` on 2 cores), and `--allow-run-as-root` to run as root (in a container, say):
+//! `mpirun --allow-run-as-root --oversubscribe -n 3 target/release/examples/mpi_compute`.
 //!
 //! Rank 0 runs `main`; every other rank is a node agent with a local pool of worker
 //! processes. A task that crashes kills one remote worker, never a rank.

@@ -60,7 +60,10 @@
 //! # Timeouts
 //! [`Builder::timeout`] and [`Pool::with_timeout`] set a time limit per task. A task past
 //! it has its worker killed and replaced — this works for code stuck in a loop or a
-//! system call, which a thread could never stop.
+//! system call, which a thread could never stop. A worker decoding a [`Shared`] value for
+//! the first time does not spend the task's time: that has an allowance of its own
+//! ([`Builder::shared_decode_timeout`], 30 s by default), so a task is killed at the
+//! latest its limit plus that allowance after it is due.
 //!
 //! # Processes a task starts
 //! Each worker leads a session and process group of its own, without a controlling
@@ -122,6 +125,8 @@
 //! `Builder::mpi` runs its tasks on the agents' workers, with the same `map`, `imap`,
 //! `imap_unordered`, `apply`, `spawn`, time limits, retries, cancelling and errors.
 //! Outside an MPI job (or in a job of one rank) `mpi()` gives a local pool.
+//! Open MPI's `mpirun` wants `--oversubscribe` to start more ranks than the host has
+//! cores, and `--allow-run-as-root` to run as root.
 //!
 //! ```no_run
 //! # #[cfg(feature = "mpi")]

@@ -141,11 +141,48 @@ impl Builder {
     /// (handed to an idle worker, or the result of the job before it on that worker came
     /// back), on the parent's own clock; time spent waiting in a queue does not count.
     /// The kill comes within a few milliseconds of the limit (later on a loaded machine).
+    ///
+    /// What it does not count: a worker decoding a [`Shared`](crate::Shared) value it
+    /// receives for the first time (once per worker and value). That has an allowance of
+    /// its own, [`shared_decode_timeout`](Self::shared_decode_timeout), kept by the
+    /// parent: a task lives at most `limit` + that allowance.
     pub fn timeout(mut self, limit: Duration) -> Self {
         if limit.is_zero() {
             self.error = Some(ZERO_TIMEOUT.into());
         }
         self.timeout = Some(limit);
+        self
+    }
+
+    /// How long a task may spend decoding the [`Shared`](crate::Shared) values of its
+    /// argument (in a worker that does not hold them yet), apart from its
+    /// [`timeout`](Self::timeout). Default 30 s
+    /// ([`DEFAULT_PREPARE_ALLOWANCE`](procpool_engine::DEFAULT_PREPARE_ALLOWANCE)).
+    ///
+    /// With a time limit, the parent counts a worker's decoding of a shared value apart
+    /// from the task's own time, so a large value decoded once per worker does not make
+    /// tasks time out. The allowance bounds that: a decode that runs past it kills the
+    /// worker, and the task fails with
+    /// [`PreparationTimedOut`](crate::TaskErrorKind::PreparationTimedOut), which names the
+    /// value's type and size. A task is thus killed at the latest `timeout` + this
+    /// allowance after it is due, whatever it does. Without a time limit this does
+    /// nothing. A zero allowance counts decoding as the task's time, as any other work;
+    /// `Duration::MAX` sets no bound on decoding.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// use std::time::Duration;
+    /// let pool = procpool::Pool::builder()
+    ///     .workers(1)
+    ///     .timeout(Duration::from_millis(100))
+    ///     .shared_decode_timeout(Duration::from_secs(5))
+    ///     .build()?;
+    /// assert_eq!(pool.workers(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn shared_decode_timeout(mut self, allowance: Duration) -> Self {
+        self.config.prepare_allowance = allowance;
         self
     }
 

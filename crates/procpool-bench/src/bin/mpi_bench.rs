@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release -p procpool-bench --features mpi --bin mpi_bench
-//! target/release/mpi_bench [--quick] [--ranks N] [--python PATH | --no-python]
+//! target/release/mpi_bench --help
 //! ```
 //!
 //! Run without `mpirun`: it starts `mpirun -n N` (default 3) on itself, then on
@@ -36,15 +36,74 @@ const SEED_TASK_TIME: Duration = Duration::from_millis(10);
 /// Items of the tiny workload.
 const ITEMS: u64 = 10_000;
 
+const USAGE: &str = "\
+mpi_bench: a procpool pool over the agents of an `mpirun` job, against a local pool of the
+same total workers and against mpi4py.futures on the same ranks. Run it without mpirun: it
+starts `mpirun -n N` on itself (and on mpi4py_bench.py when the interpreter has mpi4py),
+then prints one table on standard output.
+
+Usage:
+  mpi_bench [FLAGS]
+  mpi_bench -h | --help    this text
+
+Flags:
+  --quick          a short run: fewer and shorter measurements
+  --ranks N        the job's ranks, rank 0 included (default: 3); the launcher is told
+                   to oversubscribe, so N may exceed the host's cores
+  --python PATH    the Python interpreter for mpi4py.futures (default: python3)
+  --no-python      skip mpi4py.futures
+";
+
+/// Command-line settings.
+#[derive(Debug)]
+struct Args {
+    quick: bool,
+    ranks: usize,
+    python: Option<String>,
+}
+
+fn parse() -> Result<Option<Args>, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut a = Args {
+        quick: false,
+        ranks: 3,
+        python: Some("python3".into()),
+    };
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Long("quick") => a.quick = true,
+            Long("ranks") => a.ranks = p.value()?.parse()?,
+            Long("python") => a.python = Some(p.value()?.string()?),
+            Long("no-python") => a.python = None,
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    if a.ranks < 2 {
+        return Err("--ranks must be 2 or more: rank 0 measures, the others serve".into());
+    }
+    Ok(Some(a))
+}
+
 fn main() {
     procpool::init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
+    let args = match parse() {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            print!("{USAGE}");
+            return;
+        }
+        Err(e) => {
+            eprintln!("mpi_bench: {e}\nRun `mpi_bench --help` for the flags.");
+            std::process::exit(2);
+        }
+    };
     if let Some((0, size)) = procpool::mpi_rank() {
-        measure(quick, size);
+        measure(args.quick, size);
         return;
     }
-    drive(&args, quick);
+    drive(&args);
 }
 
 /// The `n` for which `compute(n)` takes about `per_task`.
@@ -160,16 +219,8 @@ fn mpirun(ranks: usize, program: &[String]) -> Result<BTreeMap<String, f64>, Str
         .collect())
 }
 
-fn drive(args: &[String], quick: bool) {
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-    };
-    let ranks: usize = value("--ranks").and_then(|v| v.parse().ok()).unwrap_or(3);
-    let python = value("--python")
-        .cloned()
-        .unwrap_or_else(|| "python3".into());
+fn drive(args: &Args) {
+    let (quick, ranks) = (args.quick, args.ranks);
     let me = std::env::current_exe().expect("this program's path");
     let mut prog = vec![me.display().to_string()];
     if quick {
@@ -184,8 +235,8 @@ fn drive(args: &[String], quick: bool) {
         }
     };
     let mut py = BTreeMap::new();
-    if !args.iter().any(|a| a == "--no-python") {
-        let has = Command::new(&python)
+    if let Some(python) = &args.python {
+        let has = Command::new(python)
             .args(["-c", "import mpi4py.futures"])
             .stderr(Stdio::null())
             .status()

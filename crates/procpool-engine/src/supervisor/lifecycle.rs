@@ -10,6 +10,7 @@ use super::{KillReason, Phase, SHUTDOWN_GRACE, Supervisor, Worker, answer, deliv
 use crate::claim;
 use crate::error::{Death, HandshakeError, PoolError, TaskErrorKind};
 use crate::job::{BatchInner, Queued};
+use crate::prepare::{self, Judged};
 use crate::sys;
 use crate::wire::{self, Down};
 
@@ -148,14 +149,28 @@ impl Supervisor {
                 Duration::ZERO
             };
             let ran = by_parent.max(by_worker);
-            if ran < limit {
-                soonest(limit - ran);
-                continue;
-            }
+            let prep = if started == f.seq {
+                prepare::claimed(&w.proc.ctl, f.seq, mono)
+            } else {
+                Duration::ZERO
+            };
+            let allowance = self.shared.config.prepare_allowance;
+            let (ran, prep) = match prepare::judge(ran, limit, prep, allowance) {
+                Judged::Within(next) => {
+                    soonest(next);
+                    continue;
+                }
+                Judged::TaskOver(task) => (task, None),
+                Judged::PrepOver(spent) => (
+                    ran,
+                    Some(Box::new((prepare::what(&w.proc.ctl), allowance, spent))),
+                ),
+            };
             w.kill_reason = Some(KillReason::Timeout {
                 seq: f.seq,
                 limit,
                 ran,
+                prep,
             });
             match grace {
                 Some(g) if !g.is_zero() => {
@@ -292,12 +307,22 @@ impl Supervisor {
             }
             let attempts = f.q.attempts + 1;
             let kind = match &w.kill_reason {
-                Some(KillReason::Timeout { seq, limit, ran }) if *seq == f.seq => {
-                    TaskErrorKind::TimedOut {
+                Some(KillReason::Timeout {
+                    seq,
+                    limit,
+                    ran,
+                    prep,
+                }) if *seq == f.seq => match prep.as_deref() {
+                    Some((what, allowance, spent)) => TaskErrorKind::PreparationTimedOut {
+                        what: what.clone(),
+                        allowance: *allowance,
+                        spent: *spent,
+                    },
+                    None => TaskErrorKind::TimedOut {
                         limit: *limit,
                         ran: *ran,
-                    }
-                }
+                    },
+                },
                 // Killed for another job's sake (it started as the worker was killed):
                 // not its fault, so it runs again.
                 Some(KillReason::Timeout { .. } | KillReason::Cancel) => {

@@ -3,6 +3,7 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
 
 use super::sys;
 
@@ -12,6 +13,8 @@ pub(crate) struct End {
     pub(crate) fd: OwnedFd,
     /// A sender's memfds of earlier large messages, to reuse once consumed.
     memfds: Mutex<Vec<OwnedFd>>,
+    /// A receiver's largest accepted message (see `Receiver::set_max_message`).
+    pub(crate) max_message: AtomicUsize,
 }
 
 impl End {
@@ -19,6 +22,7 @@ impl End {
         Self {
             fd,
             memfds: Mutex::new(Vec::new()),
+            max_message: AtomicUsize::new(super::frame::MAX_MESSAGE),
         }
     }
 

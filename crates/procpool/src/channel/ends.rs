@@ -102,47 +102,6 @@ impl<T> AsFd for Receiver<T> {
     }
 }
 
-impl<T> TryFrom<OwnedFd> for Sender<T> {
-    type Error = io::Error;
-
-    /// Makes a sender of a descriptor of a channel's sending end that came by other means
-    /// (a process started with [`std::process::Command`] that inherited it, say).
-    ///
-    /// # Errors
-    /// When `fd` is not a Unix `SOCK_SEQPACKET` socket.
-    fn try_from(fd: OwnedFd) -> io::Result<Self> {
-        if !sys::is_seqpacket(fd.as_fd()) {
-            return Err(not_a_channel());
-        }
-        let capacity = sys::send_buffer(fd.as_fd())?;
-        Ok(Self::from_end(End::new(fd), capacity))
-    }
-}
-
-impl<T> TryFrom<OwnedFd> for Receiver<T> {
-    type Error = io::Error;
-
-    /// Makes a receiver of a descriptor of a channel's receiving end that came by other
-    /// means.
-    ///
-    /// # Errors
-    /// When `fd` is not a Unix `SOCK_SEQPACKET` socket.
-    fn try_from(fd: OwnedFd) -> io::Result<Self> {
-        if !sys::is_seqpacket(fd.as_fd()) {
-            return Err(not_a_channel());
-        }
-        Ok(Self::from_end(End::new(fd)))
-    }
-}
-
-#[cold]
-pub(crate) fn not_a_channel() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "the descriptor is not a channel end (not a Unix SOCK_SEQPACKET socket)",
-    )
-}
-
 /// How long a send or receive may wait.
 #[derive(Clone, Copy)]
 enum Wait {
@@ -406,6 +365,50 @@ impl<T> Receiver<T> {
     }
 }
 
+impl<T> Receiver<T> {
+    /// Sets the largest message this receiver accepts, in bytes of its encoding (default
+    /// and most: 1 GiB, the largest a sender sends). A larger message, as its packet
+    /// announces it, is refused before any memory is allocated for it:
+    /// [`RecvError::Malformed`] says so, and the message is dropped. The setting holds for
+    /// this receiver and its clones in this process; a receiver passed to another process
+    /// starts there with the default.
+    ///
+    /// Whatever the limit, a large message is read only from a memfd that holds it in
+    /// memory: a forged packet naming a sparse file is refused without reading it.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// let (tx, rx) = procpool::channel::<Vec<u8>>()?;
+    /// rx.set_max_message(1 << 20);
+    /// tx.send(vec![0; 4 << 20]).unwrap();
+    /// tx.send(vec![1; 10]).unwrap();
+    /// assert!(matches!(rx.recv(), Err(procpool::RecvError::Malformed(m)) if m.contains("limit")));
+    /// assert_eq!(rx.recv().unwrap(), vec![1; 10]); // the channel goes on
+    /// assert_eq!(rx.max_message(), 1 << 20);
+    /// # Ok(()) }
+    /// ```
+    pub fn set_max_message(&self, bytes: usize) {
+        self.end
+            .max_message
+            .store(bytes.min(MAX_MESSAGE), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The largest message this receiver accepts (see
+    /// [`set_max_message`](Self::set_max_message)).
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// let (_tx, rx) = procpool::channel::<u8>()?;
+    /// assert_eq!(rx.max_message(), 1 << 30);
+    /// # Ok(()) }
+    /// ```
+    pub fn max_message(&self) -> usize {
+        self.end
+            .max_message
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 impl<T: Value> Receiver<T> {
     /// Waits for a message. With several receivers of one channel (clones, in this
     /// process or others), each message goes to exactly one of them.
@@ -532,7 +535,8 @@ impl<T: Value> Receiver<T> {
                     fds,
                     fds_truncated,
                 } => {
-                    return frame::open::<T>(&buf[..len], truncated, fds, fds_truncated)
+                    let limit = self.max_message();
+                    return frame::open::<T>(&buf[..len], truncated, fds, fds_truncated, limit)
                         .map(Some)
                         .map_err(|e| match e {
                             Ok(m) => RecvError::Malformed(m),

@@ -74,7 +74,7 @@ pub(crate) enum Body<'a> {
 ///
 /// # Errors
 /// What is wrong with it, as a sentence.
-pub(crate) fn parse(packet: &[u8], fds: usize) -> Result<(Body<'_>, usize), String> {
+pub(crate) fn parse(packet: &[u8], fds: usize, limit: usize) -> Result<(Body<'_>, usize), String> {
     let Some((&tag, rest)) = packet.split_first() else {
         return Err("an empty message (no header)".into());
     };
@@ -117,6 +117,12 @@ pub(crate) fn parse(packet: &[u8], fds: usize) -> Result<(Body<'_>, usize), Stri
                     "a shared-memory message says it holds {len} bytes (accepted: 1 to {MAX_MESSAGE})"
                 ));
             }
+            if len > limit as u64 {
+                return Err(format!(
+                    "a message of {len} bytes is over this receiver's limit of {limit} bytes; \
+                     nothing was read (raise the limit with Receiver::set_max_message)"
+                ));
+            }
             Ok((Body::Memfd(len as usize), n))
         }
         other => Err(format!(
@@ -127,7 +133,7 @@ pub(crate) fn parse(packet: &[u8], fds: usize) -> Result<(Body<'_>, usize), Stri
 
 /// Decodes a value from the packet `packet` and the descriptors that came with it.
 /// `truncated` says the packet was longer than the receive buffer, `fds_truncated` that
-/// descriptors were lost for lack of room.
+/// descriptors were lost for lack of room; `limit` is the receiver's largest message.
 ///
 /// # Errors
 /// `Err(Ok(m))` for a malformed packet (`m` says why), `Err(Err(m))` for a well-formed
@@ -137,6 +143,7 @@ pub(crate) fn open<T: Value>(
     truncated: bool,
     mut fds: Vec<OwnedFd>,
     fds_truncated: bool,
+    limit: usize,
 ) -> Result<T, Result<String, String>> {
     if truncated {
         return Err(Ok(format!(
@@ -149,7 +156,7 @@ pub(crate) fn open<T: Value>(
             "a message came with more descriptors than a channel sends; they were dropped".into(),
         ));
     }
-    let (body, _) = parse(packet, fds.len()).map_err(Ok)?;
+    let (body, _) = parse(packet, fds.len(), limit).map_err(Ok)?;
     if let Body::Memfd(len) = body
         && let Some(v) = bytes_from_memfd::<T>(&fds[0], len)
     {
@@ -187,35 +194,51 @@ mod tests {
 
     #[test]
     fn headers_are_checked() {
-        assert!(parse(&[], 0).unwrap_err().contains("empty"));
-        assert!(parse(&[TAG_INLINE], 0).unwrap_err().contains("shorter"));
+        assert!(parse(&[], 0, MAX_MESSAGE).unwrap_err().contains("empty"));
         assert!(
-            parse(&[7, 0, 1], 0)
+            parse(&[TAG_INLINE], 0, MAX_MESSAGE)
+                .unwrap_err()
+                .contains("shorter")
+        );
+        assert!(
+            parse(&[7, 0, 1], 0, MAX_MESSAGE)
                 .unwrap_err()
                 .contains("unknown tag 0x07")
         );
         assert_eq!(
-            parse(&[TAG_INLINE, 0, 1, 2], 0),
+            parse(&[TAG_INLINE, 0, 1, 2], 0, MAX_MESSAGE),
             Ok((Body::Inline(&[1, 2]), 0))
         );
-        assert_eq!(parse(&[TAG_INLINE, 2, 1], 2), Ok((Body::Inline(&[1]), 2)));
+        assert_eq!(
+            parse(&[TAG_INLINE, 2, 1], 2, MAX_MESSAGE),
+            Ok((Body::Inline(&[1]), 2))
+        );
         assert!(
-            parse(&[TAG_INLINE, 0], 1)
+            parse(&[TAG_INLINE, 0], 1, MAX_MESSAGE)
                 .unwrap_err()
                 .contains("1 descriptor")
         );
         assert!(
-            parse(&[TAG_INLINE, 200], 200)
+            parse(&[TAG_INLINE, 200], 200, MAX_MESSAGE)
                 .unwrap_err()
                 .contains("at most")
         );
         let mut m = vec![TAG_MEMFD, 0];
         m.extend_from_slice(&5u64.to_le_bytes());
-        assert_eq!(parse(&m, 1), Ok((Body::Memfd(5), 0)));
-        assert!(parse(&m, 0).unwrap_err().contains("came with 0"));
-        assert!(parse(&m[..4], 1).unwrap_err().contains("shorter"));
+        assert_eq!(parse(&m, 1, MAX_MESSAGE), Ok((Body::Memfd(5), 0)));
+        assert!(parse(&m, 1, 4).unwrap_err().contains("limit of 4 bytes"));
+        assert!(
+            parse(&m, 0, MAX_MESSAGE)
+                .unwrap_err()
+                .contains("came with 0")
+        );
+        assert!(
+            parse(&m[..4], 1, MAX_MESSAGE)
+                .unwrap_err()
+                .contains("shorter")
+        );
         m[2..10].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(parse(&m, 1).unwrap_err().contains("accepted"));
+        assert!(parse(&m, 1, MAX_MESSAGE).unwrap_err().contains("accepted"));
     }
 
     #[test]
@@ -242,7 +265,7 @@ mod tests {
         assert!(
             sys::read_message(&OwnedFd::from(file), 1)
                 .unwrap_err()
-                .contains("not a memfd")
+                .contains("expected a memfd with a large message, got a regular file")
         );
     }
 }

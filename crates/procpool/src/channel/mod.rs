@@ -139,7 +139,7 @@ pub mod fuzzing {
 
     /// Runs a receiver's checks and decoding on `packet`, as if it came with a memfd
     /// holding exactly `attached` (state word and payload), if given, then `extra` more
-    /// descriptors (channel sockets and `/dev/null` in turn). It decodes a `Vec<u8>` when
+    /// descriptors (a channel's receiving end, a sending end and `/dev/null` in turn). It decodes a `Vec<u8>` when
     /// `as_bytes` (read from a memfd on a path of its own), else a tuple that may hold a
     /// channel end: the value (as its `Debug` text), or the error as a sentence.
     ///
@@ -157,19 +157,21 @@ pub mod fuzzing {
             fds.push(fd);
         }
         for i in 0..extra.min(40) {
-            let fd = if i % 2 == 0 {
-                super::sys::seqpacket_pair().map(|(a, _)| a)
-            } else {
-                std::fs::File::open("/dev/null").map(OwnedFd::from)
+            let fd = match i % 3 {
+                0 => super::sys::seqpacket_pair().map(|(_, r)| r),
+                1 => super::sys::seqpacket_pair().map(|(s, _)| s),
+                _ => std::fs::File::open("/dev/null").map(OwnedFd::from),
             }
             .map_err(|e| format!("no descriptor to fuzz with: {e}"))?;
             fds.push(fd);
         }
         type Fuzzed = (u64, String, Vec<u8>, Option<super::Receiver<u8>>);
         let r = if as_bytes {
-            super::frame::open::<Vec<u8>>(packet, false, fds, false).map(|v| format!("{v:?}"))
+            super::frame::open::<Vec<u8>>(packet, false, fds, false, 1 << 20)
+                .map(|v| format!("{v:?}"))
         } else {
-            super::frame::open::<Fuzzed>(packet, false, fds, false).map(|v| format!("{v:?}"))
+            super::frame::open::<Fuzzed>(packet, false, fds, false, 1 << 20)
+                .map(|v| format!("{v:?}"))
         };
         r.map_err(|e| match e {
             Ok(m) | Err(m) => m,

@@ -1,15 +1,18 @@
-//! Channel ends as (part of) a task's argument: their `Serialize` attaches the end's
-//! descriptor to the job being encoded and writes its slot; their `Deserialize`, in the
-//! process that runs the task, takes the descriptor of that slot (see
-//! [`passfd`](crate::passfd)). Anywhere else both fail with a message saying so.
+//! Channel ends that come from elsewhere. As (part of) a task's argument or a message:
+//! their `Serialize` attaches the end's descriptor to the job being encoded and writes its
+//! slot; their `Deserialize`, in the process that runs the task, takes the descriptor of
+//! that slot (see [`passfd`](crate::passfd)); anywhere else both fail with a message
+//! saying so. As a bare descriptor: `TryFrom<OwnedFd>`. Either way the descriptor is
+//! checked to be that end of a procpool channel first.
 
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::end::End;
-use super::ends::{Receiver, Sender, not_a_channel};
-use super::sys;
+use super::ends::{Receiver, Sender};
+use super::sys::{self, Role};
 use crate::passfd;
 
 impl<T> Serialize for Sender<T> {
@@ -32,7 +35,7 @@ impl<'de, T> Deserialize<'de> for Sender<T> {
         #[serde(rename = "procpool::Sender")]
         struct Slot(u32);
         let Slot(slot) = Slot::deserialize(d)?;
-        let fd = take_socket(slot).map_err(serde::de::Error::custom)?;
+        let fd = take_socket(slot, Role::Sending).map_err(serde::de::Error::custom)?;
         let capacity = sys::send_buffer(fd.as_fd()).map_err(serde::de::Error::custom)?;
         Ok(Sender::from_end(End::new(fd), capacity))
     }
@@ -44,19 +47,80 @@ impl<'de, T> Deserialize<'de> for Receiver<T> {
         #[serde(rename = "procpool::Receiver")]
         struct Slot(u32);
         let Slot(slot) = Slot::deserialize(d)?;
-        let fd = take_socket(slot).map_err(serde::de::Error::custom)?;
+        let fd = take_socket(slot, Role::Receiving).map_err(serde::de::Error::custom)?;
         Ok(Receiver::from_end(End::new(fd)))
     }
 }
 
-/// The descriptor of `slot`, checked to be a channel's socket.
-fn take_socket(slot: u32) -> Result<OwnedFd, String> {
-    let fd = passfd::take(slot)?;
-    if !sys::is_seqpacket(fd.as_fd()) {
-        return Err(format!(
-            "descriptor slot {slot} of the job: {}",
-            not_a_channel()
-        ));
+/// The descriptor of `slot`, checked to be the `role` end of a channel before it is taken
+/// (a refused descriptor stays in its slot, so a second look at the same bytes, as error
+/// reporting makes, gives the same answer).
+fn take_socket(slot: u32, role: Role) -> Result<OwnedFd, String> {
+    let peek = passfd::take_dup(slot)?;
+    sys::check_end(peek.as_fd(), role).map_err(|m| format!("descriptor slot {slot}: {m}"))?;
+    drop(peek);
+    passfd::take(slot)
+}
+
+impl<T> TryFrom<OwnedFd> for Sender<T> {
+    type Error = io::Error;
+
+    /// Makes a sender of a descriptor of a channel's sending end that came by other means
+    /// (a process started with [`std::process::Command`] that inherited it, say).
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// use std::os::fd::{AsFd, OwnedFd};
+    /// let (tx, rx) = procpool::channel::<u8>()?;
+    /// let fd: OwnedFd = tx.as_fd().try_clone_to_owned()?;
+    /// let again = procpool::Sender::<u8>::try_from(fd)?;
+    /// again.send(4).unwrap();
+    /// assert_eq!(rx.recv().unwrap(), 4);
+    /// // The receiving end is not a sending end.
+    /// let e = procpool::Sender::<u8>::try_from(rx.as_fd().try_clone_to_owned()?).unwrap_err();
+    /// assert!(e.to_string().contains("got its receiving end"));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::InvalidInput`] when `fd` is not the sending end of a procpool
+    /// channel; the message says what it is instead.
+    fn try_from(fd: OwnedFd) -> io::Result<Self> {
+        sys::check_end(fd.as_fd(), Role::Sending).map_err(not_a_channel)?;
+        let capacity = sys::send_buffer(fd.as_fd())?;
+        Ok(Self::from_end(End::new(fd), capacity))
     }
-    Ok(fd)
+}
+
+impl<T> TryFrom<OwnedFd> for Receiver<T> {
+    type Error = io::Error;
+
+    /// Makes a receiver of a descriptor of a channel's receiving end that came by other
+    /// means.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// use std::os::fd::{AsFd, OwnedFd};
+    /// let (tx, _rx) = procpool::channel::<u8>()?;
+    /// let e = procpool::Receiver::<u8>::try_from(tx.as_fd().try_clone_to_owned()?).unwrap_err();
+    /// assert_eq!(
+    ///     e.to_string(),
+    ///     "expected the receiving end of a procpool channel, got its sending end"
+    /// );
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::InvalidInput`] when `fd` is not the receiving end of a procpool
+    /// channel (a pipe, another socket, the channel's sending end); the message says what
+    /// it is instead.
+    fn try_from(fd: OwnedFd) -> io::Result<Self> {
+        sys::check_end(fd.as_fd(), Role::Receiving).map_err(not_a_channel)?;
+        Ok(Self::from_end(End::new(fd)))
+    }
+}
+
+#[cold]
+fn not_a_channel(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
 }

@@ -16,14 +16,151 @@ use rustix::net::{
 };
 
 /// A connected pair of `AF_UNIX` `SOCK_SEQPACKET` sockets, both close-on-exec: the first
-/// sends, the second receives.
+/// sends, the second receives. Each is shut down in the direction it does not use (the
+/// sender cannot receive, the receiver cannot send: a try fails with `EPIPE`) and marked
+/// with its role (see [`check_end`]).
 pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(rustix::net::socketpair(
+    let (s, r) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
         SocketFlags::CLOEXEC,
         None,
-    )?)
+    )?;
+    rustix::net::shutdown(&s, rustix::net::Shutdown::Read)?;
+    rustix::net::shutdown(&r, rustix::net::Shutdown::Write)?;
+    set_mark(s.as_fd(), SEND_MARK)?;
+    set_mark(r.as_fd(), RECV_MARK)?;
+    Ok((s, r))
+}
+
+/// Which end of a channel a socket is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Sending,
+    Receiving,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Sending => "sending",
+            Role::Receiving => "receiving",
+        }
+    }
+}
+
+/// The marks of the two ends: their `SO_RCVLOWAT`, which a `SOCK_SEQPACKET` socket
+/// otherwise ignores (it is read only by stream receives).
+const SEND_MARK: i32 = 0x5050_4353;
+const RECV_MARK: i32 = 0x5050_4352;
+
+fn set_mark(fd: BorrowedFd<'_>, mark: i32) -> io::Result<()> {
+    // SAFETY: a plain setsockopt of an int on a socket we hold.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw const mark).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn mark(fd: BorrowedFd<'_>) -> Option<i32> {
+    let mut v: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: a plain getsockopt of an int into a local of that size.
+    let r = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw mut v).cast(),
+            &raw mut len,
+        )
+    };
+    (r == 0).then_some(v)
+}
+
+/// Checks that `fd` is the `want` end of a procpool channel: a Unix `SOCK_SEQPACKET`
+/// socket with that end's mark, whose state agrees. A sending end has its receiving side
+/// shut down, which poll reports (`POLLRDHUP`) for as long as it lives; a receiving end
+/// reports it only once every sender is gone (`POLLHUP` with it). The mark alone anyone
+/// could set; the shutdown cannot be undone.
+///
+/// # Errors
+/// What `fd` is instead, as a sentence: "expected the receiving end of a procpool
+/// channel, got a pipe".
+pub(crate) fn check_end(fd: BorrowedFd<'_>, want: Role) -> Result<(), String> {
+    let wrong = |got: String| {
+        format!(
+            "expected the {} end of a procpool channel, got {got}",
+            want.name()
+        )
+    };
+    if !is_seqpacket(fd) {
+        return Err(wrong(describe(fd)));
+    }
+    let role = match mark(fd) {
+        Some(SEND_MARK) => Role::Sending,
+        Some(RECV_MARK) => Role::Receiving,
+        _ => {
+            return Err(wrong(
+                "a SOCK_SEQPACKET socket that is not a procpool channel end".into(),
+            ));
+        }
+    };
+    if role != want {
+        return Err(wrong(format!("its {} end", role.name())));
+    }
+    let mut p = [PollFd::from_borrowed_fd(fd, PollFlags::RDHUP)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut p, Some(&zero)).map_err(|e| format!("poll of a channel end: {e}"))?;
+    let rev = p[0].revents();
+    let read_shut = rev.contains(PollFlags::RDHUP);
+    let hung = rev.contains(PollFlags::HUP);
+    match want {
+        Role::Sending if !read_shut => Err(wrong(
+            "a socket marked as one that can still receive (a receiving end with a forged mark)"
+                .into(),
+        )),
+        Role::Receiving if read_shut && !hung => Err(wrong(
+            "a socket that cannot receive (a sending end with a forged mark)".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What kind of descriptor `fd` is, for errors: "a pipe", "a regular file"...
+pub(crate) fn describe(fd: BorrowedFd<'_>) -> String {
+    use rustix::fs::FileType;
+    let Ok(st) = rustix::fs::fstat(fd) else {
+        return "a descriptor that cannot be examined".into();
+    };
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Fifo => "a pipe".into(),
+        FileType::Socket => match rustix::net::sockopt::socket_type(fd) {
+            Ok(SocketType::STREAM) => "a stream socket".into(),
+            Ok(SocketType::DGRAM) => "a datagram socket".into(),
+            Ok(SocketType::SEQPACKET) => "a SOCK_SEQPACKET socket".into(),
+            _ => "a socket of another type".into(),
+        },
+        FileType::RegularFile if rustix::fs::fcntl_get_seals(fd).is_ok() => "a memfd".into(),
+        FileType::RegularFile => "a regular file".into(),
+        FileType::Directory => "a directory".into(),
+        FileType::CharacterDevice => "a character device".into(),
+        FileType::BlockDevice => "a block device".into(),
+        _ => "a descriptor of another kind (an eventfd, pidfd, epoll or the like)".into(),
+    }
 }
 
 /// Whether `fd` is a Unix `SOCK_SEQPACKET` socket (what a channel end must be).
@@ -270,15 +407,29 @@ pub(crate) fn read_message_bytes(fd: &OwnedFd, len: usize) -> Result<Vec<u8>, St
     Ok(out)
 }
 
-/// Checks that `fd` is a memfd holding a payload of `len` bytes.
+/// Checks that `fd` is a memfd holding a payload of `len` bytes in memory: a file that
+/// only says it is that large (a sparse one, `ftruncate`d, costing its sender nothing)
+/// is refused before this process allocates anything for it.
 fn check_memfd(fd: &OwnedFd, len: usize) -> Result<(), String> {
-    rustix::fs::fcntl_get_seals(fd.as_fd())
-        .map_err(|e| format!("the descriptor sent with a large message is not a memfd ({e})"))?;
+    rustix::fs::fcntl_get_seals(fd.as_fd()).map_err(|_| {
+        format!(
+            "expected a memfd with a large message, got {}",
+            describe(fd.as_fd())
+        )
+    })?;
     let st = rustix::fs::fstat(fd).map_err(|e| format!("fstat of a message memfd: {e}"))?;
     let size = u64::try_from(st.st_size).unwrap_or(0);
     if size < PAYLOAD_AT + len as u64 {
         return Err(format!(
             "the memfd of a large message holds {size} bytes, too few for the {len} its header says"
+        ));
+    }
+    // Blocks of 512 bytes, whatever the file system's block size (stat(2)).
+    let stored = u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512);
+    if stored < len as u64 {
+        return Err(format!(
+            "the memfd of a large message says it holds {len} bytes but only {stored} of it are \
+             in memory (a sparse file, not written by a procpool sender); nothing was read"
         ));
     }
     Ok(())

@@ -168,7 +168,8 @@ pub(crate) fn encode_start(c: &EngineConfig, workers: usize) -> Vec<u8> {
         .u64(c.max_message as u64)
         .u64(nanos(c.handshake_timeout))
         .u32(c.max_start_failures)
-        .opt_u64(c.kill_grace.map(nanos));
+        .opt_u64(c.kill_grace.map(nanos))
+        .u64(nanos(c.prepare_allowance));
     match &c.initializer {
         Some((f, arg)) => w.u8(1).bytes(f).bytes(arg),
         None => w.u8(0),
@@ -186,6 +187,7 @@ pub(crate) fn decode_start(b: &[u8]) -> Result<EngineConfig, String> {
         handshake_timeout: Duration::from_nanos(r.u64()?),
         max_start_failures: r.u32()?,
         kill_grace: r.opt_u64()?.map(Duration::from_nanos),
+        prepare_allowance: Duration::from_nanos(r.u64()?),
         ..EngineConfig::default()
     };
     if r.u8()? == 1 {
@@ -315,6 +317,13 @@ fn put_kind(w: &mut Writer, k: &TaskErrorKind) {
         TaskErrorKind::Cancelled => {
             w.u8(3);
         }
+        TaskErrorKind::PreparationTimedOut {
+            what,
+            allowance,
+            spent,
+        } => {
+            w.u8(11).str(what).u64(nanos(*allowance)).u64(nanos(*spent));
+        }
         TaskErrorKind::Codec { message } => {
             w.u8(4).str(message);
         }
@@ -386,6 +395,11 @@ fn get_kind_at(r: &mut Reader<'_>, rank: i32, depth: u32) -> Result<TaskErrorKin
             )))))
         }
         10 => TaskErrorKind::PoolBroken(get_pool_error_at(r, rank, depth + 1)?),
+        11 => TaskErrorKind::PreparationTimedOut {
+            what: r.string()?,
+            allowance: Duration::from_nanos(r.u64()?),
+            spent: Duration::from_nanos(r.u64()?),
+        },
         t => return Err(format!("an error kind with tag {t}")),
     })
 }
@@ -521,6 +535,11 @@ mod tests {
             TaskErrorKind::TimedOut {
                 limit: Duration::from_millis(5),
                 ran: Duration::from_millis(7),
+            },
+            TaskErrorKind::PreparationTimedOut {
+                what: "decoding".into(),
+                allowance: Duration::from_millis(30),
+                spent: Duration::from_millis(31),
             },
             TaskErrorKind::Cancelled,
             TaskErrorKind::TooLarge { size: 9, limit: 3 },

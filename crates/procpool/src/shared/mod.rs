@@ -15,11 +15,41 @@
 //! `Shared`, decoded) once per worker. With each value travels a *lease*: the read end
 //! of a pipe whose write end only its maker's handles hold. When the maker has dropped
 //! its last handle the lease reports it, and a worker drops the value from its cache the
-//! next time it starts a task (or when it exits). However many values come and go, a
-//! worker's cache holds at most [`CACHE_ENTRIES`] values and about [`CACHE_BYTES`]
-//! bytes of them: past that, the least recently used goes first (it is received again if
-//! it comes back). A handle a task still holds stays valid whatever the cache does.
-
+//! next time it starts a task (or when it exits). A handle a task still holds stays valid
+//! whatever the cache does.
+//!
+//! # How much memory a worker holds
+//!
+//! However many values come and go, a process's cache holds at most [`CACHE_ENTRIES`]
+//! (64) values, and at most [`cache_bytes`] bytes of them ([`CACHE_BYTES`], 4 GiB, unless
+//! [`set_cache_bytes`] changed it, typically in a pool's initializer): past either, the
+//! least recently used goes first (it is received, and decoded, again if it comes back).
+//! The bytes are what the values hold *decoded* in that process, measured across each
+//! decode as the growth of the bytes allocated (glibc's allocator statistics) or of the
+//! process's resident memory, whichever is larger, and never less than the encoding (a
+//! `Shared<Vec<u64>>` of 12 MB encoded counts about 96 MB, or the capacity the decoder
+//! allocated; a `SharedSlice` or `SharedArray` counts its length). So what to plan for
+//! is, per worker: the bound, plus the values the running task holds, plus one value
+//! larger than the bound (kept while it is the only one). A pool of N workers holds at
+//! most N times that; [`cached`] tells what a process holds now.
+//!
+//! # Time limits
+//!
+//! A worker decodes a `Shared` value the first time a task's argument brings it. That is
+//! not the task's time: with a time limit ([`Builder::timeout`](crate::Builder::timeout)),
+//! the parent counts the decode apart, up to an allowance of its own
+//! ([`Builder::shared_decode_timeout`](crate::Builder::shared_decode_timeout), 30 s by
+//! default), so a value that takes longer to decode than the limit does not make every
+//! task time out. A decode past the allowance kills the worker, and the task fails with
+//! [`PreparationTimedOut`](crate::TaskErrorKind::PreparationTimedOut), naming the value's
+//! type and encoded size. The parent keeps the clock: a task that claims to be decoding
+//! gains the allowance at most.
+//!
+//! # What "read-only" means
+//!
+//! The encoding of a `Shared` or `SharedSlice` cannot change; the *decoded* copy of a
+//! `Shared` in each process is that process's own (see [`Shared`] on interior
+//! mutability).
 mod array;
 mod cache;
 mod slice;
@@ -36,7 +66,7 @@ use serde::{Deserialize, Serialize};
 
 pub use array::{Element, SharedArray};
 pub(crate) use cache::sweep;
-pub use cache::{CACHE_BYTES, CACHE_ENTRIES};
+pub use cache::{CACHE_BYTES, CACHE_ENTRIES, cache_bytes, cached, set_cache_bytes};
 pub use slice::SharedSlice;
 pub use value::Shared;
 
@@ -89,6 +119,22 @@ impl Backing {
             watcher,
             _holder: Some(holder),
         })
+    }
+}
+
+/// `bytes` for people: "512 B", "12.0 MB", "1.5 GB" (powers of 1000, as `ls -h --si`).
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }
 

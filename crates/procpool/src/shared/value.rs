@@ -23,9 +23,31 @@ use crate::codec::roundtrip::{self, Refusal};
 /// decode there). It dereferences to the value (`Deref<Target = T>`): `table.get(&k)` is
 /// the table's own `get`.
 ///
-/// Nobody can change the value: the memory is sealed against writes and workers map it
-/// read-only. It lives until the last handle in every process is gone; nothing is left in
-/// `/dev/shm` or anywhere in a file system.
+/// Nobody can change its encoding: the memory is sealed against writes and workers map
+/// it read-only. It lives until the last handle in every process is gone; nothing is left
+/// in `/dev/shm` or anywhere in a file system.
+///
+/// # One copy per process
+///
+/// Each process works on its own copy of the value: the maker on the value it gave
+/// [`new`](Self::new), each worker on one it decoded from the sealed encoding. `Shared`
+/// hands out only `&T`, so for most types the copies are the same value everywhere. A
+/// type with interior mutability (atomics, `Cell`, `Mutex`, `OnceLock`, a memo table
+/// behind a `RefCell`) can still be changed through `&T`, and such a change stays in
+/// the process that made it: tasks that run later in the same worker see it, the
+/// parent and other workers never do, and a worker's copy goes back to the encoded
+/// value whenever its cache lets go of it (see the [module docs](crate::shared)) or a new
+/// worker takes over. (A `Shared<AtomicU64>` of 100, incremented by three tasks on one
+/// worker, shows 100, 101, 102 to them and 100 to the parent; the test
+/// `shared_interior::a_change_through_interior_mutability_stays_in_its_process` pins
+/// this.) Use it for what may be lost (a per-worker memo); for numbers that tasks
+/// change together use [`SharedArray`](crate::SharedArray), whose writes every process
+/// sees; for results, the task's return value or a [channel](crate::channel()).
+///
+/// Interior mutability is not refused at compile time: Rust has no stable way to name
+/// "no interior mutability" (`Freeze` is unstable), and a marker trait of procpool's own
+/// would shut out every type of another crate (the orphan rule lets neither that crate
+/// nor the user implement it), which is most of what is worth sharing.
 ///
 /// A `Shared` goes only to procpool processes, as (part of) a task's argument: it cannot
 /// be a task's result, and serializing it elsewhere (serde_json, say) fails and says so.
@@ -169,6 +191,8 @@ impl<'de, T: Value + Send + Sync> serde::Deserialize<'de> for Shared<T> {
             ))
         })?;
         let inner = cache::get_or_make(arrived, |backing| {
+            // Not the task's time: the parent counts it apart (see `shared_decode_timeout`).
+            let _decoding = procpool_engine::preparing(&describe::<T>(backing.len));
             let map = procpool_engine::shm::Mapping::read_only(
                 std::os::fd::AsFd::as_fd(&backing.memfd),
                 backing.len,
@@ -177,7 +201,7 @@ impl<'de, T: Value + Send + Sync> serde::Deserialize<'de> for Shared<T> {
             // SAFETY: `len` readable bytes of a sealed memfd: they never change.
             let bytes = unsafe { std::slice::from_raw_parts(map.as_ptr(), map.len()) };
             let value = format::decode::<T>(codec, bytes)
-                .map_err(|m| format!("a shared value could not be deserialized: {m}"))?;
+                .map_err(|m| format!("{} failed: {m}", describe::<T>(backing.len)))?;
             // The decoded value needs the mapping no more.
             drop(map);
             Ok(Inner {
@@ -189,4 +213,32 @@ impl<'de, T: Value + Send + Sync> serde::Deserialize<'de> for Shared<T> {
         .map_err(D::Error::custom)?;
         Ok(Shared { inner })
     }
+}
+
+/// What decoding a value of `len` encoded bytes is, for errors: "decoding the shared
+/// value `Vec<u64>` of 12.0 MB (encoded)".
+fn describe<T>(len: usize) -> String {
+    format!(
+        "decoding the shared value `{}` of {} (encoded)",
+        short_type_name::<T>(),
+        super::human_bytes(len as u64)
+    )
+}
+
+/// A type's name without module paths: `alloc::vec::Vec<u64>` → `Vec<u64>`.
+fn short_type_name<T>() -> String {
+    let full = std::any::type_name::<T>();
+    let mut out = String::with_capacity(full.len());
+    let mut word = String::new();
+    for c in full.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            word.push(c);
+        } else {
+            out.push_str(word.rsplit("::").next().unwrap_or(&word));
+            word.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(word.rsplit("::").next().unwrap_or(&word));
+    out
 }

@@ -1,7 +1,7 @@
 """Start-up and throughput of ``procpool._core`` against ``multiprocessing.Pool(2)``, in
 the same run. Build the extension with ``maturin develop --release`` first.
 
-    .venv/bin/python crates/procpool-py/bench_core.py
+    .venv/bin/python crates/procpool-bench/python_core.py
 """
 
 import multiprocessing as mp

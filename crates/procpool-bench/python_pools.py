@@ -1,7 +1,7 @@
 """Python process pools on the same workloads: procpool against the standard library and
 the best-known third-party pools, in one run, 2 workers each.
 
-    python bench/python_pools.py [--quick] [--systems LIST] [--workloads LIST] [--json FILE]
+    python crates/procpool-bench/python_pools.py [--quick] [--systems LIST] [--workloads LIST] [--json FILE]
 
 Prints one JSON object on stdout (also written to FILE with --json) and a table, the
 targets of the Python front and whether each holds, on stderr. Run by procpool-bench
