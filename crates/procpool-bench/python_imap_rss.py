@@ -1,7 +1,7 @@
 """Peak memory of the calling process during a long ``imap``: procpool against
 ``multiprocessing.Pool``.
 
-    python bench/python_imap_rss.py [--items 2000000] [--size 1024] [--chunksize 1000]
+    python crates/procpool-bench/python_imap_rss.py [--items 2000000] [--size 1024] [--chunksize 1000]
                                     [--task echo|length] [--only procpool|multiprocessing]
 
 Each implementation runs in a fresh interpreter: ``imap(task, items, chunksize)`` over a

@@ -1,6 +1,6 @@
 """procpool's locks and shared values against multiprocessing's, on this machine.
 
-    python bench/python_sync.py [--n 1000000] [--incs 200000] [--runs 5]
+    python crates/procpool-bench/python_sync.py [--n 1000000] [--incs 200000] [--runs 5]
 
 Prints, for each figure, the median of ``--runs`` runs:
 - uncontended ``Lock``/``RLock`` acquire+release pairs per second (one process);

@@ -85,13 +85,19 @@ class Arena:
 
 
 def _new_id() -> int:
-    global _count
+    """A new arena id: random per process (a process forked without ``os.fork``, as the
+    template forks workers, reseeds on its first id), then counting."""
+    global _count, _seed, _seed_pid
     with _id_lock:
+        pid = os.getpid()
+        if pid != _seed_pid:
+            _seed, _seed_pid, _count = int.from_bytes(os.urandom(8), "little"), pid, 0
         _count += 1
         return _seed ^ _count
 
 
-_seed = int.from_bytes(os.urandom(8), "little")
+_seed = 0
+_seed_pid = 0
 _count = 0
 _lock = threading.Lock()
 _id_lock = threading.Lock()
@@ -106,13 +112,12 @@ _recent: "collections.OrderedDict[int, Arena]" = collections.OrderedDict()
 def _after_fork() -> None:
     # A forked child must not cut objects from its parent's arena: both would hand out
     # the same memory.
-    global _current, _used, _lock, _id_lock, _seed, _count
+    global _current, _used, _lock, _id_lock, _seed_pid
     _current = None
     _used = 0
     _lock = threading.Lock()
     _id_lock = threading.Lock()
-    _seed = int.from_bytes(os.urandom(8), "little")
-    _count = 0
+    _seed_pid = 0
 
 
 os.register_at_fork(after_in_child=_after_fork)

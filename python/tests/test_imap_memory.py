@@ -4,7 +4,7 @@
 Its peak RSS may grow by at most ``BOUND_MIB`` over what it was with the pool started.
 Before the bounds of this test were set (payload bytes in flight, spare buffers, results
 held for reordering, the data region's ring), that growth was 50-55 MiB; it is now about
-25-30 MiB. ``bench/python_imap_rss.py`` compares the whole figure with
+25-30 MiB. ``crates/procpool-bench/python_imap_rss.py`` compares the whole figure with
 ``multiprocessing.Pool``.
 """
 
