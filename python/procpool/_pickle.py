@@ -247,17 +247,6 @@ def dumps_items(items: list, big: bool):
     return None, 0, first
 
 
-def split_items(data, bufs, fds=None) -> list:
-    """The items of a chunk's pickle, each pickled alone as a chunk of one:
-    ``[(pickle, buffers), ...]`` (to run them again one by one). ``fds``: the
-    descriptors the chunk carried (see ``_passfd``)."""
-    from . import _passfd
-
-    with _passfd.receiving(fds or []):
-        items = pickle.loads(data, buffers=bufs)
-    return [dumps([_wrap_big(x)]) for x in items]
-
-
 def dumps_plain(items: list):
     """Pickles a chunk of plain items (numbers, strings, small bytes, tuples of them)."""
     return pickle.dumps(items, protocol=5), ()

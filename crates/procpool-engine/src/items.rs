@@ -24,6 +24,17 @@ use crate::sys::SharedRegion;
 const MARK: u64 = 1 << 63;
 
 /// The finished items of a chunk whose worker died inside it.
+///
+/// # Examples
+/// ```
+/// # fn front(done: procpool_engine::Done) {
+/// if let Some(p) = &done.partial {
+///     // `p.results` holds the results of the job's first `p.finished` items, in the
+///     // front's own format; `done.outcome` is the error of the item after them.
+///     println!("{} items finished before the worker died", p.finished);
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partial {
     /// How many of the job's first items finished (their results are in `results`); the
@@ -99,6 +110,11 @@ pub struct ItemLog {
 impl ItemLog {
     /// The log of the job running on this thread (one that records nothing outside a
     /// worker's job).
+    ///
+    /// ```
+    /// let log = procpool_engine::ItemLog::current(); // outside a job: records nothing
+    /// assert!(log.finished(1, &[0u8; 8], 0));
+    /// ```
     #[inline]
     pub fn current() -> ItemLog {
         let ctl = CURRENT.with(Cell::get);
@@ -118,6 +134,13 @@ impl ItemLog {
     }
 
     /// [`items_finished`], through this log.
+    ///
+    /// ```
+    /// let log = procpool_engine::ItemLog::current();
+    /// let results = vec![1u8, 2, 3];
+    /// let keep_going = log.finished(3, &results, 0);
+    /// assert!(keep_going);
+    /// ```
     #[inline]
     pub fn finished(&self, items: u32, results: &[u8], unchanged: usize) -> bool {
         if self.area.is_null() {
