@@ -85,6 +85,9 @@ def _start_engine(
     """Checks ``timeout``, ``retries`` and ``max_message_size``, then starts the engine of
     a pool or executor (its other arguments already checked): ``(engine, timeout,
     retries)``."""
+    from ._bootstrap import check
+
+    check()
     timeout = _check_timeout(timeout)
     retries = _check_retries(retries)
     max_message_size = _check_max_message_size(max_message_size)

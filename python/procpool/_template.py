@@ -7,7 +7,7 @@ is made with ``CLONE_PARENT`` (by ``procpool._core``), so each worker is a child
 pool's own process, which watches it, reaps it and kills it as it would any worker.
 
 Requests come on standard input, a Unix socket: the worker's socket end (by
-``SCM_RIGHTS``) and a body: ``u32`` length of the parent's settings (a pickle of the
+``SCM_RIGHTS``, followed by the descriptors the pool's ``initargs`` refer to) and a body: ``u32`` length of the parent's settings (a pickle of the
 worker's ``sys.path``, working directory and environment), the settings, then the
 engine's variables as ``KEY=VALUE\\0`` pairs. The answer is the worker's pid as an
 ``i64`` (a negative errno when the fork failed).
@@ -50,7 +50,8 @@ _current: dict = {}
 def main() -> None:
     global _current
     # Everything a worker needs is imported once, here, before any fork.
-    from . import _bootstrap, _core, _errors, _pickle, _worker, process, queues  # noqa: F401
+    from . import _bootstrap, _core, _errors, _passfd, _passfd_msg, _pickle, _worker  # noqa: F401
+    from . import process, queues  # noqa: F401
     from multiprocessing import spawn  # noqa: F401
 
     may_preload = not os.environ.pop("PROCPOOL_TEMPLATE_NO_PRELOAD", "")
@@ -66,7 +67,7 @@ def main() -> None:
         req = _recv_request(ctl)
         if req is None:
             os._exit(0)  # the parent closed its end
-        fd, body = req
+        fd, body, extra = req
         (n,) = struct.unpack_from("<I", body)
         if body[4 : 4 + n] != applied:
             # The parent's settings, applied here once (not in each worker after its
@@ -77,6 +78,7 @@ def main() -> None:
             if may_preload and not _preload(_current.get("preload", ())):
                 # A preloaded module started a thread: no fork from here.
                 os.close(fd)
+                _close_all(extra)
                 ctl.sendall(struct.pack("<q", -THREADED))
                 os._exit(0)
             # What exists now is never collected in a worker: its garbage collector does
@@ -86,12 +88,14 @@ def main() -> None:
             pid = _core._fork()
         except OSError as e:
             os.close(fd)
+            _close_all(extra)
             ctl.sendall(struct.pack("<q", -(e.errno or 1)))
             continue
         if pid == 0:
             ctl.close()
-            _child(fd, body)  # never returns
+            _child(fd, body, extra)  # never returns
         os.close(fd)
+        _close_all(extra)
         ctl.sendall(struct.pack("<q", pid))
 
 
@@ -128,29 +132,37 @@ def _preload(names) -> bool:
     return len(os.listdir("/proc/self/task")) == 1
 
 
+def _close_all(fds) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
 def _recv_request(ctl: socket.socket):
+    """``(worker socket, body, descriptors for the initializer)``, or ``None``."""
     try:
-        head, fds, _flags, _addr = socket.recv_fds(ctl, 4, 1)
+        head, fds, _flags, _addr = socket.recv_fds(ctl, 4, 253)
     except OSError:
         return None
-    if len(head) < 4 or len(fds) != 1:
-        for fd in fds:
-            os.close(fd)
+    if len(head) < 4 or len(fds) < 1:
+        _close_all(fds)
         return None
     (n,) = struct.unpack("<I", head)
     body = bytearray()
     while len(body) < n:
         chunk = ctl.recv(n - len(body))
         if not chunk:
-            os.close(fds[0])
+            _close_all(fds)
             return None
         body += chunk
-    return fds[0], bytes(body)
+    return fds[0], bytes(body), fds[1:]
 
 
-def _child(fd: int, body: bytes) -> None:
+def _child(fd: int, body: bytes, extra) -> None:
     code = 70
     try:
+        from . import _passfd
+
+        _passfd.adopt_init_fds(extra)
         os.setsid()
         os.dup2(fd, 0)
         os.close(fd)

@@ -23,8 +23,27 @@ def load_func(data):
         _bootstrap.inheriting = False
 
 
-def run(func, kind: int, star: bool, count: int, data, bufs, catch_all: bool = False):
-    """Runs one job; returns ``(result kind, pickle bytes, buffers)``.
+def _loads(kind: int, data, bufs, fds):
+    if kind == INIT:
+        from . import _passfd
+
+        fds = _passfd.take_init_fds()
+        try:
+            with _passfd.receiving(fds):
+                return pickle.loads(data, buffers=bufs)
+        finally:
+            _passfd.discard(fds)
+    if fds is None:
+        return pickle.loads(data, buffers=bufs)
+    from . import _passfd
+
+    with _passfd.receiving(fds):
+        return pickle.loads(data, buffers=bufs)
+
+
+def run(func, kind: int, star: bool, count: int, data, bufs, catch_all: bool = False, fds=None):
+    """Runs one job; returns ``(result kind, pickle bytes, buffers)``. ``fds``: the
+    descriptors that came with the job (borrowed; see ``_passfd``).
 
     An ``INIT`` job (the pool's initializer) lets its exception through: the worker is
     of no use and the pool counts a failed start. ``catch_all`` (an executor's call): a
@@ -35,7 +54,7 @@ def run(func, kind: int, star: bool, count: int, data, bufs, catch_all: bool = F
         return fail_all(_bootstrap.main_error, count)
     _bootstrap.inheriting = True
     try:
-        arg = pickle.loads(data, buffers=bufs)
+        arg = _loads(kind, data, bufs, fds)
     except (Exception, SystemExit) as e:
         if kind == INIT:
             raise

@@ -458,6 +458,19 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         if core is not None:
             core.shutdown(wait, cancel_futures)
 
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C: the stdlib's workers get the terminal's SIGINT too and their calls
+            # end at once; procpool's workers leave it to the caller, so the calls still
+            # running are stopped here rather than waited for.
+            core = self._core
+            if core is not None:
+                core.shutdown(False, True)
+                core.engine.terminate()
+            return False
+        self.shutdown(wait=True)
+        return False
+
     def __repr__(self):
         core = self._core
         state = "shutdown" if core is None or core.shut else "running"

@@ -44,7 +44,8 @@ import types
 from multiprocessing import process as _mp_process
 from multiprocessing import util as _util
 
-from . import _bootstrap, _core, _passfd
+from . import _bootstrap, _core
+from . import _passfd_msg as _passfd
 
 __all__ = ["Process", "current_process", "parent_process", "active_children"]
 

@@ -38,7 +38,8 @@ import queue as _queue
 import struct
 import time
 
-from . import _core, _passfd
+from . import _core
+from . import _passfd_msg as _passfd
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "Pipe", "Connection"]
 

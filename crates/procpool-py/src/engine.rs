@@ -22,6 +22,9 @@ const PUMP_STEP: Duration = Duration::from_millis(2);
 
 /// Payload kind of a pool's initializer.
 const INIT: u8 = 2;
+/// Most descriptors `initargs` may carry (they go with the worker's own socket in one
+/// `SCM_RIGHTS` message to the template, whose limit is 253).
+const MAX_INIT_FDS: usize = 252;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -144,6 +147,7 @@ impl Engine {
             }
         };
         let timeout = duration(timeout, "timeout")?;
+        let mut init_fds = None;
         let initializer = match initializer {
             Some(f) if !f.is_none() => {
                 let func = pickle_func(f)?;
@@ -151,8 +155,20 @@ impl Engine {
                     Some(a) => a.clone(),
                     None => PyTuple::empty(py).into_any(),
                 };
-                let t = py::helper(py, "_pickle", "dumps_call")?
-                    .call1((args, None::<&Bound<'_, PyDict>>))?;
+                // Shared values in `initargs`: each worker gets their descriptors at
+                // its start, from the template (see `launcher`).
+                let (t, fds) = crate::passfd::collecting(py, || {
+                    py::helper(py, "_pickle", "dumps_call")?
+                        .call1((args, None::<&Bound<'_, PyDict>>))
+                })?;
+                if fds.as_ref().is_some_and(|f| f.len() > MAX_INIT_FDS) {
+                    return Err(PyValueError::new_err(format!(
+                        "initargs hold more than {MAX_INIT_FDS} distinct shared values \
+                         (locks, Value, Array, shared()): pass fewer, or pass them as task \
+                         arguments"
+                    )));
+                }
+                init_fds = fds;
                 let t = t.cast::<PyTuple>()?;
                 let mut payload = Vec::new();
                 frame::encode(
@@ -189,6 +205,7 @@ impl Engine {
             python: python.into(),
             path,
             prep: prep.cast::<PyBytes>()?.as_bytes().to_vec(),
+            init_fds,
         };
         let config = EngineConfig {
             workers: processes,

@@ -9,7 +9,7 @@
 use std::ffi::OsString;
 use std::io::{self, IoSlice, Read};
 use std::mem::MaybeUninit;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -35,6 +35,9 @@ pub(crate) struct TemplateLauncher {
     pub(crate) path: Vec<OsString>,
     /// The parent's settings for its workers (see `_template.prep`).
     pub(crate) prep: Vec<u8>,
+    /// Descriptors the initializer's arguments refer to: each worker gets them at its
+    /// start (`_passfd.take_init_fds`).
+    pub(crate) init_fds: Option<procpool_engine::JobFds>,
 }
 
 #[derive(Debug)]
@@ -78,7 +81,11 @@ impl Launcher for TemplateLauncher {
                 *guard = Some(self.start()?);
             }
             let t = guard.as_mut().expect("started above");
-            match request(&mut t.ctl, stdin, &body) {
+            let mut fds = vec![stdin];
+            if let Some(extra) = &self.init_fds {
+                fds.extend(extra.iter().map(|f| f.as_fd()));
+            }
+            match request(&mut t.ctl, &fds, &body) {
                 Ok(pid) if pid > 0 => return Ok(pid as u32),
                 Ok(err) if err == -i64::from(libc::EAGAIN) && !NO_PRELOAD.load(Relaxed) => {
                     // Preloading the parent's modules left the template with threads: it
@@ -146,11 +153,11 @@ impl TemplateLauncher {
     }
 }
 
-/// Sends one request (the worker's socket end by `SCM_RIGHTS`, then the body) and reads
-/// the answer: a pid, or a negative errno.
-fn request(ctl: &mut UnixStream, fd: BorrowedFd<'_>, body: &[u8]) -> io::Result<i64> {
+/// Sends one request (the worker's socket end, then the initializer's descriptors, by
+/// `SCM_RIGHTS`, then the body) and reads the answer: a pid, or a negative errno.
+fn request(ctl: &mut UnixStream, fds: &[BorrowedFd<'_>], body: &[u8]) -> io::Result<i64> {
     let head = (body.len() as u32).to_le_bytes();
-    send_with_fd(ctl, &head, fd)?;
+    send_with_fds(ctl, &head, fds)?;
     let mut sent = 0;
     while sent < body.len() {
         match rustix::net::send(&*ctl, &body[sent..], SendFlags::NOSIGNAL) {
@@ -164,13 +171,12 @@ fn request(ctl: &mut UnixStream, fd: BorrowedFd<'_>, body: &[u8]) -> io::Result<
     Ok(i64::from_le_bytes(answer))
 }
 
-fn send_with_fd(ctl: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
-    let fds = [fd];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+fn send_with_fds(ctl: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+    if !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::other(
-            "no room for a descriptor in the control buffer",
+            "no room for the descriptors in the control buffer",
         ));
     }
     loop {
@@ -219,6 +225,7 @@ pub(crate) fn _launch(
         python: python.into(),
         path,
         prep,
+        init_fds: None,
     };
     // SAFETY: the caller keeps `fd` open for the duration of this call.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;

@@ -46,6 +46,8 @@ struct PySource {
     ended: bool,
     side: Arc<Mutex<Side>>,
     hint: Option<usize>,
+    /// Descriptors the last job's items attached (shared values, locks).
+    fds: Option<procpool_engine::JobFds>,
     /// The items of each job of several items still out, by its first index: a job
     /// whose worker died, or could not rebuild its argument, is sent again item by item,
     /// pickled anew from these (the parent never unpickles what it sent: that could run a
@@ -55,7 +57,12 @@ struct PySource {
 
 impl Source for PySource {
     fn fill(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled {
+        self.fds = None;
         Python::attach(|py| self.fill_py(py, out, limits))
+    }
+
+    fn take_fds(&mut self) -> Option<procpool_engine::JobFds> {
+        self.fds.take()
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -112,7 +119,14 @@ impl PySource {
             // pickler, in C, with nothing by value and no buffers.
             py::helper(py, "_pickle", "dumps_plain").and_then(|d| d.call1((list,)))
         } else {
-            py::helper(py, "_pickle", "dumps_items").and_then(|d| d.call1((list, big)))
+            // Items may hold shared values: their descriptors go with the job.
+            crate::passfd::collecting(py, || {
+                py::helper(py, "_pickle", "dumps_items").and_then(|d| d.call1((list, big)))
+            })
+            .map(|(t, fds)| {
+                self.fds = fds;
+                t
+            })
         };
         let t = match r {
             Ok(t) => t,
@@ -135,16 +149,23 @@ impl PySource {
                         self.next_index += u64::from(n);
                         Pulled::Items(n)
                     }
-                    Err(e) => self.fail_first(py, items, e),
+                    Err(e) => {
+                        self.fds = None;
+                        self.fail_first(py, items, e)
+                    }
                 }
             }
-            Some(Err(e)) | Some(Ok((0, e))) => self.fail_first(py, items, e),
+            Some(Err(e)) | Some(Ok((0, e))) => {
+                self.fds = None;
+                self.fail_first(py, items, e)
+            }
             Some(Ok((bad, _))) => {
                 // Send the good items before the bad one; the rest waits for the next job.
                 for x in items.into_iter().rev() {
                     self.ahead.push_front(x);
                 }
                 out.clear();
+                self.fds = None;
                 self.fill_py(
                     py,
                     out,
@@ -363,6 +384,7 @@ impl Run {
             ended: false,
             side: side.clone(),
             hint,
+            fds: None,
             kept: Mutex::default(),
         };
         let mut feed = Feed::new(engine, source, func, chunksize, timeout);
@@ -526,7 +548,8 @@ pub(crate) fn pump(state: &Mutex<State>) {
     }
 }
 
-/// A chunk whose worker died (or that ran past its time limit), or whose argument the
+/// A chunk whose worker died (or that ran past its time limit, or whose arguments or
+/// results went over `max_message_size=`), or whose argument the
 /// worker could not rebuild, is sent again item by item, so that only the item at fault
 /// fails: its piece is used up here (`None`). The items, pickled anew from the objects
 /// the parent holds (never by unpickling what was sent), go out one per job; after a
@@ -540,6 +563,9 @@ fn split_if_died(st: &mut State, p: Piece) -> Option<Piece> {
             TaskErrorKind::WorkerDied { .. }
                 | TaskErrorKind::TimedOut { .. }
                 | TaskErrorKind::Protocol { .. }
+                // max_message_size= is per item: a chunk over it goes again item by
+                // item, so that only an item over it fails.
+                | TaskErrorKind::TooLarge { .. }
         )
     );
     let split = matches!(
@@ -570,8 +596,8 @@ fn split_if_died(st: &mut State, p: Piece) -> Option<Piece> {
             ..p
         });
     };
-    for (i, part) in parts.into_iter().enumerate() {
-        st.feed.resubmit(p.start + i as u64, 1, part);
+    for (i, (part, fds)) in parts.into_iter().enumerate() {
+        st.feed.resubmit_with_fds(p.start + i as u64, 1, part, fds);
     }
     if let Some(payload) = p.payload {
         st.feed.give_back(payload);
@@ -579,20 +605,25 @@ fn split_if_died(st: &mut State, p: Piece) -> Option<Piece> {
     None
 }
 
-/// Each of `items` pickled alone as the payload of a chunk of one.
-fn repickle(py: Python<'_>, items: &[Py<PyAny>], star: bool) -> PyResult<Vec<Vec<u8>>> {
+/// Each of `items` pickled alone as the payload of a chunk of one, with the descriptors
+/// it attached (shared values, locks).
+fn repickle(
+    py: Python<'_>,
+    items: &[Py<PyAny>],
+    star: bool,
+) -> PyResult<Vec<(Vec<u8>, Option<procpool_engine::JobFds>)>> {
     let dumps = py::helper(py, "_pickle", "dumps_items")?;
     let mut out = Vec::with_capacity(items.len());
     for x in items {
         let x = x.bind(py);
         let list = PyList::new(py, [x])?;
-        let t = dumps.call1((list, is_big(x)))?;
+        let (t, fds) = crate::passfd::collecting(py, || dumps.call1((list, is_big(x))))?;
         if t.get_item(0)?.is_none() {
             return Err(PyErr::from_value(t.get_item(2)?));
         }
         let mut part = Vec::new();
         encode_pickled(&mut part, &t, 1, star)?;
-        out.push(part);
+        out.push((part, fds));
     }
     Ok(out)
 }

@@ -67,6 +67,8 @@ impl PyRunner {
 
     fn call(&self, py: Python<'_>, func: Py<PyAny>, f: &Frame<'_>) -> PyResult<Py<PyAny>> {
         let mv = py::memoryview(py, f.pickle)?;
+        // Descriptors of shared values in the arguments (closed after the job).
+        let fds = procpool_engine::take_job_fds();
         let r = py::helper(py, "_worker", "run").and_then(|run| {
             run.call1((
                 func,
@@ -76,8 +78,10 @@ impl PyRunner {
                 &mv,
                 f.py_bufs(py),
                 f.flags & CATCH_ALL != 0,
+                crate::passfd::as_list(py, &fds)?,
             ))
         });
+        drop(fds);
         py::release(&mv);
         Ok(r?.unbind())
     }

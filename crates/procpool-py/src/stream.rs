@@ -155,7 +155,10 @@ impl Stream {
             Some(a) => a.clone(),
             None => PyTuple::empty(py).into_any(),
         };
-        let t = py::helper(py, "_pickle", "dumps_call")?.call1((args, kwds))?;
+        // The arguments may hold shared values: their descriptors go with the job.
+        let (t, fds) = crate::passfd::collecting(py, || {
+            py::helper(py, "_pickle", "dumps_call")?.call1((args, kwds))
+        })?;
         let t = t.cast::<PyTuple>()?;
         let mut payload = Vec::new();
         frame::encode(
@@ -173,7 +176,7 @@ impl Stream {
             index: tag,
             weight: 1,
             timeout,
-            fds: None,
+            fds,
             attempts: 0,
         };
         self.batch

@@ -291,10 +291,21 @@ where
         let chunk = ChunkOut::decode(done, count, self.layout.codec);
         chunk.record(&self.recorder, pid, nanos);
         self.feed.note_failed(chunk.failures());
-        if let Some(payload) = payload {
-            if let Some(from) = chunk.not_run() {
-                self.resubmit(start, count, from, &payload, fds);
+        match (chunk.not_run(), &payload) {
+            (Some(from), Some(payload)) => self.resubmit(start, count, from, payload, fds),
+            (Some(from), None) => {
+                // The finished items a dead worker reported (a piece without a payload)
+                // cannot end with items not run: the report is forged. Those items fail
+                // here rather than vanish.
+                let kind = TaskErrorKind::Protocol {
+                    message: "a dead worker's report of its finished items stops early".into(),
+                };
+                self.feed
+                    .fail_locally(start + u64::from(from), count - from, kind);
             }
+            (None, _) => {}
+        }
+        if let Some(payload) = payload {
             self.feed.give_back(payload);
         }
         (chunk, bytes)
