@@ -12,6 +12,14 @@ both on procpool's Rust engine. Beyond the stdlib:
   are pickled by value (cloudpickle);
 * Ctrl-C during ``map`` raises KeyboardInterrupt at once and leaves no worker behind.
 
+Shared data and synchronization, as in :mod:`multiprocessing`, in shared memory that
+pool workers receive with their task arguments or ``initargs``: ``Value``, ``Array``,
+``RawValue``, ``RawArray`` (:mod:`procpool.sharedctypes`), ``Lock``, ``RLock``,
+``Semaphore``, ``BoundedSemaphore``, ``Event``, ``Condition``, ``Barrier``
+(:mod:`procpool.synchronize`; a lock whose holder dies goes to the next acquirer, which is
+told), and ``shared(obj)``: a read-only value decoded once per worker, NumPy arrays read
+in place. They are imported on first use.
+
 Example::
 
     import procpool
