@@ -17,6 +17,14 @@ namesakes. Beyond the stdlib:
 * a queue message is sent whole or not at all, even by a process killed mid-``put``;
 * Ctrl-C during ``map`` raises KeyboardInterrupt at once and leaves no worker behind.
 
+Shared data and synchronization, as in :mod:`multiprocessing`, in shared memory that
+pool workers receive with their task arguments or ``initargs``: ``Value``, ``Array``,
+``RawValue``, ``RawArray`` (:mod:`procpool.sharedctypes`), ``Lock``, ``RLock``,
+``Semaphore``, ``BoundedSemaphore``, ``Event``, ``Condition``, ``Barrier``
+(:mod:`procpool.synchronize`; a lock whose holder dies goes to the next acquirer, which is
+told), and ``shared(obj)``: a read-only value decoded once per worker, NumPy arrays read
+in place.
+
 ``import procpool`` loads nothing else: each name is imported on first use.
 
 Example::
@@ -41,7 +49,6 @@ _LAZY = {
     "MessageTooLarge": "._errors",
     "TaskTimeoutError": "._errors",
     "WorkerDied": "._errors",
-    "MessageTooLarge": "._errors",
     "Process": ".process",
     "current_process": ".process",
     "parent_process": ".process",

@@ -261,3 +261,13 @@ def test_shared_memory_is_sealed(pp):
         os.pwrite(h._fd, b"y", 0)
     with pytest.raises(RuntimeError, match="procpool processes"):
         pickle.dumps(h)
+
+
+def test_values_and_locks_through_the_executor(pp):
+    v = pp.Value("i", 0)
+    with pp.ProcessPoolExecutor(2) as ex:
+        futures = [ex.submit(T.add_value, v, 100) for _ in range(4)]
+        for f in futures:
+            f.result(timeout=20)
+        list(ex.map(T.add_value, [v] * 4, [50] * 4))
+    assert v.value == 600

@@ -668,3 +668,35 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_alive, m)?)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_reaped_or_zombie_child_is_not() {
+        assert!(alive(token()));
+        assert_eq!((token() >> 32) as u32, std::process::id());
+        assert!(!alive(0));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let start = start_time(pid).unwrap_or(0);
+        let t = (u64::from(pid) << 32) | u64::from(start);
+        // Exited, not yet reaped: a zombie is not alive.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!alive(t));
+        child.wait().unwrap();
+        assert!(!alive(t));
+        // The same pid with another start time is another process.
+        let me = token();
+        assert!(!alive(me ^ 1));
+    }
+
+    #[test]
+    fn stat_reads_names_with_spaces_and_parentheses() {
+        // Our own name is plain; the parser looks for the last ')' whatever the name.
+        let (state, start) = stat(std::process::id()).unwrap();
+        assert!(state.is_ascii_uppercase());
+        assert_eq!(start, token() as u32);
+    }
+}
