@@ -64,11 +64,10 @@ def run(func, kind: int, star: bool, count: int, data, bufs, catch_all: bool = F
             # again one by one, so that only that one fails.
             return SPLIT, b"", []
         if isinstance(e, SystemExit):
-            # Rebuilding the argument is not the task: it fails, the worker goes on.
-            e = pickle.UnpicklingError(
-                f"the argument could not be rebuilt in the worker: "
-                f"it raised SystemExit({e.code!r})"
-            )
+            # As in the stdlib, a ``SystemExit`` while an argument is rebuilt ends the
+            # worker: the engine fails this one item with the worker's exit code
+            # (``WorkerDied``; on an executor also a ``BrokenProcessPool``).
+            raise
         blob = remote_error(e)
         return encode_results([None] * count, {i: blob for i in range(count)})
     finally:

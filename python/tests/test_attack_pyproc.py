@@ -72,7 +72,9 @@ def test_escaping_descendants_die_with_the_process(pp, tmp_path, kill):
 @pytest.mark.limit(40)
 def test_a_reader_killed_while_a_writer_blocks_on_a_full_queue(pp, tmp_path):
     n = 24
-    q = pp.Queue()
+    # Full by its bound: large messages travel in memfds, so a socket buffer alone would
+    # not fill.
+    q = pp.Queue(maxsize=2)
     first = str(tmp_path / "first")
     second = str(tmp_path / "second")
     w = pp.Process(target=T.writer, args=(q, n))
