@@ -58,11 +58,39 @@ def _check_retries(retries):
     return value
 
 
-def _start_engine(workers, initializer, initargs, maxtasksperchild, timeout, retries):
-    """Checks ``timeout`` and ``retries``, then starts the engine of a pool or executor
-    (its other arguments already checked): ``(engine, timeout, retries)``."""
+def _check_max_message_size(size):
+    """The largest pickled task (arguments or result) a pool takes, in bytes, or None
+    for the largest the engine can (``_core.MAX_MESSAGE_SIZE``, 4 GiB - 1 KiB)."""
+    if size is None:
+        return None
+    if isinstance(size, bool):
+        raise TypeError("max_message_size must be an int (bytes) or None, not bool")
+    try:
+        value = operator.index(size)
+    except TypeError:
+        raise TypeError(
+            f"max_message_size must be an int (bytes) or None, not {type(size).__name__}"
+        ) from None
+    if not 1 <= value <= _core.MAX_MESSAGE_SIZE:
+        raise ValueError(
+            f"max_message_size must be between 1 and {_core.MAX_MESSAGE_SIZE} bytes, "
+            f"not {value}"
+        )
+    return value
+
+
+def _start_engine(
+    workers, initializer, initargs, maxtasksperchild, timeout, retries, max_message_size=None
+):
+    """Checks ``timeout``, ``retries`` and ``max_message_size``, then starts the engine of
+    a pool or executor (its other arguments already checked): ``(engine, timeout,
+    retries)``."""
+    from ._bootstrap import check
+
+    check()
     timeout = _check_timeout(timeout)
     retries = _check_retries(retries)
+    max_message_size = _check_max_message_size(max_message_size)
     engine = _core.Engine(
         workers,
         initializer=initializer,
@@ -70,6 +98,7 @@ def _start_engine(workers, initializer, initargs, maxtasksperchild, timeout, ret
         maxtasksperchild=maxtasksperchild,
         timeout=timeout,
         retries=retries,
+        max_message_size=max_message_size,
     )
     return engine, timeout, retries
 

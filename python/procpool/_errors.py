@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import multiprocessing
 import signal as _signal
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
 from typing import Optional
 
 __all__ = [
     "MaybeEncodingError",
+    "MessageTooLarge",
     "PoolError",
     "RemoteTraceback",
     "TaskTimeoutError",
@@ -76,3 +78,52 @@ class TaskTimeoutError(multiprocessing.TimeoutError):
 
 class PoolError(RuntimeError):
     """The pool cannot run work: no worker could start, or it was terminated."""
+
+
+class MessageTooLarge(PoolError):
+    """A task's pickled arguments or result are larger than the pool's
+    ``max_message_size=``: that task fails, the pool goes on.
+
+    >>> issubclass(MessageTooLarge, PoolError)
+    True
+    """
+
+
+# -- the executor's kinds -------------------------------------------------------------
+# On the ProcessPoolExecutor side a worker's death and a stopped executor are also
+# ``concurrent.futures.process.BrokenProcessPool`` (so that code written for the stdlib
+# executor still catches them), while still ``WorkerDied`` / ``PoolError``. The Pool's are
+# not: ``multiprocessing.Pool`` has no such exception, and a RuntimeError base there
+# would change what ``except RuntimeError`` catches in Pool users' code.
+
+
+class ExecutorWorkerDied(WorkerDied, BrokenProcessPool):
+    """:class:`WorkerDied` as a ProcessPoolExecutor delivers it (also a ``BrokenProcessPool``)."""
+
+
+class ExecutorPoolError(PoolError, BrokenProcessPool):
+    """:class:`PoolError` as a ProcessPoolExecutor delivers it (also a ``BrokenProcessPool``)."""
+
+
+def for_executor(exc):
+    """The exception a ProcessPoolExecutor's future gets for ``exc``: a worker's death or
+    a stopped pool becomes its ``BrokenProcessPool`` kind, a remote traceback the
+    ``concurrent.futures`` one; anything else is ``exc`` itself."""
+    if type(exc) is WorkerDied:
+        new = ExecutorWorkerDied(exc.pid, exc.exitcode, exc.signal)
+    elif type(exc) is PoolError:
+        new = ExecutorPoolError(*exc.args)
+    else:
+        new = exc
+    cause = exc.__cause__
+    if isinstance(cause, RemoteTraceback):
+        cause = _FuturesRemoteTraceback(cause.tb)
+    if new is not exc or cause is not exc.__cause__:
+        new.__cause__ = cause
+    return new
+
+
+try:
+    from concurrent.futures.process import _RemoteTraceback as _FuturesRemoteTraceback
+except ImportError:  # pragma: no cover - the stdlib's private name moved
+    _FuturesRemoteTraceback = RemoteTraceback

@@ -1,8 +1,9 @@
 """How values cross the process boundary (private).
 
 Pickle protocol 5. Functions, classes and values that the standard pickler cannot take by
-reference (lambdas, closures, anything defined in ``__main__`` or a notebook) go by value
-with cloudpickle; importable ones still go by reference. Buffers of at least
+reference (lambdas, closures, anything defined in the REPL, ``-c`` or a notebook) go by
+value with cloudpickle; importable ones, and those of a script's ``__main__`` (which
+workers import as ``spawn`` does), go by reference. Buffers of at least
 ``OOB_MIN`` bytes (``bytearray``, ``memoryview``, NumPy arrays, and ``bytes`` items) travel
 out of band: the Rust side places them after the pickle stream in the job's payload,
 which the engine moves through the worker's shared-memory region when large.
@@ -13,9 +14,14 @@ reads the pickles.
 
 from __future__ import annotations
 
+import importlib.machinery
 import io
 import pickle
+import sys
+import threading
 import traceback
+import types
+from collections import ChainMap
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
 from pickle import PickleBuffer
 
@@ -49,6 +55,24 @@ class _BigBytes:
         return (bytes, (PickleBuffer(self.b),))
 
 
+def _main_by_reference(obj) -> bool:
+    """Whether ``obj``, a function or class of the caller's ``__main__``, can go by
+    reference: the main module is importable in workers (a script or ``-m`` module,
+    which they run again as ``__mp_main__``, as ``spawn`` does) and ``obj`` is found
+    there under its own name. Lambdas, closures, the REPL, ``-c`` and notebooks go by
+    value."""
+    if getattr(obj, "__module__", None) != "__main__":
+        return False
+    from ._bootstrap import importable_main
+
+    if not importable_main():
+        return False
+    target = sys.modules.get("__main__")
+    for part in getattr(obj, "__qualname__", "<").split("."):
+        target = getattr(target, part, None)
+    return target is obj
+
+
 def _collector():
     bufs = []
 
@@ -62,12 +86,51 @@ def _collector():
     return bufs, cb
 
 
+def _refuse_file(obj):
+    if obj is sys.__stdout__ or obj is sys.__stderr__ or obj is sys.__stdin__:
+        return _CLOUD_TABLE[io.TextIOWrapper](obj)  # the receiver's own stream, by name
+    # cloudpickle would send the file's contents as an io.StringIO.
+    name = getattr(obj, "name", "?")
+    raise TypeError(
+        f"cannot pickle {type(obj).__name__!r} object (an open file, {name!r}): "
+        "send its path or its contents instead"
+    )
+
+
+def _refuse_memoryview(obj):
+    # cloudpickle would send the bytes it views, arriving as ``bytes``.
+    raise TypeError(
+        "cannot pickle 'memoryview' object: send bytes(view), or the bytearray or array it views"
+    )
+
+
+_CLOUD_TABLE = cloudpickle.Pickler.dispatch_table
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, less what it would rebuild as an object of another kind on the other
+    side (an open file as an ``io.StringIO``, a memoryview as ``bytes``): those are
+    refused as the standard pickler refuses them. Sockets, locks, generators and the like
+    cloudpickle refuses already."""
+
+    dispatch_table = ChainMap(
+        {io.TextIOWrapper: _refuse_file, memoryview: _refuse_memoryview}, _CLOUD_TABLE
+    )
+
+    def reducer_override(self, obj):
+        # Functions and classes of an importable ``__main__`` go by reference (see
+        # :func:`_main_by_reference`), as the stdlib sends them.
+        if isinstance(obj, (type, types.FunctionType)) and _main_by_reference(obj):
+            return NotImplemented
+        return super().reducer_override(obj)
+
+
 def dumps(obj, by_value: bool = True):
     """``(pickle bytes, [out-of-band memoryviews])``; cloudpickle when ``by_value``."""
     bufs, cb = _collector()
     if by_value:
         f = io.BytesIO()
-        cloudpickle.Pickler(f, protocol=5, buffer_callback=cb).dump(obj)
+        _Pickler(f, protocol=5, buffer_callback=cb).dump(obj)
         return f.getvalue(), bufs
     return pickle.dumps(obj, protocol=5, buffer_callback=cb), bufs
 
@@ -80,14 +143,84 @@ def dumps_fast(obj):
         return dumps(obj, by_value=True)
 
 
+def _importable_by_name(module) -> bool:
+    """Whether a worker (same ``sys.path``) finds ``module`` by its name: not so for a
+    module loaded from a file path through importlib, or made in memory."""
+    name = getattr(module, "__name__", None)
+    spec = getattr(module, "__spec__", None)
+    if not name or name == "__main__":
+        return False
+    if spec is None:
+        return name in sys.builtin_module_names
+    if spec.origin in (None, "built-in", "frozen") or spec.parent:
+        return True  # a builtin, or a package's submodule (found through the package)
+    try:
+        found = importlib.machinery.PathFinder.find_spec(name, sys.path)
+    except (ImportError, ValueError):
+        return False
+    return found is not None and found.origin == spec.origin
+
+
+def _by_value_if_unimportable(func) -> None:
+    """Registers ``func``'s module with cloudpickle to go by value when a worker could
+    not import it by name (CPython's ``register_pickle_by_value``)."""
+    target = getattr(func, "__func__", func)  # a bound method's function
+    name = getattr(target, "__module__", None)
+    module = sys.modules.get(name) if isinstance(name, str) else None
+    if module is None or name == "__main__" or _CHECKED.get(name) is module:
+        return
+    _CHECKED[name] = module
+    if not _importable_by_name(module):
+        cloudpickle.register_pickle_by_value(module)
+        _BY_VALUE.add(name)
+
+
+#: Modules registered with cloudpickle to go by value, by name.
+_BY_VALUE = set()
+#: Modules already checked (the module object, for a name loaded again).
+_CHECKED = {}
+
+
 def dumps_func(func) -> bytes:
-    """A function's reference (by value when it cannot go by reference)."""
+    """A function's reference (by value when it cannot go by reference: a lambda or
+    closure, defined in a ``__main__`` workers cannot import, or from a module a worker
+    cannot import by name)."""
     if not callable(func):
         raise TypeError(f"{type(func).__name__!r} object is not callable")
+    _by_value_if_unimportable(func)
+    try:
+        # By reference when it can: the worker runs the module's own code (its source
+        # lines in tracebacks), e.g. a bound classmethod cloudpickle would copy.
+        f = io.BytesIO()
+        _RefPickler(f, protocol=5).dump(func)
+        return f.getvalue()
+    except Exception:
+        pass
     data, bufs = dumps(func)
     if bufs:  # a function holding large buffers: keep them in band
-        data = cloudpickle.dumps(func, protocol=5)
+        f = io.BytesIO()
+        _Pickler(f, protocol=5).dump(func)
+        data = f.getvalue()
     return data
+
+
+class _ByValue(Exception):
+    pass
+
+
+class _RefPickler(pickle.Pickler):
+    """The standard pickler, refusing (``_ByValue``) any function or class a worker
+    would not find by reference: one of a ``__main__`` workers cannot import, or of a
+    module registered to go by value."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, (types.FunctionType, type)):
+            module = getattr(obj, "__module__", None)
+            if module is None or module in _BY_VALUE:
+                raise _ByValue
+            if module == "__main__" and not _main_by_reference(obj):
+                raise _ByValue
+        return NotImplemented
 
 
 def _wrap_big(item):
@@ -126,16 +259,19 @@ def dumps_call(args, kwds):
     return dumps((tuple(_wrap_big(x) for x in args), kwds or {}))
 
 
-def remote_error(e: BaseException) -> bytes:
+def remote_error(e: BaseException, executor: bool = False) -> bytes:
     """A task's exception, with its formatted traceback, as bytes for the parent. An
     exception that cannot be pickled becomes a :class:`MaybeEncodingError` carrying its
-    text (as the standard library does)."""
+    text (as :mod:`multiprocessing.pool` does), or, for an ``executor`` call, the pickling
+    error itself (as :mod:`concurrent.futures` does)."""
     tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
     tb = '\n"""\n' + tb + '"""'
     e.__traceback__ = None
     try:
         return dumps_fast((e, tb))[0]
     except Exception as pe:
+        if executor:
+            return remote_error(pe)
         return pickle.dumps((MaybeEncodingError(pe, e), tb), protocol=5)
 
 
@@ -152,13 +288,16 @@ def rebuild_error(blob: bytes) -> BaseException:
     return exc
 
 
-def encode_results(results: list, errors):
+def encode_results(results: list, errors, executor: bool = False):
     """``(kind, pickle bytes, buffers)`` for the outcomes of a job's items. ``errors``
-    maps an item's position to its :func:`remote_error` bytes."""
+    maps an item's position to its :func:`remote_error` bytes. A result that cannot be
+    pickled fails its item with a :class:`MaybeEncodingError` or, for an ``executor``
+    call, with the pickling error itself (a ``SystemExit`` raised while pickling too)."""
+    caught = BaseException if executor else Exception
     if errors is None:
         try:
             return (ALL_OK,) + dumps_fast(results)
-        except Exception:
+        except caught:
             pass
     out = []
     for i, r in enumerate(results):
@@ -168,9 +307,27 @@ def encode_results(results: list, errors):
         try:
             dumps_fast(r)
             out.append((True, r))
-        except Exception as e:
-            out.append((False, pickle.dumps((MaybeEncodingError(e, r), ""), protocol=5)))
+        except caught as e:
+            if executor:
+                out.append((False, remote_error(e, executor=True)))
+            else:
+                out.append((False, pickle.dumps((MaybeEncodingError(e, r), ""), protocol=5)))
     return (MIXED,) + dumps_fast(out)
+
+
+_thread_role = threading.local()
+
+
+def result_thread() -> None:
+    """Marks the calling thread as a result thread of a pool or executor: a
+    ``KeyboardInterrupt`` or ``SystemExit`` raised while it reads a result (by the
+    result's own unpickling code) fails that task, as there is no caller to raise it to.
+    In any other thread it is the caller's and is raised."""
+    _thread_role.result = True
+
+
+def in_result_thread() -> bool:
+    return getattr(_thread_role, "result", False)
 
 
 def decode_results(start: int, kind: int, data, bufs):

@@ -24,13 +24,15 @@ Example::
 
 import collections
 import concurrent.futures
+import multiprocessing
 import threading
 import time
+import traceback
 import weakref
 
-from . import _core
+from . import _core, _pickle
 from ._args import _check_processes, _check_timeout, _start_engine
-from ._errors import PoolError
+from ._errors import PoolError, for_executor
 from .pool import _stopped_early
 
 __all__ = ["ProcessPoolExecutor"]
@@ -60,20 +62,30 @@ except AttributeError:  # pragma: no cover - Python < 3.9
 
 
 class _WorkItem:
-    __slots__ = ("future", "fn", "args", "kwargs")
+    __slots__ = ("future", "fn", "args", "kwargs", "running")
 
     def __init__(self, future, fn, args, kwargs):
         self.future = future
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
+        self.running = False
 
 
 def _settle(future, ok, value):
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+    """Settles ``future`` (on a result thread). A done-callback that raises what
+    ``concurrent.futures`` does not catch (``SystemExit``) is reported here, and the
+    thread goes on delivering the other results."""
+    try:
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(for_executor(value))
+    except BaseException:
+        if future.done():
+            traceback.print_exc()
+        else:
+            raise
 
 
 class _ExecutorCore:
@@ -105,12 +117,20 @@ class _ExecutorCore:
         failures = []
         while self.pending and len(self.inflight) < self.window:
             item = self.pending.popleft()
-            if not item.future.set_running_or_notify_cancel():
-                continue  # cancelled while waiting
+            if not item.running:
+                if not item.future.set_running_or_notify_cancel():
+                    continue  # cancelled while waiting
+                item.running = True
             try:
                 tag = self.stream.submit(item.fn, item.args, item.kwargs)
-            except BaseException as exc:  # could not pickle: this call fails alone
+            except Exception as exc:  # could not pickle: this call fails alone
                 failures.append((item.future, exc))
+            except BaseException as exc:
+                if _pickle.in_result_thread():  # nobody to raise it to
+                    failures.append((item.future, exc))
+                else:  # Ctrl-C in the caller: the call waits for the next pump
+                    self.pending.appendleft(item)
+                    raise
             else:
                 self.inflight[tag] = item.future
                 self.wakeup.notify()
@@ -132,19 +152,21 @@ class _ExecutorCore:
             if _global_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             if self.stream is None:
-                self.stream = self.engine.stream()
+                self.stream = self.engine.stream(catch_all=True)
                 self.thread = threading.Thread(
                     target=self.serve, name="procpool-executor-results", daemon=True
                 )
                 self.thread.start()
             self.pending.append(_WorkItem(future, fn, args, kwargs))
             failures = self.pump_locked()
+            del fn, args, kwargs  # (held by the work item until it is handed over)
         for fut, exc in failures:
             fut.set_exception(exc)
         return future
 
     def serve(self):
         """Result thread: settle each future as its outcome arrives, refill the window."""
+        _pickle.result_thread()
         stream = self.stream
         cause = None
         retries = [0]
@@ -166,6 +188,7 @@ class _ExecutorCore:
                 failures = self.pump_locked()
             if future is not None:
                 _settle(future, ok, value)
+            del future, value  # (not kept alive while the next outcome is awaited)
             for fut, exc in failures:
                 fut.set_exception(exc)
         with self.lock:
@@ -175,10 +198,12 @@ class _ExecutorCore:
             self.pending.clear()
         for future in left:
             future.set_exception(
-                PoolError(
+                for_executor(
+                    PoolError(
                     "the executor's workers were stopped before this call finished"
-                    if cause is None
-                    else f"the executor stopped delivering results: {cause}"
+                        if cause is None
+                        else f"the executor stopped delivering results: {cause}"
+                    )
                 )
             )
         if self.closed:
@@ -245,12 +270,14 @@ class _MapDrain:
         self.thread.start()
 
     def _drain(self):
+        _pickle.result_thread()
         error = None
         try:
             for outcome in self.run:
                 with self.cond:
                     self.items.append(outcome)
                     self.cond.notify()
+                del outcome  # (not kept alive while the next one is awaited)
         except Exception as exc:  # the engine failed mid-run
             error = exc
         with self.cond:
@@ -286,8 +313,12 @@ class _MapDrain:
                             self.cond.wait(remaining)
                     _, ok, value = self.items.popleft()
                 if not ok:
-                    raise value
-                yield value
+                    raise for_executor(value)
+                # The generator holds no reference to the value while the caller has it
+                # (CPython issue 14406).
+                box = [value]
+                del value
+                yield box.pop()
         finally:
             if not self.finished:
                 self.run.cancel()
@@ -305,7 +336,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     Beyond the stdlib (keyword-only): ``timeout`` is a per-call time limit in seconds (a
     call past it has its worker killed and its future fails with
     :class:`procpool.TaskTimeoutError`); ``retries`` re-runs a call whose worker died that
-    many times before failing it with :class:`procpool.WorkerDied`.
+    many times before failing it with :class:`procpool.WorkerDied`; ``max_message_size``
+    is the largest pickled call (arguments, or result) in bytes, 4 GiB - 1 KiB at most and
+    by default (a larger one fails its future with :class:`procpool.MessageTooLarge`).
 
     A worker's death fails only the future of the call it ran; the executor replaces the
     worker and stays usable. Up to ``4 × max_workers`` calls are handed to the workers
@@ -332,6 +365,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         *,
         timeout=None,
         retries=0,
+        max_message_size=None,
     ):
         self._core = None
         if max_workers is not None:
@@ -345,9 +379,24 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
+            # As the stdlib (procpool's workers are forked from its template whatever
+            # the context, but a program written for the stdlib must not depend on it).
+            if mp_context is None:
+                mp_context = multiprocessing.get_context("spawn")
+            elif mp_context.get_start_method(allow_none=False) == "fork":
+                raise ValueError(
+                    "max_tasks_per_child is incompatible with the 'fork' multiprocessing "
+                    "start method; supply a different mp_context."
+                )
             max_tasks_per_child = int(max_tasks_per_child)
         engine, timeout, retries = _start_engine(
-            max_workers, initializer, initargs, max_tasks_per_child, timeout, retries
+            max_workers,
+            initializer,
+            initargs,
+            max_tasks_per_child,
+            timeout,
+            retries,
+            max_message_size,
         )
         self._max_workers = max_workers
         self._mp_context = mp_context
@@ -408,6 +457,19 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         core = self._core
         if core is not None:
             core.shutdown(wait, cancel_futures)
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C: the stdlib's workers get the terminal's SIGINT too and their calls
+            # end at once; procpool's workers leave it to the caller, so the calls still
+            # running are stopped here rather than waited for.
+            core = self._core
+            if core is not None:
+                core.shutdown(False, True)
+                core.engine.terminate()
+            return False
+        self.shutdown(wait=True)
+        return False
 
     def __repr__(self):
         core = self._core

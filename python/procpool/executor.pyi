@@ -21,6 +21,7 @@ class ProcessPoolExecutor(Executor):
         *,
         timeout: float | None = None,
         retries: int = 0,
+        max_message_size: int | None = None,
     ) -> None: ...
     def submit(
         self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs

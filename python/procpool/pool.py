@@ -21,7 +21,7 @@ import time
 import warnings
 import weakref
 
-from . import _core
+from . import _core, _pickle
 from ._args import (
     _check_chunksize,
     _check_processes,
@@ -244,6 +244,7 @@ def _stopped_early(stream, retries):
 
 def _serve_stream(core, stream):
     """Result thread for apply_async: hands each outcome to its AsyncResult."""
+    _pickle.result_thread()
     cause = None
     retries = [0]
     while True:
@@ -263,6 +264,7 @@ def _serve_stream(core, stream):
             result = core.stream_results.pop(tag, None)
         if result is not None:
             result._set(ok, value)
+        del result, value  # (not kept alive while the next outcome is awaited)
     with core.lock:
         left = list(core.stream_results.values())
         core.stream_results.clear()
@@ -314,6 +316,7 @@ def _collect(run, source, length):
 
 def _serve_map(core, run, source, length, result):
     """Result thread of one map_async: settles its MapResult once every task is done."""
+    _pickle.result_thread()
     try:
         ok, value = _collect(run, source, length)
     except Exception as exc:  # the engine failed mid-run
@@ -344,6 +347,9 @@ class Pool:
       takes ``timeout=`` to set the limit for that call.
     * ``retries``: how many times a task whose worker died is run again on a fresh worker
       before it fails with :class:`procpool.WorkerDied`.
+    * ``max_message_size``: the largest pickled task (its arguments, or its result) in
+      bytes; a larger one fails with :class:`procpool.MessageTooLarge` saying so. Default and
+      most: ``procpool._core.MAX_MESSAGE_SIZE`` (4 GiB - 1 KiB).
 
     A worker that dies (signal, ``os._exit``, a crash in C code) fails only the task it
     was running; the pool replaces it and goes on. ``chunksize=None`` (the default of every
@@ -376,6 +382,7 @@ class Pool:
         *,
         timeout=None,
         retries=0,
+        max_message_size=None,
     ):
         self._core = None
         processes = _check_processes(processes)
@@ -386,7 +393,7 @@ class Pool:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         engine, timeout, retries = _start_engine(
-            processes, initializer, initargs, maxtasksperchild, timeout, retries
+            processes, initializer, initargs, maxtasksperchild, timeout, retries, max_message_size
         )
         self._ctx = context
         self._timeout = timeout

@@ -55,6 +55,7 @@ class Pool:
         *,
         timeout: float | None = None,
         retries: int = 0,
+        max_message_size: int | None = None,
     ) -> None: ...
     @property
     def _processes(self) -> int: ...

@@ -100,15 +100,17 @@ class ApplyResult:
     def _set(self, ok, value):
         self._success = ok
         self._value = value
+        # Callbacks run on a result thread: whatever they raise (SystemExit included) is
+        # reported there, and the thread goes on delivering the other results.
         if ok and self._callback is not None:
             try:
                 self._callback(value)
-            except Exception:
+            except BaseException:
                 _report_callback_error("callback", self._callback)
         elif not ok and self._error_callback is not None:
             try:
                 self._error_callback(value)
-            except Exception:
+            except BaseException:
                 _report_callback_error("error_callback", self._error_callback)
         self._event.set()
         self._pool = None

@@ -11,9 +11,12 @@ import textwrap
 import pytest
 
 import procpool
+import procpool._shared
 import procpool.executor
 import procpool.pool
 import procpool.results
+import procpool.sharedctypes
+import procpool.synchronize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,7 +29,15 @@ def _examples():
         for i, m in enumerate(re.finditer(r"Example::\n\n((?:    .*\n|\n)+)", doc)):
             found.setdefault(textwrap.dedent(m.group(1)), f"{name}#{i}")
 
-    for mod in (procpool, procpool.pool, procpool.results, procpool.executor):
+    for mod in (
+        procpool,
+        procpool.pool,
+        procpool.results,
+        procpool.executor,
+        procpool.synchronize,
+        procpool.sharedctypes,
+        procpool._shared,
+    ):
         grab(mod, mod.__name__)
         for name, obj in vars(mod).items():
             if name.startswith("_") or getattr(obj, "__module__", "").split(".")[0] != "procpool":
@@ -55,6 +66,20 @@ def test_the_public_api_has_examples():
         "ProcessPoolExecutor.map",
         "ProcessPoolExecutor.shutdown",
         "cpu_count",
+        "procpool.synchronize",
+        "Lock",
+        "RLock",
+        "Semaphore",
+        "BoundedSemaphore",
+        "Event",
+        "Condition",
+        "Barrier",
+        "Value",
+        "Array",
+        "RawValue",
+        "RawArray",
+        "shared",
+        "SharedHandle",
     ]:
         assert required in names
 

@@ -439,19 +439,20 @@ SCRIPT = textwrap.dedent(
     """
     import os, sys, time
     from procpool import _core
-    e = _core.Engine(2)
-    time.sleep(0.2)
-    kids = set()
-    for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/children") as f:
-            kids.update(int(p) for p in f.read().split())
-    print(" ".join(map(str, sorted(kids))), flush=True)
-    try:
-        for _ in e.run(time.sleep, [60] * 8, chunksize=1):
-            pass
-    except KeyboardInterrupt:
-        print("interrupted", flush=True)
-        raise
+    if __name__ == "__main__":  # workers import this script (as __mp_main__)
+        e = _core.Engine(2)
+        time.sleep(0.2)
+        kids = set()
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                kids.update(int(p) for p in f.read().split())
+        print(" ".join(map(str, sorted(kids))), flush=True)
+        try:
+            for _ in e.run(time.sleep, [60] * 8, chunksize=1):
+                pass
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            raise
     """
 )
 

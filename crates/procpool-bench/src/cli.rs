@@ -73,8 +73,9 @@ Flags of the tables:
                       (python-mp = python; sequential always runs: it is the baseline)
   --workloads LIST    comma-separated workloads to run (default: all):
                       {workloads}
-                      (pyfront: procpool's Python pools against the other Python pools,
-                      run by the --python interpreter, which must import procpool)
+                      (pyfront: procpool's Python pools against the other Python pools;
+                      pyproc: its Process, Queue and start-up against multiprocessing;
+                      both run by the --python interpreter, which must import procpool)
   --progress          procpool's map calls report progress (to a callback that does
                       nothing), to measure its cost
 

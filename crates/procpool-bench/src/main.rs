@@ -11,6 +11,7 @@ mod figures;
 mod load;
 mod procs;
 mod pyfront;
+mod pyproc;
 mod python;
 mod report;
 mod shared_table;
@@ -41,7 +42,7 @@ pub(crate) const SEED_TASK_TIME: Duration = Duration::from_millis(10);
 const RUST_SYSTEMS: [&str; 4] = ["sequential", "rayon", "procspawn", "procpool"];
 
 /// The workloads, by the names `--workloads` takes.
-const WORKLOADS: [&str; 9] = [
+const WORKLOADS: [&str; 10] = [
     "seed",
     "tiny",
     "bulk",
@@ -51,6 +52,7 @@ const WORKLOADS: [&str; 9] = [
     "uneven",
     "channels",
     "pyfront",
+    "pyproc",
 ];
 
 /// `target/bench` beside the `release` (or `debug`) folder holding this executable, or
@@ -187,7 +189,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     let mut results = Results::new(seed_n);
     let main_table = WORKLOADS
         .iter()
-        .any(|w| !["uneven", "channels", "pyfront"].contains(w) && p.runs(w));
+        .any(|w| !["uneven", "channels", "pyfront", "pyproc"].contains(w) && p.runs(w));
 
     for name in RUST_SYSTEMS {
         if !main_table || !cfg.wants(name) {
@@ -241,6 +243,13 @@ fn run(cfg: &Config) -> Result<(), String> {
         r.unwrap_or_else(|e| format!("Python front: skipped ({e})"))
     });
 
+    let pyproc = python.filter(|_| p.runs("pyproc")).map(|py| {
+        let t = Instant::now();
+        let r = pyproc::run(py, &cfg.out, p.quick);
+        eprintln!("pyproc: done in {:.1} s", t.elapsed().as_secs_f64());
+        r.unwrap_or_else(|e| format!("Python processes: skipped ({e})"))
+    });
+
     results.finish();
     if main_table {
         println!("{}", report::table(&results));
@@ -252,6 +261,9 @@ fn run(cfg: &Config) -> Result<(), String> {
         println!("{}", c.table());
     }
     if let Some(text) = &pyfront {
+        println!("{text}");
+    }
+    if let Some(text) = &pyproc {
         println!("{text}");
     }
     if let Some((other, steal)) = load::foreign_share(run_mark, load::mark()) {

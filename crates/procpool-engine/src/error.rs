@@ -8,6 +8,21 @@ use std::time::Duration;
 use crate::sys;
 use crate::wire::{Failure, Refusal};
 
+/// Implements `Debug` as the type's `Display`, so that an error returned from `main`
+/// (which prints its `Debug`) reads as a sentence, and a backtrace as lines.
+macro_rules! debug_as_display {
+    ($($t:ty),* $(,)?) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Display::fmt(self, f)
+            }
+        }
+    )*};
+}
+pub(crate) use debug_as_display;
+
+debug_as_display!(TaskErrorKind, TaskError, HandshakeError, PoolError);
+
 /// How a worker process ended.
 ///
 /// ```
@@ -32,6 +47,12 @@ pub enum Death {
 
 impl Death {
     /// The signal's name, such as `"SIGKILL"`, when a signal ended the process.
+    ///
+    /// ```
+    /// use procpool_engine::Death;
+    /// assert_eq!(Death::Signal(11).signal_name(), Some("SIGSEGV"));
+    /// assert_eq!(Death::Exit(1).signal_name(), None);
+    /// ```
     pub fn signal_name(&self) -> Option<&'static str> {
         match self {
             Death::Signal(s) => Some(sys::signal_name(*s)),
@@ -54,8 +75,27 @@ impl fmt::Display for Death {
     }
 }
 
-/// What made a task fail.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What made a task fail. Its `Debug` reads as its `Display`.
+///
+/// ```
+/// use procpool_engine::{Death, TaskErrorKind};
+///
+/// fn advice(kind: &TaskErrorKind) -> &'static str {
+///     match kind {
+///         TaskErrorKind::Panic { .. } => "fix the task's code",
+///         TaskErrorKind::WorkerDied { death } if death.signal_name() == Some("SIGKILL") => {
+///             "out of memory? (the OOM killer sends SIGKILL)"
+///         }
+///         TaskErrorKind::TimedOut { .. } => "raise the time limit",
+///         _ => "see the message",
+///     }
+/// }
+///
+/// let kind = TaskErrorKind::WorkerDied { death: Death::Signal(9) };
+/// assert_eq!(advice(&kind), "out of memory? (the OOM killer sends SIGKILL)");
+/// assert_eq!(format!("{kind:?}"), kind.to_string()); // Debug reads as Display
+/// ```
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TaskErrorKind {
     /// The task panicked; the worker survived and goes on.
@@ -127,7 +167,9 @@ pub enum TaskErrorKind {
 }
 
 /// A task that failed, with what is known of where and why. Its `Display` is a
-/// sentence naming the task, the process that ran it, and the cause.
+/// sentence naming the task, the process that ran it, and the cause; its `Debug` reads
+/// the same (so `main` returning it prints the sentence, and a panic's backtrace as
+/// lines).
 ///
 /// ```
 /// use procpool_engine::{Death, TaskError, TaskErrorKind};
@@ -142,7 +184,7 @@ pub enum TaskErrorKind {
 ///     "task 5 was cancelled; it was started 2 times"
 /// );
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct TaskError {
     kind: TaskErrorKind,
     index: u64,
@@ -153,6 +195,12 @@ pub struct TaskError {
 impl TaskError {
     /// An error of the task at `index`, last run by worker `pid`, started `attempts`
     /// times.
+    ///
+    /// ```
+    /// use procpool_engine::{TaskError, TaskErrorKind};
+    /// let e = TaskError::new(TaskErrorKind::Cancelled, 4, Some(99), 2);
+    /// assert_eq!(e.to_string(), "task 4, run by process 99, was cancelled; it was started 2 times");
+    /// ```
     pub fn new(kind: TaskErrorKind, index: u64, pid: Option<u32>, attempts: u32) -> Self {
         Self {
             kind,
@@ -163,17 +211,42 @@ impl TaskError {
     }
 
     /// What made the task fail.
+    ///
+    /// ```
+    /// use procpool_engine::{TaskError, TaskErrorKind};
+    /// let e = TaskError::new(TaskErrorKind::Cancelled, 4, Some(99), 2);
+    /// assert_eq!(e.kind(), &TaskErrorKind::Cancelled);
+    /// ```
     pub fn kind(&self) -> &TaskErrorKind {
         &self.kind
     }
 
     /// Consumes the error, giving its kind.
+    ///
+    /// ```
+    /// use procpool_engine::{TaskError, TaskErrorKind};
+    /// let e = TaskError::new(TaskErrorKind::Cancelled, 4, Some(99), 2);
+    /// let kind: TaskErrorKind = e.into_kind();
+    /// assert_eq!(kind, TaskErrorKind::Cancelled);
+    /// ```
     pub fn into_kind(self) -> TaskErrorKind {
         self.kind
     }
 
     /// The worker's stack backtrace at the task's panic, when it panicked and the user
     /// asked for backtraces (`RUST_BACKTRACE=1`); the error's `Display` shows it too.
+    ///
+    /// ```
+    /// use procpool_engine::{TaskError, TaskErrorKind};
+    /// let kind = TaskErrorKind::Panic {
+    ///     message: "boom".into(),
+    ///     location: None,
+    ///     backtrace: Some("   0: my_task\n".into()),
+    /// };
+    /// assert_eq!(TaskError::new(kind, 0, None, 1).backtrace(), Some("   0: my_task\n"));
+    /// let cancelled = TaskError::new(TaskErrorKind::Cancelled, 0, None, 1);
+    /// assert_eq!(cancelled.backtrace(), None);
+    /// ```
     pub fn backtrace(&self) -> Option<&str> {
         match &self.kind {
             TaskErrorKind::Panic { backtrace, .. } => backtrace.as_deref(),
@@ -182,21 +255,45 @@ impl TaskError {
     }
 
     /// Position of the task in its input (0 for a single call).
+    ///
+    /// ```
+    /// use procpool_engine::{TaskError, TaskErrorKind};
+    /// let e = TaskError::new(TaskErrorKind::Cancelled, 4, Some(99), 2);
+    /// assert_eq!(e.index(), 4);
+    /// ```
     pub fn index(&self) -> u64 {
         self.index
     }
 
     /// Process id of the worker that last ran the task, if one did.
+    ///
+    /// ```
+    /// use procpool_engine::{TaskError, TaskErrorKind};
+    /// let e = TaskError::new(TaskErrorKind::Cancelled, 4, Some(99), 2);
+    /// assert_eq!(e.pid(), Some(99));
+    /// ```
     pub fn pid(&self) -> Option<u32> {
         self.pid
     }
 
     /// How many times the task was started (more than 1 with retries).
+    ///
+    /// ```
+    /// use procpool_engine::{TaskError, TaskErrorKind};
+    /// let e = TaskError::new(TaskErrorKind::Cancelled, 4, Some(99), 2);
+    /// assert_eq!(e.attempts(), 2);
+    /// ```
     pub fn attempts(&self) -> u32 {
         self.attempts
     }
 
     /// Changes the index (for fronts that split or merge tasks).
+    ///
+    /// ```
+    /// use procpool_engine::{TaskError, TaskErrorKind};
+    /// let e = TaskError::new(TaskErrorKind::Cancelled, 4, Some(99), 2);
+    /// assert_eq!(e.with_index(10).index(), 10);
+    /// ```
     pub fn with_index(mut self, index: u64) -> Self {
         self.index = index;
         self
@@ -295,8 +392,17 @@ impl fmt::Display for TaskError {
 
 impl std::error::Error for TaskError {}
 
-/// Why a worker could not join the pool.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a worker could not join the pool. Its `Debug` reads as its `Display`.
+///
+/// ```
+/// use procpool_engine::{HandshakeError, PoolError};
+///
+/// let e = PoolError::Handshake { pid: Some(7), reason: HandshakeError::InitMissing };
+/// if let PoolError::Handshake { reason: HandshakeError::InitMissing, .. } = &e {
+///     assert!(e.to_string().contains("procpool::init()")); // says what to do
+/// }
+/// ```
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HandshakeError {
     /// The worker runs a different executable than the parent, so functions cannot be
@@ -376,8 +482,18 @@ impl fmt::Display for HandshakeError {
     }
 }
 
-/// An error of the pool as a whole.
-#[derive(Debug, Clone, thiserror::Error)]
+/// An error of the pool as a whole. Its `Debug` reads as its `Display`.
+///
+/// ```
+/// use procpool_engine::PoolError;
+///
+/// let e = PoolError::Config("workers must be at least 1".into());
+/// assert_eq!(e.to_string(), "invalid pool configuration: workers must be at least 1");
+/// assert_eq!(format!("{e:?}"), e.to_string()); // Debug reads as Display
+/// let io = PoolError::from(std::io::Error::from_raw_os_error(24));
+/// assert!(matches!(io, PoolError::Io(_)));
+/// ```
+#[derive(Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {
     /// A worker process could not be started.

@@ -40,14 +40,16 @@ use crate::stats::Recorder;
 const JOBS_PER_WORKER_FIXED: usize = 1024;
 /// Jobs in flight per worker when chunks are sized from measurements.
 const JOBS_PER_WORKER_ADAPTIVE: usize = 4;
-/// Encoded arguments in flight, beyond the first two jobs per worker.
-pub const MAX_PAYLOAD_BYTES: usize = 16 << 20;
+/// Encoded arguments in flight, beyond the first two jobs per worker. Two jobs per
+/// worker keep every worker busy; past them, more bytes in flight only cost the caller
+/// memory (a long `imap` of large chunks held 16 MiB here for no speed).
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 /// Encoded results a caller may hold back for reordering before input stops.
-pub const MAX_REORDER_BYTES: usize = 16 << 20;
+pub const MAX_REORDER_BYTES: usize = 4 << 20;
 /// Payload buffers at least this large are kept for reuse.
 const RECYCLE_MIN: usize = 64 << 10;
-/// At most this many are kept.
-const MAX_SPARE: usize = 8;
+/// At most this many are kept (each may be as large as a job).
+const MAX_SPARE: usize = 2;
 
 /// How much a [`Source`] may put into one job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

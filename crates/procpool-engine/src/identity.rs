@@ -13,6 +13,13 @@ pub(crate) const ENV_INDEX: &str = "PROCPOOL_WORKER_INDEX";
 static INDEX: OnceLock<usize> = OnceLock::new();
 
 /// A worker process's identity within its pool.
+///
+/// ```
+/// // Outside a worker there is none; inside, its slot and pid.
+/// assert_eq!(procpool_engine::current_worker(), None);
+/// let w = procpool_engine::WorkerInfo { index: 1, pid: 4321 };
+/// assert_eq!(w.index, 1);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WorkerInfo {
     /// The index of the worker's slot in the pool, in `0..workers`. A replacement

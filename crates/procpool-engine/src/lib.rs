@@ -62,9 +62,9 @@ pub use identity::{WorkerInfo, current_worker};
 pub use items::{ItemLog, Partial, items_finished};
 pub use job::{Done, Job, JobFds};
 pub use oneoff::{JoinError, OneOff};
-pub use pool::{Engine, MAX_WORKERS, Stopper};
+pub use pool::{BOOTSTRAPPING, Engine, MAX_WORKERS, Stopper};
 pub use prepare::{Preparing, preparing};
-pub use process::Launcher;
+pub use process::{Launcher, on_spawner_thread};
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};
 pub use remote::{PREFETCH_BELOW, PREFETCH_WORK, Remote, RemoteDone, RemoteJob};
 pub use stats::{Failures, Recorder, Stats, WorkerStats};
@@ -73,6 +73,22 @@ pub use worker::{
     Runner, is_worker_process, refuse_init_missing, serve_if_worker, serve_launched, take_job_fds,
     take_last_backtrace, take_last_panic,
 };
+
+/// In a process started for a front (through a [`Launcher`]) that does not run the
+/// worker loop: when the parent process dies, this process and its whole process group
+/// are killed (as a worker's are; see `sys::linux_proc`). The process must lead its own
+/// process group.
+///
+/// ```no_run
+/// // In a child that called setsid():
+/// procpool_engine::die_with_parent_group().unwrap();
+/// ```
+///
+/// # Errors
+/// When the system refuses the signal handler or `PR_SET_PDEATHSIG`.
+pub fn die_with_parent_group() -> std::io::Result<()> {
+    sys::kill_my_group_with_parent()
+}
 
 /// Shared memory for values given to many processes (sealed memfds, mappings, leases),
 /// for fronts that build shared values on it.

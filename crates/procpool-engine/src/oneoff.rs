@@ -14,8 +14,8 @@ use crate::sys::{self, Ready};
 use crate::transport::{FrameReader, OutQueue};
 use crate::wire::{self, Down, JobFrame, Outcome, ResultFrame, Up};
 
-/// Why joining a one-off process gave no result.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why joining a one-off process gave no result. Its `Debug` reads as its `Display`.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum JoinError {
     /// The task failed (panic, death of the process, codec error, ...).
@@ -28,6 +28,8 @@ pub enum JoinError {
     #[error("the process did not finish in time; it is still running")]
     Timeout,
 }
+
+crate::error::debug_as_display!(JoinError);
 
 /// A process started for one job.
 ///

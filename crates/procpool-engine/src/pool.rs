@@ -34,6 +34,19 @@ pub struct Engine {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Why a pool cannot start in a worker that has not yet entered its loop (its program
+/// is still starting up: a Python worker importing the caller's main module, say). A
+/// module that creates a pool at import time, without a `__name__ == "__main__"` guard,
+/// would otherwise start workers that start workers, without end.
+///
+/// ```
+/// assert!(procpool_engine::BOOTSTRAPPING.contains("__main__"));
+/// ```
+pub const BOOTSTRAPPING: &str = "an attempt was made to start a pool in a worker process before \
+     it finished starting up (while it imported the main module or read its task). This \
+     probably means that the main module creates the pool at import time: guard that code \
+     with `if __name__ == \"__main__\":` (Python) or call procpool::init() first in main (Rust)";
+
 /// Most workers one local pool may have: each is a process with its own memory regions,
 /// and the supervisor keeps state for each, so a mistaken huge count is refused
 /// ([`PoolError::Config`]) rather than exhausting memory or the process table.
@@ -47,6 +60,9 @@ impl Engine {
     /// [`PoolError::Spawn`] when a process cannot be started, [`PoolError::Handshake`]
     /// when a worker refuses or fails to answer, [`PoolError::Config`] for a bad setting.
     pub fn start(config: EngineConfig) -> Result<Engine, PoolError> {
+        if crate::worker::is_worker_process() {
+            return Err(PoolError::Config(BOOTSTRAPPING.into()));
+        }
         if config.workers == 0 {
             return Err(PoolError::Config("a pool needs at least one worker".into()));
         }

@@ -8,7 +8,8 @@
 //! subtracts what they claim from the job's time, but never more than the allowance
 //! ([`EngineConfig::prepare_allowance`](crate::EngineConfig::prepare_allowance)) and never
 //! more than the job has run: a task that scribbles on the words (a worker is untrusted)
-//! can lengthen its life by the allowance at most, once per job, and a preparation that
+//! can lengthen its life by the allowance at most, once per job (and not at all in a job
+//! that carries no descriptors, so refers to no shared value), and a preparation that
 //! runs past the allowance kills the worker with an error naming what was being prepared
 //! ([`TaskErrorKind::PreparationTimedOut`](crate::TaskErrorKind::PreparationTimedOut)).
 

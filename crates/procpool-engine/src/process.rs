@@ -284,7 +284,18 @@ type SpawnJob = Box<dyn FnOnce() + Send>;
 /// started it ends, not the process. Starting every worker from this one thread makes a
 /// worker (and a one-off process) live until it is joined, killed, or the parent process
 /// dies, whichever thread asked for it.
-fn on_spawner_thread<T: Send + 'static>(
+///
+/// Public for fronts that start processes of their own next to their pools (the Python
+/// front's `Process`), so that those live as long as the process too.
+///
+/// ```
+/// let tid = procpool_engine::on_spawner_thread(|| Ok(std::thread::current().id())).unwrap();
+/// assert_ne!(tid, std::thread::current().id());
+/// ```
+///
+/// # Errors
+/// What `f` returns, or an error when the thread cannot be started.
+pub fn on_spawner_thread<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
     // The thread and the pid of the process that started it: a child made by a plain

@@ -12,6 +12,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How far a call has got, as given to a progress callback.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// fn percent(p: procpool_engine::Progress) -> Option<u64> {
+///     p.total.map(|t| 100 * p.done / t.max(1))
+/// }
+///
+/// let p = procpool_engine::Progress {
+///     done: 25,
+///     total: Some(100),
+///     failed: 0,
+///     elapsed: Duration::from_secs(1),
+///     finished: false,
+/// };
+/// assert_eq!(percent(p), Some(25));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
     /// Items finished (succeeded or failed).

@@ -14,6 +14,14 @@ use std::time::Duration;
 use crate::error::TaskErrorKind;
 
 /// One worker slot of a pool, in a [`Stats`] snapshot.
+///
+/// ```
+/// let mut w = procpool_engine::WorkerStats::default(); // as a pool's `stats()` gives
+/// w.tasks = 7;
+/// let s = procpool_engine::Stats { workers: vec![w], ..Default::default() };
+/// let busiest = s.workers.iter().max_by_key(|w| w.tasks).unwrap();
+/// assert_eq!((busiest.index, busiest.tasks), (0, 7));
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerStats {
     /// The slot's index, in `0..workers` (what
@@ -35,6 +43,11 @@ pub struct WorkerStats {
 }
 
 /// Failed tasks, by kind.
+///
+/// ```
+/// let f = procpool_engine::Failures { timed_out: 1, ..Default::default() };
+/// assert_eq!((f.timed_out, f.total()), (1, 1));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Failures {
     /// The task panicked.
@@ -82,6 +95,12 @@ impl Failures {
 ///
 /// Task counts cover the tasks whose outcome reached a caller (a result nobody waits
 /// for any more, of a dropped iterator or a detached handle, is not counted).
+///
+/// ```
+/// let s = procpool_engine::Stats { succeeded: 9, ..Default::default() };
+/// assert_eq!(s.done(), 9);
+/// assert_eq!(s.failed.total(), 0);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     /// One entry per worker slot, in slot order.
@@ -105,6 +124,17 @@ pub struct Stats {
 
 impl Stats {
     /// Tasks finished, succeeded or failed.
+    ///
+    /// ```
+    /// use procpool_engine::{Failures, Stats};
+    ///
+    /// let s = Stats {
+    ///     succeeded: 8,
+    ///     failed: Failures { panicked: 2, ..Default::default() },
+    ///     ..Default::default()
+    /// };
+    /// assert_eq!(s.done(), 10);
+    /// ```
     pub fn done(&self) -> u64 {
         self.succeeded + self.failed.total()
     }

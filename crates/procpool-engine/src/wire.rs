@@ -191,8 +191,8 @@ pub enum Up<'a> {
     },
 }
 
-/// A malformed frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A malformed frame. Its `Debug` reads as its `Display`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct WireError(pub String);
 
 impl Failure {
@@ -230,6 +230,8 @@ impl fmt::Display for WireError {
 }
 
 impl std::error::Error for WireError {}
+
+crate::error::debug_as_display!(WireError);
 
 fn bad(what: impl Into<String>) -> WireError {
     WireError(what.into())

@@ -10,6 +10,11 @@ use pyo3::types::PyBytes;
 
 use crate::py;
 
+/// The largest job payload or result the engine takes (4 GiB - 1 KiB), the Python
+/// front's default limit: as the stdlib, which has none, a 1 GiB argument or result
+/// goes through unless the pool's `max_message_size=` says less.
+pub(crate) const MAX_MESSAGE_SIZE: usize = u32::MAX as usize - 1024;
+
 /// Seconds as a duration; `None` stays `None`. A negative, NaN or infinite value is a
 /// `ValueError` naming `what`.
 pub(crate) fn duration(secs: Option<f64>, what: &str) -> PyResult<Option<Duration>> {

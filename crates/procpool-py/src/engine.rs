@@ -9,7 +9,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use crate::args::{duration, pickle_func};
+use crate::args::{MAX_MESSAGE_SIZE, duration, pickle_func};
 use crate::errors;
 use crate::frame;
 use crate::launcher::TemplateLauncher;
@@ -22,6 +22,9 @@ const PUMP_STEP: Duration = Duration::from_millis(2);
 
 /// Payload kind of a pool's initializer.
 const INIT: u8 = 2;
+/// Most descriptors `initargs` may carry (they go with the worker's own socket in one
+/// `SCM_RIGHTS` message to the template, whose limit is 253).
+const MAX_INIT_FDS: usize = 252;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -114,7 +117,8 @@ impl Engine {
 impl Engine {
     #[new]
     #[pyo3(signature = (processes, *, initializer=None, initargs=None, maxtasksperchild=None,
-                        timeout=None, retries=0))]
+                        timeout=None, retries=0, max_message_size=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         processes: usize,
@@ -123,7 +127,11 @@ impl Engine {
         maxtasksperchild: Option<i64>,
         timeout: Option<f64>,
         retries: u32,
+        max_message_size: Option<usize>,
     ) -> PyResult<Self> {
+        // A pool started while this process still starts up (a worker importing the
+        // main module or unpickling a task): the stdlib's RuntimeError.
+        py::helper(py, "_bootstrap", "check")?.call0()?;
         if processes < 1 {
             return Err(PyValueError::new_err(
                 "Number of processes must be at least 1",
@@ -139,6 +147,7 @@ impl Engine {
             }
         };
         let timeout = duration(timeout, "timeout")?;
+        let mut init_fds = None;
         let initializer = match initializer {
             Some(f) if !f.is_none() => {
                 let func = pickle_func(f)?;
@@ -146,8 +155,20 @@ impl Engine {
                     Some(a) => a.clone(),
                     None => PyTuple::empty(py).into_any(),
                 };
-                let t = py::helper(py, "_pickle", "dumps_call")?
-                    .call1((args, None::<&Bound<'_, PyDict>>))?;
+                // Shared values in `initargs`: each worker gets their descriptors at
+                // its start, from the template (see `launcher`).
+                let (t, fds) = crate::passfd::collecting(py, || {
+                    py::helper(py, "_pickle", "dumps_call")?
+                        .call1((args, None::<&Bound<'_, PyDict>>))
+                })?;
+                if fds.as_ref().is_some_and(|f| f.len() > MAX_INIT_FDS) {
+                    return Err(PyValueError::new_err(format!(
+                        "initargs hold more than {MAX_INIT_FDS} distinct shared values \
+                         (locks, Value, Array, shared()): pass fewer, or pass them as task \
+                         arguments"
+                    )));
+                }
+                init_fds = fds;
                 let t = t.cast::<PyTuple>()?;
                 let mut payload = Vec::new();
                 frame::encode(
@@ -184,6 +205,7 @@ impl Engine {
             python: python.into(),
             path,
             prep: prep.cast::<PyBytes>()?.as_bytes().to_vec(),
+            init_fds,
         };
         let config = EngineConfig {
             workers: processes,
@@ -192,6 +214,7 @@ impl Engine {
             initializer,
             launcher: Some(Arc::new(launcher)),
             identity: Some(crate::identity()),
+            max_message: max_message_size.unwrap_or(MAX_MESSAGE_SIZE),
             ..EngineConfig::default()
         };
         let engine = py
@@ -246,10 +269,13 @@ impl Engine {
         Ok(run)
     }
 
-    /// A stream of independent calls.
-    fn stream(&self) -> PyResult<Stream> {
+    /// A stream of independent calls. `catch_all`: a task's `SystemExit` or
+    /// `KeyboardInterrupt` is its outcome (the executor's way) rather than the end of
+    /// its worker (the pool's).
+    #[pyo3(signature = (*, catch_all=false))]
+    fn stream(&self, catch_all: bool) -> PyResult<Stream> {
         let timeout = self.timeout;
-        self.open(|e| Stream::new(e.batch(), timeout))
+        self.open(|e| Stream::new(e.batch(), timeout, catch_all))
     }
 
     /// Current worker pids.

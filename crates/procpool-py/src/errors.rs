@@ -27,6 +27,17 @@ pub(crate) fn task_error<'py>(py: Python<'py>, e: &TaskError) -> Bound<'py, PyAn
         .into_value(py)
         .into_bound(py)
         .into_any(),
+        TaskErrorKind::TooLarge { size, limit } => py::error(
+            py,
+            "MessageTooLarge",
+            (format!(
+                "the task's arguments or result take {size} bytes pickled, over the \
+                 pool's max_message_size of {limit} bytes: pass a larger \
+                 max_message_size= to Pool() or ProcessPoolExecutor() (at most \
+                 {} bytes), or send less per task",
+                crate::args::MAX_MESSAGE_SIZE
+            ),),
+        ),
         _ => py::error(py, "PoolError", (e.to_string(),)),
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! 0      kind (payload: chunk, call, init; result: all ok, mixed)
-//! 1      flags (bit 0: call each item with `func(*item)`)
+//! 1      flags (bit 0: call each item with `func(*item)`; bit 1: a call whose
+//!        `SystemExit` or `KeyboardInterrupt` is its outcome)
 //! 4..8   items in the job (u32 LE)
 //! 8..12  out-of-band buffers (u32 LE)
 //! 12..16 payload of a chunk: items of the pickled list to skip (u32 LE; the job runs
@@ -58,6 +59,11 @@ pub(crate) const T_FLOAT: u8 = 4;
 pub(crate) const T_STR: u8 = 5;
 pub(crate) const T_BYTES: u8 = 6;
 pub(crate) const T_FRAME: u8 = 7;
+
+/// Flag of a call: an exception that is not an `Exception` (`SystemExit`,
+/// `KeyboardInterrupt`) raised by the task is its outcome, as `concurrent.futures`
+/// delivers it, instead of ending the worker.
+pub(crate) const CATCH_ALL: u8 = 2;
 
 /// A parsed frame, borrowing its bytes.
 #[derive(Debug)]

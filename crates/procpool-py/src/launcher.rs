@@ -9,13 +9,14 @@
 use std::ffi::OsString;
 use std::io::{self, IoSlice, Read};
 use std::mem::MaybeUninit;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use procpool_engine::Launcher;
@@ -34,6 +35,9 @@ pub(crate) struct TemplateLauncher {
     pub(crate) path: Vec<OsString>,
     /// The parent's settings for its workers (see `_template.prep`).
     pub(crate) prep: Vec<u8>,
+    /// Descriptors the initializer's arguments refer to: each worker gets them at its
+    /// start (`_passfd.take_init_fds`).
+    pub(crate) init_fds: Option<procpool_engine::JobFds>,
 }
 
 #[derive(Debug)]
@@ -44,6 +48,10 @@ struct Template {
     /// template forks workers as children of its own parent).
     owner: u32,
 }
+
+/// Set once a template was left with threads by preloading: templates started from then
+/// on preload nothing (see `_template._preload`).
+static NO_PRELOAD: AtomicBool = AtomicBool::new(false);
 
 /// The process's template, if started.
 static TEMPLATE: Mutex<Option<Template>> = Mutex::new(None);
@@ -73,8 +81,22 @@ impl Launcher for TemplateLauncher {
                 *guard = Some(self.start()?);
             }
             let t = guard.as_mut().expect("started above");
-            match request(&mut t.ctl, stdin, &body) {
+            let mut fds = vec![stdin];
+            if let Some(extra) = &self.init_fds {
+                fds.extend(extra.iter().map(|f| f.as_fd()));
+            }
+            match request(&mut t.ctl, &fds, &body) {
                 Ok(pid) if pid > 0 => return Ok(pid as u32),
+                Ok(err) if err == -i64::from(libc::EAGAIN) && !NO_PRELOAD.load(Relaxed) => {
+                    // Preloading the parent's modules left the template with threads: it
+                    // exited; its successors preload nothing.
+                    NO_PRELOAD.store(true, Relaxed);
+                    if let Some(mut t) = guard.take() {
+                        let _ = t.child.kill();
+                        let _ = t.child.wait();
+                    }
+                    last = Some(io::Error::other("the template was left with threads"));
+                }
                 Ok(err) => return Err(io::Error::from_raw_os_error((-err) as i32)),
                 Err(e) => {
                     // The template died (or hangs): it is replaced on the next try.
@@ -110,6 +132,10 @@ impl TemplateLauncher {
             )
             .env("PROCPOOL_TEMPLATE_PATH", path)
             .env("PROCPOOL_TEMPLATE_PARENT", std::process::id().to_string())
+            .env(
+                "PROCPOOL_TEMPLATE_NO_PRELOAD",
+                if NO_PRELOAD.load(Relaxed) { "1" } else { "" },
+            )
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .process_group(0)
             .spawn()
@@ -127,11 +153,11 @@ impl TemplateLauncher {
     }
 }
 
-/// Sends one request (the worker's socket end by `SCM_RIGHTS`, then the body) and reads
-/// the answer: a pid, or a negative errno.
-fn request(ctl: &mut UnixStream, fd: BorrowedFd<'_>, body: &[u8]) -> io::Result<i64> {
+/// Sends one request (the worker's socket end, then the initializer's descriptors, by
+/// `SCM_RIGHTS`, then the body) and reads the answer: a pid, or a negative errno.
+fn request(ctl: &mut UnixStream, fds: &[BorrowedFd<'_>], body: &[u8]) -> io::Result<i64> {
     let head = (body.len() as u32).to_le_bytes();
-    send_with_fd(ctl, &head, fd)?;
+    send_with_fds(ctl, &head, fds)?;
     let mut sent = 0;
     while sent < body.len() {
         match rustix::net::send(&*ctl, &body[sent..], SendFlags::NOSIGNAL) {
@@ -145,13 +171,12 @@ fn request(ctl: &mut UnixStream, fd: BorrowedFd<'_>, body: &[u8]) -> io::Result<
     Ok(i64::from_le_bytes(answer))
 }
 
-fn send_with_fd(ctl: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
-    let fds = [fd];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+fn send_with_fds(ctl: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+    if !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::other(
-            "no room for a descriptor in the control buffer",
+            "no room for the descriptors in the control buffer",
         ));
     }
     loop {
@@ -167,4 +192,55 @@ fn send_with_fd(ctl: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> io::Result
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Starts a process from the template, as a worker is started, but for the caller's own
+/// use (`procpool.Process`): `fd` becomes its standard input (a socket on which the
+/// caller then sends what the process runs), `env` is added to its environment, `prep`
+/// is `_template.prep()`. The template, if not yet running, is started on the engine's
+/// spawner thread, so the process lives until it ends or this process dies. Returns the
+/// pid; the process is a child of this process.
+#[pyo3::pyfunction]
+pub(crate) fn _launch(
+    py: pyo3::Python<'_>,
+    fd: i32,
+    env: Vec<(OsString, OsString)>,
+    prep: Vec<u8>,
+) -> pyo3::PyResult<u32> {
+    use pyo3::prelude::*;
+    let sys = py.import("sys")?;
+    let python: OsString = sys.getattr("executable")?.extract()?;
+    if python.is_empty() {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "sys.executable is empty: procpool cannot start Python processes from an \
+             embedded interpreter",
+        ));
+    }
+    let path: Vec<OsString> = sys
+        .getattr("path")?
+        .try_iter()?
+        .filter_map(|p| p.ok()?.extract().ok())
+        .collect();
+    let launcher = TemplateLauncher {
+        python: python.into(),
+        path,
+        prep,
+        init_fds: None,
+    };
+    // SAFETY: the caller keeps `fd` open for the duration of this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    let pid = py.detach(move || {
+        procpool_engine::on_spawner_thread(move || {
+            use std::os::fd::AsFd;
+            launcher.launch(fd.as_fd(), &env)
+        })
+    })?;
+    Ok(pid)
+}
+
+/// In a process started by [`_launch`], after `setsid`: dies, with its process group,
+/// when its parent dies.
+#[pyo3::pyfunction]
+pub(crate) fn _die_with_parent_group() -> pyo3::PyResult<()> {
+    Ok(procpool_engine::die_with_parent_group()?)
 }

@@ -8,14 +8,18 @@
 //! `procpool/_worker.py`).
 
 mod args;
+mod channel;
+mod counter;
 mod engine;
 mod errors;
 mod frame;
 mod launcher;
+mod passfd;
 mod py;
 mod run;
 mod runner;
 mod stream;
+mod sync;
 
 use std::ffi::c_int;
 use std::sync::OnceLock;
@@ -141,10 +145,19 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::Engine>()?;
     // Most workers one pool may have (the engine refuses more).
     m.add("MAX_WORKERS", procpool_engine::MAX_WORKERS)?;
+    m.add("MAX_MESSAGE_SIZE", args::MAX_MESSAGE_SIZE)?;
+    // Most descriptors one job may carry.
+    m.add("MAX_JOB_FDS", procpool_engine::MAX_JOB_FDS)?;
     m.add_class::<run::Run>()?;
     m.add_class::<stream::Stream>()?;
+    m.add_class::<channel::Channel>()?;
+    m.add_class::<counter::Counter>()?;
+    m.add_function(wrap_pyfunction!(counter::_pidfd_getfd, m)?)?;
     m.add_function(wrap_pyfunction!(_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_serve_worker, m)?)?;
+    m.add_function(wrap_pyfunction!(launcher::_launch, m)?)?;
+    m.add_function(wrap_pyfunction!(launcher::_die_with_parent_group, m)?)?;
+    sync::register(m)?;
     Ok(())
 }

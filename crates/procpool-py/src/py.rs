@@ -87,3 +87,12 @@ pub(crate) fn error<'py, A: pyo3::call::PyCallArgs<'py>>(
         Err(e) => e.into_value(py).into_bound(py).into_any(),
     }
 }
+
+/// Whether this thread is one of the pools' own result threads (marked by
+/// `procpool._pickle.result_thread()`), which have no caller to raise an exception to.
+pub(crate) fn in_result_thread(py: Python<'_>) -> bool {
+    helper(py, "_pickle", "in_result_thread")
+        .and_then(|f| f.call0())
+        .and_then(|r| r.is_truthy())
+        .unwrap_or(false)
+}

@@ -45,6 +45,8 @@ struct PySource {
     ended: bool,
     side: Arc<Mutex<Side>>,
     hint: Option<usize>,
+    /// Descriptors the last job's items attached (shared values, locks).
+    fds: Option<procpool_engine::JobFds>,
     /// The items of each job of several items still out, by its first index: a job
     /// whose worker died, or could not rebuild its argument, is sent again item by item,
     /// pickled anew from these (the parent never unpickles what it sent: that could run a
@@ -54,7 +56,12 @@ struct PySource {
 
 impl Source for PySource {
     fn fill(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled {
+        self.fds = None;
         Python::attach(|py| self.fill_py(py, out, limits))
+    }
+
+    fn take_fds(&mut self) -> Option<procpool_engine::JobFds> {
+        self.fds.take()
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -115,7 +122,14 @@ impl PySource {
             // pickler, in C, with nothing by value and no buffers.
             py::helper(py, "_pickle", "dumps_plain").and_then(|d| d.call1((list,)))
         } else {
-            py::helper(py, "_pickle", "dumps_items").and_then(|d| d.call1((list, big)))
+            // Items may hold shared values: their descriptors go with the job.
+            crate::passfd::collecting(py, || {
+                py::helper(py, "_pickle", "dumps_items").and_then(|d| d.call1((list, big)))
+            })
+            .map(|(t, fds)| {
+                self.fds = fds;
+                t
+            })
         };
         let t = match r {
             Ok(t) => t,
@@ -138,16 +152,23 @@ impl PySource {
                         self.next_index += u64::from(n);
                         Pulled::Items(n)
                     }
-                    Err(e) => self.fail_first(py, items, e),
+                    Err(e) => {
+                        self.fds = None;
+                        self.fail_first(py, items, e)
+                    }
                 }
             }
-            Some(Err(e)) | Some(Ok((0, e))) => self.fail_first(py, items, e),
+            Some(Err(e)) | Some(Ok((0, e))) => {
+                self.fds = None;
+                self.fail_first(py, items, e)
+            }
             Some(Ok((bad, _))) => {
                 // Send the good items before the bad one; the rest waits for the next job.
                 for x in items.into_iter().rev() {
                     self.ahead.push_front(x);
                 }
                 out.clear();
+                self.fds = None;
                 self.fill_py(
                     py,
                     out,
@@ -266,8 +287,14 @@ pub(crate) fn pop_ready(
                     ready.pop_front();
                     continue;
                 }
+                let t = list.get_item(*pos)?;
+                // The run keeps no reference to what it handed out.
+                list.set_item(*pos, py.None())?;
                 *pos += 1;
-                return Ok(Some(list.get_item(*pos - 1)?.unbind()));
+                if *pos >= list.len() {
+                    ready.pop_front();
+                }
+                return Ok(Some(t.unbind()));
             }
             Some(Ready::Values { start, values, pos }) => {
                 let list = values.bind(py);
@@ -276,8 +303,12 @@ pub(crate) fn pop_ready(
                     continue;
                 }
                 let v = list.get_item(*pos)?;
+                list.set_item(*pos, py.None())?;
                 let i = *start + *pos as u64;
                 *pos += 1;
+                if *pos >= list.len() {
+                    ready.pop_front();
+                }
                 let t = PyTuple::new(
                     py,
                     [
@@ -356,6 +387,7 @@ impl Run {
             ended: false,
             side: side.clone(),
             hint,
+            fds: None,
             kept: Mutex::default(),
         };
         let mut feed = Feed::new(engine, source, func, chunksize, timeout);
@@ -421,14 +453,15 @@ impl Run {
             if !st.ready.is_empty() {
                 return Ok(true);
             }
-            // Pieces already here (received by a `pump`, or in order now) come first.
-            if let Some(r) = st.reorder.as_mut()
-                && let Some(p) = r.pop()
-            {
+            // Pieces already here (received by a `pump`, left by a Ctrl-C, or in order
+            // now) come first. An ordered run parks only a piece taken in order.
+            if let Some(p) = st.parked.pop_front() {
                 decode(py, st, &self.side, p)?;
                 continue;
             }
-            if let Some(p) = st.parked.pop_front() {
+            if let Some(r) = st.reorder.as_mut()
+                && let Some(p) = r.pop()
+            {
                 decode(py, st, &self.side, p)?;
                 continue;
             }
@@ -521,7 +554,8 @@ pub(crate) fn pump(state: &Mutex<State>) {
 /// A chunk whose worker died (or that ran past its time limit) before it recorded any
 /// item (see `procpool_engine::items_finished`: with a record, the feed has already
 /// delivered the finished items, failed the running one alone and sent the others
-/// again), or whose argument the worker could not rebuild, is sent again item by item, so
+/// again), whose arguments or results went over `max_message_size=`, or whose argument
+/// the worker could not rebuild, is sent again item by item, so
 /// that only the item at fault fails: its piece is used up here (`None`). The items,
 /// pickled anew from the objects the parent holds (never by unpickling what was sent), go
 /// out one per job. A chunk whose worker stopped early (its results outgrew what the
@@ -565,6 +599,9 @@ fn split_if_died(st: &mut State, mut p: Piece) -> Option<Piece> {
             TaskErrorKind::WorkerDied { .. }
                 | TaskErrorKind::TimedOut { .. }
                 | TaskErrorKind::Protocol { .. }
+                // max_message_size= is per item: a chunk over it goes again item by
+                // item, so that only an item over it fails.
+                | TaskErrorKind::TooLarge { .. }
         )
     );
     let split = matches!(
@@ -595,8 +632,8 @@ fn split_if_died(st: &mut State, mut p: Piece) -> Option<Piece> {
             ..p
         });
     };
-    for (i, part) in parts.into_iter().enumerate() {
-        st.feed.resubmit(p.start + i as u64, 1, part);
+    for (i, (part, fds)) in parts.into_iter().enumerate() {
+        st.feed.resubmit_with_fds(p.start + i as u64, 1, part, fds);
     }
     if let Some(payload) = p.payload {
         st.feed.give_back(payload);
@@ -604,26 +641,43 @@ fn split_if_died(st: &mut State, mut p: Piece) -> Option<Piece> {
     None
 }
 
-/// Each of `items` pickled alone as the payload of a chunk of one.
-fn repickle(py: Python<'_>, items: &[Py<PyAny>], star: bool) -> PyResult<Vec<Vec<u8>>> {
+/// Each of `items` pickled alone as the payload of a chunk of one, with the descriptors
+/// it attached (shared values, locks).
+fn repickle(
+    py: Python<'_>,
+    items: &[Py<PyAny>],
+    star: bool,
+) -> PyResult<Vec<(Vec<u8>, Option<procpool_engine::JobFds>)>> {
     let dumps = py::helper(py, "_pickle", "dumps_items")?;
     let mut out = Vec::with_capacity(items.len());
     for x in items {
         let x = x.bind(py);
         let list = PyList::new(py, [x])?;
-        let t = dumps.call1((list, is_big(x)))?;
+        let (t, fds) = crate::passfd::collecting(py, || dumps.call1((list, is_big(x))))?;
         if t.get_item(0)?.is_none() {
             return Err(PyErr::from_value(t.get_item(2)?));
         }
         let mut part = Vec::new();
         encode_pickled(&mut part, &t, 1, star)?;
-        out.push(part);
+        out.push((part, fds));
     }
     Ok(out)
 }
 
-/// Turns a finished piece into outcomes.
+/// Turns a finished piece into outcomes. Ctrl-C while its results are unpickled leaves
+/// it parked, to be read again by the next call.
 fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyResult<()> {
+    let decoded = match &p.done.outcome {
+        Ok(bytes) => match decode_result(py, p.start, p.count, bytes) {
+            Ok(d) => Some(d),
+            Err(e) if !e.is_instance_of::<PyException>(py) => {
+                st.parked.push_front(p);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        },
+        Err(_) => None,
+    };
     let Piece {
         start,
         count,
@@ -632,8 +686,8 @@ fn decode(py: Python<'_>, st: &mut State, side: &Mutex<Side>, p: Piece) -> PyRes
         ..
     } = p;
     match &done.outcome {
-        Ok(bytes) => {
-            let (ready, failed) = decode_result(py, start, count, bytes)?;
+        Ok(_) => {
+            let (ready, failed) = decoded.expect("decoded above");
             let raised = TaskErrorKind::Panic {
                 message: String::new(),
                 location: None,
@@ -726,6 +780,12 @@ pub(crate) fn decode_result(
     py::release(&mv);
     let r = match r {
         Ok(r) => r,
+        // Ctrl-C (or a `SystemExit`) in the caller while it reads the result is the
+        // caller's, never the task's error; the result thread turns it into one (it has
+        // nobody to raise it to).
+        Err(e) if !e.is_instance_of::<PyException>(py) && !py::in_result_thread(py) => {
+            return Err(e);
+        }
         Err(e) => return bad(e.to_string()),
     };
     let (all_ok, list): (bool, Bound<'_, PyList>) = match r.extract() {

@@ -5,7 +5,7 @@ use pyo3::exceptions::{PyException, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 
-use crate::frame::{self, Frame, STAR};
+use crate::frame::{self, CATCH_ALL, Frame, STAR};
 use crate::py;
 
 /// Payload kind of a pool's initializer.
@@ -34,20 +34,18 @@ impl PyRunner {
     ) -> Result<(), Failure> {
         let f = Frame::parse(payload).map_err(|message| Failure::Codec { message })?;
         let init = f.kind == INIT;
-        let func = self.function(py, func);
-        let r = match &func {
-            Ok(callable) => self.call(py, callable.clone_ref(py), &f),
+        let r = match self.function(py, func) {
+            Ok(callable) => self.call(py, callable, &f, out),
             Err(e) if !init => py::helper(py, "_worker", "fail_all")
-                .and_then(|h| h.call1((e.clone_ref(py).into_value(py), f.count)))
-                .map(Bound::unbind),
-            Err(e) => Err(e.clone_ref(py)),
+                .and_then(|h| h.call1((e.into_value(py), f.count)))
+                .map(|t| Some(t.unbind())),
+            Err(e) => Err(e),
         };
         let r = r.and_then(|t| {
-            let t = t.bind(py);
-            if let (Ok(items), Ok(callable)) = (t.cast_exact::<PyList>(), &func) {
-                return run_items(py, callable.bind(py), items, f.flags & STAR != 0, out);
-            }
-            let t = t.cast::<PyTuple>()?.clone();
+            let Some(t) = t else {
+                return Ok(()); // a chunk's items, run and recorded
+            };
+            let t = t.bind(py).cast::<PyTuple>()?.clone();
             let kind: u8 = t.get_item(0)?.extract()?;
             let data = t.get_item(1)?;
             let data = data.cast::<PyBytes>()?;
@@ -63,28 +61,47 @@ impl PyRunner {
             return Ok(f.clone_ref(py));
         }
         let mv = py::memoryview(py, func)?;
-        let f = py.import("pickle")?.getattr("loads")?.call1((&mv,));
+        let f = py::helper(py, "_worker", "load_func")?.call1((&mv,));
         py::release(&mv);
         let f = f?.unbind();
         self.func = Some((func.to_vec(), f.clone_ref(py)));
         Ok(f)
     }
 
-    fn call(&self, py: Python<'_>, func: Py<PyAny>, f: &Frame<'_>) -> PyResult<Py<PyAny>> {
+    /// Runs a job: `None` when it was a chunk, whose items' records are in `out`; else
+    /// `_worker.run`'s `(kind, pickle, buffers)`.
+    fn call(
+        &self,
+        py: Python<'_>,
+        func: Py<PyAny>,
+        f: &Frame<'_>,
+        out: &mut Vec<u8>,
+    ) -> PyResult<Option<Py<PyAny>>> {
         let mv = py::memoryview(py, f.pickle)?;
+        // Descriptors of shared values in the arguments (closed after the job).
+        let fds = procpool_engine::take_job_fds();
         let r = py::helper(py, "_worker", "run").and_then(|run| {
             run.call1((
-                func,
+                &func,
                 f.kind,
                 f.flags & STAR != 0,
                 f.count,
-                f.skip,
                 &mv,
                 f.py_bufs(py),
+                f.flags & CATCH_ALL != 0,
+                crate::passfd::as_list(py, &fds)?,
+                f.skip,
             ))
         });
         py::release(&mv);
-        Ok(r?.unbind())
+        let r = r.and_then(|t| match t.cast_exact::<PyList>() {
+            Ok(items) => {
+                run_items(py, func.bind(py), items, f.flags & STAR != 0, out).map(|()| None)
+            }
+            Err(_) => Ok(Some(t.unbind())),
+        });
+        drop(fds);
+        r
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use procpool_engine::{Batch, Job, RecvError};
 use pyo3::exceptions::{PyStopIteration, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyCFunction, PyDict, PyTuple, PyWeakrefReference};
 
 use crate::args::{duration, pickle_func};
 use crate::errors;
@@ -29,7 +29,9 @@ pub(crate) struct Stream {
     closed: AtomicBool,
     cancelled: AtomicBool,
     default_timeout: Option<Duration>,
-    /// Pickled functions by identity (kept alive here), the latest last.
+    /// Frame flags of every call (`frame::CATCH_ALL` or 0).
+    flags: u8,
+    /// Pickled functions by identity, the latest last.
     funcs: Mutex<FuncCache>,
     /// Counts submits, closes and cancels: a `next` with nothing outstanding sleeps
     /// until it changes.
@@ -37,20 +39,49 @@ pub(crate) struct Stream {
     changed: Condvar,
 }
 
-/// Pickled functions, each with the function it was made from.
-type FuncCache = Vec<(Py<PyAny>, Arc<[u8]>)>;
+/// Pickled functions, each with the function it was made from: held by a weak reference
+/// (a bound method or a callable object is not kept alive by the stream, nor what it
+/// refers to), or, for the functions that take none (builtins), strongly.
+type FuncCache = Vec<(FuncRef, Arc<[u8]>)>;
+
+#[derive(Debug)]
+enum FuncRef {
+    Weak(Py<PyWeakrefReference>),
+    Strong(Py<PyAny>),
+}
+
+impl FuncRef {
+    /// Whether this is `func` (a dead weak reference is nothing).
+    fn is(&self, py: Python<'_>, func: &Bound<'_, PyAny>) -> bool {
+        match self {
+            FuncRef::Strong(f) => f.as_ptr() == func.as_ptr(),
+            FuncRef::Weak(w) => w
+                .bind(py)
+                .upgrade()
+                .is_some_and(|f| f.as_ptr() == func.as_ptr()),
+        }
+    }
+
+    fn alive(&self, py: Python<'_>) -> bool {
+        match self {
+            FuncRef::Strong(_) => true,
+            FuncRef::Weak(w) => w.bind(py).upgrade().is_some(),
+        }
+    }
+}
 
 /// Functions whose pickles are kept.
 const FUNC_CACHE: usize = 16;
 
 impl Stream {
-    pub(crate) fn new(batch: Batch, default_timeout: Option<Duration>) -> Self {
+    pub(crate) fn new(batch: Batch, default_timeout: Option<Duration>, catch_all: bool) -> Self {
         Stream {
             batch,
             next_tag: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
             default_timeout,
+            flags: if catch_all { frame::CATCH_ALL } else { 0 },
             funcs: Mutex::new(Vec::new()),
             changes: Mutex::new(0),
             changed: Condvar::new(),
@@ -77,15 +108,27 @@ impl Stream {
     }
 
     fn func_bytes(&self, func: &Bound<'_, PyAny>) -> PyResult<Arc<[u8]>> {
+        let py = func.py();
         let mut cache = self.funcs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, b)) = cache.iter().find(|(f, _)| f.as_ptr() == func.as_ptr()) {
+        if let Some((_, b)) = cache.iter().find(|(f, _)| f.is(py, func)) {
             return Ok(b.clone());
         }
         let b: Arc<[u8]> = pickle_func(func)?;
-        if cache.len() >= FUNC_CACHE {
-            cache.remove(0);
+        let entry = match PyWeakrefReference::new(func) {
+            Ok(w) => Some(FuncRef::Weak(w.unbind())),
+            // Builtins take no weak reference and live as long as their module.
+            Err(_) if func.is_instance_of::<PyCFunction>() => {
+                Some(FuncRef::Strong(func.clone().unbind()))
+            }
+            Err(_) => None,
+        };
+        if let Some(entry) = entry {
+            cache.retain(|(f, _)| f.alive(py));
+            if cache.len() >= FUNC_CACHE {
+                cache.remove(0);
+            }
+            cache.push((entry, b.clone()));
         }
-        cache.push((func.clone().unbind(), b.clone()));
         Ok(b)
     }
 }
@@ -112,13 +155,16 @@ impl Stream {
             Some(a) => a.clone(),
             None => PyTuple::empty(py).into_any(),
         };
-        let t = py::helper(py, "_pickle", "dumps_call")?.call1((args, kwds))?;
+        // The arguments may hold shared values: their descriptors go with the job.
+        let (t, fds) = crate::passfd::collecting(py, || {
+            py::helper(py, "_pickle", "dumps_call")?.call1((args, kwds))
+        })?;
         let t = t.cast::<PyTuple>()?;
         let mut payload = Vec::new();
         frame::encode(
             &mut payload,
             CALL,
-            0,
+            self.flags,
             1,
             t.get_item(0)?.cast::<PyBytes>()?,
             &t.get_item(1)?,
@@ -130,7 +176,7 @@ impl Stream {
             index: tag,
             weight: 1,
             timeout,
-            fds: None,
+            fds,
             attempts: 0,
         };
         self.batch

@@ -159,6 +159,19 @@ pub fn as_completed<F: Future + Unpin>(handles: impl IntoIterator<Item = F>) -> 
 }
 
 /// The iterator of [`as_completed`].
+///
+/// ```
+/// # fn main() -> Result<(), procpool::Error> {
+/// # procpool::init();
+/// # let pool = procpool::Pool::builder().workers(1).build()?;
+/// let handles = vec![pool.spawn(|x: u32| x + 1, 1)?, pool.spawn(|x: u32| x + 1, 2)?];
+/// let mut done: Vec<(usize, u32)> = procpool::as_completed(handles)
+///     .map(|(i, r)| r.map(|v| (i, v)))
+///     .collect::<Result<_, _>>()?;
+/// done.sort();
+/// assert_eq!(done, [(0, 2), (1, 3)]);
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct AsCompleted<F> {
     /// Handles not finished yet, with their positions in the input.
@@ -167,6 +180,18 @@ pub struct AsCompleted<F> {
 
 impl<F> AsCompleted<F> {
     /// Handles not finished yet.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let handles = vec![pool.spawn(|x: u32| x, 1)?, pool.spawn(|x: u32| x, 2)?];
+    /// let mut it = procpool::as_completed(handles);
+    /// assert_eq!(it.remaining(), 2);
+    /// it.next();
+    /// assert_eq!(it.remaining(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn remaining(&self) -> usize {
         self.pending.len()
     }
@@ -202,25 +227,51 @@ pub use streams::{ImapStream, ImapUnorderedStream};
 
 #[cfg(feature = "futures")]
 mod streams {
-    use std::borrow::Borrow;
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
     use futures_core::Stream;
 
     use crate::codec::Value;
+    use crate::encodes_as::EncodesAs;
     use crate::error::Error;
     use crate::iter::{Imap, ImapUnordered};
 
     /// The results of `imap` as a [`Stream`], in input order: [`Imap::into_stream`].
     /// (A type of its own, so that `next` and `map` are not ambiguous between
     /// `Iterator` and `StreamExt`.)
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// use futures::StreamExt;
+    /// let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let s = pool.imap(|x: u64| x * 2, 0..3u64).into_stream();
+    /// let out: Vec<u64> = futures::executor::block_on(s.map(Result::unwrap).collect());
+    /// assert_eq!(out, [0, 2, 4]);
+    /// # Ok(()) }
+    /// ```
     #[derive(Debug)]
+    #[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
     pub struct ImapStream<A, R, I>(Imap<A, R, I>);
 
     /// The results of `imap_unordered` as a [`Stream`], as they finish, each with its
     /// input index: [`ImapUnordered::into_stream`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// use futures::StreamExt;
+    /// let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let s = pool.imap_unordered(|x: u64| x * 2, 0..3u64).into_stream();
+    /// let mut out: Vec<(usize, u64)> =
+    ///     futures::executor::block_on(s.map(|(i, r)| (i, r.unwrap())).collect());
+    /// out.sort();
+    /// assert_eq!(out, [(0, 0), (1, 2), (2, 4)]);
+    /// # Ok(()) }
+    /// ```
     #[derive(Debug)]
+    #[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
     pub struct ImapUnorderedStream<A, R, I>(ImapUnordered<A, R, I>);
 
     // Never pinned structurally (no field is pinned): moving one is fine whatever the
@@ -249,6 +300,7 @@ mod streams {
         /// assert_eq!(out, [0, 1, 4, 9]);
         /// # Ok(()) }
         /// ```
+        #[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
         pub fn into_stream(self) -> ImapStream<A, R, I> {
             ImapStream(self)
         }
@@ -256,6 +308,18 @@ mod streams {
 
     impl<A, R, I> ImapUnordered<A, R, I> {
         /// With the `futures` feature: the same results as a [`Stream`], for async code.
+        ///
+        /// ```
+        /// # fn main() -> Result<(), procpool::Error> {
+        /// # procpool::init();
+        /// use futures::StreamExt;
+        /// let pool = procpool::Pool::builder().workers(1).build()?;
+        /// let s = pool.imap_unordered(|x: u64| x + 1, [1u64, 2]).into_stream();
+        /// let n = futures::executor::block_on(s.count());
+        /// assert_eq!(n, 2);
+        /// # Ok(()) }
+        /// ```
+        #[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
         pub fn into_stream(self) -> ImapUnorderedStream<A, R, I> {
             ImapUnorderedStream(self)
         }
@@ -265,7 +329,7 @@ mod streams {
     where
         A: Value,
         R: Value,
-        I: Iterator<Item: Borrow<A>> + Unpin,
+        I: Iterator<Item: EncodesAs<A>> + Unpin,
     {
         type Item = Result<R, Error>;
 
@@ -278,7 +342,7 @@ mod streams {
     where
         A: Value,
         R: Value,
-        I: Iterator<Item: Borrow<A>> + Unpin,
+        I: Iterator<Item: EncodesAs<A>> + Unpin,
     {
         type Item = (usize, Result<R, Error>);
 

@@ -61,6 +61,15 @@ impl<R: Value> TaskHandle<R> {
     /// # Errors
     /// [`Error::Task`] when the task failed (including
     /// [`Cancelled`](crate::TaskErrorKind::Cancelled) after [`cancel`](Self::cancel)).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let h = pool.spawn(|s: String| s.repeat(2), "ab")?;
+    /// assert_eq!(h.join()?, "abab");
+    /// # Ok(()) }
+    /// ```
     pub fn join(self) -> Result<R, Error> {
         match self.batch.recv() {
             Some(done) => ChunkOut::decode_one_recorded(done, self.codec, &self.batch.recorder()),
@@ -75,6 +84,26 @@ impl<R: Value> TaskHandle<R> {
     /// # Errors
     /// [`WaitError::Timeout`] when the time ran out (the task still runs and can be
     /// joined again); [`WaitError::Failed`] when it failed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let mut h = pool.spawn(nap, 300)?;
+    /// assert!(matches!(
+    ///     h.join_timeout(Duration::from_millis(1)),
+    ///     Err(procpool::WaitError::Timeout)
+    /// ));
+    /// assert_eq!(h.join_timeout(Duration::from_secs(60))?, 300); // joined again
+    /// # Ok(()) }
+    /// ```
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, WaitError> {
         match self.batch.recv_timeout(timeout) {
             Ok(done) => Ok(ChunkOut::decode_one_recorded(
@@ -88,6 +117,25 @@ impl<R: Value> TaskHandle<R> {
     }
 
     /// Whether the result is in (joining will not wait).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let h = pool.spawn(nap, 1)?;
+    /// while !h.is_finished() {
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// }
+    /// assert_eq!(h.join()?, 1); // does not wait
+    /// # Ok(()) }
+    /// ```
     pub fn is_finished(&self) -> bool {
         self.batch.ready() > 0 || self.batch.outstanding() == 0
     }
@@ -95,6 +143,25 @@ impl<R: Value> TaskHandle<R> {
     /// Cancels the task: dropped if still queued; if running, its worker is killed (and
     /// replaced). Joining then gives a [`Cancelled`](crate::TaskErrorKind::Cancelled)
     /// error, unless the result had already arrived.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let h = pool.spawn(nap, 60_000)?;
+    /// h.cancel(); // its worker is killed and replaced
+    /// let err = h.join().unwrap_err();
+    /// assert_eq!(err.as_task().unwrap().kind(), &procpool::TaskErrorKind::Cancelled);
+    /// assert_eq!(pool.apply(nap, 1)?, 1);
+    /// # Ok(()) }
+    /// ```
     pub fn cancel(&self) {
         self.batch.cancel();
     }

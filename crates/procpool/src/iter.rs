@@ -5,7 +5,6 @@
 //! (see its docs for the bounds); this module only encodes items into chunks
 //! ([`Items`], the front's [`Source`]), decodes finished jobs and presents them.
 
-use std::borrow::Borrow;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use procpool_engine::{
 };
 
 use crate::codec::{self, Value};
+use crate::encodes_as::{self, EncodesAs};
 use crate::error::Error;
 use crate::job::items::{self, Layout};
 use crate::job::outcome::ChunkOut;
@@ -56,7 +56,7 @@ impl<A, I> std::fmt::Debug for Items<A, I> {
     }
 }
 
-impl<A: Value, I: Iterator<Item: Borrow<A>>> Items<A, I> {
+impl<A: Value, I: Iterator<Item: EncodesAs<A>>> Items<A, I> {
     /// [`Source::fill`] inside an encoding context.
     fn fill_items(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled {
         if let Some(kind) = self.failed.take() {
@@ -81,7 +81,7 @@ impl<A: Value, I: Iterator<Item: Borrow<A>>> Items<A, I> {
             } else {
                 (0, 0)
             };
-            if let Err(kind) = items::push_arg(out, self.layout, a.borrow()) {
+            if let Err(kind) = encodes_as::push_arg(out, self.layout, &a) {
                 if count == 0 {
                     return Pulled::Failed(kind);
                 }
@@ -100,7 +100,7 @@ impl<A: Value, I: Iterator<Item: Borrow<A>>> Items<A, I> {
                     out.truncate(mark);
                     let enc = passfd::Encoding::begin();
                     let mut bytes = Vec::new();
-                    if let Err(kind) = items::push_arg(&mut bytes, self.layout, a.borrow()) {
+                    if let Err(kind) = encodes_as::push_arg(&mut bytes, self.layout, &a) {
                         self.failed = Some(kind);
                         break;
                     }
@@ -125,7 +125,7 @@ impl<A: Value, I: Iterator<Item: Borrow<A>>> Items<A, I> {
     }
 }
 
-impl<A: Value, I: Iterator<Item: Borrow<A>>> Source for Items<A, I> {
+impl<A: Value, I: Iterator<Item: EncodesAs<A>>> Source for Items<A, I> {
     fn fill(&mut self, out: &mut Vec<u8>, limits: Limits) -> Pulled {
         if codec::has_fast_path::<A>() {
             return self.fill_items(out, limits);
@@ -184,7 +184,7 @@ impl<A, R, I> Feeder<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item: Borrow<A>>,
+    I: Iterator<Item: EncodesAs<A>>,
 {
     pub(crate) fn new(
         engine: &Engine,
@@ -291,10 +291,21 @@ where
         let chunk = ChunkOut::decode(done, count, self.layout.codec);
         chunk.record(&self.recorder, pid, nanos);
         self.feed.note_failed(chunk.failures());
-        if let Some(payload) = payload {
-            if let Some(from) = chunk.not_run() {
-                self.resubmit(start, count, from, &payload, fds);
+        match (chunk.not_run(), &payload) {
+            (Some(from), Some(payload)) => self.resubmit(start, count, from, payload, fds),
+            (Some(from), None) => {
+                // The finished items a dead worker reported (a piece without a payload)
+                // cannot end with items not run: the report is forged. Those items fail
+                // here rather than vanish.
+                let kind = TaskErrorKind::Protocol {
+                    message: "a dead worker's report of its finished items stops early".into(),
+                };
+                self.feed
+                    .fail_locally(start + u64::from(from), count - from, kind);
             }
+            (None, _) => {}
+        }
+        if let Some(payload) = payload {
             self.feed.give_back(payload);
         }
         (chunk, bytes)
@@ -330,6 +341,17 @@ where
 /// Input is pulled lazily: only while the jobs held (running, or finished and waiting for
 /// their turn) stay under a bound. Dropping the iterator drops the queued jobs and
 /// discards results still to come.
+///
+/// ```
+/// # fn main() -> Result<(), procpool::Error> {
+/// # procpool::init();
+/// # let pool = procpool::Pool::builder().workers(1).build()?;
+/// let mut results = pool.imap(|x: u64| x * 3, 0..); // an endless input
+/// assert_eq!(results.next().unwrap()?, 0);
+/// assert_eq!(results.next().unwrap()?, 3);
+/// drop(results); // the rest of the input is never pulled
+/// # Ok(()) }
+/// ```
 pub struct Imap<A, R, I> {
     feeder: Feeder<A, R, I>,
     waiting: Reorder<ChunkOut<R>>,
@@ -352,7 +374,7 @@ impl<A, R, I> Imap<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item: Borrow<A>>,
+    I: Iterator<Item: EncodesAs<A>>,
 {
     pub(crate) fn new(mut feeder: Feeder<A, R, I>, collect_all: bool) -> Self {
         if collect_all {
@@ -368,16 +390,47 @@ where
     }
 
     /// Items taken from the input so far.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let mut it = pool.imap(|x: u64| x, 0..1000);
+    /// it.next().unwrap()?;
+    /// assert!(it.pulled() >= 1 && it.pulled() <= 1000); // lazily, not all at once
+    /// # Ok(()) }
+    /// ```
     pub fn pulled(&self) -> u64 {
         self.feeder.pulled()
     }
 
     /// Jobs submitted to workers and not yet finished.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let mut it = pool.imap(|x: u64| x, 0..4);
+    /// let _ = it.in_flight(); // jobs out with the workers now
+    /// let all: Vec<u64> = it.by_ref().collect::<Result<_, _>>()?;
+    /// assert_eq!((all.len(), it.in_flight()), (4, 0));
+    /// # Ok(()) }
+    /// ```
     pub fn in_flight(&self) -> usize {
         self.feeder.in_flight()
     }
 
     /// Finished jobs held back until the jobs before them finish.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let mut it = pool.imap(|x: u64| x, 0..4);
+    /// let _: Vec<u64> = it.by_ref().collect::<Result<_, _>>()?;
+    /// assert_eq!(it.buffered(), 0); // nothing left waiting for its turn
+    /// # Ok(()) }
+    /// ```
     pub fn buffered(&self) -> usize {
         self.waiting.len()
     }
@@ -448,7 +501,7 @@ impl<A, R, I> Iterator for Imap<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item: Borrow<A>>,
+    I: Iterator<Item: EncodesAs<A>>,
 {
     type Item = Result<R, Error>;
 
@@ -475,6 +528,20 @@ where
 
 /// Results of [`Pool::imap_unordered`](crate::Pool::imap_unordered), as they finish,
 /// each with its input index.
+///
+/// ```
+/// # fn main() -> Result<(), procpool::Error> {
+/// # procpool::init();
+/// # let pool = procpool::Pool::builder().workers(1).build()?;
+/// let mut total = 0;
+/// for (index, result) in pool.imap_unordered(|x: u64| x * x, [1, 2, 3]) {
+///     let square = result?;
+///     assert_eq!(square, [1, 4, 9][index]);
+///     total += square;
+/// }
+/// assert_eq!(total, 14);
+/// # Ok(()) }
+/// ```
 pub struct ImapUnordered<A, R, I> {
     feeder: Feeder<A, R, I>,
     current: Option<ChunkOut<R>>,
@@ -492,7 +559,7 @@ impl<A, R, I> ImapUnordered<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item: Borrow<A>>,
+    I: Iterator<Item: EncodesAs<A>>,
 {
     pub(crate) fn new(feeder: Feeder<A, R, I>) -> Self {
         Self {
@@ -502,11 +569,31 @@ where
     }
 
     /// Items taken from the input so far.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let mut it = pool.imap_unordered(|x: u64| x, 0..10);
+    /// it.next();
+    /// assert!(it.pulled() >= 1);
+    /// # Ok(()) }
+    /// ```
     pub fn pulled(&self) -> u64 {
         self.feeder.pulled()
     }
 
     /// Jobs submitted to workers and not yet finished.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let mut it = pool.imap_unordered(|x: u64| x, 0..4);
+    /// assert_eq!(it.by_ref().count(), 4);
+    /// assert_eq!(it.in_flight(), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn in_flight(&self) -> usize {
         self.feeder.in_flight()
     }
@@ -537,7 +624,7 @@ impl<A, R, I> Iterator for ImapUnordered<A, R, I>
 where
     A: Value,
     R: Value,
-    I: Iterator<Item: Borrow<A>>,
+    I: Iterator<Item: EncodesAs<A>>,
 {
     type Item = (usize, Result<R, Error>);
 

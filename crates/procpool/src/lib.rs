@@ -30,9 +30,35 @@
 //! Functions are `fn(A) -> R`: named functions and closures that capture nothing. They
 //! travel as offsets into the executable, which every worker shares with its parent.
 //!
+//! ## A function that needs more than its item
+//! A closure that captures a local (`pool.map(|x: u64| x * factor, items)`) does not
+//! compile (E0308, "expected fn pointer, found closure"): a worker has no access to the
+//! parent's locals. Send what the function needs instead, one of these ways:
+//! - **Explicit captures**: [`capture!`] lists them; each item travels with a clone.
+//! - **A tuple argument**: pair each item with the value, `|(factor, x): (u64, u64)|`.
+//! - **[`Shared`]**: a large value goes to shared memory once; a handle (a few bytes)
+//!   travels with each item (in a tuple or captured), decoded once per worker.
+//! - **The initializer**: [`Builder::initializer`] runs once in each worker, to set up
+//!   state the tasks read (a `static` `OnceLock`, say).
+//!
+//! ```
+//! # fn main() -> Result<(), procpool::Error> {
+//! # procpool::init();
+//! # let pool = procpool::Pool::builder().workers(1).build()?;
+//! let factor = 3u64;
+//! let scale = procpool::capture!([factor] |x: u64| x * factor);
+//! assert_eq!(scale.map(&pool, [1, 2])?, [3, 6]);
+//! // the same with a tuple argument:
+//! let pairs = [1u64, 2].map(|x| (factor, x));
+//! assert_eq!(pool.map(|(f, x): (u64, u64)| x * f, pairs)?, [3, 6]);
+//! # Ok(()) }
+//! ```
+//!
 //! # Arguments, results and codecs
 //! Arguments and results are owned `serde` values ([`Value`]); the items of `map` and the
-//! others may be borrowed (`pool.map(f, &items)`). They travel encoded with postcard,
+//! others may be borrowed (`pool.map(f, &items)`), and may be the borrowed forms of the
+//! argument type (`&Path` for `PathBuf`, `&str` for `String`, `&[T]` for `Vec<T>`: see
+//! [`EncodesAs`]). They travel encoded with postcard,
 //! except `Vec<u8>` and plain numbers, which take fast paths of their own. postcard is
 //! not self-describing: serde features that need the data to describe itself
 //! (`skip_serializing_if`, untagged or internally tagged enums, `flatten`,
@@ -56,6 +82,13 @@
 //! ([`TaskErrorKind`]: the panic's message and location, the signal that killed the
 //! worker, a timeout, a codec error), the pool replaces a dead worker, and every other
 //! task completes. Errors of the pool itself are [`PoolError`]s.
+//!
+//! Every fallible call of the crate (pools, one-off processes, channels, shared data)
+//! converts into one [`Error`] with `?`, each source under a variant of its own to match
+//! on, so a `main -> Result<(), procpool::Error>` can use them all. The `Debug` of every
+//! error reads as its `Display`: an error returned from `main` prints a sentence, and a
+//! task's panic its message, place and (under `RUST_BACKTRACE=1`) the worker's
+//! backtrace as lines.
 //!
 //! # Timeouts
 //! [`Builder::timeout`] and [`Pool::with_timeout`] set a time limit per task. A task past
@@ -128,11 +161,11 @@
 //! Open MPI's `mpirun` wants `--oversubscribe` to start more ranks than the host has
 //! cores, and `--allow-run-as-root` to run as root.
 //!
-//! ```no_run
+//! ```
 //! # #[cfg(feature = "mpi")]
 //! fn main() -> Result<(), procpool::Error> {
 //!     procpool::init(); // ranks other than 0 serve here and never return
-//!     let pool = procpool::Pool::builder().mpi().build()?;
+//!     let pool = procpool::Pool::builder().mpi().build()?; // local when not under mpirun
 //!     let squares = pool.map(|x: u64| x * x, 0..100_000)?;
 //!     assert_eq!(squares[9], 81);
 //!     Ok(())
@@ -185,11 +218,15 @@
 //! # Platform support
 //! Linux (pidfd, memfd, `PR_SET_PDEATHSIG`). Other systems are refused at compile time.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod awaiting;
 #[cfg(feature = "indicatif")]
 mod bar;
+mod capture;
 mod channel;
 mod codec;
+mod encodes_as;
 mod error;
 mod handle;
 mod iter;
@@ -205,14 +242,16 @@ pub mod shared;
 pub use awaiting::{AsCompleted, as_completed, block_on, wait_any};
 #[cfg(feature = "futures")]
 pub use awaiting::{ImapStream, ImapUnorderedStream};
+pub use capture::Captured;
 #[doc(hidden)]
 pub use channel::fuzzing as channel_fuzzing;
 pub use channel::{
-    IntoIter, Iter, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender,
-    TryIter, TryRecvError, TrySendError, bounded, channel,
+    BytesAndFds, IntoIter, Iter, Receiver, RecvError, RecvTimeoutError, SendError,
+    SendTimeoutError, Sender, TryIter, TryRecvError, TrySendError, bounded, channel,
 };
 pub use codec::Value;
 pub use codec::format::Codec;
+pub use encodes_as::EncodesAs;
 pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKind, WaitError};
 pub use handle::TaskHandle;
 pub use iter::{Imap, ImapUnordered};
@@ -224,6 +263,12 @@ pub use process::{Process, spawn};
 pub use procpool_engine::{Failures, Progress, Stats, WorkerInfo, WorkerStats, current_worker};
 pub use shared::{Element, Shared, SharedArray, SharedError, SharedSlice};
 
+/// The README's Rust blocks, compiled and run as doc tests (`tests/readme.rs` checks
+/// that none is left out).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
+
 /// Makes this process a worker if it was started as one; returns at once otherwise.
 ///
 /// Call it as the first line of `main`. In a worker process it runs the worker loop and
@@ -234,6 +279,16 @@ pub use shared::{Element, Shared, SharedArray, SharedError, SharedSlice};
 /// With the `mpi` feature, in a process started by an MPI launcher (`mpirun`), it also
 /// initializes MPI; on ranks other than 0 it then serves as a node agent and exits
 /// without returning (see [Across hosts](crate#across-hosts-mpi)).
+///
+/// ```
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init(); // first line: a worker serves here and never returns
+///     println!("printed by the parent only");
+///     let pool = procpool::Pool::builder().workers(1).build()?;
+///     assert_eq!(pool.apply(|x: u8| x + 1, 1)?, 2);
+///     Ok(())
+/// }
+/// ```
 pub fn init() {
     procpool_engine::serve_if_worker(job::func::FnRunner::default);
     #[cfg(feature = "mpi")]
@@ -246,6 +301,9 @@ pub fn init() {
 /// Test binaries have a `main` of their own that never calls [`init`]; this registers a
 /// start-up hook (an `.init_array` entry, run before `main`) that calls it, so a worker
 /// started from the test binary serves instead of running the tests.
+///
+/// (`no_run`: a doc test does not run `#[test]` functions; `tests/pool.rs` and the
+/// other integration tests are this in use.)
 ///
 /// ```no_run
 /// procpool::enable_test_support!();

@@ -165,6 +165,14 @@ pub struct Fd(OwnedFd);
 
 impl Fd {
     /// The descriptor, borrowed.
+    ///
+    /// ```
+    /// use std::os::fd::{AsRawFd, OwnedFd};
+    ///
+    /// let file = std::fs::File::open("/dev/null").unwrap();
+    /// let fd = procpool::Fd::from(OwnedFd::from(file));
+    /// assert!(fd.as_fd().as_raw_fd() >= 0);
+    /// ```
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         std::os::fd::AsFd::as_fd(&self.0)
     }

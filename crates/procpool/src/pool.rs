@@ -1,6 +1,5 @@
 //! The typed pool: [`Pool`], its [`Builder`], and [`Call`] for per-call settings.
 
-use std::borrow::Borrow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +8,7 @@ use procpool_engine::{DEFAULT_PROGRESS_INTERVAL, Engine, EngineConfig, PoolError
 
 use crate::codec::Value;
 use crate::codec::format::{self, Codec};
+use crate::encodes_as::EncodesAs;
 use crate::error::Error;
 use crate::handle::TaskHandle;
 use crate::iter::{Feeder, Imap, ImapUnordered};
@@ -49,6 +49,21 @@ pub struct Pool {
 }
 
 /// Settings of a [`Pool`], made by [`Pool::builder`].
+///
+/// ```
+/// use std::time::Duration;
+///
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init();
+///     let pool = procpool::Pool::builder()
+///         .workers(2)
+///         .timeout(Duration::from_secs(30))
+///         .retries(1)
+///         .build()?;
+///     assert_eq!(pool.workers(), 2);
+///     Ok(())
+/// }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Builder {
     config: EngineConfig,
@@ -86,6 +101,14 @@ impl Default for Builder {
 impl Builder {
     /// Number of worker processes. Default: the number of available cores. With
     /// `mpi()` (feature `mpi`), the number of workers of each agent.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// let pool = procpool::Pool::builder().workers(2).build()?;
+    /// assert_eq!(pool.workers(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn workers(mut self, n: usize) -> Self {
         self.config.workers = n;
         #[cfg(feature = "mpi")]
@@ -100,14 +123,15 @@ impl Builder {
     /// processes. Outside an MPI job, or in a job of one rank, the pool is local. See
     /// [`crate::mpi`](crate#across-hosts-mpi) for the model, faults and exit.
     ///
-    /// ```no_run
+    /// ```
     /// # fn main() -> Result<(), procpool::Error> {
     /// procpool::init();
-    /// let pool = procpool::Pool::builder().mpi().build()?;
+    /// let pool = procpool::Pool::builder().mpi().build()?; // local outside mpirun
     /// assert_eq!(pool.map(|x: u32| x * 2, [1, 2, 3])?, [2, 4, 6]);
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "mpi")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
     pub fn mpi(mut self) -> Self {
         self.mpi = true;
         self
@@ -123,6 +147,14 @@ impl Builder {
     /// limit) fails every item of its chunk. With automatic sizing, the first such death
     /// switches the rest of the call to one item per job. Choose 1 when every task must
     /// be isolated from every other.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// let pool = procpool::Pool::builder().workers(1).chunk_size(1).build()?; // every item alone
+    /// assert_eq!(pool.map(|x: u32| x + 1, [1, 2])?, [2, 3]);
+    /// # Ok(()) }
+    /// ```
     pub fn chunk_size(mut self, n: usize) -> Self {
         if n == 0 {
             self.error = Some(ZERO_CHUNK.into());
@@ -149,6 +181,27 @@ impl Builder {
     /// receives for the first time (once per worker and value). That has an allowance of
     /// its own, [`shared_decode_timeout`](Self::shared_decode_timeout), kept by the
     /// parent: a task lives at most `limit` + that allowance.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use procpool::TaskErrorKind;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// let pool = procpool::Pool::builder()
+    ///     .workers(1)
+    ///     .timeout(Duration::from_millis(200))
+    ///     .build()?;
+    /// let err = pool.apply(nap, 60_000).unwrap_err(); // killed at 200 ms
+    /// assert!(matches!(err.as_task().unwrap().kind(), TaskErrorKind::TimedOut { .. }));
+    /// assert_eq!(pool.apply(nap, 1)?, 1); // a new worker took its place
+    /// # Ok(()) }
+    /// ```
     pub fn timeout(mut self, limit: Duration) -> Self {
         if limit.is_zero() {
             self.error = Some(ZERO_TIMEOUT.into());
@@ -195,6 +248,30 @@ impl Builder {
     /// [`PoolError::Broken`].
     ///
     /// The argument travels with postcard, whatever the pool's codec.
+    ///
+    /// ```
+    /// use std::sync::OnceLock;
+    ///
+    /// static GREETING: OnceLock<String> = OnceLock::new();
+    ///
+    /// fn setup(greeting: String) {
+    ///     GREETING.set(greeting).unwrap(); // once per worker
+    /// }
+    ///
+    /// fn greet(name: String) -> String {
+    ///     format!("{} {name}", GREETING.get().unwrap())
+    /// }
+    ///
+    /// fn main() -> Result<(), procpool::Error> {
+    ///     procpool::init();
+    ///     let pool = procpool::Pool::builder()
+    ///         .workers(1)
+    ///         .initializer(setup, "hello".to_string())
+    ///         .build()?;
+    ///     assert_eq!(pool.apply(greet, "ann")?, "hello ann");
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn initializer<A: Value>(mut self, f: fn(A), arg: A) -> Self {
         let mut bytes = Vec::new();
         match format::encode(Codec::Postcard, &mut bytes, &arg) {
@@ -206,6 +283,16 @@ impl Builder {
 
     /// Replace each worker after it ran `n` tasks (Python's `maxtasksperchild`), to bound
     /// leaks in the task code. Default: never.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// let pool = procpool::Pool::builder().workers(1).recycle_after(1).build()?;
+    /// let first = pool.apply(|_: ()| std::process::id(), ())?;
+    /// let second = pool.apply(|_: ()| std::process::id(), ())?;
+    /// assert_ne!(first, second); // a fresh worker for each task
+    /// # Ok(()) }
+    /// ```
     pub fn recycle_after(mut self, n: u64) -> Self {
         if n == 0 {
             self.error = Some("recycle_after must be at least 1".into());
@@ -217,6 +304,15 @@ impl Builder {
     /// How many times a task whose worker died is started again on another worker before
     /// it fails. Default 0. A task that kills every worker it touches fails after
     /// `n + 1` attempts; the pool survives.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// let pool = procpool::Pool::builder().workers(1).retries(1).build()?;
+    /// let err = pool.apply(|_: ()| -> u8 { std::process::abort() }, ()).unwrap_err();
+    /// assert_eq!(err.as_task().unwrap().attempts(), 2); // started twice, then failed
+    /// # Ok(()) }
+    /// ```
     pub fn retries(mut self, n: u32) -> Self {
         self.config.retries = n;
         self
@@ -273,6 +369,15 @@ impl Builder {
     /// Start workers from this executable instead of the running one (Python's
     /// `set_executable`). It must be the same binary: the handshake compares
     /// fingerprints and refuses another.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// let me = std::env::current_exe()?; // an io::Error converts into procpool::Error
+    /// let pool = procpool::Pool::builder().workers(1).executable(me).build()?;
+    /// assert_eq!(pool.apply(|x: u8| x + 1, 1)?, 2);
+    /// # Ok(()) }
+    /// ```
     pub fn executable(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.executable = Some(path.into());
         self
@@ -282,6 +387,21 @@ impl Builder {
     /// that handles SIGTERM can clean up. Default: SIGKILL at once. The SIGKILL (like
     /// every kill of a worker) also reaches every process the task started, except one
     /// that left the worker's session (`setsid`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// let pool = procpool::Pool::builder()
+    ///     .workers(1)
+    ///     .timeout(Duration::from_millis(100))
+    ///     .kill_grace(Duration::from_millis(50)) // SIGTERM, then SIGKILL 50 ms later
+    ///     .build()?;
+    /// let r = pool.apply(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 60_000);
+    /// assert!(r.is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn kill_grace(mut self, grace: Duration) -> Self {
         self.config.kill_grace = Some(grace);
         self
@@ -289,6 +409,19 @@ impl Builder {
 
     /// How long a starting worker may take to answer the handshake. Default 20 s; zero
     /// is an invalid setting.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// let pool = procpool::Pool::builder()
+    ///     .workers(1)
+    ///     .handshake_timeout(Duration::from_secs(60)) // a slow machine
+    ///     .build()?;
+    /// assert_eq!(pool.apply(|x: i8| -x, 3)?, -3);
+    /// # Ok(()) }
+    /// ```
     pub fn handshake_timeout(mut self, limit: Duration) -> Self {
         if limit.is_zero() {
             self.error = Some("handshake_timeout must be above zero".into());
@@ -307,6 +440,18 @@ impl Builder {
     /// # Panics
     /// Never returns in a worker process whose `main` skipped `procpool::init()`: such a
     /// process reports the mistake to its parent and exits.
+    ///
+    /// ```
+    /// use procpool::{Error, PoolError};
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// let pool = procpool::Pool::builder().workers(1).build()?;
+    /// assert_eq!(pool.worker_pids().len(), 1);
+    /// let bad = procpool::Pool::builder().chunk_size(0).build();
+    /// assert!(matches!(bad, Err(Error::Pool(PoolError::Config(_)))));
+    /// # Ok(()) }
+    /// ```
     pub fn build(self) -> Result<Pool, Error> {
         guard_worker();
         if let Some(e) = self.error {
@@ -374,6 +519,15 @@ impl Pool {
     ///
     /// # Errors
     /// As [`Builder::build`].
+    ///
+    /// ```
+    /// fn main() -> Result<(), procpool::Error> {
+    ///     procpool::init();
+    ///     let pool = procpool::Pool::new()?;
+    ///     assert!(pool.workers() >= 1); // one per available core
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn new() -> Result<Pool, Error> {
         Builder::default().build()
     }
@@ -423,12 +577,38 @@ impl Pool {
 
     /// Calls with a time limit per task (instead of the pool's). A zero limit makes the
     /// calls fail with [`PoolError::Config`] (see [`Call`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let quick = pool.with_timeout(Duration::from_millis(200));
+    /// assert!(quick.apply(nap, 60_000).is_err()); // this call's tasks have 200 ms
+    /// assert_eq!(pool.apply(nap, 300)?, 300); // the pool's own calls have no limit
+    /// # Ok(()) }
+    /// ```
     pub fn with_timeout(&self, limit: Duration) -> Call<'_> {
         self.call().timeout(limit)
     }
 
     /// Calls with a fixed chunk size (instead of the pool's). A chunk size of 0 makes the
     /// calls fail with [`PoolError::Config`] (see [`Call`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let out = pool.with_chunk_size(25).map(|x: u32| x * 2, 0..100)?; // four jobs
+    /// assert_eq!(out[99], 198);
+    /// # Ok(()) }
+    /// ```
     pub fn with_chunk_size(&self, n: usize) -> Call<'_> {
         self.call().chunk_size(n)
     }
@@ -454,7 +634,7 @@ impl Pool {
     pub fn map<A, R>(
         &self,
         f: fn(A) -> R,
-        items: impl IntoIterator<Item: Borrow<A>>,
+        items: impl IntoIterator<Item: EncodesAs<A>>,
     ) -> Result<Vec<R>, Error>
     where
         A: Value,
@@ -482,7 +662,7 @@ impl Pool {
     where
         A: Value,
         R: Value,
-        I: IntoIterator<Item: Borrow<A>>,
+        I: IntoIterator<Item: EncodesAs<A>>,
     {
         self.call().imap(f, items)
     }
@@ -510,7 +690,7 @@ impl Pool {
     where
         A: Value,
         R: Value,
-        I: IntoIterator<Item: Borrow<A>>,
+        I: IntoIterator<Item: EncodesAs<A>>,
     {
         self.call().imap_unordered(f, items)
     }
@@ -527,7 +707,7 @@ impl Pool {
     ///
     /// # Errors
     /// [`Error::Task`] when the task failed, [`Error::Pool`] when the pool refused it.
-    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: impl Borrow<A>) -> Result<R, Error>
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: impl EncodesAs<A>) -> Result<R, Error>
     where
         A: Value,
         R: Value,
@@ -550,7 +730,7 @@ impl Pool {
     /// # Errors
     /// [`Error::Pool`] when the pool is closed or broken; [`Error::Task`] with a codec
     /// error when `arg` cannot be serialized.
-    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: impl Borrow<A>) -> Result<TaskHandle<R>, Error>
+    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: impl EncodesAs<A>) -> Result<TaskHandle<R>, Error>
     where
         A: Value,
         R: Value,
@@ -559,11 +739,29 @@ impl Pool {
     }
 
     /// Number of worker processes.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// assert_eq!(pool.workers(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn workers(&self) -> usize {
         self.engine.config().workers
     }
 
     /// Process ids of the live workers (they change as workers are replaced).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let pids = pool.worker_pids();
+    /// assert_eq!(pids.len(), 1);
+    /// assert_eq!(pool.apply(|_: ()| std::process::id(), ())?, pids[0]);
+    /// # Ok(()) }
+    /// ```
     pub fn worker_pids(&self) -> Vec<u32> {
         self.engine.worker_pids()
     }
@@ -614,12 +812,41 @@ impl Pool {
     /// An `imap` or `imap_unordered` iterator is not waited for (its holder may never
     /// drain it): once the work queued is done the workers stop, and the iterator's
     /// items not yet sent fail with [`PoolError::Closed`].
+    ///
+    /// ```
+    /// fn report((tx, x): (procpool::Sender<u32>, u32)) {
+    ///     tx.send(x * 2).unwrap();
+    /// }
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let (tx, rx) = procpool::channel()?;
+    /// drop(pool.spawn(report, (tx, 21))?); // a dropped handle: the task still runs
+    /// pool.join(); // waits for it
+    /// assert_eq!(rx.recv()?, 42);
+    /// # Ok(()) }
+    /// ```
     pub fn join(self) {
         self.engine.join();
     }
 
     /// Kills the workers now; unfinished tasks fail with
     /// [`Terminated`](crate::TaskErrorKind::Terminated).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use procpool::TaskErrorKind;
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let h = pool.spawn(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 60_000)?;
+    /// pool.terminate(); // kills the worker now
+    /// let err = h.join().unwrap_err();
+    /// assert_eq!(err.as_task().unwrap().kind(), &TaskErrorKind::Terminated);
+    /// # Ok(()) }
+    /// ```
     pub fn terminate(self) {
         self.engine.terminate();
     }
@@ -627,6 +854,17 @@ impl Pool {
 
 impl<'p> Call<'p> {
     /// Sets the time limit per task; a zero limit is an invalid setting.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let call = pool.with_chunk_size(1).timeout(Duration::from_secs(30));
+    /// assert_eq!(call.map(|x: u32| x + 1, [1, 2])?, [2, 3]);
+    /// # Ok(()) }
+    /// ```
     pub fn timeout(mut self, limit: Duration) -> Self {
         if limit.is_zero() {
             self.invalid = Some(ZERO_TIMEOUT);
@@ -636,6 +874,17 @@ impl<'p> Call<'p> {
     }
 
     /// Sets the chunk size; 0 is an invalid setting.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let call = pool.with_timeout(Duration::from_secs(30)).chunk_size(10);
+    /// assert_eq!(call.map(|x: u32| x % 7, 0..50)?.len(), 50);
+    /// # Ok(()) }
+    /// ```
     pub fn chunk_size(mut self, n: usize) -> Self {
         if n == 0 {
             self.invalid = Some(ZERO_CHUNK);
@@ -653,6 +902,18 @@ impl<'p> Call<'p> {
     }
 
     /// Sets the codec.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use procpool::Codec;
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let call = pool.with_timeout(Duration::from_secs(30)).codec(Codec::MessagePack);
+    /// assert_eq!(call.apply(|s: String| s.len(), "four")?, 4);
+    /// # Ok(()) }
+    /// ```
     pub fn codec(mut self, codec: Codec) -> Self {
         self.layout.codec = codec;
         self
@@ -662,7 +923,7 @@ impl<'p> Call<'p> {
     where
         A: Value,
         R: Value,
-        I: Iterator<Item: Borrow<A>>,
+        I: Iterator<Item: EncodesAs<A>>,
     {
         let mut feeder = Feeder::new(
             &self.pool.engine,
@@ -684,10 +945,21 @@ impl<'p> Call<'p> {
     ///
     /// # Errors
     /// As [`Pool::map`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let call = pool.with_timeout(Duration::from_secs(30));
+    /// assert_eq!(call.map(|x: u64| x * x, [2, 3])?, [4, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn map<A, R>(
         &self,
         f: fn(A) -> R,
-        items: impl IntoIterator<Item: Borrow<A>>,
+        items: impl IntoIterator<Item: EncodesAs<A>>,
     ) -> Result<Vec<R>, Error>
     where
         A: Value,
@@ -706,11 +978,23 @@ impl<'p> Call<'p> {
     ///
     /// # Panics
     /// On an invalid setting (a chunk size of 0, a zero time limit).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let call = pool.with_timeout(Duration::from_secs(30));
+    /// let squares: Vec<u64> = call.imap(|x: u64| x * x, 1..).take(3).collect::<Result<_, _>>()?;
+    /// assert_eq!(squares, [1, 4, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<A, R, I::IntoIter>
     where
         A: Value,
         R: Value,
-        I: IntoIterator<Item: Borrow<A>>,
+        I: IntoIterator<Item: EncodesAs<A>>,
     {
         Imap::new(self.feeder("imap", f, items.into_iter()), false)
     }
@@ -719,6 +1003,22 @@ impl<'p> Call<'p> {
     ///
     /// # Panics
     /// On an invalid setting (a chunk size of 0, a zero time limit).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let call = pool.with_timeout(Duration::from_secs(30));
+    /// let mut got: Vec<u64> = call
+    ///     .imap_unordered(|x: u64| x * x, [3, 1])
+    ///     .map(|(_, r)| r)
+    ///     .collect::<Result<_, _>>()?;
+    /// got.sort();
+    /// assert_eq!(got, [1, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn imap_unordered<A, R, I>(
         &self,
         f: fn(A) -> R,
@@ -727,7 +1027,7 @@ impl<'p> Call<'p> {
     where
         A: Value,
         R: Value,
-        I: IntoIterator<Item: Borrow<A>>,
+        I: IntoIterator<Item: EncodesAs<A>>,
     {
         ImapUnordered::new(self.feeder("imap_unordered", f, items.into_iter()))
     }
@@ -736,7 +1036,18 @@ impl<'p> Call<'p> {
     ///
     /// # Errors
     /// As [`Pool::apply`].
-    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: impl Borrow<A>) -> Result<R, Error>
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let call = pool.with_timeout(Duration::from_secs(30));
+    /// assert_eq!(call.apply(|x: i32| x.abs(), -4)?, 4);
+    /// # Ok(()) }
+    /// ```
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: impl EncodesAs<A>) -> Result<R, Error>
     where
         A: Value,
         R: Value,
@@ -748,13 +1059,25 @@ impl<'p> Call<'p> {
     ///
     /// # Errors
     /// As [`Pool::spawn`].
-    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: impl Borrow<A>) -> Result<TaskHandle<R>, Error>
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// # let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let call = pool.with_timeout(Duration::from_secs(30));
+    /// let h = call.spawn(|x: i32| x * 10, 4)?;
+    /// assert_eq!(h.join()?, 40);
+    /// # Ok(()) }
+    /// ```
+    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: impl EncodesAs<A>) -> Result<TaskHandle<R>, Error>
     where
         A: Value,
         R: Value,
     {
         self.check()?;
-        let (payload, fds) = single_payload(arg.borrow(), self.layout)?;
+        let (payload, fds) = single_payload(&arg, self.layout)?;
         let batch = self.pool.engine.batch();
         batch.submit([procpool_engine::Job {
             func: func::chunk_ref(f),
@@ -803,6 +1126,7 @@ impl Pool {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "indicatif")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "indicatif")))]
     pub fn with_progress(&self) -> Call<'_> {
         self.call().with_progress()
     }
@@ -881,6 +1205,7 @@ impl Call<'_> {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "indicatif")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "indicatif")))]
     pub fn with_progress(self) -> Self {
         let bar = crate::bar::Bar::default();
         self.on_progress(move |p| bar.show(p))
@@ -889,13 +1214,13 @@ impl Call<'_> {
 
 /// The payload of a chunk of one argument, and the descriptors its encoding attached.
 pub(crate) fn single_payload<A: Value>(
-    arg: &A,
+    arg: &impl EncodesAs<A>,
     layout: Layout,
 ) -> Result<(Vec<u8>, Option<procpool_engine::JobFds>), Error> {
     let mut payload = Vec::new();
     let enc = passfd::Encoding::begin();
     items::begin_chunk::<A>(&mut payload, layout);
-    items::push_arg(&mut payload, layout, arg)
+    crate::encodes_as::push_arg(&mut payload, layout, arg)
         .map_err(|kind| Error::Task(procpool_engine::TaskError::new(kind, 0, None, 0)))?;
     items::end_chunk(&mut payload, 1);
     Ok((payload, enc.finish()))

@@ -108,7 +108,12 @@ fn race(how: OnStop, retries: u32) -> (Vec<String>, String) {
     let mut watcher_outcome = String::new();
     for (i, r) in results {
         if i as u64 == watcher {
-            watcher_outcome = format!("{r:?} (logged {} times)", seen[i]);
+            // The kind's name, then the sentence (an error's Debug is its sentence).
+            let shown = match &r {
+                Ok(v) => format!("Ok({v})"),
+                Err(e) => format!("Err({}: {e})", kind_name(e)),
+            };
+            watcher_outcome = format!("{shown} (logged {} times)", seen[i]);
             continue;
         }
         match r {
@@ -121,6 +126,25 @@ fn race(how: OnStop, retries: u32) -> (Vec<String>, String) {
     watcher_outcome.push_str(&format!("; saw the stop flag: {saw}"));
     assert_eq!(pool.apply(|x: u64| x + 1, 1).expect("apply after"), 2);
     (problems, watcher_outcome)
+}
+
+/// The name of a task error's kind (`WorkerDied`, `Protocol`...), or of the error.
+fn kind_name(e: &Error) -> &'static str {
+    use procpool::TaskErrorKind as K;
+    match e.as_task().map(|t| t.kind()) {
+        Some(K::Panic { .. }) => "Panic",
+        Some(K::WorkerDied { .. }) => "WorkerDied",
+        Some(K::TimedOut { .. }) => "TimedOut",
+        Some(K::Cancelled) => "Cancelled",
+        Some(K::Codec { .. }) => "Codec",
+        Some(K::TooLarge { .. }) => "TooLarge",
+        Some(K::Protocol { .. }) => "Protocol",
+        Some(K::OutOfMemory { .. }) => "OutOfMemory",
+        Some(K::Terminated) => "Terminated",
+        Some(K::PoolBroken(_)) => "PoolBroken",
+        Some(_) => "Task",
+        None => "Pool",
+    }
 }
 
 fn check(how: OnStop, retries: u32, watcher_ok: fn(&str) -> bool) {

@@ -153,8 +153,9 @@ fn a_decode_past_its_allowance_fails_with_an_error_naming_the_value() {
     });
 }
 
-/// Claims to be decoding for ever, through the engine's own marker.
-fn claims_to_decode(_: u32) -> u32 {
+/// Claims to be decoding for ever, through the engine's own marker (it carries a shared
+/// value: a job without one has nothing to prepare and gets no allowance at all).
+fn claims_to_decode(_: Shared<u32>) -> u32 {
     let _p = procpool_engine::preparing("nothing at all");
     loop {
         std::hint::spin_loop();
@@ -162,7 +163,7 @@ fn claims_to_decode(_: u32) -> u32 {
 }
 
 /// Writes "preparing since boot" straight into its worker's control block, then spins.
-fn forges_the_marks(_: u32) -> u32 {
+fn forges_the_marks(_: Shared<u32>) -> u32 {
     let ctl = common::control_block();
     ctl[64].store(1, Ordering::Release); // preparing since (almost) boot
     ctl[65].store(u64::MAX / 2, Ordering::Release); // and plenty before
@@ -181,9 +182,9 @@ fn a_task_cannot_stretch_its_limit_past_the_allowance_by_claiming_to_decode() {
             .shared_decode_timeout(allowance)
             .build()
             .unwrap();
-        for f in [claims_to_decode as fn(u32) -> u32, forges_the_marks] {
+        for f in [claims_to_decode as fn(Shared<u32>) -> u32, forges_the_marks] {
             let t0 = Instant::now();
-            let r = pool.apply(f, 0);
+            let r = pool.apply(f, Shared::new(0).unwrap());
             let took = t0.elapsed();
             let Err(Error::Task(e)) = r else {
                 panic!("a spinning task returned: {r:?}")
@@ -205,7 +206,7 @@ fn a_task_cannot_stretch_its_limit_past_the_allowance_by_claiming_to_decode() {
             .shared_decode_timeout(Duration::ZERO)
             .build()
             .unwrap();
-        let r = strict.apply(forges_the_marks, 0);
+        let r = strict.apply(forges_the_marks, Shared::new(0).unwrap());
         assert!(
             matches!(&r, Err(Error::Task(e)) if matches!(e.kind(), TaskErrorKind::TimedOut { .. })),
             "{r:?}"

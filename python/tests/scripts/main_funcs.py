@@ -12,7 +12,8 @@ import sys
 
 import helper_mod
 
-PARENT = os.getpid()
+# The parent's pid, also where workers run this script again as __mp_main__ (spawn-style).
+PARENT = int(os.environ.setdefault("MAIN_FUNCS_PARENT", str(os.getpid())))
 OFFSET = 100
 
 

@@ -37,6 +37,8 @@ use crate::wire::{self, Down, SharedJobFrame};
 
 /// Payloads at least this large go through the worker's data region.
 const SHM_THRESHOLD: usize = 256 * 1024;
+/// The part of a data region used while it has room: see [`alloc_shared`].
+const SOFT_RING: usize = 2 << 20;
 /// Most expected work a worker may hold, in nanoseconds of measured job time.
 const WINDOW_NANOS: f64 = 2_000_000.0;
 /// Most jobs a worker may hold.
@@ -414,11 +416,19 @@ pub(super) fn alloc_shared(
     let (last_off, last_len) = in_flight.iter().rev().find_map(|f| f.shared)?;
     let tail = last_off + last_len;
     if tail > head {
-        // Used: head..tail. Free: tail..size, then 0..head.
-        if tail + len <= size {
+        // Used: head..tail. Free: tail..size, then 0..head. Wrap early, once past a few
+        // payloads' worth, when the start has room: the pages the parent has written
+        // stay in its memory (and the worker's), so a ring that went round the whole
+        // region would cost the region's size in each for a handful of jobs in flight.
+        let soft = size.min(SOFT_RING.max(3 * len));
+        if tail + len <= soft {
+            Some(tail)
+        } else if len <= head {
+            Some(0)
+        } else if tail + len <= size {
             Some(tail)
         } else {
-            (len <= head).then_some(0)
+            None
         }
     } else {
         // Wrapped. Used: head..size and 0..tail. Free: tail..head.
@@ -491,5 +501,27 @@ mod tests {
         // Wrapped: used 40..90 and 0..30; free 30..40.
         assert_eq!(alloc_shared(&f, 100, 10), Some(30));
         assert_eq!(alloc_shared(&f, 100, 11), None);
+    }
+
+    #[test]
+    fn the_ring_wraps_early_in_a_large_region() {
+        const MIB: usize = 1 << 20;
+        let mut f: VecDeque<InFlight> = VecDeque::new();
+        // Jobs of 1 MiB, two in flight: the ring stays within three of them, however
+        // long it runs, instead of going round all of the region.
+        let mut highest = 0;
+        for _ in 0..1000 {
+            let at = alloc_shared(&f, 128 * MIB, MIB).expect("room");
+            highest = highest.max(at + MIB);
+            f.push_back(flight(Some((at, MIB))));
+            if f.len() > 2 {
+                f.pop_front();
+            }
+        }
+        assert!(highest <= 3 * MIB, "{highest}");
+        // Past the soft end with no room at the start, it still uses the rest.
+        let mut f: VecDeque<InFlight> = VecDeque::new();
+        f.push_back(flight(Some((0, 3 * MIB))));
+        assert_eq!(alloc_shared(&f, 128 * MIB, MIB), Some(3 * MIB));
     }
 }

@@ -155,7 +155,13 @@ impl Supervisor {
             } else {
                 Duration::ZERO
             };
-            let allowance = self.shared.config.prepare_allowance;
+            // A job that carries no descriptors refers to no shared value: it has
+            // nothing to prepare, whatever its worker claims.
+            let allowance = if f.q.job.fds.is_some() {
+                self.shared.config.prepare_allowance
+            } else {
+                Duration::ZERO
+            };
             let (ran, prep) = match prepare::judge(ran, limit, prep, allowance) {
                 Judged::Within(next) => {
                     soonest(next);

@@ -58,26 +58,11 @@ pub(crate) fn send_fds(
 
 /// Receives exactly `buf.len()` bytes sent by [`send_fds`], and the descriptors with them.
 pub(crate) fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Vec<OwnedFd>> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let msg = rustix::net::recvmsg(
-        sock,
-        &mut [io::IoSliceMut::new(buf)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )?;
-    let fds: Vec<OwnedFd> = control
-        .drain()
-        .filter_map(|m| match m {
-            RecvAncillaryMessage::ScmRights(fds) => Some(fds),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    if msg.bytes != buf.len() {
+    let mut fds = std::collections::VecDeque::new();
+    if recv_into_fds(sock, buf, &mut fds)? != buf.len() {
         return Err(io::Error::other("short message with descriptors"));
     }
-    Ok(fds)
+    Ok(fds.into())
 }
 
 /// Moves the socket a worker got as standard input to a new close-on-exec descriptor, and

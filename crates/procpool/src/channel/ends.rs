@@ -27,7 +27,7 @@ thread_local! {
     /// Where a thread encodes the messages it sends (kept between sends when small).
     static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// Where a thread receives packets: room for the largest a channel sends.
-    static IN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    pub(super) static IN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The sending end of a channel. Cloning it gives another sender of the same channel;
@@ -36,10 +36,28 @@ thread_local! {
 /// A sender can be passed to a process as (part of) the argument of
 /// [`procpool::spawn`](crate::spawn) or of a pool task; the process gets its own
 /// descriptor of the same channel.
+///
+/// ```
+/// fn produce((tx, n): (procpool::Sender<u32>, u32)) {
+///     for i in 0..n {
+///         tx.send(i).unwrap();
+///     }
+/// }
+///
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init();
+///     let (tx, rx) = procpool::channel()?;
+///     let p = procpool::spawn(produce, (tx.clone(), 3))?; // a clone goes to the process
+///     drop(tx); // ours too, so that `rx` ends when the process's is gone
+///     assert_eq!(rx.iter().collect::<Vec<u32>>(), [0, 1, 2]);
+///     p.join()?;
+///     Ok(())
+/// }
+/// ```
 pub struct Sender<T> {
-    end: Arc<End>,
+    pub(super) end: Arc<End>,
     /// Bytes the queue holds before senders wait (the socket's send buffer).
-    capacity: usize,
+    pub(super) capacity: usize,
     _t: PhantomData<fn(T)>,
 }
 
@@ -49,8 +67,25 @@ pub struct Sender<T> {
 ///
 /// A receiver can be passed to a process as (part of) the argument of
 /// [`procpool::spawn`](crate::spawn) or of a pool task.
+///
+/// ```
+/// fn consume(rx: procpool::Receiver<String>) -> usize {
+///     rx.iter().map(|s| s.len()).sum() // until every sender is gone
+/// }
+///
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init();
+///     let (tx, rx) = procpool::channel::<String>()?;
+///     let p = procpool::spawn(consume, rx)?;
+///     tx.send("ab".into())?;
+///     tx.send("cde".into())?;
+///     drop(tx);
+///     assert_eq!(p.join()?, 5);
+///     Ok(())
+/// }
+/// ```
 pub struct Receiver<T> {
-    end: Arc<End>,
+    pub(super) end: Arc<End>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -104,14 +139,14 @@ impl<T> AsFd for Receiver<T> {
 
 /// How long a send or receive may wait.
 #[derive(Clone, Copy)]
-enum Wait {
+pub(super) enum Wait {
     Never,
     Until(Instant),
     Forever,
 }
 
 impl Wait {
-    fn after(d: Duration) -> Self {
+    pub(super) fn after(d: Duration) -> Self {
         Instant::now()
             .checked_add(d)
             .map_or(Wait::Forever, Wait::Until)
@@ -205,6 +240,13 @@ impl<T: Value> Sender<T> {
 
     /// How many bytes of messages the queue holds before senders wait, as the kernel
     /// counts them (see [`bounded`](crate::bounded)).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let (tx, _rx) = procpool::bounded::<u64>(64 * 1024)?;
+    /// assert!(tx.capacity() >= 64 * 1024); // the kernel's figure, at least what was asked
+    /// # Ok(()) }
+    /// ```
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -289,7 +331,7 @@ impl<T: Value> Sender<T> {
     }
 
     /// Sends the packet of a payload of `size` bytes in `memfd`, with `passed`.
-    fn send_memfd(
+    pub(super) fn send_memfd(
         &self,
         memfd: &OwnedFd,
         size: usize,
@@ -313,7 +355,7 @@ impl<T: Value> Sender<T> {
         sent
     }
 
-    fn send_packet(
+    pub(super) fn send_packet(
         &self,
         parts: &[io::IoSlice<'_>],
         fds: &[BorrowedFd<'_>],
@@ -342,7 +384,7 @@ impl<T: Value> Sender<T> {
 const KEPT_BUFFER: usize = 4 << 20;
 
 /// A failed send, before the value is put back.
-enum Outcome {
+pub(super) enum Outcome {
     Gone,
     Encode(String),
     Io(io::Error),

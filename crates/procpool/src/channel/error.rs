@@ -17,7 +17,6 @@ use std::io;
 /// }
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 #[non_exhaustive]
 pub enum SendError<T> {
     /// Every receiving end is gone (dropped, or its process ended): nobody will read.
@@ -42,6 +41,15 @@ pub enum SendError<T> {
 
 impl<T> SendError<T> {
     /// The value that was not sent.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let (tx, rx) = procpool::channel::<Vec<u8>>()?;
+    /// drop(rx);
+    /// let back: Vec<u8> = tx.send(vec![1, 2]).unwrap_err().into_inner();
+    /// assert_eq!(back, [1, 2]);
+    /// # Ok(()) }
+    /// ```
     pub fn into_inner(self) -> T {
         match self {
             SendError::Disconnected(v)
@@ -51,6 +59,14 @@ impl<T> SendError<T> {
     }
 
     /// Whether the error is [`SendError::Disconnected`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let (tx, rx) = procpool::channel::<u8>()?;
+    /// drop(rx);
+    /// assert!(tx.send(1).unwrap_err().is_disconnected());
+    /// # Ok(()) }
+    /// ```
     pub fn is_disconnected(&self) -> bool {
         matches!(self, SendError::Disconnected(_))
     }
@@ -70,11 +86,27 @@ impl<T> fmt::Display for SendError<T> {
     }
 }
 
-impl<T: fmt::Debug> std::error::Error for SendError<T> {}
+impl<T> std::error::Error for SendError<T> {}
 
 /// Why [`Sender::try_send`](super::Sender::try_send) did not deliver a value; the value is
 /// inside.
-#[derive(Debug)]
+///
+/// ```
+/// use procpool::TrySendError;
+///
+/// # fn main() -> Result<(), procpool::Error> {
+/// let (tx, _rx) = procpool::bounded::<Vec<u8>>(4096)?;
+/// let mut sent = 0;
+/// loop {
+///     match tx.try_send(vec![0; 512]) {
+///         Ok(()) => sent += 1,
+///         Err(TrySendError::Full(v)) => break assert_eq!(v.len(), 512), // handed back
+///         Err(e) => return Err(e.into()),
+///     }
+/// }
+/// assert!(sent >= 1);
+/// # Ok(()) }
+/// ```
 pub enum TrySendError<T> {
     /// The queue is full now: the receivers have not caught up.
     Full(T),
@@ -84,6 +116,15 @@ pub enum TrySendError<T> {
 
 impl<T> TrySendError<T> {
     /// The value that was not sent.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let (tx, _rx) = procpool::bounded::<String>(4096)?;
+    /// while tx.try_send("x".repeat(400)).is_ok() {}
+    /// let back = tx.try_send("kept".into()).unwrap_err().into_inner();
+    /// assert_eq!(back, "kept");
+    /// # Ok(()) }
+    /// ```
     pub fn into_inner(self) -> T {
         match self {
             TrySendError::Full(v) => v,
@@ -101,11 +142,24 @@ impl<T> fmt::Display for TrySendError<T> {
     }
 }
 
-impl<T: fmt::Debug> std::error::Error for TrySendError<T> {}
+impl<T> std::error::Error for TrySendError<T> {}
 
 /// Why [`Sender::send_timeout`](super::Sender::send_timeout) did not deliver a value; the
 /// value is inside.
-#[derive(Debug)]
+///
+/// ```
+/// use std::time::Duration;
+/// use procpool::SendTimeoutError;
+///
+/// # fn main() -> Result<(), procpool::Error> {
+/// let (tx, _rx) = procpool::bounded::<Vec<u8>>(4096)?;
+/// while tx.try_send(vec![0; 512]).is_ok() {}
+/// match tx.send_timeout(vec![1; 512], Duration::from_millis(10)) {
+///     Err(SendTimeoutError::Timeout(v)) => assert_eq!(v[0], 1), // still full: handed back
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
 pub enum SendTimeoutError<T> {
     /// The queue stayed full for the whole time.
     Timeout(T),
@@ -115,6 +169,17 @@ pub enum SendTimeoutError<T> {
 
 impl<T> SendTimeoutError<T> {
     /// The value that was not sent.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let (tx, rx) = procpool::channel::<u32>()?;
+    /// drop(rx);
+    /// let e = tx.send_timeout(7, Duration::from_millis(10)).unwrap_err();
+    /// assert_eq!(e.into_inner(), 7);
+    /// # Ok(()) }
+    /// ```
     pub fn into_inner(self) -> T {
         match self {
             SendTimeoutError::Timeout(v) => v,
@@ -134,13 +199,24 @@ impl<T> fmt::Display for SendTimeoutError<T> {
     }
 }
 
-impl<T: fmt::Debug> std::error::Error for SendTimeoutError<T> {}
+impl<T> std::error::Error for SendTimeoutError<T> {}
 
 /// Why [`Receiver::recv`](super::Receiver::recv) returned no value.
 ///
 /// Only [`Disconnected`](RecvError::Disconnected) is final; after the others the channel
 /// goes on, and the next call reads the next message.
-#[derive(Debug)]
+///
+/// ```
+/// use procpool::RecvError;
+///
+/// # fn main() -> Result<(), procpool::Error> {
+/// let (tx, rx) = procpool::channel::<u32>()?;
+/// tx.send(1)?;
+/// drop(tx);
+/// assert_eq!(rx.recv()?, 1); // what was queued is still read
+/// assert!(matches!(rx.recv(), Err(RecvError::Disconnected)));
+/// # Ok(()) }
+/// ```
 #[non_exhaustive]
 pub enum RecvError {
     /// The queue is empty and every sending end is gone (dropped, or its process ended).
@@ -182,7 +258,17 @@ impl std::error::Error for RecvError {
 }
 
 /// Why [`Receiver::try_recv`](super::Receiver::try_recv) returned no value.
-#[derive(Debug)]
+///
+/// ```
+/// use procpool::TryRecvError;
+///
+/// # fn main() -> Result<(), procpool::Error> {
+/// let (tx, rx) = procpool::channel::<u32>()?;
+/// assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+/// tx.send(5)?;
+/// assert_eq!(rx.try_recv()?, 5);
+/// # Ok(()) }
+/// ```
 pub enum TryRecvError {
     /// No message is waiting now (but senders remain).
     Empty,
@@ -202,7 +288,17 @@ impl fmt::Display for TryRecvError {
 impl std::error::Error for TryRecvError {}
 
 /// Why [`Receiver::recv_timeout`](super::Receiver::recv_timeout) returned no value.
-#[derive(Debug)]
+///
+/// ```
+/// use std::time::Duration;
+/// use procpool::RecvTimeoutError;
+///
+/// # fn main() -> Result<(), procpool::Error> {
+/// let (_tx, rx) = procpool::channel::<u32>()?;
+/// let r = rx.recv_timeout(Duration::from_millis(10));
+/// assert!(matches!(r, Err(RecvTimeoutError::Timeout)));
+/// # Ok(()) }
+/// ```
 pub enum RecvTimeoutError {
     /// No message came in time (but senders remain).
     Timeout,
@@ -220,3 +316,23 @@ impl fmt::Display for RecvTimeoutError {
 }
 
 impl std::error::Error for RecvTimeoutError {}
+
+impl<T> fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl<T> fmt::Debug for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl<T> fmt::Debug for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+crate::error::debug_as_display!(RecvError, TryRecvError, RecvTimeoutError);

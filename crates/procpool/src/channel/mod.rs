@@ -53,6 +53,7 @@ mod error;
 mod frame;
 mod iter;
 mod pass;
+mod raw;
 mod sys;
 
 use std::io;
@@ -64,6 +65,7 @@ pub use error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub use iter::{IntoIter, Iter, TryIter};
+pub use raw::BytesAndFds;
 
 use crate::codec::Value;
 

@@ -98,6 +98,26 @@ pub(crate) fn encode<T: Value>(c: Codec, buf: &mut Vec<u8>, v: &T) -> Result<(),
     })
 }
 
+/// Appends the encoding of a `T` given as `form`, a value whose serde calls are a `T`'s
+/// (see [`EncodesAs`](crate::EncodesAs)): the bytes [`encode`] writes for that `T`. A
+/// `T` with a fast path (`Vec<u8>`) is written in postcard whatever the codec, as
+/// [`encode`] does; postcard's serde encoding of a byte sequence is the fast path's.
+#[inline]
+pub(crate) fn encode_as<T: Value, S: serde::Serialize + ?Sized>(
+    c: Codec,
+    buf: &mut Vec<u8>,
+    form: &S,
+) -> Result<(), String> {
+    if c == Codec::Postcard || codec::has_fast_path::<T>() {
+        return codec::append(buf, form).map_err(|e| codec::explain(&e, form));
+    }
+    let mark = buf.len();
+    rmp_serde::encode::write_named(buf, form).map_err(|e| {
+        buf.truncate(mark);
+        e.to_string()
+    })
+}
+
 /// Decodes a value that fills `bytes` exactly.
 #[inline]
 pub(crate) fn decode<T: Value>(c: Codec, bytes: &[u8]) -> Result<T, String> {

@@ -33,7 +33,9 @@ use serde::de::DeserializeOwned;
 /// A function's argument is an owned value: take `String`, not `&str`, and `Vec<T>`, not
 /// `&[T]` (the worker decodes a fresh value and hands it over). The items passed to
 /// `map` and the others may still be borrowed: `pool.map(f, &names)` for a
-/// `fn(String) -> R` encodes each `&String` without a copy.
+/// `fn(String) -> R` encodes each `&String` without a copy, and an item may be a
+/// borrowed form that serializes as the argument does (`&str` for a `String`, `&Path`
+/// for a `PathBuf`, `&[T]` for a `Vec<T>`: see [`EncodesAs`](crate::EncodesAs)).
 ///
 /// A borrowed argument type is refused at compile time, in rustc's words "implementation
 /// of `Deserialize` is not general enough":

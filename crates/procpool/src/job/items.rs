@@ -128,9 +128,37 @@ pub(crate) fn push_arg<A: Value>(
         codec::put_plain(buf, a);
         return Ok(());
     }
+    push_encoded::<A>(buf, layout, |buf| format::encode(layout.codec, buf, a))
+}
+
+/// Appends one argument of type `A` given as `form`, a borrowed form whose serde
+/// encoding is an `A`'s (a `&str` for a `String`: see [`EncodesAs`](crate::EncodesAs)),
+/// without making an `A`. Never a plain type.
+///
+/// # Errors
+/// As [`push_arg`].
+#[inline]
+pub(crate) fn push_arg_as<A: Value, S: serde::Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    layout: Layout,
+    form: &S,
+) -> Result<(), TaskErrorKind> {
+    debug_assert!(codec::plain_size::<A>().is_none());
+    push_encoded::<A>(buf, layout, |buf| {
+        format::encode_as::<A, S>(layout.codec, buf, form)
+    })
+}
+
+/// Appends one argument of type `A` that `encode` writes, with its length before it.
+#[inline]
+fn push_encoded<A: Value>(
+    buf: &mut Vec<u8>,
+    layout: Layout,
+    encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+) -> Result<(), TaskErrorKind> {
     let mark = buf.len();
     buf.extend_from_slice(&[0; 4]);
-    let r = encode_checked(buf, layout, mark + 4, a, "argument");
+    let r = encode_checked::<A>(buf, layout, mark + 4, encode, "argument");
     if r.is_err() {
         buf.truncate(mark);
     } else {
@@ -140,18 +168,19 @@ pub(crate) fn push_arg<A: Value>(
     r
 }
 
-/// Encodes `v` after `from`, then checks its size and (once per type) its round trip.
+/// Encodes a `T` after `from` with `encode`, then checks its size and (once per type)
+/// its round trip.
 #[inline]
 fn encode_checked<T: Value>(
     buf: &mut Vec<u8>,
     layout: Layout,
     from: usize,
-    v: &T,
+    encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     what: &str,
 ) -> Result<(), TaskErrorKind> {
     let fds = passfd::attached();
     let refs = passfd::references();
-    let r = encode_and_check(buf, layout, from, v, what, refs);
+    let r = encode_and_check::<T>(buf, layout, from, encode, what, refs);
     if r.is_err() {
         // Descriptors attached by a discarded encoding are closed.
         passfd::rollback(fds);
@@ -164,11 +193,11 @@ fn encode_and_check<T: Value>(
     buf: &mut Vec<u8>,
     layout: Layout,
     from: usize,
-    v: &T,
+    encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     what: &str,
     refs: u64,
 ) -> Result<(), TaskErrorKind> {
-    match panic::catch_unwind(AssertUnwindSafe(|| format::encode(layout.codec, buf, v))) {
+    match panic::catch_unwind(AssertUnwindSafe(|| encode(buf))) {
         Ok(Ok(())) => {}
         Ok(Err(m)) => {
             return Err(TaskErrorKind::Codec {
@@ -453,7 +482,13 @@ impl<'a> Results<'a> {
             Ok(v) => {
                 self.out.push(TAG_OK);
                 let from = self.out.len();
-                encode_checked(self.out, self.layout, from, &v, "result")
+                encode_checked::<R>(
+                    self.out,
+                    self.layout,
+                    from,
+                    |buf| format::encode(self.layout.codec, buf, &v),
+                    "result",
+                )
             }
             Err(kind) => Err(kind),
         };

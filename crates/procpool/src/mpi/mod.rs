@@ -34,12 +34,13 @@ pub(crate) fn start(config: EngineConfig, per_agent: Option<usize>) -> Result<En
 /// launcher with the `mpi` feature (`None` otherwise). Rank 0 runs `main`; the others
 /// are agents and never return from [`crate::init`].
 ///
-/// ```no_run
+/// ```
 /// procpool::init();
 /// if let Some((rank, size)) = procpool::mpi_rank() {
 ///     println!("rank {rank} of {size}");
 /// }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub fn mpi_rank() -> Option<(usize, usize)> {
     runtime::lock().map(|rt| (rt.rank as usize, rt.size as usize))
 }

@@ -18,6 +18,17 @@ mod sealed {
 
 /// An element type of a [`SharedArray`]: an integer with a matching atomic type
 /// (`u32`, `u64`, `i32`, `i64`, `usize`).
+///
+/// ```
+/// use procpool::{Element, SharedArray};
+///
+/// fn zeroed<T: Element>(n: usize) -> Result<SharedArray<T>, procpool::SharedError> {
+///     SharedArray::new(n)
+/// }
+///
+/// assert_eq!(zeroed::<i64>(3).unwrap().to_vec(), [0, 0, 0]);
+/// assert_eq!(zeroed::<usize>(1).unwrap().to_vec(), [0]);
+/// ```
 pub trait Element: Copy + Default + fmt::Debug + Send + Sync + 'static + sealed::Sealed {
     /// The matching atomic type.
     #[doc(hidden)]
@@ -128,6 +139,13 @@ impl<T: Element> SharedArray<T> {
     ///
     /// # Errors
     /// As [`new`](Self::new).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let a = procpool::SharedArray::from_slice(&[1u32, 2, 3])?;
+    /// assert_eq!(a.to_vec(), [1, 2, 3]);
+    /// # Ok(()) }
+    /// ```
     pub fn from_slice(values: &[T]) -> Result<Self, SharedError> {
         let a = Self::new(values.len())?;
         for (i, v) in values.iter().enumerate() {
@@ -137,11 +155,23 @@ impl<T: Element> SharedArray<T> {
     }
 
     /// Number of elements.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// assert_eq!(procpool::SharedArray::<u64>::new(5)?.len(), 5);
+    /// # Ok(()) }
+    /// ```
     pub fn len(&self) -> usize {
         self.inner.map.len() / std::mem::size_of::<T>()
     }
 
     /// Whether it has no elements.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// assert!(procpool::SharedArray::<u64>::new(0)?.is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -162,6 +192,13 @@ impl<T: Element> SharedArray<T> {
     ///
     /// # Panics
     /// If `i >= len()`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let a = procpool::SharedArray::from_slice(&[7i32, 8])?;
+    /// assert_eq!(a.load(1), 8);
+    /// # Ok(()) }
+    /// ```
     pub fn load(&self, i: usize) -> T {
         T::load(self.at(i))
     }
@@ -170,6 +207,22 @@ impl<T: Element> SharedArray<T> {
     ///
     /// # Panics
     /// If `i >= len()`.
+    ///
+    /// ```
+    /// use procpool::SharedArray;
+    ///
+    /// fn mark((a, i): (SharedArray<u32>, usize)) {
+    ///     a.store(i, 1); // seen by every process holding the array
+    /// }
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// let a = SharedArray::<u32>::new(3)?;
+    /// let pool = procpool::Pool::builder().workers(1).build()?;
+    /// pool.map(mark, [(a.clone(), 0), (a.clone(), 2)])?;
+    /// assert_eq!(a.to_vec(), [1, 0, 1]);
+    /// # Ok(()) }
+    /// ```
     pub fn store(&self, i: usize, v: T) {
         T::store(self.at(i), v)
     }
@@ -178,6 +231,22 @@ impl<T: Element> SharedArray<T> {
     ///
     /// # Panics
     /// If `i >= len()`.
+    ///
+    /// ```
+    /// use procpool::SharedArray;
+    ///
+    /// fn count((hits, k): (SharedArray<u64>, u64)) {
+    ///     hits.fetch_add((k % 2) as usize, 1); // atomic: no update is lost
+    /// }
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// let hits = SharedArray::<u64>::new(2)?;
+    /// let pool = procpool::Pool::builder().workers(2).build()?;
+    /// pool.map(count, (0..100).map(|k| (hits.clone(), k)))?;
+    /// assert_eq!(hits.to_vec(), [50, 50]);
+    /// # Ok(()) }
+    /// ```
     pub fn fetch_add(&self, i: usize, v: T) -> T {
         T::fetch_add(self.at(i), v)
     }
@@ -187,11 +256,27 @@ impl<T: Element> SharedArray<T> {
     ///
     /// # Panics
     /// If `i >= len()`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let a = procpool::SharedArray::from_slice(&[5u64])?;
+    /// assert_eq!(a.compare_exchange(0, 5, 6), Ok(5)); // it was 5: now 6
+    /// assert_eq!(a.compare_exchange(0, 5, 7), Err(6)); // it was not 5: unchanged
+    /// # Ok(()) }
+    /// ```
     pub fn compare_exchange(&self, i: usize, current: T, new: T) -> Result<T, T> {
         T::compare_exchange(self.at(i), current, new)
     }
 
     /// A copy of all elements (each read atomically).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let a = procpool::SharedArray::<u32>::new(2)?;
+    /// a.store(1, 9);
+    /// assert_eq!(a.to_vec(), [0, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn to_vec(&self) -> Vec<T> {
         (0..self.len()).map(|i| self.load(i)).collect()
     }

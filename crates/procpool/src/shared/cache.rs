@@ -9,11 +9,20 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use super::{Arrived, Backing, Kind};
 
 /// Most values a worker keeps cached.
+///
+/// ```
+/// // Past this many values, a worker drops the one it used least recently.
+/// assert_eq!(procpool::shared::CACHE_ENTRIES, 64);
+/// ```
 pub const CACHE_ENTRIES: usize = 64;
 
 /// Default of the most bytes a process keeps cached of the shared values it received
 /// ([`set_cache_bytes`] changes it): 4 GiB, counted as the values hold them (decoded,
 /// see the [module docs](crate::shared#caching-in-workers-and-when-memory-is-released)).
+///
+/// ```
+/// assert_eq!(procpool::shared::CACHE_BYTES, 4 << 30); // 4 GiB
+/// ```
 pub const CACHE_BYTES: usize = 4 << 30;
 
 /// The bound in force (see [`set_cache_bytes`]).

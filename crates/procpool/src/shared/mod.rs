@@ -72,8 +72,23 @@ pub use value::Shared;
 
 use crate::passfd;
 
-/// Why a shared value could not be made.
-#[derive(Debug, thiserror::Error)]
+/// Why a shared value could not be made. Its `Debug` reads as its `Display`.
+///
+/// ```
+/// use procpool::{Codec, Shared, SharedError};
+///
+/// #[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// struct Maybe {
+///     #[serde(skip_serializing_if = "Option::is_none")]
+///     note: Option<String>, // postcard cannot leave a field out
+/// }
+///
+/// let e = Shared::new(Maybe { note: None }).unwrap_err();
+/// assert!(matches!(e, SharedError::Codec { .. }), "{e}");
+/// // MessagePack describes its fields: fine.
+/// assert!(Shared::with_codec(Maybe { note: None }, Codec::MessagePack).is_ok());
+/// ```
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum SharedError {
     /// The value could not be encoded (or does not survive its codec).
@@ -86,6 +101,8 @@ pub enum SharedError {
     #[error("shared memory could not be set up: {0}")]
     Memory(#[from] std::io::Error),
 }
+
+crate::error::debug_as_display!(SharedError);
 
 /// What kind of shared memory a handle names (checked on arrival).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -73,6 +73,13 @@ impl<T: Pod> SharedSlice<T> {
     }
 
     /// The elements, read in place.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let s = procpool::SharedSlice::new(&[1.5f64, 2.5])?;
+    /// assert_eq!(s.as_slice(), [1.5, 2.5]);
+    /// # Ok(()) }
+    /// ```
     pub fn as_slice(&self) -> &[T] {
         let map = &self.inner.map;
         if map.is_empty() {

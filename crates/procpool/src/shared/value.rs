@@ -88,6 +88,23 @@ impl<T: Value + Send + Sync> Shared<T> {
     /// survive postcard (see [`Codec`]; use [`with_codec`](Self::with_codec) with
     /// [`Codec::MessagePack`] then); [`SharedError::Memory`] when the system refuses the
     /// memory.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use procpool::Shared;
+    ///
+    /// fn price((prices, item): (Shared<HashMap<String, u32>>, String)) -> u32 {
+    ///     prices[&item] // decoded once per worker, not once per task
+    /// }
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init();
+    /// let prices = Shared::new(HashMap::from([("tea".to_string(), 3), ("cake".to_string(), 5)]))?;
+    /// let pool = procpool::Pool::builder().workers(1).build()?;
+    /// let order = ["tea", "cake", "tea"].map(|i| (prices.clone(), i.to_string()));
+    /// assert_eq!(pool.map(price, order)?, [3, 5, 3]);
+    /// # Ok(()) }
+    /// ```
     pub fn new(value: T) -> Result<Self, SharedError> {
         Self::with_codec(value, Codec::Postcard)
     }
