@@ -903,7 +903,13 @@ fn one_framed<'py>(
         let (_, ok, v): (u64, bool, Bound<'_, PyAny>) = x.extract()?;
         Ok(Ok((ok, v)))
     });
-    Ok(got.unwrap_or_else(|e| Err(e.to_string())))
+    match got {
+        Ok(x) => Ok(x),
+        // Ctrl-C (or a `SystemExit`) in the caller while it reads the result is the
+        // caller's, never the task's error (as in `decode_result`).
+        Err(e) if !e.is_instance_of::<PyException>(py) && !py::in_result_thread(py) => Err(e),
+        Err(e) => Ok(Err(e.to_string())),
+    }
 }
 
 #[pymethods]
