@@ -577,6 +577,9 @@ fn split_if_died(st: &mut State, mut p: Piece) -> Option<Piece> {
     };
     if let Ok(b) = &p.done.outcome
         && let Some(ran) = frame::items_count(b)
+        // A worker stops after an item, never before the first (a forged count of 0
+        // would have the chunk sent again forever: it is refused as unreadable).
+        && ran > 0
         && ran < p.count
         && let Some(payload) = &p.payload
         && let Some(part) = frame::split_chunk(payload, ran, p.count - ran)
