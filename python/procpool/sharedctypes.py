@@ -232,22 +232,29 @@ class SynchronizedBase:
         return f"<{type(self).__name__} wrapper for {self._obj}>"
 
 
-class Synchronized(SynchronizedBase):
-    @property
-    def value(self):
+def _locked_property(name: str) -> property:
+    """A property that reads and writes the wrapped object's attribute ``name`` under
+    the wrapper's lock (the stdlib builds its own the same way)."""
+
+    def get(self):
         self._enter()
         try:
-            return self._obj.value
+            return getattr(self._obj, name)
         finally:
             self.release()
 
-    @value.setter
-    def value(self, v) -> None:
+    def set(self, v) -> None:
         self._enter()
         try:
-            self._obj.value = v
+            setattr(self._obj, name, v)
         finally:
             self.release()
+
+    return property(get, set)
+
+
+class Synchronized(SynchronizedBase):
+    value = _locked_property("value")
 
 
 class SynchronizedArray(SynchronizedBase):
@@ -276,34 +283,5 @@ class SynchronizedArray(SynchronizedBase):
 
 
 class SynchronizedString(SynchronizedArray):
-    @property
-    def value(self):
-        self._enter()
-        try:
-            return self._obj.value
-        finally:
-            self.release()
-
-    @value.setter
-    def value(self, v) -> None:
-        self._enter()
-        try:
-            self._obj.value = v
-        finally:
-            self.release()
-
-    @property
-    def raw(self):
-        self._enter()
-        try:
-            return self._obj.raw
-        finally:
-            self.release()
-
-    @raw.setter
-    def raw(self, v) -> None:
-        self._enter()
-        try:
-            self._obj.raw = v
-        finally:
-            self.release()
+    value = _locked_property("value")
+    raw = _locked_property("raw")
