@@ -350,22 +350,7 @@ impl<S: Source> Feed<S> {
         if let Some(t) = &mut self.progress {
             t.retract(u64::from(count));
         }
-        let payload = Arc::new(payload);
-        self.payload_bytes += payload.len();
-        self.jobs
-            .insert(start, (count, payload.clone(), fds.clone()));
-        let job = Job {
-            func: self.func.clone(),
-            payload,
-            index: start,
-            weight: count,
-            timeout: self.timeout,
-            fds,
-            attempts: 0,
-        };
-        if let Err(e) = self.batch.submit([job]) {
-            self.refused(&[start], e);
-        }
+        self.submit_part(start, count, payload, fds, 0);
     }
 
     /// Fails `count` items from `start` without a worker, with `kind`.
