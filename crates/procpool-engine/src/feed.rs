@@ -257,7 +257,9 @@ impl<S: Source> Feed<S> {
                     continue;
                 }
                 Pulled::End => {
-                    self.end_input();
+                    // Not `end_input`: the pool learns that no more will come only once
+                    // what was pulled is queued (see `release_input`).
+                    self.exhausted = true;
                     break;
                 }
             };
@@ -277,12 +279,23 @@ impl<S: Source> Feed<S> {
                 attempts: 0,
             });
         }
-        if jobs.is_empty() {
-            return;
+        if !jobs.is_empty() {
+            let starts: Vec<u64> = jobs.iter().map(|j| j.index).collect();
+            if let Err(e) = self.batch.submit(jobs) {
+                self.refused(&starts, e);
+            }
         }
-        let starts: Vec<u64> = jobs.iter().map(|j| j.index).collect();
-        if let Err(e) = self.batch.submit(jobs) {
-            self.refused(&starts, e);
+        self.release_input();
+    }
+
+    /// Tells the pool that this call will submit nothing more, once its input ended
+    /// and every job it submitted came back: a job whose worker died may still send part
+    /// of its items again (see [`after_death`](Self::after_death), and a front's own
+    /// resubmission of a piece), so a pool being joined must not stop its workers
+    /// before then. Until then it waits for a [`keep_open`](Self::keep_open) feed.
+    fn release_input(&mut self) {
+        if self.exhausted && self.jobs.is_empty() {
+            self.batch.close_input();
         }
     }
 
@@ -293,15 +306,17 @@ impl<S: Source> Feed<S> {
     }
 
     /// Says that the caller drains this feed to its end within one call (a `map`): a
-    /// pool being joined then waits until all its input is in. (An iterator a caller may
-    /// hold without draining must not say so: a join would wait for it forever.)
+    /// pool being joined then waits until all its input is in and every job came back
+    /// to the caller (who may send part of one again). (An iterator a caller may hold
+    /// without draining must not say so: a join would wait for it forever.)
     pub fn keep_open(&mut self) {
         if !self.exhausted {
             self.batch.open_input();
         }
     }
 
-    /// No more input will be pulled: a pool being joined need not wait for this call.
+    /// No more input will be pulled, nor anything sent again: a pool being joined need
+    /// not wait for this call.
     fn end_input(&mut self) {
         self.exhausted = true;
         self.batch.close_input();
