@@ -137,7 +137,7 @@ pub(crate) fn section(quick: bool, parts: Parts, wants: impl Fn(&str) -> bool) -
     let mark = crate::load::mark();
     let calls = if quick { 30 } else { 200 };
     let serde_calls = if quick { 3 } else { 9 };
-    let input = records(RECORDS);
+    let input = if parts.serde { records(RECORDS) } else { Vec::new() };
     let mut rows = Vec::new();
     for system in ["sequential", "rayon", "procspawn", "procpool"] {
         if !wants(system) {
