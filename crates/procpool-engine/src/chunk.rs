@@ -26,6 +26,10 @@
 pub(crate) const TARGET_NANOS: f64 = 1_000_000.0;
 /// The bytes of argument and result a chunk aims at.
 pub(crate) const TARGET_BYTES: f64 = 1024.0 * 1024.0;
+/// The same, for a call whose results are consumed as they come (an `imap`): what a
+/// chunk holds is what the caller holds per chunk in flight, and results this small
+/// travel through the results ring, which then stays small too.
+pub(crate) const LAZY_TARGET_BYTES: f64 = 128.0 * 1024.0;
 /// The least run time of a chunk cut short by the input's end (see the module's docs).
 pub(crate) const MIN_NANOS: f64 = 100_000.0;
 /// The largest automatic chunk.
@@ -42,6 +46,8 @@ pub(crate) struct Chunker {
     bytes: f64,
     items: f64,
     workers: usize,
+    /// The bytes of argument and result a chunk aims at.
+    target_bytes: f64,
     /// Largest automatic chunk (a worker recycled after `n` tasks takes chunks of at
     /// most `n`).
     cap: usize,
@@ -56,8 +62,19 @@ impl Chunker {
             bytes: 0.0,
             items: 0.0,
             workers: workers.max(1),
+            target_bytes: TARGET_BYTES,
             cap,
         }
+    }
+
+    /// Aims at `bytes` of argument and result per chunk instead of [`TARGET_BYTES`].
+    pub(crate) fn set_target_bytes(&mut self, bytes: f64) {
+        self.target_bytes = bytes.max(1.0);
+    }
+
+    /// The bytes of argument and result a chunk aims at.
+    pub(crate) fn target_bytes(&self) -> f64 {
+        self.target_bytes
     }
 
     /// Whether sizes come from measurements.
@@ -81,14 +98,17 @@ impl Chunker {
         // At least a nanosecond an item, a byte an item: no division by a zero.
         let item_nanos = (self.nanos / self.items).max(1.0);
         let item_bytes = (self.bytes / self.items).max(1.0);
-        let by_bytes = TARGET_BYTES / item_bytes;
+        let by_bytes = self.target_bytes / item_bytes;
         let most = (TARGET_NANOS / item_nanos).min(by_bytes) as usize;
         let most = most.clamp(1, self.cap);
         let Some(r) = remaining else {
             return most;
         };
         let least = ((MIN_NANOS / item_nanos).min(by_bytes) as usize).clamp(1, most);
-        r.div_ceil(4 * self.workers).clamp(least, most).min(r).max(1)
+        r.div_ceil(4 * self.workers)
+            .clamp(least, most)
+            .min(r)
+            .max(1)
     }
 
     /// After a chunk's worker died or timed out (which fails every item of the chunk),
@@ -159,6 +179,14 @@ mod tests {
         let mut c = Chunker::new(None, 2, None);
         c.observe(100, 64 * 1024, 1); // fast, but 64 KiB each
         assert_eq!(c.next(None), 16);
+    }
+
+    #[test]
+    fn a_lazy_call_aims_at_fewer_bytes() {
+        let mut c = Chunker::new(None, 2, None);
+        c.set_target_bytes(LAZY_TARGET_BYTES);
+        c.observe(1_000, 1_032, 1); // 1 KiB results
+        assert_eq!(c.next(None), 127);
     }
 
     #[test]

@@ -17,6 +17,13 @@
 //!   that, no more input is pulled until the earlier job finishes (workers may then idle:
 //!   memory wins).
 //!
+//! A call whose caller consumes results as they come ([`Feed::follow_consumer`], an
+//! `imap`) holds less: chunks of about [`LAZY_CHUNK_BYTES`] of argument and result, and
+//! results held back for reordering up to two such chunks per worker. A consumer that
+//! keeps up then holds a few chunks per worker, whatever the input's length: what is in
+//! flight (at most four jobs per worker), what waits for its turn, and the chunk being
+//! handed out.
+//!
 //! None of these hold work back from an idle worker while the input has items and the
 //! bounds are not reached; the supervisor's scheduling rule does the rest.
 
@@ -46,6 +53,15 @@ const JOBS_PER_WORKER_ADAPTIVE: usize = 4;
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 /// Encoded results a caller may hold back for reordering before input stops.
 pub const MAX_REORDER_BYTES: usize = 4 << 20;
+/// The bytes of argument and result a chunk aims at in a call that follows its consumer
+/// ([`Feed::follow_consumer`]).
+///
+/// ```
+/// // What an imap of 1 KiB results holds per chunk, about:
+/// let items_per_chunk = procpool_engine::LAZY_CHUNK_BYTES / 1024;
+/// assert!(items_per_chunk >= 64);
+/// ```
+pub const LAZY_CHUNK_BYTES: usize = crate::chunk::LAZY_TARGET_BYTES as usize;
 /// Payload buffers at least this large are kept for reuse.
 const RECYCLE_MIN: usize = 64 << 10;
 /// At most this many are kept (each may be as large as a job).
@@ -165,6 +181,8 @@ pub struct Feed<S> {
     retries: u32,
     /// The call's progress, when a callback asked for it.
     progress: Option<Tracker>,
+    /// Results held back for reordering past which no more input is pulled.
+    max_held: usize,
 }
 
 impl<S: Source> Feed<S> {
@@ -204,7 +222,19 @@ impl<S: Source> Feed<S> {
             max_message: config.max_message,
             retries: config.retries,
             progress: None,
+            max_held: MAX_REORDER_BYTES,
         }
+    }
+
+    /// Says that the caller consumes results as they come and holds them no longer than
+    /// it takes (an `imap`, not a `map` that collects them all): chunks aim at
+    /// [`LAZY_CHUNK_BYTES`] instead of 1 MiB of argument and result, and finished results
+    /// held back for reordering stop the input at two such chunks per worker (at most
+    /// [`MAX_REORDER_BYTES`]) instead of [`MAX_REORDER_BYTES`], so that the memory the
+    /// call holds follows what the consumer takes: a few chunks per worker.
+    pub fn follow_consumer(&mut self) {
+        self.chunker.set_target_bytes(LAZY_CHUNK_BYTES as f64);
+        self.max_held = (2 * self.workers * LAZY_CHUNK_BYTES).min(MAX_REORDER_BYTES);
     }
 
     /// Reports the call's progress to `callback`, at most once per `interval` and once
@@ -218,7 +248,7 @@ impl<S: Source> Feed<S> {
 
     fn room(&self, held_bytes: usize) -> bool {
         let jobs = self.jobs.len() + self.local.len();
-        if jobs >= self.max_jobs || held_bytes >= MAX_REORDER_BYTES {
+        if jobs >= self.max_jobs || held_bytes >= self.max_held {
             return false;
         }
         if self.payload_bytes >= MAX_PAYLOAD_BYTES && jobs >= 2 * self.workers {
@@ -242,7 +272,7 @@ impl<S: Source> Feed<S> {
             let remaining = (Some(lo) == hi).then_some(lo);
             let limits = Limits {
                 items: self.chunker.next(remaining),
-                soft_bytes: crate::chunk::TARGET_BYTES as usize,
+                soft_bytes: self.chunker.target_bytes() as usize,
                 hard_bytes: self.max_message,
             };
             let mut payload = self.spare.pop().unwrap_or_default();

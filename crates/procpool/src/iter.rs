@@ -380,6 +380,9 @@ where
         if collect_all {
             // A `map` drains its input within the call: a join waits for it.
             feeder.feed.keep_open();
+        } else {
+            // The caller takes results one by one: hold a few chunks, not megabytes.
+            feeder.feed.follow_consumer();
         }
         Self {
             feeder,
@@ -561,7 +564,8 @@ where
     R: Value,
     I: Iterator<Item: EncodesAs<A>>,
 {
-    pub(crate) fn new(feeder: Feeder<A, R, I>) -> Self {
+    pub(crate) fn new(mut feeder: Feeder<A, R, I>) -> Self {
+        feeder.feed.follow_consumer();
         Self {
             feeder,
             current: None,
