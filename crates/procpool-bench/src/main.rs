@@ -199,9 +199,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     let seed_n = work::calibrate_seed(SEED_TASK_TIME);
     eprintln!("seed: n = {seed_n} (one task about {SEED_TASK_TIME:?})");
     let mut results = Results::new(seed_n);
-    let main_table = WORKLOADS
-        .iter()
-        .any(|w| !SECTIONS.contains(w) && p.runs(w));
+    let main_table = WORKLOADS.iter().any(|w| !SECTIONS.contains(w) && p.runs(w));
 
     for name in RUST_SYSTEMS {
         if !main_table || !cfg.wants(name) {

@@ -137,7 +137,11 @@ pub(crate) fn section(quick: bool, parts: Parts, wants: impl Fn(&str) -> bool) -
     let mark = crate::load::mark();
     let calls = if quick { 30 } else { 200 };
     let serde_calls = if quick { 3 } else { 9 };
-    let input = if parts.serde { records(RECORDS) } else { Vec::new() };
+    let input = if parts.serde {
+        records(RECORDS)
+    } else {
+        Vec::new()
+    };
     let mut rows = Vec::new();
     for system in ["sequential", "rayon", "procspawn", "procpool"] {
         if !wants(system) {
@@ -272,7 +276,9 @@ impl Sys {
     fn serde(&mut self, input: Vec<Record>) -> Res<Vec<Summary>> {
         Ok(match self {
             Sys::Sequential => input.into_iter().map(summarize).collect(),
-            Sys::Rayon(r) => r.0.install(|| input.into_par_iter().map(summarize).collect()),
+            Sys::Rayon(r) => {
+                r.0.install(|| input.into_par_iter().map(summarize).collect())
+            }
             Sys::Procspawn(p) => {
                 let per = input.len().div_ceil(4 * WORKERS).max(1);
                 let mut chunks = Vec::new();
@@ -465,14 +471,7 @@ impl Section {
         let _ = writeln!(
             s,
             "{:<11} {:>10} {:>10} {:>8} {:>10} {:>8} {:>9} {:>10}",
-            "system",
-            "map best",
-            "median",
-            "vs rayon",
-            "serde ms",
-            "vs seq",
-            "imap MiB",
-            "imap /s"
+            "system", "map best", "median", "vs rayon", "serde ms", "vs seq", "imap MiB", "imap /s"
         );
         for r in &self.rows {
             let vs_rayon = match (r.short_best, rayon.and_then(|x| x.short_best)) {
