@@ -51,6 +51,9 @@ const JOBS_PER_WORKER_ADAPTIVE: usize = 4;
 /// worker keep every worker busy; past them, more bytes in flight only cost the caller
 /// memory (a long `imap` of large chunks held 16 MiB here for no speed).
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// Encoded arguments in flight, beyond the first two jobs per worker, for a caller that
+/// collects every result anyway ([`Feed::encode_ahead`]).
+pub const MAX_PAYLOAD_BYTES_AHEAD: usize = 4 << 20;
 /// Encoded results a caller may hold back for reordering before input stops.
 pub const MAX_REORDER_BYTES: usize = 4 << 20;
 /// The bytes of argument and result a chunk aims at in a call that follows its consumer
@@ -183,6 +186,13 @@ pub struct Feed<S> {
     progress: Option<Tracker>,
     /// Results held back for reordering past which no more input is pulled.
     max_held: usize,
+    /// Encoded arguments in flight past which (beyond two jobs per worker) no more input
+    /// is pulled.
+    max_payload: usize,
+    /// Whether the next job is encoded ahead ([`Feed::encode_ahead`]).
+    ahead: bool,
+    /// The job encoded ahead, not submitted yet.
+    staged: Option<Job>,
 }
 
 impl<S: Source> Feed<S> {
@@ -223,6 +233,9 @@ impl<S: Source> Feed<S> {
             retries: config.retries,
             progress: None,
             max_held: MAX_REORDER_BYTES,
+            max_payload: MAX_PAYLOAD_BYTES,
+            ahead: false,
+            staged: None,
         }
     }
 
@@ -251,7 +264,7 @@ impl<S: Source> Feed<S> {
         if jobs >= self.max_jobs || held_bytes >= self.max_held {
             return false;
         }
-        if self.payload_bytes >= MAX_PAYLOAD_BYTES && jobs >= 2 * self.workers {
+        if self.payload_bytes >= self.max_payload && jobs >= 2 * self.workers {
             return false;
         }
         // Until the first measurement, one probe job per worker.
@@ -267,59 +280,101 @@ impl<S: Source> Feed<S> {
             return;
         }
         let mut jobs = Vec::new();
+        // The chunk encoded ahead goes first: it holds the next items.
+        if self.staged.is_some()
+            && self.room(held_bytes)
+            && let Some(job) = self.staged.take()
+        {
+            self.launch(job, &mut jobs);
+        }
         while !self.exhausted && self.room(held_bytes) {
-            let (lo, hi) = self.source.size_hint();
-            let remaining = (Some(lo) == hi).then_some(lo);
-            let limits = Limits {
-                items: self.chunker.next(remaining),
-                soft_bytes: self.chunker.target_bytes() as usize,
-                hard_bytes: self.max_message,
-            };
-            let mut payload = self.spare.pop().unwrap_or_default();
-            payload.clear();
-            let start = self.next_index;
-            let count = match self.source.fill(&mut payload, limits) {
-                Pulled::Items(n) => n.max(1),
-                Pulled::Failed(kind) => {
-                    self.next_index += 1;
-                    let e = TaskError::new(kind, start, None, 0);
-                    self.local.push_back(local_piece(start, 1, e));
-                    continue;
-                }
-                Pulled::End => {
-                    self.end_input();
-                    break;
-                }
-            };
-            self.next_index += u64::from(count);
-            let payload = Arc::new(payload);
-            let fds = self.source.take_fds();
-            self.payload_bytes += payload.len();
-            self.jobs
-                .insert(start, (count, payload.clone(), fds.clone()));
-            jobs.push(Job {
-                func: self.func.clone(),
-                payload,
-                index: start,
-                weight: count,
-                timeout: self.timeout,
-                fds,
-                attempts: 0,
-            });
+            match self.pull() {
+                Some(Ok(job)) => self.launch(job, &mut jobs),
+                Some(Err(())) => {}
+                None => break,
+            }
         }
-        if jobs.is_empty() {
-            return;
+        if !jobs.is_empty() {
+            let starts: Vec<u64> = jobs.iter().map(|j| j.index).collect();
+            if let Err(e) = self.batch.submit(jobs) {
+                self.refused(&starts, e);
+            }
         }
-        let starts: Vec<u64> = jobs.iter().map(|j| j.index).collect();
-        if let Err(e) = self.batch.submit(jobs) {
-            self.refused(&starts, e);
+        // Encode the next chunk now, while the workers run what was just sent: when a
+        // job finishes, its successor goes out at once instead of after an encoding.
+        if self.ahead && self.staged.is_none() && !self.exhausted && self.chunker.measured() {
+            self.staged = match self.pull() {
+                Some(Ok(job)) => Some(job),
+                _ => None,
+            };
         }
     }
 
+    /// Encodes the next job from the source: `None` when the input ended, `Err` when its
+    /// next item failed (as a local piece).
+    fn pull(&mut self) -> Option<Result<Job, ()>> {
+        let (lo, hi) = self.source.size_hint();
+        let remaining = (Some(lo) == hi).then_some(lo);
+        let limits = Limits {
+            items: self.chunker.next(remaining),
+            soft_bytes: self.chunker.target_bytes() as usize,
+            hard_bytes: self.max_message,
+        };
+        let mut payload = self.spare.pop().unwrap_or_default();
+        payload.clear();
+        let start = self.next_index;
+        let count = match self.source.fill(&mut payload, limits) {
+            Pulled::Items(n) => n.max(1),
+            Pulled::Failed(kind) => {
+                self.next_index += 1;
+                let e = TaskError::new(kind, start, None, 0);
+                self.local.push_back(local_piece(start, 1, e));
+                return Some(Err(()));
+            }
+            Pulled::End => {
+                self.end_input();
+                return None;
+            }
+        };
+        self.next_index += u64::from(count);
+        Some(Ok(Job {
+            func: self.func.clone(),
+            payload: Arc::new(payload),
+            index: start,
+            weight: count,
+            timeout: self.timeout,
+            fds: self.source.take_fds(),
+            attempts: 0,
+        }))
+    }
+
+    /// Counts `job` as submitted and adds it to `jobs`.
+    fn launch(&mut self, job: Job, jobs: &mut Vec<Job>) {
+        self.payload_bytes += job.payload.len();
+        self.jobs.insert(
+            job.index,
+            (job.weight, job.payload.clone(), job.fds.clone()),
+        );
+        jobs.push(job);
+    }
+
     /// Pulls no more input (the call is ending early); jobs already submitted still come
-    /// back.
+    /// back (a chunk encoded ahead and not submitted is dropped: see
+    /// [`encode_ahead`](Self::encode_ahead)).
     pub fn stop_input(&mut self) {
+        self.staged = None;
         self.end_input();
+    }
+
+    /// Says that the caller collects every result (a `map`): the next chunk is encoded
+    /// while the workers run the ones sent (so that a finished job's successor goes out
+    /// at once), and up to [`MAX_PAYLOAD_BYTES_AHEAD`] of arguments are in flight instead
+    /// of [`MAX_PAYLOAD_BYTES`]. The input is then pulled one chunk ahead of what was
+    /// submitted; [`stop_input`](Self::stop_input) drops that chunk, so a caller that
+    /// stops early (on a failure) must not expect its items back.
+    pub fn encode_ahead(&mut self) {
+        self.ahead = true;
+        self.max_payload = MAX_PAYLOAD_BYTES_AHEAD;
     }
 
     /// Says that the caller drains this feed to its end within one call (a `map`): a
@@ -415,7 +470,7 @@ impl<S: Source> Feed<S> {
                 return None;
             };
             if let Some(p) = self.piece(done) {
-                return Some(self.counted(p));
+                return Some(self.arrived(p, held_bytes));
             }
         }
     }
@@ -449,7 +504,7 @@ impl<S: Source> Feed<S> {
             match self.batch.recv_timeout(left) {
                 Ok(done) => {
                     if let Some(p) = self.piece(done) {
-                        return Ok(Some(self.counted(p)));
+                        return Ok(Some(self.arrived(p, held_bytes)));
                     }
                 }
                 Err(RecvError::Empty) => {
@@ -465,6 +520,7 @@ impl<S: Source> Feed<S> {
     /// running its jobs are killed (the pool replaces them); each such job comes back as
     /// [`Cancelled`](TaskErrorKind::Cancelled).
     pub fn cancel(&mut self) {
+        self.staged = None;
         self.end_input();
         self.batch.cancel();
     }
@@ -483,7 +539,7 @@ impl<S: Source> Feed<S> {
             match self.batch.poll_recv(cx) {
                 Poll::Ready(Some(done)) => {
                     if let Some(p) = self.piece(done) {
-                        return Poll::Ready(Some(self.counted(p)));
+                        return Poll::Ready(Some(self.arrived(p, held_bytes)));
                     }
                 }
                 Poll::Ready(None) => {
@@ -493,6 +549,13 @@ impl<S: Source> Feed<S> {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+
+    /// A piece that came from a worker: the jobs in flight are topped up before the
+    /// caller decodes it, so that the workers have work meanwhile.
+    fn arrived(&mut self, p: Piece, held_bytes: usize) -> Piece {
+        self.fill(held_bytes.saturating_add(p.bytes()));
+        self.counted(p)
     }
 
     /// The piece a finished job makes, after taking its measurements.
