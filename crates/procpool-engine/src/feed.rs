@@ -53,6 +53,10 @@ const JOBS_PER_WORKER_ADAPTIVE: usize = 4;
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 /// Encoded arguments in flight, beyond the first two jobs per worker, for a caller that
 /// collects every result anyway ([`Feed::encode_ahead`]).
+///
+/// ```
+/// assert!(procpool_engine::MAX_PAYLOAD_BYTES_AHEAD > procpool_engine::MAX_PAYLOAD_BYTES);
+/// ```
 pub const MAX_PAYLOAD_BYTES_AHEAD: usize = 4 << 20;
 /// Encoded results a caller may hold back for reordering before input stops.
 pub const MAX_REORDER_BYTES: usize = 4 << 20;

@@ -134,7 +134,11 @@ impl<A: Value, I: Iterator<Item: EncodesAs<A>>> Items<A, I> {
     /// limits allow in one reservation, with no check per item.
     #[inline]
     fn fill_plain(&mut self, out: &mut Vec<u8>, limits: Limits, size: usize) -> Pulled {
-        let by_bytes = limits.soft_bytes.min(limits.hard_bytes).saturating_sub(out.len()) / size;
+        let by_bytes = limits
+            .soft_bytes
+            .min(limits.hard_bytes)
+            .saturating_sub(out.len())
+            / size;
         let n = limits
             .items
             .min(items::max_plain::<A>(self.layout))
