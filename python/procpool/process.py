@@ -93,7 +93,9 @@ class _Popen:
         try:
             from . import _template
 
-            self.pid = _core._launch(theirs.fileno(), [("PROCPOOL_PROCESS", "1")], _template.prep())
+            prep = _template.prep()
+            _template.fork_here(prep)
+            self.pid = _core._launch(theirs.fileno(), [("PROCPOOL_PROCESS", "1")], prep)
         finally:
             theirs.close()
         try:

@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
@@ -42,7 +42,9 @@ pub(crate) struct TemplateLauncher {
 
 #[derive(Debug)]
 struct Template {
-    child: Child,
+    /// Its pid: a child of this process (started with `Command`, or a fork of this
+    /// process made by `_template.fork_here`).
+    pid: u32,
     ctl: UnixStream,
     /// The process that started it: a child made by `fork` must start its own (the
     /// template forks workers as children of its own parent).
@@ -91,18 +93,16 @@ impl Launcher for TemplateLauncher {
                     // Preloading the parent's modules left the template with threads: it
                     // exited; its successors preload nothing.
                     NO_PRELOAD.store(true, Relaxed);
-                    if let Some(mut t) = guard.take() {
-                        let _ = t.child.kill();
-                        let _ = t.child.wait();
+                    if let Some(t) = guard.take() {
+                        t.end();
                     }
                     last = Some(io::Error::other("the template was left with threads"));
                 }
                 Ok(err) => return Err(io::Error::from_raw_os_error((-err) as i32)),
                 Err(e) => {
                     // The template died (or hangs): it is replaced on the next try.
-                    if let Some(mut t) = guard.take() {
-                        let _ = t.child.kill();
-                        let _ = t.child.wait();
+                    if let Some(t) = guard.take() {
+                        t.end();
                     }
                     last = Some(e);
                 }
@@ -113,6 +113,21 @@ impl Launcher for TemplateLauncher {
             self.python.display(),
             last.map_or_else(String::new, |e| e.to_string())
         )))
+    }
+}
+
+impl Template {
+    /// Kills and reaps the template.
+    fn end(self) {
+        let pid = self.pid as libc::pid_t;
+        drop(self.ctl);
+        // SAFETY: plain kill and waitpid calls on our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            while libc::waitpid(pid, std::ptr::null_mut(), 0) < 0
+                && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+            {}
+        }
     }
 }
 
@@ -145,8 +160,12 @@ impl TemplateLauncher {
                     format!("cannot start {}: {e}", self.python.display()),
                 )
             })?;
+        let pid = child.id();
+        // Reaped by `Template::end` (or never, as before: it lives as long as this
+        // process).
+        drop(child);
         Ok(Template {
-            child,
+            pid,
             ctl: mine,
             owner: std::process::id(),
         })
@@ -243,4 +262,44 @@ pub(crate) fn _launch(
 #[pyo3::pyfunction]
 pub(crate) fn _die_with_parent_group() -> pyo3::PyResult<()> {
     Ok(procpool_engine::die_with_parent_group()?)
+}
+
+/// Whether this process has its template running (started by this process, and not
+/// found dead yet).
+#[pyo3::pyfunction]
+pub(crate) fn _template_running() -> bool {
+    TEMPLATE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_some_and(|t| t.owner == std::process::id())
+}
+
+/// Takes `pid`, a fork of this process made by `_template.fork_here`, as this process's
+/// template, `fd` the socket to it (owned from now on). If a template is running
+/// already, the new one is ended.
+#[pyo3::pyfunction]
+pub(crate) fn _adopt_template(pid: u32, fd: i32) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the caller gives up `fd` (a socket it detached).
+    let ctl = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let _ = ctl.set_read_timeout(Some(ANSWER_TIMEOUT));
+    let new = Template {
+        pid,
+        ctl,
+        owner: std::process::id(),
+    };
+    let mut guard = TEMPLATE.lock().unwrap_or_else(|e| e.into_inner());
+    if guard
+        .as_ref()
+        .is_some_and(|t| t.owner != std::process::id())
+    {
+        std::mem::forget(guard.take());
+    }
+    if guard.is_some() {
+        drop(guard);
+        new.end();
+    } else {
+        *guard = Some(new);
+    }
 }
