@@ -81,11 +81,11 @@ class _Popen:
             if fds is None:
                 # The stdlib's pickler refused (a lambda or closure as the target): by
                 # value with cloudpickle, as a fork would allow.
-                from ._pickle import _Pickler
+                from ._pickle import _cloud
 
                 buf = io.BytesIO()
                 buf.write(head)
-                fds = _dump_process(buf, process_obj, _Pickler)
+                fds = _dump_process(buf, process_obj, _cloud())
         finally:
             context.set_spawning_popen(None)
         body = buf.getvalue()
