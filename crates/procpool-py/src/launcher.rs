@@ -60,6 +60,28 @@ static TEMPLATE: Mutex<Option<Template>> = Mutex::new(None);
 
 impl Launcher for TemplateLauncher {
     fn launch(&self, stdin: BorrowedFd<'_>, env: &[(OsString, OsString)]) -> io::Result<u32> {
+        self.launch_with(stdin, env, true)
+    }
+}
+
+impl TemplateLauncher {
+    /// Starts a child from the template running already (an error if there is none, or
+    /// if it is found dead): unlike [`Launcher::launch`], any thread may call this, as
+    /// no template is started.
+    pub(crate) fn launch_running(
+        &self,
+        stdin: BorrowedFd<'_>,
+        env: &[(OsString, OsString)],
+    ) -> io::Result<u32> {
+        self.launch_with(stdin, env, false)
+    }
+
+    fn launch_with(
+        &self,
+        stdin: BorrowedFd<'_>,
+        env: &[(OsString, OsString)],
+        may_start: bool,
+    ) -> io::Result<u32> {
         let mut body = Vec::with_capacity(self.prep.len() + 256);
         body.extend_from_slice(&(self.prep.len() as u32).to_le_bytes());
         body.extend_from_slice(&self.prep);
@@ -80,6 +102,11 @@ impl Launcher for TemplateLauncher {
         let mut last = None;
         for _ in 0..2 {
             if guard.is_none() {
+                if !may_start {
+                    return Err(last.unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, "no template running")
+                    }));
+                }
                 *guard = Some(self.start()?);
             }
             let t = guard.as_mut().expect("started above");
@@ -249,10 +276,15 @@ pub(crate) fn _launch(
     // SAFETY: the caller keeps `fd` open for the duration of this call.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
     let pid = py.detach(move || {
-        procpool_engine::on_spawner_thread(move || {
-            use std::os::fd::AsFd;
-            launcher.launch(fd.as_fd(), &env)
-        })
+        use std::os::fd::AsFd;
+        if _template_running() {
+            // Its parent-death signal is set already: any thread may ask it (a template
+            // found dead is started again below, on the spawner thread).
+            if let Ok(pid) = launcher.launch_running(fd.as_fd(), &env) {
+                return Ok(pid);
+            }
+        }
+        procpool_engine::on_spawner_thread(move || launcher.launch(fd.as_fd(), &env))
     })?;
     Ok(pid)
 }
