@@ -114,6 +114,18 @@ def main(ctl=None, applied=None) -> None:
         os.close(fd)
         _close_all(extra)
         ctl.sendall(struct.pack("<q", pid))
+        path = _main_path()
+        if path and (_bootstrap.main_code is None or _bootstrap.main_code[0] != path):
+            # While no request waits: the caller's main script, compiled once for the
+            # children forked from now on.
+            import select
+
+            if not select.select([ctl], [], [], 0)[0]:
+                _bootstrap.compile_main(_current.get("main"))
+
+
+def _main_path():
+    return (_current.get("main") or {}).get("path")
 
 
 def _imports(env: bytes) -> None:
