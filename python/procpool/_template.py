@@ -2,11 +2,15 @@
 each worker.
 
 A fresh interpreter costs tens of milliseconds; a fork of this warm, single-threaded
-process (procpool and cloudpickle already imported) costs about a millisecond. The fork
+process (procpool already imported) costs about a millisecond. The fork
 is made with ``CLONE_PARENT`` (by ``procpool._core``), so each worker is a child of the
 pool's own process, which watches it, reaps it and kills it as it would any worker.
 
-Requests come on standard input, a Unix socket: the worker's socket end (by
+The template is started as a new interpreter (``launcher.rs``), or, for the first pool or
+process of a program that runs one thread, as a fork of the program (:func:`fork_here`,
+made to look like that interpreter by :func:`_forked`).
+
+Requests come on standard input (or, forked, on the socket it was given), a Unix socket: the worker's socket end (by
 ``SCM_RIGHTS``, followed by the descriptors the pool's ``initargs`` refer to) and a body: ``u32`` length of the parent's settings (a pickle of the
 worker's ``sys.path``, working directory and environment), the settings, then the
 engine's variables as ``KEY=VALUE\\0`` pairs. The answer is the worker's pid as an
