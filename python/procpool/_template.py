@@ -149,6 +149,21 @@ def _imports(env: bytes) -> None:
         from . import _worker  # noqa: F401
 
 
+#: A program using more memory than this starts its template as a new interpreter: a
+#: template forked from it would share its pages for as long as the program runs, so
+#: that each page the program writes from then on is copied (its data, loaded before
+#: its first pool and changed after, would be held twice).
+FORK_MAX_RSS = 256 << 20
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return FORK_MAX_RSS + 1
+
+
 def fork_here(prep: bytes) -> bool:
     """Starts this process's template as a fork of this process (a millisecond, where a
     new interpreter costs tens) when that is safe: this process runs one thread (its
@@ -165,6 +180,7 @@ def fork_here(prep: bytes) -> bool:
         or _core._template_running()
         or threading.current_thread() is not threading.main_thread()
         or len(os.listdir("/proc/self/task")) != 1
+        or _resident_bytes() > FORK_MAX_RSS
     ):
         return False
     for stream in (sys.stdout, sys.stderr):  # nothing buffered is written twice

@@ -43,6 +43,14 @@ def test_threaded_program_starts_a_new_interpreter(pp):
 
 
 @pytest.mark.limit(60)
+def test_large_program_starts_a_new_interpreter(pp):
+    """A template forked from a program holding much data would make the program copy
+    each page it writes from then on."""
+    (cmd,) = run("kind", "big")["template_cmdlines"]
+    assert "procpool._template" in cmd
+
+
+@pytest.mark.limit(60)
 def test_forking_can_be_turned_off(pp):
     env = dict(os.environ, PROCPOOL_TEMPLATE="exec")
     (cmd,) = run("kind", env=env)["template_cmdlines"]

@@ -2,7 +2,8 @@
 Prints one JSON object of what each check saw; ``MODE`` (first argument) picks the check.
 
 * ``kind``: how the template was started (its command line is the program's, or the
-  ``python -c`` of a new interpreter), with a thread running first when ``threaded``;
+  ``python -c`` of a new interpreter), with a thread running first when ``threaded``,
+  with 300 MiB of data first when ``big``;
 * ``pipe``: a pipe's write end the program closes reaches its reader's end of file (the
   template does not hold it);
 * ``module``: a module of the program changed by the program before the pool is seen by
@@ -58,6 +59,10 @@ def main():
         stop = threading.Event()
         if "threaded" in sys.argv[2:]:
             threading.Thread(target=stop.wait, daemon=True).start()
+        if "big" in sys.argv[2:]:
+            ballast = bytearray(300 << 20)  # resident once written
+            for i in range(0, len(ballast), 4096):
+                ballast[i] = 1
         with procpool.Pool(1) as p:
             workers = {p.apply(pid)} | set(p._core.engine.pids())
             others = children() - workers
