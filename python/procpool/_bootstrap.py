@@ -91,6 +91,25 @@ def _cached_code(path: str):
     return c[3] if (st.st_mtime_ns, st.st_size) == c[1:3] else None
 
 
+def _is_script(path: str) -> bool:
+    """Whether ``runpy.run_path`` would compile ``path`` as a source file (not a zip
+    file or a directory with a ``__main__``)."""
+    return path.endswith(".py") and os.path.isfile(path)
+
+
+def _script_code(path: str):
+    """The code of the script at ``path``: the template's, or compiled here; None for
+    what is not a plain script."""
+    code = _cached_code(path)
+    if code is None and _is_script(path):
+        import io
+
+        with io.open_code(os.path.abspath(path)) as f:
+            # dont_inherit: none of this module's __future__ flags (as runpy compiles).
+            code = compile(f.read(), path, "exec", dont_inherit=True)
+    return code
+
+
 def compile_main(info: dict) -> None:
     """In the template: compiles the caller's main script (when it is a plain source
     file, as ``runpy.run_path`` would), so that each child that needs its main module
@@ -101,15 +120,10 @@ def compile_main(info: dict) -> None:
         return
     main_code = (path, -1, -1, None)  # tried once, whatever comes of it
     try:
-        import io
-        import pkgutil
-
-        if pkgutil.get_importer(path) is not None or path.endswith((".pyc", ".pyo")):
+        if not _is_script(path):
             return  # a zip file or a directory: runpy's own way
         st = os.stat(path)
-        with io.open_code(path) as f:
-            # dont_inherit: none of this module's __future__ flags.
-            code = compile(f.read(), path, "exec", dont_inherit=True)
+        code = _script_code(path)
     except BaseException:  # the child will meet the error itself, and report it
         return
     main_code = (path, st.st_mtime_ns, st.st_size, code)
@@ -137,10 +151,11 @@ def load_main(info: dict, quiet: bool = False) -> None:
             content = runpy.run_module(name, run_name="__mp_main__", alter_sys=True)
         else:
             path = info["path"]
-            code = _cached_code(path)
             run = getattr(runpy, "_run_module_code", None)
-            if code is not None and run is not None:
-                # What run_path does with a script, less reading and compiling it.
+            code = _script_code(path) if run is not None else None
+            if code is not None:
+                # What run_path does with a script (less importing pkgutil, and reading
+                # and compiling the script when the template did).
                 content = run(code, None, "__mp_main__", pkg_name="", script_name=path)
             else:
                 content = runpy.run_path(path, run_name="__mp_main__")

@@ -65,7 +65,7 @@ def main(ctl=None, applied=None) -> None:
         from . import _errors, _passfd_msg, _pickle, _worker  # noqa: F401
         from . import process, queues  # noqa: F401
         from multiprocessing import spawn  # noqa: F401
-        import pkgutil  # noqa: F401 - what runpy needs to run the caller's main module
+        import runpy  # noqa: F401 - runs the caller's main module
 
         may_preload = not os.environ.pop("PROCPOOL_TEMPLATE_NO_PRELOAD", "")
         _core._die_with_parent(int(os.environ.pop("PROCPOOL_TEMPLATE_PARENT", "0")))
@@ -135,10 +135,9 @@ def _main_path():
 def _imports(env: bytes) -> None:
     """In a template forked from the caller: imports, once, what the next child needs
     and the caller had not imported (a ``Process`` needs more than a pool worker)."""
-    if "pkgutil" not in sys.modules:
-        # runpy and what it imports to run the caller's main module (pkgutil imports
-        # typing): once here, not in each child that needs ``__main__``.
-        import pkgutil  # noqa: F401
+    if "runpy" not in sys.modules:
+        # What runs the caller's main module: once here, not in each child that needs
+        # ``__main__``.
         import runpy  # noqa: F401
     if b"PROCPOOL_PROCESS=" in env:
         if "procpool.process" not in sys.modules:
