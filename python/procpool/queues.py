@@ -131,7 +131,9 @@ def _dumps_message(obj):
     """A queue message: ``([parts], descriptors)``. ``_PLAIN`` then the pickle, or
     ``_FRAMED``, the number of out-of-band buffers, their lengths and the pickle's (u64
     each), the pickle, then the buffers."""
+    big = None
     if type(obj) is bytes and len(obj) >= _OOB_MIN:
+        big = obj
         obj = _BigBytes(obj)
     bufs = []
 
@@ -165,6 +167,11 @@ def _dumps_message(obj):
         struct.pack(f"<I{len(bufs) + 1}Q", len(bufs), len(data), *(b.nbytes for b in bufs)),
         data,
     ]
+    if big is not None and len(bufs) == 1 and bufs[0].nbytes == len(big):
+        # The message is that one large bytes object: sent as it is (its buffer, seen
+        # through a PickleBuffer, would be copied below).
+        parts.append(big)
+        return parts, fds
     for b in bufs:
         # A bytes object's own buffer is sent as it is; others are copied once.
         parts.append(b.obj if type(b.obj) is bytes and len(b.obj) == b.nbytes else bytes(b))
