@@ -1,0 +1,217 @@
+"""Scenarios of procpool's Python front over MPI, run by ``test_mpi.py`` as
+``mpirun -n 3 python -m procpool.mpi mpi_scenarios.py NAME`` (or without the launcher
+module, as ``python mpi_scenarios.py NAME`` on every rank). Rank 0 runs scenario NAME;
+its asserts are the checks (an uncaught error fails the job). Every task is defined here,
+in ``__main__``: workers on the agents find them by running this script as
+``__mp_main__``. Each scenario prints ``pids: [...]`` (the workers that ran tasks) for the
+test to check they are gone after the job.
+"""
+
+import concurrent.futures
+import ctypes
+import os
+import sys
+import time
+
+import procpool
+
+PER_AGENT = 2
+AGENTS = {1, 2}
+USED = set()
+
+
+def where():
+    return int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "-1")))
+
+
+def square(x):
+    return x * x
+
+
+def square_where(x):
+    return x * x, where(), os.getpid()
+
+
+def add(a, b):
+    return a + b
+
+
+def divide(a, b):
+    return a / b
+
+
+def crash(x):
+    if x == 13:
+        ctypes.string_at(0)  # SIGSEGV in this worker
+    if x == 17:
+        os._exit(7)
+    return x + 100, os.getpid()
+
+
+def nap(x):
+    if x == 3:
+        time.sleep(60)
+    return x, os.getpid()
+
+
+def read_seed(x):
+    return x + SEED, os.getpid()
+
+
+SEED = 0
+
+
+def set_seed(v):
+    global SEED
+    SEED = v
+
+
+def note(results):
+    for r in results:
+        USED.add(r[-1])
+    return results
+
+
+def scenario_map():
+    with procpool.Pool(PER_AGENT, mpi=True) as pool:
+        assert pool._processes == PER_AGENT * len(AGENTS), pool._processes
+        n = 20_000
+        out = note(pool.map(square_where, range(n)))
+        assert [v for v, *_ in out] == [i * i for i in range(n)]
+        assert {r for _, r, _ in out} <= AGENTS, {r for _, r, _ in out}
+        # One item per job: both agents take part.
+        one = note(list(pool.imap(square_where, range(400), chunksize=1)))
+        assert [v for v, *_ in one] == [i * i for i in range(400)]
+        assert {r for _, r, _ in one} == AGENTS, {r for _, r, _ in one}
+        got = sorted(pool.imap_unordered(square, range(1000), chunksize=7))
+        assert got == sorted(i * i for i in range(1000))
+        assert pool.starmap(add, [(i, i) for i in range(100)]) == [2 * i for i in range(100)]
+        assert pool.apply(add, (2, 3)) == 5
+        r = pool.apply_async(square_where, (9,))
+        assert r.get(timeout=30)[0] == 81
+        assert pool.map_async(square, range(50)).get(timeout=30) == [i * i for i in range(50)]
+        # Functions by value (a lambda) and a task's own exception.
+        assert pool.map(lambda x: x + 1, range(10)) == list(range(1, 11))
+        try:
+            pool.apply(divide, (1, 0))
+        except ZeroDivisionError:
+            pass
+        else:
+            raise AssertionError("1/0 on an agent did not raise ZeroDivisionError")
+        # A large argument and result both ways (several MiB cross MPI).
+        big = bytes(range(256)) * (16 << 12)
+        assert pool.apply(len, (big,)) == len(big)
+        assert pool.apply(bytes, (len(big),)) == bytes(len(big))
+    # A second pool on the same agents, then the executor.
+    with procpool.Pool(1, mpi=True) as pool:
+        assert pool._processes == len(AGENTS)
+        assert pool.map(square, range(100)) == [i * i for i in range(100)]
+    print("pids:", sorted(USED))
+
+
+def scenario_executor():
+    with procpool.ProcessPoolExecutor(PER_AGENT, mpi=True) as ex:
+        assert ex._max_workers == PER_AGENT * len(AGENTS), ex._max_workers
+        futures = [ex.submit(square_where, i) for i in range(200)]
+        done = [f.result(timeout=30) for f in concurrent.futures.as_completed(futures)]
+        note(done)
+        assert sorted(v for v, *_ in done) == sorted(i * i for i in range(200))
+        assert {r for _, r, _ in done} == AGENTS
+        assert list(ex.map(square, range(500), chunksize=10)) == [i * i for i in range(500)]
+        assert list(ex.map(add, range(50), range(50))) == [2 * i for i in range(50)]
+        f = ex.submit(divide, 1, 0)
+        assert isinstance(f.exception(timeout=30), ZeroDivisionError)
+    print("pids:", sorted(USED))
+
+
+def scenario_faults():
+    with procpool.Pool(PER_AGENT, mpi=True) as pool:
+        for chunksize in (1, None, 8):
+            it = pool.imap(crash, range(40), chunksize=chunksize)
+            for i in range(40):
+                try:
+                    v, pid = next(it)
+                except procpool.WorkerDied as e:
+                    assert i in (13, 17), (i, e)
+                    if i == 13:
+                        assert e.signal == 11 and e.exitcode is None, (e.signal, e.exitcode)
+                    else:
+                        assert e.exitcode == 7 and e.signal is None, (e.signal, e.exitcode)
+                else:
+                    assert i not in (13, 17), i
+                    assert v == i + 100
+                    USED.add(pid)
+        # Through apply_async: the crash fails that call alone; the pool goes on.
+        bad = pool.apply_async(crash, (13,))
+        goods = [pool.apply_async(crash, (i,)) for i in range(5)]
+        try:
+            bad.get(timeout=30)
+        except procpool.WorkerDied:
+            pass
+        else:
+            raise AssertionError("a segfault on an agent was not WorkerDied")
+        assert [g.get(timeout=30)[0] for g in goods] == [i + 100 for i in range(5)]
+    # Retried once on a fresh worker: still dies, and fails with WorkerDied all the same.
+    with procpool.Pool(PER_AGENT, mpi=True, retries=1) as pool:
+        out = []
+        for r in [pool.apply_async(crash, (i,)) for i in (12, 13, 14)]:
+            try:
+                out.append(r.get(timeout=30)[0])
+            except procpool.WorkerDied:
+                out.append("died")
+        assert out == [112, "died", 114], out
+    with procpool.ProcessPoolExecutor(PER_AGENT, mpi=True) as ex:
+        f = ex.submit(crash, 13)
+        g = ex.submit(crash, 1)
+        assert isinstance(f.exception(timeout=30), procpool.WorkerDied)
+        assert g.result(timeout=30)[0] == 101
+    print("pids:", sorted(USED))
+
+
+def scenario_timeout():
+    t0 = time.monotonic()
+    with procpool.Pool(PER_AGENT, mpi=True, timeout=1.0) as pool:
+        rs = [pool.apply_async(nap, (i,)) for i in range(8)]
+        for i, r in enumerate(rs):
+            try:
+                v, pid = r.get(timeout=30)
+            except procpool.TaskTimeoutError:
+                assert i == 3, i
+            else:
+                assert i != 3 and v == i
+                USED.add(pid)
+        out = []
+        for i in range(6):
+            try:
+                out.append(pool.map(nap, [i], timeout=0.5)[0][0])
+            except procpool.TaskTimeoutError:
+                out.append("timed out")
+        assert out == [0, 1, 2, "timed out", 4, 5], out
+    took = time.monotonic() - t0
+    assert took < 20, f"the time limits took {took:.1f}s to act"
+    with procpool.Pool(PER_AGENT, mpi=True, initializer=set_seed, initargs=(1000,)) as pool:
+        got = pool.map(read_seed, range(20), chunksize=1)
+        assert [v for v, _ in got] == [1000 + i for i in range(20)]
+        USED.update(pid for _, pid in got)
+    print("pids:", sorted(USED))
+
+
+def scenario_rank():
+    # Run as `python mpi_scenarios.py rank` on every rank (no launcher module): the
+    # agents become agents at the first MPI pool.
+    with procpool.Pool(PER_AGENT, mpi=True) as pool:
+        out = note(pool.map(square_where, range(100), chunksize=1))
+        assert {r for _, r, _ in out} <= AGENTS and out[5][0] == 25
+    assert procpool.mpi.rank() == (0, 3), procpool.mpi.rank()
+    print("pids:", sorted(USED))
+
+
+def scenario_error():
+    # An error in the program on rank 0: the job ends (no hang), non-zero.
+    with procpool.Pool(PER_AGENT, mpi=True) as pool:
+        assert pool.apply(square, (3,)) == 9
+        raise RuntimeError("the program failed on rank 0")
+
+
+if __name__ == "__main__":
+    globals()["scenario_" + sys.argv[1]]()
