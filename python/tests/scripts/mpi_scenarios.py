@@ -61,6 +61,11 @@ def read_seed(x):
 SEED = 0
 
 
+def mpi_loaded(_):
+    with open("/proc/self/maps") as f:
+        return any("libmpi" in line for line in f), os.getpid()
+
+
 def set_seed(v):
     global SEED
     SEED = v
@@ -102,6 +107,29 @@ def scenario_map():
         big = bytes(range(256)) * (16 << 12)
         assert pool.apply(len, (big,)) == len(big)
         assert pool.apply(bytes, (len(big),)) == bytes(len(big))
+        # The workers are plain procpool._core workers: no MPI library in them.
+        assert not any(v for v, _ in note(pool.map(mpi_loaded, range(8), chunksize=1)))
+        # Open files of this host cannot travel to another: refused, the task alone.
+        try:
+            pool.apply(square, (procpool.Lock(),))
+        except procpool.PoolError as e:
+            assert "other hosts" in str(e), e
+        else:
+            raise AssertionError("a Lock argument went to an agent")
+        assert pool.apply(square, (4,)) == 16
+        # One MPI pool at a time: a second one is refused while this one is open.
+        try:
+            procpool.Pool(1, mpi=True)
+        except procpool.PoolError as e:
+            assert "already open" in str(e), e
+        else:
+            raise AssertionError("a second MPI pool opened beside the first")
+    try:
+        procpool.Pool(1, mpi=True, initializer=set_seed, initargs=(procpool.Lock(),))
+    except ValueError as e:
+        assert "other hosts" in str(e), e
+    else:
+        raise AssertionError("a Lock in initargs went to the agents")
     # A second pool on the same agents, then the executor.
     with procpool.Pool(1, mpi=True) as pool:
         assert pool._processes == len(AGENTS)
