@@ -122,6 +122,11 @@ def test_a_time_limit_on_an_agent_fails_that_task_alone_and_initializer_runs():
 
 
 @pytest.mark.limit(HARD_LIMIT + 10)
+def test_terminate_kills_the_remote_workers_and_the_agents_serve_the_next_pool():
+    check_scenario("terminate")
+
+
+@pytest.mark.limit(HARD_LIMIT + 10)
 def test_without_the_launcher_module_agents_start_at_the_first_mpi_pool():
     check_scenario("rank", launcher=False)
 

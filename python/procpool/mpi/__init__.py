@@ -22,7 +22,10 @@ MPI support is a separate extension, ``_procpool_mpi``, built against the machin
 loads the MPI library. Asking for MPI under ``mpirun`` without it raises
 :class:`MPIUnavailable`.
 
-Example (``mpirun -n 3 python -m procpool.mpi squares.py``)::
+A script ``squares.py``, run as ``mpirun -n 3 python -m procpool.mpi squares.py`` (or
+alone, with a local pool).
+
+Example::
 
     import procpool
 
@@ -53,8 +56,11 @@ class MPIUnavailable(ImportError):
 
     Example::
 
+        import procpool.mpi
+
         try:
-            pool = procpool.Pool(mpi=True)
+            with procpool.Pool(2, mpi=True) as pool:  # local when not under mpirun
+                print(pool.map(abs, [-1, -2]))
         except procpool.mpi.MPIUnavailable as e:
             print(e)  # says what to install or build
     """
@@ -66,8 +72,10 @@ def launched():
 
     Example::
 
-        if procpool.mpi.launched():
-            print("rank", procpool.mpi.rank())
+        import procpool.mpi
+
+        if not procpool.mpi.launched():
+            print("not under mpirun: MPI pools are local")
     """
     if "procpool._worker" in sys.modules:
         return False
@@ -114,6 +122,8 @@ def rank():
 
     Example::
 
+        import procpool.mpi
+
         info = procpool.mpi.rank()
         if info is not None:
             print(f"rank {info[0]} of {info[1]}")
@@ -130,7 +140,11 @@ def mpirun():
 
     Example::
 
+        import sys
+        import procpool.mpi
+
         cmd = [procpool.mpi.mpirun(), "-n", "3", sys.executable, "-m", "procpool.mpi", "job.py"]
+        print(" ".join(map(str, cmd)))  # subprocess.run(cmd) would start the job
     """
     import importlib.util
     import shutil

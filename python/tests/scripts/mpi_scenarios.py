@@ -224,6 +224,50 @@ def scenario_timeout():
     print("pids:", sorted(USED))
 
 
+def sleep_noting(d):
+    with open(os.path.join(d, str(os.getpid())), "w"):
+        pass
+    time.sleep(60)
+
+
+def scenario_terminate():
+    import tempfile
+
+    d = tempfile.mkdtemp()
+    pool = procpool.Pool(PER_AGENT, mpi=True)
+    r = pool.map_async(sleep_noting, [d] * 4, chunksize=1)
+    deadline = time.monotonic() + 20
+    while len(os.listdir(d)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    running = [int(p) for p in os.listdir(d)]
+    assert len(running) == 4, running
+    t = time.monotonic()
+    pool.terminate()
+    pool.join()
+    assert time.monotonic() - t < 10, "terminate waited for the tasks"
+    try:
+        r.get(timeout=10)
+    except Exception:
+        pass
+    else:
+        raise AssertionError("a terminated map returned results")
+    # The remote workers that ran the tasks were killed.
+    deadline = time.monotonic() + 5
+    while any(os.path.exists(f"/proc/{p}") for p in running) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    left = [p for p in running if os.path.exists(f"/proc/{p}")]
+    assert not left, f"remote workers still running after terminate: {left}"
+    # The agents serve the next pool.
+    with procpool.Pool(PER_AGENT, mpi=True) as pool:
+        assert pool.map(square, range(10)) == [i * i for i in range(10)]
+    # An executor's pending calls are cancelled; a running one ends with the executor.
+    ex = procpool.ProcessPoolExecutor(1, mpi=True)
+    futures = [ex.submit(square, i) for i in range(4)]
+    assert [f.result(timeout=30) for f in futures] == [0, 1, 4, 9]
+    ex.shutdown(wait=True, cancel_futures=True)
+    print("pids:", running)
+
+
 def scenario_rank():
     # Run as `python mpi_scenarios.py rank` on every rank (no launcher module): the
     # agents become agents at the first MPI pool.
