@@ -49,13 +49,13 @@ def _job_env():
     return env
 
 
-def run_job(args, ranks=3, limit=HARD_LIMIT):
+def run_job(args, ranks=3, limit=HARD_LIMIT, cwd=HERE):
     """Runs ``mpirun -n ranks python ARGS``; ``(returncode, stdout, stderr)``. A job past
     ``limit`` is killed with its process group and fails the test."""
     cmd = [_mpirun(), "-n", str(ranks), sys.executable, *args]
     p = subprocess.Popen(
         cmd,
-        cwd=HERE,
+        cwd=cwd,
         env=_job_env(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -139,7 +139,24 @@ def test_an_error_on_rank_0_ends_the_job_with_its_traceback():
 
 
 @pytest.mark.limit(HARD_LIMIT + 10)
-def test_module_and_code_forms_of_the_launcher(tmp_path):
+def test_module_form_of_the_launcher_with_its_task_in_main(tmp_path):
+    (tmp_path / "modjob.py").write_text(
+        "import os, sys, procpool\n"
+        "def cube(x):\n"
+        "    return x ** 3, os.getppid()\n"
+        "if __name__ == '__main__':\n"
+        "    with procpool.Pool(1, mpi=True) as p:\n"
+        "        out = p.map(cube, range(6), chunksize=1)\n"
+        "    assert os.getpid() not in {a for _, a in out}, 'ran on rank 0'\n"
+        "    print('got', [v for v, _ in out], sys.argv[1:])\n"
+    )
+    code, out, err = run_job(["-m", "procpool.mpi", "-m", "modjob", "y"], cwd=str(tmp_path))
+    assert code == 0, (out, err[-3000:])
+    assert "got [0, 1, 8, 27, 64, 125] ['y']" in out, out
+
+
+@pytest.mark.limit(HARD_LIMIT + 10)
+def test_code_form_of_the_launcher(tmp_path):
     code, out, err = run_job(
         [
             "-m",

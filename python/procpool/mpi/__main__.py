@@ -26,7 +26,7 @@ def _parse(argv):
     if argv[0] in ("-m", "-c"):
         if len(argv) < 2:
             raise SystemExit(f"procpool.mpi: {argv[0]} needs an argument\n\n{USAGE}")
-        return argv[0], argv[1], argv[2:]
+        return {"-m": "module", "-c": "code"}[argv[0]], argv[1], argv[2:]
     if argv[0].startswith("-"):
         raise SystemExit(f"procpool.mpi: unknown option {argv[0]}\n\n{USAGE}")
     return "path", argv[0], argv[1:]
