@@ -111,7 +111,8 @@ def run_job(mpirun, ranks, launcher, quick, limit):
         os.environ,
         OMPI_ALLOW_RUN_AS_ROOT="1",
         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        OMPI_MCA_rmaps_base_oversubscribe="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",  # Open MPI 4: more ranks than cores
+        PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",  # Open MPI 5
     )
     print(f"python_mpi: {' '.join(cmd)}", file=sys.stderr, flush=True)
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)

@@ -43,7 +43,8 @@ def _job_env():
     env.update(
         OMPI_ALLOW_RUN_AS_ROOT="1",
         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        OMPI_MCA_rmaps_base_oversubscribe="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",  # Open MPI 4: more ranks than cores
+        PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",  # Open MPI 5
         PYTHONUNBUFFERED="1",
     )
     return env

@@ -268,6 +268,38 @@ def scenario_terminate():
     print("pids:", running)
 
 
+def double_slowly(x):
+    time.sleep(0.0003)
+    return x, 2 * x, where(), os.getppid()
+
+
+def scenario_lose_agent():
+    # Under `mpirun --with-ft ulfm`: rank 2's agent is SIGKILLed in the middle of a map of
+    # 10 000 items. Every item comes back exactly once, with its value (a job that had
+    # started there is one attempt; retries=1 runs it again elsewhere), and a second map
+    # runs on the agent left.
+    import signal
+
+    n = 10_000
+    with procpool.Pool(PER_AGENT, mpi=True, retries=1) as pool:
+        got = {}
+        agents = {}
+        killed = None
+        for x, v, r, agent in pool.imap_unordered(double_slowly, range(n)):
+            assert x not in got, f"item {x} came back twice"
+            got[x] = v
+            agents[r] = agent
+            if killed is None and len(got) >= n // 5 and 2 in agents:
+                killed = agents[2]
+                os.kill(killed, signal.SIGKILL)
+        assert killed is not None, f"rank 2 ran nothing: {sorted(agents)}"
+        assert len(got) == n and all(got[x] == 2 * x for x in range(n)), len(got)
+        after = pool.map(double_slowly, range(500))
+        assert [v for _, v, _, _ in after] == [2 * x for x in range(500)]
+        assert {r for _, _, r, _ in after} == {1}, {r for _, _, r, _ in after}
+    print("pids: []")
+
+
 def scenario_rank():
     # Run as `python mpi_scenarios.py rank` on every rank (no launcher module): the
     # agents become agents at the first MPI pool.
