@@ -68,7 +68,8 @@ class MPIUnavailable(ImportError):
 
 def launched():
     """Whether this process was started by an MPI launcher (``mpirun``, ``mpiexec``,
-    ``srun``) and is not a worker of a pool (a worker's own pools are local).
+    ``srun``) and is not a process procpool started (a worker, or a ``procpool.Process``:
+    they inherit the launcher's variables, but are no MPI rank, so their pools are local).
 
     Example::
 
@@ -77,6 +78,7 @@ def launched():
         if not procpool.mpi.launched():
             print("not under mpirun: MPI pools are local")
     """
+    # Every process procpool starts is forked from its template, which imported this.
     if "procpool._worker" in sys.modules:
         return False
     return any(v in os.environ for v in _LAUNCHER_VARS)
