@@ -66,6 +66,12 @@ def mpi_loaded(_):
         return any("libmpi" in line for line in f), os.getpid()
 
 
+def nested(x):
+    # In a worker on an agent (the launcher's variables inherited): a local pool.
+    with procpool.Pool(1, mpi=True) as p:
+        return p.apply(square, (x,)), "_procpool_mpi" in sys.modules, os.getpid()
+
+
 def set_seed(v):
     global SEED
     SEED = v
@@ -109,6 +115,9 @@ def scenario_map():
         assert pool.apply(bytes, (len(big),)) == bytes(len(big))
         # The workers are plain procpool._core workers: no MPI library in them.
         assert not any(v for v, _ in note(pool.map(mpi_loaded, range(8), chunksize=1)))
+        v, loaded, pid = pool.apply(nested, (6,))
+        assert (v, loaded) == (36, False), (v, loaded)
+        USED.add(pid)
         # Open files of this host cannot travel to another: refused, the task alone.
         try:
             pool.apply(square, (procpool.Lock(),))
