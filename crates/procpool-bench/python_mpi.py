@@ -232,7 +232,7 @@ def drive(args):
         if target is None:
             verdict = "(no target)"
         else:
-            verdict = f"{sense} {target}x {'met' if ratio >= target else 'MISSED'}"
+            verdict = f"ratio >= {target}: {'met' if ratio >= target else 'MISSED'}"
         print(f"{name:<46} {a:>12,.0f} {b:>12,.0f} {ratio:>7.1f}x  {verdict}")
     if args.json:
         with open(args.json, "w") as f:
