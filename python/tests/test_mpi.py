@@ -8,10 +8,12 @@ run in its own process group under a hard time limit, then checked for its exit 
 for the workers it used being gone. The tasks are defined in the script's ``__main__``.
 
 Needs the ``_procpool_mpi`` extension (``scripts/build-mpi-python``, run by
-``scripts/setup``) and the ``mpirun`` it was built against.
+``scripts/setup``) and the ``mpirun`` it was built against; with Open MPI 5 or later the
+jobs run with ULFM (``--with-ft ulfm``), and the lost-agent scenario runs.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,6 +40,22 @@ def _mpirun():
     return path
 
 
+_FT = {}
+
+
+def fault_tolerant(mpirun):
+    """Whether ``mpirun`` is Open MPI 5 or later, whose ULFM (``--with-ft ulfm``) lets a
+    job survive a lost rank."""
+    if mpirun not in _FT:
+        try:
+            v = subprocess.run([mpirun, "--version"], capture_output=True, text=True, timeout=30)
+            m = re.search(r"Open MPI\)? v?(\d+)\.", v.stdout)
+            _FT[mpirun] = bool(m) and int(m.group(1)) >= 5
+        except (OSError, subprocess.SubprocessError):
+            _FT[mpirun] = False
+    return _FT[mpirun]
+
+
 def _job_env():
     env = dict(os.environ)
     env.update(
@@ -53,7 +71,9 @@ def _job_env():
 def run_job(args, ranks=3, limit=HARD_LIMIT, cwd=HERE):
     """Runs ``mpirun -n ranks python ARGS``; ``(returncode, stdout, stderr)``. A job past
     ``limit`` is killed with its process group and fails the test."""
-    cmd = [_mpirun(), "-n", str(ranks), sys.executable, *args]
+    mpirun = _mpirun()
+    ft = ["--with-ft", "ulfm"] if fault_tolerant(mpirun) else []
+    cmd = [mpirun, *ft, "-n", str(ranks), sys.executable, *args]
     p = subprocess.Popen(
         cmd,
         cwd=cwd,
