@@ -230,6 +230,12 @@ def scenario_timeout():
         got = pool.map(read_seed, range(20), chunksize=1)
         assert [v for v, _ in got] == [1000 + i for i in range(20)]
         USED.update(pid for _, pid in got)
+    # maxtasksperchild on the agents: each task on a fresh worker there.
+    with procpool.Pool(1, mpi=True, maxtasksperchild=1) as pool:
+        got = pool.map(read_seed, range(6), chunksize=1)
+        pids = [pid for _, pid in got]
+        assert len(set(pids)) == 6, pids
+        USED.update(pids)
     print("pids:", sorted(USED))
 
 
