@@ -22,8 +22,8 @@ test-rust:
 	cargo test --workspace --all-features --no-fail-fast
 
 test-python:
-	@$(VENV)/bin/python -c 'import procpool, pytest' >/dev/null 2>&1 || { \
-	    echo "make test-python: no $(VENV) with procpool and pytest yet; running scripts/setup first"; \
+	@$(VENV)/bin/python -c 'import procpool, pytest, _procpool_mpi' >/dev/null 2>&1 || { \
+	    echo "make test-python: no $(VENV) with procpool, its MPI extension and pytest yet; running scripts/setup first"; \
 	    VENV=$(VENV) scripts/setup; }
 	$(VENV)/bin/python -m pytest python/tests -q
 

@@ -256,6 +256,9 @@ pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKin
 pub use handle::TaskHandle;
 pub use iter::{Imap, ImapUnordered};
 #[cfg(feature = "mpi")]
+#[doc(hidden)]
+pub use mpi::front as mpi_front;
+#[cfg(feature = "mpi")]
 pub use mpi::mpi_rank;
 pub use passfd::Fd;
 pub use pool::{Builder, Call, Pool};

@@ -4,6 +4,7 @@
 //! worker, which the local pool replaces; the agent itself runs no task code.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use mpi::traits::*;
@@ -15,6 +16,10 @@ use super::runtime::{Inbox, Nap, Outbox, abort_job};
 /// Longest wait for a local answer before the agent looks at MPI again (a cancel or a
 /// new call's first jobs wait at most this long).
 const ANSWER_WAIT: Duration = Duration::from_millis(2);
+
+/// How a front other than Rust's completes an agent's local pool configuration (its
+/// launcher, its workers' identity): set by `front::init`; none for Rust programs.
+pub(super) static LOCAL: OnceLock<super::LocalHook> = OnceLock::new();
 
 /// A batch of the caller's, as this agent runs it.
 struct Local {
@@ -124,10 +129,11 @@ impl Agent {
     }
 
     fn start(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let config = msg::decode_start(bytes)?;
+        let mut config = msg::decode_start(bytes)?;
         self.end(true);
         let mut w = Writer::default();
-        match Engine::start(config) {
+        let local = LOCAL.get().map_or(Ok(()), |complete| complete(&mut config));
+        match local.and_then(|()| Engine::start(config)) {
             Ok(e) => {
                 w.u8(0).u64(e.config().workers as u64);
                 self.engine = Some(e);
