@@ -235,6 +235,12 @@ struct Dispatcher {
     /// before the queue, to another agent when one has room.
     again: VecDeque<(Queued, Option<usize>)>,
     lost: Vec<AgentLost>,
+    /// The first error an agent's broken pool gave, and whether an agent was lost (not
+    /// broken): with every agent out, the pool fails with the former when none was
+    /// lost (the error a local pool gives, variants and all), else with
+    /// [`PoolError::AgentsLost`].
+    first_broken: Option<PoolError>,
+    any_lost: bool,
     /// Jobs out at each agent.
     held: Vec<usize>,
     out: HashMap<u64, Out>,
@@ -260,6 +266,8 @@ impl Dispatcher {
             gone: Vec::new(),
             again: VecDeque::new(),
             lost: Vec::new(),
+            first_broken: None,
+            any_lost: false,
             remote,
             slots,
             out: HashMap::new(),
@@ -310,7 +318,9 @@ impl Dispatcher {
                 self.finish(false);
                 return;
             }
-            self.shared.stats.set_in_flight(self.out.len() + self.again.len());
+            self.shared
+                .stats
+                .set_in_flight(self.out.len() + self.again.len());
             self.wait(busy);
         }
     }
@@ -348,6 +358,9 @@ impl Dispatcher {
         if self.alive.iter().any(|&a| a) {
             return Ok(());
         }
+        if let (Some(e), false) = (&self.first_broken, self.any_lost) {
+            return Err(e.clone());
+        }
         Err(PoolError::AgentsLost {
             lost: self.gone.clone(),
         })
@@ -364,6 +377,7 @@ impl Dispatcher {
             return;
         }
         self.alive[a] = false;
+        self.any_lost = true;
         let name = self.remote.describe(a);
         self.gone.push(format!("{name}: {why}"));
         self.drop_agent_jobs(a, why);
@@ -400,12 +414,17 @@ impl Dispatcher {
                 continue;
             }
             let attempts = q.attempts + 1;
+            q.attempts = attempts;
+            q.job.attempts = attempts;
             if attempts <= retries {
-                q.attempts = attempts;
                 resend.push(q);
             } else {
-                q.attempts = attempts;
-                fail_job(&q, TaskErrorKind::AgentLost { agent: name.clone() });
+                fail_job(
+                    &q,
+                    TaskErrorKind::AgentLost {
+                        agent: name.clone(),
+                    },
+                );
             }
         }
         for q in resend.into_iter().rev() {
@@ -418,6 +437,7 @@ impl Dispatcher {
     fn agent_broken(&mut self, a: usize, e: &PoolError) {
         if self.alive[a] {
             self.alive[a] = false;
+            self.first_broken.get_or_insert_with(|| e.clone());
             let name = self.remote.describe(a);
             self.gone.push(format!("{name}: its pool broke: {e}"));
             self.publish_agents();
@@ -618,7 +638,9 @@ impl Dispatcher {
                     && a.partial.is_none()
                     && e.attempts() <= self.shared.config.retries =>
             {
+                // The attempts travel with the job (the agent counts from them).
                 o.q.attempts = e.attempts().max(o.q.attempts + 1);
+                o.q.job.attempts = o.q.attempts;
                 self.again.push_back((o.q, Some(o.agent)));
                 return;
             }
@@ -1032,7 +1054,10 @@ mod tests {
         }
         let s = e.stats();
         let agents = s.agents.unwrap();
-        assert_eq!((agents.started, agents.alive, agents.workers_alive), (2, 1, 1));
+        assert_eq!(
+            (agents.started, agents.alive, agents.workers_alive),
+            (2, 1, 1)
+        );
         assert!(agents.lost[0].contains("its process ended"), "{agents:?}");
         // The pool goes on with the agent left.
         let b = e.batch();
@@ -1094,7 +1119,10 @@ mod tests {
         wait_for("two jobs out", || held(&fake) == [1, 1]);
         lose(&fake, 0);
         let got = answer_all(&fake, &b, 4);
-        assert!(got.iter().all(|d| d.outcome.is_ok() && d.pid == Some(101)), "{got:?}");
+        assert!(
+            got.iter().all(|d| d.outcome.is_ok() && d.pid == Some(101)),
+            "{got:?}"
+        );
         drop(e);
     }
 
@@ -1131,7 +1159,10 @@ mod tests {
             "{broken}"
         );
         assert!(broken.to_string().contains("fake agent 1"), "{broken}");
-        assert!(matches!(e.batch().submit([job(9)]), Err(PoolError::AgentsLost { .. })));
+        assert!(matches!(
+            e.batch().submit([job(9)]),
+            Err(PoolError::AgentsLost { .. })
+        ));
     }
 
     #[test]

@@ -307,9 +307,15 @@ fn error_from_main() {
 fn losing_an_agent_ends_the_job() {
     let pool = mpi_pool();
     // Launched without ULFM: the pool says a lost agent ends the job, and why.
-    let agents = pool.stats().agents.expect("an MPI pool's stats name its agents");
+    let agents = pool
+        .stats()
+        .agents
+        .expect("an MPI pool's stats name its agents");
     assert!(!agents.survives_loss, "{agents:?}");
-    assert!(agents.note.as_deref().is_some_and(|n| n.contains("ulfm")), "{agents:?}");
+    assert!(
+        agents.note.as_deref().is_some_and(|n| n.contains("ulfm")),
+        "{agents:?}"
+    );
     let (who, pids) = job_pids(&pool);
     println!("pids: {pids:?}");
     let agent = who.iter().find(|w| w.0 == 1).expect("rank 1 ran a task").2;

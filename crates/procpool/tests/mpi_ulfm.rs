@@ -106,7 +106,12 @@ fn kill(pid: u32) {
 /// in `pids`) after `at` results for each `(at, r)` of `kills`; checks every item came
 /// back once, right, or (without retries) failed because its agent was lost; returns
 /// how many failed.
-fn map_with_kills(pool: &Pool, pids: &BTreeMap<u32, u32>, kills: &[(usize, u32)], retries: u32) -> usize {
+fn map_with_kills(
+    pool: &Pool,
+    pids: &BTreeMap<u32, u32>,
+    kills: &[(usize, u32)],
+    retries: u32,
+) -> usize {
     let mut failed = 0;
     let mut n = 0;
     let started = Instant::now();
@@ -127,20 +132,30 @@ fn map_with_kills(pool: &Pool, pids: &BTreeMap<u32, u32>, kills: &[(usize, u32)]
                 );
                 assert!(retries == 0, "item {i} failed within the retries: {e}");
                 assert_eq!(task.attempts(), 1, "{e}");
-                assert!(e.to_string().contains("host"), "the error names the host: {e}");
+                assert!(
+                    e.to_string().contains("host"),
+                    "the error names the host: {e}"
+                );
                 failed += 1;
             }
         }
     }
     assert_eq!(n, N as usize, "every item came back once");
-    println!("map of {N} with {} kills: {:.2?}, {failed} failed", kills.len(), started.elapsed());
+    println!(
+        "map of {N} with {} kills: {:.2?}, {failed} failed",
+        kills.len(),
+        started.elapsed()
+    );
     failed
 }
 
 fn kill_mid_map(retries: u32) {
     let pool = pool(retries);
     let pids = agent_pids(&pool, 2);
-    let agents = pool.stats().agents.expect("an MPI pool's stats name its agents");
+    let agents = pool
+        .stats()
+        .agents
+        .expect("an MPI pool's stats name its agents");
     assert!(agents.survives_loss, "{agents:?}");
     assert_eq!((agents.started, agents.alive), (2, 2));
     let failed = map_with_kills(&pool, &pids, &[(N as usize / 3, 1)], retries);
@@ -148,11 +163,22 @@ fn kill_mid_map(retries: u32) {
     // with retries); those sent ahead of them run elsewhere.
     assert!(failed <= PER_AGENT * CHUNK, "{failed} items failed");
     let agents = pool.stats().agents.unwrap();
-    assert_eq!((agents.alive, agents.workers_alive), (1, PER_AGENT), "{agents:?}");
-    assert!(agents.lost[0].starts_with("MPI rank 1 (host "), "{agents:?}");
+    assert_eq!(
+        (agents.alive, agents.workers_alive),
+        (1, PER_AGENT),
+        "{agents:?}"
+    );
+    assert!(
+        agents.lost[0].starts_with("MPI rank 1 (host "),
+        "{agents:?}"
+    );
     // A second map runs on the agent left.
     let out = pool.map(work, 0..1000u64).unwrap();
-    assert!(out.iter().enumerate().all(|(i, &(v, r))| v == 3 * i as u64 + 1 && r == 2));
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, &(v, r))| v == 3 * i as u64 + 1 && r == 2)
+    );
 }
 
 fn two_of_three() {
@@ -189,7 +215,10 @@ fn all_lost() {
     let e = pool.apply(|x: u32| x, 1).unwrap_err();
     let text = e.to_string();
     assert!(text.contains("every agent of the pool was lost"), "{text}");
-    assert!(text.contains("MPI rank 1") && text.contains("MPI rank 2"), "{text}");
+    assert!(
+        text.contains("MPI rank 1") && text.contains("MPI rank 2"),
+        "{text}"
+    );
     drop(pool);
     // So is a new one: no agent is left.
     let e = Pool::builder().mpi().build().unwrap_err();
@@ -209,7 +238,10 @@ fn kill_mid_send() {
         assert_eq!(v.len(), 64 << 20);
         assert!(v.iter().all(|b| b == d), "result {d} is whole and right");
     }
-    println!("4 results of 64 MiB with rank 1 killed: {:.2?}", started.elapsed());
+    println!(
+        "4 results of 64 MiB with rank 1 killed: {:.2?}",
+        started.elapsed()
+    );
     let agents = pool.stats().agents.unwrap();
     assert_eq!(agents.alive, 1, "{agents:?}");
 }
@@ -223,7 +255,11 @@ fn kill_at_start() {
         .build()
         .expect("the pool starts with the agent left");
     let out = pool.with_chunk_size(1).map(work, 0..500u64).unwrap();
-    assert!(out.iter().enumerate().all(|(i, &(v, r))| v == 3 * i as u64 + 1 && r == 1));
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, &(v, r))| v == 3 * i as u64 + 1 && r == 1)
+    );
     let until = Instant::now() + Duration::from_secs(10);
     while pool.stats().agents.unwrap().alive != 1 {
         assert!(Instant::now() < until, "{:?}", pool.stats().agents);

@@ -85,7 +85,10 @@ impl MpiLink {
             self.lose(r, &why);
         }
         if new.is_empty() && rc != 0 {
-            return Err(link_error(format!("an MPI call failed: {}", error_string(rc))));
+            return Err(link_error(format!(
+                "an MPI call failed: {}",
+                error_string(rc)
+            )));
         }
         Ok(new)
     }
@@ -379,7 +382,10 @@ impl Remote for MpiLink {
 
 impl MpiLink {
     fn describe_rank(&self, rank: i32) -> String {
-        let host = self.hosts.get(rank as usize - 1).map_or("?", String::as_str);
+        let host = self
+            .hosts
+            .get(rank as usize - 1)
+            .map_or("?", String::as_str);
         format!("MPI rank {rank} (host {host})")
     }
 }
@@ -425,35 +431,35 @@ impl MpiLink {
             }
             nap.reset();
             for (bytes, rank) in got {
-            let i = rank as usize - 1;
-            let h = &agents[i];
-            let mut r = Reader(&bytes);
-            let answer = match r.u8() {
-                Ok(0) => r.u64().map(|n| Ok(n as usize)),
-                Ok(_) => msg::get_pool_error(&mut r, rank).map(Err),
-                Err(e) => Err(e),
-            };
-            match answer {
-                Ok(Ok(n)) => counts[i] = Some(n),
-                Ok(Err(e)) => {
-                    counts[i] = Some(0);
-                    self.started.retain(|&s| s != rank);
-                    // The agent's error as its pool gave it (a caller matches on it as on
-                    // a local pool's; an `Io` or `Spawn` error names the rank).
-                    let e = match e {
-                        PoolError::Config(m) => {
-                            PoolError::Config(format!("MPI rank {rank} (host {}): {m}", h.host))
-                        }
-                        e => e,
-                    };
-                    failure.get_or_insert(e);
+                let i = rank as usize - 1;
+                let h = &agents[i];
+                let mut r = Reader(&bytes);
+                let answer = match r.u8() {
+                    Ok(0) => r.u64().map(|n| Ok(n as usize)),
+                    Ok(_) => msg::get_pool_error(&mut r, rank).map(Err),
+                    Err(e) => Err(e),
+                };
+                match answer {
+                    Ok(Ok(n)) => counts[i] = Some(n),
+                    Ok(Err(e)) => {
+                        counts[i] = Some(0);
+                        self.started.retain(|&s| s != rank);
+                        // The agent's error as its pool gave it (a caller matches on it as on
+                        // a local pool's; an `Io` or `Spawn` error names the rank).
+                        let e = match e {
+                            PoolError::Config(m) => {
+                                PoolError::Config(format!("MPI rank {rank} (host {}): {m}", h.host))
+                            }
+                            e => e,
+                        };
+                        failure.get_or_insert(e);
+                    }
+                    Err(e) => {
+                        return Err(link_error(format!(
+                            "MPI rank {rank} sent a malformed message: {e}"
+                        )));
+                    }
                 }
-                Err(e) => {
-                    return Err(link_error(format!(
-                        "MPI rank {rank} sent a malformed message: {e}"
-                    )));
-                }
-            }
             }
         }
         if failure.is_none() && counts.iter().all(|c| *c == Some(0)) && !self.dead.is_empty() {

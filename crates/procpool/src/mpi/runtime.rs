@@ -99,7 +99,10 @@ fn ulfm() -> Result<Ulfm, String> {
         mpi::ffi::MPI_Comm_set_errhandler(mpi::ffi::RSMPI_COMM_WORLD, mpi::ffi::RSMPI_ERRORS_RETURN)
     };
     if rc != 0 {
-        return Err(format!("MPI_Comm_set_errhandler failed: {}", error_string(rc)));
+        return Err(format!(
+            "MPI_Comm_set_errhandler failed: {}",
+            error_string(rc)
+        ));
     }
     Ok(u)
 }
@@ -112,7 +115,12 @@ fn library_version() -> String {
     unsafe { mpi::ffi::MPI_Get_library_version(buf.as_mut_ptr().cast(), &mut len) };
     buf.truncate(len.clamp(0, 8192) as usize);
     let s = String::from_utf8_lossy(&buf);
-    s.lines().next().unwrap_or("unknown").trim_end_matches('\0').trim().to_string()
+    s.lines()
+        .next()
+        .unwrap_or("unknown")
+        .trim_end_matches('\0')
+        .trim()
+        .to_string()
 }
 
 /// MPI's text for an error code.
@@ -150,13 +158,7 @@ impl Runtime {
                 let mut all = all.assume_init();
                 let from: Vec<c_int> = (0..n).collect();
                 let mut to = vec![-1 as c_int; n as usize];
-                mpi::ffi::MPI_Group_translate_ranks(
-                    failed,
-                    n,
-                    from.as_ptr(),
-                    all,
-                    to.as_mut_ptr(),
-                );
+                mpi::ffi::MPI_Group_translate_ranks(failed, n, from.as_ptr(), all, to.as_mut_ptr());
                 mpi::ffi::MPI_Group_free(&mut all);
                 ranks = to;
             }
@@ -165,7 +167,8 @@ impl Runtime {
         ranks.retain(|&r| r >= 0 && !self.lost.iter().any(|(l, _)| *l == r));
         ranks.sort_unstable();
         for &r in &ranks {
-            self.lost.push((r, "its process ended (ULFM reported it failed)".into()));
+            self.lost
+                .push((r, "its process ended (ULFM reported it failed)".into()));
         }
         ranks
     }
@@ -336,7 +339,7 @@ pub(crate) fn init() {
     });
     let _ = RUNTIME.set(Mutex::new(rt));
     // SAFETY: `at_exit` is an `extern "C" fn()` that stays valid for the whole process.
-    if unsafe { libc::atexit(at_exit) } != 0 {
+    if unsafe { on_exit(at_exit, std::ptr::null_mut()) } != 0 {
         eprintln!("procpool: could not register the MPI shutdown; ending the job.");
         world.abort(1);
     }
@@ -379,9 +382,8 @@ fn gather_hellos(rt: &mut Runtime, me: &Hello) -> Result<Vec<Hello>, (String, Po
             }
             Ok(Some(probed)) => {
                 let r = probed.source;
-                let bytes = mrecv(probed).map_err(|rc| {
-                    other(format!("MPI rank {r}'s hello: {}", error_string(rc)))
-                })?;
+                let bytes = mrecv(probed)
+                    .map_err(|rc| other(format!("MPI rank {r}'s hello: {}", error_string(rc))))?;
                 let h = msg::decode_hello(&bytes)
                     .map_err(|e| other(format!("MPI rank {r} sent a malformed hello: {e}")))?;
                 if let Some(slot) = got.get_mut(r as usize - 1) {
@@ -482,10 +484,20 @@ pub(crate) fn abort_job(code: c_int, why: &str) -> ! {
     mpi::topology::SimpleCommunicator::world().abort(code)
 }
 
+unsafe extern "C" {
+    /// glibc's `on_exit`: like `atexit`, with the exit status.
+    fn on_exit(f: extern "C" fn(c_int, *mut c_void), arg: *mut c_void) -> c_int;
+}
+
+/// How long `MPI_Finalize` may take once ranks were lost before rank 0 leaves without
+/// it, with its own exit status (Open MPI 5's finalize sometimes waits for good for a
+/// rank that died early; every agent was told to leave by then).
+const FINALIZE_AFTER_LOSS: Duration = Duration::from_secs(5);
+
 /// Runs at the exit of the caller's rank (return from `main`, `std::process::exit`):
 /// stops every agent, then finalizes MPI. Bounded: past [`FINALIZE_TIMEOUT`] the process
 /// leaves without finalizing, which makes the launcher end the job.
-extern "C" fn at_exit() {
+extern "C" fn at_exit(status: c_int, _: *mut c_void) {
     // Bounded from the start: another thread may hold the lock inside a long MPI call.
     std::thread::spawn(|| {
         std::thread::sleep(FINALIZE_TIMEOUT);
@@ -546,6 +558,13 @@ extern "C" fn at_exit() {
     }
     rt.finalized = true;
     rt.pool_open = false;
+    if !rt.lost.is_empty() {
+        std::thread::spawn(move || {
+            std::thread::sleep(FINALIZE_AFTER_LOSS);
+            // SAFETY: `_exit` ends the process; nothing of it is used after.
+            unsafe { libc::_exit(status) };
+        });
+    }
     // SAFETY: every MPI call of this process is made under the lock we hold, and none
     // follows: `finalized` makes the others refuse.
     unsafe { mpi::ffi::MPI_Finalize() };
@@ -554,6 +573,16 @@ extern "C" fn at_exit() {
 fn finalize_and_exit(code: i32) -> ! {
     if let Some(mut rt) = lock() {
         rt.finalized = true;
+        if rt.ft.is_ok() {
+            // An agent does not know which other agents were lost, and Open MPI 5's
+            // finalize sometimes waits for good for one that died early: bounded (a
+            // finalize takes milliseconds otherwise).
+            std::thread::spawn(move || {
+                std::thread::sleep(FINALIZE_AFTER_LOSS * 2);
+                // SAFETY: `_exit` ends the process; nothing of it is used after.
+                unsafe { libc::_exit(code) };
+            });
+        }
         // SAFETY: as in `at_exit`.
         unsafe { mpi::ffi::MPI_Finalize() };
     }
@@ -748,7 +777,8 @@ impl Inbox {
             return;
         }
         // SAFETY: MPI_Imrecv succeeded, so it set the request.
-        self.pending.push((buf, unsafe { req.assume_init() }, probed.source));
+        self.pending
+            .push((buf, unsafe { req.assume_init() }, probed.source));
     }
 
     /// The messages received in full since the last call, with their source.

@@ -182,14 +182,24 @@ fn mpirun() -> PathBuf {
     let mut seen = Vec::new();
     for c in candidates.into_iter().filter(|p| p.exists()) {
         let out = Command::new(&c).arg("--version").output();
-        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-        let major = text
-            .split(|ch: char| ch.is_whitespace())
-            .find_map(|w| w.split('.').next()?.parse::<u32>().ok().filter(|_| w.contains('.')));
+        let text = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let major = text.split(|ch: char| ch.is_whitespace()).find_map(|w| {
+            w.split('.')
+                .next()?
+                .parse::<u32>()
+                .ok()
+                .filter(|_| w.contains('.'))
+        });
         if major == Some(want) {
             return c;
         }
-        seen.push(format!("{} ({})", c.display(), text.lines().next().unwrap_or("?")));
+        seen.push(format!(
+            "{} ({})",
+            c.display(),
+            text.lines().next().unwrap_or("?")
+        ));
     }
     panic!(
         "no mpirun of Open MPI {want} (which these tests were built against) found; seen: \
