@@ -299,10 +299,7 @@ mod loss {
     }
 
     pub(super) fn drive(quick: bool) {
-        let mpirun = std::env::var("PROCPOOL_MPIRUN")
-            .ok()
-            .filter(|p| std::path::Path::new(p).exists())
-            .unwrap_or_else(|| "mpirun".into());
+        let mpirun = super::mpirun_path();
         let me = std::env::current_exe().expect("this program's path");
         let parts: &[&str] = if quick {
             &["detect"]
@@ -448,9 +445,19 @@ fn run_all(sys: &str, pool: &Pool, seed_n: u64, quick: bool) {
 
 // ---- driver --------------------------------------------------------------------------
 
+/// The `mpirun` of the MPI this program was built against: `PROCPOOL_MPIRUN` (the
+/// workspace sets it to .venv's, with `cargo run`) when it exists, else `mpirun`.
+fn mpirun_path() -> String {
+    std::env::var("PROCPOOL_MPIRUN")
+        .ok()
+        .filter(|p| std::path::Path::new(p).exists())
+        .unwrap_or_else(|| "mpirun".into())
+}
+
 fn mpirun(ranks: usize, program: &[String]) -> Result<BTreeMap<String, f64>, String> {
-    let out = Command::new("mpirun")
+    let out = Command::new(mpirun_path())
         .args(["-n", &ranks.to_string()])
+        .env("PRTE_MCA_rmaps_default_mapping_policy", ":oversubscribe")
         .args(program)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
