@@ -2,7 +2,6 @@
 and the engine start both make."""
 
 import math
-import numbers
 import operator
 import os
 
@@ -36,6 +35,8 @@ def _check_timeout(timeout, what="timeout"):
     """Return a per-task time limit in seconds as a float, or None for no limit."""
     if timeout is None:
         return None
+    import numbers
+
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
         raise TypeError(f"{what} must be a number of seconds or None, not {type(timeout).__name__}")
     value = float(timeout)

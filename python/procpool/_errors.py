@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal as _signal
-from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
-from typing import Optional
 
 __all__ = [
     "MaybeEncodingError",
@@ -41,7 +39,7 @@ class WorkerDied(multiprocessing.ProcessError):
     (9, None)
     """
 
-    def __init__(self, pid: int, exitcode: Optional[int] = None, signal: Optional[int] = None):
+    def __init__(self, pid: int, exitcode: int | None = None, signal: int | None = None):
         self.pid = pid
         self.exitcode = exitcode
         self.signal = signal
@@ -97,12 +95,36 @@ class MessageTooLarge(PoolError):
 # would change what ``except RuntimeError`` catches in Pool users' code.
 
 
-class ExecutorWorkerDied(WorkerDied, BrokenProcessPool):
-    """:class:`WorkerDied` as a ProcessPoolExecutor delivers it (also a ``BrokenProcessPool``)."""
+def _executor_kinds():
+    """``(ExecutorWorkerDied, ExecutorPoolError)``, made on first use: importing
+    ``concurrent.futures`` would cost every program's first pool about 10 ms."""
+    global _kinds
+    if _kinds is None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        class ExecutorWorkerDied(WorkerDied, BrokenProcessPool):
+            """:class:`WorkerDied` as a ProcessPoolExecutor delivers it (also a
+            ``BrokenProcessPool``)."""
+
+        class ExecutorPoolError(PoolError, BrokenProcessPool):
+            """:class:`PoolError` as a ProcessPoolExecutor delivers it (also a
+            ``BrokenProcessPool``)."""
+
+        for cls in (ExecutorWorkerDied, ExecutorPoolError):
+            cls.__qualname__ = cls.__name__  # found by name (pickle), through __getattr__
+        _kinds = (ExecutorWorkerDied, ExecutorPoolError)
+    return _kinds
 
 
-class ExecutorPoolError(PoolError, BrokenProcessPool):
-    """:class:`PoolError` as a ProcessPoolExecutor delivers it (also a ``BrokenProcessPool``)."""
+_kinds = None
+
+
+def __getattr__(name):
+    if name == "ExecutorWorkerDied":
+        return _executor_kinds()[0]
+    if name == "ExecutorPoolError":
+        return _executor_kinds()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def for_executor(exc):
@@ -110,20 +132,18 @@ def for_executor(exc):
     a stopped pool becomes its ``BrokenProcessPool`` kind, a remote traceback the
     ``concurrent.futures`` one; anything else is ``exc`` itself."""
     if type(exc) is WorkerDied:
-        new = ExecutorWorkerDied(exc.pid, exc.exitcode, exc.signal)
+        new = _executor_kinds()[0](exc.pid, exc.exitcode, exc.signal)
     elif type(exc) is PoolError:
-        new = ExecutorPoolError(*exc.args)
+        new = _executor_kinds()[1](*exc.args)
     else:
         new = exc
     cause = exc.__cause__
     if isinstance(cause, RemoteTraceback):
-        cause = _FuturesRemoteTraceback(cause.tb)
+        try:
+            from concurrent.futures.process import _RemoteTraceback
+        except ImportError:  # pragma: no cover - the stdlib's private name moved
+            _RemoteTraceback = RemoteTraceback
+        cause = _RemoteTraceback(cause.tb)
     if new is not exc or cause is not exc.__cause__:
         new.__cause__ = cause
     return new
-
-
-try:
-    from concurrent.futures.process import _RemoteTraceback as _FuturesRemoteTraceback
-except ImportError:  # pragma: no cover - the stdlib's private name moved
-    _FuturesRemoteTraceback = RemoteTraceback

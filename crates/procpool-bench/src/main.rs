@@ -9,6 +9,7 @@ mod channels;
 mod cli;
 mod figures;
 mod load;
+mod maps;
 mod procs;
 mod pyfront;
 mod pyproc;
@@ -42,7 +43,7 @@ pub(crate) const SEED_TASK_TIME: Duration = Duration::from_millis(10);
 const RUST_SYSTEMS: [&str; 4] = ["sequential", "rayon", "procspawn", "procpool"];
 
 /// The workloads, by the names `--workloads` takes.
-const WORKLOADS: [&str; 10] = [
+const WORKLOADS: [&str; 13] = [
     "seed",
     "tiny",
     "bulk",
@@ -53,6 +54,14 @@ const WORKLOADS: [&str; 10] = [
     "channels",
     "pyfront",
     "pyproc",
+    "map200k",
+    "serde",
+    "imaprss",
+];
+
+/// Workloads with a section of their own (not in the main table).
+const SECTIONS: [&str; 7] = [
+    "uneven", "channels", "pyfront", "pyproc", "map200k", "serde", "imaprss",
 ];
 
 /// `target/bench` beside the `release` (or `debug`) folder holding this executable, or
@@ -151,6 +160,9 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some(channels::CHILD_FLAG) {
         channels::ipc_producer();
     }
+    if std::env::args().nth(1).as_deref() == Some(maps::CHILD_FLAG) {
+        maps::imap_child_main();
+    }
     match cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Help(text)) => print!("{text}"),
         Ok(Command::Shared(settings)) => shared_table::main(settings),
@@ -187,9 +199,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     let seed_n = work::calibrate_seed(SEED_TASK_TIME);
     eprintln!("seed: n = {seed_n} (one task about {SEED_TASK_TIME:?})");
     let mut results = Results::new(seed_n);
-    let main_table = WORKLOADS
-        .iter()
-        .any(|w| !["uneven", "channels", "pyfront", "pyproc"].contains(w) && p.runs(w));
+    let main_table = WORKLOADS.iter().any(|w| !SECTIONS.contains(w) && p.runs(w));
 
     for name in RUST_SYSTEMS {
         if !main_table || !cfg.wants(name) {
@@ -233,6 +243,14 @@ fn run(cfg: &Config) -> Result<(), String> {
         .runs("uneven")
         .then(|| uneven_run::section(cfg.quick, &cfg.out, python, |s| cfg.wants(s)));
 
+    let maps_parts = maps::Parts {
+        short: p.runs("map200k"),
+        serde: p.runs("serde"),
+        imap: p.runs("imaprss"),
+    };
+    let maps = (maps_parts.short || maps_parts.serde || maps_parts.imap)
+        .then(|| maps::section(cfg.quick, maps_parts, |s| cfg.wants(s)));
+
     let chans = p
         .runs("channels")
         .then(|| channels::section(cfg.quick, python, &cfg.out));
@@ -256,6 +274,9 @@ fn run(cfg: &Config) -> Result<(), String> {
     }
     if let Some(u) = &uneven {
         println!("{}", u.table());
+    }
+    if let Some(m) = &maps {
+        println!("{}", m.table());
     }
     if let Some(c) = &chans {
         println!("{}", c.table());
@@ -282,6 +303,9 @@ fn run(cfg: &Config) -> Result<(), String> {
     let mut text = report::csv(&results);
     if let Some(u) = &uneven {
         text.push_str(&u.csv());
+    }
+    if let Some(m) = &maps {
+        text.push_str(&m.csv());
     }
     if let Some(c) = &chans {
         text.push_str(&c.csv());

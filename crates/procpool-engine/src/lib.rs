@@ -56,7 +56,8 @@ pub use batch::{Batch, RecvError};
 pub use config::{DEFAULT_MAX_MESSAGE, DEFAULT_PREPARE_ALLOWANCE, EngineConfig};
 pub use error::{Death, HandshakeError, PoolError, TaskError, TaskErrorKind};
 pub use feed::{
-    Feed, Limits, MAX_PAYLOAD_BYTES, MAX_REORDER_BYTES, Piece, Pulled, Reorder, Source,
+    Feed, LAZY_CHUNK_BYTES, Limits, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES_AHEAD, MAX_REORDER_BYTES,
+    Piece, Pulled, Reorder, Source,
 };
 pub use identity::{WorkerInfo, current_worker};
 pub use items::{ItemLog, Partial, items_finished};

@@ -201,6 +201,8 @@ impl Engine {
             .filter_map(|p| p.ok()?.extract().ok())
             .collect();
         let prep = py::helper(py, "_template", "prep")?.call0()?;
+        // The first pool of a single-threaded process: its template is a fork of it.
+        py::helper(py, "_template", "fork_here")?.call1((&prep,))?;
         let launcher = TemplateLauncher {
             python: python.into(),
             path,

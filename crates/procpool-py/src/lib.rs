@@ -157,6 +157,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_serve_worker, m)?)?;
     m.add_function(wrap_pyfunction!(launcher::_launch, m)?)?;
+    m.add_function(wrap_pyfunction!(launcher::_template_running, m)?)?;
+    m.add_function(wrap_pyfunction!(launcher::_adopt_template, m)?)?;
     m.add_function(wrap_pyfunction!(launcher::_die_with_parent_group, m)?)?;
     sync::register(m)?;
     Ok(())
