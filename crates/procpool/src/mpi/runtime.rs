@@ -578,7 +578,7 @@ fn finalize_and_exit(code: i32) -> ! {
             // finalize sometimes waits for good for one that died early: bounded (a
             // finalize takes milliseconds otherwise).
             std::thread::spawn(move || {
-                std::thread::sleep(FINALIZE_AFTER_LOSS * 2);
+                std::thread::sleep(FINALIZE_AFTER_LOSS);
                 // SAFETY: `_exit` ends the process; nothing of it is used after.
                 unsafe { libc::_exit(code) };
             });
