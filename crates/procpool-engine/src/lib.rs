@@ -66,8 +66,8 @@ pub use pool::{BOOTSTRAPPING, Engine, MAX_WORKERS, Stopper};
 pub use prepare::{Preparing, preparing};
 pub use process::{Launcher, on_spawner_thread};
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};
-pub use remote::{PREFETCH_BELOW, PREFETCH_WORK, Remote, RemoteDone, RemoteJob};
-pub use stats::{Failures, Recorder, Stats, WorkerStats};
+pub use remote::{AgentLost, PREFETCH_BELOW, PREFETCH_WORK, Remote, RemoteDone, RemoteJob};
+pub use stats::{AgentStats, Failures, Recorder, Stats, WorkerStats};
 pub use wire::{Failure, MAX_JOB_FDS, PROTOCOL_VERSION};
 pub use worker::{
     Runner, is_worker_process, refuse_init_missing, serve_if_worker, serve_launched, take_job_fds,

@@ -263,7 +263,9 @@ pub use mpi::mpi_rank;
 pub use passfd::Fd;
 pub use pool::{Builder, Call, Pool};
 pub use process::{Process, spawn};
-pub use procpool_engine::{Failures, Progress, Stats, WorkerInfo, WorkerStats, current_worker};
+pub use procpool_engine::{
+    AgentStats, Failures, Progress, Stats, WorkerInfo, WorkerStats, current_worker,
+};
 pub use shared::{Element, Shared, SharedArray, SharedError, SharedSlice};
 
 /// The README's Rust blocks, compiled and run as doc tests (`tests/readme.rs` checks
