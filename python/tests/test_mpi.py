@@ -123,13 +123,8 @@ def check_scenario(name, launcher=True):
 
 
 @pytest.mark.limit(HARD_LIMIT + 10)
-def test_map_apply_and_a_lambda_across_agents():
-    check_scenario("map")
-
-
-@pytest.mark.limit(HARD_LIMIT + 10)
-def test_executor_across_agents():
-    check_scenario("executor")
+def test_map_apply_a_lambda_and_the_executor_across_agents():
+    check_scenario("map")  # then the executor's, in the same job
 
 
 @pytest.mark.limit(HARD_LIMIT + 10)
@@ -138,13 +133,10 @@ def test_a_segfault_or_exit_on_an_agent_fails_that_task_alone():
 
 
 @pytest.mark.limit(HARD_LIMIT + 10)
-def test_a_time_limit_on_an_agent_fails_that_task_alone_and_initializer_runs():
+def test_a_time_limit_on_an_agent_fails_that_task_alone_and_terminate_kills_remote_workers():
+    # Then the initializer, maxtasksperchild, and terminate() (the remote workers killed
+    # mid-task, the agents serving the next pool), in the same job.
     check_scenario("timeout")
-
-
-@pytest.mark.limit(HARD_LIMIT + 10)
-def test_terminate_kills_the_remote_workers_and_the_agents_serve_the_next_pool():
-    check_scenario("terminate")
 
 
 @pytest.mark.limit(HARD_LIMIT + 10)

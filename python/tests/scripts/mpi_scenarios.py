@@ -143,7 +143,7 @@ def scenario_map():
     with procpool.Pool(1, mpi=True) as pool:
         assert pool._processes == len(AGENTS)
         assert pool.map(square, range(100)) == [i * i for i in range(100)]
-    print("pids:", sorted(USED))
+    scenario_executor()
 
 
 def scenario_executor():
@@ -236,7 +236,7 @@ def scenario_timeout():
         pids = [pid for _, pid in got]
         assert len(set(pids)) == 6, pids
         USED.update(pids)
-    print("pids:", sorted(USED))
+    scenario_terminate()
 
 
 def sleep_noting(d):
@@ -280,7 +280,8 @@ def scenario_terminate():
     futures = [ex.submit(square, i) for i in range(4)]
     assert [f.result(timeout=30) for f in futures] == [0, 1, 4, 9]
     ex.shutdown(wait=True, cancel_futures=True)
-    print("pids:", running)
+    USED.update(running)
+    print("pids:", sorted(USED))
 
 
 def double_slowly(x):
