@@ -55,6 +55,34 @@ class WorkerDied(multiprocessing.ProcessError):
         return (type(self), (self.pid, self.exitcode, self.signal))
 
 
+class AgentLost(WorkerDied):
+    """The MPI agent running this task (a rank of the job, on its host) was lost: its
+    process ended or its host became unreachable, with its workers. The pool goes on with
+    the agents left; with ``retries=`` the task runs again on one of them, as after a
+    worker's death. A :class:`WorkerDied`, so code that handles deaths handles this too.
+
+    >>> e = AgentLost(0, "MPI rank 2 (host node-a)")
+    >>> e.agent
+    'MPI rank 2 (host node-a)'
+    >>> isinstance(e, WorkerDied)
+    True
+    """
+
+    def __init__(self, pid: int, agent: str):
+        self.pid = pid
+        self.exitcode = None
+        self.signal = None
+        self.agent = agent
+        multiprocessing.ProcessError.__init__(
+            self,
+            f"the agent running this task, {agent}, was lost (its process ended or its "
+            "host became unreachable), with its workers",
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.pid, self.agent))
+
+
 class TaskTimeoutError(multiprocessing.TimeoutError):
     """The task ran past its time limit; its worker was killed and replaced.
 

@@ -140,6 +140,20 @@ def test_a_time_limit_on_an_agent_fails_that_task_alone_and_terminate_kills_remo
 
 
 @pytest.mark.limit(HARD_LIMIT + 10)
+def test_an_agent_sigkilled_mid_map_every_item_comes_back_once_and_the_pool_goes_on():
+    if not fault_tolerant(_mpirun()):
+        pytest.skip("needs Open MPI 5 or later (ULFM): without it a lost agent ends the job")
+    check_scenario("lose_agent")
+
+
+@pytest.mark.limit(HARD_LIMIT + 10)
+def test_every_agent_sigkilled_the_pool_says_so_and_the_job_ends():
+    if not fault_tolerant(_mpirun()):
+        pytest.skip("needs Open MPI 5 or later (ULFM): without it a lost agent ends the job")
+    check_scenario("lose_all")
+
+
+@pytest.mark.limit(HARD_LIMIT + 10)
 def test_without_the_launcher_module_agents_start_at_the_first_mpi_pool():
     check_scenario("rank", launcher=False)
 

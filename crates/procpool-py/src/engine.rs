@@ -371,6 +371,17 @@ impl Engine {
             d.set_item("workers_recycled", s.workers_recycled)?;
             d.set_item("queued", s.queued)?;
             d.set_item("in_flight", s.in_flight)?;
+            // A pool over MPI: its agents (started, alive, their workers, those lost).
+            if let Some(a) = &s.agents {
+                let ad = PyDict::new(py);
+                ad.set_item("started", a.started)?;
+                ad.set_item("alive", a.alive)?;
+                ad.set_item("workers_alive", a.workers_alive)?;
+                ad.set_item("lost", a.lost.clone())?;
+                ad.set_item("survives_loss", a.survives_loss)?;
+                ad.set_item("note", a.note.clone())?;
+                d.set_item("agents", ad)?;
+            }
         }
         Ok(d)
     }

@@ -314,7 +314,47 @@ def scenario_lose_agent():
         after = note(pool.map(double_slowly, range(500)))
         assert [v for _, v, *_ in after] == [2 * x for x in range(500)]
         assert {r for _, _, r, *_ in after} == {1}, {r for _, _, r, *_ in after}
+        agents = pool._core.engine.stats()["agents"]
+        assert (agents["started"], agents["alive"], agents["survives_loss"]) == (2, 1, True), agents
+        assert len(agents["lost"]) == 1 and "rank 2" in agents["lost"][0], agents
     # The lost agent's workers are among those the test checks are gone.
+    print("pids:", sorted(USED))
+
+
+def scenario_lose_all():
+    # Under `mpirun --with-ft ulfm`, without retries: both agents SIGKILLed mid-map. The
+    # tasks they held fail with AgentLost (a WorkerDied), never a wrong or missing value
+    # in silence, and the pool then refuses work with PoolError saying every agent was
+    # lost; no hang, and the job ends normally.
+    import signal
+
+    with procpool.Pool(PER_AGENT, mpi=True) as pool:
+        agents = {}
+        got, failed = 0, []
+        it = pool.imap_unordered(double_slowly, range(10_000), chunksize=1)
+        while True:
+            try:
+                x, v, r, agent, pid = next(it)
+            except StopIteration:
+                break
+            except (procpool.AgentLost, procpool.PoolError) as e:
+                failed.append(e)
+                break
+            assert v == 2 * x
+            got += 1
+            agents[r] = agent
+            USED.add(pid)
+            if got == 500:
+                assert set(agents) == AGENTS, agents
+                for a in agents.values():
+                    os.kill(a, signal.SIGKILL)
+        assert failed, "a map whose agents were all killed finished"
+        try:
+            pool.apply(square, (3,))
+        except procpool.PoolError as e:
+            assert "every agent" in str(e), e
+        else:
+            raise AssertionError("a pool with no agent left ran a task")
     print("pids:", sorted(USED))
 
 
