@@ -481,8 +481,19 @@ pub(crate) fn abort_job(code: c_int, why: &str) -> ! {
     // Not from the runtime: another thread may hold its lock inside a long MPI call.
     let rank = RANK.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("procpool: MPI rank {rank} is ending the job: {why} (MPI_Abort, code {code})");
+    // Bounded: under ULFM, `MPI_Abort` after rank 0's loss sometimes never returns nor
+    // ends the process (seen about once in three runs of `mpi_attack kill_rank0`); this
+    // rank then leaves by itself, and the launcher ends the job once every rank has.
+    std::thread::spawn(move || {
+        std::thread::sleep(ABORT_TIMEOUT);
+        // SAFETY: `_exit` ends the process; nothing of it is used after.
+        unsafe { libc::_exit(code) };
+    });
     mpi::topology::SimpleCommunicator::world().abort(code)
 }
+
+/// How long `MPI_Abort` may take before the rank leaves without it.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 
 unsafe extern "C" {
     /// glibc's `on_exit`: like `atexit`, with the exit status.
