@@ -31,6 +31,7 @@ mod batch;
 mod chunk;
 mod claim;
 mod config;
+mod direct;
 mod error;
 mod events;
 mod feed;

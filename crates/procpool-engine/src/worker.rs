@@ -14,11 +14,12 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crate::claim::Claimer;
 use crate::items;
 use crate::process::{
-    CONTROL_LEN, CTL_STARTED_AT, CTL_STARTED_SEQ, DATA_LEN, ENV_WORKER, REGIONS_MARK, WorkerEnv,
+    CONTROL_LEN, CTL_BELL, CTL_STARTED_AT, CTL_STARTED_SEQ, DATA_LEN, ENV_WORKER, REGIONS_MARK, WorkerEnv,
     my_fingerprint,
 };
 use crate::ring::{self, RingWriter};
@@ -354,6 +355,7 @@ impl Conn {
                     (used, stop)
                 }
                 Ok(None) => {
+                    wait_for_more(io.sock.as_fd(), &io.ctl);
                     receive_more(reader, &mut fds.arrived, io.sock.as_fd())?;
                     continue;
                 }
@@ -364,6 +366,35 @@ impl Conn {
                 return Ok(());
             }
         }
+    }
+}
+
+/// How long an idle worker spins for its next job before it sleeps in `recvmsg`: a
+/// caller that sends jobs one after the other then never waits for the worker to wake.
+const WORKER_SPIN: Duration = Duration::from_micros(20);
+
+/// Spins a little while nothing is to be read: until the parent rings the bell (it does
+/// after each write to the socket) or [`WORKER_SPIN`] passes.
+fn wait_for_more(sock: BorrowedFd<'_>, ctl: &SharedRegion) {
+    let bell = ctl.word(CTL_BELL);
+    let rung = bell.load(Ordering::SeqCst);
+    if sys::readable_now(sock) {
+        return;
+    }
+    let mut last = Instant::now();
+    let until = last + WORKER_SPIN;
+    loop {
+        for _ in 0..64 {
+            if bell.load(Ordering::Relaxed) != rung {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        let now = Instant::now();
+        if now >= until || now.saturating_duration_since(last) >= crate::direct::PREEMPTED {
+            return;
+        }
+        last = now;
     }
 }
 
@@ -437,6 +468,8 @@ impl Io {
             wire::put_result(&mut self.entry, seq, nanos, &o);
             if let Some(wake) = RingWriter::new(&self.ctl).push(&self.entry) {
                 self.result_buf.clear();
+                // A caller that sent the job directly may sleep on it.
+                crate::direct::ring_waiter(&self.ctl, false);
                 if wake {
                     wire::encode_up(self.out.buf(), &Up::Doorbell);
                     return self.out.flush(self.sock.as_fd());
@@ -462,7 +495,10 @@ impl Io {
             }
         }
         self.result_buf.clear();
-        self.out.flush(self.sock.as_fd())
+        let r = self.out.flush(self.sock.as_fd());
+        // A caller waiting for a direct job learns that it must wait for the supervisor.
+        crate::direct::ring_waiter(&self.ctl, false);
+        r
     }
 }
 

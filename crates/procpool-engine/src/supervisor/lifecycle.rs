@@ -221,7 +221,7 @@ impl Supervisor {
         let Some(w) = self.slots[i].as_mut() else {
             return;
         };
-        if w.phase == Phase::Ready && w.items_sent >= limit && w.in_flight.is_empty() {
+        if w.phase == Phase::Ready && w.items_sent >= limit && w.in_flight.is_empty() && !w.lent {
             let w = self.slots[i].take().expect("slot checked above");
             self.observe_recycled(i, w.pid());
             self.retire(w);
@@ -400,6 +400,8 @@ impl Supervisor {
     }
 
     pub(super) fn terminate(&mut self) {
+        // Jobs callers sent directly are answered as the others.
+        self.sync_lanes(true);
         let mut all: Vec<Worker> = self.slots.iter_mut().filter_map(Option::take).collect();
         all.append(&mut self.retiring);
         for w in &all {
