@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::job::{BatchInner, Job, Queued};
-use crate::process::{CTL_BELL, CTL_DIRECT_WAITING, CTL_DIRECT_WAKE};
+use crate::process::{CTL_BELL, CTL_DIRECT_SEQ, CTL_DIRECT_WAITING, CTL_DIRECT_WAKE};
 use crate::ring::RingReader;
 use crate::shared::{Mode, Shared};
 use crate::sys::{self, SharedRegion};
@@ -199,6 +199,7 @@ impl Shared {
             wire::put_jobs_header(&mut frame, 1, wire::job_overhead(&job.func) + len);
             wire::put_job_head(&mut frame, seq, &job.func, len);
             frame.extend_from_slice(&job.payload);
+            link.ctl.word(CTL_DIRECT_SEQ).store(seq, SeqCst);
             let sent = Instant::now();
             let mut handback = false;
             let unsent = match send_some(&link, &frame) {

@@ -48,6 +48,9 @@ pub(crate) const CTL_DIRECT_WAITING: usize = 17;
 /// Control word: bumped by the parent after each write to the worker's socket, so that a
 /// worker spinning for its next job sees it come without a system call.
 pub(crate) const CTL_BELL: usize = 24;
+/// Control word: the last job a caller sent straight to the worker (a worker spins for
+/// its next job only after such a job; a task that writes it only makes its worker spin).
+pub(crate) const CTL_DIRECT_SEQ: usize = 25;
 /// Control word: how far the running job's items got (see `items`): 0, or a mark, the
 /// items finished and the bytes of their results in the items area. Reset at each job's
 /// start; read by the parent only after the worker died. Written after every item, so it

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::claim::Claimer;
 use crate::items;
 use crate::process::{
-    CONTROL_LEN, CTL_BELL, CTL_STARTED_AT, CTL_STARTED_SEQ, DATA_LEN, ENV_WORKER, REGIONS_MARK, WorkerEnv,
+    CONTROL_LEN, CTL_BELL, CTL_DIRECT_SEQ, CTL_STARTED_AT, CTL_STARTED_SEQ, DATA_LEN, ENV_WORKER, REGIONS_MARK, WorkerEnv,
     my_fingerprint,
 };
 use crate::ring::{self, RingWriter};
@@ -152,6 +152,8 @@ struct Io {
     max_message: usize,
     result_buf: Vec<u8>,
     claimer: Claimer,
+    /// The job run last came straight from a caller.
+    after_direct: bool,
 }
 
 fn serve(env: WorkerEnv, identity: u64, runner: &mut dyn Runner) -> i32 {
@@ -248,6 +250,7 @@ fn run_connected(
             max_message: env.max_message,
             result_buf: Vec::new(),
             claimer: Claimer::default(),
+            after_direct: false,
         },
     };
     let hello = if env.version != PROTOCOL_VERSION {
@@ -355,7 +358,9 @@ impl Conn {
                     (used, stop)
                 }
                 Ok(None) => {
-                    wait_for_more(io.sock.as_fd(), &io.ctl);
+                    if std::mem::take(&mut io.after_direct) {
+                        wait_for_more(io.sock.as_fd(), &io.ctl);
+                    }
                     receive_more(reader, &mut fds.arrived, io.sock.as_fd())?;
                     continue;
                 }
@@ -373,7 +378,8 @@ impl Conn {
 /// caller that sends jobs one after the other then never waits for the worker to wake.
 const WORKER_SPIN: Duration = Duration::from_micros(20);
 
-/// Spins a little while nothing is to be read: until the parent rings the bell (it does
+/// After a job a caller sent directly (another is likely to follow at once), spins a
+/// little while nothing is to be read: until the parent rings the bell (it does
 /// after each write to the socket) or [`WORKER_SPIN`] passes.
 fn wait_for_more(sock: BorrowedFd<'_>, ctl: &SharedRegion) {
     let bell = ctl.word(CTL_BELL);
@@ -439,6 +445,8 @@ impl Io {
         let nanos = sys::monotonic_nanos() - start;
         // Descriptors the runner did not take are closed now.
         drop(take_job_fds());
+        // A caller sending jobs one by one wrote this job's number before sending it.
+        self.after_direct = self.ctl.word(CTL_DIRECT_SEQ).load(Ordering::Relaxed) == seq;
         self.push_result(seq, nanos, outcome)
     }
 
