@@ -8,6 +8,7 @@
 mod channels;
 mod cli;
 mod figures;
+mod idle;
 mod load;
 mod procs;
 mod pyfront;
@@ -42,12 +43,13 @@ pub(crate) const SEED_TASK_TIME: Duration = Duration::from_millis(10);
 const RUST_SYSTEMS: [&str; 4] = ["sequential", "rayon", "procspawn", "procpool"];
 
 /// The workloads, by the names `--workloads` takes.
-const WORKLOADS: [&str; 10] = [
+const WORKLOADS: [&str; 11] = [
     "seed",
     "tiny",
     "bulk",
     "startup",
     "latency",
+    "idle",
     "crossover",
     "uneven",
     "channels",
@@ -189,7 +191,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     let mut results = Results::new(seed_n);
     let main_table = WORKLOADS
         .iter()
-        .any(|w| !["uneven", "channels", "pyfront", "pyproc"].contains(w) && p.runs(w));
+        .any(|w| !["idle", "uneven", "channels", "pyfront", "pyproc"].contains(w) && p.runs(w));
 
     for name in RUST_SYSTEMS {
         if !main_table || !cfg.wants(name) {
@@ -208,6 +210,16 @@ fn run(cfg: &Config) -> Result<(), String> {
 
     if p.runs("latency") {
         results.socket_rtt_us = load::socket_round_trip_us(p.latency_runs);
+    }
+    if p.runs("idle") && cfg.wants("procpool") {
+        let idle = if p.quick { 2 } else { 10 };
+        match idle::idle_cpu(Duration::from_secs(idle)) {
+            Ok((sup, workers)) => {
+                eprintln!("procpool idle: supervisor {sup:.2}%, workers {workers:.2}% of a core");
+                results.idle_cpu = Some((idle, sup, workers));
+            }
+            Err(e) => eprintln!("procpool idle: failed: {e}"),
+        }
     }
 
     let python = cfg.python.as_deref().filter(|_| cfg.wants("python"));
@@ -253,6 +265,8 @@ fn run(cfg: &Config) -> Result<(), String> {
     results.finish();
     if main_table {
         println!("{}", report::table(&results));
+    } else if results.idle_cpu.is_some() {
+        print!("{}", report::round_trip_targets(&results));
     }
     if let Some(u) = &uneven {
         println!("{}", u.table());

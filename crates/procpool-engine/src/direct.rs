@@ -179,7 +179,10 @@ impl Shared {
             return Err(job);
         }
         let q = self.lock();
-        if q.broken.is_some() || q.mode != Mode::Run || (q.closed && !admitted) || !q.jobs.is_empty()
+        if q.broken.is_some()
+            || q.mode != Mode::Run
+            || (q.closed && !admitted)
+            || !q.jobs.is_empty()
         {
             return Err(job);
         }
@@ -247,12 +250,7 @@ impl Shared {
 
     /// Waits for the answer to a direct job until `deadline` (`block`: at all). On
     /// `Settled` the ticket is spent.
-    pub(crate) fn wait_direct(
-        &self,
-        t: Ticket,
-        deadline: Option<Instant>,
-        block: bool,
-    ) -> Waited {
+    pub(crate) fn wait_direct(&self, t: Ticket, deadline: Option<Instant>, block: bool) -> Waited {
         let lane = &self.lanes[t.lane];
         let ctl = {
             let l = lane.lock();
@@ -347,8 +345,7 @@ impl Shared {
         let spent = l.quota == 0;
         drop(l);
         lent.q.batch.observe(nanos);
-        if let Some((batch, done)) = crate::supervisor::finished(lent.q, link.pid, nanos, outcome)
-        {
+        if let Some((batch, done)) = crate::supervisor::finished(lent.q, link.pid, nanos, outcome) {
             batch.deliver([done]);
         }
         if spent {

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use crate::claim::Claimer;
 use crate::items;
 use crate::process::{
-    CONTROL_LEN, CTL_BELL, CTL_DIRECT_SEQ, CTL_STARTED_AT, CTL_STARTED_SEQ, DATA_LEN, ENV_WORKER, REGIONS_MARK, WorkerEnv,
-    my_fingerprint,
+    CONTROL_LEN, CTL_BELL, CTL_DIRECT_SEQ, CTL_STARTED_AT, CTL_STARTED_SEQ, DATA_LEN, ENV_WORKER,
+    REGIONS_MARK, WorkerEnv, my_fingerprint,
 };
 use crate::ring::{self, RingWriter};
 use crate::sys::{self, SharedRegion};

@@ -101,7 +101,11 @@ fn a_direct_job_whose_worker_dies_is_retried_once_and_never_run_twice_after() {
         assert_eq!(pool.apply(kill_me_once, (path.clone(), 7)).unwrap(), 107);
         std::thread::sleep(Duration::from_millis(100));
         let runs = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(runs.lines().count(), 2, "one attempt and one retry: {runs:?}");
+        assert_eq!(
+            runs.lines().count(),
+            2,
+            "one attempt and one retry: {runs:?}"
+        );
     });
 }
 
@@ -141,10 +145,7 @@ fn time_limits_hold_on_direct_jobs() {
             let t0 = Instant::now();
             let e = pool.apply(nap, 20_000).unwrap_err();
             let took = t0.elapsed();
-            assert!(
-                matches!(kind(&e), TaskErrorKind::TimedOut { .. }),
-                "{e}"
-            );
+            assert!(matches!(kind(&e), TaskErrorKind::TimedOut { .. }), "{e}");
             assert!(took >= Duration::from_millis(200), "{took:?}");
             assert!(took < Duration::from_secs(5), "{took:?}");
             assert_eq!(pool.apply(nap, 1).unwrap(), 1);
@@ -236,7 +237,10 @@ where
             self.1.notify_all();
         }
     }
-    let flag = std::sync::Arc::new(Flag(std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let flag = std::sync::Arc::new(Flag(
+        std::sync::Mutex::new(false),
+        std::sync::Condvar::new(),
+    ));
     let waker = Waker::from(flag.clone());
     let mut cx = Context::from_waker(&waker);
     let mut f = std::pin::pin!(f);
@@ -402,7 +406,10 @@ fn many_callers_racing_for_one_idle_worker_each_get_their_own_answer_once() {
                 seen[line.parse::<usize>().unwrap()] += 1;
             }
             let wrong: Vec<usize> = (0..seen.len()).filter(|&i| seen[i] != 1).collect();
-            assert!(wrong.is_empty(), "{workers} workers: ran other than once: {wrong:?}");
+            assert!(
+                wrong.is_empty(),
+                "{workers} workers: ran other than once: {wrong:?}"
+            );
         }
     });
 }
@@ -411,7 +418,9 @@ fn many_callers_racing_for_one_idle_worker_each_get_their_own_answer_once() {
 fn the_recycling_quota_counts_direct_jobs() {
     watchdog(Duration::from_secs(60), || {
         let pool = Pool::builder().workers(1).recycle_after(3).build().unwrap();
-        let pids: Vec<u32> = (0..12).map(|i| pool.apply(pid_of_worker, i).unwrap()).collect();
+        let pids: Vec<u32> = (0..12)
+            .map(|i| pool.apply(pid_of_worker, i).unwrap())
+            .collect();
         for chunk in pids.chunks(3) {
             assert!(chunk.iter().all(|&p| p == chunk[0]), "{pids:?}");
         }

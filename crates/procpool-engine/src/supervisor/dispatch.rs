@@ -53,7 +53,13 @@ const OVERRUN_MIN: Duration = Duration::from_millis(1);
 
 impl Worker {
     /// Records a job sent to the worker.
-    pub(super) fn hold(&mut self, seq: u64, q: Queued, shared: Option<(usize, usize)>, now: Instant) {
+    pub(super) fn hold(
+        &mut self,
+        seq: u64,
+        q: Queued,
+        shared: Option<(usize, usize)>,
+        now: Instant,
+    ) {
         let est_nanos = q.batch.avg_nanos();
         self.backlog.add(est_nanos);
         self.in_flight.push_back(InFlight {

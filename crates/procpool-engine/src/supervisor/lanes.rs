@@ -121,7 +121,10 @@ fn lendable(w: &Worker) -> bool {
 fn open(w: &mut Worker, lane: &Lane, quota: u64) {
     // Nothing is due from the worker: no doorbell either (a result of a direct job that
     // found the flag up would wake the supervisor for nothing).
-    w.proc.ctl.word(CTL_SLEEPING).store(0, std::sync::atomic::Ordering::SeqCst);
+    w.proc
+        .ctl
+        .word(CTL_SLEEPING)
+        .store(0, std::sync::atomic::Ordering::SeqCst);
     let mut l = lane.lock();
     l.state = State::Open;
     l.link = Some(Link {

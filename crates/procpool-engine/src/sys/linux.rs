@@ -551,7 +551,12 @@ impl SharedRegion {
         let low = if cfg!(target_endian = "little") { 0 } else { 4 };
         // SAFETY: within the 8 bytes of word `i` (in bounds, checked by `word`), 4-aligned;
         // valid for the lifetime of `self`; all accesses go through atomics.
-        unsafe { &*(w as *const AtomicU64).cast::<u8>().add(low).cast::<AtomicU32>() }
+        unsafe {
+            &*(w as *const AtomicU64)
+                .cast::<u8>()
+                .add(low)
+                .cast::<AtomicU32>()
+        }
     }
 }
 
