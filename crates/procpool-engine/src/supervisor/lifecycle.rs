@@ -379,8 +379,10 @@ impl Supervisor {
         }
     }
 
-    /// Retires every ready worker. A worker still starting (in its handshake or its
-    /// initializer) is left to finish, and retired once ready: it is killed only if it
+    /// Retires every ready worker. A worker still in its handshake has run no task code
+    /// and holds nothing: it is stopped at once (a pool joined right after it was made
+    /// does not wait for its other workers to finish starting). A worker in its
+    /// initializer is left to finish it, and retired once ready: it is killed only if it
     /// is not ready within the shutdown grace. Returns whether every worker is gone.
     pub(super) fn shutdown_all(&mut self) -> bool {
         let by = Instant::now() + SHUTDOWN_GRACE;
@@ -391,6 +393,12 @@ impl Supervisor {
             if w.phase == Phase::Ready {
                 let w = self.slots[i].take().expect("slot checked above");
                 self.retire(w);
+            } else if w.phase == Phase::Handshake && w.in_flight.is_empty() {
+                let mut w = self.slots[i].take().expect("slot checked above");
+                w.proc.kill();
+                w.phase = Phase::Retiring;
+                w.deadline = Some(by);
+                self.retiring.push(w);
             } else {
                 w.deadline = Some(w.deadline.map_or(by, |d| d.min(by)));
             }
