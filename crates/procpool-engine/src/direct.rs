@@ -116,6 +116,9 @@ pub(crate) struct LaneInner {
     /// Tasks (by weight) the worker may still take before it is recycled.
     pub(crate) quota: u64,
     pub(crate) tally: Tally,
+    /// How many times the lane was opened: a ticket of an earlier opening (another
+    /// worker, whose numbers may repeat) is not this one's.
+    pub(crate) opened: u64,
 }
 
 /// One worker slot's lane.
@@ -134,7 +137,16 @@ impl Lane {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ticket {
     lane: usize,
+    opened: u64,
     seq: u64,
+}
+
+impl Ticket {
+    /// Whether `lent`, in a lane opened `opened` times, is this ticket's job, still the
+    /// caller's to wait for.
+    fn holds(&self, opened: u64, lent: &Lent) -> bool {
+        self.opened == opened && self.seq == lent.seq && !lent.handback
+    }
 }
 
 /// How waiting for a direct job ended.
@@ -198,6 +210,7 @@ impl Shared {
             let Some(link) = l.link.clone() else { continue };
             drop(q);
             let seq = l.next_seq;
+            let l_opened = l.opened;
             let mut frame = Vec::with_capacity(16 + wire::job_overhead(&job.func) + len);
             wire::put_jobs_header(&mut frame, 1, wire::job_overhead(&job.func) + len);
             wire::put_job_head(&mut frame, seq, &job.func, len);
@@ -243,7 +256,11 @@ impl Shared {
             if wake {
                 self.wake();
             }
-            return Ok(Ticket { lane: i, seq });
+            return Ok(Ticket {
+                lane: i,
+                opened: l_opened,
+                seq,
+            });
         }
         Err(job)
     }
@@ -255,7 +272,7 @@ impl Shared {
         let ctl = {
             let l = lane.lock();
             match (&l.state, &l.link) {
-                (State::Lent(x), Some(link)) if x.seq == t.seq && !x.handback => link.ctl.clone(),
+                (State::Lent(x), Some(link)) if t.holds(l.opened, x) => link.ctl.clone(),
                 _ => return Waited::Settled,
             }
         };
@@ -319,7 +336,7 @@ impl Shared {
     fn complete_direct(&self, t: Ticket) -> bool {
         let mut l = self.lanes[t.lane].lock();
         let link = match (&l.state, &l.link) {
-            (State::Lent(x), Some(link)) if x.seq == t.seq && !x.handback => link.clone(),
+            (State::Lent(x), Some(link)) if t.holds(l.opened, x) => link.clone(),
             _ => return true,
         };
         let ring = RingReader::new(&link.ctl);
@@ -358,7 +375,7 @@ impl Shared {
     /// Gives a direct job back to the supervisor, which answers it as any other.
     pub(crate) fn hand_back(&self, t: Ticket) {
         let mut l = self.lanes[t.lane].lock();
-        if matches!(&l.state, State::Lent(x) if x.seq == t.seq && !x.handback) {
+        if matches!(&l.state, State::Lent(x) if t.holds(l.opened, x)) {
             self.hand_back_locked(&mut l);
         }
     }

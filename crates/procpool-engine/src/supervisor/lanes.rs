@@ -135,6 +135,7 @@ fn open(w: &mut Worker, lane: &Lane, quota: u64) {
     l.next_seq = w.next_seq;
     l.quota = quota;
     l.tally = Default::default();
+    l.opened += 1;
     w.lent = true;
 }
 
