@@ -59,6 +59,45 @@ pub(crate) const CALLER_SPIN: Duration = Duration::from_micros(50);
 /// A gap this long between two looks while spinning means the thread was preempted: the
 /// cores are busy, and spinning on would only take time from the thread it waits for.
 pub(crate) const PREEMPTED: Duration = Duration::from_micros(20);
+/// After a spin was preempted, a thread sleeps at once for this long: on cores other
+/// programs keep busy, a thread that spins loses its turn to them, and a sleeping one is
+/// woken first when its answer comes.
+pub(crate) const BACK_OFF: Duration = Duration::from_millis(20);
+
+/// Spinning with a back-off: one per spinning thread.
+#[derive(Debug, Default)]
+pub(crate) struct Spinner {
+    off_until: Option<Instant>,
+}
+
+impl Spinner {
+    /// Until when to spin from `now` for at most `max` (`now` itself: not at all, while
+    /// backing off).
+    pub(crate) fn until(&mut self, now: Instant, max: Duration) -> Instant {
+        match self.off_until {
+            Some(t) if now < t => now,
+            _ => {
+                self.off_until = None;
+                now + max
+            }
+        }
+    }
+
+    /// Whether to spin on at `now`, the last look having been at `*last`: not past
+    /// `until`, and not after a preemption (which starts a back-off).
+    pub(crate) fn go_on(&mut self, now: Instant, last: &mut Instant, until: Instant) -> bool {
+        if now.saturating_duration_since(*last) >= PREEMPTED {
+            self.off_until = Some(now + BACK_OFF);
+            return false;
+        }
+        *last = now;
+        now < until
+    }
+}
+
+thread_local! {
+    static CALLER_SPINNER: std::cell::RefCell<Spinner> = std::cell::RefCell::default();
+}
 /// Wake-ups that bring nothing (a task writing the futex word) before a caller hands its
 /// job back to the supervisor.
 const MAX_EMPTY_WAKES: u32 = 64;
@@ -280,7 +319,7 @@ impl Shared {
         let waiting = ctl.word(CTL_DIRECT_WAITING);
         let ring = RingReader::new(&ctl);
         let mut last = Instant::now();
-        let spin_until = last + CALLER_SPIN;
+        let spin_until = CALLER_SPINNER.with(|s| s.borrow_mut().until(last, CALLER_SPIN));
         let mut empty_wakes = 0u32;
         let mut seen = word.load(SeqCst);
         loop {
@@ -294,11 +333,12 @@ impl Shared {
                 return Waited::Pending;
             }
             let now = Instant::now();
-            if now < spin_until && now.saturating_duration_since(last) < PREEMPTED {
+            if now < spin_until
+                && CALLER_SPINNER.with(|s| s.borrow_mut().go_on(now, &mut last, spin_until))
+            {
                 for _ in 0..32 {
                     std::hint::spin_loop();
                 }
-                last = now;
                 continue;
             }
             let left = match deadline {

@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::claim::Claimer;
+use crate::direct::Spinner;
 use crate::items;
 use crate::process::{
     CONTROL_LEN, CTL_BELL, CTL_DIRECT_SEQ, CTL_STARTED_AT, CTL_STARTED_SEQ, DATA_LEN, ENV_WORKER,
@@ -154,6 +155,7 @@ struct Io {
     claimer: Claimer,
     /// The job run last came straight from a caller.
     after_direct: bool,
+    spinner: Spinner,
 }
 
 fn serve(env: WorkerEnv, identity: u64, runner: &mut dyn Runner) -> i32 {
@@ -251,6 +253,7 @@ fn run_connected(
             result_buf: Vec::new(),
             claimer: Claimer::default(),
             after_direct: false,
+            spinner: Spinner::default(),
         },
     };
     let hello = if env.version != PROTOCOL_VERSION {
@@ -359,7 +362,7 @@ impl Conn {
                 }
                 Ok(None) => {
                     if std::mem::take(&mut io.after_direct) {
-                        wait_for_more(io.sock.as_fd(), &io.ctl);
+                        wait_for_more(io.sock.as_fd(), &io.ctl, &mut io.spinner);
                     }
                     receive_more(reader, &mut fds.arrived, io.sock.as_fd())?;
                     continue;
@@ -381,26 +384,24 @@ const WORKER_SPIN: Duration = Duration::from_micros(20);
 /// After a job a caller sent directly (another is likely to follow at once), spins a
 /// little while nothing is to be read: until the parent rings the bell (it does
 /// after each write to the socket) or [`WORKER_SPIN`] passes.
-fn wait_for_more(sock: BorrowedFd<'_>, ctl: &SharedRegion) {
+fn wait_for_more(sock: BorrowedFd<'_>, ctl: &SharedRegion, spinner: &mut Spinner) {
     let bell = ctl.word(CTL_BELL);
     let rung = bell.load(Ordering::SeqCst);
     if sys::readable_now(sock) {
         return;
     }
     let mut last = Instant::now();
-    let until = last + WORKER_SPIN;
-    loop {
+    let until = spinner.until(last, WORKER_SPIN);
+    while last < until {
         for _ in 0..64 {
             if bell.load(Ordering::Relaxed) != rung {
                 return;
             }
             std::hint::spin_loop();
         }
-        let now = Instant::now();
-        if now >= until || now.saturating_duration_since(last) >= crate::direct::PREEMPTED {
+        if !spinner.go_on(Instant::now(), &mut last, until) {
             return;
         }
-        last = now;
     }
 }
 
