@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::{Phase, Supervisor, Worker};
 use crate::direct::{self, Lane, LaneInner, Link, State};
 use crate::process::CTL_SLEEPING;
+use crate::ring::RingReader;
 use crate::shared::Mode;
 
 impl Supervisor {
@@ -38,8 +39,8 @@ impl Supervisor {
     }
 
     /// Closes slot `i`'s lane if it is open; adopts its lent job if `force`, if the
-    /// caller handed it back or if its time limit ran out, and otherwise leaves it lent
-    /// and returns when that limit runs out.
+    /// caller handed it back, if its time limit ran out or if its result is in, and
+    /// otherwise leaves it lent and returns when that limit runs out.
     fn sync_lane(&mut self, i: usize, force: bool, now: Instant) -> Option<Instant> {
         let w = self.slots[i].as_mut()?;
         if !w.lent {
@@ -52,7 +53,14 @@ impl Supervisor {
             State::Closed | State::Open => {}
             State::Lent(x) => {
                 let due = x.deadline.is_some_and(|d| now >= d);
-                if !(force || x.handback || due) {
+                // Its result is in but the caller has not come for it: the worker is idle,
+                // and may be wanted (jobs held behind a busy worker are taken back only
+                // for a worker the supervisor knows to be idle).
+                let finished = l
+                    .link
+                    .as_ref()
+                    .is_some_and(|k| RingReader::new(&k.ctl).has_data());
+                if !(force || x.handback || due || finished) {
                     let at = x.deadline;
                     l.state = State::Lent(x);
                     return at;
