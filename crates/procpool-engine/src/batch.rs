@@ -46,6 +46,8 @@ pub struct Batch {
     /// The job this batch sent straight to a worker, while the batch waits for it itself
     /// (see `direct`).
     direct: Mutex<Option<Ticket>>,
+    /// The batch is one call's single job (see [`allow_direct`](Batch::allow_direct)).
+    direct_ok: bool,
 }
 
 impl Batch {
@@ -59,6 +61,7 @@ impl Batch {
             admitted,
             feeding: false,
             direct: Mutex::new(None),
+            direct_ok: false,
         }
     }
 
@@ -101,6 +104,7 @@ impl Batch {
         // all of them the same way.
         self.hand_back();
         let alone = n == 1
+            && self.direct_ok
             && self.inner.flag.load(Ordering::Relaxed) == LIVE
             && self.inner.lock().outstanding == 0;
         // Counted before the jobs are queued: a result may arrive before `enqueue` returns.
@@ -251,6 +255,23 @@ impl Batch {
 }
 
 impl Batch {
+    /// Marks the batch as one call's single job (an `apply`, a `spawn`): submitted to a
+    /// pool with an idle worker and nothing queued, it goes from this thread straight to
+    /// that worker, and its result wakes the thread that waits for it, without the
+    /// supervisor in between. Batches that stream many jobs (a `map`) leave it off.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), procpool_engine::PoolError> {
+    /// # let engine = procpool_engine::Engine::start(procpool_engine::EngineConfig::default())?;
+    /// let batch = engine.batch().allow_direct();
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn allow_direct(mut self) -> Self {
+        self.direct_ok = true;
+        self
+    }
+
     fn ticket(&self) -> std::sync::MutexGuard<'_, Option<Ticket>> {
         self.direct.lock().unwrap_or_else(|e| e.into_inner())
     }
