@@ -1,5 +1,6 @@
-//! Direct calls: a job for an idle worker goes from the caller's thread straight into the
-//! worker's socket, and the worker's result wakes that thread through a futex word in the
+//! Direct calls: a call's single job (a batch marked with
+//! [`Batch::allow_direct`](crate::Batch::allow_direct): an `apply`, a `spawn`) for an idle
+//! worker goes from the caller's thread straight into the worker's socket, and the worker's result wakes that thread through a futex word in the
 //! worker's control block. A call then costs two wake-ups (the worker's and the caller's)
 //! instead of four (through the supervisor both ways), and none when both sides are still
 //! spinning.
