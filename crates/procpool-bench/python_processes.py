@@ -45,18 +45,26 @@ def run_ms(args, runs, env=None):
     return statistics.median(xs)
 
 
-def whole_script(kind, task, runs, tmp):
-    if kind == "procpool":
-        src = SCRIPT_POOL.format(mod="procpool", ctx="", task=task, pool="mp.Pool")
-    else:
-        src = SCRIPT_POOL.format(
-            mod="multiprocessing", ctx=f"ctx = mp.get_context('{kind}')", task=task,
-            pool="ctx.Pool",
-        )
-    path = os.path.join(tmp, f"script_{kind}.py")
-    with open(path, "w") as f:
-        f.write(src)
-    return run_ms([PY, path], runs)
+def whole_script(kinds, task, runs, tmp):
+    """``{kind: median ms}`` of the whole script run with each of ``kinds``, the kinds
+    taking turns (so that a burst of load on a busy machine weighs on all of them)."""
+    paths = {}
+    for kind in kinds:
+        if kind == "procpool":
+            src = SCRIPT_POOL.format(mod="procpool", ctx="", task=task, pool="mp.Pool")
+        else:
+            src = SCRIPT_POOL.format(
+                mod="multiprocessing", ctx=f"ctx = mp.get_context('{kind}')", task=task,
+                pool="ctx.Pool",
+            )
+        paths[kind] = os.path.join(tmp, f"script_{kind}.py")
+        with open(paths[kind], "w") as f:
+            f.write(src)
+    xs = {kind: [] for kind in kinds}
+    for _ in range(runs):
+        for kind in kinds:
+            xs[kind].append(run_ms([PY, paths[kind]], 1))
+    return {kind: statistics.median(v) for kind, v in xs.items()}
 
 
 def f():
@@ -155,23 +163,39 @@ def main():
 
     import procpool
 
-    bare = run_ms([PY, "-c", "pass"], runs)
-    imp = run_ms([PY, "-c", "import procpool"], runs)
-    out["import_over_bare_ms"] = imp - bare
+    # An installed package has its bytecode compiled (pip does it at install); a
+    # development install run with PYTHONDONTWRITEBYTECODE=1 would compile procpool's
+    # sources again in every process measured, unlike the stdlib's.
+    import compileall
+
+    compileall.compile_dir(os.path.dirname(procpool.__file__), quiet=1)
+    bare, imp = [], []
+    for _ in range(runs):  # taking turns, as whole_script
+        bare.append(run_ms([PY, "-c", "pass"], 1))
+        imp.append(run_ms([PY, "-c", "import procpool"], 1))
+    out["import_over_bare_ms"] = statistics.median(imp) - statistics.median(bare)
     with tempfile.TemporaryDirectory() as tmp:
         for task, label in (("return abs(x)", "script"), ("import numpy; return abs(x)", "numpy")):
-            for kind in ("procpool", "fork", "forkserver"):
-                out[f"{label}_{kind}_ms"] = whole_script(kind, task, runs, tmp)
+            ms = whole_script(("procpool", "fork", "forkserver"), task, runs, tmp)
+            for kind, v in ms.items():
+                out[f"{label}_{kind}_ms"] = v
             out[f"{label}_ratio_fork"] = out[f"{label}_procpool_ms"] / out[f"{label}_fork_ms"]
     fork = mp.get_context("fork")
-    out["process_procpool_ms"] = process_ms(procpool.Process, runs * 3)
-    out["process_fork_ms"] = process_ms(fork.Process, runs * 3)
+    ours, theirs = [], []
+    for _ in range(3):  # taking turns
+        ours.append(process_ms(procpool.Process, runs))
+        theirs.append(process_ms(fork.Process, runs))
+    out["process_procpool_ms"] = statistics.median(ours)
+    out["process_fork_ms"] = statistics.median(theirs)
     out["process_ratio"] = out["process_procpool_ms"] / out["process_fork_ms"]
     for label, n, payload in (("small", 20000, 1), ("1mib", 200, b"x" * (1 << 20))):
         if quick:
             n //= 4
-        ours = queue_us(procpool.Queue, procpool.Process, n, payload, 3)
-        theirs = queue_us(fork.Queue, fork.Process, n, payload, 3)
+        a, b = [], []
+        for _ in range(3):  # taking turns
+            a.append(queue_us(procpool.Queue, procpool.Process, n, payload, 1))
+            b.append(queue_us(fork.Queue, fork.Process, n, payload, 1))
+        ours, theirs = statistics.median(a), statistics.median(b)
         out[f"queue_{label}_procpool_us"] = ours
         out[f"queue_{label}_mp_us"] = theirs
         out[f"queue_{label}_speedup"] = theirs / ours

@@ -49,6 +49,7 @@ _LAZY = {
     "MessageTooLarge": "._errors",
     "TaskTimeoutError": "._errors",
     "WorkerDied": "._errors",
+    "AgentLost": "._errors",
     "Process": ".process",
     "current_process": ".process",
     "parent_process": ".process",

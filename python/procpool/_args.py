@@ -2,7 +2,6 @@
 and the engine start both make."""
 
 import math
-import numbers
 import operator
 import os
 
@@ -36,6 +35,8 @@ def _check_timeout(timeout, what="timeout"):
     """Return a per-task time limit in seconds as a float, or None for no limit."""
     if timeout is None:
         return None
+    import numbers
+
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
         raise TypeError(f"{what} must be a number of seconds or None, not {type(timeout).__name__}")
     value = float(timeout)
@@ -80,18 +81,30 @@ def _check_max_message_size(size):
 
 
 def _start_engine(
-    workers, initializer, initargs, maxtasksperchild, timeout, retries, max_message_size=None
+    workers,
+    initializer,
+    initargs,
+    maxtasksperchild,
+    timeout,
+    retries,
+    max_message_size=None,
+    mpi=None,
 ):
     """Checks ``timeout``, ``retries`` and ``max_message_size``, then starts the engine of
     a pool or executor (its other arguments already checked): ``(engine, timeout,
-    retries)``."""
+    retries)``. ``mpi``: see :func:`_mpi_workers`."""
     from ._bootstrap import check
 
     check()
     timeout = _check_timeout(timeout)
     retries = _check_retries(retries)
     max_message_size = _check_max_message_size(max_message_size)
-    engine = _core.Engine(
+    core, extra = _core, {}
+    if mpi is not None:
+        from .mpi import _engine_module
+
+        core, workers, extra = _engine_module(), mpi, {"mpi": True}
+    engine = core.Engine(
         workers,
         initializer=initializer,
         initargs=tuple(initargs),
@@ -99,8 +112,21 @@ def _start_engine(
         timeout=timeout,
         retries=retries,
         max_message_size=max_message_size,
+        **extra,
     )
     return engine, timeout, retries
+
+
+def _mpi_workers(mpi, processes):
+    """For ``mpi=True`` under an MPI launcher, the workers per agent (0: the default);
+    ``None`` for a local pool (``mpi`` false, or no launcher)."""
+    if not mpi:
+        return None
+    from .mpi import launched
+
+    if not launched():
+        return None
+    return 0 if processes is None else _check_processes(processes)
 
 
 def _check_chunksize(chunksize):

@@ -73,6 +73,62 @@ def main_info() -> dict:
     return {}
 
 
+#: ``(path, mtime_ns, size, code)``: the caller's main script, compiled once by the
+#: template (see ``_template._compile_main``) for the children it forks.
+main_code = None
+
+
+def _cached_code(path: str):
+    """The compiled code of the script at ``path``, if the template compiled this very
+    file (same modification time and size)."""
+    c = main_code
+    if c is None or c[0] != path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return c[3] if (st.st_mtime_ns, st.st_size) == c[1:3] else None
+
+
+def _is_script(path: str) -> bool:
+    """Whether ``runpy.run_path`` would compile ``path`` as a source file (not a zip
+    file or a directory with a ``__main__``)."""
+    return path.endswith(".py") and os.path.isfile(path)
+
+
+def _script_code(path: str):
+    """The code of the script at ``path``: the template's, or compiled here; None for
+    what is not a plain script."""
+    code = _cached_code(path)
+    if code is None and _is_script(path):
+        import io
+
+        with io.open_code(os.path.abspath(path)) as f:
+            # dont_inherit: none of this module's __future__ flags (as runpy compiles).
+            code = compile(f.read(), path, "exec", dont_inherit=True)
+    return code
+
+
+def compile_main(info: dict) -> None:
+    """In the template: compiles the caller's main script (when it is a plain source
+    file, as ``runpy.run_path`` would), so that each child that needs its main module
+    runs it without reading and compiling it again."""
+    global main_code
+    path = (info or {}).get("path")
+    if not path or (main_code is not None and main_code[0] == path):
+        return
+    main_code = (path, -1, -1, None)  # tried once, whatever comes of it
+    try:
+        if not _is_script(path):
+            return  # a zip file or a directory: runpy's own way
+        st = os.stat(path)
+        code = _script_code(path)
+    except BaseException:  # the child will meet the error itself, and report it
+        return
+    main_code = (path, st.st_mtime_ns, st.st_size, code)
+
+
 def importable_main() -> bool:
     """Whether children can import the caller's main module (see :func:`main_info`)."""
     return bool(main_info())
@@ -94,7 +150,15 @@ def load_main(info: dict, quiet: bool = False) -> None:
                 return  # a package's __main__: nothing to find there (as spawn)
             content = runpy.run_module(name, run_name="__mp_main__", alter_sys=True)
         else:
-            content = runpy.run_path(info["path"], run_name="__mp_main__")
+            path = info["path"]
+            run = getattr(runpy, "_run_module_code", None)
+            code = _script_code(path) if run is not None else None
+            if code is not None:
+                # What run_path does with a script (less importing pkgutil, and reading
+                # and compiling the script when the template did).
+                content = run(code, None, "__mp_main__", pkg_name="", script_name=path)
+            else:
+                content = runpy.run_path(path, run_name="__mp_main__")
         module = types.ModuleType("__mp_main__")
         module.__dict__.update(content)
         sys.modules["__main__"] = sys.modules["__mp_main__"] = module

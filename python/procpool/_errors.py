@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal as _signal
-from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
-from typing import Optional
 
 __all__ = [
     "MaybeEncodingError",
@@ -41,7 +39,7 @@ class WorkerDied(multiprocessing.ProcessError):
     (9, None)
     """
 
-    def __init__(self, pid: int, exitcode: Optional[int] = None, signal: Optional[int] = None):
+    def __init__(self, pid: int, exitcode: int | None = None, signal: int | None = None):
         self.pid = pid
         self.exitcode = exitcode
         self.signal = signal
@@ -55,6 +53,34 @@ class WorkerDied(multiprocessing.ProcessError):
 
     def __reduce__(self):
         return (type(self), (self.pid, self.exitcode, self.signal))
+
+
+class AgentLost(WorkerDied):
+    """The MPI agent running this task (a rank of the job, on its host) was lost: its
+    process ended or its host became unreachable, with its workers. The pool goes on with
+    the agents left; with ``retries=`` the task runs again on one of them, as after a
+    worker's death. A :class:`WorkerDied`, so code that handles deaths handles this too.
+
+    >>> e = AgentLost(0, "MPI rank 2 (host node-a)")
+    >>> e.agent
+    'MPI rank 2 (host node-a)'
+    >>> isinstance(e, WorkerDied)
+    True
+    """
+
+    def __init__(self, pid: int, agent: str):
+        self.pid = pid
+        self.exitcode = None
+        self.signal = None
+        self.agent = agent
+        multiprocessing.ProcessError.__init__(
+            self,
+            f"the agent running this task, {agent}, was lost (its process ended or its "
+            "host became unreachable), with its workers",
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.pid, self.agent))
 
 
 class TaskTimeoutError(multiprocessing.TimeoutError):
@@ -97,12 +123,36 @@ class MessageTooLarge(PoolError):
 # would change what ``except RuntimeError`` catches in Pool users' code.
 
 
-class ExecutorWorkerDied(WorkerDied, BrokenProcessPool):
-    """:class:`WorkerDied` as a ProcessPoolExecutor delivers it (also a ``BrokenProcessPool``)."""
+def _executor_kinds():
+    """``(ExecutorWorkerDied, ExecutorPoolError)``, made on first use: importing
+    ``concurrent.futures`` would cost every program's first pool about 10 ms."""
+    global _kinds
+    if _kinds is None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        class ExecutorWorkerDied(WorkerDied, BrokenProcessPool):
+            """:class:`WorkerDied` as a ProcessPoolExecutor delivers it (also a
+            ``BrokenProcessPool``)."""
+
+        class ExecutorPoolError(PoolError, BrokenProcessPool):
+            """:class:`PoolError` as a ProcessPoolExecutor delivers it (also a
+            ``BrokenProcessPool``)."""
+
+        for cls in (ExecutorWorkerDied, ExecutorPoolError):
+            cls.__qualname__ = cls.__name__  # found by name (pickle), through __getattr__
+        _kinds = (ExecutorWorkerDied, ExecutorPoolError)
+    return _kinds
 
 
-class ExecutorPoolError(PoolError, BrokenProcessPool):
-    """:class:`PoolError` as a ProcessPoolExecutor delivers it (also a ``BrokenProcessPool``)."""
+_kinds = None
+
+
+def __getattr__(name):
+    if name == "ExecutorWorkerDied":
+        return _executor_kinds()[0]
+    if name == "ExecutorPoolError":
+        return _executor_kinds()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def for_executor(exc):
@@ -110,20 +160,18 @@ def for_executor(exc):
     a stopped pool becomes its ``BrokenProcessPool`` kind, a remote traceback the
     ``concurrent.futures`` one; anything else is ``exc`` itself."""
     if type(exc) is WorkerDied:
-        new = ExecutorWorkerDied(exc.pid, exc.exitcode, exc.signal)
+        new = _executor_kinds()[0](exc.pid, exc.exitcode, exc.signal)
     elif type(exc) is PoolError:
-        new = ExecutorPoolError(*exc.args)
+        new = _executor_kinds()[1](*exc.args)
     else:
         new = exc
     cause = exc.__cause__
     if isinstance(cause, RemoteTraceback):
-        cause = _FuturesRemoteTraceback(cause.tb)
+        try:
+            from concurrent.futures.process import _RemoteTraceback
+        except ImportError:  # pragma: no cover - the stdlib's private name moved
+            _RemoteTraceback = RemoteTraceback
+        cause = _RemoteTraceback(cause.tb)
     if new is not exc or cause is not exc.__cause__:
         new.__cause__ = cause
     return new
-
-
-try:
-    from concurrent.futures.process import _RemoteTraceback as _FuturesRemoteTraceback
-except ImportError:  # pragma: no cover - the stdlib's private name moved
-    _FuturesRemoteTraceback = RemoteTraceback

@@ -142,6 +142,8 @@ def adopt_init_fds(fds) -> None:
     """In a new worker, before its loop closes every inherited descriptor: maps the
     shared memory its initializer's arguments refer to (found by the memfd's name), so
     that they are rebuilt from the mappings, and closes ``fds``."""
+    if not fds:
+        return
     from . import _heap
 
     for fd in fds:

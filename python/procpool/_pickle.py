@@ -14,7 +14,6 @@ reads the pickles.
 
 from __future__ import annotations
 
-import importlib.machinery
 import io
 import pickle
 import sys
@@ -24,8 +23,6 @@ import types
 from collections import ChainMap
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
 from pickle import PickleBuffer
-
-import cloudpickle
 
 #: Buffers at least this large go out of band.
 OOB_MIN = 64 * 1024
@@ -104,35 +101,57 @@ def _refuse_memoryview(obj):
     )
 
 
-_CLOUD_TABLE = cloudpickle.Pickler.dispatch_table
+def _cloud():
+    """``_Pickler``: cloudpickle, imported on first use (a program whose tasks all go
+    by reference never imports it)."""
+    global _Pickler
+    if _Pickler is not None:
+        return _Pickler
+    import cloudpickle
+
+    class _Pickler(cloudpickle.Pickler):
+        """cloudpickle, less what it would rebuild as an object of another kind on the
+        other side (an open file as an ``io.StringIO``, a memoryview as ``bytes``): those
+        are refused as the standard pickler refuses them. Sockets, locks, generators and
+        the like cloudpickle refuses already."""
+
+        dispatch_table = ChainMap(
+            {io.TextIOWrapper: _refuse_file, memoryview: _refuse_memoryview},
+            cloudpickle.Pickler.dispatch_table,
+        )
+
+        def reducer_override(self, obj):
+            # Functions and classes of an importable ``__main__`` go by reference (see
+            # :func:`_main_by_reference`), as the stdlib sends them.
+            if isinstance(obj, (type, types.FunctionType)) and _main_by_reference(obj):
+                return NotImplemented
+            return super().reducer_override(obj)
+
+    _Pickler.__qualname__ = "_Pickler"
+    return _Pickler
 
 
-class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, less what it would rebuild as an object of another kind on the other
-    side (an open file as an ``io.StringIO``, a memoryview as ``bytes``): those are
-    refused as the standard pickler refuses them. Sockets, locks, generators and the like
-    cloudpickle refuses already."""
-
-    dispatch_table = ChainMap(
-        {io.TextIOWrapper: _refuse_file, memoryview: _refuse_memoryview}, _CLOUD_TABLE
-    )
-
-    def reducer_override(self, obj):
-        # Functions and classes of an importable ``__main__`` go by reference (see
-        # :func:`_main_by_reference`), as the stdlib sends them.
-        if isinstance(obj, (type, types.FunctionType)) and _main_by_reference(obj):
-            return NotImplemented
-        return super().reducer_override(obj)
+_Pickler = None
 
 
 def dumps(obj, by_value: bool = True):
-    """``(pickle bytes, [out-of-band memoryviews])``; cloudpickle when ``by_value``."""
+    """``(pickle bytes, [out-of-band memoryviews])``. ``by_value``: what the standard
+    pickler cannot send by reference (a lambda, a closure, a function of a ``__main__``
+    workers cannot import) goes by value with cloudpickle; the standard pickler is
+    tried first (what it takes, cloudpickle would send the same way)."""
     bufs, cb = _collector()
-    if by_value:
+    if not by_value:
+        return pickle.dumps(obj, protocol=5, buffer_callback=cb), bufs
+    try:
         f = io.BytesIO()
-        _Pickler(f, protocol=5, buffer_callback=cb).dump(obj)
+        _RefPickler(f, protocol=5, buffer_callback=cb).dump(obj)
         return f.getvalue(), bufs
-    return pickle.dumps(obj, protocol=5, buffer_callback=cb), bufs
+    except Exception:
+        pass
+    bufs, cb = _collector()
+    f = io.BytesIO()
+    _cloud()(f, protocol=5, buffer_callback=cb).dump(obj)
+    return f.getvalue(), bufs
 
 
 def dumps_fast(obj):
@@ -155,6 +174,8 @@ def _importable_by_name(module) -> bool:
     if spec.origin in (None, "built-in", "frozen") or spec.parent:
         return True  # a builtin, or a package's submodule (found through the package)
     try:
+        import importlib.machinery
+
         found = importlib.machinery.PathFinder.find_spec(name, sys.path)
     except (ImportError, ValueError):
         return False
@@ -171,6 +192,8 @@ def _by_value_if_unimportable(func) -> None:
         return
     _CHECKED[name] = module
     if not _importable_by_name(module):
+        import cloudpickle
+
         cloudpickle.register_pickle_by_value(module)
         _BY_VALUE.add(name)
 
@@ -199,7 +222,7 @@ def dumps_func(func) -> bytes:
     data, bufs = dumps(func)
     if bufs:  # a function holding large buffers: keep them in band
         f = io.BytesIO()
-        _Pickler(f, protocol=5).dump(func)
+        _cloud()(f, protocol=5).dump(func)
         data = f.getvalue()
     return data
 

@@ -31,7 +31,7 @@ import traceback
 import weakref
 
 from . import _core, _pickle
-from ._args import _check_processes, _check_timeout, _start_engine
+from ._args import _check_processes, _check_timeout, _mpi_workers, _start_engine
 from ._errors import PoolError, for_executor
 from .pool import _stopped_early
 
@@ -338,7 +338,10 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     :class:`procpool.TaskTimeoutError`); ``retries`` re-runs a call whose worker died that
     many times before failing it with :class:`procpool.WorkerDied`; ``max_message_size``
     is the largest pickled call (arguments, or result) in bytes, 4 GiB - 1 KiB at most and
-    by default (a larger one fails its future with :class:`procpool.MessageTooLarge`).
+    by default (a larger one fails its future with :class:`procpool.MessageTooLarge`);
+    ``mpi=True``, under ``mpirun``, runs the calls on the other ranks of the MPI job,
+    ``max_workers`` on each (a local executor when not under ``mpirun``; see
+    :mod:`procpool.mpi`).
 
     A worker's death fails only the future of the call it ran; the executor replaces the
     worker and stays usable. Up to ``4 × max_workers`` calls are handed to the workers
@@ -366,11 +369,13 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         timeout=None,
         retries=0,
         max_message_size=None,
+        mpi=False,
     ):
         self._core = None
         if max_workers is not None:
             if isinstance(max_workers, int) and max_workers <= 0:
                 raise ValueError("max_workers must be greater than 0")
+        mpi = _mpi_workers(mpi, max_workers)
         max_workers = _check_processes(max_workers)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -397,8 +402,10 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             timeout,
             retries,
             max_message_size,
+            mpi,
         )
-        self._max_workers = max_workers
+        # Over MPI: the workers of every agent.
+        self._max_workers = max_workers if mpi is None else engine.processes
         self._mp_context = mp_context
         self._timeout = timeout
         self._core = _ExecutorCore(engine)

@@ -22,6 +22,7 @@ class ProcessPoolExecutor(Executor):
         timeout: float | None = None,
         retries: int = 0,
         max_message_size: int | None = None,
+        mpi: bool = False,
     ) -> None: ...
     def submit(
         self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs

@@ -26,6 +26,7 @@ from ._args import (
     _check_chunksize,
     _check_processes,
     _check_timeout,
+    _mpi_workers,
     _start_engine,
     cpu_count,
 )
@@ -350,6 +351,9 @@ class Pool:
     * ``max_message_size``: the largest pickled task (its arguments, or its result) in
       bytes; a larger one fails with :class:`procpool.MessageTooLarge` saying so. Default and
       most: ``procpool._core.MAX_MESSAGE_SIZE`` (4 GiB - 1 KiB).
+    * ``mpi``: under ``mpirun``, run the tasks on the other ranks of the MPI job, with
+      ``processes`` workers on each (default: each host's cores shared among its ranks);
+      a local pool when not under ``mpirun``. See :mod:`procpool.mpi`.
 
     A worker that dies (signal, ``os._exit``, a crash in C code) fails only the task it
     was running; the pool replaces it and goes on. ``chunksize=None`` (the default of every
@@ -383,8 +387,10 @@ class Pool:
         timeout=None,
         retries=0,
         max_message_size=None,
+        mpi=False,
     ):
         self._core = None
+        mpi = _mpi_workers(mpi, processes)
         processes = _check_processes(processes)
         if maxtasksperchild is not None:
             if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
@@ -393,7 +399,14 @@ class Pool:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         engine, timeout, retries = _start_engine(
-            processes, initializer, initargs, maxtasksperchild, timeout, retries, max_message_size
+            processes,
+            initializer,
+            initargs,
+            maxtasksperchild,
+            timeout,
+            retries,
+            max_message_size,
+            mpi,
         )
         self._ctx = context
         self._timeout = timeout

@@ -56,6 +56,7 @@ class Pool:
         timeout: float | None = None,
         retries: int = 0,
         max_message_size: int | None = None,
+        mpi: bool = False,
     ) -> None: ...
     @property
     def _processes(self) -> int: ...

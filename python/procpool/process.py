@@ -81,11 +81,11 @@ class _Popen:
             if fds is None:
                 # The stdlib's pickler refused (a lambda or closure as the target): by
                 # value with cloudpickle, as a fork would allow.
-                from ._pickle import _Pickler
+                from ._pickle import _cloud
 
                 buf = io.BytesIO()
                 buf.write(head)
-                fds = _dump_process(buf, process_obj, _Pickler)
+                fds = _dump_process(buf, process_obj, _cloud())
         finally:
             context.set_spawning_popen(None)
         body = buf.getvalue()
@@ -93,7 +93,9 @@ class _Popen:
         try:
             from . import _template
 
-            self.pid = _core._launch(theirs.fileno(), [("PROCPOOL_PROCESS", "1")], _template.prep())
+            prep = _template.prep()
+            _template.fork_here(prep)
+            self.pid = _core._launch(theirs.fileno(), [("PROCPOOL_PROCESS", "1")], prep)
         finally:
             theirs.close()
         try:

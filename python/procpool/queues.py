@@ -108,11 +108,32 @@ class _BigBytes:
         return (bytes, (pickle.PickleBuffer(self.b),))
 
 
+_SCALARS = frozenset((int, float, complex, str, bytes, bool, type(None)))
+
+
+def _plain(obj, depth) -> bool:
+    """Whether ``obj`` is made of numbers, strings and bytes only (in tuples, lists and
+    dicts of at most 32 entries, ``depth`` levels deep): what any pickler pickles the
+    same way."""
+    t = type(obj)
+    if t in _SCALARS:
+        return True
+    if depth <= 0 or t not in (tuple, list, dict) or len(obj) > 32:
+        return False
+    if t is dict:
+        return all(
+            type(k) in _SCALARS and _plain(v, depth - 1) for k, v in obj.items()
+        )
+    return all(_plain(x, depth - 1) for x in obj)
+
+
 def _dumps_message(obj):
     """A queue message: ``([parts], descriptors)``. ``_PLAIN`` then the pickle, or
     ``_FRAMED``, the number of out-of-band buffers, their lengths and the pickle's (u64
     each), the pickle, then the buffers."""
+    big = None
     if type(obj) is bytes and len(obj) >= _OOB_MIN:
+        big = obj
         obj = _BigBytes(obj)
     bufs = []
 
@@ -125,13 +146,20 @@ def _dumps_message(obj):
 
     local = _passfd._local
     outer = getattr(local, "out", None)
-    fds = local.out = []
-    try:
-        f = io.BytesIO()
-        (_Pickler or _pickler())(f, 5, buffer_callback=keep).dump(obj)
-        data = f.getvalue()
-    finally:
-        local.out = outer
+    data = None
+    fds = []
+    if outer is None and _plain(obj, 2):
+        # Nothing the stdlib's queue reducers or a descriptor would take: the plain
+        # pickler, without a pickler object made for each message.
+        data = pickle.dumps(obj, 5, buffer_callback=keep)
+    if data is None:
+        fds = local.out = []
+        try:
+            f = io.BytesIO()
+            (_Pickler or _pickler())(f, 5, buffer_callback=keep).dump(obj)
+            data = f.getvalue()
+        finally:
+            local.out = outer
     if not bufs:
         return [_PLAIN, data], fds
     parts = [
@@ -139,6 +167,11 @@ def _dumps_message(obj):
         struct.pack(f"<I{len(bufs) + 1}Q", len(bufs), len(data), *(b.nbytes for b in bufs)),
         data,
     ]
+    if big is not None and len(bufs) == 1 and bufs[0].nbytes == len(big):
+        # The message is that one large bytes object: sent as it is (its buffer, seen
+        # through a PickleBuffer, would be copied below).
+        parts.append(big)
+        return parts, fds
     for b in bufs:
         # A bytes object's own buffer is sent as it is; others are copied once.
         parts.append(b.obj if type(b.obj) is bytes and len(b.obj) == b.nbytes else bytes(b))

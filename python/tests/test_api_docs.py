@@ -13,6 +13,7 @@ import pytest
 import procpool
 import procpool._shared
 import procpool.executor
+import procpool.mpi
 import procpool.pool
 import procpool.results
 import procpool.sharedctypes
@@ -34,6 +35,7 @@ def _examples():
         procpool.pool,
         procpool.results,
         procpool.executor,
+        procpool.mpi,
         procpool.synchronize,
         procpool.sharedctypes,
         procpool._shared,
@@ -80,6 +82,11 @@ def test_the_public_api_has_examples():
         "RawArray",
         "shared",
         "SharedHandle",
+        "procpool.mpi",
+        "MPIUnavailable",
+        "launched",
+        "rank",
+        "mpirun",
     ]:
         assert required in names
 

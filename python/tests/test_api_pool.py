@@ -19,6 +19,7 @@ import warnings
 import pytest
 
 import procpool
+import procpool._core  # the lazy package loads it on first use; the test reads its constants
 
 IMPLS = ["procpool", "multiprocessing"]
 

@@ -78,7 +78,10 @@ Flags of the tables:
                       --quick); the three are also printed against their targets;
                       pyfront: procpool's Python pools against the other Python pools;
                       pyproc: its Process, Queue and start-up against multiprocessing;
-                      both run by the --python interpreter, which must import procpool)
+                      both run by the --python interpreter, which must import procpool;
+                      map200k: x * 2 over 200k items in one call; serde: 100k records
+                      against sequential Rust; imaprss: the calling process's peak
+                      memory during an imap of 2M x 1 KiB results)
   --progress          procpool's map calls report progress (to a callback that does
                       nothing), to measure its cost
 

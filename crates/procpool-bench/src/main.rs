@@ -10,6 +10,7 @@ mod cli;
 mod figures;
 mod idle;
 mod load;
+mod maps;
 mod procs;
 mod pyfront;
 mod pyproc;
@@ -43,7 +44,7 @@ pub(crate) const SEED_TASK_TIME: Duration = Duration::from_millis(10);
 const RUST_SYSTEMS: [&str; 4] = ["sequential", "rayon", "procspawn", "procpool"];
 
 /// The workloads, by the names `--workloads` takes.
-const WORKLOADS: [&str; 11] = [
+const WORKLOADS: [&str; 14] = [
     "seed",
     "tiny",
     "bulk",
@@ -55,6 +56,14 @@ const WORKLOADS: [&str; 11] = [
     "channels",
     "pyfront",
     "pyproc",
+    "map200k",
+    "serde",
+    "imaprss",
+];
+
+/// Workloads with a section of their own (not in the main table).
+const SECTIONS: [&str; 8] = [
+    "idle", "uneven", "channels", "pyfront", "pyproc", "map200k", "serde", "imaprss",
 ];
 
 /// `target/bench` beside the `release` (or `debug`) folder holding this executable, or
@@ -153,6 +162,9 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some(channels::CHILD_FLAG) {
         channels::ipc_producer();
     }
+    if std::env::args().nth(1).as_deref() == Some(maps::CHILD_FLAG) {
+        maps::imap_child_main();
+    }
     match cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Help(text)) => print!("{text}"),
         Ok(Command::Shared(settings)) => shared_table::main(settings),
@@ -189,9 +201,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     let seed_n = work::calibrate_seed(SEED_TASK_TIME);
     eprintln!("seed: n = {seed_n} (one task about {SEED_TASK_TIME:?})");
     let mut results = Results::new(seed_n);
-    let main_table = WORKLOADS
-        .iter()
-        .any(|w| !["idle", "uneven", "channels", "pyfront", "pyproc"].contains(w) && p.runs(w));
+    let main_table = WORKLOADS.iter().any(|w| !SECTIONS.contains(w) && p.runs(w));
 
     for name in RUST_SYSTEMS {
         if !main_table || !cfg.wants(name) {
@@ -245,6 +255,14 @@ fn run(cfg: &Config) -> Result<(), String> {
         .runs("uneven")
         .then(|| uneven_run::section(cfg.quick, &cfg.out, python, |s| cfg.wants(s)));
 
+    let maps_parts = maps::Parts {
+        short: p.runs("map200k"),
+        serde: p.runs("serde"),
+        imap: p.runs("imaprss"),
+    };
+    let maps = (maps_parts.short || maps_parts.serde || maps_parts.imap)
+        .then(|| maps::section(cfg.quick, maps_parts, |s| cfg.wants(s)));
+
     let chans = p
         .runs("channels")
         .then(|| channels::section(cfg.quick, python, &cfg.out));
@@ -271,6 +289,9 @@ fn run(cfg: &Config) -> Result<(), String> {
     if let Some(u) = &uneven {
         println!("{}", u.table());
     }
+    if let Some(m) = &maps {
+        println!("{}", m.table());
+    }
     if let Some(c) = &chans {
         println!("{}", c.table());
     }
@@ -296,6 +317,9 @@ fn run(cfg: &Config) -> Result<(), String> {
     let mut text = report::csv(&results);
     if let Some(u) = &uneven {
         text.push_str(&u.csv());
+    }
+    if let Some(m) = &maps {
+        text.push_str(&m.csv());
     }
     if let Some(c) = &chans {
         text.push_str(&c.csv());

@@ -1,13 +1,20 @@
 //! How many items go into one job.
 //!
-//! With no chunk size given, the engine measures instead of guessing: the first jobs carry
-//! one item each; from then on a chunk holds as many items as take about
-//! [`TARGET_NANOS`] to run (the time reported by the workers, averaged) and as many as
+//! With no chunk size given, the engine measures instead of guessing: the first job for
+//! each worker carries one item; from the first answer on, a chunk holds as many items as
+//! take about [`TARGET_NANOS`] to run (the time reported by the workers) and as many as
 //! make about [`TARGET_BYTES`] of argument and result together (so that memory in flight
 //! stays small whatever the item size), at most [`MAX_CHUNK`], and when the input's
 //! length is known, no more than a quarter of each worker's share of what is left, so
-//! that every worker gets work to the end, and never more than the tasks a worker runs
-//! before it is recycled.
+//! that every worker gets work to the end, but never less than [`MIN_NANOS`] of work (a
+//! job costs a few microseconds of dispatch, whatever its size: a tail of ever smaller
+//! chunks would spend more on jobs than on items), and never more than the tasks a
+//! worker runs before it is recycled.
+//!
+//! Measurements are averaged weighted by items, with older jobs counting less and less:
+//! a job of one item (the first on a cold worker, say) that took long says little about
+//! the next thousand, and must not shrink the next chunks a hundredfold (it did: the
+//! automatic-chunk figure swung by a third from one run to the next).
 //!
 //! A worker that dies (or is killed at a time limit) inside a chunk costs one item when
 //! its runner records items as they finish (see `items`): the feed delivers the finished
@@ -19,16 +26,28 @@
 pub(crate) const TARGET_NANOS: f64 = 1_000_000.0;
 /// The bytes of argument and result a chunk aims at.
 pub(crate) const TARGET_BYTES: f64 = 1024.0 * 1024.0;
+/// The same, for a call whose results are consumed as they come (an `imap`): what a
+/// chunk holds is what the caller holds per chunk in flight, and results this small
+/// travel through the results ring, which then stays small too.
+pub(crate) const LAZY_TARGET_BYTES: f64 = 128.0 * 1024.0;
+/// The least run time of a chunk cut short by the input's end (see the module's docs).
+pub(crate) const MIN_NANOS: f64 = 100_000.0;
 /// The largest automatic chunk.
 pub(crate) const MAX_CHUNK: usize = 1 << 16;
+/// How much the measurements of earlier jobs still count at each new one.
+const DECAY: f64 = 0.5;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Chunker {
     fixed: Option<usize>,
-    item_nanos: f64,
-    /// Bytes of argument and result per item (0: not measured).
-    item_bytes: f64,
+    /// Decayed sums of the measured jobs: run time, bytes of argument and result, items
+    /// (0: nothing measured yet).
+    nanos: f64,
+    bytes: f64,
+    items: f64,
     workers: usize,
+    /// The bytes of argument and result a chunk aims at.
+    target_bytes: f64,
     /// Largest automatic chunk (a worker recycled after `n` tasks takes chunks of at
     /// most `n`).
     cap: usize,
@@ -39,11 +58,23 @@ impl Chunker {
         let cap = cap.map_or(MAX_CHUNK, |c| (c.max(1) as usize).min(MAX_CHUNK));
         Self {
             fixed,
-            item_nanos: 0.0,
-            item_bytes: 0.0,
+            nanos: 0.0,
+            bytes: 0.0,
+            items: 0.0,
             workers: workers.max(1),
+            target_bytes: TARGET_BYTES,
             cap,
         }
+    }
+
+    /// Aims at `bytes` of argument and result per chunk instead of [`TARGET_BYTES`].
+    pub(crate) fn set_target_bytes(&mut self, bytes: f64) {
+        self.target_bytes = bytes.max(1.0);
+    }
+
+    /// The bytes of argument and result a chunk aims at.
+    pub(crate) fn target_bytes(&self) -> f64 {
+        self.target_bytes
     }
 
     /// Whether sizes come from measurements.
@@ -53,7 +84,7 @@ impl Chunker {
 
     /// Whether a measurement has come in (always true with a fixed size).
     pub(crate) fn measured(&self) -> bool {
-        self.fixed.is_some() || self.item_nanos > 0.0
+        self.fixed.is_some() || self.items > 0.0
     }
 
     /// Size of the next chunk, given how many items are known to remain.
@@ -61,20 +92,23 @@ impl Chunker {
         if let Some(n) = self.fixed {
             return n.max(1);
         }
-        if self.item_nanos <= 0.0 {
+        if self.items <= 0.0 {
             return 1;
         }
-        let by_time = (TARGET_NANOS / self.item_nanos) as usize;
-        let by_bytes = if self.item_bytes > 0.0 {
-            (TARGET_BYTES / self.item_bytes) as usize
-        } else {
-            usize::MAX
+        // At least a nanosecond an item, a byte an item: no division by a zero.
+        let item_nanos = (self.nanos / self.items).max(1.0);
+        let item_bytes = (self.bytes / self.items).max(1.0);
+        let by_bytes = self.target_bytes / item_bytes;
+        let most = (TARGET_NANOS / item_nanos).min(by_bytes) as usize;
+        let most = most.clamp(1, self.cap);
+        let Some(r) = remaining else {
+            return most;
         };
-        let by_time = by_time.min(by_bytes).clamp(1, self.cap);
-        match remaining {
-            Some(r) => by_time.min(r.div_ceil(4 * self.workers)).max(1),
-            None => by_time,
-        }
+        let least = ((MIN_NANOS / item_nanos).min(by_bytes) as usize).clamp(1, most);
+        r.div_ceil(4 * self.workers)
+            .clamp(least, most)
+            .min(r)
+            .max(1)
     }
 
     /// After a chunk's worker died or timed out (which fails every item of the chunk),
@@ -92,17 +126,11 @@ impl Chunker {
         if items == 0 {
             return;
         }
-        let blend = |old: f64, new: f64| {
-            if old <= 0.0 {
-                new
-            } else {
-                0.7 * old + 0.3 * new
-            }
-        };
-        self.item_bytes = blend(self.item_bytes, (bytes as f64 / items as f64).max(1.0));
-        if nanos > 0 {
-            self.item_nanos = blend(self.item_nanos, nanos as f64 / items as f64);
-        }
+        // A report of no time (a clock too coarse) counts as a nanosecond an item.
+        let nanos = (nanos as f64).max(items as f64);
+        self.nanos = DECAY * self.nanos + nanos;
+        self.bytes = DECAY * self.bytes + bytes as f64;
+        self.items = DECAY * self.items + items as f64;
     }
 }
 
@@ -122,10 +150,43 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_single_item_does_not_shrink_the_chunks() {
+        let mut c = Chunker::new(None, 2, None);
+        c.observe(60_000, 200_000, 10_000); // 6 ns an item
+        let before = c.next(None);
+        c.observe(15_000, 20, 1); // one cold item: 15 µs
+        let after = c.next(None);
+        assert!(after * 2 > before, "{before} -> {after}");
+    }
+
+    #[test]
+    fn the_tail_keeps_chunks_worth_a_job() {
+        let mut c = Chunker::new(None, 2, None);
+        c.observe(1_000_000, 16_000, 1_000); // 1 µs an item
+        // A quarter of each worker's share of 80 items is 10, but 100 µs of work is 100
+        // items: the last 80 go in one job.
+        assert_eq!(c.next(Some(80)), 80);
+        assert_eq!(c.next(Some(8_000)), 1000);
+        assert_eq!(c.next(Some(2_000)), 250);
+        assert_eq!(c.next(Some(400)), 100);
+        let mut slow = Chunker::new(None, 2, None);
+        slow.observe(10_000_000, 16, 1); // 10 ms an item
+        assert_eq!(slow.next(Some(3)), 1);
+    }
+
+    #[test]
     fn large_items_make_small_chunks() {
         let mut c = Chunker::new(None, 2, None);
         c.observe(100, 64 * 1024, 1); // fast, but 64 KiB each
         assert_eq!(c.next(None), 16);
+    }
+
+    #[test]
+    fn a_lazy_call_aims_at_fewer_bytes() {
+        let mut c = Chunker::new(None, 2, None);
+        c.set_target_bytes(LAZY_TARGET_BYTES);
+        c.observe(1_000, 1_032, 1); // 1 KiB results
+        assert_eq!(c.next(None), 127);
     }
 
     #[test]

@@ -164,6 +164,15 @@ pub enum TaskErrorKind {
     Terminated,
     /// The pool could not keep workers alive; the cause of the first failure.
     PoolBroken(PoolError),
+    /// The agent holding the task (a pool on another host, see
+    /// [`Remote`](crate::Remote)) was lost while the task may have been running: its
+    /// process ended or its host became unreachable, with its workers. The pool goes on
+    /// with the agents left; within the pool's retries the task runs again on one of
+    /// them, as after a local worker's death.
+    AgentLost {
+        /// Which agent, as its link names it (`"MPI rank 2 (host node-a)"`).
+        agent: String,
+    },
 }
 
 /// A task that failed, with what is known of where and why. Its `Display` is a
@@ -190,6 +199,7 @@ pub struct TaskError {
     index: u64,
     pid: Option<u32>,
     attempts: u32,
+    place: Option<Arc<str>>,
 }
 
 impl TaskError {
@@ -207,7 +217,32 @@ impl TaskError {
             index,
             pid,
             attempts,
+            place: None,
         }
+    }
+
+    /// Names where the task ran, for a pool on several hosts (`"MPI rank 2 (host
+    /// node-a)"`); the error's `Display` says it after the process id.
+    ///
+    /// ```
+    /// use procpool_engine::{TaskError, TaskErrorKind};
+    /// let e = TaskError::new(TaskErrorKind::Cancelled, 4, Some(99), 1).at("MPI rank 2 (host a)");
+    /// assert_eq!(e.place(), Some("MPI rank 2 (host a)"));
+    /// assert_eq!(e.to_string(), "task 4, run by process 99 on MPI rank 2 (host a), was cancelled");
+    /// ```
+    pub fn at(mut self, place: impl Into<Arc<str>>) -> Self {
+        self.place = Some(place.into());
+        self
+    }
+
+    /// Where the task ran, when the pool spans hosts (see [`at`](Self::at)).
+    ///
+    /// ```
+    /// use procpool_engine::{TaskError, TaskErrorKind};
+    /// assert_eq!(TaskError::new(TaskErrorKind::Cancelled, 4, None, 1).place(), None);
+    /// ```
+    pub fn place(&self) -> Option<&str> {
+        self.place.as_deref()
     }
 
     /// What made the task fail.
@@ -372,6 +407,11 @@ impl fmt::Display for TaskErrorKind {
                 write!(f, "did not finish: the pool was terminated or dropped")
             }
             TaskErrorKind::PoolBroken(e) => write!(f, "could not run: {e}"),
+            TaskErrorKind::AgentLost { agent } => write!(
+                f,
+                "was lost with the agent running it, {agent}, whose process ended or whose \
+                 host became unreachable"
+            ),
         }
     }
 }
@@ -379,8 +419,11 @@ impl fmt::Display for TaskErrorKind {
 impl fmt::Display for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "task {}", self.index)?;
-        if let Some(pid) = self.pid {
-            write!(f, ", run by process {pid},")?;
+        match (self.pid, &self.place) {
+            (Some(pid), Some(place)) => write!(f, ", run by process {pid} on {place},")?,
+            (Some(pid), None) => write!(f, ", run by process {pid},")?,
+            (None, Some(place)) => write!(f, ", on {place},")?,
+            (None, None) => {}
         }
         write!(f, " {}", self.kind)?;
         if self.attempts > 1 {
@@ -540,6 +583,14 @@ pub enum PoolError {
     /// An operating-system call of the pool itself failed.
     #[error("a system call of the pool failed: {0}")]
     Io(Arc<io::Error>),
+    /// Every agent of a pool on other hosts (see [`Remote`](crate::Remote)) was lost or
+    /// taken out, so no worker is left to run anything.
+    #[error("every agent of the pool was lost, so no worker is left: {}", lost.join("; "))]
+    AgentsLost {
+        /// Each agent and why it was lost (`"MPI rank 2 (host node-a): its process
+        /// ended"`).
+        lost: Vec<String>,
+    },
 }
 
 impl PartialEq for PoolError {

@@ -17,6 +17,13 @@
 //!   that, no more input is pulled until the earlier job finishes (workers may then idle:
 //!   memory wins).
 //!
+//! A call whose caller consumes results as they come ([`Feed::follow_consumer`], an
+//! `imap`) holds less: chunks of about [`LAZY_CHUNK_BYTES`] of argument and result, and
+//! results held back for reordering up to two such chunks per worker. A consumer that
+//! keeps up then holds a few chunks per worker, whatever the input's length: what is in
+//! flight (at most four jobs per worker), what waits for its turn, and the chunk being
+//! handed out.
+//!
 //! None of these hold work back from an idle worker while the input has items and the
 //! bounds are not reached; the supervisor's scheduling rule does the rest.
 
@@ -44,8 +51,24 @@ const JOBS_PER_WORKER_ADAPTIVE: usize = 4;
 /// worker keep every worker busy; past them, more bytes in flight only cost the caller
 /// memory (a long `imap` of large chunks held 16 MiB here for no speed).
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// Encoded arguments in flight, beyond the first two jobs per worker, for a caller that
+/// collects every result anyway ([`Feed::encode_ahead`]).
+///
+/// ```
+/// assert!(procpool_engine::MAX_PAYLOAD_BYTES_AHEAD > procpool_engine::MAX_PAYLOAD_BYTES);
+/// ```
+pub const MAX_PAYLOAD_BYTES_AHEAD: usize = 4 << 20;
 /// Encoded results a caller may hold back for reordering before input stops.
 pub const MAX_REORDER_BYTES: usize = 4 << 20;
+/// The bytes of argument and result a chunk aims at in a call that follows its consumer
+/// ([`Feed::follow_consumer`]).
+///
+/// ```
+/// // What an imap of 1 KiB results holds per chunk, about:
+/// let items_per_chunk = procpool_engine::LAZY_CHUNK_BYTES / 1024;
+/// assert!(items_per_chunk >= 64);
+/// ```
+pub const LAZY_CHUNK_BYTES: usize = crate::chunk::LAZY_TARGET_BYTES as usize;
 /// Payload buffers at least this large are kept for reuse.
 const RECYCLE_MIN: usize = 64 << 10;
 /// At most this many are kept (each may be as large as a job).
@@ -165,6 +188,15 @@ pub struct Feed<S> {
     retries: u32,
     /// The call's progress, when a callback asked for it.
     progress: Option<Tracker>,
+    /// Results held back for reordering past which no more input is pulled.
+    max_held: usize,
+    /// Encoded arguments in flight past which (beyond two jobs per worker) no more input
+    /// is pulled.
+    max_payload: usize,
+    /// Whether the next job is encoded ahead ([`Feed::encode_ahead`]).
+    ahead: bool,
+    /// The job encoded ahead, not submitted yet.
+    staged: Option<Job>,
 }
 
 impl<S: Source> Feed<S> {
@@ -204,7 +236,22 @@ impl<S: Source> Feed<S> {
             max_message: config.max_message,
             retries: config.retries,
             progress: None,
+            max_held: MAX_REORDER_BYTES,
+            max_payload: MAX_PAYLOAD_BYTES,
+            ahead: false,
+            staged: None,
         }
+    }
+
+    /// Says that the caller consumes results as they come and holds them no longer than
+    /// it takes (an `imap`, not a `map` that collects them all): chunks aim at
+    /// [`LAZY_CHUNK_BYTES`] instead of 1 MiB of argument and result, and finished results
+    /// held back for reordering stop the input at two such chunks per worker (at most
+    /// [`MAX_REORDER_BYTES`]) instead of [`MAX_REORDER_BYTES`], so that the memory the
+    /// call holds follows what the consumer takes: a few chunks per worker.
+    pub fn follow_consumer(&mut self) {
+        self.chunker.set_target_bytes(LAZY_CHUNK_BYTES as f64);
+        self.max_held = (2 * self.workers * LAZY_CHUNK_BYTES).min(MAX_REORDER_BYTES);
     }
 
     /// Reports the call's progress to `callback`, at most once per `interval` and once
@@ -218,10 +265,10 @@ impl<S: Source> Feed<S> {
 
     fn room(&self, held_bytes: usize) -> bool {
         let jobs = self.jobs.len() + self.local.len();
-        if jobs >= self.max_jobs || held_bytes >= MAX_REORDER_BYTES {
+        if jobs >= self.max_jobs || held_bytes >= self.max_held {
             return false;
         }
-        if self.payload_bytes >= MAX_PAYLOAD_BYTES && jobs >= 2 * self.workers {
+        if self.payload_bytes >= self.max_payload && jobs >= 2 * self.workers {
             return false;
         }
         // Until the first measurement, one probe job per worker.
@@ -237,71 +284,129 @@ impl<S: Source> Feed<S> {
             return;
         }
         let mut jobs = Vec::new();
+        // The chunk encoded ahead goes first: it holds the next items.
+        if self.staged.is_some()
+            && self.room(held_bytes)
+            && let Some(job) = self.staged.take()
+        {
+            self.launch(job, &mut jobs);
+        }
         while !self.exhausted && self.room(held_bytes) {
-            let (lo, hi) = self.source.size_hint();
-            let remaining = (Some(lo) == hi).then_some(lo);
-            let limits = Limits {
-                items: self.chunker.next(remaining),
-                soft_bytes: crate::chunk::TARGET_BYTES as usize,
-                hard_bytes: self.max_message,
+            match self.pull() {
+                Some(Ok(job)) => self.launch(job, &mut jobs),
+                Some(Err(())) => {}
+                None => break,
+            }
+        }
+        if !jobs.is_empty() {
+            let starts: Vec<u64> = jobs.iter().map(|j| j.index).collect();
+            if let Err(e) = self.batch.submit(jobs) {
+                self.refused(&starts, e);
+            }
+        }
+        // Encode the next chunk now, while the workers run what was just sent: when a
+        // job finishes, its successor goes out at once instead of after an encoding.
+        if self.ahead && self.staged.is_none() && !self.exhausted && self.chunker.measured() {
+            self.staged = match self.pull() {
+                Some(Ok(job)) => Some(job),
+                _ => None,
             };
-            let mut payload = self.spare.pop().unwrap_or_default();
-            payload.clear();
-            let start = self.next_index;
-            let count = match self.source.fill(&mut payload, limits) {
-                Pulled::Items(n) => n.max(1),
-                Pulled::Failed(kind) => {
-                    self.next_index += 1;
-                    let e = TaskError::new(kind, start, None, 0);
-                    self.local.push_back(local_piece(start, 1, e));
-                    continue;
-                }
-                Pulled::End => {
-                    self.end_input();
-                    break;
-                }
-            };
-            self.next_index += u64::from(count);
-            let payload = Arc::new(payload);
-            let fds = self.source.take_fds();
-            self.payload_bytes += payload.len();
-            self.jobs
-                .insert(start, (count, payload.clone(), fds.clone()));
-            jobs.push(Job {
-                func: self.func.clone(),
-                payload,
-                index: start,
-                weight: count,
-                timeout: self.timeout,
-                fds,
-                attempts: 0,
-            });
         }
-        if jobs.is_empty() {
-            return;
+        self.release_input();
+    }
+
+    /// Tells the pool that this call will submit nothing more, once its input ended
+    /// and every job it submitted came back: a job whose worker died may still send part
+    /// of its items again (see [`after_death`](Self::after_death), and a front's own
+    /// resubmission of a piece), so a pool being joined must not stop its workers
+    /// before then. Until then it waits for a [`keep_open`](Self::keep_open) feed.
+    fn release_input(&mut self) {
+        if self.exhausted && self.jobs.is_empty() && self.staged.is_none() {
+            self.batch.close_input();
         }
-        let starts: Vec<u64> = jobs.iter().map(|j| j.index).collect();
-        if let Err(e) = self.batch.submit(jobs) {
-            self.refused(&starts, e);
-        }
+    }
+
+    /// Encodes the next job from the source: `None` when the input ended, `Err` when its
+    /// next item failed (as a local piece).
+    fn pull(&mut self) -> Option<Result<Job, ()>> {
+        let (lo, hi) = self.source.size_hint();
+        let remaining = (Some(lo) == hi).then_some(lo);
+        let limits = Limits {
+            items: self.chunker.next(remaining),
+            soft_bytes: self.chunker.target_bytes() as usize,
+            hard_bytes: self.max_message,
+        };
+        let mut payload = self.spare.pop().unwrap_or_default();
+        payload.clear();
+        let start = self.next_index;
+        let count = match self.source.fill(&mut payload, limits) {
+            Pulled::Items(n) => n.max(1),
+            Pulled::Failed(kind) => {
+                self.next_index += 1;
+                let e = TaskError::new(kind, start, None, 0);
+                self.local.push_back(local_piece(start, 1, e));
+                return Some(Err(()));
+            }
+            Pulled::End => {
+                // Not `end_input`: the pool learns that no more will come only once
+                // what was pulled is queued (see `release_input`).
+                self.exhausted = true;
+                return None;
+            }
+        };
+        self.next_index += u64::from(count);
+        Some(Ok(Job {
+            func: self.func.clone(),
+            payload: Arc::new(payload),
+            index: start,
+            weight: count,
+            timeout: self.timeout,
+            fds: self.source.take_fds(),
+            attempts: 0,
+        }))
+    }
+
+    /// Counts `job` as submitted and adds it to `jobs`.
+    fn launch(&mut self, job: Job, jobs: &mut Vec<Job>) {
+        self.payload_bytes += job.payload.len();
+        self.jobs.insert(
+            job.index,
+            (job.weight, job.payload.clone(), job.fds.clone()),
+        );
+        jobs.push(job);
     }
 
     /// Pulls no more input (the call is ending early); jobs already submitted still come
-    /// back.
+    /// back (a chunk encoded ahead and not submitted is dropped: see
+    /// [`encode_ahead`](Self::encode_ahead)).
     pub fn stop_input(&mut self) {
+        self.staged = None;
         self.end_input();
     }
 
+    /// Says that the caller collects every result (a `map`): the next chunk is encoded
+    /// while the workers run the ones sent (so that a finished job's successor goes out
+    /// at once), and up to [`MAX_PAYLOAD_BYTES_AHEAD`] of arguments are in flight instead
+    /// of [`MAX_PAYLOAD_BYTES`]. The input is then pulled one chunk ahead of what was
+    /// submitted; [`stop_input`](Self::stop_input) drops that chunk, so a caller that
+    /// stops early (on a failure) must not expect its items back.
+    pub fn encode_ahead(&mut self) {
+        self.ahead = true;
+        self.max_payload = MAX_PAYLOAD_BYTES_AHEAD;
+    }
+
     /// Says that the caller drains this feed to its end within one call (a `map`): a
-    /// pool being joined then waits until all its input is in. (An iterator a caller may
-    /// hold without draining must not say so: a join would wait for it forever.)
+    /// pool being joined then waits until all its input is in and every job came back
+    /// to the caller (who may send part of one again). (An iterator a caller may hold
+    /// without draining must not say so: a join would wait for it forever.)
     pub fn keep_open(&mut self) {
         if !self.exhausted {
             self.batch.open_input();
         }
     }
 
-    /// No more input will be pulled: a pool being joined need not wait for this call.
+    /// No more input will be pulled, nor anything sent again: a pool being joined need
+    /// not wait for this call.
     fn end_input(&mut self) {
         self.exhausted = true;
         self.batch.close_input();
@@ -385,7 +490,7 @@ impl<S: Source> Feed<S> {
                 return None;
             };
             if let Some(p) = self.piece(done) {
-                return Some(self.counted(p));
+                return Some(self.arrived(p, held_bytes));
             }
         }
     }
@@ -419,7 +524,7 @@ impl<S: Source> Feed<S> {
             match self.batch.recv_timeout(left) {
                 Ok(done) => {
                     if let Some(p) = self.piece(done) {
-                        return Ok(Some(self.counted(p)));
+                        return Ok(Some(self.arrived(p, held_bytes)));
                     }
                 }
                 Err(RecvError::Empty) => {
@@ -435,6 +540,7 @@ impl<S: Source> Feed<S> {
     /// running its jobs are killed (the pool replaces them); each such job comes back as
     /// [`Cancelled`](TaskErrorKind::Cancelled).
     pub fn cancel(&mut self) {
+        self.staged = None;
         self.end_input();
         self.batch.cancel();
     }
@@ -453,7 +559,7 @@ impl<S: Source> Feed<S> {
             match self.batch.poll_recv(cx) {
                 Poll::Ready(Some(done)) => {
                     if let Some(p) = self.piece(done) {
-                        return Poll::Ready(Some(self.counted(p)));
+                        return Poll::Ready(Some(self.arrived(p, held_bytes)));
                     }
                 }
                 Poll::Ready(None) => {
@@ -463,6 +569,13 @@ impl<S: Source> Feed<S> {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+
+    /// A piece that came from a worker: the jobs in flight are topped up before the
+    /// caller decodes it, so that the workers have work meanwhile.
+    fn arrived(&mut self, p: Piece, held_bytes: usize) -> Piece {
+        self.fill(held_bytes.saturating_add(p.bytes()));
+        self.counted(p)
     }
 
     /// The piece a finished job makes, after taking its measurements.

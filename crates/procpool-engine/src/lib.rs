@@ -59,7 +59,8 @@ pub use batch::{Batch, RecvError};
 pub use config::{DEFAULT_MAX_MESSAGE, DEFAULT_PREPARE_ALLOWANCE, EngineConfig};
 pub use error::{Death, HandshakeError, PoolError, TaskError, TaskErrorKind};
 pub use feed::{
-    Feed, Limits, MAX_PAYLOAD_BYTES, MAX_REORDER_BYTES, Piece, Pulled, Reorder, Source,
+    Feed, LAZY_CHUNK_BYTES, Limits, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES_AHEAD, MAX_REORDER_BYTES,
+    Piece, Pulled, Reorder, Source,
 };
 pub use identity::{WorkerInfo, current_worker};
 pub use items::{ItemLog, Partial, items_finished};
@@ -69,8 +70,8 @@ pub use pool::{BOOTSTRAPPING, Engine, MAX_WORKERS, Stopper};
 pub use prepare::{Preparing, preparing};
 pub use process::{Launcher, on_spawner_thread};
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, Progress, ProgressFn};
-pub use remote::{PREFETCH_BELOW, PREFETCH_WORK, Remote, RemoteDone, RemoteJob};
-pub use stats::{Failures, Recorder, Stats, WorkerStats};
+pub use remote::{AgentLost, PREFETCH_BELOW, PREFETCH_WORK, Remote, RemoteDone, RemoteJob};
+pub use stats::{AgentStats, Failures, Recorder, Stats, WorkerStats};
 pub use wire::{Failure, MAX_JOB_FDS, PROTOCOL_VERSION};
 pub use worker::{
     Runner, is_worker_process, refuse_init_missing, serve_if_worker, serve_launched, take_job_fds,

@@ -146,7 +146,44 @@ pub trait Remote: Send + 'static {
 
     /// Stops the agents' pools: with `terminate` killing what runs, otherwise after the
     /// jobs they hold (none are held when the engine joins). Returns when they stopped.
+    /// Agents reported lost are not waited for.
     fn stop(&mut self, terminate: bool);
+
+    /// Appends the agents lost since the last call (their process ended, their host
+    /// became unreachable) to `out`, after [`poll`](Self::poll) gave every answer that
+    /// came from them. The dispatcher treats each as the loss of all its workers: the
+    /// jobs it held run again elsewhere (one that may have started counts as an attempt
+    /// under the pool's retries, as after a worker's death), and the pool goes on with
+    /// the agents left, failing with [`PoolError::AgentsLost`] when none is. A link that
+    /// cannot survive a loss (the default) never reports one.
+    fn lost(&mut self, out: &mut Vec<AgentLost>) {
+        let _ = out;
+    }
+
+    /// Whether the link survives losing an agent, and if not why not (what is missing),
+    /// for [`Stats::agents`](crate::Stats::agents). The default: not survived.
+    fn survives_loss(&self) -> Result<(), String> {
+        Err("this link cannot tell a lost agent from a broken link".into())
+    }
+
+    /// A name for agent `agent` in errors and stats (`"MPI rank 2 (host node-a)"`).
+    fn describe(&self, agent: usize) -> String {
+        format!("agent {agent}")
+    }
+}
+
+/// An agent a [`Remote`] link lost ([`Remote::lost`]).
+///
+/// ```
+/// let l = procpool_engine::AgentLost { agent: 1, why: "its process ended".into() };
+/// assert_eq!(l.agent, 1);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentLost {
+    /// The agent (an index into what [`Remote::start`] returned).
+    pub agent: usize,
+    /// What happened, for errors and stats.
+    pub why: String,
 }
 
 impl Engine {
@@ -190,6 +227,20 @@ struct Dispatcher {
     shared: Arc<Shared>,
     remote: Box<dyn Remote>,
     slots: Vec<usize>,
+    /// Agents still dealt to (not lost, their pool not broken).
+    alive: Vec<bool>,
+    /// Agents lost or taken out, with why, for stats and the final error.
+    gone: Vec<String>,
+    /// Jobs to run again after a worker's death at an agent, with that agent: dealt
+    /// before the queue, to another agent when one has room.
+    again: VecDeque<(Queued, Option<usize>)>,
+    lost: Vec<AgentLost>,
+    /// The first error an agent's broken pool gave, and whether an agent was lost (not
+    /// broken): with every agent out, the pool fails with the former when none was
+    /// lost (the error a local pool gives, variants and all), else with
+    /// [`PoolError::AgentsLost`].
+    first_broken: Option<PoolError>,
+    any_lost: bool,
     /// Jobs out at each agent.
     held: Vec<usize>,
     out: HashMap<u64, Out>,
@@ -208,9 +259,15 @@ struct Dispatcher {
 
 impl Dispatcher {
     fn new(shared: Arc<Shared>, remote: Box<dyn Remote>, slots: Vec<usize>) -> Self {
-        Self {
+        let d = Self {
             shared,
             held: vec![0; slots.len()],
+            alive: vec![true; slots.len()],
+            gone: Vec::new(),
+            again: VecDeque::new(),
+            lost: Vec::new(),
+            first_broken: None,
+            any_lost: false,
             remote,
             slots,
             out: HashMap::new(),
@@ -222,7 +279,23 @@ impl Dispatcher {
             avg_nanos: 0.0,
             last_busy: Instant::now(),
             stopped: false,
-        }
+        };
+        d.publish_agents();
+        d
+    }
+
+    /// Writes the agents' state into the pool's stats.
+    fn publish_agents(&self) {
+        let survives = self.remote.survives_loss();
+        let alive = (0..self.slots.len()).filter(|&a| self.alive[a]);
+        self.shared.stats.set_agents(crate::stats::AgentStats {
+            started: self.slots.len(),
+            alive: alive.clone().count(),
+            workers_alive: alive.map(|a| self.slots[a]).sum(),
+            lost: self.gone.clone(),
+            survives_loss: survives.is_ok(),
+            note: survives.err(),
+        });
     }
 
     fn run(mut self) {
@@ -245,7 +318,9 @@ impl Dispatcher {
                 self.finish(false);
                 return;
             }
-            self.shared.stats.set_in_flight(self.out.len());
+            self.shared
+                .stats
+                .set_in_flight(self.out.len() + self.again.len());
             self.wait(busy);
         }
     }
@@ -263,12 +338,110 @@ impl Dispatcher {
             self.answer(a);
         }
         self.answers = answers;
-        Ok(())
+        let mut lost = std::mem::take(&mut self.lost);
+        self.remote.lost(&mut lost);
+        *busy |= !lost.is_empty();
+        for l in lost.drain(..) {
+            self.agent_lost(l.agent, &l.why);
+        }
+        self.lost = lost;
+        self.check_alive()
     }
 
     fn idle(&self) -> bool {
         let q = self.shared.lock();
-        q.jobs.is_empty() && q.feeding == 0 && self.out.is_empty()
+        q.jobs.is_empty() && q.feeding == 0 && self.out.is_empty() && self.again.is_empty()
+    }
+
+    /// With no agent left, the pool breaks.
+    fn check_alive(&self) -> Result<(), PoolError> {
+        if self.alive.iter().any(|&a| a) {
+            return Ok(());
+        }
+        if let (Some(e), false) = (&self.first_broken, self.any_lost) {
+            return Err(e.clone());
+        }
+        Err(PoolError::AgentsLost {
+            lost: self.gone.clone(),
+        })
+    }
+
+    /// Agent `a` is lost with its workers: the jobs it held run again elsewhere. Those
+    /// that may have been running (the oldest, one per worker: an agent's pool runs its
+    /// jobs in the order they came) count as an attempt, as after a worker's death; the
+    /// others never started and are simply sent again.
+    fn agent_lost(&mut self, a: usize, why: &str) {
+        if !self.alive.get(a).copied().unwrap_or(false) {
+            // Already out (its pool broke): its jobs were handled as they came back.
+            self.drop_agent_jobs(a, why);
+            return;
+        }
+        self.alive[a] = false;
+        self.any_lost = true;
+        let name = self.remote.describe(a);
+        self.gone.push(format!("{name}: {why}"));
+        self.drop_agent_jobs(a, why);
+        self.publish_agents();
+    }
+
+    fn drop_agent_jobs(&mut self, a: usize, _why: &str) {
+        let name = self.remote.describe(a);
+        let mut tags: Vec<u64> = self
+            .out
+            .iter()
+            .filter(|(_, o)| o.agent == a)
+            .map(|(t, _)| *t)
+            .collect();
+        tags.sort_unstable();
+        self.held[a] = 0;
+        let retries = self.shared.config.retries;
+        let mut resend = Vec::new();
+        for (i, tag) in tags.into_iter().enumerate() {
+            let Some(o) = self.out.remove(&tag) else {
+                continue;
+            };
+            self.release_batch(&o.q.batch);
+            let mut q = o.q;
+            if q.batch.is_dropped() {
+                continue;
+            }
+            if q.batch.is_cancelled() {
+                fail_job(&q, TaskErrorKind::Cancelled);
+                continue;
+            }
+            if i >= self.slots[a] {
+                resend.push(q);
+                continue;
+            }
+            let attempts = q.attempts + 1;
+            q.attempts = attempts;
+            q.job.attempts = attempts;
+            if attempts <= retries {
+                resend.push(q);
+            } else {
+                fail_job(
+                    &q,
+                    TaskErrorKind::AgentLost {
+                        agent: name.clone(),
+                    },
+                );
+            }
+        }
+        for q in resend.into_iter().rev() {
+            self.again.push_front((q, None));
+        }
+    }
+
+    /// Agent `a`'s pool broke: it is taken out of dealing (it would fail every job it
+    /// is sent), and the job it refused runs elsewhere.
+    fn agent_broken(&mut self, a: usize, e: &PoolError) {
+        if self.alive[a] {
+            self.alive[a] = false;
+            self.first_broken.get_or_insert_with(|| e.clone());
+            let name = self.remote.describe(a);
+            self.gone.push(format!("{name}: its pool broke: {e}"));
+            self.publish_agents();
+        }
     }
 
     /// Naps until a caller wakes the dispatcher or, while jobs are out, a growing pause
@@ -307,6 +480,9 @@ impl Dispatcher {
 
     /// How many more jobs of a batch with average run time `avg` agent `a` may take.
     fn room(&self, a: usize, avg: f64) -> usize {
+        if !self.alive[a] {
+            return 0;
+        }
         let short = avg > 0.0 && avg < PREFETCH_BELOW.as_nanos() as f64;
         let depth = if short {
             (PREFETCH_WORK.as_nanos() as f64 / avg)
@@ -323,6 +499,28 @@ impl Dispatcher {
     fn deal(&mut self) -> Result<bool, PoolError> {
         let mut picked: Vec<Vec<u64>> = vec![Vec::new(); self.slots.len()];
         let mut any = false;
+        // Jobs to run again: to an agent other than the one where it died, when one is
+        // alive (then it waits for its room); to the same one when it is the last.
+        let mut waiting = VecDeque::new();
+        while let Some((j, avoid)) = self.again.pop_front() {
+            if j.batch.is_dropped() {
+                continue;
+            }
+            let avg = j.batch.avg_nanos();
+            let others = (0..self.slots.len()).any(|a| self.alive[a] && Some(a) != avoid);
+            let best = (0..self.slots.len())
+                .filter(|&a| !others || Some(a) != avoid)
+                .map(|a| (self.room(a, avg), a))
+                .filter(|&(r, _)| r > 0)
+                .max_by_key(|&(r, a)| (r, std::cmp::Reverse(a)));
+            let Some((_, agent)) = best else {
+                waiting.push_back((j, avoid));
+                continue;
+            };
+            self.put_out(j, agent, &mut picked);
+            any = true;
+        }
+        self.again = waiting;
         {
             let shared = self.shared.clone();
             let mut q = shared.lock();
@@ -350,12 +548,7 @@ impl Dispatcher {
                     .max_by_key(|&(r, a)| (r, std::cmp::Reverse(a)));
                 let Some((_, agent)) = best else { break };
                 let Some(j) = q.jobs.pop_front() else { break };
-                let tag = self.next_tag;
-                self.next_tag += 1;
-                let batch = self.batch_id(&j.batch);
-                self.held[agent] += 1;
-                self.out.insert(tag, Out { q: j, agent, batch });
-                picked[agent].push(tag);
+                self.put_out(j, agent, &mut picked);
                 any = true;
             }
         }
@@ -376,6 +569,16 @@ impl Dispatcher {
             self.remote.send(agent, &jobs)?;
         }
         Ok(any)
+    }
+
+    /// Records job `j` as out at `agent`, to be sent with the others picked for it.
+    fn put_out(&mut self, j: Queued, agent: usize, picked: &mut [Vec<u64>]) {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let batch = self.batch_id(&j.batch);
+        self.held[agent] += 1;
+        self.out.insert(tag, Out { q: j, agent, batch });
+        picked[agent].push(tag);
     }
 
     fn batch_id(&mut self, batch: &Arc<BatchInner>) -> u64 {
@@ -416,6 +619,33 @@ impl Dispatcher {
         if o.q.batch.is_abandoned() {
             return;
         }
+        let mut o = o;
+        match &a.outcome {
+            // The agent's pool broke: out of dealing, and the job (which it did not
+            // run) goes elsewhere.
+            Err(e) if matches!(e.kind(), TaskErrorKind::PoolBroken(_)) => {
+                if let TaskErrorKind::PoolBroken(pe) = e.kind() {
+                    let pe = pe.clone();
+                    self.agent_broken(o.agent, &pe);
+                }
+                self.again.push_back((o.q, None));
+                return;
+            }
+            // A worker died at the agent (whose own pool does not retry): within the
+            // retries, the job runs again, on another agent when one has room.
+            Err(e)
+                if matches!(e.kind(), TaskErrorKind::WorkerDied { .. })
+                    && a.partial.is_none()
+                    && e.attempts() <= self.shared.config.retries =>
+            {
+                // The attempts travel with the job (the agent counts from them).
+                o.q.attempts = e.attempts().max(o.q.attempts + 1);
+                o.q.job.attempts = o.q.attempts;
+                self.again.push_back((o.q, Some(o.agent)));
+                return;
+            }
+            _ => {}
+        }
         let index = o.q.job.index;
         o.q.batch.deliver([Done {
             index,
@@ -442,6 +672,14 @@ impl Dispatcher {
             }
             q.jobs = kept;
         }
+        let again = std::mem::take(&mut self.again);
+        for (j, avoid) in again {
+            if !Arc::ptr_eq(&j.batch, batch) {
+                self.again.push_back((j, avoid));
+            } else if kill {
+                fail_job(&j, TaskErrorKind::Cancelled);
+            }
+        }
         let key = Arc::as_ptr(batch) as usize;
         let Some(&(id, _)) = self.batch_ids.get(&key) else {
             return Ok(());
@@ -455,7 +693,9 @@ impl Dispatcher {
         agents.sort_unstable();
         agents.dedup();
         for a in agents {
-            self.remote.cancel(a, id, kill)?;
+            if self.alive[a] {
+                self.remote.cancel(a, id, kill)?;
+            }
         }
         Ok(())
     }
@@ -465,6 +705,9 @@ impl Dispatcher {
         self.shared.lock().broken = Some(e.clone());
         for (_, o) in self.out.drain() {
             fail_job(&o.q, TaskErrorKind::PoolBroken(e.clone()));
+        }
+        for (j, _) in self.again.drain(..) {
+            fail_job(&j, TaskErrorKind::PoolBroken(e.clone()));
         }
         let jobs: Vec<Queued> = self.shared.lock().jobs.drain(..).collect();
         for j in jobs {
@@ -486,6 +729,9 @@ impl Dispatcher {
         drop(q);
         for (_, o) in self.out.drain() {
             fail_job(&o.q, TaskErrorKind::Terminated);
+        }
+        for (j, _) in self.again.drain(..) {
+            fail_job(&j, TaskErrorKind::Terminated);
         }
         for j in jobs {
             fail_job(&j, TaskErrorKind::Terminated);
@@ -536,6 +782,7 @@ mod tests {
         answers: Vec<RemoteDone>,
         cancels: Vec<(usize, u64, bool)>,
         stopped: Option<bool>,
+        lost: Vec<AgentLost>,
     }
 
     #[derive(Debug, Clone)]
@@ -579,13 +826,57 @@ mod tests {
         fn stop(&mut self, terminate: bool) {
             self.0.lock().unwrap().stopped = Some(terminate);
         }
+        fn lost(&mut self, out: &mut Vec<AgentLost>) {
+            out.append(&mut self.0.lock().unwrap().lost);
+        }
+        fn survives_loss(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn describe(&self, agent: usize) -> String {
+            format!("fake agent {agent}")
+        }
     }
 
     fn engine(slots: &[usize]) -> (Engine, Arc<Mutex<Fake>>) {
+        engine_with(slots, 0)
+    }
+
+    fn engine_with(slots: &[usize], retries: u32) -> (Engine, Arc<Mutex<Fake>>) {
         let fake = Arc::new(Mutex::new(Fake::default()));
         let link = Link(fake.clone(), slots.to_vec());
-        let e = Engine::start_remote(EngineConfig::default(), Box::new(link)).unwrap();
+        let config = EngineConfig {
+            retries,
+            ..EngineConfig::default()
+        };
+        let e = Engine::start_remote(config, Box::new(link)).unwrap();
         (e, fake)
+    }
+
+    /// Agent `a` is lost: what it held is gone with it.
+    fn lose(fake: &Mutex<Fake>, a: usize) {
+        let mut f = fake.lock().unwrap();
+        f.held[a].clear();
+        f.lost.push(AgentLost {
+            agent: a,
+            why: "its process ended".into(),
+        });
+    }
+
+    /// Answers every job the agents hold with its payload, until `n` results came.
+    fn answer_all(fake: &Mutex<Fake>, b: &crate::Batch, n: usize) -> Vec<Done> {
+        let mut got = Vec::new();
+        let t = std::time::Instant::now();
+        while got.len() < n {
+            assert!(t.elapsed() < Duration::from_secs(10), "timed out: {got:?}");
+            let agents = fake.lock().unwrap().held.len();
+            for a in 0..agents {
+                answer_one(fake, a);
+            }
+            while let Ok(d) = b.recv_timeout(Duration::from_millis(2)) {
+                got.push(d);
+            }
+        }
+        got
     }
 
     fn job(i: u64) -> Job {
@@ -730,6 +1021,200 @@ mod tests {
             let d = b.recv_timeout(Duration::from_secs(10)).unwrap();
             assert_eq!(d.outcome.unwrap_err().kind(), &TaskErrorKind::Terminated);
         }
+    }
+
+    #[test]
+    fn a_lost_agents_running_job_fails_as_a_death_and_the_rest_run_elsewhere() {
+        let (e, fake) = engine(&[1, 1]);
+        assert_eq!(e.stats().agents.unwrap().alive, 2);
+        let b = e.batch();
+        b.submit((0..6).map(job)).unwrap();
+        wait_for("two jobs out", || held(&fake) == [1, 1]);
+        let at_0 = fake.lock().unwrap().held[0][0].2[0] as u64;
+        lose(&fake, 0);
+        let got = answer_all(&fake, &b, 6);
+        let mut indices: Vec<u64> = got.iter().map(|d| d.index).collect();
+        indices.sort_unstable();
+        assert_eq!(indices, [0, 1, 2, 3, 4, 5], "every job answered once");
+        for d in got {
+            if d.index == at_0 {
+                let err = d.outcome.unwrap_err();
+                assert_eq!(
+                    err.kind(),
+                    &TaskErrorKind::AgentLost {
+                        agent: "fake agent 0".into()
+                    }
+                );
+                assert_eq!(err.attempts(), 1);
+                assert!(err.to_string().contains("fake agent 0"), "{err}");
+            } else {
+                assert_eq!(d.outcome.unwrap(), vec![d.index as u8]);
+                assert_eq!(d.pid, Some(101), "run by the agent left");
+            }
+        }
+        let s = e.stats();
+        let agents = s.agents.unwrap();
+        assert_eq!(
+            (agents.started, agents.alive, agents.workers_alive),
+            (2, 1, 1)
+        );
+        assert!(agents.lost[0].contains("its process ended"), "{agents:?}");
+        // The pool goes on with the agent left.
+        let b = e.batch();
+        b.submit((10..13).map(job)).unwrap();
+        let got = answer_all(&fake, &b, 3);
+        assert!(got.iter().all(|d| d.pid == Some(101)));
+        e.join();
+    }
+
+    #[test]
+    fn a_lost_agents_jobs_held_ahead_run_again_at_no_attempt() {
+        let (e, fake) = engine(&[1, 1]);
+        let b = e.batch();
+        b.submit((0..2).map(job)).unwrap();
+        wait_for("two jobs out", || held(&fake) == [1, 1]);
+        // Measured at 1 ms each: each agent holds 2 (one running, one ahead).
+        for a in 0..2 {
+            let mut f = fake.lock().unwrap();
+            let (tag, _, p) = f.held[a].remove(0);
+            f.answers.push(RemoteDone {
+                tag,
+                outcome: Ok(p),
+                nanos: 1_000_000,
+                pid: None,
+                partial: None,
+            });
+        }
+        for _ in 0..2 {
+            b.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        b.submit((0..4).map(job)).unwrap();
+        wait_for("jobs held ahead", || held(&fake) == [2, 2]);
+        let oldest = fake.lock().unwrap().held[0][0].2[0] as u64;
+        lose(&fake, 0);
+        wait_for("agent 1 gets them", || {
+            fake.lock().unwrap().held[1].len() > 2 || held(&fake)[1] == 2
+        });
+        let got = answer_all(&fake, &b, 4);
+        // Without retries, only the one that may have run fails; the one held ahead of
+        // the agent's worker runs at the other agent.
+        for d in &got {
+            match &d.outcome {
+                Ok(v) => assert_eq!(v, &vec![d.index as u8]),
+                Err(e) => {
+                    assert_eq!(d.index, oldest, "{e}");
+                    assert!(matches!(e.kind(), TaskErrorKind::AgentLost { .. }), "{e}");
+                }
+            }
+        }
+        assert_eq!(got.iter().filter(|d| d.outcome.is_err()).count(), 1);
+        drop(e);
+    }
+
+    #[test]
+    fn within_retries_a_lost_agents_running_job_runs_again() {
+        let (e, fake) = engine_with(&[1, 1], 1);
+        let b = e.batch();
+        b.submit((0..4).map(job)).unwrap();
+        wait_for("two jobs out", || held(&fake) == [1, 1]);
+        lose(&fake, 0);
+        let got = answer_all(&fake, &b, 4);
+        assert!(
+            got.iter().all(|d| d.outcome.is_ok() && d.pid == Some(101)),
+            "{got:?}"
+        );
+        drop(e);
+    }
+
+    #[test]
+    fn losing_every_agent_breaks_the_pool_saying_why() {
+        let (e, fake) = engine(&[1, 1]);
+        let b = e.batch();
+        b.submit((0..4).map(job)).unwrap();
+        wait_for("two jobs out", || held(&fake) == [1, 1]);
+        lose(&fake, 0);
+        lose(&fake, 1);
+        let mut kinds = Vec::new();
+        for _ in 0..4 {
+            let d = b.recv_timeout(Duration::from_secs(10)).unwrap();
+            kinds.push(d.outcome.unwrap_err().into_kind());
+        }
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|k| matches!(k, TaskErrorKind::AgentLost { .. }))
+                .count(),
+            2,
+            "{kinds:?}"
+        );
+        let broken = kinds
+            .iter()
+            .find_map(|k| match k {
+                TaskErrorKind::PoolBroken(p) => Some(p.clone()),
+                _ => None,
+            })
+            .expect("the queued jobs fail with the pool broken");
+        assert!(
+            matches!(&broken, PoolError::AgentsLost { lost } if lost.len() == 2),
+            "{broken}"
+        );
+        assert!(broken.to_string().contains("fake agent 1"), "{broken}");
+        assert!(matches!(
+            e.batch().submit([job(9)]),
+            Err(PoolError::AgentsLost { .. })
+        ));
+    }
+
+    #[test]
+    fn a_retry_after_a_death_goes_to_another_agent() {
+        let (e, fake) = engine_with(&[1, 1], 1);
+        let b = e.batch();
+        b.submit([job(0)]).unwrap();
+        wait_for("a job out", || held(&fake) == [1, 0]);
+        {
+            let mut f = fake.lock().unwrap();
+            let (tag, ..) = f.held[0].remove(0);
+            let died = TaskErrorKind::WorkerDied {
+                death: crate::Death::Signal(9),
+            };
+            f.answers.push(RemoteDone {
+                tag,
+                outcome: Err(TaskError::new(died, 0, Some(100), 1)),
+                nanos: 1_000,
+                pid: Some(100),
+                partial: None,
+            });
+        }
+        wait_for("the retry at agent 1", || held(&fake) == [0, 1]);
+        let d = answer_all(&fake, &b, 1).remove(0);
+        assert_eq!(d.outcome.unwrap(), vec![0]);
+        assert_eq!(d.pid, Some(101));
+    }
+
+    #[test]
+    fn an_agent_whose_pool_broke_is_taken_out_of_dealing() {
+        let (e, fake) = engine(&[1, 1]);
+        let b = e.batch();
+        b.submit((0..6).map(job)).unwrap();
+        wait_for("two jobs out", || held(&fake) == [1, 1]);
+        {
+            let mut f = fake.lock().unwrap();
+            let (tag, ..) = f.held[0].remove(0);
+            let broke = TaskErrorKind::PoolBroken(PoolError::Config("no".into()));
+            f.answers.push(RemoteDone {
+                tag,
+                outcome: Err(TaskError::new(broke, 0, None, 0)),
+                nanos: 0,
+                pid: None,
+                partial: None,
+            });
+        }
+        let got = answer_all(&fake, &b, 6);
+        assert!(got.iter().all(|d| d.pid == Some(101)), "{got:?}");
+        assert!(got.into_iter().all(|d| d.outcome.is_ok()));
+        let agents = e.stats().agents.unwrap();
+        assert_eq!(agents.alive, 1);
+        assert!(agents.lost[0].contains("pool broke"), "{agents:?}");
     }
 
     #[test]

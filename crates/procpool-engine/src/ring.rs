@@ -33,6 +33,10 @@ const MAX_POSITION: usize = 1 << 62;
 
 /// Largest entry body the ring takes.
 pub(crate) const MAX_ENTRY: usize = RING_LEN / 4;
+/// Past this offset, an entry written while the ring is empty starts again at the
+/// beginning: a parent that keeps up then touches (and keeps resident) this much of each
+/// worker's ring plus one entry, not all of it.
+const EARLY_WRAP: usize = RING_LEN / 8;
 
 fn align8(n: usize) -> usize {
     (n + 7) & !7
@@ -62,7 +66,7 @@ impl<'a> RingWriter<'a> {
         let used = write.checked_sub(read)?;
         let at = write % RING_LEN;
         let size = HEAD + align8(body.len());
-        let waste = if at + size > RING_LEN {
+        let waste = if at + size > RING_LEN || (used == 0 && at >= EARLY_WRAP && size <= at) {
             RING_LEN - at
         } else {
             0
@@ -179,6 +183,24 @@ impl<'a> RingReader<'a> {
 mod tests {
     use super::*;
     use crate::process::CONTROL_LEN;
+
+    #[test]
+    fn a_ring_read_as_it_is_written_stays_near_its_start() {
+        let ctl = SharedRegion::create("test", CONTROL_LEN).unwrap();
+        let (w, r) = (RingWriter::new(&ctl), RingReader::new(&ctl));
+        let mut buf = Vec::new();
+        for i in 0..2000u32 {
+            let body = vec![i as u8; 3000 + (i as usize * 13) % 2000];
+            w.push(&body).unwrap();
+            assert!(r.pop(&mut buf).unwrap());
+            assert_eq!(buf, body);
+            let write = ctl.word(CTL_RING_WRITE).load(Acquire) as usize;
+            assert!(
+                write % RING_LEN <= EARLY_WRAP + HEAD + 5000,
+                "entry {i} at {write}"
+            );
+        }
+    }
 
     #[test]
     fn entries_come_out_in_order_across_the_wrap() {

@@ -79,7 +79,7 @@ impl Failures {
     fn count(&mut self, kind: &TaskErrorKind) {
         let n = match kind {
             TaskErrorKind::Panic { .. } => &mut self.panicked,
-            TaskErrorKind::WorkerDied { .. } => &mut self.died,
+            TaskErrorKind::WorkerDied { .. } | TaskErrorKind::AgentLost { .. } => &mut self.died,
             TaskErrorKind::TimedOut { .. } | TaskErrorKind::PreparationTimedOut { .. } => {
                 &mut self.timed_out
             }
@@ -120,6 +120,35 @@ pub struct Stats {
     pub queued: usize,
     /// Jobs held by workers (running or sent ahead).
     pub in_flight: usize,
+    /// For a pool whose workers are agents on other hosts (an MPI pool): how many are
+    /// left; `None` for a local pool.
+    pub agents: Option<AgentStats>,
+}
+
+/// The agents of a pool on other hosts ([`Stats::agents`]).
+///
+/// ```
+/// let a = procpool_engine::AgentStats { started: 3, alive: 2, workers_alive: 8, ..Default::default() };
+/// assert_eq!(a.started - a.alive, 1); // one agent lost or taken out
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentStats {
+    /// Agents the pool started with.
+    pub started: usize,
+    /// Agents still dealt to.
+    pub alive: usize,
+    /// Workers of the agents still dealt to.
+    pub workers_alive: usize,
+    /// The agents lost or taken out, each with why (`"MPI rank 2 (host node-a): its
+    /// process ended"`).
+    pub lost: Vec<String>,
+    /// Whether losing an agent is survived (the pool goes on with the others). `false`
+    /// when the link cannot tell a lost agent from a broken link, as over an MPI library
+    /// without the ULFM fault-tolerance extension: there a lost agent ends the job.
+    pub survives_loss: bool,
+    /// Why losing an agent is not survived, when it is not (what to install or how to
+    /// launch).
+    pub note: Option<String>,
 }
 
 impl Stats {
@@ -200,6 +229,11 @@ impl StatsCell {
             w.pid = None;
             w.ended = true;
         }
+    }
+
+    /// The agents of a pool on other hosts, set by its dispatcher.
+    pub(crate) fn set_agents(&self, agents: AgentStats) {
+        self.lock().stats.agents = Some(agents);
     }
 
     /// Jobs the workers hold, set by the supervisor once per loop turn.

@@ -116,8 +116,10 @@ impl Engine {
 #[pymethods]
 impl Engine {
     #[new]
+    /// `mpi`: over the agents of the MPI job (`_procpool_mpi` only), `processes` workers
+    /// on each (0: each host's cores shared among its agents).
     #[pyo3(signature = (processes, *, initializer=None, initargs=None, maxtasksperchild=None,
-                        timeout=None, retries=0, max_message_size=None))]
+                        timeout=None, retries=0, max_message_size=None, mpi=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -128,11 +130,12 @@ impl Engine {
         timeout: Option<f64>,
         retries: u32,
         max_message_size: Option<usize>,
+        mpi: bool,
     ) -> PyResult<Self> {
         // A pool started while this process still starts up (a worker importing the
         // main module or unpickling a task): the stdlib's RuntimeError.
         py::helper(py, "_bootstrap", "check")?.call0()?;
-        if processes < 1 {
+        if processes < 1 && !mpi {
             return Err(PyValueError::new_err(
                 "Number of processes must be at least 1",
             ));
@@ -183,30 +186,17 @@ impl Engine {
             }
             _ => None,
         };
-        let sys = py.import("sys")?;
-        let python: OsString = sys.getattr("executable")?.extract()?;
-        if python.is_empty() {
-            return Err(errors::pool_error(
-                py,
-                &procpool_engine::PoolError::Config(
-                    "sys.executable is empty: procpool cannot start Python workers from an \
-                     embedded interpreter"
-                        .into(),
-                ),
+        if mpi && init_fds.is_some() {
+            return Err(PyValueError::new_err(
+                "initargs hold shared values (locks, Value, Array, shared()), which name open \
+                 files of this host and cannot travel to the workers of an MPI pool on other \
+                 hosts: pass plain data, or use a local pool",
             ));
         }
-        let path: Vec<OsString> = sys
-            .getattr("path")?
-            .try_iter()?
-            .filter_map(|p| p.ok()?.extract().ok())
-            .collect();
-        let prep = py::helper(py, "_template", "prep")?.call0()?;
-        let launcher = TemplateLauncher {
-            python: python.into(),
-            path,
-            prep: prep.cast::<PyBytes>()?.as_bytes().to_vec(),
-            init_fds,
-        };
+        // The first pool of a single-threaded process: its template is a fork of it
+        // (never for an MPI pool: a rank is not forked).
+        let launcher =
+            template_launcher(py, init_fds, !mpi).map_err(|e| errors::pool_error(py, &e))?;
         let config = EngineConfig {
             workers: processes,
             recycle_after,
@@ -214,12 +204,17 @@ impl Engine {
             initializer,
             launcher: Some(Arc::new(launcher)),
             identity: Some(crate::identity()),
-            max_message: max_message_size.unwrap_or(MAX_MESSAGE_SIZE),
+            max_message: max_message_size.unwrap_or(if mpi {
+                default_mpi_max_message()
+            } else {
+                MAX_MESSAGE_SIZE
+            }),
             ..EngineConfig::default()
         };
         let engine = py
-            .detach(|| procpool_engine::Engine::start(config))
+            .detach(|| start(config, mpi, processes))
             .map_err(|e| errors::pool_error(py, &e))?;
+        let processes = engine.config().workers;
         Ok(Engine {
             stopper: engine.stopper(),
             inner: Arc::new((
@@ -376,8 +371,101 @@ impl Engine {
             d.set_item("workers_recycled", s.workers_recycled)?;
             d.set_item("queued", s.queued)?;
             d.set_item("in_flight", s.in_flight)?;
+            // A pool over MPI: its agents (started, alive, their workers, those lost).
+            if let Some(a) = &s.agents {
+                let ad = PyDict::new(py);
+                ad.set_item("started", a.started)?;
+                ad.set_item("alive", a.alive)?;
+                ad.set_item("workers_alive", a.workers_alive)?;
+                ad.set_item("lost", a.lost.clone())?;
+                ad.set_item("survives_loss", a.survives_loss)?;
+                ad.set_item("note", a.note.clone())?;
+                d.set_item("agents", ad)?;
+            }
         }
         Ok(d)
+    }
+}
+
+/// The launcher of this process's workers: from its template, which looks like this
+/// process (`_template.prep`) as of now. With `fork_here`, the first template of a
+/// single-threaded process is a fork of it (`_template.fork_here`).
+pub(crate) fn template_launcher(
+    py: Python<'_>,
+    init_fds: Option<procpool_engine::JobFds>,
+    fork_here: bool,
+) -> Result<TemplateLauncher, procpool_engine::PoolError> {
+    use procpool_engine::PoolError;
+    let config = |e: PyErr| PoolError::Config(format!("cannot prepare Python workers: {e}"));
+    let sys = py.import("sys").map_err(config)?;
+    let python: OsString = sys
+        .getattr("executable")
+        .and_then(|p| p.extract())
+        .map_err(config)?;
+    if python.is_empty() {
+        return Err(PoolError::Config(
+            "sys.executable is empty: procpool cannot start Python workers from an embedded \
+             interpreter"
+                .into(),
+        ));
+    }
+    let path: Vec<OsString> = sys
+        .getattr("path")
+        .and_then(|p| p.try_iter())
+        .map_err(config)?
+        .filter_map(|p| p.ok()?.extract().ok())
+        .collect();
+    let prep = py::helper(py, "_template", "prep")
+        .and_then(|f| f.call0())
+        .map_err(config)?;
+    if fork_here {
+        py::helper(py, "_template", "fork_here")
+            .and_then(|f| f.call1((&prep,)))
+            .map_err(config)?;
+    }
+    let prep = prep.cast::<PyBytes>().map_err(|e| config(e.into()))?;
+    Ok(TemplateLauncher {
+        python: python.into(),
+        path,
+        prep: prep.as_bytes().to_vec(),
+        init_fds,
+    })
+}
+
+/// The default `max_message_size` of an MPI pool: the local default, within what one
+/// MPI message carries.
+fn default_mpi_max_message() -> usize {
+    #[cfg(feature = "mpi")]
+    {
+        MAX_MESSAGE_SIZE.min(procpool::mpi_front::MAX_MESSAGE)
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        MAX_MESSAGE_SIZE
+    }
+}
+
+/// Starts the engine: local, or over MPI's agents (`processes` each, 0 for the default).
+fn start(
+    config: EngineConfig,
+    mpi: bool,
+    processes: usize,
+) -> Result<procpool_engine::Engine, procpool_engine::PoolError> {
+    if !mpi {
+        return procpool_engine::Engine::start(config);
+    }
+    #[cfg(feature = "mpi")]
+    {
+        crate::mpi::start(config, processes)
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let _ = processes;
+        Err(procpool_engine::PoolError::Config(
+            "procpool._core has no MPI support: MPI pools are the _procpool_mpi \
+             extension's (Pool(mpi=True) loads it)"
+                .into(),
+        ))
     }
 }
 

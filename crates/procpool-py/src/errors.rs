@@ -18,6 +18,7 @@ pub(crate) fn task_error<'py>(py: Python<'py>, e: &TaskError) -> Bound<'py, PyAn
             };
             py::error(py, "WorkerDied", (pid, code, sig))
         }
+        TaskErrorKind::AgentLost { agent } => py::error(py, "AgentLost", (pid, agent.clone())),
         TaskErrorKind::TimedOut { limit, .. } => {
             py::error(py, "TaskTimeoutError", (pid, limit.as_secs_f64()))
         }

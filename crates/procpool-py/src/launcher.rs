@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
@@ -42,7 +42,9 @@ pub(crate) struct TemplateLauncher {
 
 #[derive(Debug)]
 struct Template {
-    child: Child,
+    /// Its pid: a child of this process (started with `Command`, or a fork of this
+    /// process made by `_template.fork_here`).
+    pid: u32,
     ctl: UnixStream,
     /// The process that started it: a child made by `fork` must start its own (the
     /// template forks workers as children of its own parent).
@@ -58,6 +60,28 @@ static TEMPLATE: Mutex<Option<Template>> = Mutex::new(None);
 
 impl Launcher for TemplateLauncher {
     fn launch(&self, stdin: BorrowedFd<'_>, env: &[(OsString, OsString)]) -> io::Result<u32> {
+        self.launch_with(stdin, env, true)
+    }
+}
+
+impl TemplateLauncher {
+    /// Starts a child from the template running already (an error if there is none, or
+    /// if it is found dead): unlike [`Launcher::launch`], any thread may call this, as
+    /// no template is started.
+    pub(crate) fn launch_running(
+        &self,
+        stdin: BorrowedFd<'_>,
+        env: &[(OsString, OsString)],
+    ) -> io::Result<u32> {
+        self.launch_with(stdin, env, false)
+    }
+
+    fn launch_with(
+        &self,
+        stdin: BorrowedFd<'_>,
+        env: &[(OsString, OsString)],
+        may_start: bool,
+    ) -> io::Result<u32> {
         let mut body = Vec::with_capacity(self.prep.len() + 256);
         body.extend_from_slice(&(self.prep.len() as u32).to_le_bytes());
         body.extend_from_slice(&self.prep);
@@ -78,6 +102,11 @@ impl Launcher for TemplateLauncher {
         let mut last = None;
         for _ in 0..2 {
             if guard.is_none() {
+                if !may_start {
+                    return Err(last.unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, "no template running")
+                    }));
+                }
                 *guard = Some(self.start()?);
             }
             let t = guard.as_mut().expect("started above");
@@ -91,18 +120,16 @@ impl Launcher for TemplateLauncher {
                     // Preloading the parent's modules left the template with threads: it
                     // exited; its successors preload nothing.
                     NO_PRELOAD.store(true, Relaxed);
-                    if let Some(mut t) = guard.take() {
-                        let _ = t.child.kill();
-                        let _ = t.child.wait();
+                    if let Some(t) = guard.take() {
+                        t.end();
                     }
                     last = Some(io::Error::other("the template was left with threads"));
                 }
                 Ok(err) => return Err(io::Error::from_raw_os_error((-err) as i32)),
                 Err(e) => {
                     // The template died (or hangs): it is replaced on the next try.
-                    if let Some(mut t) = guard.take() {
-                        let _ = t.child.kill();
-                        let _ = t.child.wait();
+                    if let Some(t) = guard.take() {
+                        t.end();
                     }
                     last = Some(e);
                 }
@@ -113,6 +140,21 @@ impl Launcher for TemplateLauncher {
             self.python.display(),
             last.map_or_else(String::new, |e| e.to_string())
         )))
+    }
+}
+
+impl Template {
+    /// Kills and reaps the template.
+    fn end(self) {
+        let pid = self.pid as libc::pid_t;
+        drop(self.ctl);
+        // SAFETY: plain kill and waitpid calls on our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            while libc::waitpid(pid, std::ptr::null_mut(), 0) < 0
+                && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+            {}
+        }
     }
 }
 
@@ -145,8 +187,12 @@ impl TemplateLauncher {
                     format!("cannot start {}: {e}", self.python.display()),
                 )
             })?;
+        let pid = child.id();
+        // Reaped by `Template::end` (or never, as before: it lives as long as this
+        // process).
+        drop(child);
         Ok(Template {
-            child,
+            pid,
             ctl: mine,
             owner: std::process::id(),
         })
@@ -230,10 +276,15 @@ pub(crate) fn _launch(
     // SAFETY: the caller keeps `fd` open for the duration of this call.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
     let pid = py.detach(move || {
-        procpool_engine::on_spawner_thread(move || {
-            use std::os::fd::AsFd;
-            launcher.launch(fd.as_fd(), &env)
-        })
+        use std::os::fd::AsFd;
+        if _template_running() {
+            // Its parent-death signal is set already: any thread may ask it (a template
+            // found dead is started again below, on the spawner thread).
+            if let Ok(pid) = launcher.launch_running(fd.as_fd(), &env) {
+                return Ok(pid);
+            }
+        }
+        procpool_engine::on_spawner_thread(move || launcher.launch(fd.as_fd(), &env))
     })?;
     Ok(pid)
 }
@@ -243,4 +294,44 @@ pub(crate) fn _launch(
 #[pyo3::pyfunction]
 pub(crate) fn _die_with_parent_group() -> pyo3::PyResult<()> {
     Ok(procpool_engine::die_with_parent_group()?)
+}
+
+/// Whether this process has its template running (started by this process, and not
+/// found dead yet).
+#[pyo3::pyfunction]
+pub(crate) fn _template_running() -> bool {
+    TEMPLATE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_some_and(|t| t.owner == std::process::id())
+}
+
+/// Takes `pid`, a fork of this process made by `_template.fork_here`, as this process's
+/// template, `fd` the socket to it (owned from now on). If a template is running
+/// already, the new one is ended.
+#[pyo3::pyfunction]
+pub(crate) fn _adopt_template(pid: u32, fd: i32) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the caller gives up `fd` (a socket it detached).
+    let ctl = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let _ = ctl.set_read_timeout(Some(ANSWER_TIMEOUT));
+    let new = Template {
+        pid,
+        ctl,
+        owner: std::process::id(),
+    };
+    let mut guard = TEMPLATE.lock().unwrap_or_else(|e| e.into_inner());
+    if guard
+        .as_ref()
+        .is_some_and(|t| t.owner != std::process::id())
+    {
+        std::mem::forget(guard.take());
+    }
+    if guard.is_some() {
+        drop(guard);
+        new.end();
+    } else {
+        *guard = Some(new);
+    }
 }

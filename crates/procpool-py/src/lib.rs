@@ -14,6 +14,8 @@ mod engine;
 mod errors;
 mod frame;
 mod launcher;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod passfd;
 mod py;
 mod run;
@@ -35,9 +37,11 @@ unsafe extern "C" {
 /// What a worker's handshake must name: this extension's file (device, inode, size,
 /// modification time), so that a worker runs the very code its parent loaded, and the
 /// engine's protocol version.
+///
+/// In the MPI build (`_procpool_mpi`), the identity of `procpool._core`, whose workers it
+/// starts (set by its module's start-up).
 pub(crate) fn identity() -> u64 {
-    static ID: OnceLock<u64> = OnceLock::new();
-    *ID.get_or_init(|| {
+    *IDENTITY.get_or_init(|| {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let mut mix = |x: u64| {
             for b in x.to_le_bytes() {
@@ -55,6 +59,9 @@ pub(crate) fn identity() -> u64 {
         h
     })
 }
+
+/// See [`identity`].
+static IDENTITY: OnceLock<u64> = OnceLock::new();
 
 /// `(device, inode, size, mtime ns)` of the shared object holding this code.
 fn my_file() -> Option<(u64, u64, u64, u64)> {
@@ -136,12 +143,43 @@ fn _serve_worker(py: Python<'_>) -> c_int {
     runner::serve(py, identity())
 }
 
+/// The identity workers of this extension answer with (see [`identity`]).
+#[pyfunction]
+fn _identity() -> u64 {
+    identity()
+}
+
 /// procpool's engine for Python (private: use `procpool.Pool` and
 /// `procpool.ProcessPoolExecutor`). `Engine` is a pool of worker processes; `Run` one
 /// call over many items; `Stream` independent calls.
+#[cfg(not(feature = "mpi"))]
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     identity();
+    register(m)
+}
+
+/// procpool's engine for Python over MPI (private: use `procpool.Pool(mpi=True)`,
+/// `procpool.ProcessPoolExecutor(mpi=True)` and `python -m procpool.mpi`): the classes of
+/// `procpool._core` built with MPI, and MPI's start-up (see `mpi`).
+#[cfg(feature = "mpi")]
+#[pymodule]
+fn _procpool_mpi(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Workers are `procpool._core`'s (the template imports it): a pool started here
+    // expects their identity.
+    let core: u64 = m
+        .py()
+        .import("procpool._core")?
+        .getattr("_identity")?
+        .call0()?
+        .extract()?;
+    let _ = IDENTITY.set(core);
+    register(m)?;
+    mpi::register(m)
+}
+
+fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_identity, m)?)?;
     m.add_class::<engine::Engine>()?;
     // Most workers one pool may have (the engine refuses more).
     m.add("MAX_WORKERS", procpool_engine::MAX_WORKERS)?;
@@ -157,6 +195,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_serve_worker, m)?)?;
     m.add_function(wrap_pyfunction!(launcher::_launch, m)?)?;
+    m.add_function(wrap_pyfunction!(launcher::_template_running, m)?)?;
+    m.add_function(wrap_pyfunction!(launcher::_adopt_template, m)?)?;
     m.add_function(wrap_pyfunction!(launcher::_die_with_parent_group, m)?)?;
     sync::register(m)?;
     Ok(())

@@ -528,24 +528,38 @@ fn cancel_now(st: &mut State) {
 
 /// Moves a run along without its consumer, while its engine is being joined: pulls
 /// input and receives the pieces ready now, so that the join can end (as
-/// `multiprocessing`'s would, its tasks all run) even if nobody iterates the run. An
-/// ordered run stops pulling once what it holds back passes the engine's reorder bound.
+/// `multiprocessing`'s would, its tasks all run) even if nobody iterates the run. The
+/// pieces are kept for the consumer (as `multiprocessing` keeps the results); those of an
+/// ordered run are parked as they come in order, so that only pieces waiting for an
+/// earlier one count against the engine's reorder bound (held back, in-order pieces
+/// would stop the input for good: the join would wait forever, and the run end early).
 /// Does nothing if the run's consumer holds it.
 pub(crate) fn pump(state: &Mutex<State>) {
-    let Ok(mut st) = state.try_lock() else {
+    let Ok(mut guard) = state.try_lock() else {
         return;
     };
+    let st = &mut *guard;
     while !st.ended {
         let held = st.reorder.as_ref().map_or(0, Reorder::bytes);
         match st.feed.recv_timeout(held, Duration::ZERO) {
-            Ok(Some(p)) => match split_if_died(&mut st, p) {
+            Ok(Some(p)) => match split_if_died(st, p) {
                 None => {}
                 Some(p) => match st.reorder.as_mut() {
-                    Some(r) => r.insert(p.start, p.count, p.bytes(), p),
+                    Some(r) => {
+                        r.insert(p.start, p.count, p.bytes(), p);
+                        while let Some(p) = r.pop() {
+                            st.parked.push_back(p);
+                        }
+                    }
                     None => st.parked.push_back(p),
                 },
             },
-            Ok(None) => st.ended = true,
+            // Nothing out and nothing more to send: the run has ended only if its input
+            // has (never cut a run short).
+            Ok(None) => {
+                st.ended = st.feed.exhausted();
+                break;
+            }
             Err(_) => break,
         }
     }

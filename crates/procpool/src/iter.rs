@@ -63,6 +63,9 @@ impl<A: Value, I: Iterator<Item: EncodesAs<A>>> Items<A, I> {
             return Pulled::Failed(kind);
         }
         items::begin_chunk::<A>(out, self.layout);
+        if let Some(size) = codec::plain_size::<A>() {
+            return self.fill_plain(out, limits, size);
+        }
         let n = limits.items.min(items::max_plain::<A>(self.layout));
         let mut count = 0u32;
         if let Some(bytes) = self.carry.take() {
@@ -116,6 +119,43 @@ impl<A: Value, I: Iterator<Item: EncodesAs<A>>> Items<A, I> {
             if out.len() >= limits.soft_bytes {
                 break;
             }
+        }
+        if count == 0 {
+            return Pulled::End;
+        }
+        items::end_chunk(out, count);
+        Pulled::Items(count)
+    }
+}
+
+impl<A: Value, I: Iterator<Item: EncodesAs<A>>> Items<A, I> {
+    /// [`fill_items`](Self::fill_items) for plain numbers of `size` bytes: packed, they
+    /// hold no descriptors and their size is known, so the chunk takes as many as the
+    /// limits allow in one reservation, with no check per item.
+    #[inline]
+    fn fill_plain(&mut self, out: &mut Vec<u8>, limits: Limits, size: usize) -> Pulled {
+        let by_bytes = limits
+            .soft_bytes
+            .min(limits.hard_bytes)
+            .saturating_sub(out.len())
+            / size;
+        let n = limits
+            .items
+            .min(items::max_plain::<A>(self.layout))
+            .min(by_bytes.max(1))
+            .min(u32::MAX as usize - 1);
+        out.reserve(n * size);
+        let mut count = 0u32;
+        for a in self.input.by_ref().take(n) {
+            if let Err(kind) = encodes_as::push_arg(out, self.layout, &a) {
+                // Never for a number; kept as for any item.
+                if count == 0 {
+                    return Pulled::Failed(kind);
+                }
+                self.failed = Some(kind);
+                break;
+            }
+            count += 1;
         }
         if count == 0 {
             return Pulled::End;
@@ -378,8 +418,13 @@ where
 {
     pub(crate) fn new(mut feeder: Feeder<A, R, I>, collect_all: bool) -> Self {
         if collect_all {
-            // A `map` drains its input within the call: a join waits for it.
+            // A `map` drains its input within the call: a join waits for it. It collects
+            // every result: the next chunk is encoded while the workers run.
             feeder.feed.keep_open();
+            feeder.feed.encode_ahead();
+        } else {
+            // The caller takes results one by one: hold a few chunks, not megabytes.
+            feeder.feed.follow_consumer();
         }
         Self {
             feeder,
@@ -561,7 +606,8 @@ where
     R: Value,
     I: Iterator<Item: EncodesAs<A>>,
 {
-    pub(crate) fn new(feeder: Feeder<A, R, I>) -> Self {
+    pub(crate) fn new(mut feeder: Feeder<A, R, I>) -> Self {
+        feeder.feed.follow_consumer();
         Self {
             feeder,
             current: None,

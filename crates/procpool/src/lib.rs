@@ -256,11 +256,16 @@ pub use error::{Death, Error, HandshakeError, PoolError, TaskError, TaskErrorKin
 pub use handle::TaskHandle;
 pub use iter::{Imap, ImapUnordered};
 #[cfg(feature = "mpi")]
+#[doc(hidden)]
+pub use mpi::front as mpi_front;
+#[cfg(feature = "mpi")]
 pub use mpi::mpi_rank;
 pub use passfd::Fd;
 pub use pool::{Builder, Call, Pool};
 pub use process::{Process, spawn};
-pub use procpool_engine::{Failures, Progress, Stats, WorkerInfo, WorkerStats, current_worker};
+pub use procpool_engine::{
+    AgentStats, Failures, Progress, Stats, WorkerInfo, WorkerStats, current_worker,
+};
 pub use shared::{Element, Shared, SharedArray, SharedError, SharedSlice};
 
 /// The README's Rust blocks, compiled and run as doc tests (`tests/readme.rs` checks

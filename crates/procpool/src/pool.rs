@@ -647,6 +647,16 @@ impl Pool {
     /// input order, each `Ok` or the error of that item. Memory stays bounded whatever
     /// the input's length.
     ///
+    /// The call holds a few chunks per worker: a chunk carries about 128 KiB of argument
+    /// and result (or one item, when an item is larger), at most four jobs per worker are
+    /// in flight, and finished results waiting for an earlier one stop the input at two
+    /// chunks per worker. With `N` workers and items of `s` bytes (argument and result),
+    /// expect the calling process to hold at most about `(6N + 4) × max(s, 128 KiB)`
+    /// beyond its own, plus about 0.6 MiB per worker of the rings results come through
+    /// (results over 1 MiB come through a socket instead). Two workers and 1 KiB items:
+    /// about 3 MiB; two workers and 1 MiB items: about 16 MiB. See the README's
+    /// *Memory in flight*.
+    ///
     /// ```
     /// # fn main() -> Result<(), procpool::Error> {
     /// # procpool::init();

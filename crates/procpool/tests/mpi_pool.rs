@@ -306,6 +306,16 @@ fn error_from_main() {
 
 fn losing_an_agent_ends_the_job() {
     let pool = mpi_pool();
+    // Launched without ULFM: the pool says a lost agent ends the job, and why.
+    let agents = pool
+        .stats()
+        .agents
+        .expect("an MPI pool's stats name its agents");
+    assert!(!agents.survives_loss, "{agents:?}");
+    assert!(
+        agents.note.as_deref().is_some_and(|n| n.contains("ulfm")),
+        "{agents:?}"
+    );
     let (who, pids) = job_pids(&pool);
     println!("pids: {pids:?}");
     let agent = who.iter().find(|w| w.0 == 1).expect("rank 1 ran a task").2;
@@ -383,7 +393,9 @@ fn check(me: &Path, name: &str) {
     } else {
         me.to_path_buf()
     };
-    let run = run_job(me, &agents, name, HARD_LIMIT);
+    // Losing an agent without ULFM (as over an MPI library that lacks it) ends the job.
+    let ft = common::mpi_job::fault_tolerant() && name != "lose_agent";
+    let run = common::mpi_job::run_job_with(me, &agents, name, HARD_LIMIT, 2, ft);
     let show = show(name, &run);
     match name {
         "panic" => {

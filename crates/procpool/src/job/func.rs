@@ -72,6 +72,11 @@ fn run_chunk<A: Value, R: Value>(
     let mut slots = passfd::job_slots();
     // Shared values whose makers let go of them leave this worker's cache.
     crate::shared::sweep();
+    if let Some(n) = crate::codec::plain_size::<R>() {
+        // Packed results: room for all at once (every item takes at least a byte of the
+        // payload, so the count cannot ask for more than the payload's size).
+        out.reserve(1 + n * (h.count as usize).min(body.len()));
+    }
     let mut results = items::Results::begin::<R>(out, h.layout);
     // Each finished item is recorded, so that a crash in the next one costs that one item.
     let mut recorded = results.finished();

@@ -88,7 +88,7 @@ impl<R> ChunkOut<R> {
                 *out = it.collect();
             }
             Values::Decoded(it) => out.extend(it),
-            Values::Packed { bytes, pos } => out.extend(codec::plain_values::<R>(&bytes[pos..])),
+            Values::Packed { bytes, pos } => extend_packed(out, &bytes[pos..]),
         }
         Ok(())
     }
@@ -238,6 +238,27 @@ impl<R: 'static> Iterator for ChunkOut<R> {
     }
 }
 
+/// Appends the plain values packed in `bytes` to `out` in one copy (their bytes are the
+/// values' own: nothing is decoded item by item).
+fn extend_packed<R: 'static>(out: &mut Vec<R>, bytes: &[u8]) {
+    let Some(n) = codec::plain_size::<R>() else {
+        return out.extend(codec::plain_values::<R>(bytes));
+    };
+    let count = bytes.len() / n;
+    out.reserve(count);
+    // SAFETY: `R` is a primitive number (its plain size is known): every bit pattern of
+    // its size is a valid value, and `out` has room for `count` more, which is
+    // `count * n` bytes; the copy is byte-wise, so alignment does not matter.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            out.as_mut_ptr().add(out.len()).cast::<u8>(),
+            count * n,
+        );
+        out.set_len(out.len() + count);
+    }
+}
+
 /// The kind of a failed item, for the counters (`None`: the pool's own error).
 fn kind_of(e: &Error) -> Option<&TaskErrorKind> {
     match e {
@@ -287,4 +308,28 @@ fn take_sole_bytes<R: 'static>(bytes: &mut Vec<u8>) -> Option<R> {
         *out = Some(std::mem::take(bytes));
     }
     slot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_values_are_appended_in_one_copy() {
+        let mut bytes = Vec::new();
+        for x in [3u64, u64::MAX, 0] {
+            codec::put_plain(&mut bytes, &x);
+        }
+        let mut out = vec![7u64];
+        extend_packed(&mut out, &bytes);
+        assert_eq!(out, [7, 3, u64::MAX, 0]);
+        let mut f = Vec::new();
+        let mut fb = Vec::new();
+        codec::put_plain(&mut fb, &-1.5f32);
+        extend_packed::<f32>(&mut f, &fb);
+        assert_eq!(f, [-1.5]);
+        let mut none: Vec<u16> = Vec::new();
+        extend_packed(&mut none, &[]);
+        assert!(none.is_empty());
+    }
 }

@@ -4,17 +4,21 @@
 //! worker, which the local pool replaces; the agent itself runs no task code.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use mpi::traits::*;
 use procpool_engine::{Batch, Engine, Partial, TaskError, TaskErrorKind};
 
 use super::msg::{self, Reader, Writer};
-use super::runtime::{Inbox, Nap, Outbox, abort_job};
+use super::runtime::{self, Inbox, Nap, Outbox, abort_job};
 
 /// Longest wait for a local answer before the agent looks at MPI again (a cancel or a
 /// new call's first jobs wait at most this long).
 const ANSWER_WAIT: Duration = Duration::from_millis(2);
+
+/// How a front other than Rust's completes an agent's local pool configuration (its
+/// launcher, its workers' identity): set by `front::init`; none for Rust programs.
+pub(super) static LOCAL: OnceLock<super::LocalHook> = OnceLock::new();
 
 /// A batch of the caller's, as this agent runs it.
 struct Local {
@@ -34,8 +38,6 @@ struct Agent {
 
 /// Serves the caller's rank until it says EXIT (or the job ends).
 pub(crate) fn serve(rank: i32) {
-    let world = mpi::topology::SimpleCommunicator::world();
-    let caller = world.process_at_rank(0);
     let mut agent = Agent::default();
     let mut inbox = Inbox::default();
     // Messages held back until the large ones before them arrived: every message after
@@ -50,15 +52,20 @@ pub(crate) fn serve(rank: i32) {
     };
     loop {
         let mut busy = false;
-        while let Some((message, status)) = caller.immediate_matched_probe() {
+        loop {
+            // An error here (with ULFM on) is rank 0 lost: the job is over.
+            let probed = match runtime::improbe(0, runtime::any_tag()) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(rc) => agent.caller_lost(rank, rc),
+            };
             busy = true;
-            let tag = status.tag();
-            let len = status.count(u8::equivalent_datatype()).max(0) as usize;
-            if tag == msg::JOBS && len > msg::LARGE && held.is_empty() {
-                inbox.receive(message, len, 0);
+            let tag = probed.tag;
+            if tag == msg::JOBS && probed.len > msg::LARGE && held.is_empty() {
+                inbox.receive(probed);
                 continue;
             }
-            let (bytes, _) = (message, status).matched_receive_vec::<u8>();
+            let bytes = runtime::mrecv(probed).unwrap_or_else(|rc| agent.caller_lost(rank, rc));
             if (inbox.busy() && tag != msg::JOBS) || !held.is_empty() {
                 held.push_back((tag, bytes));
                 continue;
@@ -85,6 +92,9 @@ pub(crate) fn serve(rank: i32) {
         busy |= agent.collect();
         agent.flush();
         let sending = agent.outbox.progress();
+        if agent.outbox.failed || inbox.failed {
+            agent.caller_lost(rank, 0);
+        }
         if busy {
             nap.reset();
         } else if sending || inbox.busy() {
@@ -97,6 +107,21 @@ pub(crate) fn serve(rank: i32) {
 }
 
 impl Agent {
+    /// Rank 0 is lost (an MPI error talking to it, which only ULFM returns): the job is
+    /// over. The local pool's workers are killed, then the job is ended.
+    fn caller_lost(&mut self, rank: i32, rc: std::ffi::c_int) -> ! {
+        self.end(true);
+        let why = if rc == 0 {
+            "a message to or from it failed".to_string()
+        } else {
+            runtime::error_string(rc)
+        };
+        abort_job(
+            1,
+            &format!("MPI rank {rank} lost the caller's rank 0 ({why}); ending the job"),
+        )
+    }
+
     /// Handles one message from the caller's rank; whether it says to leave.
     fn handle(&mut self, tag: i32, bytes: &[u8]) -> Result<bool, String> {
         match tag {
@@ -124,10 +149,11 @@ impl Agent {
     }
 
     fn start(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let config = msg::decode_start(bytes)?;
+        let mut config = msg::decode_start(bytes)?;
         self.end(true);
         let mut w = Writer::default();
-        match Engine::start(config) {
+        let local = LOCAL.get().map_or(Ok(()), |complete| complete(&mut config));
+        match local.and_then(|()| Engine::start(config)) {
             Ok(e) => {
                 w.u8(0).u64(e.config().workers as u64);
                 self.engine = Some(e);

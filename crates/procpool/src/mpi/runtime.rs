@@ -36,6 +36,221 @@ pub(crate) struct Runtime {
     pub(crate) pool_open: bool,
     /// `MPI_Finalize` ran: no MPI call may follow.
     pub(crate) finalized: bool,
+    /// The fault-tolerance extension (ULFM) when the library has it and the job was
+    /// launched with it on, or why a lost rank ends the job.
+    pub(crate) ft: Result<Ulfm, String>,
+    /// Ranks known to be lost, with what happened (ascending by when).
+    pub(crate) lost: Vec<(i32, String)>,
+}
+
+type AckFn = unsafe extern "C" fn(mpi::ffi::MPI_Comm) -> c_int;
+type AckedFn = unsafe extern "C" fn(mpi::ffi::MPI_Comm, *mut mpi::ffi::MPI_Group) -> c_int;
+
+/// The ULFM calls this backend makes (`MPIX_Comm_failure_ack`,
+/// `MPIX_Comm_failure_get_acked`), looked up at run time: a library without them (Open
+/// MPI 4, MPICH built without ULFM) links and runs as before, and a lost rank ends the
+/// job there. Only point-to-point messages are used, on `MPI_COMM_WORLD`, so no
+/// communicator needs revoking or shrinking: a failed rank is acknowledged (which lets
+/// receives from any source go on) and its agent is given up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ulfm {
+    ack: AckFn,
+    acked: AckedFn,
+}
+
+/// Looks up the ULFM calls and whether this job runs with fault tolerance on; on
+/// success, errors on `MPI_COMM_WORLD` are returned as codes from then on.
+fn ulfm() -> Result<Ulfm, String> {
+    let sym = |name: &std::ffi::CStr| {
+        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other
+        // preconditions; the result is checked for null below.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+        (!p.is_null()).then_some(p)
+    };
+    let (Some(ack), Some(acked)) = (
+        sym(c"MPIX_Comm_failure_ack"),
+        sym(c"MPIX_Comm_failure_get_acked"),
+    ) else {
+        return Err(format!(
+            "the MPI library ({}) lacks the ULFM fault-tolerance extension, so losing an \
+             agent ends the job; build against Open MPI 5 (`scripts/setup` installs it \
+             into .venv from PyPI) and launch with `mpirun --with-ft ulfm`",
+            library_version()
+        ));
+    };
+    let on = std::env::var("OMPI_MCA_mpi_ft_enable")
+        .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "yes" | "on"));
+    if !on {
+        return Err(
+            "the MPI library has the ULFM extension, but the job was launched without fault \
+             tolerance, so losing an agent ends the job; launch with `mpirun --with-ft ulfm`"
+                .into(),
+        );
+    }
+    // SAFETY: both symbols are the library's ULFM calls, whose C signatures these are.
+    let u = unsafe {
+        Ulfm {
+            ack: std::mem::transmute::<*mut c_void, AckFn>(ack),
+            acked: std::mem::transmute::<*mut c_void, AckedFn>(acked),
+        }
+    };
+    // SAFETY: MPI is initialized; MPI_COMM_WORLD and MPI_ERRORS_RETURN are valid handles.
+    let rc = unsafe {
+        mpi::ffi::MPI_Comm_set_errhandler(mpi::ffi::RSMPI_COMM_WORLD, mpi::ffi::RSMPI_ERRORS_RETURN)
+    };
+    if rc != 0 {
+        return Err(format!(
+            "MPI_Comm_set_errhandler failed: {}",
+            error_string(rc)
+        ));
+    }
+    Ok(u)
+}
+
+/// The MPI library's version line.
+fn library_version() -> String {
+    let mut buf = vec![0u8; 8192];
+    let mut len: c_int = 0;
+    // SAFETY: the buffer holds MPI_MAX_LIBRARY_VERSION_STRING (at most 8192) bytes.
+    unsafe { mpi::ffi::MPI_Get_library_version(buf.as_mut_ptr().cast(), &mut len) };
+    buf.truncate(len.clamp(0, 8192) as usize);
+    let s = String::from_utf8_lossy(&buf);
+    s.lines()
+        .next()
+        .unwrap_or("unknown")
+        .trim_end_matches('\0')
+        .trim()
+        .to_string()
+}
+
+/// MPI's text for an error code.
+pub(crate) fn error_string(code: c_int) -> String {
+    let mut buf = vec![0u8; 512];
+    let mut len: c_int = 0;
+    // SAFETY: the buffer holds MPI_MAX_ERROR_STRING (256) bytes and more.
+    unsafe { mpi::ffi::MPI_Error_string(code, buf.as_mut_ptr().cast(), &mut len) };
+    buf.truncate(len.clamp(0, 512) as usize);
+    format!("{} (MPI error {code})", String::from_utf8_lossy(&buf))
+}
+
+impl Runtime {
+    /// After an MPI call failed: the ranks newly known as failed (acknowledged, so that
+    /// receives from any source go on), each recorded in `lost`. Empty without ULFM.
+    pub(crate) fn newly_failed(&mut self) -> Vec<i32> {
+        let Ok(u) = self.ft else { return Vec::new() };
+        // SAFETY: reading a constant handle of the library.
+        let world = unsafe { mpi::ffi::RSMPI_COMM_WORLD };
+        let mut ranks = Vec::new();
+        // SAFETY: ULFM calls on MPI_COMM_WORLD with valid out-pointers; the groups made
+        // here are freed here.
+        unsafe {
+            (u.ack)(world);
+            let mut failed = std::mem::MaybeUninit::uninit();
+            if (u.acked)(world, failed.as_mut_ptr()) != 0 {
+                return Vec::new();
+            }
+            let mut failed = failed.assume_init();
+            let mut n: c_int = 0;
+            mpi::ffi::MPI_Group_size(failed, &mut n);
+            if n > 0 {
+                let mut all = std::mem::MaybeUninit::uninit();
+                mpi::ffi::MPI_Comm_group(world, all.as_mut_ptr());
+                let mut all = all.assume_init();
+                let from: Vec<c_int> = (0..n).collect();
+                let mut to = vec![-1 as c_int; n as usize];
+                mpi::ffi::MPI_Group_translate_ranks(failed, n, from.as_ptr(), all, to.as_mut_ptr());
+                mpi::ffi::MPI_Group_free(&mut all);
+                ranks = to;
+            }
+            mpi::ffi::MPI_Group_free(&mut failed);
+        }
+        ranks.retain(|&r| r >= 0 && !self.lost.iter().any(|(l, _)| *l == r));
+        ranks.sort_unstable();
+        for &r in &ranks {
+            self.lost
+                .push((r, "its process ended (ULFM reported it failed)".into()));
+        }
+        ranks
+    }
+
+    /// Whether `rank` is known to be lost.
+    pub(crate) fn is_lost(&self, rank: i32) -> bool {
+        self.lost.iter().any(|(r, _)| *r == rank)
+    }
+}
+
+/// `MPI_ANY_SOURCE`.
+pub(crate) fn any_source() -> i32 {
+    // SAFETY: reading a constant of the library.
+    unsafe { mpi::ffi::RSMPI_ANY_SOURCE }
+}
+
+/// `MPI_ANY_TAG`.
+pub(crate) fn any_tag() -> i32 {
+    // SAFETY: reading a constant of the library.
+    unsafe { mpi::ffi::RSMPI_ANY_TAG }
+}
+
+/// A message matched by [`improbe`], to be received with [`mrecv`] or [`Inbox::receive`].
+#[derive(Debug)]
+pub(crate) struct Probed {
+    pub(crate) message: mpi::ffi::MPI_Message,
+    pub(crate) source: i32,
+    pub(crate) tag: i32,
+    pub(crate) len: usize,
+}
+
+// SAFETY: a message handle is an opaque value, used under the runtime lock.
+unsafe impl Send for Probed {}
+
+/// `MPI_Improbe` on `MPI_COMM_WORLD` (source and tag may be `MPI_ANY_*`), with its
+/// error code: rsmpi's probes read the flag even when the call failed.
+pub(crate) fn improbe(source: i32, tag: i32) -> Result<Option<Probed>, c_int> {
+    let mut flag: c_int = 0;
+    let mut message = std::mem::MaybeUninit::<mpi::ffi::MPI_Message>::uninit();
+    let mut status = std::mem::MaybeUninit::<mpi::ffi::MPI_Status>::uninit();
+    // SAFETY: valid out-pointers; read only when the call succeeded and set the flag.
+    unsafe {
+        let rc = mpi::ffi::MPI_Improbe(
+            source,
+            tag,
+            mpi::ffi::RSMPI_COMM_WORLD,
+            &mut flag,
+            message.as_mut_ptr(),
+            status.as_mut_ptr(),
+        );
+        if rc != 0 {
+            return Err(rc);
+        }
+        if flag == 0 {
+            return Ok(None);
+        }
+        let status = status.assume_init();
+        let mut count: c_int = 0;
+        mpi::ffi::MPI_Get_count(&status, mpi::ffi::RSMPI_UINT8_T, &mut count);
+        Ok(Some(Probed {
+            message: message.assume_init(),
+            source: status.MPI_SOURCE,
+            tag: status.MPI_TAG,
+            len: count.max(0) as usize,
+        }))
+    }
+}
+
+/// Receives a matched message whole (`MPI_Mrecv`).
+pub(crate) fn mrecv(mut p: Probed) -> Result<Vec<u8>, c_int> {
+    let mut buf = vec![0u8; p.len];
+    // SAFETY: the buffer holds the probed message's length; the handle is consumed.
+    let rc = unsafe {
+        mpi::ffi::MPI_Mrecv(
+            buf.as_mut_ptr().cast::<c_void>(),
+            p.len as c_int,
+            mpi::ffi::RSMPI_UINT8_T,
+            &mut p.message,
+            mpi::ffi::RSMPI_STATUS_IGNORE,
+        )
+    };
+    if rc != 0 { Err(rc) } else { Ok(buf) }
 }
 
 static RUNTIME: OnceLock<Mutex<Runtime>> = OnceLock::new();
@@ -78,6 +293,7 @@ pub(crate) fn init() {
     let world = mpi::topology::SimpleCommunicator::world();
     let (rank, size) = (world.rank(), world.size());
     RANK.store(rank, std::sync::atomic::Ordering::Relaxed);
+    let ft = ulfm();
     install_panic_hook(rank);
     if threading < mpi::Threading::Serialized {
         eprintln!(
@@ -102,23 +318,28 @@ pub(crate) fn init() {
             agents: Ok(Vec::new()),
             pool_open: false,
             finalized: false,
+            ft,
+            lost: Vec::new(),
         }));
         super::agent::serve(rank);
         finalize_and_exit(0);
     }
-    let agents = gather_hellos(size, &me).map_err(|(m, e)| {
+    let mut rt = Runtime {
+        rank,
+        size,
+        agents: Ok(Vec::new()),
+        pool_open: false,
+        finalized: false,
+        ft,
+        lost: Vec::new(),
+    };
+    rt.agents = gather_hellos(&mut rt, &me).map_err(|(m, e)| {
         eprintln!("procpool: {m}");
         e
     });
-    let _ = RUNTIME.set(Mutex::new(Runtime {
-        rank,
-        size,
-        agents,
-        pool_open: false,
-        finalized: false,
-    }));
+    let _ = RUNTIME.set(Mutex::new(rt));
     // SAFETY: `at_exit` is an `extern "C" fn()` that stays valid for the whole process.
-    if unsafe { libc::atexit(at_exit) } != 0 {
+    if unsafe { on_exit(at_exit, std::ptr::null_mut()) } != 0 {
         eprintln!("procpool: could not register the MPI shutdown; ending the job.");
         world.abort(1);
     }
@@ -127,23 +348,42 @@ pub(crate) fn init() {
 /// Receives every agent's hello and checks that it runs this executable.
 /// On failure, a sentence for standard error (naming the rank and host) and the error
 /// that MPI pools will be refused with.
-fn gather_hellos(size: i32, me: &Hello) -> Result<Vec<Hello>, (String, PoolError)> {
+/// A rank lost before its hello is kept as a placeholder (pid 0, its host unknown): the
+/// link never deals to it.
+fn gather_hellos(rt: &mut Runtime, me: &Hello) -> Result<Vec<Hello>, (String, PoolError)> {
+    let size = rt.size;
     let other = |m: String| {
         let e = PoolError::Io(std::sync::Arc::new(std::io::Error::other(m.clone())));
         (m, e)
     };
-    let world = mpi::topology::SimpleCommunicator::world();
     let mut got: Vec<Option<Hello>> = vec![None; size.max(1) as usize - 1];
     let deadline = Instant::now() + HELLO_TIMEOUT;
     let mut nap = Nap::default();
     while got.iter().any(Option::is_none) {
-        match world
-            .any_process()
-            .immediate_matched_probe_with_tag(msg::HELLO)
-        {
-            Some(probed) => {
-                let (bytes, status) = probed.matched_receive_vec::<u8>();
-                let r = status.source_rank();
+        match improbe(any_source(), msg::HELLO) {
+            Err(rc) => {
+                let failed = rt.newly_failed();
+                if failed.is_empty() {
+                    return Err(other(format!(
+                        "MPI failed while rank 0 waited for the agents' hellos: {}",
+                        error_string(rc)
+                    )));
+                }
+                for r in failed {
+                    if let Some(slot @ None) = got.get_mut(r as usize - 1) {
+                        *slot = Some(Hello {
+                            fingerprint: me.fingerprint,
+                            cores: 0,
+                            pid: 0,
+                            host: "?".into(),
+                        });
+                    }
+                }
+            }
+            Ok(Some(probed)) => {
+                let r = probed.source;
+                let bytes = mrecv(probed)
+                    .map_err(|rc| other(format!("MPI rank {r}'s hello: {}", error_string(rc))))?;
                 let h = msg::decode_hello(&bytes)
                     .map_err(|e| other(format!("MPI rank {r} sent a malformed hello: {e}")))?;
                 if let Some(slot) = got.get_mut(r as usize - 1) {
@@ -151,7 +391,7 @@ fn gather_hellos(size: i32, me: &Hello) -> Result<Vec<Hello>, (String, PoolError
                 }
                 nap.reset();
             }
-            None if Instant::now() > deadline => {
+            Ok(None) if Instant::now() > deadline => {
                 let missing: Vec<usize> = (1..size as usize)
                     .filter(|r| got[r - 1].is_none())
                     .collect();
@@ -160,7 +400,7 @@ fn gather_hellos(size: i32, me: &Hello) -> Result<Vec<Hello>, (String, PoolError
                      every rank must run this program, whose main calls procpool::init() first"
                 )));
             }
-            None => nap.sleep(),
+            Ok(None) => nap.sleep(),
         }
     }
     let agents: Vec<Hello> = got.into_iter().flatten().collect();
@@ -244,10 +484,20 @@ pub(crate) fn abort_job(code: c_int, why: &str) -> ! {
     mpi::topology::SimpleCommunicator::world().abort(code)
 }
 
+unsafe extern "C" {
+    /// glibc's `on_exit`: like `atexit`, with the exit status.
+    fn on_exit(f: extern "C" fn(c_int, *mut c_void), arg: *mut c_void) -> c_int;
+}
+
+/// How long `MPI_Finalize` may take once ranks were lost before rank 0 leaves without
+/// it, with its own exit status (Open MPI 5's finalize sometimes waits for good for a
+/// rank that died early; every agent was told to leave by then).
+const FINALIZE_AFTER_LOSS: Duration = Duration::from_secs(5);
+
 /// Runs at the exit of the caller's rank (return from `main`, `std::process::exit`):
 /// stops every agent, then finalizes MPI. Bounded: past [`FINALIZE_TIMEOUT`] the process
 /// leaves without finalizing, which makes the launcher end the job.
-extern "C" fn at_exit() {
+extern "C" fn at_exit(status: c_int, _: *mut c_void) {
     // Bounded from the start: another thread may hold the lock inside a long MPI call.
     std::thread::spawn(|| {
         std::thread::sleep(FINALIZE_TIMEOUT);
@@ -264,28 +514,40 @@ extern "C" fn at_exit() {
     }
     let world = mpi::topology::SimpleCommunicator::world();
     let open = rt.pool_open;
+    let mut left = 0;
     for r in 1..rt.size {
+        if rt.is_lost(r) {
+            continue;
+        }
         let p = world.process_at_rank(r);
         if open {
             p.send_with_tag(&[1u8][..], msg::END);
         }
         p.send_with_tag(&[][..] as &[u8], msg::EXIT);
+        left += 1;
     }
     // Everything the agents still send is read (a large message left unread would hold
-    // its sender), until each says BYE.
-    let mut left = rt.size - 1;
+    // its sender), until each says BYE (or is lost).
     let deadline = Instant::now() + BYE_TIMEOUT;
     let mut nap = Nap::default();
     while left > 0 && Instant::now() < deadline {
-        match world.any_process().immediate_matched_probe() {
-            Some(probed) => {
-                let (_, status) = probed.matched_receive_vec::<u8>();
-                if status.tag() == msg::BYE {
+        match improbe(any_source(), any_tag()) {
+            Ok(Some(probed)) => {
+                let tag = probed.tag;
+                let _ = mrecv(probed);
+                if tag == msg::BYE {
                     left -= 1;
                 }
                 nap.reset();
             }
-            None => nap.sleep(),
+            Ok(None) => nap.sleep(),
+            Err(_) => {
+                let failed = rt.newly_failed();
+                if failed.is_empty() {
+                    break;
+                }
+                left -= failed.len() as i32;
+            }
         }
     }
     if left > 0 {
@@ -296,6 +558,13 @@ extern "C" fn at_exit() {
     }
     rt.finalized = true;
     rt.pool_open = false;
+    if !rt.lost.is_empty() {
+        std::thread::spawn(move || {
+            std::thread::sleep(FINALIZE_AFTER_LOSS);
+            // SAFETY: `_exit` ends the process; nothing of it is used after.
+            unsafe { libc::_exit(status) };
+        });
+    }
     // SAFETY: every MPI call of this process is made under the lock we hold, and none
     // follows: `finalized` makes the others refuse.
     unsafe { mpi::ffi::MPI_Finalize() };
@@ -304,6 +573,16 @@ extern "C" fn at_exit() {
 fn finalize_and_exit(code: i32) -> ! {
     if let Some(mut rt) = lock() {
         rt.finalized = true;
+        if rt.ft.is_ok() {
+            // An agent does not know which other agents were lost, and Open MPI 5's
+            // finalize sometimes waits for good for one that died early: bounded (a
+            // finalize takes milliseconds otherwise).
+            std::thread::spawn(move || {
+                std::thread::sleep(FINALIZE_AFTER_LOSS);
+                // SAFETY: `_exit` ends the process; nothing of it is used after.
+                unsafe { libc::_exit(code) };
+            });
+        }
         // SAFETY: as in `at_exit`.
         unsafe { mpi::ffi::MPI_Finalize() };
     }
@@ -371,6 +650,8 @@ pub(crate) fn fine_timer_slack() {
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     pending: Vec<(Vec<u8>, mpi::ffi::MPI_Request)>,
+    /// A send failed (its peer was lost, with ULFM): the owner asks which ranks failed.
+    pub(crate) failed: bool,
 }
 
 // SAFETY: a request handle is an opaque value; the outbox is used under the runtime lock.
@@ -386,6 +667,17 @@ impl Drop for Outbox {
     }
 }
 
+/// A buffer whose request ended in an error: freed only when MPI freed the request
+/// (else MPI may still touch it, and it is leaked; this happens once per lost peer).
+fn release_failed(bytes: Vec<u8>, req: mpi::ffi::MPI_Request) {
+    // SAFETY: reading a constant handle of the library.
+    if req == unsafe { mpi::ffi::RSMPI_REQUEST_NULL } {
+        drop(bytes);
+    } else {
+        std::mem::forget(bytes);
+    }
+}
+
 impl Outbox {
     /// Starts sending `bytes` (at most [`msg::MAX_MESSAGE`]) to `rank` with `tag`.
     pub(crate) fn send(&mut self, rank: i32, tag: i32, bytes: Vec<u8>) {
@@ -393,7 +685,7 @@ impl Outbox {
         // SAFETY: the buffer lives in `pending` (its heap block does not move) until
         // `MPI_Test` says the send completed; the length fits an `int` (checked by the
         // callers, which cut messages at `MAX_MESSAGE`).
-        let req = unsafe {
+        let rc = unsafe {
             mpi::ffi::MPI_Isend(
                 bytes.as_ptr().cast::<c_void>(),
                 bytes.len() as c_int,
@@ -402,20 +694,46 @@ impl Outbox {
                 tag,
                 mpi::ffi::RSMPI_COMM_WORLD,
                 req.as_mut_ptr(),
-            );
-            req.assume_init()
+            )
         };
-        self.pending.push((bytes, req));
+        if rc != 0 {
+            // Its peer is lost (errors are returned only with ULFM on).
+            std::mem::forget(bytes);
+            self.failed = true;
+            return;
+        }
+        // SAFETY: MPI_Isend succeeded, so it set the request.
+        self.pending.push((bytes, unsafe { req.assume_init() }));
     }
 
     /// Drops the messages MPI is done with; whether some are still pending.
     pub(crate) fn progress(&mut self) -> bool {
-        self.pending.retain_mut(|(_, req)| {
+        let mut failed = Vec::new();
+        let mut i = 0;
+        while i < self.pending.len() {
             let mut flag: c_int = 0;
-            // SAFETY: `req` is a live request of ours; MPI_Test frees it when complete.
-            unsafe { mpi::ffi::MPI_Test(req, &mut flag, mpi::ffi::RSMPI_STATUS_IGNORE) };
-            flag == 0
-        });
+            // SAFETY: a live request of ours; MPI_Test frees it when complete.
+            let rc = unsafe {
+                mpi::ffi::MPI_Test(
+                    &mut self.pending[i].1,
+                    &mut flag,
+                    mpi::ffi::RSMPI_STATUS_IGNORE,
+                )
+            };
+            if rc != 0 {
+                failed.push(self.pending.remove(i));
+            } else if flag != 0 {
+                self.pending.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        if !failed.is_empty() {
+            self.failed = true;
+            for (bytes, req) in failed {
+                release_failed(bytes, req);
+            }
+        }
         !self.pending.is_empty()
     }
 }
@@ -427,37 +745,40 @@ impl Outbox {
 pub(crate) struct Inbox {
     /// Buffer, request, source rank.
     pending: Vec<(Vec<u8>, mpi::ffi::MPI_Request, i32)>,
+    /// A receive failed (its sender was lost, with ULFM): the owner asks which ranks
+    /// failed.
+    pub(crate) failed: bool,
 }
 
 // SAFETY: as for `Outbox`.
 unsafe impl Send for Inbox {}
 
 impl Inbox {
-    /// Starts receiving `message` (matched by a probe) of `len` bytes from `source`.
-    pub(crate) fn receive(
-        &mut self,
-        mut message: mpi::point_to_point::Message,
-        len: usize,
-        source: i32,
-    ) {
-        use mpi::raw::AsRawMut;
+    /// Starts receiving the message `probed` matched.
+    pub(crate) fn receive(&mut self, mut probed: Probed) {
+        let len = probed.len;
         let mut buf = vec![0u8; len];
         let mut req = std::mem::MaybeUninit::<mpi::ffi::MPI_Request>::uninit();
         // SAFETY: the buffer lives in `pending` (its heap block does not move) until
         // `MPI_Test` says the receive completed; `len` is the probed message's size (an
-        // MPI count, so it fits an `int`). MPI_Imrecv consumes the message handle (sets
-        // it to MPI_MESSAGE_NULL, which its drop expects).
-        let req = unsafe {
+        // MPI count, so it fits an `int`). MPI_Imrecv consumes the message handle.
+        let rc = unsafe {
             mpi::ffi::MPI_Imrecv(
                 buf.as_mut_ptr().cast::<c_void>(),
                 len as c_int,
                 mpi::ffi::RSMPI_UINT8_T,
-                message.as_raw_mut(),
+                &mut probed.message,
                 req.as_mut_ptr(),
-            );
-            req.assume_init()
+            )
         };
-        self.pending.push((buf, req, source));
+        if rc != 0 {
+            std::mem::forget(buf);
+            self.failed = true;
+            return;
+        }
+        // SAFETY: MPI_Imrecv succeeded, so it set the request.
+        self.pending
+            .push((buf, unsafe { req.assume_init() }, probed.source));
     }
 
     /// The messages received in full since the last call, with their source.
@@ -467,14 +788,19 @@ impl Inbox {
         while i < self.pending.len() {
             let mut flag: c_int = 0;
             // SAFETY: a live request of ours; MPI_Test frees it when complete.
-            unsafe {
+            let rc = unsafe {
                 mpi::ffi::MPI_Test(
                     &mut self.pending[i].1,
                     &mut flag,
                     mpi::ffi::RSMPI_STATUS_IGNORE,
                 )
             };
-            if flag == 0 {
+            if rc != 0 {
+                // Its sender was lost mid-message: what came is not a message.
+                let (bytes, req, _) = self.pending.remove(i);
+                release_failed(bytes, req);
+                self.failed = true;
+            } else if flag == 0 {
                 i += 1;
             } else {
                 let (bytes, _, source) = self.pending.remove(i);

@@ -156,32 +156,87 @@ pub(crate) fn verbose(show: &str) {
     }
 }
 
+/// The Open MPI major version these tests were built against (its headers).
+pub(crate) fn built_major() -> u32 {
+    mpi::ffi::OMPI_MAJOR_VERSION
+}
+
+/// Whether jobs run with ULFM (`--with-ft ulfm`): built against Open MPI 5 or later.
+pub(crate) fn fault_tolerant() -> bool {
+    built_major() >= 5
+}
+
+/// The `mpirun` of the Open MPI these tests were built against: `PROCPOOL_MPIRUN` (set
+/// to the .venv's by the workspace's .cargo/config.toml), else the one on `PATH`; the
+/// first whose major version matches (a binary built against one Open MPI's headers
+/// must load that one's library, which its `mpirun` sets up).
 fn mpirun() -> PathBuf {
+    let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(p) = std::env::var_os("PROCPOOL_MPIRUN") {
-        return p.into();
+        candidates.push(p.into());
     }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("mpirun"))
-            .find(|p| p.exists())
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "mpirun not found on PATH: install an MPI (apt-get install openmpi-bin \
-             libopenmpi-dev) or set PROCPOOL_MPIRUN"
-        )
-    })
+    if let Some(paths) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&paths).map(|d| d.join("mpirun")));
+    }
+    let want = built_major();
+    let mut seen = Vec::new();
+    for c in candidates.into_iter().filter(|p| p.exists()) {
+        let out = Command::new(&c).arg("--version").output();
+        let text = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let major = text.split(|ch: char| ch.is_whitespace()).find_map(|w| {
+            w.split('.')
+                .next()?
+                .parse::<u32>()
+                .ok()
+                .filter(|_| w.contains('.'))
+        });
+        if major == Some(want) {
+            return c;
+        }
+        seen.push(format!(
+            "{} ({})",
+            c.display(),
+            text.lines().next().unwrap_or("?")
+        ));
+    }
+    panic!(
+        "no mpirun of Open MPI {want} (which these tests were built against) found; seen: \
+         {seen:?}. Run scripts/setup (it installs Open MPI 5 into .venv), or set \
+         PROCPOOL_MPIRUN; after installing another MPI, `cargo clean -p mpi-sys` rebuilds \
+         the bindings against it"
+    )
 }
 
 /// Runs `mpirun -n 3` (`rank0` as rank 0, `agents` as ranks 1 and 2, each with the
-/// argument `name`), killing the job past `limit`.
+/// argument `name`), killing the job past `limit`; with ULFM when the build has it.
 pub(crate) fn run_job(rank0: &Path, agents: &Path, name: &str, limit: Duration) -> Run {
+    run_job_with(rank0, agents, name, limit, 2, fault_tolerant())
+}
+
+/// Runs `mpirun` with `rank0` as rank 0 and `n_agents` ranks of `agents`, each with the
+/// argument `name`, with ULFM on when `ft`, killing the job past `limit`.
+pub(crate) fn run_job_with(
+    rank0: &Path,
+    agents: &Path,
+    name: &str,
+    limit: Duration,
+    n_agents: usize,
+    ft: bool,
+) -> Run {
     let start = Instant::now();
     let mut cmd = Command::new(mpirun());
+    if built_major() >= 5 {
+        cmd.args(["--map-by", ":OVERSUBSCRIBE"]);
+        if ft {
+            cmd.args(["--with-ft", "ulfm"]);
+        }
+    }
     cmd.args(["-n", "1"])
         .arg(rank0)
         .arg(name)
-        .args([":", "-n", "2"])
+        .args([":", "-n", &n_agents.to_string()])
         .arg(agents)
         .arg(name)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
