@@ -73,7 +73,10 @@ Flags of the tables:
                       (python-mp = python; sequential always runs: it is the baseline)
   --workloads LIST    comma-separated workloads to run (default: all):
                       {workloads}
-                      (pyfront: procpool's Python pools against the other Python pools;
+                      (latency: a warm apply's round trip; startup: create + 1 task +
+                      join; idle: the CPU an idle procpool pool burns over 10 s (2 s with
+                      --quick); the three are also printed against their targets;
+                      pyfront: procpool's Python pools against the other Python pools;
                       pyproc: its Process, Queue and start-up against multiprocessing;
                       both run by the --python interpreter, which must import procpool;
                       map200k: x * 2 over 200k items in one call; serde: 100k records

@@ -90,6 +90,9 @@ pub(crate) struct Results {
     pub(crate) python_info: Option<String>,
     /// Median round trip between two threads over a Unix socket, µs: (one core, two cores).
     pub(crate) socket_rtt_us: Option<(f64, f64)>,
+    /// CPU an idle procpool pool used: (seconds idle, % of a core by its supervisor thread,
+    /// % of a core by its workers together).
+    pub(crate) idle_cpu: Option<(u64, f64, f64)>,
 }
 
 impl Results {
@@ -100,6 +103,7 @@ impl Results {
             python_seq: None,
             python_info: None,
             socket_rtt_us: None,
+            idle_cpu: None,
         }
     }
 

@@ -8,6 +8,7 @@
 mod channels;
 mod cli;
 mod figures;
+mod idle;
 mod load;
 mod maps;
 mod procs;
@@ -43,12 +44,13 @@ pub(crate) const SEED_TASK_TIME: Duration = Duration::from_millis(10);
 const RUST_SYSTEMS: [&str; 4] = ["sequential", "rayon", "procspawn", "procpool"];
 
 /// The workloads, by the names `--workloads` takes.
-const WORKLOADS: [&str; 13] = [
+const WORKLOADS: [&str; 14] = [
     "seed",
     "tiny",
     "bulk",
     "startup",
     "latency",
+    "idle",
     "crossover",
     "uneven",
     "channels",
@@ -60,8 +62,8 @@ const WORKLOADS: [&str; 13] = [
 ];
 
 /// Workloads with a section of their own (not in the main table).
-const SECTIONS: [&str; 7] = [
-    "uneven", "channels", "pyfront", "pyproc", "map200k", "serde", "imaprss",
+const SECTIONS: [&str; 8] = [
+    "idle", "uneven", "channels", "pyfront", "pyproc", "map200k", "serde", "imaprss",
 ];
 
 /// `target/bench` beside the `release` (or `debug`) folder holding this executable, or
@@ -219,6 +221,16 @@ fn run(cfg: &Config) -> Result<(), String> {
     if p.runs("latency") {
         results.socket_rtt_us = load::socket_round_trip_us(p.latency_runs);
     }
+    if p.runs("idle") && cfg.wants("procpool") {
+        let idle = if p.quick { 2 } else { 10 };
+        match idle::idle_cpu(Duration::from_secs(idle)) {
+            Ok((sup, workers)) => {
+                eprintln!("procpool idle: supervisor {sup:.2}%, workers {workers:.2}% of a core");
+                results.idle_cpu = Some((idle, sup, workers));
+            }
+            Err(e) => eprintln!("procpool idle: failed: {e}"),
+        }
+    }
 
     let python = cfg.python.as_deref().filter(|_| cfg.wants("python"));
     if let Some(py) = python.filter(|_| main_table) {
@@ -271,6 +283,8 @@ fn run(cfg: &Config) -> Result<(), String> {
     results.finish();
     if main_table {
         println!("{}", report::table(&results));
+    } else if results.idle_cpu.is_some() {
+        print!("{}", report::round_trip_targets(&results));
     }
     if let Some(u) = &uneven {
         println!("{}", u.table());

@@ -239,6 +239,7 @@ pub(crate) fn table(r: &Results) -> String {
             num(across)
         );
     }
+    s.push_str(&round_trip_targets(r));
     if let Some(info) = &r.python_info {
         let _ = writeln!(s, "{info}");
     }
@@ -425,4 +426,52 @@ fn axis_label(v: f64) -> String {
     } else {
         format!("{v}")
     }
+}
+
+/// The round-trip figures against their targets (issue 21): warm `apply` median and p99
+/// against rayon's in the same run, create + 1 task + join, and what an idle pool burns.
+pub(crate) fn round_trip_targets(r: &Results) -> String {
+    let mut s = String::new();
+    let (pp, ry) = (r.get("procpool"), r.get("rayon"));
+    let both = |f: fn(&Figures) -> Option<f64>| Some((f(pp?)?, f(ry?)?));
+    if let Some((p, y)) = both(|f| f.lat_med) {
+        let _ = writeln!(
+            s,
+            "warm apply median: procpool {} us = {:.2} x rayon's {} us (target <= 2 x)",
+            num(p),
+            p / y,
+            num(y)
+        );
+    }
+    if let Some((p, y)) = both(|f| f.lat_p99) {
+        let _ = writeln!(
+            s,
+            "warm apply p99: procpool {} us = {:.2} x rayon's {} us (target <= 3 x)",
+            num(p),
+            p / y,
+            num(y)
+        );
+    }
+    if let Some(ms) = pp.and_then(|f| f.startup_ms) {
+        let other = ["procspawn", "rayon"]
+            .iter()
+            .filter_map(|n| Some(format!("{n} {} ms", num(r.get(n)?.startup_ms?))))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            s,
+            "create + 1 task + join: procpool {} ms (target <= 2.0 ms); {other}",
+            num(ms)
+        );
+    }
+    if let Some((secs, sup, workers)) = r.idle_cpu {
+        let _ = writeln!(
+            s,
+            "idle pool: over {secs} s with nothing to do, procpool's supervisor used {sup:.2}% \
+             and its {} workers {workers:.2}% of a core, {:.2}% in all (target < 1%)",
+            crate::systems::WORKERS,
+            sup + workers
+        );
+    }
+    s
 }

@@ -10,6 +10,9 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use std::sync::Mutex;
+
+use crate::direct::{Ticket, Waited};
 use crate::error::PoolError;
 use crate::job::{ABANDONED, BatchInner, CANCELLED, DETACHED, Done, Job, LIVE};
 use crate::shared::{Mode, Shared};
@@ -40,6 +43,11 @@ pub struct Batch {
     admitted: bool,
     /// Counted among the pool's feeding batches (see [`open_input`](Batch::open_input)).
     feeding: bool,
+    /// The job this batch sent straight to a worker, while the batch waits for it itself
+    /// (see `direct`).
+    direct: Mutex<Option<Ticket>>,
+    /// The batch is one call's single job (see [`allow_direct`](Batch::allow_direct)).
+    direct_ok: bool,
 }
 
 impl Batch {
@@ -52,6 +60,8 @@ impl Batch {
             shared,
             admitted,
             feeding: false,
+            direct: Mutex::new(None),
+            direct_ok: false,
         }
     }
 
@@ -88,10 +98,26 @@ impl Batch {
     /// [`PoolError::Closed`] when the batch was made after the pool was closed, or the
     /// pool has stopped; the pool's fatal error if it broke.
     pub fn submit(&self, jobs: impl IntoIterator<Item = Job>) -> Result<usize, PoolError> {
-        let jobs: Vec<Job> = jobs.into_iter().collect();
+        let mut jobs: Vec<Job> = jobs.into_iter().collect();
         let n = jobs.len();
+        // Only a batch's one job goes straight to a worker; one that has more waits for
+        // all of them the same way.
+        self.hand_back();
+        let alone = n == 1
+            && self.direct_ok
+            && self.inner.flag.load(Ordering::Relaxed) == LIVE
+            && self.inner.lock().outstanding == 0;
         // Counted before the jobs are queued: a result may arrive before `enqueue` returns.
         self.inner.lock().outstanding += n;
+        if alone && let Some(job) = jobs.pop() {
+            match self.shared.try_direct(&self.inner, job, self.admitted) {
+                Ok(t) => {
+                    *self.ticket() = Some(t);
+                    return Ok(1);
+                }
+                Err(job) => jobs.push(job),
+            }
+        }
         self.shared
             .enqueue(&self.inner, jobs, self.admitted)
             .inspect_err(|_| {
@@ -107,6 +133,7 @@ impl Batch {
 
     /// Results that arrived and can be received without waiting.
     pub fn ready(&self) -> usize {
+        self.settle_direct(None, false);
         self.inner.lock().done.len()
     }
 
@@ -129,6 +156,10 @@ impl Batch {
     /// `Ready(None)` when nothing is outstanding; otherwise `Pending`, and the task of
     /// `cx` is woken (by the pool's supervisor) when a result arrives. For async callers.
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Done>> {
+        // Async code is woken through its waker, which only the supervisor's answer rings.
+        if !self.settle_direct(None, false) {
+            self.hand_back();
+        }
         let mut st = self.inner.lock();
         if let Some(d) = st.done.pop_front() {
             st.outstanding = st.outstanding.saturating_sub(1);
@@ -145,6 +176,9 @@ impl Batch {
     }
 
     fn recv_deadline(&self, deadline: Option<Instant>) -> Result<Done, RecvError> {
+        if !self.settle_direct(deadline, true) {
+            return Err(RecvError::Timeout);
+        }
         let mut st = self.inner.lock();
         loop {
             if let Some(d) = st.done.pop_front() {
@@ -178,6 +212,7 @@ impl Batch {
     /// worker running one is killed (the pool replaces it). Each such job is received as a
     /// [`Cancelled`](crate::TaskErrorKind::Cancelled) error.
     pub fn cancel(&self) {
+        self.hand_back();
         if self
             .inner
             .flag
@@ -191,6 +226,7 @@ impl Batch {
     /// Stops the batch without killing anything: queued jobs are dropped, results of
     /// running jobs discarded. Results already received stay received.
     pub fn abandon(&self) {
+        self.hand_back();
         self.inner.flag.store(ABANDONED, Ordering::Relaxed);
         let outstanding = std::mem::take(&mut self.inner.lock().outstanding);
         if outstanding > 0 {
@@ -204,6 +240,7 @@ impl Batch {
     /// jobs run to their end (a pool's `join` waits for them), and their results are
     /// discarded. Has no effect on a batch already cancelled or abandoned.
     pub fn detach(&self) {
+        self.hand_back();
         if self
             .inner
             .flag
@@ -217,8 +254,56 @@ impl Batch {
     }
 }
 
+impl Batch {
+    /// Marks the batch as one call's single job (an `apply`, a `spawn`): submitted to a
+    /// pool with an idle worker and nothing queued, it goes from this thread straight to
+    /// that worker, and its result wakes the thread that waits for it, without the
+    /// supervisor in between. Batches that stream many jobs (a `map`) leave it off.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), procpool_engine::PoolError> {
+    /// # let engine = procpool_engine::Engine::start(procpool_engine::EngineConfig::default())?;
+    /// let batch = engine.batch().allow_direct();
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn allow_direct(mut self) -> Self {
+        self.direct_ok = true;
+        self
+    }
+
+    fn ticket(&self) -> std::sync::MutexGuard<'_, Option<Ticket>> {
+        self.direct.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits (`block`) until `deadline` for the job sent directly, if there is one, to be
+    /// answered or taken over by the supervisor. Returns whether it was (or there is none).
+    fn settle_direct(&self, deadline: Option<Instant>, block: bool) -> bool {
+        // Not held while waiting: another thread may cancel meanwhile.
+        let Some(t) = *self.ticket() else { return true };
+        match self.shared.wait_direct(t, deadline, block) {
+            Waited::Settled => {
+                let mut slot = self.ticket();
+                if *slot == Some(t) {
+                    *slot = None;
+                }
+                true
+            }
+            Waited::Pending => false,
+        }
+    }
+
+    /// Gives the job sent directly, if any, to the supervisor to watch and answer.
+    fn hand_back(&self) {
+        if let Some(t) = self.ticket().take() {
+            self.shared.hand_back(t);
+        }
+    }
+}
+
 impl Drop for Batch {
     fn drop(&mut self) {
+        self.hand_back();
         self.close_input();
         if self.inner.flag.load(Ordering::Relaxed) == LIVE {
             self.abandon();

@@ -12,7 +12,9 @@
 //! Python interpreters forked from a template, through its [`Launcher`], with the
 //! handshake checking [`EngineConfig::identity`] instead of the executable's fingerprint),
 //! `worker` (the loop a worker runs), `supervisor`
-//! (the thread that owns the workers and schedules jobs), `claim` (how a worker and the
+//! (the thread that owns the workers and schedules jobs), `direct` (a single job sent by
+//! the caller straight to an idle worker the supervisor lent out, its result waking the
+//! caller through a futex word), `claim` (how a worker and the
 //! supervisor agree on which jobs the worker started, so that jobs not started can be
 //! taken back), `items` (a chunk's finished items recorded as they finish, so that a
 //! worker's death inside it costs one item), `config` ([`EngineConfig`]), `job` ([`Job`],
@@ -31,6 +33,7 @@ mod batch;
 mod chunk;
 mod claim;
 mod config;
+mod direct;
 mod error;
 mod events;
 mod feed;

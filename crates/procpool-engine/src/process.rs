@@ -39,6 +39,18 @@ pub(crate) const CTL_SLEEPING: usize = 4;
 /// Control word: the claim word (see `claim`): the job the worker claimed last, and the
 /// parent's stop flag.
 pub(crate) const CTL_CLAIM: usize = 5;
+/// Control word: the futex word a caller waiting for a job it sent straight to the worker
+/// sleeps on (its low 32 bits); the worker bumps it after each result (see `direct`).
+pub(crate) const CTL_DIRECT_WAKE: usize = 16;
+/// Control word: set by such a caller before it sleeps; a worker that publishes a result
+/// then clears it and wakes the futex.
+pub(crate) const CTL_DIRECT_WAITING: usize = 17;
+/// Control word: bumped by the parent after each write to the worker's socket, so that a
+/// worker spinning for its next job sees it come without a system call.
+pub(crate) const CTL_BELL: usize = 24;
+/// Control word: the last job a caller sent straight to the worker (a worker spins for
+/// its next job only after such a job; a task that writes it only makes its worker spin).
+pub(crate) const CTL_DIRECT_SEQ: usize = 25;
 /// Control word: how far the running job's items got (see `items`): 0, or a mark, the
 /// items finished and the bytes of their results in the items area. Reset at each job's
 /// start; read by the parent only after the worker died. Written after every item, so it
@@ -160,8 +172,9 @@ pub(crate) struct WorkerProc {
     /// What its handshake must name (see [`WorkerEnv::fingerprint`]).
     pub(crate) identity: u64,
     pidfd: OwnedFd,
-    pub(crate) sock: OwnedFd,
-    pub(crate) ctl: SharedRegion,
+    /// Shared with a caller that sends a job straight to the worker (see `direct`).
+    pub(crate) sock: Arc<OwnedFd>,
+    pub(crate) ctl: Arc<SharedRegion>,
     /// Where large arguments are written for the worker to read.
     /// Mapped in the parent only as far as it is used (see `GrowingRegion`).
     pub(crate) data: GrowingRegion,
@@ -258,8 +271,8 @@ fn watch(
         pid,
         identity,
         pidfd,
-        sock: mine,
-        ctl,
+        sock: Arc::new(mine),
+        ctl: Arc::new(ctl),
         data,
         death: None,
     })

@@ -119,10 +119,23 @@ impl<'a> RingReader<'a> {
     /// Takes the next published entry's body into `buf` (cleared first). `Ok(false)` when
     /// the ring is empty.
     pub(crate) fn pop(&self, buf: &mut Vec<u8>) -> Result<bool, RingError> {
+        match self.peek(buf)? {
+            Some(next) => {
+                self.advance(next);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Copies the next published entry's body into `buf` (cleared first) without taking
+    /// it: returns the read position past it, for [`advance`](Self::advance), or `None`
+    /// when the ring is empty.
+    pub(crate) fn peek(&self, buf: &mut Vec<u8>) -> Result<Option<u64>, RingError> {
         let write = self.ctl.word(CTL_RING_WRITE).load(Acquire) as usize;
         let mut read = self.ctl.word(CTL_RING_READ).load(Acquire) as usize;
         if write == read {
-            return Ok(false);
+            return Ok(None);
         }
         let bad = |m: String| Err(RingError(m));
         if write > MAX_POSITION
@@ -151,10 +164,12 @@ impl<'a> RingReader<'a> {
         }
         let at = RING_OFFSET + read % RING_LEN + HEAD;
         self.ctl.read_to_vec(at, len, buf);
-        self.ctl
-            .word(CTL_RING_READ)
-            .store((read + HEAD + align8(len)) as u64, Release);
-        Ok(true)
+        Ok(Some((read + HEAD + align8(len)) as u64))
+    }
+
+    /// Takes the entries before `next` (a position [`peek`](Self::peek) returned).
+    pub(crate) fn advance(&self, next: u64) {
+        self.ctl.word(CTL_RING_READ).store(next, Release);
     }
 
     fn len_at(&self, pos: usize) -> u32 {

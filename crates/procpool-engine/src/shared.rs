@@ -7,7 +7,10 @@ use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use std::sync::atomic::AtomicUsize;
+
 use crate::config::EngineConfig;
+use crate::direct::Lane;
 use crate::error::PoolError;
 use crate::job::{BatchInner, Job, Queued};
 use crate::stats::StatsCell;
@@ -49,6 +52,10 @@ pub(crate) struct Shared {
     pub(crate) started_cv: Condvar,
     /// The pool's counters (see `stats`).
     pub(crate) stats: Arc<StatsCell>,
+    /// One lane per worker slot, for jobs sent straight to an idle worker (see `direct`).
+    pub(crate) lanes: Vec<Lane>,
+    /// Where a caller looks for an open lane first.
+    pub(crate) next_lane: AtomicUsize,
 }
 
 impl Shared {
@@ -70,6 +77,8 @@ impl Shared {
             started: Mutex::new(None),
             started_cv: Condvar::new(),
             stats: Arc::new(StatsCell::new(workers)),
+            lanes: (0..workers).map(|_| Lane::default()).collect(),
+            next_lane: AtomicUsize::new(0),
         }))
     }
 

@@ -25,11 +25,13 @@ use crate::transport::{FrameReader, OutQueue};
 
 mod dispatch;
 mod intake;
+mod lanes;
 mod lifecycle;
 mod observe;
 mod retry;
 
 use intake::{Ctx, Early, drain_ring, drain_socket, handle_frames, read_some};
+pub(crate) use intake::{finished, own};
 
 /// How long a worker told to shut down may take before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -127,6 +129,8 @@ struct Worker {
     hard_kill_at: Option<Instant>,
     start_error: Option<PoolError>,
     eof: bool,
+    /// Its lane is open or lent (see `lanes`): leave it alone.
+    lent: bool,
 }
 
 impl Worker {
@@ -146,7 +150,9 @@ impl Worker {
     }
 
     fn flush(&mut self) {
-        if let Err(e) = self.out.flush(self.proc.sock.as_fd()) {
+        let r = self.out.flush(self.proc.sock.as_fd());
+        crate::direct::ring_bell(&self.proc.ctl);
+        if let Err(e) = r {
             // The worker is gone or going; its death is handled through its pidfd.
             if self.kill_reason.is_none() && e.kind() != std::io::ErrorKind::BrokenPipe {
                 self.kill(KillReason::Protocol(format!("send failed: {e}")));
@@ -211,6 +217,7 @@ impl Supervisor {
                 self.terminate();
                 return;
             }
+            let lent_due = self.sync_lanes(mode != Mode::Run || !cancels.is_empty());
             for b in cancels {
                 if b.is_cancelled() {
                     self.cancel(&b);
@@ -226,13 +233,14 @@ impl Supervisor {
                 return;
             }
             let retry = self.respawn(mode);
-            let timeout = [self.check_deadlines(), recheck, retry]
+            let timeout = [self.check_deadlines(), recheck, retry, lent_due]
                 .into_iter()
                 .flatten()
                 .min();
             if self.starting && self.failed_start() {
                 return;
             }
+            self.open_lanes(mode);
             self.publish_in_flight();
             self.wait(timeout);
         }
@@ -293,6 +301,7 @@ impl Supervisor {
             hard_kill_at: None,
             start_error: None,
             eof: false,
+            lent: false,
         });
         self.publish_pids();
         Ok(())
@@ -362,7 +371,12 @@ impl Supervisor {
         let q = self.shared.lock();
         let quiet = q.jobs.is_empty() && q.feeding == 0;
         drop(q);
-        quiet && self.slots.iter().flatten().all(|w| w.in_flight.is_empty())
+        quiet
+            && self
+                .slots
+                .iter()
+                .flatten()
+                .all(|w| w.in_flight.is_empty() && !w.lent)
     }
 
     fn wait(&mut self, mut timeout: Option<Duration>) {
@@ -456,9 +470,16 @@ impl Supervisor {
     }
 
     fn service_slot(&mut self, i: usize, sock: Ready, pid: Ready) {
+        if sock.read || sock.hup || sock.write || pid.read {
+            // News from a worker lent out: the supervisor takes it back first.
+            self.reclaim(i);
+        }
         let Some(w) = self.slots[i].as_mut() else {
             return;
         };
+        if w.lent {
+            return;
+        }
         if sock.write {
             w.flush();
         }

@@ -14,12 +14,14 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crate::claim::Claimer;
+use crate::direct::Spinner;
 use crate::items;
 use crate::process::{
-    CONTROL_LEN, CTL_STARTED_AT, CTL_STARTED_SEQ, DATA_LEN, ENV_WORKER, REGIONS_MARK, WorkerEnv,
-    my_fingerprint,
+    CONTROL_LEN, CTL_BELL, CTL_DIRECT_SEQ, CTL_STARTED_AT, CTL_STARTED_SEQ, DATA_LEN, ENV_WORKER,
+    REGIONS_MARK, WorkerEnv, my_fingerprint,
 };
 use crate::ring::{self, RingWriter};
 use crate::sys::{self, SharedRegion};
@@ -151,6 +153,9 @@ struct Io {
     max_message: usize,
     result_buf: Vec<u8>,
     claimer: Claimer,
+    /// The job run last came straight from a caller.
+    after_direct: bool,
+    spinner: Spinner,
 }
 
 fn serve(env: WorkerEnv, identity: u64, runner: &mut dyn Runner) -> i32 {
@@ -247,6 +252,8 @@ fn run_connected(
             max_message: env.max_message,
             result_buf: Vec::new(),
             claimer: Claimer::default(),
+            after_direct: false,
+            spinner: Spinner::default(),
         },
     };
     let hello = if env.version != PROTOCOL_VERSION {
@@ -354,6 +361,9 @@ impl Conn {
                     (used, stop)
                 }
                 Ok(None) => {
+                    if std::mem::take(&mut io.after_direct) {
+                        wait_for_more(io.sock.as_fd(), &io.ctl, &mut io.spinner);
+                    }
                     receive_more(reader, &mut fds.arrived, io.sock.as_fd())?;
                     continue;
                 }
@@ -363,6 +373,34 @@ impl Conn {
             if stop {
                 return Ok(());
             }
+        }
+    }
+}
+
+/// How long an idle worker spins for its next job before it sleeps in `recvmsg`: a
+/// caller that sends jobs one after the other then never waits for the worker to wake.
+const WORKER_SPIN: Duration = Duration::from_micros(20);
+
+/// After a job a caller sent directly (another is likely to follow at once), spins a
+/// little while nothing is to be read: until the parent rings the bell (it does
+/// after each write to the socket) or [`WORKER_SPIN`] passes.
+fn wait_for_more(sock: BorrowedFd<'_>, ctl: &SharedRegion, spinner: &mut Spinner) {
+    let bell = ctl.word(CTL_BELL);
+    let rung = bell.load(Ordering::SeqCst);
+    if sys::readable_now(sock) {
+        return;
+    }
+    let mut last = Instant::now();
+    let until = spinner.until(last, WORKER_SPIN);
+    while last < until {
+        for _ in 0..64 {
+            if bell.load(Ordering::Relaxed) != rung {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        if !spinner.go_on(Instant::now(), &mut last, until) {
+            return;
         }
     }
 }
@@ -408,6 +446,8 @@ impl Io {
         let nanos = sys::monotonic_nanos() - start;
         // Descriptors the runner did not take are closed now.
         drop(take_job_fds());
+        // A caller sending jobs one by one wrote this job's number before sending it.
+        self.after_direct = self.ctl.word(CTL_DIRECT_SEQ).load(Ordering::Relaxed) == seq;
         self.push_result(seq, nanos, outcome)
     }
 
@@ -437,6 +477,8 @@ impl Io {
             wire::put_result(&mut self.entry, seq, nanos, &o);
             if let Some(wake) = RingWriter::new(&self.ctl).push(&self.entry) {
                 self.result_buf.clear();
+                // A caller that sent the job directly may sleep on it.
+                crate::direct::ring_waiter(&self.ctl, false);
                 if wake {
                     wire::encode_up(self.out.buf(), &Up::Doorbell);
                     return self.out.flush(self.sock.as_fd());
@@ -462,7 +504,10 @@ impl Io {
             }
         }
         self.result_buf.clear();
-        self.out.flush(self.sock.as_fd())
+        let r = self.out.flush(self.sock.as_fd());
+        // A caller waiting for a direct job learns that it must wait for the supervisor.
+        crate::direct::ring_waiter(&self.ctl, false);
+        r
     }
 }
 

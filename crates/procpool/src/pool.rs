@@ -1088,7 +1088,7 @@ impl<'p> Call<'p> {
     {
         self.check()?;
         let (payload, fds) = single_payload(&arg, self.layout)?;
-        let batch = self.pool.engine.batch();
+        let batch = self.pool.engine.batch().allow_direct();
         batch.submit([procpool_engine::Job {
             func: func::chunk_ref(f),
             payload: Arc::new(payload),

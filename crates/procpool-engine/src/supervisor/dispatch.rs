@@ -53,7 +53,13 @@ const OVERRUN_MIN: Duration = Duration::from_millis(1);
 
 impl Worker {
     /// Records a job sent to the worker.
-    fn hold(&mut self, seq: u64, q: Queued, shared: Option<(usize, usize)>, now: Instant) {
+    pub(super) fn hold(
+        &mut self,
+        seq: u64,
+        q: Queued,
+        shared: Option<(usize, usize)>,
+        now: Instant,
+    ) {
         let est_nanos = q.batch.avg_nanos();
         self.backlog.add(est_nanos);
         self.in_flight.push_back(InFlight {
@@ -68,7 +74,10 @@ impl Worker {
 
     /// Whether the worker can be given jobs now.
     pub(super) fn can_take(&self) -> bool {
-        self.phase == Phase::Ready && self.kill_reason.is_none() && self.revoke_pending.is_none()
+        self.phase == Phase::Ready
+            && self.kill_reason.is_none()
+            && self.revoke_pending.is_none()
+            && !self.lent
     }
 
     /// When the job the worker runs counts as having overrun its expectation (`None`:

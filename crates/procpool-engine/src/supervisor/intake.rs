@@ -391,7 +391,7 @@ fn accept(
 }
 
 /// A result as owned bytes, or the failure it reports.
-fn own(outcome: Outcome<'_>) -> Result<Vec<u8>, TaskErrorKind> {
+pub(crate) fn own(outcome: Outcome<'_>) -> Result<Vec<u8>, TaskErrorKind> {
     match outcome {
         Outcome::Ok(b) => copy_result(b),
         Outcome::Err(f) => Err(f.into()),
@@ -445,7 +445,7 @@ fn take_due(
 /// The answer to a job that ran on worker `pid` and gave `outcome`; `None` when nobody
 /// wants it any more. The job's payload is dropped first, so the caller may reuse its
 /// buffer.
-pub(super) fn finished(
+pub(crate) fn finished(
     q: Queued,
     pid: u32,
     nanos: u64,

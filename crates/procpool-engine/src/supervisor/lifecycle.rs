@@ -221,7 +221,7 @@ impl Supervisor {
         let Some(w) = self.slots[i].as_mut() else {
             return;
         };
-        if w.phase == Phase::Ready && w.items_sent >= limit && w.in_flight.is_empty() {
+        if w.phase == Phase::Ready && w.items_sent >= limit && w.in_flight.is_empty() && !w.lent {
             let w = self.slots[i].take().expect("slot checked above");
             self.observe_recycled(i, w.pid());
             self.retire(w);
@@ -379,8 +379,10 @@ impl Supervisor {
         }
     }
 
-    /// Retires every ready worker. A worker still starting (in its handshake or its
-    /// initializer) is left to finish, and retired once ready: it is killed only if it
+    /// Retires every ready worker. A worker still in its handshake has run no task code
+    /// and holds nothing: it is stopped at once (a pool joined right after it was made
+    /// does not wait for its other workers to finish starting). A worker in its
+    /// initializer is left to finish it, and retired once ready: it is killed only if it
     /// is not ready within the shutdown grace. Returns whether every worker is gone.
     pub(super) fn shutdown_all(&mut self) -> bool {
         let by = Instant::now() + SHUTDOWN_GRACE;
@@ -391,6 +393,12 @@ impl Supervisor {
             if w.phase == Phase::Ready {
                 let w = self.slots[i].take().expect("slot checked above");
                 self.retire(w);
+            } else if w.phase == Phase::Handshake && w.in_flight.is_empty() {
+                let mut w = self.slots[i].take().expect("slot checked above");
+                w.proc.kill();
+                w.phase = Phase::Retiring;
+                w.deadline = Some(by);
+                self.retiring.push(w);
             } else {
                 w.deadline = Some(w.deadline.map_or(by, |d| d.min(by)));
             }
@@ -400,6 +408,8 @@ impl Supervisor {
     }
 
     pub(super) fn terminate(&mut self) {
+        // Jobs callers sent directly are answered as the others.
+        self.sync_lanes(true);
         let mut all: Vec<Worker> = self.slots.iter_mut().filter_map(Option::take).collect();
         all.append(&mut self.retiring);
         for w in &all {

@@ -4,7 +4,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
@@ -291,6 +291,49 @@ pub(crate) fn poll(
     Ok(())
 }
 
+/// Whether `fd` has bytes to read now (a poll that does not wait).
+pub(crate) fn readable_now(fd: BorrowedFd<'_>) -> bool {
+    let mut pfd = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut pfd, Some(&zero)), Ok(n) if n > 0)
+}
+
+/// Sleeps while `word` holds `expected`, at most `timeout` (`None`: no limit), on a word
+/// that may be shared with other processes. Returns early, at once, when the word holds
+/// something else; may also return for no reason (the caller checks what it waits for).
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT (not private: the word may lie in memory shared with another
+    // process) reads the 4 aligned bytes `word` refers to, which live while we sleep
+    // (borrowed); the timeout is null or points at a timespec on our stack.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            tsp,
+        );
+    }
+}
+
+/// Wakes every thread, of any process, sleeping in [`futex_wait`] on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only uses the address of `word` as a key; nothing is written.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
+    }
+}
+
 /// Monotonic clock in nanoseconds, the same clock in every process of the machine.
 pub(crate) fn monotonic_nanos() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -497,6 +540,23 @@ impl SharedRegion {
         // SAFETY: in bounds (checked above), 8-aligned (mmap is page-aligned), and valid
         // for the lifetime of `self`; all accesses go through atomics.
         unsafe { &*self.ptr.as_ptr().add(i * 8).cast::<AtomicU64>() }
+    }
+}
+
+impl SharedRegion {
+    /// The low 32 bits of the `i`th 64-bit word of the region, as a word of its own (a
+    /// futex word: see [`futex_wait`]).
+    pub(crate) fn word32(&self, i: usize) -> &AtomicU32 {
+        let w = self.word(i);
+        let low = if cfg!(target_endian = "little") { 0 } else { 4 };
+        // SAFETY: within the 8 bytes of word `i` (in bounds, checked by `word`), 4-aligned;
+        // valid for the lifetime of `self`; all accesses go through atomics.
+        unsafe {
+            &*(w as *const AtomicU64)
+                .cast::<u8>()
+                .add(low)
+                .cast::<AtomicU32>()
+        }
     }
 }
 
