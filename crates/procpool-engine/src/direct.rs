@@ -392,6 +392,12 @@ impl Shared {
             // A lie, or a result for another job: left for the supervisor to judge.
             _ => return self.hand_back_locked(&mut l),
         };
+        // Bytes on the worker's socket (a stray write by its task, made before the result
+        // was published, or its end closed): the supervisor reads them first and judges
+        // the job, as it would had it sent the job itself.
+        if sys::readable_now(link.sock.as_fd()) {
+            return self.hand_back_locked(&mut l);
+        }
         ring.advance(next);
         let State::Lent(lent) = std::mem::replace(&mut l.state, State::Open) else {
             unreachable!("checked above")
