@@ -20,6 +20,13 @@ import sys
 
 import pytest
 
+# A run started with SIGINT ignored (a background job of a non-interactive shell, or under
+# nohup) would pass that on to every program the Ctrl-C tests start, which then could not
+# be interrupted. Those programs stand for ones run from a terminal: a handler here makes
+# each program this run starts begin with SIGINT's default action.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)

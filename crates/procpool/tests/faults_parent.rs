@@ -80,6 +80,11 @@ fn helper_parent_process() {
         return;
     };
     let (mode, dir) = spec.split_once(':').expect("mode:dir");
+    // A run started with SIGINT ignored (a background job of a non-interactive shell, or
+    // under nohup) passes that on to this helper, which stands for a program run from a
+    // terminal, where Ctrl-C has its usual meaning.
+    // SAFETY: sets the default action of one signal; no handler is involved.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     let pool = Pool::builder().workers(2).build().unwrap();
     let _handles: Vec<_> = (0..2)
         .map(|i| pool.spawn(long_task, (dir.to_owned(), i)).unwrap())

@@ -52,6 +52,11 @@ fn helper_terminal_parent() {
     let Ok(dir) = std::env::var(HELPER_ENV) else {
         return;
     };
+    // A run started with SIGINT ignored (a background job of a non-interactive shell, or
+    // under nohup) passes that on to this helper, which stands for a program run from a
+    // terminal, where Ctrl-C has its usual meaning.
+    // SAFETY: sets the default action of one signal; no handler is involved.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     let pool = Pool::builder().workers(2).build().unwrap();
     let got = pool.map(print_and_touch_the_terminal, 0..4).unwrap();
     assert_eq!(got, vec![1, 2, 3, 4]);
