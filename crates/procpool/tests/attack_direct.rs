@@ -136,35 +136,6 @@ fn dropping_the_pool_ends_callers_waiting_on_lent_jobs_at_once() {
     });
 }
 
-/// The control block's first two pages, as in `direct_calls`.
-fn control_pages() -> &'static [AtomicU64] {
-    for entry in std::fs::read_dir("/proc/self/fd").expect("list my descriptors") {
-        let entry = entry.expect("a descriptor");
-        let Ok(link) = std::fs::read_link(entry.path()) else {
-            continue;
-        };
-        if !link.to_string_lossy().contains("procpool-control") {
-            continue;
-        }
-        let fd: i32 = entry.file_name().to_string_lossy().parse().expect("an fd");
-        // SAFETY: maps two pages of a memfd this process holds; never unmapped.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                8192,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        // SAFETY: mapped, aligned, accessed through atomics only.
-        return unsafe { std::slice::from_raw_parts(p.cast(), 1024) };
-    }
-    panic!("no control block");
-}
-
 const RING_WRITE: usize = 2;
 const STARTED_SEQ: usize = 0;
 const RING_OFFSET: usize = 4096;
@@ -173,7 +144,7 @@ const RING_OFFSET: usize = 4096;
 /// sleeps 300 ms and returns: the worker then publishes the real result for a job its
 /// caller already took.
 fn early_result(x: u64) -> u64 {
-    let ctl = control_pages();
+    let ctl = common::control_pages(2);
     let me = ctl[STARTED_SEQ].load(SeqCst);
     let write = ctl[RING_WRITE].load(SeqCst) as usize;
     let mut body = Vec::new();

@@ -9,7 +9,6 @@ procpool::enable_test_support!();
 
 mod common;
 
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
@@ -256,35 +255,6 @@ where
     }
 }
 
-/// The control block's first two pages (words, then the start of the results ring).
-fn control_pages() -> &'static [AtomicU64] {
-    for entry in std::fs::read_dir("/proc/self/fd").expect("list my descriptors") {
-        let entry = entry.expect("a descriptor");
-        let Ok(link) = std::fs::read_link(entry.path()) else {
-            continue;
-        };
-        if !link.to_string_lossy().contains("procpool-control") {
-            continue;
-        }
-        let fd: i32 = entry.file_name().to_string_lossy().parse().expect("an fd");
-        // SAFETY: maps two pages of a memfd this process holds; never unmapped.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                8192,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        // SAFETY: mapped, aligned, accessed through atomics only.
-        return unsafe { std::slice::from_raw_parts(p.cast(), 1024) };
-    }
-    panic!("no control block");
-}
-
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 enum Forge {
     /// Bumps the caller's futex word and raises its waiting flag, over and over.
@@ -298,7 +268,7 @@ enum Forge {
 }
 
 fn forger((how, x): (Forge, u64)) -> u64 {
-    let ctl = control_pages();
+    let ctl = common::control_pages(2);
     let me = ctl[STARTED_SEQ].load(SeqCst);
     match how {
         Forge::Futex | Forge::Bell => {

@@ -268,6 +268,12 @@ pub(crate) fn timeline(traces: &[Trace], t0: u64) -> String {
 /// Maps the control block of the worker this task runs in, writable: what a buggy or
 /// hostile task could do (it finds the memfd among its own descriptors).
 pub(crate) fn control_block() -> &'static [std::sync::atomic::AtomicU64] {
+    control_pages(1)
+}
+
+/// Maps the first `pages` pages of this worker's control block (the words, then the start
+/// of the results ring), writable, as [`control_block`] does.
+pub(crate) fn control_pages(pages: usize) -> &'static [std::sync::atomic::AtomicU64] {
     for entry in std::fs::read_dir("/proc/self/fd").expect("list my descriptors") {
         let entry = entry.expect("a descriptor");
         let Ok(link) = std::fs::read_link(entry.path()) else {
@@ -277,8 +283,8 @@ pub(crate) fn control_block() -> &'static [std::sync::atomic::AtomicU64] {
             continue;
         }
         let fd: i32 = entry.file_name().to_string_lossy().parse().expect("an fd");
-        let len = 4096;
-        // SAFETY: maps a page of a memfd this process holds; never unmapped.
+        let len = 4096 * pages;
+        // SAFETY: maps pages of a memfd this process holds; never unmapped.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -290,7 +296,7 @@ pub(crate) fn control_block() -> &'static [std::sync::atomic::AtomicU64] {
             )
         };
         assert_ne!(p, libc::MAP_FAILED, "mmap the control block");
-        // SAFETY: the page is mapped, aligned, and only accessed through atomics.
+        // SAFETY: the pages are mapped, aligned, and only accessed through atomics.
         return unsafe { std::slice::from_raw_parts(p.cast(), len / 8) };
     }
     panic!("no control block among this worker's descriptors");
