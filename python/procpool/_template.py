@@ -351,15 +351,6 @@ def _preload(names) -> bool:
     return len(os.listdir("/proc/self/task")) == 1
 
 
-def _flush() -> None:
-    for f in (sys.stdout, sys.stderr):
-        try:
-            if f is not None:
-                f.flush()
-        except Exception:
-            pass
-
-
 def _close_all(fds) -> None:
     for fd in fds:
         os.close(fd)
@@ -409,7 +400,9 @@ def _child(fd: int, body: bytes, extra) -> None:
 
             _bootstrap.lazy_main(_current.get("main"))
             code = _core._serve_worker()
-        _flush()
+        from . import _worker  # loaded in the template already
+
+        _worker.flush()
     except BaseException:
         import traceback
 
