@@ -280,9 +280,19 @@ class Queue:
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
         parts, fds = _dumps_message(obj)
+        count = self._count
+        if block and timeout is None and count.add_below(self._maxsize):
+            # The common case: room in the count, waiting for room in the socket as long
+            # as needed.
+            try:
+                self._ch.send(parts, fds, None)
+            except BaseException:
+                count.add(-1)
+                raise
+            self._sent(1)
+            return
         wait = _deadline(block, timeout)
         deadline = None if wait is None else time.monotonic() + wait
-        count = self._count
         if not count.add_below(self._maxsize):
             if not block or not _wait_for(lambda: count.add_below(self._maxsize), deadline):
                 raise _queue.Full

@@ -173,10 +173,11 @@ impl Channel {
     ) -> PyResult<Option<(Bound<'py, PyAny>, Vec<i32>)>> {
         let rx = self.rx.as_ref().ok_or_else(closed)?;
         let timeout = crate::args::duration(timeout, "timeout")?;
-        receive(py, rx, timeout, |p, fds| {
+        let r = receive(py, rx, timeout, |py, p, fds| {
             let data = fresh(py, p.len(), writable, |out| p.read_into(0, out))?;
-            Ok((data, raw_fds(fds)))
-        })
+            Ok((data.unbind(), raw_fds(fds)))
+        })?;
+        Ok(r.map(|(data, fds)| (data.into_bound(py), fds)))
     }
 
     /// Receives one message of a queue (see `procpool/queues.py`): `(pickle,
@@ -191,10 +192,15 @@ impl Channel {
     ) -> PyResult<Option<QueueMessage<'py>>> {
         let rx = self.rx.as_ref().ok_or_else(closed)?;
         let timeout = crate::args::duration(timeout, "timeout")?;
-        receive(py, rx, timeout, |p, fds| {
+        let r = receive(py, rx, timeout, |py, p, fds| {
             let (pickle, bufs) = open_queue_message(py, &p)?;
-            Ok((pickle, bufs, raw_fds(fds)))
-        })
+            let bufs: Vec<Py<PyAny>> = bufs.into_iter().map(Bound::unbind).collect();
+            Ok((pickle.unbind(), bufs, raw_fds(fds)))
+        })?;
+        Ok(r.map(|(pickle, bufs, fds)| {
+            let bufs = bufs.into_iter().map(|b| b.into_bound(py)).collect();
+            (pickle.into_bound(py), bufs, fds)
+        }))
     }
 
     /// Waits until a message can be read (or every sender is gone): `True`, or `False`
@@ -226,40 +232,29 @@ fn raw_fds(fds: Vec<OwnedFd>) -> Vec<i32> {
 }
 
 /// Receives one message and hands it to `f` with the GIL held: a message already
-/// waiting at once; otherwise the wait for one lets the GIL go, and the message is taken
-/// once it is there (another reader may take it first: then the wait goes on).
-fn receive<'py, R>(
-    py: Python<'py>,
+/// waiting is taken at once; otherwise the GIL is let go for the wait, and taken again
+/// once a message is there (one blocking receive: no poll before it).
+fn receive<R: Send>(
+    py: Python<'_>,
     rx: &Receiver<Vec<u8>>,
     timeout: Option<Duration>,
-    f: impl FnOnce(procpool::Payload<'_>, Vec<OwnedFd>) -> PyResult<R>,
+    f: impl FnOnce(Python<'_>, procpool::Payload<'_>, Vec<OwnedFd>) -> PyResult<R> + Send,
 ) -> PyResult<Option<R>> {
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
-    let fd = rx.as_fd().as_raw_fd();
     let mut f = Some(f);
-    loop {
-        let r = rx.recv_with(Some(Duration::ZERO), |p, fds| {
-            let f = f.take().expect("one message per receive");
-            f(p, fds)
-        });
-        match r {
-            Ok(Some(v)) => return v.map(Some),
-            Ok(None) => {}
-            Err(e) => return Err(recv_error(e)),
-        }
-        let left = match deadline {
-            None => None,
-            Some(d) => {
-                let left = d.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    return Ok(None);
-                }
-                Some(left)
-            }
-        };
-        if !py.detach(|| poll_in(fd, left))? {
-            return Ok(None);
-        }
+    let r = rx.recv_with(Some(Duration::ZERO), |p, fds| {
+        let f = f.take().expect("one message per receive");
+        f(py, p, fds)
+    });
+    let r = match (r, f) {
+        (Ok(None), Some(f)) if timeout != Some(Duration::ZERO) => py.detach(|| {
+            rx.recv_with(timeout, |p, fds| Python::attach(|py| f(py, p, fds)))
+        }),
+        (r, _) => r,
+    };
+    match r {
+        Ok(Some(v)) => v.map(Some),
+        Ok(None) => Ok(None),
+        Err(e) => Err(recv_error(e)),
     }
 }
 
