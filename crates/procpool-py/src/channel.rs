@@ -246,9 +246,9 @@ fn receive<R: Send>(
         f(py, p, fds)
     });
     let r = match (r, f) {
-        (Ok(None), Some(f)) if timeout != Some(Duration::ZERO) => py.detach(|| {
-            rx.recv_with(timeout, |p, fds| Python::attach(|py| f(py, p, fds)))
-        }),
+        (Ok(None), Some(f)) if timeout != Some(Duration::ZERO) => {
+            py.detach(|| rx.recv_with(timeout, |p, fds| Python::attach(|py| f(py, p, fds))))
+        }
         (r, _) => r,
     };
     match r {
