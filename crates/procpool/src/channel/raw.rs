@@ -23,6 +23,18 @@ pub type BytesAndFds = (Vec<u8>, Vec<OwnedFd>);
 /// packet, or in the shared memory of a large message. Copy them where they are needed
 /// with [`read_at`](Self::read_at): a large message is copied once, straight from the
 /// shared memory into the caller's buffer.
+///
+/// ```
+/// # fn main() -> std::io::Result<()> {
+/// let (tx, rx) = procpool::channel::<Vec<u8>>()?;
+/// tx.send(b"hello".to_vec()).unwrap();
+/// let first = rx.recv_with(None, |p: procpool::Payload<'_>, _fds| {
+///     let mut b = [0u8; 1];
+///     p.read_at(0, &mut b).map(|()| b[0])
+/// });
+/// assert_eq!(first.unwrap().unwrap().unwrap(), b'h');
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Payload<'a> {
     place: Place<'a>,

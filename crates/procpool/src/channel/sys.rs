@@ -425,7 +425,7 @@ pub(crate) fn read_exact_at(
     let mut done = 0;
     while done < out.len() {
         match rustix::io::pread(fd, &mut out[done..], at + done as u64) {
-            Ok((got, _)) if got.is_empty() => {
+            Ok(([], _)) => {
                 return Err(format!(
                     "the memfd of a large message ended {} bytes short",
                     out.len() - done
