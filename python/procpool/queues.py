@@ -72,7 +72,10 @@ def _pickler():
 def _dumps(obj):
     """``(pickle, descriptors)`` of a message, pickled as the stdlib's queues pickle."""
     local = _passfd._local
-    outer = getattr(local, "out", None)
+    outer = local.out
+    if outer is None and _plain(obj, 2):
+        # Nothing the stdlib's reducers or a descriptor would take: the plain pickler.
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL), []
     fds = local.out = []
     try:
         f = io.BytesIO()
