@@ -75,6 +75,8 @@ def test_out_of_band_buffers_keep_their_kind_and_writability():
         [b"\x01", (1).to_bytes(4, "little") + (3).to_bytes(8, "little") + (1 << 62).to_bytes(8, "little"), b"abc"],
         [b"\x01", (0).to_bytes(4, "little") + (10).to_bytes(8, "little"), b"abc"],  # short
         [b"\x01", (0).to_bytes(4, "little") + (2).to_bytes(8, "little"), b"abc" * 40_000],  # long
+        # a pickle length with the read-only flag of a buffer
+        [b"\x01", (0).to_bytes(4, "little") + ((1 << 63) | 3).to_bytes(8, "little"), b"abc"],
         [b"\x07", b"whatever"],
         [b""],
     ],

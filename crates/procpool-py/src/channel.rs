@@ -346,9 +346,11 @@ fn open_queue_message<'py>(
                 .chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
                 .collect();
-            let total = lens
+            // The pickle's length carries no flag; a buffer's may.
+            let total = lens[1..]
                 .iter()
-                .try_fold(5 + table as u64, |t, &l| t.checked_add(l & !READ_ONLY));
+                .try_fold(5 + table as u64, |t, &l| t.checked_add(l & !READ_ONLY))
+                .and_then(|t| t.checked_add(lens[0]));
             if total != Some(len as u64) {
                 return Err(malformed(format!(
                     "its header's lengths do not add up to its {len} bytes"
