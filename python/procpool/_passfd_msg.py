@@ -14,7 +14,13 @@ from __future__ import annotations
 import os
 import threading
 
-_local = threading.local()
+class _Local(threading.local):
+    # Defaults: a lookup with nothing set is a plain attribute read, not an exception.
+    out = None
+    inp = None
+
+
+_local = _Local()
 
 
 class sending:

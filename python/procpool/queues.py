@@ -72,7 +72,10 @@ def _pickler():
 def _dumps(obj):
     """``(pickle, descriptors)`` of a message, pickled as the stdlib's queues pickle."""
     local = _passfd._local
-    outer = getattr(local, "out", None)
+    outer = local.out
+    if outer is None and _plain(obj, 2):
+        # Nothing the stdlib's reducers or a descriptor would take: the plain pickler.
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL), []
     fds = local.out = []
     try:
         f = io.BytesIO()
@@ -129,10 +132,17 @@ def _plain(obj, depth) -> bool:
 
 def _dumps_message(obj):
     """A queue message: ``([parts], descriptors)``. ``_PLAIN`` then the pickle, or
-    ``_FRAMED``, the number of out-of-band buffers, their lengths and the pickle's (u64
-    each), the pickle, then the buffers."""
+    ``_FRAMED``, the number of out-of-band buffers (u32), the pickle's length and each
+    buffer's (u64, a buffer's top bit set when it is read-only), the pickle, then the
+    buffers. The receiver (``Channel.recv_message``) gives each buffer its own
+    ``bytes`` (read-only) or ``bytearray``, copied once from the message."""
+    t = type(obj)
+    if t in _SMALL and _local.out is None:
+        # A small number or string: nothing out of band, no descriptor.
+        if t is not str or len(obj) < _OOB_MIN // 4:
+            return [_PLAIN, _dumps_plain(obj, 5)], _NO_FDS
     big = None
-    if type(obj) is bytes and len(obj) >= _OOB_MIN:
+    if t is bytes and len(obj) >= _OOB_MIN:
         big = obj
         obj = _BigBytes(obj)
     bufs = []
@@ -144,27 +154,27 @@ def _dumps_message(obj):
             return False
         return True
 
-    local = _passfd._local
-    outer = getattr(local, "out", None)
+    outer = _local.out
     data = None
     fds = []
     if outer is None and _plain(obj, 2):
         # Nothing the stdlib's queue reducers or a descriptor would take: the plain
         # pickler, without a pickler object made for each message.
-        data = pickle.dumps(obj, 5, buffer_callback=keep)
+        data = _dumps_plain(obj, 5, buffer_callback=keep)
     if data is None:
-        fds = local.out = []
+        fds = _local.out = []
         try:
             f = io.BytesIO()
             (_Pickler or _pickler())(f, 5, buffer_callback=keep).dump(obj)
             data = f.getvalue()
         finally:
-            local.out = outer
+            _local.out = outer
     if not bufs:
         return [_PLAIN, data], fds
+    lens = [b.nbytes | (_READ_ONLY if b.readonly else 0) for b in bufs]
     parts = [
         _FRAMED,
-        struct.pack(f"<I{len(bufs) + 1}Q", len(bufs), len(data), *(b.nbytes for b in bufs)),
+        struct.pack(f"<I{len(bufs) + 1}Q", len(bufs), len(data), *lens),
         data,
     ]
     if big is not None and len(bufs) == 1 and bufs[0].nbytes == len(big):
@@ -178,23 +188,20 @@ def _dumps_message(obj):
     return parts, fds
 
 
-def _loads_message(data, fds):
-    mv = memoryview(data)
-    if mv[0] == 0:
-        return _loads(mv[1:], fds)
-    (n,) = struct.unpack_from("<I", mv, 1)
-    lens = struct.unpack_from(f"<{n + 1}Q", mv, 5)
-    at = 5 + 8 * (n + 1)
-    pkl = mv[at : at + lens[0]]
-    at += lens[0]
-    bufs = []
-    for k in lens[1:]:
-        bufs.append(mv[at : at + k])
-        at += k
+_local = _passfd._local
+_dumps_plain = pickle.dumps
+_loads_plain = pickle.loads
+_SMALL = frozenset((int, float, str, bool, type(None)))
+_NO_FDS = ()
+_READ_ONLY = 1 << 63
+
+
+def _loads_message(data, bufs, fds):
+    """The object of a message from ``Channel.recv_message``."""
     if not fds:
-        return pickle.loads(pkl, buffers=bufs)
+        return _loads_plain(data, buffers=bufs)
     with _passfd.receiving(fds):
-        return pickle.loads(pkl, buffers=bufs)
+        return _loads_plain(data, buffers=bufs)
 
 
 def _wait_for(check, deadline):
@@ -276,9 +283,19 @@ class Queue:
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
         parts, fds = _dumps_message(obj)
+        count = self._count
+        if block and timeout is None and count.add_below(self._maxsize):
+            # The common case: room in the count, waiting for room in the socket as long
+            # as needed.
+            try:
+                self._ch.send(parts, fds, None)
+            except BaseException:
+                count.add(-1)
+                raise
+            self._sent(1)
+            return
         wait = _deadline(block, timeout)
         deadline = None if wait is None else time.monotonic() + wait
-        count = self._count
         if not count.add_below(self._maxsize):
             if not block or not _wait_for(lambda: count.add_below(self._maxsize), deadline):
                 raise _queue.Full
@@ -301,7 +318,7 @@ class Queue:
         time (or at once when ``block`` is false)."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        r = self._ch.recv(_deadline(block, timeout), True)
+        r = self._ch.recv_message(_deadline(block, timeout))
         if r is None:
             raise _queue.Empty
         self._count.take_one()
@@ -439,7 +456,7 @@ class SimpleQueue:
 
     def get(self):
         """Removes and returns an item, waiting for one."""
-        return _loads_message(*self._ch.recv(None, True))
+        return _loads_message(*self._ch.recv_message(None))
 
     def empty(self):
         """Whether no message is waiting now."""

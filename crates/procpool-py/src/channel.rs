@@ -8,13 +8,15 @@
 //! large messages travel in a memfd.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::time::Duration;
 
 use procpool::{Receiver, Sender};
 use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes};
+use pyo3::types::PyBytes;
 
 /// Both ends of a channel, or one of them.
 #[pyclass(module = "procpool._core")]
@@ -160,7 +162,8 @@ impl Channel {
     /// `writable`; the descriptors are the
     /// caller's to close), or `None` when none came within `timeout` (`None`: wait as
     /// long as needed, `0`: not at all). `EOFError` once the queue is empty and every
-    /// sending end is closed.
+    /// sending end is closed. A large message is copied once, from shared memory
+    /// straight into the new object.
     #[pyo3(signature = (timeout=None, writable=false))]
     fn recv<'py>(
         &self,
@@ -170,30 +173,34 @@ impl Channel {
     ) -> PyResult<Option<(Bound<'py, PyAny>, Vec<i32>)>> {
         let rx = self.rx.as_ref().ok_or_else(closed)?;
         let timeout = crate::args::duration(timeout, "timeout")?;
-        // A message already waiting is taken without letting the GIL go.
-        let r = match rx.recv_with_fds(Some(Duration::ZERO)) {
-            Ok(None) if timeout != Some(Duration::ZERO) => py.detach(|| rx.recv_with_fds(timeout)),
-            other => other,
-        };
-        match r {
-            Ok(Some((bytes, fds))) => {
-                let fds = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
-                let data = if writable {
-                    PyByteArray::new(py, &bytes).into_any()
-                } else {
-                    PyBytes::new(py, &bytes).into_any()
-                };
-                Ok(Some((data, fds)))
-            }
-            Ok(None) => Ok(None),
-            Err(procpool::RecvError::Disconnected) => Err(pyo3::exceptions::PyEOFError::new_err(
-                "every sending end of the queue or pipe is closed and it is empty",
-            )),
-            Err(procpool::RecvError::Io(e)) => Err(e.into()),
-            Err(e) => Err(PyOSError::new_err(format!(
-                "a message could not be read: {e}"
-            ))),
-        }
+        let r = receive(py, rx, timeout, |py, p, fds| {
+            let data = fresh(py, p.len(), writable, |out| p.read_into(0, out))?;
+            Ok((data.unbind(), raw_fds(fds)))
+        })?;
+        Ok(r.map(|(data, fds)| (data.into_bound(py), fds)))
+    }
+
+    /// Receives one message of a queue (see `procpool/queues.py`): `(pickle,
+    /// [buffer, ...], [descriptor, ...])`, each out-of-band buffer copied once, from the
+    /// message straight into its own `bytes` (read-only in the pickle) or `bytearray`
+    /// (writable). `None`, `EOFError` and `timeout` as [`recv`](Self::recv).
+    #[pyo3(signature = (timeout=None))]
+    fn recv_message<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<QueueMessage<'py>>> {
+        let rx = self.rx.as_ref().ok_or_else(closed)?;
+        let timeout = crate::args::duration(timeout, "timeout")?;
+        let r = receive(py, rx, timeout, |py, p, fds| {
+            let (pickle, bufs) = open_queue_message(py, &p)?;
+            let bufs: Vec<Py<PyAny>> = bufs.into_iter().map(Bound::unbind).collect();
+            Ok((pickle.unbind(), bufs, raw_fds(fds)))
+        })?;
+        Ok(r.map(|(pickle, bufs, fds)| {
+            let bufs = bufs.into_iter().map(|b| b.into_bound(py)).collect();
+            (pickle.into_bound(py), bufs, fds)
+        }))
     }
 
     /// Waits until a message can be read (or every sender is gone): `True`, or `False`
@@ -214,6 +221,157 @@ impl Channel {
     /// Closes the receiving end here.
     fn close_recv(&mut self) {
         self.rx = None;
+    }
+}
+
+/// A queue message as Python gets it: the pickle, its out-of-band buffers, descriptors.
+type QueueMessage<'py> = (Bound<'py, PyAny>, Vec<Bound<'py, PyAny>>, Vec<i32>);
+
+fn raw_fds(fds: Vec<OwnedFd>) -> Vec<i32> {
+    fds.into_iter().map(IntoRawFd::into_raw_fd).collect()
+}
+
+/// Receives one message and hands it to `f` with the GIL held: a message already
+/// waiting is taken at once; otherwise the GIL is let go for the wait, and taken again
+/// once a message is there (one blocking receive: no poll before it).
+fn receive<R: Send>(
+    py: Python<'_>,
+    rx: &Receiver<Vec<u8>>,
+    timeout: Option<Duration>,
+    f: impl FnOnce(Python<'_>, procpool::Payload<'_>, Vec<OwnedFd>) -> PyResult<R> + Send,
+) -> PyResult<Option<R>> {
+    let mut f = Some(f);
+    let r = rx.recv_with(Some(Duration::ZERO), |p, fds| {
+        let f = f.take().expect("one message per receive");
+        f(py, p, fds)
+    });
+    let r = match (r, f) {
+        (Ok(None), Some(f)) if timeout != Some(Duration::ZERO) => {
+            py.detach(|| rx.recv_with(timeout, |p, fds| Python::attach(|py| f(py, p, fds))))
+        }
+        (r, _) => r,
+    };
+    match r {
+        Ok(Some(v)) => v.map(Some),
+        Ok(None) => Ok(None),
+        Err(e) => Err(recv_error(e)),
+    }
+}
+
+fn recv_error(e: procpool::RecvError) -> PyErr {
+    match e {
+        procpool::RecvError::Disconnected => pyo3::exceptions::PyEOFError::new_err(
+            "every sending end of the queue or pipe is closed and it is empty",
+        ),
+        procpool::RecvError::Io(e) => e.into(),
+        e => PyOSError::new_err(format!("a message could not be read: {e}")),
+    }
+}
+
+/// A new `bytes` (or `bytearray` when `writable`) of `len` bytes, filled by `fill`
+/// (which must write all of them), without zeroing it first.
+fn fresh<'py>(
+    py: Python<'py>,
+    len: usize,
+    writable: bool,
+    fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> Result<(), procpool::RecvError>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let n = ffi::Py_ssize_t::try_from(len)
+        .map_err(|_| PyValueError::new_err(format!("a message of {len} bytes is too large")))?;
+    // SAFETY: a new object of `len` bytes whose buffer is ours until it is returned;
+    // `fill` writes every byte before Python sees it (on an error it is dropped unseen).
+    unsafe {
+        let ptr = if writable {
+            ffi::PyByteArray_FromStringAndSize(std::ptr::null(), n)
+        } else {
+            ffi::PyBytes_FromStringAndSize(std::ptr::null(), n)
+        };
+        let obj = Bound::from_owned_ptr_or_err(py, ptr)?;
+        if len > 0 {
+            let at = if writable {
+                ffi::PyByteArray_AsString(obj.as_ptr())
+            } else {
+                ffi::PyBytes_AsString(obj.as_ptr())
+            };
+            if at.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            let out = std::slice::from_raw_parts_mut(at.cast::<MaybeUninit<u8>>(), len);
+            fill(out).map_err(recv_error)?;
+        }
+        Ok(obj)
+    }
+}
+
+/// The marker of a queue message that is a pickle alone (`_PLAIN` in `queues.py`).
+const PLAIN: u8 = 0;
+/// The marker of a queue message with out-of-band buffers (`_FRAMED`): then the number
+/// of buffers (u32 LE), the pickle's length and each buffer's (u64 LE; a buffer's top
+/// bit set when it was read-only), the pickle, the buffers.
+const FRAMED: u8 = 1;
+/// The read-only flag of a buffer's length.
+const READ_ONLY: u64 = 1 << 63;
+
+fn malformed(what: String) -> PyErr {
+    PyOSError::new_err(format!("a queue message could not be read: {what}"))
+}
+
+/// The pickle and out-of-band buffers of a queue message, each in its own object.
+fn open_queue_message<'py>(
+    py: Python<'py>,
+    p: &procpool::Payload<'_>,
+) -> PyResult<(Bound<'py, PyAny>, Vec<Bound<'py, PyAny>>)> {
+    let len = p.len();
+    let mut marker = [0u8; 1];
+    p.read_at(0, &mut marker).map_err(recv_error)?;
+    match marker[0] {
+        PLAIN => {
+            let pickle = fresh(py, len - 1, false, |out| p.read_into(1, out))?;
+            Ok((pickle, Vec::new()))
+        }
+        FRAMED => {
+            let mut count = [0u8; 4];
+            p.read_at(1, &mut count).map_err(recv_error)?;
+            let count = u32::from_le_bytes(count) as usize;
+            let table = count
+                .checked_add(1)
+                .and_then(|k| k.checked_mul(8))
+                .filter(|&t| t <= len.saturating_sub(5))
+                .ok_or_else(|| {
+                    malformed(format!("it says it has {count} buffers in {len} bytes"))
+                })?;
+            let mut raw = vec![0u8; table];
+            p.read_at(5, &mut raw).map_err(recv_error)?;
+            let lens: Vec<u64> = raw
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect();
+            // The pickle's length carries no flag; a buffer's may.
+            let total = lens[1..]
+                .iter()
+                .try_fold(5 + table as u64, |t, &l| t.checked_add(l & !READ_ONLY))
+                .and_then(|t| t.checked_add(lens[0]));
+            if total != Some(len as u64) {
+                return Err(malformed(format!(
+                    "its header's lengths do not add up to its {len} bytes"
+                )));
+            }
+            let mut at = 5 + table;
+            let pickle_len = lens[0] as usize;
+            let pickle = fresh(py, pickle_len, false, |out| p.read_into(at, out))?;
+            at += pickle_len;
+            let mut bufs = Vec::with_capacity(count);
+            for &l in &lens[1..] {
+                let n = (l & !READ_ONLY) as usize;
+                let writable = l & READ_ONLY == 0;
+                bufs.push(fresh(py, n, writable, |out| p.read_into(at, out))?);
+                at += n;
+            }
+            Ok((pickle, bufs))
+        }
+        m => Err(malformed(format!(
+            "it starts with {m}, not a queue's marker"
+        ))),
     }
 }
 

@@ -246,7 +246,7 @@ pub use capture::Captured;
 #[doc(hidden)]
 pub use channel::fuzzing as channel_fuzzing;
 pub use channel::{
-    BytesAndFds, IntoIter, Iter, Receiver, RecvError, RecvTimeoutError, SendError,
+    BytesAndFds, IntoIter, Iter, Payload, Receiver, RecvError, RecvTimeoutError, SendError,
     SendTimeoutError, Sender, TryIter, TryRecvError, TrySendError, bounded, channel,
 };
 pub use codec::Value;

@@ -26,17 +26,25 @@ impl End {
         }
     }
 
-    /// A memfd holding `payload`: one of ours that a receiver has consumed, or a new one
-    /// (kept for reuse when the payload is at most [`REUSED_MAX`]).
-    pub(crate) fn memfd_with(&self, parts: &[&[u8]]) -> io::Result<OwnedFd> {
+    /// A memfd holding `parts`, one after the other: one of ours that a receiver has
+    /// consumed, or a new one (kept for reuse when the payload is at most
+    /// [`REUSED_MAX`]). `capacity` is the queue's, which bounds how many large messages
+    /// can be in flight at once (see [`pooled`]).
+    pub(crate) fn memfd_with(&self, parts: &[&[u8]], capacity: usize) -> io::Result<OwnedFd> {
         let reusable = parts.iter().map(|p| p.len()).sum::<usize>() <= REUSED_MAX;
         if reusable {
             let claimed = {
-                let pool = self.memfds.lock().unwrap_or_else(|p| p.into_inner());
+                let mut pool = self.memfds.lock().unwrap_or_else(|p| p.into_inner());
                 // Claimed under the lock: another thread of ours will not pick it.
-                pool.iter()
-                    .find(|fd| sys::consumed(fd.as_fd()))
-                    .map(|fd| (sys::claim(fd.as_fd()), fd.try_clone()))
+                let found = pool.iter().position(|fd| sys::consumed(fd.as_fd()));
+                let claimed = found.map(|i| {
+                    let fd = &pool[i];
+                    (sys::claim(fd.as_fd()), fd.try_clone())
+                });
+                if let Some(i) = found {
+                    trim_idle(&mut pool, i + 1);
+                }
+                claimed
             };
             if let Some((claim, fd)) = claimed {
                 claim?;
@@ -49,7 +57,7 @@ impl End {
         sys::write_message(fd.as_fd(), parts)?;
         if reusable {
             let mut pool = self.memfds.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() == POOLED {
+            if pool.len() >= pooled(capacity) {
                 // The oldest is still unread (or its reader died): let it go.
                 pool.remove(0);
             }
@@ -59,10 +67,34 @@ impl End {
     }
 }
 
-/// How many memfds a sender keeps for reuse, per process: more than a full queue holds
-/// (about eight large messages), plus one being read and one being written, so that a
-/// steady stream always finds one consumed.
-const POOLED: usize = 12;
-/// The largest payload whose memfd is kept for reuse: a sender keeps at most
-/// `POOLED * REUSED_MAX` (24 MiB) of them.
+/// Lets go of consumed memfds after position `from` beyond [`IDLE_KEPT`] of them: after a
+/// burst that filled the queue, the pool does not keep every memfd of it.
+fn trim_idle(pool: &mut Vec<OwnedFd>, from: usize) {
+    let mut idle = 0;
+    let mut i = from;
+    while i < pool.len() {
+        if sys::consumed(pool[i].as_fd()) {
+            idle += 1;
+            if idle > IDLE_KEPT {
+                pool.remove(i);
+                continue;
+            }
+        }
+        i += 1;
+    }
+}
+
+/// How many memfds a sender keeps for reuse, per process, for a queue of `capacity`
+/// bytes: more than a full queue holds (each large message's packet takes
+/// [`large_frame_len`](super::frame::large_frame_len) of it), plus a few being read and
+/// written, so that a steady stream of large messages always finds one consumed instead
+/// of allocating (and later freeing) a fresh memfd's pages for each message.
+fn pooled(capacity: usize) -> usize {
+    capacity / super::frame::large_frame_len(capacity) + 4
+}
+
+/// How many consumed memfds a sender keeps beyond the one it picks: the others are let
+/// go at its next large message.
+const IDLE_KEPT: usize = 8;
+/// The largest payload whose memfd is kept for reuse.
 const REUSED_MAX: usize = 2 << 20;

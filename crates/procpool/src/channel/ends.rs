@@ -309,7 +309,7 @@ impl<T: Value> Sender<T> {
         }
         let memfd = self
             .end
-            .memfd_with(&[&buf[INLINE_HEADER..]])
+            .memfd_with(&[&buf[INLINE_HEADER..]], self.capacity)
             .map_err(Outcome::Io);
         shrink(buf);
         self.send_memfd(&memfd?, size, &passed, wait)
@@ -326,7 +326,10 @@ impl<T: Value> Sender<T> {
                 "its encoding takes {size} bytes, more than the {MAX_MESSAGE} a channel message may"
             )));
         }
-        let memfd = self.end.memfd_with(&[&len, bytes]).map_err(Outcome::Io)?;
+        let memfd = self
+            .end
+            .memfd_with(&[&len, bytes], self.capacity)
+            .map_err(Outcome::Io)?;
         self.send_memfd(&memfd, size, &[], wait)
     }
 

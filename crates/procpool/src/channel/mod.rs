@@ -22,8 +22,10 @@
 //! (never mapping a peer's file, so a peer that changes or truncates it can garble bytes,
 //! which the decoder checks, but never fault the receiver) and marks the memfd consumed;
 //! the sending process then writes a later message into the same memfd, so its pages
-//! are allocated once rather than per message (each process keeps at most 12 such
-//! memfds of up to 2 MiB per sender; larger messages get a memfd of their own). A receiver
+//! are allocated once rather than per message (per sender, each process keeps as many
+//! such memfds of up to 2 MiB as its queue can hold large messages, plus four, and lets
+//! go of idle ones beyond eight at its next large message; larger messages get a memfd
+//! of their own). A receiver
 //! keeps a descriptor of each memfd it got only if it wants to: one that writes into a
 //! memfd after reading it can garble a later message of the same channel (which its
 //! reader's decoder checks), nothing else; any receiver of a channel could take those
@@ -40,8 +42,9 @@
 //! kernel's bookkeeping (several hundred bytes), so a queue of `capacity` bytes holds
 //! fewer small messages than `capacity / size` (the default queue, 208 KiB, holds about
 //! 280 `u64` messages; one of 64 KiB, 29 messages of 1 KiB); a large message costs an
-//! eighth of the capacity (its packet is padded so), which keeps at most about eight
-//! large messages and their memory waiting. An exact count of messages would need state shared by the
+//! eighth of the capacity, at most 64 KiB (its packet is padded so), which bounds how many
+//! large messages and their memory wait: about eight in a queue of up to 512 KiB, one per
+//! 64 KiB of a larger one. An exact count of messages would need state shared by the
 //! processes that a killed one could leave wrong; the kernel's count cannot be.
 //!
 //! # Fuzzing
@@ -65,7 +68,7 @@ pub use error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub use iter::{IntoIter, Iter, TryIter};
-pub use raw::BytesAndFds;
+pub use raw::{BytesAndFds, Payload};
 
 use crate::codec::Value;
 

@@ -7,6 +7,7 @@
 //! `Receiver<Vec<u8>>` reading one gets the bytes (and the descriptors are closed).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
@@ -17,6 +18,146 @@ use super::sys::{self, Received};
 
 /// A message's bytes and the descriptors that came with it.
 pub type BytesAndFds = (Vec<u8>, Vec<OwnedFd>);
+
+/// The bytes of a message received by [`Receiver::recv_with`], where they are: in the
+/// packet, or in the shared memory of a large message. Copy them where they are needed
+/// with [`read_at`](Self::read_at): a large message is copied once, straight from the
+/// shared memory into the caller's buffer.
+///
+/// ```
+/// # fn main() -> std::io::Result<()> {
+/// let (tx, rx) = procpool::channel::<Vec<u8>>()?;
+/// tx.send(b"hello".to_vec()).unwrap();
+/// let first = rx.recv_with(None, |p: procpool::Payload<'_>, _fds| {
+///     let mut b = [0u8; 1];
+///     p.read_at(0, &mut b).map(|()| b[0])
+/// });
+/// assert_eq!(first.unwrap().unwrap().unwrap(), b'h');
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Payload<'a> {
+    place: Place<'a>,
+}
+
+#[derive(Debug)]
+enum Place<'a> {
+    Inline(&'a [u8]),
+    Memfd {
+        fd: &'a OwnedFd,
+        at: u64,
+        len: usize,
+    },
+}
+
+impl Payload<'_> {
+    /// The number of bytes in the message.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// let (tx, rx) = procpool::channel::<Vec<u8>>()?;
+    /// tx.send(b"abc".to_vec()).unwrap();
+    /// assert_eq!(rx.recv_with(None, |p, _| p.len()).unwrap(), Some(3));
+    /// # Ok(()) }
+    /// ```
+    pub fn len(&self) -> usize {
+        match self.place {
+            Place::Inline(b) => b.len(),
+            Place::Memfd { len, .. } => len,
+        }
+    }
+
+    /// Whether the message has no bytes.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// let (tx, rx) = procpool::channel::<Vec<u8>>()?;
+    /// tx.send(Vec::new()).unwrap();
+    /// assert_eq!(rx.recv_with(None, |p, _| p.is_empty()).unwrap(), Some(true));
+    /// # Ok(()) }
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies the message's bytes from offset `at` into `out`, filling it.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// let (tx, rx) = procpool::channel::<Vec<u8>>()?;
+    /// tx.send(vec![7; 1 << 20]).unwrap(); // large: it travels in shared memory
+    /// let tail = rx
+    ///     .recv_with(None, |p, _| {
+    ///         let mut out = [0u8; 4];
+    ///         p.read_at(p.len() - 4, &mut out).map(|()| out)
+    ///     })
+    ///     .unwrap()
+    ///     .unwrap()
+    ///     .unwrap();
+    /// assert_eq!(tail, [7; 4]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`RecvError::Malformed`] when `at + out.len()` passes the end of the message, or
+    /// when the shared memory of a large message was cut short by its sender meanwhile.
+    pub fn read_at(&self, at: usize, out: &mut [u8]) -> Result<(), RecvError> {
+        // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and `read_into` writes only
+        // initialized bytes.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<MaybeUninit<u8>>(), out.len())
+        };
+        self.read_into(at, out)
+    }
+
+    /// As [`read_at`](Self::read_at), into memory that need not be initialized (a
+    /// buffer fresh from an allocator, not zeroed first): every byte of `out` is written
+    /// when this returns `Ok`.
+    ///
+    /// ```
+    /// # use std::mem::MaybeUninit;
+    /// # fn main() -> std::io::Result<()> {
+    /// let (tx, rx) = procpool::channel::<Vec<u8>>()?;
+    /// tx.send(vec![5; 300_000]).unwrap();
+    /// let v = rx
+    ///     .recv_with(None, |p, _| {
+    ///         let mut v: Vec<u8> = Vec::with_capacity(p.len());
+    ///         p.read_into(0, &mut v.spare_capacity_mut()[..p.len()])?;
+    ///         // SAFETY: `read_into` wrote all `p.len()` bytes.
+    ///         unsafe { v.set_len(p.len()) };
+    ///         Ok::<_, procpool::RecvError>(v)
+    ///     })
+    ///     .unwrap()
+    ///     .unwrap()
+    ///     .unwrap();
+    /// assert_eq!(v, vec![5; 300_000]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`read_at`](Self::read_at).
+    pub fn read_into(&self, at: usize, out: &mut [MaybeUninit<u8>]) -> Result<(), RecvError> {
+        let end = at.checked_add(out.len()).filter(|&e| e <= self.len());
+        let Some(end) = end else {
+            return Err(RecvError::Malformed(format!(
+                "a read of {} bytes at {at} passes the end of a message of {}",
+                out.len(),
+                self.len()
+            )));
+        };
+        match self.place {
+            Place::Inline(b) => {
+                for (o, &x) in out.iter_mut().zip(&b[at..end]) {
+                    o.write(x);
+                }
+                Ok(())
+            }
+            Place::Memfd { fd, at: start, .. } => {
+                sys::read_exact_at(fd, start + at as u64, out).map_err(RecvError::Malformed)
+            }
+        }
+    }
+}
 
 fn wait_for(timeout: Option<Duration>) -> Wait {
     match timeout {
@@ -89,7 +230,10 @@ impl Sender<Vec<u8>> {
         let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
         all.push(&len);
         all.extend_from_slice(parts);
-        let memfd = self.end.memfd_with(&all).map_err(Outcome::Io)?;
+        let memfd = self
+            .end
+            .memfd_with(&all, self.capacity)
+            .map_err(Outcome::Io)?;
         let passed = fds
             .iter()
             .map(|f| f.try_clone_to_owned())
@@ -130,11 +274,76 @@ impl Receiver<Vec<u8>> {
         })
     }
 
+    /// Receives one message and hands its bytes, where they are, to `f` with the
+    /// descriptors that came with it (close-on-exec, in the order they were given); `f`
+    /// copies out what it needs (see [`Payload::read_at`]). Waits at most `timeout`
+    /// (`None`: as long as needed; zero: not at all); `Ok(None)` when none came in time.
+    /// This is [`recv_with_fds`](Self::recv_with_fds) without its copy into a vector: a
+    /// large message goes from shared memory straight into the caller's buffers.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// let (tx, rx) = procpool::channel::<Vec<u8>>()?;
+    /// tx.send_parts(&[b"head", &[1; 100_000]], &[], None).unwrap();
+    /// let (head, fds) = rx
+    ///     .recv_with(None, |p, fds| {
+    ///         let mut head = [0u8; 4];
+    ///         p.read_at(0, &mut head).map(|()| (head, fds.len()))
+    ///     })
+    ///     .unwrap()
+    ///     .unwrap()
+    ///     .unwrap();
+    /// assert_eq!((&head, fds), (b"head", 0));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`recv_with_fds`](Self::recv_with_fds).
+    pub fn recv_with<R>(
+        &self,
+        timeout: Option<Duration>,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
+    ) -> Result<Option<R>, RecvError> {
+        let wait = wait_for(timeout);
+        let mut f = Some(f);
+        let mut call = |p: Payload<'_>, fds: Vec<OwnedFd>| {
+            let f = f.take().expect("a receive hands over one message");
+            f(p, fds)
+        };
+        IN.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => self.recv_raw_with(&mut buf, wait, &mut call),
+            Err(_) => self.recv_raw_with(&mut Vec::new(), wait, &mut call),
+        })
+    }
+
     fn recv_raw_into(
         &self,
         buf: &mut Vec<u8>,
         wait: Wait,
     ) -> Result<Option<BytesAndFds>, RecvError> {
+        let mut copy = |p: Payload<'_>, fds: Vec<OwnedFd>| match p.place {
+            Place::Inline(b) => Ok((b.to_vec(), fds)),
+            Place::Memfd { fd, at, len } => {
+                let mut out: Vec<u8> = Vec::new();
+                out.try_reserve_exact(len).map_err(|_| {
+                    RecvError::Malformed(format!("no memory for a message of {len} bytes"))
+                })?;
+                sys::read_exact_at(fd, at, &mut out.spare_capacity_mut()[..len])
+                    .map_err(RecvError::Malformed)?;
+                // SAFETY: `read_exact_at` wrote all `len` bytes.
+                unsafe { out.set_len(len) };
+                Ok((out, fds))
+            }
+        };
+        self.recv_raw_with(buf, wait, &mut copy)?.transpose()
+    }
+
+    fn recv_raw_with<R>(
+        &self,
+        buf: &mut Vec<u8>,
+        wait: Wait,
+        f: &mut dyn FnMut(Payload<'_>, Vec<OwnedFd>) -> R,
+    ) -> Result<Option<R>, RecvError> {
         if buf.len() < INLINE_MAX + INLINE_HEADER {
             buf.resize(INLINE_MAX + INLINE_HEADER, 0);
         }
@@ -149,7 +358,8 @@ impl Receiver<Vec<u8>> {
                     fds_truncated,
                 } => {
                     let limit = self.max_message();
-                    return open_raw(&buf[..len], truncated, fds, fds_truncated, limit).map(Some);
+                    return open_raw(&buf[..len], truncated, fds, fds_truncated, limit, f)
+                        .map(Some);
                 }
                 Received::Gone => return Err(RecvError::Disconnected),
                 Received::Empty => {}
@@ -166,14 +376,16 @@ impl Receiver<Vec<u8>> {
     }
 }
 
-/// The bytes and descriptors of a packet, checked as [`frame::open`] checks them.
-fn open_raw(
+/// The bytes and descriptors of a packet, checked as [`frame::open`] checks them, handed
+/// to `f` (a memfd is marked consumed after `f` returns).
+fn open_raw<R>(
     packet: &[u8],
     truncated: bool,
     mut fds: Vec<OwnedFd>,
     fds_truncated: bool,
     limit: usize,
-) -> Result<BytesAndFds, RecvError> {
+    f: &mut dyn FnMut(Payload<'_>, Vec<OwnedFd>) -> R,
+) -> Result<R, RecvError> {
     if truncated || fds_truncated {
         return Err(RecvError::Malformed(
             "a message was longer, or came with more descriptors, than a channel sends; it was dropped"
@@ -194,12 +406,24 @@ fn open_raw(
                     payload.len()
                 )));
             }
-            Ok((rest.to_vec(), fds))
+            let p = Payload {
+                place: Place::Inline(rest),
+            };
+            Ok(f(p, fds))
         }
         Body::Memfd(len) => {
             let memfd = fds.remove(0);
-            let bytes = sys::read_message_bytes(&memfd, len).map_err(RecvError::Malformed)?;
-            Ok((bytes, fds))
+            let (at, n) = sys::open_message_bytes(&memfd, len).map_err(RecvError::Malformed)?;
+            let p = Payload {
+                place: Place::Memfd {
+                    fd: &memfd,
+                    at,
+                    len: n,
+                },
+            };
+            let r = f(p, fds);
+            sys::consume(&memfd);
+            Ok(r)
         }
     }
 }

@@ -391,6 +391,16 @@ pub(crate) fn read_message(fd: &OwnedFd, len: usize) -> Result<Vec<u8>, String> 
 /// As [`read_message`], for a payload that is the encoding of a `Vec<u8>` (a varint
 /// length, then the bytes): the bytes, copied once, straight into their vector.
 pub(crate) fn read_message_bytes(fd: &OwnedFd, len: usize) -> Result<Vec<u8>, String> {
+    let (at, n) = open_message_bytes(fd, len)?;
+    let out = read_at(fd, at, n)?;
+    consume(fd);
+    Ok(out)
+}
+
+/// Checks a memfd received from a peer for a payload that is the encoding of a
+/// `Vec<u8>` of `len` bytes in all (as [`read_message_bytes`] does), without reading the
+/// bytes: where they start in the file, and how many there are.
+pub(crate) fn open_message_bytes(fd: &OwnedFd, len: usize) -> Result<(u64, usize), String> {
     check_memfd(fd, len)?;
     let head = read_at(fd, PAYLOAD_AT, len.min(10))?;
     let Ok((n, rest)) = crate::codec::take_varint(&head, u64::MAX) else {
@@ -402,9 +412,31 @@ pub(crate) fn read_message_bytes(fd: &OwnedFd, len: usize) -> Result<Vec<u8>, St
             "a shared-memory message of {len} bytes says its byte vector holds {n}"
         ));
     }
-    let out = read_at(fd, PAYLOAD_AT + k as u64, n as usize)?;
-    consume(fd);
-    Ok(out)
+    Ok((PAYLOAD_AT + k as u64, n as usize))
+}
+
+/// Copies `out.len()` bytes at `at` out of `fd`, straight into `out` (all of it is
+/// written when this returns `Ok`).
+pub(crate) fn read_exact_at(
+    fd: &OwnedFd,
+    at: u64,
+    out: &mut [MaybeUninit<u8>],
+) -> Result<(), String> {
+    let mut done = 0;
+    while done < out.len() {
+        match rustix::io::pread(fd, &mut out[done..], at + done as u64) {
+            Ok(([], _)) => {
+                return Err(format!(
+                    "the memfd of a large message ended {} bytes short",
+                    out.len() - done
+                ));
+            }
+            Ok((got, _)) => done += got.len(),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(format!("reading a message memfd: {e}")),
+        }
+    }
+    Ok(())
 }
 
 /// Checks that `fd` is a memfd holding a payload of `len` bytes in memory: a file that
