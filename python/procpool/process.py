@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import pickle
@@ -115,6 +116,12 @@ class _Popen:
         except OSError:
             pass  # the process died at once: its exit code says how
         self.finalizer = _util.Finalize(self, _close_all, (self.sentinel, mine))
+        global _interrupted
+        if _interrupted is None:
+            # Registered after ``multiprocessing.util``'s exit function, so run before
+            # it joins the children.
+            _interrupted = set()
+            atexit.register(_at_exit)
 
     # The stdlib's pickling protocol for objects that hold descriptors (``Connection``,
     # ``multiprocessing.Queue``) while a process is being started.
@@ -153,11 +160,15 @@ class _Popen:
 
     def wait(self, timeout=None):
         if self.returncode is None:
-            if timeout is not None:
-                r, _, _ = select.select([self.sentinel], [], [], max(0.0, timeout))
-                if not r:
-                    return None
-            return self.poll(0)
+            try:
+                if timeout is not None:
+                    r, _, _ = select.select([self.sentinel], [], [], max(0.0, timeout))
+                    if not r:
+                        return None
+                return self.poll(0)
+            except KeyboardInterrupt:
+                _interrupt_children()
+                raise
         return self.returncode
 
     def _send_signal(self, sig):
@@ -176,6 +187,35 @@ class _Popen:
     def close(self):
         if self.finalizer is not None:
             self.finalizer()
+
+
+#: Pids of the processes sent a Ctrl-C by :func:`_interrupt_children` (None until the
+#: first process starts).
+_interrupted = None
+
+
+def _interrupt_children():
+    """Ctrl-C reached this process: passes it on to its live procpool processes, as the
+    terminal's SIGINT reaches a standard library child (in the same process group).
+    Theirs is a session of their own, so without this a program interrupted in
+    ``join()`` would then wait at exit, in ``multiprocessing``'s join of its children,
+    for a child that never saw the Ctrl-C: for ever if that child waits too."""
+    for p in list(_mp_process._children):
+        popen = getattr(p, "_popen", None)
+        if not isinstance(popen, _Popen) or popen.returncode is not None:
+            continue
+        if _interrupted is not None:
+            if popen.pid in _interrupted:
+                continue
+            _interrupted.add(popen.pid)
+        popen._send_signal(signal.SIGINT)
+
+
+def _at_exit():
+    # The program ends with an uncaught KeyboardInterrupt: a Ctrl-C the children did
+    # not get, unless one was passed on in ``join``.
+    if isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
+        _interrupt_children()
 
 
 def _by_reference_pickler():

@@ -1,0 +1,52 @@
+"""Attacks on ``procpool.Process`` and the objects it shares, with processes killed and
+interrupted for real.
+
+* Ctrl-C (SIGINT to the program's whole process group, as a terminal sends it) while the
+  program waits in ``Process.join``, ``time.sleep``, ``Queue.get``, ``Event.wait`` or
+  ``Pool.map`` with live processes: the program ends at once with ``KeyboardInterrupt``,
+  as with the standard library (whose children get the same SIGINT), and leaves nothing
+  running. procpool's processes run in sessions of their own: before the fix the
+  interrupted program then waited at exit, in ``multiprocessing``'s join of its
+  children, for a child that never saw the Ctrl-C.
+"""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import proctools
+from test_attack3_waits import RECV_BLIND, _below, _reap, _start, _wait_line
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.mark.procpool_only
+@pytest.mark.limit(25)
+@pytest.mark.parametrize(
+    "mode", ["join", "sleep", pytest.param("queue_get", marks=RECV_BLIND), "event", "map"]
+)
+def test_ctrl_c_with_live_processes_ends_the_program_and_them(mode):
+    p, lines = _start("attack3_ctrl_c.py", mode)
+    idents = []
+    try:
+        line = _wait_line(p, lines, "READY")
+        children = [int(x) for x in line.split()[1:]]
+        time.sleep(0.3)
+        below = _below(p.pid) | set(children)
+        idents = [i for i in map(proctools.identity, sorted(below)) if i]
+        assert all(proctools.identity(c) for c in children), children
+        os.killpg(p.pid, signal.SIGINT)
+        try:
+            p.wait(6)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{mode}: the program was still running 6 s after Ctrl-C")
+        err = p.stderr.read()
+        assert err.strip().splitlines()[-1] == "KeyboardInterrupt", err[-2000:]
+        left = proctools.wait_gone(idents, 5)
+        assert not left, f"{mode}: still running 5 s after the program ended: {left}"
+    finally:
+        _reap(p, idents)
+
