@@ -1,0 +1,108 @@
+"""Attacks on procpool's locks and semaphores held by ``procpool.Process`` children that
+die for real, and on their limits.
+
+* A ``Lock``, ``RLock`` or a ``Value``'s lock whose holder was SIGKILLed, ended with
+  ``os._exit`` or with ``sys.exit`` without releasing it: even a non-blocking
+  ``acquire(False)`` takes it over at once and can tell (``holder_died``,
+  ``dead_holder_pid``); a holder that is only stopped (SIGSTOP) keeps it.
+* A semaphore's count is a 32-bit word: ``release`` past ``SEM_VALUE_MAX`` raises, as the
+  standard library's does, instead of wrapping to 0 (which silently lost every permit),
+  and an initial value above it is refused.
+"""
+
+import multiprocessing
+import os
+import signal
+import time
+import warnings
+
+import pytest
+
+
+procpool = pytest.importorskip("procpool")
+
+SEM_VALUE_MAX = 2**31 - 1
+
+
+def hold(lock, ready, how):
+    lock.acquire()
+    ready.set()
+    if how == "exit":
+        os._exit(0)
+    if how == "sys.exit":
+        raise SystemExit(0)
+    time.sleep(60)
+
+
+LOCKS = {
+    "Lock": lambda: procpool.Lock(),
+    "RLock": lambda: procpool.RLock(),
+    "Value": lambda: procpool.Value("i", 0).get_lock(),
+}
+
+
+@pytest.mark.limit(25)
+@pytest.mark.parametrize("how", ["kill", "exit", "sys.exit"])
+@pytest.mark.parametrize("kind", sorted(LOCKS))
+def test_a_dead_holders_lock_is_taken_over_even_without_blocking(kind, how):
+    lock, ready = LOCKS[kind](), procpool.Event()
+    p = procpool.Process(target=hold, args=(lock, ready, how))
+    p.start()
+    try:
+        assert ready.wait(10), "the child did not take the lock"
+        if how == "kill":
+            os.kill(p.pid, signal.SIGKILL)
+        p.join(10)
+        assert p.exitcode is not None
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            assert lock.acquire(False), f"{kind}: the dead holder's lock was not taken over"
+        try:
+            assert lock.holder_died is True and lock.dead_holder_pid == p.pid
+            assert any(issubclass(x.category, procpool.HolderDiedWarning) for x in w), w
+        finally:
+            lock.release()
+        assert lock.acquire(False) and lock.holder_died is False
+        lock.release()
+    finally:
+        p.kill()
+        p.join(10)
+
+
+@pytest.mark.limit(25)
+def test_a_stopped_or_zombie_holder():
+    """A stopped holder still holds the lock; an unreaped (zombie) one does not."""
+    for stop in (True, False):
+        lock, ready = procpool.Lock(), procpool.Event()
+        p = procpool.Process(target=hold, args=(lock, ready, "sleep"))
+        p.start()
+        try:
+            assert ready.wait(10)
+            os.kill(p.pid, signal.SIGSTOP if stop else signal.SIGKILL)
+            time.sleep(0.1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                got = lock.acquire(timeout=0.5)
+            if got:
+                lock.release()
+            assert got is (not stop), ("stopped" if stop else "zombie", got)
+        finally:
+            p.kill()
+            p.join(10)
+
+
+@pytest.mark.parametrize("lib", ["procpool", "multiprocessing"])
+def test_semaphore_release_past_its_maximum_raises_and_never_wraps(lib):
+    m = procpool if lib == "procpool" else multiprocessing.get_context("fork")
+    s = m.Semaphore(SEM_VALUE_MAX)
+    with pytest.raises(ValueError):
+        s.release()
+    assert s.get_value() == SEM_VALUE_MAX
+    assert s.acquire(False) and s.get_value() == SEM_VALUE_MAX - 1
+    s.release()
+    assert s.get_value() == SEM_VALUE_MAX
+    for value in (SEM_VALUE_MAX + 1, 2**32 - 1, 2**40):
+        with pytest.raises(OverflowError):
+            m.Semaphore(value)
+        with pytest.raises(OverflowError):
+            m.BoundedSemaphore(value)
