@@ -50,3 +50,36 @@ def test_ctrl_c_with_live_processes_ends_the_program_and_them(mode):
     finally:
         _reap(p, idents)
 
+
+
+def _shm():
+    try:
+        return set(os.listdir("/dev/shm"))
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.mark.limit(25)
+def test_parent_sigkilled_with_a_tree_of_processes_pools_and_queues_leaves_nothing():
+    """The parent holds a pool, a lock, queues and a large shared array; its processes
+    block on an empty queue, on the held lock, and one runs a pool and a process of its
+    own. SIGKILL of the parent ends all of them (and the templates), and leaves nothing in
+    /dev/shm."""
+    shm = _shm()
+    p, lines = _start("attack3_tree.py")
+    idents = []
+    try:
+        line = _wait_line(p, lines, "READY")
+        pids = [int(x) for x in line.split()[1:]]
+        assert len(pids) == 8, line
+        below = _below(p.pid) | set(pids)
+        idents = [i for i in map(proctools.identity, sorted(below)) if i]
+        assert len(idents) >= 8, (below, idents)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+        left = proctools.wait_gone(idents, 10)
+        assert not left, f"still running 10 s after the parent was killed: {left}"
+        new = {n for n in _shm() - shm if "procpool" in n or any(str(x) in n for x in below)}
+        assert not new, f"left in /dev/shm: {new}"
+    finally:
+        _reap(p, idents)
