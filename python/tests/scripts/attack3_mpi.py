@@ -38,6 +38,29 @@ def raises_bad(x):
     return x, os.getpid()
 
 
+def _refuse(rank):
+    if where() == rank:
+        raise ValueError("this result cannot be read here")
+    return "read"
+
+
+def where():
+    return int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "-1")))
+
+
+class Unreadable:
+    """A result that pickles on the agent but fails to unpickle on rank 0."""
+
+    def __reduce__(self):
+        return _refuse, (0,)
+
+
+def unreadable_result(x):
+    if x == 6:
+        return Unreadable()
+    return x, os.getpid()
+
+
 def exits(x):
     if x == 2:
         sys.exit(3)
@@ -84,6 +107,20 @@ def scenario_bad_results():
                 out.append(type(e).__name__)
         assert out[:4] == [0, 1, 2, 3] and out[5:] == [5, 6, 7], out
         assert isinstance(out[4], str), out
+        # A result that cannot be read on rank 0: an error for that item alone (one item
+        # per job: a chunk's results are one pickle, see test_attack3_results).
+        for chunksize in (1,):
+            it = pool.imap(unreadable_result, range(9), chunksize=chunksize)
+            got = []
+            for _ in range(9):
+                try:
+                    v = next(it)
+                    got.append(v[0])
+                    USED.add(v[1])
+                except procpool.PoolError as e:
+                    assert "cannot be read here" in str(e), e
+                    got.append("error")
+            assert got == [0, 1, 2, 3, 4, 5, "error", 7, 8], (chunksize, got)
         # A task raising SystemExit or KeyboardInterrupt ends its worker, as on a local
         # pool: that task fails with WorkerDied (the exit code said), the pool goes on.
         for x, code in ((2, 3), (3, 1)):
