@@ -18,7 +18,40 @@ class Unreadable:
         return _refuse, ()
 
 
-
-
 def unreadable_6(x):
     return Unreadable() if x == 6 else x * 10
+
+
+def barrier_wait(barrier, ready, pid, timeout):
+    """Waits at ``barrier`` (``pid`` set to this process first): what came of it."""
+    import os
+    import threading
+    import time
+
+    if pid is not None:
+        pid.value = os.getpid()
+    ready.release()
+    t = time.monotonic()
+    try:
+        barrier.wait(timeout)
+        return "passed", time.monotonic() - t
+    except threading.BrokenBarrierError:
+        return "broken", time.monotonic() - t
+
+
+def cond_wait_for(cond, box, ready, timeout):
+    import time
+
+    with cond:
+        ready.release()
+        t = time.monotonic()
+        ok = cond.wait_for(lambda: box.value == 1, timeout)
+        return bool(ok), time.monotonic() - t
+
+
+def event_wait(ev, ready, timeout):
+    import time
+
+    ready.release()
+    t = time.monotonic()
+    return ev.wait(timeout), time.monotonic() - t

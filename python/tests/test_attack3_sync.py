@@ -106,3 +106,60 @@ def test_semaphore_release_past_its_maximum_raises_and_never_wraps(lib):
             m.Semaphore(value)
         with pytest.raises(OverflowError):
             m.BoundedSemaphore(value)
+
+
+def _in_process(fn, q, *args):
+    q.put(fn(*args))
+
+
+@pytest.mark.limit(25)
+def test_barrier_condition_and_event_across_processes_and_pool_workers():
+    """Parties in pool workers and in ``Process`` children share one barrier; a
+    ``Process`` party SIGKILLed while waiting breaks it for all the others within a
+    second. Then a condition's ``notify_all`` and an event's ``set`` reach waiters in
+    both kinds of process."""
+    import attack3_tasks as T
+
+    q = procpool.Queue()
+    b, ready, pid = procpool.Barrier(5), procpool.Semaphore(0), procpool.Value("i", 0)
+    with procpool.Pool(2) as pool:
+        rs = [pool.apply_async(T.barrier_wait, (b, ready, None, 20)) for _ in range(2)]
+        ps = [
+            procpool.Process(target=_in_process, args=(T.barrier_wait, q, b, ready, pid, 60)),
+            procpool.Process(target=_in_process, args=(T.barrier_wait, q, b, ready, None, 20)),
+        ]
+        for p in ps:
+            p.start()
+        for _ in range(4):
+            assert ready.acquire(timeout=10)
+        time.sleep(0.3)  # all four wait
+        os.kill(pid.value, signal.SIGKILL)
+        got = [r.get(10) for r in rs] + [q.get(timeout=10)]
+        assert [g[0] for g in got] == ["broken"] * 3, got
+        assert all(g[1] < 5 for g in got), got
+        for p in ps:
+            p.join(10)
+        assert ps[0].exitcode == -signal.SIGKILL and ps[1].exitcode == 0
+
+        cond, box, ev = procpool.Condition(), procpool.Value("i", 0), procpool.Event()
+        rs = [
+            pool.apply_async(T.cond_wait_for, (cond, box, ready, 10)),
+            pool.apply_async(T.event_wait, (ev, ready, 10)),
+        ]
+        ps = [
+            procpool.Process(target=_in_process, args=(T.cond_wait_for, q, cond, box, ready, 10)),
+            procpool.Process(target=_in_process, args=(T.event_wait, q, ev, ready, 10)),
+        ]
+        for p in ps:
+            p.start()
+        for _ in range(4):
+            assert ready.acquire(timeout=10)
+        time.sleep(0.2)
+        with cond:
+            box.value = 1
+            cond.notify_all()
+        ev.set()
+        got = [r.get(10) for r in rs] + [q.get(timeout=10), q.get(timeout=10)]
+        assert [g[0] for g in got] == [True] * 4 and all(g[1] < 5 for g in got), got
+        for p in ps:
+            p.join(10)
