@@ -40,6 +40,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import types
 
 from multiprocessing import process as _mp_process
@@ -65,6 +66,7 @@ class _Popen:
         _util._flush_std_streams()
         self.returncode = None
         self.finalizer = None
+        self._reaping = threading.Lock()
         self._fds = []
         from multiprocessing import context, spawn
 
@@ -141,31 +143,45 @@ class _Popen:
 
     def poll(self, flag=os.WNOHANG):
         if self.returncode is None:
-            try:
-                r = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | flag)
-            except ChildProcessError:
-                r = None
-                self.returncode = 255
-                return self.returncode
-            if r is None:
-                return None
-            # Ended, not reaped: its group id is still ours. What it started dies with it.
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
+            if flag == 0:
+                # Waits for the end on the pidfd, so that the lock below is never held
+                # while the process runs (another thread's ``is_alive`` would wait).
+                select.select([self.sentinel], [], [])
+            # One thread reaps; the others read what it found (without the lock, a
+            # second ``join`` raised ChildProcessError or set ``exitcode`` to 255).
+            with self._reaping:
+                if self.returncode is None:
+                    self._reap(flag)
         return self.returncode
+
+    def _reap(self, flag):
+        try:
+            r = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | flag)
+        except ChildProcessError:
+            self.returncode = 255  # reaped by someone else (``os.wait()``): unknown
+            return
+        if r is None:
+            return
+        # Ended, not reaped: its group id is still ours. What it started dies with it.
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            self.returncode = 255
+            return
+        self.returncode = os.waitstatus_to_exitcode(status)
 
     def wait(self, timeout=None):
         if self.returncode is None:
             try:
-                if timeout is not None:
-                    r, _, _ = select.select([self.sentinel], [], [], max(0.0, timeout))
-                    if not r:
-                        return None
-                return self.poll(0)
+                wait = None if timeout is None else max(0.0, timeout)
+                r, _, _ = select.select([self.sentinel], [], [], wait)
+                if not r:
+                    return None
+                return self.poll(0)  # it has ended: the blocking reap is at once
             except KeyboardInterrupt:
                 _interrupt_children()
                 raise

@@ -8,6 +8,8 @@ interrupted for real.
   running. procpool's processes run in sessions of their own: before the fix the
   interrupted program then waited at exit, in ``multiprocessing``'s join of its
   children, for a child that never saw the Ctrl-C.
+* The parent SIGKILLed with a tree of processes, pools, queues and locks: nothing left.
+* Several threads joining one process: each sees its exit code.
 """
 
 import os
@@ -83,3 +85,48 @@ def test_parent_sigkilled_with_a_tree_of_processes_pools_and_queues_leaves_nothi
         assert not new, f"left in /dev/shm: {new}"
     finally:
         _reap(p, idents)
+
+
+def _exit_7_soon():
+    time.sleep(0.15)
+    os._exit(7)
+
+
+@pytest.mark.limit(25)
+def test_several_threads_joining_one_process_all_see_its_exit_code():
+    """Six threads join one process while another polls ``is_alive``: every join returns
+    (none raises ChildProcessError) and every thread reads ``exitcode == 7`` (before the
+    fix, the threads that lost the race to reap it read 255)."""
+    import threading
+
+    import procpool
+
+    for _ in range(15):
+        p = procpool.Process(target=_exit_7_soon)
+        p.start()
+        errors, codes = [], []
+
+        def join():
+            try:
+                p.join()
+                codes.append(p.exitcode)
+            except BaseException as e:
+                errors.append(e)
+
+        def watch():
+            try:
+                while p.is_alive():
+                    time.sleep(0.001)
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=join) for _ in range(6)]
+        threads.append(threading.Thread(target=watch))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert not errors, errors
+        assert codes == [7] * 6 and p.exitcode == 7, codes
+        assert not proctools.identity(p.pid)
+        p.close()
