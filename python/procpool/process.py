@@ -158,21 +158,26 @@ class _Popen:
         try:
             r = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | flag)
         except ChildProcessError:
-            self.returncode = 255  # reaped by someone else (``os.wait()``): unknown
+            self._reaped_elsewhere()
             return
         if r is None:
             return
         # Ended, not reaped: its group id is still ours. What it started dies with it.
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except OSError:
-            pass
+        _kill_group(self.pid)
         try:
             _, status = os.waitpid(self.pid, 0)
         except ChildProcessError:
-            self.returncode = 255
+            self._reaped_elsewhere()
             return
         self.returncode = os.waitstatus_to_exitcode(status)
+
+    def _reaped_elsewhere(self):
+        # The kernel reaped it (this program sets SIGCHLD to SIG_IGN), or the program
+        # did (``os.wait()``): the status is on the pidfd (Linux 6.15 and later), else
+        # unknown (255). Its group is killed as the engine does for a worker.
+        _kill_group(self.pid)
+        code = _pidfd_exit_code(self.sentinel)
+        self.returncode = 255 if code is None else code
 
     def wait(self, timeout=None):
         if self.returncode is None:
@@ -272,6 +277,36 @@ def _dump_process(buf, obj, pickler=None):
                 raise
             return None
         return list(fds)
+
+
+def _kill_group(pgid):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+#: ``PIDFD_GET_INFO`` (``_IOWR(0xFF, 11, struct pidfd_info)``, 64 bytes) and its
+#: ``PIDFD_INFO_EXIT`` bit.
+_PIDFD_GET_INFO = 0xC040FF0B
+_PIDFD_INFO_EXIT = 1 << 3
+
+
+def _pidfd_exit_code(pidfd):
+    """The exit code the kernel keeps on a pidfd once its process was reaped (Linux 6.15
+    and later), or None."""
+    import fcntl
+
+    info = bytearray(struct.pack("<Q56x", _PIDFD_INFO_EXIT))
+    try:
+        fcntl.ioctl(pidfd, _PIDFD_GET_INFO, info, True)
+    except (OSError, OverflowError):
+        return None
+    (mask,) = struct.unpack_from("<Q", info)
+    if not mask & _PIDFD_INFO_EXIT:
+        return None
+    (status,) = struct.unpack_from("<i", info, 60)
+    return os.waitstatus_to_exitcode(status)
 
 
 def _valid(fd):

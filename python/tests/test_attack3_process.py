@@ -130,3 +130,63 @@ def test_several_threads_joining_one_process_all_see_its_exit_code():
         assert codes == [7] * 6 and p.exitcode == 7, codes
         assert not proctools.identity(p.pid)
         p.close()
+
+
+_REAPED_ELSEWHERE = r"""
+import os, signal, sys, time
+import procpool
+
+def end(c):
+    if c < 0:
+        os.kill(os.getpid(), -c)
+    os._exit(c)
+
+if __name__ == "__main__":
+    out = []
+    for c in (3, 0, -signal.SIGSEGV):
+        # The program reaps the process itself.
+        p = procpool.Process(target=end, args=(c,))
+        p.start()
+        os.waitpid(p.pid, 0)
+        p.join(5)
+        out.append(p.exitcode)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps every child
+    for c in (3, 0, -signal.SIGSEGV):
+        p = procpool.Process(target=end, args=(c,))
+        p.start()
+        p.join(5)
+        out.append(p.exitcode)
+    p = procpool.Process(target=time.sleep, args=(30,))
+    p.start()
+    p.terminate()
+    p.join(5)
+    out.append(p.exitcode)
+    print(out)
+"""
+
+
+@pytest.mark.limit(25)
+def test_exit_codes_of_processes_reaped_by_the_program_or_the_kernel():
+    """A program that reaps its children itself (``os.waitpid``) or sets SIGCHLD to
+    SIG_IGN still reads each process's true exit code (from its pidfd, Linux 6.15 and
+    later); before, every such ``exitcode`` was 255."""
+    import subprocess
+    import sys
+
+    import procpool.process as pp_process
+
+    probe = os.fork()
+    if probe == 0:
+        os._exit(5)
+    fd = os.pidfd_open(probe)
+    os.waitpid(probe, 0)
+    try:
+        if pp_process._pidfd_exit_code(fd) != 5:
+            pytest.skip("the kernel keeps no exit status on a pidfd (before Linux 6.15)")
+    finally:
+        os.close(fd)
+    r = subprocess.run(
+        [sys.executable, "-c", _REAPED_ELSEWHERE], capture_output=True, text=True, timeout=20
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == str([3, 0, -11, 3, 0, -11, -15]), (r.stdout, r.stderr[-2000:])
