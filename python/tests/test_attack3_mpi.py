@@ -3,7 +3,8 @@ be pickled and exceptions that cannot be rebuilt on rank 0 (that task alone fail
 an error), tasks raising ``SystemExit``/``KeyboardInterrupt`` on an agent, and Ctrl-C (a
 SIGINT to the job's whole process group, as a terminal sends it) in the middle of a map:
 the job ends within seconds and leaves no process behind. Each job runs under a hard time
-limit (see ``test_mpi.run_job``)."""
+limit (see ``test_mpi.run_job``). The program's exit code is the job's (see also
+``test_attack3_mpi_exit.py``)."""
 
 import os
 import queue
@@ -16,7 +17,15 @@ import time
 import pytest
 
 import proctools
-from test_mpi import HARD_LIMIT, _job_env, _mpirun, _pids, check_scenario, fault_tolerant
+from test_mpi import (
+    HARD_LIMIT,
+    _job_env,
+    _mpirun,
+    _pids,
+    check_scenario,
+    fault_tolerant,
+    run_job,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "scripts", "attack3_mpi.py")
@@ -82,3 +91,18 @@ def test_ctrl_c_to_the_job_mid_map_ends_it_and_leaves_nothing():
             if proctools.alive(ident):
                 os.kill(ident[0], signal.SIGKILL)
         p.stderr.close()
+
+
+def _check_job(args, want_code, limit=30.0, **kw):
+    code, out, err = run_job(args, limit=limit, **kw)
+    assert code == want_code, f"{args}: exit code {code}\n{out}\n{err[-3000:]}"
+    pids = _pids(out)
+    left = proctools.wait_gone([i for i in map(proctools.identity, pids) if i], 5)
+    assert not left, f"workers left running after the job: {left}"
+
+
+@pytest.mark.limit(HARD_LIMIT + 10)
+def test_the_programs_exit_code_is_the_jobs_with_its_pool_left_open():
+    _check_job(["-m", "procpool.mpi", SCRIPT, "exit_code"], 3)
+    _check_job(["-m", "procpool.mpi", SCRIPT, "no_pool"], 0)
+

@@ -146,5 +146,34 @@ def scenario_ctrl_c():
     raise AssertionError("the map ended")
 
 
+def scenario_exit_code():
+    # The program's exit code is the job's, its pool left open.
+    pool = procpool.Pool(2, mpi=True)
+    res = pool.map(pid_of, range(20), chunksize=1)
+    USED.update(p for _, p in res)
+    report()
+    sys.exit(3)
+
+
+def scenario_hard_exit():
+    # Rank 0 ends abruptly (os._exit, or SIGKILL with "kill"), its pool open, with a
+    # task running unless "idle".
+    how = sys.argv[2] if len(sys.argv) > 2 else "busy"
+    pool = procpool.Pool(2, mpi=True)
+    res = pool.map(pid_of, range(20), chunksize=1)
+    USED.update(p for _, p in res)
+    report()
+    if how != "idle":
+        pool.apply_async(time.sleep, (60,))
+        time.sleep(0.3)
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(4)
+
+
+def scenario_no_pool():
+    print("pids: []", flush=True)
+
+
 if __name__ == "__main__":
     globals()["scenario_" + sys.argv[1]]()
