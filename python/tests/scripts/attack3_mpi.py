@@ -171,6 +171,45 @@ def scenario_hard_exit():
     os._exit(4)
 
 
+def scenario_local_objects():
+    # Objects bound to this host (descriptors, shared memory, a channel copied from this
+    # process by pid) cannot go to an agent: the call that carries one is refused with
+    # an error that says so, and the pool goes on. argv[2]: "sync" or "channels".
+    if sys.argv[2] == "sync":
+        makers = {
+            "Value": lambda: procpool.Value("i", 1),
+            "RawArray": lambda: procpool.RawArray("d", 4),
+            "Event": procpool.Event,
+            "Semaphore": procpool.Semaphore,
+            "Barrier": lambda: procpool.Barrier(2),
+            "Condition": procpool.Condition,
+        }
+    else:
+        makers = {
+            "Queue": procpool.Queue,
+            "SimpleQueue": procpool.SimpleQueue,
+            "Pipe end": lambda: procpool.Pipe()[0],
+        }
+    with procpool.Pool(2, mpi=True) as pool:
+        for name, make in makers.items():
+            obj = make()
+            for call in (
+                lambda: pool.apply(pid_of, (obj,)),
+                lambda: pool.map(pid_of, [1, obj, 2], chunksize=1),
+                lambda: pool.apply_async(pid_of, (obj,)).get(30),
+            ):
+                try:
+                    got = call()
+                except procpool.PoolError as e:
+                    assert "other hosts" in str(e), (name, repr(e))
+                else:
+                    raise AssertionError(f"a {name} went to an agent: {got!r}")
+            res = pool.map(pid_of, range(8), chunksize=1)
+            assert [v for v, _ in res] == list(range(8))
+            USED.update(p for _, p in res)
+    report()
+
+
 def scenario_no_pool():
     print("pids: []", flush=True)
 
