@@ -66,3 +66,52 @@ def test_workers_see_argv_cwd_environment_and_path_as_each_pool_was_created(mode
         assert lines[1::2] == [str(out["pid"])] * 2, lines
     finally:
         shutil.rmtree(out.get("work", ""), ignore_errors=True)
+
+
+_FROM_STDIN = """
+import procpool
+
+def sq(x):
+    return x * x
+
+if __name__ == "__main__":
+    with procpool.Pool(2) as p:
+        print(p.map(sq, range(5)))
+    pr = procpool.Process(target=sq, args=(3,))
+    pr.start()
+    pr.join()
+    print(pr.exitcode)
+"""
+
+
+@pytest.mark.procpool_only
+@pytest.mark.limit(30)
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(
+            "stdin",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="a program read from standard input (python - < prog.py): its "
+                "__main__.__file__ is '<stdin>', which _bootstrap.main_info takes for a "
+                "script path, so functions of __main__ go by reference and every worker "
+                "fails with FileNotFoundError: '<cwd>/<stdin>' (they should go by value "
+                "with cloudpickle, as for -c and the REPL)",
+            ),
+        ),
+        "-c",
+    ],
+)
+def test_a_program_without_a_script_file_sends_its_functions_by_value(how, tmp_path):
+    args = ["-"] if how == "stdin" else ["-c", _FROM_STDIN]
+    r = subprocess.run(
+        [sys.executable, *args],
+        input=_FROM_STDIN if how == "stdin" else "",
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=25,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["[0,", "1,", "4,", "9,", "16]", "0"], r.stdout
