@@ -110,3 +110,29 @@ def test_ctrl_c_interrupts_every_blocking_wait(kind):
         assert err.strip().splitlines()[-1] == "KeyboardInterrupt", err[-2000:]
     finally:
         _reap(p, [])
+
+
+@pytest.mark.procpool_only
+@pytest.mark.limit(25)
+@pytest.mark.xfail(
+    strict=True,
+    reason="Pool.map's collect loop (procpool-py run.rs fill_ready) calls "
+    "py.check_signals() only when a receive times out (50 ms without a result): while "
+    "results keep coming (10 ms tasks) a Ctrl-C waits 1.5-5 s, until a gap",
+)
+def test_ctrl_c_during_a_map_with_steady_results_is_prompt():
+    """Three trials: each Ctrl-C raises KeyboardInterrupt within a second."""
+    for _ in range(3):
+        p, lines = _start("attack3_steady_map.py")
+        try:
+            _wait_line(p, lines, "READY")
+            time.sleep(0.3)
+            os.killpg(p.pid, signal.SIGINT)
+            try:
+                p.wait(1.0)
+            except subprocess.TimeoutExpired:
+                pytest.fail("still mapping 1 s after Ctrl-C")
+            err = p.stderr.read()
+            assert err.strip().splitlines()[-1] == "KeyboardInterrupt", err[-2000:]
+        finally:
+            _reap(p, [])
