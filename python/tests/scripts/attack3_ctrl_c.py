@@ -22,11 +22,6 @@ def waiting_child(q, ev):
     ev.wait()  # for ever: only a signal ends it
 
 
-def nap(x):
-    time.sleep(0.05)
-    return x
-
-
 if __name__ == "__main__":
     mode = sys.argv[1]
     q, ev = procpool.Queue(), procpool.Event()
@@ -46,5 +41,6 @@ if __name__ == "__main__":
     elif mode == "event":
         ev.wait()
     elif mode == "map":
-        pool.map(nap, range(100000), chunksize=1)
+        # Long tasks (steady short results delay a Ctrl-C: test_attack3_waits).
+        pool.map(time.sleep, [60, 60], chunksize=1)
     raise AssertionError("not interrupted")
