@@ -163,3 +163,28 @@ def test_barrier_condition_and_event_across_processes_and_pool_workers():
         assert [g[0] for g in got] == [True] * 4 and all(g[1] < 5 for g in got), got
         for p in ps:
             p.join(10)
+
+
+def _bump_all(arr):
+    for i in range(len(arr)):
+        arr[i] += 1
+    return list(arr)
+
+
+@pytest.mark.limit(20)
+def test_sharedctypes_copy_is_new_shared_memory():
+    """``sharedctypes.copy`` (the stdlib's, missing before) copies a ctypes object into
+    new shared memory: the copy is independent of the original and shared with workers."""
+    import ctypes
+
+    from procpool import sharedctypes
+
+    a = procpool.RawArray("i", [1, 2, 3])
+    b = sharedctypes.copy(a)
+    b[0] = 9
+    assert (a[:], b[:]) == ([1, 2, 3], [9, 2, 3])
+    assert sharedctypes.copy(ctypes.c_double(1.5)).value == 1.5
+    assert sharedctypes.copy(procpool.Value("i", 4).get_obj()).value == 4
+    with procpool.Pool(1) as pool:
+        assert pool.apply(_bump_all, (b,)) == [10, 3, 4]
+    assert b[:] == [10, 3, 4] and a[:] == [1, 2, 3]
