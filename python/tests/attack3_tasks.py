@@ -55,3 +55,18 @@ def event_wait(ev, ready, timeout):
     ready.release()
     t = time.monotonic()
     return ev.wait(timeout), time.monotonic() - t
+
+
+def cycle_child(q, conn, lock, v, ev, die):
+    """One cycle of ``test_500_process_cycles_with_kills_leave_nothing_behind``."""
+    import os
+    import time
+
+    with lock:
+        v.value += 1
+    conn.send(os.getpid())
+    if die:
+        lock.acquire()  # held at its death: the next acquire takes it over
+        ev.set()
+        time.sleep(30)
+    q.put(v.value)

@@ -190,3 +190,4 @@ def test_exit_codes_of_processes_reaped_by_the_program_or_the_kernel():
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == str([3, 0, -11, 3, 0, -11, -15]), (r.stdout, r.stderr[-2000:])
+
