@@ -122,7 +122,7 @@ class _Popen:
         if _interrupted is None:
             # Registered after ``multiprocessing.util``'s exit function, so run before
             # it joins the children.
-            _interrupted = set()
+            _interrupted = False
             atexit.register(_at_exit)
 
     # The stdlib's pickling protocol for objects that hold descriptors (``Connection``,
@@ -187,8 +187,8 @@ class _Popen:
                 if not r:
                     return None
                 return self.poll(0)  # it has ended: the blocking reap is at once
-            except KeyboardInterrupt:
-                _interrupt_children()
+            except KeyboardInterrupt as e:
+                _interrupt_children(e)
                 raise
         return self.returncode
 
@@ -210,33 +210,35 @@ class _Popen:
             self.finalizer()
 
 
-#: Pids of the processes sent a Ctrl-C by :func:`_interrupt_children` (None until the
-#: first process starts).
+#: The KeyboardInterrupt last passed on by :func:`_interrupt_children` (None until the
+#: first process starts; then ``False`` until a Ctrl-C).
 _interrupted = None
 
 
-def _interrupt_children():
-    """Ctrl-C reached this process: passes it on to its live procpool processes, as the
-    terminal's SIGINT reaches a standard library child (in the same process group).
-    Theirs is a session of their own, so without this a program interrupted in
-    ``join()`` would then wait at exit, in ``multiprocessing``'s join of its children,
-    for a child that never saw the Ctrl-C: for ever if that child waits too."""
+def _interrupt_children(exc=None):
+    """Ctrl-C reached this process (``exc``, its KeyboardInterrupt): passes it on to its
+    live procpool processes, as the terminal's SIGINT reaches a standard library child
+    (in the same process group). Theirs is a session of their own, so without this a
+    program interrupted in ``join()`` would then wait at exit, in ``multiprocessing``'s
+    join of its children, for a child that never saw the Ctrl-C: for ever if that child
+    waits too."""
+    global _interrupted
+    if exc is not None:
+        if exc is _interrupted:
+            return  # passed on already (in ``join``, then at exit)
+        _interrupted = exc
     for p in list(_mp_process._children):
         popen = getattr(p, "_popen", None)
-        if not isinstance(popen, _Popen) or popen.returncode is not None:
-            continue
-        if _interrupted is not None:
-            if popen.pid in _interrupted:
-                continue
-            _interrupted.add(popen.pid)
-        popen._send_signal(signal.SIGINT)
+        if isinstance(popen, _Popen) and popen.returncode is None:
+            popen._send_signal(signal.SIGINT)
 
 
 def _at_exit():
     # The program ends with an uncaught KeyboardInterrupt: a Ctrl-C the children did
-    # not get, unless one was passed on in ``join``.
-    if isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
-        _interrupt_children()
+    # not get, unless it was passed on in ``join``.
+    exc = getattr(sys, "last_value", None)
+    if isinstance(exc, KeyboardInterrupt):
+        _interrupt_children(exc)
 
 
 def _by_reference_pickler():
