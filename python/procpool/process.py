@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import pickle
@@ -39,6 +40,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import types
 
 from multiprocessing import process as _mp_process
@@ -64,6 +66,7 @@ class _Popen:
         _util._flush_std_streams()
         self.returncode = None
         self.finalizer = None
+        self._reaping = threading.Lock()
         self._fds = []
         from multiprocessing import context, spawn
 
@@ -115,6 +118,12 @@ class _Popen:
         except OSError:
             pass  # the process died at once: its exit code says how
         self.finalizer = _util.Finalize(self, _close_all, (self.sentinel, mine))
+        global _interrupted
+        if _interrupted is None:
+            # Registered after ``multiprocessing.util``'s exit function, so run before
+            # it joins the children.
+            _interrupted = False
+            atexit.register(_at_exit)
 
     # The stdlib's pickling protocol for objects that hold descriptors (``Connection``,
     # ``multiprocessing.Queue``) while a process is being started.
@@ -134,30 +143,53 @@ class _Popen:
 
     def poll(self, flag=os.WNOHANG):
         if self.returncode is None:
-            try:
-                r = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | flag)
-            except ChildProcessError:
-                r = None
-                self.returncode = 255
-                return self.returncode
-            if r is None:
-                return None
-            # Ended, not reaped: its group id is still ours. What it started dies with it.
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
+            if flag == 0:
+                # Waits for the end on the pidfd, so that the lock below is never held
+                # while the process runs (another thread's ``is_alive`` would wait).
+                select.select([self.sentinel], [], [])
+            # One thread reaps; the others read what it found (without the lock, a
+            # second ``join`` raised ChildProcessError or set ``exitcode`` to 255).
+            with self._reaping:
+                if self.returncode is None:
+                    self._reap(flag)
         return self.returncode
+
+    def _reap(self, flag):
+        try:
+            r = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | flag)
+        except ChildProcessError:
+            self._reaped_elsewhere()
+            return
+        if r is None:
+            return
+        # Ended, not reaped: its group id is still ours. What it started dies with it.
+        _kill_group(self.pid)
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            self._reaped_elsewhere()
+            return
+        self.returncode = os.waitstatus_to_exitcode(status)
+
+    def _reaped_elsewhere(self):
+        # The kernel reaped it (this program sets SIGCHLD to SIG_IGN), or the program
+        # did (``os.wait()``): the status is on the pidfd (Linux 6.15 and later), else
+        # unknown (255). Its group is killed as the engine does for a worker.
+        _kill_group(self.pid)
+        code = _pidfd_exit_code(self.sentinel)
+        self.returncode = 255 if code is None else code
 
     def wait(self, timeout=None):
         if self.returncode is None:
-            if timeout is not None:
-                r, _, _ = select.select([self.sentinel], [], [], max(0.0, timeout))
+            try:
+                wait = None if timeout is None else max(0.0, timeout)
+                r, _, _ = select.select([self.sentinel], [], [], wait)
                 if not r:
                     return None
-            return self.poll(0)
+                return self.poll(0)  # it has ended: the blocking reap is at once
+            except KeyboardInterrupt as e:
+                _interrupt_children(e)
+                raise
         return self.returncode
 
     def _send_signal(self, sig):
@@ -176,6 +208,37 @@ class _Popen:
     def close(self):
         if self.finalizer is not None:
             self.finalizer()
+
+
+#: The KeyboardInterrupt last passed on by :func:`_interrupt_children` (None until the
+#: first process starts; then ``False`` until a Ctrl-C).
+_interrupted = None
+
+
+def _interrupt_children(exc=None):
+    """Ctrl-C reached this process (``exc``, its KeyboardInterrupt): passes it on to its
+    live procpool processes, as the terminal's SIGINT reaches a standard library child
+    (in the same process group). Theirs is a session of their own, so without this a
+    program interrupted in ``join()`` would then wait at exit, in ``multiprocessing``'s
+    join of its children, for a child that never saw the Ctrl-C: for ever if that child
+    waits too."""
+    global _interrupted
+    if exc is not None:
+        if exc is _interrupted:
+            return  # passed on already (in ``join``, then at exit)
+        _interrupted = exc
+    for p in list(_mp_process._children):
+        popen = getattr(p, "_popen", None)
+        if isinstance(popen, _Popen) and popen.returncode is None:
+            popen._send_signal(signal.SIGINT)
+
+
+def _at_exit():
+    # The program ends with an uncaught KeyboardInterrupt: a Ctrl-C the children did
+    # not get, unless it was passed on in ``join``.
+    exc = getattr(sys, "last_value", None)
+    if isinstance(exc, KeyboardInterrupt):
+        _interrupt_children(exc)
 
 
 def _by_reference_pickler():
@@ -216,6 +279,36 @@ def _dump_process(buf, obj, pickler=None):
                 raise
             return None
         return list(fds)
+
+
+def _kill_group(pgid):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+#: ``PIDFD_GET_INFO`` (``_IOWR(0xFF, 11, struct pidfd_info)``, 64 bytes) and its
+#: ``PIDFD_INFO_EXIT`` bit.
+_PIDFD_GET_INFO = 0xC040FF0B
+_PIDFD_INFO_EXIT = 1 << 3
+
+
+def _pidfd_exit_code(pidfd):
+    """The exit code the kernel keeps on a pidfd once its process was reaped (Linux 6.15
+    and later), or None."""
+    import fcntl
+
+    info = bytearray(struct.pack("<Q56x", _PIDFD_INFO_EXIT))
+    try:
+        fcntl.ioctl(pidfd, _PIDFD_GET_INFO, info, True)
+    except (OSError, OverflowError):
+        return None
+    (mask,) = struct.unpack_from("<Q", info)
+    if not mask & _PIDFD_INFO_EXIT:
+        return None
+    (status,) = struct.unpack_from("<i", info, 60)
+    return os.waitstatus_to_exitcode(status)
 
 
 def _valid(fd):

@@ -38,7 +38,7 @@ import ctypes
 from . import _heap
 from .synchronize import RLock
 
-__all__ = ["RawValue", "RawArray", "Value", "Array", "synchronized"]
+__all__ = ["RawValue", "RawArray", "Value", "Array", "copy", "synchronized"]
 
 typecode_to_type = {
     "c": ctypes.c_char,
@@ -185,6 +185,24 @@ def Array(typecode_or_type, size_or_initializer, *, lock=True, ctx=None):
     if lock is False:
         return obj
     return synchronized(obj, _lock_for(lock))
+
+
+def copy(obj):
+    """A copy of the ctypes object ``obj`` (shared or not) in new shared memory, without
+    a lock, as :func:`multiprocessing.sharedctypes.copy`.
+
+    Example::
+
+        a = procpool.RawArray("i", [1, 2, 3])
+        b = procpool.sharedctypes.copy(a)
+        b[0] = 9
+        assert (a[0], b[0]) == (1, 9)
+    """
+    if isinstance(obj, SynchronizedBase):
+        raise TypeError("copy() takes a ctypes object; use get_obj() of a synchronized one")
+    new = _new(_base_type(obj))
+    ctypes.memmove(ctypes.addressof(new), ctypes.addressof(obj), ctypes.sizeof(new))
+    return new
 
 
 def synchronized(obj, lock=None, ctx=None):

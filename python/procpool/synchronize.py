@@ -72,6 +72,9 @@ __all__ = [
 
 _MUTEX = 32
 _SLICE = 0.1
+#: The largest value of a semaphore, as the standard library's (``SEM_VALUE_MAX``):
+#: the count is a 32-bit word, which must never wrap to zero.
+SEM_VALUE_MAX = 0x7FFFFFFF
 
 
 class HolderDiedWarning(RuntimeWarning):
@@ -198,6 +201,10 @@ class Semaphore:
         if _block is None:
             if value < 0:
                 raise ValueError("semaphore initial value must be >= 0")
+            if value > SEM_VALUE_MAX:
+                raise OverflowError(
+                    f"semaphore initial value must be at most {SEM_VALUE_MAX}, not {value}"
+                )
             _block = _heap.alloc(self._size(value if _bound else 0))
             _words(_block, "I")[2] = _bound
             _words(_block, "I")[0] = value
@@ -244,7 +251,8 @@ class Semaphore:
         return False
 
     def release(self) -> None:
-        self._count.add(1)
+        if not self._count.inc_below(SEM_VALUE_MAX):
+            raise ValueError("semaphore or lock released too many times")
         if self._waiters.load():
             self._count.wake(1)
 
