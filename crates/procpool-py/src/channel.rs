@@ -410,11 +410,9 @@ fn wait_ready(py: Python<'_>, fd: i32, read: bool, deadline: Option<Instant>) ->
         let ms = match deadline {
             None => -1,
             Some(d) => {
+                // Rounded up: a wait never ends before its deadline (a deadline already
+                // passed still looks once).
                 let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(false);
-                }
-                // Rounded up: a wait never ends before its deadline.
                 left.as_millis().min(i32::MAX as u128 - 1) as i32
                     + i32::from(left.subsec_micros() % 1000 != 0)
             }
@@ -434,6 +432,7 @@ fn wait_ready(py: Python<'_>, fd: i32, read: bool, deadline: Option<Instant>) ->
             }
         });
         match r {
+            Ok(0) if deadline.is_none_or(|d| Instant::now() >= d) => return Ok(false),
             Ok(0) => {}
             Ok(_) => return Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => py.check_signals()?,
