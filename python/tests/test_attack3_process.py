@@ -20,7 +20,7 @@ import time
 import pytest
 
 import proctools
-from test_attack3_waits import RECV_BLIND, _below, _reap, _start, _wait_line
+from test_attack3_waits import _below, _reap, _start, _wait_line
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 @pytest.mark.procpool_only
 @pytest.mark.limit(25)
 @pytest.mark.parametrize(
-    "mode", ["join", "sleep", pytest.param("queue_get", marks=RECV_BLIND), "event", "map"]
+    "mode", ["join", "sleep", "queue_get", "event", "map"]
 )
 def test_ctrl_c_with_live_processes_ends_the_program_and_them(mode):
     p, lines = _start("attack3_ctrl_c.py", mode)

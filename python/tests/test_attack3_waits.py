@@ -65,24 +65,15 @@ def _reap(p, idents):
             os.kill(ident[0], signal.SIGKILL)
 
 
-RECV_BLIND = pytest.mark.xfail(
-    strict=True,
-    reason="a blocking receive on a procpool channel (Queue.get, SimpleQueue.get, "
-    "Connection.recv) waits in Rust with the GIL released (procpool-py channel.rs "
-    "`recv`: py.detach(|| rx.recv_with_fds(timeout))) and never checks for signals: "
-    "Ctrl-C is ignored until a message comes or the timeout passes",
-)
-
-
 @pytest.mark.procpool_only
 @pytest.mark.limit(20)
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param("queue", marks=RECV_BLIND),
-        pytest.param("qt", marks=RECV_BLIND),
-        pytest.param("simple", marks=RECV_BLIND),
-        pytest.param("pipe", marks=RECV_BLIND),
+        "queue",
+        "qt",
+        "simple",
+        "pipe",
         "jq",
         "full",
         "lock",

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use procpool::{Receiver, Sender};
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -151,10 +151,19 @@ impl Channel {
             Ok(false) => {}
             Err(e) => return send_error(e),
         }
-        let r = py.detach(|| tx.send_parts(&slices, &borrowed, timeout));
-        match r {
-            Ok(sent) => Ok(sent),
-            Err(e) => send_error(e),
+        // Full: wait for room with the GIL let go, running the program's signal handlers
+        // when a signal comes (Ctrl-C raises `KeyboardInterrupt` here, as in the stdlib).
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let fd = tx.as_fd().as_raw_fd();
+        loop {
+            if !wait_ready(py, fd, false, deadline)? {
+                return Ok(false);
+            }
+            match tx.send_parts(&slices, &borrowed, Some(Duration::ZERO)) {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(e) => return send_error(e),
+            }
         }
     }
 
@@ -210,7 +219,7 @@ impl Channel {
         let rx = self.rx.as_ref().ok_or_else(closed)?;
         let timeout = crate::args::duration(timeout, "timeout")?;
         let fd = rx.as_fd().as_raw_fd();
-        py.detach(|| poll_in(fd, timeout)).map_err(Into::into)
+        wait_ready(py, fd, true, timeout.map(|t| Instant::now() + t))
     }
 
     /// Closes the sending end here.
@@ -232,29 +241,32 @@ fn raw_fds(fds: Vec<OwnedFd>) -> Vec<i32> {
 }
 
 /// Receives one message and hands it to `f` with the GIL held: a message already
-/// waiting is taken at once; otherwise the GIL is let go for the wait, and taken again
-/// once a message is there (one blocking receive: no poll before it).
-fn receive<R: Send>(
+/// waiting is taken at once; otherwise the GIL is let go while the receiving end is
+/// empty, and a signal that comes meanwhile runs the program's handlers (Ctrl-C raises
+/// `KeyboardInterrupt` here, as in the stdlib's blocking calls).
+fn receive<R>(
     py: Python<'_>,
     rx: &Receiver<Vec<u8>>,
     timeout: Option<Duration>,
-    f: impl FnOnce(Python<'_>, procpool::Payload<'_>, Vec<OwnedFd>) -> PyResult<R> + Send,
+    f: impl FnOnce(Python<'_>, procpool::Payload<'_>, Vec<OwnedFd>) -> PyResult<R>,
 ) -> PyResult<Option<R>> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let fd = rx.as_fd().as_raw_fd();
     let mut f = Some(f);
-    let r = rx.recv_with(Some(Duration::ZERO), |p, fds| {
-        let f = f.take().expect("one message per receive");
-        f(py, p, fds)
-    });
-    let r = match (r, f) {
-        (Ok(None), Some(f)) if timeout != Some(Duration::ZERO) => {
-            py.detach(|| rx.recv_with(timeout, |p, fds| Python::attach(|py| f(py, p, fds))))
+    loop {
+        let r = rx.recv_with(Some(Duration::ZERO), |p, fds| {
+            let f = f.take().expect("one message per receive");
+            f(py, p, fds)
+        });
+        match r {
+            Ok(Some(v)) => return v.map(Some),
+            Ok(None) => {}
+            Err(e) => return Err(recv_error(e)),
         }
-        (r, _) => r,
-    };
-    match r {
-        Ok(Some(v)) => v.map(Some),
-        Ok(None) => Ok(None),
-        Err(e) => Err(recv_error(e)),
+        // Readers sharing the end may take the message that woke this one: wait again.
+        if timeout == Some(Duration::ZERO) || !wait_ready(py, fd, true, deadline)? {
+            return Ok(None);
+        }
     }
 }
 
@@ -388,37 +400,43 @@ fn send_error<T>(e: procpool::SendError<()>) -> PyResult<T> {
     }
 }
 
-/// Waits until `fd` is readable or hung up; `false` when `timeout` passed.
-fn poll_in(fd: i32, timeout: Option<Duration>) -> std::io::Result<bool> {
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+/// Waits, with the GIL let go, until `fd` is readable (`read`) or writable, or hung up
+/// (`true`), or `deadline` passes (`false`). A signal that interrupts the wait runs the
+/// program's Python handlers; an exception they raise (`KeyboardInterrupt` for Ctrl-C)
+/// ends the wait, otherwise it goes on.
+fn wait_ready(py: Python<'_>, fd: i32, read: bool, deadline: Option<Instant>) -> PyResult<bool> {
+    let events = if read { libc::POLLIN } else { libc::POLLOUT };
     loop {
         let ms = match deadline {
             None => -1,
             Some(d) => {
-                let left = d.saturating_duration_since(std::time::Instant::now());
-                left.as_millis().min(i32::MAX as u128) as i32
+                // Rounded up: a wait never ends before its deadline (a deadline already
+                // passed still looks once).
+                let left = d.saturating_duration_since(Instant::now());
+                left.as_millis().min(i32::MAX as u128 - 1) as i32
                     + i32::from(left.subsec_micros() % 1000 != 0)
             }
         };
         let mut p = libc::pollfd {
             fd,
-            events: libc::POLLIN,
+            events,
             revents: 0,
         };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, ms) };
-        if n > 0 {
-            return Ok(true);
-        }
-        if n == 0 {
-            if deadline.is_none_or(|d| std::time::Instant::now() >= d) {
-                return Ok(false);
+        // SAFETY: one valid pollfd, on the stack for the call.
+        let r = py.detach(|| {
+            let n = unsafe { libc::poll(&mut p, 1, ms) };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n)
             }
-            continue;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
+        });
+        match r {
+            Ok(0) if deadline.is_none_or(|d| Instant::now() >= d) => return Ok(false),
+            Ok(0) => {}
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => py.check_signals()?,
+            Err(e) => return Err(e.into()),
         }
     }
 }
