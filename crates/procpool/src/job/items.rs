@@ -340,6 +340,20 @@ impl<'a> Args<'a> {
         Ok(Self { rest: body, plain })
     }
 
+    /// The packed arguments not taken yet, when the arguments are packed numbers.
+    #[inline]
+    pub(crate) fn packed_rest(&self) -> Option<&'a [u8]> {
+        self.plain.map(|_| self.rest)
+    }
+
+    /// Takes `n` packed arguments (read through [`packed_rest`](Self::packed_rest)).
+    #[inline]
+    pub(crate) fn skip_packed(&mut self, n: u32) {
+        if let Some(size) = self.plain {
+            self.rest = &self.rest[(n as usize * size).min(self.rest.len())..];
+        }
+    }
+
     /// The next item's bytes.
     #[inline]
     pub(crate) fn next_bytes(&mut self) -> Result<&'a [u8], Failure> {
@@ -454,6 +468,46 @@ impl<'a> Results<'a> {
         for v in codec::plain_values::<R>(&packed[1..]) {
             self.push_encoded(Ok(v));
         }
+    }
+
+    /// Runs `f` on packed arguments `args` (numbers) while the results are packed too:
+    /// the general loop of a chunk (see `func::run_chunk`) without its per-item choices,
+    /// each item still run under its own `catch_unwind` and recorded as finished.
+    /// Returns how many arguments it took; it stops before an item when the results are
+    /// full or could not be recorded, and after an item that panicked (its failure
+    /// unpacks the results): the general loop goes on from there. `recorded` is whether
+    /// the items so far were recorded, as that loop keeps it.
+    #[inline]
+    pub(crate) fn run_packed<A: Value, R: Value>(
+        &mut self,
+        f: fn(A) -> R,
+        args: &[u8],
+        recorded: &mut bool,
+    ) -> u32 {
+        let (Some(size), Some(_)) = (codec::plain_size::<A>(), self.packed) else {
+            return 0;
+        };
+        let mut k = 0u32;
+        for bytes in args.chunks_exact(size) {
+            if k > 0 && (self.full() || !*recorded) {
+                break;
+            }
+            let a = codec::read_plain::<A>(bytes);
+            k += 1;
+            match panic::catch_unwind(AssertUnwindSafe(|| f(a))) {
+                Ok(v) => {
+                    self.count += 1;
+                    codec::put_plain(self.out, &v);
+                    *recorded = self.finished();
+                }
+                Err(p) => {
+                    self.push_err::<R>(panicked(&*p));
+                    *recorded = self.finished();
+                    break;
+                }
+            }
+        }
+        k
     }
 
     /// Appends one item's value.
