@@ -27,6 +27,7 @@ use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
 
 use crate::process::{CTL_RING_READ, CTL_RING_WRITE, CTL_SLEEPING, RING_LEN, RING_OFFSET};
 use crate::sys::SharedRegion;
+use crate::wire;
 
 const WRAP: u32 = u32::MAX;
 const HEAD: usize = 8;
@@ -129,6 +130,24 @@ impl RingWriter {
     }
 }
 
+/// A successful result at least this large is taken from the ring by itself (see
+/// [`RingReader::pop_result`]); a smaller one costs less to copy twice than to allocate
+/// for.
+const SPLIT_MIN: usize = 4096;
+
+/// An entry [`RingReader::pop_result`] took.
+#[derive(Debug)]
+pub(crate) enum Popped {
+    /// Its body is in the caller's buffer.
+    Whole,
+    /// A successful result, its bytes apart (`Err(len)`: they could not be allocated).
+    Ok {
+        seq: u64,
+        nanos: u64,
+        bytes: Result<Vec<u8>, usize>,
+    },
+}
+
 /// What went wrong reading a ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RingError(pub(crate) String);
@@ -171,6 +190,47 @@ impl<'a> RingReader<'a> {
     /// it: returns the read position past it, for [`advance`](Self::advance), or `None`
     /// when the ring is empty.
     pub(crate) fn peek(&self, buf: &mut Vec<u8>) -> Result<Option<u64>, RingError> {
+        let Some((at, len, next)) = self.locate()? else {
+            return Ok(None);
+        };
+        self.ctl.read_to_vec(at, len, buf);
+        Ok(Some(next))
+    }
+
+    /// Takes the next published entry, a result as `wire::put_result` writes it: a
+    /// successful result of [`SPLIT_MIN`] bytes or more comes as its bytes alone, copied
+    /// once from the ring into a vector of their own (not into `buf` first, then out of
+    /// it); any other entry's body is copied into `buf`.
+    pub(crate) fn pop_result(&self, buf: &mut Vec<u8>) -> Result<Option<Popped>, RingError> {
+        let Some((at, len, next)) = self.locate()? else {
+            return Ok(None);
+        };
+        if len >= wire::OK_RESULT_HEAD + SPLIT_MIN {
+            let mut head = [0u8; wire::OK_RESULT_HEAD];
+            self.ctl.read(at, &mut head);
+            if let Some((seq, nanos)) = wire::ok_result_head(&head, len) {
+                let n = len - wire::OK_RESULT_HEAD;
+                let mut bytes = Vec::new();
+                let bytes = match bytes.try_reserve_exact(n) {
+                    Ok(()) => {
+                        self.ctl
+                            .read_to_vec(at + wire::OK_RESULT_HEAD, n, &mut bytes);
+                        Ok(bytes)
+                    }
+                    Err(_) => Err(n),
+                };
+                self.advance(next);
+                return Ok(Some(Popped::Ok { seq, nanos, bytes }));
+            }
+        }
+        self.ctl.read_to_vec(at, len, buf);
+        self.advance(next);
+        Ok(Some(Popped::Whole))
+    }
+
+    /// Where the next published entry's body is in the control block, its length, and
+    /// the read position past it; `None` when the ring is empty.
+    fn locate(&self) -> Result<Option<(usize, usize, u64)>, RingError> {
         let write = self.ctl.word(CTL_RING_WRITE).load(Acquire) as usize;
         let mut read = self.ctl.word(CTL_RING_READ).load(Acquire) as usize;
         if write == read {
@@ -202,8 +262,7 @@ impl<'a> RingReader<'a> {
             ));
         }
         let at = RING_OFFSET + read % RING_LEN + HEAD;
-        self.ctl.read_to_vec(at, len, buf);
-        Ok(Some((read + HEAD + align8(len)) as u64))
+        Ok(Some((at, len, (read + HEAD + align8(len)) as u64)))
     }
 
     /// Takes the entries before `next` (a position [`peek`](Self::peek) returned).
@@ -294,6 +353,51 @@ mod tests {
             n += 1;
         }
         assert!(n > 100);
+    }
+
+    #[test]
+    fn large_successful_results_are_taken_apart_and_the_rest_whole() {
+        use crate::wire::{Failure, Outcome};
+        let ctl = SharedRegion::create("test", CONTROL_LEN).unwrap();
+        let (mut w, r) = (RingWriter::new(&ctl), RingReader::new(&ctl));
+        let big: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let mut entries = Vec::new();
+        for (seq, o) in [
+            (1, Outcome::Ok(&big[..])),
+            (2, Outcome::Ok(&b"small"[..])),
+            (
+                3,
+                Outcome::Err(Failure::Codec {
+                    message: "x".repeat(5000),
+                }),
+            ),
+        ] {
+            let mut e = Vec::new();
+            wire::put_result(&mut e, seq, 7, &o);
+            w.push(&ctl, &e).unwrap().unwrap();
+            entries.push(e);
+        }
+        // A success whose length field disagrees with its entry: read whole, refused later.
+        let mut lie = entries[0].clone();
+        lie[17..21].copy_from_slice(&9_000u32.to_le_bytes());
+        w.push(&ctl, &lie).unwrap().unwrap();
+        let mut buf = Vec::new();
+        match r.pop_result(&mut buf).unwrap() {
+            Some(Popped::Ok {
+                seq: 1,
+                nanos: 7,
+                bytes: Ok(b),
+            }) => assert_eq!(b, big),
+            other => panic!("{other:?}"),
+        }
+        for e in &entries[1..] {
+            assert!(matches!(r.pop_result(&mut buf), Ok(Some(Popped::Whole))));
+            assert_eq!(&buf, e);
+        }
+        assert!(matches!(r.pop_result(&mut buf), Ok(Some(Popped::Whole))));
+        assert_eq!(buf, lie);
+        assert!(wire::decode_result(&buf).is_err());
+        assert!(r.pop_result(&mut buf).unwrap().is_none());
     }
 
     #[test]
