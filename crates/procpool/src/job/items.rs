@@ -484,9 +484,14 @@ impl<'a> Results<'a> {
         args: &[u8],
         recorded: &mut bool,
     ) -> u32 {
-        let (Some(size), Some(_)) = (codec::plain_size::<A>(), self.packed) else {
+        let (Some(size), Some(rsize)) = (codec::plain_size::<A>(), self.packed) else {
             return 0;
         };
+        // The results are written straight into room reserved for all of them, the
+        // vector's length set once at the end (or before a failure is pushed).
+        self.out.reserve(args.len() / size * rsize);
+        let base = self.out.as_mut_ptr();
+        let mut len = self.out.len();
         let mut k = 0u32;
         for bytes in args.chunks_exact(size) {
             if k > 0 && (self.full() || !*recorded) {
@@ -497,16 +502,30 @@ impl<'a> Results<'a> {
             match panic::catch_unwind(AssertUnwindSafe(|| f(a))) {
                 Ok(v) => {
                     self.count += 1;
-                    codec::put_plain(self.out, &v);
-                    *recorded = self.finished();
+                    // SAFETY: `R` is a primitive number of `rsize` bytes (`plain_size`);
+                    // room for one per argument was reserved past the length `len`
+                    // started at, and the vector is not touched until `set_len` below.
+                    let done = unsafe {
+                        std::ptr::write_unaligned(base.add(len).cast::<R>(), v);
+                        len += rsize;
+                        std::slice::from_raw_parts(base, len)
+                    };
+                    *recorded = self.log.finished(self.count as u32, done, self.recorded);
+                    if *recorded {
+                        self.recorded = len;
+                    }
                 }
                 Err(p) => {
+                    // SAFETY: the bytes up to `len` were written above.
+                    unsafe { self.out.set_len(len) };
                     self.push_err::<R>(panicked(&*p));
                     *recorded = self.finished();
-                    break;
+                    return k;
                 }
             }
         }
+        // SAFETY: the bytes up to `len` were written above.
+        unsafe { self.out.set_len(len) };
         k
     }
 
