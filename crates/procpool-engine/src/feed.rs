@@ -284,26 +284,33 @@ impl<S: Source> Feed<S> {
             return;
         }
         let mut jobs = Vec::new();
+        // Measured chunks are few and each is worth a millisecond or so of work: each goes
+        // out as soon as it is encoded, not after the next ones (a worker would idle while
+        // the caller encodes them).
+        let at_once = self.chunker.adaptive();
         // The chunk encoded ahead goes first: it holds the next items.
         if self.staged.is_some()
             && self.room(held_bytes)
             && let Some(job) = self.staged.take()
         {
             self.launch(job, &mut jobs);
+            if at_once {
+                self.submit(&mut jobs);
+            }
         }
         while !self.exhausted && self.room(held_bytes) {
             match self.pull() {
-                Some(Ok(job)) => self.launch(job, &mut jobs),
+                Some(Ok(job)) => {
+                    self.launch(job, &mut jobs);
+                    if at_once {
+                        self.submit(&mut jobs);
+                    }
+                }
                 Some(Err(())) => {}
                 None => break,
             }
         }
-        if !jobs.is_empty() {
-            let starts: Vec<u64> = jobs.iter().map(|j| j.index).collect();
-            if let Err(e) = self.batch.submit(jobs) {
-                self.refused(&starts, e);
-            }
-        }
+        self.submit(&mut jobs);
         // Encode the next chunk now, while the workers run what was just sent: when a
         // job finishes, its successor goes out at once instead of after an encoding.
         if self.ahead && self.staged.is_none() && !self.exhausted && self.chunker.measured() {
@@ -364,6 +371,18 @@ impl<S: Source> Feed<S> {
             fds: self.source.take_fds(),
             attempts: 0,
         }))
+    }
+
+    /// Submits `jobs` (launched), leaving it empty.
+    fn submit(&mut self, jobs: &mut Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let jobs = std::mem::take(jobs);
+        let starts: Vec<u64> = jobs.iter().map(|j| j.index).collect();
+        if let Err(e) = self.batch.submit(jobs) {
+            self.refused(&starts, e);
+        }
     }
 
     /// Counts `job` as submitted and adds it to `jobs`.

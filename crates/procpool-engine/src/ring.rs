@@ -18,12 +18,16 @@
 //! the order.
 //!
 //! The parent trusts nothing it reads here: positions and lengths are checked, and each
-//! body is copied out before it is parsed.
+//! body is copied out before it is parsed. The worker trusts the shared positions no more
+//! than the parent does: it keeps its own record of what it published, and a position
+//! moved by anyone else (a task forging an entry) stops it before it publishes again or
+//! starts another job (see [`RingWriter::intact`]).
 
 use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
 
 use crate::process::{CTL_RING_READ, CTL_RING_WRITE, CTL_SLEEPING, RING_LEN, RING_OFFSET};
 use crate::sys::SharedRegion;
+use crate::wire;
 
 const WRAP: u32 = u32::MAX;
 const HEAD: usize = 8;
@@ -42,28 +46,66 @@ fn align8(n: usize) -> usize {
     (n + 7) & !7
 }
 
-/// The worker's side.
-pub(crate) struct RingWriter<'a> {
-    ctl: &'a SharedRegion,
+/// The worker's side. It keeps its own record of the write position: only the worker
+/// moves that word, and the parent's read position never passes it, so a word found
+/// otherwise was written by a task (see [`intact`](Self::intact)).
+#[derive(Debug)]
+pub(crate) struct RingWriter {
+    /// The write position as this worker last published it.
+    written: u64,
 }
 
-impl<'a> RingWriter<'a> {
-    pub(crate) fn new(ctl: &'a SharedRegion) -> Self {
-        Self { ctl }
+impl RingWriter {
+    /// Takes up the ring as it is now: call before any task code runs.
+    pub(crate) fn new(ctl: &SharedRegion) -> Self {
+        Self {
+            written: ctl.word(CTL_RING_WRITE).load(Acquire),
+        }
+    }
+
+    /// Checks that nobody but this writer moved the ring: the write position is the one
+    /// it published last, and the parent read no further. Otherwise a task forged
+    /// entries, which the parent may already have taken as results; the worker cannot
+    /// undo that and must not publish after them.
+    ///
+    /// # Errors
+    /// What was found, when the positions are not this writer's.
+    pub(crate) fn intact(&self, ctl: &SharedRegion) -> Result<(), RingError> {
+        let write = ctl.word(CTL_RING_WRITE).load(SeqCst);
+        let read = ctl.word(CTL_RING_READ).load(Acquire);
+        if write == self.written && read <= write {
+            return Ok(());
+        }
+        Err(RingError(format!(
+            "the results ring was written by someone else (a task?): write position {write}, \
+             read position {read}, last published {}",
+            self.written
+        )))
     }
 
     /// Appends `body` and publishes it. Returns whether it fit, and whether the parent
     /// asked to be woken (the caller then sends a doorbell).
-    pub(crate) fn push(&self, body: &[u8]) -> Option<bool> {
+    ///
+    /// # Errors
+    /// When the ring was moved by someone else (see [`intact`](Self::intact)): nothing
+    /// is published.
+    pub(crate) fn push(
+        &mut self,
+        ctl: &SharedRegion,
+        body: &[u8],
+    ) -> Result<Option<bool>, RingError> {
+        self.intact(ctl)?;
         if body.len() > MAX_ENTRY {
-            return None;
+            return Ok(None);
         }
-        let write = self.ctl.word(CTL_RING_WRITE).load(Acquire) as usize;
-        let read = self.ctl.word(CTL_RING_READ).load(Acquire) as usize;
+        let write = self.written as usize;
+        let read = ctl.word(CTL_RING_READ).load(Acquire) as usize;
         if write > MAX_POSITION {
-            return None;
+            return Ok(None);
         }
-        let used = write.checked_sub(read)?;
+        let Some(used) = write.checked_sub(read) else {
+            return Ok(None);
+        };
         let at = write % RING_LEN;
         let size = HEAD + align8(body.len());
         let waste = if at + size > RING_LEN || (used == 0 && at >= EARLY_WRAP && size <= at) {
@@ -72,22 +114,38 @@ impl<'a> RingWriter<'a> {
             0
         };
         if used + waste + size > RING_LEN {
-            return None;
+            return Ok(None);
         }
         let mut pos = write;
         if waste > 0 {
-            self.ctl.write(RING_OFFSET + at, &WRAP.to_le_bytes());
+            ctl.write(RING_OFFSET + at, &WRAP.to_le_bytes());
             pos += waste;
         }
         let at = pos % RING_LEN;
-        self.ctl
-            .write(RING_OFFSET + at, &(body.len() as u32).to_le_bytes());
-        self.ctl.write(RING_OFFSET + at + HEAD, body);
-        self.ctl
-            .word(CTL_RING_WRITE)
-            .store((pos + size) as u64, SeqCst);
-        Some(self.ctl.word(CTL_SLEEPING).swap(0, SeqCst) != 0)
+        ctl.write(RING_OFFSET + at, &(body.len() as u32).to_le_bytes());
+        ctl.write(RING_OFFSET + at + HEAD, body);
+        self.written = (pos + size) as u64;
+        ctl.word(CTL_RING_WRITE).store(self.written, SeqCst);
+        Ok(Some(ctl.word(CTL_SLEEPING).swap(0, SeqCst) != 0))
     }
+}
+
+/// A successful result at least this large is taken from the ring by itself (see
+/// [`RingReader::pop_result`]); a smaller one costs less to copy twice than to allocate
+/// for.
+const SPLIT_MIN: usize = 4096;
+
+/// An entry [`RingReader::pop_result`] took.
+#[derive(Debug)]
+pub(crate) enum Popped {
+    /// Its body is in the caller's buffer.
+    Whole,
+    /// A successful result, its bytes apart (`Err(len)`: they could not be allocated).
+    Ok {
+        seq: u64,
+        nanos: u64,
+        bytes: Result<Vec<u8>, usize>,
+    },
 }
 
 /// What went wrong reading a ring.
@@ -132,6 +190,47 @@ impl<'a> RingReader<'a> {
     /// it: returns the read position past it, for [`advance`](Self::advance), or `None`
     /// when the ring is empty.
     pub(crate) fn peek(&self, buf: &mut Vec<u8>) -> Result<Option<u64>, RingError> {
+        let Some((at, len, next)) = self.locate()? else {
+            return Ok(None);
+        };
+        self.ctl.read_to_vec(at, len, buf);
+        Ok(Some(next))
+    }
+
+    /// Takes the next published entry, a result as `wire::put_result` writes it: a
+    /// successful result of [`SPLIT_MIN`] bytes or more comes as its bytes alone, copied
+    /// once from the ring into a vector of their own (not into `buf` first, then out of
+    /// it); any other entry's body is copied into `buf`.
+    pub(crate) fn pop_result(&self, buf: &mut Vec<u8>) -> Result<Option<Popped>, RingError> {
+        let Some((at, len, next)) = self.locate()? else {
+            return Ok(None);
+        };
+        if len >= wire::OK_RESULT_HEAD + SPLIT_MIN {
+            let mut head = [0u8; wire::OK_RESULT_HEAD];
+            self.ctl.read(at, &mut head);
+            if let Some((seq, nanos)) = wire::ok_result_head(&head, len) {
+                let n = len - wire::OK_RESULT_HEAD;
+                let mut bytes = Vec::new();
+                let bytes = match bytes.try_reserve_exact(n) {
+                    Ok(()) => {
+                        self.ctl
+                            .read_to_vec(at + wire::OK_RESULT_HEAD, n, &mut bytes);
+                        Ok(bytes)
+                    }
+                    Err(_) => Err(n),
+                };
+                self.advance(next);
+                return Ok(Some(Popped::Ok { seq, nanos, bytes }));
+            }
+        }
+        self.ctl.read_to_vec(at, len, buf);
+        self.advance(next);
+        Ok(Some(Popped::Whole))
+    }
+
+    /// Where the next published entry's body is in the control block, its length, and
+    /// the read position past it; `None` when the ring is empty.
+    fn locate(&self) -> Result<Option<(usize, usize, u64)>, RingError> {
         let write = self.ctl.word(CTL_RING_WRITE).load(Acquire) as usize;
         let mut read = self.ctl.word(CTL_RING_READ).load(Acquire) as usize;
         if write == read {
@@ -163,8 +262,7 @@ impl<'a> RingReader<'a> {
             ));
         }
         let at = RING_OFFSET + read % RING_LEN + HEAD;
-        self.ctl.read_to_vec(at, len, buf);
-        Ok(Some((read + HEAD + align8(len)) as u64))
+        Ok(Some((at, len, (read + HEAD + align8(len)) as u64)))
     }
 
     /// Takes the entries before `next` (a position [`peek`](Self::peek) returned).
@@ -187,11 +285,11 @@ mod tests {
     #[test]
     fn a_ring_read_as_it_is_written_stays_near_its_start() {
         let ctl = SharedRegion::create("test", CONTROL_LEN).unwrap();
-        let (w, r) = (RingWriter::new(&ctl), RingReader::new(&ctl));
+        let (mut w, r) = (RingWriter::new(&ctl), RingReader::new(&ctl));
         let mut buf = Vec::new();
         for i in 0..2000u32 {
             let body = vec![i as u8; 3000 + (i as usize * 13) % 2000];
-            w.push(&body).unwrap();
+            w.push(&ctl, &body).unwrap().unwrap();
             assert!(r.pop(&mut buf).unwrap());
             assert_eq!(buf, body);
             let write = ctl.word(CTL_RING_WRITE).load(Acquire) as usize;
@@ -205,14 +303,18 @@ mod tests {
     #[test]
     fn entries_come_out_in_order_across_the_wrap() {
         let ctl = SharedRegion::create("test", CONTROL_LEN).unwrap();
-        let (w, r) = (RingWriter::new(&ctl), RingReader::new(&ctl));
+        let (mut w, r) = (RingWriter::new(&ctl), RingReader::new(&ctl));
         let mut buf = Vec::new();
         let mut next_in = 0u32;
         let mut next_out = 0u32;
         // Many rounds of entries of awkward sizes: the ring wraps several times.
         for round in 0..200 {
             while w
-                .push(&vec![next_in as u8; 1000 + (next_in as usize * 37) % 5000])
+                .push(
+                    &ctl,
+                    &vec![next_in as u8; 1000 + (next_in as usize * 37) % 5000],
+                )
+                .unwrap()
                 .is_some()
             {
                 next_in += 1;
@@ -237,16 +339,94 @@ mod tests {
     #[test]
     fn a_full_ring_refuses_and_the_flag_asks_for_a_doorbell() {
         let ctl = SharedRegion::create("test", CONTROL_LEN).unwrap();
-        let (w, r) = (RingWriter::new(&ctl), RingReader::new(&ctl));
-        assert!(w.push(&vec![0; MAX_ENTRY + 1]).is_none());
+        let (mut w, r) = (RingWriter::new(&ctl), RingReader::new(&ctl));
+        assert_eq!(w.push(&ctl, &vec![0; MAX_ENTRY + 1]), Ok(None));
         assert!(!r.arm());
-        assert_eq!(w.push(b"x"), Some(true), "the parent asked to be woken");
-        assert_eq!(w.push(b"y"), Some(false), "once");
+        assert_eq!(
+            w.push(&ctl, b"x"),
+            Ok(Some(true)),
+            "the parent asked to be woken"
+        );
+        assert_eq!(w.push(&ctl, b"y"), Ok(Some(false)), "once");
         let mut n = 0;
-        while w.push(&[0; 4096]).is_some() {
+        while w.push(&ctl, &[0; 4096]).unwrap().is_some() {
             n += 1;
         }
         assert!(n > 100);
+    }
+
+    #[test]
+    fn large_successful_results_are_taken_apart_and_the_rest_whole() {
+        use crate::wire::{Failure, Outcome};
+        let ctl = SharedRegion::create("test", CONTROL_LEN).unwrap();
+        let (mut w, r) = (RingWriter::new(&ctl), RingReader::new(&ctl));
+        let big: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let mut entries = Vec::new();
+        for (seq, o) in [
+            (1, Outcome::Ok(&big[..])),
+            (2, Outcome::Ok(&b"small"[..])),
+            (
+                3,
+                Outcome::Err(Failure::Codec {
+                    message: "x".repeat(5000),
+                }),
+            ),
+        ] {
+            let mut e = Vec::new();
+            wire::put_result(&mut e, seq, 7, &o);
+            w.push(&ctl, &e).unwrap().unwrap();
+            entries.push(e);
+        }
+        // A success whose length field disagrees with its entry: read whole, refused later.
+        let mut lie = entries[0].clone();
+        lie[17..21].copy_from_slice(&9_000u32.to_le_bytes());
+        w.push(&ctl, &lie).unwrap().unwrap();
+        let mut buf = Vec::new();
+        match r.pop_result(&mut buf).unwrap() {
+            Some(Popped::Ok {
+                seq: 1,
+                nanos: 7,
+                bytes: Ok(b),
+            }) => assert_eq!(b, big),
+            other => panic!("{other:?}"),
+        }
+        for e in &entries[1..] {
+            assert!(matches!(r.pop_result(&mut buf), Ok(Some(Popped::Whole))));
+            assert_eq!(&buf, e);
+        }
+        assert!(matches!(r.pop_result(&mut buf), Ok(Some(Popped::Whole))));
+        assert_eq!(buf, lie);
+        assert!(wire::decode_result(&buf).is_err());
+        assert!(r.pop_result(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn positions_moved_by_someone_else_stop_the_writer() {
+        let ctl = SharedRegion::create("test", CONTROL_LEN).unwrap();
+        let (mut w, r) = (RingWriter::new(&ctl), RingReader::new(&ctl));
+        let mut buf = Vec::new();
+        w.push(&ctl, b"mine").unwrap().unwrap();
+        assert!(w.intact(&ctl).is_ok());
+        // A forged entry, well formed, published after the writer's own.
+        let write = ctl.word(CTL_RING_WRITE).load(SeqCst);
+        ctl.write(RING_OFFSET + write as usize, &2u32.to_le_bytes());
+        ctl.word(CTL_RING_WRITE).store(write + 16, SeqCst);
+        assert!(w.intact(&ctl).is_err());
+        assert!(w.push(&ctl, b"late").is_err(), "nothing published after it");
+        assert_eq!(ctl.word(CTL_RING_WRITE).load(SeqCst), write + 16);
+        // The forger puts the position back after the parent read past it.
+        assert!(r.pop(&mut buf).unwrap() && r.pop(&mut buf).unwrap());
+        ctl.word(CTL_RING_WRITE).store(write, SeqCst);
+        assert!(
+            w.intact(&ctl).is_err(),
+            "the parent read past what was published"
+        );
+        // Put back before the parent read it: nothing happened that the parent saw.
+        let ctl = SharedRegion::create("test", CONTROL_LEN).unwrap();
+        let mut w = RingWriter::new(&ctl);
+        ctl.word(CTL_RING_WRITE).store(64, SeqCst);
+        ctl.word(CTL_RING_WRITE).store(0, SeqCst);
+        assert_eq!(w.push(&ctl, b"x"), Ok(Some(false)));
     }
 
     #[test]
@@ -269,7 +449,7 @@ mod tests {
         ctl.word(CTL_RING_WRITE).store(u64::MAX, SeqCst);
         assert!(r.pop(&mut buf).is_err());
         assert!(
-            RingWriter::new(&ctl).push(b"x").is_none(),
+            !matches!(RingWriter::new(&ctl).push(&ctl, b"x"), Ok(Some(_))),
             "the writer refuses too"
         );
     }

@@ -578,6 +578,20 @@ pub fn encode_up(out: &mut Vec<u8>, msg: &Up<'_>) {
     }
 }
 
+/// The bytes of a successful result's head as `put_result` writes it: sequence number,
+/// time, status 0, length of the result's bytes (which follow).
+pub(crate) const OK_RESULT_HEAD: usize = 8 + 8 + 1 + 4;
+
+/// The sequence number and time of a successful result whose head is `head` and whose
+/// whole entry is `entry_len` bytes (as `decode_result` would read them), or `None` when
+/// it is not such a result (a failure, or lengths that disagree).
+pub(crate) fn ok_result_head(head: &[u8; OK_RESULT_HEAD], entry_len: usize) -> Option<(u64, u64)> {
+    let word = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"));
+    let len = u32::from_le_bytes(head[17..21].try_into().expect("4 bytes")) as usize;
+    (head[16] == 0 && OK_RESULT_HEAD.checked_add(len) == Some(entry_len))
+        .then(|| (word(0), word(8)))
+}
+
 /// Decodes one result as written by `put_result` (an entry of the results ring).
 pub fn decode_result(body: &[u8]) -> Result<ResultFrame<'_>, WireError> {
     let mut r = Reader { buf: body };

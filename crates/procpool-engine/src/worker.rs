@@ -150,6 +150,8 @@ struct Io {
     out: OutQueue,
     /// A result encoded for the results ring.
     entry: Vec<u8>,
+    /// The results ring's writer, which knows where it last published.
+    ring: RingWriter,
     max_message: usize,
     result_buf: Vec<u8>,
     claimer: Claimer,
@@ -240,6 +242,8 @@ fn run_connected(
     ctl: SharedRegion,
     data: SharedRegion,
 ) -> i32 {
+    // Before any task code runs: the ring is as the parent made it.
+    let ring = RingWriter::new(&ctl);
     let mut conn = Conn {
         reader: FrameReader::new(env.max_message.saturating_add(64)),
         fds: Fds::default(),
@@ -248,6 +252,7 @@ fn run_connected(
             sock,
             ctl,
             out: OutQueue::default(),
+            ring,
             entry: Vec::new(),
             max_message: env.max_message,
             result_buf: Vec::new(),
@@ -310,7 +315,7 @@ impl Conn {
                             for j in jobs {
                                 let job_fds = fds.for_job(j.seq);
                                 // A job the parent took back is skipped.
-                                if io.claimer.claim(&io.ctl, j.seq) {
+                                if io.claim(j.seq)? {
                                     io.run_job(runner, j.seq, j.func, j.payload, job_fds)?;
                                 }
                             }
@@ -321,7 +326,7 @@ impl Conn {
                                 let job_fds = fds.for_job(j.seq);
                                 // Claimed first: the range of a job taken back may be
                                 // reused by the parent at once, and is never read.
-                                if !io.claimer.claim(&io.ctl, j.seq) {
+                                if !io.claim(j.seq)? {
                                     continue;
                                 }
                                 // SAFETY: the parent does not touch a job's range of the
@@ -422,6 +427,17 @@ fn receive_more(
 }
 
 impl Io {
+    /// Claims job `seq` (see `claim`): `false` when the parent took it back. A worker
+    /// whose results ring a task wrote into stops here, before it claims (and so before
+    /// it could run) another job: the parent may have taken the forged entry as a
+    /// result, and the real one would then reach it as a lie. Exiting fails only the
+    /// job the forger ran (its claimed, unanswered job); the jobs sent after it were not
+    /// claimed and go to another worker.
+    fn claim(&mut self, seq: u64) -> std::io::Result<bool> {
+        self.ring.intact(&self.ctl).map_err(compromised)?;
+        Ok(self.claimer.claim(&self.ctl, seq))
+    }
+
     /// Marks a claimed job started in the control block, runs it, and sends its result.
     fn run_job(
         &mut self,
@@ -475,7 +491,11 @@ impl Io {
                 Err(f) => Outcome::Err(f.clone()),
             };
             wire::put_result(&mut self.entry, seq, nanos, &o);
-            if let Some(wake) = RingWriter::new(&self.ctl).push(&self.entry) {
+            if let Some(wake) = self
+                .ring
+                .push(&self.ctl, &self.entry)
+                .map_err(compromised)?
+            {
                 self.result_buf.clear();
                 // A caller that sent the job directly may sleep on it.
                 crate::direct::ring_waiter(&self.ctl, false);
@@ -509,6 +529,13 @@ impl Io {
         crate::direct::ring_waiter(&self.ctl, false);
         r
     }
+}
+
+/// The error that ends a worker whose results ring a task wrote into: it publishes
+/// nothing more and exits, and its parent sees it die.
+#[cold]
+fn compromised(e: ring::RingError) -> std::io::Error {
+    std::io::Error::other(format!("{}; this worker stops", e.0))
 }
 
 fn run_one(

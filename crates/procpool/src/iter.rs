@@ -18,7 +18,7 @@ use procpool_engine::{
 };
 
 use crate::codec::{self, Value};
-use crate::encodes_as::{self, EncodesAs};
+use crate::encodes_as::{self, EncodesAs, sealed};
 use crate::error::Error;
 use crate::job::items::{self, Layout};
 use crate::job::outcome::ChunkOut;
@@ -146,17 +146,46 @@ impl<A: Value, I: Iterator<Item: EncodesAs<A>>> Items<A, I> {
             .min(u32::MAX as usize - 1);
         out.reserve(n * size);
         let mut count = 0u32;
+        // The values' bytes go straight into the room reserved, the length set once at
+        // the end: no check and no update of the vector per item.
+        let mut len = out.len();
         for a in self.input.by_ref().take(n) {
-            if let Err(kind) = encodes_as::push_arg(out, self.layout, &a) {
-                // Never for a number; kept as for any item.
-                if count == 0 {
-                    return Pulled::Failed(kind);
+            match sealed::Sealed::<A>::form(&a) {
+                Ok(v) => {
+                    // SAFETY: `A` is a primitive number of `size` bytes (`plain_size`),
+                    // any of whose values is its bytes; the room for the `n - count`
+                    // values still to come is reserved past `len` (above, and again after
+                    // a value pushed the general way below).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            std::ptr::from_ref(v).cast::<u8>(),
+                            out.as_mut_ptr().add(len),
+                            size,
+                        );
+                    }
+                    len += size;
                 }
-                self.failed = Some(kind);
-                break;
+                Err(_) => {
+                    // SAFETY: the bytes up to `len` were written above.
+                    unsafe { out.set_len(len) };
+                    if let Err(kind) = encodes_as::push_arg(out, self.layout, &a) {
+                        // Never for a number; kept as for any item.
+                        if count == 0 {
+                            return Pulled::Failed(kind);
+                        }
+                        self.failed = Some(kind);
+                        break;
+                    }
+                    len = out.len();
+                    // Room for the values still to come, whatever this one took.
+                    out.reserve((n - count as usize) * size);
+                }
             }
             count += 1;
         }
+        // SAFETY: the bytes up to `len` were written above (`len` is never less than the
+        // vector's length).
+        unsafe { out.set_len(len) };
         if count == 0 {
             return Pulled::End;
         }

@@ -175,7 +175,6 @@ fn double(x: u64) -> u64 {
 }
 
 #[test]
-#[ignore = "known defect, not fixed: a task that publishes a well-formed ring entry for its own job, then runs on, can get the next call sent to its still-busy worker; the real result for its job then makes the supervisor kill the worker with a protocol error, failing that next, innocent call. About 1 run in 12 on main; about 1 in 2 with direct calls (branch rtt), whose caller polls the ring and takes the forged entry at once."]
 fn a_task_publishing_its_result_early_never_costs_the_next_call() {
     watchdog(Duration::from_secs(30), || {
         let pool = Pool::builder().workers(1).build().unwrap();
@@ -201,7 +200,6 @@ fn a_task_publishing_its_result_early_never_costs_the_next_call() {
 }
 
 #[test]
-#[ignore = "known defect, not fixed: the same forgery with calls queued behind the forger's on its worker: the supervisor takes the forged entry, then finds the real result for the same job, kills the worker with a protocol error, and the next call, which the worker had meanwhile claimed and run, fails with Protocol (never run twice is chosen over an innocent failure). Alone it passes; beside two busy loops it failed 4 runs of 15."]
 fn a_task_publishing_its_result_early_never_costs_the_calls_queued_behind_it() {
     watchdog(Duration::from_secs(30), || {
         let pool = Pool::builder().workers(1).build().unwrap();

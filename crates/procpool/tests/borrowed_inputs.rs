@@ -149,3 +149,45 @@ fn a_path_that_is_not_utf8_fails_alone() {
         procpool::TaskErrorKind::Codec { .. }
     ));
 }
+
+fn twice(x: u64) -> u64 {
+    x * 2
+}
+
+fn halve(x: f32) -> f64 {
+    f64::from(x) / 2.0
+}
+
+fn negate(x: i8) -> i16 {
+    -i16::from(x)
+}
+
+/// Numbers are packed into a chunk's payload straight from whatever holds them: owned,
+/// borrowed, boxed or shared, over enough items to make several chunks.
+#[test]
+fn numbers_held_any_way() {
+    let owned: Vec<u64> = (0..50_000).collect();
+    let want: Vec<u64> = owned.iter().map(|x| x * 2).collect();
+    let refs: Vec<&u64> = owned.iter().collect();
+    let boxed: Vec<Box<u64>> = owned.iter().copied().map(Box::new).collect();
+    let shared: Vec<Arc<u64>> = owned.iter().copied().map(Arc::new).collect();
+    let floats: Vec<f32> = (0..30_000).map(|i| i as f32 * 0.25).collect();
+    let small: Vec<i8> = (0..20_000).map(|i| (i % 256 - 128) as i8).collect();
+    for pool in pools() {
+        assert_eq!(pool.map(twice, owned.clone()).unwrap(), want);
+        assert_eq!(pool.map(twice, &owned).unwrap(), want); // &u64
+        assert_eq!(pool.map(twice, &refs).unwrap(), want); // &&u64
+        assert_eq!(pool.map(twice, &boxed).unwrap(), want); // &Box<u64>
+        assert_eq!(pool.map(twice, shared.clone()).unwrap(), want); // Arc<u64>
+        let got: Vec<u64> = pool.imap(twice, &owned).map(Result::unwrap).collect();
+        assert_eq!(got, want);
+        let got = pool.map(halve, &floats).unwrap();
+        assert!(
+            got.iter()
+                .zip(&floats)
+                .all(|(g, f)| *g == f64::from(*f) / 2.0)
+        );
+        let got = pool.map(negate, &small).unwrap();
+        assert!(got.iter().zip(&small).all(|(g, s)| *g == -i16::from(*s)));
+    }
+}

@@ -35,10 +35,13 @@ use crate::job::Queued;
 use crate::transport::SHARE_THRESHOLD;
 use crate::wire::{self, Down, SharedJobFrame};
 
-/// Payloads at least this large go through the worker's data region.
-const SHM_THRESHOLD: usize = 256 * 1024;
+/// Payloads at least this large go through the worker's data region: one copy by the
+/// supervisor, read in place by the worker. (Through the socket, a chunk of a `map` of
+/// numbers, 40–150 KiB, cost a kernel copy on each side, and the supervisor's was its
+/// largest cost.)
+const SHM_THRESHOLD: usize = 32 * 1024;
 /// The part of a data region used while it has room: see [`alloc_shared`].
-const SOFT_RING: usize = 2 << 20;
+const SOFT_RING: usize = 1 << 20;
 /// Most expected work a worker may hold, in nanoseconds of measured job time.
 const WINDOW_NANOS: f64 = 2_000_000.0;
 /// Most jobs a worker may hold.

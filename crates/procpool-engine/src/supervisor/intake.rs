@@ -10,7 +10,7 @@ use super::{InFlight, KillReason, Phase, Worker};
 use crate::claim;
 use crate::error::{HandshakeError, PoolError, TaskError, TaskErrorKind};
 use crate::job::{BatchInner, Done, Queued};
-use crate::ring::RingReader;
+use crate::ring::{Popped, RingReader};
 use crate::sys::SharedRegion;
 use crate::transport::FrameReader;
 use crate::wire::{self, Down, Outcome, PROTOCOL_VERSION, Up};
@@ -485,9 +485,17 @@ fn drain_ring_into(
 ) -> Result<(), String> {
     let ring = RingReader::new(w.ctl);
     let mut buf = Vec::new();
-    while ring.pop(&mut buf).map_err(|e| e.0)? {
-        let r = wire::decode_result(&buf).map_err(|e| format!("bad ring entry: {e}"))?;
-        accept(w, r.seq, r.nanos, || own(r.outcome), avg_nanos, out)?;
+    while let Some(popped) = ring.pop_result(&mut buf).map_err(|e| e.0)? {
+        match popped {
+            Popped::Whole => {
+                let r = wire::decode_result(&buf).map_err(|e| format!("bad ring entry: {e}"))?;
+                accept(w, r.seq, r.nanos, || own(r.outcome), avg_nanos, out)?;
+            }
+            Popped::Ok { seq, nanos, bytes } => {
+                let bytes = bytes.map_err(|size| TaskErrorKind::OutOfMemory { size: size as u64 });
+                accept(w, seq, nanos, || bytes, avg_nanos, out)?;
+            }
+        }
     }
     Ok(())
 }

@@ -80,7 +80,15 @@ fn run_chunk<A: Value, R: Value>(
     let mut results = items::Results::begin::<R>(out, h.layout);
     // Each finished item is recorded, so that a crash in the next one costs that one item.
     let mut recorded = results.finished();
-    for k in 0..h.count {
+    // Numbers in and out: a loop without per-item choices, as far as it goes.
+    let mut first = 0;
+    if slots.is_empty()
+        && let Some(packed) = args.packed_rest()
+    {
+        first = results.run_packed(f, packed, &mut recorded);
+        args.skip_packed(first);
+    }
+    for k in first..h.count {
         if k > 0 && (results.full() || !recorded) {
             results.stop::<R>();
             break;
@@ -208,6 +216,31 @@ mod tests {
             matches!(&out[1], Err(TaskErrorKind::Panic { message, .. }) if message == "three is bad")
         );
         assert!(matches!(out[2], Ok(4)));
+    }
+
+    fn boom_often(x: u64) -> u64 {
+        assert!(x != 0 && x % 4 != 3, "bad {x}");
+        x * 2
+    }
+
+    #[test]
+    fn panics_first_last_and_in_between_of_a_packed_chunk_fail_their_items_alone() {
+        let args: Vec<u64> = (0..12).collect();
+        let out = run(&chunk_ref(boom_often), &args);
+        assert_eq!(out.len(), 12);
+        for (x, r) in args.iter().zip(&out) {
+            if *x == 0 || x % 4 == 3 {
+                assert!(
+                    matches!(r, Err(TaskErrorKind::Panic { message, .. }) if *message == format!("bad {x}")),
+                    "{x}: {r:?}"
+                );
+            } else {
+                assert_eq!(r, &Ok(x * 2), "{x}");
+            }
+        }
+        let out = run(&chunk_ref(boom_often), &[1, 2, 4, 7]);
+        assert_eq!(out[..3], [Ok(2), Ok(4), Ok(8)]);
+        assert!(out[3].is_err(), "the last item");
     }
 
     #[test]

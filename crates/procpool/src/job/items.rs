@@ -340,6 +340,20 @@ impl<'a> Args<'a> {
         Ok(Self { rest: body, plain })
     }
 
+    /// The packed arguments not taken yet, when the arguments are packed numbers.
+    #[inline]
+    pub(crate) fn packed_rest(&self) -> Option<&'a [u8]> {
+        self.plain.map(|_| self.rest)
+    }
+
+    /// Takes `n` packed arguments (read through [`packed_rest`](Self::packed_rest)).
+    #[inline]
+    pub(crate) fn skip_packed(&mut self, n: u32) {
+        if let Some(size) = self.plain {
+            self.rest = &self.rest[(n as usize * size).min(self.rest.len())..];
+        }
+    }
+
     /// The next item's bytes.
     #[inline]
     pub(crate) fn next_bytes(&mut self) -> Result<&'a [u8], Failure> {
@@ -454,6 +468,65 @@ impl<'a> Results<'a> {
         for v in codec::plain_values::<R>(&packed[1..]) {
             self.push_encoded(Ok(v));
         }
+    }
+
+    /// Runs `f` on packed arguments `args` (numbers) while the results are packed too:
+    /// the general loop of a chunk (see `func::run_chunk`) without its per-item choices,
+    /// each item still run under its own `catch_unwind` and recorded as finished.
+    /// Returns how many arguments it took; it stops before an item when the results are
+    /// full or could not be recorded, and after an item that panicked (its failure
+    /// unpacks the results): the general loop goes on from there. `recorded` is whether
+    /// the items so far were recorded, as that loop keeps it.
+    #[inline]
+    pub(crate) fn run_packed<A: Value, R: Value>(
+        &mut self,
+        f: fn(A) -> R,
+        args: &[u8],
+        recorded: &mut bool,
+    ) -> u32 {
+        let (Some(size), Some(rsize)) = (codec::plain_size::<A>(), self.packed) else {
+            return 0;
+        };
+        // The results are written straight into room reserved for all of them, the
+        // vector's length set once at the end (or before a failure is pushed).
+        self.out.reserve(args.len() / size * rsize);
+        let base = self.out.as_mut_ptr();
+        let mut len = self.out.len();
+        let mut k = 0u32;
+        for bytes in args.chunks_exact(size) {
+            if k > 0 && (self.full() || !*recorded) {
+                break;
+            }
+            let a = codec::read_plain::<A>(bytes);
+            k += 1;
+            match panic::catch_unwind(AssertUnwindSafe(|| f(a))) {
+                Ok(v) => {
+                    self.count += 1;
+                    // SAFETY: `R` is a primitive number of `rsize` bytes (`plain_size`);
+                    // room for one per argument was reserved past the length `len`
+                    // started at, and the vector is not touched until `set_len` below.
+                    let done = unsafe {
+                        std::ptr::write_unaligned(base.add(len).cast::<R>(), v);
+                        len += rsize;
+                        std::slice::from_raw_parts(base, len)
+                    };
+                    *recorded = self.log.finished(self.count as u32, done, self.recorded);
+                    if *recorded {
+                        self.recorded = len;
+                    }
+                }
+                Err(p) => {
+                    // SAFETY: the bytes up to `len` were written above.
+                    unsafe { self.out.set_len(len) };
+                    self.push_err::<R>(panicked(&*p));
+                    *recorded = self.finished();
+                    return k;
+                }
+            }
+        }
+        // SAFETY: the bytes up to `len` were written above.
+        unsafe { self.out.set_len(len) };
+        k
     }
 
     /// Appends one item's value.
