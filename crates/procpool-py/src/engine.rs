@@ -270,7 +270,9 @@ impl Engine {
     #[pyo3(signature = (*, catch_all=false))]
     fn stream(&self, catch_all: bool) -> PyResult<Stream> {
         let timeout = self.timeout;
-        self.open(|e| Stream::new(e.batch(), timeout, catch_all))
+        // Each call is its own job: one submitted while the stream has nothing
+        // outstanding goes straight to an idle worker (see `Batch::allow_direct`).
+        self.open(|e| Stream::new(e.batch().allow_direct(), timeout, catch_all))
     }
 
     /// Current worker pids.
