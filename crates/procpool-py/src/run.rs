@@ -687,8 +687,10 @@ pub(crate) fn pump(state: &Mutex<State>) {
     };
     let st = &mut *guard;
     while !st.ended {
-        let held = st.reorder.as_ref().map_or(0, Reorder::bytes);
-        match st.feed.recv_timeout(held, Duration::ZERO) {
+        // A join waits for the run's whole input, whose results are parked here
+        // whatever their size: the bound on results held back for order (which follows
+        // a consumer that is not reading now) must not stop the input meanwhile.
+        match st.feed.recv_timeout(0, Duration::ZERO) {
             Ok(Some(p)) => match split_if_died(st, p) {
                 None => {}
                 Some(p) => match st.reorder.as_mut() {
