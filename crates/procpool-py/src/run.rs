@@ -955,6 +955,11 @@ pub(crate) fn decode_result(
         Err(e) if !e.is_instance_of::<PyException>(py) && !py::in_result_thread(py) => {
             return Err(e);
         }
+        Err(e) if count == 1 => {
+            let exc = unreadable(py, start, e);
+            let list = PyList::new(py, [failed_tuple(py, start, exc)?])?;
+            return Ok((Ready::Many(list.unbind(), 0), 1));
+        }
         Err(e) => return bad(e.to_string()),
     };
     let (all_ok, list): (bool, Bound<'_, PyList>) = match r.extract() {
@@ -1060,7 +1065,19 @@ fn one_framed<'py>(
     let r = py::helper(py, "_pickle", "decode_results")
         .and_then(|d| d.call1((index, f.kind, &mv, f.py_bufs(py))));
     py::release(&mv);
-    let got = r.and_then(|r| {
+    let r = match r {
+        Ok(r) => r,
+        // Ctrl-C (or a `SystemExit`) in the caller while it reads the result is the
+        // caller's, never the task's error (as in `decode_result`).
+        Err(e) if !e.is_instance_of::<PyException>(py) && !py::in_result_thread(py) => {
+            return Err(e);
+        }
+        // The item's pickle is whole (its frame parsed) but cannot be unpickled here (a
+        // class this process cannot import, a `__reduce__` that raises here): that item
+        // alone fails; the chunk's other results were read or are read next.
+        Err(e) => return Ok(Ok((false, unreadable(py, index, e)))),
+    };
+    let got = (|| {
         let (all_ok, list): (bool, Bound<'_, PyList>) = r.extract()?;
         if list.len() != 1 {
             return Ok(Err(format!("{} outcomes for one item", list.len())));
@@ -1071,14 +1088,23 @@ fn one_framed<'py>(
         }
         let (_, ok, v): (u64, bool, Bound<'_, PyAny>) = x.extract()?;
         Ok(Ok((ok, v)))
-    });
-    match got {
-        Ok(x) => Ok(x),
-        // Ctrl-C (or a `SystemExit`) in the caller while it reads the result is the
-        // caller's, never the task's error (as in `decode_result`).
-        Err(e) if !e.is_instance_of::<PyException>(py) && !py::in_result_thread(py) => Err(e),
-        Err(e) => Ok(Err(e.to_string())),
-    }
+    })();
+    got.or_else(|e: PyErr| Ok(Err(e.to_string())))
+}
+
+/// The `PoolError` of item `index`, whose result the worker pickled but this process
+/// cannot unpickle (`e`, set as its `__cause__`).
+fn unreadable<'py>(py: Python<'py>, index: u64, e: PyErr) -> Bound<'py, PyAny> {
+    let exc = py::error(
+        py,
+        "PoolError",
+        (format!(
+            "the result of item {index} cannot be read: the worker pickled it, but it \
+             could not be unpickled here: {e}"
+        ),),
+    );
+    let _ = exc.setattr("__cause__", e.into_value(py));
+    exc
 }
 
 #[pymethods]
