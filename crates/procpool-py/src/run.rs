@@ -618,6 +618,9 @@ impl Run {
                 }
                 return Ok(false);
             }
+            // On every pass, not only when a receive times out: while results keep
+            // coming a Ctrl-C would otherwise wait for a gap between them.
+            py.check_signals()?;
             let held = st.reorder.as_ref().map_or(0, Reorder::bytes);
             let wait = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()).min(POLL),
@@ -635,7 +638,6 @@ impl Run {
                 },
                 Ok(None) => st.ended = true,
                 Err(RecvError::Timeout | RecvError::Empty) => {
-                    py.check_signals()?;
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(PyTimeoutError::new_err("timed out"));
                     }
