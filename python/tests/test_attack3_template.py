@@ -20,21 +20,10 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "scripts", "attack3_template.py")
 
-ARGV_LOST = pytest.mark.xfail(
-    strict=True,
-    reason="with the exec template (a program with a thread, over 256 MiB, or "
-    "PROCPOOL_TEMPLATE=exec), pool workers get sys.argv == ['-c'] instead of the "
-    "parent's (spawn passes it, and procpool.Process does): a main module that reads "
-    "sys.argv at module level silently computes with the wrong values in every task "
-    "(_template.prep/_apply carry sys.path, cwd and environ but not sys.argv)",
-)
-
 
 @pytest.mark.procpool_only
 @pytest.mark.limit(40)
-@pytest.mark.parametrize(
-    "mode", ["fork", pytest.param("thread", marks=ARGV_LOST), pytest.param("exec", marks=ARGV_LOST)]
-)
+@pytest.mark.parametrize("mode", ["fork", "thread", "exec"])
 def test_workers_see_argv_cwd_environment_and_path_as_each_pool_was_created(mode, tmp_path):
     log = tmp_path / "log"
     env = dict(os.environ)
