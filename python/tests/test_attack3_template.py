@@ -75,23 +75,7 @@ if __name__ == "__main__":
 
 @pytest.mark.procpool_only
 @pytest.mark.limit(30)
-@pytest.mark.parametrize(
-    "how",
-    [
-        pytest.param(
-            "stdin",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a program read from standard input (python - < prog.py): its "
-                "__main__.__file__ is '<stdin>', which _bootstrap.main_info takes for a "
-                "script path, so functions of __main__ go by reference and every worker "
-                "fails with FileNotFoundError: '<cwd>/<stdin>' (they should go by value "
-                "with cloudpickle, as for -c and the REPL)",
-            ),
-        ),
-        "-c",
-    ],
-)
+@pytest.mark.parametrize("how", ["stdin", "-c"])
 def test_a_program_without_a_script_file_sends_its_functions_by_value(how, tmp_path):
     args = ["-"] if how == "stdin" else ["-c", _FROM_STDIN]
     r = subprocess.run(
