@@ -958,7 +958,7 @@ pub(crate) fn decode_result(
             return Err(e);
         }
         Err(e) if count == 1 => {
-            let exc = unreadable(py, start, e);
+            let exc = unreadable(py, None, e);
             let list = PyList::new(py, [failed_tuple(py, start, exc)?])?;
             return Ok((Ready::Many(list.unbind(), 0), 1));
         }
@@ -1077,7 +1077,7 @@ fn one_framed<'py>(
         // The item's pickle is whole (its frame parsed) but cannot be unpickled here (a
         // class this process cannot import, a `__reduce__` that raises here): that item
         // alone fails; the chunk's other results were read or are read next.
-        Err(e) => return Ok(Ok((false, unreadable(py, index, e)))),
+        Err(e) => return Ok(Ok((false, unreadable(py, Some(index), e)))),
     };
     let got = (|| {
         let (all_ok, list): (bool, Bound<'_, PyList>) = r.extract()?;
@@ -1094,15 +1094,20 @@ fn one_framed<'py>(
     got.or_else(|e: PyErr| Ok(Err(e.to_string())))
 }
 
-/// The `PoolError` of item `index`, whose result the worker pickled but this process
-/// cannot unpickle (`e`, set as its `__cause__`).
-fn unreadable<'py>(py: Python<'py>, index: u64, e: PyErr) -> Bound<'py, PyAny> {
+/// The `PoolError` of an item (of a map's item `index`, if given; else of a single
+/// call), whose result the worker pickled but this process cannot unpickle (`e`, set as
+/// its `__cause__`).
+fn unreadable<'py>(py: Python<'py>, index: Option<u64>, e: PyErr) -> Bound<'py, PyAny> {
+    let what = match index {
+        Some(i) => format!("the result of item {i}"),
+        None => "the task's result".to_owned(),
+    };
     let exc = py::error(
         py,
         "PoolError",
         (format!(
-            "the result of item {index} cannot be read: the worker pickled it, but it \
-             could not be unpickled here: {e}"
+            "{what} cannot be read: the worker pickled it, but it could not be unpickled \
+             here: {e}"
         ),),
     );
     let _ = exc.setattr("__cause__", e.into_value(py));
