@@ -76,6 +76,11 @@ pub(crate) fn serve(rank: i32) {
                 Err(e) => fail(e),
             }
         }
+        if super::caller::gone() {
+            // Checked after every message was read: an EXIT sent before rank 0 left
+            // ends this agent the ordinary way.
+            agent.caller_gone(rank);
+        }
         for (bytes, _) in inbox.take_done() {
             busy = true;
             agent.jobs(&bytes).unwrap_or_else(|e| fail(e));
@@ -122,12 +127,36 @@ impl Agent {
         )
     }
 
+    /// Rank 0's process ended (seen by `caller` on its host) without ending the job: the
+    /// local pool's workers are killed, then the job is ended.
+    fn caller_gone(&mut self, rank: i32) -> ! {
+        self.end(true);
+        abort_job(
+            1,
+            &format!(
+                "MPI rank {rank}: the caller's rank 0 (on this host) ended without \
+                 MPI_Finalize; ending the job"
+            ),
+        )
+    }
+
     /// Handles one message from the caller's rank; whether it says to leave.
     fn handle(&mut self, tag: i32, bytes: &[u8]) -> Result<bool, String> {
         match tag {
             msg::START => self.start(bytes)?,
             msg::JOBS => self.jobs(bytes)?,
             msg::CANCEL => self.cancel(bytes)?,
+            msg::CALLER => {
+                let caller = msg::decode_caller(bytes)?;
+                if let Err(e) = super::caller::watch(&caller) {
+                    eprintln!(
+                        "procpool: the MPI agent of pid {} cannot watch rank 0 on its host \
+                         ({e}): if rank 0 exits without MPI_Finalize under ULFM, the job \
+                         may not end",
+                        std::process::id()
+                    );
+                }
+            }
             msg::END => {
                 self.end(bytes.first() == Some(&1));
                 self.outbox.send(0, msg::ENDED, Vec::new());
