@@ -210,6 +210,14 @@ def scenario_local_objects():
             res = pool.map(pid_of, range(8), chunksize=1)
             assert [v for v, _ in res] == list(range(8))
             USED.update(p for _, p in res)
+    # In initargs: refused when the pool starts.
+    for name, make in makers.items():
+        try:
+            procpool.Pool(1, mpi=True, initializer=pid_of, initargs=(make(),))
+        except ValueError as e:
+            assert "other hosts" in str(e), (name, repr(e))
+        else:
+            raise AssertionError(f"a {name} in initargs went to the agents")
     report()
 
 
