@@ -25,7 +25,8 @@ Workloads (each system's own default where "default" is said):
             answers, less one warm round trip (ms); "broken" where the pool cannot go on
   uneven    800 busy-spin tasks of lognormal durations (heavy tail), chunksize=1;
             efficiency = greedy bound / wall time
-  latency   one warm apply round trip (us, median and p99)
+  latency   one warm apply round trip (us, median and p99): apply_async().get() or
+            submit().result(), and a Pool's blocking apply()
 
 The other processes' share of the CPUs is measured around each system (from /proc): a
 busy machine shows, and its figures are not to be trusted.
@@ -203,6 +204,10 @@ class MpLike:
 
     def apply(self, f, *args):
         return self.pool.apply_async(f, args).get(REPLY_LIMIT_S)
+
+    def call(self, f, *args):
+        """The blocking `apply`."""
+        return self.pool.apply(f, args)
 
     def start(self, f, *args):
         self.pool.apply_async(f, args)
@@ -575,18 +580,28 @@ def uneven(sys_, ctx):
     return {"uneven_efficiency": best, "uneven_bound_ms": bound / 1e3}
 
 
-def latency(sys_, ctx):
+def round_trips(call, ctx):
+    """Median and p99 of `call(trivial, i)`'s round trip (us), after a warm-up."""
     for i in range(ctx["lat_warmup"]):
-        sys_.apply(trivial, i)
+        call(trivial, i)
     us = []
     for i in range(ctx["lat_runs"]):
         t = time.perf_counter()
-        r = sys_.apply(trivial, i)
+        r = call(trivial, i)
         us.append((time.perf_counter() - t) * 1e6)
         if r != i + 1:
             raise RuntimeError(f"trivial({i}) gave {r}")
     us.sort()
-    return {"apply_us_median": statistics.median(us), "apply_us_p99": us[int(0.99 * (len(us) - 1))]}
+    return statistics.median(us), us[int(0.99 * (len(us) - 1))]
+
+
+def latency(sys_, ctx):
+    med, p99 = round_trips(sys_.apply, ctx)
+    fig = {"apply_us_median": med, "apply_us_p99": p99}
+    if hasattr(sys_, "call"):  # a Pool's blocking apply as well
+        med, p99 = round_trips(sys_.call, ctx)
+        fig.update({"apply_sync_us_median": med, "apply_sync_us_p99": p99})
+    return fig
 
 
 STEADY = {"seed": seed, "tiny": tiny, "bulk": bulk, "uneven": uneven, "latency": latency}
@@ -660,6 +675,8 @@ ROWS = [
     ("uneven_efficiency", "uneven work efficiency (chunk 1)"),
     ("apply_us_median", "warm apply round trip, median (us)"),
     ("apply_us_p99", "warm apply round trip, p99 (us)"),
+    ("apply_sync_us_median", "warm blocking apply, median (us)"),
+    ("apply_sync_us_p99", "warm blocking apply, p99 (us)"),
     ("other_cpu_pct", "other processes' CPU (% of cores)"),
 ]
 

@@ -272,9 +272,10 @@ def dumps_items(items: list, big: bool):
     return None, 0, first
 
 
-def dumps_plain(items: list):
-    """Pickles a chunk of plain items (numbers, strings, small bytes, tuples of them)."""
-    return pickle.dumps(items, protocol=5), ()
+def dump_plain(items: list, file):
+    """Pickles a chunk of plain items into ``file``, whose ``write`` is given each frame
+    (about 64 KiB) as it is made: the whole pickle is never in memory apart from it."""
+    pickle.Pickler(file, protocol=5).dump(items)
 
 
 def dumps_call(args, kwds):

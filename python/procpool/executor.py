@@ -216,7 +216,8 @@ class _ExecutorCore:
             if _global_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             run = self.engine.run(
-                fn, items, star=True, chunksize=chunksize, ordered=True, timeout=timeout
+                fn, items, star=True, chunksize=chunksize, ordered=True, timeout=timeout,
+                collect=True,
             )
             drain = _MapDrain(self, run, len(items))
             self.maps.add(drain)

@@ -162,8 +162,16 @@ class _PoolCore:
         with self.lock:
             if self.state != RUN:
                 raise ValueError("Pool not running")
+            # A tracked run (a map) is drained within the call: the engine encodes ahead.
+            # An imap's follows its consumer: a few chunks per worker in flight.
             run = self.engine.run(
-                func, items, star=star, chunksize=chunksize, ordered=ordered, timeout=timeout
+                func,
+                items,
+                star=star,
+                chunksize=chunksize,
+                ordered=ordered,
+                timeout=timeout,
+                collect=track,
             )
             if track:
                 self.runs.add(run)

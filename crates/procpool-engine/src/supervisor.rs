@@ -408,7 +408,13 @@ impl Supervisor {
                 write: !w.out.is_empty(),
                 hup: false,
             };
-            fds.push((w.sock(), sock));
+            // A socket whose end closed reports a hang-up at every poll: once it has
+            // nothing left to read or write, its place goes to the process's descriptor
+            // with no event asked (which reports nothing before the process is reaped),
+            // so that the wait for a dying worker's end sleeps instead of spinning (a
+            // spin that takes a core from the exit, and the fork, of its replacement).
+            let quiet = w.eof && w.out.is_empty();
+            fds.push((if quiet { w.proc.pidfd() } else { w.sock() }, sock));
             fds.push((w.proc.pidfd(), read));
         }
         let mut ready = std::mem::take(&mut self.ready_buf);

@@ -231,8 +231,12 @@ impl Engine {
         })
     }
 
-    /// Runs `func` over `items` (lazily); see the module docs.
-    #[pyo3(signature = (func, items, *, star=false, chunksize=None, ordered=true, timeout=None))]
+    /// Runs `func` over `items` (lazily); see the module docs. `collect`: the caller
+    /// takes every result within the call (a `map`); otherwise (an `imap`) what the run
+    /// holds in flight follows what the caller takes.
+    #[pyo3(signature = (func, items, *, star=false, chunksize=None, ordered=true, timeout=None,
+                        collect=false))]
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         func: &Bound<'_, PyAny>,
@@ -241,6 +245,7 @@ impl Engine {
         chunksize: Option<usize>,
         ordered: bool,
         timeout: Option<f64>,
+        collect: bool,
     ) -> PyResult<Run> {
         if chunksize == Some(0) {
             return Err(PyValueError::new_err("chunksize must be at least 1"));
@@ -256,6 +261,7 @@ impl Engine {
             chunksize,
             ordered,
             timeout,
+            collect,
         };
         let run = self.open(|e| Run::new(e, iter, hint, spec))?;
         let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
@@ -270,7 +276,9 @@ impl Engine {
     #[pyo3(signature = (*, catch_all=false))]
     fn stream(&self, catch_all: bool) -> PyResult<Stream> {
         let timeout = self.timeout;
-        self.open(|e| Stream::new(e.batch(), timeout, catch_all))
+        // Each call is its own job: one submitted while the stream has nothing
+        // outstanding goes straight to an idle worker (see `Batch::allow_direct`).
+        self.open(|e| Stream::new(e.batch().allow_direct(), timeout, catch_all))
     }
 
     /// Current worker pids.

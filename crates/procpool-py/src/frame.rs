@@ -140,6 +140,26 @@ impl<'a> Frame<'a> {
 
 /// Appends a frame to `out`: `data` is the pickle, `bufs` its out-of-band buffers
 /// (memoryviews of bytes), copied in by Python.
+/// Starts a frame of `count` items whose pickle is appended to `out` next, with no
+/// out-of-band buffers; [`finish_unbuffered`] then writes the pickle's length. Returns
+/// where the frame starts.
+pub(crate) fn start_unbuffered(out: &mut Vec<u8>, kind: u8, flags: u8, count: u32) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[kind, flags, 0, 0]);
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&0u64.to_le_bytes());
+    start
+}
+
+/// Ends the frame [`start_unbuffered`] began at `start`: all that follows its header is
+/// its pickle.
+pub(crate) fn finish_unbuffered(out: &mut [u8], start: usize) {
+    let len = (out.len() - start - HEAD) as u64;
+    out[start + 16..start + HEAD].copy_from_slice(&len.to_le_bytes());
+}
+
 pub(crate) fn encode(
     out: &mut Vec<u8>,
     kind: u8,

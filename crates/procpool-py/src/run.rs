@@ -49,9 +49,76 @@ struct PySource {
     fds: Option<procpool_engine::JobFds>,
     /// The items of each job of several items still out, by its first index: a job
     /// whose worker died, or could not rebuild its argument, is sent again item by item,
-    /// pickled anew from these (the parent never unpickles what it sent: that could run a
-    /// task's code here).
-    kept: Mutex<HashMap<u64, Vec<Py<PyAny>>>>,
+    /// pickled anew from these (see [`Kept`]).
+    kept: Mutex<HashMap<u64, Kept>>,
+    /// Payload bytes per item of the last plain chunk: the next one's buffer is sized
+    /// from it at once, rather than grown (and copied) step by step.
+    plain_per_item: usize,
+}
+
+/// What the parent keeps of a job of several items, to send its items again one by one.
+#[derive(Debug)]
+enum Kept {
+    /// The items themselves: the parent never unpickles what it sent when that could
+    /// run code (a task's class, a `__reduce__`).
+    Items(Vec<Py<PyAny>>),
+    /// This many plain items (numbers, strings, small bytes, tuples of them: see
+    /// [`is_plain`]), pickled by the standard pickler with nothing by reference: they
+    /// are read back from the job's own payload, which the parent holds anyway, so that
+    /// a chunk in flight is held once, not twice (an `imap`'s memory).
+    Plain(u32),
+}
+
+impl Kept {
+    fn len(&self) -> usize {
+        match self {
+            Kept::Items(v) => v.len(),
+            Kept::Plain(n) => *n as usize,
+        }
+    }
+
+    /// Keeps the first `n` items; returns the others.
+    fn split_off(&mut self, n: usize) -> Kept {
+        match self {
+            Kept::Items(v) => Kept::Items(v.split_off(n)),
+            Kept::Plain(k) => {
+                let rest = k.saturating_sub(n as u32);
+                *k = (*k).min(n as u32);
+                Kept::Plain(rest)
+            }
+        }
+    }
+
+    /// The items of a job of `count` items whose payload is `payload`.
+    fn items(self, py: Python<'_>, payload: Option<&[u8]>, count: u32) -> Option<Vec<Py<PyAny>>> {
+        match self {
+            Kept::Items(v) => (v.len() == count as usize).then_some(v),
+            Kept::Plain(n) if n == count => plain_items(py, payload?, count).ok(),
+            Kept::Plain(_) => None,
+        }
+    }
+}
+
+/// Items `skip..skip + count` of a plain chunk's payload (see [`Kept::Plain`]), read back
+/// with the standard unpickler: the payload is the parent's own copy, pickled from
+/// plain items by the standard pickler.
+fn plain_items(py: Python<'_>, payload: &[u8], count: u32) -> PyResult<Vec<Py<PyAny>>> {
+    let bad = || PyException::new_err("not a plain chunk's payload");
+    let f = Frame::parse(payload).map_err(|_| bad())?;
+    if f.kind != CHUNK || f.count != count || !f.bufs.is_empty() {
+        return Err(bad());
+    }
+    let list = py
+        .import("pickle")?
+        .call_method1("loads", (PyBytes::new(py, f.pickle),))?;
+    let list = list.cast::<PyList>()?;
+    let (from, to) = (f.skip as usize, f.skip as usize + count as usize);
+    if to > list.len() {
+        return Err(bad());
+    }
+    (from..to)
+        .map(|i| list.get_item(i).map(Bound::unbind))
+        .collect()
 }
 
 impl Source for PySource {
@@ -117,11 +184,27 @@ impl PySource {
             return Pulled::End;
         }
         let list = PyList::new(py, &items).expect("a list");
-        let r = if plain && !big {
+        let n = items.len() as u32;
+        if plain && !big {
             // Numbers, strings and small bytes (and tuples of them): the standard
-            // pickler, in C, with nothing by value and no buffers.
-            py::helper(py, "_pickle", "dumps_plain").and_then(|d| d.call1((list,)))
-        } else {
+            // pickler, in C, with nothing by value and no buffers, straight into the
+            // payload.
+            let before = out.len();
+            // A little over the last chunk's size per item: most chunks fit at once.
+            out.reserve((n as usize).saturating_mul(self.plain_per_item) / 16 * 17);
+            return match pickle_plain_into(py, out, &list, n, self.star) {
+                Ok(()) => {
+                    self.plain_per_item = (out.len() - before).div_ceil(n as usize);
+                    if n > 1 {
+                        lock(&self.kept).insert(self.next_index, Kept::Plain(n));
+                    }
+                    self.next_index += u64::from(n);
+                    Pulled::Items(n)
+                }
+                Err(e) => self.fail_first(py, items, e),
+            };
+        }
+        let r = {
             // Items may hold shared values: their descriptors go with the job.
             crate::passfd::collecting(py, || {
                 py::helper(py, "_pickle", "dumps_items").and_then(|d| d.call1((list, big)))
@@ -142,22 +225,19 @@ impl PySource {
                     Ok((t.get_item(1)?.extract()?, PyErr::from_value(t.get_item(2)?)))
                 });
         match failed {
-            None => {
-                let n = items.len() as u32;
-                match encode_pickled(out, &t, n, self.star) {
-                    Ok(()) => {
-                        if n > 1 {
-                            lock(&self.kept).insert(self.next_index, items);
-                        }
-                        self.next_index += u64::from(n);
-                        Pulled::Items(n)
+            None => match encode_pickled(out, &t, n, self.star) {
+                Ok(()) => {
+                    if n > 1 {
+                        lock(&self.kept).insert(self.next_index, Kept::Items(items));
                     }
-                    Err(e) => {
-                        self.fds = None;
-                        self.fail_first(py, items, e)
-                    }
+                    self.next_index += u64::from(n);
+                    Pulled::Items(n)
                 }
-            }
+                Err(e) => {
+                    self.fds = None;
+                    self.fail_first(py, items, e)
+                }
+            },
             Some(Err(e)) | Some(Ok((0, e))) => {
                 self.fds = None;
                 self.fail_first(py, items, e)
@@ -230,6 +310,61 @@ fn is_plain(x: &Bound<'_, PyAny>) -> bool {
     atom(x)
         || x.cast_exact::<PyTuple>()
             .is_ok_and(|t| t.iter().all(|y| atom(&y)))
+}
+
+/// Where the standard pickler writes a plain chunk: its frames (about 64 KiB each, as
+/// they are made) are appended to a job's payload, so that no whole pickle of the chunk
+/// is ever made apart from it (a large transient allocation per chunk, which scatters
+/// the parent's heap over a long `imap`).
+#[pyclass(module = "procpool._core")]
+struct PickleSink {
+    buf: Vec<u8>,
+}
+
+#[pymethods]
+impl PickleSink {
+    fn write(&mut self, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+        if let Ok(b) = data.cast::<PyBytes>() {
+            self.buf.extend_from_slice(b.as_bytes());
+            return Ok(b.as_bytes().len());
+        }
+        // Another buffer (the pickler hands large items over as they are).
+        let b = data.py().get_type::<PyBytes>().call1((data,))?;
+        let b = b.cast::<PyBytes>()?;
+        self.buf.extend_from_slice(b.as_bytes());
+        Ok(b.as_bytes().len())
+    }
+}
+
+/// Appends to `out` a chunk's payload of the plain items of `list` (see [`is_plain`]);
+/// `out` is as it was on an error.
+fn pickle_plain_into(
+    py: Python<'_>,
+    out: &mut Vec<u8>,
+    list: &Bound<'_, PyList>,
+    n: u32,
+    star: bool,
+) -> PyResult<()> {
+    let flags = if star { STAR } else { 0 };
+    let start = frame::start_unbuffered(out, CHUNK, flags, n);
+    let sink = Py::new(
+        py,
+        PickleSink {
+            buf: std::mem::take(out),
+        },
+    )?;
+    let r = py::helper(py, "_pickle", "dump_plain").and_then(|d| d.call1((list, &sink)));
+    *out = std::mem::take(&mut sink.borrow_mut(py).buf);
+    match r {
+        Ok(_) => {
+            frame::finish_unbuffered(out, start);
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
 }
 
 /// Frames a `(pickle, buffers)` pair from `_pickle` as a chunk's payload.
@@ -348,6 +483,11 @@ pub(crate) struct RunSpec {
     pub(crate) ordered: bool,
     /// Per-task time limit.
     pub(crate) timeout: Option<Duration>,
+    /// The caller drains every result within the call (a `map`): the next chunk is
+    /// encoded while the workers run (`Feed::encode_ahead`). Otherwise (an `imap`) the
+    /// results are taken one by one, and what is in flight follows the consumer
+    /// (`Feed::follow_consumer`).
+    pub(crate) collect: bool,
 }
 
 /// An iterator of one call's outcomes: `(index, ok, value)`.
@@ -377,6 +517,7 @@ impl Run {
             chunksize,
             ordered,
             timeout,
+            collect,
         } = spec;
         let side = Arc::new(Mutex::new(Side::default()));
         let source = PySource {
@@ -389,9 +530,15 @@ impl Run {
             hint,
             fds: None,
             kept: Mutex::default(),
+            plain_per_item: 0,
         };
         let mut feed = Feed::new(engine, source, func, chunksize, timeout);
         feed.keep_open();
+        if collect {
+            feed.encode_ahead();
+        } else {
+            feed.follow_consumer();
+        }
         Run {
             state: Arc::new(Mutex::new(State {
                 recorder: feed.recorder(),
@@ -540,8 +687,10 @@ pub(crate) fn pump(state: &Mutex<State>) {
     };
     let st = &mut *guard;
     while !st.ended {
-        let held = st.reorder.as_ref().map_or(0, Reorder::bytes);
-        match st.feed.recv_timeout(held, Duration::ZERO) {
+        // A join waits for the run's whole input, whose results are parked here
+        // whatever their size: the bound on results held back for order (which follows
+        // a consumer that is not reading now) must not stop the input meanwhile.
+        match st.feed.recv_timeout(0, Duration::ZERO) {
             Ok(Some(p)) => match split_if_died(st, p) {
                 None => {}
                 Some(p) => match st.reorder.as_mut() {
@@ -629,9 +778,12 @@ fn split_if_died(st: &mut State, mut p: Piece) -> Option<Piece> {
         return Some(p);
     }
     let star = st.feed.source().star;
-    let parts = kept
-        .filter(|items| items.len() == p.count as usize)
-        .and_then(|items| Python::attach(|py| repickle(py, &items, star)).ok());
+    let parts = kept.and_then(|kept| {
+        Python::attach(|py| {
+            let items = kept.items(py, p.payload.as_deref().map(Vec::as_slice), p.count)?;
+            repickle(py, &items, star).ok()
+        })
+    });
     let Some(parts) = parts else {
         if !split {
             return Some(p);
