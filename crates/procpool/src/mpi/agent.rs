@@ -16,6 +16,10 @@ use super::runtime::{self, Inbox, Nap, Outbox, abort_job};
 /// new call's first jobs wait at most this long).
 const ANSWER_WAIT: Duration = Duration::from_millis(2);
 
+/// How long an agent that saw rank 0's process end waits for MPI to report it (see
+/// `Agent::caller_gone`).
+const CALLER_GRACE: Duration = Duration::from_millis(1000);
+
 /// How a front other than Rust's completes an agent's local pool configuration (its
 /// launcher, its workers' identity): set by `front::init`; none for Rust programs.
 pub(super) static LOCAL: OnceLock<super::LocalHook> = OnceLock::new();
@@ -128,9 +132,21 @@ impl Agent {
     }
 
     /// Rank 0's process ended (seen by `caller` on its host) without ending the job: the
-    /// local pool's workers are killed, then the job is ended.
+    /// local pool's workers are killed, then the job is ended. A rank 0 killed by a
+    /// signal is also reported by ULFM, usually within milliseconds; ending the job
+    /// through that report, as without the watch, is waited for a moment, since
+    /// `MPI_Abort` called before the runtime took in rank 0's death sometimes made
+    /// `mpirun` exit with code 0 (1 run in about 13).
     fn caller_gone(&mut self, rank: i32) -> ! {
         self.end(true);
+        let until = std::time::Instant::now() + CALLER_GRACE;
+        while std::time::Instant::now() < until {
+            // What rank 0 sent before it ended is of no use now: dropped.
+            if let Err(rc) = runtime::improbe(0, runtime::any_tag()) {
+                self.caller_lost(rank, rc);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         abort_job(
             1,
             &format!(
