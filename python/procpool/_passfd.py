@@ -31,17 +31,20 @@ _init_fds: list = []
 
 
 class _Encoding:
-    __slots__ = ("fds", "keys")
+    __slots__ = ("fds", "keys", "remote")
 
-    def __init__(self) -> None:
+    def __init__(self, remote: bool) -> None:
         self.fds: list = []
         self.keys: dict = {}
+        self.remote = remote
 
 
-def begin():
-    """Starts collecting descriptors on this thread; returns what :func:`end` needs."""
+def begin(remote: bool = False):
+    """Starts collecting descriptors on this thread; returns what :func:`end` needs.
+    ``remote``: the job goes to another host (an MPI pool with agents), see
+    :func:`host_bound`."""
     prev = getattr(_tls, "enc", None)
-    _tls.enc = _Encoding()
+    _tls.enc = _Encoding(remote)
     return prev
 
 
@@ -65,6 +68,18 @@ def discard(fds) -> None:
 def active() -> bool:
     """Whether a job's arguments are being pickled on this thread."""
     return getattr(_tls, "enc", None) is not None
+
+
+def host_bound(fd: int) -> None:
+    """Called while a value that refers to a descriptor of this process *by number*
+    (a procpool ``Queue``, ``SimpleQueue`` or ``Pipe`` end: see ``_passfd_msg``) is
+    pickled. For a job that goes to another host (:func:`begin` with ``remote``) that
+    reference would name a descriptor of some other process there; the descriptor is
+    then attached to the job, so that the pool refuses the job as it refuses every job
+    that carries descriptors (shared memory, locks) to another host."""
+    enc = getattr(_tls, "enc", None)
+    if enc is not None and enc.remote:
+        attach(fd, ("host-bound", fd), "procpool Queue")
 
 
 def attach(fd: int, key, what: str) -> int:

@@ -63,6 +63,11 @@ def attach(fd: int):
     """``("slot", n)`` when a message is being pickled, else ``("pid", pid, fd)``."""
     out = getattr(_local, "out", None)
     if out is None:
+        from . import _passfd
+
+        # A task's arguments for an MPI pool: refused there (the pid means nothing on
+        # another host).
+        _passfd.host_bound(fd)
         return ("pid", os.getpid(), fd)
     out.append(fd)
     return ("slot", len(out) - 1)

@@ -107,20 +107,11 @@ def test_the_programs_exit_code_is_the_jobs_with_its_pool_left_open():
     _check_job(["-m", "procpool.mpi", SCRIPT, "no_pool"], 0)
 
 
-
 @pytest.mark.limit(HARD_LIMIT + 10)
 def test_shared_memory_and_locks_are_refused_by_an_mpi_pool():
     _check_job(["-m", "procpool.mpi", SCRIPT, "local_objects", "sync"], 0)
 
 
 @pytest.mark.limit(HARD_LIMIT + 10)
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Queue, SimpleQueue or Pipe end as a task argument of an MPI pool is not "
-    "refused (it holds no descriptor the engine sees: it is pickled as 'copy fd N of "
-    "pid P' by pidfd_getfd). On one host the agent's worker copies rank 0's descriptor "
-    "by accident; on another host it names whatever process has pid P there (an "
-    "unrelated descriptor when permitted, else a late confusing error)",
-)
 def test_queues_and_pipes_are_refused_by_an_mpi_pool():
     _check_job(["-m", "procpool.mpi", SCRIPT, "local_objects", "channels"], 0)

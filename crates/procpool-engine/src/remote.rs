@@ -532,9 +532,12 @@ impl Dispatcher {
                 if front.job.fd_count() > 0 {
                     // Descriptors name open files of this host: they cannot go to another.
                     if let Some(j) = q.jobs.pop_front() {
-                        let message = "the argument holds open descriptors (Shared, \
-                            SharedSlice, SharedArray, Fd or a channel end), which cannot \
-                            travel to a pool on other hosts: use a local pool for it"
+                        let message = "the argument holds open descriptors of this \
+                            host (in Rust a Shared, SharedSlice, SharedArray, Fd or channel \
+                            end; in Python a Value, Array, lock, shared(), Queue, \
+                            SimpleQueue or Pipe end), which cannot travel to a pool on \
+                            other hosts: use a local pool for it, or pass plain data and \
+                            return data as the tasks' results"
                             .to_string();
                         fail_job(&j, TaskErrorKind::Codec { message });
                     }

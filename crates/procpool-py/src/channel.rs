@@ -422,8 +422,8 @@ fn wait_ready(py: Python<'_>, fd: i32, read: bool, deadline: Option<Instant>) ->
             events,
             revents: 0,
         };
-        // SAFETY: one valid pollfd, on the stack for the call.
         let r = py.detach(|| {
+            // SAFETY: one valid pollfd, on the stack for the call.
             let n = unsafe { libc::poll(&mut p, 1, ms) };
             if n < 0 {
                 Err(std::io::Error::last_os_error())

@@ -188,9 +188,9 @@ impl Engine {
         };
         if mpi && init_fds.is_some() {
             return Err(PyValueError::new_err(
-                "initargs hold shared values (locks, Value, Array, shared()), which name open \
-                 files of this host and cannot travel to the workers of an MPI pool on other \
-                 hosts: pass plain data, or use a local pool",
+                "initargs hold shared values (locks, Value, Array, shared()) or queues and \
+                 pipes, which name open files of this host and cannot travel to the workers \
+                 of an MPI pool on other hosts: pass plain data, or use a local pool",
             ));
         }
         // The first pool of a single-threaded process: its template is a fork of it

@@ -18,7 +18,7 @@ pub(crate) fn collecting<'py, T>(
     py: Python<'py>,
     f: impl FnOnce() -> PyResult<T>,
 ) -> PyResult<(T, Option<JobFds>)> {
-    let prev = py::helper(py, "_passfd", "begin")?.call0()?;
+    let prev = py::helper(py, "_passfd", "begin")?.call1((remote(),))?;
     let r = f();
     let fds = py::helper(py, "_passfd", "end")?.call1((prev,))?;
     let fds = fds.cast::<PyList>()?;
@@ -31,6 +31,31 @@ pub(crate) fn collecting<'py, T>(
         .collect();
     let v = r?;
     Ok((v, (!owned.is_empty()).then(|| Arc::from(owned))))
+}
+
+/// Whether jobs pickled in this process go to other hosts: in the `_procpool_mpi`
+/// extension (whose engines are MPI pools only: `procpool._args._start_engine`) on rank 0
+/// of an MPI job with agents. Values that name a descriptor of this process by number
+/// (queues, pipes) then attach it to the job (`_passfd.host_bound`), so that the pool
+/// refuses the job as it refuses shared memory and locks.
+/// Known once MPI is initialized, then kept (asking takes the MPI runtime's lock).
+fn remote() -> bool {
+    #[cfg(feature = "mpi")]
+    {
+        use std::sync::OnceLock;
+        static REMOTE: OnceLock<bool> = OnceLock::new();
+        if let Some(&r) = REMOTE.get() {
+            return r;
+        }
+        match procpool::mpi_rank() {
+            Some((_, size)) => *REMOTE.get_or_init(|| size > 1),
+            None => false,
+        }
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        false
+    }
 }
 
 /// The descriptors as a Python list of numbers (borrowed: valid while `fds` lives), or

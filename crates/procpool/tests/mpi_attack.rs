@@ -107,6 +107,7 @@ fn scenario(name: &str) {
         "panic_mid_send" => panic_while_a_large_job_is_sent(),
         "kill_agent" => a_rank_is_killed(1),
         "kill_rank0" => a_rank_is_killed(0),
+        "hard_exit_rank0" => rank_0_leaves_without_finalize(),
         "exit_busy" => exit_while_busy(false),
         "exit_thread" => exit_while_busy(true),
         "exit_join" => exit_during_join(),
@@ -754,6 +755,20 @@ fn a_rank_is_killed(rank: u32) {
     std::thread::sleep(Duration::from_secs(120));
 }
 
+/// `_exit(4)` on rank 0 (no exit handler, no `MPI_Finalize`) while a task with a child
+/// of its own runs: under ULFM the runtime tells no one, and the agents, which watch
+/// rank 0's process on its host, end the job; every process of it is gone.
+fn rank_0_leaves_without_finalize() {
+    let dir = TempDir::new("mpi-hard-exit");
+    let pool = mpi_pool();
+    let (_, mut pids) = job_pids(&pool);
+    let _running = pool.spawn(with_grandchild, dir.file("child")).unwrap();
+    pids.insert(read_pid(&dir.file("child")));
+    println!("pids: {pids:?}");
+    // SAFETY: `_exit` ends the process; nothing of it is used after.
+    unsafe { libc::_exit(4) };
+}
+
 /// `std::process::exit` on rank 0 (from main, or from another thread) while a thread
 /// streams calls and a task with a child of its own runs: the job ends with that code,
 /// promptly, and every process of it is gone.
@@ -796,7 +811,7 @@ fn exit_during_join() {
 
 // ---- the driver (`cargo test`) --------------------------------------------------------
 
-const NAMES: [&str; 21] = [
+const NAMES: [&str; 22] = [
     "descendants",
     "dropped",
     "recycle_retry",
@@ -815,6 +830,7 @@ const NAMES: [&str; 21] = [
     "panic_mid_send",
     "kill_agent",
     "kill_rank0",
+    "hard_exit_rank0",
     "exit_busy",
     "exit_thread",
     "exit_join",
@@ -832,8 +848,12 @@ fn check(me: &Path, name: &str) -> Duration {
     let run = common::mpi_job::run_job_with(me, me, name, HARD_LIMIT, 2, ft);
     let show = show(name, &run);
     match name {
-        "kill_agent" | "kill_rank0" => {
+        "kill_agent" | "kill_rank0" | "hard_exit_rank0" => {
             assert_ne!(run.code, Some(0), "{show}");
+            if name == "hard_exit_rank0" {
+                // It hung until the hard limit when the agents did not watch rank 0.
+                assert!(run.took < Duration::from_secs(20), "{show}");
+            }
             all_ended(
                 &format!("{name}: every rank, worker and task child of the job is gone"),
                 &run.stdout,

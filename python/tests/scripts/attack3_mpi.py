@@ -157,8 +157,11 @@ def scenario_exit_code():
 
 def scenario_hard_exit():
     # Rank 0 ends abruptly (os._exit, or SIGKILL with "kill"), its pool open, with a
-    # task running unless "idle".
+    # task running unless "idle"; "no_pool": before starting any pool.
     how = sys.argv[2] if len(sys.argv) > 2 else "busy"
+    if how == "no_pool":
+        print("pids: []", flush=True)
+        os._exit(4)
     pool = procpool.Pool(2, mpi=True)
     res = pool.map(pid_of, range(20), chunksize=1)
     USED.update(p for _, p in res)
@@ -207,6 +210,14 @@ def scenario_local_objects():
             res = pool.map(pid_of, range(8), chunksize=1)
             assert [v for v, _ in res] == list(range(8))
             USED.update(p for _, p in res)
+    # In initargs: refused when the pool starts.
+    for name, make in makers.items():
+        try:
+            procpool.Pool(1, mpi=True, initializer=pid_of, initargs=(make(),))
+        except ValueError as e:
+            assert "other hosts" in str(e), (name, repr(e))
+        else:
+            raise AssertionError(f"a {name} in initargs went to the agents")
     report()
 
 

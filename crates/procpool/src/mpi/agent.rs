@@ -16,6 +16,10 @@ use super::runtime::{self, Inbox, Nap, Outbox, abort_job};
 /// new call's first jobs wait at most this long).
 const ANSWER_WAIT: Duration = Duration::from_millis(2);
 
+/// How long an agent that saw rank 0's process end waits for MPI to report it (see
+/// `Agent::caller_gone`).
+const CALLER_GRACE: Duration = Duration::from_millis(1000);
+
 /// How a front other than Rust's completes an agent's local pool configuration (its
 /// launcher, its workers' identity): set by `front::init`; none for Rust programs.
 pub(super) static LOCAL: OnceLock<super::LocalHook> = OnceLock::new();
@@ -76,6 +80,11 @@ pub(crate) fn serve(rank: i32) {
                 Err(e) => fail(e),
             }
         }
+        if super::caller::gone() {
+            // Checked after every message was read: an EXIT sent before rank 0 left
+            // ends this agent the ordinary way.
+            agent.caller_gone(rank);
+        }
         for (bytes, _) in inbox.take_done() {
             busy = true;
             agent.jobs(&bytes).unwrap_or_else(|e| fail(e));
@@ -122,12 +131,48 @@ impl Agent {
         )
     }
 
+    /// Rank 0's process ended (seen by `caller` on its host) without ending the job: the
+    /// local pool's workers are killed, then the job is ended. A rank 0 killed by a
+    /// signal is also reported by ULFM, usually within milliseconds; ending the job
+    /// through that report, as without the watch, is waited for a moment, since
+    /// `MPI_Abort` called before the runtime took in rank 0's death sometimes made
+    /// `mpirun` exit with code 0 (1 run in about 13).
+    fn caller_gone(&mut self, rank: i32) -> ! {
+        self.end(true);
+        let until = std::time::Instant::now() + CALLER_GRACE;
+        while std::time::Instant::now() < until {
+            // What rank 0 sent before it ended is of no use now: dropped.
+            if let Err(rc) = runtime::improbe(0, runtime::any_tag()) {
+                self.caller_lost(rank, rc);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        abort_job(
+            1,
+            &format!(
+                "MPI rank {rank}: the caller's rank 0 (on this host) ended without \
+                 MPI_Finalize; ending the job"
+            ),
+        )
+    }
+
     /// Handles one message from the caller's rank; whether it says to leave.
     fn handle(&mut self, tag: i32, bytes: &[u8]) -> Result<bool, String> {
         match tag {
             msg::START => self.start(bytes)?,
             msg::JOBS => self.jobs(bytes)?,
             msg::CANCEL => self.cancel(bytes)?,
+            msg::CALLER => {
+                let caller = msg::decode_caller(bytes)?;
+                if let Err(e) = super::caller::watch(&caller) {
+                    eprintln!(
+                        "procpool: the MPI agent of pid {} cannot watch rank 0 on its host \
+                         ({e}): if rank 0 exits without MPI_Finalize under ULFM, the job \
+                         may not end",
+                        std::process::id()
+                    );
+                }
+            }
             msg::END => {
                 self.end(bytes.first() == Some(&1));
                 self.outbox.send(0, msg::ENDED, Vec::new());

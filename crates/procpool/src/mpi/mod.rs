@@ -3,7 +3,8 @@
 //!
 //! Parts: `runtime` (MPI start-up, the executable check, ending the job on every exit
 //! path), `msg` (the messages and their encoding), `link` (rank 0's side: the engine's
-//! `Remote` link, one agent per other rank), `agent` (what the other ranks run).
+//! `Remote` link, one agent per other rank), `agent` (what the other ranks run), `caller`
+//! (agents on rank 0's host watching its process).
 //!
 //! Why the engine's `Remote` seam rather than a dispatcher in this crate: everything
 //! above the engine's queue (feeds, chunking, reordering, handles, cancel, progress) is
@@ -12,6 +13,7 @@
 //! engine's public API (`Engine`, `Batch`): it owns a local pool and forwards answers.
 
 mod agent;
+mod caller;
 mod link;
 mod msg;
 mod runtime;

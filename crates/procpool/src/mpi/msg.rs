@@ -34,6 +34,9 @@ pub(crate) const ENDED: i32 = 8;
 pub(crate) const EXIT: i32 = 9;
 /// Agent → caller: the last message of an agent (everything it sent before was sent).
 pub(crate) const BYE: i32 = 10;
+/// Caller → agent, once, in answer to its hello: who rank 0 is ([`encode_caller`]), for
+/// the agents on its host to watch its process (see `caller`).
+pub(crate) const CALLER: i32 = 11;
 
 /// Largest MPI message the backend sends (MPI counts are `int`s); answers and jobs are
 /// cut into messages of at most [`PACK_BYTES`] where they can be.
@@ -152,6 +155,26 @@ pub(crate) fn decode_hello(b: &[u8]) -> Result<Hello, String> {
         cores: usize::try_from(r.u64()?).unwrap_or(1),
         pid: r.u32()?,
         host: r.string()?,
+    })
+}
+
+pub(crate) fn encode_caller(c: &super::caller::Caller) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.str(&c.boot_id)
+        .u64(c.pid_ns.0)
+        .u64(c.pid_ns.1)
+        .u32(c.pid)
+        .u64(c.start);
+    w.0
+}
+
+pub(crate) fn decode_caller(b: &[u8]) -> Result<super::caller::Caller, String> {
+    let mut r = Reader(b);
+    Ok(super::caller::Caller {
+        boot_id: r.string()?,
+        pid_ns: (r.u64()?, r.u64()?),
+        pid: r.u32()?,
+        start: r.u64()?,
     })
 }
 

@@ -389,6 +389,21 @@ fn gather_hellos(rt: &mut Runtime, me: &Hello) -> Result<Vec<Hello>, (String, Po
                 if let Some(slot) = got.get_mut(r as usize - 1) {
                     *slot = Some(h);
                 }
+                // Who rank 0 is, for the agent to watch it if on this host (a small
+                // message: sent at once; an error is the agent lost, seen later).
+                let caller = msg::encode_caller(&super::caller::me());
+                // SAFETY: a valid buffer of `len` bytes, a rank of MPI_COMM_WORLD.
+                let rc = unsafe {
+                    mpi::ffi::MPI_Send(
+                        caller.as_ptr().cast(),
+                        caller.len() as c_int,
+                        mpi::ffi::RSMPI_UINT8_T,
+                        r,
+                        msg::CALLER,
+                        mpi::ffi::RSMPI_COMM_WORLD,
+                    )
+                };
+                let _ = rc;
                 nap.reset();
             }
             Ok(None) if Instant::now() > deadline => {
