@@ -57,7 +57,9 @@ def check() -> None:
 
 def main_info() -> dict:
     """How a child finds the caller's main module (as ``spawn`` records it): a module
-    name (``python -m``) or a script's path; nothing for the REPL, ``-c`` or a notebook."""
+    name (``python -m``) or a script's path; nothing for the REPL, ``-c``, a notebook or
+    a program read from standard input (``python - < prog.py``, whose ``__file__`` is
+    ``'<stdin>'``): none of those has a file to run again, so its functions go by value."""
     m = sys.modules.get("__main__")
     if m is None:
         return {}
@@ -66,6 +68,8 @@ def main_info() -> dict:
     if name is not None and name != "__main__":
         return {"name": name}
     path = getattr(m, "__file__", None)
+    if path and path.startswith("<") and path.endswith(">"):
+        return {}  # '<stdin>' and the like: not a file
     if path and os.path.basename(path) != "ipython":
         if not os.path.isabs(path):
             path = os.path.join(os.getcwd(), path)

@@ -420,6 +420,8 @@ def _apply(prep: dict) -> None:
         if os.environ.get(k) != v:
             os.environ[k] = v
     sys.path[:] = prep["sys_path"]
+    if "argv" in prep:  # the main module, run again in a child, often reads it
+        sys.argv[:] = prep["argv"]
     if "authkey" in prep:  # the parent's, for its Manager proxies and Listeners
         import multiprocessing
 
@@ -431,9 +433,9 @@ def _apply(prep: dict) -> None:
 
 
 def prep() -> bytes:
-    """What a worker of this process needs to look like it: ``sys.path``, the working
-    directory, the environment and ``multiprocessing``'s authentication key (as of the
-    pool's creation)."""
+    """What a worker of this process needs to look like it: ``sys.argv`` (as ``spawn``
+    passes it), ``sys.path``, the working directory, the environment and
+    ``multiprocessing``'s authentication key (as of the pool's creation)."""
     import multiprocessing
 
     from ._bootstrap import main_info
@@ -441,6 +443,7 @@ def prep() -> bytes:
     return pickle.dumps(
         {
             "sys_path": list(sys.path),
+            "argv": list(getattr(sys, "argv", ())),
             "cwd": os.getcwd(),
             "environ": dict(os.environ),
             "authkey": bytes(multiprocessing.current_process().authkey),

@@ -9,14 +9,6 @@ import attack3_tasks as T
 
 N = 12
 
-CHUNK_LOST = pytest.mark.xfail(
-    strict=True,
-    reason="a chunk's results are decoded as one pickle (procpool-py run.rs "
-    "decode_result -> _pickle.decode_results): one result that cannot be unpickled fails "
-    "every item of its chunk with PoolError, throwing away the other finished results",
-)
-
-
 @pytest.fixture
 def caller_only():
     T.IN_CALLER["on"] = True
@@ -44,7 +36,7 @@ def _check(out, pp):
 
 @pytest.mark.procpool_only
 @pytest.mark.limit(20)
-@pytest.mark.parametrize("chunksize", [1, pytest.param(4, marks=CHUNK_LOST)])
+@pytest.mark.parametrize("chunksize", [1, 4])
 def test_an_unreadable_result_fails_its_item_alone(pp, make_pp_pool, caller_only, chunksize):
     pool = make_pp_pool(2)
     _check(_drain(pool.imap(T.unreadable_6, range(N), chunksize=chunksize)), pp)
@@ -53,7 +45,6 @@ def test_an_unreadable_result_fails_its_item_alone(pp, make_pp_pool, caller_only
 
 @pytest.mark.procpool_only
 @pytest.mark.limit(20)
-@CHUNK_LOST
 def test_an_unreadable_result_in_map_fails_alone(pp, make_pp_pool, caller_only):
     pool = make_pp_pool(2)
     r = pool.map_async(T.unreadable_6, range(N), chunksize=4)
@@ -62,3 +53,18 @@ def test_an_unreadable_result_in_map_fails_alone(pp, make_pp_pool, caller_only):
     # The other finished results of the chunk come back through imap_unordered.
     got = _drain(pool.imap_unordered(T.unreadable_6, range(N), chunksize=4))
     assert sorted(x for x in got if isinstance(x, int)) == [i * 10 for i in range(N) if i != 6]
+
+
+@pytest.mark.procpool_only
+@pytest.mark.limit(20)
+def test_an_unreadable_result_says_why(pp, make_pp_pool, caller_only):
+    pool = make_pp_pool(2)
+    errs = [_drain(pool.imap(T.unreadable_6, range(N), chunksize=4))[6]]
+    with pytest.raises(pp.PoolError) as info:
+        pool.apply(T.unreadable_6, (6,))
+    errs.append(info.value)
+    for e in errs:
+        assert isinstance(e, pp.PoolError), e
+        assert "could not be unpickled" in str(e) and "cannot be read here" in str(e), e
+        assert isinstance(e.__cause__, ValueError), e.__cause__
+    assert pool.apply(T.unreadable_6, (5,)) == 50

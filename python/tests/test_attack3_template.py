@@ -20,21 +20,10 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "scripts", "attack3_template.py")
 
-ARGV_LOST = pytest.mark.xfail(
-    strict=True,
-    reason="with the exec template (a program with a thread, over 256 MiB, or "
-    "PROCPOOL_TEMPLATE=exec), pool workers get sys.argv == ['-c'] instead of the "
-    "parent's (spawn passes it, and procpool.Process does): a main module that reads "
-    "sys.argv at module level silently computes with the wrong values in every task "
-    "(_template.prep/_apply carry sys.path, cwd and environ but not sys.argv)",
-)
-
 
 @pytest.mark.procpool_only
 @pytest.mark.limit(40)
-@pytest.mark.parametrize(
-    "mode", ["fork", pytest.param("thread", marks=ARGV_LOST), pytest.param("exec", marks=ARGV_LOST)]
-)
+@pytest.mark.parametrize("mode", ["fork", "thread", "exec"])
 def test_workers_see_argv_cwd_environment_and_path_as_each_pool_was_created(mode, tmp_path):
     log = tmp_path / "log"
     env = dict(os.environ)
@@ -86,23 +75,7 @@ if __name__ == "__main__":
 
 @pytest.mark.procpool_only
 @pytest.mark.limit(30)
-@pytest.mark.parametrize(
-    "how",
-    [
-        pytest.param(
-            "stdin",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a program read from standard input (python - < prog.py): its "
-                "__main__.__file__ is '<stdin>', which _bootstrap.main_info takes for a "
-                "script path, so functions of __main__ go by reference and every worker "
-                "fails with FileNotFoundError: '<cwd>/<stdin>' (they should go by value "
-                "with cloudpickle, as for -c and the REPL)",
-            ),
-        ),
-        "-c",
-    ],
-)
+@pytest.mark.parametrize("how", ["stdin", "-c"])
 def test_a_program_without_a_script_file_sends_its_functions_by_value(how, tmp_path):
     args = ["-"] if how == "stdin" else ["-c", _FROM_STDIN]
     r = subprocess.run(

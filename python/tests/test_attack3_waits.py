@@ -105,12 +105,6 @@ def test_ctrl_c_interrupts_every_blocking_wait(kind):
 
 @pytest.mark.procpool_only
 @pytest.mark.limit(25)
-@pytest.mark.xfail(
-    strict=True,
-    reason="Pool.map's collect loop (procpool-py run.rs fill_ready) calls "
-    "py.check_signals() only when a receive times out (50 ms without a result): while "
-    "results keep coming (10 ms tasks) a Ctrl-C waits 1.5-5 s, until a gap",
-)
 def test_ctrl_c_during_a_map_with_steady_results_is_prompt():
     """Three trials: each Ctrl-C raises KeyboardInterrupt within a second."""
     for _ in range(3):

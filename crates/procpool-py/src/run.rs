@@ -618,6 +618,9 @@ impl Run {
                 }
                 return Ok(false);
             }
+            // On every pass, not only when a receive times out: while results keep
+            // coming a Ctrl-C would otherwise wait for a gap between them.
+            py.check_signals()?;
             let held = st.reorder.as_ref().map_or(0, Reorder::bytes);
             let wait = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()).min(POLL),
@@ -635,7 +638,6 @@ impl Run {
                 },
                 Ok(None) => st.ended = true,
                 Err(RecvError::Timeout | RecvError::Empty) => {
-                    py.check_signals()?;
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(PyTimeoutError::new_err("timed out"));
                     }
@@ -955,6 +957,11 @@ pub(crate) fn decode_result(
         Err(e) if !e.is_instance_of::<PyException>(py) && !py::in_result_thread(py) => {
             return Err(e);
         }
+        Err(e) if count == 1 => {
+            let exc = unreadable(py, None, e);
+            let list = PyList::new(py, [failed_tuple(py, start, exc)?])?;
+            return Ok((Ready::Many(list.unbind(), 0), 1));
+        }
         Err(e) => return bad(e.to_string()),
     };
     let (all_ok, list): (bool, Bound<'_, PyList>) = match r.extract() {
@@ -1060,7 +1067,19 @@ fn one_framed<'py>(
     let r = py::helper(py, "_pickle", "decode_results")
         .and_then(|d| d.call1((index, f.kind, &mv, f.py_bufs(py))));
     py::release(&mv);
-    let got = r.and_then(|r| {
+    let r = match r {
+        Ok(r) => r,
+        // Ctrl-C (or a `SystemExit`) in the caller while it reads the result is the
+        // caller's, never the task's error (as in `decode_result`).
+        Err(e) if !e.is_instance_of::<PyException>(py) && !py::in_result_thread(py) => {
+            return Err(e);
+        }
+        // The item's pickle is whole (its frame parsed) but cannot be unpickled here (a
+        // class this process cannot import, a `__reduce__` that raises here): that item
+        // alone fails; the chunk's other results were read or are read next.
+        Err(e) => return Ok(Ok((false, unreadable(py, Some(index), e)))),
+    };
+    let got = (|| {
         let (all_ok, list): (bool, Bound<'_, PyList>) = r.extract()?;
         if list.len() != 1 {
             return Ok(Err(format!("{} outcomes for one item", list.len())));
@@ -1071,14 +1090,28 @@ fn one_framed<'py>(
         }
         let (_, ok, v): (u64, bool, Bound<'_, PyAny>) = x.extract()?;
         Ok(Ok((ok, v)))
-    });
-    match got {
-        Ok(x) => Ok(x),
-        // Ctrl-C (or a `SystemExit`) in the caller while it reads the result is the
-        // caller's, never the task's error (as in `decode_result`).
-        Err(e) if !e.is_instance_of::<PyException>(py) && !py::in_result_thread(py) => Err(e),
-        Err(e) => Ok(Err(e.to_string())),
-    }
+    })();
+    got.or_else(|e: PyErr| Ok(Err(e.to_string())))
+}
+
+/// The `PoolError` of an item (of a map's item `index`, if given; else of a single
+/// call), whose result the worker pickled but this process cannot unpickle (`e`, set as
+/// its `__cause__`).
+fn unreadable<'py>(py: Python<'py>, index: Option<u64>, e: PyErr) -> Bound<'py, PyAny> {
+    let what = match index {
+        Some(i) => format!("the result of item {i}"),
+        None => "the task's result".to_owned(),
+    };
+    let exc = py::error(
+        py,
+        "PoolError",
+        (format!(
+            "{what} cannot be read: the worker pickled it, but it could not be unpickled \
+             here: {e}"
+        ),),
+    );
+    let _ = exc.setattr("__cause__", e.into_value(py));
+    exc
 }
 
 #[pymethods]
