@@ -134,7 +134,9 @@ fn memfds_are_reused_across_sizes_while_the_sender_runs_ahead_and_idle_ones_let_
         "{} memfds made for the stream",
         inodes.len()
     );
-    // Every memfd is consumed now; the next large message lets idle ones beyond eight go.
+    // Every memfd is consumed now; the first large message after a pause (half a second)
+    // lets idle ones beyond eight go.
+    thread::sleep(Duration::from_millis(600));
     tx.send(payload(7, 1 << 20)).unwrap();
     assert_eq!(rx.recv().unwrap(), payload(7, 1 << 20));
     let left = memfds_open();

@@ -4,6 +4,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
 
 use super::sys;
 
@@ -12,7 +13,7 @@ use super::sys;
 pub(crate) struct End {
     pub(crate) fd: OwnedFd,
     /// A sender's memfds of earlier large messages, to reuse once consumed.
-    memfds: Mutex<Vec<OwnedFd>>,
+    memfds: Mutex<Memfds>,
     /// A receiver's largest accepted message (see `Receiver::set_max_message`).
     pub(crate) max_message: AtomicUsize,
 }
@@ -21,7 +22,10 @@ impl End {
     pub(crate) fn new(fd: OwnedFd) -> Self {
         Self {
             fd,
-            memfds: Mutex::new(Vec::new()),
+            memfds: Mutex::new(Memfds {
+                pool: Vec::new(),
+                last: None,
+            }),
             max_message: AtomicUsize::new(super::frame::MAX_MESSAGE),
         }
     }
@@ -34,15 +38,21 @@ impl End {
         let reusable = parts.iter().map(|p| p.len()).sum::<usize>() <= REUSED_MAX;
         if reusable {
             let claimed = {
-                let mut pool = self.memfds.lock().unwrap_or_else(|p| p.into_inner());
+                let mut memfds = self.memfds.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                let paused = memfds.last.is_some_and(|t| now - t >= PAUSE);
+                memfds.last = Some(now);
+                let pool = &mut memfds.pool;
                 // Claimed under the lock: another thread of ours will not pick it.
                 let found = pool.iter().position(|fd| sys::consumed(fd.as_fd()));
                 let claimed = found.map(|i| {
                     let fd = &pool[i];
                     (sys::claim(fd.as_fd()), fd.try_clone())
                 });
-                if let Some(i) = found {
-                    trim_idle(&mut pool, i + 1);
+                if let Some(i) = found
+                    && paused
+                {
+                    trim_idle(pool, i + 1);
                 }
                 claimed
             };
@@ -56,7 +66,9 @@ impl End {
         let fd = sys::message_memfd()?;
         sys::write_message(fd.as_fd(), parts)?;
         if reusable {
-            let mut pool = self.memfds.lock().unwrap_or_else(|p| p.into_inner());
+            let mut memfds = self.memfds.lock().unwrap_or_else(|p| p.into_inner());
+            memfds.last = Some(Instant::now());
+            let pool = &mut memfds.pool;
             if pool.len() >= pooled(capacity) {
                 // The oldest is still unread (or its reader died): let it go.
                 pool.remove(0);
@@ -67,8 +79,15 @@ impl End {
     }
 }
 
+/// A sender's memfds kept for reuse, and when it last took one.
+#[derive(Debug)]
+struct Memfds {
+    pool: Vec<OwnedFd>,
+    last: Option<Instant>,
+}
+
 /// Lets go of consumed memfds after position `from` beyond [`IDLE_KEPT`] of them: after a
-/// burst that filled the queue, the pool does not keep every memfd of it.
+/// burst that filled the queue and a pause, the pool does not keep every memfd of it.
 fn trim_idle(pool: &mut Vec<OwnedFd>, from: usize) {
     let mut idle = 0;
     let mut i = from;
@@ -94,7 +113,11 @@ fn pooled(capacity: usize) -> usize {
 }
 
 /// How many consumed memfds a sender keeps beyond the one it picks: the others are let
-/// go at its next large message.
+/// go at its first large message after a [`PAUSE`].
 const IDLE_KEPT: usize = 8;
+/// How long a sender goes without a large message before its idle memfds beyond
+/// [`IDLE_KEPT`] are let go. Within a stream, a reader that catches up for a moment
+/// (all memfds consumed) must not make the sender drop them and allocate them again.
+const PAUSE: Duration = Duration::from_millis(500);
 /// The largest payload whose memfd is kept for reuse.
 const REUSED_MAX: usize = 2 << 20;

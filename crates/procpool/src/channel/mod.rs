@@ -24,7 +24,7 @@
 //! the sending process then writes a later message into the same memfd, so its pages
 //! are allocated once rather than per message (per sender, each process keeps as many
 //! such memfds of up to 2 MiB as its queue can hold large messages, plus four, and lets
-//! go of idle ones beyond eight at its next large message; larger messages get a memfd
+//! go of idle ones beyond eight at its first large message after half a second without one; larger messages get a memfd
 //! of their own). A receiver
 //! keeps a descriptor of each memfd it got only if it wants to: one that writes into a
 //! memfd after reading it can garble a later message of the same channel (which its
