@@ -10,7 +10,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -19,12 +18,10 @@ import pytest
 import proctools
 from test_mpi import (
     HARD_LIMIT,
-    _job_env,
-    _mpirun,
     _pids,
     check_scenario,
-    fault_tolerant,
     run_job,
+    start_job,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,20 +42,7 @@ def _reset_sigint():
 
 @pytest.mark.limit(45)
 def test_ctrl_c_to_the_job_mid_map_ends_it_and_leaves_nothing():
-    mpirun = _mpirun()
-    ft = ["--with-ft", "ulfm"] if fault_tolerant(mpirun) else []
-    cmd = [mpirun, *ft, "-n", "3", sys.executable, "-m", "procpool.mpi", SCRIPT, "ctrl_c"]
-    p = subprocess.Popen(
-        cmd,
-        cwd=HERE,
-        env=_job_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=_reset_sigint,
-    )
+    p = start_job(["-m", "procpool.mpi", SCRIPT, "ctrl_c"], preexec_fn=_reset_sigint)
     idents = []
     try:
         lines = queue.Queue()

@@ -68,14 +68,13 @@ def _job_env():
     return env
 
 
-def run_job(args, ranks=3, limit=HARD_LIMIT, cwd=HERE):
-    """Runs ``mpirun -n ranks python ARGS``; ``(returncode, stdout, stderr)``. A job past
-    ``limit`` is killed with its process group and fails the test."""
+def start_job(args, ranks=3, cwd=HERE, preexec_fn=None):
+    """Starts ``mpirun -n ranks python ARGS`` (with ULFM where the ``mpirun`` has it) in a
+    session of its own, its output piped as text."""
     mpirun = _mpirun()
     ft = ["--with-ft", "ulfm"] if fault_tolerant(mpirun) else []
-    cmd = [mpirun, *ft, "-n", str(ranks), sys.executable, *args]
-    p = subprocess.Popen(
-        cmd,
+    return subprocess.Popen(
+        [mpirun, *ft, "-n", str(ranks), sys.executable, *args],
         cwd=cwd,
         env=_job_env(),
         stdin=subprocess.DEVNULL,
@@ -83,7 +82,14 @@ def run_job(args, ranks=3, limit=HARD_LIMIT, cwd=HERE):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=preexec_fn,
     )
+
+
+def run_job(args, ranks=3, limit=HARD_LIMIT, cwd=HERE):
+    """Runs ``mpirun -n ranks python ARGS``; ``(returncode, stdout, stderr)``. A job past
+    ``limit`` is killed with its process group and fails the test."""
+    p = start_job(args, ranks, cwd)
     try:
         out, err = p.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
