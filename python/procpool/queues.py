@@ -250,6 +250,7 @@ class Queue:
             maxsize = _UNBOUNDED
         self._maxsize = maxsize
         self._ch = _core.Channel(_CAPACITY)
+        self._ring = _core.Ring()
         self._count = _core.Counter()
         self._closed = False
 
@@ -263,6 +264,7 @@ class Queue:
                 _passfd.attach(self._ch.send_fd()),
                 _passfd.attach(self._ch.recv_fd()),
                 _passfd.attach(self._count.fileno()),
+                _passfd.attach(self._ring.fileno()),
                 self._extra_fds(),
             ),
         )
@@ -288,7 +290,7 @@ class Queue:
             # The common case: room in the count, waiting for room in the socket as long
             # as needed.
             try:
-                self._ch.send(parts, fds, None)
+                self._ring.put(self._ch, parts, fds, None)
             except BaseException:
                 count.add(-1)
                 raise
@@ -301,7 +303,7 @@ class Queue:
                 raise _queue.Full
         try:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            sent = self._ch.send(parts, fds, left)
+            sent = self._ring.put(self._ch, parts, fds, left)
         except BaseException:
             count.add(-1)
             raise
@@ -318,7 +320,7 @@ class Queue:
         time (or at once when ``block`` is false)."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        r = self._ch.recv_message(_deadline(block, timeout))
+        r = self._ring.get(self._ch, _deadline(block, timeout))
         if r is None:
             raise _queue.Empty
         self._count.take_one()
@@ -339,7 +341,7 @@ class Queue:
 
     def empty(self):
         """Whether no message is waiting now."""
-        return not self._ch.poll(0)
+        return self._ring.empty() and not self._ch.poll(0)
 
     def full(self):
         """Whether the queue holds ``maxsize`` messages."""
@@ -364,16 +366,17 @@ class Queue:
         return f"<procpool.{type(self).__name__} at {id(self):#x}>"
 
 
-_NOT_STATE = ("_ch", "_count", "_unfinished")
+_NOT_STATE = ("_ch", "_count", "_unfinished", "_ring")
 
 
-def _rebuild(cls, state, send, recv, count, extra):
+def _rebuild(cls, state, send, recv, count, ring, extra):
     self = cls.__new__(cls)
     self.__dict__.update(state)
-    fds = [_passfd.take(send), _passfd.take(recv), _passfd.take(count)]
+    fds = [_passfd.take(send), _passfd.take(recv), _passfd.take(count), _passfd.take(ring)]
     try:
         self._ch = _core.Channel.from_fds(fds[0], fds[1])
         self._count = _core.Counter.from_fd(fds[2])
+        self._ring = _core.Ring.from_fd(fds[3])
     finally:
         for fd in fds:
             os.close(fd)

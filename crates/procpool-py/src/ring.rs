@@ -1,0 +1,634 @@
+//! `procpool._core.Ring`: the shared-memory path of a `Queue`'s small messages.
+//!
+//! A queue (`procpool/queues.py`) is a channel (a `SOCK_SEQPACKET` socket, see
+//! `channel.rs`) plus this ring: a sealed memfd mapped by every process that holds the
+//! queue, holding a FIFO of fixed slots. A small message (a pickle of at most
+//! [`PAYLOAD`] bytes, no descriptor) is copied into a slot: no system call, no wake-up
+//! unless a reader sleeps. Any other message goes through the socket as before, and a
+//! *token* slot takes its place in the ring, so that the ring's order is the queue's
+//! order: a reader that takes a token takes the socket's next message.
+//!
+//! # Guarantees, and how
+//! - **Whole messages only.** A sender writes its slot, then publishes it by advancing
+//!   `tail` (one atomic store). A sender killed before that store leaves nothing a
+//!   reader can see; the next sender writes the same slot again.
+//! - **No message taken twice, none split.** A reader copies the slot at `head`, then
+//!   advances `head` by compare-and-swap: of the readers that copied it, exactly one
+//!   wins; the others drop their copy and look again. A sender reuses a slot only once
+//!   `head` has passed it, so a winner's copy is always the message whole. A reader killed
+//!   at any point leaves `head` either before the slot (another reader takes it) or
+//!   after it (the message was its own, as a message a reader took from a socket).
+//! - **Senders take turns** through a lock in the ring whose word names the holder by
+//!   its process id and start time (`sync.rs`'s token). A sender that finds it held by a
+//!   process that no longer runs takes it over: a sender killed anywhere never blocks
+//!   the queue. Threads of one process take an in-process lock first.
+//! - **Order with the socket.** The lock holder sends a socket message, then publishes its
+//!   token. A sender killed between the two leaves an `inflight` mark; the sender that
+//!   takes the lock over publishes the token for it (a token whose message never came
+//!   is skipped: a reader finding the socket empty goes on). A socket message left
+//!   without a token (its reader was killed after taking the token) is read by a reader
+//!   that finds the ring empty, the socket not, and no send in flight, for
+//!   [`STUCK_AFTER`]: late, never lost.
+//! - **Back-pressure.** The ring holds [`SLOTS`] messages; a sender waits for room
+//!   (so does one whose message goes through the socket: its token needs a slot), as
+//!   long as `timeout` says; told `BrokenPipeError` when no process can read any more.
+//! - **Waits.** A reader that finds the ring empty spins for [`SPIN`] (the sender is
+//!   likely writing the next message: waking a sleeping process costs far more), then
+//!   sleeps on a futex in the ring that senders bump when they see sleepers. Every
+//!   sleep is cut in slices, with the GIL let go: Ctrl-C interrupts it (the futex call
+//!   returns on a signal and the program's handlers run), and a deadline is kept.
+//!
+//! The mapping is never at risk from peers: the memfd is sealed against shrinking and
+//! growing before it is shared, and checked so when received. A peer that scribbles
+//! in it can garble messages (each slot's length is checked) but not fault a reader.
+//!
+//! Layout (offsets in bytes):
+//!
+//! ```text
+//! 0     magic     u64
+//! 64    tail      u64   messages published, ever
+//! 128   head      u64   messages taken, ever
+//! 192   owner     u64   sender lock: holder's token, 0 when free
+//! 200   inflight  u32   1 while the holder sends on the socket before its token
+//! 256   rseq      u32   futex word readers sleep on
+//! 260   rsleep    u32   readers asleep
+//! 320   wseq      u32   futex word senders waiting for room sleep on
+//! 324   wsleep    u32   senders asleep
+//! 4096  slots     SLOTS × SLOT bytes: kind u32, len u32, payload
+//! ```
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed};
+use std::sync::atomic::{Ordering::SeqCst, fence};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+
+use crate::channel::{Channel, QueueMessage};
+use crate::sync::{alive, futex_wait, futex_wake, token};
+
+/// Messages the ring holds.
+pub(crate) const SLOTS: u64 = 4096;
+/// Bytes a slot takes.
+const SLOT: usize = 256;
+/// Bytes of a slot's header (kind, length).
+const SLOT_HEAD: usize = 8;
+/// Largest message a slot holds.
+pub(crate) const PAYLOAD: usize = SLOT - SLOT_HEAD;
+const SLOTS_AT: usize = 4096;
+const SIZE: usize = SLOTS_AT + SLOTS as usize * SLOT;
+const MAGIC: u64 = 0x7070_7269_6e67_0001;
+
+const TAIL: usize = 64;
+const HEAD: usize = 128;
+const OWNER: usize = 192;
+const INFLIGHT: usize = 200;
+const RSEQ: usize = 256;
+const RSLEEP: usize = 260;
+const WSEQ: usize = 320;
+const WSLEEP: usize = 324;
+
+const KIND_DATA: u32 = 1;
+const KIND_TOKEN: u32 = 2;
+
+/// How long a reader that finds the ring empty (or a sender that finds it full) keeps
+/// looking before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
+/// Longest sleep between looks at Ctrl-C, dead lock holders and stuck socket messages.
+const SLICE: Duration = Duration::from_millis(20);
+/// How long a socket message must wait with the ring empty and no send in flight before
+/// a reader takes it without its token (see the module docs).
+pub(crate) const STUCK_AFTER: Duration = Duration::from_millis(100);
+/// A held sender lock is looked at for a dead holder after this much waiting.
+const CHECK_HOLDER_AFTER: Duration = Duration::from_millis(2);
+
+/// The ring of a queue.
+#[pyclass(module = "procpool._core", frozen)]
+#[derive(Debug)]
+pub(crate) struct Ring {
+    fd: OwnedFd,
+    base: usize,
+    /// Threads of this process take turns before taking the shared lock.
+    local: Mutex<()>,
+}
+
+// SAFETY: the mapping lives as long as the value; shared words are used atomically and
+// slots through volatile copies only.
+unsafe impl Send for Ring {}
+// SAFETY: as above.
+unsafe impl Sync for Ring {}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping made in `map`, used by nothing else.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, SIZE) };
+    }
+}
+
+fn map(fd: OwnedFd) -> PyResult<Ring> {
+    // SAFETY: maps `SIZE` bytes of a memfd sealed at that size (checked by the callers),
+    // shared and read-write; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(Ring {
+        fd,
+        base: p as usize,
+        local: Mutex::new(()),
+    })
+}
+
+/// What a reader took from the ring.
+enum Took {
+    Data(usize, [u8; PAYLOAD]),
+    Token,
+    Empty,
+}
+
+impl Ring {
+    fn u64_at(&self, off: usize) -> &AtomicU64 {
+        // SAFETY: `off` is an 8-aligned offset inside the live mapping.
+        unsafe { &*((self.base + off) as *const AtomicU64) }
+    }
+
+    fn u32_at(&self, off: usize) -> &AtomicU32 {
+        // SAFETY: `off` is a 4-aligned offset inside the live mapping.
+        unsafe { &*((self.base + off) as *const AtomicU32) }
+    }
+
+    fn slot(&self, pos: u64) -> *mut u8 {
+        (self.base + SLOTS_AT + (pos % SLOTS) as usize * SLOT) as *mut u8
+    }
+
+    fn len(&self) -> u64 {
+        let t = self.u64_at(TAIL).load(SeqCst);
+        let h = self.u64_at(HEAD).load(SeqCst);
+        t.wrapping_sub(h)
+    }
+
+    /// Takes the message at the head, if any.
+    fn take(&self) -> PyResult<Took> {
+        let head = self.u64_at(HEAD);
+        let tail = self.u64_at(TAIL);
+        loop {
+            let h = head.load(Acquire);
+            let t = tail.load(Acquire);
+            let n = t.wrapping_sub(h);
+            if n == 0 {
+                return Ok(Took::Empty);
+            }
+            if n > SLOTS {
+                return Err(PyOSError::new_err(
+                    "a queue's shared memory is garbled (more messages than slots)",
+                ));
+            }
+            let mut raw = [0u8; SLOT];
+            // SAFETY: a slot inside the mapping, read with volatile reads (a sender may be
+            // writing it again when another reader took it first: that copy is dropped
+            // below, never used).
+            unsafe { volatile_copy(self.slot(h), raw.as_mut_ptr(), SLOT) };
+            if head
+                .compare_exchange(h, h.wrapping_add(1), SeqCst, Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            self.wake_senders(n - 1);
+            let kind = u32::from_le_bytes(raw[0..4].try_into().expect("4 bytes"));
+            let len = u32::from_le_bytes(raw[4..8].try_into().expect("4 bytes")) as usize;
+            return match kind {
+                KIND_DATA if len <= PAYLOAD => {
+                    let mut out = [0u8; PAYLOAD];
+                    out[..len].copy_from_slice(&raw[SLOT_HEAD..SLOT_HEAD + len]);
+                    Ok(Took::Data(len, out))
+                }
+                KIND_TOKEN => Ok(Took::Token),
+                _ => Err(PyOSError::new_err(format!(
+                    "a queue message could not be read: a slot of its shared memory says kind {kind}, {len} bytes"
+                ))),
+            };
+        }
+    }
+
+    /// Senders asleep for room are woken once a quarter of the ring is free.
+    fn wake_senders(&self, left: u64) {
+        if left <= SLOTS * 3 / 4 && self.u32_at(WSLEEP).load(SeqCst) > 0 {
+            self.u32_at(WSEQ).fetch_add(1, SeqCst);
+            futex_wake(self.u32_at(WSEQ), i32::MAX);
+        }
+    }
+
+    /// Publishes a slot at the tail (the lock held, room checked).
+    fn publish(&self, kind: u32, parts: &[&[u8]]) {
+        let tail = self.u64_at(TAIL);
+        let t = tail.load(Relaxed);
+        let at = self.slot(t);
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut raw = [0u8; SLOT];
+        raw[0..4].copy_from_slice(&kind.to_le_bytes());
+        raw[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+        let mut o = SLOT_HEAD;
+        for p in parts {
+            raw[o..o + p.len()].copy_from_slice(p);
+            o += p.len();
+        }
+        // SAFETY: the slot at the tail is inside the mapping and free (`head` is past
+        // its last message); readers that still copy it drop their copy.
+        unsafe { volatile_write(raw.as_ptr(), at, o.next_multiple_of(8)) };
+        tail.store(t.wrapping_add(1), SeqCst);
+        if self.u32_at(RSLEEP).load(SeqCst) > 0 {
+            self.u32_at(RSEQ).fetch_add(1, SeqCst);
+            futex_wake(self.u32_at(RSEQ), 1);
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.len() < SLOTS
+    }
+
+    /// Takes this process's lock, then the shared one, waiting with the GIL let go.
+    fn lock(&self, py: Python<'_>) -> PyResult<Held<'_>> {
+        let local = loop {
+            match self.local.try_lock() {
+                Ok(g) => break g,
+                Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    // Wait for the holder with the GIL let go (it may need the GIL to
+                    // finish), then try again.
+                    py.detach(|| drop(self.local.lock()));
+                }
+            }
+        };
+        let me = token();
+        let owner = self.u64_at(OWNER);
+        let mut since = Instant::now();
+        let mut nap = Duration::from_micros(20);
+        loop {
+            match owner.compare_exchange(0, me, SeqCst, SeqCst) {
+                Ok(_) => break,
+                Err(o) if since.elapsed() >= CHECK_HOLDER_AFTER && o != me && !alive(o) => {
+                    if owner.compare_exchange(o, me, SeqCst, SeqCst).is_ok() {
+                        // The dead holder may have sent a socket message without its
+                        // token: publish one for it (skipped if none came).
+                        if self.u32_at(INFLIGHT).swap(0, SeqCst) != 0 {
+                            if !self.has_room() {
+                                // Rare: the dead holder left it at that; the message,
+                                // if any, is read as a stuck one.
+                            } else {
+                                self.publish(KIND_TOKEN, &[]);
+                            }
+                        }
+                        break;
+                    }
+                }
+                Err(_) => {
+                    if since.elapsed() >= CHECK_HOLDER_AFTER * 50 {
+                        since = Instant::now() - CHECK_HOLDER_AFTER;
+                    }
+                    py.detach(|| std::thread::sleep(nap));
+                    nap = (nap * 2).min(Duration::from_millis(1));
+                    py.check_signals()?;
+                }
+            }
+        }
+        Ok(Held {
+            ring: self,
+            _local: local,
+        })
+    }
+
+    /// Waits for room in the ring (the lock not held): `false` when `deadline` passed.
+    fn wait_room(&self, py: Python<'_>, ch: &Channel, deadline: Option<Instant>) -> PyResult<bool> {
+        let spin_end = Instant::now() + SPIN;
+        let roomy = py.detach(|| {
+            while Instant::now() < spin_end {
+                if self.has_room() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            false
+        });
+        if roomy {
+            return Ok(true);
+        }
+        let seq = self.u32_at(WSEQ);
+        let sleepers = self.u32_at(WSLEEP);
+        loop {
+            if ch.readers_gone() {
+                return Err(PyBrokenPipeError::new_err(
+                    "every receiving end of the queue or pipe is closed (its readers are gone)",
+                ));
+            }
+            let s = seq.load(SeqCst);
+            sleepers.fetch_add(1, SeqCst);
+            let room = self.has_room();
+            let slice = match slice_to(deadline) {
+                Some(sl) if !room => sl,
+                _ => {
+                    sleepers.fetch_sub(1, SeqCst);
+                    return Ok(room);
+                }
+            };
+            let seq_addr = seq as *const AtomicU32 as usize;
+            py.detach(|| {
+                // SAFETY: the word is in the mapping `self` keeps for the whole call.
+                futex_wait(unsafe { &*(seq_addr as *const AtomicU32) }, s, slice)
+            });
+            sleepers.fetch_sub(1, SeqCst);
+            py.check_signals()?;
+        }
+    }
+}
+
+/// The sender lock, held.
+struct Held<'a> {
+    ring: &'a Ring,
+    _local: MutexGuard<'a, ()>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.ring.u64_at(OWNER).store(0, SeqCst);
+    }
+}
+
+/// The next sleep: at most [`SLICE`], never past `deadline`; `None` once it passed.
+fn slice_to(deadline: Option<Instant>) -> Option<Duration> {
+    match deadline {
+        None => Some(SLICE),
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            (!left.is_zero()).then(|| left.min(SLICE))
+        }
+    }
+}
+
+/// Copies `n` bytes (a multiple of 8) from shared memory that a peer may write meanwhile.
+///
+/// # Safety
+/// `from` and `to` valid for `n` bytes, 8-aligned.
+unsafe fn volatile_copy(from: *const u8, to: *mut u8, n: usize) {
+    for i in (0..n).step_by(8) {
+        // SAFETY: in bounds and aligned, per the caller.
+        unsafe {
+            let w = std::ptr::read_volatile(from.add(i).cast::<u64>());
+            std::ptr::write_unaligned(to.add(i).cast::<u64>(), w);
+        }
+    }
+}
+
+/// Writes `n` bytes (a multiple of 8) into shared memory that a peer may read meanwhile.
+///
+/// # Safety
+/// `from` valid for `n` bytes, `to` for `n` bytes and 8-aligned.
+unsafe fn volatile_write(from: *const u8, to: *mut u8, n: usize) {
+    for i in (0..n).step_by(8) {
+        // SAFETY: in bounds and aligned, per the caller.
+        unsafe {
+            let w = std::ptr::read_unaligned(from.add(i).cast::<u64>());
+            std::ptr::write_volatile(to.add(i).cast::<u64>(), w);
+        }
+    }
+}
+
+fn deadline_of(timeout: Option<f64>) -> PyResult<Option<Instant>> {
+    Ok(crate::args::duration(timeout, "timeout")?.map(|t| Instant::now() + t))
+}
+
+#[pymethods]
+impl Ring {
+    /// A new, empty ring.
+    #[new]
+    fn new() -> PyResult<Self> {
+        // SAFETY: plain system calls; the descriptor is owned at once.
+        let fd = unsafe {
+            let raw = libc::memfd_create(
+                c"procpool-queue-ring".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            );
+            if raw < 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            OwnedFd::from_raw_fd(raw)
+        };
+        // SAFETY: sizing and sealing our own new memfd.
+        unsafe {
+            if libc::ftruncate(fd.as_raw_fd(), SIZE as libc::off_t) != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+            if libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+        }
+        let r = map(fd)?;
+        r.u64_at(0).store(MAGIC, SeqCst);
+        Ok(r)
+    }
+
+    /// The ring held by descriptor `fd` (duplicated), checked to be a ring's sealed memfd.
+    #[staticmethod]
+    fn from_fd(fd: i32) -> PyResult<Self> {
+        if fd < 0 {
+            return Err(PyValueError::new_err(format!("not a descriptor: {fd}")));
+        }
+        // SAFETY: the caller holds `fd` open for the call; it is duplicated at once.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+        let st = rustix::fs::fstat(fd.as_fd()).map_err(std::io::Error::from)?;
+        let seals = rustix::fs::fcntl_get_seals(fd.as_fd()).ok();
+        let fixed = seals.is_some_and(|s| {
+            s.contains(rustix::fs::SealFlags::SHRINK) && s.contains(rustix::fs::SealFlags::GROW)
+        });
+        if !fixed || st.st_size as usize != SIZE {
+            return Err(PyValueError::new_err(
+                "the descriptor is not a procpool queue's ring (a sealed memfd of its size)",
+            ));
+        }
+        let r = map(fd)?;
+        if r.u64_at(0).load(SeqCst) != MAGIC {
+            return Err(PyValueError::new_err(
+                "the descriptor is not a procpool queue's ring (no ring in it)",
+            ));
+        }
+        Ok(r)
+    }
+
+    /// Its descriptor.
+    fn fileno(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// Messages in the ring now (tokens of socket messages included).
+    fn __len__(&self) -> usize {
+        self.len().min(SLOTS) as usize
+    }
+
+    /// Puts one queue message (`parts`: `bytes` objects, one after the other; `fds`
+    /// attached): in a slot when it is small and has no descriptor, else through the
+    /// channel `ch` with a token in the ring. Waits for room at most `timeout` (`None`:
+    /// as long as needed, 0: not at all); `False` when there was none.
+    #[pyo3(signature = (ch, parts, fds, timeout=None))]
+    fn put(
+        &self,
+        py: Python<'_>,
+        ch: PyRef<'_, Channel>,
+        parts: &Bound<'_, PyList>,
+        fds: Vec<i32>,
+        timeout: Option<f64>,
+    ) -> PyResult<bool> {
+        let owned: Vec<Bound<'_, PyBytes>> = parts
+            .iter()
+            .map(|p| p.cast_into::<PyBytes>().map_err(PyErr::from))
+            .collect::<PyResult<_>>()?;
+        let slices: Vec<&[u8]> = owned.iter().map(|p| p.as_bytes()).collect();
+        let len: usize = slices.iter().map(|s| s.len()).sum();
+        if fds.iter().any(|&f| f < 0) {
+            return Err(PyValueError::new_err("a message's descriptor is negative"));
+        }
+        let small = fds.is_empty() && len <= PAYLOAD && slices.first().is_some_and(|p| p.first() == Some(&0));
+        let deadline = deadline_of(timeout)?;
+        loop {
+            {
+                let held = self.lock(py)?;
+                if self.has_room() {
+                    if small {
+                        self.publish(KIND_DATA, &slices);
+                        return Ok(true);
+                    }
+                    // SAFETY: the descriptors are the caller's, open for the call.
+                    let borrowed: Vec<BorrowedFd<'_>> = fds
+                        .iter()
+                        .map(|&f| unsafe { BorrowedFd::borrow_raw(f) })
+                        .collect();
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    self.u32_at(INFLIGHT).store(1, SeqCst);
+                    let sent = ch.send_slices(py, &slices, &borrowed, left);
+                    if matches!(sent, Ok(true)) {
+                        self.publish(KIND_TOKEN, &[]);
+                    }
+                    self.u32_at(INFLIGHT).store(0, SeqCst);
+                    drop(held);
+                    return sent;
+                }
+            }
+            if timeout == Some(0.0) || !self.wait_room(py, &ch, deadline)? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Takes one queue message: `(pickle, [buffer, ...], [descriptor, ...])` as
+    /// `Channel.recv_message`, or `None` when none came within `timeout` (`None`: as long
+    /// as needed, 0: not at all).
+    #[pyo3(signature = (ch, timeout=None))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        ch: PyRef<'_, Channel>,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<QueueMessage<'py>>> {
+        let deadline = deadline_of(timeout)?;
+        let mut stuck_since: Option<Instant> = None;
+        let mut spun = false;
+        loop {
+            match self.take()? {
+                Took::Data(len, buf) => {
+                    if len == 0 || buf[0] != 0 {
+                        return Err(PyOSError::new_err(
+                            "a queue message could not be read: a slot does not hold a pickle",
+                        ));
+                    }
+                    let pickle = PyBytes::new(py, &buf[1..len]).into_any();
+                    return Ok(Some((pickle, Vec::new(), Vec::new())));
+                }
+                Took::Token => {
+                    // Its message was sent before the token: there, unless another
+                    // reader took it (then this token is spent).
+                    if let Some(m) = ch.recv_message_now(py)? {
+                        return Ok(Some(m));
+                    }
+                    continue;
+                }
+                Took::Empty => {}
+            }
+            // The ring is empty: a socket message without a token (its reader was
+            // killed, or it was sent by other means) is read once it has waited so.
+            if self.u32_at(INFLIGHT).load(SeqCst) == 0 && ch.readable_now() {
+                let first = *stuck_since.get_or_insert_with(Instant::now);
+                if first.elapsed() >= STUCK_AFTER && self.len() == 0 {
+                    if let Some(m) = ch.recv_message_now(py)? {
+                        return Ok(Some(m));
+                    }
+                    stuck_since = None;
+                }
+            } else {
+                stuck_since = None;
+            }
+            if timeout == Some(0.0) {
+                return Ok(None);
+            }
+            if !spun {
+                spun = true;
+                let end = Instant::now() + SPIN;
+                let got = py.detach(|| {
+                    while Instant::now() < end {
+                        if self.len() != 0 {
+                            return true;
+                        }
+                        std::hint::spin_loop();
+                    }
+                    false
+                });
+                if got {
+                    continue;
+                }
+            }
+            let seq = self.u32_at(RSEQ);
+            let sleepers = self.u32_at(RSLEEP);
+            let s = seq.load(SeqCst);
+            sleepers.fetch_add(1, SeqCst);
+            fence(SeqCst);
+            if self.len() != 0 {
+                sleepers.fetch_sub(1, SeqCst);
+                continue;
+            }
+            let mut slice = match slice_to(deadline) {
+                Some(sl) => sl,
+                None => {
+                    sleepers.fetch_sub(1, SeqCst);
+                    return Ok(None);
+                }
+            };
+            if stuck_since.is_some() {
+                slice = slice.min(STUCK_AFTER / 4);
+            }
+            let seq_addr = seq as *const AtomicU32 as usize;
+            py.detach(|| {
+                // SAFETY: the word is in the mapping `self` keeps for the whole call.
+                futex_wait(unsafe { &*(seq_addr as *const AtomicU32) }, s, slice)
+            });
+            sleepers.fetch_sub(1, SeqCst);
+            py.check_signals()?;
+            spun = false;
+        }
+    }
+
+    /// Whether no message waits in the ring.
+    fn empty(&self) -> bool {
+        self.len() == 0
+    }
+}
