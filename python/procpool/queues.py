@@ -284,6 +284,26 @@ class Queue:
         """
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
+        t = type(obj)
+        if (
+            t in _SMALL
+            and block
+            and timeout is None
+            and _local.out is None
+            and (t is not str or len(obj) < 200)
+        ):
+            # The common case: a small number or string, room in the count; the ring
+            # waits for room as long as needed.
+            data = _dumps_plain(obj, 5)
+            count = self._count
+            if count.add_below(self._maxsize):
+                try:
+                    self._ring.put_pickle(self._ch, data)
+                except BaseException:
+                    count.add(-1)
+                    raise
+                self._sent(1)
+                return
         parts, fds = _dumps_message(obj)
         count = self._count
         if block and timeout is None and count.add_below(self._maxsize):
@@ -320,11 +340,16 @@ class Queue:
         time (or at once when ``block`` is false)."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        r = self._ring.get(self._ch, _deadline(block, timeout))
+        r = self._ring.get(
+            self._ch, None if block and timeout is None else _deadline(block, timeout)
+        )
         if r is None:
             raise _queue.Empty
         self._count.take_one()
-        return _loads_message(*r)
+        data, bufs, fds = r
+        if not fds and not bufs:
+            return _loads_plain(data)
+        return _loads_message(data, bufs, fds)
 
     def put_nowait(self, obj):
         """``put(obj, False)``."""

@@ -312,16 +312,7 @@ impl Ring {
 
     /// Waits for room in the ring (the lock not held): `false` when `deadline` passed.
     fn wait_room(&self, py: Python<'_>, ch: &Channel, deadline: Option<Instant>) -> PyResult<bool> {
-        let spin_end = Instant::now() + SPIN;
-        let roomy = py.detach(|| {
-            while Instant::now() < spin_end {
-                if self.has_room() {
-                    return true;
-                }
-                std::hint::spin_loop();
-            }
-            false
-        });
+        let roomy = py.detach(|| spin(|| self.has_room()));
         if roomy {
             return Ok(true);
         }
@@ -354,6 +345,51 @@ impl Ring {
     }
 }
 
+impl Ring {
+    fn put_slices(
+        &self,
+        py: Python<'_>,
+        ch: &Channel,
+        slices: &[&[u8]],
+        fds: &[i32],
+        timeout: Option<f64>,
+    ) -> PyResult<bool> {
+        let len: usize = slices.iter().map(|s| s.len()).sum();
+        let small = fds.is_empty()
+            && len <= PAYLOAD
+            && slices.iter().find(|p| !p.is_empty()).and_then(|p| p.first()) == Some(&0);
+        let deadline = deadline_of(timeout)?;
+        loop {
+            {
+                let held = self.lock(py)?;
+                if self.has_room() {
+                    if small {
+                        self.publish(KIND_DATA, slices);
+                        return Ok(true);
+                    }
+                    // SAFETY: the descriptors are the caller's, open for the call.
+                    let borrowed: Vec<BorrowedFd<'_>> = fds
+                        .iter()
+                        .map(|&f| unsafe { BorrowedFd::borrow_raw(f) })
+                        .collect();
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    self.u32_at(INFLIGHT).store(1, SeqCst);
+                    let sent = ch.send_slices(py, slices, &borrowed, left);
+                    if matches!(sent, Ok(true)) {
+                        self.publish(KIND_TOKEN, &[]);
+                    }
+                    self.u32_at(INFLIGHT).store(0, SeqCst);
+                    drop(held);
+                    return sent;
+                }
+            }
+            if timeout == Some(0.0) || !self.wait_room(py, ch, deadline)? {
+                return Ok(false);
+            }
+        }
+    }
+}
+
 /// The sender lock, held.
 struct Held<'a> {
     ring: &'a Ring,
@@ -363,6 +399,28 @@ struct Held<'a> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.ring.u64_at(OWNER).store(0, SeqCst);
+    }
+}
+
+/// Looks at `ready` for [`SPIN`] at most, giving the processor away now and then (on a
+/// busy machine the process being waited for may need it): whether it became true.
+fn spin(ready: impl Fn() -> bool) -> bool {
+    let end = Instant::now() + SPIN;
+    let mut i = 0u32;
+    loop {
+        if ready() {
+            return true;
+        }
+        i = i.wrapping_add(1);
+        if i % 64 == 0 {
+            if Instant::now() >= end {
+                return false;
+            }
+            if i % 512 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        std::hint::spin_loop();
     }
 }
 
@@ -495,40 +553,17 @@ impl Ring {
             .map(|p| p.cast_into::<PyBytes>().map_err(PyErr::from))
             .collect::<PyResult<_>>()?;
         let slices: Vec<&[u8]> = owned.iter().map(|p| p.as_bytes()).collect();
-        let len: usize = slices.iter().map(|s| s.len()).sum();
         if fds.iter().any(|&f| f < 0) {
             return Err(PyValueError::new_err("a message's descriptor is negative"));
         }
-        let small = fds.is_empty() && len <= PAYLOAD && slices.first().is_some_and(|p| p.first() == Some(&0));
-        let deadline = deadline_of(timeout)?;
-        loop {
-            {
-                let held = self.lock(py)?;
-                if self.has_room() {
-                    if small {
-                        self.publish(KIND_DATA, &slices);
-                        return Ok(true);
-                    }
-                    // SAFETY: the descriptors are the caller's, open for the call.
-                    let borrowed: Vec<BorrowedFd<'_>> = fds
-                        .iter()
-                        .map(|&f| unsafe { BorrowedFd::borrow_raw(f) })
-                        .collect();
-                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                    self.u32_at(INFLIGHT).store(1, SeqCst);
-                    let sent = ch.send_slices(py, &slices, &borrowed, left);
-                    if matches!(sent, Ok(true)) {
-                        self.publish(KIND_TOKEN, &[]);
-                    }
-                    self.u32_at(INFLIGHT).store(0, SeqCst);
-                    drop(held);
-                    return sent;
-                }
-            }
-            if timeout == Some(0.0) || !self.wait_room(py, &ch, deadline)? {
-                return Ok(false);
-            }
-        }
+        self.put_slices(py, &ch, &slices, &fds, timeout)
+    }
+
+    /// Puts a message that is a pickle alone (`put(ch, [b"\\0", pickle], (), None)`),
+    /// waiting for room as long as needed.
+    fn put_pickle(&self, py: Python<'_>, ch: PyRef<'_, Channel>, pickle: &[u8]) -> PyResult<()> {
+        self.put_slices(py, &ch, &[&[0u8], pickle], &[], None)?;
+        Ok(())
     }
 
     /// Takes one queue message: `(pickle, [buffer, ...], [descriptor, ...])` as
@@ -583,16 +618,7 @@ impl Ring {
             }
             if !spun {
                 spun = true;
-                let end = Instant::now() + SPIN;
-                let got = py.detach(|| {
-                    while Instant::now() < end {
-                        if self.len() != 0 {
-                            return true;
-                        }
-                        std::hint::spin_loop();
-                    }
-                    false
-                });
+                let got = py.detach(|| spin(|| self.len() != 0));
                 if got {
                     continue;
                 }
