@@ -653,6 +653,27 @@ impl Ring {
         }
     }
 
+    /// For tests: takes the sender lock and never lets it go in this process, as a
+    /// sender killed holding it would (with a socket send in flight when `inflight`).
+    fn _hold_lock_forever(&self, py: Python<'_>, inflight: bool) -> PyResult<()> {
+        let held = self.lock(py)?;
+        if inflight {
+            self.u32_at(INFLIGHT).store(1, SeqCst);
+        }
+        std::mem::forget(held);
+        Ok(())
+    }
+
+    /// For tests: takes the message at the head and drops it, as a reader killed right
+    /// after taking it would: `"data"`, `"token"` or `None` when the ring was empty.
+    fn _take_and_drop(&self) -> PyResult<Option<&'static str>> {
+        Ok(match self.take()? {
+            Took::Data(..) => Some("data"),
+            Took::Token => Some("token"),
+            Took::Empty => None,
+        })
+    }
+
     /// Whether no message waits in the ring.
     fn empty(&self) -> bool {
         self.len() == 0
