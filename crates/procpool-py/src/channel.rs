@@ -456,7 +456,12 @@ fn send_error<T>(e: procpool::SendError<()>) -> PyResult<T> {
 /// (`true`), or `deadline` passes (`false`). A signal that interrupts the wait runs the
 /// program's Python handlers; an exception they raise (`KeyboardInterrupt` for Ctrl-C)
 /// ends the wait, otherwise it goes on.
-pub(crate) fn wait_ready(py: Python<'_>, fd: i32, read: bool, deadline: Option<Instant>) -> PyResult<bool> {
+pub(crate) fn wait_ready(
+    py: Python<'_>,
+    fd: i32,
+    read: bool,
+    deadline: Option<Instant>,
+) -> PyResult<bool> {
     let events = if read { libc::POLLIN } else { libc::POLLOUT };
     loop {
         let ms = match deadline {

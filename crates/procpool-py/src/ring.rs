@@ -151,7 +151,8 @@ fn map(fd: OwnedFd) -> PyResult<Ring> {
     })
 }
 
-/// What a reader took from the ring.
+/// What a reader took from the ring (a message's bytes on the stack: no allocation).
+#[allow(clippy::large_enum_variant)]
 enum Took {
     Data(usize, [u8; PAYLOAD]),
     Token,
@@ -357,7 +358,11 @@ impl Ring {
         let len: usize = slices.iter().map(|s| s.len()).sum();
         let small = fds.is_empty()
             && len <= PAYLOAD
-            && slices.iter().find(|p| !p.is_empty()).and_then(|p| p.first()) == Some(&0);
+            && slices
+                .iter()
+                .find(|p| !p.is_empty())
+                .and_then(|p| p.first())
+                == Some(&0);
         let deadline = deadline_of(timeout)?;
         loop {
             {
@@ -412,11 +417,11 @@ fn spin(ready: impl Fn() -> bool) -> bool {
             return true;
         }
         i = i.wrapping_add(1);
-        if i % 64 == 0 {
+        if i.is_multiple_of(64) {
             if Instant::now() >= end {
                 return false;
             }
-            if i % 512 == 0 {
+            if i.is_multiple_of(512) {
                 std::thread::yield_now();
             }
         }
@@ -600,7 +605,16 @@ impl Ring {
                 }
                 Took::Empty => {}
             }
-            // The ring is empty: a socket message without a token (its reader was
+            if timeout == Some(0.0) {
+                return Ok(None);
+            }
+            if !spun {
+                spun = true;
+                if py.detach(|| spin(|| self.len() != 0)) {
+                    continue;
+                }
+            }
+            // The ring stays empty: a socket message without a token (its reader was
             // killed, or it was sent by other means) is read once it has waited so.
             if self.u32_at(INFLIGHT).load(SeqCst) == 0 && ch.readable_now() {
                 let first = *stuck_since.get_or_insert_with(Instant::now);
@@ -612,16 +626,6 @@ impl Ring {
                 }
             } else {
                 stuck_since = None;
-            }
-            if timeout == Some(0.0) {
-                return Ok(None);
-            }
-            if !spun {
-                spun = true;
-                let got = py.detach(|| spin(|| self.len() != 0));
-                if got {
-                    continue;
-                }
             }
             let seq = self.u32_at(RSEQ);
             let sleepers = self.u32_at(RSLEEP);
