@@ -60,7 +60,6 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed};
 use std::sync::atomic::{Ordering::SeqCst, fence};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyValueError};
@@ -102,6 +101,9 @@ const SLICE: Duration = Duration::from_millis(20);
 /// How long a socket message must wait with the ring empty and no send in flight before
 /// a reader takes it without its token (see the module docs).
 pub(crate) const STUCK_AFTER: Duration = Duration::from_millis(100);
+/// A sender waits for the lock at least this long, whatever its timeout: a holder
+/// writing a large message is not a full queue.
+const LOCK_GRACE: Duration = Duration::from_millis(100);
 /// A held sender lock is looked at for a dead holder after this much waiting.
 const CHECK_HOLDER_AFTER: Duration = Duration::from_millis(2);
 
@@ -111,8 +113,10 @@ const CHECK_HOLDER_AFTER: Duration = Duration::from_millis(2);
 pub(crate) struct Ring {
     fd: OwnedFd,
     base: usize,
-    /// Threads of this process take turns before taking the shared lock.
-    local: Mutex<()>,
+    /// Threads of this process take turns before taking the shared lock: 0, or the
+    /// holding thread's `pid << 32 | tid` (a forked child, whose pid differs, takes
+    /// over a turn its parent's thread held at the fork).
+    local: AtomicU64,
 }
 
 // SAFETY: the mapping lives as long as the value; shared words are used atomically and
@@ -147,7 +151,7 @@ fn map(fd: OwnedFd) -> PyResult<Ring> {
     Ok(Ring {
         fd,
         base: p as usize,
-        local: Mutex::new(()),
+        local: AtomicU64::new(0),
     })
 }
 
@@ -192,9 +196,7 @@ impl Ring {
                 return Ok(Took::Empty);
             }
             if n > SLOTS {
-                return Err(PyOSError::new_err(
-                    "a queue's shared memory is garbled (more messages than slots)",
-                ));
+                return Err(garbled());
             }
             let mut raw = [0u8; SLOT];
             // SAFETY: a slot inside the mapping, read with volatile reads (a sender may be
@@ -260,19 +262,40 @@ impl Ring {
         self.len() < SLOTS
     }
 
-    /// Takes this process's lock, then the shared one, waiting with the GIL let go.
-    fn lock(&self, py: Python<'_>) -> PyResult<Held<'_>> {
-        let local = loop {
-            match self.local.try_lock() {
-                Ok(g) => break g,
-                Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => {
-                    // Wait for the holder with the GIL let go (it may need the GIL to
-                    // finish), then try again.
-                    py.detach(|| drop(self.local.lock()));
+    /// Takes this process's turn, then the shared lock, waiting with the GIL let go and
+    /// Ctrl-C looked at: `None` once `deadline` passed (but never before [`LOCK_GRACE`]:
+    /// a holder writing a large message is not a full queue).
+    fn lock(&self, py: Python<'_>, deadline: Option<Instant>) -> PyResult<Option<Held<'_>>> {
+        let deadline = deadline.map(|d| d.max(Instant::now() + LOCK_GRACE));
+        let pid = std::process::id();
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        let mine = (u64::from(pid) << 32) | u64::from(tid);
+        let local = &self.local;
+        let mut nap = Duration::from_micros(20);
+        loop {
+            match local.compare_exchange(0, mine, SeqCst, SeqCst) {
+                Ok(_) => break,
+                // Held by a thread of the process this one was forked from: that thread
+                // does not exist here, and never lets it go.
+                Err(o) if (o >> 32) as u32 != pid => {
+                    if local.compare_exchange(o, mine, SeqCst, SeqCst).is_ok() {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(None);
+                    }
+                    // The holder may need the GIL to finish.
+                    py.detach(|| std::thread::sleep(nap));
+                    nap = (nap * 2).min(Duration::from_millis(1));
+                    py.check_signals()?;
                 }
             }
-        };
+        }
+        // From here the turn is let go by `Held`'s drop, whatever happens.
+        let turn = Turn(self);
         let me = token();
         let owner = self.u64_at(OWNER);
         let mut since = Instant::now();
@@ -296,6 +319,11 @@ impl Ring {
                     }
                 }
                 Err(_) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        // A holder that does not let go (stopped, or blocked on a full
+                        // socket): the caller's timeout is kept all the same.
+                        return Ok(None);
+                    }
                     if since.elapsed() >= CHECK_HOLDER_AFTER * 50 {
                         since = Instant::now() - CHECK_HOLDER_AFTER;
                     }
@@ -305,10 +333,8 @@ impl Ring {
                 }
             }
         }
-        Ok(Held {
-            ring: self,
-            _local: local,
-        })
+        std::mem::forget(turn);
+        Ok(Some(Held { ring: self }))
     }
 
     /// Waits for room in the ring (the lock not held): `false` when `deadline` passed.
@@ -366,7 +392,9 @@ impl Ring {
         let deadline = deadline_of(timeout)?;
         loop {
             {
-                let held = self.lock(py)?;
+                let Some(held) = self.lock(py, deadline)? else {
+                    return Ok(false);
+                };
                 if self.has_room() {
                     if small {
                         self.publish(KIND_DATA, slices);
@@ -395,15 +423,28 @@ impl Ring {
     }
 }
 
-/// The sender lock, held.
+fn garbled() -> PyErr {
+    PyOSError::new_err("a queue's shared memory is garbled (more messages than slots)")
+}
+
+/// The sender lock, held (the shared lock and this process's turn).
 struct Held<'a> {
     ring: &'a Ring,
-    _local: MutexGuard<'a, ()>,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.ring.u64_at(OWNER).store(0, SeqCst);
+        self.ring.local.store(0, SeqCst);
+    }
+}
+
+/// This process's turn, held while the shared lock is waited for.
+struct Turn<'a>(&'a Ring);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.local.store(0, SeqCst);
     }
 }
 
@@ -660,7 +701,7 @@ impl Ring {
     /// For tests: takes the sender lock and never lets it go in this process, as a
     /// sender killed holding it would (with a socket send in flight when `inflight`).
     fn _hold_lock_forever(&self, py: Python<'_>, inflight: bool) -> PyResult<()> {
-        let held = self.lock(py)?;
+        let held = self.lock(py, None)?.expect("no deadline");
         if inflight {
             self.u32_at(INFLIGHT).store(1, SeqCst);
         }
