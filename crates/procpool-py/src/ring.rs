@@ -196,6 +196,11 @@ impl Ring {
                 return Ok(Took::Empty);
             }
             if n > SLOTS {
+                if head.load(SeqCst) != h {
+                    // `h` was stale: other readers took more than a ring's worth
+                    // between the two loads.
+                    continue;
+                }
                 return Err(garbled());
             }
             let mut raw = [0u8; SLOT];
@@ -395,6 +400,12 @@ impl Ring {
                 let Some(held) = self.lock(py, deadline)? else {
                     return Ok(false);
                 };
+                if self.len() > SLOTS {
+                    // With the lock held the tail stays put and the head never passes
+                    // it: only a scribbled ring says so. Waiting for room would be
+                    // forever.
+                    return Err(garbled());
+                }
                 if self.has_room() {
                     if small {
                         self.publish(KIND_DATA, slices);
