@@ -668,7 +668,10 @@ impl Ring {
             }
             // The ring stays empty: a socket message without a token (its reader was
             // killed, or it was sent by other means) is read once it has waited so.
-            if self.u32_at(INFLIGHT).load(SeqCst) == 0 && ch.readable_now() {
+            // A send in flight whose sender died (killed between its socket send and
+            // its token) is no send in flight: its message is stuck.
+            let sending = self.u32_at(INFLIGHT).load(SeqCst) != 0;
+            if ch.readable_now() && (!sending || !alive(self.u64_at(OWNER).load(SeqCst))) {
                 let first = *stuck_since.get_or_insert_with(Instant::now);
                 if first.elapsed() >= STUCK_AFTER && self.len() == 0 {
                     if let Some(m) = ch.recv_message_now(py)? {
