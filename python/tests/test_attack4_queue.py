@@ -66,6 +66,9 @@ def _fork(fn, *args):
     """Runs fn(*args) in a forked child that ends with os._exit (0, or 1 on an error)."""
     pid = os.fork()
     if pid == 0:
+        # The test's SIGALRM handler (a Python exception) cannot stop a child stuck in
+        # native code: a child's alarm ends it for real.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
         code = 0
         try:
             fn(*args)
@@ -474,6 +477,7 @@ def test_a_child_forked_while_a_thread_is_inside_put_can_put():
     time.sleep(0.1)  # the thread now waits inside its send, holding the turn
     pid = os.fork()
     if pid == 0:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.alarm(5)
         q.put("from the child")
         os._exit(0)
@@ -638,14 +642,18 @@ def _idle_cpu_of(wait):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(r)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(10)
         try:
+            os.close(r)
             t = _cpu()
-            wait()
-        except (queue.Empty, queue.Full):
-            pass
-        os.write(w, repr(_cpu() - t).encode())
-        os._exit(0)
+            try:
+                wait()
+            except (queue.Empty, queue.Full):
+                pass
+            os.write(w, repr(_cpu() - t).encode())
+        finally:
+            os._exit(0)
     os.close(w)
     return pid, r
 
