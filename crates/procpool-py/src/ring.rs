@@ -105,6 +105,9 @@ pub(crate) const STUCK_AFTER: Duration = Duration::from_millis(100);
 /// A held sender lock is looked at for a dead holder after this much waiting.
 const CHECK_HOLDER_AFTER: Duration = Duration::from_millis(2);
 
+/// `pickle.dumps`, looked up once.
+static DUMPS: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+
 /// The ring of a queue.
 #[pyclass(module = "procpool._core", frozen)]
 #[derive(Debug)]
@@ -569,6 +572,43 @@ impl Ring {
     fn put_pickle(&self, py: Python<'_>, ch: PyRef<'_, Channel>, pickle: &[u8]) -> PyResult<()> {
         self.put_slices(py, &ch, &[&[0u8], pickle], &[], None)?;
         Ok(())
+    }
+
+    /// `Queue.put`'s common case in one call: when `obj` is an `int`, `float`, `bool`,
+    /// `None` or a short `str` (exactly those types) and the count `count` is below
+    /// `maxsize`, pickles it, counts it and puts it, waiting for room as long as needed:
+    /// `True`. `False` (nothing done) for anything else.
+    fn put_small(
+        &self,
+        py: Python<'_>,
+        ch: PyRef<'_, Channel>,
+        count: PyRef<'_, crate::counter::Counter>,
+        maxsize: i64,
+        obj: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let small = obj.is_exact_instance_of::<pyo3::types::PyInt>()
+            || obj.is_none()
+            || obj.is_exact_instance_of::<pyo3::types::PyFloat>()
+            || obj.is_exact_instance_of::<pyo3::types::PyBool>()
+            || (obj.is_exact_instance_of::<pyo3::types::PyString>() && obj.len()? < 200);
+        if !small {
+            return Ok(false);
+        }
+        let dumps = DUMPS.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+            Ok(py.import("pickle")?.getattr("dumps")?.unbind())
+        })?;
+        let data = dumps.bind(py).call1((obj, 5))?;
+        let data = data.cast_into::<PyBytes>().map_err(PyErr::from)?;
+        if !count.add_one_below(maxsize) {
+            return Ok(false);
+        }
+        match self.put_slices(py, &ch, &[&[0u8], data.as_bytes()], &[], None) {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                count.add_delta(-1);
+                Err(e)
+            }
+        }
     }
 
     /// Takes one queue message: `(pickle, [buffer, ...], [descriptor, ...])` as
