@@ -424,7 +424,7 @@ fn spin(ready: impl Fn() -> bool) -> bool {
             if Instant::now() >= end {
                 return false;
             }
-            if i.is_multiple_of(512) {
+            if i.is_multiple_of(128) {
                 std::thread::yield_now();
             }
         }
