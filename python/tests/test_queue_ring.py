@@ -288,3 +288,31 @@ def test_a_forged_ring_is_refused():
     finally:
         os.close(fd)
     assert procpool._core.Ring.from_fd(r.fileno()).empty()
+
+
+def _get_forever(q, ready):
+    ready.put("reading")
+    q.get()
+
+
+@pytest.mark.limit(60)
+def test_a_reader_killed_asleep_is_not_counted_as_a_sleeper_for_long():
+    q, ready = procpool.Queue(), procpool.Queue()
+    left_behind = 0
+    for _ in range(3):
+        p = procpool.Process(target=_get_forever, args=(q, ready))
+        p.start()
+        assert ready.get(timeout=20) == "reading"
+        deadline = time.monotonic() + 10
+        while q._ring._sleepers()[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert q._ring._sleepers()[0] == 1  # asleep in get
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(20)
+        # Its count stays behind (unless it was between two sleeps).
+        left_behind += q._ring._sleepers()[0]
+        for i in range(200):  # each put would pay a wake-up system call for it
+            q.put(i)
+        assert q._ring._sleepers()[0] == 0
+        assert [q.get(timeout=5) for _ in range(200)] == list(range(200))
+    assert left_behind >= 1

@@ -68,7 +68,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
 use crate::channel::{Channel, QueueMessage};
-use crate::sync::{alive, futex_wait, futex_wake, token};
+use crate::sync::{alive, futex_wait, token};
 
 /// Messages the ring holds.
 pub(crate) const SLOTS: u64 = 4096;
@@ -99,9 +99,13 @@ const KIND_TOKEN: u32 = 2;
 const SPIN: Duration = Duration::from_micros(50);
 /// Longest sleep between looks at Ctrl-C, dead lock holders and stuck socket messages.
 const SLICE: Duration = Duration::from_millis(20);
+/// The sleep of a reader with no deadline and nothing stuck (a signal ends it early).
+const READER_SLICE: Duration = Duration::from_millis(100);
 /// How long a socket message must wait with the ring empty and no send in flight before
 /// a reader takes it without its token (see the module docs).
 pub(crate) const STUCK_AFTER: Duration = Duration::from_millis(100);
+/// Wake-ups in a row that found no sleeper before a ring clears its count of sleepers.
+const IDLE_WAKES: u32 = 64;
 /// A held sender lock is looked at for a dead holder after this much waiting.
 const CHECK_HOLDER_AFTER: Duration = Duration::from_millis(2);
 
@@ -116,6 +120,8 @@ pub(crate) struct Ring {
     base: usize,
     /// Threads of this process take turns before taking the shared lock.
     local: Mutex<()>,
+    /// Wake-ups in a row that found no sleeper (see [`Ring::wake`]).
+    idle_wakes: AtomicU32,
 }
 
 // SAFETY: the mapping lives as long as the value; shared words are used atomically and
@@ -151,6 +157,7 @@ fn map(fd: OwnedFd) -> PyResult<Ring> {
         fd,
         base: p as usize,
         local: Mutex::new(()),
+        idle_wakes: AtomicU32::new(0),
     })
 }
 
@@ -230,8 +237,7 @@ impl Ring {
     /// Senders asleep for room are woken once a quarter of the ring is free.
     fn wake_senders(&self, left: u64) {
         if left <= SLOTS * 3 / 4 && self.u32_at(WSLEEP).load(SeqCst) > 0 {
-            self.u32_at(WSEQ).fetch_add(1, SeqCst);
-            futex_wake(self.u32_at(WSEQ), i32::MAX);
+            self.wake(WSEQ, WSLEEP, i32::MAX);
         }
     }
 
@@ -254,8 +260,31 @@ impl Ring {
         unsafe { volatile_write(raw.as_ptr(), at, o.next_multiple_of(8)) };
         tail.store(t.wrapping_add(1), SeqCst);
         if self.u32_at(RSLEEP).load(SeqCst) > 0 {
-            self.u32_at(RSEQ).fetch_add(1, SeqCst);
-            futex_wake(self.u32_at(RSEQ), 1);
+            self.wake(RSEQ, RSLEEP, 1);
+        }
+    }
+
+    /// Bumps the futex word at `seq` and wakes `n` of its sleepers. A process killed
+    /// asleep leaves the count of sleepers at `sleep` one too high, which would cost every
+    /// later message a system call: after [`IDLE_WAKES`] wake-ups in a row that found
+    /// nobody asleep, the count is cleared (a live sleeper it missed wakes at the end of
+    /// its slice, and counts itself again).
+    fn wake(&self, seq: usize, sleep: usize, n: i32) {
+        self.u32_at(seq).fetch_add(1, SeqCst);
+        // SAFETY: a live, 4-aligned u32 of the mapping; FUTEX_WAKE only reads the address.
+        let woken = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.u32_at(seq).as_ptr(),
+                libc::FUTEX_WAKE,
+                n,
+            )
+        };
+        if woken > 0 {
+            self.idle_wakes.store(0, Relaxed);
+        } else if self.idle_wakes.fetch_add(1, Relaxed) + 1 >= IDLE_WAKES {
+            self.idle_wakes.store(0, Relaxed);
+            self.u32_at(sleep).store(0, SeqCst);
         }
     }
 
@@ -334,7 +363,7 @@ impl Ring {
             let slice = match slice_to(deadline) {
                 Some(sl) if !room => sl,
                 _ => {
-                    sleepers.fetch_sub(1, SeqCst);
+                    unsleep(sleepers);
                     return Ok(room);
                 }
             };
@@ -343,7 +372,7 @@ impl Ring {
                 // SAFETY: the word is in the mapping `self` keeps for the whole call.
                 futex_wait(unsafe { &*(seq_addr as *const AtomicU32) }, s, slice)
             });
-            sleepers.fetch_sub(1, SeqCst);
+            unsleep(sleepers);
             py.check_signals()?;
         }
     }
@@ -430,6 +459,11 @@ fn spin(ready: impl Fn() -> bool) -> bool {
         }
         std::hint::spin_loop();
     }
+}
+
+/// Takes one sleeper off a count (never below zero: [`Ring::wake`] may have cleared it).
+fn unsleep(sleepers: &AtomicU32) {
+    let _ = sleepers.fetch_update(SeqCst, SeqCst, |v| v.checked_sub(1));
 }
 
 /// The next sleep: at most [`SLICE`], never past `deadline`; `None` once it passed.
@@ -673,27 +707,32 @@ impl Ring {
             sleepers.fetch_add(1, SeqCst);
             fence(SeqCst);
             if self.len() != 0 {
-                sleepers.fetch_sub(1, SeqCst);
+                unsleep(sleepers);
                 continue;
             }
             let mut slice = match slice_to(deadline) {
                 Some(sl) => sl,
                 None => {
-                    sleepers.fetch_sub(1, SeqCst);
+                    unsleep(sleepers);
                     return Ok(None);
                 }
             };
             if stuck_since.is_some() {
                 slice = slice.min(STUCK_AFTER / 4);
+            } else if deadline.is_none() {
+                // Nothing to look at but Ctrl-C, which ends the sleep itself.
+                slice = READER_SLICE;
             }
             let seq_addr = seq as *const AtomicU32 as usize;
-            py.detach(|| {
+            let woken = py.detach(|| {
                 // SAFETY: the word is in the mapping `self` keeps for the whole call.
                 futex_wait(unsafe { &*(seq_addr as *const AtomicU32) }, s, slice)
             });
-            sleepers.fetch_sub(1, SeqCst);
+            unsleep(sleepers);
             py.check_signals()?;
-            spun = false;
+            // Woken by a sender: spin again before the next sleep; a slice that ran out
+            // goes back to sleep at once.
+            spun = !woken;
         }
     }
 
@@ -716,6 +755,14 @@ impl Ring {
             Took::Token => Some("token"),
             Took::Empty => None,
         })
+    }
+
+    /// For tests: `(readers, senders)` the ring counts as asleep.
+    fn _sleepers(&self) -> (u32, u32) {
+        (
+            self.u32_at(RSLEEP).load(SeqCst),
+            self.u32_at(WSLEEP).load(SeqCst),
+        )
     }
 
     /// Whether no message waits in the ring.
