@@ -32,7 +32,7 @@
 //! - **Back-pressure.** The ring holds [`SLOTS`] messages; a sender waits for room
 //!   (so does one whose message goes through the socket: its token needs a slot), as
 //!   long as `timeout` says; told `BrokenPipeError` when no process can read any more.
-//! - **Waits.** A reader that finds the ring empty spins for [`SPIN`] (the sender is
+//! - **Waits.** A reader that finds the ring empty spins for up to [`SPIN`] (the sender is
 //!   likely writing the next message: waking a sleeping process costs far more), then
 //!   sleeps on a futex in the ring that senders bump when they see sleepers. Every
 //!   sleep is cut in slices, with the GIL let go: Ctrl-C interrupts it (the futex call
@@ -97,6 +97,8 @@ const KIND_TOKEN: u32 = 2;
 /// How long a reader that finds the ring empty (or a sender that finds it full) keeps
 /// looking before it sleeps.
 const SPIN: Duration = Duration::from_micros(50);
+/// The shortest spin of a reader whose spins found nothing.
+const MIN_SPIN: Duration = Duration::from_micros(2);
 /// Longest sleep between looks at Ctrl-C, dead lock holders and stuck socket messages.
 const SLICE: Duration = Duration::from_millis(20);
 /// The sleep of a reader with no deadline and nothing stuck (a signal ends it early).
@@ -122,6 +124,8 @@ pub(crate) struct Ring {
     local: Mutex<()>,
     /// Wake-ups in a row that found no sleeper (see [`Ring::wake`]).
     idle_wakes: AtomicU32,
+    /// How long this process's readers spin before sleeping, in ns (adapts; see `get`).
+    spin_ns: AtomicU64,
 }
 
 // SAFETY: the mapping lives as long as the value; shared words are used atomically and
@@ -158,6 +162,7 @@ fn map(fd: OwnedFd) -> PyResult<Ring> {
         base: p as usize,
         local: Mutex::new(()),
         idle_wakes: AtomicU32::new(0),
+        spin_ns: AtomicU64::new(SPIN.as_nanos() as u64),
     })
 }
 
@@ -327,9 +332,11 @@ impl Ring {
                         break;
                     }
                 }
-                Err(_) => {
-                    if since.elapsed() >= CHECK_HOLDER_AFTER * 50 {
-                        since = Instant::now() - CHECK_HOLDER_AFTER;
+                Err(o) => {
+                    if o == 0 || o == me {
+                        // Let go meanwhile, or held by this process (another handle of
+                        // the ring): look at the holder afresh later.
+                        since = Instant::now();
                     }
                     py.detach(|| std::thread::sleep(nap));
                     nap = (nap * 2).min(Duration::from_millis(1));
@@ -345,7 +352,7 @@ impl Ring {
 
     /// Waits for room in the ring (the lock not held): `false` when `deadline` passed.
     fn wait_room(&self, py: Python<'_>, ch: &Channel, deadline: Option<Instant>) -> PyResult<bool> {
-        let roomy = py.detach(|| spin(|| self.has_room()));
+        let roomy = py.detach(|| spin(SPIN, || self.has_room()));
         if roomy {
             return Ok(true);
         }
@@ -439,10 +446,10 @@ impl Drop for Held<'_> {
     }
 }
 
-/// Looks at `ready` for [`SPIN`] at most, giving the processor away now and then (on a
+/// Looks at `ready` for `limit` at most, giving the processor away now and then (on a
 /// busy machine the process being waited for may need it): whether it became true.
-fn spin(ready: impl Fn() -> bool) -> bool {
-    let end = Instant::now() + SPIN;
+fn spin(limit: Duration, ready: impl Fn() -> bool) -> bool {
+    let end = Instant::now() + limit;
     let mut i = 0u32;
     loop {
         if ready() {
@@ -684,15 +691,33 @@ impl Ring {
             }
             if !spun {
                 spun = true;
-                if py.detach(|| spin(|| self.len() != 0)) {
+                // The spin adapts to the stream: it halves after each spin in vain (a
+                // slow sender: its messages would be waited for by sleeping anyway, and
+                // spinning takes a processor it may need), and doubles after each
+                // success, up to [`SPIN`].
+                let limit = Duration::from_nanos(self.spin_ns.load(Relaxed));
+                let got = py.detach(|| spin(limit, || self.len() != 0));
+                let next = if got {
+                    (limit * 2).clamp(MIN_SPIN * 2, SPIN)
+                } else {
+                    (limit / 2).max(MIN_SPIN)
+                };
+                self.spin_ns.store(next.as_nanos() as u64, Relaxed);
+                if got {
                     continue;
                 }
             }
             // The ring stays empty: a socket message without a token (its reader was
             // killed, or it was sent by other means) is read once it has waited so.
-            if self.u32_at(INFLIGHT).load(SeqCst) == 0 && ch.readable_now() {
+            // A send in flight holds it back (its token is coming), unless that lasts ten
+            // times as long (the sender waits for room in a socket full of such
+            // messages, or was stopped).
+            if ch.readable_now() {
                 let first = *stuck_since.get_or_insert_with(Instant::now);
-                if first.elapsed() >= STUCK_AFTER && self.len() == 0 {
+                let waited = first.elapsed();
+                let quiet = self.u32_at(INFLIGHT).load(SeqCst) == 0;
+                if (waited >= STUCK_AFTER && quiet || waited >= STUCK_AFTER * 10) && self.len() == 0
+                {
                     if let Some(m) = ch.recv_message_now(py)? {
                         return Ok(Some(m));
                     }
