@@ -248,6 +248,44 @@ def test_ctrl_c_interrupts_a_put_blocked_on_a_full_ring():
             p.wait()
 
 
+SCRIPT_THREADS = """
+import procpool, sys, threading, time
+q = procpool.Queue()
+big = b"x" * 300_000
+threading.Thread(target=lambda: [q.put(big) for _ in range(1000)], daemon=True).start()
+time.sleep(1.0)  # the thread fills the socket and waits there, holding the sender lock
+print("putting", flush=True)
+try:
+    q.put(big)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.limit(60)
+def test_ctrl_c_interrupts_a_put_waiting_for_another_thread_of_its_process():
+    p = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(SCRIPT_THREADS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout.readline().strip() == "putting"
+        time.sleep(0.5)
+        assert p.poll() is None
+        t = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=10)
+        assert time.monotonic() - t < 2
+        assert (p.returncode, out.strip()) == (3, "interrupted"), err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def test_a_full_ring_with_no_reader_left_tells_the_sender():
     q = procpool.Queue()
     q._ch.close_recv()  # the last receiving end

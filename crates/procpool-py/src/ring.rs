@@ -299,21 +299,24 @@ impl Ring {
 
     /// Takes this process's lock, then the shared one, waiting with the GIL let go.
     fn lock(&self, py: Python<'_>) -> PyResult<Held<'_>> {
+        let mut nap = Duration::from_micros(20);
         let local = loop {
             match self.local.try_lock() {
                 Ok(g) => break g,
                 Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => {
-                    // Wait for the holder with the GIL let go (it may need the GIL to
-                    // finish), then try again.
-                    py.detach(|| drop(self.local.lock()));
+                    // Another thread sends (it may wait for room in the socket): wait with
+                    // the GIL let go (the holder may need it to finish), Ctrl-C heard.
+                    py.detach(|| std::thread::sleep(nap));
+                    nap = (nap * 2).min(Duration::from_millis(1));
+                    py.check_signals()?;
                 }
             }
         };
+        let mut nap = Duration::from_micros(20);
         let me = token();
         let owner = self.u64_at(OWNER);
         let mut since = Instant::now();
-        let mut nap = Duration::from_micros(20);
         loop {
             match owner.compare_exchange(0, me, SeqCst, SeqCst) {
                 Ok(_) => break,
