@@ -105,6 +105,10 @@ def main(ctl=None, applied=None) -> None:
             os._exit(0)
         if forked:
             _imports(body[4 + n :])
+        if b"PROCPOOL_SPARE=" in body[4 + n :]:
+            # A spare process (see ``launcher.rs`` ``_request_spare``): nobody waits
+            # for it, so the caller's main script is compiled first, for it to run.
+            _bootstrap.compile_main(_current.get("main"))
         try:
             pid = _core._fork()
         except OSError as e:
@@ -392,6 +396,7 @@ def _child(fd: int, body: bytes, extra) -> None:
                 os.environ[os.fsdecode(k)] = os.fsdecode(v)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if os.environ.pop("PROCPOOL_PROCESS", None):
+            os.environ.pop("PROCPOOL_SPARE", None)
             from . import process
 
             code = process._child_main()
@@ -400,9 +405,12 @@ def _child(fd: int, body: bytes, extra) -> None:
 
             _bootstrap.lazy_main(_current.get("main"))
             code = _core._serve_worker()
-        from . import _worker  # loaded in the template already
-
-        _worker.flush()
+        for f in (sys.stdout, sys.stderr):  # before the exit, which flushes nothing
+            try:
+                if f is not None:
+                    f.flush()
+            except Exception:
+                pass
     except BaseException:
         import traceback
 

@@ -51,6 +51,10 @@ from . import _passfd_msg as _passfd
 
 __all__ = ["Process", "current_process", "parent_process", "active_children"]
 
+#: Whether a spare process is kept ready for the next :class:`Process` (set
+#: ``PROCPOOL_PROCESS_SPARE=0`` for none; see the README's "What differs").
+_SPARE = os.environ.get("PROCPOOL_PROCESS_SPARE", "1") != "0"
+
 current_process = _mp_process.current_process
 parent_process = _mp_process.parent_process
 active_children = _mp_process.active_children
@@ -92,22 +96,14 @@ class _Popen:
         finally:
             context.set_spawning_popen(None)
         body = buf.getvalue()
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            from . import _template
+        from . import _template
 
-            prep = _template.prep()
-            _template.fork_here(prep)
-            self.pid = _core._launch(theirs.fileno(), [("PROCPOOL_PROCESS", "1")], prep)
-        finally:
-            theirs.close()
-        try:
-            self.sentinel = os.pidfd_open(self.pid)
-        except OSError:
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-            mine.close()
-            raise
+        prep = _template.prep()
+        _template.fork_here(prep)
+        # The spare process when one waits with these settings (see ``_request_spare``),
+        # else a new one.
+        self.pid, sock, self.sentinel = _core._launch_process(prep)
+        mine = socket.socket(fileno=sock)
         self._sock = mine
         try:
             # The process writes where this process writes now (as a fork would).
@@ -118,6 +114,9 @@ class _Popen:
         except OSError:
             pass  # the process died at once: its exit code says how
         self.finalizer = _util.Finalize(self, _close_all, (self.sentinel, mine))
+        if _SPARE:
+            # The next process, forked by the template while this one runs.
+            _core._request_spare(prep)
         global _interrupted
         if _interrupted is None:
             # Registered after ``multiprocessing.util``'s exit function, so run before
