@@ -594,3 +594,34 @@ pub(crate) fn _adopt_template(pid: u32, fd: i32) {
         *guard = Some(new);
     }
 }
+
+/// The pid of this process's spare process (see [`_request_spare`]), after reading the
+/// template's answer if it is still due; None when none waits. For tests.
+#[pyo3::pyfunction]
+pub(crate) fn _spare_pid(py: pyo3::Python<'_>) -> Option<u32> {
+    py.detach(|| {
+        let me = std::process::id();
+        let mut guard = TEMPLATE.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_some_and(|t| t.owner == me) {
+            settle(&mut guard);
+        }
+        drop(guard);
+        SPARE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|s| s.owner == me)
+            .map(|s| s.pid)
+    })
+}
+
+/// The pid of this process's template, if it runs. For tests.
+#[pyo3::pyfunction]
+pub(crate) fn _template_pid() -> Option<u32> {
+    TEMPLATE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .filter(|t| t.owner == std::process::id())
+        .map(|t| t.pid)
+}
