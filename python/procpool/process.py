@@ -15,6 +15,13 @@ and gets its target and arguments pickled (by reference where they have a name, 
 * ``sentinel`` is a process descriptor (pidfd), usable with ``select`` and
   :func:`multiprocessing.connection.wait`.
 
+After the first ``start()``, the template keeps a spare process ready (forked while the
+process just started runs; it waits for its target without using the CPU), which the
+next ``start()`` uses when the caller's settings (environment, working directory,
+``sys.path``, ``sys.argv``, authentication key, imported packages) are those it was forked
+with; else it is killed and reaped and a new process is forked. ``PROCPOOL_PROCESS_SPARE=0``
+in the environment keeps none.
+
 Example::
 
     import procpool
