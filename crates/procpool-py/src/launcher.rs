@@ -171,10 +171,8 @@ impl Template {
             let _ = self.ctl.set_nonblocking(true);
             if (&self.ctl).read_exact(&mut answer).is_ok() {
                 let spare = i64::from_le_bytes(answer);
-                if spare > 0 {
-                    if let Ok(pidfd) = pidfd_open(spare as u32) {
-                        discard(spare as u32, &pidfd);
-                    }
+                if let Some(pidfd) = (spare > 0).then(|| pidfd_open(spare as u32).ok()).flatten() {
+                    discard(&pidfd);
                 }
             }
             drop(sock);
@@ -457,7 +455,7 @@ fn settle(guard: &mut Option<Template>) {
             let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(old) = spare.replace(new) {
                 if old.owner == std::process::id() {
-                    discard(old.pid, &old.pidfd);
+                    discard(&old.pidfd);
                 } else {
                     std::mem::forget(old);
                 }
@@ -488,7 +486,7 @@ fn take_spare(prep: &[u8]) -> Option<Spare> {
         return None;
     }
     if s.prep != prep || !alive(&s.pidfd) {
-        discard(s.pid, &s.pidfd);
+        discard(&s.pidfd);
         return None;
     }
     Some(s)
@@ -523,9 +521,8 @@ fn alive(pidfd: &OwnedFd) -> bool {
 
 /// Kills (through its pidfd: never another process that took its pid) and reaps a
 /// spare process.
-fn discard(pid: u32, pidfd: &OwnedFd) {
+fn discard(pidfd: &OwnedFd) {
     use std::os::fd::AsRawFd;
-    let _ = pid;
     // SAFETY: plain system calls on a pidfd we own; the waitid fills a local siginfo.
     unsafe {
         libc::syscall(
