@@ -311,12 +311,12 @@ pub(crate) fn _launch_process(
     prep: Vec<u8>,
 ) -> pyo3::PyResult<(u32, i32, i32)> {
     use std::os::fd::IntoRawFd;
+    if let Some(s) = py.detach(|| take_spare(&prep)) {
+        return Ok((s.pid, s.sock.into_raw_fd(), s.pidfd.into_raw_fd()));
+    }
     let launcher = process_launcher(py, prep)?;
     let (pid, sock, pidfd) = py.detach(move || -> io::Result<(u32, UnixStream, OwnedFd)> {
         use std::os::fd::AsFd;
-        if let Some(s) = take_spare(&launcher.prep) {
-            return Ok((s.pid, s.sock, s.pidfd));
-        }
         let (mine, theirs) = UnixStream::pair()?;
         let env = vec![(OsString::from(PROCESS_ENV.0), OsString::from(PROCESS_ENV.1))];
         let mut pid = None;
