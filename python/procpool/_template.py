@@ -396,10 +396,10 @@ def _child(fd: int, body: bytes, extra) -> None:
                 os.environ[os.fsdecode(k)] = os.fsdecode(v)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if os.environ.pop("PROCPOOL_PROCESS", None):
-            os.environ.pop("PROCPOOL_SPARE", None)
+            spare = bool(os.environ.pop("PROCPOOL_SPARE", None))
             from . import process
 
-            code = process._child_main()
+            code = process._child_main(spare)
         else:
             from . import _bootstrap, _core
 

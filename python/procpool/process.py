@@ -360,14 +360,18 @@ class Process(_mp_process.BaseProcess):
         pass
 
 
-def _child_main() -> int:
+def _child_main(spare: bool = False) -> int:
     """In a process forked from the template for a :class:`Process`: reads what to run
-    from standard input (a socket from the parent), runs it, returns the exit code."""
+    from standard input (a socket from the parent), runs it, returns the exit code. A
+    spare process (``spare``) first writes its pid there, for the parent to find it if
+    the template dies before telling it."""
     _core._die_with_parent_group()
     sock = socket.socket(fileno=os.dup(0))
     os.close(0)
     os.open(os.devnull, os.O_RDONLY)
     try:
+        if spare:
+            sock.sendall(struct.pack("<q", os.getpid()))
         head, fds, _flags, _addr = socket.recv_fds(sock, 12, 255)
         if len(head) < 12:
             return 70

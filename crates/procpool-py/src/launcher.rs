@@ -49,9 +49,9 @@ struct Template {
     /// The process that started it: a child made by `fork` must start its own (the
     /// template forks workers as children of its own parent).
     owner: u32,
-    /// A spare process asked for (see [`_request_spare`]) whose pid the template has not
-    /// been read yet: this process's end of its socket, and the settings it was asked
-    /// with. Read before any other request is sent.
+    /// A spare process asked for (see [`_request_spare`]) whose pid, the template's
+    /// answer, has not been read yet: this process's end of its socket, and the settings
+    /// it was asked with. The answer is read before any other request is sent.
     pending: Option<(UnixStream, Vec<u8>)>,
 }
 
@@ -166,18 +166,6 @@ impl Template {
     /// reported yet, if its answer came).
     fn end(self) {
         let pid = self.pid as libc::pid_t;
-        if let Some((sock, _)) = self.pending {
-            let mut answer = [0u8; 8];
-            let _ = self.ctl.set_nonblocking(true);
-            if (&self.ctl).read_exact(&mut answer).is_ok() {
-                let spare = i64::from_le_bytes(answer);
-                if let Some(pidfd) = (spare > 0).then(|| pidfd_open(spare as u32).ok()).flatten() {
-                    discard(&pidfd);
-                }
-            }
-            drop(sock);
-        }
-        drop(self.ctl);
         // SAFETY: plain kill and waitpid calls on our own child.
         unsafe {
             libc::kill(pid, libc::SIGKILL);
@@ -185,6 +173,21 @@ impl Template {
                 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
             {}
         }
+        if let Some((sock, _)) = self.pending {
+            // All the template wrote is there now: a spare it forked is killed and
+            // reaped, found by its answer or by the spare's own word.
+            let mut answer = [0u8; 8];
+            let _ = self.ctl.set_nonblocking(true);
+            if (&self.ctl).read_exact(&mut answer).is_ok() {
+                let spare = i64::from_le_bytes(answer);
+                if let Some(pidfd) = (spare > 0).then(|| pidfd_open(spare as u32).ok()).flatten() {
+                    discard(&pidfd);
+                }
+            } else {
+                reap_unreported(sock);
+            }
+        }
+        drop(self.ctl);
     }
 }
 
@@ -465,6 +468,22 @@ fn settle(guard: &mut Option<Template>) {
             if let Some(t) = guard.take() {
                 t.end();
             }
+            reap_unreported(sock);
+        }
+    }
+}
+
+/// The template died, or stopped answering, after a spare was asked for and before its
+/// pid came: a spare it forked writes its own pid first on its socket (`sock`), so it is
+/// killed and reaped here rather than left a zombie. An end of file means none was
+/// forked (the template's copy of the spare's socket end went with it).
+fn reap_unreported(sock: UnixStream) {
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut pid = [0u8; 8];
+    if (&sock).read_exact(&mut pid).is_ok() {
+        let pid = i64::from_le_bytes(pid);
+        if let Some(pidfd) = (pid > 0).then(|| pidfd_open(pid as u32).ok()).flatten() {
+            discard(&pidfd);
         }
     }
 }

@@ -38,15 +38,20 @@ def run(c):
 
 def children():
     """{pid: state} of this process's children (zombies included)."""
-    out = {}
+    pids = []
     for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/children") as f:
-            for pid in f.read().split():
-                try:
-                    with open(f"/proc/{pid}/stat") as s:
-                        out[int(pid)] = s.read().rsplit(")", 1)[1].split()[0]
-                except FileNotFoundError:
-                    pass
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids += f.read().split()
+        except FileNotFoundError:  # a thread that has just ended
+            pass
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as s:
+                out[int(pid)] = s.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            pass
     return out
 
 
@@ -111,12 +116,15 @@ def main(mode):
         out["spare_used"] = p.pid == spare
         p.join(20)
         out["codes"] = [p.exitcode] + [run(c) for c in (3, 0, 4)]
-        # Killed while a spare request waits for its answer.
-        p = procpool.Process(target=code, args=(5,))
-        p.start()
-        os.kill(_core._template_pid(), signal.SIGKILL)
-        p.join(20)
-        out["codes"] += [p.exitcode] + [run(c) for c in (6, 0)]
+        # Killed while a spare request waits for its answer (before, during or after
+        # the spare's fork), five times.
+        for c in (5, 6, 7, 8, 9):
+            p = procpool.Process(target=code, args=(c,))
+            p.start()
+            os.kill(_core._template_pid(), signal.SIGKILL)
+            p.join(20)
+            out["codes"].append(p.exitcode)
+        out["codes"] += [run(c) for c in (10, 0)]
     elif mode == "many":
         run(0)
         wait_spare()
