@@ -15,7 +15,7 @@ and gets its target and arguments pickled (by reference where they have a name, 
 * ``sentinel`` is a process descriptor (pidfd), usable with ``select`` and
   :func:`multiprocessing.connection.wait`.
 
-After the first ``start()``, the template keeps a spare process ready (forked while the
+After the second ``start()``, the template keeps a spare process ready (forked while the
 process just started runs; it waits for its target without using the CPU), which the
 next ``start()`` uses when the caller's settings (environment, working directory,
 ``sys.path``, ``sys.argv``, authentication key, imported packages) are those it was forked
@@ -61,6 +61,9 @@ __all__ = ["Process", "current_process", "parent_process", "active_children"]
 #: Whether a spare process is kept ready for the next :class:`Process` (set
 #: ``PROCPOOL_PROCESS_SPARE=0`` for none; see the README's "What differs").
 _SPARE = os.environ.get("PROCPOOL_PROCESS_SPARE", "1") != "0"
+
+#: How many processes this process has started.
+_starts = 0
 
 current_process = _mp_process.current_process
 parent_process = _mp_process.parent_process
@@ -121,8 +124,11 @@ class _Popen:
         except OSError:
             pass  # the process died at once: its exit code says how
         self.finalizer = _util.Finalize(self, _close_all, (self.sentinel, mine))
-        if _SPARE:
-            # The next process, forked by the template while this one runs.
+        global _starts
+        _starts += 1
+        if _SPARE and _starts > 1:
+            # The next process, forked by the template while this one runs (from the
+            # second start on: a program that starts one process wastes none).
             _core._request_spare(prep)
         global _interrupted
         if _interrupted is None:

@@ -8,6 +8,7 @@
 * the spare SIGKILLed before it is used (a fresh process is started instead), and
   stopped then killed while handed a target (that start's exit code says so, the next
   start works);
+* a program that starts one process gets no spare (none is forked for nothing);
 * 150 starts in a row and 72 from six threads at once: every exit code right, no
   descriptor, zombie or process left over;
 * the caller's environment, working directory, ``sys.path`` and imported modules
@@ -74,7 +75,7 @@ def test_parent_sigkilled_with_a_spare_waiting_leaves_nothing():
 def test_spare_killed_before_use_and_while_handed_a_target():
     out = _run("spare_killed")
     assert out["had_spare"]
-    assert out["first"] == 3
+    assert out["first"] == [3, 0]
     assert out["after"] == [4, 0, 5]
     assert out["dead_spare_reaped"]
     used, rc = out["stopped_then_killed"]
@@ -85,9 +86,16 @@ def test_spare_killed_before_use_and_while_handed_a_target():
 @pytest.mark.limit(25)
 def test_template_killed_with_a_spare_waiting_or_asked_for():
     out = _run("template_killed")
-    assert out["first"] == 1
+    assert out["first"] == [1, 0]
     assert out["spare_used"]
     assert out["codes"] == [2, 3, 0, 4, 5, 6, 7, 8, 9, 10, 0], out
+
+
+@pytest.mark.limit(25)
+def test_a_program_that_starts_one_process_gets_no_spare():
+    out = _run("one")
+    assert out["code"] == 4
+    assert out["spare"] is None, out
 
 
 @pytest.mark.limit(40)

@@ -83,12 +83,13 @@ def main(mode):
     out = {}
     if mode == "hold":
         run(0)
+        run(0)  # a spare is asked for from the second start on
         spare = wait_spare()
         print("READY", spare, _core._template_pid(), flush=True)
         time.sleep(60)
         return
     if mode == "spare_killed":
-        out["first"] = run(3)
+        out["first"] = [run(3), run(0)]
         spare = wait_spare()
         out["had_spare"] = spare is not None
         os.kill(spare, signal.SIGKILL)
@@ -106,7 +107,7 @@ def main(mode):
         out["stopped_then_killed"] = [used, p.exitcode]
         out["next"] = run(7)
     elif mode == "template_killed":
-        out["first"] = run(1)
+        out["first"] = [run(1), run(0)]
         spare = wait_spare()
         os.kill(_core._template_pid(), signal.SIGKILL)
         time.sleep(0.1)
@@ -125,7 +126,12 @@ def main(mode):
             p.join(20)
             out["codes"].append(p.exitcode)
         out["codes"] += [run(c) for c in (10, 0)]
+    elif mode == "one":
+        out["code"] = run(4)
+        time.sleep(0.3)
+        out["spare"] = _core._spare_pid()
     elif mode == "many":
+        run(0)
         run(0)
         wait_spare()
         before = fds()
@@ -159,6 +165,7 @@ def main(mode):
             p.join(20)
             return r
 
+        look()
         out["a"] = look()
         wait_spare()
         os.environ["SPARE_VAR"] = "changed"
