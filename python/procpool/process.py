@@ -15,7 +15,7 @@ and gets its target and arguments pickled (by reference where they have a name, 
 * ``sentinel`` is a process descriptor (pidfd), usable with ``select`` and
   :func:`multiprocessing.connection.wait`.
 
-After the second ``start()``, the template keeps a spare process ready (forked while the
+From the second ``start()`` on, the template keeps a spare process ready (forked while the
 process just started runs; it waits for its target without using the CPU), which the
 next ``start()`` uses when the caller's settings (environment, working directory,
 ``sys.path``, ``sys.argv``, authentication key, imported packages) are those it was forked
@@ -113,7 +113,7 @@ class _Popen:
         # The spare process when one waits with these settings (see ``_request_spare``),
         # else a new one.
         self.pid, sock, self.sentinel = _core._launch_process(prep)
-        mine = socket.socket(fileno=sock)
+        mine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, sock)
         self._sock = mine
         try:
             # The process writes where this process writes now (as a fork would).
