@@ -977,10 +977,22 @@ impl<'p> Call<'p> {
     {
         self.check()?;
         let mut it = Imap::new(self.feeder("map", f, items.into_iter()), true);
-        let mut out = Vec::with_capacity(it.size_hint().0);
-        while let Some(chunk) = it.next_chunk(true) {
-            chunk.extend_into(&mut out)?;
-        }
+        let (lo, hi) = it.size_hint();
+        let mut out = Vec::with_capacity(lo);
+        // A large vector of known length is faulted in ahead of the values, off this
+        // thread (see `warm`).
+        let warm = if hi == Some(lo) {
+            crate::warm::Warmer::start(&mut out)
+        } else {
+            None
+        };
+        let r = it.collect_all_into(&mut out, |out| {
+            if let Some(w) = &warm {
+                w.watch(out);
+            }
+        });
+        drop(warm);
+        r?;
         Ok(out)
     }
 
