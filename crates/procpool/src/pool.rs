@@ -619,6 +619,12 @@ impl Pool {
     /// task's index and cause. Items may be the arguments or borrow as them
     /// (`pool.map(f, &vec)`); see [`Value`] for why arguments are owned values.
     ///
+    /// Results are decoded into the returned vector as their chunks come back in order.
+    /// When the input's length is known and the results take 16 MiB or more, a helper
+    /// thread (`procpool-warm`) maps the vector's memory ahead of them for the length of
+    /// the call, so that the calling thread, which encodes and decodes every chunk, does
+    /// not also take a page fault every 4 KiB.
+    ///
     /// ```
     /// # fn main() -> Result<(), procpool::Error> {
     /// # procpool::init();
