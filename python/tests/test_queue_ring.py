@@ -286,6 +286,32 @@ def test_ctrl_c_interrupts_a_put_waiting_for_another_thread_of_its_process():
             p.wait()
 
 
+def test_put_nowait_does_not_wait_for_a_sender_blocked_on_a_full_socket():
+    import threading
+
+    q = procpool.Queue()
+    t = threading.Thread(target=lambda: [q.put(BIG) for _ in range(100)], daemon=True)
+    t.start()  # fills the socket (about 64 large messages), then waits holding the lock
+    deadline = time.monotonic() + 20
+    while q._ch.poll(0) is False or q.qsize() < 40:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert t.is_alive()
+    start = time.monotonic()
+    with pytest.raises(queue.Full):
+        q.put_nowait(1)
+    with pytest.raises(queue.Full):
+        q.put(2, timeout=0.2)
+    assert time.monotonic() - start < 2
+    got = 0
+    while t.is_alive() or got < 100:
+        assert q.get(timeout=10) == BIG
+        got += 1
+    t.join(10)
+    assert got == 100 and q.empty()
+
+
 def test_a_full_ring_with_no_reader_left_tells_the_sender():
     q = procpool.Queue()
     q._ch.close_recv()  # the last receiving end

@@ -297,14 +297,22 @@ impl Ring {
         self.len() < SLOTS
     }
 
-    /// Takes this process's lock, then the shared one, waiting with the GIL let go.
-    fn lock(&self, py: Python<'_>) -> PyResult<Held<'_>> {
+    /// Takes this process's lock, then the shared one, waiting with the GIL let go;
+    /// `None` when `deadline` passed first (though never before a millisecond of trying:
+    /// another sender holds the lock a few microseconds as a rule, unless it waits for
+    /// room in the socket).
+    fn lock(&self, py: Python<'_>, deadline: Option<Instant>) -> PyResult<Option<Held<'_>>> {
+        let give_up = deadline.map(|d| d.max(Instant::now() + Duration::from_millis(1)));
+        let late = || give_up.is_some_and(|g| Instant::now() >= g);
         let mut nap = Duration::from_micros(20);
         let local = loop {
             match self.local.try_lock() {
                 Ok(g) => break g,
                 Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => {
+                    if late() {
+                        return Ok(None);
+                    }
                     // Another thread sends (it may wait for room in the socket): wait with
                     // the GIL let go (the holder may need it to finish), Ctrl-C heard.
                     py.detach(|| std::thread::sleep(nap));
@@ -336,6 +344,9 @@ impl Ring {
                     }
                 }
                 Err(o) => {
+                    if late() {
+                        return Ok(None);
+                    }
                     if o == 0 || o == me {
                         // Let go meanwhile, or held by this process (another handle of
                         // the ring): look at the holder afresh later.
@@ -347,10 +358,10 @@ impl Ring {
                 }
             }
         }
-        Ok(Held {
+        Ok(Some(Held {
             ring: self,
             _local: local,
-        })
+        }))
     }
 
     /// Waits for room in the ring (the lock not held): `false` when `deadline` passed.
@@ -408,7 +419,9 @@ impl Ring {
         let deadline = deadline_of(timeout)?;
         loop {
             {
-                let held = self.lock(py)?;
+                let Some(held) = self.lock(py, deadline)? else {
+                    return Ok(false);
+                };
                 if self.has_room() {
                     if small {
                         self.publish(KIND_DATA, slices);
@@ -767,7 +780,7 @@ impl Ring {
     /// For tests: takes the sender lock and never lets it go in this process, as a
     /// sender killed holding it would (with a socket send in flight when `inflight`).
     fn _hold_lock_forever(&self, py: Python<'_>, inflight: bool) -> PyResult<()> {
-        let held = self.lock(py)?;
+        let held = self.lock(py, None)?.expect("no deadline");
         if inflight {
             self.u32_at(INFLIGHT).store(1, SeqCst);
         }
