@@ -28,15 +28,21 @@
 //!   is skipped: a reader finding the socket empty goes on). A socket message left
 //!   without a token (its reader was killed after taking the token) is read by a reader
 //!   that finds the ring empty, the socket not, and no send in flight, for
-//!   [`STUCK_AFTER`]: late, never lost.
+//!   [`STUCK_AFTER`] (ten times that with a send in flight): late, never lost. Order
+//!   between one sender's messages can differ from `put`'s only after such a kill.
 //! - **Back-pressure.** The ring holds [`SLOTS`] messages; a sender waits for room
 //!   (so does one whose message goes through the socket: its token needs a slot), as
 //!   long as `timeout` says; told `BrokenPipeError` when no process can read any more.
 //! - **Waits.** A reader that finds the ring empty spins for up to [`SPIN`] (the sender is
 //!   likely writing the next message: waking a sleeping process costs far more), then
-//!   sleeps on a futex in the ring that senders bump when they see sleepers. Every
-//!   sleep is cut in slices, with the GIL let go: Ctrl-C interrupts it (the futex call
-//!   returns on a signal and the program's handlers run), and a deadline is kept.
+//!   sleeps on a futex in the ring that senders bump when they see sleepers (the spin
+//!   halves each time it finds nothing, down to [`MIN_SPIN`], and doubles back when it
+//!   does: a slow stream costs no spinning). A process killed asleep leaves the count of
+//!   sleepers too high; it is cleared after [`IDLE_WAKES`] wake-ups that found nobody.
+//!   Every sleep is cut in slices, with the GIL let go: Ctrl-C interrupts it (the futex
+//!   call returns on a signal and the program's handlers run), and a deadline is kept.
+//!   A `put` with a timeout gives up on the sender lock too (after at least 1 ms), for a
+//!   holder may wait for room in the socket.
 //!
 //! The mapping is never at risk from peers: the memfd is sealed against shrinking and
 //! growing before it is shared, and checked so when received. A peer that scribbles
