@@ -9,6 +9,10 @@ system call, with no feeder thread:
   never part of it;
 * several processes reading one queue each take whole messages, none twice;
 * large messages travel in shared memory (a memfd), not through the socket;
+* a ``Queue``'s small messages (a pickle of at most 248 bytes, no descriptor) go through a
+  ring of slots in shared memory instead (``_core.Ring``, see ``crates/procpool-py/src/
+  ring.rs``): no system call per message unless a reader sleeps; other messages go
+  through the socket with a token in the ring, so one sender's messages stay in order;
 * a queue or pipe end can itself be sent: as a ``Process`` argument, inside another
   message, and as a ``Pool`` task argument or ``initargs`` (copied from the sending
   process with ``pidfd_getfd`` there, so that process must still be running).
@@ -233,8 +237,8 @@ class Queue:
 
     ``put`` pickles the object and sends it at once, in the calling thread (there is no
     feeder thread: an object that cannot be pickled raises in ``put``); it waits while the
-    queue holds ``maxsize`` messages, or while its socket is full (about 4 MiB of small
-    messages; large ones travel out of band).
+    queue holds ``maxsize`` messages, or while its ring is full (4096 messages) or its
+    socket is (large messages travel out of band).
 
     Example::
 
@@ -250,6 +254,7 @@ class Queue:
             maxsize = _UNBOUNDED
         self._maxsize = maxsize
         self._ch = _core.Channel(_CAPACITY)
+        self._ring = _core.Ring()
         self._count = _core.Counter()
         self._closed = False
 
@@ -263,6 +268,7 @@ class Queue:
                 _passfd.attach(self._ch.send_fd()),
                 _passfd.attach(self._ch.recv_fd()),
                 _passfd.attach(self._count.fileno()),
+                _passfd.attach(self._ring.fileno()),
                 self._extra_fds(),
             ),
         )
@@ -282,17 +288,21 @@ class Queue:
         """
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
+        if block and timeout is None and self._ring.put_small(
+            self._ch, self._count, self._maxsize, obj
+        ):
+            # The common case (a small number or string, room in the count), in one call.
+            return
         parts, fds = _dumps_message(obj)
         count = self._count
         if block and timeout is None and count.add_below(self._maxsize):
             # The common case: room in the count, waiting for room in the socket as long
             # as needed.
             try:
-                self._ch.send(parts, fds, None)
+                self._ring.put(self._ch, parts, fds, None)
             except BaseException:
                 count.add(-1)
                 raise
-            self._sent(1)
             return
         wait = _deadline(block, timeout)
         deadline = None if wait is None else time.monotonic() + wait
@@ -301,28 +311,29 @@ class Queue:
                 raise _queue.Full
         try:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            sent = self._ch.send(parts, fds, left)
+            sent = self._ring.put(self._ch, parts, fds, left)
         except BaseException:
             count.add(-1)
             raise
         if not sent:
             count.add(-1)
             raise _queue.Full
-        self._sent(1)
-
-    def _sent(self, n):
-        pass
 
     def get(self, block=True, timeout=None):
         """Removes and returns an item; raises :class:`queue.Empty` when none comes in
         time (or at once when ``block`` is false)."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        r = self._ch.recv_message(_deadline(block, timeout))
+        r = self._ring.get(
+            self._ch, None if block and timeout is None else _deadline(block, timeout)
+        )
         if r is None:
             raise _queue.Empty
         self._count.take_one()
-        return _loads_message(*r)
+        data, bufs, fds = r
+        if not fds and not bufs:
+            return _loads_plain(data)
+        return _loads_message(data, bufs, fds)
 
     def put_nowait(self, obj):
         """``put(obj, False)``."""
@@ -339,7 +350,7 @@ class Queue:
 
     def empty(self):
         """Whether no message is waiting now."""
-        return not self._ch.poll(0)
+        return self._ring.empty() and not self._ch.poll(0)
 
     def full(self):
         """Whether the queue holds ``maxsize`` messages."""
@@ -364,16 +375,17 @@ class Queue:
         return f"<procpool.{type(self).__name__} at {id(self):#x}>"
 
 
-_NOT_STATE = ("_ch", "_count", "_unfinished")
+_NOT_STATE = ("_ch", "_count", "_unfinished", "_ring")
 
 
-def _rebuild(cls, state, send, recv, count, extra):
+def _rebuild(cls, state, send, recv, count, ring, extra):
     self = cls.__new__(cls)
     self.__dict__.update(state)
-    fds = [_passfd.take(send), _passfd.take(recv), _passfd.take(count)]
+    fds = [_passfd.take(send), _passfd.take(recv), _passfd.take(count), _passfd.take(ring)]
     try:
         self._ch = _core.Channel.from_fds(fds[0], fds[1])
         self._count = _core.Counter.from_fd(fds[2])
+        self._ring = _core.Ring.from_fd(fds[3])
     finally:
         for fd in fds:
             os.close(fd)

@@ -47,6 +47,79 @@ fn borrowed(fd: i32) -> PyResult<OwnedFd> {
     Ok(unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?)
 }
 
+impl Channel {
+    /// Sends `parts` as one message with `fds` attached, waiting for room at most
+    /// `timeout` (`None`: as long as needed); `Ok(false)` when the queue stayed full.
+    pub(crate) fn send_slices(
+        &self,
+        py: Python<'_>,
+        slices: &[&[u8]],
+        borrowed: &[BorrowedFd<'_>],
+        timeout: Option<Duration>,
+    ) -> PyResult<bool> {
+        let tx = self.tx.as_ref().ok_or_else(closed)?;
+        // The common case, a queue with room, without letting the GIL go.
+        match tx.send_parts(slices, borrowed, Some(Duration::ZERO)) {
+            Ok(true) => return Ok(true),
+            Ok(false) if timeout == Some(Duration::ZERO) => return Ok(false),
+            Ok(false) => {}
+            Err(e) => return send_error(e),
+        }
+        // Full: wait for room with the GIL let go, running the program's signal handlers
+        // when a signal comes (Ctrl-C raises `KeyboardInterrupt` here, as in the stdlib).
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let fd = tx.as_fd().as_raw_fd();
+        loop {
+            if !wait_ready(py, fd, false, deadline)? {
+                return Ok(false);
+            }
+            match tx.send_parts(slices, borrowed, Some(Duration::ZERO)) {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(e) => return send_error(e),
+            }
+        }
+    }
+
+    /// A queue message waiting in the socket now, if any (as `recv_message(0)`).
+    pub(crate) fn recv_message_now<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<QueueMessage<'py>>> {
+        self.recv_message(py, Some(0.0))
+    }
+
+    /// Whether every receiving end of the socket is closed (a send would fail).
+    pub(crate) fn readers_gone(&self) -> bool {
+        let Some(tx) = self.tx.as_ref() else {
+            return false;
+        };
+        let mut p = libc::pollfd {
+            fd: tx.as_fd().as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on the stack, no wait.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0
+    }
+
+    /// Whether a message is waiting in the socket now (or every sender is gone).
+    pub(crate) fn readable_now(&self) -> bool {
+        let Some(rx) = self.rx.as_ref() else {
+            return false;
+        };
+        let mut p = libc::pollfd {
+            fd: rx.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on the stack, no wait.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n > 0 && p.revents & libc::POLLIN != 0
+    }
+}
+
 #[pymethods]
 impl Channel {
     /// A new channel whose queue holds about `capacity` bytes (`None`: the system's
@@ -132,7 +205,6 @@ impl Channel {
         fds: Vec<i32>,
         timeout: Option<f64>,
     ) -> PyResult<bool> {
-        let tx = self.tx.as_ref().ok_or_else(closed)?;
         if fds.iter().any(|&f| f < 0) {
             return Err(PyValueError::new_err("a message's descriptor is negative"));
         }
@@ -144,27 +216,7 @@ impl Channel {
             .map(|&f| unsafe { BorrowedFd::borrow_raw(f) })
             .collect();
         let timeout = crate::args::duration(timeout, "timeout")?;
-        // The common case, a queue with room, without letting the GIL go.
-        match tx.send_parts(&slices, &borrowed, Some(Duration::ZERO)) {
-            Ok(true) => return Ok(true),
-            Ok(false) if timeout == Some(Duration::ZERO) => return Ok(false),
-            Ok(false) => {}
-            Err(e) => return send_error(e),
-        }
-        // Full: wait for room with the GIL let go, running the program's signal handlers
-        // when a signal comes (Ctrl-C raises `KeyboardInterrupt` here, as in the stdlib).
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let fd = tx.as_fd().as_raw_fd();
-        loop {
-            if !wait_ready(py, fd, false, deadline)? {
-                return Ok(false);
-            }
-            match tx.send_parts(&slices, &borrowed, Some(Duration::ZERO)) {
-                Ok(true) => return Ok(true),
-                Ok(false) => {}
-                Err(e) => return send_error(e),
-            }
-        }
+        self.send_slices(py, &slices, &borrowed, timeout)
     }
 
     /// Receives one message: `(bytes, [descriptor, ...])` (a `bytearray` when
@@ -234,7 +286,7 @@ impl Channel {
 }
 
 /// A queue message as Python gets it: the pickle, its out-of-band buffers, descriptors.
-type QueueMessage<'py> = (Bound<'py, PyAny>, Vec<Bound<'py, PyAny>>, Vec<i32>);
+pub(crate) type QueueMessage<'py> = (Bound<'py, PyAny>, Vec<Bound<'py, PyAny>>, Vec<i32>);
 
 fn raw_fds(fds: Vec<OwnedFd>) -> Vec<i32> {
     fds.into_iter().map(IntoRawFd::into_raw_fd).collect()
@@ -404,7 +456,12 @@ fn send_error<T>(e: procpool::SendError<()>) -> PyResult<T> {
 /// (`true`), or `deadline` passes (`false`). A signal that interrupts the wait runs the
 /// program's Python handlers; an exception they raise (`KeyboardInterrupt` for Ctrl-C)
 /// ends the wait, otherwise it goes on.
-fn wait_ready(py: Python<'_>, fd: i32, read: bool, deadline: Option<Instant>) -> PyResult<bool> {
+pub(crate) fn wait_ready(
+    py: Python<'_>,
+    fd: i32,
+    read: bool,
+    deadline: Option<Instant>,
+) -> PyResult<bool> {
     let events = if read { libc::POLLIN } else { libc::POLLOUT };
     loop {
         let ms = match deadline {

@@ -18,6 +18,7 @@ mod launcher;
 mod mpi;
 mod passfd;
 mod py;
+mod ring;
 mod run;
 mod runner;
 mod stream;
@@ -190,6 +191,7 @@ fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::Stream>()?;
     m.add_class::<channel::Channel>()?;
     m.add_class::<counter::Counter>()?;
+    m.add_class::<ring::Ring>()?;
     m.add_function(wrap_pyfunction!(counter::_pidfd_getfd, m)?)?;
     m.add_function(wrap_pyfunction!(_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_die_with_parent, m)?)?;

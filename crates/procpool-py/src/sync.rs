@@ -137,7 +137,7 @@ pub(crate) fn alive(token: u64) -> bool {
 
 /// Sleeps while `*word == expected`, at most `timeout`. `true` if woken (or the word
 /// changed, or a signal came), `false` on timeout.
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) -> bool {
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) -> bool {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
@@ -157,7 +157,7 @@ fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) -> bool {
 }
 
 /// Wakes at most `n` sleepers on `word`.
-fn futex_wake(word: &AtomicU32, n: i32) {
+pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
     // SAFETY: as in `futex_wait`; FUTEX_WAKE only reads the address.
     unsafe {
         libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n);
