@@ -60,6 +60,17 @@ struct PySource {
     /// Whether chunks end at the feed's soft byte limit (`Limits::soft_bytes`), however
     /// many items the chunk size allows: the run follows its consumer (an `imap`).
     cut: bool,
+    /// The largest chunk made so far: its payload's bytes and its items (see
+    /// [`Run::stats`]).
+    largest: (usize, u32),
+}
+
+impl PySource {
+    /// Notes a chunk of `n` items whose payload is `bytes` long.
+    fn made(&mut self, bytes: usize, n: u32) {
+        self.per_item = bytes.div_ceil(n.max(1) as usize);
+        self.largest = (self.largest.0.max(bytes), self.largest.1.max(n));
+    }
 }
 
 /// What the parent keeps of a job of several items, to send its items again one by one.
@@ -212,7 +223,7 @@ impl PySource {
             return match pickle_plain_into(py, out, &list, n, self.star) {
                 Ok(()) => {
                     self.plain_per_item = (out.len() - before).div_ceil(n as usize);
-                    self.per_item = self.plain_per_item;
+                    self.made(out.len(), n);
                     if n > 1 {
                         lock(&self.kept).insert(self.next_index, Kept::Plain(n));
                     }
@@ -245,7 +256,7 @@ impl PySource {
         match failed {
             None => match encode_pickled(out, &t, n, self.star) {
                 Ok(()) => {
-                    self.per_item = out.len().div_ceil(n as usize);
+                    self.made(out.len(), n);
                     if n > 1 {
                         lock(&self.kept).insert(self.next_index, Kept::Items(items));
                     }
@@ -495,6 +506,31 @@ pub(crate) struct State {
     cancel_sent: bool,
     /// Pieces of an unordered run received by [`pump`], not yet decoded.
     parked: VecDeque<Piece>,
+    /// The most the run has held at once (see [`Run::stats`]).
+    peak: Peak,
+}
+
+/// The most a run has held at once, each counted on its own, as seen each time a
+/// finished job is received (the feed tops up the jobs in flight just before).
+#[derive(Debug, Default, Clone, Copy)]
+struct Peak {
+    /// Jobs submitted and not yet received.
+    jobs: usize,
+    /// Bytes of their encoded arguments.
+    payload_bytes: usize,
+    /// Bytes of finished results held back for order.
+    held_bytes: usize,
+}
+
+impl State {
+    /// Takes in what the run holds now.
+    fn note_peak(&mut self) {
+        let held = self.reorder.as_ref().map_or(0, Reorder::bytes);
+        let p = &mut self.peak;
+        p.jobs = p.jobs.max(self.feed.in_flight());
+        p.payload_bytes = p.payload_bytes.max(self.feed.payload_bytes());
+        p.held_bytes = p.held_bytes.max(held);
+    }
 }
 
 /// How a run calls its function.
@@ -560,6 +596,7 @@ impl Run {
             plain_per_item: 0,
             per_item: 0,
             cut: !collect,
+            largest: (0, 0),
         };
         let mut feed = Feed::new(engine, source, func, chunksize, timeout);
         feed.keep_open();
@@ -577,6 +614,7 @@ impl Run {
                 ended: false,
                 cancel_sent: false,
                 parked: VecDeque::new(),
+                peak: Peak::default(),
             })),
             side,
             cancelled: AtomicBool::new(false),
@@ -657,11 +695,15 @@ impl Run {
             };
             let feed = &mut st.feed;
             let got = py.detach(|| feed.recv_timeout(held, wait));
+            st.note_peak();
             match got {
                 Ok(Some(p)) => match split_if_died(st, p) {
                     None => {}
                     Some(p) => match st.reorder.as_mut() {
-                        Some(r) => r.insert(p.start, p.count, p.bytes(), p),
+                        Some(r) => {
+                            r.insert(p.start, p.count, p.bytes(), p);
+                            st.note_peak();
+                        }
                         None => decode(py, st, &self.side, p)?,
                     },
                 },
@@ -1199,6 +1241,26 @@ impl Run {
                 return Ok((values, failures));
             }
         }
+    }
+
+    /// What the run holds, and the most it has held at once: `jobs` (submitted, not yet
+    /// received) and `payload_bytes` (their encoded arguments) now, and their peaks
+    /// `peak_jobs` and `peak_payload_bytes`; `peak_held_bytes`, finished results held
+    /// back for order; `largest_chunk_bytes` and `largest_chunk_items`, the largest
+    /// chunk's payload and item count; `pulled`, items taken from the input.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let st = self.state(py);
+        let d = pyo3::types::PyDict::new(py);
+        let (largest_bytes, largest_items) = st.feed.source().largest;
+        d.set_item("jobs", st.feed.in_flight())?;
+        d.set_item("payload_bytes", st.feed.payload_bytes())?;
+        d.set_item("peak_jobs", st.peak.jobs)?;
+        d.set_item("peak_payload_bytes", st.peak.payload_bytes)?;
+        d.set_item("peak_held_bytes", st.peak.held_bytes)?;
+        d.set_item("largest_chunk_bytes", largest_bytes)?;
+        d.set_item("largest_chunk_items", largest_items)?;
+        d.set_item("pulled", st.feed.pulled())?;
+        Ok(d)
     }
 
     /// Drops the run's jobs not started and kills the workers running its jobs;
