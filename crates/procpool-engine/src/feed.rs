@@ -18,11 +18,13 @@
 //!   memory wins).
 //!
 //! A call whose caller consumes results as they come ([`Feed::follow_consumer`], an
-//! `imap`) holds less: chunks of about [`LAZY_CHUNK_BYTES`] of argument and result, and
-//! results held back for reordering up to two such chunks per worker. A consumer that
-//! keeps up then holds a few chunks per worker, whatever the input's length: what is in
-//! flight (at most four jobs per worker), what waits for its turn, and the chunk being
-//! handed out.
+//! `imap`) holds less: chunks of about [`LAZY_CHUNK_BYTES`] of argument and result,
+//! results held back for reordering up to two such chunks per worker, and arguments in
+//! flight up to one such chunk per worker once one job per worker and one more are out.
+//! A consumer that keeps up then holds a few chunks per worker, whatever the input's
+//! length: what is in flight (one chunk per worker and one more when chunks are full, at
+//! most four jobs per worker when they are small), what waits for its turn, and the
+//! chunk being handed out.
 //!
 //! None of these hold work back from an idle worker while the input has items and the
 //! bounds are not reached; the supervisor's scheduling rule does the rest.
