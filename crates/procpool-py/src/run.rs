@@ -174,7 +174,11 @@ impl PySource {
         // its results, their values), whatever `chunksize` says: the items' pickled size
         // is estimated as they are pulled (see `plain_size`), from the last chunk's size
         // per item for the others.
-        let cut = if self.cut { limits.soft_bytes } else { usize::MAX };
+        let cut = if self.cut {
+            limits.soft_bytes
+        } else {
+            usize::MAX
+        };
         let mut est = 0usize;
         while items.len() < want && est < cut {
             if let Some(x) = self.ahead.pop_front() {
