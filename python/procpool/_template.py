@@ -105,6 +105,10 @@ def main(ctl=None, applied=None) -> None:
             os._exit(0)
         if forked:
             _imports(body[4 + n :])
+        if b"PROCPOOL_SPARE=" in body[4 + n :]:
+            # A spare process (see ``launcher.rs`` ``_request_spare``): nobody waits
+            # for it, so the caller's main script is compiled first, for it to run.
+            _bootstrap.compile_main(_current.get("main"))
         try:
             pid = _core._fork()
         except OSError as e:
@@ -392,17 +396,21 @@ def _child(fd: int, body: bytes, extra) -> None:
                 os.environ[os.fsdecode(k)] = os.fsdecode(v)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if os.environ.pop("PROCPOOL_PROCESS", None):
+            spare = bool(os.environ.pop("PROCPOOL_SPARE", None))
             from . import process
 
-            code = process._child_main()
+            code = process._child_main(spare)
         else:
             from . import _bootstrap, _core
 
             _bootstrap.lazy_main(_current.get("main"))
             code = _core._serve_worker()
-        from . import _worker  # loaded in the template already
-
-        _worker.flush()
+        for f in (sys.stdout, sys.stderr):  # before the exit, which flushes nothing
+            try:
+                if f is not None:
+                    f.flush()
+            except Exception:
+                pass
     except BaseException:
         import traceback
 
@@ -432,26 +440,50 @@ def _apply(prep: dict) -> None:
         pass
 
 
+#: ``(key, environment, prep)``: the last :func:`prep`, and what it was made from.
+_prep_cache = None
+
+
 def prep() -> bytes:
     """What a worker of this process needs to look like it: ``sys.argv`` (as ``spawn``
     passes it), ``sys.path``, the working directory, the environment and
-    ``multiprocessing``'s authentication key (as of the pool's creation)."""
+    ``multiprocessing``'s authentication key (as of the pool's creation).
+
+    The last answer is given again while none of these changed and no module was
+    loaded or dropped (the environment compared as ``os.environ`` keeps it, without
+    decoding it again)."""
+    global _prep_cache
     import multiprocessing
 
     from ._bootstrap import main_info
 
-    return pickle.dumps(
+    key = (
+        list(sys.path),
+        list(getattr(sys, "argv", ())),
+        os.getcwd(),
+        bytes(multiprocessing.current_process().authkey),
+        main_info(),
+        len(sys.modules),
+    )
+    data = getattr(os.environ, "_data", None)
+    c = _prep_cache
+    if c is not None and data is not None and c[0] == key and c[1] == data:
+        return c[2]
+    out = pickle.dumps(
         {
-            "sys_path": list(sys.path),
-            "argv": list(getattr(sys, "argv", ())),
-            "cwd": os.getcwd(),
+            "sys_path": key[0],
+            "argv": key[1],
+            "cwd": key[2],
             "environ": dict(os.environ),
-            "authkey": bytes(multiprocessing.current_process().authkey),
-            "main": main_info(),
+            "authkey": key[3],
+            "main": key[4],
             "preload": preload_list(),
         },
         protocol=5,
     )
+    if data is not None:
+        _prep_cache = (key, dict(data), out)
+    return out
 
 
 #: Never preloaded: packages known to start threads when imported.

@@ -654,9 +654,11 @@ class Pool:
         """Lazy :meth:`map`: an iterator of results in input order.
 
         The input is consumed as workers need it, so memory stays bounded however long it
-        is. A failed task raises at its position; the next ``next()`` goes on after it.
-        Unlike the stdlib, ``chunksize`` defaults to automatic chunking (pass 1 for one
-        task per job).
+        is: about one chunk of about 128 KiB per worker in flight, and a chunk ends there
+        even before ``chunksize`` items (see the README's "``imap`` memory"). A failed
+        task raises at its position; the next ``next()`` goes on after it. Unlike the
+        stdlib, ``chunksize`` defaults to automatic chunking (pass 1 for one task per
+        job).
 
         Example::
 

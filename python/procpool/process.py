@@ -15,6 +15,13 @@ and gets its target and arguments pickled (by reference where they have a name, 
 * ``sentinel`` is a process descriptor (pidfd), usable with ``select`` and
   :func:`multiprocessing.connection.wait`.
 
+From the second ``start()`` on, the template keeps a spare process ready (forked while the
+process just started runs; it waits for its target without using the CPU), which the
+next ``start()`` uses when the caller's settings (environment, working directory,
+``sys.path``, ``sys.argv``, authentication key, imported packages) are those it was forked
+with; else it is killed and reaped and a new process is forked. ``PROCPOOL_PROCESS_SPARE=0``
+in the environment keeps none.
+
 Example::
 
     import procpool
@@ -50,6 +57,13 @@ from . import _bootstrap, _core
 from . import _passfd_msg as _passfd
 
 __all__ = ["Process", "current_process", "parent_process", "active_children"]
+
+#: Whether a spare process is kept ready for the next :class:`Process` (set
+#: ``PROCPOOL_PROCESS_SPARE=0`` for none; see the README's "What differs").
+_SPARE = os.environ.get("PROCPOOL_PROCESS_SPARE", "1") != "0"
+
+#: How many processes this process has started.
+_starts = 0
 
 current_process = _mp_process.current_process
 parent_process = _mp_process.parent_process
@@ -92,22 +106,14 @@ class _Popen:
         finally:
             context.set_spawning_popen(None)
         body = buf.getvalue()
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            from . import _template
+        from . import _template
 
-            prep = _template.prep()
-            _template.fork_here(prep)
-            self.pid = _core._launch(theirs.fileno(), [("PROCPOOL_PROCESS", "1")], prep)
-        finally:
-            theirs.close()
-        try:
-            self.sentinel = os.pidfd_open(self.pid)
-        except OSError:
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-            mine.close()
-            raise
+        prep = _template.prep()
+        _template.fork_here(prep)
+        # The spare process when one waits with these settings (see ``_request_spare``),
+        # else a new one.
+        self.pid, sock, self.sentinel = _core._launch_process(prep)
+        mine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, sock)
         self._sock = mine
         try:
             # The process writes where this process writes now (as a fork would).
@@ -118,6 +124,12 @@ class _Popen:
         except OSError:
             pass  # the process died at once: its exit code says how
         self.finalizer = _util.Finalize(self, _close_all, (self.sentinel, mine))
+        global _starts
+        _starts += 1
+        if _SPARE and _starts > 1:
+            # The next process, forked by the template while this one runs (from the
+            # second start on: a program that starts one process wastes none).
+            _core._request_spare(prep)
         global _interrupted
         if _interrupted is None:
             # Registered after ``multiprocessing.util``'s exit function, so run before
@@ -354,14 +366,18 @@ class Process(_mp_process.BaseProcess):
         pass
 
 
-def _child_main() -> int:
+def _child_main(spare: bool = False) -> int:
     """In a process forked from the template for a :class:`Process`: reads what to run
-    from standard input (a socket from the parent), runs it, returns the exit code."""
+    from standard input (a socket from the parent), runs it, returns the exit code. A
+    spare process (``spare``) first writes its pid there, for the parent to find it if
+    the template dies before telling it."""
     _core._die_with_parent_group()
     sock = socket.socket(fileno=os.dup(0))
     os.close(0)
     os.open(os.devnull, os.O_RDONLY)
     try:
+        if spare:
+            sock.sendall(struct.pack("<q", os.getpid()))
         head, fds, _flags, _addr = socket.recv_fds(sock, 12, 255)
         if len(head) < 12:
             return 70

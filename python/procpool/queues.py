@@ -9,6 +9,10 @@ system call, with no feeder thread:
   never part of it;
 * several processes reading one queue each take whole messages, none twice;
 * large messages travel in shared memory (a memfd), not through the socket;
+* a ``Queue``'s small messages (a pickle of at most 248 bytes, no descriptor) go through a
+  ring of slots in shared memory instead (``_core.Ring``, see ``crates/procpool-py/src/
+  ring.rs``): no system call per message unless a reader sleeps; other messages go
+  through the socket with a token in the ring, so one sender's messages stay in order;
 * a queue or pipe end can itself be sent: as a ``Process`` argument, inside another
   message, and as a ``Pool`` task argument or ``initargs`` (copied from the sending
   process with ``pidfd_getfd`` there, so that process must still be running).
@@ -233,8 +237,8 @@ class Queue:
 
     ``put`` pickles the object and sends it at once, in the calling thread (there is no
     feeder thread: an object that cannot be pickled raises in ``put``); it waits while the
-    queue holds ``maxsize`` messages, or while its socket is full (about 4 MiB of small
-    messages; large ones travel out of band).
+    queue holds ``maxsize`` messages, or while its ring is full (4096 messages) or its
+    socket is (large messages travel out of band).
 
     Example::
 
@@ -284,26 +288,11 @@ class Queue:
         """
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        t = type(obj)
-        if (
-            t in _SMALL
-            and block
-            and timeout is None
-            and _local.out is None
-            and (t is not str or len(obj) < 200)
+        if block and timeout is None and self._ring.put_small(
+            self._ch, self._count, self._maxsize, obj
         ):
-            # The common case: a small number or string, room in the count; the ring
-            # waits for room as long as needed.
-            data = _dumps_plain(obj, 5)
-            count = self._count
-            if count.add_below(self._maxsize):
-                try:
-                    self._ring.put_pickle(self._ch, data)
-                except BaseException:
-                    count.add(-1)
-                    raise
-                self._sent(1)
-                return
+            # The common case (a small number or string, room in the count), in one call.
+            return
         parts, fds = _dumps_message(obj)
         count = self._count
         if block and timeout is None and count.add_below(self._maxsize):
@@ -314,7 +303,6 @@ class Queue:
             except BaseException:
                 count.add(-1)
                 raise
-            self._sent(1)
             return
         wait = _deadline(block, timeout)
         deadline = None if wait is None else time.monotonic() + wait
@@ -330,10 +318,6 @@ class Queue:
         if not sent:
             count.add(-1)
             raise _queue.Full
-        self._sent(1)
-
-    def _sent(self, n):
-        pass
 
     def get(self, block=True, timeout=None):
         """Removes and returns an item; raises :class:`queue.Empty` when none comes in

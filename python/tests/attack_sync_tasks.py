@@ -34,6 +34,13 @@ def bump_under(lock, v):
         v.value += 1
 
 
+def bump_under_both(lock, v):
+    # For tasks that run at the same time, each with a lock of its own: the value's lock
+    # makes the increment exact.
+    with lock, v.get_lock():
+        v.value += 1
+
+
 def queue_bump(q, v):
     lock = q.get(timeout=10)
     with lock:

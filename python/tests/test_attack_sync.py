@@ -123,7 +123,7 @@ def test_300_tasks_carrying_locks_leak_no_descriptor(pp, make_pp_pool):
     wbefore = pool.map(T.fd_count, range(2), chunksize=1)
     for _ in range(150):
         pool.apply(T.bump_under, (pp.Lock(), v))
-    pool.starmap(T.bump_under, [(pp.Lock(), v) for _ in range(150)], chunksize=7)
+    pool.starmap(T.bump_under_both, [(pp.Lock(), v) for _ in range(150)], chunksize=7)
     after = len(os.listdir("/proc/self/fd"))
     assert v.value == 320
     assert after <= before + 2, (before, after)

@@ -248,6 +248,70 @@ def test_ctrl_c_interrupts_a_put_blocked_on_a_full_ring():
             p.wait()
 
 
+SCRIPT_THREADS = """
+import procpool, sys, threading, time
+q = procpool.Queue()
+big = b"x" * 300_000
+threading.Thread(target=lambda: [q.put(big) for _ in range(1000)], daemon=True).start()
+time.sleep(1.0)  # the thread fills the socket and waits there, holding the sender lock
+print("putting", flush=True)
+try:
+    q.put(big)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.limit(60)
+def test_ctrl_c_interrupts_a_put_waiting_for_another_thread_of_its_process():
+    p = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(SCRIPT_THREADS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout.readline().strip() == "putting"
+        time.sleep(0.5)
+        assert p.poll() is None
+        t = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=10)
+        assert time.monotonic() - t < 2
+        assert (p.returncode, out.strip()) == (3, "interrupted"), err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_put_nowait_does_not_wait_for_a_sender_blocked_on_a_full_socket():
+    import threading
+
+    q = procpool.Queue()
+    t = threading.Thread(target=lambda: [q.put(BIG) for _ in range(100)], daemon=True)
+    t.start()  # fills the socket (about 64 large messages), then waits holding the lock
+    deadline = time.monotonic() + 20
+    while q._ch.poll(0) is False or q.qsize() < 40:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert t.is_alive()
+    start = time.monotonic()
+    with pytest.raises(queue.Full):
+        q.put_nowait(1)
+    with pytest.raises(queue.Full):
+        q.put(2, timeout=0.2)
+    assert time.monotonic() - start < 2
+    got = 0
+    while t.is_alive() or got < 100:
+        assert q.get(timeout=10) == BIG
+        got += 1
+    t.join(10)
+    assert got == 100 and q.empty()
+
+
 def test_a_full_ring_with_no_reader_left_tells_the_sender():
     q = procpool.Queue()
     q._ch.close_recv()  # the last receiving end
@@ -288,3 +352,31 @@ def test_a_forged_ring_is_refused():
     finally:
         os.close(fd)
     assert procpool._core.Ring.from_fd(r.fileno()).empty()
+
+
+def _get_forever(q, ready):
+    ready.put("reading")
+    q.get()
+
+
+@pytest.mark.limit(60)
+def test_a_reader_killed_asleep_is_not_counted_as_a_sleeper_for_long():
+    q, ready = procpool.Queue(), procpool.Queue()
+    left_behind = 0
+    for _ in range(3):
+        p = procpool.Process(target=_get_forever, args=(q, ready))
+        p.start()
+        assert ready.get(timeout=20) == "reading"
+        deadline = time.monotonic() + 10
+        while q._ring._sleepers()[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert q._ring._sleepers()[0] == 1  # asleep in get
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(20)
+        # Its count stays behind (unless it was between two sleeps).
+        left_behind += q._ring._sleepers()[0]
+        for i in range(200):  # each put would pay a wake-up system call for it
+            q.put(i)
+        assert q._ring._sleepers()[0] == 0
+        assert [q.get(timeout=5) for _ in range(200)] == list(range(200))
+    assert left_behind >= 1

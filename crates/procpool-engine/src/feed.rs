@@ -18,11 +18,13 @@
 //!   memory wins).
 //!
 //! A call whose caller consumes results as they come ([`Feed::follow_consumer`], an
-//! `imap`) holds less: chunks of about [`LAZY_CHUNK_BYTES`] of argument and result, and
-//! results held back for reordering up to two such chunks per worker. A consumer that
-//! keeps up then holds a few chunks per worker, whatever the input's length: what is in
-//! flight (at most four jobs per worker), what waits for its turn, and the chunk being
-//! handed out.
+//! `imap`) holds less: chunks of about [`LAZY_CHUNK_BYTES`] of argument and result,
+//! results held back for reordering up to two such chunks per worker, and arguments in
+//! flight up to one such chunk per worker once one job per worker and one more are out.
+//! A consumer that keeps up then holds a few chunks per worker, whatever the input's
+//! length: what is in flight (one chunk per worker and one more when chunks are full, at
+//! most four jobs per worker when they are small), what waits for its turn, and the
+//! chunk being handed out.
 //!
 //! None of these hold work back from an idle worker while the input has items and the
 //! bounds are not reached; the supervisor's scheduling rule does the rest.
@@ -190,9 +192,12 @@ pub struct Feed<S> {
     progress: Option<Tracker>,
     /// Results held back for reordering past which no more input is pulled.
     max_held: usize,
-    /// Encoded arguments in flight past which (beyond two jobs per worker) no more input
-    /// is pulled.
+    /// Encoded arguments in flight past which (beyond `min_jobs` jobs) no more input is
+    /// pulled.
     max_payload: usize,
+    /// Jobs in flight that [`max_payload`](Self::max_payload) never holds back: two per
+    /// worker, or one per worker and one more for a call that follows its consumer.
+    min_jobs: usize,
     /// Whether the next job is encoded ahead ([`Feed::encode_ahead`]).
     ahead: bool,
     /// The job encoded ahead, not submitted yet.
@@ -238,6 +243,7 @@ impl<S: Source> Feed<S> {
             progress: None,
             max_held: MAX_REORDER_BYTES,
             max_payload: MAX_PAYLOAD_BYTES,
+            min_jobs: 2 * workers,
             ahead: false,
             staged: None,
         }
@@ -245,13 +251,19 @@ impl<S: Source> Feed<S> {
 
     /// Says that the caller consumes results as they come and holds them no longer than
     /// it takes (an `imap`, not a `map` that collects them all): chunks aim at
-    /// [`LAZY_CHUNK_BYTES`] instead of 1 MiB of argument and result, and finished results
+    /// [`LAZY_CHUNK_BYTES`] instead of 1 MiB of argument and result, finished results
     /// held back for reordering stop the input at two such chunks per worker (at most
-    /// [`MAX_REORDER_BYTES`]) instead of [`MAX_REORDER_BYTES`], so that the memory the
-    /// call holds follows what the consumer takes: a few chunks per worker.
+    /// [`MAX_REORDER_BYTES`]) instead of [`MAX_REORDER_BYTES`], and once one job per
+    /// worker and one more are in flight, encoded arguments in flight stop it at one such
+    /// chunk per worker (instead of [`MAX_PAYLOAD_BYTES`] beyond two jobs per worker), so
+    /// that the memory the call holds follows what the consumer takes: a few chunks per
+    /// worker. Jobs of small arguments are not held back by that last bound: up to the
+    /// usual count per worker stay in flight.
     pub fn follow_consumer(&mut self) {
         self.chunker.set_target_bytes(LAZY_CHUNK_BYTES as f64);
         self.max_held = (2 * self.workers * LAZY_CHUNK_BYTES).min(MAX_REORDER_BYTES);
+        self.max_payload = self.workers * LAZY_CHUNK_BYTES;
+        self.min_jobs = self.workers + 1;
     }
 
     /// Reports the call's progress to `callback`, at most once per `interval` and once
@@ -268,7 +280,7 @@ impl<S: Source> Feed<S> {
         if jobs >= self.max_jobs || held_bytes >= self.max_held {
             return false;
         }
-        if self.payload_bytes >= self.max_payload && jobs >= 2 * self.workers {
+        if self.payload_bytes >= self.max_payload && jobs >= self.min_jobs {
             return false;
         }
         // Until the first measurement, one probe job per worker.
@@ -783,6 +795,11 @@ impl<S> Feed<S> {
     /// Jobs submitted and not yet received.
     pub fn in_flight(&self) -> usize {
         self.jobs.len()
+    }
+
+    /// Bytes of the encoded arguments of the jobs submitted and not yet received.
+    pub fn payload_bytes(&self) -> usize {
+        self.payload_bytes
     }
 
     /// The source.

@@ -48,6 +48,18 @@ fn map(fd: OwnedFd) -> PyResult<Counter> {
 }
 
 impl Counter {
+    /// Adds one if the value is below `limit`: whether it did (as `add_below`).
+    pub(crate) fn add_one_below(&self, limit: i64) -> bool {
+        self.cell()
+            .fetch_update(SeqCst, SeqCst, |v| (v < limit).then_some(v + 1))
+            .is_ok()
+    }
+
+    /// Adds `delta` (as `add`).
+    pub(crate) fn add_delta(&self, delta: i64) {
+        self.cell().fetch_add(delta, SeqCst);
+    }
+
     fn cell(&self) -> &AtomicI64 {
         // SAFETY: `ptr` points at the start of a live shared page, aligned.
         unsafe { &*self.ptr }

@@ -49,7 +49,32 @@ struct Template {
     /// The process that started it: a child made by `fork` must start its own (the
     /// template forks workers as children of its own parent).
     owner: u32,
+    /// A spare process asked for (see [`_request_spare`]) whose pid, the template's
+    /// answer, has not been read yet: this process's end of its socket, and the settings
+    /// it was asked with. The answer is read before any other request is sent.
+    pending: Option<(UnixStream, Vec<u8>)>,
 }
+
+/// A process started ahead of time from the template for the next `procpool.Process`
+/// (see [`_request_spare`]): forked, in its own session, bound to die with this process,
+/// and waiting on its socket for what to run. A child of this process.
+#[derive(Debug)]
+struct Spare {
+    pid: u32,
+    /// A descriptor of the process (`pidfd_open`), so that no signal can reach another
+    /// process that reused its pid.
+    pidfd: OwnedFd,
+    /// This process's end of its socket.
+    sock: UnixStream,
+    /// The settings (`_template.prep()`) it was forked with: it stands for a process
+    /// started later only if they are still the caller's.
+    prep: Vec<u8>,
+    /// The process that asked for it (a child made by `fork` must not use it).
+    owner: u32,
+}
+
+/// The spare process, if one waits.
+static SPARE: Mutex<Option<Spare>> = Mutex::new(None);
 
 /// Set once a template was left with threads by preloading: templates started from then
 /// on preload nothing (see `_template._preload`).
@@ -82,15 +107,7 @@ impl TemplateLauncher {
         env: &[(OsString, OsString)],
         may_start: bool,
     ) -> io::Result<u32> {
-        let mut body = Vec::with_capacity(self.prep.len() + 256);
-        body.extend_from_slice(&(self.prep.len() as u32).to_le_bytes());
-        body.extend_from_slice(&self.prep);
-        for (k, v) in env {
-            body.extend_from_slice(k.as_bytes());
-            body.push(b'=');
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
+        let body = request_body(&self.prep, env);
         let mut guard = TEMPLATE.lock().unwrap_or_else(|e| e.into_inner());
         if guard
             .as_ref()
@@ -99,6 +116,7 @@ impl TemplateLauncher {
             // Inherited through a fork: neither ours to use nor to kill.
             std::mem::forget(guard.take());
         }
+        settle(&mut guard);
         let mut last = None;
         for _ in 0..2 {
             if guard.is_none() {
@@ -144,10 +162,10 @@ impl TemplateLauncher {
 }
 
 impl Template {
-    /// Kills and reaps the template.
+    /// Kills and reaps the template (and a spare process it was asked for and has not
+    /// reported yet, if its answer came).
     fn end(self) {
         let pid = self.pid as libc::pid_t;
-        drop(self.ctl);
         // SAFETY: plain kill and waitpid calls on our own child.
         unsafe {
             libc::kill(pid, libc::SIGKILL);
@@ -155,6 +173,21 @@ impl Template {
                 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
             {}
         }
+        if let Some((sock, _)) = self.pending {
+            // All the template wrote is there now: a spare it forked is killed and
+            // reaped, found by its answer or by the spare's own word.
+            let mut answer = [0u8; 8];
+            let _ = self.ctl.set_nonblocking(true);
+            if (&self.ctl).read_exact(&mut answer).is_ok() {
+                let spare = i64::from_le_bytes(answer);
+                if let Some(pidfd) = (spare > 0).then(|| pidfd_open(spare as u32).ok()).flatten() {
+                    discard(&pidfd);
+                }
+            } else {
+                reap_unreported(sock);
+            }
+        }
+        drop(self.ctl);
     }
 }
 
@@ -195,23 +228,46 @@ impl TemplateLauncher {
             pid,
             ctl: mine,
             owner: std::process::id(),
+            pending: None,
         })
     }
 }
 
+/// A request's body: `u32` length of the parent's settings, the settings, then the
+/// variables as `KEY=VALUE\0` pairs.
+fn request_body(prep: &[u8], env: &[(OsString, OsString)]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(prep.len() + 256);
+    body.extend_from_slice(&(prep.len() as u32).to_le_bytes());
+    body.extend_from_slice(prep);
+    for (k, v) in env {
+        body.extend_from_slice(k.as_bytes());
+        body.push(b'=');
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body
+}
+
 /// Sends one request (the worker's socket end, then the initializer's descriptors, by
-/// `SCM_RIGHTS`, then the body) and reads the answer: a pid, or a negative errno.
-fn request(ctl: &mut UnixStream, fds: &[BorrowedFd<'_>], body: &[u8]) -> io::Result<i64> {
+/// `SCM_RIGHTS`, then the body).
+fn send_request(ctl: &UnixStream, fds: &[BorrowedFd<'_>], body: &[u8]) -> io::Result<()> {
     let head = (body.len() as u32).to_le_bytes();
     send_with_fds(ctl, &head, fds)?;
     let mut sent = 0;
     while sent < body.len() {
-        match rustix::net::send(&*ctl, &body[sent..], SendFlags::NOSIGNAL) {
+        match rustix::net::send(ctl, &body[sent..], SendFlags::NOSIGNAL) {
             Ok(n) => sent += n,
             Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(())
+}
+
+/// Sends one request (see [`send_request`]) and reads the answer: a pid, or a negative
+/// errno.
+fn request(ctl: &mut UnixStream, fds: &[BorrowedFd<'_>], body: &[u8]) -> io::Result<i64> {
+    send_request(ctl, fds, body)?;
     let mut answer = [0u8; 8];
     ctl.read_exact(&mut answer)?;
     Ok(i64::from_le_bytes(answer))
@@ -240,19 +296,108 @@ fn send_with_fds(ctl: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::R
     }
 }
 
-/// Starts a process from the template, as a worker is started, but for the caller's own
-/// use (`procpool.Process`): `fd` becomes its standard input (a socket on which the
-/// caller then sends what the process runs), `env` is added to its environment, `prep`
-/// is `_template.prep()`. The template, if not yet running, is started on the engine's
-/// spawner thread, so the process lives until it ends or this process dies. Returns the
-/// pid; the process is a child of this process.
+/// The variable that marks a template request as a `procpool.Process` (not a pool
+/// worker); see `_template._child`.
+const PROCESS_ENV: (&str, &str) = ("PROCPOOL_PROCESS", "1");
+
+/// Starts a process from the template for the caller's own use (`procpool.Process`):
+/// the spare process (see [`_request_spare`]) when one waits, was forked with the same
+/// settings `prep` (`_template.prep()`) and is alive; else a new one, started as a
+/// worker is. Its standard input is a socket on which the caller then sends what the
+/// process runs. The template, if not yet running, is started on the engine's spawner
+/// thread, so the process lives until it ends or this process dies. Returns the pid
+/// (a child of this process), the caller's end of the socket and a pidfd of the
+/// process, both owned by the caller from now on.
 #[pyo3::pyfunction]
-pub(crate) fn _launch(
+pub(crate) fn _launch_process(
     py: pyo3::Python<'_>,
-    fd: i32,
-    env: Vec<(OsString, OsString)>,
     prep: Vec<u8>,
-) -> pyo3::PyResult<u32> {
+) -> pyo3::PyResult<(u32, i32, i32)> {
+    use std::os::fd::IntoRawFd;
+    if let Some(s) = py.detach(|| take_spare(&prep)) {
+        return Ok((s.pid, s.sock.into_raw_fd(), s.pidfd.into_raw_fd()));
+    }
+    let launcher = process_launcher(py, prep)?;
+    let (pid, sock, pidfd) = py.detach(move || -> io::Result<(u32, UnixStream, OwnedFd)> {
+        use std::os::fd::AsFd;
+        let (mine, theirs) = UnixStream::pair()?;
+        let env = vec![(OsString::from(PROCESS_ENV.0), OsString::from(PROCESS_ENV.1))];
+        let mut pid = None;
+        if _template_running() {
+            // Its parent-death signal is set already: any thread may ask it (a template
+            // found dead is started again below, on the spawner thread).
+            pid = launcher.launch_running(theirs.as_fd(), &env).ok();
+        }
+        let pid = match pid {
+            Some(pid) => pid,
+            None => {
+                procpool_engine::on_spawner_thread(move || launcher.launch(theirs.as_fd(), &env))?
+            }
+        };
+        match pidfd_open(pid) {
+            Ok(pidfd) => Ok((pid, mine, pidfd)),
+            Err(e) => {
+                // SAFETY: plain kill and waitpid calls on our own child, not yet reaped
+                // by anyone (nothing of the caller knows its pid yet).
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                    libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
+                }
+                Err(e)
+            }
+        }
+    })?;
+    Ok((pid, sock.into_raw_fd(), pidfd.into_raw_fd()))
+}
+
+/// Asks the template, without waiting for its answer, to fork a spare process with the
+/// settings `prep` (`_template.prep()`): a `procpool.Process` child that sets itself up
+/// (its session, its parent-death signal) and waits for what to run, so that the next
+/// [`_launch_process`] hands it over at once instead of asking the template and waiting
+/// for a fork. Nothing is done when a spare waits or was asked for already, or when no
+/// template runs. The spare dies with this process (its parent-death signal) and is
+/// killed and reaped here when found stale (other settings) or when the template that
+/// was asked for it dies before answering.
+#[pyo3::pyfunction]
+pub(crate) fn _request_spare(py: pyo3::Python<'_>, prep: Vec<u8>) {
+    py.detach(move || {
+        let me = std::process::id();
+        let mut guard = TEMPLATE.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(t) = guard.as_mut() else { return };
+        if t.owner != me || t.pending.is_some() {
+            return;
+        }
+        if SPARE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|s| s.owner == me)
+        {
+            return;
+        }
+        let Ok((mine, theirs)) = UnixStream::pair() else {
+            return;
+        };
+        let body = request_body(
+            &prep,
+            &[
+                (OsString::from(PROCESS_ENV.0), OsString::from(PROCESS_ENV.1)),
+                (OsString::from("PROCPOOL_SPARE"), OsString::from("1")),
+            ],
+        );
+        match send_request(&t.ctl, &[theirs.as_fd()], &body) {
+            Ok(()) => t.pending = Some((mine, prep)),
+            Err(_) => {
+                if let Some(t) = guard.take() {
+                    t.end();
+                }
+            }
+        }
+    });
+}
+
+/// The launcher of a `procpool.Process` (the interpreter and `sys.path` of the caller).
+fn process_launcher(py: pyo3::Python<'_>, prep: Vec<u8>) -> pyo3::PyResult<TemplateLauncher> {
     use pyo3::prelude::*;
     let sys = py.import("sys")?;
     let python: OsString = sys.getattr("executable")?.extract()?;
@@ -267,29 +412,158 @@ pub(crate) fn _launch(
         .try_iter()?
         .filter_map(|p| p.ok()?.extract().ok())
         .collect();
-    let launcher = TemplateLauncher {
+    Ok(TemplateLauncher {
         python: python.into(),
         path,
         prep,
         init_fds: None,
-    };
-    // SAFETY: the caller keeps `fd` open for the duration of this call.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
-    let pid = py.detach(move || {
-        use std::os::fd::AsFd;
-        if _template_running() {
-            // Its parent-death signal is set already: any thread may ask it (a template
-            // found dead is started again below, on the spawner thread).
-            if let Ok(pid) = launcher.launch_running(fd.as_fd(), &env) {
-                return Ok(pid);
-            }
-        }
-        procpool_engine::on_spawner_thread(move || launcher.launch(fd.as_fd(), &env))
-    })?;
-    Ok(pid)
+    })
 }
 
-/// In a process started by [`_launch`], after `setsid`: dies, with its process group,
+/// Reads the template's answer to a spare request still unread, if any: the spare is
+/// kept (in [`SPARE`]) if it came. A template that does not answer is ended (its
+/// answers could no longer be told apart).
+fn settle(guard: &mut Option<Template>) {
+    let Some(t) = guard.as_mut() else { return };
+    let Some((sock, prep)) = t.pending.take() else {
+        return;
+    };
+    let mut answer = [0u8; 8];
+    match (&t.ctl).read_exact(&mut answer) {
+        Ok(()) => {
+            let pid = i64::from_le_bytes(answer);
+            if pid == -i64::from(libc::EAGAIN) {
+                // Preloading left the template with threads: it exited (see
+                // `launch_with`).
+                NO_PRELOAD.store(true, Relaxed);
+                if let Some(t) = guard.take() {
+                    t.end();
+                }
+                return;
+            }
+            if pid <= 0 {
+                return; // its fork failed: no spare
+            }
+            let pid = pid as u32;
+            let Ok(pidfd) = pidfd_open(pid) else {
+                return; // gone already (reaped by the program or the kernel)
+            };
+            let new = Spare {
+                pid,
+                pidfd,
+                sock,
+                prep,
+                owner: std::process::id(),
+            };
+            let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = spare.replace(new) {
+                if old.owner == std::process::id() {
+                    discard(&old.pidfd);
+                } else {
+                    std::mem::forget(old);
+                }
+            }
+        }
+        Err(_) => {
+            if let Some(t) = guard.take() {
+                t.end();
+            }
+            reap_unreported(sock);
+        }
+    }
+}
+
+/// The template died, or stopped answering, after a spare was asked for and before its
+/// pid came: a spare it forked writes its own pid first on its socket (`sock`), so it is
+/// killed and reaped here rather than left a zombie. An end of file means none was
+/// forked (the template's copy of the spare's socket end went with it).
+fn reap_unreported(sock: UnixStream) {
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut pid = [0u8; 8];
+    if (&sock).read_exact(&mut pid).is_ok() {
+        let pid = i64::from_le_bytes(pid);
+        if let Some(pidfd) = (pid > 0).then(|| pidfd_open(pid as u32).ok()).flatten() {
+            discard(&pidfd);
+        }
+    }
+}
+
+/// The spare process, if one waits with settings `prep` and is alive; a stale or dead
+/// one is killed and reaped.
+fn take_spare(prep: &[u8]) -> Option<Spare> {
+    let me = std::process::id();
+    {
+        let mut guard = TEMPLATE.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_some_and(|t| t.owner == me) {
+            settle(&mut guard);
+        }
+    }
+    let s = SPARE.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+    if s.owner != me {
+        // Inherited through a fork: not our child.
+        std::mem::forget(s);
+        return None;
+    }
+    if s.prep != prep || !alive(&s.pidfd) {
+        discard(&s.pidfd);
+        return None;
+    }
+    Some(s)
+}
+
+/// `P_PIDFD` of `waitid` (Linux 5.4).
+const P_PIDFD: libc::idtype_t = 3;
+
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain system call; the descriptor it returns is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether the process of `pidfd` is still running (its pidfd is readable once it ends).
+fn alive(pidfd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 0
+}
+
+/// Kills (through its pidfd: never another process that took its pid) and reaps a
+/// spare process.
+fn discard(pidfd: &OwnedFd) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain system calls on a pidfd we own; the waitid fills a local siginfo.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        while libc::waitid(
+            P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED,
+        ) < 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+        {}
+    }
+}
+
+/// In a process started by [`_launch_process`], after `setsid`: dies, with its process group,
 /// when its parent dies.
 #[pyo3::pyfunction]
 pub(crate) fn _die_with_parent_group() -> pyo3::PyResult<()> {
@@ -320,6 +594,7 @@ pub(crate) fn _adopt_template(pid: u32, fd: i32) {
         pid,
         ctl,
         owner: std::process::id(),
+        pending: None,
     };
     let mut guard = TEMPLATE.lock().unwrap_or_else(|e| e.into_inner());
     if guard
@@ -334,4 +609,35 @@ pub(crate) fn _adopt_template(pid: u32, fd: i32) {
     } else {
         *guard = Some(new);
     }
+}
+
+/// The pid of this process's spare process (see [`_request_spare`]), after reading the
+/// template's answer if it is still due; None when none waits. For tests.
+#[pyo3::pyfunction]
+pub(crate) fn _spare_pid(py: pyo3::Python<'_>) -> Option<u32> {
+    py.detach(|| {
+        let me = std::process::id();
+        let mut guard = TEMPLATE.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_some_and(|t| t.owner == me) {
+            settle(&mut guard);
+        }
+        drop(guard);
+        SPARE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|s| s.owner == me)
+            .map(|s| s.pid)
+    })
+}
+
+/// The pid of this process's template, if it runs. For tests.
+#[pyo3::pyfunction]
+pub(crate) fn _template_pid() -> Option<u32> {
+    TEMPLATE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .filter(|t| t.owner == std::process::id())
+        .map(|t| t.pid)
 }

@@ -196,7 +196,10 @@ fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_serve_worker, m)?)?;
-    m.add_function(wrap_pyfunction!(launcher::_launch, m)?)?;
+    m.add_function(wrap_pyfunction!(launcher::_launch_process, m)?)?;
+    m.add_function(wrap_pyfunction!(launcher::_request_spare, m)?)?;
+    m.add_function(wrap_pyfunction!(launcher::_spare_pid, m)?)?;
+    m.add_function(wrap_pyfunction!(launcher::_template_pid, m)?)?;
     m.add_function(wrap_pyfunction!(launcher::_template_running, m)?)?;
     m.add_function(wrap_pyfunction!(launcher::_adopt_template, m)?)?;
     m.add_function(wrap_pyfunction!(launcher::_die_with_parent_group, m)?)?;

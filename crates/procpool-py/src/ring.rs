@@ -21,26 +21,34 @@
 //! - **Senders take turns** through a lock in the ring whose word names the holder by
 //!   its process id and start time (`sync.rs`'s token). A sender that finds it held by a
 //!   process that no longer runs takes it over: a sender killed anywhere never blocks
-//!   the queue. Threads of one process take an in-process lock first.
+//!   the queue. Threads of one process take an in-process turn first (a word naming
+//!   the thread by pid and tid: a forked child takes over a turn its parent's thread held).
 //! - **Order with the socket.** The lock holder sends a socket message, then publishes its
 //!   token. A sender killed between the two leaves an `inflight` mark; the sender that
 //!   takes the lock over publishes the token for it (a token whose message never came
 //!   is skipped: a reader finding the socket empty goes on). A socket message left
 //!   without a token (its reader was killed after taking the token) is read by a reader
 //!   that finds the ring empty, the socket not, and no send in flight, for
-//!   [`STUCK_AFTER`]: late, never lost.
+//!   [`STUCK_AFTER`] (ten times that with a send in flight): late, never lost. Order
+//!   between one sender's messages can differ from `put`'s only after such a kill.
 //! - **Back-pressure.** The ring holds [`SLOTS`] messages; a sender waits for room
 //!   (so does one whose message goes through the socket: its token needs a slot), as
 //!   long as `timeout` says; told `BrokenPipeError` when no process can read any more.
-//! - **Waits.** A reader that finds the ring empty spins for [`SPIN`] (the sender is
+//! - **Waits.** A reader that finds the ring empty spins for up to [`SPIN`] (the sender is
 //!   likely writing the next message: waking a sleeping process costs far more), then
-//!   sleeps on a futex in the ring that senders bump when they see sleepers. Every
-//!   sleep is cut in slices, with the GIL let go: Ctrl-C interrupts it (the futex call
-//!   returns on a signal and the program's handlers run), and a deadline is kept.
+//!   sleeps on a futex in the ring that senders bump when they see sleepers (the spin
+//!   halves each time it finds nothing, down to [`MIN_SPIN`], and doubles back when it
+//!   does: a slow stream costs no spinning). A process killed asleep leaves the count of
+//!   sleepers too high; it is cleared after [`IDLE_WAKES`] wake-ups that found nobody.
+//!   Every sleep is cut in slices, with the GIL let go: Ctrl-C interrupts it (the futex
+//!   call returns on a signal and the program's handlers run), and a deadline is kept.
+//!   A `put` with a timeout gives up on the sender lock too (after at least 1 ms), for a
+//!   holder may wait for room in the socket.
 //!
 //! The mapping is never at risk from peers: the memfd is sealed against shrinking and
 //! growing before it is shared, and checked so when received. A peer that scribbles
-//! in it can garble messages (each slot's length is checked) but not fault a reader.
+//! in it can garble messages (each slot's length is checked) but not fault a reader; a
+//! ring that says it holds more messages than slots makes `put` and `get` raise `OSError`.
 //!
 //! Layout (offsets in bytes):
 //!
@@ -67,7 +75,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
 use crate::channel::{Channel, QueueMessage};
-use crate::sync::{alive, futex_wait, futex_wake, token};
+use crate::sync::{alive, futex_wait, token};
 
 /// Messages the ring holds.
 pub(crate) const SLOTS: u64 = 4096;
@@ -96,16 +104,22 @@ const KIND_TOKEN: u32 = 2;
 /// How long a reader that finds the ring empty (or a sender that finds it full) keeps
 /// looking before it sleeps.
 const SPIN: Duration = Duration::from_micros(50);
+/// The shortest spin of a reader whose spins found nothing.
+const MIN_SPIN: Duration = Duration::from_micros(2);
 /// Longest sleep between looks at Ctrl-C, dead lock holders and stuck socket messages.
 const SLICE: Duration = Duration::from_millis(20);
+/// The sleep of a reader with no deadline and nothing stuck (a signal ends it early).
+const READER_SLICE: Duration = Duration::from_millis(100);
 /// How long a socket message must wait with the ring empty and no send in flight before
 /// a reader takes it without its token (see the module docs).
 pub(crate) const STUCK_AFTER: Duration = Duration::from_millis(100);
-/// A sender waits for the lock at least this long, whatever its timeout: a holder
-/// writing a large message is not a full queue.
-const LOCK_GRACE: Duration = Duration::from_millis(100);
+/// Wake-ups in a row that found no sleeper before a ring clears its count of sleepers.
+const IDLE_WAKES: u32 = 64;
 /// A held sender lock is looked at for a dead holder after this much waiting.
 const CHECK_HOLDER_AFTER: Duration = Duration::from_millis(2);
+
+/// `pickle.dumps`, looked up once.
+static DUMPS: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
 
 /// The ring of a queue.
 #[pyclass(module = "procpool._core", frozen)]
@@ -117,6 +131,10 @@ pub(crate) struct Ring {
     /// holding thread's `pid << 32 | tid` (a forked child, whose pid differs, takes
     /// over a turn its parent's thread held at the fork).
     local: AtomicU64,
+    /// Wake-ups in a row that found no sleeper (see [`Ring::wake`]).
+    idle_wakes: AtomicU32,
+    /// How long this process's readers spin before sleeping, in ns (adapts; see `get`).
+    spin_ns: AtomicU64,
 }
 
 // SAFETY: the mapping lives as long as the value; shared words are used atomically and
@@ -152,6 +170,8 @@ fn map(fd: OwnedFd) -> PyResult<Ring> {
         fd,
         base: p as usize,
         local: AtomicU64::new(0),
+        idle_wakes: AtomicU32::new(0),
+        spin_ns: AtomicU64::new(SPIN.as_nanos() as u64),
     })
 }
 
@@ -234,8 +254,7 @@ impl Ring {
     /// Senders asleep for room are woken once a quarter of the ring is free.
     fn wake_senders(&self, left: u64) {
         if left <= SLOTS * 3 / 4 && self.u32_at(WSLEEP).load(SeqCst) > 0 {
-            self.u32_at(WSEQ).fetch_add(1, SeqCst);
-            futex_wake(self.u32_at(WSEQ), i32::MAX);
+            self.wake(WSEQ, WSLEEP, i32::MAX);
         }
     }
 
@@ -258,8 +277,31 @@ impl Ring {
         unsafe { volatile_write(raw.as_ptr(), at, o.next_multiple_of(8)) };
         tail.store(t.wrapping_add(1), SeqCst);
         if self.u32_at(RSLEEP).load(SeqCst) > 0 {
-            self.u32_at(RSEQ).fetch_add(1, SeqCst);
-            futex_wake(self.u32_at(RSEQ), 1);
+            self.wake(RSEQ, RSLEEP, 1);
+        }
+    }
+
+    /// Bumps the futex word at `seq` and wakes `n` of its sleepers. A process killed
+    /// asleep leaves the count of sleepers at `sleep` one too high, which would cost every
+    /// later message a system call: after [`IDLE_WAKES`] wake-ups in a row that found
+    /// nobody asleep, the count is cleared (a live sleeper it missed wakes at the end of
+    /// its slice, and counts itself again).
+    fn wake(&self, seq: usize, sleep: usize, n: i32) {
+        self.u32_at(seq).fetch_add(1, SeqCst);
+        // SAFETY: a live, 4-aligned u32 of the mapping; FUTEX_WAKE only reads the address.
+        let woken = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.u32_at(seq).as_ptr(),
+                libc::FUTEX_WAKE,
+                n,
+            )
+        };
+        if woken > 0 {
+            self.idle_wakes.store(0, Relaxed);
+        } else if self.idle_wakes.fetch_add(1, Relaxed) + 1 >= IDLE_WAKES {
+            self.idle_wakes.store(0, Relaxed);
+            self.u32_at(sleep).store(0, SeqCst);
         }
     }
 
@@ -267,44 +309,45 @@ impl Ring {
         self.len() < SLOTS
     }
 
-    /// Takes this process's turn, then the shared lock, waiting with the GIL let go and
-    /// Ctrl-C looked at: `None` once `deadline` passed (but never before [`LOCK_GRACE`]:
-    /// a holder writing a large message is not a full queue).
+    /// Takes this process's lock, then the shared one, waiting with the GIL let go;
+    /// `None` when `deadline` passed first (though never before a millisecond of trying:
+    /// another sender holds the lock a few microseconds as a rule, unless it waits for
+    /// room in the socket).
     fn lock(&self, py: Python<'_>, deadline: Option<Instant>) -> PyResult<Option<Held<'_>>> {
-        let deadline = deadline.map(|d| d.max(Instant::now() + LOCK_GRACE));
+        let give_up = deadline.map(|d| d.max(Instant::now() + Duration::from_millis(1)));
+        let late = || give_up.is_some_and(|g| Instant::now() >= g);
+        let mut nap = Duration::from_micros(20);
         let pid = std::process::id();
         // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() } as u32;
-        let mine = (u64::from(pid) << 32) | u64::from(tid);
-        let local = &self.local;
-        let mut nap = Duration::from_micros(20);
+        let mine = (u64::from(pid) << 32) | u64::from(unsafe { libc::gettid() } as u32);
         loop {
-            match local.compare_exchange(0, mine, SeqCst, SeqCst) {
+            match self.local.compare_exchange(0, mine, SeqCst, SeqCst) {
                 Ok(_) => break,
                 // Held by a thread of the process this one was forked from: that thread
-                // does not exist here, and never lets it go.
+                // does not exist here, and would never let it go.
                 Err(o) if (o >> 32) as u32 != pid => {
-                    if local.compare_exchange(o, mine, SeqCst, SeqCst).is_ok() {
+                    if self.local.compare_exchange(o, mine, SeqCst, SeqCst).is_ok() {
                         break;
                     }
                 }
                 Err(_) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                    if late() {
                         return Ok(None);
                     }
-                    // The holder may need the GIL to finish.
+                    // Another thread sends (it may wait for room in the socket): wait with
+                    // the GIL let go (the holder may need it to finish), Ctrl-C heard.
                     py.detach(|| std::thread::sleep(nap));
                     nap = (nap * 2).min(Duration::from_millis(1));
                     py.check_signals()?;
                 }
             }
         }
-        // From here the turn is let go by `Held`'s drop, whatever happens.
+        // From here on the turn is let go by `Turn`'s drop, then by `Held`'s.
         let turn = Turn(self);
+        let mut nap = Duration::from_micros(20);
         let me = token();
         let owner = self.u64_at(OWNER);
         let mut since = Instant::now();
-        let mut nap = Duration::from_micros(20);
         loop {
             match owner.compare_exchange(0, me, SeqCst, SeqCst) {
                 Ok(_) => break,
@@ -323,14 +366,14 @@ impl Ring {
                         break;
                     }
                 }
-                Err(_) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        // A holder that does not let go (stopped, or blocked on a full
-                        // socket): the caller's timeout is kept all the same.
+                Err(o) => {
+                    if late() {
                         return Ok(None);
                     }
-                    if since.elapsed() >= CHECK_HOLDER_AFTER * 50 {
-                        since = Instant::now() - CHECK_HOLDER_AFTER;
+                    if o == 0 || o == me {
+                        // Let go meanwhile, or held by this process (another handle of
+                        // the ring): look at the holder afresh later.
+                        since = Instant::now();
                     }
                     py.detach(|| std::thread::sleep(nap));
                     nap = (nap * 2).min(Duration::from_millis(1));
@@ -344,7 +387,7 @@ impl Ring {
 
     /// Waits for room in the ring (the lock not held): `false` when `deadline` passed.
     fn wait_room(&self, py: Python<'_>, ch: &Channel, deadline: Option<Instant>) -> PyResult<bool> {
-        let roomy = py.detach(|| spin(|| self.has_room()));
+        let roomy = py.detach(|| spin(SPIN, || self.has_room()));
         if roomy {
             return Ok(true);
         }
@@ -362,7 +405,7 @@ impl Ring {
             let slice = match slice_to(deadline) {
                 Some(sl) if !room => sl,
                 _ => {
-                    sleepers.fetch_sub(1, SeqCst);
+                    unsleep(sleepers);
                     return Ok(room);
                 }
             };
@@ -371,7 +414,7 @@ impl Ring {
                 // SAFETY: the word is in the mapping `self` keeps for the whole call.
                 futex_wait(unsafe { &*(seq_addr as *const AtomicU32) }, s, slice)
             });
-            sleepers.fetch_sub(1, SeqCst);
+            unsleep(sleepers);
             py.check_signals()?;
         }
     }
@@ -459,10 +502,10 @@ impl Drop for Turn<'_> {
     }
 }
 
-/// Looks at `ready` for [`SPIN`] at most, giving the processor away now and then (on a
+/// Looks at `ready` for `limit` at most, giving the processor away now and then (on a
 /// busy machine the process being waited for may need it): whether it became true.
-fn spin(ready: impl Fn() -> bool) -> bool {
-    let end = Instant::now() + SPIN;
+fn spin(limit: Duration, ready: impl Fn() -> bool) -> bool {
+    let end = Instant::now() + limit;
     let mut i = 0u32;
     loop {
         if ready() {
@@ -473,12 +516,17 @@ fn spin(ready: impl Fn() -> bool) -> bool {
             if Instant::now() >= end {
                 return false;
             }
-            if i.is_multiple_of(512) {
+            if i.is_multiple_of(128) {
                 std::thread::yield_now();
             }
         }
         std::hint::spin_loop();
     }
+}
+
+/// Takes one sleeper off a count (never below zero: [`Ring::wake`] may have cleared it).
+fn unsleep(sleepers: &AtomicU32) {
+    let _ = sleepers.fetch_update(SeqCst, SeqCst, |v| v.checked_sub(1));
 }
 
 /// The next sleep: at most [`SLICE`], never past `deadline`; `None` once it passed.
@@ -623,6 +671,43 @@ impl Ring {
         Ok(())
     }
 
+    /// `Queue.put`'s common case in one call: when `obj` is an `int`, `float`, `bool`,
+    /// `None` or a short `str` (exactly those types) and the count `count` is below
+    /// `maxsize`, pickles it, counts it and puts it, waiting for room as long as needed:
+    /// `True`. `False` (nothing done) for anything else.
+    fn put_small(
+        &self,
+        py: Python<'_>,
+        ch: PyRef<'_, Channel>,
+        count: PyRef<'_, crate::counter::Counter>,
+        maxsize: i64,
+        obj: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let small = obj.is_exact_instance_of::<pyo3::types::PyInt>()
+            || obj.is_none()
+            || obj.is_exact_instance_of::<pyo3::types::PyFloat>()
+            || obj.is_exact_instance_of::<pyo3::types::PyBool>()
+            || (obj.is_exact_instance_of::<pyo3::types::PyString>() && obj.len()? < 200);
+        if !small {
+            return Ok(false);
+        }
+        let dumps = DUMPS.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+            Ok(py.import("pickle")?.getattr("dumps")?.unbind())
+        })?;
+        let data = dumps.bind(py).call1((obj, 5))?;
+        let data = data.cast_into::<PyBytes>().map_err(PyErr::from)?;
+        if !count.add_one_below(maxsize) {
+            return Ok(false);
+        }
+        match self.put_slices(py, &ch, &[&[0u8], data.as_bytes()], &[], None) {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                count.add_delta(-1);
+                Err(e)
+            }
+        }
+    }
+
     /// Takes one queue message: `(pickle, [buffer, ...], [descriptor, ...])` as
     /// `Channel.recv_message`, or `None` when none came within `timeout` (`None`: as long
     /// as needed, 0: not at all).
@@ -662,18 +747,36 @@ impl Ring {
             }
             if !spun {
                 spun = true;
-                if py.detach(|| spin(|| self.len() != 0)) {
+                // The spin adapts to the stream: it halves after each spin in vain (a
+                // slow sender: its messages would be waited for by sleeping anyway, and
+                // spinning takes a processor it may need), and doubles after each
+                // success, up to [`SPIN`].
+                let limit = Duration::from_nanos(self.spin_ns.load(Relaxed));
+                let got = py.detach(|| spin(limit, || self.len() != 0));
+                let next = if got {
+                    (limit * 2).clamp(MIN_SPIN * 2, SPIN)
+                } else {
+                    (limit / 2).max(MIN_SPIN)
+                };
+                self.spin_ns.store(next.as_nanos() as u64, Relaxed);
+                if got {
                     continue;
                 }
             }
             // The ring stays empty: a socket message without a token (its reader was
             // killed, or it was sent by other means) is read once it has waited so.
-            // A send in flight whose sender died (killed between its socket send and
-            // its token) is no send in flight: its message is stuck.
-            let sending = self.u32_at(INFLIGHT).load(SeqCst) != 0;
-            if ch.readable_now() && (!sending || !alive(self.u64_at(OWNER).load(SeqCst))) {
+            // A send in flight holds it back (its token is coming), unless that lasts ten
+            // times as long (the sender waits for room in a socket full of such
+            // messages, or was stopped).
+            if ch.readable_now() {
                 let first = *stuck_since.get_or_insert_with(Instant::now);
-                if first.elapsed() >= STUCK_AFTER && self.len() == 0 {
+                let waited = first.elapsed();
+                // A send in flight whose sender died (killed between its socket send
+                // and its token) is none.
+                let quiet = self.u32_at(INFLIGHT).load(SeqCst) == 0
+                    || !alive(self.u64_at(OWNER).load(SeqCst));
+                if (waited >= STUCK_AFTER && quiet || waited >= STUCK_AFTER * 10) && self.len() == 0
+                {
                     if let Some(m) = ch.recv_message_now(py)? {
                         return Ok(Some(m));
                     }
@@ -688,27 +791,32 @@ impl Ring {
             sleepers.fetch_add(1, SeqCst);
             fence(SeqCst);
             if self.len() != 0 {
-                sleepers.fetch_sub(1, SeqCst);
+                unsleep(sleepers);
                 continue;
             }
             let mut slice = match slice_to(deadline) {
                 Some(sl) => sl,
                 None => {
-                    sleepers.fetch_sub(1, SeqCst);
+                    unsleep(sleepers);
                     return Ok(None);
                 }
             };
             if stuck_since.is_some() {
                 slice = slice.min(STUCK_AFTER / 4);
+            } else if deadline.is_none() {
+                // Nothing to look at but Ctrl-C, which ends the sleep itself.
+                slice = READER_SLICE;
             }
             let seq_addr = seq as *const AtomicU32 as usize;
-            py.detach(|| {
+            let woken = py.detach(|| {
                 // SAFETY: the word is in the mapping `self` keeps for the whole call.
                 futex_wait(unsafe { &*(seq_addr as *const AtomicU32) }, s, slice)
             });
-            sleepers.fetch_sub(1, SeqCst);
+            unsleep(sleepers);
             py.check_signals()?;
-            spun = false;
+            // Woken by a sender: spin again before the next sleep; a slice that ran out
+            // goes back to sleep at once.
+            spun = !woken;
         }
     }
 
@@ -731,6 +839,14 @@ impl Ring {
             Took::Token => Some("token"),
             Took::Empty => None,
         })
+    }
+
+    /// For tests: `(readers, senders)` the ring counts as asleep.
+    fn _sleepers(&self) -> (u32, u32) {
+        (
+            self.u32_at(RSLEEP).load(SeqCst),
+            self.u32_at(WSLEEP).load(SeqCst),
+        )
     }
 
     /// Whether no message waits in the ring.

@@ -54,6 +54,23 @@ struct PySource {
     /// Payload bytes per item of the last plain chunk: the next one's buffer is sized
     /// from it at once, rather than grown (and copied) step by step.
     plain_per_item: usize,
+    /// Payload bytes per item of the last chunk, plain or not: the size a chunk's
+    /// items are guessed at when they cannot be measured as they come (see `cut`).
+    per_item: usize,
+    /// Whether chunks end at the feed's soft byte limit (`Limits::soft_bytes`), however
+    /// many items the chunk size allows: the run follows its consumer (an `imap`).
+    cut: bool,
+    /// The largest chunk made so far: its payload's bytes and its items (see
+    /// [`Run::stats`]).
+    largest: (usize, u32),
+}
+
+impl PySource {
+    /// Notes a chunk of `n` items whose payload is `bytes` long.
+    fn made(&mut self, bytes: usize, n: u32) {
+        self.per_item = bytes.div_ceil(n.max(1) as usize);
+        self.largest = (self.largest.0.max(bytes), self.largest.1.max(n));
+    }
 }
 
 /// What the parent keeps of a job of several items, to send its items again one by one.
@@ -63,7 +80,7 @@ enum Kept {
     /// run code (a task's class, a `__reduce__`).
     Items(Vec<Py<PyAny>>),
     /// This many plain items (numbers, strings, small bytes, tuples of them: see
-    /// [`is_plain`]), pickled by the standard pickler with nothing by reference: they
+    /// [`plain_size`]), pickled by the standard pickler with nothing by reference: they
     /// are read back from the job's own payload, which the parent holds anyway, so that
     /// a chunk in flight is held once, not twice (an `imap`'s memory).
     Plain(u32),
@@ -152,10 +169,23 @@ impl PySource {
         let mut items = Vec::with_capacity(want.min(4096));
         let mut big = false;
         let mut plain = true;
-        while items.len() < want {
+        // A run that follows its consumer cuts its chunks at the feed's soft limit (a
+        // chunk in flight is held several times over: its payload, the worker's copy,
+        // its results, their values), whatever `chunksize` says: the items' pickled size
+        // is estimated as they are pulled (see `plain_size`), from the last chunk's size
+        // per item for the others.
+        let cut = if self.cut {
+            limits.soft_bytes
+        } else {
+            usize::MAX
+        };
+        let mut est = 0usize;
+        while items.len() < want && est < cut {
             if let Some(x) = self.ahead.pop_front() {
                 big |= is_big(x.bind(py));
-                plain &= is_plain(x.bind(py));
+                let size = plain_size(x.bind(py));
+                plain &= size.is_some();
+                est = est.saturating_add(size.unwrap_or(self.per_item));
                 items.push(x);
                 continue;
             }
@@ -165,7 +195,9 @@ impl PySource {
             match self.iter.bind(py).clone().next() {
                 Some(Ok(x)) => {
                     big |= is_big(&x);
-                    plain &= is_plain(&x);
+                    let size = plain_size(&x);
+                    plain &= size.is_some();
+                    est = est.saturating_add(size.unwrap_or(self.per_item));
                     items.push(x.unbind());
                 }
                 None => self.ended = true,
@@ -195,6 +227,7 @@ impl PySource {
             return match pickle_plain_into(py, out, &list, n, self.star) {
                 Ok(()) => {
                     self.plain_per_item = (out.len() - before).div_ceil(n as usize);
+                    self.made(out.len(), n);
                     if n > 1 {
                         lock(&self.kept).insert(self.next_index, Kept::Plain(n));
                     }
@@ -227,6 +260,7 @@ impl PySource {
         match failed {
             None => match encode_pickled(out, &t, n, self.star) {
                 Ok(()) => {
+                    self.made(out.len(), n);
                     if n > 1 {
                         lock(&self.kept).insert(self.next_index, Kept::Items(items));
                     }
@@ -295,21 +329,29 @@ fn is_big(x: &Bound<'_, PyAny>) -> bool {
             .is_ok_and(|t| t.iter().any(|y| big(&y)))
 }
 
-/// Whether an item is a number, a string, bytes or `None`, or a tuple of those: what the
-/// standard pickler takes as it is.
-fn is_plain(x: &Bound<'_, PyAny>) -> bool {
-    use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
-    let atom = |x: &Bound<'_, PyAny>| {
-        x.is_none()
-            || x.is_exact_instance_of::<PyInt>()
-            || x.is_exact_instance_of::<PyFloat>()
-            || x.is_exact_instance_of::<PyString>()
-            || x.is_exact_instance_of::<PyBytes>()
-            || x.is_exact_instance_of::<PyBool>()
+/// If an item is a number, a string, bytes or `None`, or a tuple of those (what the
+/// standard pickler takes as it is): about the bytes its pickle takes (exact for bytes
+/// and ASCII strings, a bound for small numbers); `None` for any other item.
+fn plain_size(x: &Bound<'_, PyAny>) -> Option<usize> {
+    use pyo3::types::{PyFloat, PyInt, PyString};
+    let atom = |x: &Bound<'_, PyAny>| -> Option<usize> {
+        if x.is_none() || x.is_exact_instance_of::<PyBool>() {
+            Some(1)
+        } else if let Ok(b) = x.cast_exact::<PyBytes>() {
+            Some(b.as_bytes().len() + 9)
+        } else if let Ok(s) = x.cast_exact::<PyString>() {
+            // Code points: a string of non-ASCII text pickles to up to four times that.
+            s.len().ok().map(|n| n + 9)
+        } else if x.is_exact_instance_of::<PyInt>() || x.is_exact_instance_of::<PyFloat>() {
+            Some(9)
+        } else {
+            None
+        }
     };
-    atom(x)
-        || x.cast_exact::<PyTuple>()
-            .is_ok_and(|t| t.iter().all(|y| atom(&y)))
+    atom(x).or_else(|| {
+        let t = x.cast_exact::<PyTuple>().ok()?;
+        t.iter().try_fold(2usize, |n, y| Some(n + atom(&y)?))
+    })
 }
 
 /// Where the standard pickler writes a plain chunk: its frames (about 64 KiB each, as
@@ -336,7 +378,7 @@ impl PickleSink {
     }
 }
 
-/// Appends to `out` a chunk's payload of the plain items of `list` (see [`is_plain`]);
+/// Appends to `out` a chunk's payload of the plain items of `list` (see [`plain_size`]);
 /// `out` is as it was on an error.
 fn pickle_plain_into(
     py: Python<'_>,
@@ -468,6 +510,31 @@ pub(crate) struct State {
     cancel_sent: bool,
     /// Pieces of an unordered run received by [`pump`], not yet decoded.
     parked: VecDeque<Piece>,
+    /// The most the run has held at once (see [`Run::stats`]).
+    peak: Peak,
+}
+
+/// The most a run has held at once, each counted on its own, as seen each time a
+/// finished job is received (the feed tops up the jobs in flight just before).
+#[derive(Debug, Default, Clone, Copy)]
+struct Peak {
+    /// Jobs submitted and not yet received.
+    jobs: usize,
+    /// Bytes of their encoded arguments.
+    payload_bytes: usize,
+    /// Bytes of finished results held back for order.
+    held_bytes: usize,
+}
+
+impl State {
+    /// Takes in what the run holds now.
+    fn note_peak(&mut self) {
+        let held = self.reorder.as_ref().map_or(0, Reorder::bytes);
+        let p = &mut self.peak;
+        p.jobs = p.jobs.max(self.feed.in_flight());
+        p.payload_bytes = p.payload_bytes.max(self.feed.payload_bytes());
+        p.held_bytes = p.held_bytes.max(held);
+    }
 }
 
 /// How a run calls its function.
@@ -531,6 +598,9 @@ impl Run {
             fds: None,
             kept: Mutex::default(),
             plain_per_item: 0,
+            per_item: 0,
+            cut: !collect,
+            largest: (0, 0),
         };
         let mut feed = Feed::new(engine, source, func, chunksize, timeout);
         feed.keep_open();
@@ -548,6 +618,7 @@ impl Run {
                 ended: false,
                 cancel_sent: false,
                 parked: VecDeque::new(),
+                peak: Peak::default(),
             })),
             side,
             cancelled: AtomicBool::new(false),
@@ -628,11 +699,15 @@ impl Run {
             };
             let feed = &mut st.feed;
             let got = py.detach(|| feed.recv_timeout(held, wait));
+            st.note_peak();
             match got {
                 Ok(Some(p)) => match split_if_died(st, p) {
                     None => {}
                     Some(p) => match st.reorder.as_mut() {
-                        Some(r) => r.insert(p.start, p.count, p.bytes(), p),
+                        Some(r) => {
+                            r.insert(p.start, p.count, p.bytes(), p);
+                            st.note_peak();
+                        }
                         None => decode(py, st, &self.side, p)?,
                     },
                 },
@@ -1170,6 +1245,26 @@ impl Run {
                 return Ok((values, failures));
             }
         }
+    }
+
+    /// What the run holds, and the most it has held at once: `jobs` (submitted, not yet
+    /// received) and `payload_bytes` (their encoded arguments) now, and their peaks
+    /// `peak_jobs` and `peak_payload_bytes`; `peak_held_bytes`, finished results held
+    /// back for order; `largest_chunk_bytes` and `largest_chunk_items`, the largest
+    /// chunk's payload and item count; `pulled`, items taken from the input.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let st = self.state(py);
+        let d = pyo3::types::PyDict::new(py);
+        let (largest_bytes, largest_items) = st.feed.source().largest;
+        d.set_item("jobs", st.feed.in_flight())?;
+        d.set_item("payload_bytes", st.feed.payload_bytes())?;
+        d.set_item("peak_jobs", st.peak.jobs)?;
+        d.set_item("peak_payload_bytes", st.peak.payload_bytes)?;
+        d.set_item("peak_held_bytes", st.peak.held_bytes)?;
+        d.set_item("largest_chunk_bytes", largest_bytes)?;
+        d.set_item("largest_chunk_items", largest_items)?;
+        d.set_item("pulled", st.feed.pulled())?;
+        Ok(d)
     }
 
     /// Drops the run's jobs not started and kills the workers running its jobs;

@@ -68,6 +68,7 @@ impl<A: Value, I: Iterator<Item: EncodesAs<A>>> Items<A, I> {
         }
         let n = limits.items.min(items::max_plain::<A>(self.layout));
         let mut count = 0u32;
+        let body = out.len();
         if let Some(bytes) = self.carry.take() {
             out.extend_from_slice(&bytes);
             count = 1;
@@ -116,6 +117,16 @@ impl<A: Value, I: Iterator<Item: EncodesAs<A>>> Items<A, I> {
                 break;
             }
             count += 1;
+            if count == 1 && n > 1 {
+                // Room for the chunk at the first item's size, at once: a buffer grown by
+                // doubling costs a copy of all it holds each time.
+                let per = out.len() - body;
+                let want = per
+                    .saturating_mul(n)
+                    .min(limits.soft_bytes.min(limits.hard_bytes))
+                    .saturating_add(per);
+                out.reserve(want.saturating_sub(out.len()));
+            }
             if out.len() >= limits.soft_bytes {
                 break;
             }
@@ -326,11 +337,7 @@ where
     /// The next finished job's results, with the bytes they were sent back in; `None`
     /// when nothing is outstanding. `held_bytes`: what the caller holds back.
     fn recv(&mut self, held_bytes: usize) -> Option<(ChunkOut<R>, usize)> {
-        let piece = {
-            #[cfg(feature = "tracing")]
-            let _entered = self.span.enter();
-            self.feed.recv(held_bytes)
-        }?;
+        let piece = self.recv_piece(held_bytes)?;
         Some(self.open(piece))
     }
 
@@ -346,8 +353,21 @@ where
             .map(|p| p.map(|piece| self.open(piece)))
     }
 
+    /// The next finished job, not decoded yet; `None` when nothing is outstanding.
+    fn recv_piece(&mut self, held_bytes: usize) -> Option<Piece> {
+        #[cfg(feature = "tracing")]
+        let _entered = self.span.enter();
+        self.feed.recv(held_bytes)
+    }
+
     /// Decodes a finished job, sending again the items its worker did not run.
     fn open(&mut self, piece: Piece) -> (ChunkOut<R>, usize) {
+        self.open_to(piece, None)
+    }
+
+    /// [`open`](Self::open), the values going to `sink` when given (see
+    /// [`ChunkOut::decode_into`]).
+    fn open_to(&mut self, piece: Piece, sink: Option<&mut Vec<R>>) -> (ChunkOut<R>, usize) {
         let bytes = piece.bytes();
         let Piece {
             start,
@@ -357,7 +377,10 @@ where
             fds,
         } = piece;
         let (pid, nanos) = (done.pid, done.nanos);
-        let chunk = ChunkOut::decode(done, count, self.layout.codec);
+        let chunk = match sink {
+            Some(out) => ChunkOut::decode_into(done, count, self.layout.codec, out),
+            None => ChunkOut::decode(done, count, self.layout.codec),
+        };
         chunk.record(&self.recorder, pid, nanos);
         self.feed.note_failed(chunk.failures());
         match (chunk.not_run(), &payload) {
@@ -507,6 +530,38 @@ where
     /// ```
     pub fn buffered(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Collects every result in input order into `out` (`map`): the first failure in
+    /// input order stops the input at once and is returned, as with
+    /// [`next_chunk`](Self::next_chunk) and `fail_fast`. A finished job that comes next
+    /// in order is decoded straight into `out`; one that comes early waits decoded, as
+    /// in `next_chunk`. `grew` is called with `out` after each job's values went in.
+    pub(crate) fn collect_all_into(
+        &mut self,
+        out: &mut Vec<R>,
+        mut grew: impl FnMut(&[R]),
+    ) -> Result<(), Error> {
+        if let Some(c) = self.current.take() {
+            c.extend_into(out)?;
+        }
+        loop {
+            while let Some(c) = self.waiting.pop() {
+                c.extend_into(out)?;
+            }
+            grew(out);
+            let Some(piece) = self.feeder.recv_piece(0) else {
+                return Ok(());
+            };
+            // In order (nothing waits: `pop` took all that could come out), and with
+            // values to decode.
+            let in_order = piece.start == self.waiting.next_index() && self.waiting.is_empty();
+            let (c, bytes) = self.feeder.open_to(piece, in_order.then_some(&mut *out));
+            if c.has_errors() {
+                self.feeder.stop_input();
+            }
+            self.waiting.insert(c.start(), c.len(), bytes, c);
+        }
     }
 
     /// The next job's results in input order, whole. With `fail_fast`, a job with a

@@ -238,6 +238,7 @@ mod pool;
 mod process;
 mod progress;
 pub mod shared;
+mod warm;
 
 pub use awaiting::{AsCompleted, as_completed, block_on, wait_any};
 #[cfg(feature = "futures")]

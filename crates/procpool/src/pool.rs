@@ -619,6 +619,12 @@ impl Pool {
     /// task's index and cause. Items may be the arguments or borrow as them
     /// (`pool.map(f, &vec)`); see [`Value`] for why arguments are owned values.
     ///
+    /// Results are decoded into the returned vector as their chunks come back in order.
+    /// When the input's length is known and the results take 16 MiB or more, a helper
+    /// thread (`procpool-warm`) maps the vector's memory ahead of them for the length of
+    /// the call, so that the calling thread, which encodes and decodes every chunk, does
+    /// not also take a page fault every 4 KiB.
+    ///
     /// ```
     /// # fn main() -> Result<(), procpool::Error> {
     /// # procpool::init();
@@ -977,10 +983,22 @@ impl<'p> Call<'p> {
     {
         self.check()?;
         let mut it = Imap::new(self.feeder("map", f, items.into_iter()), true);
-        let mut out = Vec::with_capacity(it.size_hint().0);
-        while let Some(chunk) = it.next_chunk(true) {
-            chunk.extend_into(&mut out)?;
-        }
+        let (lo, hi) = it.size_hint();
+        let mut out = Vec::with_capacity(lo);
+        // A large vector of known length is faulted in ahead of the values, off this
+        // thread (see `warm`).
+        let warm = if hi == Some(lo) {
+            crate::warm::Warmer::start(&mut out)
+        } else {
+            None
+        };
+        let r = it.collect_all_into(&mut out, |out| {
+            if let Some(w) = &warm {
+                w.watch(out);
+            }
+        });
+        drop(warm);
+        r?;
         Ok(out)
     }
 

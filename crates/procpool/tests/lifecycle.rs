@@ -67,14 +67,27 @@ fn the_initializer_runs_once_in_each_worker() {
         0,
         "the initializer ran in the parent"
     );
-    // Every worker ran it, once, before the pool was ready.
-    let mut files: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    files.sort();
+    // Every worker ran it, once. A worker that took no task (the other took all, under
+    // load) may still be in its initializer: it has 10 s to write its file.
     let mut expected: Vec<String> = workers.iter().map(u32::to_string).collect();
     expected.sort();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let files = loop {
+        let mut files: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        let written = |pid: &String| {
+            std::fs::read_to_string(dir.path().join(pid)).is_ok_and(|c| c.ends_with('\n'))
+        };
+        if (files == expected && expected.iter().all(written))
+            || std::time::Instant::now() > deadline
+        {
+            break files;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(files, expected, "one file per worker");
     for pid in &workers {
         let content = std::fs::read_to_string(dir.path().join(pid.to_string())).unwrap();

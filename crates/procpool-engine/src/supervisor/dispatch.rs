@@ -40,8 +40,11 @@ use crate::wire::{self, Down, SharedJobFrame};
 /// numbers, 40–150 KiB, cost a kernel copy on each side, and the supervisor's was its
 /// largest cost.)
 const SHM_THRESHOLD: usize = 32 * 1024;
-/// The part of a data region used while it has room: see [`alloc_shared`].
-const SOFT_RING: usize = 1 << 20;
+/// The part of a data region used while it has room, at least three payloads' worth:
+/// see [`alloc_shared`]. (At 1 MiB, an `imap` of 128 KiB chunks, two in flight per
+/// worker, kept up to 1 MiB of each worker's region resident in the parent, for 384 KiB
+/// of payloads.)
+const SOFT_RING: usize = 256 << 10;
 /// Most expected work a worker may hold, in nanoseconds of measured job time.
 const WINDOW_NANOS: f64 = 2_000_000.0;
 /// Most jobs a worker may hold.

@@ -366,14 +366,39 @@ impl postcard::ser_flavors::Flavor for Appender<'_> {
 
     #[inline(always)]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        // Varints and other short fields: byte by byte beats a call to memcpy.
-        if data.len() <= 16 {
-            self.0.reserve(16);
-            for &b in data {
-                self.0.push(b);
-            }
-        } else {
+        let n = data.len();
+        if n > 16 {
             self.0.extend_from_slice(data);
+            return Ok(());
+        }
+        // Varints, numbers and short strings: a call to memcpy (or a push per byte, each
+        // checking the capacity) costs more than the field. Two word copies, which may
+        // overlap, cover any length up to 16.
+        let buf = &mut *self.0;
+        buf.reserve(16);
+        let len = buf.len();
+        // SAFETY: 16 bytes of room past `len` are reserved above; each copy reads within
+        // `data` (the two reads of a pair cover `data` from both ends) and writes within
+        // `len..len + n`.
+        unsafe {
+            let src = data.as_ptr();
+            let dst = buf.as_mut_ptr().add(len);
+            if n >= 8 {
+                let a = src.cast::<u64>().read_unaligned();
+                let b = src.add(n - 8).cast::<u64>().read_unaligned();
+                dst.cast::<u64>().write_unaligned(a);
+                dst.add(n - 8).cast::<u64>().write_unaligned(b);
+            } else if n >= 4 {
+                let a = src.cast::<u32>().read_unaligned();
+                let b = src.add(n - 4).cast::<u32>().read_unaligned();
+                dst.cast::<u32>().write_unaligned(a);
+                dst.add(n - 4).cast::<u32>().write_unaligned(b);
+            } else {
+                for i in 0..n {
+                    *dst.add(i) = *src.add(i);
+                }
+            }
+            buf.set_len(len + n);
         }
         Ok(())
     }
@@ -392,6 +417,24 @@ impl postcard::ser_flavors::Flavor for Appender<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_appender_copies_every_short_length_exactly() {
+        use postcard::ser_flavors::Flavor;
+        let data: Vec<u8> = (1..=40).collect();
+        for n in 0..=40 {
+            for pre in [0usize, 3, 13] {
+                let mut buf = vec![0xAA; pre];
+                buf.shrink_to_fit();
+                Appender(&mut buf).try_extend(&data[..n]).unwrap();
+                Appender(&mut buf).try_extend(&data[..n]).unwrap();
+                let mut want = vec![0xAA; pre];
+                want.extend_from_slice(&data[..n]);
+                want.extend_from_slice(&data[..n]);
+                assert_eq!(buf, want, "{n} bytes after {pre}");
+            }
+        }
+    }
 
     #[test]
     fn the_byte_path_writes_what_postcard_writes() {

@@ -89,6 +89,7 @@ impl<R> ChunkOut<R> {
             }
             Values::Decoded(it) => out.extend(it),
             Values::Packed { bytes, pos } => extend_packed(out, &bytes[pos..]),
+            Values::Moved => {}
         }
         Ok(())
     }
@@ -97,6 +98,20 @@ impl<R> ChunkOut<R> {
 impl<R: Value> ChunkOut<R> {
     /// Decodes a job's outcome into per-item results.
     pub(crate) fn decode(done: Done, count: u32, codec: Codec) -> Self {
+        Self::decode_to(done, count, codec, None)
+    }
+
+    /// Decodes a job's outcome, appending the values of the items that succeeded to
+    /// `sink`, in order, instead of holding them: the chunk then carries only its
+    /// failures (and where the worker stopped it), and hands out no values. For a caller
+    /// that collects every result in order and whose results so far end just before this
+    /// chunk (`map`): the values are made in their final place, without a vector per
+    /// chunk and a second move.
+    pub(crate) fn decode_into(done: Done, count: u32, codec: Codec, sink: &mut Vec<R>) -> Self {
+        Self::decode_to(done, count, codec, Some(sink))
+    }
+
+    fn decode_to(done: Done, count: u32, codec: Codec, mut sink: Option<&mut Vec<R>>) -> Self {
         let start = done.index;
         let pid = done.pid;
         let mut bytes = match done.outcome {
@@ -113,11 +128,18 @@ impl<R: Value> ChunkOut<R> {
         if count == 1
             && let Some(v) = take_sole_bytes::<R>(&mut bytes)
         {
+            let values = match sink {
+                Some(out) => {
+                    out.push(v);
+                    Values::Moved
+                }
+                None => Values::Decoded(vec![v].into_iter()),
+            };
             return Self {
                 start,
                 count,
                 next: 0,
-                values: Values::Decoded(vec![v].into_iter()),
+                values,
                 errors: VecDeque::new(),
                 not_run: None,
             };
@@ -139,18 +161,37 @@ impl<R: Value> ChunkOut<R> {
                 let m = "packed results of the wrong size".to_string();
                 return Self::failed(start, count, |i| codec_err((i - start) as u32, m.clone()));
             }
-            // The values stay packed in the worker's answer until they are taken.
+            // The values stay packed in the worker's answer until they are taken (or
+            // go to the sink in one copy).
             let pos = bytes.len() - rest.len();
+            let values = match sink {
+                Some(out) => {
+                    extend_packed(out, rest);
+                    Values::Moved
+                }
+                None => Values::Packed { bytes, pos },
+            };
             return Self {
                 start,
                 count,
                 next: 0,
-                values: Values::Packed { bytes, pos },
+                values,
                 errors: VecDeque::new(),
                 not_run: None,
             };
         }
-        let mut values = Vec::with_capacity(count as usize);
+        let mut own = Vec::new();
+        let to_sink = sink.is_some();
+        let values = match sink.take() {
+            Some(out) => {
+                out.reserve(count as usize);
+                out
+            }
+            None => {
+                own.reserve_exact(count as usize);
+                &mut own
+            }
+        };
         let mut errors = VecDeque::new();
         let mut not_run = None;
         for k in 0..count {
@@ -175,11 +216,17 @@ impl<R: Value> ChunkOut<R> {
                 }
             }
         }
+        // Values that went to the caller's vector are not the chunk's.
+        let values = if to_sink {
+            Values::Moved
+        } else {
+            Values::Decoded(own.into_iter())
+        };
         Self {
             start,
             count: not_run.unwrap_or(count),
             next: 0,
-            values: Values::Decoded(values.into_iter()),
+            values,
             errors,
             not_run,
         }
@@ -274,6 +321,9 @@ enum Values<R> {
     Decoded(std::vec::IntoIter<R>),
     /// Still packed in the worker's answer, from `pos`.
     Packed { bytes: Vec<u8>, pos: usize },
+    /// Appended to the caller's vector as they were decoded (see
+    /// [`ChunkOut::decode_into`]): none to hand out.
+    Moved,
 }
 
 impl<R: 'static> Values<R> {
@@ -286,6 +336,7 @@ impl<R: 'static> Values<R> {
                 *pos += n;
                 Some(v)
             }
+            Values::Moved => None,
         }
     }
 }
