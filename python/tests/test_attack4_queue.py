@@ -866,3 +866,28 @@ def test_a_stuck_message_reaches_a_consumer_that_polls_with_get_nowait():
         except queue.Empty:
             time.sleep(0.02)
     pytest.fail("get_nowait never returned the message")
+
+
+def _sleep_in_get(q):
+    q.get()
+
+
+@pytest.mark.limit(20)
+def test_a_reader_killed_asleep_does_not_leave_every_put_a_wake_up_for_good():
+    q = procpool.Queue()
+    mem = RingMem(q)
+    from attack4_ringmem import RSLEEP
+
+    pid = _fork(_sleep_in_get, q)
+    end = time.monotonic() + 5
+    while mem.u32(RSLEEP) == 0 and time.monotonic() < end:
+        time.sleep(0.01)
+    assert mem.u32(RSLEEP) == 1, "the reader never slept"
+    os.kill(pid, signal.SIGKILL)
+    _reap(pid)
+    for i in range(200):
+        q.put(i)
+    # The count of sleepers went back to 0 (else each put pays a futex wake-up).
+    assert mem.u32(RSLEEP) == 0
+    assert _drain(q, 0.2) == list(range(200))
+    mem.close()
