@@ -21,7 +21,8 @@
 //! - **Senders take turns** through a lock in the ring whose word names the holder by
 //!   its process id and start time (`sync.rs`'s token). A sender that finds it held by a
 //!   process that no longer runs takes it over: a sender killed anywhere never blocks
-//!   the queue. Threads of one process take an in-process lock first.
+//!   the queue. Threads of one process take an in-process turn first (a word naming
+//!   the thread by pid and tid: a forked child takes over a turn its parent's thread held).
 //! - **Order with the socket.** The lock holder sends a socket message, then publishes its
 //!   token. A sender killed between the two leaves an `inflight` mark; the sender that
 //!   takes the lock over publishes the token for it (a token whose message never came
@@ -46,7 +47,8 @@
 //!
 //! The mapping is never at risk from peers: the memfd is sealed against shrinking and
 //! growing before it is shared, and checked so when received. A peer that scribbles
-//! in it can garble messages (each slot's length is checked) but not fault a reader.
+//! in it can garble messages (each slot's length is checked) but not fault a reader; a
+//! ring that says it holds more messages than slots makes `put` and `get` raise `OSError`.
 //!
 //! Layout (offsets in bytes):
 //!
@@ -66,7 +68,6 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed};
 use std::sync::atomic::{Ordering::SeqCst, fence};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyValueError};
@@ -126,8 +127,10 @@ static DUMPS: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
 pub(crate) struct Ring {
     fd: OwnedFd,
     base: usize,
-    /// Threads of this process take turns before taking the shared lock.
-    local: Mutex<()>,
+    /// Threads of this process take turns before taking the shared lock: 0, or the
+    /// holding thread's `pid << 32 | tid` (a forked child, whose pid differs, takes
+    /// over a turn its parent's thread held at the fork).
+    local: AtomicU64,
     /// Wake-ups in a row that found no sleeper (see [`Ring::wake`]).
     idle_wakes: AtomicU32,
     /// How long this process's readers spin before sleeping, in ns (adapts; see `get`).
@@ -166,7 +169,7 @@ fn map(fd: OwnedFd) -> PyResult<Ring> {
     Ok(Ring {
         fd,
         base: p as usize,
-        local: Mutex::new(()),
+        local: AtomicU64::new(0),
         idle_wakes: AtomicU32::new(0),
         spin_ns: AtomicU64::new(SPIN.as_nanos() as u64),
     })
@@ -213,9 +216,12 @@ impl Ring {
                 return Ok(Took::Empty);
             }
             if n > SLOTS {
-                return Err(PyOSError::new_err(
-                    "a queue's shared memory is garbled (more messages than slots)",
-                ));
+                if head.load(SeqCst) != h {
+                    // `h` was stale: other readers took more than a ring's worth
+                    // between the two loads.
+                    continue;
+                }
+                return Err(garbled());
             }
             let mut raw = [0u8; SLOT];
             // SAFETY: a slot inside the mapping, read with volatile reads (a sender may be
@@ -311,11 +317,20 @@ impl Ring {
         let give_up = deadline.map(|d| d.max(Instant::now() + Duration::from_millis(1)));
         let late = || give_up.is_some_and(|g| Instant::now() >= g);
         let mut nap = Duration::from_micros(20);
-        let local = loop {
-            match self.local.try_lock() {
-                Ok(g) => break g,
-                Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => {
+        let pid = std::process::id();
+        // SAFETY: gettid has no preconditions.
+        let mine = (u64::from(pid) << 32) | u64::from(unsafe { libc::gettid() } as u32);
+        loop {
+            match self.local.compare_exchange(0, mine, SeqCst, SeqCst) {
+                Ok(_) => break,
+                // Held by a thread of the process this one was forked from: that thread
+                // does not exist here, and would never let it go.
+                Err(o) if (o >> 32) as u32 != pid => {
+                    if self.local.compare_exchange(o, mine, SeqCst, SeqCst).is_ok() {
+                        break;
+                    }
+                }
+                Err(_) => {
                     if late() {
                         return Ok(None);
                     }
@@ -326,7 +341,9 @@ impl Ring {
                     py.check_signals()?;
                 }
             }
-        };
+        }
+        // From here on the turn is let go by `Turn`'s drop, then by `Held`'s.
+        let turn = Turn(self);
         let mut nap = Duration::from_micros(20);
         let me = token();
         let owner = self.u64_at(OWNER);
@@ -364,10 +381,8 @@ impl Ring {
                 }
             }
         }
-        Ok(Some(Held {
-            ring: self,
-            _local: local,
-        }))
+        std::mem::forget(turn);
+        Ok(Some(Held { ring: self }))
     }
 
     /// Waits for room in the ring (the lock not held): `false` when `deadline` passed.
@@ -428,6 +443,12 @@ impl Ring {
                 let Some(held) = self.lock(py, deadline)? else {
                     return Ok(false);
                 };
+                if self.len() > SLOTS {
+                    // With the lock held the tail stays put and the head never passes
+                    // it: only a scribbled ring says so. Waiting for room would be
+                    // forever.
+                    return Err(garbled());
+                }
                 if self.has_room() {
                     if small {
                         self.publish(KIND_DATA, slices);
@@ -456,15 +477,28 @@ impl Ring {
     }
 }
 
-/// The sender lock, held.
+fn garbled() -> PyErr {
+    PyOSError::new_err("a queue's shared memory is garbled (more messages than slots)")
+}
+
+/// The sender lock, held (the shared lock and this process's turn).
 struct Held<'a> {
     ring: &'a Ring,
-    _local: MutexGuard<'a, ()>,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.ring.u64_at(OWNER).store(0, SeqCst);
+        self.ring.local.store(0, SeqCst);
+    }
+}
+
+/// This process's turn, held while the shared lock is waited for.
+struct Turn<'a>(&'a Ring);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.local.store(0, SeqCst);
     }
 }
 
@@ -737,7 +771,10 @@ impl Ring {
             if ch.readable_now() {
                 let first = *stuck_since.get_or_insert_with(Instant::now);
                 let waited = first.elapsed();
-                let quiet = self.u32_at(INFLIGHT).load(SeqCst) == 0;
+                // A send in flight whose sender died (killed between its socket send
+                // and its token) is none.
+                let quiet = self.u32_at(INFLIGHT).load(SeqCst) == 0
+                    || !alive(self.u64_at(OWNER).load(SeqCst));
                 if (waited >= STUCK_AFTER && quiet || waited >= STUCK_AFTER * 10) && self.len() == 0
                 {
                     if let Some(m) = ch.recv_message_now(py)? {
