@@ -73,15 +73,25 @@ impl Counter {
     fn new() -> PyResult<Self> {
         // SAFETY: plain system calls; the descriptor is owned at once.
         let fd = unsafe {
-            let raw = libc::memfd_create(c"procpool-counter".as_ptr(), libc::MFD_CLOEXEC);
+            let raw = libc::memfd_create(
+                c"procpool-counter".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            );
             if raw < 0 {
                 return Err(std::io::Error::last_os_error().into());
             }
             <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw)
         };
-        // SAFETY: sizing our own new memfd.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), 4096) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
+        // SAFETY: sizing and sealing our own new memfd: a peer that could shrink it would
+        // make every process mapping it fault (SIGBUS) on its next use.
+        unsafe {
+            if libc::ftruncate(fd.as_raw_fd(), 4096) != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+            if libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
         }
         map(fd)
     }
@@ -95,10 +105,13 @@ impl Counter {
         // SAFETY: the caller holds `fd` open for the call; it is duplicated at once.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
         let st = rustix::fs::fstat(fd.as_fd()).map_err(std::io::Error::from)?;
-        let sealed = rustix::fs::fcntl_get_seals(fd.as_fd()).is_ok();
-        if !sealed || st.st_size < 4096 {
+        let seals = rustix::fs::fcntl_get_seals(fd.as_fd()).ok();
+        let fixed = seals.is_some_and(|s| {
+            s.contains(rustix::fs::SealFlags::SHRINK) && s.contains(rustix::fs::SealFlags::GROW)
+        });
+        if !fixed || st.st_size != 4096 {
             return Err(PyValueError::new_err(
-                "the descriptor is not a procpool counter (a memfd of one page)",
+                "the descriptor is not a procpool counter (a memfd of one page, sealed at that size)",
             ));
         }
         map(fd)
