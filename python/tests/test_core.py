@@ -398,9 +398,13 @@ def test_a_new_worker_replaces_a_killed_one(engine):
 
 def templates() -> set[int]:
     """This process's template children (other children, such as the stdlib's resource
-    tracker started by an oracle test, are not counted)."""
+    tracker started by an oracle test, or a spare process forked by the template for the
+    next `procpool.Process`, which shares the template's command line, are not counted)."""
     out = set()
+    spare = _core._spare_pid()
     for pid in children():
+        if pid == spare:
+            continue
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if b"procpool._template" in f.read():
