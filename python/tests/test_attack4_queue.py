@@ -332,13 +332,6 @@ def _pairs(n):
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ring.rs lock(): the token a lock's new holder publishes for a dead sender's "
-    "send in flight (in case its message went) takes the next socket message when none "
-    "went, and every later socket message then comes one token early (before the same "
-    "producer's earlier small messages) until the socket runs empty",
-)
 @pytest.mark.limit(20)
 def test_a_sender_killed_inside_its_socket_send_does_not_reorder_later_messages():
     q = procpool.Queue()
@@ -350,14 +343,6 @@ def test_a_sender_killed_inside_its_socket_send_does_not_reorder_later_messages(
     assert got == want
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ring.rs get(): a reader killed (or only slow) after taking a token leaves "
-    "its message first in the socket; each later token then reads the message before "
-    "its own, so every later socket message comes one token late (after the same "
-    "producer's later small messages, also to one and the same consumer) until the "
-    "stuck rule reads the last one",
-)
 @pytest.mark.limit(20)
 def test_a_reader_killed_after_taking_a_token_delays_only_its_own_message():
     q = procpool.Queue()
@@ -847,12 +832,6 @@ def test_a_scribbler_garbling_the_ring_never_crashes_or_hangs_a_reader(tmp_path)
 # -- a known limit left as it is --------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="get(timeout=0) returns before the stuck-message rule looks, and a get "
-    "with a timeout under 100 ms never waits it out: a socket message left without "
-    "its token is never read by a consumer that only polls",
-)
 @pytest.mark.limit(20)
 def test_a_stuck_message_reaches_a_consumer_that_polls_with_get_nowait():
     q = procpool.Queue()
