@@ -989,6 +989,20 @@ impl Ring {
         })
     }
 
+    /// For tests: takes the reader lock and the message at the head, and never lets the
+    /// lock go in this process, as a reader killed right after taking a token would:
+    /// `"data"`, `"token"` or `None` when the ring was empty.
+    fn _take_holding_reader_lock(&self, py: Python<'_>) -> PyResult<Option<&'static str>> {
+        let held = self.rlock(py, None)?.expect("no deadline");
+        let took = self.take(true)?;
+        std::mem::forget(held);
+        Ok(match took {
+            Took::Data(..) => Some("data"),
+            Took::Token(_) => Some("token"),
+            Took::NeedLock | Took::Empty => None,
+        })
+    }
+
     /// For tests: `(readers, senders)` the ring counts as asleep.
     fn _sleepers(&self) -> (u32, u32) {
         (
