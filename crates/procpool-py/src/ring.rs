@@ -17,20 +17,39 @@
 //!   wins; the others drop their copy and look again. A sender reuses a slot only once
 //!   `head` has passed it, so a winner's copy is always the message whole. A reader killed
 //!   at any point leaves `head` either before the slot (another reader takes it) or
-//!   after it (the message was its own, as a message a reader took from a socket).
+//!   after it (a small message was its own, as a message a reader took from a socket;
+//!   a token's message is not lost, see below).
 //! - **Senders take turns** through a lock in the ring whose word names the holder by
 //!   its process id and start time (`sync.rs`'s token). A sender that finds it held by a
 //!   process that no longer runs takes it over: a sender killed anywhere never blocks
 //!   the queue. Threads of one process take an in-process turn first (a word naming
 //!   the thread by pid and tid: a forked child takes over a turn its parent's thread held).
-//! - **Order with the socket.** The lock holder sends a socket message, then publishes its
-//!   token. A sender killed between the two leaves an `inflight` mark; the sender that
-//!   takes the lock over publishes the token for it (a token whose message never came
-//!   is skipped: a reader finding the socket empty goes on). A socket message left
-//!   without a token (its reader was killed after taking the token) is read by a reader
-//!   that finds the ring empty, the socket not, and no send in flight, for
-//!   [`STUCK_AFTER`] (ten times that with a send in flight): late, never lost. Order
-//!   between one sender's messages can differ from `put`'s only after such a kill.
+//! - **Order with the socket.** The lock holder sends a socket message tagged with the
+//!   ring position its token will take (a marker byte and that position in front of the
+//!   queue's own bytes; see `Channel::recv_tagged_now`), then publishes the token. Readers
+//!   read the socket in the tokens' order: a reader takes the **reader lock** (robust as
+//!   the sender lock: pid and start time, taken over from a dead holder) before it takes a
+//!   token, marks the token *owed* in the ring, and lets the lock go only once the token
+//!   is served. Serving the token at `p` reads the socket's first message: tagged `p`,
+//!   it is the token's; tagged lower, an orphan (its reader died before marking its token
+//!   owed, or it was sent without a tag): returned, late but whole, and `p` stays owed,
+//!   served by the next `get` before anything else; tagged higher, or no message at all:
+//!   the token's message never came (its sender died before sending), the token is spent
+//!   (a message tagged higher is returned, and its own token marked served *ahead*). A
+//!   reader killed holding a token leaves it owed and the lock held: the next reader takes
+//!   the lock over and serves it, in its place. A sender killed between `inflight` and
+//!   its token leaves `inflight` set: the next lock holder publishes the token for it,
+//!   then sends a *void* marker tagged with its position; the token's reader takes the
+//!   message if it came before the marker, else finds the marker (or nothing) and spends
+//!   the token; a later reader drops a stale marker. A reader that finds the ring empty
+//!   and the socket not takes the reader lock and reads the message at once: an orphan,
+//!   or the message of a send in flight (then in order: the ring is empty and its sender
+//!   publishes nothing before its token; the token is marked served ahead). A `get`
+//!   with `timeout=0` does so too. Small messages are taken without the reader lock.
+//!   Limits: one token can be marked served ahead at a time (two would need a dead
+//!   sender's message, an empty ring and a void marker that the full socket refused at
+//!   once); a void marker not sent (the socket stayed full past the `put`'s timeout) lets
+//!   the next socket message come one token early.
 //! - **Back-pressure.** The ring holds [`SLOTS`] messages; a sender waits for room
 //!   (so does one whose message goes through the socket: its token needs a slot), as
 //!   long as `timeout` says; told `BrokenPipeError` when no process can read any more.
@@ -62,6 +81,9 @@
 //! 260   rsleep    u32   readers asleep
 //! 320   wseq      u32   futex word senders waiting for room sleep on
 //! 324   wsleep    u32   senders asleep
+//! 384   rlock     u64   reader lock: holder's token, 0 when free
+//! 392   owed      u64   1 + position of a token taken and not served yet, 0 when none
+//! 400   ahead     u64   1 + position of a token whose message was read before it, or 0
 //! 4096  slots     SLOTS × SLOT bytes: kind u32, len u32, payload
 //! ```
 
@@ -111,11 +133,12 @@ const SPIN: Duration = Duration::from_micros(50);
 const MIN_SPIN: Duration = Duration::from_micros(2);
 /// Longest sleep between looks at Ctrl-C and a deadline.
 const SLICE: Duration = Duration::from_millis(20);
-/// The sleep of a reader with no deadline and nothing stuck (a signal ends it early).
+/// The sleep of a reader with no deadline (a signal ends it early; a socket message left
+/// without a token is looked for after it).
 const READER_SLICE: Duration = Duration::from_millis(100);
 /// Wake-ups in a row that found no sleeper before a ring clears its count of sleepers.
 const IDLE_WAKES: u32 = 64;
-/// A held sender lock is looked at for a dead holder after this much waiting.
+/// A held lock (sender or reader) is looked at for a dead holder after this much waiting.
 const CHECK_HOLDER_AFTER: Duration = Duration::from_millis(2);
 
 /// `pickle.dumps`, looked up once.
