@@ -383,6 +383,36 @@ def test_a_reader_killed_holding_a_token_and_the_reader_lock_loses_nothing(tmp_p
         q.get(timeout=0.2)
 
 
+def _send_tagged_then_exit(q):
+    # A sender killed between its socket send (tagged with its token's position, as
+    # ring.rs sends) and its token.
+    mem = RingMem(q)
+    q._ring._hold_lock_forever(True)
+    tag = b"\x02" + mem.u64(TAIL).to_bytes(8, "little")
+    q._ch.send([tag, b"\x00", pickle.dumps(("dead", b"D" * 1000))], [], None)
+    os._exit(0)
+
+
+@pytest.mark.limit(20)
+@pytest.mark.parametrize("read_first", [False, True])
+def test_a_sender_killed_after_its_socket_send_keeps_its_place_and_later_order(read_first):
+    # The lock's next holder publishes the dead sender's token and voids it: the token
+    # reads the message that came before the void marker, and nothing shifts. Read
+    # before that (the ring empty), the message marks its token served ahead.
+    q = procpool.Queue()
+    q.put(("small", -1))
+    assert _exited_ok(_reap(_fork(_send_tagged_then_exit, q)))
+    got = [q.get(timeout=5), q.get(timeout=5)] if read_first else []
+    want = _pairs(20)
+    for m in want:
+        q.put(m)
+    got += [q.get(timeout=5) for _ in range(len(want) + 2 - len(got))]
+    assert got == [("small", -1), ("dead", b"D" * 1000)] + want
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.2)
+    assert q.empty()
+
+
 def _send_then_exit(q):
     # A sender killed between its socket send and its token.
     q._ring._hold_lock_forever(True)

@@ -464,7 +464,17 @@ impl Ring {
         // token is taken meanwhile).
         let to_come = |t: u64| self.u64_at(HEAD).load(SeqCst).wrapping_sub(t) as i64 <= 0;
         loop {
-            let got = ch.recv_tagged_now(py)?;
+            let got = match ch.recv_tagged_now(py) {
+                Ok(g) => g,
+                Err(e) => {
+                    // A malformed message (taken: most likely the token's own) or the
+                    // end of the queue: the token is spent either way.
+                    if p.is_some() {
+                        owed.store(0, SeqCst);
+                    }
+                    return Err(e);
+                }
+            };
             match (got, p) {
                 (None, Some(_)) => {
                     // Its sender died before sending (tokens come after their message).
