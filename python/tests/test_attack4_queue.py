@@ -357,6 +357,30 @@ def test_a_reader_killed_after_taking_a_token_delays_only_its_own_message():
     assert [m for m in got if m[0] != "taken"] == want
 
 
+@pytest.mark.limit(20)
+def test_a_reader_slow_after_taking_a_token_keeps_every_consumer_in_order():
+    # No kill: a reader preempted between taking a token and reading the socket. Another
+    # consumer's next token must not read that token's message (the stdlib reads its
+    # pipe under a lock: never out of order).
+    q = procpool.Queue()
+    want = [("large", 0, b"L" * 1000), ("small", 1), ("large", 2, b"L" * 1000)]
+    for m in want:
+        q.put(m)
+    slow = {}
+
+    def reader():
+        slow["got"] = q._ring._get_token_slowly(q._ch, 0.3)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    time.sleep(0.1)  # the thread holds the first token, asleep
+    assert q.get(timeout=5) == ("small", 1)
+    assert q.get(timeout=5) == ("large", 2, b"L" * 1000)
+    t.join(5)
+    data, bufs, fds = slow["got"]
+    assert pickle.loads(data) == ("large", 0, b"L" * 1000) and not bufs and not fds
+
+
 def _take_token_and_exit(q, path):
     with open(path, "w") as f:
         f.write(str(q._ring._take_holding_reader_lock()))

@@ -1036,6 +1036,26 @@ impl Ring {
         })
     }
 
+    /// For tests: takes the token at the head, as `get` does, then pauses `pause`
+    /// seconds (the GIL let go) before reading its message, as a reader preempted there
+    /// would. `None` when the head held no token (nothing is taken then).
+    fn _get_token_slowly<'py>(
+        &self,
+        py: Python<'py>,
+        ch: PyRef<'_, Channel>,
+        pause: f64,
+    ) -> PyResult<Option<QueueMessage<'py>>> {
+        let _held = self.rlock(py, None)?.expect("no deadline");
+        if !matches!(self.take(false)?, Took::NeedLock) {
+            return Err(PyValueError::new_err("the head holds no token"));
+        }
+        let Took::Token(p) = self.take(true)? else {
+            return Err(PyValueError::new_err("the token was taken meanwhile"));
+        };
+        py.detach(|| std::thread::sleep(Duration::from_secs_f64(pause)));
+        self.serve(py, &ch, Some(p))
+    }
+
     /// For tests: `(readers, senders)` the ring counts as asleep.
     fn _sleepers(&self) -> (u32, u32) {
         (
