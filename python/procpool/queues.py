@@ -12,7 +12,8 @@ system call, with no feeder thread:
 * a ``Queue``'s small messages (a pickle of at most 248 bytes, no descriptor) go through a
   ring of slots in shared memory instead (``_core.Ring``, see ``crates/procpool-py/src/
   ring.rs``): no system call per message unless a reader sleeps; other messages go
-  through the socket with a token in the ring, so one sender's messages stay in order;
+  through the socket with a token in the ring, read in token order under a reader lock,
+  so each consumer sees one sender's messages in order;
 * a queue or pipe end can itself be sent: as a ``Process`` argument, inside another
   message, and as a ``Pool`` task argument or ``initargs`` (copied from the sending
   process with ``pidfd_getfd`` there, so that process must still be running).

@@ -205,9 +205,12 @@ def test_many_producers_and_consumers_across_processes_and_threads(tmp_path):
     assert len(keys) == len(set(keys)), "a message came twice"
     want = {(10 * k + t, i) for k in range(2) for t in range(3) for i in range(n)}
     assert set(keys) == want
-    # (Each consuming thread's order is not checked: a reader slow between taking a
-    # token and reading the socket lets another read its message, see the xfail
-    # test_a_reader_killed_after_taking_a_token_delays_only_its_own_message.)
+    # Each consuming thread sees each producer's messages in their order (socket
+    # messages are read in their tokens' order, under the ring's reader lock).
+    last = {}
+    for p, i, tid in got:
+        assert i > last.get((tid, p), -1), f"consumer {tid}: producer {p}'s {i} late"
+        last[(tid, p)] = i
     assert q.empty()
 
 
@@ -310,10 +313,9 @@ def test_senders_killed_at_random_moments_leave_whole_messages_in_order(tmp_path
         by.setdefault(p, []).append(i)
     for p in range(next_id):
         seq = by.get(p, [])
-        # Whole messages only, the last maybe lost with its sender, none skipped. (Their
-        # order is not checked here: a sender killed inside its socket send shifts the
-        # socket's messages against their tokens, see the xfail tests below.)
-        assert sorted(seq) == list(range(len(seq))), f"producer {p} (seed {seed})"
+        # Whole messages only, in order, the last maybe lost with its sender, none
+        # skipped (a sender killed inside its socket send leaves its token void).
+        assert seq == list(range(len(seq))), f"producer {p}: {seq} (seed {seed})"
         assert done.get(p, -1) + 1 <= len(seq) <= done.get(p, -1) + 2, (p, seed)
     assert q.empty(), f"a message stays behind (seed {seed})"
 
@@ -332,13 +334,6 @@ def _pairs(n):
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ring.rs lock(): the token a lock's new holder publishes for a dead sender's "
-    "send in flight (in case its message went) takes the next socket message when none "
-    "went, and every later socket message then comes one token early (before the same "
-    "producer's earlier small messages) until the socket runs empty",
-)
 @pytest.mark.limit(20)
 def test_a_sender_killed_inside_its_socket_send_does_not_reorder_later_messages():
     q = procpool.Queue()
@@ -350,14 +345,6 @@ def test_a_sender_killed_inside_its_socket_send_does_not_reorder_later_messages(
     assert got == want
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ring.rs get(): a reader killed (or only slow) after taking a token leaves "
-    "its message first in the socket; each later token then reads the message before "
-    "its own, so every later socket message comes one token late (after the same "
-    "producer's later small messages, also to one and the same consumer) until the "
-    "stuck rule reads the last one",
-)
 @pytest.mark.limit(20)
 def test_a_reader_killed_after_taking_a_token_delays_only_its_own_message():
     q = procpool.Queue()
@@ -368,6 +355,86 @@ def test_a_reader_killed_after_taking_a_token_delays_only_its_own_message():
         q.put(m)
     got = [q.get(timeout=5) for _ in range(len(want) + 1)]
     assert [m for m in got if m[0] != "taken"] == want
+
+
+@pytest.mark.limit(20)
+def test_a_reader_slow_after_taking_a_token_keeps_every_consumer_in_order():
+    # No kill: a reader preempted between taking a token and reading the socket. Another
+    # consumer's next token must not read that token's message (the stdlib reads its
+    # pipe under a lock: never out of order).
+    q = procpool.Queue()
+    want = [("large", 0, b"L" * 1000), ("small", 1), ("large", 2, b"L" * 1000)]
+    for m in want:
+        q.put(m)
+    slow = {}
+
+    def reader():
+        slow["got"] = q._ring._get_token_slowly(q._ch, 0.3)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    time.sleep(0.1)  # the thread holds the first token, asleep
+    assert q.get(timeout=5) == ("small", 1)
+    assert q.get(timeout=5) == ("large", 2, b"L" * 1000)
+    t.join(5)
+    data, bufs, fds = slow["got"]
+    assert pickle.loads(data) == ("large", 0, b"L" * 1000) and not bufs and not fds
+
+
+def _take_token_and_exit(q, path):
+    with open(path, "w") as f:
+        f.write(str(q._ring._take_holding_reader_lock()))
+    os._exit(0)
+
+
+@pytest.mark.limit(20)
+def test_a_reader_killed_holding_a_token_and_the_reader_lock_loses_nothing(tmp_path):
+    # A reader that dies between taking a token and reading its socket message leaves
+    # the reader lock held and the token owed: the next reader takes the lock over and
+    # reads that message first, in its place in the order.
+    q = procpool.Queue()
+    q.put(("taken", b"T" * 1000))
+    want = _pairs(20)
+    for m in want:
+        q.put(m)
+    path = str(tmp_path / "took")
+    assert _exited_ok(_reap(_fork(_take_token_and_exit, q, path)))
+    with open(path) as f:
+        assert f.read() == "token"
+    got = [q.get(timeout=5) for _ in range(len(want) + 1)]
+    assert got == [("taken", b"T" * 1000)] + want
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.2)
+
+
+def _send_tagged_then_exit(q):
+    # A sender killed between its socket send (tagged with its token's position, as
+    # ring.rs sends) and its token.
+    mem = RingMem(q)
+    q._ring._hold_lock_forever(True)
+    tag = b"\x02" + mem.u64(TAIL).to_bytes(8, "little")
+    q._ch.send([tag, b"\x00", pickle.dumps(("dead", b"D" * 1000))], [], None)
+    os._exit(0)
+
+
+@pytest.mark.limit(20)
+@pytest.mark.parametrize("read_first", [False, True])
+def test_a_sender_killed_after_its_socket_send_keeps_its_place_and_later_order(read_first):
+    # The lock's next holder publishes the dead sender's token and voids it: the token
+    # reads the message that came before the void marker, and nothing shifts. Read
+    # before that (the ring empty), the message marks its token served ahead.
+    q = procpool.Queue()
+    q.put(("small", -1))
+    assert _exited_ok(_reap(_fork(_send_tagged_then_exit, q)))
+    got = [q.get(timeout=5), q.get(timeout=5)] if read_first else []
+    want = _pairs(20)
+    for m in want:
+        q.put(m)
+    got += [q.get(timeout=5) for _ in range(len(want) + 2 - len(got))]
+    assert got == [("small", -1), ("dead", b"D" * 1000)] + want
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.2)
+    assert q.empty()
 
 
 def _send_then_exit(q):
@@ -844,15 +911,9 @@ def test_a_scribbler_garbling_the_ring_never_crashes_or_hangs_a_reader(tmp_path)
     mem.close()
 
 
-# -- a known limit left as it is --------------------------------------------------------
+# -- a consumer that only polls --------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="get(timeout=0) returns before the stuck-message rule looks, and a get "
-    "with a timeout under 100 ms never waits it out: a socket message left without "
-    "its token is never read by a consumer that only polls",
-)
 @pytest.mark.limit(20)
 def test_a_stuck_message_reaches_a_consumer_that_polls_with_get_nowait():
     q = procpool.Queue()

@@ -81,12 +81,45 @@ impl Channel {
         }
     }
 
-    /// A queue message waiting in the socket now, if any (as `recv_message(0)`).
-    pub(crate) fn recv_message_now<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<Option<QueueMessage<'py>>> {
-        self.recv_message(py, Some(0.0))
+    /// The message of a `Queue` waiting in the socket now, if any: a `Queue` sends its
+    /// socket messages with the ring position of their token in front (see `ring.rs`),
+    /// and a void marker for a dead sender's token. Others (sent by other means) come
+    /// untagged.
+    pub(crate) fn recv_tagged_now<'py>(&self, py: Python<'py>) -> PyResult<Option<Tagged<'py>>> {
+        let rx = self.rx.as_ref().ok_or_else(closed)?;
+        let r = receive(py, rx, Some(Duration::ZERO), |py, p, fds| {
+            let mut marker = [0u8; 1];
+            if !p.is_empty() {
+                p.read_at(0, &mut marker).map_err(recv_error)?;
+            }
+            let tag = || -> PyResult<u64> {
+                let mut t = [0u8; 8];
+                if p.len() < TAGGED_HEAD {
+                    return Err(malformed(format!("a tagged message of {} bytes", p.len())));
+                }
+                p.read_at(1, &mut t).map_err(recv_error)?;
+                Ok(u64::from_le_bytes(t))
+            };
+            Ok(match marker[0] {
+                TAGGED => {
+                    let t = tag()?;
+                    let (pickle, bufs) = open_queue_message(py, &p, TAGGED_HEAD)?;
+                    RawTagged::Msg(Some(t), pickle.unbind(), unbind(bufs), raw_fds(fds))
+                }
+                VOID => RawTagged::Void(tag()?),
+                _ => {
+                    let (pickle, bufs) = open_queue_message(py, &p, 0)?;
+                    RawTagged::Msg(None, pickle.unbind(), unbind(bufs), raw_fds(fds))
+                }
+            })
+        })?;
+        Ok(r.map(|t| match t {
+            RawTagged::Void(t) => Tagged::Void(t),
+            RawTagged::Msg(tag, pickle, bufs, fds) => {
+                let bufs = bufs.into_iter().map(|b| b.into_bound(py)).collect();
+                Tagged::Msg(tag, (pickle.into_bound(py), bufs, fds))
+            }
+        }))
     }
 
     /// Whether every receiving end of the socket is closed (a send would fail).
@@ -254,7 +287,7 @@ impl Channel {
         let rx = self.rx.as_ref().ok_or_else(closed)?;
         let timeout = crate::args::duration(timeout, "timeout")?;
         let r = receive(py, rx, timeout, |py, p, fds| {
-            let (pickle, bufs) = open_queue_message(py, &p)?;
+            let (pickle, bufs) = open_queue_message(py, &p, 0)?;
             let bufs: Vec<Py<PyAny>> = bufs.into_iter().map(Bound::unbind).collect();
             Ok((pickle.unbind(), bufs, raw_fds(fds)))
         })?;
@@ -287,6 +320,33 @@ impl Channel {
 
 /// A queue message as Python gets it: the pickle, its out-of-band buffers, descriptors.
 pub(crate) type QueueMessage<'py> = (Bound<'py, PyAny>, Vec<Bound<'py, PyAny>>, Vec<i32>);
+
+/// What a `Queue`'s socket holds first (see [`Channel::recv_tagged_now`]).
+pub(crate) enum Tagged<'py> {
+    /// A message, with the ring position of its token (`None`: sent untagged).
+    Msg(Option<u64>, QueueMessage<'py>),
+    /// The void marker of the token at this position: its message, if none came
+    /// before this marker, never will.
+    Void(u64),
+}
+
+/// [`Tagged`] without the GIL's lifetime.
+enum RawTagged {
+    Msg(Option<u64>, Py<PyAny>, Vec<Py<PyAny>>, Vec<i32>),
+    Void(u64),
+}
+
+fn unbind(bufs: Vec<Bound<'_, PyAny>>) -> Vec<Py<PyAny>> {
+    bufs.into_iter().map(Bound::unbind).collect()
+}
+
+/// The marker of a `Queue`'s socket message: then its token's ring position (u64 LE),
+/// then the message as [`PLAIN`] or [`FRAMED`] says.
+pub(crate) const TAGGED: u8 = 2;
+/// The marker of a void marker: then the ring position of the token it voids (u64 LE).
+pub(crate) const VOID: u8 = 3;
+/// Bytes in front of a tagged message.
+pub(crate) const TAGGED_HEAD: usize = 9;
 
 fn raw_fds(fds: Vec<OwnedFd>) -> Vec<i32> {
     fds.into_iter().map(IntoRawFd::into_raw_fd).collect()
@@ -381,21 +441,23 @@ fn malformed(what: String) -> PyErr {
 }
 
 /// The pickle and out-of-band buffers of a queue message, each in its own object.
+/// (The message starts at byte `base` of the payload.)
 fn open_queue_message<'py>(
     py: Python<'py>,
     p: &procpool::Payload<'_>,
+    base: usize,
 ) -> PyResult<(Bound<'py, PyAny>, Vec<Bound<'py, PyAny>>)> {
-    let len = p.len();
+    let len = p.len().saturating_sub(base);
     let mut marker = [0u8; 1];
-    p.read_at(0, &mut marker).map_err(recv_error)?;
+    p.read_at(base, &mut marker).map_err(recv_error)?;
     match marker[0] {
         PLAIN => {
-            let pickle = fresh(py, len - 1, false, |out| p.read_into(1, out))?;
+            let pickle = fresh(py, len - 1, false, |out| p.read_into(base + 1, out))?;
             Ok((pickle, Vec::new()))
         }
         FRAMED => {
             let mut count = [0u8; 4];
-            p.read_at(1, &mut count).map_err(recv_error)?;
+            p.read_at(base + 1, &mut count).map_err(recv_error)?;
             let count = u32::from_le_bytes(count) as usize;
             let table = count
                 .checked_add(1)
@@ -405,7 +467,7 @@ fn open_queue_message<'py>(
                     malformed(format!("it says it has {count} buffers in {len} bytes"))
                 })?;
             let mut raw = vec![0u8; table];
-            p.read_at(5, &mut raw).map_err(recv_error)?;
+            p.read_at(base + 5, &mut raw).map_err(recv_error)?;
             let lens: Vec<u64> = raw
                 .chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
@@ -420,7 +482,7 @@ fn open_queue_message<'py>(
                     "its header's lengths do not add up to its {len} bytes"
                 )));
             }
-            let mut at = 5 + table;
+            let mut at = base + 5 + table;
             let pickle_len = lens[0] as usize;
             let pickle = fresh(py, pickle_len, false, |out| p.read_into(at, out))?;
             at += pickle_len;

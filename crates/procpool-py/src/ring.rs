@@ -17,20 +17,39 @@
 //!   wins; the others drop their copy and look again. A sender reuses a slot only once
 //!   `head` has passed it, so a winner's copy is always the message whole. A reader killed
 //!   at any point leaves `head` either before the slot (another reader takes it) or
-//!   after it (the message was its own, as a message a reader took from a socket).
+//!   after it (a small message was its own, as a message a reader took from a socket;
+//!   a token's message is not lost, see below).
 //! - **Senders take turns** through a lock in the ring whose word names the holder by
 //!   its process id and start time (`sync.rs`'s token). A sender that finds it held by a
 //!   process that no longer runs takes it over: a sender killed anywhere never blocks
 //!   the queue. Threads of one process take an in-process turn first (a word naming
 //!   the thread by pid and tid: a forked child takes over a turn its parent's thread held).
-//! - **Order with the socket.** The lock holder sends a socket message, then publishes its
-//!   token. A sender killed between the two leaves an `inflight` mark; the sender that
-//!   takes the lock over publishes the token for it (a token whose message never came
-//!   is skipped: a reader finding the socket empty goes on). A socket message left
-//!   without a token (its reader was killed after taking the token) is read by a reader
-//!   that finds the ring empty, the socket not, and no send in flight, for
-//!   [`STUCK_AFTER`] (ten times that with a send in flight): late, never lost. Order
-//!   between one sender's messages can differ from `put`'s only after such a kill.
+//! - **Order with the socket.** The lock holder sends a socket message tagged with the
+//!   ring position its token will take (a marker byte and that position in front of the
+//!   queue's own bytes; see `Channel::recv_tagged_now`), then publishes the token. Readers
+//!   read the socket in the tokens' order: a reader takes the **reader lock** (robust as
+//!   the sender lock: pid and start time, taken over from a dead holder) before it takes a
+//!   token, marks the token *owed* in the ring, and lets the lock go only once the token
+//!   is served. Serving the token at `p` reads the socket's first message: tagged `p`,
+//!   it is the token's; tagged lower, an orphan (its reader died before marking its token
+//!   owed, or it was sent without a tag): returned, late but whole, and `p` stays owed,
+//!   served by the next `get` before anything else; tagged higher, or no message at all:
+//!   the token's message never came (its sender died before sending), the token is spent
+//!   (a message tagged higher is returned, and its own token marked served *ahead*). A
+//!   reader killed holding a token leaves it owed and the lock held: the next reader takes
+//!   the lock over and serves it, in its place. A sender killed between `inflight` and
+//!   its token leaves `inflight` set: the next lock holder publishes the token for it,
+//!   then sends a *void* marker tagged with its position; the token's reader takes the
+//!   message if it came before the marker, else finds the marker (or nothing) and spends
+//!   the token; a later reader drops a stale marker. A reader that finds the ring empty
+//!   and the socket not takes the reader lock and reads the message at once: an orphan,
+//!   or the message of a send in flight (then in order: the ring is empty and its sender
+//!   publishes nothing before its token; the token is marked served ahead). A `get`
+//!   with `timeout=0` does so too. Small messages are taken without the reader lock.
+//!   Limits: one token can be marked served ahead at a time (two would need a dead
+//!   sender's message, an empty ring and a void marker that the full socket refused at
+//!   once); a void marker not sent (the socket stayed full past the `put`'s timeout) lets
+//!   the next socket message come one token early.
 //! - **Back-pressure.** The ring holds [`SLOTS`] messages; a sender waits for room
 //!   (so does one whose message goes through the socket: its token needs a slot), as
 //!   long as `timeout` says; told `BrokenPipeError` when no process can read any more.
@@ -62,6 +81,9 @@
 //! 260   rsleep    u32   readers asleep
 //! 320   wseq      u32   futex word senders waiting for room sleep on
 //! 324   wsleep    u32   senders asleep
+//! 384   rlock     u64   reader lock: holder's token, 0 when free
+//! 392   owed      u64   1 + position of a token taken and not served yet, 0 when none
+//! 400   ahead     u64   1 + position of a token whose message was read before it, or 0
 //! 4096  slots     SLOTS × SLOT bytes: kind u32, len u32, payload
 //! ```
 
@@ -74,7 +96,7 @@ use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
-use crate::channel::{Channel, QueueMessage};
+use crate::channel::{Channel, QueueMessage, TAGGED, Tagged, VOID};
 use crate::sync::{alive, futex_wait, token};
 
 /// Messages the ring holds.
@@ -97,6 +119,9 @@ const RSEQ: usize = 256;
 const RSLEEP: usize = 260;
 const WSEQ: usize = 320;
 const WSLEEP: usize = 324;
+const RLOCK: usize = 384;
+const OWED: usize = 392;
+const AHEAD: usize = 400;
 
 const KIND_DATA: u32 = 1;
 const KIND_TOKEN: u32 = 2;
@@ -106,16 +131,14 @@ const KIND_TOKEN: u32 = 2;
 const SPIN: Duration = Duration::from_micros(50);
 /// The shortest spin of a reader whose spins found nothing.
 const MIN_SPIN: Duration = Duration::from_micros(2);
-/// Longest sleep between looks at Ctrl-C, dead lock holders and stuck socket messages.
+/// Longest sleep between looks at Ctrl-C and a deadline.
 const SLICE: Duration = Duration::from_millis(20);
-/// The sleep of a reader with no deadline and nothing stuck (a signal ends it early).
+/// The sleep of a reader with no deadline (a signal ends it early; a socket message left
+/// without a token is looked for after it).
 const READER_SLICE: Duration = Duration::from_millis(100);
-/// How long a socket message must wait with the ring empty and no send in flight before
-/// a reader takes it without its token (see the module docs).
-pub(crate) const STUCK_AFTER: Duration = Duration::from_millis(100);
 /// Wake-ups in a row that found no sleeper before a ring clears its count of sleepers.
 const IDLE_WAKES: u32 = 64;
-/// A held sender lock is looked at for a dead holder after this much waiting.
+/// A held lock (sender or reader) is looked at for a dead holder after this much waiting.
 const CHECK_HOLDER_AFTER: Duration = Duration::from_millis(2);
 
 /// `pickle.dumps`, looked up once.
@@ -135,6 +158,8 @@ pub(crate) struct Ring {
     idle_wakes: AtomicU32,
     /// How long this process's readers spin before sleeping, in ns (adapts; see `get`).
     spin_ns: AtomicU64,
+    /// The reader lock's turn of this process's threads, as `local` for the sender lock.
+    rlocal: AtomicU64,
 }
 
 // SAFETY: the mapping lives as long as the value; shared words are used atomically and
@@ -172,6 +197,7 @@ fn map(fd: OwnedFd) -> PyResult<Ring> {
         local: AtomicU64::new(0),
         idle_wakes: AtomicU32::new(0),
         spin_ns: AtomicU64::new(SPIN.as_nanos() as u64),
+        rlocal: AtomicU64::new(0),
     })
 }
 
@@ -179,7 +205,10 @@ fn map(fd: OwnedFd) -> PyResult<Ring> {
 #[allow(clippy::large_enum_variant)]
 enum Took {
     Data(usize, [u8; PAYLOAD]),
-    Token,
+    /// A token at this ring position, taken with the reader lock held (and marked owed).
+    Token(u64),
+    /// A token is at the head: take the reader lock first.
+    NeedLock,
     Empty,
 }
 
@@ -204,8 +233,9 @@ impl Ring {
         t.wrapping_sub(h)
     }
 
-    /// Takes the message at the head, if any.
-    fn take(&self) -> PyResult<Took> {
+    /// Takes the message at the head, if any; a token only when `locked` (the reader
+    /// lock held: the token is then marked owed, see [`Ring::serve`]).
+    fn take(&self, locked: bool) -> PyResult<Took> {
         let head = self.u64_at(HEAD);
         let tail = self.u64_at(TAIL);
         loop {
@@ -228,6 +258,10 @@ impl Ring {
             // writing it again when another reader took it first: that copy is dropped
             // below, never used).
             unsafe { volatile_copy(self.slot(h), raw.as_mut_ptr(), SLOT) };
+            let kind = u32::from_le_bytes(raw[0..4].try_into().expect("4 bytes"));
+            if kind == KIND_TOKEN && !locked {
+                return Ok(Took::NeedLock);
+            }
             if head
                 .compare_exchange(h, h.wrapping_add(1), SeqCst, Relaxed)
                 .is_err()
@@ -235,7 +269,6 @@ impl Ring {
                 continue;
             }
             self.wake_senders(n - 1);
-            let kind = u32::from_le_bytes(raw[0..4].try_into().expect("4 bytes"));
             let len = u32::from_le_bytes(raw[4..8].try_into().expect("4 bytes")) as usize;
             return match kind {
                 KIND_DATA if len <= PAYLOAD => {
@@ -243,7 +276,12 @@ impl Ring {
                     out[..len].copy_from_slice(&raw[SLOT_HEAD..SLOT_HEAD + len]);
                     Ok(Took::Data(len, out))
                 }
-                KIND_TOKEN => Ok(Took::Token),
+                KIND_TOKEN => {
+                    if locked {
+                        self.u64_at(OWED).store(h.wrapping_add(1), SeqCst);
+                    }
+                    Ok(Took::Token(h))
+                }
                 _ => Err(PyOSError::new_err(format!(
                     "a queue message could not be read: a slot of its shared memory says kind {kind}, {len} bytes"
                 ))),
@@ -309,11 +347,29 @@ impl Ring {
         self.len() < SLOTS
     }
 
-    /// Takes this process's lock, then the shared one, waiting with the GIL let go;
-    /// `None` when `deadline` passed first (though never before a millisecond of trying:
-    /// another sender holds the lock a few microseconds as a rule, unless it waits for
-    /// room in the socket).
+    /// Takes the sender lock: this process's turn, then the shared lock, waiting with the
+    /// GIL let go; `None` when `deadline` passed first (though never before a millisecond
+    /// of trying: another sender holds the lock a few microseconds as a rule, unless it
+    /// waits for room in the socket).
     fn lock(&self, py: Python<'_>, deadline: Option<Instant>) -> PyResult<Option<Held<'_>>> {
+        self.acquire(py, &self.local, OWNER, deadline)
+    }
+
+    /// Takes the reader lock (as [`Ring::lock`]); its holder reads the socket.
+    fn rlock(&self, py: Python<'_>, deadline: Option<Instant>) -> PyResult<Option<Held<'_>>> {
+        self.acquire(py, &self.rlocal, RLOCK, deadline)
+    }
+
+    /// Takes a lock of the ring: this process's turn in `local`, then the shared word at
+    /// `off`, which names its holder by process id and start time (taken over from a
+    /// holder that no longer runs).
+    fn acquire<'a>(
+        &'a self,
+        py: Python<'_>,
+        local: &'a AtomicU64,
+        off: usize,
+        deadline: Option<Instant>,
+    ) -> PyResult<Option<Held<'a>>> {
         let give_up = deadline.map(|d| d.max(Instant::now() + Duration::from_millis(1)));
         let late = || give_up.is_some_and(|g| Instant::now() >= g);
         let mut nap = Duration::from_micros(20);
@@ -321,12 +377,12 @@ impl Ring {
         // SAFETY: gettid has no preconditions.
         let mine = (u64::from(pid) << 32) | u64::from(unsafe { libc::gettid() } as u32);
         loop {
-            match self.local.compare_exchange(0, mine, SeqCst, SeqCst) {
+            match local.compare_exchange(0, mine, SeqCst, SeqCst) {
                 Ok(_) => break,
                 // Held by a thread of the process this one was forked from: that thread
                 // does not exist here, and would never let it go.
                 Err(o) if (o >> 32) as u32 != pid => {
-                    if self.local.compare_exchange(o, mine, SeqCst, SeqCst).is_ok() {
+                    if local.compare_exchange(o, mine, SeqCst, SeqCst).is_ok() {
                         break;
                     }
                 }
@@ -334,8 +390,9 @@ impl Ring {
                     if late() {
                         return Ok(None);
                     }
-                    // Another thread sends (it may wait for room in the socket): wait with
-                    // the GIL let go (the holder may need it to finish), Ctrl-C heard.
+                    // Another thread holds it (a sender may wait for room in the socket):
+                    // wait with the GIL let go (the holder may need it to finish), Ctrl-C
+                    // heard.
                     py.detach(|| std::thread::sleep(nap));
                     nap = (nap * 2).min(Duration::from_millis(1));
                     py.check_signals()?;
@@ -343,26 +400,16 @@ impl Ring {
             }
         }
         // From here on the turn is let go by `Turn`'s drop, then by `Held`'s.
-        let turn = Turn(self);
+        let turn = Turn(local);
         let mut nap = Duration::from_micros(20);
         let me = token();
-        let owner = self.u64_at(OWNER);
+        let owner = self.u64_at(off);
         let mut since = Instant::now();
         loop {
             match owner.compare_exchange(0, me, SeqCst, SeqCst) {
                 Ok(_) => break,
                 Err(o) if since.elapsed() >= CHECK_HOLDER_AFTER && o != me && !alive(o) => {
                     if owner.compare_exchange(o, me, SeqCst, SeqCst).is_ok() {
-                        // The dead holder may have sent a socket message without its
-                        // token: publish one for it (skipped if none came).
-                        if self.u32_at(INFLIGHT).swap(0, SeqCst) != 0 {
-                            if !self.has_room() {
-                                // Rare: the dead holder left it at that; the message,
-                                // if any, is read as a stuck one.
-                            } else {
-                                self.publish(KIND_TOKEN, &[]);
-                            }
-                        }
                         break;
                     }
                 }
@@ -382,7 +429,87 @@ impl Ring {
             }
         }
         std::mem::forget(turn);
-        Ok(Some(Held { ring: self }))
+        Ok(Some(Held {
+            ring: self,
+            local,
+            off,
+        }))
+    }
+
+    /// Reads the socket's first message for the token at ring position `p` (`None`: for
+    /// no token, the ring empty), the reader lock held and, for a token, marked owed:
+    /// the message, or `None` when the token has none (it is spent). The message's tag
+    /// says whose it is: the token's own (taken; the token is served); an earlier
+    /// token's, an orphan whose reader died (taken, late; the token stays owed, for the
+    /// next call); a later token's (the token's message never came: taken, and that
+    /// later token marked as served ahead). A void marker of the token says that its
+    /// message never came; one of an earlier token is dropped.
+    fn serve<'py>(
+        &self,
+        py: Python<'py>,
+        ch: &Channel,
+        p: Option<u64>,
+    ) -> PyResult<Option<QueueMessage<'py>>> {
+        let owed = self.u64_at(OWED);
+        let ahead = self.u64_at(AHEAD);
+        if let Some(p) = p
+            && ahead.load(SeqCst) == p.wrapping_add(1)
+        {
+            // Its message was taken before the token came.
+            ahead.store(0, SeqCst);
+            owed.store(0, SeqCst);
+            return Ok(None);
+        }
+        // Whether the token at `t` is yet to be taken (the reader lock is held: no
+        // token is taken meanwhile).
+        let to_come = |t: u64| self.u64_at(HEAD).load(SeqCst).wrapping_sub(t) as i64 <= 0;
+        loop {
+            let got = match ch.recv_tagged_now(py) {
+                Ok(g) => g,
+                Err(e) => {
+                    // A malformed message (taken: most likely the token's own) or the
+                    // end of the queue: the token is spent either way.
+                    if p.is_some() {
+                        owed.store(0, SeqCst);
+                    }
+                    return Err(e);
+                }
+            };
+            match (got, p) {
+                (None, Some(_)) => {
+                    // Its sender died before sending (tokens come after their message).
+                    owed.store(0, SeqCst);
+                    return Ok(None);
+                }
+                (None, None) => return Ok(None),
+                (Some(Tagged::Void(t)), Some(p)) if t == p => {
+                    owed.store(0, SeqCst);
+                    return Ok(None);
+                }
+                (Some(Tagged::Void(t)), p) => {
+                    if to_come(t) && p.is_none_or(|p| t.wrapping_sub(p) as i64 > 0) {
+                        ahead.store(t.wrapping_add(1), SeqCst);
+                        owed.store(0, SeqCst);
+                        return Ok(None);
+                    }
+                    // An earlier token's: stale.
+                    continue;
+                }
+                (Some(Tagged::Msg(tag, m)), p) => {
+                    match (tag, p) {
+                        (Some(t), Some(p)) if t == p => owed.store(0, SeqCst),
+                        (Some(t), Some(p)) if t.wrapping_sub(p) as i64 > 0 => {
+                            owed.store(0, SeqCst);
+                            ahead.store(t.wrapping_add(1), SeqCst);
+                        }
+                        (Some(t), None) if to_come(t) => ahead.store(t.wrapping_add(1), SeqCst),
+                        // An orphan, or untagged: the token stays owed.
+                        _ => {}
+                    }
+                    return Ok(Some(m));
+                }
+            }
+        }
     }
 
     /// Waits for room in the ring (the lock not held): `false` when `deadline` passed.
@@ -449,6 +576,22 @@ impl Ring {
                     // forever.
                     return Err(garbled());
                 }
+                if self.has_room() && self.u32_at(INFLIGHT).load(SeqCst) != 0 {
+                    // A sender died inside its socket send (a live holder clears the
+                    // mark before letting the lock go): its message, tagged with the
+                    // tail's position, may or may not have gone. Publish its token, then
+                    // send the void marker of that position: the token's reader takes
+                    // the message if it came before the marker, else skips the token.
+                    let at = self.u64_at(TAIL).load(Relaxed);
+                    self.publish(KIND_TOKEN, &[]);
+                    self.u32_at(INFLIGHT).store(0, SeqCst);
+                    let mut void = [VOID; 9];
+                    void[1..].copy_from_slice(&at.to_le_bytes());
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    // Not sent (the socket stayed full): the token's reader finds the
+                    // socket empty (skips it) or a later message (takes it early).
+                    let _ = ch.send_slices(py, &[&void], &[], left)?;
+                }
                 if self.has_room() {
                     if small {
                         self.publish(KIND_DATA, slices);
@@ -460,8 +603,14 @@ impl Ring {
                         .map(|&f| unsafe { BorrowedFd::borrow_raw(f) })
                         .collect();
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    // The message goes tagged with its token's position (see `serve`).
+                    let mut tag = [TAGGED; 9];
+                    tag[1..].copy_from_slice(&self.u64_at(TAIL).load(Relaxed).to_le_bytes());
+                    let mut tagged: Vec<&[u8]> = Vec::with_capacity(slices.len() + 1);
+                    tagged.push(&tag);
+                    tagged.extend_from_slice(slices);
                     self.u32_at(INFLIGHT).store(1, SeqCst);
-                    let sent = ch.send_slices(py, slices, &borrowed, left);
+                    let sent = ch.send_slices(py, &tagged, &borrowed, left);
                     if matches!(sent, Ok(true)) {
                         self.publish(KIND_TOKEN, &[]);
                     }
@@ -481,24 +630,26 @@ fn garbled() -> PyErr {
     PyOSError::new_err("a queue's shared memory is garbled (more messages than slots)")
 }
 
-/// The sender lock, held (the shared lock and this process's turn).
+/// A lock of the ring, held (the shared word at `off` and this process's turn).
 struct Held<'a> {
     ring: &'a Ring,
+    local: &'a AtomicU64,
+    off: usize,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.ring.u64_at(OWNER).store(0, SeqCst);
-        self.ring.local.store(0, SeqCst);
+        self.ring.u64_at(self.off).store(0, SeqCst);
+        self.local.store(0, SeqCst);
     }
 }
 
 /// This process's turn, held while the shared lock is waited for.
-struct Turn<'a>(&'a Ring);
+struct Turn<'a>(&'a AtomicU64);
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        self.0.local.store(0, SeqCst);
+        self.0.store(0, SeqCst);
     }
 }
 
@@ -719,10 +870,30 @@ impl Ring {
         timeout: Option<f64>,
     ) -> PyResult<Option<QueueMessage<'py>>> {
         let deadline = deadline_of(timeout)?;
-        let mut stuck_since: Option<Instant> = None;
         let mut spun = false;
+        // The reader lock, once taken (let go when the call returns, or after a token
+        // turned out to have no message).
+        let mut rl: Option<Held<'_>> = None;
         loop {
-            match self.take()? {
+            if self.u64_at(OWED).load(SeqCst) != 0 {
+                // A token taken and not served yet (its reader returned an orphan in its
+                // place, or died): served first, in the ring's order.
+                if rl.is_none() {
+                    match self.rlock(py, deadline)? {
+                        Some(g) => rl = Some(g),
+                        None => return Ok(None),
+                    }
+                }
+                let owed = self.u64_at(OWED).load(SeqCst);
+                if owed != 0 {
+                    if let Some(m) = self.serve(py, &ch, Some(owed.wrapping_sub(1)))? {
+                        return Ok(Some(m));
+                    }
+                    rl = None;
+                    continue;
+                }
+            }
+            match self.take(rl.is_some())? {
                 Took::Data(len, buf) => {
                     if len == 0 || buf[0] != 0 {
                         return Err(PyOSError::new_err(
@@ -732,16 +903,45 @@ impl Ring {
                     let pickle = PyBytes::new(py, &buf[1..len]).into_any();
                     return Ok(Some((pickle, Vec::new(), Vec::new())));
                 }
-                Took::Token => {
-                    // Its message was sent before the token: there, unless another
-                    // reader took it (then this token is spent).
-                    if let Some(m) = ch.recv_message_now(py)? {
+                Took::Token(p) => {
+                    if let Some(m) = self.serve(py, &ch, Some(p))? {
                         return Ok(Some(m));
+                    }
+                    // Its message never came: the token is spent.
+                    rl = None;
+                    continue;
+                }
+                Took::NeedLock => {
+                    match self.rlock(py, deadline)? {
+                        Some(g) => rl = Some(g),
+                        None => return Ok(None),
                     }
                     continue;
                 }
                 Took::Empty => {}
             }
+            // The ring is empty: a socket message waiting now has no token to come in
+            // front of it (an orphan whose reader died, a message whose sender died
+            // before its token or is about to publish it, one sent by other means): the
+            // reader lock's holder takes it (see `serve`).
+            if ch.readable_now() {
+                if rl.is_none() {
+                    match self.rlock(py, deadline)? {
+                        Some(g) => rl = Some(g),
+                        None => return Ok(None),
+                    }
+                    continue;
+                }
+                if self.u64_at(OWED).load(SeqCst) == 0
+                    && self.len() == 0
+                    && let Some(m) = self.serve(py, &ch, None)?
+                {
+                    return Ok(Some(m));
+                }
+                rl = None;
+                continue;
+            }
+            rl = None;
             if timeout == Some(0.0) {
                 return Ok(None);
             }
@@ -763,28 +963,6 @@ impl Ring {
                     continue;
                 }
             }
-            // The ring stays empty: a socket message without a token (its reader was
-            // killed, or it was sent by other means) is read once it has waited so.
-            // A send in flight holds it back (its token is coming), unless that lasts ten
-            // times as long (the sender waits for room in a socket full of such
-            // messages, or was stopped).
-            if ch.readable_now() {
-                let first = *stuck_since.get_or_insert_with(Instant::now);
-                let waited = first.elapsed();
-                // A send in flight whose sender died (killed between its socket send
-                // and its token) is none.
-                let quiet = self.u32_at(INFLIGHT).load(SeqCst) == 0
-                    || !alive(self.u64_at(OWNER).load(SeqCst));
-                if (waited >= STUCK_AFTER && quiet || waited >= STUCK_AFTER * 10) && self.len() == 0
-                {
-                    if let Some(m) = ch.recv_message_now(py)? {
-                        return Ok(Some(m));
-                    }
-                    stuck_since = None;
-                }
-            } else {
-                stuck_since = None;
-            }
             let seq = self.u32_at(RSEQ);
             let sleepers = self.u32_at(RSLEEP);
             let s = seq.load(SeqCst);
@@ -801,10 +979,9 @@ impl Ring {
                     return Ok(None);
                 }
             };
-            if stuck_since.is_some() {
-                slice = slice.min(STUCK_AFTER / 4);
-            } else if deadline.is_none() {
-                // Nothing to look at but Ctrl-C, which ends the sleep itself.
+            if deadline.is_none() {
+                // Nothing to look at but Ctrl-C, which ends the sleep itself, and a
+                // socket message without a token (no sender wakes this reader for it).
                 slice = READER_SLICE;
             }
             let seq_addr = seq as *const AtomicU32 as usize;
@@ -834,11 +1011,49 @@ impl Ring {
     /// For tests: takes the message at the head and drops it, as a reader killed right
     /// after taking it would: `"data"`, `"token"` or `None` when the ring was empty.
     fn _take_and_drop(&self) -> PyResult<Option<&'static str>> {
-        Ok(match self.take()? {
+        Ok(match self.take(true)? {
             Took::Data(..) => Some("data"),
-            Took::Token => Some("token"),
-            Took::Empty => None,
+            Took::Token(_) => {
+                // Killed before it marked the token owed: its message is an orphan.
+                self.u64_at(OWED).store(0, SeqCst);
+                Some("token")
+            }
+            Took::NeedLock | Took::Empty => None,
         })
+    }
+
+    /// For tests: takes the reader lock and the message at the head, and never lets the
+    /// lock go in this process, as a reader killed right after taking a token would:
+    /// `"data"`, `"token"` or `None` when the ring was empty.
+    fn _take_holding_reader_lock(&self, py: Python<'_>) -> PyResult<Option<&'static str>> {
+        let held = self.rlock(py, None)?.expect("no deadline");
+        let took = self.take(true)?;
+        std::mem::forget(held);
+        Ok(match took {
+            Took::Data(..) => Some("data"),
+            Took::Token(_) => Some("token"),
+            Took::NeedLock | Took::Empty => None,
+        })
+    }
+
+    /// For tests: takes the token at the head, as `get` does, then pauses `pause`
+    /// seconds (the GIL let go) before reading its message, as a reader preempted there
+    /// would. `None` when the head held no token (nothing is taken then).
+    fn _get_token_slowly<'py>(
+        &self,
+        py: Python<'py>,
+        ch: PyRef<'_, Channel>,
+        pause: f64,
+    ) -> PyResult<Option<QueueMessage<'py>>> {
+        let _held = self.rlock(py, None)?.expect("no deadline");
+        if !matches!(self.take(false)?, Took::NeedLock) {
+            return Err(PyValueError::new_err("the head holds no token"));
+        }
+        let Took::Token(p) = self.take(true)? else {
+            return Err(PyValueError::new_err("the token was taken meanwhile"));
+        };
+        py.detach(|| std::thread::sleep(Duration::from_secs_f64(pause)));
+        self.serve(py, &ch, Some(p))
     }
 
     /// For tests: `(readers, senders)` the ring counts as asleep.
