@@ -66,55 +66,62 @@ impl Counter {
     }
 }
 
+/// A new memfd of `size` bytes sealed at that size (close-on-exec): a peer holding it can
+/// neither shrink it (which would make every process mapping it fault, SIGBUS) nor grow it.
+/// Shared by the queue's counters and its ring.
+pub(crate) fn sealed_memfd(name: &std::ffi::CStr, size: usize) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain system calls on a memfd of our own; the descriptor is owned at once.
+    unsafe {
+        let raw = libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING);
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw);
+        if libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        if libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+/// A duplicate of descriptor `fd` (held open by the caller for the call), checked to be a
+/// memfd of `size` bytes sealed against shrinking and growing, as [`sealed_memfd`] makes;
+/// else `ValueError` saying it is not `what`.
+pub(crate) fn sealed_dup(fd: i32, size: usize, what: &str) -> PyResult<OwnedFd> {
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!("not a descriptor: {fd}")));
+    }
+    // SAFETY: the caller holds `fd` open for the call; it is duplicated at once.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    let st = rustix::fs::fstat(fd.as_fd()).map_err(std::io::Error::from)?;
+    let seals = rustix::fs::fcntl_get_seals(fd.as_fd()).ok();
+    let fixed = seals.is_some_and(|s| {
+        s.contains(rustix::fs::SealFlags::SHRINK) && s.contains(rustix::fs::SealFlags::GROW)
+    });
+    if !fixed || usize::try_from(st.st_size).ok() != Some(size) {
+        return Err(PyValueError::new_err(format!(
+            "the descriptor is not {what} (a memfd sealed at {size} bytes)"
+        )));
+    }
+    Ok(fd)
+}
+
 #[pymethods]
 impl Counter {
     /// A new counter at 0.
     #[new]
     fn new() -> PyResult<Self> {
-        // SAFETY: plain system calls; the descriptor is owned at once.
-        let fd = unsafe {
-            let raw = libc::memfd_create(
-                c"procpool-counter".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            );
-            if raw < 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
-            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw)
-        };
-        // SAFETY: sizing and sealing our own new memfd: a peer that could shrink it would
-        // make every process mapping it fault (SIGBUS) on its next use.
-        unsafe {
-            if libc::ftruncate(fd.as_raw_fd(), 4096) != 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
-            let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-            if libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) != 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
-        }
-        map(fd)
+        map(sealed_memfd(c"procpool-counter", 4096)?)
     }
 
     /// The counter held by descriptor `fd` (duplicated), checked to be a counter's memfd.
     #[staticmethod]
     fn from_fd(fd: i32) -> PyResult<Self> {
-        if fd < 0 {
-            return Err(PyValueError::new_err(format!("not a descriptor: {fd}")));
-        }
-        // SAFETY: the caller holds `fd` open for the call; it is duplicated at once.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
-        let st = rustix::fs::fstat(fd.as_fd()).map_err(std::io::Error::from)?;
-        let seals = rustix::fs::fcntl_get_seals(fd.as_fd()).ok();
-        let fixed = seals.is_some_and(|s| {
-            s.contains(rustix::fs::SealFlags::SHRINK) && s.contains(rustix::fs::SealFlags::GROW)
-        });
-        if !fixed || st.st_size != 4096 {
-            return Err(PyValueError::new_err(
-                "the descriptor is not a procpool counter (a memfd of one page, sealed at that size)",
-            ));
-        }
-        map(fd)
+        map(sealed_dup(fd, 4096, "a procpool counter")?)
     }
 
     /// Its descriptor.

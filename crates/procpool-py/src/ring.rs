@@ -87,7 +87,7 @@
 //! 4096  slots     SLOTS × SLOT bytes: kind u32, len u32, payload
 //! ```
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed};
 use std::sync::atomic::{Ordering::SeqCst, fence};
 use std::time::{Duration, Instant};
@@ -728,27 +728,7 @@ impl Ring {
     /// A new, empty ring.
     #[new]
     fn new() -> PyResult<Self> {
-        // SAFETY: plain system calls; the descriptor is owned at once.
-        let fd = unsafe {
-            let raw = libc::memfd_create(
-                c"procpool-queue-ring".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            );
-            if raw < 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
-            OwnedFd::from_raw_fd(raw)
-        };
-        // SAFETY: sizing and sealing our own new memfd.
-        unsafe {
-            if libc::ftruncate(fd.as_raw_fd(), SIZE as libc::off_t) != 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
-            let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-            if libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) != 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
-        }
+        let fd = crate::counter::sealed_memfd(c"procpool-queue-ring", SIZE)?;
         let r = map(fd)?;
         r.u64_at(0).store(MAGIC, SeqCst);
         Ok(r)
@@ -757,21 +737,7 @@ impl Ring {
     /// The ring held by descriptor `fd` (duplicated), checked to be a ring's sealed memfd.
     #[staticmethod]
     fn from_fd(fd: i32) -> PyResult<Self> {
-        if fd < 0 {
-            return Err(PyValueError::new_err(format!("not a descriptor: {fd}")));
-        }
-        // SAFETY: the caller holds `fd` open for the call; it is duplicated at once.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
-        let st = rustix::fs::fstat(fd.as_fd()).map_err(std::io::Error::from)?;
-        let seals = rustix::fs::fcntl_get_seals(fd.as_fd()).ok();
-        let fixed = seals.is_some_and(|s| {
-            s.contains(rustix::fs::SealFlags::SHRINK) && s.contains(rustix::fs::SealFlags::GROW)
-        });
-        if !fixed || st.st_size as usize != SIZE {
-            return Err(PyValueError::new_err(
-                "the descriptor is not a procpool queue's ring (a sealed memfd of its size)",
-            ));
-        }
+        let fd = crate::counter::sealed_dup(fd, SIZE, "a procpool queue's ring")?;
         let r = map(fd)?;
         if r.u64_at(0).load(SeqCst) != MAGIC {
             return Err(PyValueError::new_err(
