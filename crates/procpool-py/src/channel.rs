@@ -124,32 +124,16 @@ impl Channel {
 
     /// Whether every receiving end of the socket is closed (a send would fail).
     pub(crate) fn readers_gone(&self) -> bool {
-        let Some(tx) = self.tx.as_ref() else {
-            return false;
-        };
-        let mut p = libc::pollfd {
-            fd: tx.as_fd().as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd on the stack, no wait.
-        let n = unsafe { libc::poll(&mut p, 1, 0) };
-        n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0
+        self.tx.as_ref().is_some_and(|tx| {
+            poll_now(tx.as_fd().as_raw_fd(), libc::POLLOUT) & (libc::POLLHUP | libc::POLLERR) != 0
+        })
     }
 
     /// Whether a message is waiting in the socket now (or every sender is gone).
     pub(crate) fn readable_now(&self) -> bool {
-        let Some(rx) = self.rx.as_ref() else {
-            return false;
-        };
-        let mut p = libc::pollfd {
-            fd: rx.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd on the stack, no wait.
-        let n = unsafe { libc::poll(&mut p, 1, 0) };
-        n > 0 && p.revents & libc::POLLIN != 0
+        self.rx
+            .as_ref()
+            .is_some_and(|rx| poll_now(rx.as_fd().as_raw_fd(), libc::POLLIN) & libc::POLLIN != 0)
     }
 }
 
@@ -558,4 +542,17 @@ pub(crate) fn wait_ready(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// The events `fd` has now among `events` (and the errors `poll` always reports), without
+/// waiting; none when `poll` fails.
+fn poll_now(fd: i32, events: i16) -> i16 {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack, no wait.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    if n > 0 { p.revents } else { 0 }
 }
