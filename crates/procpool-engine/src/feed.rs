@@ -202,6 +202,8 @@ pub struct Feed<S> {
     ahead: bool,
     /// The job encoded ahead, not submitted yet.
     staged: Option<Job>,
+    /// Keeps result buffers handed back ([`crate::recycle_result`]) while the call runs.
+    _bufs: crate::bufs::CallGuard,
 }
 
 impl<S: Source> Feed<S> {
@@ -246,6 +248,7 @@ impl<S: Source> Feed<S> {
             min_jobs: 2 * workers,
             ahead: false,
             staged: None,
+            _bufs: crate::bufs::CallGuard::new(),
         }
     }
 

@@ -20,7 +20,7 @@
 //! worker's death inside it costs one item), `config` ([`EngineConfig`]), `job` ([`Job`],
 //! [`Done`], and what the supervisor holds of a batch), `shared` (the queue and state
 //! callers and the supervisor share, below both), `pool` (the [`Engine`] handle), `batch`
-//! (a caller's stream of jobs),
+//! (a caller's stream of jobs), `bufs` (result buffers used again while calls run),
 //! `chunk` (how many items go into a job), `feed` (a lazy input fed to a pool under
 //! bounds, and reordering: what every front's `map`/`imap` runs on), `oneoff` (a single
 //! process outside any pool), `remote` (a pool served by agents over a link, such as
@@ -30,6 +30,7 @@
 //! events with the `tracing` feature), `identity` ([`current_worker`]).
 
 mod batch;
+mod bufs;
 mod chunk;
 mod claim;
 mod config;
@@ -56,6 +57,7 @@ pub mod wire;
 mod worker;
 
 pub use batch::{Batch, RecvError};
+pub use bufs::recycle_result;
 pub use config::{DEFAULT_MAX_MESSAGE, DEFAULT_PREPARE_ALLOWANCE, EngineConfig};
 pub use error::{Death, HandshakeError, PoolError, TaskError, TaskErrorKind};
 pub use feed::{

@@ -211,14 +211,13 @@ impl<'a> RingReader<'a> {
             self.ctl.read(at, &mut head);
             if let Some((seq, nanos)) = wire::ok_result_head(&head, len) {
                 let n = len - wire::OK_RESULT_HEAD;
-                let mut bytes = Vec::new();
-                let bytes = match bytes.try_reserve_exact(n) {
-                    Ok(()) => {
+                let bytes = match crate::bufs::take(n) {
+                    Ok(mut bytes) => {
                         self.ctl
                             .read_to_vec(at + wire::OK_RESULT_HEAD, n, &mut bytes);
                         Ok(bytes)
                     }
-                    Err(_) => Err(n),
+                    Err(()) => Err(n),
                 };
                 self.advance(next);
                 return Ok(Some(Popped::Ok { seq, nanos, bytes }));

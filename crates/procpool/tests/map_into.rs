@@ -210,3 +210,90 @@ fn serde_records_a_worker_killed_mid_chunk_costs_one_item() {
     let again = strict.map(summarize, calm).expect("a map after");
     assert_eq!(again, expected);
 }
+
+fn triple(x: u64) -> u64 {
+    x * 3
+}
+
+fn tagged(x: u32) -> (u32, u64) {
+    (x, u64::from(x) << 20)
+}
+
+/// A result of about 600 KiB: two make a chunk's answer too large for the results ring,
+/// which then comes through the socket (the other copy into a reused buffer).
+fn blob(x: u32) -> (u32, Vec<u8>) {
+    (x, vec![x as u8; 600 * 1024 + x as usize])
+}
+
+/// Result buffers go back to a process-wide store once decoded and are reused for the
+/// next results: maps on two pools from four threads at once, of packed numbers, of
+/// encoded tuples and of results through the socket, with one pool's workers SIGKILLed
+/// from outside meanwhile, must each
+/// get their own values and no other's (a buffer handed out twice, or not cleared,
+/// would show here as a wrong value or a wrong length).
+#[test]
+fn reused_result_buffers_never_mix_calls() {
+    let a = Pool::builder().workers(2).build().expect("a pool");
+    let b = Pool::builder()
+        .workers(2)
+        .retries(3)
+        .build()
+        .expect("a pool");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            let mut kills = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(40));
+                if let Some(pid) = b.worker_pids().first() {
+                    // SAFETY: a signal to one of this test's workers.
+                    unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+                    kills += 1;
+                }
+            }
+            kills
+        });
+        // Stops the killer however the scope ends (a failed assertion included).
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let stopper = Stop(&stop);
+        let runs: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (a, b) = (&a, &b);
+                s.spawn(move || {
+                    for round in 0..4u64 {
+                        let n = 400_000 + t * 10_007 + round * 77;
+                        if t % 2 == 0 {
+                            let out = a.map(double_or_die, 0..n).expect("map on a");
+                            assert_eq!(out.len() as u64, n);
+                            assert!(out.iter().enumerate().all(|(i, v)| *v == 2 * i as u64));
+                        } else {
+                            let m = n as u32 / 2;
+                            let out = b.map(tagged, 0..m).expect("map on b, with retries");
+                            assert_eq!(out.len() as u32, m);
+                            assert!(out.iter().enumerate().all(|(i, v)| *v == tagged(i as u32)));
+                            let out = a.map(triple, 0..n).expect("map on a");
+                            assert!(out.iter().enumerate().all(|(i, v)| *v == 3 * i as u64));
+                            let out = a.with_chunk_size(2).map(blob, 0..12).expect("blobs");
+                            assert_eq!(out.len(), 12);
+                            assert!(out.iter().enumerate().all(|(i, v)| *v == blob(i as u32)));
+                        }
+                    }
+                })
+            })
+            .collect();
+        let failed = runs
+            .into_iter()
+            .map(|r| r.join())
+            .filter(Result::is_err)
+            .count();
+        drop(stopper);
+        let kills = killer.join().expect("the killer");
+        assert_eq!(failed, 0, "a mapping thread failed");
+        assert!(kills > 0, "no worker was killed");
+    });
+}

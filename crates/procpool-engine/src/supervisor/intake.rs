@@ -401,11 +401,9 @@ pub(crate) fn own(outcome: Outcome<'_>) -> Result<Vec<u8>, TaskErrorKind> {
 /// The result's bytes, owned; a result the parent cannot allocate fails its task instead
 /// of aborting the process.
 fn copy_result(b: &[u8]) -> Result<Vec<u8>, TaskErrorKind> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(b.len())
-        .map_err(|_| TaskErrorKind::OutOfMemory {
-            size: b.len() as u64,
-        })?;
+    let mut v = crate::bufs::take(b.len()).map_err(|()| TaskErrorKind::OutOfMemory {
+        size: b.len() as u64,
+    })?;
     v.extend_from_slice(b);
     Ok(v)
 }

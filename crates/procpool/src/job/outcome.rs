@@ -88,7 +88,10 @@ impl<R> ChunkOut<R> {
                 *out = it.collect();
             }
             Values::Decoded(it) => out.extend(it),
-            Values::Packed { bytes, pos } => extend_packed(out, &bytes[pos..]),
+            Values::Packed { bytes, pos } => {
+                extend_packed(out, &bytes[pos..]);
+                procpool_engine::recycle_result(bytes);
+            }
             Values::Moved => {}
         }
         Ok(())
@@ -167,6 +170,7 @@ impl<R: Value> ChunkOut<R> {
             let values = match sink {
                 Some(out) => {
                     extend_packed(out, rest);
+                    procpool_engine::recycle_result(bytes);
                     Values::Moved
                 }
                 None => Values::Packed { bytes, pos },
@@ -216,6 +220,8 @@ impl<R: Value> ChunkOut<R> {
                 }
             }
         }
+        // Every value is decoded: the answer's buffer can take the next one.
+        procpool_engine::recycle_result(bytes);
         // Values that went to the caller's vector are not the chunk's.
         let values = if to_sink {
             Values::Moved
