@@ -76,10 +76,8 @@ impl Kept {
             if *bytes + cap <= KEEP_BYTES {
                 *bytes += cap;
                 bufs.push(buf);
-                return;
             }
         }
-        // Dropped here, outside the lock.
     }
 
     fn begin(&self) {
@@ -92,7 +90,7 @@ impl Kept {
             let kept = self
                 .free
                 .lock()
-                .map(|mut f| std::mem::replace(&mut *f, (Vec::new(), 0)));
+                .map(|mut f| std::mem::take(&mut *f));
             drop(kept);
         }
     }
