@@ -93,6 +93,9 @@ pub(crate) struct Results {
     /// CPU an idle procpool pool used: (seconds idle, % of a core by its supervisor thread,
     /// % of a core by its workers together).
     pub(crate) idle_cpu: Option<(u64, f64, f64)>,
+    /// What the tiny workload's output costs alone: (items, ms to write a fresh vector of
+    /// that many `u64`s, ms to write the same vector again), best of a few.
+    pub(crate) output_ms: Option<(usize, f64, f64)>,
 }
 
 impl Results {
@@ -104,6 +107,7 @@ impl Results {
             python_info: None,
             socket_rtt_us: None,
             idle_cpu: None,
+            output_ms: None,
         }
     }
 

@@ -218,6 +218,11 @@ fn run(cfg: &Config) -> Result<(), String> {
         results.add(name, figures);
     }
 
+    if p.runs("tiny") && main_table {
+        let n = p.tiny.max;
+        let (fresh, again) = work::output_ms(n, p.tiny.reps.max(3));
+        results.output_ms = Some((n, fresh, again));
+    }
     if p.runs("latency") {
         results.socket_rtt_us = load::socket_round_trip_us(p.latency_runs);
     }

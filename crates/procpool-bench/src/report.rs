@@ -434,6 +434,23 @@ pub(crate) fn round_trip_targets(r: &Results) -> String {
     let mut s = String::new();
     let (pp, ry) = (r.get("procpool"), r.get("rayon"));
     let both = |f: fn(&Figures) -> Option<f64>| Some((f(pp?)?, f(ry?)?));
+    if let Some((n, fresh, again)) = r.output_ms {
+        let per_s = |ms: f64| n as f64 / (ms / 1e3);
+        let auto = pp.and_then(|f| f.tiny_auto);
+        let _ = writeln!(
+            s,
+            "tiny automatic chunks: procpool {} items/s (target >= 350M); its output alone, a \
+             new vector of {} u64s, takes {} ms to write fresh on one core ({} items/s; \
+             {} ms to write again): two cores bound any pool returning a new vector at {} \
+             items/s, before any of its own work",
+            auto.map_or("-".into(), num),
+            num(n as f64),
+            num(fresh),
+            num(per_s(fresh)),
+            num(again),
+            num(2.0 * per_s(fresh))
+        );
+    }
     if let Some((p, y)) = both(|f| f.lat_med) {
         let _ = writeln!(
             s,

@@ -110,6 +110,27 @@ pub(crate) fn throughput<E>(
     Ok((rates.iter().copied().fold(0.0, f64::max), n))
 }
 
+/// What a call returning `n` `u64`s in a new vector spends on the vector alone, on one
+/// core: (ms to write a fresh vector, whose pages the kernel faults in one by one, ms to
+/// write the same vector again), best of `reps`. The first bounds any such call: two
+/// cores fault pages in at best twice as fast, whatever else the call does.
+pub(crate) fn output_ms(n: usize, reps: usize) -> (f64, f64) {
+    let (mut fresh, mut again) = (f64::MAX, f64::MAX);
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        let mut v: Vec<u64> = Vec::with_capacity(n);
+        v.extend((0..n as u64).map(|x| black_box(x) * 2));
+        fresh = fresh.min(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        for (i, x) in v.iter_mut().enumerate() {
+            *x = black_box(i as u64) * 2;
+        }
+        again = again.min(t.elapsed().as_secs_f64() * 1e3);
+        black_box(&v);
+    }
+    (fresh, again)
+}
+
 /// Time of `f()`.
 pub(crate) fn timed<T, E>(f: impl FnOnce() -> Result<T, E>) -> Result<(Duration, T), E> {
     let t = Instant::now();

@@ -87,10 +87,7 @@ impl Kept {
     fn end(&self) {
         if self.calls.fetch_sub(1, AcqRel) == 1 {
             // The last call ended: free what is kept (outside the lock).
-            let kept = self
-                .free
-                .lock()
-                .map(|mut f| std::mem::take(&mut *f));
+            let kept = self.free.lock().map(|mut f| std::mem::take(&mut *f));
             drop(kept);
         }
     }
