@@ -47,11 +47,13 @@ impl Kept {
             && let Ok(mut free) = self.free.lock()
         {
             let (bufs, bytes) = &mut *free;
-            // The smallest that fits, so a large buffer stays for a large result.
+            // The smallest that fits, so a large buffer stays for a large result; and not
+            // one more than twice the size: a result may become a value of the caller's
+            // (a `Vec<u8>` moved out of it), which would keep the room it does not use.
             let best = bufs
                 .iter()
                 .enumerate()
-                .filter(|(_, b)| b.capacity() >= len)
+                .filter(|(_, b)| (len..=len.saturating_mul(2)).contains(&b.capacity()))
                 .min_by_key(|(_, b)| b.capacity())
                 .map(|(i, _)| i);
             if let Some(i) = best {
@@ -155,8 +157,12 @@ mod tests {
         k.give(Vec::with_capacity(1024));
         k.give(Vec::with_capacity(8 << 20));
         assert_eq!(k.len(), 2);
+        // Not more than twice the size asked for: a new one.
+        let fresh = k.take(200 * 1024).unwrap();
+        assert!(fresh.capacity() < 1 << 20);
+        assert_eq!(k.len(), 2);
         // The smallest that fits.
-        let v = k.take(200 * 1024).unwrap();
+        let v = k.take(600 * 1024).unwrap();
         assert_eq!(v.as_ptr(), big_ptr);
         assert!(v.is_empty());
         let small = k.take(100 * 1024).unwrap();
