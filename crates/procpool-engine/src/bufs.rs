@@ -13,6 +13,10 @@
 //! Only buffers between [`MIN_CAP`] and [`MAX_CAP`] are kept, [`KEEP_BYTES`] in all, and
 //! only while a call is under way (a [`CallGuard`] alive, one per `Feed`): the last call
 //! to end frees them, so an idle process holds none.
+//!
+//! The store is only ever tried, never waited for (`try_lock`): a thread that finds it
+//! busy allocates or frees as before. So no thread waits on another here, and a child
+//! forked while another thread held the lock cannot hang on it.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::AcqRel, Ordering::Acquire};
@@ -44,7 +48,7 @@ impl Kept {
 
     fn take(&self, len: usize) -> Result<Vec<u8>, ()> {
         if (MIN_CAP / 2..=MAX_CAP).contains(&len)
-            && let Ok(mut free) = self.free.lock()
+            && let Ok(mut free) = self.free.try_lock()
         {
             let (bufs, bytes) = &mut *free;
             // The smallest that fits, so a large buffer stays for a large result; and not
@@ -73,7 +77,7 @@ impl Kept {
             return;
         }
         buf.clear();
-        if let Ok(mut free) = self.free.lock() {
+        if let Ok(mut free) = self.free.try_lock() {
             let (bufs, bytes) = &mut *free;
             if *bytes + cap <= KEEP_BYTES {
                 *bytes += cap;
@@ -88,9 +92,18 @@ impl Kept {
 
     fn end(&self) {
         if self.calls.fetch_sub(1, AcqRel) == 1 {
-            // The last call ended: free what is kept (outside the lock).
-            let kept = self.free.lock().map(|mut f| std::mem::take(&mut *f));
-            drop(kept);
+            // The last call ended: free what is kept (outside the lock). The lock is held
+            // for a few instructions at a time: a few tries find it free (a lock never
+            // freed, in a forked child, leaves at most `KEEP_BYTES` kept).
+            for _ in 0..1000 {
+                if let Ok(mut f) = self.free.try_lock() {
+                    let kept = std::mem::take(&mut *f);
+                    drop(f);
+                    drop(kept);
+                    return;
+                }
+                std::thread::yield_now();
+            }
         }
     }
 
