@@ -205,4 +205,23 @@ mod tests {
         assert_eq!(k.len(), 0);
         drop(v);
     }
+
+    /// A lock held for ever (as in a child forked while another thread held it) makes no
+    /// one wait: taking allocates, handing back drops, the end of the last call returns.
+    #[test]
+    fn a_lock_never_freed_blocks_nothing() {
+        let k = Kept::new();
+        k.begin();
+        k.give(Vec::with_capacity(256 * 1024));
+        assert_eq!(k.len(), 1);
+        let held = k.free.lock().unwrap();
+        let t = std::time::Instant::now();
+        let v = k.take(256 * 1024).unwrap();
+        assert!(v.capacity() >= 256 * 1024);
+        k.give(v);
+        k.end();
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(held.0.len(), 1, "the held store was not touched");
+        drop(held);
+    }
 }
