@@ -223,29 +223,37 @@ except KeyboardInterrupt:
 """
 
 
-@pytest.mark.limit(60)
-def test_ctrl_c_interrupts_a_put_blocked_on_a_full_ring():
+def _interrupted(script, ready, settle):
+    """Runs `script`, waits for its line `ready` and `settle` seconds more (it must still
+    be running), sends SIGINT; returns (exit code, stdout, stderr, seconds to exit)."""
     p = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(SCRIPT_FULL)],
+        [sys.executable, "-c", textwrap.dedent(script)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        assert p.stdout.readline().strip() == "filling"
-        time.sleep(1.5)  # the ring fills (4096 messages) and put sleeps
+        assert p.stdout.readline().strip() == ready
+        time.sleep(settle)
         assert p.poll() is None
         t = time.monotonic()
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=10)
-        assert time.monotonic() - t < 2
-        assert p.returncode == 3, err
-        assert out.startswith("interrupted"), out
-        assert 4000 <= int(out.split()[1]) <= 5000
+        return p.returncode, out, err, time.monotonic() - t
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+@pytest.mark.limit(60)
+def test_ctrl_c_interrupts_a_put_blocked_on_a_full_ring():
+    # The ring fills (4096 messages) and put sleeps.
+    code, out, err, took = _interrupted(SCRIPT_FULL, "filling", 1.5)
+    assert took < 2
+    assert code == 3, err
+    assert out.startswith("interrupted"), out
+    assert 4000 <= int(out.split()[1]) <= 5000
 
 
 SCRIPT_THREADS = """
@@ -265,25 +273,9 @@ except KeyboardInterrupt:
 
 @pytest.mark.limit(60)
 def test_ctrl_c_interrupts_a_put_waiting_for_another_thread_of_its_process():
-    p = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(SCRIPT_THREADS)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert p.stdout.readline().strip() == "putting"
-        time.sleep(0.5)
-        assert p.poll() is None
-        t = time.monotonic()
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=10)
-        assert time.monotonic() - t < 2
-        assert (p.returncode, out.strip()) == (3, "interrupted"), err
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    code, out, err, took = _interrupted(SCRIPT_THREADS, "putting", 0.5)
+    assert took < 2
+    assert (code, out.strip()) == (3, "interrupted"), err
 
 
 def test_put_nowait_does_not_wait_for_a_sender_blocked_on_a_full_socket():

@@ -36,6 +36,15 @@ fn die_once(i: u64) {
     }
 }
 
+/// A pool of two workers that runs again, `retries` times, an item whose worker died.
+fn two_workers(retries: u32) -> Pool {
+    Pool::builder()
+        .workers(2)
+        .retries(retries)
+        .build()
+        .expect("a pool")
+}
+
 /// Items of the plain test whose worker dies the first time they run.
 const PLAIN_KILLER_RETRY: u64 = 2_500_123;
 const PLAIN_KILLER_FAIL: u64 = 1_700_321;
@@ -128,11 +137,7 @@ fn plain_numbers_a_worker_killed_mid_chunk_costs_one_item() {
     // 3 M results: 24 MiB, enough for the helper that faults the vector in.
     let n = 3_000_000u64;
     let me = std::process::id();
-    let pool = Pool::builder()
-        .workers(2)
-        .retries(1)
-        .build()
-        .expect("a pool");
+    let pool = two_workers(1);
     let out = pool
         .map(double_or_die, 0..n)
         .expect("the map, with a retry");
@@ -146,7 +151,7 @@ fn plain_numbers_a_worker_killed_mid_chunk_costs_one_item() {
         assert_eq!(*v, 2 * i as u64, "item {i}");
     }
 
-    let strict = Pool::builder().workers(2).build().expect("a pool");
+    let strict = two_workers(0);
     let r = strict.map(double_or_die, 0..n);
     let died = marker(me, PLAIN_KILLER_FAIL).exists();
     for k in [PLAIN_KILLER_RETRY, PLAIN_KILLER_FAIL] {
@@ -178,11 +183,7 @@ fn serde_records_a_worker_killed_mid_chunk_costs_one_item() {
         })
         .collect();
 
-    let pool = Pool::builder()
-        .workers(2)
-        .retries(1)
-        .build()
-        .expect("a pool");
+    let pool = two_workers(1);
     let out = pool
         .map(summarize, input.clone())
         .expect("the map, with a retry");
@@ -199,7 +200,7 @@ fn serde_records_a_worker_killed_mid_chunk_costs_one_item() {
         );
     }
 
-    let strict = Pool::builder().workers(2).build().expect("a pool");
+    let strict = two_workers(0);
     let other = killer + 7;
     let r = strict.map(summarize, records(n, &p, other));
     let died = marker(me, other).exists();
@@ -233,12 +234,7 @@ fn blob(x: u32) -> (u32, Vec<u8>) {
 /// would show here as a wrong value or a wrong length).
 #[test]
 fn reused_result_buffers_never_mix_calls() {
-    let a = Pool::builder().workers(2).build().expect("a pool");
-    let b = Pool::builder()
-        .workers(2)
-        .retries(3)
-        .build()
-        .expect("a pool");
+    let (a, b) = (two_workers(0), two_workers(3));
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         let killer = s.spawn(|| {
