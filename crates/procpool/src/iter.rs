@@ -362,12 +362,12 @@ where
 
     /// Decodes a finished job, sending again the items its worker did not run.
     fn open(&mut self, piece: Piece) -> (ChunkOut<R>, usize) {
-        self.open_to(piece, None)
+        self.open_to(piece, Sink::None)
     }
 
     /// [`open`](Self::open), the values going to `sink` when given (see
     /// [`ChunkOut::decode_into`]).
-    fn open_to(&mut self, piece: Piece, sink: Option<&mut Vec<R>>) -> (ChunkOut<R>, usize) {
+    fn open_to(&mut self, piece: Piece, sink: Sink<'_, R>) -> (ChunkOut<R>, usize) {
         let bytes = piece.bytes();
         let Piece {
             start,
@@ -377,9 +377,11 @@ where
             fds,
         } = piece;
         let (pid, nanos) = (done.pid, done.nanos);
+        let codec = self.layout.codec;
         let chunk = match sink {
-            Some(out) => ChunkOut::decode_into(done, count, self.layout.codec, out),
-            None => ChunkOut::decode(done, count, self.layout.codec),
+            Sink::Caller(out) => ChunkOut::decode_into(done, count, codec, out),
+            Sink::Spare(v) => ChunkOut::decode_held(done, count, codec, v),
+            Sink::None => ChunkOut::decode(done, count, codec),
         };
         chunk.record(&self.recorder, pid, nanos);
         self.feed.note_failed(chunk.failures());
@@ -426,6 +428,16 @@ where
             }
         }
     }
+}
+
+/// Where a finished chunk's values are decoded to (see `Feeder::open_to`).
+enum Sink<'a, R> {
+    /// Appended to the caller's results, which end just before the chunk.
+    Caller(&'a mut Vec<R>),
+    /// Into this vector, which the chunk holds until its turn.
+    Spare(Vec<R>),
+    /// Into a vector of the chunk's own.
+    None,
 }
 
 /// Results of [`Pool::imap`](crate::Pool::imap), in input order.
@@ -545,9 +557,11 @@ where
         if let Some(c) = self.current.take() {
             c.extend_into(out)?;
         }
+        // Vectors of chunks that came out of order, emptied into `out`, for the next.
+        let mut spares = Vec::new();
         loop {
             while let Some(c) = self.waiting.pop() {
-                c.extend_into(out)?;
+                c.extend_into_reusing(out, &mut spares)?;
             }
             grew(out);
             let Some(piece) = self.feeder.recv_piece(0) else {
@@ -556,7 +570,15 @@ where
             // In order (nothing waits: `pop` took all that could come out), and with
             // values to decode.
             let in_order = piece.start == self.waiting.next_index() && self.waiting.is_empty();
-            let (c, bytes) = self.feeder.open_to(piece, in_order.then_some(&mut *out));
+            let sink = if in_order {
+                Sink::Caller(&mut *out)
+            } else if crate::codec::plain_size::<R>().is_some() {
+                // Plain values wait packed in the worker's answer, to be copied once.
+                Sink::None
+            } else {
+                Sink::Spare(spares.pop().unwrap_or_default())
+            };
+            let (c, bytes) = self.feeder.open_to(piece, sink);
             if c.has_errors() {
                 self.feeder.stop_input();
             }

@@ -167,6 +167,55 @@ fn imap_yields_in_input_order_when_early_items_are_slower() {
     assert_eq!(got, (0..40).map(|i| i * 10).collect::<Vec<_>>());
 }
 
+/// A string per item; the items of every fourth chunk of 8 (counting from the first)
+/// take a while, so the chunks after them come back first; item `FAIL_AT`, in a chunk
+/// that comes back early, fails.
+fn labelled(i: u64) -> String {
+    if (i / 8).is_multiple_of(4) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_ne!(i, FAIL_AT, "item {FAIL_AT} fails");
+    format!("item-{i}-{}", "x".repeat((i % 13) as usize))
+}
+
+const FAIL_AT: u64 = 1_000_001;
+
+#[test]
+fn map_keeps_order_of_heap_values_when_later_chunks_come_back_first() {
+    let pool = pool();
+    let want = |n: u64| -> Vec<String> {
+        (0..n)
+            .map(|i| format!("item-{i}-{}", "x".repeat((i % 13) as usize)))
+            .collect()
+    };
+    // Chunks that come back out of order are decoded into vectors `map` keeps and fills
+    // again: several calls in a row, each checked whole.
+    for _ in 0..3 {
+        assert_eq!(
+            pool.with_chunk_size(8).map(labelled, 0..600).unwrap(),
+            want(600)
+        );
+    }
+    // A failure in a chunk that came back early: the first failure in input order is the
+    // one returned, and the values decoded so far are dropped with it.
+    let err = pool
+        .with_chunk_size(8)
+        .map(
+            labelled,
+            (0..600).map(|i| if i == 500 { FAIL_AT } else { i }),
+        )
+        .unwrap_err();
+    match err {
+        Error::Task(e) => {
+            assert_eq!(e.index(), 500, "{e}");
+            assert!(matches!(e.kind(), TaskErrorKind::Panic { .. }), "{e}");
+        }
+        other => panic!("expected the task's failure, got {other}"),
+    }
+    // The pool goes on, with automatic chunks too.
+    assert_eq!(pool.map(labelled, 0..600).unwrap(), want(600));
+}
+
 fn square_plus(x: u64) -> u64 {
     x * x + 7
 }

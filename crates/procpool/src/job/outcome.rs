@@ -88,6 +88,7 @@ impl<R> ChunkOut<R> {
                 *out = it.collect();
             }
             Values::Decoded(it) => out.extend(it),
+            Values::Held(mut v) => out.append(&mut v),
             Values::Packed { bytes, pos } => {
                 extend_packed(out, &bytes[pos..]);
                 procpool_engine::recycle_result(bytes);
@@ -96,7 +97,34 @@ impl<R> ChunkOut<R> {
         }
         Ok(())
     }
+
+    /// [`extend_into`](Self::extend_into), keeping the emptied vector of a chunk made by
+    /// [`decode_held`](ChunkOut::decode_held) in `spares` for the next one (at most
+    /// [`SPARES`] of them).
+    pub(crate) fn extend_into_reusing(
+        mut self,
+        out: &mut Vec<R>,
+        spares: &mut Vec<Vec<R>>,
+    ) -> Result<(), Error>
+    where
+        R: 'static,
+    {
+        if self.errors.is_empty()
+            && let Values::Held(v) = &mut self.values
+        {
+            out.append(v);
+            if spares.len() < SPARES {
+                spares.push(std::mem::take(v));
+            }
+            return Ok(());
+        }
+        self.extend_into(out)
+    }
 }
+
+/// Emptied vectors `map` keeps for chunks that come out of order (see
+/// [`ChunkOut::extend_into_reusing`]).
+pub(crate) const SPARES: usize = 8;
 
 impl<R: Value> ChunkOut<R> {
     /// Decodes a job's outcome into per-item results.
@@ -112,6 +140,21 @@ impl<R: Value> ChunkOut<R> {
     /// chunk and a second move.
     pub(crate) fn decode_into(done: Done, count: u32, codec: Codec, sink: &mut Vec<R>) -> Self {
         Self::decode_to(done, count, codec, Some(sink))
+    }
+
+    /// Decodes a job's outcome into `spare` (emptied first), a vector the chunk holds
+    /// until its values are taken: for `map`, whose chunks that come out of order wait
+    /// for those before them. Taking the vector from those of chunks already appended
+    /// (see [`extend_into_reusing`](Self::extend_into_reusing)) spares a fresh
+    /// allocation per chunk, which after the caller has freed many small values (its
+    /// arguments, once encoded) makes the allocator sort them all out first.
+    pub(crate) fn decode_held(done: Done, count: u32, codec: Codec, mut spare: Vec<R>) -> Self {
+        spare.clear();
+        let mut chunk = Self::decode_to(done, count, codec, Some(&mut spare));
+        if matches!(chunk.values, Values::Moved) {
+            chunk.values = Values::Held(spare);
+        }
+        chunk
     }
 
     fn decode_to(done: Done, count: u32, codec: Codec, mut sink: Option<&mut Vec<R>>) -> Self {
@@ -325,6 +368,9 @@ fn kind_of(e: &Error) -> Option<&TaskErrorKind> {
 enum Values<R> {
     /// Decoded one by one.
     Decoded(std::vec::IntoIter<R>),
+    /// Decoded into a vector that is used again once emptied (see
+    /// [`ChunkOut::decode_held`]).
+    Held(Vec<R>),
     /// Still packed in the worker's answer, from `pos`.
     Packed { bytes: Vec<u8>, pos: usize },
     /// Appended to the caller's vector as they were decoded (see
@@ -336,6 +382,11 @@ impl<R: 'static> Values<R> {
     fn next(&mut self) -> Option<R> {
         match self {
             Values::Decoded(it) => it.next(),
+            Values::Held(v) => {
+                // Handed out one by one after all: as a plain iterator.
+                *self = Values::Decoded(std::mem::take(v).into_iter());
+                self.next()
+            }
             Values::Packed { bytes, pos } => {
                 let n = codec::plain_size::<R>()?;
                 let v = bytes.get(*pos..*pos + n).map(codec::read_plain::<R>)?;
