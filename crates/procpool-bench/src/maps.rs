@@ -9,8 +9,11 @@
 //!   and the median.
 //! - `serde`: 100 000 records (a struct of strings, a vector of floats and numbers) each
 //!   summarised into a smaller struct, one call, automatic chunks; the figure is the
-//!   system's time against sequential Rust's (higher is better; 2 is the bound on two
-//!   cores).
+//!   system's time against sequential Rust's (higher is better; 2 is the bound of
+//!   threads on two cores). With it, the bound of any pool of processes: the copying
+//!   such a pool cannot avoid, timed on one core (encode the records, drop them, build
+//!   each again from its encoding, summarise and encode it, decode the summaries), split
+//!   over two cores.
 //! - `imaprss`: `imap` of 2 000 000 items, each result 1 KiB, which the consumer drops:
 //!   the peak resident memory of the calling process (`VmHWM`), each system in a fresh
 //!   process of its own (this binary started with [`CHILD_FLAG`]), and items per second.
@@ -122,6 +125,82 @@ pub(crate) struct Row {
 pub(crate) struct Section {
     rows: Vec<Row>,
     other_load: Option<f64>,
+    /// The serde records' copying, timed on one core (see [`Copying`]).
+    copying: Option<Copying>,
+}
+
+/// What any pool of processes does to the serde records besides the work itself, timed
+/// on one core, ms (the best of several runs, each part its best): encode every record,
+/// drop the records, build each again from its encoding then summarise and encode the
+/// summary (the workers' part), decode the summaries.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Copying {
+    encode: f64,
+    drop: f64,
+    rebuild: f64,
+    decode: f64,
+}
+
+impl Copying {
+    /// Times the copying of `input` `runs` times; `None` if a run's summaries differ from
+    /// `expected`.
+    fn measure(input: &[Record], expected: &[Summary], runs: usize) -> Option<Copying> {
+        let mut best: Option<Copying> = None;
+        for _ in 0..runs.max(1) {
+            let owned = input.to_vec();
+            let ms = |a: Instant| a.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            let mut args = Vec::new();
+            for r in &owned {
+                args = postcard::to_extend(r, args).ok()?;
+            }
+            let encode = ms(t);
+            let t = Instant::now();
+            drop(owned);
+            let drop_ms = ms(t);
+            let t = Instant::now();
+            let mut rest = &args[..];
+            let mut results = Vec::new();
+            for _ in 0..input.len() {
+                let (r, tail): (Record, &[u8]) = postcard::take_from_bytes(rest).ok()?;
+                rest = tail;
+                results = postcard::to_extend(&summarize(r), results).ok()?;
+            }
+            let rebuild = ms(t);
+            let t = Instant::now();
+            let mut rest = &results[..];
+            let mut out = Vec::with_capacity(input.len());
+            for _ in 0..input.len() {
+                let (s, tail): (Summary, &[u8]) = postcard::take_from_bytes(rest).ok()?;
+                rest = tail;
+                out.push(s);
+            }
+            let decode = ms(t);
+            if out != expected {
+                return None;
+            }
+            let run = Copying {
+                encode,
+                drop: drop_ms,
+                rebuild,
+                decode,
+            };
+            best = Some(match best {
+                None => run,
+                Some(b) => Copying {
+                    encode: b.encode.min(run.encode),
+                    drop: b.drop.min(run.drop),
+                    rebuild: b.rebuild.min(run.rebuild),
+                    decode: b.decode.min(run.decode),
+                },
+            });
+        }
+        best
+    }
+
+    fn total(&self) -> f64 {
+        self.encode + self.drop + self.rebuild + self.decode
+    }
 }
 
 /// Which parts of the section run.
@@ -141,6 +220,12 @@ pub(crate) fn section(quick: bool, parts: Parts, wants: impl Fn(&str) -> bool) -
         records(RECORDS)
     } else {
         Vec::new()
+    };
+    let copying = if parts.serde {
+        let expected: Vec<Summary> = input.iter().cloned().map(summarize).collect();
+        Copying::measure(&input, &expected, serde_calls)
+    } else {
+        None
     };
     let mut rows = Vec::new();
     for system in ["sequential", "rayon", "procspawn", "procpool"] {
@@ -219,7 +304,11 @@ pub(crate) fn section(quick: bool, parts: Parts, wants: impl Fn(&str) -> bool) -
         rows.push(row);
     }
     let other_load = crate::load::foreign_share(mark, crate::load::mark()).map(|(o, _)| o * 100.0);
-    Section { rows, other_load }
+    Section {
+        rows,
+        other_load,
+        copying,
+    }
 }
 
 /// `calls` timed calls of `f` (after one warm-up), in seconds.
@@ -501,6 +590,9 @@ impl Section {
                 }
             );
         }
+        if let Some(c) = self.copying {
+            let _ = writeln!(s, "{}", c.line(seq.and_then(|x| x.serde_ms)));
+        }
         if let Some(o) = self.other_load {
             let _ = writeln!(
                 s,
@@ -534,6 +626,31 @@ impl Section {
     }
 }
 
+impl Copying {
+    /// The bound line, against sequential's time when known.
+    fn line(&self, sequential_ms: Option<f64>) -> String {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.line_on(cores, sequential_ms)
+    }
+
+    fn line_on(&self, cores: usize, sequential_ms: Option<f64>) -> String {
+        let at_best = self.total() / cores as f64;
+        let ratio = sequential_ms.map_or("-".into(), |q| format!("{:.2}x", q / at_best));
+        format!(
+            "serde records, the copying any process pool does, on one core: encode {:.1} ms, \
+             drop the records {:.1}, build them again + summarise + encode {:.1}, decode the \
+             summaries {:.1}: {:.1} ms; split over {cores} cores at best {:.1} ms = {ratio} \
+             sequential (target >= 0.6x)",
+            self.encode,
+            self.drop,
+            self.rebuild,
+            self.decode,
+            self.total(),
+            at_best
+        )
+    }
+}
+
 fn show(v: Option<f64>) -> String {
     v.map_or("-".into(), crate::report::num)
 }
@@ -541,6 +658,29 @@ fn show(v: Option<f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_copying_is_timed_and_checked() {
+        let input = records(200);
+        let expected: Vec<Summary> = input.iter().cloned().map(summarize).collect();
+        let c = Copying::measure(&input, &expected, 2).expect("summaries as sequential's");
+        assert!(c.encode > 0.0 && c.rebuild > 0.0 && c.decode > 0.0, "{c:?}");
+        assert!((c.total() - (c.encode + c.drop + c.rebuild + c.decode)).abs() < 1e-9);
+        // Wrong expectations are refused rather than timed.
+        assert_eq!(Copying::measure(&input, &expected[1..], 1), None);
+        let line = Copying {
+            encode: 5.0,
+            drop: 9.0,
+            rebuild: 21.0,
+            decode: 3.0,
+        }
+        .line_on(2, Some(7.6));
+        assert!(line.contains("38.0 ms"), "{line}");
+        assert!(
+            line.contains("at best 19.0 ms = 0.40x sequential"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn summaries_follow_the_records() {
