@@ -441,6 +441,15 @@ pub(crate) fn put_result(out: &mut Vec<u8>, seq: u64, nanos: u64, outcome: &Outc
     }
 }
 
+/// Writes what [`put_result`] writes for a successful result of `len` bytes, up to those
+/// bytes, which the caller appends next.
+pub(crate) fn put_ok_head(out: &mut Vec<u8>, seq: u64, nanos: u64, len: usize) {
+    out.put_u64(seq);
+    out.put_u64(nanos);
+    out.put_u8(0);
+    out.put_u32(len32(len));
+}
+
 /// Writes a results frame holding one successful result of `len` bytes, up to those
 /// bytes, which the caller sends next.
 pub(crate) fn put_large_result_head(out: &mut Vec<u8>, seq: u64, nanos: u64, len: usize) {
@@ -799,6 +808,18 @@ mod tests {
         let (body, used) = split_frame(buf, 1 << 20).unwrap().unwrap();
         assert_eq!(used, buf.len());
         body
+    }
+
+    #[test]
+    fn an_ok_head_then_its_bytes_is_the_result_put_whole() {
+        for body in [&b""[..], b"x", &[7u8; 300]] {
+            let mut whole = Vec::new();
+            put_result(&mut whole, 42, 1_000_000_007, &Outcome::Ok(body));
+            let mut parts = Vec::new();
+            put_ok_head(&mut parts, 42, 1_000_000_007, body.len());
+            parts.extend_from_slice(body);
+            assert_eq!(parts, whole);
+        }
     }
 
     #[test]

@@ -486,16 +486,19 @@ impl Io {
         // The usual way: into the results ring, no system call unless the parent sleeps.
         if size < ring::MAX_ENTRY {
             self.entry.clear();
-            let o = match &outcome {
-                Ok(()) => Outcome::Ok(&self.result_buf),
-                Err(f) => Outcome::Err(f.clone()),
+            // A result goes into the ring behind its head, in one copy.
+            let pushed = match &outcome {
+                Ok(()) => {
+                    wire::put_ok_head(&mut self.entry, seq, nanos, size);
+                    self.ring
+                        .push_parts(&self.ctl, &[&self.entry, &self.result_buf])
+                }
+                Err(f) => {
+                    wire::put_result(&mut self.entry, seq, nanos, &Outcome::Err(f.clone()));
+                    self.ring.push(&self.ctl, &self.entry)
+                }
             };
-            wire::put_result(&mut self.entry, seq, nanos, &o);
-            if let Some(wake) = self
-                .ring
-                .push(&self.ctl, &self.entry)
-                .map_err(compromised)?
-            {
+            if let Some(wake) = pushed.map_err(compromised)? {
                 self.result_buf.clear();
                 // A caller that sent the job directly may sleep on it.
                 crate::direct::ring_waiter(&self.ctl, false);
