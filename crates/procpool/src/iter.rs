@@ -572,9 +572,6 @@ where
             let in_order = piece.start == self.waiting.next_index() && self.waiting.is_empty();
             let sink = if in_order {
                 Sink::Caller(&mut *out)
-            } else if crate::codec::plain_size::<R>().is_some() {
-                // Plain values wait packed in the worker's answer, to be copied once.
-                Sink::None
             } else {
                 Sink::Spare(spares.pop().unwrap_or_default())
             };

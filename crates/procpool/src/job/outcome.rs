@@ -148,7 +148,13 @@ impl<R: Value> ChunkOut<R> {
     /// (see [`extend_into_reusing`](Self::extend_into_reusing)) spares a fresh
     /// allocation per chunk, which after the caller has freed many small values (its
     /// arguments, once encoded) makes the allocator sort them all out first.
+    ///
+    /// Plain numbers are decoded as by [`decode`](Self::decode): they wait packed in the
+    /// worker's answer, to be copied once (no spare is ever kept for them).
     pub(crate) fn decode_held(done: Done, count: u32, codec: Codec, mut spare: Vec<R>) -> Self {
+        if codec::plain_size::<R>().is_some() {
+            return Self::decode(done, count, codec);
+        }
         spare.clear();
         let mut chunk = Self::decode_to(done, count, codec, Some(&mut spare));
         if matches!(chunk.values, Values::Moved) {
