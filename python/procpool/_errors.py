@@ -124,11 +124,19 @@ class MessageTooLarge(PoolError):
 
 
 def _executor_kinds():
-    """``(ExecutorWorkerDied, ExecutorPoolError)``, made on first use: importing
-    ``concurrent.futures`` would cost every program's first pool about 10 ms."""
+    """``(ExecutorWorkerDied, ExecutorPoolError, remote traceback class)``, made on first
+    use: importing ``concurrent.futures.process`` would cost every program's first pool
+    about 10 ms. ``procpool.executor`` makes them when it is imported: that module
+    registers an exit handler, which Python refuses once it is shutting down, so a first
+    import from an executor's results thread after Ctrl-C would fail there."""
     global _kinds
     if _kinds is None:
         from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            from concurrent.futures.process import _RemoteTraceback
+        except ImportError:  # pragma: no cover - the stdlib's private name moved
+            _RemoteTraceback = RemoteTraceback
 
         class ExecutorWorkerDied(WorkerDied, BrokenProcessPool):
             """:class:`WorkerDied` as a ProcessPoolExecutor delivers it (also a
@@ -140,7 +148,7 @@ def _executor_kinds():
 
         for cls in (ExecutorWorkerDied, ExecutorPoolError):
             cls.__qualname__ = cls.__name__  # found by name (pickle), through __getattr__
-        _kinds = (ExecutorWorkerDied, ExecutorPoolError)
+        _kinds = (ExecutorWorkerDied, ExecutorPoolError, _RemoteTraceback)
     return _kinds
 
 
@@ -167,11 +175,7 @@ def for_executor(exc):
         new = exc
     cause = exc.__cause__
     if isinstance(cause, RemoteTraceback):
-        try:
-            from concurrent.futures.process import _RemoteTraceback
-        except ImportError:  # pragma: no cover - the stdlib's private name moved
-            _RemoteTraceback = RemoteTraceback
-        cause = _RemoteTraceback(cause.tb)
+        cause = _executor_kinds()[2](cause.tb)
     if new is not exc or cause is not exc.__cause__:
         new.__cause__ = cause
     return new

@@ -32,8 +32,12 @@ import weakref
 
 from . import _core, _pickle
 from ._args import _check_processes, _check_timeout, _mpi_workers, _start_engine
-from ._errors import PoolError, for_executor
+from ._errors import PoolError, _executor_kinds, for_executor
 from .pool import _stopped_early
+
+# Made now, not by the first failed future: a results thread settling futures after Ctrl-C
+# runs while Python shuts down, when the import behind them is refused.
+_executor_kinds()
 
 __all__ = ["ProcessPoolExecutor"]
 

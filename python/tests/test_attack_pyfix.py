@@ -130,6 +130,49 @@ def test_ctrl_c_to_the_group(tmp_path, how):
         proc.stderr.close()
 
 
+EXIT_SCRIPT = r"""
+import os, signal, sys, time
+import procpool
+
+def die_soon(x):
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def fail_soon(x):
+    time.sleep(0.5)
+    raise ValueError(x)
+
+def report(f):
+    e = f.exception()
+    print("settled", type(e).__name__, type(e.__cause__).__module__, flush=True)
+
+if __name__ == "__main__":
+    ex = procpool.ProcessPoolExecutor(2)
+    ex.submit(die_soon, 1).add_done_callback(report)
+    ex.submit(fail_soon, 2).add_done_callback(report)
+    sys.exit(0)  # Python shuts down while both calls run; the executor finishes them
+"""
+
+
+@pytest.mark.limit(25)
+def test_executor_failures_settled_while_python_shuts_down(tmp_path):
+    # Futures failed by a worker's death or by the call's exception while the interpreter
+    # is shutting down (the main thread has left, as after Ctrl-C) are settled with their
+    # usual kinds. The results thread once imported those kinds then, which Python refuses
+    # after shutdown has begun: the thread died, its future was never settled.
+    script = tmp_path / "prog.py"
+    script.write_text(EXIT_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=20
+    )
+    assert "Exception in thread" not in out.stderr, out.stderr[-2000:]
+    assert sorted(out.stdout.splitlines()) == [
+        "settled ExecutorWorkerDied builtins",
+        "settled ValueError concurrent.futures.process",
+    ], (out.stdout, out.stderr[-2000:])
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 RESULT_KINDS = [
     "socket", "lock", "rlock", "generator", "mmap", "mv_bytes", "mv_array", "mv_ctypes",
     "mv_mmap", "mv_cast", "file_text", "file_bin", "file_raw", "devnull", "frame",
