@@ -27,3 +27,16 @@ def test_rank_0_leaving_by_os_exit_with_its_pool_open_ends_the_job(how):
     assert code != 0, (code, out, err[-2000:])
     left = proctools.wait_gone([i for i in map(proctools.identity, _pids(out)) if i], 5)
     assert not left, f"workers left running after the job: {left}"
+
+
+@pytest.mark.limit(90)
+def test_rank_0_killed_in_job_after_job_ends_each_job():
+    # The agents that lose a SIGKILLed rank 0 leave by themselves. When they ended the
+    # job with MPI_Abort instead, Open MPI 5's prterun deadlocked on its own lock after
+    # every rank had gone in about 1 job in 40: a hang the single job above rarely meets.
+    # Eight jobs in a row (about 2 s each); each must end, leaving no worker.
+    for round in range(8):
+        code, out, err = run_job(["-m", "procpool.mpi", SCRIPT, "hard_exit", "kill"], limit=15)
+        assert code != 0, (round, code, out, err[-2000:])
+        left = proctools.wait_gone([i for i in map(proctools.identity, _pids(out)) if i], 5)
+        assert not left, f"job {round}: workers left running after the job: {left}"

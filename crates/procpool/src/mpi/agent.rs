@@ -117,7 +117,7 @@ pub(crate) fn serve(rank: i32) {
 
 impl Agent {
     /// Rank 0 is lost (an MPI error talking to it, which only ULFM returns): the job is
-    /// over. The local pool's workers are killed, then the job is ended.
+    /// over. The local pool's workers are killed, then this rank leaves the job.
     fn caller_lost(&mut self, rank: i32, rc: std::ffi::c_int) -> ! {
         self.end(true);
         let why = if rc == 0 {
@@ -125,18 +125,16 @@ impl Agent {
         } else {
             runtime::error_string(rc)
         };
-        abort_job(
-            1,
-            &format!("MPI rank {rank} lost the caller's rank 0 ({why}); ending the job"),
-        )
+        runtime::leave_job(1, &format!("MPI rank {rank} lost the caller's rank 0 ({why})"))
     }
 
     /// Rank 0's process ended (seen by `caller` on its host) without ending the job: the
     /// local pool's workers are killed, then the job is ended. A rank 0 killed by a
-    /// signal is also reported by ULFM, usually within milliseconds; ending the job
-    /// through that report, as without the watch, is waited for a moment, since
+    /// signal is also reported by ULFM, usually within milliseconds, to every rank;
+    /// leaving through that report, as without the watch, is waited for a moment, since
     /// `MPI_Abort` called before the runtime took in rank 0's death sometimes made
-    /// `mpirun` exit with code 0 (1 run in about 13).
+    /// `mpirun` exit with code 0 (1 run in about 13). Without that report (rank 0 left by
+    /// `_exit`), agents on other hosts cannot know: `MPI_Abort` ends the job for them.
     fn caller_gone(&mut self, rank: i32) -> ! {
         self.end(true);
         let until = std::time::Instant::now() + CALLER_GRACE;
