@@ -125,7 +125,10 @@ impl Agent {
         } else {
             runtime::error_string(rc)
         };
-        runtime::leave_job(1, &format!("MPI rank {rank} lost the caller's rank 0 ({why})"))
+        runtime::leave_job(
+            1,
+            &format!("MPI rank {rank} lost the caller's rank 0 ({why})"),
+        )
     }
 
     /// Rank 0's process ended (seen by `caller` on its host) without ending the job: the
