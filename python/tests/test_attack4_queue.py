@@ -15,6 +15,7 @@ import pickle
 import queue
 import random
 import resource
+import select
 import signal
 import subprocess
 import sys
@@ -466,18 +467,30 @@ def _put_get_forever(q):
         q.get()
 
 
+def _take_lock_and_wait(q, w):
+    q._ring._hold_lock_forever(False)
+    os.write(w, b"x")
+    while True:
+        time.sleep(60)
+
+
 def _stop_while_holding(q, mem):
-    """A child looping put/get, stopped while it holds the sender lock: its pid."""
-    pid = _fork(_put_get_forever, q)
-    for _ in range(5000):
+    """A child that took the sender lock, stopped while it holds it: its pid. (Catching a
+    child looping put/get while it held the lock took up to thousands of tries, and
+    failed on a loaded machine: the lock is held for microseconds.)"""
+    r, w = os.pipe()
+    try:
+        pid = _fork(_take_lock_and_wait, q, w)
+        ready, _, _ = select.select([r], [], [], 10)
+        if not ready or mem.holder_pid != pid:
+            os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+            pytest.fail("the child did not take the sender lock")
         os.kill(pid, signal.SIGSTOP)
-        time.sleep(0.001)
-        if mem.holder_pid == pid:
-            return pid
-        os.kill(pid, signal.SIGCONT)
-    os.kill(pid, signal.SIGKILL)
-    _reap(pid)
-    pytest.fail("never caught the child holding the sender lock")
+        return pid
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 @pytest.mark.limit(30)
