@@ -296,8 +296,8 @@ def test_put_nowait_does_not_wait_for_a_sender_blocked_on_a_full_socket():
     with pytest.raises(queue.Full):
         q.put(2, timeout=0.2)
     assert time.monotonic() - start < 2
-    # Every message comes, in order; then nothing more (the sender may still be on its
-    # way out of its last `put` when the last message is read: not a reason to read on).
+    # Every message comes; then nothing more (the sender may still be on its way out of
+    # its last `put` when the last message is read: not a reason to read on).
     for _ in range(100):
         assert q.get(timeout=10) == BIG
     t.join(10)
