@@ -59,7 +59,11 @@ pub(crate) const MAX_PAYLOAD: usize = 64 * 1024;
 pub(crate) const CALLER_SPIN: Duration = Duration::from_micros(50);
 /// A gap this long between two looks while spinning means the thread was preempted: the
 /// cores are busy, and spinning on would only take time from the thread it waits for.
-pub(crate) const PREEMPTED: Duration = Duration::from_micros(20);
+/// Another runnable thread takes a core for a scheduler slice (a millisecond or so);
+/// shorter gaps are the machine's own hiccups (interrupts, a virtual machine's exits to
+/// its host), which on a 2-core VM came 30 to 100 times a second per spinning thread and
+/// lasted 21 to 32 µs: at a 20 µs bound they kept spinning off most of the time.
+pub(crate) const PREEMPTED: Duration = Duration::from_micros(200);
 /// After a spin was preempted, a thread sleeps at once for this long: on cores other
 /// programs keep busy, a thread that spins loses its turn to them, and a sleeping one is
 /// woken first when its answer comes.
@@ -240,7 +244,10 @@ impl Shared {
         }
         let weight = u64::from(job.weight.max(1));
         let n = self.lanes.len();
-        let start = self.next_lane.fetch_add(1, SeqCst) % n;
+        // From the lane lent last: its worker, just done, spins for its next job (see
+        // `worker::wait_for_more`), while one further on sleeps and must be woken.
+        // Concurrent callers find it lent and go on to the next.
+        let start = self.next_lane.load(SeqCst) % n;
         for k in 0..n {
             let i = (start + k) % n;
             let mut l = self.lanes[i].lock();
@@ -249,6 +256,7 @@ impl Shared {
             }
             let Some(link) = l.link.clone() else { continue };
             drop(q);
+            self.next_lane.store(i, SeqCst);
             let seq = l.next_seq;
             let l_opened = l.opened;
             let mut frame = Vec::with_capacity(16 + wire::job_overhead(&job.func) + len);
@@ -446,5 +454,50 @@ fn send_some(link: &Link, frame: &[u8]) -> std::io::Result<usize> {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(0),
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_hiccup_while_spinning_is_not_a_preemption() {
+        let mut s = Spinner::default();
+        let t0 = Instant::now();
+        let until = s.until(t0, CALLER_SPIN);
+        assert_eq!(until, t0 + CALLER_SPIN);
+        let mut last = t0;
+        // An interrupt or a VM exit: 30 µs between two looks.
+        let after = t0 + Duration::from_micros(30);
+        assert!(
+            s.go_on(after, &mut last, until),
+            "spinning stopped after a hiccup"
+        );
+        assert_eq!(last, after);
+        // The spin ends at its time, and the next one spins whole.
+        assert!(!s.go_on(until, &mut last, until));
+        assert_eq!(s.until(until, CALLER_SPIN), until + CALLER_SPIN);
+    }
+
+    #[test]
+    fn a_preemption_stops_spinning_for_the_back_off_then_it_spins_again() {
+        let mut s = Spinner::default();
+        let t0 = Instant::now();
+        let until = s.until(t0, CALLER_SPIN);
+        let mut last = t0;
+        let back = t0 + PREEMPTED;
+        assert!(
+            !s.go_on(back, &mut last, until),
+            "spun on after a preemption"
+        );
+        let during = back + BACK_OFF - Duration::from_micros(1);
+        assert_eq!(
+            s.until(during, CALLER_SPIN),
+            during,
+            "spun while backing off"
+        );
+        let after = back + BACK_OFF;
+        assert_eq!(s.until(after, CALLER_SPIN), after + CALLER_SPIN);
     }
 }

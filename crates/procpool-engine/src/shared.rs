@@ -54,7 +54,7 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<StatsCell>,
     /// One lane per worker slot, for jobs sent straight to an idle worker (see `direct`).
     pub(crate) lanes: Vec<Lane>,
-    /// Where a caller looks for an open lane first.
+    /// Where a caller looks for an open lane first: the lane lent last.
     pub(crate) next_lane: AtomicUsize,
 }
 

@@ -27,6 +27,11 @@ fn pid_of_worker(_: u64) -> u32 {
     std::process::id()
 }
 
+fn pid_after_nap(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
 fn double(x: u64) -> u64 {
     x * 2
 }
@@ -397,6 +402,51 @@ fn the_recycling_quota_counts_direct_jobs() {
         let mut distinct = pids.clone();
         distinct.dedup();
         assert_eq!(distinct.len(), 4, "a fresh worker every 3 tasks: {pids:?}");
+    });
+}
+
+/// Calls one after the other from one thread go to the worker that answered the last one
+/// (it spins for its next job), not round the pool, where each call found a worker
+/// asleep and had to wake it. Two threads calling at once still get a worker each.
+#[test]
+fn calls_one_after_the_other_stay_with_the_worker_that_answered_the_last() {
+    watchdog(Duration::from_secs(60), || {
+        let pool = Pool::builder().workers(3).build().unwrap();
+        for i in 0..20 {
+            assert_eq!(pool.apply(double, i).unwrap(), 2 * i);
+        }
+        let pids: Vec<u32> = (0..100)
+            .map(|i| pool.apply(pid_of_worker, i).unwrap())
+            .collect();
+        // The supervisor takes every lane back whenever it wakes, and a call made then
+        // may find the next one open first: a few changes of worker, not one per call.
+        let changes = pids.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(changes <= 10, "calls went round the workers: {pids:?}");
+
+        // Two threads at once, each task long enough that their calls overlap: neither
+        // waits for the other's worker.
+        let pool = &pool;
+        let start = &std::sync::Barrier::new(2);
+        let per_thread: Vec<Vec<u32>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(move || {
+                        start.wait();
+                        (0..50)
+                            .map(|_| pool.apply(pid_after_nap, 2).unwrap())
+                            .collect::<Vec<u32>>()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut all: Vec<u32> = per_thread.concat();
+        all.sort_unstable();
+        all.dedup();
+        assert!(
+            all.len() >= 2,
+            "two callers shared one worker: {per_thread:?}"
+        );
     });
 }
 
