@@ -256,7 +256,10 @@ impl Shared {
             }
             let Some(link) = l.link.clone() else { continue };
             drop(q);
-            self.next_lane.store(i, SeqCst);
+            if i != start {
+                // Calls one after the other from one thread write nothing here.
+                self.next_lane.store(i, SeqCst);
+            }
             let seq = l.next_seq;
             let l_opened = l.opened;
             let mut frame = Vec::with_capacity(16 + wire::job_overhead(&job.func) + len);
